@@ -1,0 +1,1 @@
+"""Processes and transports: the `omni` command and its subcommands."""

@@ -1,0 +1,50 @@
+"""The `omni` command: one console script with subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    from app import chat
+
+    chat.add_arguments(sub.add_parser("chat", help="terminal chat, streaming the reply token by token"))
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from app import bench
+
+    bench.add_arguments(sub.add_parser("bench", help="measure load time and prefill/decode speed"))
+
+
+# Each entry registers one subcommand; subcommand modules import their heavy dependencies lazily.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_chat, _add_bench]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omni", description="omni: a streaming, real-time assistant")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Runner | None = getattr(args, "run", None)
+    if run is None:
+        parser.print_help()
+        return 2
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

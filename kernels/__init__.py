@@ -1,0 +1,1 @@
+"""Triton kernels, each with an eager PyTorch reference and a CPU fallback."""

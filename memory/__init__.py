@@ -1,0 +1,1 @@
+"""Hierarchical memory of the live streams."""

@@ -1,0 +1,1 @@
+"""omni: model/layers."""

@@ -1,0 +1,1 @@
+"""User interfaces: the browser demo and the Gradio page (thin clients of `app`)."""
