@@ -1,0 +1,192 @@
+"""Decoder-LM configuration: a dataclass with named presets, read from and written to config.json.
+
+One config covers the Llama and Qwen2 families (what Qwen2.5-Omni's Thinker and Talker are built on):
+RMSNorm, grouped-query attention, SwiGLU, optional q/k/v bias, optional tied embeddings, RoPE with a
+configurable theta and, for the Omni models, multimodal RoPE with three position axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "MistralForCausalLM": "llama",
+}
+
+
+class ConfigError(ValueError):
+    """A config.json (or GGUF metadata) that this runtime cannot serve, with the reason."""
+
+
+@dataclass
+class DecoderConfig:
+    """Shape and numerics of a decoder-only transformer LM.
+
+    `mrope_section` splits the rotary frequencies (head_dim // 2 of them) into consecutive blocks that
+    take their angle from the temporal, height and width position axes (Qwen2.5-Omni: [16, 24, 24]).
+    With three equal axes it reduces exactly to plain RoPE.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int = 0  # 0: hidden_size // num_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096
+    qkv_bias: bool = False
+    tie_word_embeddings: bool = False
+    mrope_section: tuple[int, ...] | None = None
+    architecture: str = "llama"  # "llama" or "qwen2": names the family the weights come from
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.head_dim == 0:
+            self.head_dim = self.hidden_size // self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.mrope_section is not None:
+            self.mrope_section = tuple(int(s) for s in self.mrope_section)
+            if sum(self.mrope_section) != self.head_dim // 2:
+                raise ConfigError(
+                    f"mrope_section {list(self.mrope_section)} must sum to head_dim // 2 = {self.head_dim // 2}"
+                )
+
+    # ---- presets -------------------------------------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str) -> DecoderConfig:
+        """A named preset (real model shapes, for random-weight benchmarks and tests)."""
+        try:
+            return dataclasses.replace(PRESETS[name])
+        except KeyError:
+            raise ConfigError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}") from None
+
+    # ---- config.json -----------------------------------------------------------------------------------
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any]) -> DecoderConfig:
+        """Read a Hugging Face config.json dict of a Llama- or Qwen2-family causal LM."""
+        archs = cfg.get("architectures") or []
+        model_type = cfg.get("model_type", "")
+        family = None
+        for a in archs:
+            family = family or SUPPORTED_ARCHITECTURES.get(a)
+        if family is None and model_type in ("llama", "qwen2", "mistral"):
+            family = "qwen2" if model_type == "qwen2" else "llama"
+        if family is None:
+            raise ConfigError(
+                f"unsupported architecture {archs or model_type!r}; supported: "
+                f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+            )
+        if cfg.get("mlp_bias"):
+            raise ConfigError("mlp_bias=true is not supported (no released Llama/Qwen2 model uses it)")
+        rope = _rope_params(cfg)
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
+        hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        return cls(
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope.get("rope_theta", 10000.0)),
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+            qkv_bias=True if family == "qwen2" else bool(cfg.get("attention_bias", False)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            mrope_section=tuple(rope["mrope_section"]) if rope.get("mrope_section") else None,
+            architecture=family,
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+        )
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """The config.json dict that `from_hf_config` reads back to an equal config."""
+        arch = "Qwen2ForCausalLM" if self.architecture == "qwen2" else "LlamaForCausalLM"
+        rope: dict[str, Any] = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.mrope_section:
+            rope["mrope_section"] = list(self.mrope_section)
+        out: dict[str, Any] = {
+            "architectures": [arch],
+            "model_type": self.architecture,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": rope,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+        }
+        if self.architecture == "llama":
+            out["attention_bias"] = self.qkv_bias
+        if self.bos_token_id is not None:
+            out["bos_token_id"] = self.bos_token_id
+        if self.eos_token_ids:
+            out["eos_token_id"] = list(self.eos_token_ids)
+        return out
+
+
+def _rope_params(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Merge the rope settings of transformers 4 (rope_theta, rope_scaling) and 5 (rope_parameters)."""
+    rope: dict[str, Any] = {}
+    if "rope_theta" in cfg:
+        rope["rope_theta"] = cfg["rope_theta"]
+    for key in ("rope_scaling", "rope_parameters"):
+        if isinstance(cfg.get(key), dict):
+            rope.update(cfg[key])
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ("default", "mrope", None):
+        raise ConfigError(f"rope scaling type {kind!r} is not supported (only plain and multimodal RoPE)")
+    return rope
+
+
+PRESETS: dict[str, DecoderConfig] = {
+    # HuggingFaceTB/SmolLM2-135M-Instruct: the embedded default on CPU machines.
+    "smollm2-135m": DecoderConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+        num_kv_heads=3, rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
+        tie_word_embeddings=True, architecture="llama", bos_token_id=1, eos_token_ids=(2,),
+    ),
+    # Qwen2.5-Omni Thinker LLMs (shared/reference/qwen_omni.md section 1.1).
+    "qwen2.5-omni-7b": DecoderConfig(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
+        num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
+        qkv_bias=True, mrope_section=(16, 24, 24), architecture="qwen2",
+    ),
+    "qwen2.5-omni-3b": DecoderConfig(
+        vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_layers=36, num_heads=16,
+        num_kv_heads=2, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
+        qkv_bias=True, tie_word_embeddings=True, mrope_section=(16, 24, 24), architecture="qwen2",
+    ),
+    # Qwen2.5-Omni-7B Talker decoder (section 1.5): 24 layers, d 896, 12/4 heads of 128, codec vocab 8448.
+    "qwen2.5-omni-7b-talker": DecoderConfig(
+        vocab_size=8448, hidden_size=896, intermediate_size=18944, num_layers=24, num_heads=12,
+        num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
+        qkv_bias=True, mrope_section=(16, 24, 24), architecture="qwen2",
+    ),
+    # A tiny shape for tests and quick experiments.
+    "tiny": DecoderConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+        rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=512, architecture="llama",
+    ),
+}

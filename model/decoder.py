@@ -1,0 +1,153 @@
+"""Decoder-only transformer LM (Llama / Qwen2 family) with per-session state.
+
+The module holds weights only and is shared by every session; each session owns a `DecoderState` (its
+bounded KV cache and position counter) made by `init_state` and passed to every call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import DecoderConfig
+from model.kv_cache import CacheConfig, KVCache
+from model.layers.attention import Attention
+from model.layers.norm import RMSNorm
+from model.layers.rope import rope_cos_sin, rope_inv_freq
+
+
+@dataclass
+class DecoderState:
+    """Everything one session's decoder needs between calls."""
+
+    cache: KVCache
+    next_position: int = 0  # position of the next text token (max position so far + 1)
+
+    def reset(self) -> None:
+        self.cache.reset()
+        self.next_position = 0
+
+
+@dataclass
+class DecoderOutput:
+    logits: torch.Tensor | None  # [B, V] for the last token, [B, T, V] for all, or None
+    hidden: torch.Tensor | None  # [B, T, C] after the final norm, when asked for
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU with gate and up projections fused into one matmul."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.hidden, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.qkv_bias)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def init_state(self, cache: CacheConfig | None = None, batch: int = 1) -> DecoderState:
+        """A fresh session state; its cache is allocated once here and never grows."""
+        cache = cache or default_cache_config(self.cfg)
+        kv = KVCache(cache, self.cfg.num_layers, batch, self.cfg.num_kv_heads, self.cfg.head_dim,
+                     device=self.device, dtype=self.dtype)
+        return DecoderState(cache=kv)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] of final-norm hidden states [..., C]."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        state: DecoderState,
+        input_ids: torch.Tensor | None = None,  # [B, T]
+        inputs_embeds: torch.Tensor | None = None,  # [B, T, C]
+        positions: torch.Tensor | None = None,  # [B, T] or [3, B, T]; default: next text positions
+        logits: str = "last",  # "last" | "all" | "none"
+        return_hidden: bool = False,
+    ) -> DecoderOutput:
+        """Feed T new tokens (ids or embeddings) into the session and return their logits."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
+        B, T, _ = x.shape
+        if T == 0:
+            raise ValueError("empty input: at least one token is needed")
+        if input_ids is not None and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.cfg.vocab_size):
+            raise ValueError(f"token id out of range [0, {self.cfg.vocab_size})")
+        if positions is None:
+            start = state.next_position
+            positions = torch.arange(start, start + T, device=x.device).expand(B, T)
+        temporal = positions[0] if positions.dim() == 3 else positions  # [B, T]
+        state.next_position = int(positions.max()) + 1
+
+        chunk = state.cache.cfg.chunk
+        hiddens, outs = [], []
+        for s in range(0, T, chunk):
+            h = self._forward_chunk(state, x[:, s : s + chunk], positions[..., s : s + chunk],
+                                    temporal[0, s : s + chunk])
+            if logits == "all":
+                outs.append(self.head(h))
+            if return_hidden:
+                hiddens.append(h)
+            last = h
+        out_logits = None
+        if logits == "all":
+            out_logits = torch.cat(outs, dim=1)
+        elif logits == "last":
+            out_logits = self.head(last[:, -1])
+        return DecoderOutput(logits=out_logits, hidden=torch.cat(hiddens, dim=1) if return_hidden else None)
+
+    def _forward_chunk(
+        self, state: DecoderState, x: torch.Tensor, positions: torch.Tensor, temporal: torch.Tensor
+    ) -> torch.Tensor:
+        cache = state.cache
+        plan = cache.plan(temporal)
+        rope = rope_cos_sin(positions, self.inv_freq, self.cfg.mrope_section)
+        sink_rope = None
+        if plan.sink_shift is not None:
+            sink_rope = rope_cos_sin(positions - plan.sink_shift, self.inv_freq, self.cfg.mrope_section)
+        for i, layer in enumerate(self.layers):
+            x = x + layer.self_attn(layer.input_layernorm(x), rope, sink_rope, cache, i, plan)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.norm(x)
+
+
+def default_cache_config(cfg: DecoderConfig, window: int = 4096, sinks: int = 4) -> CacheConfig:
+    """Sinks + window inside the trained context, so every rotary distance stays in range."""
+    window = min(window, cfg.max_position_embeddings - sinks)
+    return CacheConfig(sinks=sinks, window=window, chunk=min(256, window))

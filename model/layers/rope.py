@@ -1,0 +1,50 @@
+"""Rotary position embeddings: plain RoPE and multimodal RoPE (M-RoPE, three position axes).
+
+Angles are computed in float64 from integer positions, so a session that runs for hours (positions in the
+millions) keeps full precision; cos/sin are then cast to float32. The rotation uses the "rotate half"
+layout of the Hugging Face checkpoints (GGUF's interleaved q/k rows are un-permuted at load time).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """[head_dim // 2] inverse frequencies, computed as the reference does (float32), kept in float64."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return (1.0 / (theta**exponent)).double()
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, mrope_section: tuple[int, ...] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape [B, T, head_dim] (float32) for positions [B, T] or [3, B, T].
+
+    With three axes (temporal, height, width), the i-th block of `mrope_section` frequencies takes its
+    angle from axis i; three equal axes give exactly plain RoPE.
+    """
+    if positions.dim() == 2:
+        ang = positions.double()[..., None] * inv_freq.to(positions.device)  # [B, T, D/2]
+    elif positions.dim() == 3 and positions.shape[0] == 3:
+        if mrope_section is None:
+            raise ValueError("three-axis positions need a model with mrope_section")
+        all_ang = positions.double()[..., None] * inv_freq.to(positions.device)  # [3, B, T, D/2]
+        parts, start = [], 0
+        for axis, width in enumerate(mrope_section):
+            parts.append(all_ang[axis, ..., start : start + width])
+            start += width
+        ang = torch.cat(parts, dim=-1)
+    else:
+        raise ValueError(f"positions must be [B, T] or [3, B, T], got shape {tuple(positions.shape)}")
+    emb = torch.cat([ang, ang], dim=-1)
+    return emb.cos().float(), emb.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, T, D] by cos/sin [B, T, D]; computed in x's dtype."""
+    cos = cos.to(x.dtype)[:, None]
+    sin = sin.to(x.dtype)[:, None]
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
