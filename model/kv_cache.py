@@ -108,6 +108,17 @@ class KVCache:
             sink_shift = torch.where(past, (pos_first - cfg.sinks).clamp(min=0), torch.zeros_like(first))
         return AttentionPlan(slots=slots, n_valid=n_valid, mask=mask, sink_shift=sink_shift)
 
+    def truncate(self, length: int) -> None:
+        """Forget every token from index `length` on (undo the end of a reply, e.g. after barge-in).
+
+        Exact when at most `chunk` tokens are dropped; beyond that, the oldest window tokens that the
+        dropped ones overwrote stay forgotten and the window is briefly shorter than `window`.
+        """
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
+        self.slot_token.masked_fill_(self.slot_token >= length, -1)
+        self.length = length
+
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: [B, kv_heads, T, D] into the slots [T]."""
         self.k[layer].index_copy_(2, slots, k.to(self.k.dtype))

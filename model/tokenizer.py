@@ -16,7 +16,7 @@ import jinja2
 import jinja2.sandbox
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-from model.loaders.errors import CheckpointError
+from model.errors import CheckpointError
 
 Message = dict[str, str]
 

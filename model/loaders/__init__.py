@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from model.decoder import DecoderLM
-from model.loaders.errors import CheckpointError
+from model.errors import CheckpointError
 from model.tokenizer import TextTokenizer
 
 __all__ = ["CheckpointError", "LoadedLM", "load_lm"]

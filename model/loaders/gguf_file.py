@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
-from model.loaders.errors import CheckpointError
+from model.errors import CheckpointError
+from model.loaders.gguf_quants import FAST_TYPES, dequantize_blocks
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8",
@@ -114,14 +116,16 @@ class GGUFFile:
             self.tensors[name] = GGUFTensor(name, tuple(reversed(dims)), qt, start, nbytes)
 
     # ---- tensors ---------------------------------------------------------------------------------------
-    def dequantize(self, name: str) -> np.ndarray:
-        """The tensor as float32 (F32 is returned without a copy of the mapped bytes)."""
+    def dequantize(self, name: str) -> torch.Tensor:
+        """The tensor as a float32 torch tensor in numpy (row-major) shape."""
         t = self.tensors[name]
         raw = self._map[t.offset : t.offset + t.nbytes]
         if t.qtype == GGMLQuantizationType.F32:
-            return raw.view("<f4").reshape(t.shape)
+            return torch.from_numpy(np.array(raw.view("<f4"))).reshape(t.shape)
         if t.qtype == GGMLQuantizationType.F16:
-            return raw.view("<f2").reshape(t.shape).astype(np.float32)
+            return torch.from_numpy(raw.view("<f2").astype(np.float32)).reshape(t.shape)
+        if t.qtype in FAST_TYPES:
+            return dequantize_blocks(raw, t.qtype, t.shape)
         rows = int(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 1
         try:
             out = dequantize(np.asarray(raw).reshape(rows, -1), t.qtype)
@@ -129,4 +133,4 @@ class GGUFFile:
             raise CheckpointError(
                 f"{self.path}: tensor {name!r}: quantisation {t.qtype.name} is not supported by this gguf version"
             ) from None
-        return out.reshape(t.shape)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).reshape(t.shape)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from model.config import ConfigError, DecoderConfig
 from model.decoder import DecoderLM
-from model.loaders.errors import CheckpointError
+from model.errors import CheckpointError
 from model.loaders.gguf_file import GGUFFile
 from model.loaders.weights import build_decoder, expected_shapes
 
@@ -70,10 +69,10 @@ def gguf_config(f: GGUFFile) -> DecoderConfig:
         raise CheckpointError(f"{f.path}: {e}") from None
 
 
-def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
+def _unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Undo llama.cpp's q/k row permutation (interleaved rotary pairs -> rotate-half layout)."""
     rows = w.shape[0]
-    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
 def load_gguf_decoder(
@@ -96,7 +95,7 @@ def load_gguf_decoder(
         w = f.dequantize(gname)
         if cfg.architecture == "llama" and gname.endswith(("attn_q.weight", "attn_k.weight")):
             w = _unpermute(w, cfg.num_heads if "attn_q" in gname else cfg.num_kv_heads)
-        return torch.from_numpy(np.ascontiguousarray(w))
+        return w
 
     try:
         return build_decoder(cfg, get, dtype, device, str(f.path))

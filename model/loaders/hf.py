@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from model.config import ConfigError, DecoderConfig
 from model.decoder import DecoderLM
-from model.loaders.errors import CheckpointError
+from model.errors import CheckpointError
 from model.loaders.weights import build_decoder, expected_shapes
 
 

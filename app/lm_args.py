@@ -1,0 +1,22 @@
+"""Command-line options shared by the subcommands that load a text LM (chat, bench)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="checkpoint directory (config.json + safetensors) or .gguf file; "
+                        "default: the embedded SmolLM2-135M-Instruct")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
+                   help="weight dtype; auto: the checkpoint's own, bfloat16 for GGUF on CPU")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+
+
+def dtype_of(args: argparse.Namespace) -> torch.dtype | None:
+    return DTYPES[args.dtype]

@@ -1,0 +1,143 @@
+"""A conversation with a text LM: history in the session's bounded cache, replies streamed as text.
+
+Each turn prefills only what is new since the last turn: the chat template renders the whole history,
+and when that text extends what the cache already holds (true for ChatML-style templates), only the
+suffix is tokenised and fed. Otherwise the cache is reset and the whole prompt is fed again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from model.detokenizer import IncrementalDetokenizer
+from model.kv_cache import CacheConfig
+from model.loaders import LoadedLM
+from model.sampling import SamplerState, SamplingConfig, sample
+from model.tokenizer import Message
+
+__all__ = ["ChatSession", "ReplyStats"]
+
+
+@dataclass
+class ReplyStats:
+    prompt_tokens: int = 0
+    prefill_seconds: float = 0.0
+    new_tokens: int = 0
+    decode_seconds: float = 0.0
+    first_token_seconds: float = 0.0  # from the call to the first generated token
+    finished: bool = False  # ended on a stop token (not max_new_tokens or cancellation)
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.new_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+
+@dataclass
+class _Fed:
+    text: str = ""  # the rendered prompt text whose tokens the cache holds
+    length: int = 0  # cache length at the end of that text
+
+
+class ChatSession:
+    """One conversation. Not thread-safe: drive it from one worker at a time."""
+
+    def __init__(
+        self, lm: LoadedLM, system_prompt: str | None = None, sampling: SamplingConfig | None = None,
+        cache: CacheConfig | None = None,
+    ) -> None:
+        self.lm = lm
+        tok = lm.tokenizer
+        base = sampling or SamplingConfig()
+        stops = base.stop_token_ids or tok.stop_token_ids
+        self.sampling = SamplingConfig(**{**base.__dict__, "stop_token_ids": frozenset(stops)})
+        self.state = lm.model.init_state(cache)
+        self.sampler = SamplerState.create(lm.model.cfg.vocab_size, seed=self.sampling.seed, device=lm.model.device)
+        self.messages: list[Message] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        self._fed = _Fed()
+        self._before_reply = _Fed()  # the cache's contents just before the last reply's tokens
+        self.last = ReplyStats()
+
+    def _feed(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids], device=self.lm.model.device)
+        self.sampler.observe(x)
+        out = self.lm.model(self.state, input_ids=x)
+        assert out.logits is not None
+        return out.logits
+
+    def _prompt_ids(self) -> list[int]:
+        text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=True)
+        if self._fed.text and text.startswith(self._fed.text) and self.state.cache.length == self._fed.length:
+            suffix = text[len(self._fed.text) :]
+        else:  # the template rewrote earlier turns: start the cache over
+            self.state.reset()
+            self.sampler.seen.zero_()
+            suffix = text
+        self._fed = _Fed(text, self._fed.length)
+        return self.lm.tokenizer.encode(suffix)
+
+    def stream_reply(self, user_text: str) -> Iterator[str]:
+        """Yield the reply to user_text as text deltas. Closing the iterator early stops generation;
+        the history then holds the text generated so far."""
+        if not user_text.strip():
+            raise ValueError("empty message: nothing to answer")
+        self.messages.append({"role": "user", "content": user_text})
+        t0 = time.perf_counter()
+        ids = self._prompt_ids()
+        logits = self._feed(ids)
+        self._fed.length = self.state.cache.length
+        self._before_reply = _Fed(self._fed.text, self._fed.length)
+        stats = ReplyStats(prompt_tokens=len(ids), prefill_seconds=time.perf_counter() - t0)
+        detok = IncrementalDetokenizer(self.lm.tokenizer)
+        cfg = self.sampling
+        finished = False
+        t1 = time.perf_counter()
+        try:
+            for _ in range(cfg.max_new_tokens):
+                token = int(sample(logits, cfg, self.sampler)[0])  # the one host sync per token
+                if token in cfg.stop_token_ids:
+                    finished = True
+                    break
+                stats.new_tokens += 1
+                delta = detok.push(token)
+                if stats.first_token_seconds == 0.0:
+                    stats.first_token_seconds = time.perf_counter() - t0
+                logits = self._feed([token])
+                if delta:
+                    yield delta
+        finally:
+            stats.decode_seconds = time.perf_counter() - t1
+            stats.finished = finished
+            reply = detok.text()
+            self.messages.append({"role": "assistant", "content": reply})
+            self._fed = _Fed(self._fed.text + reply, self.state.cache.length)
+            self.last = stats
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays)."""
+        self.messages = [m for m in self.messages if m["role"] == "system"]
+        self.state.reset()
+        self.sampler.seen.zero_()
+        self._fed = _Fed()
+        self._before_reply = _Fed()
+
+    def reply(self, user_text: str) -> str:
+        return "".join(self.stream_reply(user_text))
+
+    def truncate_last_reply(self, kept_text: str) -> None:
+        """Keep only `kept_text` of the last reply (what the user actually heard before barging in).
+
+        The cache is rolled back to the start of the reply; the kept text is fed as part of the next turn.
+        """
+        if not self.messages or self.messages[-1]["role"] != "assistant":
+            raise ValueError("there is no reply to truncate")
+        self.messages[-1] = {"role": "assistant", "content": kept_text}
+        self.state.cache.truncate(self._before_reply.length)
+        self._fed = _Fed(self._before_reply.text, self._before_reply.length)
