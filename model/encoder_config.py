@@ -1,0 +1,254 @@
+"""Configs of the Thinker's audio and vision encoders: dataclasses with named presets, read from and written
+to the `audio_config` / `vision_config` sections of a Qwen2.5-Omni config.json.
+
+Real shapes (shared/reference/qwen_omni.md sections 1.2, 1.3): the audio encoder is Whisper-large-v3-like
+(32 layers, d 1280, 20 heads, FFN 5120) and the vision encoder is the Qwen2.5-VL ViT (32 layers, d 1280,
+16 heads, SwiGLU 3420); only the output width differs between 3B (2048) and 7B (3584), because both project
+into the Thinker's hidden size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from model.config import ConfigError
+
+_C = TypeVar("_C", "AudioEncoderConfig", "VisionEncoderConfig")
+
+
+def _preset(presets: dict[str, _C], name: str, what: str) -> _C:
+    try:
+        return dataclasses.replace(presets[name])
+    except KeyError:
+        raise ConfigError(f"unknown {what} preset {name!r}; known: {', '.join(sorted(presets))}") from None
+
+
+def _section(cfg: dict[str, Any], key: str) -> dict[str, Any]:
+    """Accept the encoder section itself, a thinker_config dict, or a whole Qwen2.5-Omni config.json."""
+    if "thinker_config" in cfg:
+        cfg = cfg["thinker_config"]
+    if key in cfg:
+        cfg = cfg[key]
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config section {key!r} must be a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+@dataclass
+class AudioEncoderConfig:
+    """Whisper-style block-wise audio encoder (Qwen2.5-Omni `audio_config`).
+
+    A block is `2 * n_window` mel frames (200 frames = 2 s at the 10 ms hop); conv2 halves it to 100
+    frames and the final average pool halves again, so a full block yields 50 tokens (25 Hz, 40 ms/token).
+    """
+
+    num_mel_bins: int = 128
+    num_layers: int = 32
+    hidden_size: int = 1280
+    num_heads: int = 20
+    ffn_size: int = 5120
+    n_window: int = 100
+    max_source_positions: int = 1500
+    output_dim: int = 3584
+    activation: str = "gelu"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"audio hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
+            )
+        if self.hidden_size % 2:
+            raise ConfigError(f"audio hidden_size must be even for the sinusoidal embedding: {self.hidden_size}")
+        if self.activation != "gelu":
+            raise ConfigError(f"audio activation_function {self.activation!r} is not supported (only gelu)")
+        if self.n_window > self.max_source_positions:
+            raise ConfigError(
+                f"n_window ({self.n_window}) exceeds max_source_positions ({self.max_source_positions}): "
+                "a block's positional embedding would run off the table"
+            )
+
+    @property
+    def block_frames(self) -> int:
+        """Mel frames per encoder block (200 = 2 s)."""
+        return 2 * self.n_window
+
+    @property
+    def tokens_per_block(self) -> int:
+        return audio_token_count(self.block_frames)
+
+    @classmethod
+    def from_name(cls, name: str) -> AudioEncoderConfig:
+        return _preset(AUDIO_PRESETS, name, "audio encoder")
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any]) -> AudioEncoderConfig:
+        """Read the `audio_config` section (or a whole Qwen2.5-Omni config.json containing it)."""
+        c = _section(cfg, "audio_config")
+        if c.get("scale_embedding"):
+            raise ConfigError("audio scale_embedding=true is not supported (Qwen2.5-Omni uses false)")
+        try:
+            return cls(
+                num_mel_bins=int(c.get("num_mel_bins", 128)),
+                num_layers=int(c["encoder_layers"]),
+                hidden_size=int(c["d_model"]),
+                num_heads=int(c["encoder_attention_heads"]),
+                ffn_size=int(c["encoder_ffn_dim"]),
+                n_window=int(c.get("n_window", 100)),
+                max_source_positions=int(c.get("max_source_positions", 1500)),
+                output_dim=int(c["output_dim"]),
+                activation=str(c.get("activation_function", "gelu")),
+            )
+        except KeyError as e:
+            raise ConfigError(f"audio_config is missing the field {e.args[0]!r}") from None
+
+    def to_hf_config(self) -> dict[str, Any]:
+        return {
+            "model_type": "qwen2_5_omni_audio_encoder",
+            "num_mel_bins": self.num_mel_bins,
+            "encoder_layers": self.num_layers,
+            "d_model": self.hidden_size,
+            "encoder_attention_heads": self.num_heads,
+            "encoder_ffn_dim": self.ffn_size,
+            "n_window": self.n_window,
+            "max_source_positions": self.max_source_positions,
+            "output_dim": self.output_dim,
+            "activation_function": self.activation,
+            "scale_embedding": False,
+        }
+
+
+def audio_token_count(n_mel_frames: int) -> int:
+    """Encoder tokens for `n_mel_frames` mel frames: conv2 (stride 2) then the pair pool (3 s -> 75)."""
+    after_conv = (n_mel_frames - 1) // 2 + 1
+    return (after_conv - 2) // 2 + 1
+
+
+@dataclass
+class VisionEncoderConfig:
+    """Qwen2.5-VL ViT as used by Qwen2.5-Omni (`vision_config`).
+
+    14-px patches over 2-frame temporal patches; 2x2 patches merge into one LLM token (28x28 px);
+    112-px windows = 4x4 merged tokens = 8x8 patches; the blocks in `fullatt_block_indexes` attend over
+    the whole frame instead.
+    """
+
+    depth: int = 32
+    hidden_size: int = 1280
+    intermediate_size: int = 3420
+    num_heads: int = 16
+    in_channels: int = 3
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    window_size: int = 112
+    fullatt_block_indexes: tuple[int, ...] = field(default=(7, 15, 23, 31))
+    out_hidden_size: int = 3584
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    hidden_act: str = "silu"
+
+    def __post_init__(self) -> None:
+        self.fullatt_block_indexes = tuple(int(i) for i in self.fullatt_block_indexes)
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"vision hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
+            )
+        if (self.hidden_size // self.num_heads) % 4:
+            raise ConfigError("vision head_dim must be a multiple of 4: its rotary angles split into h and w halves")
+        if self.window_size % (self.patch_size * self.spatial_merge_size):
+            raise ConfigError(
+                f"window_size ({self.window_size}) must be a multiple of patch_size * spatial_merge_size "
+                f"({self.patch_size * self.spatial_merge_size})"
+            )
+        if self.hidden_act != "silu":
+            raise ConfigError(f"vision hidden_act {self.hidden_act!r} is not supported (only silu)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def image_factor(self) -> int:
+        """Side of one LLM token in pixels (28): resized frames are multiples of it."""
+        return self.patch_size * self.spatial_merge_size
+
+    @property
+    def window_tokens(self) -> int:
+        """Merged tokens per window side (112 / 28 = 4)."""
+        return self.window_size // self.image_factor
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per flattened patch: channels x temporal patch x patch x patch (3*2*14*14 = 1176)."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @classmethod
+    def from_name(cls, name: str) -> VisionEncoderConfig:
+        return _preset(VISION_PRESETS, name, "vision encoder")
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any]) -> VisionEncoderConfig:
+        """Read the `vision_config` section (or a whole Qwen2.5-Omni config.json containing it).
+
+        transformers' dataclass defaults (hidden_size 3584) are not the checkpoint's values, so the
+        shape fields are required here rather than defaulted.
+        """
+        c = _section(cfg, "vision_config")
+        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        try:
+            return cls(
+                depth=int(c["depth"]),
+                hidden_size=int(c["hidden_size"]),
+                intermediate_size=int(c["intermediate_size"]),
+                num_heads=int(c["num_heads"]),
+                in_channels=int(c.get("in_channels", c.get("in_chans", 3))),
+                patch_size=int(c.get("patch_size", 14)),
+                temporal_patch_size=int(c.get("temporal_patch_size", 2)),
+                spatial_merge_size=int(c.get("spatial_merge_size", 2)),
+                window_size=int(c.get("window_size", 112)),
+                fullatt_block_indexes=tuple(c.get("fullatt_block_indexes", (7, 15, 23, 31))),
+                out_hidden_size=int(c["out_hidden_size"]),
+                rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
+                hidden_act=str(c.get("hidden_act", "silu")),
+            )
+        except KeyError as e:
+            raise ConfigError(f"vision_config is missing the field {e.args[0]!r}") from None
+
+    def to_hf_config(self) -> dict[str, Any]:
+        return {
+            "model_type": "qwen2_5_omni_vision_encoder",
+            "depth": self.depth,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_heads": self.num_heads,
+            "in_channels": self.in_channels,
+            "patch_size": self.patch_size,
+            "temporal_patch_size": self.temporal_patch_size,
+            "spatial_merge_size": self.spatial_merge_size,
+            "window_size": self.window_size,
+            "fullatt_block_indexes": list(self.fullatt_block_indexes),
+            "out_hidden_size": self.out_hidden_size,
+            "hidden_act": self.hidden_act,
+            "rope_parameters": {"rope_type": "axial", "rope_theta": self.rope_theta},
+        }
+
+
+AUDIO_PRESETS: dict[str, AudioEncoderConfig] = {
+    "qwen2.5-omni-7b": AudioEncoderConfig(output_dim=3584),
+    "qwen2.5-omni-3b": AudioEncoderConfig(output_dim=2048),
+    # Tests: 2 layers of d 32 keep a parity run well under a second on 2 CPU cores.
+    "tiny": AudioEncoderConfig(
+        num_mel_bins=128, num_layers=2, hidden_size=32, num_heads=4, ffn_size=64, output_dim=48
+    ),
+}
+
+VISION_PRESETS: dict[str, VisionEncoderConfig] = {
+    "qwen2.5-omni-7b": VisionEncoderConfig(out_hidden_size=3584),
+    "qwen2.5-omni-3b": VisionEncoderConfig(out_hidden_size=2048),
+    # Tests: 3 blocks with the middle one full-attention exercise both attention kinds.
+    "tiny": VisionEncoderConfig(
+        depth=3, hidden_size=32, intermediate_size=48, num_heads=2, fullatt_block_indexes=(1,), out_hidden_size=40
+    ),
+}
