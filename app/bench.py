@@ -79,7 +79,7 @@ def _transformers(args: argparse.Namespace, source: str) -> dict[str, float] | N
             t2 = time.perf_counter()
             best["prefill_tok_s"] = max(best["prefill_tok_s"], ids.shape[1] / (t1 - t0))
             best["decode_tok_s"] = max(best["decode_tok_s"], args.new_tokens / ((t2 - t1) - (t1 - t0)))
-    best["dtype"] = "float32"  # type: ignore[assignment]
+    best["dtype"] = "float32"
     return best
 
 

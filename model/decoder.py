@@ -7,6 +7,7 @@ bounded KV cache and position counter) made by `init_state` and passed to every 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,8 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderLM(nn.Module):
+    inv_freq: torch.Tensor  # [head_dim // 2] float64, a non-persistent buffer
+
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -103,12 +106,13 @@ class DecoderLM(nn.Module):
         """Feed T new tokens (ids or embeddings) into the session and return their logits."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if (input_ids if input_ids is not None else inputs_embeds).shape[1] == 0:  # type: ignore[union-attr]
+            raise ValueError("empty input: at least one token is needed")
+        if input_ids is not None and input_ids.device.type == "cpu":  # (on GPU this check would sync)
+            if int(input_ids.min()) < 0 or int(input_ids.max()) >= self.cfg.vocab_size:
+                raise ValueError(f"token id out of range [0, {self.cfg.vocab_size})")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
         B, T, _ = x.shape
-        if T == 0:
-            raise ValueError("empty input: at least one token is needed")
-        if input_ids is not None and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.cfg.vocab_size):
-            raise ValueError(f"token id out of range [0, {self.cfg.vocab_size})")
         if positions is None:
             start = state.next_position
             positions = torch.arange(start, start + T, device=x.device).expand(B, T)
@@ -141,7 +145,7 @@ class DecoderLM(nn.Module):
         sink_rope = None
         if plan.sink_shift is not None:
             sink_rope = rope_cos_sin(positions - plan.sink_shift, self.inv_freq, self.cfg.mrope_section)
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(cast(list[DecoderLayer], self.layers)):
             x = x + layer.self_attn(layer.input_layernorm(x), rope, sink_rope, cache, i, plan)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.norm(x)

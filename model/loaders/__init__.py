@@ -43,8 +43,8 @@ def load_lm(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | Non
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or directory (expected a checkpoint directory or a .gguf file)")
     if p.is_dir():
-        tokenizer = TextTokenizer.from_directory(p)
         model = load_hf_decoder(p, dtype=dtype, device=device)
+        tokenizer = TextTokenizer.from_directory(p)
     elif p.suffix == ".gguf" or p.read_bytes()[:4] == b"GGUF":
         f = GGUFFile(p)
         tokenizer = TextTokenizer.from_gguf_metadata(f.metadata, str(p))

@@ -44,7 +44,7 @@ class GGUFFile:
             self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{self.path}: cannot open ({e})") from None
-        self._buf = memoryview(self._map)
+        self._buf = self._map.data  # a memoryview of the mapping
         self._pos = 0
         try:
             self._parse()

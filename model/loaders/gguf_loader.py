@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,7 +80,7 @@ def load_gguf_decoder(
     path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, device: str = "cpu",
     gguf: GGUFFile | None = None,
 ) -> DecoderLM:
-    f = gguf or GGUFFile(path)
+    f = gguf or GGUFFile(Path(path))
     cfg = gguf_config(f)
     to_gguf = {ref: g for g, ref in _GLOBAL_NAMES.items()}
     for i in range(cfg.num_layers):

@@ -13,8 +13,8 @@ import torch
 
 from model.config import DecoderConfig
 from model.decoder import DecoderLM
-from model.layers.rope import rope_inv_freq
 from model.errors import CheckpointError
+from model.layers.rope import rope_inv_freq
 
 # Getter for a reference-layout tensor by its name without prefix (e.g. "layers.0.self_attn.q_proj.weight");
 # returns None when the tensor is absent.

@@ -1,0 +1,47 @@
+"""`omni chat` as a user and as a script would run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _omni(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], input=stdin, capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def test_piped_questions_get_one_reply_line_each() -> None:
+    r = _omni("chat", stdin="What is the capital of France?\n\nWhat is the capital of Germany?\n")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2, r.stdout
+    assert "Paris" in lines[0]
+    assert "Berlin" in lines[1]
+
+
+def test_errors_exit_non_zero_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "--model", str(tmp_path / "missing")]) == 1
+    assert "no such file or directory" in capsys.readouterr().err
+    assert main(["chat", "--prompt", "  "]) == 2
+    assert "--prompt is empty" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{not json")
+    assert main(["chat", "--model", str(tmp_path)]) == 1
+    assert "config.json" in capsys.readouterr().err
+    r = _omni("chat", stdin="\n\n")
+    assert r.returncode == 1 and "no input lines" in r.stderr
+
+
+def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "chat" in out and "bench" in out
