@@ -1,0 +1,253 @@
+"""Audio front-end of the Thinker: any PCM -> 16 kHz mono -> Whisper log-mel (128 bins, 25 ms / 10 ms).
+
+Numerics follow transformers' `WhisperFeatureExtractor` as the Qwen2.5-Omni processor calls it
+(`padding="max_length"`, i.e. the clip is zero-padded to 30 s before the STFT): a periodic Hann window of
+400 samples (25 ms), hop 160 (10 ms), reflect padding of 200 samples at the start only (the end sees the
+zero padding), power spectrum, Slaney mel filters 0-8 kHz, log10 floored at 1e-10, then floored again at
+(clip max - 8) i.e. 80 dB of dynamic range, and mapped with (x + 4) / 4. A clip of n samples gives
+ceil(n / 160) frames.
+
+Streaming (`LogMel.step`) emits each frame as soon as its 25 ms window is complete (200 samples = 12.5 ms
+after its centre). Its only difference from offline is the 80 dB floor, which offline takes from the
+loudest frame of the whole clip and streaming from the loudest frame so far: bins more than 80 dB below a
+*later* peak are floored higher offline. Every other value is the same computation on the same samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+SAMPLE_RATE = 16000
+N_FFT = 400  # 25 ms window
+HOP_LENGTH = 160  # 10 ms hop
+N_MELS = 128
+_HALF = N_FFT // 2  # 200 samples of centre padding
+_LOG_FLOOR = 1e-10
+_DYNAMIC_RANGE = 8.0  # log10 units = 80 dB
+
+
+class AudioInputError(ValueError):
+    """Audio that cannot be turned into model input (empty, wrong shape, unreadable)."""
+
+
+# ---- resampling and down-mixing ------------------------------------------------------------------------
+
+
+def _resample_mono(x: np.ndarray, sample_rate: int) -> np.ndarray:  # [N] float32 -> [M] float32 at 16 kHz
+    import av  # the serve extra; imported here so the model package imports without it
+
+    frame = av.AudioFrame.from_ndarray(x[None, :], format="fltp", layout="mono")
+    frame.sample_rate = sample_rate
+    resampler = av.AudioResampler(format="fltp", layout="mono", rate=SAMPLE_RATE)
+    out = [f.to_ndarray()[0] for f in resampler.resample(frame)]
+    out += [f.to_ndarray()[0] for f in resampler.resample(None)]  # drain the filter's delay line
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+def to_mono_16k(samples: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Down-mix `samples` ([N] mono or [C, N] channels-first, float in [-1, 1] or int16) to mono by the
+    channel mean, then resample to 16 kHz with av (libswresample). Returns float32 [M].
+
+    The mean (what librosa's `to_mono` does for the reference pipeline) is used instead of swresample's
+    mono layout, which mixes stereo at -3 dB per channel (0.707 * (L + R)) and would shift every log-mel
+    value by 3 dB.
+    """
+    x = samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
+    if x.dtype == np.int16:
+        x = x.astype(np.float32) / 32768.0
+    x = x.astype(np.float32, copy=False)
+    if x.ndim == 2:
+        x = x.mean(axis=0)
+    elif x.ndim != 1:
+        raise AudioInputError(f"audio must be [samples] or [channels, samples], got shape {tuple(x.shape)}")
+    if x.size == 0:
+        raise AudioInputError("zero-length audio: expected at least one sample")
+    if sample_rate <= 0:
+        raise AudioInputError(f"sample_rate must be positive, got {sample_rate}")
+    if sample_rate != SAMPLE_RATE:
+        x = _resample_mono(np.ascontiguousarray(x), sample_rate)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def load_audio(path: str | Path) -> torch.Tensor:
+    """Decode the first audio stream of a file (any container/codec av reads) to 16 kHz mono float32 [N]."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (OSError, av.error.FFmpegError) as e:
+        raise AudioInputError(f"cannot open audio file {str(path)!r}: {e}") from e
+    with container:
+        if not container.streams.audio:
+            raise AudioInputError(f"{str(path)!r} has no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=SAMPLE_RATE)
+        chunks = []
+        for frame in container.decode(stream):
+            chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(frame)]
+        chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(None)]
+    if not chunks or sum(c.size for c in chunks) == 0:
+        raise AudioInputError(f"zero-length audio: {str(path)!r} decodes to no samples")
+    return torch.from_numpy(np.concatenate(chunks).astype(np.float32))
+
+
+# ---- log-mel ---------------------------------------------------------------------------------------------
+
+
+def _hz_to_mel_slaney(f: np.ndarray) -> np.ndarray:
+    # Slaney: linear below 1 kHz (3 mel / 200 Hz), logarithmic above (27 mel per factor 6.4).
+    lin = 3.0 * f / 200.0
+    log = 15.0 + np.log(np.maximum(f, 1e-12) / 1000.0) * (27.0 / np.log(6.4))
+    return np.where(f >= 1000.0, log, lin)
+
+
+def _mel_to_hz_slaney(m: np.ndarray) -> np.ndarray:
+    lin = 200.0 * m / 3.0
+    log = 1000.0 * np.exp(np.log(6.4) * (m - 15.0) / 27.0)
+    return np.where(m >= 15.0, log, lin)
+
+
+def mel_filter_bank(
+    n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE, f_max: float = 8000.0
+) -> torch.Tensor:
+    """Slaney-scale, Slaney-normalised triangular filters [n_fft // 2 + 1, n_mels] (float32), 0 Hz..f_max."""
+    n_freqs = n_fft // 2 + 1
+    fft_freqs = np.linspace(0, sample_rate // 2, n_freqs)
+    mel_pts = np.linspace(_hz_to_mel_slaney(np.array(0.0)), _hz_to_mel_slaney(np.array(f_max)), n_mels + 2)
+    hz_pts = _mel_to_hz_slaney(mel_pts)
+    slopes = hz_pts[None, :] - fft_freqs[:, None]  # [F, n_mels + 2]
+    diff = np.diff(hz_pts)
+    down = -slopes[:, :-2] / diff[:-1]
+    up = slopes[:, 2:] / diff[1:]
+    fb = np.maximum(0.0, np.minimum(down, up))
+    fb *= (2.0 / (hz_pts[2 : n_mels + 2] - hz_pts[:n_mels]))[None, :]  # equal energy per filter
+    return torch.from_numpy(fb.astype(np.float32))
+
+
+def mel_frame_count(n_samples: int) -> int:
+    """Mel frames for a clip of `n_samples` 16 kHz samples: one per started 10 ms hop."""
+    return math.ceil(n_samples / HOP_LENGTH)
+
+
+@dataclass
+class LogMelState:
+    """Per-stream front-end state: the padded samples not yet consumed by a complete frame."""
+
+    carry: torch.Tensor  # [N_FFT] padded samples still needed by the next frame (first n_carry valid)
+    head: torch.Tensor  # [_HALF + 1] the first 201 samples: the start reflection needs x[1..200]
+    n_carry: int = 0
+    n_seen: int = 0  # input samples so far
+    n_frames: int = 0  # frames emitted so far
+    running_max: float = -math.inf  # loudest log10 mel value so far (sets the 80 dB floor)
+
+
+class LogMel(nn.Module):
+    """Whisper log-mel features; holds only constant buffers (filters, window), shared by all sessions."""
+
+    filters: torch.Tensor  # [201, n_mels]
+    window: torch.Tensor  # [400]
+
+    def __init__(self, n_mels: int = N_MELS) -> None:
+        super().__init__()
+        self.n_mels = n_mels
+        self.register_buffer("filters", mel_filter_bank(n_mels), persistent=False)
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)  # periodic, as torch.stft
+
+    def _log_power(self, padded: torch.Tensor, n_frames: int) -> torch.Tensor:  # [P] -> [T, n_mels]
+        frames = padded.unfold(0, N_FFT, HOP_LENGTH)[:n_frames]  # [T, 400]
+        spec = torch.fft.rfft(frames * self.window, dim=-1)  # [T, 201]
+        power = spec.real.square() + spec.imag.square()
+        return (power @ self.filters).clamp_(min=_LOG_FLOOR).log10_()
+
+    @staticmethod
+    def _finish(log_mel: torch.Tensor, peak: float) -> torch.Tensor:  # [T, M] -> [M, T]
+        return ((torch.clamp(log_mel, min=peak - _DYNAMIC_RANGE) + 4.0) / 4.0).T.contiguous()
+
+    @staticmethod
+    def _reflect_pad(x: torch.Tensor) -> torch.Tensor:  # [N >= 201] -> [200 + N]: torch.stft's centre pad
+        return torch.cat([x[1 : _HALF + 1].flip(0), x])
+
+    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
+        """Offline features of a whole clip: 16 kHz mono float [N] -> [n_mels, ceil(N / 160)]."""
+        n = self._check_pcm(pcm)
+        n_frames = mel_frame_count(n)
+        # The 80 dB floor follows the reference's max over every frame whose window touches the clip,
+        # including up to two frames past the last returned one (their windows reach 200 samples back).
+        n_ext = (n + _HALF - 1) // HOP_LENGTH + 1
+        need = max((n_ext - 1) * HOP_LENGTH + _HALF, _HALF + 1)
+        x = torch.zeros(need, dtype=torch.float32, device=pcm.device)
+        x[:n] = pcm.float()
+        log_mel = self._log_power(self._reflect_pad(x), n_ext)
+        return self._finish(log_mel[:n_frames], float(log_mel.max()))
+
+    @staticmethod
+    def _check_pcm(pcm: torch.Tensor) -> int:
+        if pcm.dim() != 1:
+            raise AudioInputError(f"expected 16 kHz mono PCM of shape [samples], got {tuple(pcm.shape)}")
+        if pcm.numel() == 0:
+            raise AudioInputError("zero-length audio: expected at least one 16 kHz sample")
+        return pcm.numel()
+
+    # ---- streaming ---------------------------------------------------------------------------------------
+
+    def init_state(self, device: torch.device | str | None = None) -> LogMelState:
+        return LogMelState(
+            carry=torch.zeros(N_FFT, device=device), head=torch.zeros(_HALF + 1, device=device)
+        )
+
+    def step(self, state: LogMelState, pcm: torch.Tensor) -> torch.Tensor:
+        """Feed 16 kHz mono samples [n] (any n >= 0); returns the frames completed by them [n_mels, t]."""
+        if pcm.dim() != 1:
+            raise AudioInputError(f"expected 16 kHz mono PCM of shape [samples], got {tuple(pcm.shape)}")
+        pcm = pcm.float().to(state.carry.device)
+        n_head = min(pcm.numel(), max(0, _HALF + 1 - state.n_seen))
+        state.head[state.n_seen : state.n_seen + n_head] = pcm[:n_head]
+        before, state.n_seen = state.n_seen, state.n_seen + pcm.numel()
+        if state.n_seen <= _HALF:
+            return self._empty(pcm.device)
+        if before <= _HALF:  # the start reflection is known now: the padded stream begins
+            pcm = self._reflect_pad(torch.cat([state.head[:before], pcm]))
+        return self._consume(state, pcm, final=False)
+
+    def flush(self, state: LogMelState) -> torch.Tensor:
+        """End of stream: the remaining frames (the tail sees zeros, as offline); resets the state."""
+        if state.n_seen == 0:
+            raise AudioInputError("zero-length audio: flush() before any sample was fed")
+        if state.n_seen <= _HALF:  # nothing emitted yet: the reflection itself reaches into the zeros
+            out = self.forward(state.head[: state.n_seen].clone())
+        else:
+            out = self._consume(state, torch.zeros(N_FFT, device=state.carry.device), final=True)
+        self._reset(state)
+        return out
+
+    def _consume(self, state: LogMelState, padded_new: torch.Tensor, final: bool) -> torch.Tensor:
+        buf = torch.cat([state.carry[: state.n_carry], padded_new])
+        if final:
+            n_frames = mel_frame_count(state.n_seen) - state.n_frames
+        else:
+            n_frames = max(0, (buf.numel() - N_FFT) // HOP_LENGTH + 1)
+        if n_frames == 0:
+            out = self._empty(buf.device)
+        else:
+            log_mel = self._log_power(buf, n_frames)
+            state.running_max = max(state.running_max, float(log_mel.max()))
+            out = self._finish(log_mel, state.running_max)
+        rest = buf[n_frames * HOP_LENGTH :][:N_FFT]  # < 400 samples remain in streaming
+        state.carry[: rest.numel()] = rest
+        state.n_carry = rest.numel()
+        state.n_frames += n_frames
+        return out
+
+    def _empty(self, device: torch.device) -> torch.Tensor:
+        return torch.zeros(self.n_mels, 0, device=device)
+
+    @staticmethod
+    def _reset(state: LogMelState) -> None:
+        state.n_carry = state.n_seen = state.n_frames = 0
+        state.running_max = -math.inf
