@@ -1,0 +1,1 @@
+"""Packaged speech parts of the embedded default: recognition, synthesis, scoring."""
