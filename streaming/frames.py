@@ -1,0 +1,96 @@
+"""Typed, timestamped frames that flow between a session's stages.
+
+Timestamps are seconds on the session's media clock (0 at session start, see `Session.clock`). Media frames
+carry what was captured; control frames carry what the runtime decided, and jump ahead of media frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AudioFrame:
+    """Captured user audio. `pcm` is int16 or float32, shaped [samples] or [channels, samples] (planar)
+    or [1, samples * channels] (packed, as av gives it); the audio stage resamples it to the engine's rate."""
+
+    pcm: np.ndarray
+    sample_rate: int
+    timestamp: float
+    channels: int = 1
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    """One captured camera frame; `image` is RGB uint8 [H, W, 3] or a transport object the video stage converts."""
+
+    image: Any
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class TextFrame:
+    """Text the user typed (a `conversation.item.create` with text), treated as a finished user turn."""
+
+    text: str
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """Voice activity began at `timestamp` (the onset, not the moment it was confirmed)."""
+
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    """The user's turn ended: `timestamp` is the end of the last voiced audio."""
+
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class ResponseRequest:
+    """Generate a reply now (client `response.create`, or a turn that ended)."""
+
+    timestamp: float
+    instructions: str | None = None
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Stop the current reply: `reason` is "barge_in" or "client_cancel"."""
+
+    timestamp: float
+    reason: str = "barge_in"
+
+
+@dataclass(frozen=True)
+class Truncate:
+    """The client reports it played only `audio_end_ms` of an assistant item (conversation.item.truncate)."""
+
+    item_id: str
+    audio_end_ms: int
+    timestamp: float = 0.0
+
+
+@dataclass(frozen=True)
+class SessionUpdate:
+    """Client settings (session.update): only the recognised keys, already validated."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    timestamp: float = 0.0
+
+
+ControlFrame = SpeechStarted | SpeechStopped | ResponseRequest | Interrupt | Truncate | SessionUpdate
+Frame = AudioFrame | VideoFrame | TextFrame | ControlFrame
+
+CONTROL_TYPES: tuple[type, ...] = (SpeechStarted, SpeechStopped, ResponseRequest, Interrupt, Truncate, SessionUpdate)
+
+
+def is_control(frame: object) -> bool:
+    return isinstance(frame, CONTROL_TYPES)

@@ -1,0 +1,509 @@
+"""One conversation's runtime: stages joined by bounded queues, driven by asyncio, computed on the worker.
+
+```
+transport --AudioFrame--> inbox (control lane first, audio DROP_OLDEST) --> input task --worker--> AudioInStage
+          --VideoFrame--> latest-frame slot (KEEP_LATEST) --> video task (<= 2 fps) --worker--> engine.push_video
+          --client event--> parse --> inbox control lane
+input task: SpeechStarted -> barge-in if a reply is live; SpeechStopped -> reply task
+reply task --worker--> engine.respond() one step per job --> text events; speech --> OutputAudio (BLOCK)
+transport's audio track <-- OutputAudio.read(960) every 20 ms (flushed on barge-in)
+```
+
+Every task is kept in `Session._tasks` and cancelled by `close()`; a failing task reports an `error` event,
+calls `on_failure` (the transport tears the connection down) and never touches other sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import numpy as np
+
+from streaming.audio_in import AudioInStage, AudioInState, StageOutput
+from streaming.engine import AudioChunk, Engine, EngineEvent, EngineSession, ReplyDone, TextDelta, TranscriptDelta
+from streaming.events import ProtocolError, RealtimeEvents, new_id, parse_client_event
+from streaming.frames import (
+    AudioFrame,
+    Interrupt,
+    ResponseRequest,
+    SessionUpdate,
+    SpeechStarted,
+    SpeechStopped,
+    Truncate,
+    VideoFrame,
+)
+from streaming.metrics import ServerMetrics, TurnMetrics
+from streaming.output import OUTPUT_RATE, EndOfReply, OutputAudio, SpeechChunk
+from streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
+from streaming.vad import SileroVad, TurnConfig
+from streaming.worker import DeviceWorker
+
+log = logging.getLogger(__name__)
+Emit = Callable[[dict[str, Any]], None]
+InboxItem = AudioFrame | ResponseRequest | Interrupt | Truncate | SessionUpdate
+
+
+@dataclass
+class SessionConfig:
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    create_response: bool = True  # server VAD starts a reply at the end of a turn
+    interrupt_response: bool = True  # user speech during a reply cancels it (barge-in)
+    input_queue_frames: int = 500  # 10 s of 20 ms frames before the oldest is dropped (and counted)
+    output_queue_chunks: int = 64
+    video_interval: float = 0.5  # at most 2 frames/s reach the engine
+    video_max_side: int = 640
+    instructions: str | None = None
+    voice: str | None = None
+
+
+@dataclass
+class _Reply:
+    response_id: str
+    item_id: str
+    metrics: TurnMetrics
+    task: asyncio.Task[None] | None = None
+    iterator: Iterator[EngineEvent] | None = None
+    generated: bool = False  # the engine finished generating (ReplyDone)
+    text: list[str] = field(default_factory=list)
+
+
+class Session:
+    """The runtime of one conversation (one per connection)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        worker: DeviceWorker,
+        vad: SileroVad,
+        emit: Emit,
+        config: SessionConfig | None = None,
+        metrics: ServerMetrics | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.id = new_id("sess")
+        self.engine = engine
+        self.worker = worker
+        self.config = config or SessionConfig()
+        self.metrics = metrics or ServerMetrics()
+        self.events = RealtimeEvents(self.id)
+        self.on_failure = on_failure
+        self._emit = emit
+        self._t0 = time.monotonic()
+        self._stage = AudioInStage(vad, engine.input_sample_rate)
+        self._audio_state: AudioInState = self._stage.init_state(self.config.turn, self.config.create_response)
+        self.inbox: Inbox[InboxItem] = Inbox(
+            BoundedQueue(self.config.input_queue_frames, Overflow.DROP_OLDEST, "input-audio")
+        )
+        self.video: BoundedQueue[VideoFrame] = BoundedQueue(1, Overflow.KEEP_LATEST, "video")
+        self.output = OutputAudio(self.config.output_queue_chunks, self._on_first_audio, self._on_reply_played)
+        self._engine_session: EngineSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reply: _Reply | None = None
+        self._user_item: str | None = None
+        self._item_responses: dict[str, str] = {}
+        self._turns = 0
+        self._dropped_reported = 0
+        self.closed = False
+        self.failure: BaseException | None = None
+        self.turn_history: list[TurnMetrics] = []  # the last 32 turns, for tests and benchmarks
+
+    # ---- clock and life cycle ----
+
+    def clock(self) -> float:
+        """Seconds since the session started (the media clock of every timestamp in this session)."""
+        return time.monotonic() - self._t0
+
+    async def start(self) -> None:
+        self._engine_session = await self.worker.run(self._open_engine_session)
+        self.metrics.inc("sessions_total", "sessions started")
+        self.metrics.add_gauge("sessions_active", "sessions open now", 1)
+        self._emit(self.events.session_created(self.describe()))
+        self._spawn(self._input_loop(), "input")
+        self._spawn(self._video_loop(), "video")
+
+    def _open_engine_session(self) -> EngineSession:
+        return self.engine.open_session(instructions=self.config.instructions, voice=self.config.voice)
+
+    def describe(self) -> dict[str, Any]:
+        t = self._audio_state.detector.config
+        td = (
+            None
+            if not self._audio_state.auto_end_turn and not self.config.create_response
+            else {
+                "type": "server_vad",
+                "threshold": t.threshold,
+                "silence_duration_ms": t.silence_ms,
+                "prefix_padding_ms": t.prefix_ms,
+                "min_speech_duration_ms": t.min_speech_ms,
+                "create_response": self.config.create_response,
+                "interrupt_response": self.config.interrupt_response,
+            }
+        )
+        return {
+            "model": self.engine.name,
+            "output_modalities": ["audio"],
+            "instructions": self.config.instructions,
+            "audio": {
+                "input": {"format": {"type": "audio/pcm", "rate": self.engine.input_sample_rate}, "turn_detection": td},
+                "output": {"format": {"type": "audio/pcm", "rate": OUTPUT_RATE}, "voice": self.config.voice},
+            },
+        }
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=f"{self.id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _guard(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await coro
+        except (asyncio.CancelledError, QueueClosed):
+            raise
+        except Exception as e:  # one session's failure ends that session only
+            log.exception("session %s: %s stage failed", self.id, name)
+            self.failure = e
+            self._emit(
+                self.events.error("server_error", f"{name} stage failed: {type(e).__name__}: {e}", kind="server_error")
+            )
+            self.metrics.inc("session_failures_total", "sessions ended by an internal error")
+            if self.on_failure is not None:
+                self.on_failure(e)
+
+    @property
+    def tasks(self) -> frozenset[asyncio.Task[None]]:
+        return frozenset(self._tasks)
+
+    async def close(self) -> None:
+        """Cancel every task, flush queues and release the engine session. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        tasks = list(self._tasks)
+        if self._reply is not None and self._reply.task is not None:
+            tasks.append(self._reply.task)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.inbox.close()
+        self.video.close()
+        self.output.close()
+        reply, self._reply = self._reply, None
+        engine_session, self._engine_session = self._engine_session, None
+        if engine_session is not None and self.worker.running:
+            try:
+                await asyncio.wait_for(self.worker.run(self._close_engine, reply, engine_session), 30.0)
+            except Exception:
+                log.exception("session %s: closing the engine session failed", self.id)
+        self.metrics.add_gauge("sessions_active", "sessions open now", -1)
+
+    @staticmethod
+    def _close_engine(reply: _Reply | None, engine_session: EngineSession) -> None:
+        if reply is not None and reply.iterator is not None:
+            _close_iterator(reply.iterator)
+        engine_session.close()
+
+    # ---- inputs from the transport (event loop, never block) ----
+
+    def push_audio(self, frame: AudioFrame) -> None:
+        if not self.closed:
+            self.inbox.put_media(frame)
+
+    def push_video(self, frame: VideoFrame) -> None:
+        if not self.closed:
+            self.video.put_nowait(frame)
+
+    def handle_client_event(self, raw: str | bytes | dict[str, Any]) -> None:
+        """A client event from the transport; a bad one is answered with an `error` event."""
+        if self.closed:
+            return
+        try:
+            action = parse_client_event(raw)
+        except ProtocolError as e:
+            self._emit(self.events.error(e.code, str(e), e.event_id))
+            return
+        if action is not None:
+            try:
+                self.inbox.put_control(action)
+            except asyncio.QueueFull:
+                self._emit(self.events.error("rate_limited", "too many client events waiting; try again"))
+
+    def read_output(self, n: int) -> np.ndarray | None:
+        """The next `n` samples of assistant speech (int16, 48 kHz), or None when nothing is playing."""
+        return self.output.read(n)
+
+    # ---- input stage ----
+
+    async def _input_loop(self) -> None:
+        while True:
+            item = await self.inbox.get()
+            if isinstance(item, AudioFrame):
+                frames = [item]
+                while len(self.inbox.media) and not len(self.inbox.control):
+                    frames.append(self.inbox.media.get_nowait())  # type: ignore[arg-type]
+                out = await self.worker.run(self._process_audio, frames)
+                await self._handle_stage_output(out)
+            else:
+                await self._handle_control(item)
+
+    def _process_audio(self, frames: list[AudioFrame]) -> list[StageOutput]:
+        assert self._engine_session is not None
+        return self._stage.process(self._audio_state, frames, self._engine_session)
+
+    def _end_turn(self) -> list[StageOutput]:
+        assert self._engine_session is not None
+        return self._stage.end_turn(self._audio_state, self._engine_session)
+
+    async def _handle_stage_output(self, out: list[StageOutput]) -> None:
+        turn_end: float | None = None
+        for ev in out:
+            if isinstance(ev, SpeechStarted):
+                self._user_item = new_id("item")
+                self._emit(self.events.speech_started(self._user_item, int(ev.timestamp * 1000)))
+                if self._reply is not None and self.config.interrupt_response:
+                    await self._interrupt(ev.timestamp, "barge_in")
+            elif isinstance(ev, SpeechStopped):
+                self._emit(self.events.speech_stopped(self._user_item or new_id("item"), int(ev.timestamp * 1000)))
+                if self.config.create_response:
+                    turn_end = ev.timestamp
+            elif isinstance(ev, TranscriptDelta):
+                item = self._user_item or new_id("item")
+                if ev.final:
+                    self._emit(self.events.transcription_completed(item, ev.text))
+                else:
+                    self._emit(self.events.transcription_delta(item, ev.text))
+        dropped = self.inbox.media.dropped
+        if dropped > self._dropped_reported:
+            self.metrics.inc(
+                "dropped_input_frames_total",
+                "input audio frames dropped by a full queue",
+                dropped - self._dropped_reported,
+            )
+            self._dropped_reported = dropped
+        if turn_end is not None and self._reply is None:
+            self._start_reply(turn_end)
+
+    async def _handle_control(self, item: InboxItem) -> None:
+        if isinstance(item, ResponseRequest):
+            if self._reply is not None:
+                self._emit(
+                    self.events.error(
+                        "conversation_already_has_active_response",
+                        "a response is in progress; cancel it first (response.cancel)",
+                    )
+                )
+                return
+            await self._handle_stage_output(await self.worker.run(self._end_turn))
+            if self._reply is None:
+                self._start_reply(None)
+        elif isinstance(item, Interrupt):
+            if self._reply is None:
+                self._emit(self.events.error("response_cancel_not_active", "no response is in progress"))
+                return
+            await self._interrupt(self.clock(), item.reason)
+        elif isinstance(item, Truncate):
+            await self._truncate(item)
+        elif isinstance(item, SessionUpdate):
+            await self._update(item.settings)
+
+    # ---- replies ----
+
+    def _start_reply(self, end_of_speech: float | None) -> None:
+        self._turns += 1
+        self._audio_state.hold = True  # new user audio waits until this reply is over
+        m = TurnMetrics(
+            turn=self._turns,
+            end_of_speech=end_of_speech,
+            response_start=self.clock(),
+            dropped_input_frames=self.inbox.media.dropped,
+        )
+        reply = _Reply(new_id("resp"), new_id("item"), m)
+        self._reply = reply
+        self._item_responses[reply.item_id] = reply.response_id
+        while len(self._item_responses) > 4:  # truncation concerns the last few replies only (as OutputAudio.logs)
+            del self._item_responses[next(iter(self._item_responses))]
+        self._emit(self.events.response_created(reply.response_id))
+        reply.task = asyncio.get_running_loop().create_task(
+            self._guard(self._generate(reply), "reply"), name=f"{self.id}:reply"
+        )
+
+    async def _generate(self, reply: _Reply) -> None:
+        assert self._engine_session is not None
+        reply.iterator = await self.worker.run(self._engine_session.respond)
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=OUTPUT_RATE)
+        while not reply.generated:
+            ev, seconds = await self.worker.run(_step, reply.iterator)
+            reply.metrics.compute_seconds += seconds
+            if ev is None or isinstance(ev, ReplyDone):
+                reply.generated = True
+                pcm = await self.worker.run(_resample_out, resampler, None, self.engine.output_sample_rate)
+                if len(pcm):
+                    await self.output.put(SpeechChunk(reply.response_id, pcm))
+            elif isinstance(ev, TextDelta):
+                if reply.metrics.first_text is None:
+                    reply.metrics.first_text = self.clock()
+                reply.text.append(ev.text)
+                self._emit(self.events.output_text_delta(reply.response_id, reply.item_id, ev.text))
+            elif isinstance(ev, AudioChunk):
+                reply.metrics.audio_seconds += len(ev.pcm) / self.engine.output_sample_rate
+                pcm = await self.worker.run(_resample_out, resampler, ev.pcm, self.engine.output_sample_rate)
+                await self.output.put(SpeechChunk(reply.response_id, pcm, ev.text))
+                if ev.text:
+                    self._emit(self.events.output_audio_transcript_delta(reply.response_id, reply.item_id, ev.text))
+        await self.output.put(EndOfReply(reply.response_id))
+        self._emit(self.events.response_done(reply.response_id, reply.item_id, "completed", "".join(reply.text)))
+
+    def _on_first_audio(self, response_id: str) -> None:
+        reply = self._reply
+        if reply is not None and reply.response_id == response_id and reply.metrics.first_audio is None:
+            reply.metrics.first_audio = self.clock()
+            self._emit(self.events.output_audio_buffer("started", response_id))
+
+    def _on_reply_played(self, response_id: str) -> None:
+        reply = self._reply
+        if reply is None or reply.response_id != response_id:
+            return
+        self._emit(self.events.output_audio_buffer("stopped", response_id))
+        self._finish_reply(reply)
+        self._audio_state.hold = False  # held user audio goes in with the next audio job
+
+    def _finish_reply(self, reply: _Reply) -> None:
+        self._reply = None
+        self.turn_history.append(reply.metrics)
+        del self.turn_history[:-32]
+        self.metrics.observe_turn(reply.metrics)
+        self._emit(self.events.metrics(reply.metrics.as_event_fields()))
+
+    async def _interrupt(self, onset: float, reason: str, played_until: int | None = None) -> None:
+        """Stop the live reply: silence the output now, then cancel generation and trim the engine's history."""
+        reply = self._reply
+        if reply is None:
+            return
+        self.output.flush()
+        stopped = self.clock()
+        if reply.task is not None:
+            reply.task.cancel()
+        log_ = self.output.log_for(reply.response_id)
+        played = log_.text_until(played_until) if played_until is not None else log_.played_text()
+        m = reply.metrics
+        m.interrupted = True
+        if reason == "barge_in":
+            m.barge_in_seconds = stopped - onset
+        self._emit(self.events.output_audio_buffer("cleared", reply.response_id))
+        if not reply.generated:
+            status_reason = "turn_detected" if reason == "barge_in" else "client_cancelled"
+            self._emit(self.events.response_done(reply.response_id, reply.item_id, "cancelled", played, status_reason))
+        self._finish_reply(reply)
+        if reply.task is not None:
+            await asyncio.gather(reply.task, return_exceptions=True)
+        await self.worker.run(self._interrupt_engine, reply, played)
+
+    def _interrupt_engine(self, reply: _Reply, played: str) -> None:
+        if reply.iterator is not None:
+            _close_iterator(reply.iterator)
+        if self._engine_session is not None:
+            self._engine_session.interrupt(played)
+        self._audio_state.hold = False
+
+    async def _truncate(self, t: Truncate) -> None:
+        reply = self._reply
+        sample = t.audio_end_ms * OUTPUT_RATE // 1000
+        if reply is not None and reply.item_id == t.item_id:
+            await self._interrupt(self.clock(), "client_truncate", played_until=sample)
+        else:
+            rid = self._item_responses.get(t.item_id)
+            play_log = self.output.logs.get(rid) if rid is not None else None
+            if play_log is None or not play_log.spans:
+                self._emit(
+                    self.events.error(
+                        "item_truncate_invalid_item_id", f"no assistant item {t.item_id!r} with audio in this session"
+                    )
+                )
+                return
+            assert self._engine_session is not None
+            await self.worker.run(self._engine_session.interrupt, play_log.text_until(sample))
+        self._emit(self.events.item_truncated(t.item_id, t.audio_end_ms))
+
+    async def _update(self, settings: dict[str, Any]) -> None:
+        if "instructions" in settings or "voice" in settings:
+            if self._turns > 0:
+                self._emit(
+                    self.events.error("invalid_value", "instructions and voice can only change before the first reply")
+                )
+                return
+            self.config.instructions = settings.get("instructions", self.config.instructions)
+            self.config.voice = settings.get("voice", self.config.voice)
+            self._engine_session = await self.worker.run(self._reopen_engine)
+        if "turn_detection" in settings:
+            td = settings["turn_detection"]
+            if td is None:
+                self.config.create_response = False
+                self._audio_state.auto_end_turn = False
+            else:
+                c = self._audio_state.detector.config
+                new = TurnConfig(
+                    threshold=td.get("threshold", c.threshold),
+                    silence_ms=int(td.get("silence_duration_ms", c.silence_ms)),
+                    min_speech_ms=int(td.get("min_speech_duration_ms", c.min_speech_ms)),
+                    prefix_ms=int(td.get("prefix_padding_ms", c.prefix_ms)),
+                )
+                self._audio_state.detector.config = new.validate()
+                self.config.create_response = td.get("create_response", True)
+                self.config.interrupt_response = td.get("interrupt_response", True)
+                self._audio_state.auto_end_turn = self.config.create_response
+        self._emit(self.events.session_updated(self.describe()))
+
+    def _reopen_engine(self) -> EngineSession:
+        if self._engine_session is not None:
+            self._engine_session.close()
+        return self._open_engine_session()
+
+    # ---- video stage ----
+
+    async def _video_loop(self) -> None:
+        while True:
+            frame = await self.video.get()
+            assert self._engine_session is not None
+            await self.worker.run(self._push_video, frame)
+            await asyncio.sleep(self.config.video_interval)
+
+    def _push_video(self, frame: VideoFrame) -> None:
+        assert self._engine_session is not None
+        image = frame.image
+        if not isinstance(image, np.ndarray):  # an av.VideoFrame from the transport: scale and convert here
+            scale = min(1.0, self.config.video_max_side / max(image.width, image.height))
+            w, h = max(2, int(image.width * scale) // 2 * 2), max(2, int(image.height * scale) // 2 * 2)
+            image = image.to_ndarray(format="rgb24", width=w, height=h)
+        self._engine_session.push_video(image, frame.timestamp)
+
+
+def _step(it: Iterator[EngineEvent]) -> tuple[EngineEvent | None, float]:
+    t0 = time.perf_counter()
+    ev = next(it, None)
+    return ev, time.perf_counter() - t0
+
+
+def _resample_out(resampler: av.AudioResampler, pcm: np.ndarray | None, rate: int) -> np.ndarray:
+    """Engine float32 speech -> int16 at 48 kHz; `pcm=None` flushes the resampler's tail."""
+    if pcm is None:
+        frames = resampler.resample(None)
+    else:
+        f = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(pcm.reshape(1, -1), dtype=np.float32), format="flt", layout="mono"
+        )
+        f.sample_rate = rate
+        frames = resampler.resample(f)
+    parts = [f.to_ndarray().reshape(-1) for f in frames]
+    return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, np.int16)
+
+
+def _close_iterator(it: Iterator[EngineEvent]) -> None:
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()

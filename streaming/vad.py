@@ -1,0 +1,111 @@
+"""Server-side voice activity detection and turn-taking.
+
+`SileroVad` runs the Silero VAD model shipped inside the `silero-vad` wheel (its ONNX file, no download) with
+onnxruntime; it is shared by all sessions (an onnxruntime session is safe to call from one thread at a time,
+and only the device worker calls it). Per-session recurrent state lives in `VadState`.
+
+`TurnDetector` turns per-chunk speech probabilities into turns: speech must last `min_speech_ms` before it
+counts (clicks and coughs are shorter), and a turn ends after `silence_ms` without speech.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+
+from streaming.frames import SpeechStarted, SpeechStopped
+
+SAMPLE_RATE = 16000
+CHUNK = 512  # samples per model call at 16 kHz = 32 ms (the only size the v5/v6 model accepts)
+CONTEXT = 64  # samples of the previous chunk the model sees before each chunk
+CHUNK_SECONDS = CHUNK / SAMPLE_RATE
+
+
+@dataclass
+class VadState:
+    """One stream's recurrent state: LSTM state [2, 1, 128] and the last 64 samples of context."""
+
+    state: np.ndarray = field(default_factory=lambda: np.zeros((2, 1, 128), np.float32))
+    context: np.ndarray = field(default_factory=lambda: np.zeros((1, CONTEXT), np.float32))
+
+
+class SileroVad:
+    """The packaged Silero VAD (16 kHz), one 512-sample chunk per step."""
+
+    def __init__(self, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        model = resources.files("silero_vad.data").joinpath("silero_vad.onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # one chunk is ~0.1 ms of work; more threads only add overhead
+        opts.inter_op_num_threads = 1
+        with resources.as_file(model) as path:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
+
+    def init_state(self) -> VadState:
+        return VadState()
+
+    def step(self, state: VadState, chunk: np.ndarray) -> float:
+        """Speech probability of one float32 chunk of 512 samples at 16 kHz; updates `state` in place."""
+        if chunk.shape != (CHUNK,):
+            raise ValueError(f"VAD chunk must be {CHUNK} samples at 16 kHz, got shape {chunk.shape}")
+        x = np.concatenate([state.context, chunk[None, :].astype(np.float32)], axis=1)
+        prob, new_state = self._session.run(None, {"input": x, "state": state.state, "sr": self._sr})
+        state.state[...] = new_state
+        state.context[...] = x[:, -CONTEXT:]
+        return float(np.asarray(prob).reshape(-1)[0])
+
+
+@dataclass
+class TurnConfig:
+    threshold: float = 0.5  # speech when p >= threshold
+    silence_ms: int = 500  # a turn ends after this much silence
+    min_speech_ms: int = 100  # shorter bursts (clicks, coughs) are not speech; also delays barge-in by this much
+    prefix_ms: int = 300  # audio before the onset that is still given to the engine
+
+    def validate(self) -> TurnConfig:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"VAD threshold must be in (0, 1), got {self.threshold}")
+        if self.silence_ms < 0 or self.min_speech_ms < 0 or self.prefix_ms < 0:
+            raise ValueError("silence_ms, min_speech_ms and prefix_ms must be >= 0")
+        return self
+
+
+@dataclass
+class TurnDetector:
+    """Hysteresis over per-chunk probabilities (speech above `threshold`, silence below `threshold - 0.15`)."""
+
+    config: TurnConfig = field(default_factory=TurnConfig)
+    speaking: bool = False  # a confirmed turn is in progress
+    onset: float | None = None  # start of the current voiced run (candidate or confirmed)
+    voiced_until: float = 0.0  # end of the last voiced chunk
+    voiced_seconds: float = 0.0  # voiced time in the current candidate run
+
+    def step(self, prob: float, start: float, duration: float) -> SpeechStarted | SpeechStopped | None:
+        """Feed one chunk's probability (chunk covers [start, start + duration)); returns a turn event or None."""
+        c = self.config
+        end = start + duration
+        voiced = prob >= c.threshold or (self.onset is not None and prob >= c.threshold - 0.15)
+        if voiced:
+            if self.onset is None:
+                self.onset, self.voiced_seconds = start, 0.0
+            self.voiced_seconds += duration
+            self.voiced_until = end
+            if not self.speaking and self.voiced_seconds * 1000 >= c.min_speech_ms:
+                self.speaking = True
+                return SpeechStarted(timestamp=self.onset)
+            return None
+        if self.onset is None:
+            return None
+        gap_ms = (end - self.voiced_until) * 1000
+        if not self.speaking:
+            if gap_ms > max(c.min_speech_ms, 100):  # a burst too short to count, then silence: forget it
+                self.onset = None
+            return None
+        if gap_ms >= c.silence_ms:
+            self.speaking, self.onset = False, None
+            return SpeechStopped(timestamp=self.voiced_until)
+        return None

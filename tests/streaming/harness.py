@@ -1,0 +1,84 @@
+"""A frames-in/frames-out harness for a Session: feed audio frames, read its speech, collect its events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from streaming.frames import AudioFrame
+from streaming.session import Session, SessionConfig
+from streaming.testing import ToneEngine
+from streaming.vad import SileroVad, TurnConfig
+from streaming.worker import DeviceWorker
+
+FRAME = 320  # 20 ms at 16 kHz
+WAIT = 30.0  # generous: other test suites share the 2 cores
+
+
+class Harness:
+    def __init__(
+        self, engine: ToneEngine, worker: DeviceWorker, vad: SileroVad, config: SessionConfig | None = None
+    ) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+        self.engine = engine
+        cfg = config or SessionConfig(turn=TurnConfig(silence_ms=300))
+        self.session = Session(engine, worker, vad, self._emit, cfg)
+        self.played: list[np.ndarray] = []  # every 20 ms frame the fake track read (zeros when idle)
+        self._player: asyncio.Task[None] | None = None
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def start(self, play: bool = True) -> None:
+        await self.session.start()
+        if play:
+            self._player = asyncio.get_running_loop().create_task(self._play())
+
+    async def _play(self) -> None:
+        """A fake transport track: 20 ms of 48 kHz every 20 ms, silence when nothing is buffered."""
+        while True:
+            pcm = self.session.read_output(960)
+            self.played.append(np.zeros(960, np.int16) if pcm is None else pcm)
+            await asyncio.sleep(0.02)
+
+    async def feed(self, pcm: np.ndarray, realtime: bool = True) -> None:
+        """Feed int16 16 kHz mono audio as 20 ms frames stamped with the session clock."""
+        for i in range(0, len(pcm) - FRAME + 1, FRAME):
+            self.session.push_audio(AudioFrame(pcm[i : i + FRAME], 16000, self.session.clock()))
+            if realtime:
+                await asyncio.sleep(0.02)
+            elif i % (FRAME * 10) == 0:
+                await asyncio.sleep(0)
+
+    async def silence(self, seconds: float, realtime: bool = True) -> None:
+        await self.feed(np.zeros(int(seconds * 16000), np.int16), realtime)
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    async def wait_for(self, pred: Callable[[dict[str, Any]], bool] | str, limit: float = WAIT) -> dict[str, Any]:
+        check = (lambda e: e["type"] == pred) if isinstance(pred, str) else pred
+        seen = 0
+
+        async def scan() -> dict[str, Any]:
+            nonlocal seen
+            while True:
+                for e in self.events[seen:]:
+                    seen += 1
+                    if check(e):
+                        return e
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(scan(), limit)
+
+    async def close(self) -> None:
+        if self._player is not None:
+            self._player.cancel()
+            await asyncio.gather(self._player, return_exceptions=True)
+        await self.session.close()
