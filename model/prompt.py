@@ -1,0 +1,112 @@
+"""Prompt building for the Thinker: ChatML turns with the model's special tokens and media placeholders.
+
+The layout is what Qwen2.5-Omni's chat template and processor produce:
+
+    <|im_start|>system\n{system}<|im_end|>\n
+    <|im_start|>user\n <|audio_bos|><|AUDIO|>*n<|audio_eos|> <|vision_bos|><|IMAGE|>*n<|vision_eos|> text <|im_end|>\n
+    <|im_start|>assistant\n
+
+A video is <|vision_bos|><|VIDEO|>*n<|vision_eos|>; a video with its audio track is
+<|vision_bos|><|audio_bos|> [video chunk 0][audio chunk 0][video chunk 1]... <|audio_eos|><|vision_eos|>,
+chunked by 2 s of TMRoPE time (see model/tmrope.py). Speech output needs the system prompt below verbatim
+(the released model may not speak otherwise; shared/reference/qwen_omni.md section 1.7).
+
+Text is tokenised between special tokens only, so prompts built piece by piece (as a live session
+prefills them) give the same ids as the whole rendered prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from model.tmrope import MultimodalTokenIds, TMRoPEConfig, audio_in_video_layout
+from model.tokenizer import TextTokenizer
+
+SPEECH_SYSTEM_PROMPT = (
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory "
+    "and visual inputs, as well as generating text and speech."
+)
+
+SPECIAL_TOKENS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|AUDIO|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+    "<|IMAGE|>",
+    "<|VIDEO|>",
+    "<|vision_bos|>",
+    "<|vision_eos|>",
+)
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be built (unknown role, tokenizer without the model's special tokens)."""
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    """Token ids of prompt pieces for one tokenizer; holds no conversation state."""
+
+    tokenizer: TextTokenizer
+    ids: MultimodalTokenIds
+    rope: TMRoPEConfig
+
+    def __post_init__(self) -> None:
+        missing = [t for t in SPECIAL_TOKENS if self.tokenizer.tokenizer.token_to_id(t) is None]
+        if missing:
+            raise PromptError(f"the tokenizer lacks the Qwen2.5-Omni special tokens {missing}")
+        mine = {
+            "<|AUDIO|>": self.ids.audio,
+            "<|IMAGE|>": self.ids.image,
+            "<|VIDEO|>": self.ids.video,
+            "<|audio_bos|>": self.ids.audio_start,
+            "<|audio_eos|>": self.ids.audio_end,
+            "<|vision_bos|>": self.ids.vision_start,
+            "<|vision_eos|>": self.ids.vision_end,
+        }
+        for text, tid in mine.items():
+            if self.tokenizer.tokenizer.token_to_id(text) != tid:
+                raise PromptError(
+                    f"tokenizer maps {text} to {self.tokenizer.tokenizer.token_to_id(text)}, config.json says {tid}"
+                )
+
+    def text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def turn_start(self, role: str) -> list[int]:
+        if role not in ("system", "user", "assistant"):
+            raise PromptError(f"unknown role {role!r}; expected system, user or assistant")
+        return self.text(f"<|im_start|>{role}\n")
+
+    def turn_end(self) -> list[int]:
+        return self.text("<|im_end|>\n")
+
+    def generation_prompt(self) -> list[int]:
+        """Closes the user turn and opens the assistant's."""
+        return self.turn_end() + self.turn_start("assistant")
+
+    def system_turn(self, prompt: str = SPEECH_SYSTEM_PROMPT) -> list[int]:
+        return self.turn_start("system") + self.text(prompt) + self.turn_end()
+
+    def text_turn(self, role: str, text: str) -> list[int]:
+        return self.turn_start(role) + self.text(text) + self.turn_end()
+
+    def audio(self, n_tokens: int) -> list[int]:
+        return [self.ids.audio_start] + [self.ids.audio] * n_tokens + [self.ids.audio_end]
+
+    def image(self, grid: Sequence[int]) -> list[int]:
+        return [self.ids.vision_start] + [self.ids.image] * self._merged(grid) + [self.ids.vision_end]
+
+    def video(self, grid: Sequence[int]) -> list[int]:
+        return [self.ids.vision_start] + [self.ids.video] * self._merged(grid) + [self.ids.vision_end]
+
+    def video_with_audio(self, grid: Sequence[int], seconds_per_grid: float, n_audio: int) -> list[int]:
+        lay = audio_in_video_layout(0, n_audio, grid, seconds_per_grid, self.rope)
+        body = [self.ids.video if v else self.ids.audio for v in lay.is_video.tolist()]
+        return [self.ids.vision_start, self.ids.audio_start] + body + [self.ids.audio_end, self.ids.vision_end]
+
+    def _merged(self, grid: Sequence[int]) -> int:
+        t, h, w = (int(g) for g in grid)
+        return t * h * w // self.rope.spatial_merge_size**2

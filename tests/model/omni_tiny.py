@@ -1,0 +1,272 @@
+"""Tiny random Qwen2.5-Omni checkpoints, built with transformers (test-only) in the released layout.
+
+The config is the released config.json's layout with every size shrunk (shared/reference/qwen_omni.md
+sections 1.8 and 4.2): special token ids are remapped into a 288-token vocabulary whose first 256 ids are
+the byte-level alphabet, so the tokenizer written next to the weights encodes any text. With
+`with_talker=True` (the default) the whole Qwen2_5OmniForConditionalGeneration is saved: thinker.*,
+talker.* and token2wav.* tensors, as in the released checkpoint. Weights are re-initialised with
+fan-in scaling so outputs are O(1) (the default std-0.02 init would make a 1e-4 comparison meaningless).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tests.model.encoder_reference import randomize_
+
+VOCAB = 288
+SPECIALS = {
+    "<|endoftext|>": 256,
+    "<|im_start|>": 257,
+    "<|im_end|>": 258,
+    "<|AUDIO|>": 259,
+    "<|audio_bos|>": 260,
+    "<|audio_eos|>": 261,
+    "<|vision_bos|>": 262,
+    "<|vision_eos|>": 263,
+    "<|IMAGE|>": 264,
+    "<|VIDEO|>": 265,
+    "<tts_pad>": 266,
+    "<tts_text_bos>": 267,
+    "<tts_text_eod>": 268,
+    "<tts_text_bos_single>": 269,
+}
+IDS = {
+    "audio": 259,
+    "audio_start": 260,
+    "audio_end": 261,
+    "vision_start": 262,
+    "vision_end": 263,
+    "image": 264,
+    "video": 265,
+    "tts_text_pad": 266,
+    "tts_text_bos": 267,
+    "tts_text_eos": 268,
+    "spk_bos": 269,
+}
+HIDDEN = 64
+
+# A Qwen2.5-Omni style ChatML template (system default, then role blocks with media placeholders).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_config_dict(with_talker: bool = True) -> dict[str, Any]:
+    """config.json content: the released layout with tiny sizes and remapped token ids."""
+    thinker = dict(
+        audio_config=dict(
+            num_mel_bins=128,
+            encoder_layers=2,
+            encoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            d_model=32,
+            output_dim=HIDDEN,
+            n_window=100,
+            max_source_positions=1500,
+        ),
+        vision_config=dict(
+            depth=3,
+            hidden_size=32,
+            intermediate_size=48,
+            num_heads=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            out_hidden_size=HIDDEN,
+            fullatt_block_indexes=[1],
+            in_channels=3,
+        ),
+        text_config=dict(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=2048,
+            # head_dim 16 -> 8 rotary frequencies split T/H/W = 4/2/2 (real: 16/24/24 of 64)
+            rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[4, 2, 2]),
+        ),
+        audio_token_index=IDS["audio"],
+        image_token_index=IDS["image"],
+        video_token_index=IDS["video"],
+        audio_start_token_id=IDS["audio_start"],
+        audio_end_token_id=IDS["audio_end"],
+        vision_start_token_id=IDS["vision_start"],
+        vision_end_token_id=IDS["vision_end"],
+        user_token_id=SPECIALS["<|im_start|>"],
+        position_id_per_seconds=25,
+        seconds_per_chunk=2,
+        bos_token_id=SPECIALS["<|endoftext|>"],
+        eos_token_id=SPECIALS["<|im_end|>"],
+        pad_token_id=SPECIALS["<|endoftext|>"],
+    )
+    talker = dict(
+        vocab_size=64,
+        embedding_size=HIDDEN,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[4, 2, 2]),
+        tts_codec_start_token_id=60,
+        tts_codec_end_token_id=61,
+        tts_codec_pad_token_id=62,
+        tts_codec_mask_token_id=63,
+        tts_text_start_token_id=IDS["tts_text_bos"],
+        tts_text_end_token_id=IDS["tts_text_eos"],
+        tts_text_pad_token_id=IDS["tts_text_pad"],
+        audio_token_index=IDS["audio"],
+        image_token_index=IDS["image"],
+        video_token_index=IDS["video"],
+        audio_start_token_id=IDS["audio_start"],
+        audio_end_token_id=IDS["audio_end"],
+        vision_start_token_id=IDS["vision_start"],
+        vision_end_token_id=IDS["vision_end"],
+        position_id_per_seconds=25,
+        seconds_per_chunk=2,
+        spatial_merge_size=2,
+    )
+    token2wav = dict(
+        dit_config=dict(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            head_dim=16,
+            ff_mult=2,
+            emb_dim=16,
+            block_size=24,
+            look_ahead_layers=[2],
+            look_backward_layers=[0, 3],
+            repeats=2,
+            num_embeds=64,
+            mel_dim=80,
+            enc_emb_dim=16,
+            enc_dim=16,
+            enc_channels=[32, 32, 32, 32, 96],
+            enc_kernel_sizes=[5, 3, 3, 3, 1],
+            enc_dilations=[1, 2, 3, 4, 1],
+            enc_attention_channels=8,
+            enc_res2net_scale=2,
+            enc_se_channels=8,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
+        bigvgan_config=dict(
+            mel_dim=80,
+            upsample_initial_channel=64,
+            resblock_kernel_sizes=[3, 7, 11],
+            resblock_dilation_sizes=[[1, 3, 5]] * 3,
+            upsample_rates=[5, 3, 2, 2, 2, 2],
+            upsample_kernel_sizes=[11, 7, 4, 4, 4, 4],
+        ),
+    )
+    out: dict[str, Any] = {"thinker_config": thinker, "enable_audio_output": with_talker}
+    if with_talker:
+        out |= {"talker_config": talker, "token2wav_config": token2wav}
+    return out
+
+
+def hf_config(with_talker: bool = True) -> Any:
+    from transformers import Qwen2_5OmniConfig
+
+    cfg = Qwen2_5OmniConfig(**tiny_config_dict(with_talker))
+    cfg.thinker_config._attn_implementation = "sdpa"
+    cfg.thinker_config.text_config._attn_implementation = "sdpa"
+    cfg.thinker_config.audio_config._attn_implementation = "sdpa"
+    cfg.thinker_config.vision_config._attn_implementation = "sdpa"
+    return cfg
+
+
+def build_model(with_talker: bool = True, seed: int = 0) -> Any:
+    """The full transformers model (thinker, plus talker and token2wav when asked), re-initialised."""
+    from transformers import Qwen2_5OmniForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Qwen2_5OmniForConditionalGeneration(hf_config(with_talker)).eval()
+    randomize_(model, seed)
+    return model
+
+
+def write_tokenizer(directory: Path) -> None:
+    """tokenizer.json (byte-level, no merges: one token per byte; specials at 256+), tokenizer_config.json."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    for text, i in SPECIALS.items():
+        assert tok.token_to_id(text) == i, (text, tok.token_to_id(text))
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "chat_template": CHAT_TEMPLATE,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "bos_token": None,
+                "add_bos_token": False,
+            }
+        )
+    )
+
+
+def write_preprocessor_config(directory: Path) -> None:
+    """The released preprocessor_config.json's fields (Whisper feature extractor + Qwen2-VL image processor)."""
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "chunk_length": 300,
+                "feature_size": 128,
+                "hop_length": 160,
+                "n_fft": 400,
+                "n_samples": 4800000,
+                "nb_max_frames": 30000,
+                "sampling_rate": 16000,
+                "padding_value": 0.0,
+                "return_attention_mask": True,
+                "feature_extractor_type": "WhisperFeatureExtractor",
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "processor_class": "Qwen2_5OmniProcessor",
+                "min_pixels": 3136,
+                "max_pixels": 12845056,
+                "patch_size": 14,
+                "temporal_patch_size": 2,
+                "merge_size": 2,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+            }
+        )
+    )
+
+
+def save_tiny_omni(
+    directory: Path,
+    with_talker: bool = True,
+    dtype: torch.dtype = torch.float32,
+    shard: str | None = None,
+    seed: int = 0,
+) -> tuple[Any, Path]:
+    """Build, save (safetensors, optionally sharded, in `dtype`) with tokenizer and preprocessor files;
+    returns (float32 reference model, directory)."""
+    model = build_model(with_talker, seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    to_save = model if dtype == torch.float32 else build_model(with_talker, seed).to(dtype)
+    kwargs = {"max_shard_size": shard} if shard else {}
+    to_save.save_pretrained(directory, **kwargs)
+    write_tokenizer(directory)
+    write_preprocessor_config(directory)
+    return model, directory
