@@ -21,8 +21,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_arguments(sub.add_parser("bench", help="measure load time and prefill/decode speed"))
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from app import serve
+
+    serve.add_arguments(sub.add_parser("serve", help="the browser demo: WebRTC voice and camera, Realtime events"))
+
+
 # Each entry registers one subcommand; subcommand modules import their heavy dependencies lazily.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_chat, _add_bench]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_chat, _add_bench, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

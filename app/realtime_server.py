@@ -1,0 +1,397 @@
+"""The `omni serve` server: the browser demo, WebRTC signaling in the OpenAI Realtime style, and /metrics (aiohttp).
+
+Per connection: one `RTCPeerConnection` and one `Session`, owned by a `Connection` and torn down together
+on hang-up, disconnect, failure or server shutdown. Signaling: the client POSTs its SDP offer
+(Content-Type: application/sdp) to /v1/realtime/calls and gets the SDP answer (201, Location names the call);
+events travel as JSON on the client's `oai-events` data channel; microphone and camera arrive as tracks and
+the assistant's speech leaves as an audio track of paced 20 ms frames at 48 kHz.
+
+ICE: no STUN server unless `--ice-server` is given; `--ice-host` restricts host candidates to the given
+addresses (aioice otherwise offers every interface address except 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from aiohttp import web
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from streaming.engine import Engine
+from streaming.events import new_id
+from streaming.frames import AudioFrame, VideoFrame
+from streaming.metrics import ServerMetrics
+from streaming.output import OUTPUT_RATE
+from streaming.session import Session, SessionConfig
+from streaming.vad import SileroVad, TurnConfig
+from streaming.worker import DeviceWorker
+
+log = logging.getLogger("omni.serve")
+WEB_ROOT = Path(__file__).resolve().parent.parent / "ui" / "web"
+FRAME_SAMPLES = 960  # 20 ms at 48 kHz
+CONNECT_TIMEOUT = 30.0  # a call that never connects is torn down after this
+MAX_OFFER_BYTES = 256 * 1024
+SUPPORTED_CODECS = {"audio": ("opus", "pcmu", "pcma"), "video": ("vp8", "h264")}
+
+
+class AssistantAudioTrack(MediaStreamTrack):
+    """The assistant's speech: 20 ms frames at 48 kHz, paced in real time, silence when nothing is queued."""
+
+    kind = "audio"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session = session
+        self._start: float | None = None
+        self._pts = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += FRAME_SAMPLES
+            wait = self._start + self._pts / OUTPUT_RATE - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        pcm = self._session.read_output(FRAME_SAMPLES)
+        if pcm is None:
+            pcm = np.zeros(FRAME_SAMPLES, np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = OUTPUT_RATE
+        frame.pts = self._pts
+        frame.time_base = Fraction(1, OUTPUT_RATE)
+        return frame
+
+
+@dataclass
+class ServeOptions:
+    ice_servers: list[str] = field(default_factory=list)
+    ice_hosts: list[str] = field(default_factory=list)
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    video_interval: float = 0.5
+
+
+class Connection:
+    """One call: peer connection, session, the tasks that pump media, and the event channel."""
+
+    def __init__(self, server: Server, pc: RTCPeerConnection) -> None:
+        self.id = new_id("rtc")
+        self.server = server
+        self.pc = pc
+        self.session: Session | None = None
+        self.out_track: AssistantAudioTrack | None = None
+        self.channel: Any = None
+        self.pending: deque[str] = deque(maxlen=256)  # events before the data channel opens
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self.created = time.monotonic()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        text = json.dumps(event)
+        ch = self.channel
+        if ch is not None and ch.readyState == "open":
+            ch.send(text)
+        elif not self.closed:
+            if len(self.pending) == self.pending.maxlen:
+                log.warning("%s: event channel not open, dropping the oldest queued event", self.id)
+            self.pending.append(text)
+
+    def attach_channel(self, channel: Any) -> None:
+        self.channel = channel
+
+        def flush() -> None:
+            while self.pending and channel.readyState == "open":
+                channel.send(self.pending.popleft())
+
+        channel.on("open", flush)
+        channel.on("message", self._on_message)
+        channel.on("close", lambda: self.server.teardown(self, "event channel closed"))
+        if channel.readyState == "open":
+            flush()
+
+    def _on_message(self, message: str | bytes) -> None:
+        if self.session is not None:
+            self.session.handle_client_event(message)
+
+    async def pump_audio(self, track: MediaStreamTrack) -> None:
+        session = self.session
+        assert session is not None
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if not isinstance(frame, av.AudioFrame):
+                continue
+            pcm = frame.to_ndarray()  # packed [1, samples * channels] (s16); resampled on the worker
+            session.push_audio(AudioFrame(pcm, frame.sample_rate, session.clock(), len(frame.layout.channels)))
+
+    async def pump_video(self, track: MediaStreamTrack) -> None:
+        session = self.session
+        assert session is not None
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            session.push_video(VideoFrame(frame, session.clock()))  # converted on the worker, latest kept
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        current = asyncio.current_task()
+        tasks = [t for t in self.tasks if t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+        if self.out_track is not None:
+            self.out_track.stop()
+        await self.pc.close()
+        self.pending.clear()
+
+
+class OfferError(Exception):
+    """A bad offer: answered with HTTP 400 and this message."""
+
+
+class Server:
+    """Process-wide state: the engine, the device worker, the VAD model, metrics and the live connections."""
+
+    def __init__(self, engine: Engine, options: ServeOptions | None = None) -> None:
+        self.engine = engine
+        self.options = options or ServeOptions()
+        self.worker = DeviceWorker()
+        self.vad: SileroVad | None = None
+        self.metrics = ServerMetrics()
+        self.connections: dict[str, Connection] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._saved_host_addresses: Any = None
+
+    # ---- life cycle ----
+
+    async def startup(self, app: web.Application) -> None:
+        self.worker.start()
+        self.vad = await self.worker.run(SileroVad)
+        if self.options.ice_hosts:
+            import aioice.ice
+
+            hosts = list(self.options.ice_hosts)
+            self._saved_host_addresses = aioice.ice.get_host_addresses
+
+            def host_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
+                return list(hosts)
+
+            aioice.ice.get_host_addresses = host_addresses
+
+    async def cleanup(self, app: web.Application) -> None:
+        await asyncio.gather(*(c.close() for c in list(self.connections.values())), return_exceptions=True)
+        self.connections.clear()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.worker.stop()
+        if self._saved_host_addresses is not None:
+            import aioice.ice
+
+            aioice.ice.get_host_addresses = self._saved_host_addresses
+
+    def teardown(self, conn: Connection, reason: str) -> None:
+        """Schedule a connection's teardown (safe from any callback; idempotent)."""
+        if conn.closed or conn.id not in self.connections:
+            return
+        log.info("%s: closing (%s)", conn.id, reason)
+        del self.connections[conn.id]
+        self.metrics.set_gauge("connections_active", "WebRTC calls open now", len(self.connections))
+        task = asyncio.get_running_loop().create_task(conn.close(), name=f"{conn.id}:teardown")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- HTTP handlers ----
+
+    async def index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_ROOT / "index.html")
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        self.metrics.set_gauge(
+            "device_worker_busy_seconds", "time the device worker spent on jobs", self.worker.busy_seconds
+        )
+        self.metrics.set_gauge("device_worker_queue", "jobs waiting for the device worker", self.worker.pending())
+        return web.Response(
+            text=self.metrics.render(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Prometheus-Format": "0.0.4"},
+        )
+
+    async def hangup(self, request: web.Request) -> web.Response:
+        conn = self.connections.get(request.match_info["call_id"])
+        if conn is None:
+            raise web.HTTPNotFound(text="no such call")
+        self.teardown(conn, "hung up by the client")
+        return web.Response(status=204)
+
+    async def offer(self, request: web.Request) -> web.Response:
+        try:
+            sdp = await self._read_offer(request)
+        except OfferError as e:
+            self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
+            return web.Response(status=400, text=f"bad offer: {e}\n")
+        try:
+            conn, answer = await self._answer(sdp)
+        except OfferError as e:
+            self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
+            return web.Response(status=400, text=f"bad offer: {e}\n")
+        return web.Response(
+            status=201,
+            text=answer,
+            content_type="application/sdp",
+            headers={"Location": f"/v1/realtime/calls/{conn.id}"},
+        )
+
+    async def _read_offer(self, request: web.Request) -> str:
+        if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
+            raise OfferError(f"body larger than {MAX_OFFER_BYTES} bytes")
+        body = await request.read()
+        if len(body) > MAX_OFFER_BYTES:
+            raise OfferError(f"body larger than {MAX_OFFER_BYTES} bytes")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise OfferError("body is not UTF-8 text") from None
+        ctype = request.content_type
+        if ctype == "application/json":  # {"type": "offer", "sdp": "..."} as some clients send it
+            try:
+                payload = json.loads(text)
+            except ValueError as e:
+                raise OfferError(f"malformed JSON: {e}") from None
+            if not isinstance(payload, dict) or not isinstance(payload.get("sdp"), str):
+                raise OfferError('JSON body must be an object with a string field "sdp"')
+            if payload.get("type", "offer") != "offer":
+                raise OfferError(f'JSON field "type" must be "offer", got {payload.get("type")!r}')
+            text = payload["sdp"]
+        elif ctype != "application/sdp":
+            raise OfferError(f"Content-Type must be application/sdp (or application/json), got {ctype!r}")
+        check_offer_sdp(text)
+        return text
+
+    async def _answer(self, sdp: str) -> tuple[Connection, str]:
+        assert self.vad is not None
+        ice = [RTCIceServer(urls=u) for u in self.options.ice_servers]
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        conn = Connection(self, pc)
+        tracks: list[MediaStreamTrack] = []
+        pc.on("track", tracks.append)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as e:  # aiortc raises ValueError, OperationError, ... for offers it cannot take
+            await pc.close()
+            raise OfferError(f"cannot use this SDP offer: {type(e).__name__}: {e}") from None
+        if not any(t.kind == "audio" for t in tracks):
+            await pc.close()
+            raise OfferError("the offer sends no audio: add a microphone track (m=audio, sendrecv or sendonly)")
+        cfg = SessionConfig(turn=TurnConfig(**vars(self.options.turn)), video_interval=self.options.video_interval)
+        session = Session(
+            self.engine,
+            self.worker,
+            self.vad,
+            conn.send_event,
+            cfg,
+            self.metrics,
+            on_failure=lambda e: self.teardown(conn, f"session failed: {e}"),
+        )
+        conn.session = session
+        self.connections[conn.id] = conn
+        self.metrics.set_gauge("connections_active", "WebRTC calls open now", len(self.connections))
+        try:
+            await session.start()
+            conn.out_track = AssistantAudioTrack(session)
+            pc.addTrack(conn.out_track)
+            pc.on("datachannel", lambda ch: conn.attach_channel(ch) if ch.label == "oai-events" else None)
+            pc.on("connectionstatechange", lambda: self._on_state(conn))
+            for t in tracks:
+                conn.spawn(conn.pump_audio(t) if t.kind == "audio" else conn.pump_video(t), f"in-{t.kind}")
+            conn.spawn(self._connect_deadline(conn), "deadline")
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BaseException:
+            self.teardown(conn, "answer failed")
+            raise
+        return conn, pc.localDescription.sdp
+
+    def _on_state(self, conn: Connection) -> None:
+        state = conn.pc.connectionState
+        log.info("%s: connection %s", conn.id, state)
+        if state in ("failed", "closed"):
+            self.teardown(conn, f"peer connection {state}")
+
+    async def _connect_deadline(self, conn: Connection) -> None:
+        await asyncio.sleep(CONNECT_TIMEOUT)
+        if conn.pc.connectionState != "connected":
+            self.teardown(conn, f"not connected after {CONNECT_TIMEOUT:.0f} s")
+
+
+def check_offer_sdp(sdp: str) -> None:
+    """Reject what is plainly not a usable offer, naming what is wrong (aiortc's own errors are terse)."""
+    lines = [ln.strip() for ln in sdp.strip().splitlines()]
+    if not lines or lines[0] != "v=0":
+        raise OfferError('malformed SDP: it must start with "v=0"')
+    media = [ln for ln in lines if ln.startswith("m=")]
+    if not media:
+        raise OfferError("malformed SDP: no media sections (m= lines)")
+    audio = [ln for ln in media if ln.startswith("m=audio")]
+    if not audio:
+        raise OfferError("the offer has no audio track (no m=audio section): the assistant needs a microphone")
+    for kind in ("audio", "video"):
+        names = _rtpmap_names(lines, kind)
+        if names and not any(n in SUPPORTED_CODECS[kind] for n in names):
+            raise OfferError(
+                f"unsupported {kind} codec(s) {sorted(set(names))}: supported are {', '.join(SUPPORTED_CODECS[kind])}"
+            )
+
+
+def _rtpmap_names(lines: list[str], kind: str) -> list[str]:
+    names: list[str] = []
+    section = None
+    for ln in lines:
+        if ln.startswith("m="):
+            section = ln[2:].split(" ", 1)[0]
+        elif section == kind and ln.startswith("a=rtpmap:"):
+            parts = ln.split(" ", 1)
+            if len(parts) == 2:
+                names.append(parts[1].split("/", 1)[0].lower())
+    return [n for n in names if n not in ("rtx", "red", "ulpfec", "flexfec-03", "telephone-event", "cn")]
+
+
+def build_app(engine: Engine, options: ServeOptions | None = None) -> web.Application:
+    server = Server(engine, options)
+    app = web.Application(client_max_size=MAX_OFFER_BYTES)
+    app["server"] = server
+    app.on_startup.append(server.startup)
+    app.on_cleanup.append(server.cleanup)
+    app.router.add_get("/", server.index)
+    app.router.add_static("/static/", WEB_ROOT)
+    app.router.add_post("/v1/realtime/calls", server.offer)
+    app.router.add_delete("/v1/realtime/calls/{call_id}", server.hangup)
+    app.router.add_get("/metrics", server.metrics_page)
+    return app

@@ -1,0 +1,100 @@
+"""`omni serve`: starts the real-time server (app.realtime_server) on an engine and prints its URL.
+
+Heavy imports (aiohttp, aiortc, the engine) happen in `run`, so `omni --help` and the other subcommands
+stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+from streaming.vad import TurnConfig
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from streaming.engine import Engine
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--engine",
+        choices=("embedded", "test"),
+        default="embedded",
+        help="embedded: the packaged CPU speech engine (default); test: a tiny tone engine, no model",
+    )
+    p.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN/TURN server URL for ICE (repeatable; default none)",
+    )
+    p.add_argument(
+        "--ice-host",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="offer only these host candidate addresses (repeatable; e.g. 127.0.0.1 for loopback)",
+    )
+    p.add_argument("--silence-ms", type=int, default=500, help="silence that ends a turn")
+    p.add_argument("--min-speech-ms", type=int, default=100, help="shorter sounds (clicks, coughs) are not speech")
+    p.add_argument("--vad-threshold", type=float, default=0.5)
+    p.add_argument("--test-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.set_defaults(run=run)
+
+
+def make_engine(name: str, step_delay: float = 0.0) -> Engine:
+    if name == "test":
+        from streaming.testing import ToneEngine
+
+        return ToneEngine(step_delay=step_delay)
+    try:
+        from streaming.engines.embedded import EmbeddedEngine
+    except ImportError as e:
+        raise RuntimeError(f"the embedded engine is not available ({e}); run with --engine test") from e
+    engine: Engine = EmbeddedEngine()
+    return engine
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        turn = TurnConfig(
+            threshold=args.vad_threshold, silence_ms=args.silence_ms, min_speech_ms=args.min_speech_ms
+        ).validate()
+        print(f"omni serve: loading the {args.engine} engine ...", file=sys.stderr, flush=True)
+        engine = make_engine(args.engine, args.test_step_delay)
+    except (ValueError, RuntimeError) as e:
+        print(f"omni serve: error: {e}", file=sys.stderr)
+        return 1
+    from app.realtime_server import ServeOptions, build_app
+
+    options = ServeOptions(ice_servers=args.ice_server, ice_hosts=args.ice_host, turn=turn)
+    try:
+        asyncio.run(_serve(build_app(engine, options), args.host, args.port))
+    except OSError as e:
+        print(f"omni serve: error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(app: web.Application, host: str, port: int) -> None:
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        shown = f"[{host}]" if ":" in host else host
+        print(f"omni serve: open http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

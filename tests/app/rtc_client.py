@@ -1,0 +1,151 @@
+"""An aiortc client for the loopback tests: sends speech as a paced 48 kHz microphone track, records the
+assistant's audio track and the events of the `oai-events` data channel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+RATE = 48000
+FRAME = 960
+WAIT = 30.0
+
+
+class ScriptedMic(MediaStreamTrack):
+    """A microphone that plays queued int16 48 kHz clips in real time, silence in between."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._clips: list[np.ndarray] = []
+        self._pos = 0
+        self._start: float | None = None
+        self._pts = 0
+
+    def say(self, pcm48k: np.ndarray) -> None:
+        self._clips.append(pcm48k.astype(np.int16))
+
+    @property
+    def idle(self) -> bool:
+        return not self._clips
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += FRAME
+            wait = self._start + self._pts / RATE - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        out = np.zeros(FRAME, np.int16)
+        if self._clips:
+            clip = self._clips[0]
+            take = clip[self._pos : self._pos + FRAME]
+            out[: len(take)] = take
+            self._pos += FRAME
+            if self._pos >= len(clip):
+                self._clips.pop(0)
+                self._pos = 0
+        frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = Fraction(1, RATE)
+        return frame
+
+
+class RealtimeClient:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.mic = ScriptedMic()
+        self.events: list[dict[str, Any]] = []
+        self.audio: list[tuple[float, float]] = []  # (arrival time, RMS of the frame) of the assistant's track
+        self._changed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self.channel = self.pc.createDataChannel("oai-events")
+        self.channel_open = asyncio.Event()
+        self.channel.on("open", self.channel_open.set)
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+        self.call_url: str | None = None
+
+    def _on_message(self, message: str | bytes) -> None:
+        self.events.append(json.loads(message))
+        self._changed.set()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._reader = asyncio.get_running_loop().create_task(self._read(track))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            assert isinstance(frame, av.AudioFrame)
+            x = frame.to_ndarray().astype(np.float32) / 32768.0
+            self.audio.append((time.monotonic(), float(np.sqrt(np.mean(x * x)))))
+
+    async def connect(self, with_audio: bool = True) -> None:
+        if with_audio:
+            self.pc.addTrack(self.mic)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{self.base_url}/v1/realtime/calls",
+                data=self.pc.localDescription.sdp,
+                headers={"Content-Type": "application/sdp"},
+            ) as r:
+                body = await r.text()
+                if r.status != 201:
+                    raise RuntimeError(f"offer rejected: {r.status} {body}")
+                self.call_url = r.headers["Location"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        await asyncio.wait_for(self.channel_open.wait(), WAIT)
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.channel.send(json.dumps(event))
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    async def wait_for(
+        self, pred: Callable[[dict[str, Any]], bool] | str, limit: float = WAIT, start: int = 0
+    ) -> dict[str, Any]:
+        check = (lambda e: e["type"] == pred) if isinstance(pred, str) else pred
+        seen = start
+
+        async def scan() -> dict[str, Any]:
+            nonlocal seen
+            while True:
+                for e in self.events[seen:]:
+                    seen += 1
+                    if check(e):
+                        return e
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(scan(), limit)
+
+    def loud_since(self, t: float, level: float = 0.02) -> int:
+        return sum(1 for ts, rms in self.audio if ts >= t and rms > level)
+
+    async def close(self) -> None:
+        await self.pc.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
