@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from model.audio_encoder import AudioEncoder, AudioEncoderState
-from model.audio_frontend import LogMel, LogMelState
+from model.audio_frontend import LogMel, LogMelState, to_mono_16k
 from model.config import ConfigError, DecoderConfig
 from model.decoder import DecoderLM, DecoderState, default_cache_config
 from model.encoder_config import AudioEncoderConfig, VisionEncoderConfig
@@ -36,7 +36,7 @@ from model.tmrope import (
     rope_index,
 )
 from model.vision_encoder import VisionEncoder, VisionEncoderState
-from model.vision_preprocess import VisionInputError
+from model.vision_preprocess import VisionInputError, VisionPreprocessConfig, preprocess_image
 
 RELEASED_TOKEN_IDS = MultimodalTokenIds(
     audio=151646,
@@ -162,6 +162,21 @@ class Thinker(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.lm.device
+
+    def audio_features(self, samples: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Any PCM ([N] or [channels, N], any rate) -> log-mel [n_mels, frames] at 16 kHz mono."""
+        return self.mel(to_mono_16k(samples, sample_rate).to(self.device))
+
+    def image_input(
+        self, image: torch.Tensor, cfg: VisionPreprocessConfig | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """An RGB image ([H, W, 3] or [3, H, W], 0..255) -> (patches, grid). Rejects images smaller than one
+        14-px patch per side: upscaling them would invent every pixel the encoder sees."""
+        h, w = (image.shape[0], image.shape[1]) if image.shape[-1] == 3 else (image.shape[-2], image.shape[-1])
+        p = self.cfg.vision.patch_size
+        if h < p or w < p:
+            raise VisionInputError(f"image of {h}x{w} px is smaller than one {p}x{p} patch; expected >= {p} px a side")
+        return preprocess_image(image, self.cfg.vision, cfg)
 
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Log-mel [n_mels, frames] -> [tokens, C] (2-s blocks, 25 tokens/s)."""
