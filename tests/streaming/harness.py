@@ -25,10 +25,11 @@ class Harness:
         self.events: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
         self.engine = engine
-        cfg = config or SessionConfig(turn=TurnConfig(silence_ms=300))
+        cfg = config or SessionConfig(turn=TurnConfig(silence_ms=700))  # one turn per test utterance
         self.session = Session(engine, worker, vad, self._emit, cfg)
         self.played: list[np.ndarray] = []  # every 20 ms frame the fake track read (zeros when idle)
         self._player: asyncio.Task[None] | None = None
+        self._media_t = 0.0
 
     def _emit(self, event: dict[str, Any]) -> None:
         self.events.append(event)
@@ -47,9 +48,13 @@ class Harness:
             await asyncio.sleep(0.02)
 
     async def feed(self, pcm: np.ndarray, realtime: bool = True) -> None:
-        """Feed int16 16 kHz mono audio as 20 ms frames stamped with the session clock."""
+        """Feed int16 16 kHz mono audio as 20 ms frames. Real time: stamped with the session clock, as a
+        transport does; otherwise as fast as possible, stamped with media time continuing from the last feed."""
+        self._media_t = max(self._media_t, self.session.clock())
         for i in range(0, len(pcm) - FRAME + 1, FRAME):
-            self.session.push_audio(AudioFrame(pcm[i : i + FRAME], 16000, self.session.clock()))
+            ts = self.session.clock() if realtime else self._media_t
+            self._media_t += FRAME / 16000
+            self.session.push_audio(AudioFrame(pcm[i : i + FRAME], 16000, ts))
             if realtime:
                 await asyncio.sleep(0.02)
             elif i % (FRAME * 10) == 0:

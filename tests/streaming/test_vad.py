@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import numpy as np
+
+from streaming.audio_in import AudioInStage
+from streaming.engine import TranscriptDelta
+from streaming.frames import AudioFrame, SpeechStarted, SpeechStopped
+from streaming.testing import ToneEngine, resample_int16
+from streaming.vad import CHUNK, CHUNK_SECONDS, SileroVad, TurnConfig, TurnDetector
+
+
+def run_detector(probs: list[float], cfg: TurnConfig) -> list[SpeechStarted | SpeechStopped]:
+    d = TurnDetector(cfg)
+    events = [d.step(p, i * CHUNK_SECONDS, CHUNK_SECONDS) for i, p in enumerate(probs)]
+    return [e for e in events if e is not None]
+
+
+def test_short_bursts_are_not_speech() -> None:
+    cfg = TurnConfig(min_speech_ms=100, silence_ms=300)
+    click = [0.0] * 5 + [0.9, 0.9] + [0.0] * 20  # 64 ms: a click
+    assert run_detector(click, cfg) == []
+    speech = [0.0] * 5 + [0.9] * 10 + [0.0] * 20
+    events = run_detector(speech, cfg)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]
+    assert abs(events[0].timestamp - 5 * CHUNK_SECONDS) < 1e-9  # the onset, not the confirmation time
+    assert abs(events[1].timestamp - 15 * CHUNK_SECONDS) < 1e-9  # end of the last voiced chunk
+
+
+def test_turn_ends_only_after_the_configured_silence() -> None:
+    pause = [0.9] * 10 + [0.0] * 8 + [0.9] * 10 + [0.0] * 20  # a 256 ms pause inside the turn
+    assert [type(e) for e in run_detector(pause, TurnConfig(silence_ms=400))] == [SpeechStarted, SpeechStopped]
+    assert [type(e) for e in run_detector(pause, TurnConfig(silence_ms=200))] == [SpeechStarted, SpeechStopped] * 2
+
+
+def test_packaged_silero_hears_speech_not_silence(vad: SileroVad, speech16k: np.ndarray) -> None:
+    x = speech16k.astype(np.float32) / 32768.0
+    st = vad.init_state()
+    probs = [vad.step(st, x[i : i + CHUNK]) for i in range(0, len(x) - CHUNK + 1, CHUNK)]
+    st = vad.init_state()
+    quiet = [vad.step(st, np.zeros(CHUNK, np.float32)) for _ in range(30)]
+    assert max(probs) > 0.9 and np.mean(np.array(probs) > 0.5) > 0.4
+    assert max(quiet) < 0.1
+
+
+def test_audio_stage_frames_in_turn_events_out(vad: SileroVad, speech16k: np.ndarray) -> None:
+    """48 kHz stereo frames (as WebRTC delivers them) -> one turn, its audio given to the engine."""
+    stage = AudioInStage(vad, 16000)
+    st = stage.init_state(TurnConfig(silence_ms=700))  # the utterance pauses ~0.4 s between its sentences
+    engine = ToneEngine().open_session()
+    pcm48 = resample_int16(
+        np.concatenate([np.zeros(8000, np.int16), speech16k, np.zeros(16000, np.int16)]), 16000, 48000
+    )
+    stereo = np.repeat(pcm48, 2)  # packed L R L R
+    out = []
+    for k, i in enumerate(range(0, len(pcm48) - 960 + 1, 960)):
+        frame = AudioFrame(stereo[2 * i : 2 * (i + 960)].reshape(1, -1), 48000, k * 0.02, channels=2)
+        out += stage.process(st, [frame], engine)
+    turn = [e for e in out if isinstance(e, SpeechStarted | SpeechStopped)]
+    assert [type(e) for e in turn] == [SpeechStarted, SpeechStopped]
+    assert 0.3 < turn[0].timestamp < 0.8  # the speech begins at 0.5 s
+    speech_s = len(speech16k) / 16000
+    assert abs(turn[1].timestamp - (0.5 + speech_s)) < 0.4
+    finals = [e for e in out if isinstance(e, TranscriptDelta) and e.final]
+    assert len(finals) == 1
+    heard = float(finals[0].text.split()[2])  # "(spoke for N s)": what reached the engine
+    assert speech_s - 0.2 < heard < speech_s + 0.3 + 0.7  # prefix padding + the silence that ended the turn
+
+
+def test_audio_is_held_back_while_a_reply_is_live(vad: SileroVad, speech16k: np.ndarray) -> None:
+    stage = AudioInStage(vad, 16000)
+    st = stage.init_state(TurnConfig(silence_ms=300))
+    engine = ToneEngine().open_session()
+    st.hold = True
+    frames = [AudioFrame(speech16k[i : i + 320], 16000, i / 16000) for i in range(0, 16000, 320)]
+    out = stage.process(st, frames, engine)
+    assert any(isinstance(e, SpeechStarted) for e in out)
+    assert engine.heard_samples == 0 and st.held
+    st.hold = False
+    stage.process(st, [AudioFrame(np.zeros(320, np.int16), 16000, 1.0)], engine)
+    assert engine.heard_samples > 8000 and not st.held
