@@ -172,6 +172,9 @@ class Connection:
         self.pending.clear()
 
 
+SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
+
+
 class OfferError(Exception):
     """A bad offer: answered with HTTP 400 and this message."""
 
@@ -386,7 +389,7 @@ def _rtpmap_names(lines: list[str], kind: str) -> list[str]:
 def build_app(engine: Engine, options: ServeOptions | None = None) -> web.Application:
     server = Server(engine, options)
     app = web.Application(client_max_size=MAX_OFFER_BYTES)
-    app["server"] = server
+    app[SERVER_KEY] = server
     app.on_startup.append(server.startup)
     app.on_cleanup.append(server.cleanup)
     app.router.add_get("/", server.index)
