@@ -42,7 +42,7 @@ def chromium_args(wav: Path) -> list[str]:
         "--no-first-run",
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
+        f"--use-file-for-fake-audio-capture={os.path.abspath(wav)}",
         "--autoplay-policy=no-user-gesture-required",
         "--allow-loopback-in-peer-connection",
         "--disable-features=WebRtcHideLocalIpsWithMdns",
@@ -59,7 +59,7 @@ async def test_browser_shows_the_reply_and_hears_it(start_server: StartServer, s
     url, server = await start_server(ToneEngine())
     async with async_playwright() as p:
         browser = await p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=chromium_args(speech_wav_for_browser.resolve())
+            executable_path=CHROMIUM, headless=True, args=chromium_args(speech_wav_for_browser)
         )
         try:
             page = await browser.new_page()
