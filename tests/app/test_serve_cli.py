@@ -1,0 +1,66 @@
+"""`omni serve` as a command: flags, the printed URL, the pages it serves, and bad settings."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from app.cli import build_parser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_is_a_subcommand_with_loopback_defaults() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.port == 8080 and args.engine == "embedded"
+    assert args.ice_server == [] and args.ice_host == []
+    args = build_parser().parse_args(
+        ["serve", "--engine", "test", "--ice-host", "127.0.0.1", "--ice-server", "stun:example.invalid:3478"]
+    )
+    assert args.ice_host == ["127.0.0.1"] and args.ice_server == ["stun:example.invalid:3478"]
+
+
+def test_bad_settings_exit_with_a_message() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--engine", "test", "--vad-threshold", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and "VAD threshold must be in (0, 1)" in r.stderr
+
+
+def test_serve_prints_its_url_and_serves_the_demo_and_metrics() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--engine", "test", "--port", str(port), "--ice-host", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the server is listening (or exits)
+        assert f"http://127.0.0.1:{port}/" in line, line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            page = r.read().decode()
+        assert "<title>omni</title>" in page and "/static/app.js" in page
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/static/app.js", timeout=30) as r:
+            assert b"oai-events" in r.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            assert b"# TYPE omni_device_worker_queue gauge" in r.read()
+    finally:
+        proc.terminate()
+        t0 = time.monotonic()
+        while proc.poll() is None and time.monotonic() - t0 < 30:
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
