@@ -9,7 +9,7 @@ with differently fused matmuls) and the greedy codes with the checkpoint's repet
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -73,7 +73,7 @@ def _reference(ref: Any, th: dict[str, torch.Tensor]) -> tuple[list[int], torch.
         )
         while True:
             logits.append(out.logits[:, -1])
-            code = int(process(ids, out.logits[:, -1].clone()).argmax(-1))
+            code = int(process(cast(torch.LongTensor, ids), out.logits[:, -1].clone()).argmax(-1))
             codes.append(code)
             ids = torch.cat([ids, torch.tensor([[code]])], dim=1)
             if code in stop or len(codes) == STEPS:
