@@ -1,0 +1,150 @@
+"""Streaming speech recognition with pocketsphinx and the en-us model inside its wheel.
+
+Audio is decoded as it arrives (`push`), so at the end of a turn only the last few frames and the final
+search pass are left (`finish`). A partial hypothesis is read back at most every `partial_interval_s`
+of audio, because each read is a backtrace over the whole utterance so far.
+
+A pocketsphinx `Decoder` bundles the acoustic model, the dictionary and the LM with the search state, so
+each `StreamingRecognizer` (one per conversation) owns one; it loads in ~0.3 s and holds ~60 MB.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["ASRError", "RecognizerConfig", "RecognizerStats", "StreamingRecognizer", "SAMPLE_RATE"]
+
+SAMPLE_RATE = 16000
+
+
+class ASRError(RuntimeError):
+    """pocketsphinx is missing or refused its configuration."""
+
+
+@dataclass(frozen=True)
+class RecognizerConfig:
+    """Decoder settings; None keeps pocketsphinx's default (the general en-us trigram LM and dictionary).
+
+    `extra` passes any other pocketsphinx option by name (e.g. {"beam": 1e-60})."""
+
+    lm: str | None = None  # an ARPA or binary LM file instead of the general en-us LM
+    dictionary: str | None = None  # a pronunciation dictionary instead of cmudict-en-us
+    language_weight: float | None = None  # pocketsphinx -lw (default 6.5)
+    # Synthetic and gated audio has runs of exact zeros, whose log energy breaks cepstral normalisation;
+    # pocketsphinx's own seeded dither (+-1 LSB) avoids that and keeps runs reproducible.
+    dither: bool = True
+    partial_interval_s: float = 0.2
+    extra: dict[str, float | int | str | bool] = field(default_factory=dict)
+
+
+@dataclass
+class RecognizerStats:
+    audio_seconds: float = 0.0
+    compute_seconds: float = 0.0  # time spent inside pocketsphinx (push + finish)
+    finish_seconds: float = 0.0  # time of the last finish() alone: what is left at end of turn
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.compute_seconds / self.audio_seconds if self.audio_seconds > 0 else 0.0
+
+
+class StreamingRecognizer:
+    """One utterance at a time: `push` audio (16 kHz mono), read `partial`, `finish` for the final text."""
+
+    def __init__(self, config: RecognizerConfig | None = None) -> None:
+        try:
+            from pocketsphinx import Config, Decoder
+        except ImportError:
+            raise ASRError("pocketsphinx is not installed: `pip install pocketsphinx`") from None
+        self.config = config or RecognizerConfig()
+        c = self.config
+        options: dict[str, float | int | str | bool] = {"loglevel": "FATAL", "dither": c.dither}
+        if c.lm is not None:
+            options["lm"] = c.lm
+        if c.dictionary is not None:
+            options["dict"] = c.dictionary
+        if c.language_weight is not None:
+            options["lw"] = c.language_weight
+        options.update(c.extra)
+        try:
+            self._decoder = Decoder(Config(**options))
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ASRError(f"pocketsphinx refused the configuration {options}: {e}") from e
+        self._in_utterance = False
+        self._since_partial = 0
+        self._partial = ""
+        self.stats = RecognizerStats()
+
+    @property
+    def in_utterance(self) -> bool:
+        return self._in_utterance
+
+    @property
+    def partial(self) -> str:
+        """The latest partial hypothesis of the current utterance ("" before any)."""
+        return self._partial
+
+    def push(self, pcm: np.ndarray) -> str | None:
+        """Decode the next chunk [N] (float32 in [-1, 1] or int16, 16 kHz); starts an utterance if none is open.
+
+        Returns the partial hypothesis when it was refreshed and changed, else None."""
+        samples = _to_int16(pcm)
+        t0 = time.perf_counter()
+        if not self._in_utterance:
+            self._decoder.start_utt()
+            self._in_utterance = True
+            self._since_partial = 0
+            self._partial = ""
+        self._decoder.process_raw(samples.tobytes(), False, False)
+        self._since_partial += samples.size
+        changed = None
+        if self._since_partial >= self.config.partial_interval_s * SAMPLE_RATE:
+            self._since_partial = 0
+            hyp = self._decoder.hyp()
+            text = _clean(hyp.hypstr if hyp is not None else "")
+            if text != self._partial:
+                self._partial = changed = text
+        self.stats.audio_seconds += samples.size / SAMPLE_RATE
+        self.stats.compute_seconds += time.perf_counter() - t0
+        return changed
+
+    def finish(self) -> str:
+        """End the utterance; the final hypothesis ("" if nothing was pushed or nothing was recognised)."""
+        if not self._in_utterance:
+            return ""
+        t0 = time.perf_counter()
+        self._decoder.end_utt()
+        self._in_utterance = False
+        hyp = self._decoder.hyp()
+        elapsed = time.perf_counter() - t0
+        self.stats.compute_seconds += elapsed
+        self.stats.finish_seconds = elapsed
+        self._partial = ""
+        return _clean(hyp.hypstr if hyp is not None else "")
+
+    def recognize(self, pcm: np.ndarray, chunk: int = 1600) -> str:
+        """A whole utterance [N] at 16 kHz, pushed in `chunk`-sample pieces as a stream would be."""
+        if self._in_utterance:
+            raise ASRError("recognize() called inside an open utterance; finish() it first")
+        for start in range(0, max(1, pcm.size), chunk):
+            self.push(pcm[start : start + chunk])
+        return self.finish()
+
+
+def _to_int16(pcm: np.ndarray) -> np.ndarray:
+    if pcm.ndim != 1:
+        raise ValueError(f"expected mono 16 kHz samples [N], got shape {pcm.shape}")
+    if pcm.dtype == np.int16:
+        return pcm
+    if not np.issubdtype(pcm.dtype, np.floating):
+        raise ValueError(f"expected float32 in [-1, 1] or int16 samples, got {pcm.dtype}")
+    return (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def _clean(text: str) -> str:
+    """pocketsphinx marks alternate pronunciations as "word(2)" and fillers as "<sil>" or "[noise]"."""
+    words = [w.split("(")[0] for w in text.split() if not (w.startswith("<") or w.startswith("["))]
+    return " ".join(words)

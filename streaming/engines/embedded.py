@@ -1,0 +1,206 @@
+"""The embedded default engine: a spoken conversation on a CPU from packaged models only.
+
+    user audio (16 kHz) --pocketsphinx, decoded while the user speaks--> transcript
+      --SmolLM2-135M-Instruct (history in the session's bounded sink+window cache)--> reply text deltas
+      --phrase splitter--> espeak-ng (22,050 Hz) --resample--> 24 kHz speech, one chunk per phrase
+
+Speech starts with the first phrase of the reply and continues phrase by phrase while the rest of the reply
+is still being decoded: each phrase is synthesised as soon as its text is complete (espeak-ng makes ~4 s of
+speech in ~20 ms), so the reply's audio runs ahead of playback from the first phrase on.
+
+Turn-taking (VAD), barge-in and pacing belong to the runtime; this engine recognises whatever audio it is
+given between `end_turn` calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.decoder import default_cache_config
+from model.generate import ChatSession
+from model.loaders import LoadedLM, load_lm
+from model.sampling import SamplingConfig
+from model.speech.asr import RecognizerConfig, StreamingRecognizer
+from model.speech.phrases import PhraseSplitter, speakable
+from model.speech.resample import StreamingResampler
+from model.speech.tts import Synthesizer, Voice
+from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta, TranscriptDelta
+
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "EmbeddedEngine", "EmbeddedSession"]
+
+# Short on purpose: every token of it is prefilled on the first turn, and the 135M model follows a short,
+# concrete instruction better than a long one. "No lists or markdown": the reply is read aloud.
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant. Answer in one or two short spoken sentences. Do not use lists or markdown."
+)
+# Voice replies are short; 96 tokens is ~70 words, ~25 s of speech at 175 words per minute.
+DEFAULT_SAMPLING = SamplingConfig(temperature=0.0, repetition_penalty=1.1, max_new_tokens=96)
+# 2,044 + 4 sink tokens hold ~15 turns of a voice conversation; older turns slide out of the window.
+DEFAULT_WINDOW = 2044
+
+
+@dataclass
+class _TurnClock:
+    end_turn_at: float = 0.0  # perf_counter when end_turn() was called (0: respond without end_turn)
+    transcript: str = ""
+    asr_finish_s: float = 0.0
+    tts_seconds: float = 0.0
+    speech_seconds: float = 0.0
+    first_audio_s: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class EmbeddedEngine:
+    """Packaged weights shared by all sessions: the SmolLM2 Thinker; recognisers and voices are per session."""
+
+    name = "embedded"
+    input_sample_rate = 16000
+    output_sample_rate = 24000
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        lm: LoadedLM | None = None,
+        voice: str = "en-us",
+        speech_rate: int = 175,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        sampling: SamplingConfig = DEFAULT_SAMPLING,
+        window: int = DEFAULT_WINDOW,
+        recognizer: RecognizerConfig | None = None,
+    ) -> None:
+        """`model`: a checkpoint for load_lm (None: the embedded SmolLM2-135M-Instruct); `lm`: an already
+        loaded one (shared, e.g. by tests); `voice`/`speech_rate`: the default espeak-ng voice."""
+        self.lm = lm if lm is not None else load_lm(model)
+        self.default_voice = Voice(voice, rate=speech_rate)
+        Synthesizer(self.default_voice).synth_int16("ok")  # fail here, not mid-reply, on a bad voice
+        self.system_prompt = system_prompt
+        self.sampling = sampling
+        self.cache = default_cache_config(self.lm.model.cfg, window=window)
+        self.recognizer_config = recognizer or RecognizerConfig()
+
+    def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> EmbeddedSession:
+        """A new conversation; `voice` is an espeak-ng voice name ("en-us+f3", "en-gb-x-rp", ...)."""
+        v = self.default_voice if voice is None else Voice(voice, rate=self.default_voice.rate)
+        synth = Synthesizer(v)
+        if voice is not None:
+            synth.synth_int16("ok")  # raises TTSError naming the voice if espeak-ng has none by that name
+        chat = ChatSession(
+            self.lm, system_prompt=instructions or self.system_prompt, sampling=self.sampling, cache=self.cache
+        )
+        return EmbeddedSession(chat, StreamingRecognizer(self.recognizer_config), synth, self.output_sample_rate)
+
+
+class EmbeddedSession:
+    """One conversation: its recogniser, its chat (history in a bounded cache) and its voice."""
+
+    def __init__(
+        self, chat: ChatSession, recognizer: StreamingRecognizer, synth: Synthesizer, output_rate: int
+    ) -> None:
+        self.chat = chat
+        self.recognizer = recognizer
+        self.synth = synth
+        self.output_rate = output_rate
+        self._resampler = StreamingResampler(synth.sample_rate, output_rate)
+        self._turn = _TurnClock()
+        self._closed = False
+
+    # ---- input side ---------------------------------------------------------------------------------
+
+    def push_audio(self, pcm: np.ndarray, timestamp: float) -> list[EngineEvent]:
+        self._check_open()
+        partial = self.recognizer.push(np.asarray(pcm))
+        return [TranscriptDelta(partial)] if partial else []
+
+    def push_video(self, frame: np.ndarray, timestamp: float) -> None:
+        self._check_open()  # no vision in this engine
+
+    def end_turn(self) -> list[EngineEvent]:
+        self._check_open()
+        t0 = time.perf_counter()
+        text = self.recognizer.finish()
+        self._turn = _TurnClock(end_turn_at=t0, transcript=text, asr_finish_s=time.perf_counter() - t0)
+        return [TranscriptDelta(text, final=True)]
+
+    # ---- output side --------------------------------------------------------------------------------
+
+    def respond(self) -> Iterator[EngineEvent]:
+        self._check_open()
+        if self.recognizer.in_utterance:  # respond() without end_turn(): finish the input side here
+            self.end_turn()
+        turn = self._turn
+        if turn.end_turn_at == 0.0:
+            turn.end_turn_at = time.perf_counter()
+        self._turn = _TurnClock()  # the transcript is answered once
+        if not turn.transcript.strip():
+            yield ReplyDone("", self._stats(turn))
+            return
+        yield from self._reply(turn)
+
+    def _reply(self, turn: _TurnClock) -> Iterator[EngineEvent]:
+        splitter = PhraseSplitter()
+        stream = self.chat.stream_reply(turn.transcript)
+        try:
+            for delta in stream:
+                yield TextDelta(delta)
+                for phrase in splitter.push(delta):
+                    yield from self._speak(phrase, turn, final=False)
+            rest = splitter.flush()
+            yield from self._speak(rest or "", turn, final=True)
+        finally:
+            # On cancellation, close the reply now (not at garbage collection): the chat then holds what was
+            # generated so far, which interrupt() trims to what was played.
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        yield ReplyDone(self.chat.messages[-1]["content"], self._stats(turn))
+
+    def _speak(self, phrase: str, turn: _TurnClock, *, final: bool) -> Iterator[AudioChunk]:
+        t0 = time.perf_counter()
+        words = speakable(phrase)
+        pcm = self._resampler.push(self.synth.synth_int16(words)) if words else np.zeros(0, np.float32)
+        if final:
+            pcm = np.concatenate([pcm, self._resampler.flush()])
+        turn.tts_seconds += time.perf_counter() - t0
+        if pcm.size == 0 and not phrase:
+            return
+        turn.speech_seconds += pcm.size / self.output_rate
+        if turn.first_audio_s == 0.0 and pcm.size:
+            turn.first_audio_s = time.perf_counter() - turn.end_turn_at
+        yield AudioChunk(pcm, text=phrase)
+
+    def _stats(self, turn: _TurnClock) -> dict[str, float]:
+        s = self.chat.last
+        r = self.recognizer.stats
+        return {
+            "asr_finish_s": turn.asr_finish_s,
+            "asr_rtf": r.real_time_factor,
+            "first_audio_s": turn.first_audio_s,
+            "first_token_s": s.first_token_seconds,
+            "prompt_tokens": float(s.prompt_tokens),
+            "prefill_s": s.prefill_seconds,
+            "new_tokens": float(s.new_tokens),
+            "decode_tok_s": s.decode_tokens_per_second,
+            "tts_s": turn.tts_seconds,
+            "speech_s": turn.speech_seconds,
+            "tts_rtf": turn.tts_seconds / turn.speech_seconds if turn.speech_seconds else 0.0,
+        }
+
+    def interrupt(self, played_text: str) -> None:
+        """Keep only `played_text` of the last reply in the history (and in the cache on the next turn)."""
+        self._check_open()
+        self._resampler.flush()  # the cut reply's filter tail must not lead into the next reply
+        messages = self.chat.messages
+        if messages and messages[-1]["role"] == "assistant":
+            self.chat.truncate_last_reply(played_text)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this engine session is closed")
