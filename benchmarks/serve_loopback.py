@@ -1,0 +1,76 @@
+"""Latency of `omni serve` over loopback WebRTC with the tone engine: end of speech -> first text / first audio,
+and barge-in (speech onset -> server output silent), as the server measures them per turn (omni.metrics).
+
+    .venv/bin/python -m benchmarks.serve_loopback [TURNS] [STEP_DELAY_S]
+
+Prints every turn and the medians. Numbers, not assertions: run it on an idle machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+from app.realtime_server import ServeOptions, build_app
+from streaming.testing import ToneEngine, read_wav
+from streaming.vad import TurnConfig
+from tests.app.rtc_client import RealtimeClient
+
+
+async def main(turns: int, step_delay: float) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        wav = Path(d) / "q.wav"
+        subprocess.run(
+            [sys.executable, "-m", "streaming.testing", "speak", "Hello there, can you hear me?", str(wav), "48000"],
+            check=True,
+        )
+        speech, _ = read_wav(wav)
+    engine = ToneEngine(step_delay=step_delay)
+    app = build_app(engine, ServeOptions(ice_hosts=["127.0.0.1"], turn=TurnConfig(silence_ms=500)))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    client = RealtimeClient(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    await client.connect()
+    first_text, first_audio, barge = [], [], []
+    try:
+        for i in range(turns):
+            n = len(client.events)
+            client.mic.say(speech)
+            await client.wait_for("output_audio_buffer.started", start=n)
+            await asyncio.sleep(0.6)
+            client.mic.say(speech)  # barge in
+            m = await client.wait_for("omni.metrics", start=n)
+            await client.wait_for("input_audio_buffer.speech_stopped", start=len(client.events) - 1)
+            m2 = await client.wait_for("omni.metrics", start=len(client.events) - 1)  # the reply to the barge-in
+            for x in (m, m2):
+                print(
+                    f"turn {x['turn']}: first text {x['end_of_speech_to_first_text_ms']} ms, first audio "
+                    f"{x['end_of_speech_to_first_audio_ms']} ms, barge-in {x['barge_in_ms']} ms, "
+                    f"rtf {x['real_time_factor']}"
+                )
+                first_text.append(x["end_of_speech_to_first_text_ms"])
+                first_audio.append(x["end_of_speech_to_first_audio_ms"])
+                if x["barge_in_ms"] is not None:
+                    barge.append(x["barge_in_ms"])
+            await asyncio.sleep(0.5)
+    finally:
+        await client.close()
+        await runner.cleanup()
+    print(
+        f"median over {len(first_text)} replies (silence_ms 500 included): end of speech -> first text "
+        f"{statistics.median(first_text):.0f} ms, -> first audio {statistics.median(first_audio):.0f} ms; "
+        f"barge-in median {statistics.median(barge):.0f} ms over {len(barge)} (min {min(barge):.0f}, "
+        f"max {max(barge):.0f}); step delay {step_delay * 1000:.0f} ms"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5, float(sys.argv[2]) if len(sys.argv) > 2 else 0.0))
