@@ -11,6 +11,7 @@ what the one-shot prompt would.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,7 +77,11 @@ class ThinkerConfig:
 
     @classmethod
     def from_name(cls, name: str) -> ThinkerConfig:
-        """Real shapes with random weights: "qwen2.5-omni-7b", "qwen2.5-omni-3b"."""
+        """Real shapes for random-weight benchmarks ("qwen2.5-omni-7b", "qwen2.5-omni-3b"), or "tiny"."""
+        if name == "tiny":
+            return _tiny_thinker()
+        if name not in ("qwen2.5-omni-7b", "qwen2.5-omni-3b"):
+            raise ConfigError(f"unknown Thinker preset {name!r}; known: qwen2.5-omni-3b, qwen2.5-omni-7b, tiny")
         return cls(
             DecoderConfig.from_name(name), AudioEncoderConfig.from_name(name), VisionEncoderConfig.from_name(name)
         )
@@ -132,11 +137,40 @@ class ThinkerConfig:
                 "vision_start_token_id": t.vision_start,
                 "vision_end_token_id": t.vision_end,
                 "position_id_per_seconds": self.position_id_per_seconds,
-                "seconds_per_chunk": self.seconds_per_chunk,
+                "seconds_per_chunk": _json_number(self.seconds_per_chunk),
             },
             "model_type": "qwen2_5_omni",
             "architectures": ["Qwen2_5OmniForConditionalGeneration"],
         }
+
+
+def _json_number(x: float) -> int | float:
+    """2.0 -> 2: the released config.json writes integral values as integers (and transformers checks types)."""
+    return int(x) if float(x).is_integer() else x
+
+
+def _tiny_thinker() -> ThinkerConfig:
+    """The shapes of the tests' tiny checkpoint (tests/model/omni_tiny.py): 2 text layers of width 64,
+    head_dim 16 with TMRoPE sections 4/2/2, tiny encoders projecting to 64, a 288-token vocabulary."""
+    text = DecoderConfig(
+        vocab_size=288,
+        hidden_size=64,
+        intermediate_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        rope_theta=1e6,
+        max_position_embeddings=2048,
+        qkv_bias=True,
+        mrope_section=(4, 2, 2),
+        architecture="qwen2",
+    )
+    audio = dataclasses.replace(AudioEncoderConfig.from_name("tiny"), output_dim=64)
+    vision = dataclasses.replace(VisionEncoderConfig.from_name("tiny"), out_hidden_size=64)
+    tokens = MultimodalTokenIds(
+        audio=259, image=264, video=265, audio_start=260, audio_end=261, vision_start=262, vision_end=263
+    )
+    return ThinkerConfig(text, audio, vision, tokens)
 
 
 @dataclass

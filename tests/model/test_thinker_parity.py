@@ -288,3 +288,62 @@ def test_bad_media_inputs(tiny: tuple[Any, LoadedThinker, Path]) -> None:
     s2.begin_audio()
     with pytest.raises(AudioInputError, match="zero-length"):
         s2.end_audio()
+
+
+# ---- omni chat with media files ------------------------------------------------------------------------------
+
+
+def _write_media(d: Path) -> tuple[Path, Path, Path]:
+    import wave
+
+    import av
+    import numpy as np
+
+    wav = d / "q.wav"
+    with wave.open(str(wav), "wb") as w:  # 8 kHz stereo: the loader resamples and down-mixes
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes((np.random.default_rng(0).normal(0, 3000, (2 * 8000 * 3,))).astype("<i2").tobytes())
+    rng = np.random.default_rng(1)
+    png = d / "x.png"
+    with av.open(str(png), "w") as c:
+        s = c.add_stream("png")
+        s.width, s.height, s.pix_fmt = 64, 48, "rgb24"
+        f = av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), format="rgb24")
+        for pkt in s.encode(f):
+            c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    mp4 = d / "v.mp4"
+    with av.open(str(mp4), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for _ in range(25):  # 2.5 s at 10 fps -> 5 frames at 2 fps... rounded to an even count
+            f = av.VideoFrame.from_ndarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), format="rgb24")
+            for pkt in s.encode(f):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    return wav, png, mp4
+
+
+def test_omni_chat_with_media_files(
+    tiny: tuple[Any, LoadedThinker, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import main
+
+    _, _, path = tiny
+    wav, png, mp4 = _write_media(tmp_path)
+    args = ["chat", "--model", str(path), "--max-new-tokens", "3", "--repetition-penalty", "1.0"]
+    assert main([*args, "--audio", str(wav), "--image", str(png), "--video", str(mp4), "--prompt", "what?"]) == 0
+    out = capsys.readouterr()
+    assert out.out.endswith("\n") and out.err == ""
+    assert main([*args, "--audio", str(tmp_path / "missing.wav"), "--prompt", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "--audio" in err and "no such file" in err
+    (tmp_path / "empty.wav").write_bytes(b"")
+    assert main([*args, "--audio", str(tmp_path / "empty.wav"), "--prompt", "x"]) == 1
+    assert "omni chat: error" in capsys.readouterr().err
+    assert main(["chat", "--audio", str(wav), "--prompt", "x"]) == 1  # the embedded text model takes no media
+    assert "Qwen2.5-Omni checkpoint" in capsys.readouterr().err
