@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from aiohttp import web
 
 from app.realtime_server import ServeOptions, build_app
@@ -23,14 +24,17 @@ from streaming.vad import TurnConfig
 from tests.app.rtc_client import RealtimeClient
 
 
-async def main(turns: int, step_delay: float) -> None:
+def make_speech() -> np.ndarray:
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "q.wav"
         subprocess.run(
             [sys.executable, "-m", "streaming.testing", "speak", "Hello there, can you hear me?", str(wav), "48000"],
             check=True,
         )
-        speech, _ = read_wav(wav)
+        return read_wav(wav)[0]
+
+
+async def main(turns: int, step_delay: float, speech: np.ndarray) -> None:
     engine = ToneEngine(step_delay=step_delay)
     app = build_app(engine, ServeOptions(ice_hosts=["127.0.0.1"], turn=TurnConfig(silence_ms=500)))
     runner = web.AppRunner(app)
@@ -41,7 +45,7 @@ async def main(turns: int, step_delay: float) -> None:
     await client.connect()
     first_text, first_audio, barge = [], [], []
     try:
-        for i in range(turns):
+        for _ in range(turns):
             n = len(client.events)
             client.mic.say(speech)
             await client.wait_for("output_audio_buffer.started", start=n)
@@ -73,4 +77,5 @@ async def main(turns: int, step_delay: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5, float(sys.argv[2]) if len(sys.argv) > 2 else 0.0))
+    turns = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    asyncio.run(main(turns, float(sys.argv[2]) if len(sys.argv) > 2 else 0.0, make_speech()))
