@@ -347,3 +347,14 @@ def test_omni_chat_with_media_files(
     assert "omni chat: error" in capsys.readouterr().err
     assert main(["chat", "--audio", str(wav), "--prompt", "x"]) == 1  # the embedded text model takes no media
     assert "Qwen2.5-Omni checkpoint" in capsys.readouterr().err
+
+
+def test_presets_have_the_real_shapes() -> None:
+    from model.thinker import ThinkerConfig
+
+    for name, width, layers in (("qwen2.5-omni-7b", 3584, 28), ("qwen2.5-omni-3b", 2048, 36)):
+        cfg = ThinkerConfig.from_name(name)
+        assert (cfg.text.hidden_size, cfg.text.num_layers, cfg.text.mrope_section) == (width, layers, (16, 24, 24))
+        assert cfg.audio.output_dim == cfg.vision.out_hidden_size == width
+        assert (cfg.audio.num_layers, cfg.vision.depth, cfg.tokens.audio, cfg.tokens.video) == (32, 32, 151646, 151656)
+        assert ThinkerConfig.from_hf_config(cfg.to_hf_config()) == cfg
