@@ -25,6 +25,7 @@ from model.generate import ChatSession
 from model.loaders import LoadedLM, load_lm
 from model.sampling import SamplingConfig
 from model.speech.asr import RecognizerConfig, StreamingRecognizer
+from model.speech.conversation_lm import conversation_lm_path
 from model.speech.phrases import PhraseSplitter, speakable
 from model.speech.resample import StreamingResampler
 from model.speech.tts import Synthesizer, Voice
@@ -81,7 +82,9 @@ class EmbeddedEngine:
         self.system_prompt = system_prompt
         self.sampling = sampling
         self.cache = default_cache_config(self.lm.model.cfg, window=window)
-        self.recognizer_config = recognizer or RecognizerConfig()
+        # Default: the conversational-question LM (general en-us words as its fallback unigrams); on spoken
+        # questions it has a third to a half of the general LM's word errors (tests/model/speech/test_asr.py).
+        self.recognizer_config = recognizer or RecognizerConfig(lm=str(conversation_lm_path()))
 
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> EmbeddedSession:
         """A new conversation; `voice` is an espeak-ng voice name ("en-us+f3", "en-gb-x-rp", ...)."""
