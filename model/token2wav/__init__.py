@@ -82,12 +82,17 @@ class Token2Wav(nn.Module):
                 f"noise covers {noise.shape[1]} mel frames, expected {T} (= codes x {self.cfg.dit.repeats})"
             )
         dtype = self.dtype
-        conditioning = self.dit.condition(codes, cond.to(dtype), ref_mel.to(dtype))
+        conditioning = self.dit.condition(codes, self.dit.speaker_rows(cond.to(dtype), ref_mel.to(dtype)))
+
+        return self.solve(conditioning, noise.to(dtype), solver)
+
+    def solve(self, conditioning: torch.Tensor, noise: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
+        """The guided flow ODE from noise [1, T, mel] given `DiT.condition` rows [2, T, *]."""
 
         def pair(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             return self.dit(torch.cat([x, x]), t.reshape(1).expand(2), conditioning)
 
-        return solve(guided(pair, solver.guidance_scale), noise.to(dtype), solver)
+        return solve(guided(pair, solver.guidance_scale), noise, solver)
 
     @torch.inference_mode()
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:

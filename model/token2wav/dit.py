@@ -255,18 +255,25 @@ class DiT(nn.Module):
         """Codec embeddings [B, N * repeats, emb_dim] of codes [B, N] (each code covers `repeats` frames)."""
         return self.codec_embed(codes).repeat_interleave(self.cfg.repeats, dim=1)
 
-    def condition(self, codes: torch.Tensor, cond: torch.Tensor, ref_mel: torch.Tensor) -> torch.Tensor:
-        """Everything but x_t of the input projection, for the conditional and unconditional (CFG) branch.
+    def speaker_rows(self, cond: torch.Tensor, ref_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-voice conditioning for the conditional and unconditional (CFG) rows, computed once per voice.
 
-        codes [1, N], cond [1, enc_emb_dim], ref_mel [1, T_ref, mel] -> [2, N * repeats, C_in - mel_dim].
-        The unconditional branch sees code 0 everywhere, a zero speaker vector and ECAPA of a zero mel.
-        It is computed once per utterance (window) and reused by all 36 velocity evaluations.
+        cond [1, enc_emb_dim], ref_mel [1, T_ref, mel] -> (ECAPA vectors [2, enc_dim], speaker vectors
+        [2, enc_emb_dim]); the unconditional row has ECAPA of a zero mel and a zero speaker vector.
+        """
+        ecapa = self.ecapa(torch.cat([ref_mel, torch.zeros_like(ref_mel)]))
+        return ecapa, torch.cat([cond, torch.zeros_like(cond)])
+
+    def condition(self, codes: torch.Tensor, speaker: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Everything but x_t of the input projection: [2, N * repeats, C_in - mel_dim] for codes [1, N].
+
+        Row 0 is conditional; row 1 (CFG) sees code 0 everywhere and the unconditional speaker row.
+        Computed once per utterance (or streaming window) and reused by all 36 velocity evaluations.
         """
         code_emb = torch.cat([self.embed_codes(codes), self.embed_codes(torch.zeros_like(codes))])
         T = code_emb.shape[1]
-        spk = self.ecapa(torch.cat([ref_mel, torch.zeros_like(ref_mel)]))  # [2, enc_dim]
-        vec = torch.cat([cond, torch.zeros_like(cond)])  # [2, enc_emb_dim]
-        return torch.cat([spk[:, None].expand(-1, T, -1), code_emb, vec[:, None].expand(-1, T, -1)], dim=-1)
+        ecapa, vec = speaker
+        return torch.cat([ecapa[:, None].expand(-1, T, -1), code_emb, vec[:, None].expand(-1, T, -1)], dim=-1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
         """Velocity [B, T, mel] at noisy mel x [B, T, mel] and flow times t [B], given `condition(...)` rows."""

@@ -54,7 +54,7 @@ def test_dit_velocity(models: tuple[Any, SpeechModels], dtype: torch.dtype, tol:
                 time_step=tt,
                 apply_cfg=True,
             )
-            got = dit(torch.cat([x, x]), tt.reshape(1).expand(2), dit.condition(codes, cond, ref_mel))
+            got = dit(torch.cat([x, x]), tt.reshape(1).expand(2), dit.condition(codes, dit.speaker_rows(cond, ref_mel)))
         assert want.abs().mean() > 0.1
         assert rel_err(got, want) < tol, (t, rel_err(got, want))
     ref_dit.float()
@@ -70,7 +70,7 @@ def test_block_attention_reach(models: tuple[Any, SpeechModels]) -> None:
     dit = ours.token2wav.dit.double()
     codes, cond, ref_mel = _inputs(torch.float64, 60)  # 120 frames = 5 blocks
     x = torch.randn(1, 120, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    c = dit.condition(codes, cond, ref_mel)
+    c = dit.condition(codes, dit.speaker_rows(cond, ref_mel))
     t = torch.full((2,), 0.5, dtype=torch.float64)
     with torch.no_grad():
         a = dit(torch.cat([x, x]), t, c)
