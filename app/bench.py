@@ -48,7 +48,12 @@ def _ours(args: argparse.Namespace, dtype: torch.dtype | None) -> dict[str, floa
         t2 = time.perf_counter()
         best["prefill_tok_s"] = max(best["prefill_tok_s"], len(ids) / (t1 - t0))
         best["decode_tok_s"] = max(best["decode_tok_s"], args.new_tokens / (t2 - t1))
-    best["dtype"] = str(model.dtype).removeprefix("torch.")  # type: ignore[assignment]
+    from model.layers.int4_linear import Int4Linear
+
+    dtype_name = str(model.dtype).removeprefix("torch.")
+    if any(isinstance(m, Int4Linear) for m in model.modules()):
+        dtype_name = "int4+" + dtype_name.replace("bfloat16", "bf16").replace("float32", "f32")
+    best["dtype"] = dtype_name  # type: ignore[assignment]
     return best
 
 
@@ -94,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     rows: list[tuple[str, dict[str, float]]] = []
     try:
         rows.append(("omni", _ours(args, dtype_of(args))))
-        if dtype_of(args) is None and not Path(source).is_dir():
+        if dtype_of(args) is None and not Path(source).is_dir():  # GGUF: also the expanded weights
+            rows.append(("omni", _ours(args, torch.bfloat16)))
             rows.append(("omni", _ours(args, torch.float32)))
     except CheckpointError as e:
         print(f"omni bench: error: {e}")

@@ -61,6 +61,9 @@ class DecoderLayer(nn.Module):
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
 
 
+_RESCORED = 8  # candidates re-scored in full precision by a narrow head (see DecoderLM.head)
+
+
 class DecoderLM(nn.Module):
     inv_freq: torch.Tensor  # [head_dim // 2] float64, a non-persistent buffer
 
@@ -79,7 +82,8 @@ class DecoderLM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed_tokens.weight.dtype
+        """The residual stream's dtype (the embedding table may be stored narrower, see `head`)."""
+        return self.norm.weight.dtype
 
     def init_state(self, cache: CacheConfig | None = None, batch: int = 1) -> DecoderState:
         """A fresh session state; its cache is allocated once here and never grows."""
@@ -91,7 +95,16 @@ class DecoderLM(nn.Module):
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] of final-norm hidden states [..., C]."""
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        if weight.dtype == hidden.dtype:
+            return F.linear(hidden, weight)
+        # A head stored narrower than the residual stream (bfloat16 beside float32): its logits are rounded
+        # to ~3 significant digits, which ties close candidates (SmolLM2's first reply token: "The" 25.33
+        # vs "L" 25.24 both round to 25.25). Re-score the leading candidates exactly, so greedy decoding
+        # and top-k keep their float32 order; the rest of the distribution keeps the rounded values.
+        logits = F.linear(hidden.to(weight.dtype), weight).to(hidden.dtype)
+        top = logits.topk(_RESCORED, dim=-1).indices
+        exact = torch.einsum("...c,...kc->...k", hidden, weight[top].to(hidden.dtype))
+        return logits.scatter_(-1, top, exact)
 
     @torch.inference_mode()
     def forward(
@@ -111,7 +124,7 @@ class DecoderLM(nn.Module):
         if input_ids is not None and input_ids.device.type == "cpu":  # (on GPU this check would sync)
             if int(input_ids.min()) < 0 or int(input_ids.max()) >= self.cfg.vocab_size:
                 raise ValueError(f"token id out of range [0, {self.cfg.vocab_size})")
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
+        x = (self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds).to(self.dtype)
         B, T, _ = x.shape
         if positions is None:
             start = state.next_position

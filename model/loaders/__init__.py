@@ -30,8 +30,11 @@ def load_lm(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | Non
             device: str = "cpu") -> LoadedLM:
     """Load a text LM from a checkpoint directory or a .gguf file; None means the embedded default.
 
-    dtype: None takes the checkpoint's own dtype for directories, and bfloat16 for GGUF files on CPU
-    (bf16 halves the bytes read per decoded token; on 2 cores decode is bound by that).
+    dtype: None takes the checkpoint's own dtype for directories. For GGUF files on CPU it means: Q4_0/Q4_1
+    projections kept 4-bit as stored (decode on 2 cores is bound by the weight bytes read per token), the
+    embedding table and head in bfloat16, and the residual stream, attention and KV cache in float32 (a
+    bfloat16 residual stream made SmolLM2-135M's greedy replies derail; float32 costs little at its size).
+    Elsewhere it means bfloat16. An explicit dtype expands every GGUF weight to it (float32 for exact tests).
     """
     from model.embedded import default_model_path
     from model.loaders.gguf_file import GGUFFile
@@ -48,7 +51,11 @@ def load_lm(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | Non
     elif p.suffix == ".gguf" or p.read_bytes()[:4] == b"GGUF":
         f = GGUFFile(p)
         tokenizer = TextTokenizer.from_gguf_metadata(f.metadata, str(p))
-        model = load_gguf_decoder(p, dtype=dtype or torch.bfloat16, device=device, gguf=f)
+        if dtype is None and device == "cpu":  # 4-bit projections, float32 activations, bfloat16 head
+            model = load_gguf_decoder(p, dtype=torch.float32, device=device, gguf=f, int4=True,
+                                      embed_dtype=torch.bfloat16)
+        else:
+            model = load_gguf_decoder(p, dtype=dtype or torch.bfloat16, device=device, gguf=f)
     else:
         raise CheckpointError(f"{p}: not a checkpoint directory or a GGUF file")
     return LoadedLM(model=model, tokenizer=tokenizer, source=str(p), load_seconds=time.perf_counter() - start)

@@ -116,6 +116,11 @@ class GGUFFile:
             self.tensors[name] = GGUFTensor(name, tuple(reversed(dims)), qt, start, nbytes)
 
     # ---- tensors ---------------------------------------------------------------------------------------
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor's stored bytes (memory-mapped)."""
+        t = self.tensors[name]
+        return self._map[t.offset : t.offset + t.nbytes]
+
     def dequantize(self, name: str) -> torch.Tensor:
         """The tensor as a float32 torch tensor in numpy (row-major) shape."""
         t = self.tensors[name]

@@ -13,7 +13,8 @@ from model.config import ConfigError, DecoderConfig
 from model.decoder import DecoderLM
 from model.errors import CheckpointError
 from model.loaders.gguf_file import GGUFFile
-from model.loaders.weights import build_decoder, expected_shapes
+from model.loaders.gguf_quants import Q4_TYPES, q4_components
+from model.loaders.weights import Q4Weight, Weight, build_decoder, expected_shapes
 
 _SUPPORTED_ARCHS = ("llama", "qwen2")
 # GGUF tensor names -> reference names (per layer: blk.N.<gguf> -> layers.N.<reference>).
@@ -78,9 +79,11 @@ def _unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def load_gguf_decoder(
     path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, device: str = "cpu",
-    gguf: GGUFFile | None = None,
+    gguf: GGUFFile | None = None, int4: bool = False, embed_dtype: torch.dtype | None = None,
 ) -> DecoderLM:
+    """int4: keep Q4_0/Q4_1 projection weights 4-bit (Int4Linear, CPU only) instead of expanding them."""
     f = gguf or GGUFFile(Path(path))
+    int4 = int4 and str(device) == "cpu" and hasattr(torch, "_weight_int4pack_mm_for_cpu")
     cfg = gguf_config(f)
     to_gguf = {ref: g for g, ref in _GLOBAL_NAMES.items()}
     for i in range(cfg.num_layers):
@@ -88,17 +91,24 @@ def load_gguf_decoder(
     bar = tqdm(total=len(expected_shapes(cfg)), desc=f"loading {f.path.name}", unit="tensor", disable=None,
                leave=False)
 
-    def get(name: str) -> torch.Tensor | None:
+    def get(name: str) -> Weight | None:
         bar.update(1)
         gname = to_gguf.get(name)
         if gname is None or gname not in f.tensors:
             return None
-        w = f.dequantize(gname)
+        t = f.tensors[gname]
+        w: Weight
+        if int4 and t.qtype in Q4_TYPES and len(t.shape) == 2:
+            w = Q4Weight(*q4_components(f.raw(gname), t.qtype, (t.shape[0], t.shape[1])))
+        else:
+            w = f.dequantize(gname)
         if cfg.architecture == "llama" and gname.endswith(("attn_q.weight", "attn_k.weight")):
-            w = _unpermute(w, cfg.num_heads if "attn_q" in gname else cfg.num_kv_heads)
+            heads = cfg.num_heads if "attn_q" in gname else cfg.num_kv_heads
+            w = Q4Weight(*(_unpermute(x, heads) for x in (w.q, w.d, w.m))) if isinstance(w, Q4Weight) else \
+                _unpermute(w, heads)
         return w
 
     try:
-        return build_decoder(cfg, get, dtype, device, str(f.path))
+        return build_decoder(cfg, get, dtype, device, str(f.path), int4=int4, embed_dtype=embed_dtype)
     finally:
         bar.close()

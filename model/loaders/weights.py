@@ -8,17 +8,42 @@ shapes against the config and fuses q/k/v and gate/up into the module's single p
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from model.config import DecoderConfig
 from model.decoder import DecoderLM
 from model.errors import CheckpointError
+from model.layers.int4_linear import Int4Linear
 from model.layers.rope import rope_inv_freq
 
+
+@dataclass
+class Q4Weight:
+    """A 4-bit weight as stored in GGUF Q4_0/Q4_1 blocks: weight = d * q + m per group of 32 columns."""
+
+    q: torch.Tensor  # [N, K] integers 0..15
+    d: torch.Tensor  # [N, K / 32]
+    m: torch.Tensor  # [N, K / 32]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.q.shape[0], self.q.shape[1])
+
+    def dense(self) -> torch.Tensor:
+        g = self.q.shape[1] // self.d.shape[1]
+        return self.q.float() * self.d.repeat_interleave(g, 1) + self.m.repeat_interleave(g, 1)
+
+    @staticmethod
+    def cat(parts: list[Q4Weight]) -> Q4Weight:
+        return Q4Weight(*(torch.cat([getattr(p, f) for p in parts]) for f in ("q", "d", "m")))
+
+
+Weight = torch.Tensor | Q4Weight
 # Getter for a reference-layout tensor by its name without prefix (e.g. "layers.0.self_attn.q_proj.weight");
 # returns None when the tensor is absent.
-TensorGetter = Callable[[str], "torch.Tensor | None"]
+TensorGetter = Callable[[str], "Weight | None"]
 
 
 def expected_shapes(cfg: DecoderConfig) -> dict[str, tuple[int, ...]]:
@@ -50,11 +75,17 @@ def expected_shapes(cfg: DecoderConfig) -> dict[str, tuple[int, ...]]:
 
 
 def build_decoder(
-    cfg: DecoderConfig, get: TensorGetter, dtype: torch.dtype, device: str | torch.device, where: str
+    cfg: DecoderConfig, get: TensorGetter, dtype: torch.dtype, device: str | torch.device, where: str,
+    int4: bool = False, embed_dtype: torch.dtype | None = None,
 ) -> DecoderLM:
-    """Build a DecoderLM from reference-layout tensors without a random initialisation pass."""
+    """Build a DecoderLM from reference-layout tensors without a random initialisation pass.
+
+    int4: projections whose weights arrive as Q4Weight run as Int4Linear (CPU only); otherwise every
+    weight is expanded to `dtype`. embed_dtype: storage of the embedding table and output head when it
+    differs from the residual stream's `dtype` (the head is the largest matrix of a small model).
+    """
     shapes = expected_shapes(cfg)
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, Weight] = {}
     for name, shape in shapes.items():
         t = get(name)
         if t is None:
@@ -63,29 +94,54 @@ def build_decoder(
             raise CheckpointError(
                 f"{where}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} from the config"
             )
-        tensors[name] = t.to(device=device, dtype=dtype)
-    state: dict[str, torch.Tensor] = {
-        "embed_tokens.weight": tensors["embed_tokens.weight"],
-        "norm.weight": tensors["norm.weight"],
-    }
+        if isinstance(t, Q4Weight) and not (int4 and name.startswith("layers.")):
+            t = t.dense()
+        want = embed_dtype if embed_dtype is not None and name in ("embed_tokens.weight", "lm_head.weight") else dtype
+        tensors[name] = t if isinstance(t, Q4Weight) else t.to(device=device, dtype=want)
+    state: dict[str, Weight] = {"embed_tokens.weight": tensors.pop("embed_tokens.weight"),
+                                "norm.weight": tensors.pop("norm.weight")}
     if not cfg.tie_word_embeddings:
-        state["lm_head.weight"] = tensors["lm_head.weight"]
+        state["lm_head.weight"] = tensors.pop("lm_head.weight")
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
-        a = p + "self_attn."
-        state[p + "input_layernorm.weight"] = tensors[p + "input_layernorm.weight"]
-        state[p + "post_attention_layernorm.weight"] = tensors[p + "post_attention_layernorm.weight"]
-        state[a + "qkv_proj.weight"] = torch.cat([tensors[a + f"{n}_proj.weight"] for n in "qkv"])
+        a, m = p + "self_attn.", p + "mlp."
+        for norm in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+            state[p + norm] = tensors.pop(p + norm)
+        state[a + "qkv_proj.weight"] = _fuse([tensors.pop(a + f"{n}_proj.weight") for n in "qkv"], dtype, device)
         if cfg.qkv_bias:
-            state[a + "qkv_proj.bias"] = torch.cat([tensors[a + f"{n}_proj.bias"] for n in "qkv"])
-        state[a + "o_proj.weight"] = tensors[a + "o_proj.weight"]
-        m = p + "mlp."
-        state[m + "gate_up_proj.weight"] = torch.cat([tensors[m + "gate_proj.weight"], tensors[m + "up_proj.weight"]])
-        state[m + "down_proj.weight"] = tensors[m + "down_proj.weight"]
-        for name in [k for k in tensors if k.startswith(p)]:
-            del tensors[name]  # free the unfused copies as we go: peak memory ~ one model, not two
+            state[a + "qkv_proj.bias"] = torch.cat([_dense(tensors.pop(a + f"{n}_proj.bias")) for n in "qkv"])
+        state[a + "o_proj.weight"] = tensors.pop(a + "o_proj.weight")
+        state[m + "gate_up_proj.weight"] = _fuse([tensors.pop(m + "gate_proj.weight"),
+                                                  tensors.pop(m + "up_proj.weight")], dtype, device)
+        state[m + "down_proj.weight"] = tensors.pop(m + "down_proj.weight")
     with torch.device("meta"):
         model = DecoderLM(cfg)
-    model.load_state_dict(state, strict=True, assign=True)
+    dense: dict[str, torch.Tensor] = {}
+    for name, w in state.items():
+        if isinstance(w, Q4Weight):
+            path = name.removesuffix(".weight")
+            bias = state.get(path + ".bias")
+            parent, _, child = path.rpartition(".")
+            setattr(model.get_submodule(parent), child,
+                    Int4Linear(w.q, w.d, w.m, bias=bias if isinstance(bias, torch.Tensor) else None))
+        else:
+            dense[name] = w
+    for name in [n for n in dense if n.endswith(".bias") and isinstance(state.get(n[:-5] + ".weight"), Q4Weight)]:
+        del dense[name]
+    missing, unexpected = model.load_state_dict(dense, strict=False, assign=True)
+    int4_buffers = {n for n, _ in model.named_buffers() if n.endswith((".packed", ".scales_zeros"))}
+    if unexpected or set(missing) - int4_buffers:
+        raise CheckpointError(f"{where}: internal mapping error: missing {missing}, unexpected {unexpected}")
     model.inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta).to(device)  # the meta-built buffer is empty
     return model.eval()
+
+
+def _dense(w: Weight) -> torch.Tensor:
+    return w.dense() if isinstance(w, Q4Weight) else w
+
+
+def _fuse(parts: list[Weight], dtype: torch.dtype, device: str | torch.device) -> Weight:
+    """Concatenate projections along their output rows, staying 4-bit when every part is."""
+    if all(isinstance(p, Q4Weight) for p in parts):
+        return Q4Weight.cat([p for p in parts if isinstance(p, Q4Weight)])
+    return torch.cat([_dense(p).to(device=device, dtype=dtype) for p in parts])

@@ -42,7 +42,7 @@ HF_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v"
             "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
 
 
-def _write_tiny_gguf(tmp: Path, arch: str = "llama") -> tuple[object, Path]:
+def _write_tiny_gguf(tmp: Path, arch: str = "llama", types: dict[str, Q] = TYPES) -> tuple[object, Path]:
     ref, _ = make_tiny_hf(tmp, "llama", vocab_size=64, hidden_size=64, intermediate_size=128,
                           num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)
     sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
@@ -63,7 +63,7 @@ def _write_tiny_gguf(tmp: Path, arch: str = "llama") -> tuple[object, Path]:
         x = sd[hf].astype(np.float32)
         if heads:
             x = _permute(x, heads)
-        qtype = TYPES.get(kind, Q.F32)
+        qtype = types.get(kind, Q.F32)
         if qtype == Q.F32:
             w.add_tensor(gname, x)
             back = x

@@ -1,0 +1,89 @@
+"""4-bit weights kept as stored in GGUF Q4_0/Q4_1: packing, the linear layer, and whole models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize, quantize
+
+from model.layers.int4_linear import Int4Linear, _pack_blocked, pack_int4
+from model.loaders.gguf_loader import load_gguf_decoder
+from model.loaders.gguf_quants import q4_components
+from tests.model.test_gguf import TYPES, _write_tiny_gguf
+
+pytestmark = pytest.mark.skipif(not hasattr(torch, "_weight_int4pack_mm_for_cpu"), reason="torch without CPU int4")
+
+
+@pytest.mark.parametrize("shape", [(32, 64), (96, 128), (64, 8), (48, 64)])
+def test_fast_packing_equals_torch_converter(shape: tuple[int, int]) -> None:
+    q = torch.randint(0, 16, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    want = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+    assert torch.equal(pack_int4(q), want)
+    if shape[0] % 32:  # rows not a multiple of the packing block: torch's converter is used
+        return
+    assert torch.equal(_pack_blocked(q), want)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1])
+def test_int4_linear_matches_the_dequantised_weights(qtype: Q) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((96, 256)).astype(np.float32)
+    raw = quantize(w, qtype)
+    exact = torch.from_numpy(dequantize(raw, qtype))
+    q, d, m = q4_components(raw.reshape(-1), qtype, (96, 256))
+    assert q.dtype == torch.uint8 and int(q.max()) <= 15
+    torch.testing.assert_close(q.float() * d.repeat_interleave(32, 1) + m.repeat_interleave(32, 1), exact)
+
+    bias = torch.from_numpy(rng.standard_normal(96).astype(np.float32))
+    layer = Int4Linear(q, d, m, bias=bias)
+    x = torch.from_numpy(rng.standard_normal((5, 256)).astype(np.float32))
+    want = x @ exact.T + bias
+    got = layer(x)
+    assert got.shape == (5, 96) and got.dtype == torch.float32
+    # The kernel multiplies bfloat16 activations by the 4-bit weights with bfloat16 scales: its error
+    # should be that of an ordinary bfloat16 matmul of the same weights (measured ratio ~1), not more.
+    bf16_err = ((x.bfloat16() @ exact.bfloat16().T).float() + bias - want).abs().max()
+    err = (got - want).abs().max()
+    assert err <= 2 * bf16_err, (err, bf16_err)
+    assert torch.equal(layer(x[:1]), got[:1])  # one-row decode equals the same row inside a batch
+
+
+def test_tiny_gguf_with_4bit_projections_runs_them_in_4_bits(tmp_path: Path) -> None:
+    types = {
+        **TYPES,
+        **{k: Q.Q4_1 for k in ("attn_q", "attn_k", "attn_v", "attn_output")},
+        **{k: Q.Q4_0 for k in ("ffn_gate", "ffn_up", "ffn_down")},
+    }
+    ref, path = _write_tiny_gguf(tmp_path, types=types)
+    int4 = load_gguf_decoder(path, dtype=torch.bfloat16, int4=True)
+    bf16 = load_gguf_decoder(path, dtype=torch.bfloat16)
+    assert sum(isinstance(m, Int4Linear) for m in int4.modules()) == 2 * 4  # qkv, o, gate_up, down per layer
+    ids = torch.randint(0, 64, (1, 17), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ref(ids).logits  # type: ignore[operator]
+    got = int4(int4.init_state(), input_ids=ids, logits="all").logits
+    dense = bf16(bf16.init_state(), input_ids=ids, logits="all").logits
+    assert got is not None and dense is not None
+    err, dense_err = (got.float() - want).abs().max(), (dense.float() - want).abs().max()
+    # Same stored weights, both computed in bfloat16: the 4-bit path must be as close to the exact float32
+    # reference as the expanded bfloat16 weights are (a wrong un-permutation or packing gives errors ~ |logits|).
+    assert err <= 2 * dense_err + 1e-2, (err, dense_err)
+    assert want.abs().max() > 10 * err
+
+
+def test_narrow_head_rescores_its_leading_candidates_exactly(tmp_path: Path) -> None:
+    _, path = _write_tiny_gguf(tmp_path)
+    model = load_gguf_decoder(path, dtype=torch.float32, embed_dtype=torch.bfloat16)
+    assert model.dtype == torch.float32 and model.lm_head is not None and model.lm_head.weight.dtype == torch.bfloat16
+    hidden = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(0)) * 4
+    exact = hidden @ model.lm_head.weight.float().T  # the stored (bfloat16) head, computed in float32
+    got = model.head(hidden)
+    assert got.dtype == torch.float32
+    top = exact.topk(4, dim=-1).indices
+    torch.testing.assert_close(got.gather(-1, top), exact.gather(-1, top), rtol=1e-6, atol=1e-5)
+    assert torch.equal(got.argmax(-1), exact.argmax(-1))
+    torch.testing.assert_close(got, exact, rtol=1e-2, atol=0.1)  # the rest: rounded to bfloat16
