@@ -55,6 +55,24 @@ class _TurnClock:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+_QUESTION_STARTS = frozenset(
+    "what who whom whose which when where why how is are was were do does did can could will would should shall "
+    "may might have has am".split()
+)
+
+
+def as_sentence(transcript: str) -> str:
+    """The recogniser's lower-case words as the sentence a person would type: the LM imitates its input, and
+    answers "what is the capital of france" in lower case and worse than "What is the capital of france?"."""
+    words = transcript.split()
+    if not words:
+        return ""
+    text = " ".join(words)
+    text = text[0].upper() + text[1:]
+    text = " ".join("I" if w == "i" else ("I'" + w[2:] if w.startswith("i'") else w) for w in text.split())
+    return text + ("?" if words[0] in _QUESTION_STARTS else ".")
+
+
 class EmbeddedEngine:
     """Packaged weights shared by all sessions: the SmolLM2 Thinker; recognisers and voices are per session."""
 
@@ -146,7 +164,7 @@ class EmbeddedSession:
 
     def _reply(self, turn: _TurnClock) -> Iterator[EngineEvent]:
         splitter = PhraseSplitter()
-        stream = self.chat.stream_reply(turn.transcript)
+        stream = self.chat.stream_reply(as_sentence(turn.transcript))
         try:
             for delta in stream:
                 yield TextDelta(delta)
