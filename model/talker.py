@@ -151,6 +151,7 @@ class TalkerState:
     last_code: int | None = None
     steps: int = 0  # codes sampled so far (including a final stop code)
     done: bool = False
+    reply_start: int | None = None  # cache length when the current reply began (None: no reply)
 
 
 class Talker(nn.Module):
@@ -191,26 +192,58 @@ class Talker(nn.Module):
         return out.logits.float()
 
     @torch.inference_mode()
-    def prefill(
-        self, state: TalkerState, prompt: torch.Tensor, first_text: torch.Tensor, positions: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Run the prompt; returns raw logits [1, V] of the first code.
+    def feed_prompt(self, state: TalkerState, slots: torch.Tensor, positions: torch.Tensor | None = None) -> None:
+        """Prefill prompt slots [1, T, E] (`thinker_slot`s) at positions [3, 1, T] (the Thinker's TMRoPE ids).
 
-        prompt [1, P, E]: `thinker_slot` of every Thinker prompt position; first_text [1, E]: slot of the
-        first generated text token; positions [3, 1, P + 2] (TMRoPE of the prompt ids + [speaker bos, first
-        text token]) or None for plain text positions 0 .. P + 1.
+        Prompt positions carry no codec embedding. A session can feed them as the Thinker prefills, turn after
+        turn, so that only the two reply-start positions are left when the reply begins.
         """
-        if state.decoder.cache.length:
-            raise ValueError("prefill on a Talker state that already holds a turn: make a fresh state")
-        dev, dt = prompt.device, prompt.dtype
+        if state.reply_start is not None:
+            raise ValueError("feed_prompt during a reply: end_reply first")
+        if slots.shape[1]:
+            x = self.thinker_to_talker_proj(slots.to(self.dtype))
+            self.decoder(state.decoder, inputs_embeds=x, positions=positions, logits="none")
+
+    @torch.inference_mode()
+    def begin_reply(
+        self, state: TalkerState, first_text: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Start the speech track after the prompt: raw logits [1, V] of the first code.
+
+        Feeds [speaker start + codec pad, slot of the first text token + codec start] at positions [3, 1, 2]
+        (the reference: max prompt position + 1, + 2) or, when None, the next text positions.
+        """
+        if state.reply_start is not None:
+            raise ValueError("begin_reply during a reply: end_reply first")
+        state.reply_start = state.decoder.cache.length
+        dev, dt = first_text.device, first_text.dtype
         ids = torch.tensor([self.cfg.codec_pad, self.cfg.codec_start], device=self.codec_embed.weight.device)
-        tail = torch.stack([state.texts.speaker_start.to(dev, dt), first_text.reshape(-1).to(dev, dt)])
+        tail = torch.stack([state.texts.speaker_start.to(dev, dt), first_text.reshape(-1)])
         tail = tail + self.codec_embed(ids).to(dev, dt)
-        seq = torch.cat([prompt, tail[None]], dim=1)
         # The reference's speech track for the prompt is [mask] * P + [pad, start]: those ids count as
         # "already present" for the repetition penalty.
         state.sampler.observe(torch.tensor([[self.cfg.codec_mask, self.cfg.codec_pad, self.cfg.codec_start]]))
-        return self._logits(state, seq, positions)
+        return self._logits(state, tail[None], positions)
+
+    def prefill(
+        self, state: TalkerState, prompt: torch.Tensor, first_text: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One-shot: the prompt [1, P, E] and the reply start; positions [3, 1, P + 2] or None (0 .. P + 1)."""
+        P = prompt.shape[1]
+        self.feed_prompt(state, prompt, None if positions is None else positions[..., :P])
+        return self.begin_reply(state, first_text, None if positions is None else positions[..., P:])
+
+    def end_reply(self, state: TalkerState) -> None:
+        """Forget the reply's positions (speech track) so the cache holds the prompt track only again, and
+        reset the per-reply state; the Thinker's reply tokens then enter as prompt slots (`feed_prompt`)."""
+        if state.reply_start is not None:
+            state.decoder.cache.truncate(state.reply_start)
+        state.reply_start = None
+        state.pending.clear()
+        state.text_ended = state.end_fed = state.done = False
+        state.last_code = None
+        state.steps = 0
+        state.sampler.seen.zero_()
 
     def push_text(self, state: TalkerState, slot: torch.Tensor) -> None:
         """Queue the slot [1, E] (or [E]) of the next generated text token (tokens 2, 3, ... of the reply)."""
@@ -263,7 +296,7 @@ class Talker(nn.Module):
     def start(
         self, state: TalkerState, prompt: torch.Tensor, first_text: torch.Tensor, positions: torch.Tensor | None = None
     ) -> int:
-        """Prefill and sample the first code."""
+        """One-shot prefill and the first code."""
         return self.choose(state, self.prefill(state, prompt, first_text, positions))
 
     def step(self, state: TalkerState) -> int:

@@ -43,7 +43,14 @@ def _thinker_outputs(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _reference(ref: Any, th: dict[str, torch.Tensor]) -> tuple[list[int], torch.Tensor]:
+def reference_talker(
+    ref: Any,
+    prompt: torch.Tensor,
+    reply: torch.Tensor,
+    specials: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    text_ids: torch.Tensor,
+    steps: int,
+) -> tuple[list[int], torch.Tensor]:
     """The reference forward, stepped by hand with transformers' own logits processors (greedy).
 
     Not `ref.generate`: in transformers 5.23 generate() does not pass the attention mask on to the Talker's
@@ -53,10 +60,11 @@ def _reference(ref: Any, th: dict[str, torch.Tensor]) -> tuple[list[int], torch.
     from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, SuppressTokensLogitsProcessor
 
     cfg = ref.config
+    P = prompt.shape[1]
+    spk, end, pad = specials
     ids = torch.tensor([[cfg.tts_codec_mask_token_id] * P + [cfg.tts_codec_pad_token_id, cfg.tts_codec_start_token_id]])
-    text_ids = torch.cat([th["prompt_ids"], torch.tensor([[SPEAKER_BOS["Chelsie"], 5]])], dim=1)
-    embeds = torch.cat([th["prompt"], th["spk"][None, None], th["reply"][:, :1]], dim=1)
-    reply = torch.cat([th["reply"][:, 1:], th["end"][None, None], th["pad"][None, None]], dim=1)
+    embeds = torch.cat([prompt, spk[None, None], reply[:, :1]], dim=1)
+    reply = torch.cat([reply[:, 1:], end[None, None], pad[None, None]], dim=1)
     stop = {cfg.tts_codec_pad_token_id, cfg.tts_codec_end_token_id}
     process = LogitsProcessorList(
         [RepetitionPenaltyLogitsProcessor(1.05), SuppressTokensLogitsProcessor([cfg.tts_codec_start_token_id])]
@@ -76,7 +84,7 @@ def _reference(ref: Any, th: dict[str, torch.Tensor]) -> tuple[list[int], torch.
             code = int(process(cast(torch.LongTensor, ids), out.logits[:, -1].clone()).argmax(-1))
             codes.append(code)
             ids = torch.cat([ids, torch.tensor([[code]])], dim=1)
-            if code in stop or len(codes) == STEPS:
+            if code in stop or len(codes) == steps:
                 break
             out = ref(
                 input_ids=ids[:, -1:],
@@ -110,7 +118,9 @@ def _ours(talker: Talker, th: dict[str, torch.Tensor]) -> tuple[list[int], torch
 def test_talker_logits_and_greedy_codes_match_reference(models: tuple[Any, SpeechModels, Path]) -> None:
     ref, ours, _ = models
     th = _thinker_outputs()
-    want_codes, want_logits = _reference(ref, th)
+    text_ids = torch.cat([th["prompt_ids"], torch.tensor([[SPEAKER_BOS["Chelsie"], 5]])], dim=1)
+    specials = (th["spk"], th["end"], th["pad"])
+    want_codes, want_logits = reference_talker(ref, th["prompt"], th["reply"], specials, text_ids, STEPS)
     codes, logits = _ours(ours.talker, th)
     assert len(want_codes) > N_TEXT + 2, want_codes  # reached the text end / pad slots
     assert codes == want_codes

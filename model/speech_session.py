@@ -1,0 +1,213 @@
+"""A spoken conversation: the Thinker session plus the Talker's prompt track and streaming token2wav.
+
+`SpeakingSession` is a `ThinkerSession` that also turns every prefilled Thinker position into a Talker slot
+(Thinker final-norm hidden + input embedding; the embedding is zero where an encoder's features were fed,
+as the reference zeroes audio/image/video positions) and prefills it into the Talker's cache as it goes, so
+the Talker has its prompt ready when the reply starts. `respond` then yields text deltas and PCM chunks as
+they are made: Thinker token -> Talker codec step (one text slot per step; it starts after the first text
+token) -> token2wav sliding-window chunk. Closing the `respond` iterator (barge-in) stops everything at once
+and leaves the session consistent: the Thinker's history holds the reply tokens it had fed plus the turn
+end, and the Talker's prompt track holds exactly the same positions (its speech track is dropped).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import torch
+
+from model.detokenizer import IncrementalDetokenizer
+from model.kv_cache import CacheConfig
+from model.loaders.talker_weights import SpeechModels
+from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
+from model.sampling import SamplingConfig
+from model.talker import TalkerState, TalkerTextEmbeds
+from model.thinker import Thinker, ThinkerSession
+from model.token2wav import SAMPLE_RATE
+from model.token2wav.solver import SolverConfig
+from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav, Token2WavState
+from model.tokenizer import TextTokenizer
+
+
+@dataclass
+class TextDelta:
+    text: str
+    token_id: int
+    t: float  # time.monotonic() when it was produced
+
+
+@dataclass
+class AudioOut:
+    samples: torch.Tensor  # [n] float32 PCM in [-1, 1] at `sample_rate`
+    start: int  # index of the first sample within this reply's audio
+    t: float  # time.monotonic() when it was produced
+    sample_rate: int = SAMPLE_RATE
+
+
+@dataclass
+class ReplyEnd:
+    text: str
+    token_ids: list[int]
+    codes: list[int]  # codec codes sent to token2wav (stop code excluded)
+    samples: int  # audio samples emitted
+    cancelled: bool
+    t: float
+
+
+ReplyEvent = TextDelta | AudioOut | ReplyEnd
+
+
+@dataclass
+class SpeechSettings:
+    voice: str | None = None  # None: the checkpoint's default voice (Chelsie)
+    talker_sampling: SamplingConfig | None = None  # None: the checkpoint's defaults
+    seed: int | None = None  # Talker sampling and token2wav noise
+    schedule: StreamingSchedule = field(default_factory=StreamingSchedule)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    max_codes: int = 4096
+
+
+class SpeakingSession(ThinkerSession):
+    def __init__(
+        self,
+        thinker: Thinker,
+        prompt: PromptBuilder,
+        tokenizer: TextTokenizer,
+        speech: SpeechModels,
+        settings: SpeechSettings | None = None,
+        system_prompt: str | None = SPEECH_SYSTEM_PROMPT,
+        cache: CacheConfig | None = None,
+        talker_cache: CacheConfig | None = None,
+    ) -> None:
+        self.speech = speech
+        self.settings = settings or SpeechSettings()
+        self.tokenizer = tokenizer
+        self.voice = speech.voices.get(self.settings.voice)
+        talker = speech.talker
+        texts = TalkerTextEmbeds.from_table(thinker.lm.embed_tokens.weight, talker.cfg, self.voice.bos_token)
+        sampling = self.settings.talker_sampling or talker.cfg.sampling(seed=self.settings.seed)
+        self.talker_state: TalkerState = talker.init_state(texts, sampling, seed=self.settings.seed, cache=talker_cache)
+        self.streamer = StreamingToken2Wav(speech.token2wav, self.settings.schedule, self.settings.solver)
+        self._text_input = False  # the positions being fed hold token embeddings (not encoder features)
+        self._replying = False
+        self._reply_slots: list[tuple[torch.Tensor, torch.Tensor]] = []  # (slots [1, T, E], positions [3, T])
+        self._turns = 0
+        super().__init__(thinker, prompt, system_prompt=system_prompt, cache=cache)
+
+    # ---- the Talker's prompt track: every prefilled Thinker position --------------------------------------
+
+    def feed_ids(self, ids: Sequence[int]) -> None:
+        self._text_input = True
+        try:
+            super().feed_ids(ids)
+        finally:
+            self._text_input = False
+
+    def _shared_special(self, ids: Sequence[int]) -> None:
+        self._text_input = True
+        try:
+            super()._shared_special(ids)
+        finally:
+            self._text_input = False
+
+    def _feed(self, x: torch.Tensor, positions: torch.Tensor) -> None:  # x [T, C], positions [3, T]
+        # ThinkerSession._feed, plus the final-norm hidden states the Talker needs.
+        if x.shape[0] == 0:
+            return
+        out = self.thinker.lm(
+            self.state, inputs_embeds=x[None], positions=positions[:, None].to(x.device), return_hidden=True
+        )
+        assert out.logits is not None and out.hidden is not None
+        self.logits = out.logits[0]
+        self.prefilled_tokens += x.shape[0]
+        slots = out.hidden + x[None] if self._text_input else out.hidden
+        if self._replying:
+            self._reply_slots.append((slots, positions))
+        else:
+            self.speech.talker.feed_prompt(self.talker_state, slots, positions[:, None].to(slots.device))
+
+    # ---- one spoken reply ------------------------------------------------------------------------------
+
+    def respond(
+        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None, speak: bool = True
+    ) -> Iterator[ReplyEvent]:
+        """Generate the reply to the ended user turn: TextDelta and AudioOut events as they are made, then
+        ReplyEnd. Close the iterator to cancel (barge-in); the session stays usable."""
+        stops = (
+            stop_ids if stop_ids is not None else frozenset(sampling.stop_token_ids or self.tokenizer.stop_token_ids)
+        )
+        talker, st = self.speech.talker, self.talker_state
+        detok = IncrementalDetokenizer(self.tokenizer)
+        wav: Token2WavState | None = None
+        if speak:
+            seed = None if self.settings.seed is None else self.settings.seed + self._turns
+            wav = self.streamer.init_state(
+                self.voice.cond, self.voice.ref_mel, seed=seed, max_codes=self.settings.max_codes
+            )
+            st.sampler.generator.manual_seed(seed if seed is not None else torch.seed())
+        self._turns += 1
+        self._replying, self._reply_slots = True, []
+        tokens: list[int] = []
+        codes: list[int] = []
+        samples, used, cancelled = 0, 0, True
+        gen = cast(Generator[int, None, None], self.generate(sampling, stops))
+        try:
+            for token in gen:
+                tokens.append(token)
+                delta = detok.push(token)
+                if delta:
+                    yield TextDelta(delta, token, time.monotonic())
+                if wav is not None:  # slots of all tokens but the newest are known now
+                    used = yield from self._talk(tokens, used, codes, wav, final=False)
+            if wav is not None:
+                used = yield from self._talk(tokens, used, codes, wav, final=True)
+                for chunk in self.streamer.flush(wav):
+                    yield AudioOut(chunk.samples, chunk.start, time.monotonic())
+                samples = wav.samples_out
+            cancelled = False
+            yield ReplyEnd(detok.text(), tokens, codes, samples, cancelled, time.monotonic())
+        finally:
+            gen.close()  # feeds the turn end if the reply was cut short
+            self._replying = False
+            talker.end_reply(st)
+            for slots, positions in self._reply_slots:
+                talker.feed_prompt(st, slots, positions[:, None].to(slots.device))
+            self._reply_slots = []
+
+    def _talk(
+        self, tokens: list[int], used: int, codes: list[int], wav: Token2WavState, final: bool
+    ) -> Generator[AudioOut, None, int]:
+        """Hand the Talker the text slots that became known; run every codec step that can run now."""
+        talker, st = self.speech.talker, self.talker_state
+        known = len(tokens) if final else len(tokens) - 1  # the newest token's slot comes with the next one
+        slots = [s for s, _ in self._reply_slots][:known]  # one slot per reply token, in order
+        while used < known:
+            slot = slots[used][0]
+            if used == 0:
+                m = int(self._reply_slots[0][1].max()) - 1  # max prompt position (first reply token sits at m + 1)
+                pos = torch.tensor([m + 1, m + 2], device=slot.device).expand(3, 1, 2)
+                code = talker.choose(st, talker.begin_reply(st, slot, pos))
+                if code not in st.sampling.stop_token_ids:
+                    codes.append(code)
+                    yield from self._to_audio(code, wav)
+            else:
+                talker.push_text(st, slot)
+            used += 1
+        if final and st.last_code is not None:
+            talker.end_text(st)
+        while talker.can_step(st):
+            code = talker.step(st)
+            if code in st.sampling.stop_token_ids:
+                break
+            codes.append(code)
+            yield from self._to_audio(code, wav)
+        return used
+
+    def _to_audio(self, code: int, wav: Token2WavState) -> Iterator[AudioOut]:
+        if wav.n_codes >= wav.codes.shape[1]:
+            return  # the turn's audio is at max_codes: the rest of the speech track is dropped
+        for chunk in self.streamer.step(wav, [code]):
+            yield AudioOut(chunk.samples, chunk.start, time.monotonic())
