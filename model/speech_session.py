@@ -133,7 +133,7 @@ class SpeakingSession(ThinkerSession):
 
     def respond(
         self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None, speak: bool = True
-    ) -> Iterator[ReplyEvent]:
+    ) -> Generator[ReplyEvent, None, None]:
         """Generate the reply to the ended user turn: TextDelta and AudioOut events as they are made, then
         ReplyEnd. Close the iterator to cancel (barge-in); the session stays usable."""
         stops = (
