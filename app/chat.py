@@ -47,6 +47,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also use the video file's audio track, interleaved with its frames (TMRoPE)",
     )
+    p.add_argument(
+        "--speak",
+        default=None,
+        metavar="OUT.wav",
+        help="also speak the replies (Qwen2.5-Omni checkpoints): 24 kHz WAV of every reply in turn",
+    )
+    p.add_argument("--voice", default=None, help="voice for --speak (default: the checkpoint's, Chelsie)")
     p.set_defaults(run=run)
 
 
@@ -158,13 +165,19 @@ def _run_omni(args: argparse.Namespace, sampling: SamplingConfig, interactive: b
     from model.loaders.omni import load_thinker
     from model.thinker import ThinkerSession
     from model.vision_preprocess import VisionInputError
+    from model.voices import UnknownVoiceError
 
+    speaker: _Speaker | None = None
     try:
         loaded = load_thinker(args.model, dtype=dtype_of(args), device=args.device)
-        session = ThinkerSession(loaded.model, loaded.prompt, system_prompt=args.system or _default_system())
+        if args.speak:
+            speaker = _Speaker(args, loaded)
+            session: ThinkerSession = speaker.session
+        else:
+            session = ThinkerSession(loaded.model, loaded.prompt, system_prompt=args.system or _default_system())
         first = _MediaTurn(args, loaded)
         first.check()
-    except (CheckpointError, AudioInputError, VisionInputError, ValueError) as e:
+    except (CheckpointError, AudioInputError, VisionInputError, ValueError, UnknownVoiceError) as e:
         print(f"omni chat: error: {e}", file=sys.stderr)
         return 1
     if interactive:
@@ -179,12 +192,62 @@ def _run_omni(args: argparse.Namespace, sampling: SamplingConfig, interactive: b
             return 1
         if interactive:
             sys.stdout.write("omni> ")
-        _omni_answer(session, loaded, text, sampling)
+        if speaker is not None:
+            speaker.answer(text, sampling)
+        else:
+            _omni_answer(session, loaded, text, sampling)
         answered += 1
     if answered == 0:
         print("omni chat: error: no input lines: nothing to answer", file=sys.stderr)
         return 1
     return 0
+
+
+class _Speaker:
+    """--speak: a SpeakingSession whose replies stream text to stdout and audio into one WAV file."""
+
+    def __init__(self, args: argparse.Namespace, loaded: LoadedThinker) -> None:
+        from model.loaders.talker_weights import load_speech
+        from model.speech_session import SpeakingSession, SpeechSettings
+
+        speech = load_speech(args.model, dtype=dtype_of(args) or loaded.model.lm.dtype, device=args.device)
+        speech.voices.get(args.voice)  # an unknown voice fails here, listing the known ones
+        settings = SpeechSettings(voice=args.voice, seed=args.seed)
+        system = args.system or _default_system()
+        self.session = SpeakingSession(loaded.model, loaded.prompt, loaded.tokenizer, speech, settings, system)
+        self.path = Path(args.speak)
+        self.audio: list[torch.Tensor] = []
+
+    def answer(self, text: str, sampling: SamplingConfig) -> None:
+        from model.speech_session import AudioOut, TextDelta
+
+        self.session.add_text(text)
+        self.session.end_user_turn()
+        for event in self.session.respond(sampling):
+            if isinstance(event, TextDelta):
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, AudioOut):
+                self.audio.append(event.samples.cpu())
+                self.write()  # the file is complete after every chunk: stopping early keeps what was said
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        self.write()
+
+    def write(self) -> None:
+        import wave
+
+        import torch
+
+        from model.token2wav import SAMPLE_RATE
+
+        pcm = torch.cat(self.audio) if self.audio else torch.zeros(0)
+        data = (pcm.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
+        with wave.open(str(self.path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(SAMPLE_RATE)
+            w.writeframes(data)
 
 
 def _default_system() -> str:
