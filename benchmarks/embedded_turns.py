@@ -1,0 +1,152 @@
+"""Spoken turns through the embedded engine on this machine's CPU: prints numbers, asserts nothing.
+
+    .venv/bin/python benchmarks/embedded_turns.py [--turns 20] [--threads 2] [--max-new-tokens 64]
+
+Each turn is one question spoken by espeak-ng (two voices, alternating), pushed to one session in 20 ms
+frames as the runtime would, then `end_turn` and `respond`. Audio is pushed as fast as the recogniser takes
+it (not paced in real time), so the recogniser's real-time factor is its compute over the audio's duration.
+
+Measured per turn, from the `end_turn` call (the runtime calls it once the VAD has declared the end of
+speech, so the VAD's own hang-over comes on top):
+  first audio: end_turn -> the first AudioChunk of the reply (final recognition pass, prefill, decode to the
+               end of the first phrase, synthesis and resampling of that phrase)
+  first token: ChatSession's prefill + first decoded token
+Decode tokens/s is the reply's new tokens over its decode time (which includes the ~1% spent synthesising).
+Peak memory is the process's maximum resident set size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.sampling import SamplingConfig
+from model.speech.asr import SAMPLE_RATE
+from model.speech.resample import resample
+from model.speech.tts import ESPEAK_SAMPLE_RATE, Synthesizer, Voice
+from model.speech.wer import corpus_wer
+from streaming.engine import AudioChunk, ReplyDone, TranscriptDelta
+from streaming.engines.embedded import EmbeddedEngine
+
+QUESTIONS = (
+    "What is the capital of France?",
+    "Can you tell me a joke?",
+    "Tell me about the moon.",
+    "How many days are in a week?",
+    "Who wrote Romeo and Juliet?",
+    "What is the biggest animal in the world?",
+    "Why is the ocean salty?",
+    "How do airplanes fly?",
+    "What do elephants eat?",
+    "Can you recommend a good movie?",
+    "How far is the nearest star?",
+    "Where do penguins live?",
+    "What is the weather like today?",
+    "Why is the sky blue?",
+    "Who was Einstein?",
+    "How can I sleep better?",
+    "What should I eat for dinner?",
+    "Tell me a fact about dogs.",
+    "What is your name?",
+    "How are you today?",
+)
+VOICES = (Voice("en-us", rate=175), Voice("en-us+m3", rate=150))
+FRAME = 320  # 20 ms at 16 kHz
+PAD = 0.3  # s of silence around each question: a VAD's pre-roll and hang-over
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q))
+
+
+def run_turns(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    engine = EmbeddedEngine(sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=args.max_new_tokens))
+    print(
+        f"engine ready in {time.perf_counter() - t0:.1f} s (LM load {engine.lm.load_seconds:.1f} s), "
+        f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}"
+    )
+    session = engine.open_session()
+    rows: list[dict[str, float]] = []
+    pairs: list[tuple[str, str]] = []
+    asr_compute = asr_audio = 0.0
+    for turn in range(args.turns):
+        question = QUESTIONS[turn % len(QUESTIONS)]
+        voice = VOICES[turn % len(VOICES)]
+        speech = resample(Synthesizer(voice).synth(question), ESPEAK_SAMPLE_RATE, SAMPLE_RATE)
+        pad = np.zeros(int(PAD * SAMPLE_RATE), np.float32)
+        audio = np.concatenate([pad, speech, pad])
+        before = session.recognizer.stats.compute_seconds
+        for start in range(0, audio.size, FRAME):
+            session.push_audio(audio[start : start + FRAME], start / SAMPLE_RATE)
+        end_turn = time.perf_counter()
+        final = [e for e in session.end_turn() if isinstance(e, TranscriptDelta) and e.final][0]
+        first_audio = 0.0
+        done: ReplyDone | None = None
+        for event in session.respond():
+            if isinstance(event, AudioChunk) and event.pcm.size and not first_audio:
+                first_audio = time.perf_counter() - end_turn
+            elif isinstance(event, ReplyDone):
+                done = event
+        assert done is not None
+        asr_compute += session.recognizer.stats.compute_seconds - before
+        asr_audio += audio.size / SAMPLE_RATE
+        pairs.append((question, final.text))
+        row = dict(done.stats, first_audio=first_audio)
+        rows.append(row)
+        print(
+            f"turn {turn + 1:2d} first audio {first_audio * 1000:6.0f} ms"
+            f" | asr end {row['asr_finish_s'] * 1000:4.0f} ms"
+            f" | prefill {row['prompt_tokens']:3.0f} tok {row['prefill_s'] * 1000:5.0f} ms"
+            f" | {row['new_tokens']:3.0f} tok at {row['decode_tok_s']:5.1f} tok/s | {final.text!r} -> "
+            f"{done.text[:60]!r}"
+        )
+    firsts = [r["first_audio"] * 1000 for r in rows if r["first_audio"]]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    speech = sum(r["speech_s"] for r in rows)
+    print()
+    print(f"turns: {len(rows)} (voices: {', '.join(f'{v.name}@{v.rate}' for v in VOICES)})")
+    print(
+        f"end of user speech -> first assistant audio: p50 {percentile(firsts, 50):.0f} ms, "
+        f"p95 {percentile(firsts, 95):.0f} ms (goal p50 <= 800 ms)"
+    )
+    print(
+        f"  of which final recognition pass: p50 {percentile([r['asr_finish_s'] * 1000 for r in rows], 50):.0f} ms;"
+        f" prefill + first token: p50 {percentile([r['first_token_s'] * 1000 for r in rows], 50):.0f} ms"
+    )
+    print(
+        f"recogniser real-time factor: {asr_compute / asr_audio:.3f} ({asr_audio:.1f} s of audio), "
+        f"second passes: {session.recognizer.stats.redecodes}, transcript WER {corpus_wer(pairs):.3f}"
+    )
+    print(
+        f"decode: median {statistics.median(r['decode_tok_s'] for r in rows):.1f} tok/s, "
+        f"{sum(r['new_tokens'] for r in rows):.0f} tokens; prefill median "
+        f"{statistics.median(r['prompt_tokens'] / r['prefill_s'] for r in rows if r['prefill_s']):.0f} tok/s"
+    )
+    print(f"speech synthesis real-time factor: {sum(r['tts_s'] for r in rows) / speech:.4f} ({speech:.0f} s of speech)")
+    print(f"peak memory (max RSS): {peak_mb:.0f} MB; load average now {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--turns", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    return run_turns(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
