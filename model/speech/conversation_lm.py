@@ -13,11 +13,14 @@ tests' questions are typical members of this domain, and the tests also report t
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import itertools
 import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import TextIO
 
 __all__ = ["conversation_lm_path", "conversation_sentences"]
 
@@ -172,37 +175,56 @@ def _general_unigrams(model_dir: Path, dictionary: Path, top: int) -> list[tuple
 
 
 _lock = threading.Lock()
-_built: dict[tuple[int, float], Path] = {}
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("OMNI_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "omni"
+    )
+    return Path(root)
 
 
 def conversation_lm_path(general_words: int = 20000, general_share: float = 0.3) -> Path:
-    """Build (once per process) the ARPA LM file and return its path.
+    """The ARPA LM file (550 kB), built on first use (~1 s) into the cache directory ($OMNI_CACHE_DIR, else
+    ~/.cache/omni) under a name that hashes everything it is built from, so a change of templates rebuilds it.
 
     general_share: the fraction of unigram counts given to the general LM's words (the rest is the
     domain's own word counts); 0.3 keeps common words reachable without diluting the question frames."""
-    key = (general_words, general_share)
-    with _lock:
-        if key in _built and _built[key].is_file():
-            return _built[key]
-        import pocketsphinx
-        from pocketsphinx.lm import ArpaBoLM
+    import pocketsphinx
 
-        model_dir = Path(pocketsphinx.get_model_path()) / "en-us"
-        dictionary = model_dir / "cmudict-en-us.dict"
-        known = {line.split(maxsplit=1)[0] for line in dictionary.open()}
-        sentences = [s for s in conversation_sentences() if all(w in known for w in s.split())]
-        lm = ArpaBoLM(add_start=True, discount_mass=0.5)
-        lm.read_corpus(iter(sentences))
-        domain_total = sum(lm.grams_1.values())
-        general = _general_unigrams(model_dir, dictionary, general_words)
-        mass = domain_total * general_share / (1 - general_share)
-        norm = sum(p for _, p in general)
-        for word, p in general:
-            if word not in lm.grams_1:  # domain words keep their own counts (their n-grams are normalised by them)
-                lm.grams_1[word] = mass * p / norm
-        lm.compute()
-        fd, name = tempfile.mkstemp(prefix="omni-conversation-", suffix=".arpa")
-        with os.fdopen(fd, "w") as f:
-            lm.write(f)
-        _built[key] = Path(name)
-        return _built[key]
+    model_dir = Path(pocketsphinx.get_model_path()) / "en-us"
+    sentences = conversation_sentences()
+    version = importlib.metadata.version("pocketsphinx")
+    key = hashlib.sha256(repr((sentences, general_words, general_share, version)).encode())
+    path = _cache_dir() / f"conversation-{key.hexdigest()[:16]}.arpa"
+    with _lock:
+        if path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                _build(f, model_dir, sentences, general_words, general_share)
+            os.replace(tmp, path)  # atomic: another process never sees half a file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+
+def _build(out: TextIO, model_dir: Path, sentences: list[str], general_words: int, general_share: float) -> None:
+    from pocketsphinx.lm import ArpaBoLM
+
+    dictionary = model_dir / "cmudict-en-us.dict"
+    known = {line.split(maxsplit=1)[0] for line in dictionary.open()}
+    lm = ArpaBoLM(add_start=True, discount_mass=0.5)
+    lm.read_corpus(iter(s for s in sentences if all(w in known for w in s.split())))
+    domain_total = sum(lm.grams_1.values())
+    general = _general_unigrams(model_dir, dictionary, general_words)
+    mass = domain_total * general_share / (1 - general_share)
+    norm = sum(p for _, p in general)
+    for word, p in general:
+        if word not in lm.grams_1:  # domain words keep their own counts (their n-grams are normalised by them)
+            lm.grams_1[word] = mass * p / norm
+    lm.compute()
+    lm.write(out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -125,8 +126,6 @@ def _get_library() -> _Library:
 
 def list_voices() -> list[str]:
     """Voice names found in the wheel's data (languages under lang/, variants as "+name" suffixes)."""
-    from pathlib import Path
-
     root = Path(_get_library().data_path)
     langs = sorted(p.name.lower() for p in (root / "lang").rglob("*") if p.is_file())
     variants = sorted(p.name for p in (root / "voices" / "!v").iterdir() if p.is_file())

@@ -152,7 +152,7 @@ class EmbeddedSession:
     def respond(self) -> Iterator[EngineEvent]:
         self._check_open()
         if self.recognizer.in_utterance:  # respond() without end_turn(): finish the input side here
-            self.end_turn()
+            yield from self.end_turn()
         turn = self._turn
         if turn.end_turn_at == 0.0:
             turn.end_turn_at = time.perf_counter()

@@ -8,6 +8,8 @@ moves single words; the bounds leave about one wrong word in four sentences of m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -50,6 +52,20 @@ def test_france_question_on_a_fresh_recogniser(conversation: RecognizerConfig) -
         text = r.recognize(spoken("What is the capital of France?", voice), chunk=320)
         assert "capital" in text and "france" in text
         assert r.stats.redecodes == 1
+
+
+def test_conversation_lm_is_built_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMNI_CACHE_DIR", str(tmp_path))
+    path = conversation_lm_path()
+    assert path.parent == tmp_path and path.read_text().count("\\data\\") == 1
+    stamp = path.stat().st_mtime_ns
+    assert conversation_lm_path() == path and path.stat().st_mtime_ns == stamp
+    unigrams = {line.split()[1] for line in path.read_text().split("\\1-grams:")[1].split("\\2-grams:")[0].splitlines()
+                if line.strip()}  # fmt: skip
+    assert {"capital", "france"} <= unigrams  # from the templates
+    assert {"elephants", "penguins", "airplanes"} <= unigrams  # from the general LM only
+    assert "elephants" not in " ".join(conversation_sentences())
+    assert list(tmp_path.iterdir()) == [path]
 
 
 def test_partials_arrive_while_speaking_and_chunking_does_not_matter(conversation: RecognizerConfig) -> None:

@@ -27,7 +27,7 @@ def test_streamed_split_is_lossless_and_independent_of_delta_sizes(step: int) ->
 
 
 def test_boundaries() -> None:
-    phrases = split(REPLY, 3)
+    phrases = split(REPLY, 3, first_max_words=10)
     assert phrases == [
         "Sure, the value of pi is about 3.14, ",  # "Sure," alone is too short to be the first phrase
         "and 1,000 is a thousand. ",  # 3.14 and 1,000 are not split
@@ -47,8 +47,10 @@ def test_first_phrase_is_short_so_speech_starts_early() -> None:
 def test_long_run_without_punctuation_is_cut_at_a_word_boundary() -> None:
     text = " ".join(f"word{i}" for i in range(30))
     phrases = split(text, 4, max_words=10)
-    assert phrases[0] == " ".join(f"word{i}" for i in range(10)) + " "
+    assert phrases[0] == " ".join(f"word{i}" for i in range(6)) + " "  # the first phrase: 6 words at most
+    assert phrases[1] == " ".join(f"word{i}" for i in range(6, 16)) + " "
     assert "".join(phrases) == text
+    assert split("I am afraid I do not have any jokes right now.", 1)[0] == "I am afraid I do not "
 
 
 def test_nothing_is_emitted_before_the_boundary_is_certain() -> None:
