@@ -180,12 +180,14 @@ class OfferError(Exception):
 
 
 class Server:
-    """Process-wide state: the engine, the device worker, the VAD model, metrics and the live connections."""
+    """Process-wide state: the engine, the device worker and the media worker (audio and image work, so that
+    barge-in never waits behind a model step), the VAD model, metrics and the live connections."""
 
     def __init__(self, engine: Engine, options: ServeOptions | None = None) -> None:
         self.engine = engine
         self.options = options or ServeOptions()
         self.worker = DeviceWorker()
+        self.media = DeviceWorker("media-worker")
         self.vad: SileroVad | None = None
         self.metrics = ServerMetrics()
         self.connections: dict[str, Connection] = {}
@@ -196,7 +198,8 @@ class Server:
 
     async def startup(self, app: web.Application) -> None:
         self.worker.start()
-        self.vad = await self.worker.run(SileroVad)
+        self.media.start()
+        self.vad = await self.media.run(SileroVad)
         if self.options.ice_hosts:
             import aioice.ice
 
@@ -215,6 +218,7 @@ class Server:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.worker.stop()
+        self.media.stop()
         if self._saved_host_addresses is not None:
             import aioice.ice
 
@@ -241,6 +245,10 @@ class Server:
             "device_worker_busy_seconds", "time the device worker spent on jobs", self.worker.busy_seconds
         )
         self.metrics.set_gauge("device_worker_queue", "jobs waiting for the device worker", self.worker.pending())
+        self.metrics.set_gauge(
+            "media_worker_busy_seconds", "time the media worker spent on audio and image jobs", self.media.busy_seconds
+        )
+        self.metrics.set_gauge("media_worker_queue", "jobs waiting for the media worker", self.media.pending())
         return web.Response(
             text=self.metrics.render(),
             content_type="text/plain",
@@ -323,6 +331,7 @@ class Server:
             cfg,
             self.metrics,
             on_failure=lambda e: self.teardown(conn, f"session failed: {e}"),
+            media=self.media,
         )
         conn.session = session
         self.connections[conn.id] = conn

@@ -1,10 +1,15 @@
-"""The input audio stage (runs on the device worker): resample, detect voice, and feed the engine.
+"""The input audio stage, in two halves that run on different threads.
 
-Frames in (any rate and layout), turn events and engine events out. Audio reaches the engine only inside a
-turn: from `prefix_ms` before the onset until the turn ends. While a reply is being generated or played,
-`hold` is set and the turn's audio is held back (at most `max_hold_seconds`), so an engine never receives new
-user audio in the middle of its own reply; the runtime clears `hold` once the reply is over or interrupted,
-and the held audio goes in first.
+`AudioInStage.process` is media work (resample, voice activity, turn detection) and runs on the session's
+media lane, never behind model steps: speech onset is seen, and a reply cancelled, while an engine step of any
+length is running. It calls no engine method; it returns turn events and the turn's audio (`TurnAudio`, at
+the engine's rate) in the order they happened. Audio belongs to a turn from `prefix_ms` before the onset
+until the turn ends.
+
+`EngineFeed` is the engine half: it hands turn audio to the engine session (`push_audio`, `end_turn`) in
+device-worker jobs. While a reply is being generated or played, `hold` is set and turn audio is held back (at
+most `max_hold_seconds`), so an engine never receives new user audio in the middle of its own reply; the
+runtime clears `hold` once the reply is over or interrupted, and the held audio goes in first.
 """
 
 from __future__ import annotations
@@ -22,26 +27,36 @@ from streaming.vad import CHUNK, CHUNK_SECONDS, SAMPLE_RATE, SileroVad, TurnConf
 
 log = logging.getLogger(__name__)
 TurnEvent = SpeechStarted | SpeechStopped
-StageOutput = TurnEvent | EngineEvent
+
+
+@dataclass(frozen=True)
+class TurnAudio:
+    """User audio inside a turn, float32 mono at the engine's input rate; `timestamp` is its first sample's."""
+
+    pcm: np.ndarray
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class EndTurn:
+    """Finish the engine's input turn (only if audio was pushed since the last one)."""
+
+
+StageOutput = TurnEvent | TurnAudio
+FeedOp = TurnAudio | EndTurn
 
 
 @dataclass
 class AudioInState:
-    """Per-session state of the input stage."""
+    """Per-session state of the media half; only media-lane jobs touch it."""
 
     detector: TurnDetector
     vad_state: object
-    auto_end_turn: bool = True  # end the engine's turn when the detector says so (server VAD)
-    hold: bool = False
-    max_hold_seconds: float = 30.0
     resampler: av.AudioResampler | None = None
     resampler_key: tuple[int, int, str] | None = None
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     pending_ts: float = 0.0  # timestamp of pending[0]
     pre_roll: deque[tuple[float, np.ndarray]] = field(default_factory=deque)  # recent chunks before an onset
-    held: deque[tuple[float, np.ndarray]] = field(default_factory=deque)
-    held_dropped_seconds: float = 0.0
-    turn_open: bool = False  # audio was pushed since the last end_turn
 
 
 class AudioInStage:
@@ -51,16 +66,13 @@ class AudioInStage:
         self.vad = vad
         self.engine_rate = engine_rate
 
-    def init_state(self, turn: TurnConfig, auto_end_turn: bool = True) -> AudioInState:
-        return AudioInState(
-            detector=TurnDetector(turn.validate()), vad_state=self.vad.init_state(), auto_end_turn=auto_end_turn
-        )
+    def init_state(self, turn: TurnConfig) -> AudioInState:
+        return AudioInState(detector=TurnDetector(turn.validate()), vad_state=self.vad.init_state())
 
-    def process(self, st: AudioInState, frames: list[AudioFrame], engine: EngineSession) -> list[StageOutput]:
-        """Feed frames in arrival order; returns turn and engine events in the order they happened."""
+    def process(self, st: AudioInState, frames: list[AudioFrame]) -> list[StageOutput]:
+        """Feed frames in arrival order; returns turn events and turn audio in the order they happened."""
         out: list[StageOutput] = []
-        self._release_held(st, engine, out)
-        to_push: list[tuple[float, np.ndarray]] = []
+        run: list[tuple[float, np.ndarray]] = []  # consecutive turn chunks, joined into one TurnAudio
         for frame in frames:
             pcm = self._to_16k_mono(st, frame)
             # re-anchor on every frame: after a gap in the input (packet loss, DTX) time must not lag
@@ -70,17 +82,8 @@ class AudioInStage:
                 chunk, st.pending = st.pending[:CHUNK], st.pending[CHUNK:]
                 t = st.pending_ts
                 st.pending_ts += CHUNK_SECONDS
-                self._chunk(st, chunk, t, engine, to_push, out)
-        self._push(st, engine, to_push, out)
-        return out
-
-    def end_turn(self, st: AudioInState, engine: EngineSession) -> list[StageOutput]:
-        """Finish the engine's input turn (manual turns: client response.create)."""
-        out: list[StageOutput] = []
-        self._release_held(st, engine, out)
-        if st.turn_open:
-            out.extend(engine.end_turn())
-            st.turn_open = False
+                self._chunk(st, chunk, t, run, out)
+        self._flush_run(run, out)
         return out
 
     def _chunk(
@@ -88,58 +91,34 @@ class AudioInStage:
         st: AudioInState,
         chunk: np.ndarray,
         t: float,
-        engine: EngineSession,
-        to_push: list[tuple[float, np.ndarray]],
+        run: list[tuple[float, np.ndarray]],
         out: list[StageOutput],
     ) -> None:
         det = st.detector
         was_speaking = det.speaking
         event = det.step(self.vad.step(st.vad_state, chunk), t, CHUNK_SECONDS)  # type: ignore[arg-type]
         if isinstance(event, SpeechStarted):
-            start = event.timestamp - det.config.prefix_ms / 1000.0
-            to_push.extend((ts, c) for ts, c in st.pre_roll if ts >= start - 1e-6)
-            st.pre_roll.clear()
+            self._flush_run(run, out)
             out.append(event)
+            start = event.timestamp - det.config.prefix_ms / 1000.0
+            run.extend((ts, c) for ts, c in st.pre_roll if ts >= start - 1e-6)
+            st.pre_roll.clear()
         if det.speaking or was_speaking:
-            to_push.append((t, chunk))
+            run.append((t, chunk))
         else:
             st.pre_roll.append((t, chunk))
             keep = (det.config.prefix_ms + det.config.min_speech_ms) / 1000.0 + 2 * CHUNK_SECONDS
             while st.pre_roll and st.pre_roll[0][0] < t - keep:
                 st.pre_roll.popleft()
         if isinstance(event, SpeechStopped):
-            self._push(st, engine, to_push, out)
-            to_push.clear()
+            self._flush_run(run, out)
             out.append(event)
-            if st.auto_end_turn and not st.hold:
-                out.extend(self.end_turn(st, engine))
 
-    def _push(
-        self, st: AudioInState, engine: EngineSession, chunks: list[tuple[float, np.ndarray]], out: list[StageOutput]
-    ) -> None:
-        if not chunks:
-            return
-        if st.hold:
-            st.held.extend(chunks)
-            while len(st.held) * CHUNK_SECONDS > st.max_hold_seconds:
-                st.held.popleft()
-                st.held_dropped_seconds += CHUNK_SECONDS
-            return
-        pcm = np.concatenate([c for _, c in chunks])
-        out.extend(engine.push_audio(self._engine_rate(pcm), chunks[0][0]))
-        st.turn_open = True
-
-    def _release_held(self, st: AudioInState, engine: EngineSession, out: list[StageOutput]) -> None:
-        if st.hold or not st.held:
-            return
-        if st.held_dropped_seconds:
-            log.warning(
-                "held user audio over %.0f s: dropped the oldest %.2f s", st.max_hold_seconds, st.held_dropped_seconds
-            )
-            st.held_dropped_seconds = 0.0
-        held = list(st.held)
-        st.held.clear()
-        self._push(st, engine, held, out)
+    def _flush_run(self, run: list[tuple[float, np.ndarray]], out: list[StageOutput]) -> None:
+        if run:
+            pcm = np.concatenate([c for _, c in run])
+            out.append(TurnAudio(self._engine_rate(pcm), run[0][0]))
+            run.clear()
 
     def _engine_rate(self, pcm16k: np.ndarray) -> np.ndarray:
         if self.engine_rate == SAMPLE_RATE:
@@ -172,3 +151,54 @@ class AudioInStage:
         avf.sample_rate = frame.sample_rate
         parts = [f.to_ndarray().reshape(-1) for f in st.resampler.resample(avf)]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+@dataclass
+class EngineFeed:
+    """The engine half of one session's input: `hold`/`held` belong to the event loop, `run` to the device worker
+    (the session awaits each `run` job before the next, so the two never race)."""
+
+    auto_end_turn: bool = True  # end the engine's turn when the detector says so (server VAD)
+    hold: bool = False
+    max_hold_seconds: float = 30.0
+    held: deque[TurnAudio] = field(default_factory=deque)
+    held_seconds: float = 0.0
+    held_dropped_seconds: float = 0.0
+    turn_open: bool = False  # audio was pushed since the last end_turn
+
+    def route(self, audio: TurnAudio, rate: int) -> TurnAudio | None:
+        """`audio` if it may go to the engine now; otherwise it is held back (None)."""
+        if not self.hold:
+            return audio
+        self.held.append(audio)
+        self.held_seconds += len(audio.pcm) / rate
+        while self.held_seconds > self.max_hold_seconds and len(self.held) > 1:
+            old = self.held.popleft()
+            self.held_seconds -= len(old.pcm) / rate
+            self.held_dropped_seconds += len(old.pcm) / rate
+        return None
+
+    def release(self) -> list[FeedOp]:
+        """The held audio as one piece, once `hold` is cleared (empty otherwise)."""
+        if self.hold or not self.held:
+            return []
+        if self.held_dropped_seconds:
+            dropped, self.held_dropped_seconds = self.held_dropped_seconds, 0.0
+            log.warning("held user audio over %.0f s: dropped the oldest %.2f s", self.max_hold_seconds, dropped)
+        pcm = np.concatenate([a.pcm for a in self.held])
+        first = self.held[0].timestamp
+        self.held.clear()
+        self.held_seconds = 0.0
+        return [TurnAudio(pcm, first)]
+
+    def run(self, engine: EngineSession, ops: list[FeedOp]) -> list[EngineEvent]:
+        """Device worker: push audio and end turns in order; returns the engine's events (transcripts)."""
+        out: list[EngineEvent] = []
+        for op in ops:
+            if isinstance(op, TurnAudio):
+                out.extend(engine.push_audio(op.pcm, op.timestamp))
+                self.turn_open = True
+            elif self.turn_open:
+                out.extend(engine.end_turn())
+                self.turn_open = False
+        return out

@@ -1,13 +1,21 @@
 """One conversation's runtime: stages joined by bounded queues, driven by asyncio, computed on the worker.
 
 ```
-transport --AudioFrame--> inbox (control lane first, audio DROP_OLDEST) --> input task --worker--> AudioInStage
-          --VideoFrame--> latest-frame slot (KEEP_LATEST) --> video task (<= 2 fps) --worker--> engine.push_video
+transport --AudioFrame--> inbox (control lane first, audio DROP_OLDEST) --> input task --media--> AudioInStage
+          --VideoFrame--> latest-frame slot (KEEP_LATEST) --> video task (<= 2 fps) --media--> RGB array
+                                                                             --worker--> engine.push_video
           --client event--> parse --> inbox control lane
-input task: SpeechStarted -> barge-in if a reply is live; SpeechStopped -> reply task
-reply task --worker--> engine.respond() one step per job --> text events; speech --> OutputAudio (BLOCK)
+input task: SpeechStarted -> barge-in if a reply is live; turn audio --worker--> EngineFeed (push_audio,
+            end_turn; held back while a reply is live); SpeechStopped -> reply task
+reply task --worker--> engine.respond() one step per job --> text events; speech --media--> 48 kHz
+            --> OutputAudio (BLOCK)
 transport's audio track <-- OutputAudio.read(960) every 20 ms (flushed on barge-in)
 ```
+
+Two lanes: `worker` (the device worker) runs every engine session call; `media` (a second small worker thread)
+runs resampling, VAD and frame conversion, and never calls the engine. So speech onset is detected and the
+output silenced while a model step of any length runs, and one engine session is still never entered from two
+threads at once: the input task awaits each media job before it schedules the engine job that follows it.
 
 Every task is kept in `Session._tasks` and cancelled by `close()`; a failing task reports an `error` event,
 calls `on_failure` (the transport tears the connection down) and never touches other sessions.
@@ -25,7 +33,7 @@ from typing import Any
 import av
 import numpy as np
 
-from streaming.audio_in import AudioInStage, AudioInState, StageOutput
+from streaming.audio_in import AudioInStage, AudioInState, EndTurn, EngineFeed, FeedOp, StageOutput, TurnAudio
 from streaming.engine import AudioChunk, Engine, EngineEvent, EngineSession, ReplyDone, TextDelta, TranscriptDelta
 from streaming.events import ProtocolError, RealtimeEvents, new_id, parse_client_event
 from streaming.frames import (
@@ -85,10 +93,14 @@ class Session:
         config: SessionConfig | None = None,
         metrics: ServerMetrics | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
+        media: DeviceWorker | None = None,
     ) -> None:
+        """`worker` runs the engine calls; `media` runs audio and image work (None: the worker does it too, and
+        barge-in then waits behind model steps)."""
         self.id = new_id("sess")
         self.engine = engine
         self.worker = worker
+        self.media = media or worker
         self.config = config or SessionConfig()
         self.metrics = metrics or ServerMetrics()
         self.events = RealtimeEvents(self.id)
@@ -96,7 +108,8 @@ class Session:
         self._emit = emit
         self._t0 = time.monotonic()
         self._stage = AudioInStage(vad, engine.input_sample_rate)
-        self._audio_state: AudioInState = self._stage.init_state(self.config.turn, self.config.create_response)
+        self._audio_state: AudioInState = self._stage.init_state(self.config.turn)
+        self._feed = EngineFeed(auto_end_turn=self.config.create_response)
         self.inbox: Inbox[InboxItem] = Inbox(
             BoundedQueue(self.config.input_queue_frames, Overflow.DROP_OLDEST, "input-audio")
         )
@@ -134,7 +147,7 @@ class Session:
         t = self._audio_state.detector.config
         td = (
             None
-            if not self._audio_state.auto_end_turn and not self.config.create_response
+            if not self._feed.auto_end_turn and not self.config.create_response
             else {
                 "type": "server_vad",
                 "threshold": t.threshold,
@@ -247,37 +260,36 @@ class Session:
                 frames = [item]
                 while len(self.inbox.media) and not len(self.inbox.control):
                     frames.append(self.inbox.media.get_nowait())  # type: ignore[arg-type]
-                out = await self.worker.run(self._process_audio, frames)
+                out = await self.media.run(self._stage.process, self._audio_state, frames)
                 await self._handle_stage_output(out)
             else:
                 await self._handle_control(item)
 
-    def _process_audio(self, frames: list[AudioFrame]) -> list[StageOutput]:
-        assert self._engine_session is not None
-        return self._stage.process(self._audio_state, frames, self._engine_session)
-
-    def _end_turn(self) -> list[StageOutput]:
-        assert self._engine_session is not None
-        return self._stage.end_turn(self._audio_state, self._engine_session)
-
     async def _handle_stage_output(self, out: list[StageOutput]) -> None:
+        """Turn events at once (barge-in never waits for the engine); turn audio to the engine in order."""
         turn_end: float | None = None
+        ops: list[FeedOp] = self._feed.release()
         for ev in out:
             if isinstance(ev, SpeechStarted):
+                if self._reply is None:  # transcripts of earlier audio belong to the previous item
+                    await self._feed_engine(ops)
                 self._user_item = new_id("item")
                 self._emit(self.events.speech_started(self._user_item, int(ev.timestamp * 1000)))
                 if self._reply is not None and self.config.interrupt_response:
                     await self._interrupt(ev.timestamp, "barge_in")
+                    ops.extend(self._feed.release())
+            elif isinstance(ev, TurnAudio):
+                audio = self._feed.route(ev, self.engine.input_sample_rate)
+                if audio is not None:
+                    ops.append(audio)
             elif isinstance(ev, SpeechStopped):
+                await self._feed_engine(ops)
                 self._emit(self.events.speech_stopped(self._user_item or new_id("item"), int(ev.timestamp * 1000)))
                 if self.config.create_response:
                     turn_end = ev.timestamp
-            elif isinstance(ev, TranscriptDelta):
-                item = self._user_item or new_id("item")
-                if ev.final:
-                    self._emit(self.events.transcription_completed(item, ev.text))
-                else:
-                    self._emit(self.events.transcription_delta(item, ev.text))
+                if self._feed.auto_end_turn and not self._feed.hold:
+                    await self._feed_engine([EndTurn()])
+        await self._feed_engine(ops)
         dropped = self.inbox.media.dropped
         if dropped > self._dropped_reported:
             self.metrics.inc(
@@ -289,6 +301,21 @@ class Session:
         if turn_end is not None and self._reply is None:
             self._start_reply(turn_end)
 
+    async def _feed_engine(self, ops: list[FeedOp]) -> None:
+        """Run `ops` on the device worker (emptying the list) and report the transcripts they produced."""
+        if not ops:
+            return
+        assert self._engine_session is not None
+        batch = list(ops)
+        ops.clear()
+        for ev in await self.worker.run(self._feed.run, self._engine_session, batch):
+            if isinstance(ev, TranscriptDelta):
+                item = self._user_item or new_id("item")
+                if ev.final:
+                    self._emit(self.events.transcription_completed(item, ev.text))
+                else:
+                    self._emit(self.events.transcription_delta(item, ev.text))
+
     async def _handle_control(self, item: InboxItem) -> None:
         if isinstance(item, ResponseRequest):
             if self._reply is not None:
@@ -299,7 +326,7 @@ class Session:
                     )
                 )
                 return
-            await self._handle_stage_output(await self.worker.run(self._end_turn))
+            await self._feed_engine([*self._feed.release(), EndTurn()])
             if self._reply is None:
                 self._start_reply(None)
         elif isinstance(item, Interrupt):
@@ -316,7 +343,7 @@ class Session:
 
     def _start_reply(self, end_of_speech: float | None) -> None:
         self._turns += 1
-        self._audio_state.hold = True  # new user audio waits until this reply is over
+        self._feed.hold = True  # new user audio waits until this reply is over
         m = TurnMetrics(
             turn=self._turns,
             end_of_speech=end_of_speech,
@@ -342,7 +369,7 @@ class Session:
             reply.metrics.compute_seconds += seconds
             if ev is None or isinstance(ev, ReplyDone):
                 reply.generated = True
-                pcm = await self.worker.run(_resample_out, resampler, None, self.engine.output_sample_rate)
+                pcm = await self.media.run(_resample_out, resampler, None, self.engine.output_sample_rate)
                 if len(pcm):
                     await self.output.put(SpeechChunk(reply.response_id, pcm))
             elif isinstance(ev, TextDelta):
@@ -352,7 +379,7 @@ class Session:
                 self._emit(self.events.output_text_delta(reply.response_id, reply.item_id, ev.text))
             elif isinstance(ev, AudioChunk):
                 reply.metrics.audio_seconds += len(ev.pcm) / self.engine.output_sample_rate
-                pcm = await self.worker.run(_resample_out, resampler, ev.pcm, self.engine.output_sample_rate)
+                pcm = await self.media.run(_resample_out, resampler, ev.pcm, self.engine.output_sample_rate)
                 await self.output.put(SpeechChunk(reply.response_id, pcm, ev.text))
                 if ev.text:
                     self._emit(self.events.output_audio_transcript_delta(reply.response_id, reply.item_id, ev.text))
@@ -371,7 +398,7 @@ class Session:
             return
         self._emit(self.events.output_audio_buffer("stopped", response_id))
         self._finish_reply(reply)
-        self._audio_state.hold = False  # held user audio goes in with the next audio job
+        self._feed.hold = False  # held user audio goes in with the next audio job
 
     def _finish_reply(self, reply: _Reply) -> None:
         self._reply = None
@@ -403,13 +430,13 @@ class Session:
         if reply.task is not None:
             await asyncio.gather(reply.task, return_exceptions=True)
         await self.worker.run(self._interrupt_engine, reply, played)
+        self._feed.hold = False
 
     def _interrupt_engine(self, reply: _Reply, played: str) -> None:
         if reply.iterator is not None:
             _close_iterator(reply.iterator)
         if self._engine_session is not None:
             self._engine_session.interrupt(played)
-        self._audio_state.hold = False
 
     async def _truncate(self, t: Truncate) -> None:
         reply = self._reply
@@ -444,7 +471,7 @@ class Session:
             td = settings["turn_detection"]
             if td is None:
                 self.config.create_response = False
-                self._audio_state.auto_end_turn = False
+                self._feed.auto_end_turn = False
             else:
                 c = self._audio_state.detector.config
                 new = TurnConfig(
@@ -456,7 +483,7 @@ class Session:
                 self._audio_state.detector.config = new.validate()
                 self.config.create_response = td.get("create_response", True)
                 self.config.interrupt_response = td.get("interrupt_response", True)
-                self._audio_state.auto_end_turn = self.config.create_response
+                self._feed.auto_end_turn = self.config.create_response
         self._emit(self.events.session_updated(self.describe()))
 
     def _reopen_engine(self) -> EngineSession:
@@ -470,17 +497,18 @@ class Session:
         while True:
             frame = await self.video.get()
             assert self._engine_session is not None
-            await self.worker.run(self._push_video, frame)
+            image = frame.image
+            if not isinstance(image, np.ndarray):  # an av.VideoFrame from the transport: scale and convert
+                image = await self.media.run(_to_rgb, image, self.config.video_max_side)
+            await self.worker.run(self._engine_session.push_video, image, frame.timestamp)
             await asyncio.sleep(self.config.video_interval)
 
-    def _push_video(self, frame: VideoFrame) -> None:
-        assert self._engine_session is not None
-        image = frame.image
-        if not isinstance(image, np.ndarray):  # an av.VideoFrame from the transport: scale and convert here
-            scale = min(1.0, self.config.video_max_side / max(image.width, image.height))
-            w, h = max(2, int(image.width * scale) // 2 * 2), max(2, int(image.height * scale) // 2 * 2)
-            image = image.to_ndarray(format="rgb24", width=w, height=h)
-        self._engine_session.push_video(image, frame.timestamp)
+
+def _to_rgb(image: av.VideoFrame, max_side: int) -> np.ndarray:
+    """A transport's video frame -> RGB uint8 [H, W, 3], even sides, the longer at most `max_side`."""
+    scale = min(1.0, max_side / max(image.width, image.height))
+    w, h = max(2, int(image.width * scale) // 2 * 2), max(2, int(image.height * scale) // 2 * 2)
+    return image.to_ndarray(format="rgb24", width=w, height=h)
 
 
 def _step(it: Iterator[EngineEvent]) -> tuple[EngineEvent | None, float]:

@@ -1,9 +1,11 @@
-"""The device worker: one thread that runs the model steps, VAD, resampling and image work of every session.
+"""Worker threads: the device worker runs the model steps of every session; a second instance, the media
+worker, runs their VAD, resampling and image work, so that input is never queued behind a model step.
 
 The event loop never does this work itself; sessions `await worker.run(fn, ...)`. Jobs run first come, first
 served on a single thread, so the steps of many sessions interleave (a reply is advanced one `next()` per job)
-and the calls into one engine session never overlap. One thread per device is also where cross-session
-batching goes later: the queue already holds the pending steps of all sessions.
+and the calls into one engine session never overlap (only the device worker calls engine sessions). One thread
+per device is also where cross-session batching goes later: the queue already holds the pending steps of all
+sessions.
 """
 
 from __future__ import annotations

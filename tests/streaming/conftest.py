@@ -46,3 +46,12 @@ def worker() -> Iterator[DeviceWorker]:
     w.start()
     yield w
     w.stop()
+
+
+@pytest.fixture
+def media() -> Iterator[DeviceWorker]:
+    """The media lane (VAD, resampling, frame conversion) beside the device worker."""
+    w = DeviceWorker("media-worker")
+    w.start()
+    yield w
+    w.stop()

@@ -20,13 +20,18 @@ WAIT = 30.0  # generous: other test suites share the 2 cores
 
 class Harness:
     def __init__(
-        self, engine: ToneEngine, worker: DeviceWorker, vad: SileroVad, config: SessionConfig | None = None
+        self,
+        engine: ToneEngine,
+        worker: DeviceWorker,
+        vad: SileroVad,
+        config: SessionConfig | None = None,
+        media: DeviceWorker | None = None,
     ) -> None:
         self.events: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
         self.engine = engine
         cfg = config or SessionConfig(turn=TurnConfig(silence_ms=700))  # one turn per test utterance
-        self.session = Session(engine, worker, vad, self._emit, cfg)
+        self.session = Session(engine, worker, vad, self._emit, cfg, media=media)
         self.played: list[np.ndarray] = []  # every 20 ms frame the fake track read (zeros when idle)
         self._player: asyncio.Task[None] | None = None
         self._media_t = 0.0

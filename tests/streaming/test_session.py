@@ -30,13 +30,15 @@ async def test_one_turn_text_audio_and_metrics(worker: DeviceWorker, vad: Silero
         "conversation.item.input_audio_transcription.completed",
         "response.created",
         "response.output_text.delta",
-        "output_audio_buffer.started",
         "response.done",
         "output_audio_buffer.stopped",
         "omni.metrics",
     ]
     assert all(t in types for t in order), set(order) - set(types)
     assert [types.index(t) for t in order] == sorted(types.index(t) for t in order)
+    # playback starts on the track's next 20 ms tick: before or after a fast reply's response.done
+    started = types.index("output_audio_buffer.started")
+    assert types.index("response.output_text.delta") < started < types.index("output_audio_buffer.stopped")
     text = "".join(e["delta"] for e in h.events if e["type"] == "response.output_text.delta")
     done = next(e for e in h.events if e["type"] == "response.done")
     assert done["response"]["status"] == "completed"

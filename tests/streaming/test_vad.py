@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streaming.audio_in import AudioInStage
+from streaming.audio_in import AudioInStage, EndTurn, EngineFeed, TurnAudio
 from streaming.engine import TranscriptDelta
 from streaming.frames import AudioFrame, SpeechStarted, SpeechStopped
 from streaming.testing import ToneEngine, resample_int16
@@ -47,19 +47,29 @@ def test_audio_stage_frames_in_turn_events_out(vad: SileroVad, speech16k: np.nda
     stage = AudioInStage(vad, 16000)
     st = stage.init_state(TurnConfig(silence_ms=700))  # the utterance pauses ~0.4 s between its sentences
     engine = ToneEngine().open_session()
+    feed = EngineFeed()
     pcm48 = resample_int16(
         np.concatenate([np.zeros(8000, np.int16), speech16k, np.zeros(16000, np.int16)]), 16000, 48000
     )
     stereo = np.repeat(pcm48, 2)  # packed L R L R
-    out = []
+    out: list[object] = []
     for k, i in enumerate(range(0, len(pcm48) - 960 + 1, 960)):
         frame = AudioFrame(stereo[2 * i : 2 * (i + 960)].reshape(1, -1), 48000, k * 0.02, channels=2)
-        out += stage.process(st, [frame], engine)
+        for ev in stage.process(st, [frame]):
+            out.append(ev)
+            if isinstance(ev, TurnAudio):
+                out += feed.run(engine, [ev])
+            elif isinstance(ev, SpeechStopped):
+                out += feed.run(engine, [EndTurn()])
     turn = [e for e in out if isinstance(e, SpeechStarted | SpeechStopped)]
     assert [type(e) for e in turn] == [SpeechStarted, SpeechStopped]
     assert 0.3 < turn[0].timestamp < 0.8  # the speech begins at 0.5 s
     speech_s = len(speech16k) / 16000
     assert abs(turn[1].timestamp - (0.5 + speech_s)) < 0.4
+    audio = [e for e in out if isinstance(e, TurnAudio)]
+    pos = [id(e) for e in out]
+    assert pos.index(id(turn[0])) < pos.index(id(audio[0])) and pos.index(id(audio[-1])) < pos.index(id(turn[1]))
+    assert abs(audio[0].timestamp - (turn[0].timestamp - 0.3)) < 0.05  # prefix_ms of audio before the onset
     finals = [e for e in out if isinstance(e, TranscriptDelta) and e.final]
     assert len(finals) == 1
     heard = float(finals[0].text.split()[2])  # "(spoke for N s)": what reached the engine
@@ -70,11 +80,27 @@ def test_audio_is_held_back_while_a_reply_is_live(vad: SileroVad, speech16k: np.
     stage = AudioInStage(vad, 16000)
     st = stage.init_state(TurnConfig(silence_ms=300))
     engine = ToneEngine().open_session()
-    st.hold = True
+    feed = EngineFeed(hold=True)
     frames = [AudioFrame(speech16k[i : i + 320], 16000, i / 16000) for i in range(0, 16000, 320)]
-    out = stage.process(st, frames, engine)
+    out = stage.process(st, frames)
     assert any(isinstance(e, SpeechStarted) for e in out)
-    assert engine.heard_samples == 0 and st.held
-    st.hold = False
-    stage.process(st, [AudioFrame(np.zeros(320, np.int16), 16000, 1.0)], engine)
-    assert engine.heard_samples > 8000 and not st.held
+    audio = [e for e in out if isinstance(e, TurnAudio)]
+    assert audio and all(feed.route(a, 16000) is None for a in audio)
+    assert feed.release() == [] and feed.held  # still held while the reply is live
+    feed.hold = False
+    released = feed.release()
+    assert len(released) == 1 and not feed.held
+    assert isinstance(released[0], TurnAudio) and released[0].timestamp == audio[0].timestamp
+    feed.run(engine, released)
+    assert engine.heard_samples == sum(len(a.pcm) for a in audio) > 8000
+
+
+def test_held_audio_is_bounded(vad: SileroVad) -> None:
+    feed = EngineFeed(hold=True, max_hold_seconds=1.0)
+    pieces = [TurnAudio(np.full(1600, i, np.float32), i * 0.1) for i in range(30)]  # 3 s in 0.1 s pieces
+    for p in pieces:
+        feed.route(p, 16000)
+    feed.hold = False
+    (kept,) = feed.release()
+    assert isinstance(kept, TurnAudio)
+    assert len(kept.pcm) == 10 * 1600 and kept.timestamp == pieces[20].timestamp  # the newest second
