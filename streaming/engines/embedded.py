@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -44,6 +44,14 @@ DEFAULT_SAMPLING = SamplingConfig(temperature=0.0, repetition_penalty=1.1, max_n
 DEFAULT_WINDOW = 2044
 
 
+# Clients of the Realtime protocol name OpenAI's voices; each gets an espeak-ng variant of the same gender
+# so that a session.update with one of them works. Any other name is taken as an espeak-ng voice name.
+REALTIME_VOICES = {
+    "alloy": "en-us+f2", "ash": "en-us+m3", "ballad": "en-gb-x-rp+m1", "coral": "en-us+f3", "echo": "en-us+m1",
+    "sage": "en-us+f4", "shimmer": "en-us+f5", "verse": "en-us+m2", "marin": "en-us+f1", "cedar": "en-us+m4",
+}  # fmt: skip
+
+
 @dataclass
 class _TurnClock:
     end_turn_at: float = 0.0  # perf_counter when end_turn() was called (0: respond without end_turn)
@@ -52,7 +60,6 @@ class _TurnClock:
     tts_seconds: float = 0.0
     speech_seconds: float = 0.0
     first_audio_s: float = 0.0
-    stats: dict[str, float] = field(default_factory=dict)
 
 
 _QUESTION_STARTS = frozenset(
@@ -105,8 +112,10 @@ class EmbeddedEngine:
         self.recognizer_config = recognizer or RecognizerConfig(lm=str(conversation_lm_path()))
 
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> EmbeddedSession:
-        """A new conversation; `voice` is an espeak-ng voice name ("en-us+f3", "en-gb-x-rp", ...)."""
-        v = self.default_voice if voice is None else Voice(voice, rate=self.default_voice.rate)
+        """A new conversation; `voice` is an espeak-ng voice name ("en-us+f3", "en-gb-x-rp", ...) or one of
+        `REALTIME_VOICES`."""
+        name = REALTIME_VOICES.get(voice, voice) if voice is not None else None
+        v = self.default_voice if name is None else Voice(name, rate=self.default_voice.rate)
         synth = Synthesizer(v)
         if voice is not None:
             synth.synth_int16("ok")  # raises TTSError naming the voice if espeak-ng has none by that name

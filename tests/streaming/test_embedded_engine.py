@@ -15,7 +15,7 @@ from model.speech.resample import resample
 from model.speech.tts import TTSError, Voice
 from model.speech.wer import word_errors
 from streaming.engine import AudioChunk, Engine, EngineEvent, EngineSession, ReplyDone, TextDelta, TranscriptDelta
-from streaming.engines.embedded import EmbeddedEngine, EmbeddedSession, as_sentence
+from streaming.engines.embedded import REALTIME_VOICES, EmbeddedEngine, EmbeddedSession, as_sentence
 from tests.model.speech.spoken import spoken
 
 # espeak-ng's en-us voice at 150 words per minute: the recogniser gets this phrasing right on a fresh session
@@ -136,6 +136,8 @@ def test_nothing_heard_gives_an_empty_reply(engine: EmbeddedEngine) -> None:
     assert len(session.chat.messages) == 1  # only the system prompt: nothing was answered
 
 
-def test_unknown_voice_is_refused_at_open(engine: EmbeddedEngine) -> None:
+def test_voices(engine: EmbeddedEngine) -> None:
     with pytest.raises(TTSError, match="no-such-voice"):
         engine.open_session(voice="no-such-voice")
+    for name, espeak in REALTIME_VOICES.items():  # OpenAI Realtime voice names map to espeak-ng variants
+        assert engine.open_session(voice=name).synth.voice.name == espeak
