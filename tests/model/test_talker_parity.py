@@ -50,6 +50,7 @@ def reference_talker(
     specials: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     text_ids: torch.Tensor,
     steps: int,
+    **rope: Any,
 ) -> tuple[list[int], torch.Tensor]:
     """The reference forward, stepped by hand with transformers' own logits processors (greedy).
 
@@ -78,6 +79,7 @@ def reference_talker(
             input_text_ids=text_ids,
             thinker_reply_part=reply,
             use_cache=True,
+            **rope,  # what get_rope_index needs for media prompts (e.g. audio_feature_lengths)
         )
         while True:
             logits.append(out.logits[:, -1])
