@@ -197,6 +197,8 @@ def _run_omni(args: argparse.Namespace, sampling: SamplingConfig, interactive: b
         else:
             _omni_answer(session, loaded, text, sampling)
         answered += 1
+    if speaker is not None:
+        speaker.close()
     if answered == 0:
         print("omni chat: error: no input lines: nothing to answer", file=sys.stderr)
         return 1
@@ -204,21 +206,31 @@ def _run_omni(args: argparse.Namespace, sampling: SamplingConfig, interactive: b
 
 
 class _Speaker:
-    """--speak: a SpeakingSession whose replies stream text to stdout and audio into one WAV file."""
+    """--speak: a SpeakingSession whose replies stream text to stdout and audio into one WAV file.
+
+    Each chunk is appended as it comes (the wave module rewrites the header on every write), so the file is
+    valid at any moment, even when the chat is interrupted."""
 
     def __init__(self, args: argparse.Namespace, loaded: LoadedThinker) -> None:
+        import wave
+
         from model.loaders.talker_weights import load_speech
         from model.speech_session import SpeakingSession, SpeechSettings
+        from model.token2wav import SAMPLE_RATE
 
         speech = load_speech(args.model, dtype=dtype_of(args) or loaded.model.lm.dtype, device=args.device)
         speech.voices.get(args.voice)  # an unknown voice fails here, listing the known ones
         settings = SpeechSettings(voice=args.voice, seed=args.seed)
         system = args.system or _default_system()
         self.session = SpeakingSession(loaded.model, loaded.prompt, loaded.tokenizer, speech, settings, system)
-        self.path = Path(args.speak)
-        self.audio: list[torch.Tensor] = []
+        self.wav = wave.open(str(Path(args.speak)), "wb")
+        self.wav.setnchannels(1)
+        self.wav.setsampwidth(2)
+        self.wav.setframerate(SAMPLE_RATE)
 
     def answer(self, text: str, sampling: SamplingConfig) -> None:
+        import torch
+
         from model.speech_session import AudioOut, TextDelta
 
         self.session.add_text(text)
@@ -228,26 +240,13 @@ class _Speaker:
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
             elif isinstance(event, AudioOut):
-                self.audio.append(event.samples.cpu())
-                self.write()  # the file is complete after every chunk: stopping early keeps what was said
+                pcm = (event.samples.cpu().clamp(-1, 1) * 32767).round().to(torch.int16)
+                self.wav.writeframes(pcm.numpy().tobytes())
         sys.stdout.write("\n")
         sys.stdout.flush()
-        self.write()
 
-    def write(self) -> None:
-        import wave
-
-        import torch
-
-        from model.token2wav import SAMPLE_RATE
-
-        pcm = torch.cat(self.audio) if self.audio else torch.zeros(0)
-        data = (pcm.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
-        with wave.open(str(self.path), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(SAMPLE_RATE)
-            w.writeframes(data)
+    def close(self) -> None:
+        self.wav.close()
 
 
 def _default_system() -> str:
