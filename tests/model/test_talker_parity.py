@@ -182,3 +182,29 @@ def test_voices(models: tuple[Any, SpeechModels, Path]) -> None:
     texts = TalkerTextEmbeds.from_table(table, ours.talker.cfg, bank.get("Ethan").bos_token)
     assert torch.equal(texts.speaker_start, table[SPEAKER_BOS["Ethan"]]) and torch.equal(texts.text_pad, table[173])
     assert VoiceBank.load(d / "spk_dict.pt").names == bank.names
+
+
+def test_talker_config_round_trip_and_presets() -> None:
+    from model.config import ConfigError
+    from model.talker import TalkerConfig
+
+    cfg = TalkerConfig.from_name("qwen2.5-omni-7b")
+    assert (cfg.decoder.hidden_size, cfg.decoder.num_layers, cfg.decoder.head_dim, cfg.embedding_size) == (
+        896,
+        24,
+        128,
+        3584,
+    )
+    assert TalkerConfig.from_hf_config({"talker_config": cfg.to_hf_config()}) == cfg
+    with pytest.raises(ConfigError, match="unknown talker preset"):
+        TalkerConfig.from_name("qwen9")
+
+
+def test_malformed_voice_table(tmp_path: Path) -> None:
+    from model.errors import CheckpointError
+
+    torch.save({"Chelsie": {"cond": torch.zeros(1, 16)}}, tmp_path / "spk_dict.pt")
+    with pytest.raises(CheckpointError, match="'Chelsie' must have"):
+        VoiceBank.load(tmp_path / "spk_dict.pt")
+    with pytest.raises(CheckpointError, match="no voice table"):
+        VoiceBank.load(tmp_path / "missing.pt")

@@ -134,3 +134,30 @@ def test_loader_reports_missing_tensor(tmp_path: Path) -> None:
     save_file(tensors, str(d / "model.safetensors"))
     with pytest.raises(CheckpointError, match="proj_out.weight"):
         load_speech(d)
+
+
+def test_configs_read_the_released_layouts() -> None:
+    from model.token2wav import BigVGANConfig, DiTConfig, Token2WavConfig
+
+    old_style = {
+        "dim": 1024,
+        "depth": 22,
+        "heads": 16,
+        "head_dim": 64,
+        "ff_mult": 2,
+        "emb_dim": 512,
+        "repeats": 2,
+        "num_embeds": 8193,
+        "mel_dim": 80,
+        "block_size": 24,
+        "look_ahead_layers": [10],
+        "look_backward_layers": [0, 20],
+        "enc_emb_dim": 192,
+        "enc_dim": 128,
+    }
+    assert DiTConfig.from_hf_config(old_style) == DiTConfig()
+    cfg = Token2WavConfig()
+    assert Token2WavConfig.from_hf_config({"token2wav_config": cfg.to_hf_config()}) == cfg
+    assert cfg.samples_per_code == 480 and BigVGANConfig().hop == 240
+    with pytest.raises(ValueError, match="enc_channels"):
+        DiTConfig(enc_channels=(32, 32, 32, 32, 64))
