@@ -33,6 +33,7 @@ async def test_speech_in_reply_text_and_audio_out(start_server: StartServer, spe
     client = RealtimeClient(url)
     try:
         await client.connect()
+        await client.wait_for("session.created")  # the channel can open before its first message lands
         assert client.events[0]["type"] == "session.created"
         client.mic.say(speech48k)
         await client.wait_for("input_audio_buffer.speech_started")
