@@ -25,9 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument(
         "--engine",
-        choices=("embedded", "test"),
+        choices=("embedded", "tiny", "test"),
         default="embedded",
-        help="embedded: the packaged CPU speech engine (default); test: a tiny tone engine, no model",
+        help="embedded: the packaged CPU speech engine (default); tiny: a tiny random-weight decoder LM (real model "
+        "path, gibberish replies spoken as tones); test: a tone engine, no model",
     )
     p.add_argument(
         "--ice-server",
@@ -55,6 +56,10 @@ def make_engine(name: str, step_delay: float = 0.0) -> Engine:
         from streaming.testing import ToneEngine
 
         return ToneEngine(step_delay=step_delay)
+    if name == "tiny":
+        from streaming.engines.tiny import TinyLMEngine
+
+        return TinyLMEngine(step_delay=step_delay)
     try:
         from streaming.engines.embedded import EmbeddedEngine
     except ImportError as e:

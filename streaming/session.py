@@ -128,6 +128,12 @@ class Session:
 
     # ---- clock and life cycle ----
 
+    @property
+    def engine_session(self) -> EngineSession | None:
+        """The engine's state for this conversation (None before `start` and after `close`). Call its methods
+        only through the device worker."""
+        return self._engine_session
+
     def clock(self) -> float:
         """Seconds since the session started (the media clock of every timestamp in this session)."""
         return time.monotonic() - self._t0

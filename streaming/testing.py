@@ -129,16 +129,21 @@ class ToneEngine:
         return s
 
     def tone(self, chars: int, index: int) -> np.ndarray:
-        """A word's speech stand-in: 0.06 s per character, pitch stepping per word, 10 ms fades."""
-        sr = self.output_sample_rate
-        n = max(int(sr * self.seconds_per_char * max(chars, 1)), sr // 50)
-        t = np.arange(n, dtype=np.float32) / sr
-        pcm = 0.3 * np.sin(2 * np.pi * (220.0 + 40.0 * (index % 6)) * t)
-        fade = min(n // 2, sr // 100)
-        ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
-        pcm[:fade] *= ramp
-        pcm[n - fade :] *= ramp[::-1]
-        return pcm.astype(np.float32)
+        return word_tone(self.output_sample_rate, self.seconds_per_char, chars, index)
+
+
+def word_tone(sample_rate: int, seconds_per_char: float, chars: int, index: int) -> np.ndarray:
+    """A word's speech stand-in: `seconds_per_char` per character (at least 20 ms), pitch stepping per word,
+    10 ms fades; float32 mono."""
+    sr = sample_rate
+    n = max(int(sr * seconds_per_char * max(chars, 1)), sr // 50)
+    t = np.arange(n, dtype=np.float32) / sr
+    pcm = 0.3 * np.sin(2 * np.pi * (220.0 + 40.0 * (index % 6)) * t)
+    fade = min(n // 2, sr // 100)
+    ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    pcm[:fade] *= ramp
+    pcm[n - fade :] *= ramp[::-1]
+    return pcm.astype(np.float32)
 
 
 # ---- spoken test audio (espeak-ng from the espeakng-loader wheel) ----

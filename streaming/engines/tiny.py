@@ -1,0 +1,333 @@
+"""A tiny random-weight engine that runs the real model path on CPU in milliseconds: for tests and demos.
+
+`TinyLMEngine` holds one seeded random-weight `DecoderLM` (the "tiny" preset with this file's character
+vocabulary) shared by all sessions. Each `TinyLMSession` owns its `DecoderState` (a bounded sink + window KV
+cache), its seeded `SamplerState` and its history. The conversation is a token stream:
+
+    [<system> instructions <end>] (<user> transcript <end> <assistant> reply <end>)*
+
+- push_audio: every full second of audio becomes one "word" of the transcript, made of two syllables picked
+  by the loudness of each half second (deterministic: same audio, same transcript), and is prefilled into
+  the cache at once, while the user still speaks.
+- respond: one decode step per `next()`: a `TextDelta` per character, an `AudioChunk` (a sine tone, as
+  `ToneEngine` speaks) per word of the reply.
+- interrupt(played_text): the cache is rolled back to the start of the reply and the played text is queued
+  (`pending`) to be fed before the next turn, so the model only ever remembers what the user heard.
+
+Invariant (while the cache has not wrapped): the cache holds `conversation_tokens(...)` minus `pending`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import string
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from model.config import DecoderConfig
+from model.decoder import DecoderLM, DecoderState
+from model.kv_cache import CacheConfig
+from model.sampling import SamplerState, SamplingConfig, sample
+from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta, TranscriptDelta
+from streaming.testing import word_tone
+
+log = logging.getLogger(__name__)
+
+SYSTEM, USER, ASSISTANT, END = 0, 1, 2, 3
+SPECIALS = ("<system>", "<user>", "<assistant>", "<end>")
+CHARS = string.ascii_letters + string.digits + " .,;:!?'\"-()\n"
+SYLLABLES = ("mu", "ka", "lo", "ri", "sa", "te", "vo", "ni")  # by loudness: silence "mu" ... loud "ni"
+
+
+class CharTokenizer:
+    """One token per character of `CHARS` after four role tokens; other characters become "?"."""
+
+    def __init__(self) -> None:
+        self._ids = {c: len(SPECIALS) + i for i, c in enumerate(CHARS)}
+        self.vocab_size = len(SPECIALS) + len(CHARS)
+
+    def encode(self, text: str) -> list[int]:
+        unknown = self._ids["?"]
+        return [self._ids.get(c, unknown) for c in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(SPECIALS[i] if i < len(SPECIALS) else CHARS[i - len(SPECIALS)] for i in ids)
+
+
+def conversation_tokens(tok: CharTokenizer, instructions: str | None, history: Sequence[tuple[str, str]]) -> list[int]:
+    """The whole conversation as the model sees it, rendered from text (the offline reference)."""
+    ids = [SYSTEM, *tok.encode(instructions), END] if instructions else []
+    for role, text in history:
+        ids += [USER if role == "user" else ASSISTANT, *tok.encode(text), END]
+    return ids
+
+
+def transcribe_block(pcm: np.ndarray) -> str:
+    """A "word" for a block of audio: one syllable per half, chosen by its loudness (-60 dBFS .. 0 in 8 steps)."""
+    word = ""
+    for half in np.array_split(pcm, 2):
+        rms = float(np.sqrt(np.mean(np.square(half, dtype=np.float64)))) if len(half) else 0.0
+        level = int((20 * math.log10(rms + 1e-9) + 60) / 7.5)
+        word += SYLLABLES[min(max(level, 0), len(SYLLABLES) - 1)]
+    return word
+
+
+class TinyLMEngine:
+    """Seeded random weights, character vocabulary; sessions are seeded `seed`, `seed + 1`, ... as opened."""
+
+    name = "tiny"
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        window: int = 256,
+        max_new_tokens: int = 48,
+        min_new_tokens: int = 16,
+        temperature: float = 0.8,
+        max_history: int = 32,
+        step_delay: float = 0.0,
+        seconds_per_char: float = 0.06,
+        input_sample_rate: int = 16000,
+        output_sample_rate: int = 24000,
+    ) -> None:
+        if not 0 <= min_new_tokens <= max_new_tokens:
+            raise ValueError(f"need 0 <= min_new_tokens <= max_new_tokens, got {min_new_tokens}, {max_new_tokens}")
+        self.tokenizer = CharTokenizer()
+        self.config = replace(
+            DecoderConfig.from_name("tiny"), vocab_size=self.tokenizer.vocab_size, eos_token_ids=(END,)
+        )
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.model = DecoderLM(self.config).eval()
+        # a reply is at most max_new_tokens long, so rolling one back never drops more than one chunk: exact
+        self.cache_config = CacheConfig(sinks=4, window=window, chunk=max(64, max_new_tokens))
+        self.sampling = SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens)
+        self.min_new_tokens = min_new_tokens
+        self.max_history = max_history
+        self.seed = seed
+        self.step_delay = step_delay
+        self.seconds_per_char = seconds_per_char
+        self.input_sample_rate = input_sample_rate
+        self.output_sample_rate = output_sample_rate
+        self._lock = threading.Lock()
+        self._opened = 0
+        self.open_sessions = 0
+
+    def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> TinyLMSession:
+        with self._lock:
+            seed = self.seed + self._opened
+            self._opened += 1
+            self.open_sessions += 1
+        return TinyLMSession(self, instructions, seed)
+
+    def _session_closed(self) -> None:
+        with self._lock:
+            self.open_sessions -= 1
+
+
+@dataclass
+class _Reply:
+    """Where the live (or last) reply sits in the cache, to roll it back on interrupt."""
+
+    start: int  # cache length before the reply's first token
+    start_position: int
+    chars: list[str] = field(default_factory=list)
+    open: bool = True  # generating (not finished, not interrupted)
+
+
+class TinyLMSession:
+    """One conversation's state. Not thread-safe: the runtime calls it from one worker at a time."""
+
+    def __init__(self, engine: TinyLMEngine, instructions: str | None, seed: int) -> None:
+        self.engine = engine
+        self.instructions = instructions
+        self.state: DecoderState = engine.model.init_state(engine.cache_config)
+        self.sampler = SamplerState.create(engine.config.vocab_size, seed=seed)
+        self.history: deque[tuple[str, str]] = deque(maxlen=engine.max_history)
+        tok = engine.tokenizer
+        self.pending: list[int] = [SYSTEM, *tok.encode(instructions), END] if instructions else []
+        self.closed = False
+        self._audio = np.zeros(0, np.float32)  # the unfinished second of this turn's audio
+        self._words: list[str] = []  # the transcript of the open user turn
+        self._user_open = False
+        self._reply: _Reply | None = None
+        self._banned = torch.tensor([SYSTEM, USER, ASSISTANT])  # never inside a reply
+        self._banned_early = torch.tensor([SYSTEM, USER, ASSISTANT, END])  # before min_new_tokens
+
+    # ---- input ----
+
+    def push_audio(self, pcm: np.ndarray, timestamp: float) -> list[EngineEvent]:
+        self._check_open()
+        if pcm.dtype != np.float32 or pcm.ndim != 1:
+            raise ValueError(f"push_audio expects float32 mono [samples], got {pcm.dtype} {pcm.shape}")
+        sr = self.engine.input_sample_rate
+        self._audio = np.concatenate([self._audio, pcm])
+        out: list[EngineEvent] = []
+        while len(self._audio) >= sr:
+            block, self._audio = self._audio[:sr], self._audio[sr:]
+            out.append(TranscriptDelta(self._add_word(transcribe_block(block))))
+        return out
+
+    def push_video(self, frame: np.ndarray, timestamp: float) -> None:
+        self._check_open()
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"push_video expects RGB uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
+
+    def end_turn(self) -> list[EngineEvent]:
+        """Close the user's message (a last word for a tail of at least 0.25 s) and prefill its end."""
+        self._check_open()
+        if len(self._audio) >= self.engine.input_sample_rate // 4:
+            self._add_word(transcribe_block(self._audio))
+        self._audio = np.zeros(0, np.float32)
+        transcript = self._close_user_turn()
+        self._feed(self._take_pending())
+        return [TranscriptDelta(transcript, final=True)]
+
+    def _add_word(self, word: str) -> str:
+        """Prefill one transcript word now; returns the text it adds to the transcript."""
+        piece = word if not self._words else " " + word
+        ids = self._take_pending()
+        if not self._user_open:
+            ids.append(USER)
+            self._user_open = True
+        self._words.append(word)
+        self._feed([*ids, *self.engine.tokenizer.encode(piece)])
+        return piece
+
+    def _close_user_turn(self) -> str:
+        if not self._user_open:
+            self.pending.append(USER)
+        self.pending.append(END)
+        transcript = " ".join(self._words)
+        self.history.append(("user", transcript))
+        self._words, self._user_open = [], False
+        return transcript
+
+    # ---- output ----
+
+    def respond(self) -> Iterator[EngineEvent]:
+        self._check_open()
+        if self._reply is not None and self._reply.open:  # the last reply was abandoned without interrupt
+            self.interrupt("".join(self._reply.chars))
+        if self._user_open:
+            self._close_user_turn()
+        self._reply = None  # until the generator's first step has prefilled the prompt
+        return self._generate()
+
+    def _generate(self) -> Iterator[EngineEvent]:
+        eng = self.engine
+        t0 = time.perf_counter()
+        prompt = [*self._take_pending(), ASSISTANT]
+        logits = self._feed(prompt)
+        reply = self._reply = _Reply(self.state.cache.length, self.state.next_position)
+        t1 = time.perf_counter()
+        word, words = "", 0
+        for i in range(eng.sampling.max_new_tokens):
+            if eng.step_delay:
+                time.sleep(eng.step_delay)
+            banned = self._banned if i >= eng.min_new_tokens else self._banned_early
+            logits = logits.index_fill(1, banned, float("-inf"))  # out of place: inference-mode logits
+            token = int(sample(logits, eng.sampling, self.sampler)[0])
+            if token == END:
+                break
+            ch = eng.tokenizer.decode([token])
+            reply.chars.append(ch)
+            yield TextDelta(ch)
+            word += ch
+            if (ch.isspace() and word.strip()) or len(word) >= 8:
+                yield AudioChunk(word_tone(eng.output_sample_rate, eng.seconds_per_char, len(word), words), word)
+                word, words = "", words + 1
+            logits = self._feed([token])
+        if word:
+            yield AudioChunk(word_tone(eng.output_sample_rate, eng.seconds_per_char, len(word), words), word)
+        text = "".join(reply.chars)
+        reply.open = False
+        self.history.append(("assistant", text))
+        self.pending.append(END)
+        stats = {
+            "prompt_tokens": float(len(prompt)),
+            "new_tokens": float(len(reply.chars)),
+            "prefill_seconds": t1 - t0,
+            "decode_seconds": time.perf_counter() - t1,
+        }
+        yield ReplyDone(text, stats)
+
+    def interrupt(self, played_text: str) -> None:
+        """Keep only `played_text` of the last reply: roll the cache back to the reply's start and queue the
+        played text, then whatever the user said since (re-rendered from text), to be fed next."""
+        self._check_open()
+        reply = self._reply
+        tok = self.engine.tokenizer
+        if reply is None:  # the reply never reached its first step: remember the played part as a reply
+            self.pending += [ASSISTANT, *tok.encode(played_text), END]
+            self.history.append(("assistant", played_text))
+            return
+        if reply.open:  # cut while generating: the reply is not in the history yet
+            reply.open = False
+            self.history.append(("assistant", played_text))
+            at = len(self.history) - 1
+        else:
+            at = self._replace_last_reply(played_text)
+            if at < 0:
+                log.warning("the reply to truncate has left the %d-entry history: nothing kept", len(self.history))
+                return
+        cache = self.state.cache
+        if cache.length - reply.start > cache.cfg.chunk:
+            # the user spoke on for more than a chunk after the reply: rolling back that far would lose window
+            # tokens (KVCache.truncate), so the model keeps the whole reply and only the text history is trimmed
+            log.warning("reply %d tokens back: only the text history is trimmed", cache.length - reply.start)
+            return
+        cache.truncate(reply.start)
+        self.state.next_position = reply.start_position
+        later = list(self.history)[at + 1 :]  # user turns after the reply
+        tail = [END] + conversation_tokens(tok, None, later)
+        if self._user_open:
+            tail += [USER, *tok.encode(" ".join(self._words))]
+        self.pending = [*tok.encode(played_text), *tail]
+
+    def _replace_last_reply(self, text: str) -> int:
+        """Replace the last reply's text in the history; returns its index (-1: it left the bounded history)."""
+        for i in range(len(self.history) - 1, -1, -1):
+            if self.history[i][0] == "assistant":
+                self.history[i] = ("assistant", text)
+                return i
+        return -1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.engine._session_closed()
+
+    # ---- model ----
+
+    def _feed(self, ids: list[int]) -> torch.Tensor:
+        """Prefill `ids` (or decode one token); logits [1, V] of the last one.
+
+        On one intra-op thread: at these shapes (d 64) a parallel region only costs its fork and join, which on
+        2 busy shared cores took 40-70 ms per token against 2 ms on one thread. The setting is per calling
+        thread under OpenMP, and restored after."""
+        x = torch.tensor([ids], dtype=torch.long)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            out = self.engine.model(self.state, input_ids=x)
+        finally:
+            torch.set_num_threads(threads)
+        assert out.logits is not None
+        return out.logits
+
+    def _take_pending(self) -> list[int]:
+        ids, self.pending = self.pending, []
+        return ids
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("engine session is closed")
