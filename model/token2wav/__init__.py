@@ -89,8 +89,16 @@ class Token2Wav(nn.Module):
     def solve(self, conditioning: torch.Tensor, noise: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
         """The guided flow ODE from noise [1, T, mel] given `DiT.condition` rows [2, T, *]."""
 
+        plan = self.dit.plan(noise.shape[1], noise.device, noise.dtype)
+        if solver.guidance_scale < 1e-5:  # no guidance: the conditional row alone (as the reference)
+
+            def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+                return self.dit(x, t.reshape(1), conditioning[:1], plan)
+
+            return solve(velocity, noise, solver)
+
         def pair(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return self.dit(torch.cat([x, x]), t.reshape(1).expand(2), conditioning)
+            return self.dit(torch.cat([x, x]), t.reshape(1).expand(2), conditioning, plan)
 
         return solve(guided(pair, solver.guidance_scale), noise, solver)
 

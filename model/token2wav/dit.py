@@ -220,6 +220,13 @@ class DiTBlock(nn.Module):
         return x + gate_f * self.ff(_norm(x) * (1 + scale_f) + shift_f)
 
 
+@dataclass
+class DiTPlan:
+    T: int
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [T, head_dim / 2]
+    masks: dict[tuple[int, int], torch.Tensor]  # (back, ahead) -> [T, T] bool
+
+
 def block_masks(
     T: int, block: int, reaches: set[tuple[int, int]], device: torch.device
 ) -> dict[tuple[int, int], torch.Tensor]:
@@ -275,19 +282,26 @@ class DiT(nn.Module):
         ecapa, vec = speaker
         return torch.cat([ecapa[:, None].expand(-1, T, -1), code_emb, vec[:, None].expand(-1, T, -1)], dim=-1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+    def plan(self, T: int, device: torch.device, dtype: torch.dtype) -> DiTPlan:
+        """Rotary tables and block masks of a T-frame sequence (the same for every evaluation of one solve)."""
+        # Angles in float32 from integer positions, as the reference computes them, then cast.
+        ang = torch.arange(T, device=device).float()[:, None] * self.inv_freq.float()[None]
+        blocks = cast(list[DiTBlock], self.blocks)
+        masks = block_masks(T, self.cfg.block_size, {(b.back, b.ahead) for b in blocks}, device)
+        return DiTPlan(T, (ang.cos().to(dtype), ang.sin().to(dtype)), masks)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, conditioning: torch.Tensor, plan: DiTPlan | None = None
+    ) -> torch.Tensor:
         """Velocity [B, T, mel] at noisy mel x [B, T, mel] and flow times t [B], given `condition(...)` rows."""
         B, T, _ = x.shape
         if T > self.cfg.max_position_embeddings:
             raise ValueError(f"mel length {T} exceeds max_position_embeddings {self.cfg.max_position_embeddings}")
+        if plan is None or plan.T != T:
+            plan = self.plan(T, x.device, x.dtype)
         h = self.input_proj(torch.cat([x, conditioning.to(x.dtype)], dim=-1))
         temb = self.time_embed(t)
-        # Angles in float32 from integer positions, as the reference computes them, then cast.
-        ang = torch.arange(T, device=x.device).float()[:, None] * self.inv_freq.float()[None]
-        rope = (ang.cos().to(x.dtype), ang.sin().to(x.dtype))
-        blocks = cast(list[DiTBlock], self.blocks)
-        masks = block_masks(T, self.cfg.block_size, {(b.back, b.ahead) for b in blocks}, x.device)
-        for blk in blocks:
-            h = blk(h, temb, rope, masks[(blk.back, blk.ahead)])
+        for blk in cast(list[DiTBlock], self.blocks):
+            h = blk(h, temb, plan.rope, plan.masks[(blk.back, blk.ahead)])
         scale, shift = self.norm_out(temb)
         return self.proj_out(_norm(h) * (1 + scale) + shift)

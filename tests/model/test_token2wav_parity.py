@@ -161,3 +161,25 @@ def test_configs_read_the_released_layouts() -> None:
     assert cfg.samples_per_code == 480 and BigVGANConfig().hop == 240
     with pytest.raises(ValueError, match="enc_channels"):
         DiTConfig(enc_channels=(32, 32, 32, 32, 64))
+
+
+def test_sample_without_guidance_and_euler(models: tuple[Any, SpeechModels]) -> None:
+    """guidance 0 runs the conditional row alone (as the reference); Euler is the documented cheaper solver."""
+    from model.token2wav import SolverConfig
+
+    ref, ours = models
+    ref.double()
+    t2w = ours.token2wav.double()
+    codes, cond, ref_mel = _inputs(torch.float64, 24)
+    torch.manual_seed(12)
+    with torch.no_grad():
+        want = ref.code2wav_dit_model.sample(cond, ref_mel, codes, guidance_scale=0.0)
+    torch.manual_seed(12)
+    noise = torch.randn(1, 48, 80, dtype=torch.float64)
+    got = t2w.sample_mel(codes, cond, ref_mel, noise, SolverConfig(guidance_scale=0.0))
+    euler = t2w.sample_mel(codes, cond, ref_mel, noise, SolverConfig(method="euler"))
+    ref.float()
+    t2w.float()
+    assert rel_err(got.transpose(1, 2), want) < 1e-9
+    assert SolverConfig(method="euler").evaluations == 9 and SolverConfig().evaluations == 36
+    assert euler.shape == got.shape and not torch.allclose(euler, got)
