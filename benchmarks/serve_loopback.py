@@ -1,7 +1,10 @@
-"""Latency of `omni serve` over loopback WebRTC with the tone engine: end of speech -> first text / first audio,
-and barge-in (speech onset -> server output silent), as the server measures them per turn (omni.metrics).
+"""Latency of `omni serve` over loopback WebRTC: end of speech -> first text / first audio, and barge-in (speech
+onset -> server output silent), as the server measures them per turn (omni.metrics).
 
-    .venv/bin/python -m benchmarks.serve_loopback [TURNS] [STEP_DELAY_S]
+    .venv/bin/python -m benchmarks.serve_loopback [TURNS] [STEP_DELAY_S] [ENGINE]
+
+ENGINE: test (the tone engine, default) or tiny (the tiny random-weight decoder LM); STEP_DELAY_S slows each
+engine step (a stand-in for a big model's step time).
 
 Prints every turn and the medians. Numbers, not assertions: run it on an idle machine.
 """
@@ -19,7 +22,8 @@ import numpy as np
 from aiohttp import web
 
 from app.realtime_server import ServeOptions, build_app
-from streaming.testing import ToneEngine, read_wav
+from app.serve import make_engine
+from streaming.testing import read_wav
 from streaming.vad import TurnConfig
 from tests.app.rtc_client import RealtimeClient
 
@@ -34,8 +38,8 @@ def make_speech() -> np.ndarray:
         return read_wav(wav)[0]
 
 
-async def main(turns: int, step_delay: float, speech: np.ndarray) -> None:
-    engine = ToneEngine(step_delay=step_delay)
+async def main(turns: int, step_delay: float, speech: np.ndarray, engine_name: str = "test") -> None:
+    engine = make_engine(engine_name, step_delay)
     app = build_app(engine, ServeOptions(ice_hosts=["127.0.0.1"], turn=TurnConfig(silence_ms=500)))
     runner = web.AppRunner(app)
     await runner.setup()
@@ -72,10 +76,11 @@ async def main(turns: int, step_delay: float, speech: np.ndarray) -> None:
         f"median over {len(first_text)} replies (silence_ms 500 included): end of speech -> first text "
         f"{statistics.median(first_text):.0f} ms, -> first audio {statistics.median(first_audio):.0f} ms; "
         f"barge-in median {statistics.median(barge):.0f} ms over {len(barge)} (min {min(barge):.0f}, "
-        f"max {max(barge):.0f}); step delay {step_delay * 1000:.0f} ms"
+        f"max {max(barge):.0f}); step delay {step_delay * 1000:.0f} ms, engine {engine_name}"
     )
 
 
 if __name__ == "__main__":
     turns = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    asyncio.run(main(turns, float(sys.argv[2]) if len(sys.argv) > 2 else 0.0, make_speech()))
+    delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    asyncio.run(main(turns, delay, make_speech(), sys.argv[3] if len(sys.argv) > 3 else "test"))
