@@ -1,6 +1,6 @@
 """Spoken turns through the embedded engine on this machine's CPU: prints numbers, asserts nothing.
 
-    .venv/bin/python benchmarks/embedded_turns.py [--turns 20] [--threads 2] [--max-new-tokens 64]
+    .venv/bin/python benchmarks/embedded_turns.py [--turns 20] [--threads 1] [--max-new-tokens 64]
 
 Each turn is one question spoken by espeak-ng (two voices, alternating), pushed to one session in 20 ms
 frames as the runtime would, then `end_turn` and `respond`. Audio is pushed as fast as the recogniser takes
@@ -71,7 +71,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_turns(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    engine = EmbeddedEngine(sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=args.max_new_tokens))
+    engine = EmbeddedEngine(
+        sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=args.max_new_tokens), torch_threads=args.threads
+    )
     print(
         f"engine ready in {time.perf_counter() - t0:.1f} s (LM load {engine.lm.load_seconds:.1f} s), "
         f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}"
@@ -141,11 +143,9 @@ def run_turns(args: argparse.Namespace) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--turns", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the engine's default: 1)")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    return run_turns(args)
+    return run_turns(p.parse_args())
 
 
 if __name__ == "__main__":

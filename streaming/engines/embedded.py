@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from model.decoder import default_cache_config
 from model.generate import ChatSession
@@ -98,9 +99,18 @@ class EmbeddedEngine:
         sampling: SamplingConfig = DEFAULT_SAMPLING,
         window: int = DEFAULT_WINDOW,
         recognizer: RecognizerConfig | None = None,
+        torch_threads: int | None = 1,
     ) -> None:
         """`model`: a checkpoint for load_lm (None: the embedded SmolLM2-135M-Instruct); `lm`: an already
-        loaded one (shared, e.g. by tests); `voice`/`speech_rate`: the default espeak-ng voice."""
+        loaded one (shared, e.g. by tests); `voice`/`speech_rate`: the default espeak-ng voice.
+
+        `torch_threads` sets torch's (process-wide) intra-op threads; None leaves them as they are. One thread
+        by default: on 2 cores shared with the recogniser, the VAD and the server, two OpenMP threads stall on
+        each other whenever a core is taken. Measured over 20 turns on the 2-core machine while other jobs
+        ran (benchmarks/embedded_turns.py): 1 thread decoded at a median 18.7 tok/s (first audio p50 0.9 s),
+        2 threads at 1.8 tok/s (p50 8.3 s); 2 threads are faster (35 vs 23 tok/s) only on an idle machine."""
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
         self.lm = lm if lm is not None else load_lm(model)
         self.default_voice = Voice(voice, rate=speech_rate)
         Synthesizer(self.default_voice).synth_int16("ok")  # fail here, not mid-reply, on a bad voice

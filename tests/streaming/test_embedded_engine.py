@@ -31,7 +31,8 @@ def smollm() -> LoadedLM:
 
 @pytest.fixture(scope="module")
 def engine(smollm: LoadedLM) -> EmbeddedEngine:
-    return EmbeddedEngine(lm=smollm, sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=48))
+    sampling = SamplingConfig(repetition_penalty=1.1, max_new_tokens=48)
+    return EmbeddedEngine(lm=smollm, sampling=sampling, torch_threads=None)  # the suite's thread setting stays
 
 
 def say(session: EngineSession, audio: np.ndarray, chunk: int = 320) -> list[EngineEvent]:
