@@ -14,7 +14,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoint directory (config.json + safetensors) or .gguf file; "
                         "default: the embedded SmolLM2-135M-Instruct")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
-                   help="weight dtype; auto: the checkpoint's own, bfloat16 for GGUF on CPU")
+                   help="weight dtype; auto: the checkpoint's own; for GGUF on CPU, 4-bit projections kept as stored "
+                        "with float32 activations")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
 
 
