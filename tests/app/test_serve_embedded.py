@@ -1,0 +1,110 @@
+"""`omni serve` with the embedded default engine, end to end over WebRTC on 127.0.0.1: a spoken question in
+(Opus through aiortc, and through Chromium's fake microphone), the recogniser's transcript, SmolLM2's reply
+text and espeak-ng's speech out. These are the slowest tests of the suite (the real models run)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.loaders import LoadedLM, load_lm
+from model.sampling import SamplingConfig
+from model.speech.tts import Voice
+from streaming.engines.embedded import EmbeddedEngine
+from tests.app.conftest import StartServer
+from tests.app.rtc_client import RealtimeClient
+from tests.app.test_serve_browser import CHROMIUM, chromium_args
+from tests.model.speech.spoken import spoken
+
+# The phrasing and voice the recogniser gets right on a fresh session (see tests/streaming/test_embedded_engine.py).
+FRANCE = "What is the capital of France?"
+FRANCE_VOICE = Voice("en-us", rate=150)
+
+
+@pytest.fixture(scope="module")
+def smollm() -> LoadedLM:
+    return load_lm()
+
+
+@pytest.fixture(scope="module")
+def engine(smollm: LoadedLM) -> EmbeddedEngine:
+    return EmbeddedEngine(
+        lm=smollm, sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=40), torch_threads=None
+    )
+
+
+@pytest.fixture(scope="module")
+def france48k() -> np.ndarray:
+    x = spoken(FRANCE, FRANCE_VOICE, rate=48000)
+    return np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16)
+
+
+async def test_spoken_question_gets_a_spoken_answer_over_webrtc(
+    start_server: StartServer, engine: EmbeddedEngine, france48k: np.ndarray
+) -> None:
+    url, _ = await start_server(engine)
+    client = RealtimeClient(url)
+    try:
+        await client.connect()
+        await client.wait_for("session.created")
+        client.mic.say(france48k)
+        heard = await client.wait_for("conversation.item.input_audio_transcription.completed", limit=60)
+        t_reply = time.monotonic()
+        done = await client.wait_for("response.done", limit=120)
+        metrics = await client.wait_for("omni.metrics", limit=30)
+        deadline = time.monotonic() + 30
+        while client.loud_since(t_reply) < 25 and time.monotonic() < deadline:  # noqa: ASYNC110 (> 0.5 s heard)
+            await asyncio.sleep(0.1)
+    finally:
+        await client.close()
+    text = "".join(e["delta"] for e in client.events if e["type"] == "response.output_text.delta")
+    transcript = "".join(e["delta"] for e in client.events if e["type"] == "response.output_audio_transcript.delta")
+    print(f"\nheard {heard['transcript']!r}; replied {text!r}; metrics {metrics}")
+    assert "capital" in heard["transcript"].lower() and "france" in heard["transcript"].lower()
+    assert "paris" in text.lower()
+    assert done["response"]["status"] == "completed"
+    assert transcript and text.startswith(transcript[: len(transcript) // 2])  # spoken text is the reply's
+    assert client.loud_since(t_reply) >= 25, "the assistant's speech did not arrive"
+    assert metrics["end_of_speech_to_first_audio_ms"] > 0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (scripts/test.sh installs Debian's chromium)")
+async def test_browser_hears_the_embedded_engine_answer(
+    start_server: StartServer, engine: EmbeddedEngine, france48k: np.ndarray, tmp_path: Path
+) -> None:
+    from playwright.async_api import Route, async_playwright
+
+    wav = tmp_path / "france48k.wav"
+    with wave.open(str(wav), "wb") as w:  # Chromium loops the file: 6 s of silence leave room for the reply
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(np.concatenate([france48k, np.zeros(6 * 48000, np.int16)]).astype("<i2").tobytes())
+    url, _ = await start_server(engine)
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(wav))
+        try:
+            page = await browser.new_page()
+
+            async def only_loopback(route: Route) -> None:
+                await (route.continue_() if route.request.url.startswith(url) else route.abort())
+
+            await page.route("**/*", only_loopback)
+            await page.goto(url + "/")
+            await page.click("#connect")
+            await page.wait_for_function("window.__omni.state === 'connected'", timeout=30000)
+            await page.wait_for_function("window.__omni.userText.length > 0", timeout=60000)
+            await page.wait_for_function("window.__omni.assistantText.length > 10", timeout=120000)
+            await page.wait_for_function("window.__omni.loudTicks > 5", timeout=60000)
+            state = await page.evaluate("window.__omni")
+            await page.click("#hangup")
+        finally:
+            await browser.close()
+    print(f"\nbrowser heard {state['userText']!r}, replied {state['assistantText']!r}, max RMS {state['maxLevel']:.3f}")
+    assert state["error"] is None and state["maxLevel"] > 0.02
+    assert "response.output_text.delta" in state["events"]
