@@ -25,11 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument(
         "--engine",
-        choices=("embedded", "tiny", "test"),
+        choices=("embedded", "omni", "tiny", "test"),
         default="embedded",
-        help="embedded: the packaged CPU speech engine (default); tiny: a tiny random-weight decoder LM (real model "
-        "path, gibberish replies spoken as tones); test: a tone engine, no model",
+        help="embedded: the packaged CPU speech engine (default); omni: the Qwen2.5-Omni Thinker-Talker from --model; "
+        "tiny: a tiny random-weight decoder LM (real model path, gibberish replies spoken as tones); test: a tone "
+        "engine, no model",
     )
+    p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni checkpoint directory (with spk_dict.pt)")
+    p.add_argument("--voice", metavar="NAME", help="omni engine: the default voice (e.g. Chelsie, Ethan)")
+    p.add_argument("--device", default="cpu", help="omni engine: torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument(
         "--ice-server",
         action="append",
@@ -51,7 +55,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run)
 
 
-def make_engine(name: str, step_delay: float = 0.0) -> Engine:
+def make_engine(
+    name: str, step_delay: float = 0.0, model: str | None = None, voice: str | None = None, device: str = "cpu"
+) -> Engine:
+    if name != "omni" and (model is not None or voice is not None):
+        raise ValueError(f"--model and --voice are for --engine omni, not {name}")
+    if name == "omni":
+        if model is None:
+            raise ValueError("--engine omni needs --model DIR (a Qwen2.5-Omni checkpoint directory)")
+        from streaming.engines.omni import OmniEngine
+
+        return OmniEngine(model, device=device, voice=voice)
     if name == "test":
         from streaming.testing import ToneEngine
 
@@ -75,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             threshold=args.vad_threshold, silence_ms=args.silence_ms, min_speech_ms=args.min_speech_ms
         ).validate()
         print(f"omni serve: loading the {args.engine} engine ...", file=sys.stderr, flush=True)
-        engine = make_engine(args.engine, args.test_step_delay)
+        engine = make_engine(args.engine, args.test_step_delay, args.model, args.voice, args.device)
     except (ValueError, RuntimeError) as e:
         print(f"omni serve: error: {e}", file=sys.stderr)
         return 1

@@ -60,6 +60,19 @@ class ReplyEnd:
 ReplyEvent = TextDelta | AudioOut | ReplyEnd
 
 
+@dataclass(frozen=True)
+class SessionMark:
+    """Where both caches and the position cursor stood at `SpeakingSession.mark()`."""
+
+    thinker_tokens: int  # Thinker cache length
+    thinker_position: int  # the Thinker decoder's next text position
+    next_id: int  # the TMRoPE cursor's next id
+    talker_tokens: int
+    talker_position: int
+    prefilled_tokens: int
+    logits: torch.Tensor | None
+
+
 @dataclass
 class SpeechSettings:
     voice: str | None = None  # None: the checkpoint's default voice (Chelsie)
@@ -128,6 +141,43 @@ class SpeakingSession(ThinkerSession):
             self._reply_slots.append((slots, positions))
         else:
             self.speech.talker.feed_prompt(self.talker_state, slots, positions[:, None].to(slots.device))
+
+    # ---- undo -------------------------------------------------------------------------------------------
+
+    def mark(self) -> SessionMark:
+        """The current point of the conversation, to `rollback` to later."""
+        if self._replying or self.talker_state.reply_start is not None:
+            raise RuntimeError("mark() during a reply: close the respond iterator first")
+        return SessionMark(
+            self.state.cache.length,
+            self.state.next_position,
+            self.cursor.next_id,
+            self.talker_state.decoder.cache.length,
+            self.talker_state.decoder.next_position,
+            self.prefilled_tokens,
+            self.logits,
+        )
+
+    def rollback(self, mark: SessionMark) -> None:
+        """Forget every position prefilled since `mark` in the Thinker's and the Talker's caches.
+
+        Exact while the tokens dropped are at most the caches' `chunk` (KVCache.truncate: beyond that, window
+        tokens they overwrote stay forgotten); the caller keeps what it rolls back that short. Not during a
+        reply or with an audio/video segment open."""
+        if self._replying or self.talker_state.reply_start is not None:
+            raise RuntimeError("rollback() during a reply: close the respond iterator first")
+        if self._audio is not None or self._video is not None or self._av is not None:
+            raise RuntimeError("rollback() with an audio or video segment open")
+        talker = self.talker_state.decoder
+        if mark.thinker_tokens > self.state.cache.length or mark.talker_tokens > talker.cache.length:
+            raise ValueError("rollback() to a mark ahead of the session (a mark of another session?)")
+        self.state.cache.truncate(mark.thinker_tokens)
+        self.state.next_position = mark.thinker_position
+        self.cursor.next_id = mark.next_id
+        talker.cache.truncate(mark.talker_tokens)
+        talker.next_position = mark.talker_position
+        self.prefilled_tokens = mark.prefilled_tokens
+        self.logits = mark.logits
 
     # ---- one spoken reply ------------------------------------------------------------------------------
 

@@ -1,0 +1,416 @@
+"""The omni engine: the Qwen2.5-Omni Thinker-Talker (`model/`) behind the real-time engine interface.
+
+    user audio (16 kHz) --log-mel + audio encoder, per completed 2-s block, prefilled while the user speaks-->
+    camera frames (sampled at 2 fps, interleaved with the audio in 2-s chunks as the Thinker was trained) -->
+      Thinker KV cache --end of turn: <|im_end|> <|im_start|>assistant--> text tokens --> TextDelta
+        --Talker (one text slot per codec step)--> codec codes --streaming token2wav--> AudioChunk (24 kHz)
+
+`OmniEngine` holds the weights (Thinker, Talker, token2wav, voices), shared by all sessions. An
+`OmniEngineSession` owns one `SpeakingSession` (both KV caches, encoder buffers, token2wav window, RNG).
+
+Barge-in (`interrupt(played_text)`): both caches are rolled back to the start of the reply (the mark taken
+right after <|im_start|>assistant\\n was prefilled) and the played text is prefilled as the assistant turn,
+closed with <|im_end|>\\n. The conversation is then exactly what a fresh session fed the same user turns and
+only the played text would hold (tests/streaming/test_omni_engine.py checks this by the next reply). Rolling
+back instead of trimming in place because the Thinker's reply tokens are not the played text's tokens
+(the cut falls inside a word) and the Talker's prompt track has one slot per Thinker position: re-prefilling
+a few dozen tokens is cheap and keeps both tracks equal by construction. The rollback is exact because a reply
+is at most `max_new_tokens` (+ 2 turn-end tokens) long and the caches' chunk is made at least that
+(`KVCache.truncate`). Where the user has already spoken again after the reply, the audio since cannot be
+re-fed (its encoder state is gone): then only the text history is trimmed, with a warning.
+
+The Talker gives no alignment of codes to text, so `AudioChunk.text` is an estimate: the reply text up to the
+word that `chars_per_second` of speech reaches by the end of the chunk (text without spaces is cut at the
+estimate itself); the rest of the text comes with a one-sample silent chunk after the last audio, so the
+whole text counts as played once all the audio has played.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from model.decoder import default_cache_config
+from model.errors import CheckpointError
+from model.loaders.omni import LoadedThinker, load_thinker
+from model.loaders.talker_weights import SpeechModels, load_speech
+from model.prompt import SPEECH_SYSTEM_PROMPT
+from model.sampling import SamplingConfig
+from model.speech_session import AudioOut, ReplyEnd, SessionMark, SpeakingSession, SpeechSettings
+from model.speech_session import TextDelta as SpeechTextDelta
+from model.token2wav import SAMPLE_RATE
+from model.token2wav.solver import SolverConfig
+from model.token2wav.streaming import StreamingSchedule
+from model.vision_preprocess import resize_and_normalize, video_frame_size
+from model.voices import UnknownVoiceError
+from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta
+
+__all__ = ["DEFAULT_SAMPLING", "OmniEngine", "OmniEngineSession"]
+
+log = logging.getLogger(__name__)
+
+# Voice replies are short: 200 tokens is ~150 words, about a minute of speech.
+DEFAULT_SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=200)
+FRAME_SECONDS = 0.5  # the Thinker sees video at 2 fps (two frames per 1-s temporal patch)
+TURN_END_TOKENS = 8  # "<|im_end|>\n" and slack, on top of a reply, for the rollback bound
+
+
+class OmniEngine:
+    """Weights of a Qwen2.5-Omni checkpoint directory, shared by every session."""
+
+    name = "omni"
+    input_sample_rate = 16000
+    output_sample_rate = SAMPLE_RATE  # 24 kHz
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str] | None,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        voice: str | None = None,
+        *,
+        models: tuple[LoadedThinker, SpeechModels] | None = None,
+        system_prompt: str = SPEECH_SYSTEM_PROMPT,
+        sampling: SamplingConfig = DEFAULT_SAMPLING,
+        talker_sampling: SamplingConfig | None = None,
+        seed: int | None = None,
+        window: int = 4096,
+        max_codes: int = 4096,
+        schedule: StreamingSchedule | None = None,
+        solver: SolverConfig | None = None,
+        chars_per_second: float = 15.0,
+        video_stale_seconds: float = 2.0,
+        max_history: int = 64,
+        torch_threads: int | None = None,
+    ) -> None:
+        """`model_dir`: a Qwen2.5-Omni checkpoint with its speech half (talker.*, token2wav.*, spk_dict.pt);
+        `models`: already loaded ones instead (shared, e.g. by tests). `voice`: the default voice (None: the
+        checkpoint's default). `seed`: Talker sampling and token2wav noise (None: random per reply).
+        `schedule`/`solver`: token2wav's chunking and ODE solver (None: the reference's).
+        `chars_per_second`: the speaking rate that maps audio to reply text (about 150 words a minute).
+        `torch_threads` sets torch's process-wide intra-op threads; None leaves them as they are."""
+        if chars_per_second <= 0:
+            raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+        if models is None:
+            if model_dir is None:
+                raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
+            try:
+                thinker = load_thinker(model_dir, dtype, device)
+                speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device)
+            except CheckpointError as e:
+                raise ValueError(f"cannot load the omni model: {e}") from None
+        else:
+            thinker, speech = models
+        self.thinker = thinker
+        self.speech = speech
+        self.default_voice = self.check_voice(voice)
+        self.system_prompt = system_prompt
+        self.sampling = sampling
+        self.talker_sampling = talker_sampling
+        self.seed = seed
+        self.max_codes = max_codes
+        self.schedule = schedule or StreamingSchedule()
+        self.solver = solver or SolverConfig()
+        self.chars_per_second = chars_per_second
+        self.video_stale_seconds = video_stale_seconds
+        self.max_history = max_history
+        self.stop_ids = frozenset(sampling.stop_token_ids or thinker.tokenizer.stop_token_ids)
+        # A reply (and its turn end) must fit in one chunk for the rollback on barge-in to be exact.
+        need = sampling.max_new_tokens + TURN_END_TOKENS
+        thinker_cache = default_cache_config(thinker.model.cfg.text, window=window)
+        talker_cache = default_cache_config(speech.talker.cfg.decoder, window=window)
+        self.cache = replace(thinker_cache, chunk=max(thinker_cache.chunk, need))
+        self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
+
+    def check_voice(self, voice: str | None) -> str:
+        """The checkpoint's name for `voice` (None: its default); ValueError listing the voices it has."""
+        try:
+            return self.speech.voices.get(voice).name
+        except UnknownVoiceError as e:
+            raise ValueError(str(e)) from None
+
+    def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> OmniEngineSession:
+        """A new conversation; `voice` names one of the checkpoint's voices (case-insensitive)."""
+        name = self.check_voice(voice) if voice is not None else self.default_voice
+        settings = SpeechSettings(
+            voice=name,
+            talker_sampling=self.talker_sampling,
+            seed=self.seed,
+            schedule=self.schedule,
+            solver=self.solver,
+            max_codes=self.max_codes,
+        )
+        with torch.inference_mode():
+            speaking = SpeakingSession(
+                self.thinker.model,
+                self.thinker.prompt,
+                self.thinker.tokenizer,
+                self.speech,
+                settings,
+                system_prompt=instructions or self.system_prompt,
+                cache=self.cache,
+                talker_cache=self.talker_cache,
+            )
+        return OmniEngineSession(self, speaking)
+
+
+@dataclass
+class _Reply:
+    """The live (or last) reply: where it starts in both caches, what it said, how much audio it made."""
+
+    mark: SessionMark  # right after <|im_start|>assistant\n
+    events: Iterator[EngineEvent] | None = None
+    text: str = ""
+    said: int = 0  # characters of `text` already attached to audio chunks
+    samples: int = 0
+    open: bool = True  # generating (not finished, not interrupted)
+    input_after: bool = False  # user input was prefilled after the reply
+
+
+@dataclass
+class _Turn:
+    """The open user turn's input side."""
+
+    segment: str | None = None  # "audio", "av" (video with its audio) or None between segments
+    started: bool = False  # <|im_start|>user\n is prefilled
+    audio_seconds: float = 0.0
+    frames: int = 0  # video frames fed in the open segment
+    t0: float = 0.0  # media time of the segment's first audio sample
+    size: tuple[int, int] = (0, 0)  # resized frame (height, width) of the open av segment
+    frame_slots: list[float] = field(default_factory=list)
+
+
+class OmniEngineSession:
+    """One conversation. Not thread-safe: the runtime calls it from one worker at a time."""
+
+    def __init__(self, engine: OmniEngine, speaking: SpeakingSession) -> None:
+        self.engine = engine
+        self.speaking = speaking
+        self.history: deque[tuple[str, str]] = deque(maxlen=engine.max_history)
+        self.closed = False
+        self._turn = _Turn()
+        self._reply: _Reply | None = None
+        self._frame: tuple[np.ndarray, float] | None = None  # the latest camera frame and its time
+
+    # ---- input side ---------------------------------------------------------------------------------
+
+    def push_audio(self, pcm: np.ndarray, timestamp: float) -> list[EngineEvent]:
+        """Encode and prefill every 2-s block that `pcm` completes (float32 mono at 16 kHz)."""
+        self._check_open()
+        if not isinstance(pcm, np.ndarray) or pcm.dtype != np.float32 or pcm.ndim != 1:
+            what = f"{pcm.dtype} {pcm.shape}" if isinstance(pcm, np.ndarray) else type(pcm).__name__
+            raise ValueError(f"push_audio expects float32 mono samples [n] at 16000 Hz in [-1, 1], got {what}")
+        if not np.isfinite(pcm).all():
+            raise ValueError("push_audio got NaN or infinite samples")
+        with torch.inference_mode():
+            self._begin_segment(timestamp)
+            turn, s = self._turn, self.speaking
+            x = torch.from_numpy(np.ascontiguousarray(pcm))
+            if turn.segment == "av":
+                self._fill_frames(turn.t0 + turn.audio_seconds + len(pcm) / self.engine.input_sample_rate)
+                s.push_av_audio(x)
+            else:
+                s.push_audio(x)
+            turn.audio_seconds += len(pcm) / self.engine.input_sample_rate
+        return []
+
+    def push_video(self, frame: np.ndarray, timestamp: float) -> None:
+        """Keep the latest frame; during a user turn, feed it into the video slots (2 fps) it reaches."""
+        self._check_open()
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            what = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+            raise ValueError(f"push_video expects an RGB uint8 frame [H, W, 3], got {what}")
+        self._frame = (frame, timestamp)
+        if self._turn.segment == "av":
+            with torch.inference_mode():
+                self._fill_frames(timestamp)
+
+    def end_turn(self) -> list[EngineEvent]:
+        """Encode the partial last audio block and close the segment; the reply prompt follows in `respond`."""
+        self._check_open()
+        with torch.inference_mode():
+            self._end_segment()
+        return []
+
+    def _begin_segment(self, timestamp: float) -> None:
+        turn, s = self._turn, self.speaking
+        if turn.segment is not None:
+            return
+        self._note_input()
+        if not turn.started:
+            s.start_user_turn()
+            turn.started = True
+        turn.t0, turn.audio_seconds, turn.frames, turn.frame_slots = timestamp, 0.0, 0, []
+        frame = self._frame
+        if frame is not None and timestamp - frame[1] <= self.engine.video_stale_seconds:
+            enc, pre = s.thinker.cfg.vision, self.engine.thinker.vision_preprocess
+            turn.size = video_frame_size(frame[0].shape[0], frame[0].shape[1], enc, pre)
+            s.begin_av(*turn.size)
+            turn.segment = "av"
+        else:
+            s.begin_audio()
+            turn.segment = "audio"
+
+    def _fill_frames(self, until: float) -> None:
+        """Feed the latest frame into every 0.5-s video slot of the segment up to media time `until` (a camera
+        slower than 2 fps repeats its frame, so video time keeps pace with the audio)."""
+        turn = self._turn
+        assert self._frame is not None
+        pixels: torch.Tensor | None = None
+        while turn.t0 + turn.frames * FRAME_SECONDS <= until:
+            if pixels is None:
+                pixels = resize_and_normalize(self._frame[0], turn.size, self.engine.thinker.vision_preprocess)[0]
+            self.speaking.push_av_frame(pixels.to(self.speaking.thinker.lm.dtype))
+            turn.frames += 1
+
+    def _end_segment(self) -> None:
+        turn, s = self._turn, self.speaking
+        if turn.segment == "av":
+            if turn.frames == 0:  # audio shorter than nothing: the segment still needs one frame
+                self._fill_frames(turn.t0)
+            s.end_av()
+        elif turn.segment == "audio":
+            s.end_audio()
+        if turn.segment is not None:
+            video = f", {turn.frames} frames" if turn.segment == "av" else ""
+            self.history.append(("user", f"[audio {turn.audio_seconds:.1f} s{video}]"))
+        turn.segment = None
+
+    def _note_input(self) -> None:
+        if self._reply is not None and not self._reply.open:
+            self._reply.input_after = True
+
+    # ---- output side --------------------------------------------------------------------------------
+
+    def respond(self) -> Iterator[EngineEvent]:
+        """Close the user turn (prefill <|im_end|>\\n<|im_start|>assistant\\n) and return the reply's events.
+        Without user input since the last reply, an empty user turn is answered."""
+        self._check_open()
+        reply = self._reply
+        if reply is not None and reply.open:  # the last reply was abandoned without interrupt
+            self.interrupt(reply.text[: reply.said])
+        with torch.inference_mode():
+            self._end_segment()
+            if not self._turn.started:
+                self._note_input()
+                self.speaking.start_user_turn()
+            self.speaking.end_user_turn()
+            self._turn = _Turn()
+            self._reply = _Reply(self.speaking.mark())
+        events = self._generate(self._reply)
+        self._reply.events = events
+        return events
+
+    def _generate(self, reply: _Reply) -> Iterator[EngineEvent]:
+        eng = self.engine
+        t0 = time.perf_counter()
+        first_text = first_audio = 0.0
+        with torch.inference_mode():
+            inner = self.speaking.respond(eng.sampling, eng.stop_ids)
+        try:
+            while True:
+                with torch.inference_mode():
+                    ev = next(inner, None)
+                if isinstance(ev, SpeechTextDelta):
+                    first_text = first_text or time.perf_counter() - t0
+                    reply.text += ev.text
+                    yield TextDelta(ev.text)
+                elif isinstance(ev, AudioOut):
+                    first_audio = first_audio or time.perf_counter() - t0
+                    pcm = ev.samples.detach().float().cpu().numpy()
+                    reply.samples += len(pcm)
+                    yield AudioChunk(pcm, text=self._spoken(reply, final=False))
+                elif isinstance(ev, ReplyEnd):
+                    if ev.text.startswith(reply.text) and len(ev.text) > len(reply.text):
+                        tail = ev.text[len(reply.text) :]  # bytes the detokenizer held back (an unfinished character)
+                        reply.text += tail
+                        yield TextDelta(tail)
+                    rest = self._spoken(reply, final=True)
+                    if rest:  # one silent sample: the runtime's resampler takes no empty frame
+                        yield AudioChunk(np.zeros(1, np.float32), text=rest)
+                    reply.open = False
+                    self.history.append(("assistant", reply.text))
+                    stats = {
+                        "new_tokens": float(len(ev.token_ids)),
+                        "codes": float(len(ev.codes)),
+                        "first_token_s": first_text,
+                        "first_audio_s": first_audio,
+                        "speech_s": ev.samples / eng.output_sample_rate,
+                        "reply_s": time.perf_counter() - t0,
+                    }
+                    yield ReplyDone(reply.text, stats)
+                    return
+                else:
+                    return
+        finally:
+            with torch.inference_mode():
+                inner.close()  # a cut reply: the session feeds its turn end (interrupt then rolls it back)
+
+    def _spoken(self, reply: _Reply, *, final: bool) -> str:
+        """The reply text newly covered by the audio made so far (whole words, at `chars_per_second`)."""
+        if final:
+            end = len(reply.text)
+        else:
+            end = min(
+                len(reply.text), int(reply.samples / self.engine.output_sample_rate * self.engine.chars_per_second)
+            )
+            word = reply.text.rfind(" ", reply.said, end) + 1
+            end = word if word > reply.said else end  # back to a word start, where the text has spaces
+        piece = reply.text[reply.said : max(end, reply.said)]
+        reply.said = max(end, reply.said)
+        return piece
+
+    def interrupt(self, played_text: str) -> None:
+        """Keep only `played_text` of the last reply: roll both caches back to the reply's start, prefill the
+        played text as the assistant turn and close it (see the module docstring)."""
+        self._check_open()
+        reply = self._reply
+        if reply is None:
+            log.warning("interrupt without a reply: nothing to trim")
+            return
+        if reply.events is not None:
+            close = getattr(reply.events, "close", None)
+            if close is not None:
+                close()  # a live reply iterator: stop it first (its session then feeds the turn end)
+        if reply.open:
+            reply.open = False
+            self.history.append(("assistant", played_text))
+        else:
+            if played_text == reply.text:
+                return  # the whole reply was heard: the caches already hold it
+            self._replace_last_reply(played_text)
+            if reply.input_after or self._turn.started:
+                log.warning("the user spoke after the cut reply: only the text history is trimmed")
+                return
+        s = self.speaking
+        with torch.inference_mode():
+            s.rollback(reply.mark)
+            s.feed_ids(s.prompt.text(played_text) + s.prompt.turn_end())
+        reply.text = played_text
+
+    def _replace_last_reply(self, text: str) -> None:
+        for i in range(len(self.history) - 1, -1, -1):
+            if self.history[i][0] == "assistant":
+                self.history[i] = ("assistant", text)
+                return
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self._reply is not None and self._reply.events is not None:
+                close = getattr(self._reply.events, "close", None)
+                if close is not None:
+                    close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("engine session is closed")
