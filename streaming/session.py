@@ -525,6 +525,8 @@ def _step(it: Iterator[EngineEvent]) -> tuple[EngineEvent | None, float]:
 
 def _resample_out(resampler: av.AudioResampler, pcm: np.ndarray | None, rate: int) -> np.ndarray:
     """Engine float32 speech -> int16 at 48 kHz; `pcm=None` flushes the resampler's tail."""
+    if pcm is not None and pcm.size == 0:  # an empty av frame makes the resampler fail; nothing to do
+        return np.zeros(0, np.int16)
     if pcm is None:
         frames = resampler.resample(None)
     else:

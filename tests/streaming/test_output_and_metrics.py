@@ -67,3 +67,15 @@ def test_prometheus_text() -> None:
     assert "omni_barge_in_seconds_count 1" in text
     assert "omni_barge_ins_total 1" in text
     assert "omni_real_time_factor_sum 0.25" in text
+
+
+def test_empty_engine_audio_chunk_resamples_to_nothing() -> None:
+    import av
+
+    from streaming.session import _resample_out
+
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+    assert _resample_out(resampler, np.zeros(0, np.float32), 24000).size == 0
+    out = _resample_out(resampler, np.full(2400, 0.5, np.float32), 24000)  # the resampler still works after it
+    tail = _resample_out(resampler, None, 24000)
+    assert out.dtype == np.int16 and 4000 <= out.size + tail.size <= 4900
