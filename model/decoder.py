@@ -17,7 +17,7 @@ from model.config import DecoderConfig
 from model.kv_cache import CacheConfig, KVCache
 from model.layers.attention import Attention
 from model.layers.norm import RMSNorm
-from model.layers.rope import rope_cos_sin, rope_inv_freq
+from model.layers.rope import fold_rope, rope_cos_sin, rope_inv_freq
 
 
 @dataclass
@@ -66,6 +66,7 @@ _RESCORED = 8  # candidates re-scored in full precision by a narrow head (see De
 
 class DecoderLM(nn.Module):
     inv_freq: torch.Tensor  # [head_dim // 2] float64, a non-persistent buffer
+    narrow_head: torch.Tensor | None  # see `head`; a non-persistent buffer
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -75,6 +76,7 @@ class DecoderLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
+        self.register_buffer("narrow_head", None, persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -95,16 +97,22 @@ class DecoderLM(nn.Module):
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] of final-norm hidden states [..., C]."""
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        if weight.dtype == hidden.dtype:
+        narrow = self.narrow_head
+        if narrow is None:
             return F.linear(hidden, weight)
-        # A head stored narrower than the residual stream (bfloat16 beside float32): its logits are rounded
-        # to ~3 significant digits, which ties close candidates (SmolLM2's first reply token: "The" 25.33
-        # vs "L" 25.24 both round to 25.25). Re-score the leading candidates exactly, so greedy decoding
-        # and top-k keep their float32 order; the rest of the distribution keeps the rounded values.
-        logits = F.linear(hidden.to(weight.dtype), weight).to(hidden.dtype)
+        # A narrow copy of the head (bfloat16, half the bytes read per token) scores the whole vocabulary;
+        # its logits are rounded to ~3 significant digits, enough to tie close candidates (SmolLM2's first
+        # reply token: "The" 25.33 vs "L" 25.24). The leading candidates are re-scored with the exact
+        # weights, so greedy decoding and top-k keep the full-precision order.
+        logits = F.linear(hidden.to(narrow.dtype), narrow).to(hidden.dtype)
         top = logits.topk(_RESCORED, dim=-1).indices
         exact = torch.einsum("...c,...kc->...k", hidden, weight[top].to(hidden.dtype))
         return logits.scatter_(-1, top, exact)
+
+    def use_narrow_head(self, dtype: torch.dtype) -> None:
+        """Score the vocabulary with a `dtype` copy of the head (exact weights kept for re-scoring)."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        self.narrow_head = None if dtype == weight.dtype else weight.detach().to(dtype)
 
     @torch.inference_mode()
     def forward(
@@ -154,10 +162,11 @@ class DecoderLM(nn.Module):
     ) -> torch.Tensor:
         cache = state.cache
         plan = cache.plan(temporal)
-        rope = rope_cos_sin(positions, self.inv_freq, self.cfg.mrope_section)
+        rope = fold_rope(*rope_cos_sin(positions, self.inv_freq, self.cfg.mrope_section), self.dtype)
         sink_rope = None
         if plan.sink_shift is not None:
-            sink_rope = rope_cos_sin(positions - plan.sink_shift, self.inv_freq, self.cfg.mrope_section)
+            sink_rope = fold_rope(*rope_cos_sin(positions - plan.sink_shift, self.inv_freq, self.cfg.mrope_section),
+                                  self.dtype)
         for i, layer in enumerate(cast(list[DecoderLayer], self.layers)):
             x = x + layer.self_attn(layer.input_layernorm(x), rope, sink_rope, cache, i, plan)
             x = x + layer.mlp(layer.post_attention_layernorm(x))

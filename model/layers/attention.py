@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.kv_cache import AttentionPlan, KVCache
-from model.layers.rope import apply_rope
+from model.layers.rope import apply_folded_rope
 
 
 class Attention(nn.Module):
@@ -27,8 +28,8 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # [B, T, C]
-        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin [B, T, D]
-        sink_rope: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin for scoring sinks, or None
+        rope: tuple[torch.Tensor, torch.Tensor],  # fold_rope tables [B, 1, T, D]
+        sink_rope: tuple[torch.Tensor, torch.Tensor] | None,  # tables for scoring sinks, or None
         cache: KVCache,
         layer: int,
         plan: AttentionPlan,
@@ -37,22 +38,34 @@ class Attention(nn.Module):
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         G = H // Hkv
         qkv = self.qkv_proj(x)
-        q = qkv[..., : H * D].view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
-        k = qkv[..., H * D : (H + Hkv) * D].view(B, T, Hkv, D).transpose(1, 2)  # [B, Hkv, T, D]
+        # q and k rotated together: one rotary application per layer instead of two
+        qk = apply_folded_rope(qkv[..., : (H + Hkv) * D].view(B, T, H + Hkv, D).transpose(1, 2), rope)
+        q_rot, k_rot = qk[:, :H], qk[:, H:]  # [B, H, T, D], [B, Hkv, T, D]
         v = qkv[..., (H + Hkv) * D :].view(B, T, Hkv, D).transpose(1, 2)
-        q_rot = apply_rope(q, *rope)
-        cache.write(layer, plan.slots, apply_rope(k, *rope), v)
+        cache.write(layer, plan.slots, k_rot, v)
 
         n = plan.n_valid
         keys = cache.k[layer, :, :, :n]  # [B, Hkv, n, D]
         values = cache.v[layer, :, :, :n]
-        qg = q_rot.reshape(B, Hkv, G * T, D) * self.scale  # heads j*G .. j*G+G-1 share KV head j
+        if sink_rope is None:  # heads j*G .. j*G+G-1 share KV head j (no expanded copy of the cache)
+            out = F.scaled_dot_product_attention(q_rot, keys, values, attn_mask=plan.mask.to(q_rot.dtype),
+                                                 scale=self.scale, enable_gqa=G > 1)
+        else:  # the cache has wrapped: sinks are scored by the query rotated to a shifted position
+            out = self._attend_shifted_sinks(qkv[..., : H * D].view(B, T, H, D).transpose(1, 2), q_rot, keys, values,
+                                             sink_rope, cache.cfg.sinks, plan)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * D))
+
+    def _attend_shifted_sinks(
+        self, q: torch.Tensor, q_rot: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+        sink_rope: tuple[torch.Tensor, torch.Tensor], sinks: int, plan: AttentionPlan,
+    ) -> torch.Tensor:  # -> [B, H, T, D]
+        B, H, T, D = q.shape
+        Hkv, n = keys.shape[1], keys.shape[2]
+        G = H // Hkv
+        qg = q_rot.reshape(B, Hkv, G * T, D) * self.scale
         scores = qg @ keys.transpose(-1, -2)  # [B, Hkv, G*T, n]
-        if sink_rope is not None:
-            S = cache.cfg.sinks
-            qs = apply_rope(q, *sink_rope).reshape(B, Hkv, G * T, D) * self.scale
-            scores[..., :S] = qs @ keys[:, :, :S].transpose(-1, -2)
+        qs = apply_folded_rope(q, sink_rope).reshape(B, Hkv, G * T, D) * self.scale
+        scores[..., :sinks] = qs @ keys[:, :, :sinks].transpose(-1, -2)
         scores = scores.view(B, Hkv, G, T, n) + plan.mask.to(scores.dtype)
         probs = torch.softmax(scores.float(), dim=-1).to(values.dtype).view(B, Hkv, G * T, n)
-        out = (probs @ values).view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
-        return self.o_proj(out)
+        return (probs @ values).view(B, H, T, D)

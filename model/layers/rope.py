@@ -41,10 +41,22 @@ def rope_cos_sin(
     return emb.cos().float(), emb.sin().float()
 
 
+def fold_rope(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [B, T, D] -> tables for `apply_folded_rope`, broadcastable over heads: [B, 1, T, D] each.
+
+    rotate_half(x) = (-x2, x1) = roll(x, D/2) * (-1 | +1), so the sign goes into the sin table once per
+    forward and every rotation is then three kernels (mul, roll, addcmul)."""
+    half = cos.shape[-1] // 2
+    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+    return cos.to(dtype)[:, None], signed_sin.to(dtype)[:, None]
+
+
+def apply_folded_rope(x: torch.Tensor, folded: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate x [B, H, T, D] by tables from `fold_rope`."""
+    cos, signed_sin = folded
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, T, D] by cos/sin [B, T, D]; computed in x's dtype."""
-    cos = cos.to(x.dtype)[:, None]
-    sin = sin.to(x.dtype)[:, None]
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    """Rotate x [B, H, T, D] by cos/sin [B, T, D] (rotate-half layout); computed in x's dtype."""
+    return apply_folded_rope(x, fold_rope(cos, sin, x.dtype))

@@ -32,8 +32,9 @@ def load_lm(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | Non
 
     dtype: None takes the checkpoint's own dtype for directories. For GGUF files on CPU it means: Q4_0/Q4_1
     projections kept 4-bit as stored (decode on 2 cores is bound by the weight bytes read per token), the
-    embedding table and head in bfloat16, and the residual stream, attention and KV cache in float32 (a
-    bfloat16 residual stream made SmolLM2-135M's greedy replies derail; float32 costs little at its size).
+    vocabulary scored by a bfloat16 copy of the head with its top candidates re-scored exactly, and the
+    residual stream, attention and KV cache in float32 (a bfloat16 residual stream or head made
+    SmolLM2-135M's greedy replies derail; float32 costs little at its size).
     Elsewhere it means bfloat16. An explicit dtype expands every GGUF weight to it (float32 for exact tests).
     """
     from model.embedded import default_model_path
@@ -51,7 +52,7 @@ def load_lm(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | Non
     elif p.suffix == ".gguf" or p.read_bytes()[:4] == b"GGUF":
         f = GGUFFile(p)
         tokenizer = TextTokenizer.from_gguf_metadata(f.metadata, str(p))
-        if dtype is None and device == "cpu":  # 4-bit projections, float32 activations, bfloat16 head
+        if dtype is None and device == "cpu":  # 4-bit projections, float32 activations
             model = load_gguf_decoder(p, dtype=torch.float32, device=device, gguf=f, int4=True,
                                       embed_dtype=torch.bfloat16)
         else:

@@ -81,8 +81,8 @@ def build_decoder(
     """Build a DecoderLM from reference-layout tensors without a random initialisation pass.
 
     int4: projections whose weights arrive as Q4Weight run as Int4Linear (CPU only); otherwise every
-    weight is expanded to `dtype`. embed_dtype: storage of the embedding table and output head when it
-    differs from the residual stream's `dtype` (the head is the largest matrix of a small model).
+    weight is expanded to `dtype`. embed_dtype: the output head also gets a copy in this (narrower) dtype
+    for scoring the vocabulary (the head is the largest matrix of a small model; see DecoderLM.head).
     """
     shapes = expected_shapes(cfg)
     tensors: dict[str, Weight] = {}
@@ -96,8 +96,7 @@ def build_decoder(
             )
         if isinstance(t, Q4Weight) and not (int4 and name.startswith("layers.")):
             t = t.dense()
-        want = embed_dtype if embed_dtype is not None and name in ("embed_tokens.weight", "lm_head.weight") else dtype
-        tensors[name] = t if isinstance(t, Q4Weight) else t.to(device=device, dtype=want)
+        tensors[name] = t if isinstance(t, Q4Weight) else t.to(device=device, dtype=dtype)
     state: dict[str, Weight] = {"embed_tokens.weight": tensors.pop("embed_tokens.weight"),
                                 "norm.weight": tensors.pop("norm.weight")}
     if not cfg.tie_word_embeddings:
@@ -133,6 +132,8 @@ def build_decoder(
     if unexpected or set(missing) - int4_buffers:
         raise CheckpointError(f"{where}: internal mapping error: missing {missing}, unexpected {unexpected}")
     model.inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta).to(device)  # the meta-built buffer is empty
+    if embed_dtype is not None:
+        model.use_narrow_head(embed_dtype)
     return model.eval()
 
 

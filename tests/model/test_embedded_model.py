@@ -66,8 +66,9 @@ def test_logits_match_transformers_on_the_same_gguf(reference: Any, ours_fp32: A
 
 
 def test_default_model_answers_paris() -> None:
-    lm = load_lm()  # the default: 4-bit projections as stored, bfloat16 head, float32 activations
-    assert lm.model.dtype == torch.float32 and lm.model.embed_tokens.weight.dtype == torch.bfloat16
+    lm = load_lm()  # the default: 4-bit projections as stored, float32 activations, bfloat16 head copy
+    assert lm.model.dtype == torch.float32
+    assert lm.model.narrow_head is not None and lm.model.narrow_head.dtype == torch.bfloat16
     assert any(isinstance(m, Int4Linear) for m in lm.model.modules())
     session = ChatSession(lm)
     reply = session.reply("What is the capital of France?")

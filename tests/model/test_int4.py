@@ -78,12 +78,14 @@ def test_tiny_gguf_with_4bit_projections_runs_them_in_4_bits(tmp_path: Path) -> 
 def test_narrow_head_rescores_its_leading_candidates_exactly(tmp_path: Path) -> None:
     _, path = _write_tiny_gguf(tmp_path)
     model = load_gguf_decoder(path, dtype=torch.float32, embed_dtype=torch.bfloat16)
-    assert model.dtype == torch.float32 and model.lm_head is not None and model.lm_head.weight.dtype == torch.bfloat16
+    assert model.dtype == torch.float32 and model.lm_head is not None and model.lm_head.weight.dtype == torch.float32
+    assert model.narrow_head is not None and model.narrow_head.dtype == torch.bfloat16
     hidden = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(0)) * 4
-    exact = hidden @ model.lm_head.weight.float().T  # the stored (bfloat16) head, computed in float32
+    exact = hidden @ model.lm_head.weight.T  # the exact head
     got = model.head(hidden)
     assert got.dtype == torch.float32
     top = exact.topk(4, dim=-1).indices
     torch.testing.assert_close(got.gather(-1, top), exact.gather(-1, top), rtol=1e-6, atol=1e-5)
     assert torch.equal(got.argmax(-1), exact.argmax(-1))
-    torch.testing.assert_close(got, exact, rtol=1e-2, atol=0.1)  # the rest: rounded to bfloat16
+    torch.testing.assert_close(got, exact, rtol=1e-2, atol=0.1)  # the rest: scored by the bfloat16 copy
+    assert not torch.equal(got, exact)  # (which does round them)
