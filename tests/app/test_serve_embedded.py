@@ -14,16 +14,12 @@ import pytest
 
 from model.loaders import LoadedLM, load_lm
 from model.sampling import SamplingConfig
-from model.speech.tts import Voice
 from streaming.engines.embedded import EmbeddedEngine
 from tests.app.conftest import StartServer
 from tests.app.rtc_client import RealtimeClient
 from tests.app.test_serve_browser import CHROMIUM, chromium_args
 from tests.model.speech.spoken import spoken
-
-# The phrasing and voice the recogniser gets right on a fresh session (see tests/streaming/test_embedded_engine.py).
-FRANCE = "What is the capital of France?"
-FRANCE_VOICE = Voice("en-us", rate=150)
+from tests.streaming.test_embedded_engine import FRANCE, FRANCE_VOICE  # phrasing the recogniser gets right
 
 
 @pytest.fixture(scope="module")
