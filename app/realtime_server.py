@@ -8,6 +8,19 @@ the assistant's speech leaves as an audio track of paced 20 ms frames at 48 kHz.
 
 ICE: no STUN server unless `--ice-server` is given; `--ice-host` restricts host candidates to the given
 addresses (aioice otherwise offers every interface address except 127.0.0.1).
+
+Liveness: a client that vanishes without hanging up (tab killed, lid closed, network gone) sends nothing more.
+Once a call is connected, a watchdog counts the RTP packets that arrive on its inbound audio (microphone)
+tracks, as aiortc's receiver statistics report them (`inbound-rtp` `packetsReceived`: every RTP packet of a
+negotiated codec, whatever it carries). Idleness is *no RTP packet at all* for `idle_timeout` seconds: silence
+is not idleness, and neither is a muted or disabled browser track, which keeps sending packets (silence frames
+at 50 packets/s; with Opus DTX at least one every 400 ms). A client that mutes must do it with
+`track.enabled = false`: `replaceTrack(null)` or stopping the track stops RTP and reads as gone. RTCP, STUN
+consent checks and data channel messages do not count: a peer that answers ICE but sends no microphone audio
+is also idle. An idle call is torn down like a hang-up (an `error` event with code `idle_timeout` first if the
+event channel is still open) and counted in `omni_sessions_timed_out_total`; the count is polled every
+min(1 s, idle_timeout / 4), so a vanished client is gone within idle_timeout + 1 s. aioice's ICE consent
+freshness (about 30 s) stays the backstop.
 """
 
 from __future__ import annotations
@@ -42,6 +55,8 @@ log = logging.getLogger("omni.serve")
 WEB_ROOT = Path(__file__).resolve().parent.parent / "ui" / "web"
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 CONNECT_TIMEOUT = 30.0  # a call that never connects is torn down after this
+IDLE_TIMEOUT = 10.0  # a connected call whose microphone sends no RTP for this long is torn down
+CHANNEL_DRAIN_TIMEOUT = 0.5  # on close, how long queued events get to leave before the peer connection closes
 MAX_OFFER_BYTES = 256 * 1024
 SUPPORTED_CODECS = {"audio": ("opus", "pcmu", "pcma"), "video": ("vp8", "h264")}
 
@@ -83,6 +98,7 @@ class ServeOptions:
     ice_hosts: list[str] = field(default_factory=list)
     turn: TurnConfig = field(default_factory=TurnConfig)
     video_interval: float = 0.5
+    idle_timeout: float = IDLE_TIMEOUT  # seconds without inbound audio RTP before a connected call is closed; 0: off
 
 
 class Connection:
@@ -98,7 +114,9 @@ class Connection:
         self.pending: deque[str] = deque(maxlen=256)  # events before the data channel opens
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.close_reason: str | None = None  # the first reason teardown was asked for
         self.created = time.monotonic()
+        self.audio_packets = 0  # inbound audio RTP packets, as last counted by the idle watchdog
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
@@ -155,6 +173,31 @@ class Connection:
                 return
             session.push_video(VideoFrame(frame, session.clock()))  # converted on the worker, latest kept
 
+    async def count_audio_packets(self) -> int:
+        """RTP packets received so far on the inbound audio tracks (aiortc receiver stats, RTCP excluded)."""
+        total = 0
+        for receiver in self.pc.getReceivers():
+            if receiver.track is None or receiver.track.kind != "audio":
+                continue
+            for stats in (await receiver.getStats()).values():
+                if getattr(stats, "type", None) == "inbound-rtp":
+                    total += stats.packetsReceived
+        return total
+
+    async def _drain_channel(self) -> None:
+        """Give events already sent (a final `error`) a moment to leave before the peer connection closes."""
+        ch = self.channel
+        if ch is None or ch.readyState != "open" or ch.bufferedAmount <= ch.bufferedAmountLowThreshold:
+            return
+        drained = asyncio.Event()
+        ch.on("bufferedamountlow", drained.set)
+        try:
+            await asyncio.wait_for(drained.wait(), CHANNEL_DRAIN_TIMEOUT)
+        except TimeoutError:
+            log.info("%s: %d bytes of events still queued at close", self.id, ch.bufferedAmount)
+        finally:
+            ch.remove_listener("bufferedamountlow", drained.set)
+
     async def close(self) -> None:
         if self.closed:
             return
@@ -168,6 +211,7 @@ class Connection:
             await self.session.close()
         if self.out_track is not None:
             self.out_track.stop()
+        await self._drain_channel()
         await self.pc.close()
         self.pending.clear()
 
@@ -229,6 +273,7 @@ class Server:
         if conn.closed or conn.id not in self.connections:
             return
         log.info("%s: closing (%s)", conn.id, reason)
+        conn.close_reason = reason
         del self.connections[conn.id]
         self.metrics.set_gauge("connections_active", "WebRTC calls open now", len(self.connections))
         task = asyncio.get_running_loop().create_task(conn.close(), name=f"{conn.id}:teardown")
@@ -345,6 +390,8 @@ class Server:
             for t in tracks:
                 conn.spawn(conn.pump_audio(t) if t.kind == "audio" else conn.pump_video(t), f"in-{t.kind}")
             conn.spawn(self._connect_deadline(conn), "deadline")
+            if self.options.idle_timeout > 0:
+                conn.spawn(self._idle_watchdog(conn, self.options.idle_timeout), "idle-watchdog")
             await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
             self.teardown(conn, "answer failed")
@@ -361,6 +408,29 @@ class Server:
         await asyncio.sleep(CONNECT_TIMEOUT)
         if conn.pc.connectionState != "connected":
             self.teardown(conn, f"not connected after {CONNECT_TIMEOUT:.0f} s")
+
+    async def _idle_watchdog(self, conn: Connection, limit: float) -> None:
+        """Close a connected call whose inbound audio delivers no RTP packet for `limit` seconds (see the
+        module docstring for what counts); the clock starts when the call first connects."""
+        poll = min(1.0, limit / 4)
+        last_change: float | None = None
+        while True:
+            await asyncio.sleep(poll)
+            if last_change is None and conn.pc.connectionState != "connected":
+                continue  # not connected yet: the connect deadline covers this
+            count = await conn.count_audio_packets()
+            now = time.monotonic()
+            if last_change is None or count != conn.audio_packets:
+                conn.audio_packets, last_change = count, now
+                continue
+            idle = now - last_change
+            if idle >= limit and conn.pc.connectionState == "connected":
+                break
+        reason = f"no microphone audio (RTP) for {idle:.1f} s, idle timeout {limit:g} s"
+        self.metrics.inc("sessions_timed_out_total", "calls closed because the client sent no audio RTP (vanished)")
+        if conn.session is not None:
+            conn.send_event(conn.session.events.error("idle_timeout", f"closing the call: {reason}"))
+        self.teardown(conn, reason)
 
 
 def check_offer_sdp(sdp: str) -> None:

@@ -48,6 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="offer only these host candidate addresses (repeatable; e.g. 127.0.0.1 for loopback)",
     )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connected call whose microphone sends no RTP packets for this long (a vanished client; "
+        "silence and muted tracks still send packets); 0 disables (default 10)",
+    )
     p.add_argument("--silence-ms", type=int, default=500, help="silence that ends a turn")
     p.add_argument("--min-speech-ms", type=int, default=100, help="shorter sounds (clicks, coughs) are not speech")
     p.add_argument("--vad-threshold", type=float, default=0.5)
@@ -88,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         turn = TurnConfig(
             threshold=args.vad_threshold, silence_ms=args.silence_ms, min_speech_ms=args.min_speech_ms
         ).validate()
+        if args.idle_timeout < 0:
+            raise ValueError(f"--idle-timeout must be >= 0 seconds, got {args.idle_timeout:g}")
         print(f"omni serve: loading the {args.engine} engine ...", file=sys.stderr, flush=True)
         engine = make_engine(args.engine, args.test_step_delay, args.model, args.voice, args.device)
     except (ValueError, RuntimeError) as e:
@@ -95,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from app.realtime_server import ServeOptions, build_app
 
-    options = ServeOptions(ice_servers=args.ice_server, ice_hosts=args.ice_host, turn=turn)
+    options = ServeOptions(
+        ice_servers=args.ice_server, ice_hosts=args.ice_host, turn=turn, idle_timeout=args.idle_timeout
+    )
     try:
         asyncio.run(_serve(build_app(engine, options), args.host, args.port))
     except OSError as e:
