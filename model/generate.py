@@ -83,6 +83,22 @@ class ChatSession:
         self._fed = _Fed(text, self._fed.length)
         return self.lm.tokenizer.encode(suffix)
 
+    def prefill_history(self) -> int:
+        """Feed whatever of the current history the cache does not hold yet (e.g. the system prompt, while
+        the user is still speaking), so the next reply prefills only the new turn. Returns tokens fed."""
+        text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=False) if self.messages else ""
+        if self._fed.text and text.startswith(self._fed.text) and self.state.cache.length == self._fed.length:
+            suffix = text[len(self._fed.text) :]
+        elif self._fed.text:  # the cache holds something else: leave it to the next reply to rebuild
+            return 0
+        else:
+            suffix = text
+        ids = self.lm.tokenizer.encode(suffix) if suffix else []
+        if ids:
+            self._feed(ids)
+        self._fed = _Fed(text, self.state.cache.length)
+        return len(ids)
+
     def stream_reply(self, user_text: str) -> Iterator[str]:
         """Yield the reply to user_text as text deltas. Closing the iterator early stops generation;
         the history then holds the text generated so far."""

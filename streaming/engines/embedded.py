@@ -148,11 +148,15 @@ class EmbeddedSession:
         self._resampler = StreamingResampler(synth.sample_rate, output_rate)
         self._turn = _TurnClock()
         self._closed = False
+        self._history_prefilled = False
 
     # ---- input side ---------------------------------------------------------------------------------
 
     def push_audio(self, pcm: np.ndarray, timestamp: float) -> list[EngineEvent]:
         self._check_open()
+        if not self._history_prefilled:  # the system prompt goes into the cache while the user speaks
+            self._history_prefilled = True
+            self.chat.prefill_history()
         partial = self.recognizer.push(np.asarray(pcm))
         return [TranscriptDelta(partial)] if partial else []
 

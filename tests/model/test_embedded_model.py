@@ -79,3 +79,13 @@ def test_default_model_answers_paris() -> None:
     fresh.messages = session.messages[:2]
     assert fresh.reply("And what is the capital of Germany?") == second
     assert "Berlin" in second, second
+
+
+def test_history_prefilled_ahead_gives_the_same_reply(ours_fp32: Any) -> None:
+    ahead = ChatSession(ours_fp32, system_prompt="You are a helpful voice assistant. Answer briefly.")
+    fed = ahead.prefill_history()  # e.g. while the user is still speaking
+    assert fed > 10 and ahead.prefill_history() == 0  # nothing new the second time
+    plain = ChatSession(ours_fp32, system_prompt="You are a helpful voice assistant. Answer briefly.")
+    question = "What is the capital of Italy?"
+    assert ahead.reply(question) == plain.reply(question)
+    assert ahead.last.prompt_tokens == plain.last.prompt_tokens - fed  # only the new turn was prefilled
