@@ -72,11 +72,16 @@ class ChatSession:
         assert out.logits is not None
         return out.logits
 
+    def _unfed(self, text: str) -> str | None:
+        """The part of the rendered `text` past what the cache holds, or None when the cache holds no prefix of it."""
+        if self._fed.text and text.startswith(self._fed.text) and self.state.cache.length == self._fed.length:
+            return text[len(self._fed.text) :]
+        return None
+
     def _prompt_ids(self) -> list[int]:
         text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=True)
-        if self._fed.text and text.startswith(self._fed.text) and self.state.cache.length == self._fed.length:
-            suffix = text[len(self._fed.text) :]
-        else:  # the template rewrote earlier turns: start the cache over
+        suffix = self._unfed(text)
+        if suffix is None:  # the template rewrote earlier turns: start the cache over
             self.state.reset()
             self.sampler.seen.zero_()
             suffix = text
@@ -87,11 +92,10 @@ class ChatSession:
         """Feed whatever of the current history the cache does not hold yet (e.g. the system prompt, while
         the user is still speaking), so the next reply prefills only the new turn. Returns tokens fed."""
         text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=False) if self.messages else ""
-        if self._fed.text and text.startswith(self._fed.text) and self.state.cache.length == self._fed.length:
-            suffix = text[len(self._fed.text) :]
-        elif self._fed.text:  # the cache holds something else: leave it to the next reply to rebuild
-            return 0
-        else:
+        suffix = self._unfed(text)
+        if suffix is None:
+            if self._fed.text:  # the cache holds something else: leave it to the next reply to rebuild
+                return 0
             suffix = text
         ids = self.lm.tokenizer.encode(suffix) if suffix else []
         if ids:

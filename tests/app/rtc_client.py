@@ -16,6 +16,8 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from tests.streaming.harness import wait_for_event
+
 RATE = 48000
 FRAME = 960
 WAIT = 30.0
@@ -126,20 +128,7 @@ class RealtimeClient:
     async def wait_for(
         self, pred: Callable[[dict[str, Any]], bool] | str, limit: float = WAIT, start: int = 0
     ) -> dict[str, Any]:
-        check = (lambda e: e["type"] == pred) if isinstance(pred, str) else pred
-        seen = start
-
-        async def scan() -> dict[str, Any]:
-            nonlocal seen
-            while True:
-                for e in self.events[seen:]:
-                    seen += 1
-                    if check(e):
-                        return e
-                self._changed.clear()
-                await self._changed.wait()
-
-        return await asyncio.wait_for(scan(), limit)
+        return await wait_for_event(self.events, self._changed, pred, limit, start)
 
     def loud_since(self, t: float, level: float = 0.02) -> int:
         return sum(1 for ts, rms in self.audio if ts >= t and rms > level)

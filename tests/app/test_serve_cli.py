@@ -22,9 +22,9 @@ def test_serve_is_a_subcommand_with_loopback_defaults() -> None:
     assert args.host == "127.0.0.1" and args.port == 8080 and args.engine == "embedded"
     assert args.ice_server == [] and args.ice_host == []
     args = build_parser().parse_args(
-        ["serve", "--engine", "test", "--ice-host", "127.0.0.1", "--ice-server", "stun:example.invalid:3478"]
+        ["serve", "--engine", "test", "--ice-host", "127.0.0.1", "--ice-server", "stun:127.0.0.1:3478"]
     )
-    assert args.ice_host == ["127.0.0.1"] and args.ice_server == ["stun:example.invalid:3478"]
+    assert args.ice_host == ["127.0.0.1"] and args.ice_server == ["stun:127.0.0.1:3478"]
 
 
 def test_bad_settings_exit_with_a_message() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tests.model.encoder_reference import randomize_
+from tests.model.tiny_speech import BIGVGAN, DIT
 
 VOCAB = 288
 SPECIALS = {
@@ -61,6 +62,15 @@ CHAT_TEMPLATE = (
 
 def tiny_config_dict(with_talker: bool = True) -> dict[str, Any]:
     """config.json content: the released layout with tiny sizes and remapped token ids."""
+    media_ids = dict(  # the Thinker and the Talker both name the media placeholder tokens
+        audio_token_index=IDS["audio"],
+        image_token_index=IDS["image"],
+        video_token_index=IDS["video"],
+        audio_start_token_id=IDS["audio_start"],
+        audio_end_token_id=IDS["audio_end"],
+        vision_start_token_id=IDS["vision_start"],
+        vision_end_token_id=IDS["vision_end"],
+    )
     thinker = dict(
         audio_config=dict(
             num_mel_bins=128,
@@ -97,13 +107,7 @@ def tiny_config_dict(with_talker: bool = True) -> dict[str, Any]:
             # head_dim 16 -> 8 rotary frequencies split T/H/W = 4/2/2 (real: 16/24/24 of 64)
             rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[4, 2, 2]),
         ),
-        audio_token_index=IDS["audio"],
-        image_token_index=IDS["image"],
-        video_token_index=IDS["video"],
-        audio_start_token_id=IDS["audio_start"],
-        audio_end_token_id=IDS["audio_end"],
-        vision_start_token_id=IDS["vision_start"],
-        vision_end_token_id=IDS["vision_end"],
+        **media_ids,
         user_token_id=SPECIALS["<|im_start|>"],
         position_id_per_seconds=25,
         seconds_per_chunk=2,
@@ -128,50 +132,13 @@ def tiny_config_dict(with_talker: bool = True) -> dict[str, Any]:
         tts_text_start_token_id=IDS["tts_text_bos"],
         tts_text_end_token_id=IDS["tts_text_eos"],
         tts_text_pad_token_id=IDS["tts_text_pad"],
-        audio_token_index=IDS["audio"],
-        image_token_index=IDS["image"],
-        video_token_index=IDS["video"],
-        audio_start_token_id=IDS["audio_start"],
-        audio_end_token_id=IDS["audio_end"],
-        vision_start_token_id=IDS["vision_start"],
-        vision_end_token_id=IDS["vision_end"],
+        **media_ids,
         position_id_per_seconds=25,
         seconds_per_chunk=2,
         spatial_merge_size=2,
     )
-    token2wav = dict(
-        dit_config=dict(
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            head_dim=16,
-            ff_mult=2,
-            emb_dim=16,
-            block_size=24,
-            look_ahead_layers=[2],
-            look_backward_layers=[0, 3],
-            repeats=2,
-            num_embeds=64,
-            mel_dim=80,
-            enc_emb_dim=16,
-            enc_dim=16,
-            enc_channels=[32, 32, 32, 32, 96],
-            enc_kernel_sizes=[5, 3, 3, 3, 1],
-            enc_dilations=[1, 2, 3, 4, 1],
-            enc_attention_channels=8,
-            enc_res2net_scale=2,
-            enc_se_channels=8,
-            rope_parameters=dict(rope_type="default", rope_theta=10000.0),
-        ),
-        bigvgan_config=dict(
-            mel_dim=80,
-            upsample_initial_channel=64,
-            resblock_kernel_sizes=[3, 7, 11],
-            resblock_dilation_sizes=[[1, 3, 5]] * 3,
-            upsample_rates=[5, 3, 2, 2, 2, 2],
-            upsample_kernel_sizes=[11, 7, 4, 4, 4, 4],
-        ),
-    )
+    # token2wav's shapes do not depend on the Thinker: the same tiny DiT and BigVGAN as the speech tests
+    token2wav = dict(dit_config=dict(DIT), bigvgan_config=dict(BIGVGAN))
     out: dict[str, Any] = {"thinker_config": thinker, "enable_audio_output": with_talker}
     if with_talker:
         out |= {"talker_config": talker, "token2wav_config": token2wav}

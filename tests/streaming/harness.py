@@ -16,6 +16,33 @@ from streaming.worker import DeviceWorker
 
 FRAME = 320  # 20 ms at 16 kHz
 WAIT = 30.0  # generous: other test suites share the 2 cores
+
+
+async def wait_for_event(
+    events: list[dict[str, Any]],
+    changed: asyncio.Event,
+    pred: Callable[[dict[str, Any]], bool] | str,
+    limit: float = WAIT,
+    start: int = 0,
+) -> dict[str, Any]:
+    """The first event from index `start` on that matches `pred` (an event type, or a predicate), waiting up
+    to `limit` seconds for it; `changed` is set whenever an event is appended."""
+    check = (lambda e: e["type"] == pred) if isinstance(pred, str) else pred
+    seen = start
+
+    async def scan() -> dict[str, Any]:
+        nonlocal seen
+        while True:
+            for e in events[seen:]:
+                seen += 1
+                if check(e):
+                    return e
+            changed.clear()
+            await changed.wait()
+
+    return await asyncio.wait_for(scan(), limit)
+
+
 E = TypeVar("E", bound=Engine)
 
 
@@ -73,20 +100,7 @@ class Harness(Generic[E]):
         return [e["type"] for e in self.events]
 
     async def wait_for(self, pred: Callable[[dict[str, Any]], bool] | str, limit: float = WAIT) -> dict[str, Any]:
-        check = (lambda e: e["type"] == pred) if isinstance(pred, str) else pred
-        seen = 0
-
-        async def scan() -> dict[str, Any]:
-            nonlocal seen
-            while True:
-                for e in self.events[seen:]:
-                    seen += 1
-                    if check(e):
-                        return e
-                self._changed.clear()
-                await self._changed.wait()
-
-        return await asyncio.wait_for(scan(), limit)
+        return await wait_for_event(self.events, self._changed, pred, limit)
 
     async def close(self) -> None:
         if self._player is not None:
