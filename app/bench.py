@@ -48,10 +48,10 @@ def _ours(args: argparse.Namespace, dtype: torch.dtype | None) -> dict[str, floa
         t2 = time.perf_counter()
         best["prefill_tok_s"] = max(best["prefill_tok_s"], len(ids) / (t1 - t0))
         best["decode_tok_s"] = max(best["decode_tok_s"], args.new_tokens / (t2 - t1))
-    from model.layers.int4_linear import Int4Linear
+    from model.layers.int4_linear import Int4Linear, Q4Linear
 
     dtype_name = str(model.dtype).removeprefix("torch.")
-    if any(isinstance(m, Int4Linear) for m in model.modules()):
+    if any(isinstance(m, Int4Linear | Q4Linear) for m in model.modules()):
         dtype_name = "int4+" + dtype_name.replace("bfloat16", "bf16").replace("float32", "f32")
     best["dtype"] = dtype_name  # type: ignore[assignment]
     return best

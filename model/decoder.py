@@ -13,9 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.cpu import Library
+from kernels.decode_step import DecodeStep, LayerWeights
+from kernels.q8_matmul import pack_q8_0, q8_0_matmul
 from model.config import DecoderConfig
 from model.kv_cache import CacheConfig, KVCache
 from model.layers.attention import Attention
+from model.layers.int4_linear import Q4Linear
 from model.layers.norm import RMSNorm
 from model.layers.rope import fold_rope, rope_cos_sin, rope_inv_freq
 
@@ -67,6 +71,8 @@ _RESCORED = 8  # candidates re-scored in full precision by a narrow head (see De
 class DecoderLM(nn.Module):
     inv_freq: torch.Tensor  # [head_dim // 2] float64, a non-persistent buffer
     narrow_head: torch.Tensor | None  # see `head`; a non-persistent buffer
+    _fused: DecodeStep | None  # whole decode steps in one C call (see enable_fused_decode)
+    _head_lib: Library | None  # the kernels scoring a Q8_0 narrow head
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -77,6 +83,8 @@ class DecoderLM(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
         self.register_buffer("narrow_head", None, persistent=False)
+        self._fused = None
+        self._head_lib = None
 
     @property
     def device(self) -> torch.device:
@@ -100,19 +108,54 @@ class DecoderLM(nn.Module):
         narrow = self.narrow_head
         if narrow is None:
             return F.linear(hidden, weight)
-        # A narrow copy of the head (bfloat16, half the bytes read per token) scores the whole vocabulary;
-        # its logits are rounded to ~3 significant digits, enough to tie close candidates (SmolLM2's first
-        # reply token: "The" 25.33 vs "L" 25.24). The leading candidates are re-scored with the exact
-        # weights, so greedy decoding and top-k keep the full-precision order.
-        logits = F.linear(hidden.to(narrow.dtype), narrow).to(hidden.dtype)
+        # A narrow copy of the head scores the whole vocabulary: bfloat16 (half the bytes read per token;
+        # logits rounded to ~3 significant digits, enough to tie close candidates - SmolLM2's first reply
+        # token: "The" 25.33 vs "L" 25.24) or, with the C kernels, Q8_0 blocks (a quarter of the bytes;
+        # exact for SmolLM2, whose tied embedding is stored as Q8_0). The leading candidates are re-scored
+        # with the exact weights, so greedy decoding and top-k keep the full-precision order.
+        if narrow.dtype == torch.uint8:
+            assert self._head_lib is not None
+            flat = hidden.reshape(-1, hidden.shape[-1]).float().contiguous()
+            logits = q8_0_matmul(self._head_lib, narrow, hidden.shape[-1], flat)
+            logits = logits.view(*hidden.shape[:-1], -1).to(hidden.dtype)
+        else:
+            logits = F.linear(hidden.to(narrow.dtype), narrow).to(hidden.dtype)
         top = logits.topk(_RESCORED, dim=-1).indices
         exact = torch.einsum("...c,...kc->...k", hidden, weight[top].to(hidden.dtype))
         return logits.scatter_(-1, top, exact)
 
-    def use_narrow_head(self, dtype: torch.dtype) -> None:
-        """Score the vocabulary with a `dtype` copy of the head (exact weights kept for re-scoring)."""
+    def use_narrow_head(self, kind: torch.dtype | str, lib: Library | None = None) -> None:
+        """Score the vocabulary with a narrower copy of the head (exact weights kept for re-scoring):
+        a torch dtype, or "q8_0" (Q8_0 blocks scored by the C kernels `lib`)."""
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        self.narrow_head = None if dtype == weight.dtype else weight.detach().to(dtype)
+        if kind == "q8_0":
+            if lib is None or weight.device.type != "cpu" or weight.shape[1] % 32:
+                raise ValueError("a Q8_0 head needs the CPU kernels and a hidden size divisible by 32")
+            self.narrow_head, self._head_lib = pack_q8_0(weight.detach()), lib
+            return
+        assert isinstance(kind, torch.dtype)
+        self.narrow_head = None if kind == weight.dtype else weight.detach().to(kind)
+
+    def enable_fused_decode(self, lib: Library) -> bool:
+        """Run one-token steps of a single session as one C call (kernels/decode_step.py) when every
+        projection is a Q4Linear and the residual stream and cache are float32 on the CPU; returns whether
+        it could. Prefill and batches keep the per-layer path, which uses the same 4-bit kernels."""
+        layers = cast(list[DecoderLayer], self.layers)
+        projections = [p for L in layers for p in (L.self_attn.qkv_proj, L.self_attn.o_proj, L.mlp.gate_up_proj,
+                                                    L.mlp.down_proj)]
+        if self.dtype != torch.float32 or self.device.type != "cpu" or \
+                not all(isinstance(p, Q4Linear) for p in projections):
+            return False
+        q4 = cast(list[Q4Linear], projections)
+        cfg = self.cfg
+        weights = [LayerWeights(qkv=qkv.blocks, o=o.blocks, gate_up=gate_up.blocks, down=down.blocks, qkv_bias=qkv.bias,
+                                attn_norm=L.input_layernorm.weight.detach(),
+                                mlp_norm=L.post_attention_layernorm.weight.detach())
+                   for L, (qkv, o, gate_up, down) in zip(layers, zip(*[iter(q4)] * 4, strict=True), strict=True)]
+        self._fused = DecodeStep(lib, weights, self.norm.weight.detach(), num_heads=cfg.num_heads,
+                                 num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                                 intermediate_size=cfg.intermediate_size, eps=cfg.rms_norm_eps)
+        return True
 
     @torch.inference_mode()
     def forward(
@@ -167,6 +210,12 @@ class DecoderLM(nn.Module):
         if plan.sink_shift is not None:
             sink_rope = fold_rope(*rope_cos_sin(positions - plan.sink_shift, self.inv_freq, self.cfg.mrope_section),
                                   self.dtype)
+        if self._fused is not None and x.shape[:2] == (1, 1) and cache.k.dtype == torch.float32:
+            D = self.cfg.head_dim
+            sink_table = None if sink_rope is None else torch.cat(sink_rope).view(2, D)
+            out = self._fused(x.reshape(-1).clone(), cache.k, cache.v, int(plan.slots[0]), plan.mask.reshape(-1),
+                              torch.cat(rope).view(2, D), sink_table, cache.cfg.sinks)
+            return out.view(1, 1, -1)
         for i, layer in enumerate(cast(list[DecoderLayer], self.layers)):
             x = x + layer.self_attn(layer.input_layernorm(x), rope, sink_rope, cache, i, plan)
             x = x + layer.mlp(layer.post_attention_layernorm(x))

@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from kernels.cpu import library
 from model.config import ConfigError, DecoderConfig
 from model.decoder import DecoderLM
 from model.errors import CheckpointError
 from model.loaders.gguf_file import GGUFFile
-from model.loaders.gguf_quants import Q4_TYPES, q4_components
+from model.loaders.gguf_quants import Q4_TYPES, q4_1_blocks
 from model.loaders.weights import Q4Weight, Weight, build_decoder, expected_shapes
 
 _SUPPORTED_ARCHS = ("llama", "qwen2")
@@ -81,9 +82,9 @@ def load_gguf_decoder(
     path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, device: str = "cpu",
     gguf: GGUFFile | None = None, int4: bool = False, embed_dtype: torch.dtype | None = None,
 ) -> DecoderLM:
-    """int4: keep Q4_0/Q4_1 projection weights 4-bit (Int4Linear, CPU only) instead of expanding them."""
+    """int4: keep Q4_0/Q4_1 projection weights 4-bit (CPU only, see build_decoder) instead of expanding them."""
     f = gguf or GGUFFile(Path(path))
-    int4 = int4 and str(device) == "cpu" and hasattr(torch, "_weight_int4pack_mm_for_cpu")
+    int4 = int4 and str(device) == "cpu" and (library() is not None or hasattr(torch, "_weight_int4pack_mm_for_cpu"))
     cfg = gguf_config(f)
     to_gguf = {ref: g for g, ref in _GLOBAL_NAMES.items()}
     for i in range(cfg.num_layers):
@@ -99,12 +100,12 @@ def load_gguf_decoder(
         t = f.tensors[gname]
         w: Weight
         if int4 and t.qtype in Q4_TYPES and len(t.shape) == 2:
-            w = Q4Weight(*q4_components(f.raw(gname), t.qtype, (t.shape[0], t.shape[1])))
+            w = Q4Weight(q4_1_blocks(f.raw(gname), t.qtype, (t.shape[0], t.shape[1])), t.shape[1])
         else:
             w = f.dequantize(gname)
         if cfg.architecture == "llama" and gname.endswith(("attn_q.weight", "attn_k.weight")):
             heads = cfg.num_heads if "attn_q" in gname else cfg.num_kv_heads
-            w = Q4Weight(*(_unpermute(x, heads) for x in (w.q, w.d, w.m))) if isinstance(w, Q4Weight) else \
+            w = w.map_rows(lambda b: _unpermute(b, heads)) if isinstance(w, Q4Weight) else \
                 _unpermute(w, heads)
         return w
 

@@ -41,23 +41,17 @@ def dequantize_blocks(raw: np.ndarray, qtype: GGMLQuantizationType, shape: tuple
     return out.reshape(shape)
 
 
-_LOW_NIBBLES = 0x0F0F0F0F0F0F0F0F
 Q4_TYPES = frozenset({GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1})
 
 
-def q4_components(raw: np.ndarray, qtype: GGMLQuantizationType, shape: tuple[int, ...]
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Q4_0/Q4_1 blocks -> (q [N, K] uint8 in 0..15, d [N, K/32], m [N, K/32]) with weight = d * q + m."""
-    size = _BLOCK_BYTES[qtype]
+def q4_1_blocks(raw: np.ndarray, qtype: GGMLQuantizationType, shape: tuple[int, int]) -> torch.Tensor:
+    """Q4_0/Q4_1 blocks of an [N, K] tensor -> Q4_1 blocks [N, K/32 * 20] uint8 (kernels/q4_matmul.py).
+
+    Q4_1 bytes are taken as they are; a Q4_0 block (d, 16 bytes) gains the min m = -8 d, exact in f16.
+    """
     N, K = shape
-    blocks = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).view(-1, size)
-    d = blocks[:, :2].contiguous().view(torch.float16).float().view(N, K // QK)
-    start = 2 if qtype == GGMLQuantizationType.Q4_0 else 4
-    m = -8 * d if qtype == GGMLQuantizationType.Q4_0 else blocks[:, 2:4].contiguous().view(torch.float16).float()
-    # Nibbles 8 bytes at a time: the low nibbles are weights 0..15 of a block, the high ones 16..31.
-    qs = blocks[:, start:].contiguous().view(torch.int64)  # [blocks, 2]
-    q = torch.empty(blocks.shape[0], 4, dtype=torch.int64)
-    torch.bitwise_and(qs, _LOW_NIBBLES, out=q[:, :2])
-    torch.bitwise_and(qs >> 4, _LOW_NIBBLES, out=q[:, 2:])
-    q = q.view(torch.uint8)
-    return q.view(N, K), d, m.view(N, K // QK)
+    blocks = torch.from_numpy(np.array(raw, dtype=np.uint8, copy=True)).view(-1, _BLOCK_BYTES[qtype])
+    if qtype == GGMLQuantizationType.Q4_0:
+        m = (-8 * blocks[:, :2].contiguous().view(torch.float16)).view(torch.uint8)
+        blocks = torch.cat([blocks[:, :2], m, blocks[:, 2:]], dim=1)
+    return blocks.reshape(N, K // QK * 20)

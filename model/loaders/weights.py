@@ -12,32 +12,41 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.cpu import library
+from kernels.q4_matmul import unpack_q4_1
 from model.config import DecoderConfig
 from model.decoder import DecoderLM
 from model.errors import CheckpointError
-from model.layers.int4_linear import Int4Linear
+from model.layers.int4_linear import Int4Linear, Q4Linear
 from model.layers.rope import rope_inv_freq
 
 
 @dataclass
 class Q4Weight:
-    """A 4-bit weight as stored in GGUF Q4_0/Q4_1 blocks: weight = d * q + m per group of 32 columns."""
+    """A 4-bit weight as stored in GGUF Q4_0/Q4_1 files, in Q4_1 blocks: weight = d * q + m per 32 columns."""
 
-    q: torch.Tensor  # [N, K] integers 0..15
-    d: torch.Tensor  # [N, K / 32]
-    m: torch.Tensor  # [N, K / 32]
+    blocks: torch.Tensor  # [N, K/32 * 20] uint8 (layout: kernels/q4_matmul.py)
+    in_features: int  # K
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.q.shape[0], self.q.shape[1])
+        return (self.blocks.shape[0], self.in_features)
+
+    def components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q [N, K] uint8 0..15, d [N, K/32], m [N, K/32])."""
+        return unpack_q4_1(self.blocks, self.in_features)
 
     def dense(self) -> torch.Tensor:
-        g = self.q.shape[1] // self.d.shape[1]
-        return self.q.float() * self.d.repeat_interleave(g, 1) + self.m.repeat_interleave(g, 1)
+        q, d, m = self.components()
+        return (q.float().view(q.shape[0], -1, 32) * d[..., None] + m[..., None]).view(q.shape)
+
+    def map_rows(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Q4Weight:
+        """The weight with its rows rearranged by `fn` (which must treat dim 0 as rows only)."""
+        return Q4Weight(fn(self.blocks), self.in_features)
 
     @staticmethod
     def cat(parts: list[Q4Weight]) -> Q4Weight:
-        return Q4Weight(*(torch.cat([getattr(p, f) for p in parts]) for f in ("q", "d", "m")))
+        return Q4Weight(torch.cat([p.blocks for p in parts]), parts[0].in_features)
 
 
 Weight = torch.Tensor | Q4Weight
@@ -80,10 +89,13 @@ def build_decoder(
 ) -> DecoderLM:
     """Build a DecoderLM from reference-layout tensors without a random initialisation pass.
 
-    int4: projections whose weights arrive as Q4Weight run as Int4Linear (CPU only); otherwise every
-    weight is expanded to `dtype`. embed_dtype: the output head also gets a copy in this (narrower) dtype
-    for scoring the vocabulary (the head is the largest matrix of a small model; see DecoderLM.head).
+    int4: projections whose weights arrive as Q4Weight stay 4-bit (CPU only): Q4Linear on the C kernels
+    (kernels/cpu), which also run whole decode steps, or Int4Linear on torch's int4 GEMM where the kernels
+    cannot be built; otherwise every weight is expanded to `dtype`. embed_dtype: the output head also gets
+    a narrower copy for scoring the vocabulary (the head is the largest matrix of a small model; see
+    DecoderLM.head): Q8_0 blocks when the 4-bit layers run on the C kernels, else this dtype.
     """
+    lib = library() if int4 else None
     shapes = expected_shapes(cfg)
     tensors: dict[str, Weight] = {}
     for name, shape in shapes.items():
@@ -121,19 +133,24 @@ def build_decoder(
             path = name.removesuffix(".weight")
             bias = state.get(path + ".bias")
             parent, _, child = path.rpartition(".")
-            setattr(model.get_submodule(parent), child,
-                    Int4Linear(w.q, w.d, w.m, bias=bias if isinstance(bias, torch.Tensor) else None))
+            b = bias if isinstance(bias, torch.Tensor) else None
+            layer = Q4Linear(lib, w.blocks, w.in_features, bias=b) if lib is not None else \
+                Int4Linear(*w.components(), bias=b)
+            setattr(model.get_submodule(parent), child, layer)
         else:
             dense[name] = w
     for name in [n for n in dense if n.endswith(".bias") and isinstance(state.get(n[:-5] + ".weight"), Q4Weight)]:
         del dense[name]
     missing, unexpected = model.load_state_dict(dense, strict=False, assign=True)
-    int4_buffers = {n for n, _ in model.named_buffers() if n.endswith((".packed", ".scales_zeros"))}
+    int4_buffers = {f"{path}.{n}" for path, mod in model.named_modules() if isinstance(mod, Q4Linear | Int4Linear)
+                    for n, _ in mod.named_buffers()}
     if unexpected or set(missing) - int4_buffers:
         raise CheckpointError(f"{where}: internal mapping error: missing {missing}, unexpected {unexpected}")
     model.inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta).to(device)  # the meta-built buffer is empty
+    if lib is not None:
+        model.enable_fused_decode(lib)
     if embed_dtype is not None:
-        model.use_narrow_head(embed_dtype)
+        model.use_narrow_head("q8_0" if lib is not None else embed_dtype, lib)
     return model.eval()
 
 

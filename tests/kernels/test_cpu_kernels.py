@@ -1,0 +1,103 @@
+"""The C kernels (kernels/cpu/omni_cpu.c) against their torch references and against ggml's own formats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize, quantize
+
+from kernels.cpu import Library, library
+from kernels.q4_matmul import (
+    pack_q4_1,
+    q4_1_matmul,
+    q4_1_matmul_reference,
+    quantize_q16_act,
+    quantize_q16_act_reference,
+    unpack_q4_1,
+)
+from kernels.q8_matmul import dequantize_q8_0, pack_q8_0, q8_0_matmul, q8_0_matmul_reference
+from model.loaders.gguf_quants import q4_1_blocks
+
+
+@pytest.fixture(scope="module")
+def lib() -> Library:
+    found = library()
+    if found is None:
+        pytest.skip("the C kernels could not be built here (no C compiler?); torch fallbacks are tested elsewhere")
+    return found
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def test_activation_quantisation_equals_reference(lib: Library) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 96, generator=g) * torch.logspace(-3, 3, 96)  # blocks of very different scales
+    x[1, :32] = 0  # an all-zero block: scale 0, no division by zero
+    x[2, 40] = 1e4  # an outlier sharing its block with small values
+    x[3, 64:] = torch.arange(32) - 15.5  # exact halves after scaling are rounded to even
+    q, d = quantize_q16_act(lib, x)
+    rq, rd = quantize_q16_act_reference(x)
+    assert torch.equal(d, rd) and torch.equal(q, rq)
+    assert int(q.abs().max()) == 32767 and float(d[1, 0]) == 0.0
+    back = (q.float().view(5, 3, 32) * d[..., None]).view(5, 96)
+    assert ((back - x).abs() <= d.repeat_interleave(32, 1) / 2 * (1 + 1e-6)).all()  # within half a step
+
+
+@pytest.mark.parametrize(("N", "K", "T"), [(33, 64, 1), (96, 128, 3), (40, 32, 4), (7, 96, 9), (64, 576, 2)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_q4_1_matmul_matches_reference(lib: Library, N: int, K: int, T: int, with_bias: bool) -> None:
+    g = torch.Generator().manual_seed(N * K + T)
+    q = torch.randint(0, 16, (N, K), dtype=torch.uint8, generator=g)
+    d = torch.rand(N, K // 32, generator=g) * 0.05
+    m = -torch.rand(N, K // 32, generator=g) * 0.4
+    blocks = pack_q4_1(q, d, m)
+    uq, ud, um = unpack_q4_1(blocks, K)
+    assert torch.equal(uq, q) and torch.equal(ud, d.half().float()) and torch.equal(um, m.half().float())
+    x = torch.randn(T, K, generator=g)
+    bias = torch.randn(N, generator=g) if with_bias else None
+    got = q4_1_matmul(lib, blocks, K, x, bias)
+    want = q4_1_matmul_reference(blocks, K, x, bias)
+    # Same integers and scales; float32 summation order differs from the float64 reference:
+    # measured <= 2e-7 of the largest output.
+    assert _rel(got, want) < 2e-6
+    assert torch.equal(q4_1_matmul(lib, blocks, K, x[:1].contiguous(), bias), got[:1])  # decode == row of a batch
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1])
+def test_q4_blocks_from_gguf_bytes_dequantise_as_ggml(lib: Library, qtype: Q) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((48, 128)).astype(np.float32)
+    raw = quantize(w, qtype)
+    blocks = q4_1_blocks(raw.reshape(-1), qtype, (48, 128))
+    q, d, m = unpack_q4_1(blocks, 128)
+    ours = (q.float().view(48, 4, 32) * d[..., None] + m[..., None]).view(48, 128)
+    torch.testing.assert_close(ours, torch.from_numpy(dequantize(raw, qtype)), rtol=0, atol=0)
+    # and the matmul on them is as close to the exact product as int16 activations allow
+    x = torch.from_numpy(rng.standard_normal((3, 128)).astype(np.float32))
+    exact = x.double() @ ours.double().T
+    assert _rel(q4_1_matmul(lib, blocks, 128, x).double(), exact) < 1e-4  # measured ~3e-5
+
+
+def test_q8_0_packing_equals_ggml_and_matmul_matches(lib: Library) -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((70, 96)).astype(np.float32)
+    blocks = pack_q8_0(torch.from_numpy(w))
+    assert np.array_equal(blocks.numpy().reshape(-1), quantize(w, Q.Q8_0).reshape(-1))
+    assert torch.equal(pack_q8_0(dequantize_q8_0(blocks, 96)), blocks)  # re-quantising is the identity
+    x = torch.from_numpy(rng.standard_normal((4, 96)).astype(np.float32))
+    got = q8_0_matmul(lib, blocks, 96, x)
+    assert _rel(got, q8_0_matmul_reference(blocks, 96, x)) < 2e-6  # float32 activations: order only
+
+
+def test_bad_shapes_are_refused(lib: Library) -> None:
+    blocks = pack_q4_1(torch.zeros(32, 64, dtype=torch.uint8), torch.ones(32, 2), torch.zeros(32, 2))
+    with pytest.raises(ValueError, match="float32"):
+        q4_1_matmul(lib, blocks, 64, torch.zeros(1, 64, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[T, 64\]"):
+        q4_1_matmul(lib, blocks, 64, torch.zeros(1, 32))
+    with pytest.raises(ValueError, match="K % 32"):
+        pack_q4_1(torch.zeros(4, 40, dtype=torch.uint8), torch.ones(4, 1), torch.zeros(4, 1))
