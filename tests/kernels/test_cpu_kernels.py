@@ -47,7 +47,9 @@ def test_activation_quantisation_equals_reference(lib: Library) -> None:
     assert ((back - x).abs() <= d.repeat_interleave(32, 1) / 2 * (1 + 1e-6)).all()  # within half a step
 
 
-@pytest.mark.parametrize(("N", "K", "T"), [(33, 64, 1), (96, 128, 3), (40, 32, 4), (7, 96, 9), (64, 576, 2)])
+# T = 1..9 tokens: one-token calls (decode), whole and partial 4-token tiles (prefill)
+@pytest.mark.parametrize(("N", "K", "T"), [(33, 64, 1), (96, 128, 3), (40, 32, 4), (7, 96, 9), (64, 576, 2),
+                                           (16, 544, 5), (24, 1536, 1)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_q4_1_matmul_matches_reference(lib: Library, N: int, K: int, T: int, with_bias: bool) -> None:
     g = torch.Generator().manual_seed(N * K + T)
@@ -64,7 +66,8 @@ def test_q4_1_matmul_matches_reference(lib: Library, N: int, K: int, T: int, wit
     # Same integers and scales; float32 summation order differs from the float64 reference:
     # measured <= 2e-7 of the largest output.
     assert _rel(got, want) < 2e-6
-    assert torch.equal(q4_1_matmul(lib, blocks, K, x[:1].contiguous(), bias), got[:1])  # decode == row of a batch
+    for t in range(T):  # each token alone (decode) gives exactly its row of the batch (prefill tiles)
+        assert torch.equal(q4_1_matmul(lib, blocks, K, x[t : t + 1].contiguous(), bias), got[t : t + 1])
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1])
