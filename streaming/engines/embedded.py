@@ -104,11 +104,12 @@ class EmbeddedEngine:
         """`model`: a checkpoint for load_lm (None: the embedded SmolLM2-135M-Instruct); `lm`: an already
         loaded one (shared, e.g. by tests); `voice`/`speech_rate`: the default espeak-ng voice.
 
-        `torch_threads` sets torch's (process-wide) intra-op threads; None leaves them as they are. One thread
-        by default: on 2 cores shared with the recogniser, the VAD and the server, two OpenMP threads stall on
-        each other whenever a core is taken. Measured over 20 turns on the 2-core machine while other jobs
-        ran (benchmarks/embedded_turns.py): 1 thread decoded at a median 18.7 tok/s (first audio p50 0.9 s),
-        2 threads at 1.8 tok/s (p50 8.3 s); 2 threads are faster (35 vs 23 tok/s) only on an idle machine."""
+        `torch_threads` sets torch's (process-wide) intra-op threads, which the CPU kernels follow too; None
+        leaves them as they are. One thread by default: on 2 cores shared with the recogniser, the VAD and the
+        server, two OpenMP threads stall on each other whenever a core is taken. SmolLM2 decode on the C
+        kernels, 2-core machine (64 tokens, best of 3): idle, 1 thread 65-73 tok/s, 2 threads 102-128 tok/s;
+        with one core kept busy by another process, 1 thread 76 tok/s, 2 threads 34 tok/s. One thread is
+        several times faster than speech is played, so the second core is better left to the rest."""
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
         self.lm = lm if lm is not None else load_lm(model)
