@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "silence and muted tracks still send packets); 0 disables (default 10)",
     )
     p.add_argument("--silence-ms", type=int, default=500, help="silence that ends a turn")
+    p.add_argument("--pause-ms", type=int, default=200,
+                   help="a pause this long inside a turn lets the engine finish recognising and prefill it while "
+                        "the rest of --silence-ms is awaited (0: off)")
     p.add_argument("--min-speech-ms", type=int, default=100, help="shorter sounds (clicks, coughs) are not speech")
     p.add_argument("--vad-threshold", type=float, default=0.5)
     p.add_argument("--test-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         turn = TurnConfig(
-            threshold=args.vad_threshold, silence_ms=args.silence_ms, min_speech_ms=args.min_speech_ms
+            threshold=args.vad_threshold, silence_ms=args.silence_ms, min_speech_ms=args.min_speech_ms,
+            pause_ms=args.pause_ms,
         ).validate()
         if args.idle_timeout < 0:
             raise ValueError(f"--idle-timeout must be >= 0 seconds, got {args.idle_timeout:g}")

@@ -44,6 +44,9 @@ class ReplyStats:
 class _Fed:
     text: str = ""  # the rendered prompt text whose tokens the cache holds
     length: int = 0  # cache length at the end of that text
+    # kept where the cache may roll back to this point: the next position and the sampler's seen tokens then
+    position: int = 0
+    seen: torch.Tensor | None = None
 
 
 class ChatSession:
@@ -63,6 +66,7 @@ class ChatSession:
         self.messages: list[Message] = [{"role": "system", "content": system_prompt}] if system_prompt else []
         self._fed = _Fed()
         self._before_reply = _Fed()  # the cache's contents just before the last reply's tokens
+        self._before_turn: _Fed | None = None  # set while a speculative user turn is in the cache
         self.last = ReplyStats()
 
     def _feed(self, ids: list[int]) -> torch.Tensor:
@@ -103,17 +107,57 @@ class ChatSession:
         self._fed = _Fed(text, self.state.cache.length)
         return len(ids)
 
+    def prefill_turn(self, user_text: str) -> int:
+        """Feed the user's next message speculatively (e.g. at a pause, before the turn is known to be over):
+        `stream_reply(user_text)` then prefills only the assistant header, while `drop_prefilled_turn` (the
+        user went on speaking) rolls the cache back. The history must already be in the cache
+        (`prefill_history`); returns tokens fed (0 when nothing could be)."""
+        self.drop_prefilled_turn()
+        if not user_text.strip() or not self._fed.text:
+            return 0
+        text = self.lm.tokenizer.render_chat([*self.messages, {"role": "user", "content": user_text}],
+                                             add_generation_prompt=False)
+        suffix = self._unfed(text)
+        if not suffix:
+            return 0
+        before = _Fed(self._fed.text, self._fed.length, self.state.next_position, self.sampler.seen.clone())
+        ids = self.lm.tokenizer.encode(suffix)
+        self._feed(ids)
+        self._before_turn = before
+        self._fed = _Fed(text, self.state.cache.length)
+        return len(ids)
+
+    def drop_prefilled_turn(self) -> None:
+        """Undo `prefill_turn` (nothing to do if no speculative turn is in the cache)."""
+        if self._before_turn is not None:
+            self._roll_back(self._before_turn)
+            self._before_turn = None
+
+    def _roll_back(self, to: _Fed) -> None:
+        """Cache, positions, fed text and the repetition penalty's seen tokens as they were at `to`."""
+        self.state.cache.truncate(to.length)
+        self.state.next_position = to.position
+        if to.seen is not None:
+            self.sampler.seen.copy_(to.seen)
+        self._fed = _Fed(to.text, to.length)
+
     def stream_reply(self, user_text: str) -> Iterator[str]:
         """Yield the reply to user_text as text deltas. Closing the iterator early stops generation;
         the history then holds the text generated so far."""
         if not user_text.strip():
             raise ValueError("empty message: nothing to answer")
         self.messages.append({"role": "user", "content": user_text})
+        if self._before_turn is not None:  # a turn prefilled for this text is kept; one for another is undone
+            text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=True)
+            if self._unfed(text) is None:
+                self.drop_prefilled_turn()
+            self._before_turn = None
         t0 = time.perf_counter()
         ids = self._prompt_ids()
         logits = self._feed(ids)
         self._fed.length = self.state.cache.length
-        self._before_reply = _Fed(self._fed.text, self._fed.length)
+        self._before_reply = _Fed(self._fed.text, self._fed.length, self.state.next_position,
+                                  self.sampler.seen.clone())
         stats = ReplyStats(prompt_tokens=len(ids), prefill_seconds=time.perf_counter() - t0)
         detok = IncrementalDetokenizer(self.lm.tokenizer)
         cfg = self.sampling
@@ -147,6 +191,7 @@ class ChatSession:
         self.sampler.seen.zero_()
         self._fed = _Fed()
         self._before_reply = _Fed()
+        self._before_turn = None
 
     def reply(self, user_text: str) -> str:
         return "".join(self.stream_reply(user_text))
@@ -159,5 +204,4 @@ class ChatSession:
         if not self.messages or self.messages[-1]["role"] != "assistant":
             raise ValueError("there is no reply to truncate")
         self.messages[-1] = {"role": "assistant", "content": kept_text}
-        self.state.cache.truncate(self._before_reply.length)
-        self._fed = _Fed(self._before_reply.text, self._before_reply.length)
+        self._roll_back(self._before_reply)

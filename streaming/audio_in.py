@@ -4,7 +4,9 @@
 media lane, never behind model steps: speech onset is seen, and a reply cancelled, while an engine step of any
 length is running. It calls no engine method; it returns turn events and the turn's audio (`TurnAudio`, at
 the engine's rate) in the order they happened. Audio belongs to a turn from `prefix_ms` before the onset
-until the turn ends.
+until the turn ends; the silence after a `SpeechPaused` is held back and given to the engine only if speech
+resumes (an engine that prepared the turn's end at the pause then sees more audio and continues the turn),
+and dropped when the turn ends.
 
 `EngineFeed` is the engine half: it hands turn audio to the engine session (`push_audio`, `end_turn`) in
 device-worker jobs. While a reply is being generated or played, `hold` is set and turn audio is held back (at
@@ -22,11 +24,11 @@ import av
 import numpy as np
 
 from streaming.engine import EngineEvent, EngineSession
-from streaming.frames import AudioFrame, SpeechStarted, SpeechStopped
+from streaming.frames import AudioFrame, SpeechPaused, SpeechStarted, SpeechStopped
 from streaming.vad import CHUNK, CHUNK_SECONDS, SAMPLE_RATE, SileroVad, TurnConfig, TurnDetector
 
 log = logging.getLogger(__name__)
-TurnEvent = SpeechStarted | SpeechStopped
+TurnEvent = SpeechStarted | SpeechPaused | SpeechStopped
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,13 @@ class EndTurn:
     """Finish the engine's input turn (only if audio was pushed since the last one)."""
 
 
+@dataclass(frozen=True)
+class PrepareTurn:
+    """The user paused: let the engine finish the turn's input speculatively (`prepare_turn`, if it has one)."""
+
+
 StageOutput = TurnEvent | TurnAudio
-FeedOp = TurnAudio | EndTurn
+FeedOp = TurnAudio | EndTurn | PrepareTurn
 
 
 @dataclass
@@ -57,6 +64,7 @@ class AudioInState:
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     pending_ts: float = 0.0  # timestamp of pending[0]
     pre_roll: deque[tuple[float, np.ndarray]] = field(default_factory=deque)  # recent chunks before an onset
+    paused_audio: list[tuple[float, np.ndarray]] = field(default_factory=list)  # silence after a SpeechPaused
 
 
 class AudioInStage:
@@ -103,8 +111,19 @@ class AudioInStage:
             start = event.timestamp - det.config.prefix_ms / 1000.0
             run.extend((ts, c) for ts, c in st.pre_roll if ts >= start - 1e-6)
             st.pre_roll.clear()
-        if det.speaking or was_speaking:
+        if isinstance(event, SpeechPaused):
+            self._flush_run(run, out)
+            out.append(event)
+        if det.speaking and det.paused:  # silence after a pause: the engine gets it only if speech resumes
+            st.paused_audio.append((t, chunk))
+        elif det.speaking:
+            run.extend(st.paused_audio)  # speech resumed: the held silence goes first, in order
+            st.paused_audio.clear()
             run.append((t, chunk))
+        elif was_speaking:  # the turn ended on this chunk; after a pause its held silence is dropped with it
+            if not st.paused_audio:
+                run.append((t, chunk))
+            st.paused_audio.clear()
         else:
             st.pre_roll.append((t, chunk))
             keep = (det.config.prefix_ms + det.config.min_speech_ms) / 1000.0 + 2 * CHUNK_SECONDS
@@ -198,6 +217,10 @@ class EngineFeed:
             if isinstance(op, TurnAudio):
                 out.extend(engine.push_audio(op.pcm, op.timestamp))
                 self.turn_open = True
+            elif isinstance(op, PrepareTurn):
+                prepare = getattr(engine, "prepare_turn", None)  # optional: engines without it just wait
+                if self.turn_open and prepare is not None:
+                    out.extend(prepare())
             elif self.turn_open:
                 out.extend(engine.end_turn())
                 self.turn_open = False

@@ -47,6 +47,15 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
+class SpeechPaused:
+    """The user has been silent for `pause_ms` inside a turn: the turn may be ending (`SpeechStopped` follows
+    once the silence reaches `silence_ms`) or speech may resume. `timestamp`: end of the last voiced audio.
+    Engines may finish recognising and prefill the turn now, off the reply's critical path."""
+
+    timestamp: float
+
+
+@dataclass(frozen=True)
 class SpeechStopped:
     """The user's turn ended: `timestamp` is the end of the last voiced audio."""
 

@@ -6,7 +6,7 @@ transport --AudioFrame--> inbox (control lane first, audio DROP_OLDEST) --> inpu
                                                                              --worker--> engine.push_video
           --client event--> parse --> inbox control lane
 input task: SpeechStarted -> barge-in if a reply is live; turn audio --worker--> EngineFeed (push_audio,
-            end_turn; held back while a reply is live); SpeechStopped -> reply task
+            prepare_turn at a SpeechPaused, end_turn; held back while a reply is live); SpeechStopped -> reply task
 reply task --worker--> engine.respond() one step per job --> text events; speech --media--> 48 kHz
             --> OutputAudio (BLOCK)
 transport's audio track <-- OutputAudio.read(960) every 20 ms (flushed on barge-in)
@@ -33,7 +33,16 @@ from typing import Any
 import av
 import numpy as np
 
-from streaming.audio_in import AudioInStage, AudioInState, EndTurn, EngineFeed, FeedOp, StageOutput, TurnAudio
+from streaming.audio_in import (
+    AudioInStage,
+    AudioInState,
+    EndTurn,
+    EngineFeed,
+    FeedOp,
+    PrepareTurn,
+    StageOutput,
+    TurnAudio,
+)
 from streaming.engine import AudioChunk, Engine, EngineEvent, EngineSession, ReplyDone, TextDelta, TranscriptDelta
 from streaming.events import ProtocolError, RealtimeEvents, new_id, parse_client_event
 from streaming.frames import (
@@ -41,6 +50,7 @@ from streaming.frames import (
     Interrupt,
     ResponseRequest,
     SessionUpdate,
+    SpeechPaused,
     SpeechStarted,
     SpeechStopped,
     Truncate,
@@ -288,6 +298,11 @@ class Session:
                 audio = self._feed.route(ev, self.engine.input_sample_rate)
                 if audio is not None:
                     ops.append(audio)
+            elif isinstance(ev, SpeechPaused):
+                # The turn may be ending: the engine can finish recognition and prefill now, in the silence
+                # the detector still waits for. Only for turns that will get a reply.
+                if self._feed.auto_end_turn and self.config.create_response and not self._feed.hold:
+                    ops.append(PrepareTurn())
             elif isinstance(ev, SpeechStopped):
                 await self._feed_engine(ops)
                 self._emit(self.events.speech_stopped(self._user_item or new_id("item"), int(ev.timestamp * 1000)))
@@ -485,6 +500,7 @@ class Session:
                     silence_ms=int(td.get("silence_duration_ms", c.silence_ms)),
                     min_speech_ms=int(td.get("min_speech_duration_ms", c.min_speech_ms)),
                     prefix_ms=int(td.get("prefix_padding_ms", c.prefix_ms)),
+                    pause_ms=c.pause_ms,  # not a protocol field: the server's setting stays
                 )
                 self._audio_state.detector.config = new.validate()
                 self.config.create_response = td.get("create_response", True)

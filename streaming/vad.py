@@ -5,7 +5,9 @@ onnxruntime; it is shared by all sessions (an onnxruntime session is safe to cal
 and only the device worker calls it). Per-session recurrent state lives in `VadState`.
 
 `TurnDetector` turns per-chunk speech probabilities into turns: speech must last `min_speech_ms` before it
-counts (clicks and coughs are shorter), and a turn ends after `silence_ms` without speech.
+counts (clicks and coughs are shorter), and a turn ends after `silence_ms` without speech. After `pause_ms`
+of silence inside a turn it says so once (`SpeechPaused`), so engines can finish the turn's recognition and
+prefill while the rest of the silence is awaited.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from importlib import resources
 
 import numpy as np
 
-from streaming.frames import SpeechStarted, SpeechStopped
+from streaming.frames import SpeechPaused, SpeechStarted, SpeechStopped
 
 SAMPLE_RATE = 16000
 CHUNK = 512  # samples per model call at 16 kHz = 32 ms (the only size the v5/v6 model accepts)
@@ -63,14 +65,17 @@ class SileroVad:
 class TurnConfig:
     threshold: float = 0.5  # speech when p >= threshold
     silence_ms: int = 500  # a turn ends after this much silence
+    # A pause this long inside a turn lets the engine prepare its end (0: never). 200 ms: longer than most
+    # gaps between words (a false pause costs a rolled-back prefill), 300 ms before the turn would end.
+    pause_ms: int = 200
     min_speech_ms: int = 100  # shorter bursts (clicks, coughs) are not speech; also delays barge-in by this much
     prefix_ms: int = 300  # audio before the onset that is still given to the engine
 
     def validate(self) -> TurnConfig:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"VAD threshold must be in (0, 1), got {self.threshold}")
-        if self.silence_ms < 0 or self.min_speech_ms < 0 or self.prefix_ms < 0:
-            raise ValueError("silence_ms, min_speech_ms and prefix_ms must be >= 0")
+        if self.silence_ms < 0 or self.min_speech_ms < 0 or self.prefix_ms < 0 or self.pause_ms < 0:
+            raise ValueError("silence_ms, pause_ms, min_speech_ms and prefix_ms must be >= 0")
         return self
 
 
@@ -83,8 +88,9 @@ class TurnDetector:
     onset: float | None = None  # start of the current voiced run (candidate or confirmed)
     voiced_until: float = 0.0  # end of the last voiced chunk
     voiced_seconds: float = 0.0  # voiced time in the current candidate run
+    paused: bool = False  # SpeechPaused was said for the current silence
 
-    def step(self, prob: float, start: float, duration: float) -> SpeechStarted | SpeechStopped | None:
+    def step(self, prob: float, start: float, duration: float) -> SpeechStarted | SpeechPaused | SpeechStopped | None:
         """Feed one chunk's probability (chunk covers [start, start + duration)); returns a turn event or None."""
         c = self.config
         end = start + duration
@@ -94,6 +100,7 @@ class TurnDetector:
                 self.onset, self.voiced_seconds = start, 0.0
             self.voiced_seconds += duration
             self.voiced_until = end
+            self.paused = False
             if not self.speaking and self.voiced_seconds * 1000 >= c.min_speech_ms:
                 self.speaking = True
                 return SpeechStarted(timestamp=self.onset)
@@ -106,6 +113,9 @@ class TurnDetector:
                 self.onset = None
             return None
         if gap_ms >= c.silence_ms:
-            self.speaking, self.onset = False, None
+            self.speaking, self.onset, self.paused = False, None, False
             return SpeechStopped(timestamp=self.voiced_until)
+        if c.pause_ms and gap_ms >= c.pause_ms and not self.paused:
+            self.paused = True
+            return SpeechPaused(timestamp=self.voiced_until)
         return None

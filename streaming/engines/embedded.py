@@ -150,6 +150,10 @@ class EmbeddedSession:
         self._turn = _TurnClock()
         self._closed = False
         self._history_prefilled = False
+        # Recognised pieces of the current turn: the recogniser's utterance is finished at each pause
+        # (prepare_turn), and a turn that goes on after a pause continues in a new utterance.
+        self._pieces: list[str] = []
+        self._prepared = False  # the turn so far is recognised and prefilled; no audio came since
 
     # ---- input side ---------------------------------------------------------------------------------
 
@@ -158,16 +162,37 @@ class EmbeddedSession:
         if not self._history_prefilled:  # the system prompt goes into the cache while the user speaks
             self._history_prefilled = True
             self.chat.prefill_history()
+        if self._prepared:  # the user went on after a pause: the speculative turn is not the turn
+            self._prepared = False
+            self.chat.drop_prefilled_turn()
         partial = self.recognizer.push(np.asarray(pcm))
+        if partial and self._pieces:
+            partial = " ".join([*self._pieces, partial])
         return [TranscriptDelta(partial)] if partial else []
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         self._check_open()  # no vision in this engine
 
+    def prepare_turn(self) -> list[EngineEvent]:
+        """The user paused: finish recognising the turn so far and prefill it as the next user message, so
+        that if the turn ends here `end_turn` has nothing left to recognise and the reply starts with the
+        assistant header. If the user goes on, the next `push_audio` undoes the prefill."""
+        self._check_open()
+        if self.recognizer.in_utterance:
+            self._pieces.append(self.recognizer.finish())
+        self._prepared = True
+        sentence = as_sentence(" ".join(p for p in self._pieces if p))
+        if sentence:
+            self.chat.prefill_turn(sentence)
+        return []
+
     def end_turn(self) -> list[EngineEvent]:
         self._check_open()
         t0 = time.perf_counter()
-        text = self.recognizer.finish()
+        if self.recognizer.in_utterance:
+            self._pieces.append(self.recognizer.finish())
+        text = " ".join(p for p in self._pieces if p)
+        self._pieces, self._prepared = [], False
         self._turn = _TurnClock(end_turn_at=t0, transcript=text, asr_finish_s=time.perf_counter() - t0)
         return [TranscriptDelta(text, final=True)]
 
@@ -175,7 +200,7 @@ class EmbeddedSession:
 
     def respond(self) -> Iterator[EngineEvent]:
         self._check_open()
-        if self.recognizer.in_utterance:  # respond() without end_turn(): finish the input side here
+        if self.recognizer.in_utterance or self._pieces:  # respond() without end_turn(): finish the input here
             yield from self.end_turn()
         turn = self._turn
         if turn.end_turn_at == 0.0:

@@ -95,6 +95,35 @@ def test_history_prefilled_ahead_gives_the_same_reply(ours_fp32: Any) -> None:
     assert ahead.last.prompt_tokens == plain.last.prompt_tokens - fed  # only the new turn was prefilled
 
 
+def test_turn_prefilled_at_a_pause_gives_the_same_reply(ours_fp32: Any) -> None:
+    system = "You are a helpful voice assistant. Answer briefly."
+    question = "What is the capital of Italy?"
+    plain = ChatSession(ours_fp32, system_prompt=system)
+    want = plain.reply(question)
+    # the turn ends at the pause: the reply prefills only the assistant header
+    ahead = ChatSession(ours_fp32, system_prompt=system)
+    history = ahead.prefill_history()
+    turn = ahead.prefill_turn(question)
+    assert turn > 5
+    assert ahead.reply(question) == want
+    assert ahead.last.prompt_tokens == plain.last.prompt_tokens - history - turn <= 4  # "<|im_start|>assistant\n"
+    # the user went on after the pause: the speculative turn is rolled back, then the whole turn answered
+    resumed = ChatSession(ours_fp32, system_prompt=system)
+    resumed.prefill_history()
+    before = resumed.state.cache.length
+    resumed.prefill_turn("What is the capital.")
+    resumed.drop_prefilled_turn()
+    assert resumed.state.cache.length == before
+    assert resumed.reply(question) == want
+    assert resumed.last.prompt_tokens == plain.last.prompt_tokens - history
+    # a reply to another text than the one prefilled drops it by itself
+    stale = ChatSession(ours_fp32, system_prompt=system)
+    stale.prefill_history()
+    stale.prefill_turn("What is the capital.")
+    assert stale.reply(question) == want
+    assert stale.last.prompt_tokens == plain.last.prompt_tokens - history
+
+
 def test_default_4bit_model_tracks_transformers(reference: Any) -> None:
     """The default load (4-bit projections on the kernels, int16 activations, fused decode steps, narrow head)
     against transformers' float32 model of the same GGUF, over a prompt and 8 greedy steps."""

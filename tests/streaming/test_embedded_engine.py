@@ -198,3 +198,44 @@ def test_voices(engine: EmbeddedEngine) -> None:
         engine.open_session(voice="no-such-voice")
     for name, espeak in REALTIME_VOICES.items():  # OpenAI Realtime voice names map to espeak-ng variants
         assert engine.open_session(voice=name).synth.voice.name == espeak
+
+
+def _push(session: EngineSession, audio: np.ndarray, chunk: int = 320) -> list[EngineEvent]:
+    return [e for start in range(0, audio.size, chunk) for e in session.push_audio(audio[start : start + chunk], 0.0)]
+
+
+def test_a_turn_prepared_at_the_pause_ends_without_recognition_left(engine: EmbeddedEngine) -> None:
+    audio = spoken(FRANCE, FRANCE_VOICE)
+    plain = engine.open_session()
+    want_heard = final_text(say(plain, audio))
+    want = list(plain.respond())
+    session = engine.open_session()
+    _push(session, audio)
+    history = session.chat.state.cache.length  # the system prompt, prefilled at the first audio
+    assert session.prepare_turn() == []  # no final transcript yet: the turn may go on
+    assert session.chat.state.cache.length >= history + 8  # the user's sentence is in the cache
+    heard = session.end_turn()
+    assert heard == [TranscriptDelta(want_heard, final=True)]
+    got = list(session.respond())
+    assert [e.text for e in got if isinstance(e, TextDelta)] == [e.text for e in want if isinstance(e, TextDelta)]
+    stats, plain_stats = got[-1].stats, want[-1].stats  # type: ignore[union-attr]
+    assert stats["prompt_tokens"] <= 4 < plain_stats["prompt_tokens"]  # only the assistant header was left
+    assert stats["asr_finish_s"] < plain_stats["asr_finish_s"]  # recognition was done at the pause
+
+
+def test_a_turn_that_goes_on_after_the_pause_is_recognised_whole(engine: EmbeddedEngine) -> None:
+    first, rest = spoken("What is the capital", FRANCE_VOICE), spoken("of France?", FRANCE_VOICE)
+    session = engine.open_session()
+    _push(session, first)
+    session.prepare_turn()
+    prepared = session.chat.state.cache.length
+    partials = _push(session, rest)  # the user goes on: the speculative turn is rolled back
+    assert session.chat.state.cache.length < prepared
+    assert partials and all(isinstance(p, TranscriptDelta) and not p.final for p in partials)
+    heard = final_text(session.end_turn())
+    assert heard.startswith(partials[-1].text.split()[0])  # partials carry the words before the pause too
+    assert "capital" in heard and len(heard.split()) >= 4
+    got = "".join(e.text for e in session.respond() if isinstance(e, TextDelta))
+    fresh = engine.open_session()  # the same transcript answered by a session that never prepared anything
+    fresh.chat.prefill_history()
+    assert got == fresh.chat.reply(as_sentence(heard))
