@@ -70,6 +70,11 @@ class EngineSession(Protocol):
         """The user stopped speaking: finish the input side (flush partial blocks, final transcript)."""
         ...
 
+    # Optional, not part of the protocol: `prepare_turn(self) -> list[EngineEvent]`. Called when the user
+    # paused inside a turn (streaming.frames.SpeechPaused): do what end_turn would as far as possible
+    # (finish recognition, prefill the turn) without a final transcript; more audio of the same turn may
+    # follow (the engine then continues the turn), or end_turn comes. EmbeddedSession implements it.
+
     def respond(self) -> Iterator[EngineEvent]:
         """Generate the reply: text deltas and audio chunks, interleaved, ending with `ReplyDone`.
 
