@@ -8,7 +8,7 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
-from kernels.cpu import Library, library
+from kernels.cpu import Library
 from kernels.q4_matmul import (
     pack_q4_1,
     q4_1_matmul,
@@ -19,14 +19,6 @@ from kernels.q4_matmul import (
 )
 from kernels.q8_matmul import dequantize_q8_0, pack_q8_0, q8_0_matmul, q8_0_matmul_reference
 from model.loaders.gguf_quants import q4_1_blocks
-
-
-@pytest.fixture(scope="module")
-def lib() -> Library:
-    found = library()
-    if found is None:
-        pytest.skip("the C kernels could not be built here (no C compiler?); torch fallbacks are tested elsewhere")
-    return found
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:

@@ -11,20 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.cpu import Library, library
+from kernels.cpu import Library
 from kernels.q4_matmul import pack_q4_1
 from model.config import DecoderConfig
 from model.decoder import DecoderLM
 from model.kv_cache import CacheConfig
 from model.loaders.weights import Q4Weight, Weight, build_decoder, expected_shapes
-
-
-@pytest.fixture(scope="module")
-def lib() -> Library:
-    found = library()
-    if found is None:
-        pytest.skip("the C kernels could not be built here (no C compiler?)")
-    return found
 
 
 def _random_q4_model(cfg: DecoderConfig, seed: int) -> DecoderLM:
