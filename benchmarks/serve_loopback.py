@@ -1,10 +1,11 @@
 """Latency of `omni serve` over loopback WebRTC: end of speech -> first text / first audio, and barge-in (speech
 onset -> server output silent), as the server measures them per turn (omni.metrics).
 
-    .venv/bin/python -m benchmarks.serve_loopback [TURNS] [STEP_DELAY_S] [ENGINE]
+    .venv/bin/python -m benchmarks.serve_loopback [TURNS] [STEP_DELAY_S] [ENGINE] [PAUSE_MS]
 
-ENGINE: test (the tone engine, default) or tiny (the tiny random-weight decoder LM); STEP_DELAY_S slows each
-engine step (a stand-in for a big model's step time).
+ENGINE: test (the tone engine, default), tiny (the tiny random-weight decoder LM) or embedded (the default
+engine: recogniser, SmolLM2, espeak-ng); STEP_DELAY_S slows each engine step (a stand-in for a big model's step
+time); PAUSE_MS: the turn detector's pause (default 200; 0: engines prepare nothing before the turn ends).
 
 Prints every turn and the medians. Numbers, not assertions: run it on an idle machine.
 """
@@ -38,9 +39,10 @@ def make_speech() -> np.ndarray:
         return read_wav(wav)[0]
 
 
-async def main(turns: int, step_delay: float, speech: np.ndarray, engine_name: str = "test") -> None:
+async def main(turns: int, step_delay: float, speech: np.ndarray, engine_name: str = "test", pause_ms: int = 200
+               ) -> None:
     engine = make_engine(engine_name, step_delay)
-    app = build_app(engine, ServeOptions(ice_hosts=["127.0.0.1"], turn=TurnConfig(silence_ms=500)))
+    app = build_app(engine, ServeOptions(ice_hosts=["127.0.0.1"], turn=TurnConfig(silence_ms=500, pause_ms=pause_ms)))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -76,11 +78,13 @@ async def main(turns: int, step_delay: float, speech: np.ndarray, engine_name: s
         f"median over {len(first_text)} replies (silence_ms 500 included): end of speech -> first text "
         f"{statistics.median(first_text):.0f} ms, -> first audio {statistics.median(first_audio):.0f} ms; "
         f"barge-in median {statistics.median(barge):.0f} ms over {len(barge)} (min {min(barge):.0f}, "
-        f"max {max(barge):.0f}); step delay {step_delay * 1000:.0f} ms, engine {engine_name}"
+        f"max {max(barge):.0f}); step delay {step_delay * 1000:.0f} ms, engine {engine_name}, pause {pause_ms} ms"
     )
 
 
 if __name__ == "__main__":
     turns = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
-    asyncio.run(main(turns, delay, make_speech(), sys.argv[3] if len(sys.argv) > 3 else "test"))
+    engine_name = sys.argv[3] if len(sys.argv) > 3 else "test"
+    pause_ms = int(sys.argv[4]) if len(sys.argv) > 4 else 200
+    asyncio.run(main(turns, delay, make_speech(), engine_name, pause_ms))
