@@ -157,6 +157,22 @@ class StreamingRecognizer:
         self._partial = ""
         return _clean(hyp.hypstr if hyp is not None else "")
 
+    def resume(self) -> bool:
+        """Reopen the utterance the last `finish` closed, as if it had not been finished (the speaker paused,
+        then went on): its audio is decoded again and the next `push` continues it, so the whole turn is
+        recognised as one utterance, with the LM's context across the pause. Costs one pass over the audio
+        so far (~0.1 x its duration), while the speaker is talking. False, and nothing done, when there is
+        no closed utterance or its audio was too long to keep (over `redecode_max_s`)."""
+        if self._in_utterance or self._audio_len == 0 or self._audio_len > self._audio.size:
+            return False
+        t0 = time.perf_counter()
+        self._decoder.start_utt()
+        self._decoder.process_raw(self._audio[: self._audio_len].tobytes(), False, False)
+        self._in_utterance = True
+        self._since_partial = 0
+        self.stats.compute_seconds += time.perf_counter() - t0
+        return True
+
     def recognize(self, pcm: np.ndarray, chunk: int = 1600) -> str:
         """A whole utterance [N] at 16 kHz, pushed in `chunk`-sample pieces as a stream would be."""
         if self._in_utterance:

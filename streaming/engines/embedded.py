@@ -151,7 +151,8 @@ class EmbeddedSession:
         self._closed = False
         self._history_prefilled = False
         # Recognised pieces of the current turn: the recogniser's utterance is finished at each pause
-        # (prepare_turn), and a turn that goes on after a pause continues in a new utterance.
+        # (prepare_turn); a turn that goes on after a pause reopens it (StreamingRecognizer.resume), or, when
+        # its audio was too long to keep, continues in a new utterance whose text is appended.
         self._pieces: list[str] = []
         self._prepared = False  # the turn so far is recognised and prefilled; no audio came since
 
@@ -165,6 +166,8 @@ class EmbeddedSession:
         if self._prepared:  # the user went on after a pause: the speculative turn is not the turn
             self._prepared = False
             self.chat.drop_prefilled_turn()
+            if self._pieces and self.recognizer.resume():  # recognise the turn as one utterance
+                self._pieces.pop()
         partial = self.recognizer.push(np.asarray(pcm))
         if partial and self._pieces:
             partial = " ".join([*self._pieces, partial])
