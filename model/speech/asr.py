@@ -99,6 +99,21 @@ class StreamingRecognizer:
         return np.array([float(v) for v in self._decoder.get_cmn(False).split(",")])
 
     @property
+    def cmn(self) -> str:
+        """The current cepstral mean (comma-separated), e.g. to start another recogniser from it."""
+        return str(self._decoder.get_cmn(False))
+
+    def set_cmn(self, cmn: str) -> None:
+        """Start from this cepstral mean (from another recogniser on the same kind of input) instead of
+        pocketsphinx's generic initial one; only between utterances."""
+        if self._in_utterance:
+            raise ASRError("set_cmn() inside an utterance; finish() it first")
+        try:
+            self._decoder.set_cmn(cmn)
+        except (RuntimeError, ValueError) as e:
+            raise ASRError(f"pocketsphinx refused the cepstral mean {cmn!r}: {e}") from e
+
+    @property
     def in_utterance(self) -> bool:
         return self._in_utterance
 

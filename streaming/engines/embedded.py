@@ -121,6 +121,10 @@ class EmbeddedEngine:
         # Default: the conversational-question LM (general en-us words as its fallback unigrams); on spoken
         # questions it has a third to a half of the general LM's word errors (tests/model/speech/test_asr.py).
         self.recognizer_config = recognizer or RecognizerConfig(lm=str(conversation_lm_path()))
+        # The cepstral mean the last finished utterance of any session left: new sessions start from it
+        # instead of pocketsphinx's generic one, which is far from real input (shifts of 7-9 over a session's
+        # first three turns, each costing a second recognition pass of ~0.1 x the utterance at end of turn).
+        self.cmn_prior: str | None = None
 
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> EmbeddedSession:
         """A new conversation; `voice` is an espeak-ng voice name ("en-us+f3", "en-gb-x-rp", ...) or one of
@@ -133,15 +137,20 @@ class EmbeddedEngine:
         chat = ChatSession(
             self.lm, system_prompt=instructions or self.system_prompt, sampling=self.sampling, cache=self.cache
         )
-        return EmbeddedSession(chat, StreamingRecognizer(self.recognizer_config), synth, self.output_sample_rate)
+        recognizer = StreamingRecognizer(self.recognizer_config)
+        if self.cmn_prior is not None:
+            recognizer.set_cmn(self.cmn_prior)
+        return EmbeddedSession(chat, recognizer, synth, self.output_sample_rate, engine=self)
 
 
 class EmbeddedSession:
     """One conversation: its recogniser, its chat (history in a bounded cache) and its voice."""
 
     def __init__(
-        self, chat: ChatSession, recognizer: StreamingRecognizer, synth: Synthesizer, output_rate: int
+        self, chat: ChatSession, recognizer: StreamingRecognizer, synth: Synthesizer, output_rate: int,
+        engine: EmbeddedEngine | None = None,
     ) -> None:
+        self.engine = engine  # receives the recogniser's cepstral mean after each utterance (cmn_prior)
         self.chat = chat
         self.recognizer = recognizer
         self.synth = synth
@@ -176,13 +185,18 @@ class EmbeddedSession:
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         self._check_open()  # no vision in this engine
 
+    def _finish_utterance(self) -> None:
+        self._pieces.append(self.recognizer.finish())
+        if self.engine is not None:
+            self.engine.cmn_prior = self.recognizer.cmn
+
     def prepare_turn(self) -> list[EngineEvent]:
         """The user paused: finish recognising the turn so far and prefill it as the next user message, so
         that if the turn ends here `end_turn` has nothing left to recognise and the reply starts with the
         assistant header. If the user goes on, the next `push_audio` undoes the prefill."""
         self._check_open()
         if self.recognizer.in_utterance:
-            self._pieces.append(self.recognizer.finish())
+            self._finish_utterance()
         self._prepared = True
         sentence = as_sentence(" ".join(p for p in self._pieces if p))
         if sentence:
@@ -193,7 +207,7 @@ class EmbeddedSession:
         self._check_open()
         t0 = time.perf_counter()
         if self.recognizer.in_utterance:
-            self._pieces.append(self.recognizer.finish())
+            self._finish_utterance()
         text = " ".join(p for p in self._pieces if p)
         self._pieces, self._prepared = [], False
         self._turn = _TurnClock(end_turn_at=t0, transcript=text, asr_finish_s=time.perf_counter() - t0)

@@ -243,3 +243,19 @@ def test_a_turn_that_goes_on_after_the_pause_is_recognised_whole(engine: Embedde
     fresh = engine.open_session()  # the same transcript answered by a session that never prepared anything
     fresh.chat.prefill_history()
     assert got == fresh.chat.reply(as_sentence(heard))
+
+
+def test_new_sessions_start_from_the_last_cepstral_mean(smollm: LoadedLM) -> None:
+    engine = EmbeddedEngine(lm=smollm, sampling=SamplingConfig(max_new_tokens=4), torch_threads=None)
+    audio = spoken(FRANCE, FRANCE_VOICE)
+    first = engine.open_session()
+    assert engine.cmn_prior is None
+    heard = final_text(say(first, audio))
+    # pocketsphinx's generic initial mean is far from this input: the first utterance is decoded twice
+    assert first.recognizer.stats.redecodes == 1
+    assert engine.cmn_prior == first.recognizer.cmn
+    second = engine.open_session()
+    assert second.recognizer.cmn == engine.cmn_prior
+    again = final_text(say(second, audio))
+    assert second.recognizer.stats.redecodes == 0  # started close enough: one pass
+    assert word_errors(heard, again).rate <= 0.2, (heard, again)
