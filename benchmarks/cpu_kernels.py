@@ -1,6 +1,7 @@
 """CPU kernel speed on the embedded model's shapes (SmolLM2-135M: 30 layers, hidden 576, MLP 1536, 9 + 2x3 heads
 of 64, vocabulary 49,152), per torch thread count: all 120 projections of one token (decode) and per token of
-a 17- and 48-token prefill, the Q8_0 head, and whole decode steps of the real model (fused C step + head).
+a 17- and 48-token prefill, the Q8_0 head, and whole decode steps of the real model (fused C step + head),
+also after 1,000 and 2,000 tokens of context.
 
     .venv/bin/python benchmarks/cpu_kernels.py [--threads 1 2] [--repeats 5]
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels.cpu import library
 from kernels.q4_matmul import pack_q4_1, q4_1_matmul
 from kernels.q8_matmul import pack_q8_0, q8_0_matmul
+from model.decoder import DecoderState, default_cache_config
 
 LAYERS, C, INTER, QKV, VOCAB = 30, 576, 1536, 576 + 2 * 192, 49152
 
@@ -94,6 +96,17 @@ def main() -> int:
         steps = [decode() for _ in range(args.repeats)]
         print(f"threads {threads}: embedded model, one decode step (fused layers + head): "
               f"{min(steps) * 1e3:.2f} ms = {1 / min(steps):.1f} tok/s")
+        for context in (1000, 2000):  # the float32 cache read per step grows with the context
+            state = model.init_state(default_cache_config(model.cfg, window=2044))
+            model(state, input_ids=torch.randint(100, 40000, (1, context), generator=g))
+            token = torch.tensor([[300]])
+
+            def step(state: DecoderState = state, token: torch.Tensor = token) -> None:
+                model(state, input_ids=token)
+
+            s = best_of(args.repeats, step)
+            print(f"threads {threads}: embedded model, one decode step after {context} tokens of context: "
+                  f"{s * 1e3:.2f} ms")
     return 0
 
 
