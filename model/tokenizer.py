@@ -136,19 +136,24 @@ class TextTokenizer:
     @classmethod
     def from_gguf_metadata(cls, meta: dict[str, Any], where: str) -> TextTokenizer:
         kind = meta.get("tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise CheckpointError(f"{where}: GGUF tokenizer model {kind!r} is not supported (only 'gpt2' BPE)")
-        pre = meta.get("tokenizer.ggml.pre", "default")
-        if pre not in _PRE_TOKENIZERS:
-            raise CheckpointError(
-                f"{where}: GGUF pre-tokenizer {pre!r} is not supported; known: {', '.join(sorted(_PRE_TOKENIZERS))}"
-            )
         tokens: list[str] = meta["tokenizer.ggml.tokens"]
-        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+        merges = [_pair(m) for m in meta.get("tokenizer.ggml.merges", [])]
         vocab = {t: i for i, t in enumerate(tokens)}
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
-        tok.pre_tokenizer = _PRE_TOKENIZERS[pre]()
-        tok.decoder = decoders.ByteLevel()
+        if kind == "gpt2":
+            pre = meta.get("tokenizer.ggml.pre", "default")
+            if pre not in _PRE_TOKENIZERS:
+                known = ", ".join(sorted(_PRE_TOKENIZERS))
+                raise CheckpointError(f"{where}: GGUF pre-tokenizer {pre!r} is not supported; known: {known}")
+            tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
+            tok.pre_tokenizer = _PRE_TOKENIZERS[pre]()
+            tok.decoder = decoders.ByteLevel()
+            add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+        elif kind == "llama":
+            tok = _sentencepiece_bpe(meta, vocab, merges, where)
+            add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", True))  # llama.cpp's default for these
+        else:
+            raise CheckpointError(f"{where}: GGUF tokenizer model {kind!r} is not supported "
+                                  "('gpt2' byte-level BPE, 'llama' sentencepiece)")
         types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
         # ggml token types: 3 = control (special), 4 = user-defined (added, not special)
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == 3])
@@ -162,8 +167,44 @@ class TextTokenizer:
         return cls(
             tok, meta.get("tokenizer.chat_template"), bos_token=name("tokenizer.ggml.bos_token_id"),
             eos_token=name("tokenizer.ggml.eos_token_id"), eos_token_ids=[eos_id] if eos_id is not None else [],
-            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+            add_bos=add_bos,
         )
+
+
+def _pair(merge: str) -> tuple[str, str]:
+    left, _, right = merge.partition(" ")
+    return left, right
+
+
+def _sentencepiece_bpe(meta: dict[str, Any], vocab: dict[str, int], merges: list[tuple[str, str]],
+                       where: str) -> Tokenizer:
+    """A sentencepiece vocabulary (GGUF `tokenizer.ggml.model` = "llama": Llama 2, Mistral, TinyLlama...) as a
+    BPE over "▁"-for-space text with byte fallback, the way llama.cpp and transformers tokenise it.
+
+    Such files carry token scores instead of merges: every split of a token into two vocabulary pieces is
+    a merge ranked by the token's score, best first (ties: longer left piece, then longer right piece).
+    """
+    tokens = list(vocab)
+    if not merges:
+        scores = meta.get("tokenizer.ggml.scores")
+        if scores is None or len(scores) != len(tokens):
+            raise CheckpointError(f"{where}: a sentencepiece vocabulary needs tokenizer.ggml.scores (one per token)")
+        ranked: list[tuple[str, str, float]] = []
+        for token, score in zip(tokens, scores, strict=True):
+            pairs = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab]
+            pairs.sort(key=lambda p: (vocab[p[0]], vocab[p[1]]))
+            ranked += [(a, b, float(score)) for a, b in pairs]
+        ranked.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+        merges = [(a, b) for a, b, _ in ranked]
+    unk_id = meta.get("tokenizer.ggml.unknown_token_id", 0)
+    unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < len(tokens) else None
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))  # "hi" is "▁hi" unless told otherwise
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first" if prefix else "never",
+                                                 split=False)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence([*steps, decoders.Strip(content=" ", left=1, right=0)] if prefix else steps)
+    return tok
 
 
 def _read_json(path: Path) -> dict[str, Any]:
