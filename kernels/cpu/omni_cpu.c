@@ -12,7 +12,8 @@
  * round half to even) so the dot products run on integers, 16 multiply-adds per AVX2 instruction. Not
  * int8 as llama.cpp does: int8 activations (error up to 0.4% of a block's largest value) measured
  * 0.3-1% relative error per projection on SmolLM2-135M, 3x bfloat16's, and derailed its greedy replies;
- * int16 is 256x finer than int8, below float32 rounding of the sums that matter here.
+ * int16 is 256x finer: 3e-5 relative error per projection, 100x below torch's int4 GEMM with bfloat16
+ * activations.
  * The head (block_q8_0) takes float32 activations unquantised, so logits are exact up to summation order.
  *
  * Every entry point takes `nthreads`; OpenMP binds to the runtime torch already loaded (same soname), so
