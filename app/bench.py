@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from app.lm_args import add_model_arguments, dtype_of
+from app.lm_args import add_model_arguments, apply_threads, dtype_of
 
 PROMPT = "Write a short story about a robot who learns to paint. Describe the colours it discovers."
 
@@ -21,7 +21,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--new-tokens", type=int, default=64, help="tokens to decode per measurement")
     p.add_argument("--repeats", type=int, default=3, help="measurements per engine (best is reported)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
     p.set_defaults(run=run)
 
@@ -92,8 +91,11 @@ def run(args: argparse.Namespace) -> int:
     from model.embedded import default_model_path
     from model.loaders import CheckpointError
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    try:
+        apply_threads(args)
+    except ValueError as e:
+        print(f"omni bench: error: {e}")
+        return 2
     source = args.model or str(default_model_path())
     print(f"model: {source}\ntorch threads: {torch.get_num_threads()}, new tokens: {args.new_tokens}")
     rows: list[tuple[str, dict[str, float]]] = []

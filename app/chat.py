@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from app.lm_args import add_model_arguments, dtype_of
+from app.lm_args import add_model_arguments, apply_threads, dtype_of
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.prompt is not None and not args.prompt.strip():
         print("omni chat: error: --prompt is empty: nothing to answer", file=sys.stderr)
+        return 2
+    try:
+        apply_threads(args)
+    except ValueError as e:
+        print(f"omni chat: error: {e}", file=sys.stderr)
         return 2
     try:
         sampling = SamplingConfig(

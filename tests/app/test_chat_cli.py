@@ -32,6 +32,8 @@ def test_errors_exit_non_zero_with_a_message(tmp_path: Path, capsys: pytest.Capt
     assert "no such file or directory" in capsys.readouterr().err
     assert main(["chat", "--prompt", "  "]) == 2
     assert "--prompt is empty" in capsys.readouterr().err
+    assert main(["chat", "--threads", "-1", "--prompt", "hi"]) == 2
+    assert "--threads must be >= 0" in capsys.readouterr().err
     (tmp_path / "config.json").write_text("{not json")
     assert main(["chat", "--model", str(tmp_path)]) == 1
     assert "config.json" in capsys.readouterr().err
