@@ -81,6 +81,19 @@ def test_partials_arrive_while_speaking_and_chunking_does_not_matter(conversatio
         assert again.recognize(audio, chunk=chunk) == final
 
 
+def test_recognisers_side_by_side_hear_what_they_hear_alone() -> None:
+    """Sessions run their recognisers interleaved on one thread; one must not change another's transcript
+    (pocketsphinx's own dither generator is shared by the process; ours is per recogniser)."""
+    a = spoken("What is the capital of France?", VOICES[0])
+    b = spoken("Tell me a fact about dogs.", VOICES[1])
+    alone = [StreamingRecognizer().recognize(x, chunk=320) for x in (a, b)]
+    r1, r2 = StreamingRecognizer(), StreamingRecognizer()
+    for i in range(0, max(a.size, b.size), 320):
+        r1.push(a[i : i + 320])  # (empty once a clip is over: an empty push is allowed and changes nothing)
+        r2.push(b[i : i + 320])
+    assert [r1.finish(), r2.finish()] == alone
+
+
 def test_int16_and_float_input_agree(conversation: RecognizerConfig) -> None:
     audio = spoken("Tell me about the moon.")
     as_int16 = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
