@@ -18,7 +18,7 @@ from streaming.engines.embedded import EmbeddedEngine
 from tests.app.conftest import StartServer
 from tests.app.rtc_client import RealtimeClient
 from tests.app.test_serve_browser import CHROMIUM, chromium_args
-from tests.model.speech.spoken import spoken
+from tests.model.speech.spoken import spoken_fresh
 from tests.streaming.test_embedded_engine import FRANCE, FRANCE_VOICE  # phrasing the recogniser gets right
 
 
@@ -36,7 +36,7 @@ def engine(smollm: LoadedLM) -> EmbeddedEngine:
 
 @pytest.fixture(scope="module")
 def france48k() -> np.ndarray:
-    x = spoken(FRANCE, FRANCE_VOICE, rate=48000)
+    x = spoken_fresh(FRANCE, FRANCE_VOICE, rate=48000)  # the same samples whatever ran before
     return np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16)
 
 

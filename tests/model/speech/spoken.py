@@ -38,3 +38,26 @@ def spoken(text: str, voice: Voice = VOICES[0], rate: int = 16000) -> np.ndarray
     speech = resample(Synthesizer(voice).synth(text), ESPEAK_SAMPLE_RATE, rate)
     pad = np.zeros(int(PAD_SECONDS * rate), np.float32)
     return np.concatenate([pad, speech, pad])
+
+
+def spoken_fresh(text: str, voice: Voice = VOICES[0], rate: int = 16000) -> np.ndarray:
+    """`spoken`, made in a child process: espeak-ng keeps internal state between syntheses (the same text comes
+    out a few samples longer or shorter after other voices have spoken), so audio made in the test process
+    depends on which tests ran before. A fresh process makes the same samples whatever the test order."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "speech.npy"
+        code = (
+            "import sys, numpy as np; from model.speech.tts import Voice; "
+            "from tests.model.speech.spoken import spoken; "
+            "np.save(sys.argv[1], spoken(sys.argv[2], Voice(sys.argv[3], rate=int(sys.argv[4])), int(sys.argv[5])))"
+        )
+        root = str(Path(__file__).resolve().parents[3])
+        subprocess.run([sys.executable, "-c", code, str(out), text, voice.name, str(voice.rate), str(rate)],
+                       check=True, cwd=root, env={**os.environ, "PYTHONPATH": root})
+        return np.load(out)
