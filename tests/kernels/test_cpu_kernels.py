@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
-from kernels.cpu import Library
+from kernels.cpu import _BASE_FLAGS, KernelBuildError, Library, _compile
 from kernels.q4_matmul import (
     pack_q4_1,
     q4_1_matmul,
@@ -96,3 +99,47 @@ def test_bad_shapes_are_refused(lib: Library) -> None:
         q4_1_matmul(lib, blocks, 64, torch.zeros(1, 32))
     with pytest.raises(ValueError, match="K % 32"):
         pack_q4_1(torch.zeros(4, 40, dtype=torch.uint8), torch.ones(4, 1), torch.zeros(4, 1))
+
+
+def test_portable_build_without_simd_matches_too(tmp_path: Path) -> None:
+    """CPUs without AVX2/FMA/F16C (and other architectures) get the C file's plain loops: build that variant
+    (no -march=native) and check it against the same references."""
+    out = tmp_path / "omni_cpu_portable.so"
+    try:
+        _compile(os.environ.get("CC") or "cc", _BASE_FLAGS, out)
+    except KernelBuildError as e:
+        pytest.skip(f"no C compiler here: {e}")
+    portable = Library(out)
+    if portable.simd:
+        pytest.skip("this compiler enables AVX2, FMA and F16C by default: no portable variant to test")
+    g = torch.Generator().manual_seed(5)
+    N, K, T = 40, 96, 5
+    blocks = pack_q4_1(torch.randint(0, 16, (N, K), dtype=torch.uint8, generator=g),
+                       torch.rand(N, K // 32, generator=g) * 0.05, -torch.rand(N, K // 32, generator=g) * 0.4)
+    x = torch.randn(T, K, generator=g) * torch.logspace(-2, 2, K)
+    q, d = quantize_q16_act(portable, x)
+    rq, rd = quantize_q16_act_reference(x)
+    assert torch.equal(d, rd) and torch.equal(q, rq)
+    bias = torch.randn(N, generator=g)
+    assert _rel(q4_1_matmul(portable, blocks, K, x, bias), q4_1_matmul_reference(blocks, K, x, bias)) < 2e-6
+    head = pack_q8_0(torch.randn(N, K, generator=g))
+    assert _rel(q8_0_matmul(portable, head, K, x), q8_0_matmul_reference(head, K, x)) < 2e-6
+    # and whole decode steps on the plain loops (RMSNorm, rotary, attention, SiLU) against the per-layer path
+    from model.kv_cache import CacheConfig
+    from tests.kernels.test_decode_step import CONFIGS, _random_q4_model
+
+    model = _random_q4_model(CONFIGS["qwen2-bias-mrope"], seed=7)
+    assert model.enable_fused_decode(portable)
+    fused = model._fused
+    cache = CacheConfig(sinks=2, window=9, chunk=4)
+    a, b = model.init_state(cache), model.init_state(cache)
+    ids = torch.randint(0, 80, (1, 16), generator=g)
+    model(a, input_ids=ids[:, :4])
+    model(b, input_ids=ids[:, :4])
+    for i in range(4, 16):  # past the wrap at 11 tokens
+        la = model(a, input_ids=ids[:, i : i + 1]).logits
+        model._fused = None
+        lb = model(b, input_ids=ids[:, i : i + 1]).logits
+        model._fused = fused
+        assert la is not None and lb is not None
+        assert _rel(la, lb) < 2e-4  # as for the SIMD build (tests/kernels/test_decode_step.py)
