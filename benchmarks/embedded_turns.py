@@ -33,24 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model.sampling import SamplingConfig
 from model.speech.asr import SAMPLE_RATE
 from model.speech.resample import resample
-from model.speech.tts import ESPEAK_SAMPLE_RATE, Synthesizer, Voice
+from model.speech.tts import ESPEAK_SAMPLE_RATE, Synthesizer
 from model.speech.wer import corpus_wer
 from streaming.engine import AudioChunk, ReplyDone, TranscriptDelta
 from streaming.engines.embedded import EmbeddedEngine
+from tests.model.speech.spoken import HELD_OUT, IN_DOMAIN, VOICES
 
 QUESTIONS = (
-    "What is the capital of France?",
-    "Can you tell me a joke?",
-    "Tell me about the moon.",
-    "How many days are in a week?",
-    "Who wrote Romeo and Juliet?",
-    "What is the biggest animal in the world?",
-    "Why is the ocean salty?",
-    "How do airplanes fly?",
-    "What do elephants eat?",
-    "Can you recommend a good movie?",
-    "How far is the nearest star?",
-    "Where do penguins live?",
+    *IN_DOMAIN,
+    *HELD_OUT,
     "What is the weather like today?",
     "Why is the sky blue?",
     "Who was Einstein?",
@@ -60,7 +51,6 @@ QUESTIONS = (
     "What is your name?",
     "How are you today?",
 )
-VOICES = (Voice("en-us", rate=175), Voice("en-us+m3", rate=150))
 FRAME = 320  # 20 ms at 16 kHz
 PAD = 0.3  # s of silence around each question: a VAD's pre-roll and hang-over
 

@@ -40,6 +40,12 @@ def unpack_q4_1(blocks: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tenso
     return q, dm[..., 0], dm[..., 1]
 
 
+def dequantize_q4_1(blocks: torch.Tensor, K: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Blocks [N, K/32 * 20] -> the weight [N, K] in `dtype` (w = d * q + m per group of 32)."""
+    q, d, m = unpack_q4_1(blocks, K)
+    return (q.to(dtype).view(q.shape[0], -1, QK) * d.to(dtype)[..., None] + m.to(dtype)[..., None]).view(q.shape)
+
+
 def quantize_q16_act_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [T, K] float32 -> (q [T, K] int16, scale [T, K/32] float32): x ~= scale * q per block of 32."""
     T, K = x.shape
@@ -53,8 +59,7 @@ def quantize_q16_act_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def q4_1_matmul_reference(blocks: torch.Tensor, K: int, x: torch.Tensor, bias: torch.Tensor | None = None
                           ) -> torch.Tensor:
     """What `q4_1_matmul` computes, in float64 torch ops: [T, K] -> [T, N] float32."""
-    q, d, m = unpack_q4_1(blocks, K)
-    w = (q.double().view(q.shape[0], -1, QK) * d.double()[..., None] + m.double()[..., None]).reshape(q.shape)
+    w = dequantize_q4_1(blocks, K, torch.float64)
     xq, xd = quantize_q16_act_reference(x)
     xs = (xq.double().view(x.shape[0], -1, QK) * xd.double()[..., None]).reshape(x.shape)
     y = xs @ w.T

@@ -85,6 +85,10 @@ class ChatSession:
     def _prompt_ids(self) -> list[int]:
         text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=True)
         suffix = self._unfed(text)
+        if suffix is None and self._before_turn is not None:  # a turn prefilled for another text: undo it
+            self.drop_prefilled_turn()
+            suffix = self._unfed(text)
+        self._before_turn = None  # a turn prefilled for this text is kept, as part of the reply's prompt
         if suffix is None:  # the template rewrote earlier turns: start the cache over
             self.state.reset()
             self.sampler.seen.zero_()
@@ -147,11 +151,6 @@ class ChatSession:
         if not user_text.strip():
             raise ValueError("empty message: nothing to answer")
         self.messages.append({"role": "user", "content": user_text})
-        if self._before_turn is not None:  # a turn prefilled for this text is kept; one for another is undone
-            text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=True)
-            if self._unfed(text) is None:
-                self.drop_prefilled_turn()
-            self._before_turn = None
         t0 = time.perf_counter()
         ids = self._prompt_ids()
         logits = self._feed(ids)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kernels.cpu import Library
-from kernels.q4_matmul import q4_1_matmul, unpack_q4_1
+from kernels.q4_matmul import dequantize_q4_1, q4_1_matmul
 
 GROUP = 32
 _BLOCK_N = 32  # rows per block of torch's CPU int4 packing
@@ -109,5 +109,4 @@ class Q4Linear(nn.Module):
 
     def dequantized(self) -> torch.Tensor:
         """The effective weight [N, K] in float32 (for tests)."""
-        q, d, m = unpack_q4_1(self.blocks, self.in_features)
-        return (q.float().view(self.out_features, -1, GROUP) * d[..., None] + m[..., None]).view(q.shape)
+        return dequantize_q4_1(self.blocks, self.in_features)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.cpu import library
-from kernels.q4_matmul import unpack_q4_1
+from kernels.q4_matmul import dequantize_q4_1, unpack_q4_1
 from model.config import DecoderConfig
 from model.decoder import DecoderLM
 from model.errors import CheckpointError
@@ -37,8 +37,7 @@ class Q4Weight:
         return unpack_q4_1(self.blocks, self.in_features)
 
     def dense(self) -> torch.Tensor:
-        q, d, m = self.components()
-        return (q.float().view(q.shape[0], -1, 32) * d[..., None] + m[..., None]).view(q.shape)
+        return dequantize_q4_1(self.blocks, self.in_features)
 
     def map_rows(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Q4Weight:
         """The weight with its rows rearranged by `fn` (which must treat dim 0 as rows only)."""
