@@ -88,7 +88,7 @@ def _transformers(args: argparse.Namespace, source: str) -> dict[str, float] | N
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.embedded import default_model_path
+    from model.embedded.packaged import default_model_path
     from model.loaders import CheckpointError
 
     try:

@@ -22,10 +22,10 @@ from app.lm_args import add_model_arguments, apply_threads, dtype_of
 if TYPE_CHECKING:
     import torch
 
-    from model.generate import ChatSession
+    from model.lm.chat_session import ChatSession
+    from model.lm.sampling import SamplingConfig
     from model.loaders.omni import LoadedThinker
-    from model.sampling import SamplingConfig
-    from model.thinker import ThinkerSession
+    from model.thinker_session import ThinkerSession
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,10 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.decoder import default_cache_config
-    from model.generate import ChatSession
+    from model.lm.chat_session import ChatSession
+    from model.lm.decoder import default_cache_config
+    from model.lm.sampling import SamplingConfig
     from model.loaders import CheckpointError, load_lm
-    from model.sampling import SamplingConfig
 
     if args.prompt is not None and not args.prompt.strip():
         print("omni chat: error: --prompt is empty: nothing to answer", file=sys.stderr)
@@ -165,11 +165,11 @@ def _wants_omni(args: argparse.Namespace) -> bool:
 
 
 def _run_omni(args: argparse.Namespace, sampling: SamplingConfig, interactive: bool) -> int:
-    from model.audio_frontend import AudioInputError
+    from model.encoders.audio_frontend import AudioInputError
+    from model.encoders.vision_preprocess import VisionInputError
     from model.loaders import CheckpointError
     from model.loaders.omni import load_thinker
-    from model.thinker import ThinkerSession
-    from model.vision_preprocess import VisionInputError
+    from model.thinker_session import ThinkerSession
     from model.voices import UnknownVoiceError
 
     speaker: _Speaker | None = None
@@ -293,8 +293,8 @@ class _MediaTurn:
         if self.done:
             return
         self.done = True
-        from model.audio_frontend import load_audio
-        from model.vision_preprocess import load_video, resize_and_normalize, video_frame_size
+        from model.encoders.audio_frontend import load_audio
+        from model.encoders.vision_preprocess import load_video, resize_and_normalize, video_frame_size
 
         th, pre = self.loaded.model, self.loaded.vision_preprocess
         if self.args.image:
@@ -327,7 +327,7 @@ def _load_image(path: str) -> torch.Tensor:
     import numpy as np
     import torch
 
-    from model.vision_preprocess import VisionInputError
+    from model.encoders.vision_preprocess import VisionInputError
 
     try:
         with av.open(path) as container:
@@ -338,7 +338,7 @@ def _load_image(path: str) -> torch.Tensor:
 
 
 def _omni_answer(session: ThinkerSession, loaded: LoadedThinker, text: str, sampling: SamplingConfig) -> None:
-    from model.detokenizer import IncrementalDetokenizer
+    from model.lm.detokenizer import IncrementalDetokenizer
 
     session.add_text(text)
     session.end_user_turn()

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/asr_wer.py [-v]
 
-Prints numbers; asserts nothing (tests/model/speech/test_asr.py holds the bounds). One recogniser per LM is
+Prints numbers; asserts nothing (tests/model/embedded/test_asr.py holds the bounds). One recogniser per LM is
 shared by all the utterances, as in a session; espeak-ng varies slightly from run to run.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.speech.asr import RecognizerConfig, StreamingRecognizer
-from model.speech.conversation_lm import conversation_lm_path
-from model.speech.wer import corpus_wer
-from tests.model.speech.spoken import HELD_OUT, IN_DOMAIN, VOICES, spoken
+from model.embedded.asr import RecognizerConfig, StreamingRecognizer
+from model.embedded.conversation_lm import conversation_lm_path
+from model.embedded.wer import corpus_wer
+from tests.model.embedded.spoken import HELD_OUT, IN_DOMAIN, VOICES, spoken
 
 
 def main() -> int:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels.cpu import library
 from kernels.q4_matmul import pack_q4_1, q4_1_matmul
 from kernels.q8_matmul import pack_q8_0, q8_0_matmul
-from model.decoder import DecoderState, default_cache_config
+from model.lm.decoder import DecoderState, default_cache_config
 
 LAYERS, C, INTER, QKV, VOCAB = 30, 576, 1536, 576 + 2 * 192, 49152
 

@@ -30,14 +30,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.sampling import SamplingConfig
-from model.speech.asr import SAMPLE_RATE
-from model.speech.resample import resample
-from model.speech.tts import ESPEAK_SAMPLE_RATE, Synthesizer
-from model.speech.wer import corpus_wer
+from model.embedded.asr import SAMPLE_RATE
+from model.embedded.resample import resample
+from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer
+from model.embedded.wer import corpus_wer
+from model.lm.sampling import SamplingConfig
 from streaming.engine import AudioChunk, ReplyDone, TranscriptDelta
 from streaming.engines.embedded import EmbeddedEngine
-from tests.model.speech.spoken import HELD_OUT, IN_DOMAIN, VOICES
+from tests.model.embedded.spoken import HELD_OUT, IN_DOMAIN, VOICES
 
 QUESTIONS = (
     *IN_DOMAIN,

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.loaders import load_lm
 from streaming.engines.embedded import DEFAULT_SYSTEM_PROMPT
-from tests.model.speech.spoken import HELD_OUT, IN_DOMAIN
+from tests.model.embedded.spoken import HELD_OUT, IN_DOMAIN
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.config import DecoderConfig
+from model.lm.config import DecoderConfig
 from model.talker import Talker, TalkerConfig, TalkerTextEmbeds
 from model.token2wav import SAMPLE_RATE, BigVGANConfig, DiTConfig, Token2Wav, Token2WavConfig
 from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav

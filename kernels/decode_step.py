@@ -2,11 +2,11 @@
 
 Per layer: RMSNorm -> q/k/v (Q4_1 blocks, optional bias) -> rotary on q and k -> k, v written into the
 session's cache slot -> grouped-query attention over the valid slots with an additive mask (sinks scored
-by a query rotated to a shifted position once the cache has wrapped, see model/kv_cache.py) -> o_proj
+by a query rotated to a shifted position once the cache has wrapped, see model/lm/kv_cache.py) -> o_proj
 added to the residual -> RMSNorm -> gate/up -> SiLU(gate) * up -> down added to the residual; then the
 final RMSNorm. All in float32 apart from the 4-bit weights and the int8 activations entering them.
 
-The eager reference is the model's own torch path (model/decoder.py) with its projections computed by
+The eager reference is the model's own torch path (model/lm/decoder.py) with its projections computed by
 `kernels.q4_matmul.q4_1_matmul_reference`; tests/kernels compares the two.
 """
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from model.lm.tokenizer import TextTokenizer
 from model.tmrope import MultimodalTokenIds, TMRoPEConfig, audio_in_video_layout
-from model.tokenizer import TextTokenizer
 
 SPEECH_SYSTEM_PROMPT = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory "

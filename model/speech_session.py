@@ -19,17 +19,18 @@ from typing import cast
 
 import torch
 
-from model.detokenizer import IncrementalDetokenizer
-from model.kv_cache import CacheConfig
+from model.lm.detokenizer import IncrementalDetokenizer
+from model.lm.kv_cache import CacheConfig
+from model.lm.sampling import SamplingConfig
+from model.lm.tokenizer import TextTokenizer
 from model.loaders.talker_weights import SpeechModels
 from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
-from model.sampling import SamplingConfig
 from model.talker import TalkerState, TalkerTextEmbeds
-from model.thinker import Thinker, ThinkerSession
+from model.thinker import Thinker
+from model.thinker_session import ThinkerSession
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav, Token2WavState
-from model.tokenizer import TextTokenizer
 
 
 @dataclass

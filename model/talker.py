@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.config import ConfigError, DecoderConfig
-from model.decoder import DecoderLM, DecoderState
-from model.kv_cache import CacheConfig
-from model.sampling import SamplerState, SamplingConfig, sample
+from model.lm.config import ConfigError, DecoderConfig
+from model.lm.decoder import DecoderLM, DecoderState
+from model.lm.kv_cache import CacheConfig
+from model.lm.sampling import SamplerState, SamplingConfig, sample
 
 
 @dataclass

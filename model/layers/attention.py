@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.kv_cache import AttentionPlan, KVCache
 from model.layers.rope import apply_folded_rope
+from model.lm.kv_cache import AttentionPlan, KVCache
 
 
 class Attention(nn.Module):

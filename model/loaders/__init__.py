@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from model.decoder import DecoderLM
 from model.errors import CheckpointError
-from model.tokenizer import TextTokenizer
+from model.lm.decoder import DecoderLM
+from model.lm.tokenizer import TextTokenizer
 
 __all__ = ["CheckpointError", "LoadedLM", "load_lm"]
 
@@ -37,7 +37,7 @@ def load_lm(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | Non
     SmolLM2-135M's greedy replies derail; float32 costs little at its size).
     Elsewhere it means bfloat16. An explicit dtype expands every GGUF weight to it (float32 for exact tests).
     """
-    from model.embedded import default_model_path
+    from model.embedded.packaged import default_model_path
     from model.loaders.gguf_file import GGUFFile
     from model.loaders.gguf_loader import load_gguf_decoder
     from model.loaders.hf import load_hf_decoder

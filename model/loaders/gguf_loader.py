@@ -10,9 +10,9 @@ import torch
 from tqdm import tqdm
 
 from kernels.cpu import library
-from model.config import ConfigError, DecoderConfig
-from model.decoder import DecoderLM
 from model.errors import CheckpointError
+from model.lm.config import ConfigError, DecoderConfig
+from model.lm.decoder import DecoderLM
 from model.loaders.gguf_file import GGUFFile
 from model.loaders.gguf_quants import Q4_TYPES, q4_1_blocks
 from model.loaders.weights import Q4Weight, Weight, build_decoder, expected_shapes

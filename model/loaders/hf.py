@@ -14,9 +14,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
-from model.config import ConfigError, DecoderConfig
-from model.decoder import DecoderLM
 from model.errors import CheckpointError
+from model.lm.config import ConfigError, DecoderConfig
+from model.lm.decoder import DecoderLM
 from model.loaders.weights import build_decoder, expected_shapes
 
 

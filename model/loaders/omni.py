@@ -18,16 +18,16 @@ from typing import Any
 
 import torch
 
-from model.audio_encoder import sinusoid_table
-from model.audio_frontend import LogMel
-from model.config import ConfigError
+from model.encoders.audio_encoder import sinusoid_table
+from model.encoders.audio_frontend import LogMel
+from model.encoders.vision_preprocess import VisionPreprocessConfig
 from model.errors import CheckpointError
+from model.lm.config import ConfigError
+from model.lm.tokenizer import TextTokenizer
 from model.loaders.hf import SafetensorsIndex, read_config
 from model.loaders.weights import build_decoder
 from model.prompt import PromptBuilder
 from model.thinker import Thinker, ThinkerConfig
-from model.tokenizer import TextTokenizer
-from model.vision_preprocess import VisionPreprocessConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Whisper front-end values the Thinker was trained with (shared/reference/qwen_omni.md section 1.2).

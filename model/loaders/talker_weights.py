@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from model.config import ConfigError
-from model.decoder import DecoderLM
-from model.encoder_weights import load_encoder_state_dict
+from model.encoders.weights import load_encoder_state_dict
 from model.errors import CheckpointError
+from model.lm.config import ConfigError
+from model.lm.decoder import DecoderLM
 from model.loaders.hf import SafetensorsIndex, read_config
 from model.loaders.weights import build_decoder
 from model.talker import Talker, TalkerConfig

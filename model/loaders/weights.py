@@ -14,11 +14,11 @@ import torch
 
 from kernels.cpu import library
 from kernels.q4_matmul import dequantize_q4_1, unpack_q4_1
-from model.config import DecoderConfig
-from model.decoder import DecoderLM
 from model.errors import CheckpointError
 from model.layers.int4_linear import Int4Linear, Q4Linear
 from model.layers.rope import rope_inv_freq
+from model.lm.config import DecoderConfig
+from model.lm.decoder import DecoderLM
 
 
 @dataclass

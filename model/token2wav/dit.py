@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import ConfigError
+from model.lm.config import ConfigError
 from model.token2wav.ecapa import ECAPATDNN
 
 

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.decoder import default_cache_config
-from model.generate import ChatSession
+from model.embedded.asr import RecognizerConfig, StreamingRecognizer
+from model.embedded.conversation_lm import conversation_lm_path
+from model.embedded.phrases import PhraseSplitter, speakable
+from model.embedded.resample import StreamingResampler
+from model.embedded.tts import Synthesizer, Voice
+from model.lm.chat_session import ChatSession
+from model.lm.decoder import default_cache_config
+from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
-from model.sampling import SamplingConfig
-from model.speech.asr import RecognizerConfig, StreamingRecognizer
-from model.speech.conversation_lm import conversation_lm_path
-from model.speech.phrases import PhraseSplitter, speakable
-from model.speech.resample import StreamingResampler
-from model.speech.tts import Synthesizer, Voice
 from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta, TranscriptDelta
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "EmbeddedEngine", "EmbeddedSession"]
@@ -119,7 +119,7 @@ class EmbeddedEngine:
         self.sampling = sampling
         self.cache = default_cache_config(self.lm.model.cfg, window=window)
         # Default: the conversational-question LM (general en-us words as its fallback unigrams); on spoken
-        # questions it has a third to a half of the general LM's word errors (tests/model/speech/test_asr.py).
+        # questions it has a third to a half of the general LM's word errors (tests/model/embedded/test_asr.py).
         self.recognizer_config = recognizer or RecognizerConfig(lm=str(conversation_lm_path()))
         # The cepstral mean the last finished utterance of any session left: new sessions start from it
         # instead of pocketsphinx's generic one, which is far from real input (shifts of 7-9 over a session's

@@ -37,18 +37,18 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from model.decoder import default_cache_config
+from model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
 from model.errors import CheckpointError
+from model.lm.decoder import default_cache_config
+from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
 from model.prompt import SPEECH_SYSTEM_PROMPT
-from model.sampling import SamplingConfig
 from model.speech_session import AudioOut, ReplyEnd, SessionMark, SpeakingSession, SpeechSettings
 from model.speech_session import TextDelta as SpeechTextDelta
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import StreamingSchedule
-from model.vision_preprocess import resize_and_normalize, video_frame_size
 from model.voices import UnknownVoiceError
 from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from model.config import DecoderConfig
-from model.decoder import DecoderLM, DecoderState
-from model.kv_cache import CacheConfig
-from model.sampling import SamplerState, SamplingConfig, sample
+from model.lm.config import DecoderConfig
+from model.lm.decoder import DecoderLM, DecoderState
+from model.lm.kv_cache import CacheConfig
+from model.lm.sampling import SamplerState, SamplingConfig, sample
 from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta, TranscriptDelta
 from streaming.testing import word_tone
 

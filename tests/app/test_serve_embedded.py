@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
-from model.sampling import SamplingConfig
 from streaming.engines.embedded import EmbeddedEngine
 from tests.app.conftest import StartServer
 from tests.app.rtc_client import RealtimeClient
 from tests.app.test_serve_browser import CHROMIUM, chromium_args
-from tests.model.speech.spoken import spoken_fresh
+from tests.model.embedded.spoken import spoken_fresh
 from tests.streaming.test_embedded_engine import FRANCE, FRANCE_VOICE  # phrasing the recogniser gets right
 
 

@@ -125,7 +125,7 @@ def test_portable_build_without_simd_matches_too(tmp_path: Path) -> None:
     head = pack_q8_0(torch.randn(N, K, generator=g))
     assert _rel(q8_0_matmul(portable, head, K, x), q8_0_matmul_reference(head, K, x)) < 2e-6
     # and whole decode steps on the plain loops (RMSNorm, rotary, attention, SiLU) against the per-layer path
-    from model.kv_cache import CacheConfig
+    from model.lm.kv_cache import CacheConfig
     from tests.kernels.test_decode_step import CONFIGS, _random_q4_model
 
     model = _random_q4_model(CONFIGS["qwen2-bias-mrope"], seed=7)

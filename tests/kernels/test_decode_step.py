@@ -13,9 +13,9 @@ import torch
 
 from kernels.cpu import Library
 from kernels.q4_matmul import pack_q4_1
-from model.config import DecoderConfig
-from model.decoder import DecoderLM
-from model.kv_cache import CacheConfig
+from model.lm.config import DecoderConfig
+from model.lm.decoder import DecoderLM
+from model.lm.kv_cache import CacheConfig
 from model.loaders.weights import Q4Weight, Weight, build_decoder, expected_shapes
 
 

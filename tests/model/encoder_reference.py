@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.encoder_config import AudioEncoderConfig, VisionEncoderConfig
+from model.encoders.config import AudioEncoderConfig, VisionEncoderConfig
 
 
 def randomize_(module: nn.Module, seed: int = 0) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.audio_encoder import AudioEncoder
-from model.audio_frontend import AudioInputError
-from model.encoder_config import AudioEncoderConfig, audio_token_count
+from model.encoders.audio_encoder import AudioEncoder
+from model.encoders.audio_frontend import AudioInputError
+from model.encoders.config import AudioEncoderConfig, audio_token_count
 from model.errors import CheckpointError
 from tests.model.encoder_reference import hf_audio_encoder, rel_err
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.kv_cache import CacheConfig
+from model.lm.kv_cache import CacheConfig
 from model.loaders.hf import load_hf_decoder
 from tests.model.tiny_hf import make_tiny_hf
 

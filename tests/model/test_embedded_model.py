@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from kernels.cpu import library
-from model.embedded import default_model_path
-from model.generate import ChatSession
+from model.embedded.packaged import default_model_path
 from model.layers.int4_linear import Int4Linear, Q4Linear
+from model.lm.chat_session import ChatSession
 from model.loaders import load_lm
 
 PROMPTS = [

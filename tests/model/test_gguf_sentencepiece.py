@@ -10,8 +10,8 @@ import pytest
 from gguf import GGUFWriter
 
 from model.errors import CheckpointError
+from model.lm.tokenizer import TextTokenizer
 from model.loaders.gguf_file import GGUFFile
-from model.tokenizer import TextTokenizer
 
 TEXTS = [
     "What is the capital of France?",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from model.config import DecoderConfig
-from model.decoder import DecoderLM
-from model.kv_cache import CacheConfig
 from model.layers.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from model.lm.config import DecoderConfig
+from model.lm.decoder import DecoderLM
+from model.lm.kv_cache import CacheConfig
 
 
 def _model(layers: int = 2, mrope: bool = False) -> DecoderLM:

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 
+from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
 from model.prompt import SPEECH_SYSTEM_PROMPT
-from model.sampling import SamplingConfig
 from model.speech_session import AudioOut, ReplyEnd, SpeakingSession, SpeechSettings, TextDelta
 from model.voices import Voice, VoiceBank
 from tests.model.omni_tiny import IDS, SPECIALS, save_tiny_omni

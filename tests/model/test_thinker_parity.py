@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.audio_frontend import AudioInputError
+from model.encoders.audio_frontend import AudioInputError
+from model.encoders.vision_preprocess import VisionInputError, patchify
 from model.errors import CheckpointError
 from model.loaders.omni import LoadedThinker, load_thinker
-from model.thinker import ThinkerSession, VideoInput
-from model.vision_preprocess import VisionInputError, patchify
+from model.thinker import VideoInput
+from model.thinker_session import ThinkerSession
 from tests.model.encoder_reference import rel_err
 from tests.model.omni_tiny import save_tiny_omni
 
@@ -200,7 +201,7 @@ def test_live_video_with_audio_interleave(tiny: tuple[Any, LoadedThinker, Path],
 
 def test_generation_continues_positions_across_turns(tiny: tuple[Any, LoadedThinker, Path]) -> None:
     ref, loaded, _ = tiny
-    from model.sampling import SamplingConfig
+    from model.lm.sampling import SamplingConfig
 
     s = ThinkerSession(loaded.model, loaded.prompt)
     mel = mel_of(loaded, 1.1, 10)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoder_config import audio_token_count
+from model.encoders.config import audio_token_count
 from model.tmrope import (
     MultimodalTokenIds,
     PositionCursor,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.encoder_config import VisionEncoderConfig
+from model.encoders.config import VisionEncoderConfig
+from model.encoders.vision_encoder import VisionEncoder
+from model.encoders.vision_preprocess import VisionInputError, patchify
 from model.errors import CheckpointError
-from model.vision_encoder import VisionEncoder
-from model.vision_preprocess import VisionInputError, patchify
 from tests.model.encoder_reference import hf_vision_encoder, rel_err
 
 # fp32; the reference permutes tokens into window order and attends per window, we gather padded

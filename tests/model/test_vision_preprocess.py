@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoder_config import VisionEncoderConfig
-from model.vision_preprocess import (
+from model.encoders.config import VisionEncoderConfig
+from model.encoders.vision_preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     VisionInputError,

@@ -8,18 +8,18 @@ from collections.abc import Generator
 import numpy as np
 import pytest
 
+from model.embedded.asr import RecognizerConfig, StreamingRecognizer
+from model.embedded.resample import StreamingResampler, resample
+from model.embedded.tts import TTSError, Voice
+from model.embedded.wer import word_errors
+from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
-from model.sampling import SamplingConfig
-from model.speech.asr import RecognizerConfig, StreamingRecognizer
-from model.speech.resample import StreamingResampler, resample
-from model.speech.tts import TTSError, Voice
-from model.speech.wer import word_errors
 from streaming.engine import AudioChunk, Engine, EngineEvent, EngineSession, ReplyDone, TextDelta, TranscriptDelta
 from streaming.engines.embedded import REALTIME_VOICES, EmbeddedEngine, EmbeddedSession, as_sentence
-from tests.model.speech.spoken import spoken
+from tests.model.embedded.spoken import spoken
 
 # espeak-ng's en-us voice at 150 words per minute: the recogniser gets this phrasing right on a fresh session
-# in every run we made (see tests/model/speech/test_asr.py); slower rates and the +m3 variant lose "capital".
+# in every run we made (see tests/model/embedded/test_asr.py); slower rates and the +m3 variant lose "capital".
 FRANCE = "What is the capital of France?"
 FRANCE_VOICE = Voice("en-us", rate=150)
 

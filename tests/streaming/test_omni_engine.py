@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from app.serve import make_engine
+from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
-from model.sampling import SamplingConfig
 from model.speech_session import ReplyEnd, SpeakingSession, SpeechSettings
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import StreamingSchedule

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from model.speech.tts import ESPEAK_SAMPLE_RATE, Synthesizer, TTSError, Voice, list_voices
+from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer, TTSError, Voice, list_voices
 
 TEXT = "Hello, this is a test of the streaming omni assistant. Can you hear me clearly?"
 

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.encoder_config import VisionEncoderConfig
-from model.encoder_weights import load_encoder_state_dict
+from model.encoders.config import VisionEncoderConfig
+from model.encoders.vision_preprocess import VisionInputError, patchify
+from model.encoders.weights import load_encoder_state_dict
 from model.layers.norm import RMSNorm
-from model.vision_preprocess import VisionInputError, patchify
 
 
 @dataclass

@@ -6,7 +6,7 @@ recent tokens and emits only text that is complete (no trailing U+FFFD replaceme
 
 from __future__ import annotations
 
-from model.tokenizer import TextTokenizer
+from model.lm.tokenizer import TextTokenizer
 
 
 class IncrementalDetokenizer:

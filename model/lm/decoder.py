@@ -16,12 +16,12 @@ from torch import nn
 from kernels.cpu import Library
 from kernels.decode_step import DecodeStep, LayerWeights
 from kernels.q8_matmul import pack_q8_0, q8_0_matmul
-from model.config import DecoderConfig
-from model.kv_cache import CacheConfig, KVCache
 from model.layers.attention import Attention
 from model.layers.int4_linear import Q4Linear
 from model.layers.norm import RMSNorm
 from model.layers.rope import fold_rope, rope_cos_sin, rope_inv_freq
+from model.lm.config import DecoderConfig
+from model.lm.kv_cache import CacheConfig, KVCache
 
 
 @dataclass

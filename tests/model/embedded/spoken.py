@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.speech.resample import resample
-from model.speech.tts import ESPEAK_SAMPLE_RATE, Synthesizer, Voice
+from model.embedded.resample import resample
+from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer, Voice
 
 # 0.3 s of silence each side: what a VAD's pre-roll and hang-over leave around an utterance.
 PAD_SECONDS = 0.3
@@ -53,8 +53,8 @@ def spoken_fresh(text: str, voice: Voice = VOICES[0], rate: int = 16000) -> np.n
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "speech.npy"
         code = (
-            "import sys, numpy as np; from model.speech.tts import Voice; "
-            "from tests.model.speech.spoken import spoken; "
+            "import sys, numpy as np; from model.embedded.tts import Voice; "
+            "from tests.model.embedded.spoken import spoken; "
             "np.save(sys.argv[1], spoken(sys.argv[2], Voice(sys.argv[3], rate=int(sys.argv[4])), int(sys.argv[5])))"
         )
         root = str(Path(__file__).resolve().parents[3])

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from model.config import ConfigError
+from model.lm.config import ConfigError
 
 _C = TypeVar("_C", "AudioEncoderConfig", "VisionEncoderConfig")
 

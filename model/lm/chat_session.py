@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from model.detokenizer import IncrementalDetokenizer
-from model.kv_cache import CacheConfig
+from model.lm.detokenizer import IncrementalDetokenizer
+from model.lm.kv_cache import CacheConfig
+from model.lm.sampling import SamplerState, SamplingConfig, sample
+from model.lm.tokenizer import Message
 from model.loaders import LoadedLM
-from model.sampling import SamplerState, SamplingConfig, sample
-from model.tokenizer import Message
 
 __all__ = ["ChatSession", "ReplyStats"]
 

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.audio_frontend import AudioInputError
-from model.encoder_config import AudioEncoderConfig, audio_token_count
-from model.encoder_weights import load_encoder_state_dict
+from model.encoders.audio_frontend import AudioInputError
+from model.encoders.config import AudioEncoderConfig, audio_token_count
+from model.encoders.weights import load_encoder_state_dict
 
 
 def sinusoid_table(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:

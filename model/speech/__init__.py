@@ -1,1 +1,0 @@
-"""Packaged speech parts of the embedded default: recognition, synthesis, scoring."""

@@ -1,0 +1,308 @@
+"""One conversation with the Thinker, prefilled piece by piece while the user is still talking.
+
+`ThinkerSession` owns the per-session state (bounded KV cache, TMRoPE cursor, encoder streaming states) and
+feeds each completed piece into the cache at once: a completed 2-s audio block (50 tokens), a completed
+temporal patch of video (2 frames = 1 s), text. Because every piece's positions depend only on what came
+before, the cache then holds exactly what `Thinker.prompt_logits` computes for the whole prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from model.encoders.audio_encoder import AudioEncoderState
+from model.encoders.audio_frontend import LogMelState
+from model.encoders.vision_encoder import VisionEncoderState
+from model.encoders.vision_preprocess import VisionInputError
+from model.lm.decoder import DecoderState
+from model.lm.kv_cache import CacheConfig
+from model.lm.sampling import SamplerState, SamplingConfig, sample
+from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
+from model.thinker import Thinker
+from model.tmrope import PositionCursor, StreamingVideoPositions, flat_positions, patch_time_offsets
+
+
+@dataclass
+class _AVStream:
+    """One live video-with-audio segment: encoded pieces waiting for their turn in the 2-s interleave."""
+
+    video: StreamingVideoPositions
+    audio_start: int
+    grid_hw: tuple[int, int]
+    video_queue: list[tuple[int, torch.Tensor]]  # (chunk index, tokens of one temporal patch)
+    audio_queue: list[torch.Tensor]  # tokens of audio chunk len(sent) + i
+    audio_sent: int = 0  # audio tokens prefilled so far
+    chunk: int = 0  # the chunk being laid out
+    phase: str = "video"  # which half of `chunk` is being laid out
+    cuts: int = 0  # chunk index of the last encoded video patch
+    video_done: bool = False
+    audio_done: bool = False
+
+
+class ThinkerSession:
+    """One conversation with the Thinker: bounded KV cache, TMRoPE cursor, encoder streaming states.
+
+    Typical turn: `start_user_turn()`, then any of `add_text`, `begin_audio`/`push_audio`/`end_audio`,
+    `add_image`, `begin_video`/`push_video_frame`/`end_video`, `begin_av`/`push_av_audio`/`push_av_frame`/
+    `end_av`; then `end_user_turn()` and `generate(...)`. Every push prefills at once what it completes.
+    Not thread-safe: drive it from one worker.
+    """
+
+    def __init__(
+        self,
+        thinker: Thinker,
+        prompt: PromptBuilder,
+        system_prompt: str | None = SPEECH_SYSTEM_PROMPT,
+        cache: CacheConfig | None = None,
+    ) -> None:
+        self.thinker = thinker
+        self.prompt = prompt
+        self.state: DecoderState = thinker.lm.init_state(cache)
+        self.cursor = PositionCursor(thinker.cfg.rope)
+        self.logits: torch.Tensor | None = None  # [V] after the last prefilled token
+        self._mel: LogMelState | None = None
+        self._audio: AudioEncoderState | None = None
+        self._video: tuple[VisionEncoderState, StreamingVideoPositions] | None = None
+        self._av: _AVStream | None = None
+        self.prefilled_tokens = 0
+        if system_prompt is not None:
+            self.feed_ids(prompt.system_turn(system_prompt))
+
+    # ---- prefill primitives ------------------------------------------------------------------------------
+
+    def feed_ids(self, ids: Sequence[int]) -> None:
+        """Text or special tokens at the next text positions."""
+        if ids:
+            x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
+            self._feed(x, self.cursor.text(len(ids)))
+
+    def _feed(self, x: torch.Tensor, positions: torch.Tensor) -> None:  # x [T, C], positions [3, T]
+        if x.shape[0] == 0:
+            return
+        out = self.thinker.lm(self.state, inputs_embeds=x[None], positions=positions[:, None].to(x.device))
+        assert out.logits is not None
+        self.logits = out.logits[0]
+        self.prefilled_tokens += x.shape[0]
+
+    def _shared_special(self, ids: Sequence[int]) -> None:  # the paired bos/eos of a video with audio
+        x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
+        self._feed(x, self.cursor.shared(len(ids)))
+
+    # ---- turns -----------------------------------------------------------------------------------------------
+
+    def start_user_turn(self) -> None:
+        self.feed_ids(self.prompt.turn_start("user"))
+
+    def add_text(self, text: str) -> None:
+        self.feed_ids(self.prompt.text(text))
+
+    def end_user_turn(self) -> torch.Tensor:
+        """Close the user turn, open the assistant's; returns the logits [V] of the first reply token."""
+        if self._audio is not None or self._video is not None or self._av is not None:
+            raise RuntimeError("end the open audio/video segment before ending the turn")
+        self.feed_ids(self.prompt.generation_prompt())
+        assert self.logits is not None
+        return self.logits
+
+    def generate(self, sampling: SamplingConfig, stop_ids: frozenset[int]) -> Iterator[int]:
+        """Yield reply token ids; each is prefilled at the next text position (TMRoPE decode: max + 1).
+        After the reply (stop token, max_new_tokens or the caller closing the iterator) <|im_end|>\\n is fed."""
+        if self.logits is None:
+            raise RuntimeError("nothing prefilled: call end_user_turn() first")
+        sampler = SamplerState.create(self.thinker.cfg.text.vocab_size, seed=sampling.seed, device=self.thinker.device)
+        try:
+            for _ in range(sampling.max_new_tokens):
+                token = int(sample(self.logits[None], sampling, sampler)[0])
+                if token in stop_ids:
+                    break
+                sampler.observe(torch.tensor([[token]], device=self.thinker.device))
+                yield token
+                self.feed_ids([token])
+        finally:
+            self.feed_ids(self.prompt.turn_end())
+
+    # ---- audio ---------------------------------------------------------------------------------------------
+
+    def begin_audio(self) -> None:
+        self._check_idle()
+        self.feed_ids([self.thinker.cfg.tokens.audio_start])
+        self._mel = self.thinker.mel.init_state(self.thinker.device)
+        self._audio = self.thinker.audio_tower.init_state(self.thinker.device)
+
+    def push_audio(self, pcm16k: torch.Tensor) -> int:
+        """16 kHz mono samples; prefills every 2-s block they complete. Returns audio tokens prefilled."""
+        if self._mel is None:
+            raise RuntimeError("push_audio() outside begin_audio()/end_audio()")
+        return self.push_audio_features(self.thinker.mel.step(self._mel, pcm16k.to(self.thinker.device)))
+
+    def push_audio_features(self, mel: torch.Tensor) -> int:
+        """Log-mel frames [n_mels, t] (when the caller runs the front-end itself)."""
+        if self._audio is None:
+            raise RuntimeError("audio pushed outside begin_audio()/end_audio()")
+        tokens = self.thinker.audio_tower.step(self._audio, mel.to(self.thinker.device)).to(self.thinker.lm.dtype)
+        self._feed(tokens, self.cursor.audio(tokens.shape[0]))
+        return tokens.shape[0]
+
+    def end_audio(self) -> int:
+        """Encode the partial last block, prefill it and <|audio_eos|>. Returns its token count."""
+        if self._audio is None:
+            raise RuntimeError("end_audio() without begin_audio()")
+        n = 0
+        if self._mel is not None and self._mel.n_seen:
+            n += self.push_audio_features(self.thinker.mel.flush(self._mel))
+        tokens = self.thinker.audio_tower.flush(self._audio).to(self.thinker.lm.dtype)
+        self._feed(tokens, self.cursor.audio(tokens.shape[0]))
+        self._mel = self._audio = None
+        self.feed_ids([self.thinker.cfg.tokens.audio_end])
+        return n + tokens.shape[0]
+
+    # ---- images and video ------------------------------------------------------------------------------------
+
+    def add_image(self, patches: torch.Tensor, grid: Sequence[int]) -> None:
+        """A preprocessed image (see vision_preprocess.preprocess_image) with its bos/eos tokens."""
+        self._check_idle()
+        tokens = self.thinker.encode_vision(patches, grid)
+        t = self.thinker.cfg.tokens
+        self.feed_ids([t.vision_start])
+        self._feed(tokens, self.cursor.image(grid))
+        self.feed_ids([t.vision_end])
+
+    def begin_video(self, height: int, width: int, seconds_per_grid: float = 1.0) -> None:
+        """A live video of normalised frames height x width (multiples of 28 px), 2 / seconds_per_grid fps."""
+        self._check_idle()
+        self.feed_ids([self.thinker.cfg.tokens.vision_start])
+        enc = self.thinker.visual.init_state(height, width, self.thinker.device)
+        self._video = (enc, StreamingVideoPositions(self.cursor.next_id, seconds_per_grid))
+
+    def push_video_frame(self, frame: torch.Tensor) -> int:
+        """One normalised frame [3, H, W]; every second frame completes a temporal patch, prefilled at once."""
+        if self._video is None:
+            raise RuntimeError("push_video_frame() outside begin_video()/end_video()")
+        enc, pos = self._video
+        return self._feed_patch(enc, pos, self.thinker.visual.step(enc, frame.to(self.thinker.device)))
+
+    def end_video(self) -> None:
+        if self._video is None:
+            raise RuntimeError("end_video() without begin_video()")
+        enc, pos = self._video
+        self._feed_patch(enc, pos, self.thinker.visual.flush(enc))
+        if pos.n_patches == 0:
+            raise VisionInputError("a video with no frames: push at least one frame before end_video()")
+        self._video = None
+        self.feed_ids([self.thinker.cfg.tokens.vision_end])
+
+    def _feed_patch(self, enc: VisionEncoderState, pos: StreamingVideoPositions, tokens: torch.Tensor) -> int:
+        if tokens.shape[0] == 0:
+            return 0
+        self._feed(tokens.to(self.thinker.lm.dtype), pos.next_patch(self.cursor, (enc.layout.gh, enc.layout.gw)))
+        return tokens.shape[0]
+
+    # ---- video with its audio (2-s interleave) ---------------------------------------------------------------
+
+    def begin_av(self, height: int, width: int, seconds_per_grid: float = 1.0) -> None:
+        """A live video whose audio track is interleaved with it (use_audio_in_video)."""
+        self._check_idle()
+        t = self.thinker.cfg.tokens
+        self._shared_special([t.vision_start, t.audio_start])
+        start = self.cursor.next_id
+        enc = self.thinker.visual.init_state(height, width, self.thinker.device)
+        self._video = (enc, StreamingVideoPositions(start, seconds_per_grid))
+        self._mel = self.thinker.mel.init_state(self.thinker.device)
+        self._audio = self.thinker.audio_tower.init_state(self.thinker.device)
+        p = self.thinker.cfg.vision.patch_size
+        self._av = _AVStream(self._video[1], start, (height // p, width // p), [], [])
+
+    def push_av_frame(self, frame: torch.Tensor) -> None:
+        av, (enc, _) = self._need_av()
+        tokens = self.thinker.visual.step(enc, frame.to(self.thinker.device))
+        self._queue_patch(av, tokens)
+        self._pump(av)
+
+    def push_av_audio(self, pcm16k: torch.Tensor) -> None:
+        av, _ = self._need_av()
+        assert self._mel is not None
+        self._queue_audio(av, self.thinker.mel.step(self._mel, pcm16k.to(self.thinker.device)))
+        self._pump(av)
+
+    def push_av_audio_features(self, mel: torch.Tensor) -> None:
+        av, _ = self._need_av()
+        self._queue_audio(av, mel.to(self.thinker.device))
+        self._pump(av)
+
+    def end_av(self) -> None:
+        av, (enc, _) = self._need_av()
+        assert self._mel is not None and self._audio is not None
+        self._queue_patch(av, self.thinker.visual.flush(enc))
+        if self._mel.n_seen:
+            self._queue_audio(av, self.thinker.mel.flush(self._mel))
+        tail = self.thinker.audio_tower.flush(self._audio)
+        if tail.shape[0]:
+            av.audio_queue.append(tail.to(self.thinker.lm.dtype))
+        if av.video.n_patches + len(av.video_queue) == 0:
+            raise VisionInputError("a video with no frames: push at least one frame before end_av()")
+        av.video_done = av.audio_done = True
+        self._pump(av)
+        self._video = self._av = None
+        self._mel = self._audio = None
+        t = self.thinker.cfg.tokens
+        self._shared_special([t.audio_end, t.vision_end])
+
+    def _need_av(self) -> tuple[_AVStream, tuple[VisionEncoderState, StreamingVideoPositions]]:
+        if self._av is None or self._video is None:
+            raise RuntimeError("video-with-audio input outside begin_av()/end_av()")
+        return self._av, self._video
+
+    def _queue_patch(self, av: _AVStream, tokens: torch.Tensor) -> None:
+        if tokens.shape[0] == 0:
+            return
+        k = av.video.n_patches + len(av.video_queue)  # this patch's index
+        offset = int(patch_time_offsets(k + 1, av.video.seconds_per_grid, self.cursor.cfg.position_id_per_seconds)[k])
+        if k and offset >= (av.cuts + 1) * self.cursor.cfg.ids_per_chunk:
+            av.cuts += 1
+        av.video_queue.append((av.cuts, tokens.to(self.thinker.lm.dtype)))
+
+    def _queue_audio(self, av: _AVStream, mel: torch.Tensor) -> None:
+        assert self._audio is not None
+        tokens = self.thinker.audio_tower.step(self._audio, mel)  # whole 2-s blocks = whole 50-id chunks
+        per = self.cursor.cfg.ids_per_chunk
+        for i in range(0, tokens.shape[0], per):
+            av.audio_queue.append(tokens[i : i + per].to(self.thinker.lm.dtype))
+
+    def _video_chunk_complete(self, av: _AVStream) -> bool:
+        """No more video patches can fall into chunk `av.chunk`."""
+        if av.video_done or av.video_queue:
+            return av.video_done or av.video_queue[0][0] > av.chunk
+        k = av.video.n_patches  # the next patch to arrive, predicted: its time offset is known in advance
+        if k == 0:
+            return False
+        offset = int(patch_time_offsets(k + 1, av.video.seconds_per_grid, self.cursor.cfg.position_id_per_seconds)[k])
+        return av.cuts + int(offset >= (av.cuts + 1) * self.cursor.cfg.ids_per_chunk) > av.chunk
+
+    def _pump(self, av: _AVStream) -> None:
+        """Prefill everything whose place in the interleave is settled: chunk by chunk, video then audio."""
+        while True:
+            if av.phase == "video":
+                while av.video_queue and av.video_queue[0][0] == av.chunk:
+                    _, tokens = av.video_queue.pop(0)
+                    self._feed(tokens, av.video.next_patch(self.cursor, av.grid_hw))
+                if not self._video_chunk_complete(av):
+                    return
+                av.phase = "audio"
+            if av.audio_queue:
+                tokens = av.audio_queue.pop(0)
+                start = av.audio_start + av.audio_sent
+                self._feed(tokens, self.cursor.place(flat_positions(start, tokens.shape[0])))
+                av.audio_sent += tokens.shape[0]
+            elif not av.audio_done:
+                return
+            if av.video_done and av.audio_done and not av.video_queue and not av.audio_queue:
+                return
+            av.chunk += 1
+            av.phase = "video"
+
+    def _check_idle(self) -> None:
+        if self._audio is not None or self._video is not None:
+            raise RuntimeError("an audio or video segment is still open")
