@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.lm.config import DecoderConfig
 from model.talker import Talker, TalkerConfig, TalkerTextEmbeds
 from model.token2wav import SAMPLE_RATE, BigVGANConfig, DiTConfig, Token2Wav, Token2WavConfig
+from model.token2wav.ecapa import ECAPAConfig
 from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,10 +63,7 @@ def tiny_configs() -> tuple[TalkerConfig, Token2WavConfig]:
         look_ahead_layers=(2,),
         look_backward_layers=(0, 3),
         enc_emb_dim=16,
-        enc_dim=16,
-        enc_channels=(32, 32, 32, 32, 96),
-        enc_attention_channels=8,
-        enc_se_channels=8,
+        ecapa=ECAPAConfig(out_dim=16, channels=(32, 32, 32, 32, 96), attention_channels=8, se_channels=8),
     )
     return talker, Token2WavConfig(dit=dit, bigvgan=BigVGANConfig(upsample_initial_channel=64))
 

@@ -25,10 +25,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.lm.config import ConfigError, DecoderConfig
+from model.errors import ConfigError
+from model.hf_config import hf_fields
+from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM, DecoderState
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplerState, SamplingConfig, sample
+
+# Our field -> its key in `talker_config`.
+_HF_TOKEN_NAMES = {
+    "codec_start": "tts_codec_start_token_id",
+    "codec_end": "tts_codec_end_token_id",
+    "codec_pad": "tts_codec_pad_token_id",
+    "codec_mask": "tts_codec_mask_token_id",
+    "text_start": "tts_text_start_token_id",
+    "text_end": "tts_text_end_token_id",
+    "text_pad": "tts_text_pad_token_id",
+}
 
 
 @dataclass
@@ -73,16 +86,11 @@ class TalkerConfig:
         cfg = dict(cfg.get("talker_config", cfg))
         try:
             decoder = DecoderConfig.from_hf_config({**cfg, "model_type": "qwen2", "architectures": []})
+            ids = hf_fields(cls, cfg, _HF_TOKEN_NAMES, "talker_config")
             return cls(
                 decoder=dataclasses.replace(decoder, tie_word_embeddings=False),
                 embedding_size=int(cfg["embedding_size"]),
-                codec_start=int(cfg.get("tts_codec_start_token_id", 8293)),
-                codec_end=int(cfg.get("tts_codec_end_token_id", 8294)),
-                codec_pad=int(cfg.get("tts_codec_pad_token_id", 8292)),
-                codec_mask=int(cfg.get("tts_codec_mask_token_id", 8296)),
-                text_start=int(cfg.get("tts_text_start_token_id", 151860)),
-                text_end=int(cfg.get("tts_text_end_token_id", 151861)),
-                text_pad=int(cfg.get("tts_text_pad_token_id", 151859)),
+                **ids,
             )
         except KeyError as e:
             raise ConfigError(f"talker_config is missing {e}") from None
@@ -91,15 +99,8 @@ class TalkerConfig:
         out = self.decoder.to_hf_config()
         for k in ("architectures", "model_type", "tie_word_embeddings"):
             out.pop(k, None)
-        return out | {
-            "embedding_size": self.embedding_size,
-            "tts_codec_start_token_id": self.codec_start,
-            "tts_codec_end_token_id": self.codec_end,
-            "tts_codec_pad_token_id": self.codec_pad,
-            "tts_codec_mask_token_id": self.codec_mask,
-            "tts_text_start_token_id": self.text_start,
-            "tts_text_end_token_id": self.text_end,
-            "tts_text_pad_token_id": self.text_pad,
+        return out | {"embedding_size": self.embedding_size} | {
+            key: getattr(self, name) for name, key in _HF_TOKEN_NAMES.items()
         }
 
     @classmethod

@@ -22,7 +22,9 @@ from model.encoders.audio_frontend import LogMel, to_mono_16k
 from model.encoders.config import AudioEncoderConfig, VisionEncoderConfig
 from model.encoders.vision_encoder import VisionEncoder
 from model.encoders.vision_preprocess import VisionInputError, VisionPreprocessConfig, preprocess_image
-from model.lm.config import ConfigError, DecoderConfig
+from model.errors import ConfigError
+from model.hf_config import hf_fields
+from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM, default_cache_config
 from model.lm.kv_cache import CacheConfig
 from model.tmrope import (
@@ -107,8 +109,8 @@ class ThinkerConfig:
             AudioEncoderConfig.from_hf_config(th),
             VisionEncoderConfig.from_hf_config(th),
             tokens,
-            int(th.get("position_id_per_seconds", 25)),
-            float(th.get("seconds_per_chunk", 2)),
+            **hf_fields(cls, th, {"position_id_per_seconds": "position_id_per_seconds",
+                                  "seconds_per_chunk": "seconds_per_chunk"}, "thinker_config"),
         )
 
     def to_hf_config(self) -> dict[str, Any]:

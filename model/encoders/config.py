@@ -13,7 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from model.lm.config import ConfigError
+from model.errors import ConfigError
+from model.hf_config import hf_fields
 
 _C = TypeVar("_C", "AudioEncoderConfig", "VisionEncoderConfig")
 
@@ -88,20 +89,19 @@ class AudioEncoderConfig:
         c = _section(cfg, "audio_config")
         if c.get("scale_embedding"):
             raise ConfigError("audio scale_embedding=true is not supported (Qwen2.5-Omni uses false)")
-        try:
-            return cls(
-                num_mel_bins=int(c.get("num_mel_bins", 128)),
-                num_layers=int(c["encoder_layers"]),
-                hidden_size=int(c["d_model"]),
-                num_heads=int(c["encoder_attention_heads"]),
-                ffn_size=int(c["encoder_ffn_dim"]),
-                n_window=int(c.get("n_window", 100)),
-                max_source_positions=int(c.get("max_source_positions", 1500)),
-                output_dim=int(c["output_dim"]),
-                activation=str(c.get("activation_function", "gelu")),
-            )
-        except KeyError as e:
-            raise ConfigError(f"audio_config is missing the field {e.args[0]!r}") from None
+        names = {
+            "num_mel_bins": "num_mel_bins",
+            "num_layers": "encoder_layers",
+            "hidden_size": "d_model",
+            "num_heads": "encoder_attention_heads",
+            "ffn_size": "encoder_ffn_dim",
+            "n_window": "n_window",
+            "max_source_positions": "max_source_positions",
+            "output_dim": "output_dim",
+            "activation": "activation_function",
+        }
+        required = ("num_layers", "hidden_size", "num_heads", "ffn_size", "output_dim")
+        return cls(**hf_fields(cls, c, names, "audio_config", required))
 
     def to_hf_config(self) -> dict[str, Any]:
         return {
@@ -196,25 +196,27 @@ class VisionEncoderConfig:
         shape fields are required here rather than defaulted.
         """
         c = _section(cfg, "vision_config")
+        names: dict[str, str | tuple[str, ...]] = {
+            "depth": "depth",
+            "hidden_size": "hidden_size",
+            "intermediate_size": "intermediate_size",
+            "num_heads": "num_heads",
+            "in_channels": ("in_channels", "in_chans"),
+            "patch_size": "patch_size",
+            "temporal_patch_size": "temporal_patch_size",
+            "spatial_merge_size": "spatial_merge_size",
+            "window_size": "window_size",
+            "fullatt_block_indexes": "fullatt_block_indexes",
+            "out_hidden_size": "out_hidden_size",
+            "rope_theta": "rope_theta",
+            "hidden_act": "hidden_act",
+        }
+        required = ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size")
+        kw = hf_fields(cls, c, names, "vision_config", required)
         rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
-        try:
-            return cls(
-                depth=int(c["depth"]),
-                hidden_size=int(c["hidden_size"]),
-                intermediate_size=int(c["intermediate_size"]),
-                num_heads=int(c["num_heads"]),
-                in_channels=int(c.get("in_channels", c.get("in_chans", 3))),
-                patch_size=int(c.get("patch_size", 14)),
-                temporal_patch_size=int(c.get("temporal_patch_size", 2)),
-                spatial_merge_size=int(c.get("spatial_merge_size", 2)),
-                window_size=int(c.get("window_size", 112)),
-                fullatt_block_indexes=tuple(c.get("fullatt_block_indexes", (7, 15, 23, 31))),
-                out_hidden_size=int(c["out_hidden_size"]),
-                rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
-                hidden_act=str(c.get("hidden_act", "silu")),
-            )
-        except KeyError as e:
-            raise ConfigError(f"vision_config is missing the field {e.args[0]!r}") from None
+        if "rope_theta" in rope:
+            kw["rope_theta"] = float(rope["rope_theta"])
+        return cls(**kw)
 
     def to_hf_config(self) -> dict[str, Any]:
         return {

@@ -11,15 +11,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.errors import ConfigError
+from model.hf_config import hf_fields
+
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "MistralForCausalLM": "llama",
 }
-
-
-class ConfigError(ValueError):
-    """A config.json (or GGUF metadata) that this runtime cannot serve, with the reason."""
 
 
 @dataclass
@@ -94,25 +93,28 @@ class DecoderConfig:
         rope = _rope_params(cfg)
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
-        hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-        return cls(
-            vocab_size=int(cfg["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_layers=int(cfg["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // heads),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(rope.get("rope_theta", 10000.0)),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
-            qkv_bias=True if family == "qwen2" else bool(cfg.get("attention_bias", False)),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            mrope_section=tuple(rope["mrope_section"]) if rope.get("mrope_section") else None,
-            architecture=family,
-            bos_token_id=cfg.get("bos_token_id"),
-            eos_token_ids=eos_ids,
-        )
+        names = {
+            "vocab_size": "vocab_size",
+            "hidden_size": "hidden_size",
+            "intermediate_size": "intermediate_size",
+            "num_layers": "num_hidden_layers",
+            "num_heads": "num_attention_heads",
+            "num_kv_heads": "num_key_value_heads",
+            "head_dim": "head_dim",
+            "rms_norm_eps": "rms_norm_eps",
+            "max_position_embeddings": "max_position_embeddings",
+            "tie_word_embeddings": "tie_word_embeddings",
+            "bos_token_id": "bos_token_id",
+        }
+        kw = hf_fields(cls, cfg, names, "config.json", required=tuple(names)[:5])
+        kw.setdefault("num_kv_heads", kw["num_heads"])
+        if "rope_theta" in rope:
+            kw["rope_theta"] = float(rope["rope_theta"])
+        if rope.get("mrope_section"):
+            kw["mrope_section"] = tuple(rope["mrope_section"])
+        # Qwen2 always has q/k/v biases; Llama says so in attention_bias.
+        kw["qkv_bias"] = True if family == "qwen2" else bool(cfg.get("attention_bias", False))
+        return cls(**kw, architecture=family, eos_token_ids=eos_ids)
 
     def to_hf_config(self) -> dict[str, Any]:
         """The config.json dict that `from_hf_config` reads back to an equal config."""

@@ -10,8 +10,8 @@ import torch
 from tqdm import tqdm
 
 from kernels.cpu import library
-from model.errors import CheckpointError
-from model.lm.config import ConfigError, DecoderConfig
+from model.errors import CheckpointError, ConfigError
+from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM
 from model.loaders.gguf_file import GGUFFile
 from model.loaders.gguf_quants import Q4_TYPES, q4_1_blocks

@@ -14,8 +14,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
-from model.errors import CheckpointError
-from model.lm.config import ConfigError, DecoderConfig
+from model.errors import CheckpointError, ConfigError
+from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM
 from model.loaders.weights import build_decoder, expected_shapes
 

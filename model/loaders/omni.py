@@ -21,8 +21,7 @@ import torch
 from model.encoders.audio_encoder import sinusoid_table
 from model.encoders.audio_frontend import LogMel
 from model.encoders.vision_preprocess import VisionPreprocessConfig
-from model.errors import CheckpointError
-from model.lm.config import ConfigError
+from model.errors import CheckpointError, ConfigError
 from model.lm.tokenizer import TextTokenizer
 from model.loaders.hf import SafetensorsIndex, read_config
 from model.loaders.weights import build_decoder

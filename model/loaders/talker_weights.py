@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from model.encoders.weights import load_encoder_state_dict
-from model.errors import CheckpointError
-from model.lm.config import ConfigError
+from model.errors import CheckpointError, ConfigError
 from model.lm.decoder import DecoderLM
 from model.loaders.hf import SafetensorsIndex, read_config
 from model.loaders.weights import build_decoder

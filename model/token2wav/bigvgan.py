@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.lm.config import ConfigError
+from model.errors import ConfigError
 
 
 @dataclass

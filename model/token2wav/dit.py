@@ -23,8 +23,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.lm.config import ConfigError
-from model.token2wav.ecapa import ECAPATDNN
+from model.errors import ConfigError
+from model.hf_config import hf_fields
+from model.token2wav.ecapa import ECAPATDNN, ECAPAConfig
+
+# Our field -> its key(s) in `dit_config` (transformers 5 names first, then the older dim/depth/heads).
+_HF_NAMES: dict[str, str | tuple[str, ...]] = {
+    "hidden_size": ("hidden_size", "dim"),
+    "num_layers": ("num_hidden_layers", "depth"),
+    "num_heads": ("num_attention_heads", "heads"),
+    "head_dim": "head_dim",
+    "ff_mult": "ff_mult",
+    "emb_dim": "emb_dim",
+    "num_embeds": "num_embeds",
+    "mel_dim": "mel_dim",
+    "repeats": "repeats",
+    "block_size": "block_size",
+    "look_ahead_layers": "look_ahead_layers",
+    "look_backward_layers": "look_backward_layers",
+    "max_position_embeddings": "max_position_embeddings",
+    "enc_emb_dim": "enc_emb_dim",
+}
 
 
 @dataclass
@@ -46,25 +65,12 @@ class DiTConfig:
     rope_theta: float = 10000.0
     max_position_embeddings: int = 32768
     enc_emb_dim: int = 192  # speaker vector `cond` of a voice
-    enc_dim: int = 128  # ECAPA output
-    enc_channels: tuple[int, ...] = (256, 256, 256, 256, 768)
-    enc_kernel_sizes: tuple[int, ...] = (5, 3, 3, 3, 1)
-    enc_dilations: tuple[int, ...] = (1, 2, 3, 4, 1)
-    enc_attention_channels: int = 64
-    enc_res2net_scale: int = 2
-    enc_se_channels: int = 64
+    ecapa: ECAPAConfig = field(default_factory=ECAPAConfig)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("look_ahead_layers", "look_backward_layers", "enc_channels", "enc_kernel_sizes", "enc_dilations"):
+        for name in ("look_ahead_layers", "look_backward_layers"):
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
-        if not (len(self.enc_channels) == len(self.enc_kernel_sizes) == len(self.enc_dilations)):
-            raise ConfigError("dit enc_channels, enc_kernel_sizes and enc_dilations must have the same length")
-        if self.enc_channels[-1] != sum(self.enc_channels[1:-1]):
-            raise ConfigError(
-                f"dit enc_channels[-1] ({self.enc_channels[-1]}) must equal the sum of the SE-Res2Net widths "
-                f"{list(self.enc_channels[1:-1])}: the aggregation layer concatenates them"
-            )
         bad = [i for i in self.look_ahead_layers + self.look_backward_layers if not 0 <= i < self.num_layers]
         if bad:
             raise ConfigError(f"dit look-ahead/back layers {bad} outside range({self.num_layers})")
@@ -74,59 +80,22 @@ class DiTConfig:
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any]) -> DiTConfig:
         """Read a `dit_config` dict (transformers 5 names, or the older dim/depth/heads)."""
+        kw = hf_fields(cls, cfg, _HF_NAMES, "dit_config")
+        if "head_dim" not in kw and ("hidden_size" in kw or "num_heads" in kw):
+            kw["head_dim"] = kw.get("hidden_size", cls.hidden_size) // kw.get("num_heads", cls.num_heads)
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        hidden = int(cfg.get("hidden_size", cfg.get("dim", 1024)))
-        heads = int(cfg.get("num_attention_heads", cfg.get("heads", 16)))
-        return cls(
-            hidden_size=hidden,
-            num_layers=int(cfg.get("num_hidden_layers", cfg.get("depth", 22))),
-            num_heads=heads,
-            head_dim=int(cfg.get("head_dim") or hidden // heads),
-            ff_mult=float(cfg.get("ff_mult", 2)),
-            emb_dim=int(cfg.get("emb_dim", 512)),
-            num_embeds=int(cfg.get("num_embeds", 8193)),
-            mel_dim=int(cfg.get("mel_dim", 80)),
-            repeats=int(cfg.get("repeats", 2)),
-            block_size=int(cfg.get("block_size", 24)),
-            look_ahead_layers=tuple(cfg.get("look_ahead_layers", (10,))),
-            look_backward_layers=tuple(cfg.get("look_backward_layers", (0, 20))),
-            rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),
-            enc_emb_dim=int(cfg.get("enc_emb_dim", 192)),
-            enc_dim=int(cfg.get("enc_dim", 128)),
-            enc_channels=tuple(cfg.get("enc_channels", (256, 256, 256, 256, 768))),
-            enc_kernel_sizes=tuple(cfg.get("enc_kernel_sizes", (5, 3, 3, 3, 1))),
-            enc_dilations=tuple(cfg.get("enc_dilations", (1, 2, 3, 4, 1))),
-            enc_attention_channels=int(cfg.get("enc_attention_channels", 64)),
-            enc_res2net_scale=int(cfg.get("enc_res2net_scale", 2)),
-            enc_se_channels=int(cfg.get("enc_se_channels", 64)),
-        )
+        theta = rope.get("rope_theta", cfg.get("rope_theta"))
+        if theta is not None:
+            kw["rope_theta"] = float(theta)
+        return cls(**kw, ecapa=ECAPAConfig.from_hf_config(cfg))
 
     def to_hf_config(self) -> dict[str, Any]:
-        return {
-            "hidden_size": self.hidden_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "head_dim": self.head_dim,
-            "ff_mult": self.ff_mult,
-            "emb_dim": self.emb_dim,
-            "num_embeds": self.num_embeds,
-            "mel_dim": self.mel_dim,
-            "repeats": self.repeats,
-            "block_size": self.block_size,
-            "look_ahead_layers": list(self.look_ahead_layers),
-            "look_backward_layers": list(self.look_backward_layers),
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
-            "max_position_embeddings": self.max_position_embeddings,
-            "enc_emb_dim": self.enc_emb_dim,
-            "enc_dim": self.enc_dim,
-            "enc_channels": list(self.enc_channels),
-            "enc_kernel_sizes": list(self.enc_kernel_sizes),
-            "enc_dilations": list(self.enc_dilations),
-            "enc_attention_channels": self.enc_attention_channels,
-            "enc_res2net_scale": self.enc_res2net_scale,
-            "enc_se_channels": self.enc_se_channels,
-        }
+        out: dict[str, Any] = {}
+        for name, keys in _HF_NAMES.items():
+            v = getattr(self, name)
+            out[keys if isinstance(keys, str) else keys[0]] = list(v) if isinstance(v, tuple) else v
+        out["rope_parameters"] = {"rope_type": "default", "rope_theta": self.rope_theta}
+        return out | self.ecapa.to_hf_config()
 
 
 def timestep_features(t: torch.Tensor, dim: int = 256, scale: float = 1000.0) -> torch.Tensor:
@@ -247,8 +216,8 @@ class DiT(nn.Module):
         C = cfg.hidden_size
         self.time_embed = TimestepEmbedding(C)
         self.codec_embed = nn.Embedding(cfg.num_embeds + 1, cfg.emb_dim)
-        self.ecapa = ECAPATDNN(cfg)
-        self.input_proj = nn.Linear(cfg.mel_dim + cfg.enc_dim + cfg.emb_dim + cfg.enc_emb_dim, C)
+        self.ecapa = ECAPATDNN(cfg.ecapa, cfg.mel_dim)
+        self.input_proj = nn.Linear(cfg.mel_dim + cfg.ecapa.out_dim + cfg.emb_dim + cfg.enc_emb_dim, C)
         self.blocks = nn.ModuleList(
             DiTBlock(cfg, int(i in cfg.look_backward_layers), int(i in cfg.look_ahead_layers))
             for i in range(cfg.num_layers)
@@ -265,7 +234,7 @@ class DiT(nn.Module):
     def speaker_rows(self, cond: torch.Tensor, ref_mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-voice conditioning for the conditional and unconditional (CFG) rows, computed once per voice.
 
-        cond [1, enc_emb_dim], ref_mel [1, T_ref, mel] -> (ECAPA vectors [2, enc_dim], speaker vectors
+        cond [1, enc_emb_dim], ref_mel [1, T_ref, mel] -> (ECAPA vectors [2, ecapa.out_dim], speaker vectors
         [2, enc_emb_dim]); the unconditional row has ECAPA of a zero mel and a zero speaker vector.
         """
         ecapa = self.ecapa(torch.cat([ref_mel, torch.zeros_like(ref_mel)]))

@@ -1,4 +1,4 @@
-"""ECAPA-TDNN speaker encoder of the token2wav DiT: reference mel [B, T, 80] -> speaker vector [B, enc_dim].
+"""ECAPA-TDNN speaker encoder of the token2wav DiT: reference mel [B, T, 80] -> speaker vector [B, out_dim].
 
 Layout (Qwen2.5-Omni-7B): a k5 TDNN (80 -> 256), three SE-Res2Net blocks (k3, dilations 2/3/4, Res2Net
 scale 2, squeeze-excitation to 64 channels), multi-layer feature aggregation over the three block outputs
@@ -8,13 +8,62 @@ and std) and a 1x1 conv to 128. Every conv pads "same" with reflection, as the c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from model.token2wav.dit import DiTConfig
+from model.errors import ConfigError
+from model.hf_config import hf_fields
+
+# Our field -> the key in the DiT's `dit_config` (the released config keeps ECAPA's settings there, enc_*).
+_HF_NAMES = {
+    "out_dim": "enc_dim",
+    "channels": "enc_channels",
+    "kernel_sizes": "enc_kernel_sizes",
+    "dilations": "enc_dilations",
+    "attention_channels": "enc_attention_channels",
+    "res2net_scale": "enc_res2net_scale",
+    "se_channels": "enc_se_channels",
+}
+
+
+@dataclass
+class ECAPAConfig:
+    """Shapes of the ECAPA-TDNN; defaults are the released 7B values."""
+
+    out_dim: int = 128
+    channels: tuple[int, ...] = (256, 256, 256, 256, 768)
+    kernel_sizes: tuple[int, ...] = (5, 3, 3, 3, 1)
+    dilations: tuple[int, ...] = (1, 2, 3, 4, 1)
+    attention_channels: int = 64
+    res2net_scale: int = 2
+    se_channels: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "kernel_sizes", "dilations"):
+            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        if not (len(self.channels) == len(self.kernel_sizes) == len(self.dilations)):
+            raise ConfigError("dit enc_channels, enc_kernel_sizes and enc_dilations must have the same length")
+        if self.channels[-1] != sum(self.channels[1:-1]):
+            raise ConfigError(
+                f"dit enc_channels[-1] ({self.channels[-1]}) must equal the sum of the SE-Res2Net widths "
+                f"{list(self.channels[1:-1])}: the aggregation layer concatenates them"
+            )
+
+    @classmethod
+    def from_hf_config(cls, dit_config: dict[str, Any]) -> ECAPAConfig:
+        """Read the enc_* fields of a `dit_config` dict."""
+        return cls(**hf_fields(cls, dit_config, _HF_NAMES, "dit_config"))
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """The enc_* fields of a `dit_config` dict."""
+        return {key: _json(getattr(self, name)) for name, key in _HF_NAMES.items()}
+
+
+def _json(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
 
 
 def _conv(c_in: int, c_out: int, kernel: int, dilation: int = 1) -> nn.Conv1d:
@@ -100,18 +149,18 @@ class AttentiveStatsPool(nn.Module):
 
 
 class ECAPATDNN(nn.Module):
-    def __init__(self, cfg: DiTConfig) -> None:
+    def __init__(self, cfg: ECAPAConfig, mel_dim: int) -> None:
         super().__init__()
-        ch, ks, dil = cfg.enc_channels, cfg.enc_kernel_sizes, cfg.enc_dilations
-        blocks: list[nn.Module] = [TDNN(cfg.mel_dim, ch[0], ks[0], dil[0])]
+        ch, ks, dil = cfg.channels, cfg.kernel_sizes, cfg.dilations
+        blocks: list[nn.Module] = [TDNN(mel_dim, ch[0], ks[0], dil[0])]
         for i in range(1, len(ch) - 1):
-            blocks.append(SERes2NetBlock(ch[i - 1], ch[i], cfg.enc_res2net_scale, cfg.enc_se_channels, ks[i], dil[i]))
+            blocks.append(SERes2NetBlock(ch[i - 1], ch[i], cfg.res2net_scale, cfg.se_channels, ks[i], dil[i]))
         self.blocks = nn.ModuleList(blocks)
         self.mfa = TDNN(ch[-1], ch[-1], ks[-1], dil[-1])
-        self.asp = AttentiveStatsPool(ch[-1], cfg.enc_attention_channels)
-        self.fc = _conv(2 * ch[-1], cfg.enc_dim, 1)
+        self.asp = AttentiveStatsPool(ch[-1], cfg.attention_channels)
+        self.fc = _conv(2 * ch[-1], cfg.out_dim, 1)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # [B, T, mel] -> [B, enc_dim]
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # [B, T, mel] -> [B, out_dim]
         x = mel.transpose(1, 2)
         outs = []
         for block in cast(list[nn.Module], self.blocks):

@@ -185,7 +185,7 @@ def test_voices(models: tuple[Any, SpeechModels, Path]) -> None:
 
 
 def test_talker_config_round_trip_and_presets() -> None:
-    from model.lm.config import ConfigError
+    from model.errors import ConfigError
     from model.talker import TalkerConfig
 
     cfg = TalkerConfig.from_name("qwen2.5-omni-7b")

@@ -138,6 +138,7 @@ def test_loader_reports_missing_tensor(tmp_path: Path) -> None:
 
 def test_configs_read_the_released_layouts() -> None:
     from model.token2wav import BigVGANConfig, DiTConfig, Token2WavConfig
+    from model.token2wav.ecapa import ECAPAConfig
 
     old_style = {
         "dim": 1024,
@@ -160,7 +161,9 @@ def test_configs_read_the_released_layouts() -> None:
     assert Token2WavConfig.from_hf_config({"token2wav_config": cfg.to_hf_config()}) == cfg
     assert cfg.samples_per_code == 480 and BigVGANConfig().hop == 240
     with pytest.raises(ValueError, match="enc_channels"):
-        DiTConfig(enc_channels=(32, 32, 32, 32, 64))
+        ECAPAConfig(channels=(32, 32, 32, 32, 64))
+    with pytest.raises(ValueError, match="enc_channels"):
+        DiTConfig.from_hf_config({"enc_channels": [32, 32, 32, 32, 64]})
 
 
 def test_sample_without_guidance_and_euler(models: tuple[Any, SpeechModels]) -> None:
