@@ -42,16 +42,39 @@ HF_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v"
             "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
 
 
-def _write_tiny_gguf(tmp: Path, arch: str = "llama", types: dict[str, Q] = TYPES) -> tuple[object, Path]:
-    ref, _ = make_tiny_hf(tmp, "llama", vocab_size=64, hidden_size=64, intermediate_size=128,
+K_BLOCK_BYTES = {Q.Q4_K: 144, Q.Q5_K: 176, Q.Q6_K: 210}
+
+
+def random_k_blocks(rows: int, cols: int, qtype: Q, rng: np.random.Generator) -> np.ndarray:
+    """Valid K-quant super-blocks with random codes (gguf can dequantise K-quants but not make them).
+
+    The f16 scales are drawn small (<= 2e-3, Q6_K 2e-4) so that the weights stay O(1): d * 63 * 15 ~ 1.9.
+    """
+    size = K_BLOCK_BYTES[qtype]
+    raw = rng.integers(0, 256, (rows * cols // 256, size), dtype=np.uint8)
+
+    def f16(high: float) -> np.ndarray:
+        return rng.uniform(0, high, (raw.shape[0], 1)).astype(np.float16).view(np.uint8)
+
+    if qtype == Q.Q6_K:
+        raw[:, 208:210] = f16(2e-4)
+    else:
+        raw[:, 0:2], raw[:, 2:4] = f16(2e-3), f16(2e-3)
+    return raw.reshape(rows, -1)
+
+
+def _write_tiny_gguf(tmp: Path, arch: str = "llama", types: dict[str, Q] = TYPES,
+                     hidden: int = 64) -> tuple[object, Path]:
+    ref, _ = make_tiny_hf(tmp, "llama", vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden,
                           num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)
     sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    rng = np.random.default_rng(1)
     path = tmp / "tiny.gguf"
     w = GGUFWriter(str(path), arch)
     w.add_block_count(2)
     w.add_context_length(512)
-    w.add_embedding_length(64)
-    w.add_feed_forward_length(128)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(2 * hidden)
     w.add_head_count(4)
     w.add_head_count_kv(2)
     w.add_rope_freq_base(10000.0)
@@ -71,7 +94,7 @@ def _write_tiny_gguf(tmp: Path, arch: str = "llama", types: dict[str, Q] = TYPES
             w.add_tensor(gname, x.astype(np.float16))
             back = x.astype(np.float16).astype(np.float32)
         else:
-            raw = quantize(x, qtype)
+            raw = random_k_blocks(*x.shape, qtype, rng) if qtype in K_BLOCK_BYTES else quantize(x, qtype)
             w.add_tensor(gname, raw, raw_dtype=qtype)
             back = dequantize(raw, qtype)
         if heads:  # what the reference should hold: the stored values in its own (un-permuted) layout
@@ -101,6 +124,31 @@ def test_tiny_llama_gguf_of_every_type_matches_transformers(tmp_path: Path) -> N
         want = ref(ids).logits  # type: ignore[operator]
     got = ours(ours.init_state(), input_ids=ids, logits="all").logits
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q5_K, Q.Q6_K])
+def test_k_quant_dequantisation_is_bit_exact_with_gguf(qtype: Q) -> None:
+    raw = random_k_blocks(6, 512, qtype, np.random.default_rng(0))
+    want = dequantize(raw, qtype)
+    got = dequantize_blocks(raw.reshape(-1), qtype, (6, 512)).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(want).max() > 0.1  # the codes reached the output (not all-zero scales)
+
+
+# A Q4_K_M-style mix, as llama.cpp's quantiser writes it: Q4_K for most projections, Q6_K for attn_v,
+# ffn_down and the head, Q5_K where a Q5_K_M file would have it; embeddings Q4_K.
+K_MIX = {"attn_q": Q.Q4_K, "attn_k": Q.Q5_K, "attn_v": Q.Q6_K, "attn_output": Q.Q4_K, "ffn_gate": Q.Q4_K,
+         "ffn_up": Q.Q5_K, "ffn_down": Q.Q6_K, "token_embd": Q.Q4_K, "output": Q.Q6_K}
+
+
+def test_k_quant_mix_gguf_matches_transformers(tmp_path: Path) -> None:
+    ref, path = _write_tiny_gguf(tmp_path, types=K_MIX, hidden=256)  # K-quant rows are multiples of 256
+    ours = load_gguf_decoder(path, dtype=torch.float32)
+    ids = torch.randint(0, 64, (1, 17))
+    with torch.no_grad():
+        want = ref(ids).logits  # type: ignore[operator]
+    got = ours(ours.init_state(), input_ids=ids, logits="all").logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # measured 1.5e-6 with logits up to 11.6
 
 
 def test_corrupt_and_unsupported_gguf_files_name_the_problem(tmp_path: Path) -> None:
