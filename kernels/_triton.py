@@ -56,3 +56,15 @@ if triton is not None:
             return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
         else:
             return x.to(dtype)
+
+    @triton.jit
+    def dot(a, b, IN_FP32: tl.constexpr):
+        """tl.dot with a float32 accumulator; IN_FP32 (pass `interpreting()`) upcasts the operands first.
+
+        Triton 3.9's interpreter multiplies bfloat16 operands as their raw 16-bit integers, so under the
+        interpreter the operands go in as float32: bf16 x bf16 products are exact in float32, so this is the
+        same arithmetic as the GPU's bf16 dot with float32 accumulation, up to summation order."""
+        if IN_FP32:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        else:
+            return tl.dot(a, b, input_precision="ieee")
