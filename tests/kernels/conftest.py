@@ -7,14 +7,14 @@ import pytest
 import torch
 
 # Triton kernels run natively on a GPU and in Triton's interpreter on the CPU. `@triton.jit` reads
-# TRITON_INTERPRET when it decorates, so it is set here, before any test module imports a kernel module.
-_TRITON_MODULES = ("kernels.rms_norm", "kernels.silu_gate", "kernels.rope", "kernels.decode_attention",
-                   "kernels.int8_matmul", "kernels.int4_matmul")
-if not torch.cuda.is_available():
-    early = [m for m in _TRITON_MODULES if m in sys.modules]
-    if early and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(f"{early} were imported before tests/kernels/conftest.py could set TRITON_INTERPRET=1; "
-                           "their kernels cannot run on this CPU-only machine (run with TRITON_INTERPRET=1)")
+# TRITON_INTERPRET when it decorates, and triton.language's own helpers (tl.sum, tl.max, ...) are decorated
+# when triton is imported, so the variable must be set before the first `import triton` (setting it after
+# works only for kernels that call none of those helpers). Hence here, at conftest import time.
+_LATE = ""
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    if "triton" in sys.modules:
+        _LATE = ("triton was imported before tests/kernels/conftest.py could set TRITON_INTERPRET=1, so its kernels "
+                 "cannot run on this CPU-only machine; run pytest with TRITON_INTERPRET=1 in the environment")
     os.environ["TRITON_INTERPRET"] = "1"
 
 from kernels._triton import TRITON_AVAILABLE  # noqa: E402
@@ -35,4 +35,6 @@ def device() -> torch.device:
     """Where the Triton kernel tests run: the GPU when there is one, else the CPU under the interpreter."""
     if not TRITON_AVAILABLE:
         pytest.skip("Triton is not installed (pip install 'omni[test]'); the dispatch uses the eager references")
+    if _LATE:
+        pytest.fail(_LATE)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
