@@ -25,9 +25,9 @@ import torch
 from kernels._triton import dot, interpreting, next_pow2, require_triton, round_to, tl, triton, use_triton
 
 _BLOCK_N = 32  # slots per inner step; tl.dot needs >= 16 on every side
-_NEG = -1.0e30  # "no score yet": finite so empty splits merge without inf - inf
 
 if triton is not None:
+    _NEG = tl.constexpr(-1.0e30)  # "no score yet": finite, so empty splits merge without inf - inf
 
     @triton.jit
     def _split_kernel(
