@@ -2,8 +2,9 @@
 
 Production code never needs Triton on a CPU-only machine: each op's dispatch function runs its Triton
 launcher only for CUDA tensors and only when Triton imported, and its eager reference otherwise. Tests
-run the launchers on CPU tensors under TRITON_INTERPRET=1 (set by tests/kernels/conftest.py before any
-kernel module is imported, because `@triton.jit` reads the variable when it decorates).
+run the launchers on CPU tensors under TRITON_INTERPRET=1, set by tests/kernels/conftest.py before triton
+is first imported: `@triton.jit` reads the variable when it decorates, and triton.language decorates its own
+helpers (tl.sum, tl.max, ...) at import, so setting it later breaks every kernel that reduces.
 """
 
 import os

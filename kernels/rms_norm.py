@@ -6,8 +6,9 @@
 Rounding follows our RMSNorm (model/layers/norm.py) step by step: the normalised row is rounded to the
 activation dtype first and then multiplied by the weight, so in bfloat16 the kernel and the model differ only
 by the float32 summation order of the mean square (the two roundings are reproduced, not fused away).
-At decode a layer does this twice on a [1, 3584] row (7B): eager torch spends ~6 launches per norm plus
-one for the add; the kernel is one launch moving 4 rows (x, residual in; normed, residual out).
+At decode a layer does this twice on a [1, 3584] row (7B): the eager bf16 path is at least 5 launches
+(add, upcast, norm, downcast, weight multiply), each a round trip of the row; the kernel is one launch
+moving 4 rows (x and residual in, normed and residual out).
 """
 
 import torch
