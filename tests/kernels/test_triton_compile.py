@@ -49,6 +49,7 @@ print("ok")
 '''
 
 
+@pytest.mark.slow  # ~10 s of CPU for 20 compiles on a cold Triton cache (~/.triton/cache), ~3 s warm
 def test_every_kernel_compiles_for_sm90() -> None:
     if importlib.util.find_spec("triton") is None or importlib.util.find_spec("triton.backends.nvidia") is None:
         pytest.skip("Triton with its NVIDIA backend is not installed")
