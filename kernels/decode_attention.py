@@ -1,6 +1,6 @@
 """One-token (decode) attention over our sink + ring KV cache, grouped-query, split-K over the cache.
 
-Cache layout (model/kv_cache.py): K and V of one layer are [B, Hkv, S, D] with S = sinks + ring slots; slot
+Cache layout (model/lm/kv_cache.py): K and V of one layer are [B, Hkv, S, D] with S = sinks + ring slots; slot
 s < sinks holds token s, later tokens go round the ring; `slot_token` [S] (or [B, S], one row per batch row)
 says which token a slot holds (-1: empty or truncated away). A query at token index n = lengths[b] - 1 (its
 own K/V already written) sees, exactly as `KVCache.plan` decides,

@@ -9,7 +9,7 @@ positions ~1e6, where a float32 angle is off by ~0.06 rad), then rounded to floa
 runs in float32 and rounds once to the tensor's dtype.
 
 The kernel also writes, when asked, the query rotated to positions - sink_shift: the copy with which our
-KV cache's attention plan scores the sinks once the ring has wrapped (model/kv_cache.py), saved from the same
+KV cache's attention plan scores the sinks once the ring has wrapped (model/lm/kv_cache.py), saved from the same
 read of q before q is rotated in place.
 """
 

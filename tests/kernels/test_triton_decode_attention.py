@@ -85,9 +85,9 @@ def test_reference_equals_the_model_attention() -> None:
     model's attention (shifted sinks) and by the reference; before wrapping, against the model's SDPA path."""
     import torch.nn.functional as F
 
-    from model.kv_cache import CacheConfig, KVCache
     from model.layers.attention import Attention
     from model.layers.rope import apply_rope, fold_rope, rope_cos_sin, rope_inv_freq
+    from model.lm.kv_cache import CacheConfig, KVCache
 
     H, Hkv, D = 6, 2, 16
     cfg = CacheConfig(sinks=SINKS, window=WINDOW, chunk=CHUNK)
