@@ -34,10 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.embedded.asr import SAMPLE_RATE
-from model.embedded.resample import resample
 from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer
 from model.embedded.wer import corpus_wer
 from model.lm.sampling import SamplingConfig
+from model.pcm import resample
 from streaming.engine import AudioChunk, ReplyDone, TranscriptDelta
 from streaming.engines.embedded import EmbeddedEngine
 from tests.model.embedded.spoken import HELD_OUT, IN_DOMAIN, VOICES

@@ -1,4 +1,4 @@
-"""Audio front-end of the Thinker: any PCM -> 16 kHz mono -> Whisper log-mel (128 bins, 25 ms / 10 ms).
+"""Audio front-end of the Thinker: any PCM -> 16 kHz mono (model.pcm) -> Whisper log-mel (128 bins, 25 ms / 10 ms).
 
 Numerics follow transformers' `WhisperFeatureExtractor` as the Qwen2.5-Omni processor calls it
 (`padding="max_length"`, i.e. the clip is zero-padded to 30 s before the STFT): a periodic Hann window of
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.pcm import AudioInputError, StreamingResampler, downmix, resample, to_float32
+
 SAMPLE_RATE = 16000
 N_FFT = 400  # 25 ms window
 HOP_LENGTH = 160  # 10 ms hop
@@ -32,47 +34,21 @@ _LOG_FLOOR = 1e-10
 _DYNAMIC_RANGE = 8.0  # log10 units = 80 dB
 
 
-class AudioInputError(ValueError):
-    """Audio that cannot be turned into model input (empty, wrong shape, unreadable)."""
-
-
-# ---- resampling and down-mixing ------------------------------------------------------------------------
-
-
-def _resample_mono(x: np.ndarray, sample_rate: int) -> np.ndarray:  # [N] float32 -> [M] float32 at 16 kHz
-    import av  # the serve extra; imported here so the model package imports without it
-
-    frame = av.AudioFrame.from_ndarray(x[None, :], format="fltp", layout="mono")
-    frame.sample_rate = sample_rate
-    resampler = av.AudioResampler(format="fltp", layout="mono", rate=SAMPLE_RATE)
-    out = [f.to_ndarray()[0] for f in resampler.resample(frame)]
-    out += [f.to_ndarray()[0] for f in resampler.resample(None)]  # drain the filter's delay line
-    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+# ---- any PCM -> 16 kHz mono (model.pcm: the one down-mix and resampler, shared with the live path) ----------
 
 
 def to_mono_16k(samples: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
     """Down-mix `samples` ([N] mono or [C, N] channels-first, float in [-1, 1] or int16) to mono by the
-    channel mean, then resample to 16 kHz with av (libswresample). Returns float32 [M].
-
-    The mean (what librosa's `to_mono` does for the reference pipeline) is used instead of swresample's
-    mono layout, which mixes stereo at -3 dB per channel (0.707 * (L + R)) and would shift every log-mel
-    value by 3 dB.
-    """
+    channel mean, then resample to 16 kHz. Returns float32 [M]."""
     x = samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
-    if x.dtype == np.int16:
-        x = x.astype(np.float32) / 32768.0
-    x = x.astype(np.float32, copy=False)
-    if x.ndim == 2:
-        x = x.mean(axis=0)
-    elif x.ndim != 1:
+    if x.ndim not in (1, 2):
         raise AudioInputError(f"audio must be [samples] or [channels, samples], got shape {tuple(x.shape)}")
     if x.size == 0:
         raise AudioInputError("zero-length audio: expected at least one sample")
     if sample_rate <= 0:
         raise AudioInputError(f"sample_rate must be positive, got {sample_rate}")
-    if sample_rate != SAMPLE_RATE:
-        x = _resample_mono(np.ascontiguousarray(x), sample_rate)
-    return torch.from_numpy(np.ascontiguousarray(x))
+    mono = downmix(to_float32(x if x.ndim == 2 else x[None]))
+    return torch.from_numpy(np.ascontiguousarray(resample(mono, sample_rate, SAMPLE_RATE)))
 
 
 def load_audio(path: str | Path) -> torch.Tensor:
@@ -87,14 +63,16 @@ def load_audio(path: str | Path) -> torch.Tensor:
         if not container.streams.audio:
             raise AudioInputError(f"{str(path)!r} has no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=SAMPLE_RATE)
-        chunks = []
-        for frame in container.decode(stream):
-            chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(frame)]
-        chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(None)]
-    if not chunks or sum(c.size for c in chunks) == 0:
+        # av only converts the decoder's sample format to planar float here (same layout, same rate)
+        to_planar = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.sample_rate)
+        to_16k = StreamingResampler(stream.sample_rate, SAMPLE_RATE)
+        chunks = [to_16k.push(downmix(f.to_ndarray())) for frame in container.decode(stream)
+                  for f in to_planar.resample(frame)]
+        chunks += [to_16k.push(downmix(f.to_ndarray())) for f in to_planar.resample(None)]
+        chunks.append(to_16k.flush())
+    if sum(c.size for c in chunks) == 0:
         raise AudioInputError(f"zero-length audio: {str(path)!r} decodes to no samples")
-    return torch.from_numpy(np.concatenate(chunks).astype(np.float32))
+    return torch.from_numpy(np.concatenate(chunks))
 
 
 # ---- log-mel ---------------------------------------------------------------------------------------------

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from model.embedded.asr import RecognizerConfig, StreamingRecognizer
-from model.embedded.resample import StreamingResampler, resample
 from model.embedded.tts import TTSError, Voice
 from model.embedded.wer import word_errors
 from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
+from model.pcm import StreamingResampler, resample
 from streaming.engine import AudioChunk, Engine, EngineEvent, EngineSession, ReplyDone, TextDelta, TranscriptDelta
 from streaming.engines.embedded import REALTIME_VOICES, EmbeddedEngine, EmbeddedSession, as_sentence
 from tests.model.embedded.spoken import spoken
