@@ -11,6 +11,8 @@ Streaming (`LogMel.step`) emits each frame as soon as its 25 ms window is comple
 after its centre). Its only difference from offline is the 80 dB floor, which offline takes from the
 loudest frame of the whole clip and streaming from the loudest frame so far: bins more than 80 dB below a
 *later* peak are floored higher offline. Every other value is the same computation on the same samples.
+`step_log10`/`flush_log10` give the frames before that floor, so that a consumer that keeps them
+(`ThinkerSession.push_audio`) can floor them again with `finish` once the peak rises, and equal offline.
 """
 
 from __future__ import annotations
@@ -144,8 +146,9 @@ class LogMel(nn.Module):
         return (power @ self.filters).clamp_(min=_LOG_FLOOR).log10_()
 
     @staticmethod
-    def _finish(log_mel: torch.Tensor, peak: float) -> torch.Tensor:  # [T, M] -> [M, T]
-        return ((torch.clamp(log_mel, min=peak - _DYNAMIC_RANGE) + 4.0) / 4.0).T.contiguous()
+    def finish(log10_mel: torch.Tensor, peak: float) -> torch.Tensor:  # [M, T] -> [M, T]
+        """Floor log10 mel values at `peak` - 8 (80 dB below the loudest value) and map them with (x + 4) / 4."""
+        return (torch.clamp(log10_mel, min=peak - _DYNAMIC_RANGE) + 4.0) / 4.0
 
     @staticmethod
     def _reflect_pad(x: torch.Tensor) -> torch.Tensor:  # [N >= 201] -> [200 + N]: torch.stft's centre pad
@@ -153,16 +156,18 @@ class LogMel(nn.Module):
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         """Offline features of a whole clip: 16 kHz mono float [N] -> [n_mels, ceil(N / 160)]."""
+        log_mel = self._whole_log10(pcm)
+        return self.finish(log_mel[:, : mel_frame_count(pcm.numel())], float(log_mel.max()))
+
+    def _whole_log10(self, pcm: torch.Tensor) -> torch.Tensor:  # [N] -> [n_mels, frames touching the clip]
         n = self._check_pcm(pcm)
-        n_frames = mel_frame_count(n)
         # The 80 dB floor follows the reference's max over every frame whose window touches the clip,
         # including up to two frames past the last returned one (their windows reach 200 samples back).
         n_ext = (n + _HALF - 1) // HOP_LENGTH + 1
         need = max((n_ext - 1) * HOP_LENGTH + _HALF, _HALF + 1)
         x = torch.zeros(need, dtype=torch.float32, device=pcm.device)
         x[:n] = pcm.float()
-        log_mel = self._log_power(self._reflect_pad(x), n_ext)
-        return self._finish(log_mel[:n_frames], float(log_mel.max()))
+        return self._log_power(self._reflect_pad(x), n_ext).T
 
     @staticmethod
     def _check_pcm(pcm: torch.Tensor) -> int:
@@ -180,7 +185,13 @@ class LogMel(nn.Module):
         )
 
     def step(self, state: LogMelState, pcm: torch.Tensor) -> torch.Tensor:
-        """Feed 16 kHz mono samples [n] (any n >= 0); returns the frames completed by them [n_mels, t]."""
+        """Feed 16 kHz mono samples [n] (any n >= 0); returns the frames completed by them [n_mels, t], floored
+        80 dB below the loudest value so far."""
+        return self.finish(self.step_log10(state, pcm), state.running_max)
+
+    def step_log10(self, state: LogMelState, pcm: torch.Tensor) -> torch.Tensor:
+        """As `step`, but the frames' log10 mel values before the 80 dB floor [n_mels, t]; `state.running_max`
+        is the loudest of them so far."""
         if pcm.dim() != 1:
             raise AudioInputError(f"expected 16 kHz mono PCM of shape [samples], got {tuple(pcm.shape)}")
         pcm = pcm.float().to(state.carry.device)
@@ -195,14 +206,20 @@ class LogMel(nn.Module):
 
     def flush(self, state: LogMelState) -> torch.Tensor:
         """End of stream: the remaining frames (the tail sees zeros, as offline); resets the state."""
-        if state.n_seen == 0:
-            raise AudioInputError("zero-length audio: flush() before any sample was fed")
-        if state.n_seen <= _HALF:  # nothing emitted yet: the reflection itself reaches into the zeros
-            out = self.forward(state.head[: state.n_seen].clone())
-        else:
-            out = self._consume(state, torch.zeros(N_FFT, device=state.carry.device), final=True)
+        out = self.finish(self.flush_log10(state), state.running_max)
         self._reset(state)
         return out
+
+    def flush_log10(self, state: LogMelState) -> torch.Tensor:
+        """As `flush`, but the frames before the 80 dB floor; `state.running_max` then holds the stream's
+        loudest value. The state is spent: the next stream needs a new one (`init_state`)."""
+        if state.n_seen == 0:
+            raise AudioInputError("zero-length audio: flush() before any sample was fed")
+        if state.n_seen > _HALF:
+            return self._consume(state, torch.zeros(N_FFT, device=state.carry.device), final=True)
+        log_mel = self._whole_log10(state.head[: state.n_seen])  # nothing emitted yet: compute it as offline
+        state.running_max = max(state.running_max, float(log_mel.max()))
+        return log_mel[:, : mel_frame_count(state.n_seen)].contiguous()
 
     def _consume(self, state: LogMelState, padded_new: torch.Tensor, final: bool) -> torch.Tensor:
         buf = torch.cat([state.carry[: state.n_carry], padded_new])
@@ -215,7 +232,7 @@ class LogMel(nn.Module):
         else:
             log_mel = self._log_power(buf, n_frames)
             state.running_max = max(state.running_max, float(log_mel.max()))
-            out = self._finish(log_mel, state.running_max)
+            out = log_mel.T.contiguous()
         rest = buf[n_frames * HOP_LENGTH :][:N_FFT]  # < 400 samples remain in streaming
         state.carry[: rest.numel()] = rest
         state.n_carry = rest.numel()
