@@ -3,22 +3,31 @@
 Input is made the way a call delivers it: stereo PCM encoded by aiortc's Opus encoder and decoded by its
 Opus decoder (48 kHz s16 packed stereo av.AudioFrames, 20 ms each), then handed to the session as
 `app.realtime_server` does (`frame.to_ndarray()`, `len(frame.layout.channels)`). The offline side gets the
-same decoded PCM, planar, through `to_mono_16k`. A loudness VAD stands in for silero so that a pure tone opens
+same decoded PCM, planar, through `to_mono_16k`; and the turn through the Thinker's streaming front end gives the
+whole clip's logits. A loudness VAD stands in for silero so that a pure tone opens
 a turn (silero does not call a tone speech).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import av
 import numpy as np
 import pytest
+import torch
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
 
 from model.encoders.audio_frontend import to_mono_16k
+from model.loaders.omni import load_thinker
+from model.thinker_session import ThinkerSession
 from streaming.audio_in import AudioInStage, TurnAudio
 from streaming.frames import AudioFrame
 from streaming.vad import CHUNK, TurnConfig
+from tests.model.encoder_reference import rel_err
+from tests.model.omni_tiny import save_tiny_omni
+from tests.model.test_thinker_lead_in import REL_TOL, whole_clip_logits
 
 RATE, FRAME = 48000, 960  # Opus in WebRTC: 48 kHz, 20 ms frames
 
@@ -50,8 +59,9 @@ def through_opus(left: np.ndarray, right: np.ndarray) -> list[av.AudioFrame]:
     return decoded
 
 
-def live_and_offline(frames: list[av.AudioFrame]) -> tuple[np.ndarray, np.ndarray]:
-    """(the turn's audio as the live stage gives it to the engine, the offline 16 kHz samples at its span)."""
+def live_and_offline(frames: list[av.AudioFrame]) -> tuple[list[np.ndarray], np.ndarray]:
+    """(the turn's audio pieces as the live stage gives them to the engine, the offline 16 kHz samples at
+    their span)."""
     stage = AudioInStage(LoudnessVad(), 16000)  # type: ignore[arg-type]
     st = stage.init_state(TurnConfig(silence_ms=300, pause_ms=0))
     out = []
@@ -67,7 +77,7 @@ def live_and_offline(frames: list[av.AudioFrame]) -> tuple[np.ndarray, np.ndarra
     # the smallest difference within +-32 samples (2 ms)
     shifts = range(max(0, start - 32), start + 33)
     best = min(shifts, key=lambda s: float(np.abs(offline[s : s + len(live)] - live).max()))
-    return live, offline[best : best + len(live)]
+    return [a.pcm for a in audio], offline[best : best + len(live)]
 
 
 def tone_with_silence(freq: float, peak: float) -> np.ndarray:
@@ -80,7 +90,8 @@ def tone_with_silence(freq: float, peak: float) -> np.ndarray:
 def test_two_equal_channels_keep_their_level_live() -> None:
     """A 0.25-peak tone on both channels reaches the engine at 0.25 (libswresample's mono mix made it 0.354)."""
     x = tone_with_silence(440.0, 0.25)
-    live, offline = live_and_offline(through_opus(x, x))
+    pieces, offline = live_and_offline(through_opus(x, x))
+    live = np.concatenate(pieces)
     onset = int(np.argmax(np.abs(live) > 0.05))  # the turn starts with prefix_ms of silence
     steady = live[onset + 3200 : onset + 16000]  # 0.2-1.0 s into the 1.2 s tone: past Opus's onset overshoot
     # Opus at 96 kb/s and the 48 -> 16 kHz filter leave a 440 Hz tone's peak within 1% (measured 0.2504)
@@ -88,19 +99,40 @@ def test_two_equal_channels_keep_their_level_live() -> None:
     np.testing.assert_array_equal(live, offline)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_live_stereo_gives_the_offline_samples_and_log_mel(seed: int) -> None:
+def call_audio(seed: int, seconds: float = 1.2) -> list[av.AudioFrame]:
+    """A chirp on one channel, noise on the other (the mix is neither channel), 0.6 s of silence each side."""
     rng = np.random.default_rng(seed)
-    n = int(1.2 * RATE)
+    n = int(seconds * RATE)
     t = np.arange(n) / RATE
-    left = 0.3 * np.sin(2 * np.pi * (200 + 900 * t) * t)  # a chirp on one channel,
-    right = 0.1 * rng.standard_normal(n)  # noise on the other: the mix is not either channel
+    left = 0.3 * np.sin(2 * np.pi * (200 + 900 * t) * t)
+    right = 0.1 * rng.standard_normal(n)
     quiet = np.zeros(int(0.6 * RATE))
-    frames = through_opus(np.concatenate([quiet, left, quiet]).astype(np.float32),
-                          np.concatenate([quiet, right, quiet]).astype(np.float32))
-    live, offline = live_and_offline(frames)
-    assert len(live) > 16000  # the whole tone's turn, over 1 s
-    # the same int16 -> float, channel mean and resampler on the same samples: equal to the last bit, so the
-    # log-mel of what the engine hears is the offline one too (tests/model/test_thinker_lead_in.py feeds such
-    # audio through the streaming front end and the Thinker)
+    return through_opus(np.concatenate([quiet, left, quiet]).astype(np.float32),
+                        np.concatenate([quiet, right, quiet]).astype(np.float32))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_live_stereo_gives_the_offline_samples(seed: int) -> None:
+    pieces, offline = live_and_offline(call_audio(seed))
+    live = np.concatenate(pieces)
+    assert len(live) > 16000  # the whole chirp's turn, over 1 s
+    # the same int16 -> float, channel mean and resampler on the same samples: equal to the last bit
     np.testing.assert_array_equal(live, offline)
+
+
+def test_live_call_audio_reaches_the_thinker_as_the_offline_clip(tmp_path: Path) -> None:
+    """The turn's pieces, as the engine gets them (quiet prefix first), through ThinkerSession.push_audio: the
+    streamed log-mel and prefill give the first reply logits of the offline clip."""
+    pieces, offline = live_and_offline(call_audio(seed=2, seconds=3.0))  # over 2 s: a block before the end
+    _, path = save_tiny_omni(tmp_path / "tiny")
+    loaded = load_thinker(path)
+    s = ThinkerSession(loaded.model, loaded.prompt)
+    s.start_user_turn()
+    s.begin_audio()
+    for pcm in pieces:
+        s.push_audio(torch.from_numpy(pcm))
+    s.end_audio()
+    s.add_text("hi")
+    got = s.end_user_turn()
+    want, _ = whole_clip_logits(loaded, torch.from_numpy(offline))
+    assert rel_err(got, want) < REL_TOL  # (the bound and why: tests/model/test_thinker_lead_in.py)
