@@ -148,8 +148,7 @@ class ThinkerSession:
     def begin_audio(self) -> None:
         self._check_idle()
         self.feed_ids([self.thinker.cfg.tokens.audio_start])
-        n_mels = self.thinker.mel.n_mels
-        empty = torch.zeros(n_mels, 0, device=self.thinker.device)
+        empty = torch.zeros(self.thinker.mel.n_mels, 0, device=self.thinker.device)
         self._segment = _AudioSegment(self.thinker.mel.init_state(self.thinker.device), [], empty, [], [])
         self._audio = self.thinker.audio_tower.init_state(self.thinker.device)
 
@@ -196,7 +195,7 @@ class ThinkerSession:
         before = self.state.cache.length
         block = self.thinker.audio_tower.cfg.block_frames
         peak = seg.mel.running_max
-        pending = torch.cat([seg.pending, log10], dim=1)  # < 200 + t frames: one block at most, plus the new
+        pending = torch.cat([seg.pending, log10], dim=1)  # the < 200 frames left over, then the new ones
         while pending.shape[1] >= block:
             seg.blocks.append(pending[:, :block])
             pending = pending[:, block:]
