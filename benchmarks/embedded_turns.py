@@ -1,6 +1,6 @@
 """Spoken turns through the embedded engine on this machine's CPU: prints numbers, asserts nothing.
 
-    .venv/bin/python benchmarks/embedded_turns.py [--turns 20] [--threads 1] [--max-new-tokens 64]
+    .venv/bin/python benchmarks/embedded_turns.py [--turns 20] [--threads 1] [--max-new-tokens 64] [--prepare]
 
 Each turn is one question spoken by espeak-ng (two voices, alternating), pushed to one session in 20 ms
 frames as the runtime would, then `end_turn` and `respond`. Audio is pushed as fast as the recogniser takes
@@ -11,6 +11,9 @@ speech, so the VAD's own hang-over comes on top):
   first audio: end_turn -> the first AudioChunk of the reply (final recognition pass, prefill, decode to the
                end of the first phrase, synthesis and resampling of that phrase)
   first token: ChatSession's prefill + first decoded token
+  final recognition pass: what `end_turn` still had to recognise; with --prepare each turn is first prepared
+               as at a pause (`prepare_turn`: recognised and prefilled before the end of turn), so compare the
+               two runs' figures to see what preparing at the pause saves
 Decode tokens/s is the reply's new tokens over its decode time (which includes the ~1% spent synthesising).
 Peak memory is the process's maximum resident set size.
 """
@@ -31,10 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.embedded.asr import SAMPLE_RATE
-from model.embedded.resample import resample
 from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer
 from model.embedded.wer import corpus_wer
 from model.lm.sampling import SamplingConfig
+from model.pcm import resample
 from streaming.engine import AudioChunk, ReplyDone, TranscriptDelta
 from streaming.engines.embedded import EmbeddedEngine
 from tests.model.embedded.spoken import HELD_OUT, IN_DOMAIN, VOICES
@@ -81,6 +84,8 @@ def run_turns(args: argparse.Namespace) -> int:
         before = session.recognizer.stats.compute_seconds
         for start in range(0, audio.size, FRAME):
             session.push_audio(audio[start : start + FRAME], start / SAMPLE_RATE)
+        if args.prepare:
+            session.prepare_turn()
         end_turn = time.perf_counter()
         final = [e for e in session.end_turn() if isinstance(e, TranscriptDelta) and e.final][0]
         first_audio = 0.0
@@ -107,7 +112,8 @@ def run_turns(args: argparse.Namespace) -> int:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     speech = sum(r["speech_s"] for r in rows)
     print()
-    print(f"turns: {len(rows)} (voices: {', '.join(f'{v.name}@{v.rate}' for v in VOICES)})")
+    print(f"turns: {len(rows)} (voices: {', '.join(f'{v.name}@{v.rate}' for v in VOICES)})"
+          f"{', each prepared at the pause' if args.prepare else ''}")
     print(
         f"end of user speech -> first assistant audio: p50 {percentile(firsts, 50):.0f} ms, "
         f"p95 {percentile(firsts, 95):.0f} ms (goal p50 <= 800 ms)"
@@ -135,6 +141,7 @@ def main() -> int:
     p.add_argument("--turns", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the engine's default: 1)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--prepare", action="store_true", help="prepare each turn at its pause (prepare_turn) first")
     return run_turns(p.parse_args())
 
 

@@ -26,6 +26,24 @@ from model.tmrope import PositionCursor, StreamingVideoPositions, flat_positions
 
 
 @dataclass
+class _AudioSegment:
+    """The open `push_audio` segment: its log-mel before the 80 dB floor and where each prefilled block starts.
+
+    Offline, the floor sits 80 dB below the loudest value of the whole clip; live, only the loudest so far is
+    known. A block prefilled while the turn was quiet is therefore floored again, re-encoded and prefilled again
+    (with every block after it, whose cache entries attend to it) when a louder part raises the peak enough to
+    change it. Quiet lead-ins make this happen near a turn's start; later blocks rarely change. Kept until
+    `end_audio`: 100 KB of log-mel per 2-s block (128 bins x 200 frames x 4 bytes).
+    """
+
+    mel: LogMelState
+    blocks: list[torch.Tensor]  # [n_mels, 200] log10 mel of each complete block
+    pending: torch.Tensor  # [n_mels, < 200] log10 mel of the block being filled
+    marks: list[tuple[int, int]]  # (cache length, cursor id) where each prefilled block starts
+    floors: list[tuple[float, float]]  # per prefilled block: (its quietest value, the peak it was floored at)
+
+
+@dataclass
 class _AVStream:
     """One live video-with-audio segment: encoded pieces waiting for their turn in the 2-s interleave."""
 
@@ -63,7 +81,8 @@ class ThinkerSession:
         self.state: DecoderState = thinker.lm.init_state(cache)
         self.cursor = PositionCursor(thinker.cfg.rope)
         self.logits: torch.Tensor | None = None  # [V] after the last prefilled token
-        self._mel: LogMelState | None = None
+        self._segment: _AudioSegment | None = None
+        self._mel: LogMelState | None = None  # the video-with-audio stream's front end
         self._audio: AudioEncoderState | None = None
         self._video: tuple[VisionEncoderState, StreamingVideoPositions] | None = None
         self._av: _AVStream | None = None
@@ -129,35 +148,79 @@ class ThinkerSession:
     def begin_audio(self) -> None:
         self._check_idle()
         self.feed_ids([self.thinker.cfg.tokens.audio_start])
-        self._mel = self.thinker.mel.init_state(self.thinker.device)
+        empty = torch.zeros(self.thinker.mel.n_mels, 0, device=self.thinker.device)
+        self._segment = _AudioSegment(self.thinker.mel.init_state(self.thinker.device), [], empty, [], [])
         self._audio = self.thinker.audio_tower.init_state(self.thinker.device)
 
     def push_audio(self, pcm16k: torch.Tensor) -> int:
-        """16 kHz mono samples; prefills every 2-s block they complete. Returns audio tokens prefilled."""
-        if self._mel is None:
+        """16 kHz mono samples; prefills every 2-s block they complete (and again, floored as offline, any
+        earlier block a louder part changes). Returns how many audio tokens the cache gained."""
+        seg = self._segment
+        if seg is None or self._audio is None:
             raise RuntimeError("push_audio() outside begin_audio()/end_audio()")
-        return self.push_audio_features(self.thinker.mel.step(self._mel, pcm16k.to(self.thinker.device)))
+        if self._audio.n_blocks or self._audio.n_pending:
+            raise RuntimeError("push_audio() after push_audio_features() in one audio segment")
+        log10 = self.thinker.mel.step_log10(seg.mel, pcm16k.to(self.thinker.device))
+        return self._prefill_segment(seg, log10)
 
     def push_audio_features(self, mel: torch.Tensor) -> int:
         """Log-mel frames [n_mels, t] (when the caller runs the front-end itself)."""
         if self._audio is None:
             raise RuntimeError("audio pushed outside begin_audio()/end_audio()")
+        if self._segment is not None and self._segment.mel.n_seen:
+            raise RuntimeError("push_audio_features() after push_audio() in one audio segment")
         tokens = self.thinker.audio_tower.step(self._audio, mel.to(self.thinker.device)).to(self.thinker.lm.dtype)
         self._feed(tokens, self.cursor.audio(tokens.shape[0]))
         return tokens.shape[0]
 
     def end_audio(self) -> int:
-        """Encode the partial last block, prefill it and <|audio_eos|>. Returns its token count."""
+        """Encode the partial last block, prefill it and <|audio_eos|>. Returns how many audio tokens the
+        cache gained."""
         if self._audio is None:
             raise RuntimeError("end_audio() without begin_audio()")
-        n = 0
-        if self._mel is not None and self._mel.n_seen:
-            n += self.push_audio_features(self.thinker.mel.flush(self._mel))
-        tokens = self.thinker.audio_tower.flush(self._audio).to(self.thinker.lm.dtype)
-        self._feed(tokens, self.cursor.audio(tokens.shape[0]))
-        self._mel = self._audio = None
+        seg, n = self._segment, 0
+        if seg is not None and seg.mel.n_seen:
+            n = self._prefill_segment(seg, self.thinker.mel.flush_log10(seg.mel), final=True)
+        else:
+            tokens = self.thinker.audio_tower.flush(self._audio).to(self.thinker.lm.dtype)
+            self._feed(tokens, self.cursor.audio(tokens.shape[0]))
+            n = tokens.shape[0]
+        self._segment = self._audio = None
         self.feed_ids([self.thinker.cfg.tokens.audio_end])
-        return n + tokens.shape[0]
+        return n
+
+    def _prefill_segment(self, seg: _AudioSegment, log10: torch.Tensor, final: bool = False) -> int:
+        """Take new log10 frames [n_mels, t]; prefill every complete block (at the end also the partial last
+        one) floored at the peak so far, after rolling back to the first prefilled block the peak changed."""
+        before = self.state.cache.length
+        block = self.thinker.audio_tower.cfg.block_frames
+        peak = seg.mel.running_max
+        pending = torch.cat([seg.pending, log10], dim=1)  # the < 200 frames left over, then the new ones
+        while pending.shape[1] >= block:
+            seg.blocks.append(pending[:, :block])
+            pending = pending[:, block:]
+        seg.pending = pending
+        # a block changes when the floor (peak - 8 log10 units = 80 dB) rises past its quietest value
+        changed = [k for k, (low, used) in enumerate(seg.floors) if used < peak and low < peak - 8.0]
+        if changed:
+            self._roll_back(*seg.marks[changed[0]])
+            del seg.marks[changed[0] :], seg.floors[changed[0] :]
+        last = seg.blocks + ([seg.pending] if final and seg.pending.shape[1] else [])
+        for frames in last[len(seg.marks) :]:
+            seg.marks.append((self.state.cache.length, self.cursor.next_id))
+            seg.floors.append((float(frames.min()), peak))
+            tokens = self.thinker.audio_tower.encode_blocks(self.thinker.mel.finish(frames, peak)[None])[0]
+            tokens = tokens.to(self.thinker.lm.dtype)
+            self._feed(tokens, self.cursor.audio(tokens.shape[0]))
+        return self.state.cache.length - before
+
+    def _roll_back(self, cache_length: int, next_id: int) -> None:
+        """Forget the cache from `cache_length` on and place the next piece at `next_id` again. (Exact unless
+        the cache has wrapped and more than its `chunk` of slack is dropped: then the oldest window tokens the
+        dropped ones overwrote stay forgotten, as `KVCache.truncate` says.)"""
+        self.prefilled_tokens -= self.state.cache.length - cache_length
+        self.state.cache.truncate(cache_length)
+        self.cursor.next_id = next_id
 
     # ---- images and video ------------------------------------------------------------------------------------
 

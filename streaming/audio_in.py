@@ -20,9 +20,9 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-import av
 import numpy as np
 
+from model.pcm import StreamingResampler, downmix, planar, to_float32
 from streaming.engine import EngineEvent, EngineSession
 from streaming.frames import AudioFrame, SpeechPaused, SpeechStarted, SpeechStopped
 from streaming.vad import CHUNK, CHUNK_SECONDS, SAMPLE_RATE, SileroVad, TurnConfig, TurnDetector
@@ -59,8 +59,8 @@ class AudioInState:
 
     detector: TurnDetector
     vad_state: object
-    resampler: av.AudioResampler | None = None
-    resampler_key: tuple[int, int, str] | None = None
+    to_engine: StreamingResampler  # 16 kHz turn audio -> the engine's input rate (passes through at 16 kHz)
+    resampler: StreamingResampler | None = None  # the transport's rate -> 16 kHz, made for the first frame
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     pending_ts: float = 0.0  # timestamp of pending[0]
     pre_roll: deque[tuple[float, np.ndarray]] = field(default_factory=deque)  # recent chunks before an onset
@@ -75,7 +75,11 @@ class AudioInStage:
         self.engine_rate = engine_rate
 
     def init_state(self, turn: TurnConfig) -> AudioInState:
-        return AudioInState(detector=TurnDetector(turn.validate()), vad_state=self.vad.init_state())
+        return AudioInState(
+            detector=TurnDetector(turn.validate()),
+            vad_state=self.vad.init_state(),
+            to_engine=StreamingResampler(SAMPLE_RATE, self.engine_rate),
+        )
 
     def process(self, st: AudioInState, frames: list[AudioFrame]) -> list[StageOutput]:
         """Feed frames in arrival order; returns turn events and turn audio in the order they happened."""
@@ -91,7 +95,7 @@ class AudioInStage:
                 t = st.pending_ts
                 st.pending_ts += CHUNK_SECONDS
                 self._chunk(st, chunk, t, run, out)
-        self._flush_run(run, out)
+        self._flush_run(st, run, out)
         return out
 
     def _chunk(
@@ -106,13 +110,13 @@ class AudioInStage:
         was_speaking = det.speaking
         event = det.step(self.vad.step(st.vad_state, chunk), t, CHUNK_SECONDS)  # type: ignore[arg-type]
         if isinstance(event, SpeechStarted):
-            self._flush_run(run, out)
+            self._flush_run(st, run, out)
             out.append(event)
             start = event.timestamp - det.config.prefix_ms / 1000.0
             run.extend((ts, c) for ts, c in st.pre_roll if ts >= start - 1e-6)
             st.pre_roll.clear()
         if isinstance(event, SpeechPaused):
-            self._flush_run(run, out)
+            self._flush_run(st, run, out)
             out.append(event)
         if det.speaking and det.paused:  # silence after a pause: the engine gets it only if speech resumes
             st.paused_audio.append((t, chunk))
@@ -130,46 +134,31 @@ class AudioInStage:
             while st.pre_roll and st.pre_roll[0][0] < t - keep:
                 st.pre_roll.popleft()
         if isinstance(event, SpeechStopped):
-            self._flush_run(run, out)
+            self._flush_run(st, run, out, turn_over=True)
             out.append(event)
 
-    def _flush_run(self, run: list[tuple[float, np.ndarray]], out: list[StageOutput]) -> None:
-        if run:
-            pcm = np.concatenate([c for _, c in run])
-            out.append(TurnAudio(self._engine_rate(pcm), run[0][0]))
-            run.clear()
-
-    def _engine_rate(self, pcm16k: np.ndarray) -> np.ndarray:
-        if self.engine_rate == SAMPLE_RATE:
-            return pcm16k
-        n = int(round(len(pcm16k) * self.engine_rate / SAMPLE_RATE))
-        x = np.interp(np.arange(n) * SAMPLE_RATE / self.engine_rate, np.arange(len(pcm16k)), pcm16k)
-        return x.astype(np.float32)
+    def _flush_run(
+        self, st: AudioInState, run: list[tuple[float, np.ndarray]], out: list[StageOutput], turn_over: bool = False
+    ) -> None:
+        """Turn chunks -> one TurnAudio at the engine's rate; at the turn's end the resampler's tail goes too."""
+        pcm = st.to_engine.push(np.concatenate([c for _, c in run])) if run else np.zeros(0, np.float32)
+        if turn_over:
+            pcm = np.concatenate([pcm, st.to_engine.flush()])
+        if len(pcm):
+            out.append(TurnAudio(pcm, run[0][0] if run else st.pending_ts))
+        run.clear()
 
     @staticmethod
     def _to_16k_mono(st: AudioInState, frame: AudioFrame) -> np.ndarray:
-        pcm = frame.pcm
-        if pcm.dtype == np.int16:
-            fmt = "s16"
-        elif pcm.dtype == np.float32:
-            fmt = "flt"
-        else:
-            raise ValueError(f"audio frame must be int16 or float32, got {pcm.dtype}")
+        """The channel mean, then 16 kHz: the same samples the offline front end (to_mono_16k) makes."""
+        if frame.pcm.dtype not in (np.int16, np.float32):
+            raise ValueError(f"audio frame must be int16 or float32, got {frame.pcm.dtype}")
         if frame.channels not in (1, 2):
             raise ValueError(f"audio frame must be mono or stereo, got {frame.channels} channels")
-        if frame.sample_rate == SAMPLE_RATE and frame.channels == 1:
-            x = pcm.reshape(-1)
-            return x.astype(np.float32) / 32768.0 if fmt == "s16" else x
-        layout = "mono" if frame.channels == 1 else "stereo"
-        key = (frame.sample_rate, frame.channels, fmt)
-        if st.resampler is None or st.resampler_key != key:
-            st.resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-            st.resampler_key = key
-        packed = pcm.reshape(1, -1) if pcm.ndim == 1 or pcm.shape[0] == 1 else pcm.T.reshape(1, -1)
-        avf = av.AudioFrame.from_ndarray(np.ascontiguousarray(packed), format=fmt, layout=layout)
-        avf.sample_rate = frame.sample_rate
-        parts = [f.to_ndarray().reshape(-1) for f in st.resampler.resample(avf)]
-        return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+        mono = downmix(to_float32(planar(frame.pcm, frame.channels)))
+        if st.resampler is None or st.resampler.in_rate != frame.sample_rate:
+            st.resampler = StreamingResampler(frame.sample_rate, SAMPLE_RATE)
+        return st.resampler.push(mono)
 
 
 @dataclass

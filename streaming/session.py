@@ -33,6 +33,7 @@ from typing import Any
 import av
 import numpy as np
 
+from model.pcm import StreamingResampler, to_int16
 from streaming.audio_in import (
     AudioInStage,
     AudioInState,
@@ -384,13 +385,13 @@ class Session:
     async def _generate(self, reply: _Reply) -> None:
         assert self._engine_session is not None
         reply.iterator = await self.worker.run(self._engine_session.respond)
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=OUTPUT_RATE)
+        resampler = StreamingResampler(self.engine.output_sample_rate, OUTPUT_RATE)
         while not reply.generated:
             ev, seconds = await self.worker.run(_step, reply.iterator)
             reply.metrics.compute_seconds += seconds
             if ev is None or isinstance(ev, ReplyDone):
                 reply.generated = True
-                pcm = await self.media.run(_resample_out, resampler, None, self.engine.output_sample_rate)
+                pcm = await self.media.run(_resample_out, resampler, None)
                 if len(pcm):
                     await self.output.put(SpeechChunk(reply.response_id, pcm))
             elif isinstance(ev, TextDelta):
@@ -400,7 +401,7 @@ class Session:
                 self._emit(self.events.output_text_delta(reply.response_id, reply.item_id, ev.text))
             elif isinstance(ev, AudioChunk):
                 reply.metrics.audio_seconds += len(ev.pcm) / self.engine.output_sample_rate
-                pcm = await self.media.run(_resample_out, resampler, ev.pcm, self.engine.output_sample_rate)
+                pcm = await self.media.run(_resample_out, resampler, ev.pcm)
                 await self.output.put(SpeechChunk(reply.response_id, pcm, ev.text))
                 if ev.text:
                     self._emit(self.events.output_audio_transcript_delta(reply.response_id, reply.item_id, ev.text))
@@ -539,20 +540,9 @@ def _step(it: Iterator[EngineEvent]) -> tuple[EngineEvent | None, float]:
     return ev, time.perf_counter() - t0
 
 
-def _resample_out(resampler: av.AudioResampler, pcm: np.ndarray | None, rate: int) -> np.ndarray:
+def _resample_out(resampler: StreamingResampler, pcm: np.ndarray | None) -> np.ndarray:
     """Engine float32 speech -> int16 at 48 kHz; `pcm=None` flushes the resampler's tail."""
-    if pcm is not None and pcm.size == 0:  # an empty av frame makes the resampler fail; nothing to do
-        return np.zeros(0, np.int16)
-    if pcm is None:
-        frames = resampler.resample(None)
-    else:
-        f = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(pcm.reshape(1, -1), dtype=np.float32), format="flt", layout="mono"
-        )
-        f.sample_rate = rate
-        frames = resampler.resample(f)
-    parts = [f.to_ndarray().reshape(-1) for f in frames]
-    return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, np.int16)
+    return to_int16(resampler.flush() if pcm is None else resampler.push(pcm))
 
 
 def _close_iterator(it: Iterator[EngineEvent]) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.pcm import resample, to_int16
 from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta, TranscriptDelta
 
 DEFAULT_REPLY = "Hello, I heard you speak for {seconds:.1f} seconds, and this is my answer to you."
@@ -181,15 +182,6 @@ def synthesize_speech(text: str, voice: str = "en-us", words_per_minute: int = 1
     return np.concatenate(chunks).astype(np.int16), int(rate)
 
 
-def resample_int16(pcm: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Linear-interpolation resampling, good enough for test audio."""
-    if rate == target:
-        return pcm
-    n = int(round(len(pcm) * target / rate))
-    x = np.interp(np.arange(n) * rate / target, np.arange(len(pcm)), pcm.astype(np.float64))
-    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
-
-
 def write_wav(path: str | Path, pcm: np.ndarray, rate: int) -> None:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
@@ -212,7 +204,7 @@ def main(argv: list[str]) -> int:
         return 2
     pcm, rate = synthesize_speech(argv[1])
     target = int(argv[3]) if len(argv) > 3 else rate
-    pcm = resample_int16(pcm, rate, target)
+    pcm = to_int16(resample(pcm, rate, target))
     pad = float(argv[4]) if len(argv) > 4 else 0.0
     pcm = np.concatenate([pcm, np.zeros(int(pad * target), np.int16)])
     write_wav(argv[2], pcm, target)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.pcm import to_float32, to_int16
+
 __all__ = ["ASRError", "RecognizerConfig", "RecognizerStats", "StreamingRecognizer", "SAMPLE_RATE"]
 
 SAMPLE_RATE = 16000
@@ -210,11 +212,7 @@ class StreamingRecognizer:
 def _to_int16(pcm: np.ndarray) -> np.ndarray:
     if pcm.ndim != 1:
         raise ValueError(f"expected mono 16 kHz samples [N], got shape {pcm.shape}")
-    if pcm.dtype == np.int16:
-        return pcm
-    if not np.issubdtype(pcm.dtype, np.floating):
-        raise ValueError(f"expected float32 in [-1, 1] or int16 samples, got {pcm.dtype}")
-    return (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return pcm if pcm.dtype == np.int16 else to_int16(to_float32(pcm))
 
 
 def _clean(text: str) -> str:

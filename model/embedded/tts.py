@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.pcm import to_float32
+
 __all__ = ["ESPEAK_SAMPLE_RATE", "Synthesizer", "TTSError", "Voice", "list_voices"]
 
 ESPEAK_SAMPLE_RATE = 22050
@@ -149,4 +151,4 @@ class Synthesizer:
 
     def synth(self, text: str) -> np.ndarray:
         """Speech for `text` as float32 [N] in [-1, 1] at 22,050 Hz."""
-        return self.synth_int16(text).astype(np.float32) / 32768.0
+        return to_float32(self.synth_int16(text))

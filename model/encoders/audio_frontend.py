@@ -1,4 +1,4 @@
-"""Audio front-end of the Thinker: any PCM -> 16 kHz mono -> Whisper log-mel (128 bins, 25 ms / 10 ms).
+"""Audio front-end of the Thinker: any PCM -> 16 kHz mono (model.pcm) -> Whisper log-mel (128 bins, 25 ms / 10 ms).
 
 Numerics follow transformers' `WhisperFeatureExtractor` as the Qwen2.5-Omni processor calls it
 (`padding="max_length"`, i.e. the clip is zero-padded to 30 s before the STFT): a periodic Hann window of
@@ -11,6 +11,8 @@ Streaming (`LogMel.step`) emits each frame as soon as its 25 ms window is comple
 after its centre). Its only difference from offline is the 80 dB floor, which offline takes from the
 loudest frame of the whole clip and streaming from the loudest frame so far: bins more than 80 dB below a
 *later* peak are floored higher offline. Every other value is the same computation on the same samples.
+`step_log10`/`flush_log10` give the frames before that floor, so that a consumer that keeps them
+(`ThinkerSession.push_audio`) can floor them again with `finish` once the peak rises, and equal offline.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.pcm import AudioInputError, StreamingResampler, downmix, resample, to_float32
+
 SAMPLE_RATE = 16000
 N_FFT = 400  # 25 ms window
 HOP_LENGTH = 160  # 10 ms hop
@@ -32,47 +36,21 @@ _LOG_FLOOR = 1e-10
 _DYNAMIC_RANGE = 8.0  # log10 units = 80 dB
 
 
-class AudioInputError(ValueError):
-    """Audio that cannot be turned into model input (empty, wrong shape, unreadable)."""
-
-
-# ---- resampling and down-mixing ------------------------------------------------------------------------
-
-
-def _resample_mono(x: np.ndarray, sample_rate: int) -> np.ndarray:  # [N] float32 -> [M] float32 at 16 kHz
-    import av  # the serve extra; imported here so the model package imports without it
-
-    frame = av.AudioFrame.from_ndarray(x[None, :], format="fltp", layout="mono")
-    frame.sample_rate = sample_rate
-    resampler = av.AudioResampler(format="fltp", layout="mono", rate=SAMPLE_RATE)
-    out = [f.to_ndarray()[0] for f in resampler.resample(frame)]
-    out += [f.to_ndarray()[0] for f in resampler.resample(None)]  # drain the filter's delay line
-    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+# ---- any PCM -> 16 kHz mono (model.pcm: the one down-mix and resampler, shared with the live path) ----------
 
 
 def to_mono_16k(samples: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
     """Down-mix `samples` ([N] mono or [C, N] channels-first, float in [-1, 1] or int16) to mono by the
-    channel mean, then resample to 16 kHz with av (libswresample). Returns float32 [M].
-
-    The mean (what librosa's `to_mono` does for the reference pipeline) is used instead of swresample's
-    mono layout, which mixes stereo at -3 dB per channel (0.707 * (L + R)) and would shift every log-mel
-    value by 3 dB.
-    """
+    channel mean, then resample to 16 kHz. Returns float32 [M]."""
     x = samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
-    if x.dtype == np.int16:
-        x = x.astype(np.float32) / 32768.0
-    x = x.astype(np.float32, copy=False)
-    if x.ndim == 2:
-        x = x.mean(axis=0)
-    elif x.ndim != 1:
+    if x.ndim not in (1, 2):
         raise AudioInputError(f"audio must be [samples] or [channels, samples], got shape {tuple(x.shape)}")
     if x.size == 0:
         raise AudioInputError("zero-length audio: expected at least one sample")
     if sample_rate <= 0:
         raise AudioInputError(f"sample_rate must be positive, got {sample_rate}")
-    if sample_rate != SAMPLE_RATE:
-        x = _resample_mono(np.ascontiguousarray(x), sample_rate)
-    return torch.from_numpy(np.ascontiguousarray(x))
+    mono = downmix(to_float32(x if x.ndim == 2 else x[None]))
+    return torch.from_numpy(np.ascontiguousarray(resample(mono, sample_rate, SAMPLE_RATE)))
 
 
 def load_audio(path: str | Path) -> torch.Tensor:
@@ -87,14 +65,16 @@ def load_audio(path: str | Path) -> torch.Tensor:
         if not container.streams.audio:
             raise AudioInputError(f"{str(path)!r} has no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=SAMPLE_RATE)
-        chunks = []
-        for frame in container.decode(stream):
-            chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(frame)]
-        chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(None)]
-    if not chunks or sum(c.size for c in chunks) == 0:
+        # av only converts the decoder's sample format to planar float here (same layout, same rate)
+        to_planar = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.sample_rate)
+        to_16k = StreamingResampler(stream.sample_rate, SAMPLE_RATE)
+        chunks = [to_16k.push(downmix(f.to_ndarray())) for frame in container.decode(stream)
+                  for f in to_planar.resample(frame)]
+        chunks += [to_16k.push(downmix(f.to_ndarray())) for f in to_planar.resample(None)]
+        chunks.append(to_16k.flush())
+    if sum(c.size for c in chunks) == 0:
         raise AudioInputError(f"zero-length audio: {str(path)!r} decodes to no samples")
-    return torch.from_numpy(np.concatenate(chunks).astype(np.float32))
+    return torch.from_numpy(np.concatenate(chunks))
 
 
 # ---- log-mel ---------------------------------------------------------------------------------------------
@@ -166,8 +146,9 @@ class LogMel(nn.Module):
         return (power @ self.filters).clamp_(min=_LOG_FLOOR).log10_()
 
     @staticmethod
-    def _finish(log_mel: torch.Tensor, peak: float) -> torch.Tensor:  # [T, M] -> [M, T]
-        return ((torch.clamp(log_mel, min=peak - _DYNAMIC_RANGE) + 4.0) / 4.0).T.contiguous()
+    def finish(log10_mel: torch.Tensor, peak: float) -> torch.Tensor:  # [M, T] -> [M, T]
+        """Floor log10 mel values at `peak` - 8 (80 dB below the loudest value) and map them with (x + 4) / 4."""
+        return (torch.clamp(log10_mel, min=peak - _DYNAMIC_RANGE) + 4.0) / 4.0
 
     @staticmethod
     def _reflect_pad(x: torch.Tensor) -> torch.Tensor:  # [N >= 201] -> [200 + N]: torch.stft's centre pad
@@ -175,16 +156,18 @@ class LogMel(nn.Module):
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         """Offline features of a whole clip: 16 kHz mono float [N] -> [n_mels, ceil(N / 160)]."""
+        log_mel = self._whole_log10(pcm)
+        return self.finish(log_mel[:, : mel_frame_count(pcm.numel())], float(log_mel.max()))
+
+    def _whole_log10(self, pcm: torch.Tensor) -> torch.Tensor:  # [N] -> [n_mels, frames touching the clip]
         n = self._check_pcm(pcm)
-        n_frames = mel_frame_count(n)
         # The 80 dB floor follows the reference's max over every frame whose window touches the clip,
         # including up to two frames past the last returned one (their windows reach 200 samples back).
         n_ext = (n + _HALF - 1) // HOP_LENGTH + 1
         need = max((n_ext - 1) * HOP_LENGTH + _HALF, _HALF + 1)
         x = torch.zeros(need, dtype=torch.float32, device=pcm.device)
         x[:n] = pcm.float()
-        log_mel = self._log_power(self._reflect_pad(x), n_ext)
-        return self._finish(log_mel[:n_frames], float(log_mel.max()))
+        return self._log_power(self._reflect_pad(x), n_ext).T
 
     @staticmethod
     def _check_pcm(pcm: torch.Tensor) -> int:
@@ -202,7 +185,13 @@ class LogMel(nn.Module):
         )
 
     def step(self, state: LogMelState, pcm: torch.Tensor) -> torch.Tensor:
-        """Feed 16 kHz mono samples [n] (any n >= 0); returns the frames completed by them [n_mels, t]."""
+        """Feed 16 kHz mono samples [n] (any n >= 0); returns the frames completed by them [n_mels, t], floored
+        80 dB below the loudest value so far."""
+        return self.finish(self.step_log10(state, pcm), state.running_max)
+
+    def step_log10(self, state: LogMelState, pcm: torch.Tensor) -> torch.Tensor:
+        """As `step`, but the frames' log10 mel values before the 80 dB floor [n_mels, t]; `state.running_max`
+        is the loudest of them so far."""
         if pcm.dim() != 1:
             raise AudioInputError(f"expected 16 kHz mono PCM of shape [samples], got {tuple(pcm.shape)}")
         pcm = pcm.float().to(state.carry.device)
@@ -217,14 +206,20 @@ class LogMel(nn.Module):
 
     def flush(self, state: LogMelState) -> torch.Tensor:
         """End of stream: the remaining frames (the tail sees zeros, as offline); resets the state."""
-        if state.n_seen == 0:
-            raise AudioInputError("zero-length audio: flush() before any sample was fed")
-        if state.n_seen <= _HALF:  # nothing emitted yet: the reflection itself reaches into the zeros
-            out = self.forward(state.head[: state.n_seen].clone())
-        else:
-            out = self._consume(state, torch.zeros(N_FFT, device=state.carry.device), final=True)
+        out = self.finish(self.flush_log10(state), state.running_max)
         self._reset(state)
         return out
+
+    def flush_log10(self, state: LogMelState) -> torch.Tensor:
+        """As `flush`, but the frames before the 80 dB floor; `state.running_max` then holds the stream's
+        loudest value. The state is spent: the next stream needs a new one (`init_state`)."""
+        if state.n_seen == 0:
+            raise AudioInputError("zero-length audio: flush() before any sample was fed")
+        if state.n_seen > _HALF:
+            return self._consume(state, torch.zeros(N_FFT, device=state.carry.device), final=True)
+        log_mel = self._whole_log10(state.head[: state.n_seen])  # nothing emitted yet: compute it as offline
+        state.running_max = max(state.running_max, float(log_mel.max()))
+        return log_mel[:, : mel_frame_count(state.n_seen)].contiguous()
 
     def _consume(self, state: LogMelState, padded_new: torch.Tensor, final: bool) -> torch.Tensor:
         buf = torch.cat([state.carry[: state.n_carry], padded_new])
@@ -237,7 +232,7 @@ class LogMel(nn.Module):
         else:
             log_mel = self._log_power(buf, n_frames)
             state.running_max = max(state.running_max, float(log_mel.max()))
-            out = self._finish(log_mel, state.running_max)
+            out = log_mel.T.contiguous()
         rest = buf[n_frames * HOP_LENGTH :][:N_FFT]  # < 400 samples remain in streaming
         state.carry[: rest.numel()] = rest
         state.n_carry = rest.numel()

@@ -24,12 +24,12 @@ import torch
 from model.embedded.asr import RecognizerConfig, StreamingRecognizer
 from model.embedded.conversation_lm import conversation_lm_path
 from model.embedded.phrases import PhraseSplitter, speakable
-from model.embedded.resample import StreamingResampler
 from model.embedded.tts import Synthesizer, Voice
 from model.lm.chat_session import ChatSession
 from model.lm.decoder import default_cache_config
 from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
+from model.pcm import StreamingResampler
 from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta, TranscriptDelta
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "EmbeddedEngine", "EmbeddedSession"]

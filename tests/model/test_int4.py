@@ -12,7 +12,8 @@ from gguf.quants import dequantize, quantize
 
 from kernels.cpu import library
 from kernels.q4_matmul import unpack_q4_1
-from model.layers.int4_linear import Int4Linear, Q4Linear, _pack_blocked, pack_int4
+from model.layers import int4_linear
+from model.layers.int4_linear import _BLOCK_N, Int4Linear, Q4Linear, _blocked_layout_matches, _pack_blocked, pack_int4
 from model.loaders import gguf_loader, weights
 from model.loaders.gguf_loader import load_gguf_decoder
 from model.loaders.gguf_quants import q4_1_blocks
@@ -39,12 +40,27 @@ def int4_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 @torch_int4
 @pytest.mark.parametrize("shape", [(32, 64), (96, 128), (64, 8), (48, 64)])
 def test_fast_packing_equals_torch_converter(shape: tuple[int, int]) -> None:
+    """`pack_int4` always equals torch's converter; the fast layout is checked only where this CPU's torch
+    packs the same way (32-row blocks; with AVX-512 torch packs 64-row blocks and `pack_int4` falls back)."""
     q = torch.randint(0, 16, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     want = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
     assert torch.equal(pack_int4(q), want)
-    if shape[0] % 32:  # rows not a multiple of the packing block: torch's converter is used
-        return
-    assert torch.equal(_pack_blocked(q), want)
+    if shape[0] % _BLOCK_N == 0 and _blocked_layout_matches():
+        assert torch.equal(_pack_blocked(q), want)
+
+
+@torch_int4
+def test_packing_falls_back_to_torch_when_its_layout_differs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever this CPU's torch does, a fast layout that disagrees with torch's is never used."""
+    q = torch.randint(0, 16, (64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    want = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+    monkeypatch.setattr(int4_linear, "_pack_blocked", lambda q: torch.zeros_like(want))  # a layout torch never uses
+    int4_linear._blocked_layout_matches.cache_clear()
+    try:
+        assert not int4_linear._blocked_layout_matches()
+        assert torch.equal(pack_int4(q), want)
+    finally:
+        int4_linear._blocked_layout_matches.cache_clear()  # the next caller measures the real layout again
 
 
 @torch_int4

@@ -70,12 +70,11 @@ def test_prometheus_text() -> None:
 
 
 def test_empty_engine_audio_chunk_resamples_to_nothing() -> None:
-    import av
-
+    from model.pcm import StreamingResampler
     from streaming.session import _resample_out
 
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
-    assert _resample_out(resampler, np.zeros(0, np.float32), 24000).size == 0
-    out = _resample_out(resampler, np.full(2400, 0.5, np.float32), 24000)  # the resampler still works after it
-    tail = _resample_out(resampler, None, 24000)
+    resampler = StreamingResampler(24000, 48000)
+    assert _resample_out(resampler, np.zeros(0, np.float32)).size == 0
+    out = _resample_out(resampler, np.full(2400, 0.5, np.float32))  # the resampler still works after it
+    tail = _resample_out(resampler, None)
     assert out.dtype == np.int16 and 4000 <= out.size + tail.size <= 4900

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.embedded.resample import resample
 from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer, Voice
+from model.pcm import resample
 
 # 0.3 s of silence each side: what a VAD's pre-roll and hang-over leave around an utterance.
 PAD_SECONDS = 0.3
