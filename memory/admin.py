@@ -25,8 +25,13 @@ def list_users(store: MemoryStore) -> list[dict[str, Any]]:
 
 def list_items(store: MemoryStore, user_id: str) -> list[dict[str, Any]]:
     """Every item of a user, in time order, one line of text each."""
-    rows = [_row(x) for x in [*store.load_notes(user_id), *store.load_summaries(user_id), *store.load_events(user_id)]]
+    rows = [_row(x) for x in _all_items(store, user_id)]
     return sorted(rows, key=lambda r: (r["t_start"], r["item"]))
+
+
+def _all_items(store: MemoryStore, user_id: str, events: list[Event] | None = None) -> list[Event | Summary | Note]:
+    items: list[Event | Summary | Note] = [*store.load_notes(user_id), *store.load_summaries(user_id)]
+    return items + (store.load_events(user_id) if events is None else events)
 
 
 def search(
@@ -84,7 +89,7 @@ def export(store: MemoryStore, user_id: str, out_dir: Path) -> Path:
         "user": user_id,
         "exported_at": time.time(),
         "sessions": [{"id": s, "started": a, "ended": b} for s, a, b in store.sessions(user_id)],
-        "items": [_row(x, full=True) for x in [*store.load_notes(user_id), *store.load_summaries(user_id), *events]],
+        "items": [_row(x, full=True) for x in _all_items(store, user_id, events)],
     }
     path = out_dir / "memory.json"
     path.write_text(json.dumps(doc, ensure_ascii=False, indent=1))

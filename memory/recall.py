@@ -156,17 +156,19 @@ def _carry(
     """A follow-up ("and after that?") resolves through the previous turn's items and the event after each."""
     have = {(c.level, c.item_id): c for c in cands}
     for it in previous:
-        extra = [(it.level, it.item_id, it.score * config.carry_decay)]
-        if it.level == "L1":
-            pos = user.events.position(it.item_id)
-            if 0 <= pos < len(user.events) - 1:
-                extra.append(("L1", int(user.events.ids.view[pos + 1]), it.score * config.carry_decay**2))
-        for level, item_id, score in extra:
-            old = have.get((level, item_id))
+        extra = [_Candidate(it.level, it.item_id, it.score * config.carry_decay, it.best_time, bool(it.features))]
+        pos = user.events.position(it.item_id) if it.level == "L1" else -1
+        if 0 <= pos < len(user.events) - 1:
+            # The event after it, with its first frames as evidence.
+            t_next = float(user.events.t_start.view[pos + 1]) + config.evidence_window_s
+            extra.append(_Candidate("L1", int(user.events.ids.view[pos + 1]), it.score * config.carry_decay**2,
+                                    t_next, bool(it.features)))
+        for cand in extra:
+            old = have.get((cand.level, cand.item_id))
             if old is None:
-                have[(level, item_id)] = _Candidate(level, item_id, score, it.best_time, bool(it.features))
-            elif old.score < score:
-                old.score = score
+                have[(cand.level, cand.item_id)] = cand
+            elif old.score < cand.score:
+                old.score = cand.score
     out = sorted(have.values(), key=lambda c: (-c.score, c.item_id))
     return out[: config.max_candidates]
 
@@ -180,12 +182,16 @@ def _pack(
     chosen: list[RecallItem] = []
     seen_text: list[str] = []
     for c in cands:
-        item = _make_item(user, store, query, c, events, now, config, count_tokens)
-        if item is None or (item.text and any(item.text in s or s in item.text for s in seen_text)):
+        made = _make_item(user, store, query, c, events, now, config, count_tokens)
+        if made is None:
+            continue
+        item, words = made
+        if words and any(words in s or s in words for s in seen_text):
             continue  # the same words are already in the slot (a turn note and the event holding that turn)
         if used + item.tokens <= budget:
             chosen.append(item)
-            seen_text.append(item.text)
+            if words:
+                seen_text.append(words)
             used += item.tokens
     return chosen
 
@@ -193,21 +199,25 @@ def _pack(
 def _make_item(
     user: UserIndex, store: MemoryStore, query: RecallQuery, c: _Candidate, events: dict[int, Event], now: float,
     config: RecallConfig, count_tokens: TokenCounter,
-) -> RecallItem | None:
+) -> tuple[RecallItem, str] | None:
+    """The item and the words it quotes (for de-duplication; "" for an event without speech)."""
     feats: dict[str, np.ndarray] = {}
     ftimes: dict[str, np.ndarray] = {}
     if c.level == "L3":
         note = user.note_items[c.item_id]
         body, t0, t1 = f"{'user said' if note.kind == 'turn' else 'fact'}: {note.text}", note.t_first, note.t_last
+        words = note.text
     elif c.level == "L2":
         s = user.summary_texts[c.item_id]
         body, t0, t1 = f"summary: {s.text}", s.t_start, s.t_end
+        words = s.text
     else:
         e = events.get(c.item_id)
         if e is None:
             return None  # forgotten between ranking and packing
         t0, t1 = e.t_start, e.t_end
-        body = " / ".join(f"{u.role}: {u.text}" for u in e.utterances) or f"(no speech; {', '.join(sorted(e.lanes))})"
+        words = " / ".join(f"{u.role}: {u.text}" for u in e.utterances)
+        body = words or f"(no speech; {', '.join(sorted(e.lanes))})"
         if c.by_lane:
             for lane in query.evidence_lanes or tuple(query.lanes):
                 frames, times = _evidence(user, store, e, lane, c.best_time, config.evidence_window_s)
@@ -217,8 +227,9 @@ def _make_item(
                 body += " [" + ", ".join(f"{len(v)} {k} frames" for k, v in sorted(feats.items())) + "]"
     line = f"[{_clock(t0)}, {_ago(now - t1)}] {body}"  # the cost of the rendered line, timestamp included
     tokens = count_tokens(line) + sum(int(v.shape[0] * v.shape[1]) for v in feats.values())
-    return RecallItem(level=c.level, item_id=c.item_id, t_start=t0, t_end=t1, text=body, score=c.score,
+    item = RecallItem(level=c.level, item_id=c.item_id, t_start=t0, t_end=t1, text=body, score=c.score,
                       tokens=tokens, features=feats, feature_times=ftimes, best_time=c.best_time)
+    return item, words
 
 
 def _evidence(
