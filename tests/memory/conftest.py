@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,14 +12,14 @@ import pytest
 
 from memory.store import MemoryStore
 from memory.testing import HashingEmbedder
-from tests.memory.postgres import PostgresServer, install
+from tests.memory.postgres import PostgresServer, unavailable
 
 _db_names = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    why = install()
+    why = unavailable()
     if why:
         pytest.skip(f"PostgreSQL backend not tested: {why}")
     root = Path(tempfile.mkdtemp(prefix="omni-pg-"))
@@ -27,6 +28,7 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

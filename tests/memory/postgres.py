@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import pwd
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,19 +14,11 @@ def find_bin_dir() -> Path | None:
     return Path(dirs[-1]) if dirs and Path(dirs[-1], "initdb").exists() else None
 
 
-def install() -> str:
-    """Install Debian's postgresql when missing (root only); returns why it is unavailable, or ''."""
-    if find_bin_dir() is not None:
-        return ""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "PostgreSQL is not installed and apt-get needs root"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install_cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"]
-    for cmd in (["apt-get", "update", "-qq"], install_cmd):
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            return f"installing postgresql failed: {' '.join(cmd)}: {r.stderr[-500:]}"
-    return "" if find_bin_dir() is not None else "postgresql installed, but no /usr/lib/postgresql/*/bin/initdb"
+def unavailable() -> str:
+    """Why no PostgreSQL server can be started here, or "" (scripts/env.sh installs Debian's package)."""
+    if find_bin_dir() is None:
+        return "no /usr/lib/postgresql/*/bin/initdb: apt-get install postgresql (scripts/test.sh does)"
+    return ""
 
 
 class PostgresServer:
