@@ -15,7 +15,8 @@ from memory.types import LaneKeys
 
 
 class _Grow:
-    """A float/int array that grows along axis 0 by doubling (amortised O(1) append, no per-append copy)."""
+    """An array that grows along axis 0 by 25% when full: amortised O(1) append, at most 25% unused capacity
+    (doubling would waste up to half of the RAM budget)."""
 
     def __init__(self, shape: tuple[int, ...], dtype: type) -> None:
         self.data: np.ndarray = np.zeros((16, *shape), dtype=dtype)
@@ -23,7 +24,7 @@ class _Grow:
 
     def append(self, row: np.ndarray | float | int) -> None:
         if self.n == self.data.shape[0]:
-            bigger = np.zeros((2 * self.n, *self.data.shape[1:]), dtype=self.data.dtype)
+            bigger = np.zeros((self.n + max(16, self.n // 4), *self.data.shape[1:]), dtype=self.data.dtype)
             bigger[: self.n] = self.data[: self.n]
             self.data = bigger
         self.data[self.n] = row
@@ -35,13 +36,14 @@ class _Grow:
 
     def keep(self, mask: np.ndarray) -> None:
         kept = self.view[mask]
-        self.data = np.zeros((max(16, 2 * len(kept)), *self.data.shape[1:]), dtype=self.data.dtype)
+        self.data = np.zeros((len(kept) + max(16, len(kept) // 4), *self.data.shape[1:]), dtype=self.data.dtype)
         self.data[: len(kept)] = kept
         self.n = len(kept)
 
 
 class _Lane:
-    """Keys of one lane: [R, D] per item that has the lane (padded by repeating its last key: max unchanged)."""
+    """Keys of one lane: [R, D] per item that has the lane (padded by repeating its last key: max unchanged).
+    R is the most keys any item of the lane has brought (8 for video, 4 for audio by default)."""
 
     def __init__(self, n_keys: int, dim: int) -> None:
         self.n_keys = n_keys
@@ -54,17 +56,28 @@ class _Lane:
         r = lane.keys.shape[0]
         if lane.keys.shape[1] != self.dim:
             raise ValueError(f"lane keys have dimension {lane.keys.shape[1]}, the index holds {self.dim}")
+        if r > self.n_keys:
+            self._widen(r)
         take = np.minimum(np.arange(self.n_keys), r - 1)
         self.keys.append(lane.keys[take])
         self.times.append(lane.key_times[take])
         self.pos.append(pos)
 
+    def _widen(self, r: int) -> None:
+        """Re-pad every held item to `r` keys (once, when a lane's first items had fewer tokens than keys)."""
+        take = np.minimum(np.arange(r), self.n_keys - 1)
+        keys, times = self.keys.view[:, take], self.times.view[:, take]
+        self.n_keys = r
+        self.keys, self.times = _Grow((r, self.dim), np.float32), _Grow((r,), np.float64)
+        for k, t in zip(keys, times, strict=True):
+            self.keys.append(k)
+            self.times.append(t)
+
 
 class ItemIndex:
     """Events or summaries or notes: ids, spans, text keys and lane keys, positions in insertion (= id) order."""
 
-    def __init__(self, keys_per_item: int = 8) -> None:
-        self.keys_per_item = keys_per_item
+    def __init__(self) -> None:
         self.ids = _Grow((), np.int64)
         self.t_start = _Grow((), np.float64)
         self.t_end = _Grow((), np.float64)
@@ -94,7 +107,7 @@ class ItemIndex:
         self.parent.append(parent)
         for name, lane in (lanes or {}).items():
             if name not in self.lanes:
-                self.lanes[name] = _Lane(max(self.keys_per_item, lane.keys.shape[0]), lane.keys.shape[1])
+                self.lanes[name] = _Lane(lane.keys.shape[0], lane.keys.shape[1])
             self.lanes[name].add(pos, lane)
         return pos
 

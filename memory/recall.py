@@ -57,6 +57,7 @@ class _Candidate:
     score: float
     best_time: float
     by_lane: bool
+    evidence: tuple[str, ...] | None = None  # lanes to return frames of; None: the query's evidence lanes
 
 
 def run_recall(
@@ -156,13 +157,14 @@ def _carry(
     """A follow-up ("and after that?") resolves through the previous turn's items and the event after each."""
     have = {(c.level, c.item_id): c for c in cands}
     for it in previous:
-        extra = [_Candidate(it.level, it.item_id, it.score * config.carry_decay, it.best_time, bool(it.features))]
+        lanes = tuple(sorted(it.features))
+        extra = [_Candidate(it.level, it.item_id, it.score * config.carry_decay, it.best_time, bool(lanes), lanes)]
         pos = user.events.position(it.item_id) if it.level == "L1" else -1
         if 0 <= pos < len(user.events) - 1:
             # The event after it, with its first frames as evidence.
             t_next = float(user.events.t_start.view[pos + 1]) + config.evidence_window_s
             extra.append(_Candidate("L1", int(user.events.ids.view[pos + 1]), it.score * config.carry_decay**2,
-                                    t_next, bool(it.features)))
+                                    t_next, bool(lanes), lanes))
         for cand in extra:
             old = have.get((cand.level, cand.item_id))
             if old is None:
@@ -177,7 +179,8 @@ def _pack(
     user: UserIndex, store: MemoryStore, query: RecallQuery, cands: list[_Candidate], budget: int, now: float,
     config: RecallConfig, count_tokens: TokenCounter,
 ) -> list[RecallItem]:
-    events = {e.id: e for e in store.load_events(user.user_id, ids=sorted(c.item_id for c in cands if c.level == "L1"))}
+    wanted = sorted(c.item_id for c in cands if c.level == "L1")
+    events = {e.id: e for e in store.load_events(user.user_id, ids=wanted, with_keys=False)}
     used = count_tokens(config.header)
     chosen: list[RecallItem] = []
     seen_text: list[str] = []
@@ -217,9 +220,9 @@ def _make_item(
             return None  # forgotten between ranking and packing
         t0, t1 = e.t_start, e.t_end
         words = " / ".join(f"{u.role}: {u.text}" for u in e.utterances)
-        body = words or f"(no speech; {', '.join(sorted(e.lanes))})"
+        body = words or "(no speech)"
         if c.by_lane:
-            for lane in query.evidence_lanes or tuple(query.lanes):
+            for lane in c.evidence if c.evidence is not None else query.evidence_lanes or tuple(query.lanes):
                 frames, times = _evidence(user, store, e, lane, c.best_time, config.evidence_window_s)
                 if len(frames):
                     feats[lane], ftimes[lane] = frames, times

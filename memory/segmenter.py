@@ -25,6 +25,10 @@ class SegmenterConfig:
     scene_cos: float = 0.9
     scene_lanes: tuple[str, ...] = ("video",)
     keys_per_event: int = 8
+    # Audio pools to fewer tokens per second than video (1 pooled token per block vs 16 per frame), so fewer
+    # keys cover it; 4 instead of 8 keeps the RAM index under 5 MB/h (8 video + 4 audio keys x 256 dims x 4 bytes
+    # x ~280 events/h = 3.5 MB/h).
+    keys_per_lane: dict[str, int] = field(default_factory=lambda: {"audio": 4})
     nms_cos: float = 0.7
 
 
@@ -122,7 +126,8 @@ class EventSegmenter:
             times = np.asarray(lane.times, dtype=np.float64)
             flat = frames.reshape(-1, frames.shape[-1])
             flat_times = np.repeat(times, frames.shape[1])
-            event.lanes[name] = select_salient_keys(flat, flat_times, self.config.keys_per_event, self.config.nms_cos)
+            n_keys = self.config.keys_per_lane.get(name, self.config.keys_per_event)
+            event.lanes[name] = select_salient_keys(flat, flat_times, n_keys, self.config.nms_cos)
             payloads[name] = FramePayload(times=times, tokens=frames.astype(np.float16))
         self._lanes = {}
         self._utterances = []

@@ -280,8 +280,11 @@ class MemoryStore:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    def load_events(self, user_id: str, after_id: int = 0, ids: Sequence[int] | None = None) -> list[Event]:
-        """Events of a user with their keys (not payloads), in id order; `ids` restricts to those events."""
+    def load_events(
+        self, user_id: str, after_id: int = 0, ids: Sequence[int] | None = None, with_keys: bool = True
+    ) -> list[Event]:
+        """Events of a user with their keys (not payloads), in id order; `ids` restricts to those events;
+        `with_keys=False` leaves `lanes` empty (recall only needs the transcripts of the chosen events)."""
         where, params = "e.user_id = ? AND e.id > ?", [user_id, after_id]
         if ids is not None:
             if not ids:
@@ -297,7 +300,7 @@ class MemoryStore:
             f"SELECT l.event_id, l.lane, l.keys, l.key_times, l.mean_key FROM event_lanes l JOIN events e"
             f" ON e.id = l.event_id WHERE {where} ORDER BY l.event_id, l.lane",
             params,
-        )
+        ) if with_keys else []
         by_event: dict[int, dict[str, LaneKeys]] = {}
         for eid, lane, k, kt, mk in lanes:
             by_event.setdefault(int(eid), {})[lane] = lane_from_row(k, kt, mk)

@@ -20,8 +20,6 @@ from memory.types import Event, Note, NoteKind, Summary
 
 @dataclass(frozen=True)
 class IndexConfig:
-    keys_per_event: int = 8
-    keys_per_summary: int = 16
     # 50,000 events is about 290 h at 170 events/h (memory.md 5.1); at 8 x 256-dim keys, about 0.45 GB of RAM.
     max_events: int = 50_000
     demote_fraction: float = 0.1  # drop this share of the oldest events at once, so compaction is rare
@@ -39,9 +37,9 @@ class UserIndex:
         self.user_id = user_id
         self.config = config or IndexConfig()
         self.lock = threading.Lock()
-        self.events = ItemIndex(self.config.keys_per_event)
-        self.summaries = ItemIndex(self.config.keys_per_summary)
-        self.notes = ItemIndex(1)
+        self.events = ItemIndex()
+        self.summaries = ItemIndex()
+        self.notes = ItemIndex()
         self.summary_texts: dict[int, Summary] = {}
         self.note_items: dict[int, Note] = {}
         self._note_by_text: dict[tuple[NoteKind, str], int] = {}

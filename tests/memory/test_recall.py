@@ -140,6 +140,8 @@ def test_follow_up_question_resolves_through_the_previous_recall(memory: Memory)
     second = s2.recall(memory.embed(["and where did it go after that"])[0], "", 400, now=T0 + 300)
     ids = [i.item_id for i in second.items]
     assert hit.item_id in ids
+    carried = second.items[ids.index(hit.item_id)]
+    np.testing.assert_array_equal(carried.feature_times["video"], hit.feature_times["video"])  # frames come along
     index = memory.user_index("ann").events
     assert int(index.ids.view[index.position(hit.item_id) + 1]) in ids  # the event after it
 
