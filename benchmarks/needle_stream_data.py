@@ -24,13 +24,13 @@ _NAMES = ["Alice", "Bruno", "Chen", "Dara", "Emeka", "Farah", "Goran", "Hana", "
           "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq", "Uma", "Viktor", "Wen", "Ximena", "Yusuf", "Zoe"]
 _ATTRS = ["locker code", "gate number", "parking spot", "room number", "bike lock code", "table number",
           "flight number", "seat number", "badge number", "mailbox number"]
-_FILLER = [
-    "the weather looks a bit cloudy this afternoon", "could you remind me to buy some bread later",
-    "this song sounds familiar to me", "I think the meeting went quite well today",
-    "let us take a short break now", "the coffee here is better than yesterday",
-    "can you describe what you see right now", "that was a funny story about the train",
-    "I wonder how long the queue will take", "the light in this room keeps changing",
-]
+_SUBJECTS = ["the weather", "this song", "the meeting", "the coffee", "the queue", "the light in here", "the train",
+             "my sister", "the new phone", "the garden", "the match last night", "this street", "the printer"]
+_PREDICATES = ["looks better than yesterday", "reminds me of last summer", "was a bit too long", "keeps changing",
+               "is louder than I expected", "seems fine for now", "could use some attention", "made me laugh",
+               "is taking forever", "feels different today", "is worth a second look", "was hard to follow"]
+_REPLIES = ["I see, tell me more", "that sounds nice", "good to know", "I understand", "interesting, go on",
+            "noted", "that makes sense", "alright"]
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -166,13 +166,16 @@ def _facts(rng: np.random.Generator, times: list[int]) -> list[Fact]:
 
 
 def _turns(rng: np.random.Generator, seconds: int, facts: list[Fact]) -> list[tuple[int, str, str]]:
-    """Filler turns every 20-60 s, and the facts, each said once by the user."""
+    """A user remark and an assistant reply every 8-20 s (about 3,600 words an hour), and the facts, each said
+    once by the user: dense enough that a 2,048-token text window holds only the last ~25 minutes."""
     turns = [(f.t, "user", f.text) for f in facts]
-    fact_times = {f.t for f in facts}
-    t = int(rng.integers(5, 30))
+    fact_times = np.array([f.t for f in facts])
+    t = int(rng.integers(3, 10))
     while t < seconds - 5:
-        if all(abs(t - ft) > 6 for ft in fact_times):
-            turns.append((t, "user", _FILLER[int(rng.integers(len(_FILLER)))]))
-            turns.append((t + 3, "assistant", "sure, " + _FILLER[int(rng.integers(len(_FILLER)))]))
-        t += int(rng.integers(20, 61))
+        if not len(fact_times) or np.abs(fact_times - t).min() > 6:
+            subject = _SUBJECTS[int(rng.integers(len(_SUBJECTS)))]
+            remark = f"{subject} {_PREDICATES[int(rng.integers(len(_PREDICATES)))]}"
+            turns.append((t, "user", remark))
+            turns.append((t + 3, "assistant", _REPLIES[int(rng.integers(len(_REPLIES)))]))
+        t += int(rng.integers(8, 21))
     return sorted(turns)

@@ -15,7 +15,7 @@ from memory.types import LaneKeys
 
 
 class _Grow:
-    """An array that grows along axis 0 by 25% when full: amortised O(1) append, at most 25% unused capacity
+    """An array that grows along axis 0 by 1/8 when full: amortised O(1) append, at most 12.5% unused capacity
     (doubling would waste up to half of the RAM budget)."""
 
     def __init__(self, shape: tuple[int, ...], dtype: type) -> None:
@@ -24,7 +24,7 @@ class _Grow:
 
     def append(self, row: np.ndarray | float | int) -> None:
         if self.n == self.data.shape[0]:
-            bigger = np.zeros((self.n + max(16, self.n // 4), *self.data.shape[1:]), dtype=self.data.dtype)
+            bigger = np.zeros((self.n + max(16, self.n // 8), *self.data.shape[1:]), dtype=self.data.dtype)
             bigger[: self.n] = self.data[: self.n]
             self.data = bigger
         self.data[self.n] = row
@@ -36,7 +36,7 @@ class _Grow:
 
     def keep(self, mask: np.ndarray) -> None:
         kept = self.view[mask]
-        self.data = np.zeros((len(kept) + max(16, len(kept) // 4), *self.data.shape[1:]), dtype=self.data.dtype)
+        self.data = np.zeros((len(kept) + max(16, len(kept) // 8), *self.data.shape[1:]), dtype=self.data.dtype)
         self.data[: len(kept)] = kept
         self.n = len(kept)
 

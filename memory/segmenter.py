@@ -2,8 +2,10 @@
 
 Rules (memory.md section 5.1): a scene change is a frame whose pooled vector has cosine <= 0.9 to the running mean
 of the open event in a scene lane (IXC2.5-OL and Dispider use 0.9 on SigLIP features); a turn boundary comes from
-the VAD or the end of a typed turn; an event is cut by neither before `min_s` (3 s: shorter events cost a key set
-each and carry too little to summarise), and always at `max_s` (30 s: a key set of 8 cannot cover much more).
+the VAD or the end of a typed turn. A scene change cuts once the event is `min_s` long (3 s: shorter events cost a
+key set each and carry too little to summarise); a turn boundary cuts once it is `min_turn_s` long (10 s: in a
+lively conversation turns end every 5-10 s, and cutting at each one doubled the events per hour, to ~510, and
+with them the RAM index); every event is cut at `max_s` (30 s: a key set of 8 cannot cover much more).
 Per frame the work is one mean and one dot product over [N, D] (well under the 5 ms/frame ingest budget); key
 selection runs once per event, at its close.
 """
@@ -21,6 +23,7 @@ from memory.types import Event, FramePayload, Utterance
 @dataclass(frozen=True)
 class SegmenterConfig:
     min_s: float = 3.0
+    min_turn_s: float = 10.0
     max_s: float = 30.0
     scene_cos: float = 0.9
     scene_lanes: tuple[str, ...] = ("video",)
@@ -104,8 +107,8 @@ class EventSegmenter:
         return closed
 
     def turn_boundary(self, t: float) -> list[ClosedEvent]:
-        """The VAD's end of a turn (or a typed turn's end): cut here unless the event is shorter than `min_s`."""
-        if self._t_start is None or t - self._t_start < self.config.min_s:
+        """The VAD's end of a turn (or a typed turn's end): cut here unless the event is shorter than `min_turn_s`."""
+        if self._t_start is None or t - self._t_start < self.config.min_turn_s:
             return []
         return self.close()
 

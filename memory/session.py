@@ -66,6 +66,7 @@ class MemoryStats:
     notes: int = 0
     write_stalls: int = 0
     write_errors: int = 0
+    write_seconds: float = 0.0  # writer thread time: embedding, commit, index update
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ class Memory:
     def _write_loop(self) -> None:
         while True:
             record = self._queue.get()
+            t0 = time.perf_counter()
             try:
                 if record is None:
                     return
@@ -168,6 +170,7 @@ class Memory:
                     self._write_event(record)
                 else:
                     self._write_note(record)
+                self.stats.write_seconds += time.perf_counter() - t0
             except Exception as e:
                 self.stats.write_errors += 1
                 self._error = self._error or e

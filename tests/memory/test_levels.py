@@ -66,7 +66,7 @@ def test_merge_lane_keys_draws_from_all_children() -> None:
 
 def test_segmenter_cuts_at_turn_boundaries_scene_changes_and_max_length() -> None:
     rng = np.random.default_rng(4)
-    seg = EventSegmenter("u", "s", SegmenterConfig(min_s=3.0, max_s=10.0))
+    seg = EventSegmenter("u", "s", SegmenterConfig(min_s=3.0, min_turn_s=4.0, max_s=10.0))
     a, b = _scene(rng), _scene(rng)
     closed = []
     for t in range(6):  # 0..5 s of scene a
@@ -76,7 +76,7 @@ def test_segmenter_cuts_at_turn_boundaries_scene_changes_and_max_length() -> Non
     assert [(c.event.t_start, c.event.t_end) for c in closed] == [(0.0, 5.0)]
     closed.clear()
     closed += seg.add_utterance(Utterance("user", "hello there", 6.5, 7.5))
-    assert seg.turn_boundary(7.6) == []  # only 1.6 s long: under min_s
+    assert seg.turn_boundary(7.6) == []  # only 1.6 s long: under min_turn_s
     for t in range(7, 17):  # the same scene b until 16 s: cut at max_s = 10 s after 6 s
         closed += seg.add_frame("video", float(t), np.stack([b] * 4))
     assert [(c.event.t_start, c.event.t_end) for c in closed] == [(6.0, 15.0)]
@@ -84,7 +84,8 @@ def test_segmenter_cuts_at_turn_boundaries_scene_changes_and_max_length() -> Non
     assert [u.text for u in ev.event.utterances] == ["hello there"]
     assert ev.payloads["video"].tokens.shape == (10, 4, 64)  # frames 6..15
     assert ev.payloads["video"].tokens.dtype == np.float16
-    closed = seg.turn_boundary(20.0)  # open since 16 s: 4 s >= min_s
+    assert seg.turn_boundary(19.5) == []  # open since 16 s: 3.5 s is enough for a scene cut, not a turn cut
+    closed = seg.turn_boundary(20.0)  # 4 s >= min_turn_s
     assert [(c.event.t_start, c.event.t_end) for c in closed] == [(16.0, 16.0)]
     assert seg.close() == []
 

@@ -125,13 +125,15 @@ def test_consolidation_writes_summaries_that_point_at_their_children(store: Memo
     events = store.load_events("cy")
     summaries = store.load_summaries("cy")
     level1 = [s for s in summaries if s.level == 1]
+    cfg_keys = memory.config.consolidator.keys_per_summary
     assert all(e.summary_id > 0 for e in events)  # the session closed: every event is covered
     assert sorted(c for s in level1 for c in s.children) == [e.id for e in events]
     for s in level1:
         kids = [e for e in events if e.id in s.children]
         assert s.t_start == kids[0].t_start and s.t_end == kids[-1].t_end
         assert all(e.summary_id == s.id for e in kids)
-        assert s.lanes["video"].keys.shape == (min(16, sum(len(e.lanes["video"].keys) for e in kids if e.lanes)), 32)
+        child_keys = sum(len(e.lanes["video"].keys) for e in kids if e.lanes)
+        assert s.lanes["video"].keys.shape == (min(cfg_keys, child_keys), 32)
     upper = [s for s in summaries if s.level == 2]
     assert upper and all(store_child.parent_id > 0 for store_child in level1)
     assert sorted(c for s in upper for c in s.children) == [s.id for s in level1 if s.parent_id]
