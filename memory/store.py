@@ -10,6 +10,7 @@ another version is refused with a message naming both versions.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -63,6 +64,12 @@ _TYPES = {
     },
 }
 _PG_SCHEMA_LOCK = 0x6F6D6E69  # "omni": serialises schema creation by concurrent server processes
+
+
+def default_memory_dir() -> Path:
+    """`$XDG_DATA_HOME/omni/memory` (default `~/.local/share/omni/memory`): data, not cache, so it is kept."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "omni" / "memory"
 
 
 class SchemaVersionError(RuntimeError):
