@@ -1,8 +1,10 @@
 """Everything of one user held in RAM: the event, summary and note indexes, and the texts of summaries and notes.
 
-One writer (the memory's writer or consolidator thread) adds; recalls read under the same lock, so a recall sees
-either all of a committed item or none of it. Items enter in commit order, the same order a reload from the store
-uses, so the index rebuilt after a restart is identical to the one before it.
+The memory's writer and consolidator threads add; recalls read under the same lock, so a recall sees either all of
+a committed item or none of it. Items enter in id (commit) order, the same order a reload from the store uses, so
+the index rebuilt after a restart is identical to the one before it. An item already held is skipped (a refresh at
+`open_session` can read a commit before its writer adds it). One process writes a given user's memory at a time
+(sticky sessions per user, DESIGN.md); what another process committed earlier is read by `refresh`.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class UserIndex:
 
     def _add_event(self, ev: Event) -> None:
         if ev.id <= self.last_event_id:
+            if ev.id <= self.demoted_upto or self.events.position(ev.id) >= 0:
+                return  # held already (or demoted): added by a refresh that raced the writer
             raise ValueError(f"event {ev.id} arrives after event {self.last_event_id}: the index needs id order")
         self.events.add(ev.id, ev.t_start, ev.t_end, ev.text_key, ev.lanes, parent=ev.summary_id)
         self.last_event_id = ev.id
@@ -113,6 +117,8 @@ class UserIndex:
             self.events.drop_oldest(k)
 
     def _add_summary(self, s: Summary) -> None:
+        if s.id in self.summary_texts:
+            return
         self.summaries.add(s.id, s.t_start, s.t_end, s.text_key, s.lanes, parent=s.parent_id)
         self.summary_texts[s.id] = s
         self.last_summary_id = max(self.last_summary_id, s.id)
@@ -123,6 +129,8 @@ class UserIndex:
                 self.summary_texts[child].parent_id = s.id
 
     def _add_note(self, n: Note) -> None:
+        if n.id in self.note_items:
+            return
         self.notes.add(n.id, n.t_first, n.t_last, n.text_key)
         self.note_items[n.id] = n
         self._note_by_text[(n.kind, normalise_text(n.text))] = n.id

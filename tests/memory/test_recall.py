@@ -204,3 +204,21 @@ def test_demoted_events_are_served_from_disk_through_their_summary(store: Memory
     best = max(r.items, key=lambda i: i.score)
     assert best.item_id == needle_event.id and best.best_time == T0 + 12 and best.score > 0.99
     m.close()
+
+
+def test_an_item_added_twice_is_held_once(memory: Memory, store: MemoryStore) -> None:
+    mem = memory.open_session("ann", "s1", started_at=T0)
+    mem.add_utterance("user", "my locker code is 4719", 1.0, 2.0)
+    mem.close(5.0)
+    index = memory.user_index("ann")
+    ev, note = store.load_events("ann")[0], store.load_notes("ann")[0]
+    before = (len(index.events), len(index.notes))
+    index.add_event(ev)  # what a refresh racing the writer does
+    index.add_note(note)
+    assert (len(index.events), len(index.notes)) == before
+    ev.id += 100
+    index.add_event(ev)
+    older = store.load_events("ann")[0]
+    older.id = 50  # an id below the newest that was never held: out of order
+    with pytest.raises(ValueError, match="needs id order"):
+        index.add_event(older)
