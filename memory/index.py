@@ -105,11 +105,18 @@ class ItemIndex:
         self.t_start.append(t_start)
         self.t_end.append(t_end)
         self.parent.append(parent)
-        for name, lane in (lanes or {}).items():
+        self.add_lanes(item_id, lanes or {})
+        return pos
+
+    def add_lanes(self, item_id: int, lanes: dict[str, LaneKeys]) -> None:
+        """Lane keys for an item already held (its lanes must not be held yet)."""
+        pos = self.position(item_id)
+        if pos < 0:
+            raise KeyError(f"item {item_id} is not held")
+        for name, lane in lanes.items():
             if name not in self.lanes:
                 self.lanes[name] = _Lane(lane.keys.shape[0], lane.keys.shape[1])
             self.lanes[name].add(pos, lane)
-        return pos
 
     def position(self, item_id: int) -> int:
         """Position of `item_id` (ids are ascending), or -1 when not held."""

@@ -182,7 +182,9 @@ class Memory:
         ev = closed.event
         if ev.utterances:
             ev.text_key = unit_rows(np.asarray(self.embed([ev.transcript()]), dtype=np.float32))[0]
-        self.user_index(ev.user_id).add_event(self.store.commit_event(closed))
+        index = self.user_index(ev.user_id)
+        index.add_event(self.store.commit_event(closed))
+        index.sync_summary_keys(self.store)
         self.stats.events += 1
         if self.consolidator is not None:
             self.consolidator.request(ev.user_id, ev.session_id)

@@ -320,10 +320,16 @@ class MemoryStore:
             for eid, sid, t0, t1, utt, tk, sumid in rows
         ]
 
-    def load_summaries(self, user_id: str, after_id: int = 0, session_id: str | None = None) -> list[Summary]:
+    def load_summaries(
+        self, user_id: str, after_id: int = 0, session_id: str | None = None, ids: Sequence[int] | None = None
+    ) -> list[Summary]:
         where, params = "s.user_id = ? AND s.id > ?", [user_id, after_id]
         if session_id is not None:
             where, params = where + " AND s.session_id = ?", [*params, session_id]
+        if ids is not None:
+            if not ids:
+                return []
+            where, params = where + f" AND s.id IN ({','.join('?' * len(ids))})", [*params, *ids]
         rows = self._query(
             f"SELECT s.id, s.session_id, s.level, s.t_start, s.t_end, s.text, s.children, s.text_key, s.parent_id"
             f" FROM summaries s WHERE {where} ORDER BY s.id",

@@ -9,7 +9,9 @@ the index rebuilt after a restart is identical to the one before it. An item alr
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -26,6 +28,9 @@ class IndexConfig:
     max_events: int = 50_000
     demote_fraction: float = 0.1  # drop this share of the oldest events at once, so compaction is rare
     dedupe_cos: float = 0.95  # two notes this close are one note (MiniLM: paraphrases of one sentence, ~0.9-0.98)
+
+
+_NO_KEY = np.zeros(0, dtype=np.float32)
 
 
 def normalise_text(text: str) -> str:
@@ -48,6 +53,10 @@ class UserIndex:
         self.last_event_id = 0
         self.last_summary_id = 0
         self.demoted_upto = 0  # events with id <= this are served from the store, not RAM
+        # Summary lane keys are only searched for summaries over demoted events (recall._descend), so only those
+        # are held: before any demotion (50,000 events, ~290 h) they would cost ~0.5 MB/h for nothing.
+        self._keyed_summaries: set[int] = set()
+        self._summary_keys_due = False
 
     @classmethod
     def load(cls, store: MemoryStore, user_id: str, config: IndexConfig | None = None) -> UserIndex:
@@ -68,10 +77,24 @@ class UserIndex:
                 self._add_summary(s)
             for n in notes:
                 self._add_note(n)
+        self.sync_summary_keys(store)
 
     def add_event(self, ev: Event) -> None:
         with self.lock:
             self._add_event(ev)
+
+    def sync_summary_keys(self, store: MemoryStore) -> None:
+        """After a demotion: load the lane keys of the level-1 summaries over the newly demoted events."""
+        if not self._summary_keys_due:
+            return
+        with self.lock:
+            held = self.summary_texts.values()
+            due = [s.id for s in held if self._over_demoted(s) and s.id not in self._keyed_summaries]
+            self._summary_keys_due = False
+        for s in store.load_summaries(self.user_id, ids=due):
+            with self.lock:
+                self.summaries.add_lanes(s.id, s.lanes)
+                self._keyed_summaries.add(s.id)
 
     def add_summary(self, s: Summary) -> None:
         with self.lock:
@@ -102,7 +125,10 @@ class UserIndex:
             note.count += 1
 
     def nbytes(self) -> int:
-        return self.events.nbytes() + self.summaries.nbytes() + self.notes.nbytes()
+        """RAM of the index: key matrices (allocated capacity) plus the texts held for summaries and notes."""
+        texts = sum(sys.getsizeof(s.text) + 8 * len(s.children) + 200 for s in self.summary_texts.values())
+        texts += sum(2 * sys.getsizeof(n.text) + 200 for n in self.note_items.values())  # + its de-duplication key
+        return self.events.nbytes() + self.summaries.nbytes() + self.notes.nbytes() + texts
 
     def _add_event(self, ev: Event) -> None:
         if ev.id <= self.last_event_id:
@@ -115,12 +141,16 @@ class UserIndex:
             k = max(1, int(self.config.max_events * self.config.demote_fraction))
             self.demoted_upto = int(self.events.ids.view[k - 1])
             self.events.drop_oldest(k)
+            self._summary_keys_due = True
 
     def _add_summary(self, s: Summary) -> None:
         if s.id in self.summary_texts:
             return
-        self.summaries.add(s.id, s.t_start, s.t_end, s.text_key, s.lanes, parent=s.parent_id)
-        self.summary_texts[s.id] = s
+        keyed = self._over_demoted(s)
+        self.summaries.add(s.id, s.t_start, s.t_end, s.text_key, s.lanes if keyed else None, parent=s.parent_id)
+        if keyed:
+            self._keyed_summaries.add(s.id)
+        self.summary_texts[s.id] = dataclasses.replace(s, lanes={}, text_key=_NO_KEY)  # keys live in the matrices
         self.last_summary_id = max(self.last_summary_id, s.id)
         children = self.events if s.level == 1 else self.summaries
         for child in s.children:
@@ -128,9 +158,12 @@ class UserIndex:
             if s.level > 1 and child in self.summary_texts:
                 self.summary_texts[child].parent_id = s.id
 
+    def _over_demoted(self, s: Summary) -> bool:
+        return s.level == 1 and bool(s.children) and max(s.children) <= self.demoted_upto
+
     def _add_note(self, n: Note) -> None:
         if n.id in self.note_items:
             return
         self.notes.add(n.id, n.t_first, n.t_last, n.text_key)
-        self.note_items[n.id] = n
+        self.note_items[n.id] = dataclasses.replace(n, text_key=_NO_KEY)
         self._note_by_text[(n.kind, normalise_text(n.text))] = n.id

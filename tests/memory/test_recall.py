@@ -203,7 +203,15 @@ def test_demoted_events_are_served_from_disk_through_their_summary(store: Memory
     r = m.open_session("ann", "s2").recall(None, "", 300, lanes={"video": needle}, now=T0 + 300)
     best = max(r.items, key=lambda i: i.score)
     assert best.item_id == needle_event.id and best.best_time == T0 + 12 and best.score > 0.99
+    keyed = set(index.summaries.ids.view[index.summaries.lanes["video"].pos.view].tolist())
+    over_demoted = {s.id for s in store.load_summaries("ann") if s.level == 1 and max(s.children) <= index.demoted_upto}
+    assert keyed == over_demoted and over_demoted  # only summaries over demoted events hold keys in RAM
     m.close()
+    again = Memory(MemoryStore.open(store.location), HashingEmbedder(), cfg)  # a restart: the same demotion
+    r2 = again.open_session("ann", "s3").recall(None, "", 300, lanes={"video": needle}, now=T0 + 300)
+    assert r2.text == r.text
+    again.close()
+    again.store.close()
 
 
 def test_an_item_added_twice_is_held_once(memory: Memory, store: MemoryStore) -> None:
