@@ -177,8 +177,10 @@ def baselines(stream: Stream, store: MemoryStore, budget: int) -> dict[str, floa
     return {k: float(v) for k, v in out.items()}
 
 
-def run_length(minutes: float, seed: int, embed: Embed, budget: int, folder: Path) -> dict[str, float | str]:
-    stream = make_stream(minutes, seed)
+def run_length(
+    minutes: float, seed: int, embed: Embed, budget: int, folder: Path, hard: bool = False
+) -> dict[str, float | str]:
+    stream = make_stream(minutes, seed, hard)
     hours = stream.seconds / 3600
     memory = Memory(MemoryStore.open(folder), embed, summarize=concat_summary)
     row: dict[str, float | str] = dict(ingest(stream, memory))
@@ -263,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--budget", type=int, default=2048, help="recalled-memory tokens")
     ap.add_argument("--embedder", choices=["minilm", "hash"], default="minilm",
                     help="minilm: the packaged all-MiniLM-L6-v2; hash: bag-of-words stand-in, no model (fast)")
+    ap.add_argument("--hard", action="store_true",
+                    help="1-patch objects, question cosine 0.61, 900 distractors/h (the reference's hard row)")
     args = ap.parse_args(argv)
     if args.embedder == "minilm":
         from model.embedded.text_embedding import TextEmbedder
@@ -277,9 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for minutes in args.minutes:
             name = f"{minutes:g} min" if minutes < 60 else f"{minutes / 60:g} h"
             t0 = time.perf_counter()
-            results[name] = run_length(minutes, args.seed, embed, args.budget, Path(tmp) / name.replace(" ", ""))
+            folder = Path(tmp) / name.replace(" ", "")
+            results[name] = run_length(minutes, args.seed, embed, args.budget, folder, args.hard)
             print(f"[{name}: {time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
-    print(f"Needle-in-a-Stream, seed {args.seed}, budget {args.budget} tokens, embedder {args.embedder}")
+    mode = "hard" if args.hard else "standard"
+    print(f"Needle-in-a-Stream ({mode}), seed {args.seed}, budget {args.budget} tokens, embedder {args.embedder}")
     print(render(results))
     return 0
 

@@ -6,6 +6,7 @@ question's vector has cosine about 0.74 with the object (the toy's idealised tex
 objects appear 240 times an hour, half of them near-duplicates at cosine 0.5 of a needle (Q4). The audio lane is
 one ambient token per second per scene plus a few distinct sound events (Q3: "what was on screen when the glass
 broke?"). The dialogue lane carries filler turns and spoken facts said once (Q2), with turn boundaries.
+Hard mode (the reference's "1 h hard" row): objects on 1 patch, question cosine 0.61, 900 distractors an hour.
 Everything derives from (seed, t): the same stream, frame for frame, on every run.
 """
 
@@ -55,7 +56,7 @@ class Needle:
     duration: int
     obj: np.ndarray
     query: np.ndarray
-    patches: tuple[int, int]
+    patches: tuple[int, ...]
 
 
 @dataclass
@@ -104,8 +105,9 @@ class Stream:
         return (self.ambient[self.scene_of[t]] + _noise(rng, 0.15, (D,)))[None, :]
 
 
-def make_stream(minutes: float, seed: int) -> Stream:
+def make_stream(minutes: float, seed: int, hard: bool = False) -> Stream:
     rng = np.random.default_rng(seed)
+    n_patches, query_cos, distract_per_h = (1, 0.61, 900) if hard else (2, QUERY_COS, 240)
     seconds = int(minutes * 60)
     hours = seconds / 3600
     n_scenes = 40
@@ -120,16 +122,19 @@ def make_stream(minutes: float, seed: int) -> Stream:
         t += length
     slots = _free_slots(rng, seconds, max(1, round(60 * hours)) + max(1, round(30 * hours)) + max(2, round(40 * hours)))
     n_needles, n_sounds = max(1, round(60 * hours)), max(1, round(30 * hours))
-    needles = [_needle(rng, s, unit(rng.standard_normal(D))) for s in slots[:n_needles]]
+    def needle(t: int, obj: np.ndarray) -> Needle:
+        return _needle(rng, t, obj, n_patches, query_cos)
+
+    needles = [needle(s, unit(rng.standard_normal(D))) for s in slots[:n_needles]]
     sounds = []
     for s in slots[n_needles : n_needles + n_sounds]:
         tag = unit(rng.standard_normal(D))
-        sounds.append(Sound(t=s, tag=tag, query=near(rng, tag, QUERY_COS)))
+        sounds.append(Sound(t=s, tag=tag, query=near(rng, tag, query_cos)))
     facts = _facts(rng, slots[n_needles + n_sounds :])
-    n_distract = round(240 * hours)
-    cousins = [_needle(rng, int(rng.integers(10, seconds - 10)), near(rng, needles[i].obj, COUSIN_COS))
+    n_distract = round(distract_per_h * hours)
+    cousins = [needle(int(rng.integers(10, seconds - 10)), near(rng, needles[i].obj, COUSIN_COS))
                for i in range(min(len(needles), n_distract // 2))]
-    distractors = [_needle(rng, int(rng.integers(10, seconds - 10)), unit(rng.standard_normal(D)))
+    distractors = [needle(int(rng.integers(10, seconds - 10)), unit(rng.standard_normal(D)))
                    for _ in range(n_distract - len(cousins))]
     stream = Stream(seconds, seed, scene_of, scenes, ambient, needles, cousins, distractors, sounds, facts)
     for n in needles + cousins + distractors:
@@ -149,10 +154,9 @@ def _free_slots(rng: np.random.Generator, seconds: int, n: int) -> list[int]:
     return [int(x) for x in rng.permutation(grid)[:n]]
 
 
-def _needle(rng: np.random.Generator, t: int, obj: np.ndarray) -> Needle:
-    patches = tuple(int(p) for p in rng.choice(TOKENS, size=2, replace=False))
-    return Needle(t=t, duration=int(rng.integers(2, 7)), obj=obj, query=near(rng, obj, QUERY_COS),
-                  patches=(patches[0], patches[1]))
+def _needle(rng: np.random.Generator, t: int, obj: np.ndarray, n_patches: int, query_cos: float) -> Needle:
+    patches = tuple(int(p) for p in rng.choice(TOKENS, size=n_patches, replace=False))
+    return Needle(t=t, duration=int(rng.integers(2, 7)), obj=obj, query=near(rng, obj, query_cos), patches=patches)
 
 
 def _facts(rng: np.random.Generator, times: list[int]) -> list[Fact]:
