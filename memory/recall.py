@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memory.index import ItemIndex
 from memory.keys import unit_rows
 from memory.store import MemoryStore
 from memory.types import Event, Level, Recall, RecallItem
@@ -92,11 +93,13 @@ def _rank(
     config: RecallConfig,
 ) -> list[_Candidate]:
     out: list[_Candidate] = []
+    k = config.max_candidates
     if q_text is not None:
-        for level, index in (("L3", user.notes), ("L2", user.summaries)):
+        text_levels: list[tuple[Level, ItemIndex]] = [("L3", user.notes), ("L2", user.summaries)]
+        for level, index in text_levels:
             scores = index.text_scores(q_text)
-            for pos in np.flatnonzero(scores >= config.min_text_score):
-                out.append(_Candidate(level, int(index.ids.view[pos]), float(scores[pos]), 0.0, False))  # type: ignore[arg-type]
+            for pos in _top(scores, config.min_text_score, k):
+                out.append(_Candidate(level, int(index.ids.view[pos]), float(scores[pos]), 0.0, False))
     ev = user.events
     best = ev.text_scores(q_text) if q_text is not None else np.full(len(ev), -np.inf, np.float32)
     best = np.where(best >= config.min_text_score, best, -np.inf)
@@ -106,11 +109,19 @@ def _rank(
         s, t = ev.lane_scores(lane, q)
         better = (s >= config.min_feature_score) & (s > best)
         best, best_time, by_lane = np.where(better, s, best), np.where(better, t, best_time), by_lane | better
-    for pos in np.flatnonzero(np.isfinite(best)):
+    for pos in _top(best, -np.inf, k):
         out.append(_Candidate("L1", int(ev.ids.view[pos]), float(best[pos]), float(best_time[pos]), bool(by_lane[pos])))
     out.extend(_descend(user, store, q_text, q_lanes, config))
     out.sort(key=lambda c: (-c.score, c.item_id))
     return out[: config.max_candidates]
+
+
+def _top(scores: np.ndarray, floor: float, k: int) -> np.ndarray:
+    """Positions of the `k` best scores above `floor` (finite), in no particular order: objects only for those."""
+    ok = np.flatnonzero(np.isfinite(scores) & (scores >= floor))
+    if len(ok) > k:
+        ok = ok[np.argpartition(-scores[ok], k - 1)[:k]]
+    return ok
 
 
 def _descend(
