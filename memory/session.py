@@ -5,7 +5,8 @@ Write path (never waits for a model or the disk, except under the back-pressure 
   the segmenter's bookkeeping runs inline (one mean and one dot product), closed events go to the writer queue.
 - `add_utterance(role, text, t0, t1)` for the user's final transcript and the assistant's reply (as heard),
   `turn_boundary(t)` at the VAD's end of a turn, `admit(WindowItem)` for what enters the engine's cache (returns
-  what to evict, after queueing evicted text for L3), `add_fact(text, t)` for an explicit user fact.
+  what to evict, after queueing evicted text for L3; an engine with its own eviction reports it with `evicted`),
+  `add_fact(text, t)` for an explicit user fact.
 - A writer thread embeds transcripts (the injected `embed`), commits to the store and updates the RAM index.
   Queue policy: bounded (`write_queue_max`, 256 records: at one event per 3 s that is over 12 min of backlog);
   when full the caller waits for room, counted in `stats.write_stalls` and logged, rather than drop a record
@@ -245,6 +246,11 @@ class SessionMemory:
         for old in evicted:
             self._roll_up(old)
         return evicted
+
+    def evicted(self, items: Sequence[WindowItem]) -> None:
+        """For engines whose cache evicts by its own policy: these items left it; their text goes to L3."""
+        for item in items:
+            self._roll_up(item)
 
     def recall(
         self, question_embedding: np.ndarray | None, question_text: str, budget_tokens: int, now: float | None = None,

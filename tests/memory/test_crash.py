@@ -22,11 +22,11 @@ from memory.testing import HashingEmbedder
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run_and_kill(folder: Path, session: str, seed: int, delay: float) -> int:
+def _run_and_kill(folder: str, session: str, seed: int, delay: float) -> int:
     """Start the child, kill -9 it `delay` s after it is ready; returns the events it had reported committed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.memory.crash_child", str(folder), session, str(seed)],
+        [sys.executable, "-m", "tests.memory.crash_child", folder, session, str(seed)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -61,16 +61,17 @@ def _check_consistent(store: MemoryStore, user: str) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_points_loses_at_most_the_open_event(tmp_path: Path) -> None:
-    folder = tmp_path / "mem"
+def test_kill_9_at_random_points_loses_at_most_the_open_event(store_location: str) -> None:
+    folder = store_location  # a directory (SQLite + shards) or a database on the test PostgreSQL server
     rng = random.Random(1234)
     committed: dict[str, int] = {}
     for i in range(5):
         session = f"s{i}"
         committed[session] = _run_and_kill(folder, session, seed=i, delay=rng.uniform(0.3, 1.5))
-        conn = sqlite3.connect(folder / "memory.sqlite3")
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        conn.close()
+        if "://" not in folder:
+            conn = sqlite3.connect(Path(folder) / "memory.sqlite3")
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            conn.close()
         store = MemoryStore.open(folder)
         _check_consistent(store, "crash-user")
         per_session = {}

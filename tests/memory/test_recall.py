@@ -180,9 +180,10 @@ def test_text_leaving_l0_is_rolled_into_l3_and_deduplicated(memory: Memory, stor
     assert [(n.kind, n.text, n.count) for n in notes] == [
         ("turn", "user: the parking spot is C12", 2), ("turn", "assistant: noted", 1)
     ]
+    mem.evicted([WindowItem("text", 3, 5.0, "my bus leaves at nine", "user")])  # an engine's own eviction
     mem.close(10.0)  # the rest of the text window leaves L0 too
     m.flush()
-    assert [n.text for n in store.load_notes("ann")][-1] == "assistant: ok"
+    assert [n.text for n in store.load_notes("ann")][-2:] == ["user: my bus leaves at nine", "assistant: ok"]
     m.close()
 
 
