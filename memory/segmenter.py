@@ -6,8 +6,11 @@ the VAD or the end of a typed turn. A scene change cuts once the event is `min_s
 key set each and carry too little to summarise); a turn boundary cuts once it is `min_turn_s` long (10 s: in a
 lively conversation turns end every 5-10 s, and cutting at each one doubled the events per hour, to ~510, and
 with them the RAM index); every event is cut at `max_s` (30 s: a key set of 8 cannot cover much more).
-Per frame the work is one mean and one dot product over [N, D] (well under the 5 ms/frame ingest budget); key
-selection runs once per event, at its close.
+Payload: a frame whose every token has cosine >= 0.95 to the same token of the last frame kept (StreamMem's
+near-duplicate filter, memory.md 5.1) is left out of the payload and the key candidates, unless the last kept frame
+is `keep_every_s` (2 s) old: a static scene costs a frame every 2 s instead of 2 a second, and an evidence window
+of +-2 s always holds a frame. Per frame the work is a mean and two products over [N, D] (well under the 5 ms/frame
+ingest budget); key selection runs once per event, at its close.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class SegmenterConfig:
     # x ~280 events/h = 3.5 MB/h).
     keys_per_lane: dict[str, int] = field(default_factory=lambda: {"audio": 4})
     nms_cos: float = 0.7
+    dedupe_cos: float = 0.95
+    keep_every_s: float = 2.0
 
 
 @dataclass
@@ -48,6 +53,7 @@ class _Lane:
     times: list[float] = field(default_factory=list)
     tokens: list[np.ndarray] = field(default_factory=list)  # [N, D] each
     pooled_sum: np.ndarray | None = None  # sum of unit pooled frame vectors (running mean, for scene change)
+    last_kept: np.ndarray | None = None  # unit tokens [N, D] of the last frame kept in the payload
 
 
 class EventSegmenter:
@@ -91,11 +97,20 @@ class EventSegmenter:
                 state = None
         if state is None:
             state = self._lanes.setdefault(lane, _Lane())
-        state.times.append(t)
-        state.tokens.append(tok)
+        unit_tok = unit_rows(tok)
+        if self._keep(state, t, unit_tok):
+            state.times.append(t)
+            state.tokens.append(tok)
+            state.last_kept = unit_tok
         state.pooled_sum = pooled.copy() if state.pooled_sum is None else state.pooled_sum + pooled
         self._extend(t, t)
         return closed
+
+    def _keep(self, state: _Lane, t: float, unit_tok: np.ndarray) -> bool:
+        last = state.last_kept
+        if last is None or last.shape != unit_tok.shape or t - state.times[-1] >= self.config.keep_every_s:
+            return True
+        return float((last * unit_tok).sum(axis=1).min()) < self.config.dedupe_cos
 
     def add_utterance(self, utterance: Utterance) -> list[ClosedEvent]:
         """A transcript piece; it belongs to the open event (an event longer than `max_s` is cut first)."""

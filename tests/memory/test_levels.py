@@ -66,7 +66,8 @@ def test_merge_lane_keys_draws_from_all_children() -> None:
 
 def test_segmenter_cuts_at_turn_boundaries_scene_changes_and_max_length() -> None:
     rng = np.random.default_rng(4)
-    seg = EventSegmenter("u", "s", SegmenterConfig(min_s=3.0, min_turn_s=4.0, max_s=10.0))
+    # dedupe_cos above 1: every frame stays in the payload (these frames are exact repeats)
+    seg = EventSegmenter("u", "s", SegmenterConfig(min_s=3.0, min_turn_s=4.0, max_s=10.0, dedupe_cos=1.01))
     a, b = _scene(rng), _scene(rng)
     closed = []
     for t in range(6):  # 0..5 s of scene a
@@ -141,3 +142,20 @@ def test_window_layout_positions_are_contiguous_and_inside_the_trained_range() -
     with pytest.raises(ValueError, match="more than the model's trained range of 4607"):
         WindowConfig(sink_tokens=256, recall_tokens=1024, text_tokens=2048, av_tokens=1024, question_tokens=256,
                      max_positions=4607)
+
+
+def test_near_duplicate_frames_leave_the_payload_but_one_stays_every_2_s() -> None:
+    rng = np.random.default_rng(6)
+    seg = EventSegmenter("u", "s", SegmenterConfig(max_s=100.0))
+    still = np.stack([_scene(rng) for _ in range(16)])  # 16 patches: one changed is no scene change
+    needle = _scene(rng)
+    for i in range(20):  # 2 frames/s of a still picture, a needle on one patch at 3.5 s
+        frame = still + 0.01 * rng.standard_normal(still.shape)
+        if i == 7:
+            frame[2] = needle
+        seg.add_frame("video", i * 0.5, frame)
+    ev = seg.close()[0]
+    kept = ev.payloads["video"].times.tolist()
+    assert kept == [0.0, 2.0, 3.5, 4.0, 6.0, 8.0]  # every 2 s, the changed frame, and the frame after it
+    assert (ev.event.t_start, ev.event.t_end) == (0.0, 9.5)
+    assert float((ev.event.lanes["video"].keys @ needle).max()) > 0.99

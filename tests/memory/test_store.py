@@ -74,7 +74,7 @@ def test_payloads_round_trip(store: MemoryStore) -> None:
     events = store.load_events("bo")
     p = store.load_payload("bo", events[0].id, "video")
     assert p.tokens.dtype == np.float16 and p.tokens.shape[1:] == (4, 32)
-    assert p.times[0] == T0 and np.all(np.diff(p.times) == 1.0)
+    assert p.times[0] == T0 and np.all(np.diff(p.times) == 2.0)  # a still scene: a frame every keep_every_s
     with pytest.raises(KeyError, match="no lane 'audio'"):
         store.load_payload("bo", events[0].id, "audio")
     with pytest.raises(KeyError):
