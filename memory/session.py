@@ -95,6 +95,7 @@ class Memory:
         self._users_lock = threading.Lock()
         self._queue: queue.Queue[ClosedEvent | _NoteJob | None] = queue.Queue(self.config.write_queue_max)
         self._error: BaseException | None = None
+        self._last_stall_log = -1e9
         self._writer = threading.Thread(target=self._write_loop, name="memory-writer", daemon=True)
         self._writer.start()
         self.consolidator: Consolidator | None = None
@@ -137,7 +138,10 @@ class Memory:
             self._queue.put_nowait(record)
         except queue.Full:
             self.stats.write_stalls += 1
-            log.warning("memory writer queue full (%d records): waiting for the writer", self.config.write_queue_max)
+            if time.monotonic() - self._last_stall_log > 60.0:  # once a minute, not once per frame
+                self._last_stall_log = time.monotonic()
+                log.warning("memory writer queue full (%d records): ingest waits for the writer (%d waits so far)",
+                            self.config.write_queue_max, self.stats.write_stalls)
             self._queue.put(record)
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -154,11 +158,14 @@ class Memory:
             raise MemoryWriteError(f"memory writer failed ({self.stats.write_errors} records lost)") from err
 
     def close(self) -> None:
-        self.flush()
-        self._queue.put(None)
-        self._writer.join()
-        if self.consolidator is not None:
-            self.consolidator.stop()
+        """Flush, then stop the writer and the consolidator (also when the flush raises)."""
+        try:
+            self.flush()
+        finally:
+            self._queue.put(None)
+            self._writer.join()
+            if self.consolidator is not None:
+                self.consolidator.stop()
 
     def _write_loop(self) -> None:
         while True:
