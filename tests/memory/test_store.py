@@ -162,3 +162,18 @@ def test_admin_list_search_show_export(store: MemoryStore, tmp_path: Path) -> No
     assert len(feats) == sum(len(e.lanes) for e in store.load_events("dee"))
     assert np.load(feats[0])["tokens"].shape[1:] == (4, 32)
     memory.close()
+
+
+def test_two_server_processes_share_one_store(store_location: str) -> None:
+    """Two Memory instances on one store (as two server processes behind a sticky balancer): what one commits,
+    the other's next session of that user sees."""
+    embed = HashingEmbedder()
+    a = Memory(MemoryStore.open(store_location), embed)
+    b = Memory(MemoryStore.open(store_location), embed)
+    assert b.open_session("ann", "s0", started_at=T0).recall(embed(["locker code"])[0], "", 200).items == []
+    _fill(a, "ann", "s1", 20, seed=6)  # commits through a's writer
+    r = b.open_session("ann", "s2", started_at=T0 + 100).recall(embed(["my locker code"])[0], "", 200)
+    assert "4719" in r.text
+    for m in (a, b):
+        m.close()
+        m.store.close()
