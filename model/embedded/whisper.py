@@ -10,9 +10,10 @@ but a window that ends right after the speech makes the decoder loop ("Where do 
 penguins live? ...") instead of ending the text: on the tests' 12 questions in 3 voices the word error rate
 was 0.40 with 5 s windows, 0.22 with 10 s, 0.20 with 15 s, 0.23 with 30 s (the same model errors as 30 s,
 no loops, from 10 s on: 7 s of silence after the speech, where 5 s windows left 2-3 s). So the window is
-the utterance plus at least 5 s of silence, rounded up to 5 s steps, never under 10 s (`min_window_frames`): one encoder pass of a 10 s window is ~2x that of 5 s, ~90 ms on
-2 idle cores, plus ~100 ms of greedy decoding for a short question. As a second guard against loops the
-decoder may emit at most 10 + 6 tokens per second of audio (fast speech, 220 words per minute, is ~5).
+the utterance plus at least 5 s of silence, rounded up to 5 s steps, never under 10 s (`min_window_frames`):
+one encoder pass of a 10 s window is ~2x that of 5 s, ~90 ms on 2 idle cores, plus ~100 ms of greedy
+decoding for a short question. As a second guard against loops the decoder may emit at most 10 + 6
+tokens per second of audio (fast speech, 220 words per minute, is ~5).
 
 Streaming. Whisper is not a streaming model: `push` only stores audio (and every `partial_interval_s` of
 new audio re-transcribes the utterance so far for a live caption, ~0.2 s of compute per refresh); `finish`
@@ -80,7 +81,7 @@ class WhisperConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.max_segment_s <= (_MAX_WINDOW - self.tail_frames) * HOP_LENGTH / SAMPLE_RATE:
-            raise ValueError(f"max_segment_s must leave room for tail_frames in a 30 s window, got {self.max_segment_s}")
+            raise ValueError(f"max_segment_s must leave room for the tail in a 30 s window, got {self.max_segment_s}")
 
 
 class WhisperModel:
