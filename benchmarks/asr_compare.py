@@ -1,14 +1,15 @@
 """Word error rate per voice on held-out speech: Whisper base vs the old pocketsphinx recogniser, same run.
 
-    .venv/bin/python benchmarks/asr_compare.py [-v] [--limit N] [--whisper-dir DIR] [--no-piper]
+    .venv/bin/python benchmarks/asr_compare.py [-v] [--limit N] [--whisper-dir DIR] [--no-piper] [--partials]
 
 Speech the project never tuned on: the 30 sentences of benchmarks/heldout_speech.py (used by nothing else)
 in espeak-ng voices at other rates and pitches than the engine's and in Debian's flite voices (`apt-get
 install flite`; skipped with a note when missing), plus the new Piper voice for the round trip. Audio is
-pushed in 20 ms chunks, as the engine receives it, with partial captions on (Whisper every 1 s, pocketsphinx
-every 0.2 s). Latency is `finish` alone per utterance: what is left to do at the pause. Whisper's real-time
-factor includes its partial captions. Prints numbers and the load average (timings on a shared machine are
-noisy); asserts nothing (tests/model/embedded/ holds the bounds).
+pushed in 20 ms chunks, as the engine receives it. Latency is `finish` alone per utterance: what is left to
+do at the pause. Whisper's partial captions do not change its final transcript, so they are off unless
+`--partials` (each refresh costs about one `finish`; on by default in the engine, every 1 s of audio);
+pocketsphinx's (every 0.2 s) are part of its decoding and always on. Prints numbers and the load average
+(timings on a shared machine are noisy); asserts nothing (tests/model/embedded/ holds the bounds).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from model.embedded.conversation_lm import conversation_lm_path
 from model.embedded.piper import PiperSynthesizer
 from model.embedded.resample import resample
 from model.embedded.wer import WordErrors, word_errors
-from model.embedded.whisper import WhisperModel, WhisperRecognizer
+from model.embedded.whisper import WhisperConfig, WhisperModel, WhisperRecognizer
 
 CHUNK = 320  # 20 ms at 16 kHz: one WebRTC frame
 
@@ -55,6 +56,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=len(SENTENCES), help="first N sentences only")
     parser.add_argument("--whisper-dir", help="another CTranslate2 Whisper directory (default: packaged base)")
     parser.add_argument("--no-piper", action="store_true", help="skip the Piper round trip")
+    parser.add_argument("--partials", action="store_true", help="Whisper partial captions every 1 s, as served")
     args = parser.parse_args()
     sentences = SENTENCES[: args.limit]
     print(f"cores {os.cpu_count()}, load average at start {os.getloadavg()[0]:.2f}; {len(sentences)} sentences")
@@ -66,7 +68,8 @@ def main() -> int:
     if not args.no_piper:
         sets.append(("piper joe (own voice)", "round trip", piper_clips(sentences)))
 
-    whisper = WhisperRecognizer(WhisperModel(args.whisper_dir))
+    config = WhisperConfig() if args.partials else WhisperConfig(partial_interval_s=float("inf"))
+    whisper = WhisperRecognizer(WhisperModel(args.whisper_dir, config))
     sphinx = StreamingRecognizer(RecognizerConfig(lm=str(conversation_lm_path())))
     recognizers: list[tuple[str, StreamingRecognizer | WhisperRecognizer]] = [
         ("whisper", whisper), ("sphinx", sphinx),
@@ -93,8 +96,8 @@ def main() -> int:
                 totals[name] = totals[name] + errors
                 finishes[name] += finish
         (we, wf), (se, sf) = row["whisper"], row["sphinx"]
-        print(f"{voice:30} {kind:10} {we.rate:11.3f} {se.rate:10.3f} "
-              f"{np.median(wf) * 1e3:12.0f} / {np.percentile(wf, 95) * 1e3:5.0f}      {np.median(sf) * 1e3:16.0f}")  # fmt: skip
+        w50, w95, s50 = np.median(wf) * 1e3, np.percentile(wf, 95) * 1e3, np.median(sf) * 1e3
+        print(f"{voice:30} {kind:10} {we.rate:11.3f} {se.rate:10.3f} {w50:12.0f} / {w95:5.0f}      {s50:16.0f}")
     for name, rec in recognizers:
         f = finishes[name]
         print(f"{name:8} all held-out synthetic voices: WER {totals[name].rate:.3f} "

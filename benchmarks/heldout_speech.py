@@ -26,7 +26,7 @@ SENTENCES = (
     "Is it going to rain in London this weekend?",
     "What is the difference between a virus and a bacterium?",
     "Can you suggest a vegetarian recipe with lentils?",
-    "How many kilometres are there in a mile?",
+    "How many kilometers are there in a mile?",
     "Who painted the ceiling of the Sistine Chapel?",
     "Set a timer for twelve minutes please.",
     "Why do cats purr when they are happy?",
