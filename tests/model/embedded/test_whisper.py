@@ -6,7 +6,8 @@ on these questions or voices. Measured on this machine, the tests' twelve questi
 en-us 175 wpm 0.14-0.15, en-us+m3 150 wpm 0.14-0.17, en-gb-x-rp+m1 140 wpm 0.06-0.12 (greedy and beam 5
 runs); the errors are espeak-ng's robotic vowels ("capital on France", "elephant seeds"), not loops. The
 bound, 0.25 (16 wrong words), leaves ~5 words of margin over the worst run; the old recogniser scores
-0.35-0.41 on the held-out half with its conversational LM, 0.70 on the benchmark's held-out sentences.
+0.35-0.41 on the held-out half with its conversational LM, 0.30-0.78 per voice on the benchmark's
+held-out sentences (Whisper 0.03-0.12 there, benchmarks/asr_compare.py).
 """
 
 from __future__ import annotations
