@@ -236,15 +236,16 @@ class _Speaker:
     def answer(self, text: str, sampling: SamplingConfig) -> None:
         import torch
 
-        from model.speech_session import AudioOut, TextDelta
+        from model.speech_session import TokenText
+        from model.token2wav.streaming import PCMChunk
 
         self.session.add_text(text)
         self.session.end_user_turn()
         for event in self.session.respond(sampling):
-            if isinstance(event, TextDelta):
+            if isinstance(event, TokenText):
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
-            elif isinstance(event, AudioOut):
+            elif isinstance(event, PCMChunk):
                 pcm = (event.samples.cpu().clamp(-1, 1) * 32767).round().to(torch.int16)
                 self.wav.writeframes(pcm.numpy().tobytes())
         sys.stdout.write("\n")

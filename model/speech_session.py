@@ -28,37 +28,31 @@ from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from model.talker import TalkerState, TalkerTextEmbeds
 from model.thinker import Thinker
 from model.thinker_session import ThinkerSession
-from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav, Token2WavState
+from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
 
 
 @dataclass
-class TextDelta:
+class TokenText:
+    """The text one Thinker token completed (the engine's `TextDelta` is made from it)."""
+
     text: str
     token_id: int
     t: float  # time.monotonic() when it was produced
 
 
 @dataclass
-class AudioOut:
-    samples: torch.Tensor  # [n] float32 PCM in [-1, 1] at `sample_rate`
-    start: int  # index of the first sample within this reply's audio
-    t: float  # time.monotonic() when it was produced
-    sample_rate: int = SAMPLE_RATE
+class SpokenReply:
+    """A reply that ran to its end: what the Thinker said and what the Talker and token2wav made of it."""
 
-
-@dataclass
-class ReplyEnd:
     text: str
     token_ids: list[int]
     codes: list[int]  # codec codes sent to token2wav (stop code excluded)
-    samples: int  # audio samples emitted
-    cancelled: bool
+    samples: int  # audio samples emitted (at token2wav.SAMPLE_RATE)
     t: float
 
 
-ReplyEvent = TextDelta | AudioOut | ReplyEnd
+ReplyEvent = TokenText | PCMChunk | SpokenReply
 
 
 @dataclass(frozen=True)
@@ -185,8 +179,8 @@ class SpeakingSession(ThinkerSession):
     def respond(
         self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None, speak: bool = True
     ) -> Generator[ReplyEvent, None, None]:
-        """Generate the reply to the ended user turn: TextDelta and AudioOut events as they are made, then
-        ReplyEnd. Close the iterator to cancel (barge-in); the session stays usable."""
+        """Generate the reply to the ended user turn: TokenText and PCMChunk events as they are made, then
+        SpokenReply. Close the iterator to cancel (barge-in); the session stays usable."""
         stops = (
             stop_ids if stop_ids is not None else frozenset(sampling.stop_token_ids or self.tokenizer.stop_token_ids)
         )
@@ -203,23 +197,21 @@ class SpeakingSession(ThinkerSession):
         self._replying, self._reply_slots = True, []
         tokens: list[int] = []
         codes: list[int] = []
-        samples, used, cancelled = 0, 0, True
+        samples, used = 0, 0
         gen = cast(Generator[int, None, None], self.generate(sampling, stops))
         try:
             for token in gen:
                 tokens.append(token)
                 delta = detok.push(token)
                 if delta:
-                    yield TextDelta(delta, token, time.monotonic())
+                    yield TokenText(delta, token, time.monotonic())
                 if wav is not None:  # slots of all tokens but the newest are known now
                     used = yield from self._talk(tokens, used, codes, wav, final=False)
             if wav is not None:
                 used = yield from self._talk(tokens, used, codes, wav, final=True)
-                for chunk in self.streamer.flush(wav):
-                    yield AudioOut(chunk.samples, chunk.start, time.monotonic())
+                yield from self.streamer.flush(wav)
                 samples = wav.samples_out
-            cancelled = False
-            yield ReplyEnd(detok.text(), tokens, codes, samples, cancelled, time.monotonic())
+            yield SpokenReply(detok.text(), tokens, codes, samples, time.monotonic())
         finally:
             gen.close()  # feeds the turn end if the reply was cut short
             self._replying = False
@@ -230,7 +222,7 @@ class SpeakingSession(ThinkerSession):
 
     def _talk(
         self, tokens: list[int], used: int, codes: list[int], wav: Token2WavState, final: bool
-    ) -> Generator[AudioOut, None, int]:
+    ) -> Generator[PCMChunk, None, int]:
         """Hand the Talker the text slots that became known; run every codec step that can run now."""
         talker, st = self.speech.talker, self.talker_state
         known = len(tokens) if final else len(tokens) - 1  # the newest token's slot comes with the next one
@@ -257,8 +249,7 @@ class SpeakingSession(ThinkerSession):
             yield from self._to_audio(code, wav)
         return used
 
-    def _to_audio(self, code: int, wav: Token2WavState) -> Iterator[AudioOut]:
+    def _to_audio(self, code: int, wav: Token2WavState) -> Iterator[PCMChunk]:
         if wav.n_codes >= wav.codes.shape[1]:
             return  # the turn's audio is at max_codes: the rest of the speech track is dropped
-        for chunk in self.streamer.step(wav, [code]):
-            yield AudioOut(chunk.samples, chunk.start, time.monotonic())
+        yield from self.streamer.step(wav, [code])

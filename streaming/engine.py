@@ -7,15 +7,23 @@ methods from its device worker thread, never from the event loop, and never two 
 
 Timestamps are seconds on the session's media clock (the capture time of the input, 0 at session start).
 Audio is float32 mono in [-1, 1]; input at `input_sample_rate`, output at `output_sample_rate`.
+
+A user turn is spoken (`push_audio` ... `end_turn`), typed (`push_text`), or both, in the order they came;
+`respond` answers it. `EngineSessionBase` holds what every engine session does the same way.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+# The rates engines hear and speak at: the audio encoders' 16 kHz and the speech decoders' 24 kHz.
+INPUT_SAMPLE_RATE = 16000
+OUTPUT_SAMPLE_RATE = 24000
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,7 @@ class TextDelta:
 class AudioChunk:
     """A piece of the assistant's speech; `text` is the reply text this audio speaks, when known."""
 
-    pcm: np.ndarray  # float32 mono at the engine's output_sample_rate
+    pcm: np.ndarray  # float32 mono at the engine's output_sample_rate (int16 at 48 kHz on the output queue)
     text: str = ""
 
 
@@ -66,14 +74,21 @@ class EngineSession(Protocol):
         """Feed one RGB uint8 frame [H, W, 3]; engines without vision ignore it."""
         ...
 
+    def push_text(self, text: str) -> list[EngineEvent]:
+        """A user message typed instead of spoken: it joins the open user turn after whatever was pushed
+        before (prefilled at once where the engine can); `respond` answers the turn."""
+        ...
+
+    def prepare_turn(self) -> list[EngineEvent]:
+        """The user paused inside a turn (streaming.frames.SpeechPaused): do what end_turn would as far as
+        possible (finish recognition, prefill the turn) without a final transcript. More audio of the same
+        turn may follow (the engine then continues the turn), or end_turn comes. `EngineSessionBase`'s
+        default does nothing."""
+        ...
+
     def end_turn(self) -> list[EngineEvent]:
         """The user stopped speaking: finish the input side (flush partial blocks, final transcript)."""
         ...
-
-    # Optional, not part of the protocol: `prepare_turn(self) -> list[EngineEvent]`. Called when the user
-    # paused inside a turn (streaming.frames.SpeechPaused): do what end_turn would as far as possible
-    # (finish recognition, prefill the turn) without a final transcript; more audio of the same turn may
-    # follow (the engine then continues the turn), or end_turn comes. EmbeddedSession implements it.
 
     def respond(self) -> Iterator[EngineEvent]:
         """Generate the reply: text deltas and audio chunks, interleaved, ending with `ReplyDone`.
@@ -101,3 +116,40 @@ class Engine(Protocol):
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> EngineSession:
         """A new conversation; `instructions` replaces the engine's default system prompt."""
         ...
+
+
+class EngineSessionBase:
+    """What every engine session does the same way: refuse calls once closed, an optional `prepare_turn`,
+    and a bounded (role, text) history whose last reply an interruption rewrites."""
+
+    def __init__(self, max_history: int | None = None) -> None:
+        self.closed = False
+        self.history: deque[tuple[str, str]] = deque(maxlen=max_history)
+
+    def prepare_turn(self) -> list[EngineEvent]:
+        """Nothing to prepare: the turn's input is finished by `end_turn`."""
+        self._check_open()
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("engine session is closed")
+
+    def _replace_last_reply(self, text: str) -> int:
+        """Replace the last reply's text in the history; its index, or -1 where it left the bounded history."""
+        for i in range(len(self.history) - 1, -1, -1):
+            if self.history[i][0] == "assistant":
+                self.history[i] = ("assistant", text)
+                return i
+        return -1
+
+
+def close_iterator(it: Iterator[object] | None) -> None:
+    """Stop a reply now, not at garbage collection: a generator runs its cleanup (the engine's session then
+    holds what was generated so far); an iterator without `close` holds nothing to clean up."""
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -44,13 +43,20 @@ from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
 from model.prompt import SPEECH_SYSTEM_PROMPT
-from model.speech_session import AudioOut, ReplyEnd, SessionMark, SpeakingSession, SpeechSettings
-from model.speech_session import TextDelta as SpeechTextDelta
+from model.speech_session import SessionMark, SpeakingSession, SpeechSettings, SpokenReply, TokenText
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import StreamingSchedule
+from model.token2wav.streaming import PCMChunk, StreamingSchedule
 from model.voices import UnknownVoiceError
-from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta
+from streaming.engine import (
+    INPUT_SAMPLE_RATE,
+    AudioChunk,
+    EngineEvent,
+    EngineSessionBase,
+    ReplyDone,
+    TextDelta,
+    close_iterator,
+)
 
 __all__ = ["DEFAULT_SAMPLING", "OmniEngine", "OmniEngineSession"]
 
@@ -66,8 +72,8 @@ class OmniEngine:
     """Weights of a Qwen2.5-Omni checkpoint directory, shared by every session."""
 
     name = "omni"
-    input_sample_rate = 16000
-    output_sample_rate = SAMPLE_RATE  # 24 kHz
+    input_sample_rate = INPUT_SAMPLE_RATE
+    output_sample_rate = SAMPLE_RATE  # token2wav's 24 kHz
 
     def __init__(
         self,
@@ -88,18 +94,14 @@ class OmniEngine:
         chars_per_second: float = 15.0,
         video_stale_seconds: float = 2.0,
         max_history: int = 64,
-        torch_threads: int | None = None,
     ) -> None:
         """`model_dir`: a Qwen2.5-Omni checkpoint with its speech half (talker.*, token2wav.*, spk_dict.pt);
         `models`: already loaded ones instead (shared, e.g. by tests). `voice`: the default voice (None: the
         checkpoint's default). `seed`: Talker sampling and token2wav noise (None: random per reply).
         `schedule`/`solver`: token2wav's chunking and ODE solver (None: the reference's).
-        `chars_per_second`: the speaking rate that maps audio to reply text (about 150 words a minute).
-        `torch_threads` sets torch's process-wide intra-op threads; None leaves them as they are."""
+        `chars_per_second`: the speaking rate that maps audio to reply text (about 150 words a minute)."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
         if models is None:
             if model_dir is None:
                 raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
@@ -189,14 +191,13 @@ class _Turn:
     frame_slots: list[float] = field(default_factory=list)
 
 
-class OmniEngineSession:
+class OmniEngineSession(EngineSessionBase):
     """One conversation. Not thread-safe: the runtime calls it from one worker at a time."""
 
     def __init__(self, engine: OmniEngine, speaking: SpeakingSession) -> None:
+        super().__init__(engine.max_history)
         self.engine = engine
         self.speaking = speaking
-        self.history: deque[tuple[str, str]] = deque(maxlen=engine.max_history)
-        self.closed = False
         self._turn = _Turn()
         self._reply: _Reply | None = None
         self._frame: tuple[np.ndarray, float] | None = None  # the latest camera frame and its time
@@ -221,6 +222,19 @@ class OmniEngineSession:
             else:
                 s.push_audio(x)
             turn.audio_seconds += len(pcm) / self.engine.input_sample_rate
+        return []
+
+    def push_text(self, text: str) -> list[EngineEvent]:
+        """Prefill typed text into the open user turn (after any audio segment, which it closes)."""
+        self._check_open()
+        with torch.inference_mode():
+            self._end_segment()
+            self._note_input()
+            if not self._turn.started:
+                self.speaking.start_user_turn()
+                self._turn.started = True
+            self.speaking.add_text(text)
+        self.history.append(("user", text))
         return []
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
@@ -320,16 +334,16 @@ class OmniEngineSession:
             while True:
                 with torch.inference_mode():
                     ev = next(inner, None)
-                if isinstance(ev, SpeechTextDelta):
+                if isinstance(ev, TokenText):
                     first_text = first_text or time.perf_counter() - t0
                     reply.text += ev.text
                     yield TextDelta(ev.text)
-                elif isinstance(ev, AudioOut):
+                elif isinstance(ev, PCMChunk):
                     first_audio = first_audio or time.perf_counter() - t0
                     pcm = ev.samples.detach().float().cpu().numpy()
                     reply.samples += len(pcm)
                     yield AudioChunk(pcm, text=self._spoken(reply, final=False))
-                elif isinstance(ev, ReplyEnd):
+                elif isinstance(ev, SpokenReply):
                     if ev.text.startswith(reply.text) and len(ev.text) > len(reply.text):
                         tail = ev.text[len(reply.text) :]  # bytes the detokenizer held back (an unfinished character)
                         reply.text += tail
@@ -377,10 +391,7 @@ class OmniEngineSession:
         if reply is None:
             log.warning("interrupt without a reply: nothing to trim")
             return
-        if reply.events is not None:
-            close = getattr(reply.events, "close", None)
-            if close is not None:
-                close()  # a live reply iterator: stop it first (its session then feeds the turn end)
+        close_iterator(reply.events)  # a live reply: stop it first (its session then feeds the turn end)
         if reply.open:
             reply.open = False
             self.history.append(("assistant", played_text))
@@ -397,20 +408,8 @@ class OmniEngineSession:
             s.feed_ids(s.prompt.text(played_text) + s.prompt.turn_end())
         reply.text = played_text
 
-    def _replace_last_reply(self, text: str) -> None:
-        for i in range(len(self.history) - 1, -1, -1):
-            if self.history[i][0] == "assistant":
-                self.history[i] = ("assistant", text)
-                return
-
     def close(self) -> None:
         if not self.closed:
-            self.closed = True
-            if self._reply is not None and self._reply.events is not None:
-                close = getattr(self._reply.events, "close", None)
-                if close is not None:
-                    close()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise RuntimeError("engine session is closed")
+            super().close()
+            if self._reply is not None:
+                close_iterator(self._reply.events)

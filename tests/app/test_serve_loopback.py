@@ -9,10 +9,10 @@ import time
 import numpy as np
 
 from app.realtime_server import Connection
+from benchmarks.rtc_client import RealtimeClient
+from streaming.engines.tone import ToneEngine
 from streaming.session import Session
-from streaming.testing import ToneEngine
 from tests.app.conftest import StartServer
-from tests.app.rtc_client import RealtimeClient
 
 
 def live_session_tasks() -> list[str]:

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.embedded.resample import resample
 from streaming.audio_in import AudioInStage, EndTurn, EngineFeed, PrepareTurn, TurnAudio
 from streaming.engine import TranscriptDelta
+from streaming.engines.tone import ToneEngine
 from streaming.frames import AudioFrame, SpeechPaused, SpeechStarted, SpeechStopped
-from streaming.testing import ToneEngine, resample_int16
 from streaming.vad import CHUNK, CHUNK_SECONDS, SileroVad, TurnConfig, TurnDetector
 
 
@@ -117,9 +118,8 @@ def test_audio_stage_frames_in_turn_events_out(vad: SileroVad, speech16k: np.nda
     st = stage.init_state(TurnConfig(silence_ms=700))  # the utterance pauses ~0.4 s between its sentences
     engine = ToneEngine().open_session()
     feed = EngineFeed()
-    pcm48 = resample_int16(
-        np.concatenate([np.zeros(8000, np.int16), speech16k, np.zeros(16000, np.int16)]), 16000, 48000
-    )
+    pcm16 = np.concatenate([np.zeros(8000, np.int16), speech16k, np.zeros(16000, np.int16)])
+    pcm48 = np.clip(np.round(resample(pcm16 / 32768.0, 16000, 48000) * 32768), -32768, 32767).astype(np.int16)
     stereo = np.repeat(pcm48, 2)  # packed L R L R
     out: list[object] = []
     for k, i in enumerate(range(0, len(pcm48) - 960 + 1, 960)):
