@@ -27,45 +27,19 @@ from model.loaders.talker_weights import SpeechModels
 from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from model.talker import TalkerState, TalkerTextEmbeds
 from model.thinker import Thinker
-from model.thinker_session import ThinkerSession
+from model.thinker_session import ReplyRecord, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
 
-
-@dataclass
-class TokenText:
-    """The text one Thinker token completed (the engine's `TextDelta` is made from it)."""
-
-    text: str
-    token_id: int
-    t: float  # time.monotonic() when it was produced
-
-
-@dataclass
-class SpokenReply:
-    """A reply that ran to its end: what the Thinker said and what the Talker and token2wav made of it."""
-
-    text: str
-    token_ids: list[int]
-    codes: list[int]  # codec codes sent to token2wav (stop code excluded)
-    samples: int  # audio samples emitted (at token2wav.SAMPLE_RATE)
-    t: float
-
-
-ReplyEvent = TokenText | PCMChunk | SpokenReply
+ReplyEvent = TokenText | PCMChunk | ReplyRecord
 
 
 @dataclass(frozen=True)
-class SessionMark:
-    """Where both caches and the position cursor stood at `SpeakingSession.mark()`."""
+class SessionMark(ThinkerMark):
+    """`ThinkerMark` plus where the Talker's cache stood."""
 
-    thinker_tokens: int  # Thinker cache length
-    thinker_position: int  # the Thinker decoder's next text position
-    next_id: int  # the TMRoPE cursor's next id
     talker_tokens: int
     talker_position: int
-    prefilled_tokens: int
-    logits: torch.Tensor | None
 
 
 @dataclass
@@ -92,7 +66,6 @@ class SpeakingSession(ThinkerSession):
     ) -> None:
         self.speech = speech
         self.settings = settings or SpeechSettings()
-        self.tokenizer = tokenizer
         self.voice = speech.voices.get(self.settings.voice)
         talker = speech.talker
         texts = TalkerTextEmbeds.from_table(thinker.lm.embed_tokens.weight, talker.cfg, self.voice.bos_token)
@@ -103,7 +76,7 @@ class SpeakingSession(ThinkerSession):
         self._replying = False
         self._reply_slots: list[tuple[torch.Tensor, torch.Tensor]] = []  # (slots [1, T, E], positions [3, T])
         self._turns = 0
-        super().__init__(thinker, prompt, system_prompt=system_prompt, cache=cache)
+        super().__init__(thinker, prompt, system_prompt=system_prompt, cache=cache, tokenizer=tokenizer)
 
     # ---- the Talker's prompt track: every prefilled Thinker position --------------------------------------
 
@@ -140,47 +113,35 @@ class SpeakingSession(ThinkerSession):
     # ---- undo -------------------------------------------------------------------------------------------
 
     def mark(self) -> SessionMark:
-        """The current point of the conversation, to `rollback` to later."""
+        """The current point of the conversation in both caches, to `rollback` to later."""
         if self._replying or self.talker_state.reply_start is not None:
             raise RuntimeError("mark() during a reply: close the respond iterator first")
-        return SessionMark(
-            self.state.cache.length,
-            self.state.next_position,
-            self.cursor.next_id,
-            self.talker_state.decoder.cache.length,
-            self.talker_state.decoder.next_position,
-            self.prefilled_tokens,
-            self.logits,
-        )
+        talker = self.talker_state.decoder
+        return SessionMark(**vars(super().mark()), talker_tokens=talker.cache.length,
+                           talker_position=talker.next_position)
 
-    def rollback(self, mark: SessionMark) -> None:
-        """Forget every position prefilled since `mark` in the Thinker's and the Talker's caches.
-
-        Exact while the tokens dropped are at most the caches' `chunk` (KVCache.truncate: beyond that, window
-        tokens they overwrote stay forgotten); the caller keeps what it rolls back that short. Not during a
-        reply or with an audio/video segment open."""
+    def rollback(self, mark: ThinkerMark) -> None:
+        """Forget every position prefilled since `mark` (a `SessionMark`) in the Thinker's and the Talker's
+        caches; exact under the same bound as `ThinkerSession.rollback`. Not during a reply."""
         if self._replying or self.talker_state.reply_start is not None:
             raise RuntimeError("rollback() during a reply: close the respond iterator first")
-        if self._audio is not None or self._video is not None or self._av is not None:
-            raise RuntimeError("rollback() with an audio or video segment open")
+        if not isinstance(mark, SessionMark):
+            raise TypeError("SpeakingSession.rollback() takes a SessionMark (from its own mark())")
         talker = self.talker_state.decoder
-        if mark.thinker_tokens > self.state.cache.length or mark.talker_tokens > talker.cache.length:
+        if mark.talker_tokens > talker.cache.length:
             raise ValueError("rollback() to a mark ahead of the session (a mark of another session?)")
-        self.state.cache.truncate(mark.thinker_tokens)
-        self.state.next_position = mark.thinker_position
-        self.cursor.next_id = mark.next_id
+        super().rollback(mark)
         talker.cache.truncate(mark.talker_tokens)
         talker.next_position = mark.talker_position
-        self.prefilled_tokens = mark.prefilled_tokens
-        self.logits = mark.logits
 
     # ---- one spoken reply ------------------------------------------------------------------------------
 
-    def respond(
+    def respond(  # type: ignore[override]  # its events include PCMChunk
         self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None, speak: bool = True
     ) -> Generator[ReplyEvent, None, None]:
         """Generate the reply to the ended user turn: TokenText and PCMChunk events as they are made, then
-        SpokenReply. Close the iterator to cancel (barge-in); the session stays usable."""
+        ReplyRecord. Close the iterator to cancel (barge-in); the session stays usable."""
+        assert self.tokenizer is not None
         stops = (
             stop_ids if stop_ids is not None else frozenset(sampling.stop_token_ids or self.tokenizer.stop_token_ids)
         )
@@ -211,7 +172,7 @@ class SpeakingSession(ThinkerSession):
                 used = yield from self._talk(tokens, used, codes, wav, final=True)
                 yield from self.streamer.flush(wav)
                 samples = wav.samples_out
-            yield SpokenReply(detok.text(), tokens, codes, samples, time.monotonic())
+            yield ReplyRecord(detok.text(), tokens, codes, samples, time.monotonic())
         finally:
             gen.close()  # feeds the turn end if the reply was cut short
             self._replying = False

@@ -27,6 +27,27 @@ OUTPUT_SAMPLE_RATE = 24000
 
 
 @dataclass(frozen=True)
+class Image:
+    """A still image the user shows with a typed turn: RGB uint8 [H, W, 3]."""
+
+    rgb: np.ndarray
+
+
+@dataclass(frozen=True)
+class VideoClip:
+    """A recorded video the user shows with a typed turn: its decoded RGB uint8 frames [H, W, 3] at `fps` (the
+    engine samples what it needs) and, when it is to be heard too, its soundtrack (float32 mono at the engine's
+    input rate), interleaved with the frames."""
+
+    frames: list[np.ndarray]
+    fps: float
+    audio: np.ndarray | None = None
+
+
+Attachment = Image | VideoClip
+
+
+@dataclass(frozen=True)
 class TextDelta:
     """A piece of the assistant's reply text, as soon as it is decoded."""
 
@@ -79,6 +100,11 @@ class EngineSession(Protocol):
         before (prefilled at once where the engine can); `respond` answers the turn."""
         ...
 
+    def push_media(self, media: Attachment) -> list[EngineEvent]:
+        """An image or a video clip joining the open user turn (shown with a typed turn); engines without
+        vision ignore it (`EngineSessionBase`'s default)."""
+        ...
+
     def prepare_turn(self) -> list[EngineEvent]:
         """The user paused inside a turn (streaming.frames.SpeechPaused): do what end_turn would as far as
         possible (finish recognition, prefill the turn) without a final transcript. More audio of the same
@@ -119,12 +145,18 @@ class Engine(Protocol):
 
 
 class EngineSessionBase:
-    """What every engine session does the same way: refuse calls once closed, an optional `prepare_turn`,
-    and a bounded (role, text) history whose last reply an interruption rewrites."""
+    """What every engine session does the same way: refuse calls once closed, no-op `prepare_turn` and
+    `push_media` for engines that have nothing to do there, and a bounded (role, text) history whose last
+    reply an interruption rewrites."""
 
     def __init__(self, max_history: int | None = None) -> None:
         self.closed = False
         self.history: deque[tuple[str, str]] = deque(maxlen=max_history)
+
+    def push_media(self, media: Attachment) -> list[EngineEvent]:
+        """No vision: the attachment is not seen."""
+        self._check_open()
+        return []
 
     def prepare_turn(self) -> list[EngineEvent]:
         """Nothing to prepare: the turn's input is finished by `end_turn`."""

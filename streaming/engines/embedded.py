@@ -24,7 +24,7 @@ from model.embedded.asr import RecognizerConfig, StreamingRecognizer
 from model.embedded.conversation_lm import conversation_lm_path
 from model.embedded.phrases import PhraseSplitter, speakable
 from model.embedded.resample import StreamingResampler
-from model.embedded.tts import EspeakVoice, Synthesizer
+from model.embedded.tts import ESPEAK_SAMPLE_RATE, EspeakVoice, Synthesizer
 from model.lm.chat_session import ChatSession
 from model.lm.decoder import default_cache_config
 from model.lm.sampling import SamplingConfig
@@ -105,14 +105,16 @@ class EmbeddedEngine:
         lm: LoadedLM | None = None,
         voice: str = "en-us",
         speech_rate: int = 175,
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        speak: bool = True,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
         window: int = DEFAULT_WINDOW,
         recognizer: RecognizerConfig | None = None,
         cmn_prior: str | None = None,
     ) -> None:
         """`model`: a checkpoint for load_lm (None: the embedded SmolLM2-135M-Instruct); `lm`: an already
-        loaded one (shared, e.g. by tests); `voice`/`speech_rate`: the default espeak-ng voice.
+        loaded one (shared, e.g. by tests); `voice`/`speech_rate`: the default espeak-ng voice; `speak=False`:
+        replies are text only (no `AudioChunk` events). `system_prompt` None: the chat template's own.
 
         `cmn_prior`: the recogniser's starting cepstral mean for every session (`StreamingRecognizer.cmn` of
         an earlier utterance; None: pocketsphinx's generic one). The generic one is far from real input:
@@ -120,7 +122,9 @@ class EmbeddedEngine:
         the utterance at end of turn."""
         self.lm = lm if lm is not None else load_lm(model)
         self.default_voice = EspeakVoice(voice, rate=speech_rate)
-        Synthesizer(self.default_voice).synth_int16("ok")  # fail here, not mid-reply, on a bad voice
+        self.speak = speak
+        if speak:
+            Synthesizer(self.default_voice).synth_int16("ok")  # fail here, not mid-reply, on a bad voice
         self.system_prompt = system_prompt
         self.sampling = sampling
         self.cache = default_cache_config(self.lm.model.cfg, window=window)
@@ -134,8 +138,8 @@ class EmbeddedEngine:
         `REALTIME_VOICES`."""
         name = REALTIME_VOICES.get(voice, voice) if voice is not None else None
         v = self.default_voice if name is None else EspeakVoice(name, rate=self.default_voice.rate)
-        synth = Synthesizer(v)
-        if voice is not None:
+        synth = Synthesizer(v) if self.speak else None
+        if synth is not None and voice is not None:
             synth.synth_int16("ok")  # raises TTSError naming the voice if espeak-ng has none by that name
         chat = ChatSession(
             self.lm, system_prompt=instructions or self.system_prompt, sampling=self.sampling, cache=self.cache
@@ -150,14 +154,15 @@ class EmbeddedSession(EngineSessionBase):
     """One conversation: its recogniser, its chat (history in a bounded cache) and its voice."""
 
     def __init__(
-        self, chat: ChatSession, recognizer: StreamingRecognizer, synth: Synthesizer, output_rate: int
+        self, chat: ChatSession, recognizer: StreamingRecognizer, synth: Synthesizer | None, output_rate: int
     ) -> None:
+        """`synth` None: replies in text only."""
         super().__init__()
         self.chat = chat
         self.recognizer = recognizer
         self.synth = synth
         self.output_rate = output_rate
-        self._resampler = StreamingResampler(synth.sample_rate, output_rate)
+        self._resampler = StreamingResampler(ESPEAK_SAMPLE_RATE, output_rate)
         self._turn = _TurnClock()
         self._typed: list[str] = []  # text messages of the open user turn
         self._history_prefilled = False
@@ -257,6 +262,8 @@ class EmbeddedSession(EngineSessionBase):
         yield ReplyDone(self.chat.messages[-1]["content"], self._stats(turn))
 
     def _speak(self, phrase: str, turn: _TurnClock, *, final: bool) -> Iterator[AudioChunk]:
+        if self.synth is None:
+            return
         t0 = time.perf_counter()
         words = speakable(phrase)
         pcm = self._resampler.push(self.synth.synth_int16(words)) if words else np.zeros(0, np.float32)

@@ -21,7 +21,7 @@ re-fed (its encoder state is gone): then only the text history is trimmed, with 
 
 The Talker gives no alignment of codes to text, so `AudioChunk.text` is an estimate: the reply text up to the
 word that `chars_per_second` of speech reaches by the end of the chunk (text without spaces is cut at the
-estimate itself); the rest of the text comes with a one-sample silent chunk after the last audio, so the
+estimate itself); the rest of the text comes with an empty chunk after the last audio, so the
 whole text counts as played once all the audio has played.
 """
 
@@ -36,25 +36,29 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
+from model.encoders.vision_preprocess import resize_and_normalize, sample_video, video_frame_size
 from model.errors import CheckpointError
 from model.lm.decoder import default_cache_config
 from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
 from model.prompt import SPEECH_SYSTEM_PROMPT
-from model.speech_session import SessionMark, SpeakingSession, SpeechSettings, SpokenReply, TokenText
+from model.speech_session import SpeakingSession, SpeechSettings
+from model.thinker_session import ReplyRecord, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import PCMChunk, StreamingSchedule
 from model.voices import UnknownVoiceError
 from streaming.engine import (
     INPUT_SAMPLE_RATE,
+    Attachment,
     AudioChunk,
     EngineEvent,
     EngineSessionBase,
+    Image,
     ReplyDone,
     TextDelta,
+    VideoClip,
     close_iterator,
 )
 
@@ -82,7 +86,8 @@ class OmniEngine:
         dtype: torch.dtype | None = None,
         voice: str | None = None,
         *,
-        models: tuple[LoadedThinker, SpeechModels] | None = None,
+        speak: bool = True,
+        models: tuple[LoadedThinker, SpeechModels | None] | None = None,
         system_prompt: str = SPEECH_SYSTEM_PROMPT,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
         talker_sampling: SamplingConfig | None = None,
@@ -96,7 +101,8 @@ class OmniEngine:
         max_history: int = 64,
     ) -> None:
         """`model_dir`: a Qwen2.5-Omni checkpoint with its speech half (talker.*, token2wav.*, spk_dict.pt);
-        `models`: already loaded ones instead (shared, e.g. by tests). `voice`: the default voice (None: the
+        `models`: already loaded ones instead (shared, e.g. by tests). `speak=False`: replies are text only
+        and the speech half is not loaded (no `AudioChunk` events). `voice`: the default voice (None: the
         checkpoint's default). `seed`: Talker sampling and token2wav noise (None: random per reply).
         `schedule`/`solver`: token2wav's chunking and ODE solver (None: the reference's).
         `chars_per_second`: the speaking rate that maps audio to reply text (about 150 words a minute)."""
@@ -107,14 +113,16 @@ class OmniEngine:
                 raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
             try:
                 thinker = load_thinker(model_dir, dtype, device)
-                speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device)
+                speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device) if speak else None
             except CheckpointError as e:
                 raise ValueError(f"cannot load the omni model: {e}") from None
         else:
-            thinker, speech = models
+            thinker, speech = models[0], models[1] if speak else None
+        if speak and speech is None:
+            raise ValueError("a speaking OmniEngine needs the checkpoint's speech models")
         self.thinker = thinker
         self.speech = speech
-        self.default_voice = self.check_voice(voice)
+        self.default_voice = self.check_voice(voice) if speech is not None else None
         self.system_prompt = system_prompt
         self.sampling = sampling
         self.talker_sampling = talker_sampling
@@ -129,12 +137,15 @@ class OmniEngine:
         # A reply (and its turn end) must fit in one chunk for the rollback on barge-in to be exact.
         need = sampling.max_new_tokens + TURN_END_TOKENS
         thinker_cache = default_cache_config(thinker.model.cfg.text, window=window)
-        talker_cache = default_cache_config(speech.talker.cfg.decoder, window=window)
         self.cache = replace(thinker_cache, chunk=max(thinker_cache.chunk, need))
-        self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
+        if speech is not None:
+            talker_cache = default_cache_config(speech.talker.cfg.decoder, window=window)
+            self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
 
     def check_voice(self, voice: str | None) -> str:
         """The checkpoint's name for `voice` (None: its default); ValueError listing the voices it has."""
+        if self.speech is None:
+            raise ValueError("voices are for a speaking engine (this one replies in text only)")
         try:
             return self.speech.voices.get(voice).name
         except UnknownVoiceError as e:
@@ -142,9 +153,16 @@ class OmniEngine:
 
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> OmniEngineSession:
         """A new conversation; `voice` names one of the checkpoint's voices (case-insensitive)."""
-        name = self.check_voice(voice) if voice is not None else self.default_voice
+        system = instructions or self.system_prompt
+        th = self.thinker
+        if self.speech is None:
+            if voice is not None:
+                self.check_voice(voice)  # raises: a text-only engine has no voices
+            with torch.inference_mode():
+                thinking = ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer)
+            return OmniEngineSession(self, thinking)
         settings = SpeechSettings(
-            voice=name,
+            voice=self.check_voice(voice) if voice is not None else self.default_voice,
             talker_sampling=self.talker_sampling,
             seed=self.seed,
             schedule=self.schedule,
@@ -153,14 +171,7 @@ class OmniEngine:
         )
         with torch.inference_mode():
             speaking = SpeakingSession(
-                self.thinker.model,
-                self.thinker.prompt,
-                self.thinker.tokenizer,
-                self.speech,
-                settings,
-                system_prompt=instructions or self.system_prompt,
-                cache=self.cache,
-                talker_cache=self.talker_cache,
+                th.model, th.prompt, th.tokenizer, self.speech, settings, system, self.cache, self.talker_cache
             )
         return OmniEngineSession(self, speaking)
 
@@ -169,7 +180,7 @@ class OmniEngine:
 class _Reply:
     """The live (or last) reply: where it starts in both caches, what it said, how much audio it made."""
 
-    mark: SessionMark  # right after <|im_start|>assistant\n
+    mark: ThinkerMark  # right after <|im_start|>assistant\n (a SessionMark when speaking: both caches)
     events: Iterator[EngineEvent] | None = None
     text: str = ""
     said: int = 0  # characters of `text` already attached to audio chunks
@@ -194,10 +205,10 @@ class _Turn:
 class OmniEngineSession(EngineSessionBase):
     """One conversation. Not thread-safe: the runtime calls it from one worker at a time."""
 
-    def __init__(self, engine: OmniEngine, speaking: SpeakingSession) -> None:
+    def __init__(self, engine: OmniEngine, speaking: ThinkerSession) -> None:
         super().__init__(engine.max_history)
         self.engine = engine
-        self.speaking = speaking
+        self.speaking = speaking  # a SpeakingSession when the engine speaks
         self._turn = _Turn()
         self._reply: _Reply | None = None
         self._frame: tuple[np.ndarray, float] | None = None  # the latest camera frame and its time
@@ -236,6 +247,48 @@ class OmniEngineSession(EngineSessionBase):
             self.speaking.add_text(text)
         self.history.append(("user", text))
         return []
+
+    def push_media(self, media: Attachment) -> list[EngineEvent]:
+        """Prefill an image, or a video clip (sampled at the checkpoint's 2 fps; with its soundtrack
+        interleaved as TMRoPE lays out a video with audio), into the open user turn."""
+        self._check_open()
+        with torch.inference_mode():
+            self._end_segment()
+            self._note_input()
+            if not self._turn.started:
+                self.speaking.start_user_turn()
+                self._turn.started = True
+            if isinstance(media, Image):
+                self._add_image(media)
+            else:
+                self._add_clip(media)
+        return []
+
+    def _add_image(self, image: Image) -> None:
+        th = self.engine.thinker
+        patches, grid = th.model.image_input(torch.from_numpy(np.ascontiguousarray(image.rgb)), th.vision_preprocess)
+        self.speaking.add_image(patches, grid)
+        self.history.append(("user", "[image]"))
+
+    def _add_clip(self, clip: VideoClip) -> None:
+        th, s = self.engine.thinker, self.speaking
+        pre = th.vision_preprocess
+        raw = sample_video(clip.frames, clip.fps, pre)
+        size = video_frame_size(raw.shape[-2], raw.shape[-1], th.model.cfg.vision, pre)
+        frames = resize_and_normalize(raw, size, pre)
+        spg = th.model.cfg.vision.temporal_patch_size / pre.fps
+        if clip.audio is not None:
+            s.begin_av(size[0], size[1], spg)
+            s.push_av_audio_features(th.model.audio_features(torch.from_numpy(clip.audio), INPUT_SAMPLE_RATE))
+            for f in frames:
+                s.push_av_frame(f)
+            s.end_av()
+        else:
+            s.begin_video(size[0], size[1], spg)
+            for f in frames:
+                s.push_video_frame(f)
+            s.end_video()
+        self.history.append(("user", f"[video {len(frames)} frames{', with audio' if clip.audio is not None else ''}]"))
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         """Keep the latest frame; during a user turn, feed it into the video slots (2 fps) it reaches."""
@@ -343,14 +396,14 @@ class OmniEngineSession(EngineSessionBase):
                     pcm = ev.samples.detach().float().cpu().numpy()
                     reply.samples += len(pcm)
                     yield AudioChunk(pcm, text=self._spoken(reply, final=False))
-                elif isinstance(ev, SpokenReply):
+                elif isinstance(ev, ReplyRecord):
                     if ev.text.startswith(reply.text) and len(ev.text) > len(reply.text):
                         tail = ev.text[len(reply.text) :]  # bytes the detokenizer held back (an unfinished character)
                         reply.text += tail
                         yield TextDelta(tail)
                     rest = self._spoken(reply, final=True)
-                    if rest:  # one silent sample: the runtime's resampler takes no empty frame
-                        yield AudioChunk(np.zeros(1, np.float32), text=rest)
+                    if rest:  # the text after the last audio, played once all the audio has played
+                        yield AudioChunk(np.zeros(0, np.float32), text=rest)
                     reply.open = False
                     self.history.append(("assistant", reply.text))
                     stats = {

@@ -17,7 +17,8 @@ from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
 from model.prompt import SPEECH_SYSTEM_PROMPT
-from model.speech_session import SpeakingSession, SpeechSettings, SpokenReply, TokenText
+from model.speech_session import SpeakingSession, SpeechSettings
+from model.thinker_session import ReplyRecord, TokenText
 from model.token2wav.streaming import PCMChunk
 from model.voices import Voice, VoiceBank
 from tests.model.omni_tiny import IDS, SPECIALS, save_tiny_omni
@@ -98,7 +99,7 @@ def test_respond_matches_reference_pipeline(omni: tuple[Any, LoadedThinker, Spee
     session.end_user_turn()
     events = list(session.respond(SamplingConfig(temperature=0.0, max_new_tokens=12), frozenset({stop})))
     end = events[-1]
-    assert isinstance(end, SpokenReply)
+    assert isinstance(end, ReplyRecord)
     assert end.token_ids == generated[:-1]
 
     # What Qwen2_5OmniForConditionalGeneration.generate hands the Talker.
@@ -140,5 +141,5 @@ def test_cancel_mid_reply_leaves_session_consistent(omni: tuple[Any, LoadedThink
     _turn(session, "ok")
     events = list(session.respond(THINKER_SAMPLING, frozenset({IM_END})))
     end = events[-1]
-    assert isinstance(end, SpokenReply) and end.samples == len(end.codes) * 480
+    assert isinstance(end, ReplyRecord) and end.samples == len(end.codes) * 480
     assert session.talker_state.decoder.cache.length == session.state.cache.length

@@ -19,7 +19,8 @@ from app.serve import make_engine
 from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
-from model.speech_session import SpeakingSession, SpeechSettings, SpokenReply
+from model.speech_session import SpeakingSession, SpeechSettings
+from model.thinker_session import ReplyRecord
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import StreamingSchedule
 from model.voices import Voice, VoiceBank
@@ -186,7 +187,7 @@ def test_interrupt_keeps_exactly_the_played_text(models: Models, cut: str) -> No
     torch.testing.assert_close(s.speaking.logits, ref.logits, rtol=1e-4, atol=1e-4)
     done = list(reply)[-1]
     want = list(ref.respond(engine.sampling, engine.stop_ids))[-1]
-    assert isinstance(done, ReplyDone) and isinstance(want, SpokenReply)
+    assert isinstance(done, ReplyDone) and isinstance(want, ReplyRecord)
     assert done.text == want.text and done.stats["codes"] == len(want.codes)
     assert s.speaking.talker_state.decoder.cache.length == ref.talker_state.decoder.cache.length
 
@@ -297,7 +298,7 @@ def test_a_typed_turn_with_audio_before_it_equals_the_model_api(models: Models) 
     ref.add_text("What did I say?")
     ref.end_user_turn()
     want = list(ref.respond(engine.sampling, engine.stop_ids))[-1]
-    assert isinstance(done, ReplyDone) and isinstance(want, SpokenReply)
+    assert isinstance(done, ReplyDone) and isinstance(want, ReplyRecord)
     assert done.text == want.text and done.stats["codes"] == len(want.codes)
     assert list(s.history) == [("user", "[audio 2.5 s]"), ("user", "What did I say?"), ("assistant", done.text)]
 
