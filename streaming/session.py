@@ -27,7 +27,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -69,29 +68,16 @@ from streaming.frames import (
 from streaming.metrics import ServerMetrics, TurnMetrics
 from streaming.output import OUTPUT_RATE, OutputAudio
 from streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
+from streaming.reply_ends import Emit, ReplyEnds, Response
 from streaming.session_config import SessionConfig, describe_session, updated_turn_config
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
-Emit = Callable[[dict[str, Any]], None]
 InboxItem = AudioFrame | ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage
 
 
-@dataclass
-class _Response:
-    """The runtime's side of one reply (a Realtime response): its ids, metrics, task and engine iterator."""
-
-    response_id: str
-    item_id: str
-    metrics: TurnMetrics
-    task: asyncio.Task[None] | None = None
-    iterator: Iterator[EngineEvent] | None = None
-    generated: bool = False  # the engine finished generating (ReplyDone)
-    text: list[str] = field(default_factory=list)
-
-
-class Session:
+class Session(ReplyEnds):
     """The runtime of one conversation (one per connection)."""
 
     def __init__(
@@ -127,7 +113,7 @@ class Session:
         self.output = OutputAudio(self.config.output_queue_chunks, self._on_first_audio, self._on_reply_played)
         self._engine_session: EngineSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reply: _Response | None = None
+        self._reply: Response | None = None
         self._user_item: str | None = None
         self._item_responses: dict[str, str] = {}
         self._turns = 0
@@ -213,7 +199,7 @@ class Session:
         self.metrics.add_gauge("sessions_active", "sessions open now", -1)
 
     @staticmethod
-    def _close_engine(reply: _Response | None, engine_session: EngineSession) -> None:
+    def _close_engine(reply: Response | None, engine_session: EngineSession) -> None:
         if reply is not None:
             close_iterator(reply.iterator)
         engine_session.close()
@@ -369,7 +355,7 @@ class Session:
             response_start=self.clock(),
             dropped_input_frames=self.inbox.media.dropped,
         )
-        reply = _Response(new_id("resp"), new_id("item"), m)
+        reply = Response(new_id("resp"), new_id("item"), m)
         self._reply = reply
         self._item_responses[reply.item_id] = reply.response_id
         while len(self._item_responses) > 4:  # truncation concerns the last few replies only (as OutputAudio.logs)
@@ -379,7 +365,7 @@ class Session:
             self._guard(self._generate(reply), "reply"), name=f"{self.id}:reply"
         )
 
-    async def _generate(self, reply: _Response) -> None:
+    async def _generate(self, reply: Response) -> None:
         assert self._engine_session is not None
         reply.iterator = await self.worker.run(self._engine_session.respond)
         resampler = av.AudioResampler(format="s16", layout="mono", rate=OUTPUT_RATE)
@@ -404,76 +390,6 @@ class Session:
                     self._emit(self.events.output_audio_transcript_delta(reply.response_id, reply.item_id, ev.text))
         await self.output.put(reply.response_id, None)
         self._emit(self.events.response_done(reply.response_id, reply.item_id, "completed", "".join(reply.text)))
-
-    def _on_first_audio(self, response_id: str) -> None:
-        reply = self._reply
-        if reply is not None and reply.response_id == response_id and reply.metrics.first_audio is None:
-            reply.metrics.first_audio = self.clock()
-            self._emit(self.events.output_audio_buffer("started", response_id))
-
-    def _on_reply_played(self, response_id: str) -> None:
-        reply = self._reply
-        if reply is None or reply.response_id != response_id:
-            return
-        self._emit(self.events.output_audio_buffer("stopped", response_id))
-        self._finish_reply(reply)
-        self._feed.hold = False  # held user audio goes in with the next audio job
-
-    def _finish_reply(self, reply: _Response) -> None:
-        self._reply = None
-        self.turn_history.append(reply.metrics)
-        del self.turn_history[:-32]
-        self.metrics.observe_turn(reply.metrics)
-        self._emit(self.events.metrics(reply.metrics.as_event_fields()))
-
-    async def _interrupt(self, onset: float, reason: str, played_until: int | None = None) -> None:
-        """Stop the live reply: silence the output now, then cancel generation and trim the engine's history."""
-        reply = self._reply
-        if reply is None:
-            return
-        self.output.flush()
-        stopped = self.clock()
-        if reply.task is not None:
-            reply.task.cancel()
-        log_ = self.output.log_for(reply.response_id)
-        played = log_.text_until(played_until) if played_until is not None else log_.played_text()
-        m = reply.metrics
-        m.interrupted = True
-        if reason == "barge_in":
-            m.barge_in_seconds = stopped - onset
-        self._emit(self.events.output_audio_buffer("cleared", reply.response_id))
-        if not reply.generated:
-            status_reason = "turn_detected" if reason == "barge_in" else "client_cancelled"
-            self._emit(self.events.response_done(reply.response_id, reply.item_id, "cancelled", played, status_reason))
-        self._finish_reply(reply)
-        if reply.task is not None:
-            await asyncio.gather(reply.task, return_exceptions=True)
-        await self.worker.run(self._interrupt_engine, reply, played)
-        self._feed.hold = False
-
-    def _interrupt_engine(self, reply: _Response, played: str) -> None:
-        close_iterator(reply.iterator)
-        if self._engine_session is not None:
-            self._engine_session.interrupt(played)
-
-    async def _truncate(self, t: Truncate) -> None:
-        reply = self._reply
-        sample = t.audio_end_ms * OUTPUT_RATE // 1000
-        if reply is not None and reply.item_id == t.item_id:
-            await self._interrupt(self.clock(), "client_truncate", played_until=sample)
-        else:
-            rid = self._item_responses.get(t.item_id)
-            play_log = self.output.logs.get(rid) if rid is not None else None
-            if play_log is None or not play_log.spans:
-                self._emit(
-                    self.events.error(
-                        "item_truncate_invalid_item_id", f"no assistant item {t.item_id!r} with audio in this session"
-                    )
-                )
-                return
-            assert self._engine_session is not None
-            await self.worker.run(self._engine_session.interrupt, play_log.text_until(sample))
-        self._emit(self.events.item_truncated(t.item_id, t.audio_end_ms))
 
     async def _update(self, settings: dict[str, Any]) -> None:
         if "instructions" in settings or "voice" in settings:

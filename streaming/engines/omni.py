@@ -108,17 +108,10 @@ class OmniEngine:
         `chars_per_second`: the speaking rate that maps audio to reply text (about 150 words a minute)."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
-        if models is None:
-            if model_dir is None:
-                raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
-            try:
-                thinker = load_thinker(model_dir, dtype, device)
-                speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device) if speak else None
-            except CheckpointError as e:
-                raise ValueError(f"cannot load the omni model: {e}") from None
-        else:
-            thinker, speech = models[0], models[1] if speak else None
-        if speak and speech is None:
+        thinker, speech = models or _load(model_dir, device, dtype, speak)
+        if not speak:
+            speech = None
+        elif speech is None:
             raise ValueError("a speaking OmniEngine needs the checkpoint's speech models")
         self.thinker = thinker
         self.speech = speech
@@ -174,6 +167,20 @@ class OmniEngine:
                 th.model, th.prompt, th.tokenizer, self.speech, settings, system, self.cache, self.talker_cache
             )
         return OmniEngineSession(self, speaking)
+
+
+def _load(
+    model_dir: str | os.PathLike[str] | None, device: str, dtype: torch.dtype | None, speak: bool
+) -> tuple[LoadedThinker, SpeechModels | None]:
+    """The checkpoint's Thinker, and its speech half when `speak`."""
+    if model_dir is None:
+        raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
+    try:
+        thinker = load_thinker(model_dir, dtype, device)
+        speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device) if speak else None
+    except CheckpointError as e:
+        raise ValueError(f"cannot load the omni model: {e}") from None
+    return thinker, speech
 
 
 @dataclass
@@ -239,11 +246,7 @@ class OmniEngineSession(EngineSessionBase):
         """Prefill typed text into the open user turn (after any audio segment, which it closes)."""
         self._check_open()
         with torch.inference_mode():
-            self._end_segment()
-            self._note_input()
-            if not self._turn.started:
-                self.speaking.start_user_turn()
-                self._turn.started = True
+            self._between_segments()
             self.speaking.add_text(text)
         self.history.append(("user", text))
         return []
@@ -253,16 +256,20 @@ class OmniEngineSession(EngineSessionBase):
         interleaved as TMRoPE lays out a video with audio), into the open user turn."""
         self._check_open()
         with torch.inference_mode():
-            self._end_segment()
-            self._note_input()
-            if not self._turn.started:
-                self.speaking.start_user_turn()
-                self._turn.started = True
+            self._between_segments()
             if isinstance(media, Image):
                 self._add_image(media)
             else:
                 self._add_clip(media)
         return []
+
+    def _between_segments(self) -> None:
+        """Close an open audio segment and open the user turn, for a part of the turn that is not streamed."""
+        self._end_segment()
+        self._note_input()
+        if not self._turn.started:
+            self.speaking.start_user_turn()
+            self._turn.started = True
 
     def _add_image(self, image: Image) -> None:
         th = self.engine.thinker
