@@ -104,8 +104,9 @@ def _check_media_args(args: argparse.Namespace) -> None:
 
 def _build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
     """The engine for `--model` and what was loaded, for the banner. Imports the model side here only."""
+    from model.errors import CheckpointError
     from model.lm.sampling import SamplingConfig
-    from model.loaders import CheckpointError, load_lm
+    from model.loaders import load_lm
     from model.loaders.omni import is_omni_checkpoint
 
     sampling = SamplingConfig(
@@ -117,12 +118,11 @@ def _build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
         seed=args.seed,
     )
     if args.model is not None and is_omni_checkpoint(args.model):
-        from model.prompt import SPEECH_SYSTEM_PROMPT
         from streaming.engines.omni import OmniEngine
 
         omni = OmniEngine(
             args.model, args.device, dtype_of(args), args.voice, speak=args.speak is not None,
-            system_prompt=SPEECH_SYSTEM_PROMPT, sampling=sampling, seed=args.seed, window=args.window,
+            sampling=sampling, seed=args.seed, window=args.window,
         )  # fmt: skip
         return omni, f"loaded {omni.thinker.source} in {omni.thinker.load_seconds:.1f} s"
     if args.audio or args.image or args.video or args.speak:

@@ -15,11 +15,9 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 import torch
 
-from model.lm.detokenizer import IncrementalDetokenizer
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplingConfig
 from model.lm.tokenizer import TextTokenizer
@@ -141,12 +139,7 @@ class SpeakingSession(ThinkerSession):
     ) -> Generator[ReplyEvent, None, None]:
         """Generate the reply to the ended user turn: TokenText and PCMChunk events as they are made, then
         ReplyRecord. Close the iterator to cancel (barge-in); the session stays usable."""
-        assert self.tokenizer is not None
-        stops = (
-            stop_ids if stop_ids is not None else frozenset(sampling.stop_token_ids or self.tokenizer.stop_token_ids)
-        )
         talker, st = self.speech.talker, self.talker_state
-        detok = IncrementalDetokenizer(self.tokenizer)
         wav: Token2WavState | None = None
         if speak:
             seed = None if self.settings.seed is None else self.settings.seed + self._turns
@@ -159,22 +152,20 @@ class SpeakingSession(ThinkerSession):
         tokens: list[int] = []
         codes: list[int] = []
         samples, used = 0, 0
-        gen = cast(Generator[int, None, None], self.generate(sampling, stops))
+
+        def talk(tokens: list[int]) -> Generator[PCMChunk, None, None]:
+            nonlocal used
+            if wav is not None:  # slots of all tokens but the newest are known now
+                used = yield from self._talk(tokens, used, codes, wav, final=False)
+
         try:
-            for token in gen:
-                tokens.append(token)
-                delta = detok.push(token)
-                if delta:
-                    yield TokenText(delta, token, time.monotonic())
-                if wav is not None:  # slots of all tokens but the newest are known now
-                    used = yield from self._talk(tokens, used, codes, wav, final=False)
+            text = yield from self._decode_reply(sampling, stop_ids, tokens, talk)
             if wav is not None:
                 used = yield from self._talk(tokens, used, codes, wav, final=True)
                 yield from self.streamer.flush(wav)
                 samples = wav.samples_out
-            yield ReplyRecord(detok.text(), tokens, codes, samples, time.monotonic())
+            yield ReplyRecord(text, tokens, codes, samples, time.monotonic())
         finally:
-            gen.close()  # feeds the turn end if the reply was cut short
             self._replying = False
             talker.end_reply(st)
             for slots, positions in self._reply_slots:

@@ -9,9 +9,9 @@ before, the cache then holds exactly what `Thinker.prompt_logits` computes for t
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 
@@ -27,6 +27,8 @@ from model.lm.tokenizer import TextTokenizer
 from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from model.thinker import Thinker
 from model.tmrope import PositionCursor, StreamingVideoPositions, flat_positions, patch_time_offsets
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -168,13 +170,25 @@ class ThinkerSession:
     ) -> Generator[TokenText | ReplyRecord, None, None]:
         """The reply to the ended user turn as text: TokenText events as tokens complete text, then a
         ReplyRecord. Close the iterator to cancel; the session stays usable (`generate` feeds the turn end)."""
+        tokens: list[int] = []
+        text = yield from self._decode_reply(sampling, stop_ids, tokens)
+        yield ReplyRecord(text, tokens, [], 0, time.monotonic())
+
+    def _decode_reply(
+        self,
+        sampling: SamplingConfig,
+        stop_ids: frozenset[int] | None,
+        tokens: list[int],
+        each: Callable[[list[int]], Iterator[T]] | None = None,
+    ) -> Generator[TokenText | T, None, str]:
+        """Decode the reply, appending its token ids to `tokens`: yields a TokenText whenever a token completes
+        text, then what `each(tokens)` yields; returns the whole text. Closing it feeds the turn end."""
         if self.tokenizer is None:
             raise RuntimeError("respond() needs the session's tokenizer")
         stops = (
             stop_ids if stop_ids is not None else frozenset(sampling.stop_token_ids or self.tokenizer.stop_token_ids)
         )
         detok = IncrementalDetokenizer(self.tokenizer)
-        tokens: list[int] = []
         gen = cast(Generator[int, None, None], self.generate(sampling, stops))
         try:
             for token in gen:
@@ -182,7 +196,9 @@ class ThinkerSession:
                 delta = detok.push(token)
                 if delta:
                     yield TokenText(delta, token, time.monotonic())
-            yield ReplyRecord(detok.text(), tokens, [], 0, time.monotonic())
+                if each is not None:
+                    yield from each(tokens)
+            return detok.text()
         finally:
             gen.close()  # feeds the turn end if the reply was cut short
 
