@@ -8,8 +8,9 @@ methods from its device worker thread, never from the event loop, and never two 
 Timestamps are seconds on the session's media clock (the capture time of the input, 0 at session start).
 Audio is float32 mono in [-1, 1]; input at `input_sample_rate`, output at `output_sample_rate`.
 
-A user turn is spoken (`push_audio` ... `end_turn`), typed (`push_text`), or both, in the order they came;
-`respond` answers it. `EngineSessionBase` holds what every engine session does the same way.
+A user turn is spoken (`push_audio` ... `end_turn`), typed (`push_text`), shown (`push_media`: an image or a
+video clip), or a mix, in the order they came; `respond` answers it. `EngineSessionBase` holds what every
+engine session does the same way.
 """
 
 from __future__ import annotations
