@@ -146,13 +146,11 @@ class Engine(Protocol):
 
 
 class EngineSessionBase:
-    """What every engine session does the same way: refuse calls once closed, no-op `prepare_turn` and
-    `push_media` for engines that have nothing to do there, and a bounded (role, text) history whose last
-    reply an interruption rewrites."""
+    """What every engine session does the same way: refuse calls once closed, and no-op `prepare_turn` and
+    `push_media` for engines that have nothing to do there."""
 
-    def __init__(self, max_history: int | None = None) -> None:
+    def __init__(self) -> None:
         self.closed = False
-        self.history: deque[tuple[str, str]] = deque(maxlen=max_history)
 
     def push_media(self, media: Attachment) -> list[EngineEvent]:
         """No vision: the attachment is not seen."""
@@ -171,13 +169,17 @@ class EngineSessionBase:
         if self.closed:
             raise RuntimeError("engine session is closed")
 
-    def _replace_last_reply(self, text: str) -> int:
-        """Replace the last reply's text in the history; its index, or -1 where it left the bounded history."""
-        for i in range(len(self.history) - 1, -1, -1):
-            if self.history[i][0] == "assistant":
-                self.history[i] = ("assistant", text)
-                return i
-        return -1
+
+History = deque[tuple[str, str]]  # (role, text) pairs, "user" or "assistant", oldest first, bounded
+
+
+def replace_last_reply(history: History, text: str) -> int:
+    """Replace the last reply's text in `history`; its index, or -1 where it left the bounded history."""
+    for i in range(len(history) - 1, -1, -1):
+        if history[i][0] == "assistant":
+            history[i] = ("assistant", text)
+            return i
+    return -1
 
 
 def close_iterator(it: Iterator[object] | None) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -55,11 +56,13 @@ from streaming.engine import (
     AudioChunk,
     EngineEvent,
     EngineSessionBase,
+    History,
     Image,
     ReplyDone,
     TextDelta,
     VideoClip,
     close_iterator,
+    replace_last_reply,
 )
 
 __all__ = ["DEFAULT_SAMPLING", "OmniEngine", "OmniEngineSession"]
@@ -213,7 +216,8 @@ class OmniEngineSession(EngineSessionBase):
     """One conversation. Not thread-safe: the runtime calls it from one worker at a time."""
 
     def __init__(self, engine: OmniEngine, speaking: ThinkerSession) -> None:
-        super().__init__(engine.max_history)
+        super().__init__()
+        self.history: History = deque(maxlen=engine.max_history)
         self.engine = engine
         self.speaking = speaking  # a SpeakingSession when the engine speaks
         self._turn = _Turn()
@@ -458,7 +462,7 @@ class OmniEngineSession(EngineSessionBase):
         else:
             if played_text == reply.text:
                 return  # the whole reply was heard: the caches already hold it
-            self._replace_last_reply(played_text)
+            replace_last_reply(self.history, played_text)
             if reply.input_after or self._turn.started:
                 log.warning("the user spoke after the cut reply: only the text history is trimmed")
                 return

@@ -25,6 +25,7 @@ import math
 import string
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -41,9 +42,11 @@ from streaming.engine import (
     AudioChunk,
     EngineEvent,
     EngineSessionBase,
+    History,
     ReplyDone,
     TextDelta,
     TranscriptDelta,
+    replace_last_reply,
 )
 from streaming.engines.tone import word_tone
 
@@ -156,7 +159,8 @@ class TinyLMSession(EngineSessionBase):
     """One conversation's state. Not thread-safe: the runtime calls it from one worker at a time."""
 
     def __init__(self, engine: TinyLMEngine, instructions: str | None, seed: int) -> None:
-        super().__init__(engine.max_history)
+        super().__init__()
+        self.history: History = deque(maxlen=engine.max_history)
         self.engine = engine
         self.instructions = instructions
         self.state: DecoderState = engine.model.init_state(engine.cache_config)
@@ -290,7 +294,7 @@ class TinyLMSession(EngineSessionBase):
             self.history.append(("assistant", played_text))
             at = len(self.history) - 1
         else:
-            at = self._replace_last_reply(played_text)
+            at = replace_last_reply(self.history, played_text)
             if at < 0:
                 log.warning("the reply to truncate has left the %d-entry history: nothing kept", len(self.history))
                 return

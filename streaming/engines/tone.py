@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,6 +20,7 @@ from streaming.engine import (
     AudioChunk,
     EngineEvent,
     EngineSessionBase,
+    History,
     ReplyDone,
     TextDelta,
     TranscriptDelta,
@@ -33,6 +35,7 @@ class ToneSession(EngineSessionBase):
 
     def __init__(self, engine: ToneEngine, instructions: str | None = None) -> None:
         super().__init__()
+        self.history: History = deque()
         self.engine = engine
         self.instructions = instructions
         self.heard_samples = 0
