@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -168,6 +168,19 @@ class EngineSessionBase:
     def _check_open(self) -> None:
         if self.closed:
             raise RuntimeError("engine session is closed")
+
+
+M = TypeVar("M")
+
+
+@dataclass
+class LiveReply(Generic[M]):
+    """An engine session's live (or last) reply: where it starts (`mark`: what to roll the session back to
+    when an interruption keeps less of it), its text so far, and whether it is still being generated."""
+
+    mark: M
+    text: str = ""
+    open: bool = True  # generating (not finished, not interrupted)
 
 
 History = deque[tuple[str, str]]  # (role, text) pairs, "user" or "assistant", oldest first, bounded

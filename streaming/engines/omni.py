@@ -58,6 +58,7 @@ from streaming.engine import (
     EngineSessionBase,
     History,
     Image,
+    LiveReply,
     ReplyDone,
     TextDelta,
     VideoClip,
@@ -187,15 +188,13 @@ def _load(
 
 
 @dataclass
-class _Reply:
-    """The live (or last) reply: where it starts in both caches, what it said, how much audio it made."""
+class _OmniReply(LiveReply[ThinkerMark]):
+    """`LiveReply` (mark: right after <|im_start|>assistant\\n; a SessionMark of both caches when speaking),
+    plus its events and how much of its text and audio has gone out."""
 
-    mark: ThinkerMark  # right after <|im_start|>assistant\n (a SessionMark when speaking: both caches)
     events: Iterator[EngineEvent] | None = None
-    text: str = ""
     said: int = 0  # characters of `text` already attached to audio chunks
     samples: int = 0
-    open: bool = True  # generating (not finished, not interrupted)
     input_after: bool = False  # user input was prefilled after the reply
 
 
@@ -221,7 +220,7 @@ class OmniEngineSession(EngineSessionBase):
         self.engine = engine
         self.speaking = speaking  # a SpeakingSession when the engine speaks
         self._turn = _Turn()
-        self._reply: _Reply | None = None
+        self._reply: _OmniReply | None = None
         self._frame: tuple[np.ndarray, float] | None = None  # the latest camera frame and its time
 
     # ---- input side ---------------------------------------------------------------------------------
@@ -383,12 +382,12 @@ class OmniEngineSession(EngineSessionBase):
                 self.speaking.start_user_turn()
             self.speaking.end_user_turn()
             self._turn = _Turn()
-            self._reply = _Reply(self.speaking.mark())
+            self._reply = _OmniReply(self.speaking.mark())
         events = self._generate(self._reply)
         self._reply.events = events
         return events
 
-    def _generate(self, reply: _Reply) -> Iterator[EngineEvent]:
+    def _generate(self, reply: _OmniReply) -> Iterator[EngineEvent]:
         eng = self.engine
         t0 = time.perf_counter()
         first_text = first_audio = 0.0
@@ -433,7 +432,7 @@ class OmniEngineSession(EngineSessionBase):
             with torch.inference_mode():
                 inner.close()  # a cut reply: the session feeds its turn end (interrupt then rolls it back)
 
-    def _spoken(self, reply: _Reply, *, final: bool) -> str:
+    def _spoken(self, reply: _OmniReply, *, final: bool) -> str:
         """The reply text newly covered by the audio made so far (whole words, at `chars_per_second`)."""
         if final:
             end = len(reply.text)

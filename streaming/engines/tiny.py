@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from streaming.engine import (
     EngineEvent,
     EngineSessionBase,
     History,
+    LiveReply,
     ReplyDone,
     TextDelta,
     TranscriptDelta,
@@ -145,16 +146,6 @@ class TinyLMEngine:
             self.open_sessions -= 1
 
 
-@dataclass
-class _Reply:
-    """Where the live (or last) reply sits in the cache, to roll it back on interrupt."""
-
-    start: int  # cache length before the reply's first token
-    start_position: int
-    text: str = ""
-    open: bool = True  # generating (not finished, not interrupted)
-
-
 class TinyLMSession(EngineSessionBase):
     """One conversation's state. Not thread-safe: the runtime calls it from one worker at a time."""
 
@@ -170,7 +161,7 @@ class TinyLMSession(EngineSessionBase):
         self._audio = np.zeros(0, np.float32)  # the unfinished second of this turn's audio
         self._words: list[str] = []  # the transcript of the open user turn
         self._user_open = False
-        self._reply: _Reply | None = None
+        self._reply: LiveReply[tuple[int, int]] | None = None  # mark: (cache length, next position)
         self._banned = torch.tensor([SYSTEM, USER, ASSISTANT])  # never inside a reply
         self._banned_early = torch.tensor([SYSTEM, USER, ASSISTANT, END])  # before min_new_tokens
 
@@ -246,7 +237,7 @@ class TinyLMSession(EngineSessionBase):
         t0 = time.perf_counter()
         prompt = [*self._take_pending(), ASSISTANT]
         logits = self._feed(prompt)
-        reply = self._reply = _Reply(self.state.cache.length, self.state.next_position)
+        reply = self._reply = LiveReply((self.state.cache.length, self.state.next_position))
         t1 = time.perf_counter()
         word, words = "", 0
         for i in range(eng.sampling.max_new_tokens):
@@ -299,13 +290,14 @@ class TinyLMSession(EngineSessionBase):
                 log.warning("the reply to truncate has left the %d-entry history: nothing kept", len(self.history))
                 return
         cache = self.state.cache
-        if cache.length - reply.start > cache.cfg.chunk:
+        start, start_position = reply.mark
+        if cache.length - start > cache.cfg.chunk:
             # the user spoke on for more than a chunk after the reply: rolling back that far would lose window
             # tokens (KVCache.truncate), so the model keeps the whole reply and only the text history is trimmed
-            log.warning("reply %d tokens back: only the text history is trimmed", cache.length - reply.start)
+            log.warning("reply %d tokens back: only the text history is trimmed", cache.length - start)
             return
-        cache.truncate(reply.start)
-        self.state.next_position = reply.start_position
+        cache.truncate(start)
+        self.state.next_position = start_position
         later = list(self.history)[at + 1 :]  # user turns after the reply
         tail = [END] + conversation_tokens(tok, None, later)
         if self._user_open:
