@@ -1,31 +1,33 @@
-"""`omni chat`: a terminal chat that streams the reply token by token.
+"""`omni chat`: a terminal chat that streams the reply token by token, through the engine interface.
 
 Interactive on a terminal (multi-turn, /reset, /quit, tokens/s after each reply on stderr). With standard
 input not a terminal it answers each non-empty input line and prints only the replies, one per line, so
 other programs can use it: `echo "What is the capital of France?" | omni chat`.
 
-With a Qwen2.5-Omni checkpoint directory, `--audio FILE`, `--image FILE` and `--video FILE` add media to the
-first user turn (offline: each file is decoded, encoded and prefilled before the question), e.g.
-`omni chat --model Qwen2.5-Omni-7B --audio question.wav --prompt "Answer the question."`.
+Each line is a typed turn (`EngineSession.push_text`) answered by `respond`, as the server answers a Realtime
+`conversation.item.create`. A text model runs in the embedded engine without its voice; a Qwen2.5-Omni
+checkpoint directory runs in the omni engine (speaking only with `--speak`). Its `--audio FILE`,
+`--image FILE` and `--video FILE` join the first user turn before the text (audio as if spoken, images and
+video as attachments), e.g. `omni chat --model Qwen2.5-Omni-7B --audio question.wav --prompt "Answer it."`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+import wave
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from app.lm_args import add_model_arguments, apply_threads, dtype_of
 
 if TYPE_CHECKING:
-    import torch
+    import numpy as np
 
-    from model.lm.chat_session import ChatSession
-    from model.lm.sampling import SamplingConfig
-    from model.loaders.omni import LoadedThinker
-    from model.thinker_session import ThinkerSession
+    from streaming.engine import Attachment, Engine, EngineSession
+
+FirstTurn = tuple[list["Attachment"], "np.ndarray | None"]  # attachments, audio (float32 at 16 kHz)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,10 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.lm.chat_session import ChatSession
-    from model.lm.decoder import default_cache_config
-    from model.lm.sampling import SamplingConfig
-    from model.loaders import CheckpointError, load_lm
+    from model.errors import CheckpointError
 
     if args.prompt is not None and not args.prompt.strip():
         print("omni chat: error: --prompt is empty: nothing to answer", file=sys.stderr)
@@ -71,193 +70,170 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"omni chat: error: {e}", file=sys.stderr)
         return 2
+    interactive = args.prompt is None and sys.stdin.isatty()
     try:
-        sampling = SamplingConfig(
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            repetition_penalty=args.repetition_penalty,
-            max_new_tokens=args.max_new_tokens,
-            seed=args.seed,
-        )
-        interactive = args.prompt is None and sys.stdin.isatty()
+        _check_media_args(args)
         if interactive:
             print("loading model ...", file=sys.stderr, flush=True)
-        if _wants_omni(args):
-            return _run_omni(args, sampling, interactive)
-        lm = load_lm(args.model, dtype=dtype_of(args), device=args.device)
-    except (CheckpointError, ValueError) as e:
+        engine, loaded = _build_engine(args)
+        media = _read_media(args)
+    except (CheckpointError, ValueError) as e:  # bad media files raise ValueErrors naming the file
         print(f"omni chat: error: {e}", file=sys.stderr)
         return 1
     if interactive:
-        print(
-            f"loaded {lm.source} in {lm.load_seconds:.1f} s. /reset starts over, /quit or Ctrl-D ends.", file=sys.stderr
-        )
-    session = ChatSession(
-        lm, system_prompt=args.system, sampling=sampling, cache=default_cache_config(lm.model.cfg, window=args.window)
-    )
-    if args.prompt is not None:
-        return _answer(session, args.prompt, sys.stdout, stats=False)
-    if interactive:
-        return _interactive(session)
-    answered = 0
-    for line in sys.stdin:
-        if line.strip():
-            _answer(session, line.strip(), sys.stdout, stats=False)
-            answered += 1
+        print(f"{loaded}. /reset starts over, /quit or Ctrl-D ends.", file=sys.stderr)
+    chat = _Chat(engine, args.system, args.speak)
+    try:
+        answered = chat.run([args.prompt] if args.prompt is not None else _input_lines(interactive), media, interactive)
+    finally:
+        chat.close()
     if answered == 0:
         print("omni chat: error: no input lines: nothing to answer", file=sys.stderr)
         return 1
     return 0
 
 
-def _answer(session: ChatSession, text: str, out: TextIO, stats: bool) -> int:
-    for delta in session.stream_reply(text):
-        out.write(delta)
-        out.flush()
-    out.write("\n")
-    out.flush()
-    if stats:
-        s = session.last
-        print(
-            f"[{s.prompt_tokens} prompt tokens at {s.prefill_tokens_per_second:.0f} tok/s, "
-            f"{s.new_tokens} new at {s.decode_tokens_per_second:.1f} tok/s]",
-            file=sys.stderr,
-        )
-    return 0
+def _check_media_args(args: argparse.Namespace) -> None:
+    for flag in ("audio", "image", "video"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"--{flag} {path}: no such file")
+    if args.audio_in_video and not args.video:
+        raise ValueError("--audio-in-video needs --video")
 
 
-def _interactive(session: ChatSession) -> int:
-    while True:
-        try:
-            text = input("you> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return 0
-        if text.strip() in ("/quit", "/exit"):
-            return 0
-        if text.strip() == "/reset":
-            session.reset()
-            print("(conversation cleared)", file=sys.stderr)
-            continue
-        if not text.strip():
-            continue
-        sys.stdout.write("omni> ")
-        try:
-            _answer(session, text, sys.stdout, stats=True)
-        except KeyboardInterrupt:
-            print("\n(interrupted)", file=sys.stderr)
-
-
-# ---- Qwen2.5-Omni checkpoints: text, audio, image and video turns --------------------------------------------
-
-
-def _wants_omni(args: argparse.Namespace) -> bool:
-    from model.loaders import CheckpointError
+def _build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
+    """The engine for `--model` and what was loaded, for the banner. Imports the model side here only."""
+    from model.errors import CheckpointError
+    from model.lm.sampling import SamplingConfig
+    from model.loaders import load_lm
     from model.loaders.omni import is_omni_checkpoint
 
-    media = args.audio or args.image or args.video
+    sampling = SamplingConfig(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
     if args.model is not None and is_omni_checkpoint(args.model):
-        return True
-    if media:
-        raise CheckpointError("--audio/--image/--video need a Qwen2.5-Omni checkpoint directory (--model DIR)")
-    return False
+        from streaming.engines.omni import OmniEngine
+
+        omni = OmniEngine(
+            args.model, args.device, dtype_of(args), args.voice, speak=args.speak is not None,
+            sampling=sampling, seed=args.seed, window=args.window,
+        )  # fmt: skip
+        return omni, f"loaded {omni.thinker.source} in {omni.thinker.load_seconds:.1f} s"
+    if args.audio or args.image or args.video or args.speak:
+        raise CheckpointError("--audio/--image/--video/--speak need a Qwen2.5-Omni checkpoint directory (--model DIR)")
+    from streaming.engines.embedded import EmbeddedEngine
+
+    lm = load_lm(args.model, dtype=dtype_of(args), device=args.device)
+    text = EmbeddedEngine(lm=lm, speak=False, system_prompt=None, sampling=sampling, window=args.window)
+    return text, f"loaded {lm.source} in {lm.load_seconds:.1f} s"
 
 
-def _run_omni(args: argparse.Namespace, sampling: SamplingConfig, interactive: bool) -> int:
-    from model.encoders.audio_frontend import AudioInputError
-    from model.encoders.vision_preprocess import VisionInputError
-    from model.loaders import CheckpointError
-    from model.loaders.omni import load_thinker
-    from model.thinker_session import ThinkerSession
-    from model.voices import UnknownVoiceError
+def _read_media(args: argparse.Namespace) -> FirstTurn:
+    """The first turn's attachments and its audio, decoded once."""
+    from streaming.media_files import read_audio, read_image, read_video
 
-    speaker: _Speaker | None = None
-    try:
-        loaded = load_thinker(args.model, dtype=dtype_of(args), device=args.device)
-        if args.speak:
-            speaker = _Speaker(args, loaded)
-            session: ThinkerSession = speaker.session
-        else:
-            session = ThinkerSession(loaded.model, loaded.prompt, system_prompt=args.system or _default_system())
-        first = _MediaTurn(args, loaded)
-        first.check()
-    except (CheckpointError, AudioInputError, VisionInputError, ValueError, UnknownVoiceError) as e:
-        print(f"omni chat: error: {e}", file=sys.stderr)
-        return 1
-    if interactive:
-        print(f"loaded {loaded.source} in {loaded.load_seconds:.1f} s. /quit or Ctrl-D ends.", file=sys.stderr)
-    turns = [args.prompt] if args.prompt is not None else _input_lines(interactive)
-    answered = 0
-    for text in turns:
-        try:
-            first.prefill(session)
-        except (AudioInputError, VisionInputError) as e:
-            print(f"omni chat: error: {e}", file=sys.stderr)
-            return 1
-        if interactive:
-            sys.stdout.write("omni> ")
-        if speaker is not None:
-            speaker.answer(text, sampling)
-        else:
-            _omni_answer(session, loaded, text, sampling)
-        answered += 1
-    if speaker is not None:
-        speaker.close()
-    if answered == 0:
-        print("omni chat: error: no input lines: nothing to answer", file=sys.stderr)
-        return 1
-    return 0
+    attachments: list[Attachment] = []
+    if args.image:
+        attachments.append(read_image(args.image))
+    if args.video:
+        attachments.append(read_video(args.video, with_audio=args.audio_in_video))
+    return attachments, read_audio(args.audio) if args.audio else None
 
 
-class _Speaker:
-    """--speak: a SpeakingSession whose replies stream text to stdout and audio into one WAV file.
+class _Chat:
+    """One conversation with an engine session: typed turns in, reply text to stdout, speech to a WAV file.
 
-    Each chunk is appended as it comes (the wave module rewrites the header on every write), so the file is
+    The WAV file gets each chunk as it comes (the wave module rewrites the header on every write), so it is
     valid at any moment, even when the chat is interrupted."""
 
-    def __init__(self, args: argparse.Namespace, loaded: LoadedThinker) -> None:
-        import wave
+    def __init__(self, engine: Engine, system: str | None, speak: str | None) -> None:
+        self.engine = engine
+        self.system = system
+        self.session: EngineSession = engine.open_session(instructions=system)
+        self.wav: wave.Wave_write | None = None
+        if speak is not None:
+            self.wav = wave.open(str(Path(speak)), "wb")
+            self.wav.setnchannels(1)
+            self.wav.setsampwidth(2)
+            self.wav.setframerate(engine.output_sample_rate)
 
-        from model.loaders.talker_weights import load_speech
-        from model.speech_session import SpeakingSession, SpeechSettings
-        from model.token2wav import SAMPLE_RATE
+    def run(self, turns: Iterable[str], media: FirstTurn, interactive: bool) -> int:
+        """Answer every turn; the media join the first. Returns how many turns were answered."""
+        attachments, audio = media
+        answered = 0
+        for text in turns:
+            if interactive and text == "/reset":
+                self.session.close()
+                self.session = self.engine.open_session(instructions=self.system)
+                print("(conversation cleared)", file=sys.stderr)
+                continue
+            if answered == 0:
+                for a in attachments:
+                    self.session.push_media(a)
+                if audio is not None:
+                    self.session.push_audio(audio, 0.0)
+            self.session.push_text(text)
+            if interactive:
+                sys.stdout.write("omni> ")
+            self.answer(sys.stdout, stats=interactive)
+            answered += 1
+        return answered
 
-        speech = load_speech(args.model, dtype=dtype_of(args) or loaded.model.lm.dtype, device=args.device)
-        speech.voices.get(args.voice)  # an unknown voice fails here, listing the known ones
-        settings = SpeechSettings(voice=args.voice, seed=args.seed)
-        system = args.system or _default_system()
-        self.session = SpeakingSession(loaded.model, loaded.prompt, loaded.tokenizer, speech, settings, system)
-        self.wav = wave.open(str(Path(args.speak)), "wb")
-        self.wav.setnchannels(1)
-        self.wav.setsampwidth(2)
-        self.wav.setframerate(SAMPLE_RATE)
+    def answer(self, out: TextIO, stats: bool) -> None:
+        from streaming.engine import AudioChunk, ReplyDone, TextDelta, close_iterator
 
-    def answer(self, text: str, sampling: SamplingConfig) -> None:
-        import torch
-
-        from model.speech_session import AudioOut, TextDelta
-
-        self.session.add_text(text)
-        self.session.end_user_turn()
-        for event in self.session.respond(sampling):
-            if isinstance(event, TextDelta):
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-            elif isinstance(event, AudioOut):
-                pcm = (event.samples.cpu().clamp(-1, 1) * 32767).round().to(torch.int16)
-                self.wav.writeframes(pcm.numpy().tobytes())
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        said = ""
+        done: ReplyDone | None = None
+        events = self.session.respond()
+        try:
+            for ev in events:
+                if isinstance(ev, TextDelta):
+                    said += ev.text
+                    out.write(ev.text)
+                    out.flush()
+                elif isinstance(ev, AudioChunk) and self.wav is not None:
+                    self.wav.writeframes(_int16(ev.pcm))
+                elif isinstance(ev, ReplyDone):
+                    done = ev
+        except KeyboardInterrupt:
+            close_iterator(events)
+            self.session.interrupt(said)  # the history keeps what was shown
+            print("\n(interrupted)", file=sys.stderr)
+            return
+        out.write("\n")
+        out.flush()
+        if stats and done is not None:
+            _print_stats(done.stats)
 
     def close(self) -> None:
-        self.wav.close()
+        self.session.close()
+        if self.wav is not None:
+            self.wav.close()
 
 
-def _default_system() -> str:
-    from model.prompt import SPEECH_SYSTEM_PROMPT
+def _int16(pcm: np.ndarray) -> bytes:
+    import numpy as np
 
-    return SPEECH_SYSTEM_PROMPT
+    return (np.clip(pcm, -1.0, 1.0) * 32767).round().astype("<i2").tobytes()
+
+
+def _print_stats(stats: dict[str, float]) -> None:
+    """Prefill and decode speed, where the engine measured them (the text engine does)."""
+    if "prefill_s" not in stats or "decode_tok_s" not in stats:
+        return
+    prompt = int(stats["prompt_tokens"])
+    prefill = prompt / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0
+    print(
+        f"[{prompt} prompt tokens at {prefill:.0f} tok/s, "
+        f"{int(stats['new_tokens'])} new at {stats['decode_tok_s']:.1f} tok/s]",
+        file=sys.stderr,
+    )
 
 
 def _input_lines(interactive: bool) -> Iterator[str]:
@@ -265,6 +241,8 @@ def _input_lines(interactive: bool) -> Iterator[str]:
         try:
             line = input("you> ") if interactive else sys.stdin.readline()
         except EOFError:
+            if interactive:
+                print(file=sys.stderr)
             return
         if not interactive and not line:
             return
@@ -272,82 +250,3 @@ def _input_lines(interactive: bool) -> Iterator[str]:
             return
         if line.strip():
             yield line.strip()
-
-
-class _MediaTurn:
-    """The --audio/--image/--video files, decoded once and prefilled into the first user turn only."""
-
-    def __init__(self, args: argparse.Namespace, loaded: LoadedThinker) -> None:
-        self.args, self.loaded, self.done = args, loaded, False
-
-    def check(self) -> None:
-        for flag in ("audio", "image", "video"):
-            path = getattr(self.args, flag)
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"--{flag} {path}: no such file")
-        if self.args.audio_in_video and not self.args.video:
-            raise ValueError("--audio-in-video needs --video")
-
-    def prefill(self, session: ThinkerSession) -> None:
-        session.start_user_turn()
-        if self.done:
-            return
-        self.done = True
-        from model.encoders.audio_frontend import load_audio
-        from model.encoders.vision_preprocess import load_video, resize_and_normalize, video_frame_size
-
-        th, pre = self.loaded.model, self.loaded.vision_preprocess
-        if self.args.image:
-            patches, grid = th.image_input(_load_image(self.args.image), pre)
-            session.add_image(patches, grid)
-        if self.args.video:
-            raw = load_video(self.args.video, pre)
-            size = video_frame_size(raw.shape[-2], raw.shape[-1], th.cfg.vision, pre)
-            frames = resize_and_normalize(raw, size, pre)
-            spg = th.cfg.vision.temporal_patch_size / pre.fps
-            if self.args.audio_in_video:
-                session.begin_av(size[0], size[1], spg)
-                session.push_av_audio_features(th.audio_features(load_audio(self.args.video), 16000))
-                for f in frames:
-                    session.push_av_frame(f)
-                session.end_av()
-            else:
-                session.begin_video(size[0], size[1], spg)
-                for f in frames:
-                    session.push_video_frame(f)
-                session.end_video()
-        if self.args.audio:
-            session.begin_audio()
-            session.push_audio_features(th.audio_features(load_audio(self.args.audio), 16000))
-            session.end_audio()
-
-
-def _load_image(path: str) -> torch.Tensor:
-    import av
-    import numpy as np
-    import torch
-
-    from model.encoders.vision_preprocess import VisionInputError
-
-    try:
-        with av.open(path) as container:
-            frame = next(container.decode(video=0))
-    except (OSError, av.error.FFmpegError, StopIteration) as e:
-        raise VisionInputError(f"cannot decode image file {path!r}: {e}") from e
-    return torch.from_numpy(np.ascontiguousarray(frame.to_ndarray(format="rgb24")))
-
-
-def _omni_answer(session: ThinkerSession, loaded: LoadedThinker, text: str, sampling: SamplingConfig) -> None:
-    from model.lm.detokenizer import IncrementalDetokenizer
-
-    session.add_text(text)
-    session.end_user_turn()
-    detok = IncrementalDetokenizer(loaded.tokenizer)
-    stops = sampling.stop_token_ids or loaded.tokenizer.stop_token_ids
-    for token in session.generate(sampling, frozenset(stops)):
-        delta = detok.push(token)
-        if delta:
-            sys.stdout.write(delta)
-            sys.stdout.flush()
-    sys.stdout.write("\n")
-    sys.stdout.flush()

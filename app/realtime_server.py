@@ -6,8 +6,8 @@ on hang-up, disconnect, failure or server shutdown. Signaling: the client POSTs 
 events travel as JSON on the client's `oai-events` data channel; microphone and camera arrive as tracks and
 the assistant's speech leaves as an audio track of paced 20 ms frames at 48 kHz.
 
-ICE: no STUN server unless `--ice-server` is given; `--ice-host` restricts host candidates to the given
-addresses (aioice otherwise offers every interface address except 127.0.0.1).
+ICE: no STUN server unless `--ice-server` is given; `restrict_ice_hosts` (`--ice-host`) restricts host
+candidates to the given addresses (aioice otherwise offers every interface address except 127.0.0.1).
 
 Liveness: a client that vanishes without hanging up (tab killed, lid closed, network gone) sends nothing more.
 Once a call is connected, a watchdog counts the RTP packets that arrive on its inbound audio (microphone)
@@ -47,7 +47,8 @@ from streaming.events import new_id
 from streaming.frames import AudioFrame, VideoFrame
 from streaming.metrics import ServerMetrics
 from streaming.output import OUTPUT_RATE
-from streaming.session import Session, SessionConfig
+from streaming.session import Session
+from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad, TurnConfig
 from streaming.worker import DeviceWorker
 
@@ -92,10 +93,26 @@ class AssistantAudioTrack(MediaStreamTrack):
         return frame
 
 
+def restrict_ice_hosts(hosts: list[str]) -> None:
+    """Offer only `hosts` as ICE host candidates, in every peer connection of this process.
+
+    aioice has no per-connection setting for this: it asks the module function `get_host_addresses`, which
+    leaves 127.0.0.1 out, so a loopback-only machine (CI's network namespace) would offer no candidate at all.
+    Replacing that function is process-wide, hence done once, by the process's entry point (`omni serve`),
+    never per server or session."""
+    import aioice.ice
+
+    chosen = list(hosts)
+
+    def host_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
+        return list(chosen)
+
+    aioice.ice.get_host_addresses = host_addresses
+
+
 @dataclass
 class ServeOptions:
     ice_servers: list[str] = field(default_factory=list)
-    ice_hosts: list[str] = field(default_factory=list)
     turn: TurnConfig = field(default_factory=TurnConfig)
     video_interval: float = 0.5
     idle_timeout: float = IDLE_TIMEOUT  # seconds without inbound audio RTP before a connected call is closed; 0: off
@@ -236,7 +253,6 @@ class Server:
         self.metrics = ServerMetrics()
         self.connections: dict[str, Connection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._saved_host_addresses: Any = None
 
     # ---- life cycle ----
 
@@ -244,16 +260,6 @@ class Server:
         self.worker.start()
         self.media.start()
         self.vad = await self.media.run(SileroVad)
-        if self.options.ice_hosts:
-            import aioice.ice
-
-            hosts = list(self.options.ice_hosts)
-            self._saved_host_addresses = aioice.ice.get_host_addresses
-
-            def host_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
-                return list(hosts)
-
-            aioice.ice.get_host_addresses = host_addresses
 
     async def cleanup(self, app: web.Application) -> None:
         await asyncio.gather(*(c.close() for c in list(self.connections.values())), return_exceptions=True)
@@ -263,10 +269,6 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.worker.stop()
         self.media.stop()
-        if self._saved_host_addresses is not None:
-            import aioice.ice
-
-            aioice.ice.get_host_addresses = self._saved_host_addresses
 
     def teardown(self, conn: Connection, reason: str) -> None:
         """Schedule a connection's teardown (safe from any callback; idempotent)."""

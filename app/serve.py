@@ -78,7 +78,7 @@ def make_engine(
 
         return OmniEngine(model, device=device, voice=voice)
     if name == "test":
-        from streaming.testing import ToneEngine
+        from streaming.engines.tone import ToneEngine
 
         return ToneEngine(step_delay=step_delay)
     if name == "tiny":
@@ -93,6 +93,16 @@ def make_engine(
     return engine
 
 
+# Torch's intra-op threads per engine (process-wide, so set here and nowhere else); None leaves torch's default.
+# embedded: on 2 cores shared with the recogniser, the VAD and the server, two OpenMP threads stall on each
+# other whenever a core is taken. SmolLM2 decode on the C kernels, 2-core machine (64 tokens, best of 3): idle,
+# 1 thread 65-73 tok/s, 2 threads 102-128 tok/s; with one core kept busy by another process, 1 thread 76 tok/s,
+# 2 threads 34 tok/s. One thread is several times faster than speech is played, so the second core is better
+# left to the rest. tiny: at its shapes (d 64) a parallel region only costs its fork and join, which on 2 busy
+# shared cores took 40-70 ms per token against 2 ms on one thread.
+ENGINE_THREADS: dict[str, int | None] = {"embedded": 1, "tiny": 1, "omni": None, "test": None}
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -103,15 +113,20 @@ def run(args: argparse.Namespace) -> int:
         if args.idle_timeout < 0:
             raise ValueError(f"--idle-timeout must be >= 0 seconds, got {args.idle_timeout:g}")
         print(f"omni serve: loading the {args.engine} engine ...", file=sys.stderr, flush=True)
+        threads = ENGINE_THREADS[args.engine]
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         engine = make_engine(args.engine, args.test_step_delay, args.model, args.voice, args.device)
     except (ValueError, RuntimeError) as e:
         print(f"omni serve: error: {e}", file=sys.stderr)
         return 1
-    from app.realtime_server import ServeOptions, build_app
+    from app.realtime_server import ServeOptions, build_app, restrict_ice_hosts
 
-    options = ServeOptions(
-        ice_servers=args.ice_server, ice_hosts=args.ice_host, turn=turn, idle_timeout=args.idle_timeout
-    )
+    if args.ice_host:
+        restrict_ice_hosts(args.ice_host)
+    options = ServeOptions(ice_servers=args.ice_server, turn=turn, idle_timeout=args.idle_timeout)
     try:
         asyncio.run(_serve(build_app(engine, options), args.host, args.port))
     except OSError as e:

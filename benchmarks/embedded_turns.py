@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.spoken import HELD_OUT, IN_DOMAIN, VOICES
 from model.embedded.asr import SAMPLE_RATE
 from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer
 from model.embedded.wer import corpus_wer
@@ -40,7 +41,6 @@ from model.lm.sampling import SamplingConfig
 from model.pcm import resample
 from streaming.engine import AudioChunk, ReplyDone, TranscriptDelta
 from streaming.engines.embedded import EmbeddedEngine
-from tests.model.embedded.spoken import HELD_OUT, IN_DOMAIN, VOICES
 
 QUESTIONS = (
     *IN_DOMAIN,
@@ -64,9 +64,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_turns(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    engine = EmbeddedEngine(
-        sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=args.max_new_tokens), torch_threads=args.threads
-    )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    engine = EmbeddedEngine(sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=args.max_new_tokens))
     print(
         f"engine ready in {time.perf_counter() - t0:.1f} s (LM load {engine.lm.load_seconds:.1f} s), "
         f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}"
@@ -139,7 +139,7 @@ def run_turns(args: argparse.Namespace) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--turns", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (the engine's default: 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (omni serve runs the embedded engine on 1)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--prepare", action="store_true", help="prepare each turn at its pause (prepare_turn) first")
     return run_turns(p.parse_args())

@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.spoken import HELD_OUT, IN_DOMAIN
 from model.loaders import load_lm
 from streaming.engines.embedded import DEFAULT_SYSTEM_PROMPT
-from tests.model.embedded.spoken import HELD_OUT, IN_DOMAIN
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.embedded.tts import Synthesizer, Voice
+from model.embedded.tts import EspeakVoice, Synthesizer
 from model.pcm import resample
 
 SENTENCES = (
@@ -61,15 +61,15 @@ class HeldOutVoice:
     """A synthetic voice other than the engine's own: espeak-ng at another rate and pitch, or flite."""
 
     name: str
-    espeak: Voice | None = None
+    espeak: EspeakVoice | None = None
     flite: str | None = None  # a flite voice: slt (US female), rms (US male), awb (Scottish male), kal16
 
 
 ESPEAK_VOICES = (
-    HeldOutVoice("espeak en-us+m1 130wpm p40", espeak=Voice("en-us+m1", rate=130, pitch=40)),
-    HeldOutVoice("espeak en-us+f2 200wpm p65", espeak=Voice("en-us+f2", rate=200, pitch=65)),
-    HeldOutVoice("espeak en-gb-x-rp 160wpm", espeak=Voice("en-gb-x-rp", rate=160)),
-    HeldOutVoice("espeak en-us+m4 190wpm p30", espeak=Voice("en-us+m4", rate=190, pitch=30)),
+    HeldOutVoice("espeak en-us+m1 130wpm p40", espeak=EspeakVoice("en-us+m1", rate=130, pitch=40)),
+    HeldOutVoice("espeak en-us+f2 200wpm p65", espeak=EspeakVoice("en-us+f2", rate=200, pitch=65)),
+    HeldOutVoice("espeak en-gb-x-rp 160wpm", espeak=EspeakVoice("en-gb-x-rp", rate=160)),
+    HeldOutVoice("espeak en-us+m4 190wpm p30", espeak=EspeakVoice("en-us+m4", rate=190, pitch=30)),
 )
 FLITE_VOICES = tuple(HeldOutVoice(f"flite {v}", flite=v) for v in ("slt", "rms", "awb", "kal16"))
 

@@ -22,18 +22,18 @@ from pathlib import Path
 import numpy as np
 from aiohttp import web
 
-from app.realtime_server import ServeOptions, build_app
+from app.realtime_server import ServeOptions, build_app, restrict_ice_hosts
 from app.serve import make_engine
-from streaming.testing import read_wav
+from benchmarks.rtc_client import RealtimeClient
+from benchmarks.spoken import read_wav
 from streaming.vad import TurnConfig
-from tests.app.rtc_client import RealtimeClient
 
 
 def make_speech() -> np.ndarray:
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "q.wav"
         subprocess.run(
-            [sys.executable, "-m", "streaming.testing", "speak", "Hello there, can you hear me?", str(wav), "48000"],
+            [sys.executable, "-m", "benchmarks.spoken", "speak", "Hello there, can you hear me?", str(wav), "48000"],
             check=True,
         )
         return read_wav(wav)[0]
@@ -42,7 +42,8 @@ def make_speech() -> np.ndarray:
 async def main(turns: int, step_delay: float, speech: np.ndarray, engine_name: str = "test", pause_ms: int = 200
                ) -> None:
     engine = make_engine(engine_name, step_delay)
-    app = build_app(engine, ServeOptions(ice_hosts=["127.0.0.1"], turn=TurnConfig(silence_ms=500, pause_ms=pause_ms)))
+    restrict_ice_hosts(["127.0.0.1"])
+    app = build_app(engine, ServeOptions(turn=TurnConfig(silence_ms=500, pause_ms=pause_ms)))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -15,11 +15,9 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 import torch
 
-from model.lm.detokenizer import IncrementalDetokenizer
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplingConfig
 from model.lm.tokenizer import TextTokenizer
@@ -27,51 +25,19 @@ from model.loaders.talker_weights import SpeechModels
 from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from model.talker import TalkerState, TalkerTextEmbeds
 from model.thinker import Thinker
-from model.thinker_session import ThinkerSession
-from model.token2wav import SAMPLE_RATE
+from model.thinker_session import ReplyRecord, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav, Token2WavState
+from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
 
-
-@dataclass
-class TextDelta:
-    text: str
-    token_id: int
-    t: float  # time.monotonic() when it was produced
-
-
-@dataclass
-class AudioOut:
-    samples: torch.Tensor  # [n] float32 PCM in [-1, 1] at `sample_rate`
-    start: int  # index of the first sample within this reply's audio
-    t: float  # time.monotonic() when it was produced
-    sample_rate: int = SAMPLE_RATE
-
-
-@dataclass
-class ReplyEnd:
-    text: str
-    token_ids: list[int]
-    codes: list[int]  # codec codes sent to token2wav (stop code excluded)
-    samples: int  # audio samples emitted
-    cancelled: bool
-    t: float
-
-
-ReplyEvent = TextDelta | AudioOut | ReplyEnd
+ReplyEvent = TokenText | PCMChunk | ReplyRecord
 
 
 @dataclass(frozen=True)
-class SessionMark:
-    """Where both caches and the position cursor stood at `SpeakingSession.mark()`."""
+class SessionMark(ThinkerMark):
+    """`ThinkerMark` plus where the Talker's cache stood."""
 
-    thinker_tokens: int  # Thinker cache length
-    thinker_position: int  # the Thinker decoder's next text position
-    next_id: int  # the TMRoPE cursor's next id
     talker_tokens: int
     talker_position: int
-    prefilled_tokens: int
-    logits: torch.Tensor | None
 
 
 @dataclass
@@ -98,7 +64,6 @@ class SpeakingSession(ThinkerSession):
     ) -> None:
         self.speech = speech
         self.settings = settings or SpeechSettings()
-        self.tokenizer = tokenizer
         self.voice = speech.voices.get(self.settings.voice)
         talker = speech.talker
         texts = TalkerTextEmbeds.from_table(thinker.lm.embed_tokens.weight, talker.cfg, self.voice.bos_token)
@@ -109,7 +74,7 @@ class SpeakingSession(ThinkerSession):
         self._replying = False
         self._reply_slots: list[tuple[torch.Tensor, torch.Tensor]] = []  # (slots [1, T, E], positions [3, T])
         self._turns = 0
-        super().__init__(thinker, prompt, system_prompt=system_prompt, cache=cache)
+        super().__init__(thinker, prompt, system_prompt=system_prompt, cache=cache, tokenizer=tokenizer)
 
     # ---- the Talker's prompt track: every prefilled Thinker position --------------------------------------
 
@@ -146,52 +111,35 @@ class SpeakingSession(ThinkerSession):
     # ---- undo -------------------------------------------------------------------------------------------
 
     def mark(self) -> SessionMark:
-        """The current point of the conversation, to `rollback` to later."""
+        """The current point of the conversation in both caches, to `rollback` to later."""
         if self._replying or self.talker_state.reply_start is not None:
             raise RuntimeError("mark() during a reply: close the respond iterator first")
-        return SessionMark(
-            self.state.cache.length,
-            self.state.next_position,
-            self.cursor.next_id,
-            self.talker_state.decoder.cache.length,
-            self.talker_state.decoder.next_position,
-            self.prefilled_tokens,
-            self.logits,
-        )
+        talker = self.talker_state.decoder
+        return SessionMark(**vars(super().mark()), talker_tokens=talker.cache.length,
+                           talker_position=talker.next_position)
 
-    def rollback(self, mark: SessionMark) -> None:
-        """Forget every position prefilled since `mark` in the Thinker's and the Talker's caches.
-
-        Exact while the tokens dropped are at most the caches' `chunk` (KVCache.truncate: beyond that, window
-        tokens they overwrote stay forgotten); the caller keeps what it rolls back that short. Not during a
-        reply or with an audio/video segment open."""
+    def rollback(self, mark: ThinkerMark) -> None:
+        """Forget every position prefilled since `mark` (a `SessionMark`) in the Thinker's and the Talker's
+        caches; exact under the same bound as `ThinkerSession.rollback`. Not during a reply."""
         if self._replying or self.talker_state.reply_start is not None:
             raise RuntimeError("rollback() during a reply: close the respond iterator first")
-        if self._audio is not None or self._video is not None or self._av is not None:
-            raise RuntimeError("rollback() with an audio or video segment open")
+        if not isinstance(mark, SessionMark):
+            raise TypeError("SpeakingSession.rollback() takes a SessionMark (from its own mark())")
         talker = self.talker_state.decoder
-        if mark.thinker_tokens > self.state.cache.length or mark.talker_tokens > talker.cache.length:
+        if mark.talker_tokens > talker.cache.length:
             raise ValueError("rollback() to a mark ahead of the session (a mark of another session?)")
-        self.state.cache.truncate(mark.thinker_tokens)
-        self.state.next_position = mark.thinker_position
-        self.cursor.next_id = mark.next_id
+        super().rollback(mark)
         talker.cache.truncate(mark.talker_tokens)
         talker.next_position = mark.talker_position
-        self.prefilled_tokens = mark.prefilled_tokens
-        self.logits = mark.logits
 
     # ---- one spoken reply ------------------------------------------------------------------------------
 
-    def respond(
+    def respond(  # type: ignore[override]  # its events include PCMChunk
         self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None, speak: bool = True
     ) -> Generator[ReplyEvent, None, None]:
-        """Generate the reply to the ended user turn: TextDelta and AudioOut events as they are made, then
-        ReplyEnd. Close the iterator to cancel (barge-in); the session stays usable."""
-        stops = (
-            stop_ids if stop_ids is not None else frozenset(sampling.stop_token_ids or self.tokenizer.stop_token_ids)
-        )
+        """Generate the reply to the ended user turn: TokenText and PCMChunk events as they are made, then
+        ReplyRecord. Close the iterator to cancel (barge-in); the session stays usable."""
         talker, st = self.speech.talker, self.talker_state
-        detok = IncrementalDetokenizer(self.tokenizer)
         wav: Token2WavState | None = None
         if speak:
             seed = None if self.settings.seed is None else self.settings.seed + self._turns
@@ -203,25 +151,21 @@ class SpeakingSession(ThinkerSession):
         self._replying, self._reply_slots = True, []
         tokens: list[int] = []
         codes: list[int] = []
-        samples, used, cancelled = 0, 0, True
-        gen = cast(Generator[int, None, None], self.generate(sampling, stops))
+        samples, used = 0, 0
+
+        def talk(tokens: list[int]) -> Generator[PCMChunk, None, None]:
+            nonlocal used
+            if wav is not None:  # slots of all tokens but the newest are known now
+                used = yield from self._talk(tokens, used, codes, wav, final=False)
+
         try:
-            for token in gen:
-                tokens.append(token)
-                delta = detok.push(token)
-                if delta:
-                    yield TextDelta(delta, token, time.monotonic())
-                if wav is not None:  # slots of all tokens but the newest are known now
-                    used = yield from self._talk(tokens, used, codes, wav, final=False)
+            text = yield from self._decode_reply(sampling, stop_ids, tokens, talk)
             if wav is not None:
                 used = yield from self._talk(tokens, used, codes, wav, final=True)
-                for chunk in self.streamer.flush(wav):
-                    yield AudioOut(chunk.samples, chunk.start, time.monotonic())
+                yield from self.streamer.flush(wav)
                 samples = wav.samples_out
-            cancelled = False
-            yield ReplyEnd(detok.text(), tokens, codes, samples, cancelled, time.monotonic())
+            yield ReplyRecord(text, tokens, codes, samples, time.monotonic())
         finally:
-            gen.close()  # feeds the turn end if the reply was cut short
             self._replying = False
             talker.end_reply(st)
             for slots, positions in self._reply_slots:
@@ -230,7 +174,7 @@ class SpeakingSession(ThinkerSession):
 
     def _talk(
         self, tokens: list[int], used: int, codes: list[int], wav: Token2WavState, final: bool
-    ) -> Generator[AudioOut, None, int]:
+    ) -> Generator[PCMChunk, None, int]:
         """Hand the Talker the text slots that became known; run every codec step that can run now."""
         talker, st = self.speech.talker, self.talker_state
         known = len(tokens) if final else len(tokens) - 1  # the newest token's slot comes with the next one
@@ -257,8 +201,7 @@ class SpeakingSession(ThinkerSession):
             yield from self._to_audio(code, wav)
         return used
 
-    def _to_audio(self, code: int, wav: Token2WavState) -> Iterator[AudioOut]:
+    def _to_audio(self, code: int, wav: Token2WavState) -> Iterator[PCMChunk]:
         if wav.n_codes >= wav.codes.shape[1]:
             return  # the turn's audio is at max_codes: the rest of the speech track is dropped
-        for chunk in self.streamer.step(wav, [code]):
-            yield AudioOut(chunk.samples, chunk.start, time.monotonic())
+        yield from self.streamer.step(wav, [code])

@@ -8,8 +8,10 @@ before, the cache then holds exactly what `Thinker.prompt_logits` computes for t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 
@@ -18,11 +20,47 @@ from model.encoders.audio_frontend import LogMelState
 from model.encoders.vision_encoder import VisionEncoderState
 from model.encoders.vision_preprocess import VisionInputError
 from model.lm.decoder import DecoderState
+from model.lm.detokenizer import IncrementalDetokenizer
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplerState, SamplingConfig, sample
+from model.lm.tokenizer import TextTokenizer
 from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from model.thinker import Thinker
 from model.tmrope import PositionCursor, StreamingVideoPositions, flat_positions, patch_time_offsets
+
+T = TypeVar("T")
+
+
+@dataclass
+class TokenText:
+    """The text one reply token completed (the engine's `TextDelta` is made from it)."""
+
+    text: str
+    token_id: int
+    t: float  # time.monotonic() when it was produced
+
+
+@dataclass
+class ReplyRecord:
+    """A reply that ran to its end: what the Thinker said and, when spoken, what the Talker and token2wav
+    made of it."""
+
+    text: str
+    token_ids: list[int]
+    codes: list[int]  # codec codes sent to token2wav (stop code excluded); empty when not spoken
+    samples: int  # audio samples emitted (at token2wav.SAMPLE_RATE)
+    t: float
+
+
+@dataclass(frozen=True)
+class ThinkerMark:
+    """Where the Thinker's cache and the position cursor stood at `ThinkerSession.mark()`."""
+
+    thinker_tokens: int  # Thinker cache length
+    thinker_position: int  # the Thinker decoder's next text position
+    next_id: int  # the TMRoPE cursor's next id
+    prefilled_tokens: int
+    logits: torch.Tensor | None
 
 
 @dataclass
@@ -75,9 +113,12 @@ class ThinkerSession:
         prompt: PromptBuilder,
         system_prompt: str | None = SPEECH_SYSTEM_PROMPT,
         cache: CacheConfig | None = None,
+        tokenizer: TextTokenizer | None = None,
     ) -> None:
+        """`tokenizer`: needed by `respond` only (text out)."""
         self.thinker = thinker
         self.prompt = prompt
+        self.tokenizer = tokenizer
         self.state: DecoderState = thinker.lm.init_state(cache)
         self.cursor = PositionCursor(thinker.cfg.rope)
         self.logits: torch.Tensor | None = None  # [V] after the last prefilled token
@@ -142,6 +183,67 @@ class ThinkerSession:
                 self.feed_ids([token])
         finally:
             self.feed_ids(self.prompt.turn_end())
+
+    def respond(
+        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
+    ) -> Generator[TokenText | ReplyRecord, None, None]:
+        """The reply to the ended user turn as text: TokenText events as tokens complete text, then a
+        ReplyRecord. Close the iterator to cancel; the session stays usable (`generate` feeds the turn end)."""
+        tokens: list[int] = []
+        text = yield from self._decode_reply(sampling, stop_ids, tokens)
+        yield ReplyRecord(text, tokens, [], 0, time.monotonic())
+
+    def _decode_reply(
+        self,
+        sampling: SamplingConfig,
+        stop_ids: frozenset[int] | None,
+        tokens: list[int],
+        each: Callable[[list[int]], Iterator[T]] | None = None,
+    ) -> Generator[TokenText | T, None, str]:
+        """Decode the reply, appending its token ids to `tokens`: yields a TokenText whenever a token completes
+        text, then what `each(tokens)` yields; returns the whole text. Closing it feeds the turn end."""
+        if self.tokenizer is None:
+            raise RuntimeError("respond() needs the session's tokenizer")
+        stops = (
+            stop_ids if stop_ids is not None else frozenset(sampling.stop_token_ids or self.tokenizer.stop_token_ids)
+        )
+        detok = IncrementalDetokenizer(self.tokenizer)
+        gen = cast(Generator[int, None, None], self.generate(sampling, stops))
+        try:
+            for token in gen:
+                tokens.append(token)
+                delta = detok.push(token)
+                if delta:
+                    yield TokenText(delta, token, time.monotonic())
+                if each is not None:
+                    yield from each(tokens)
+            return detok.text()
+        finally:
+            gen.close()  # feeds the turn end if the reply was cut short
+
+    # ---- undo ------------------------------------------------------------------------------------------------
+
+    def mark(self) -> ThinkerMark:
+        """The current point of the conversation, to `rollback` to later."""
+        return ThinkerMark(
+            self.state.cache.length, self.state.next_position, self.cursor.next_id, self.prefilled_tokens, self.logits
+        )
+
+    def rollback(self, mark: ThinkerMark) -> None:
+        """Forget every position prefilled since `mark`.
+
+        Exact while the tokens dropped are at most the cache's `chunk` (KVCache.truncate: beyond that, window
+        tokens they overwrote stay forgotten); the caller keeps what it rolls back that short. Not with an
+        audio/video segment open."""
+        if self._audio is not None or self._video is not None or self._av is not None:
+            raise RuntimeError("rollback() with an audio or video segment open")
+        if mark.thinker_tokens > self.state.cache.length:
+            raise ValueError("rollback() to a mark ahead of the session (a mark of another session?)")
+        self.state.cache.truncate(mark.thinker_tokens)
+        self.state.next_position = mark.thinker_position
+        self.cursor.next_id = mark.next_id
+        self.prefilled_tokens = mark.prefilled_tokens
+        self.logits = mark.logits
 
     # ---- audio ---------------------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ class EndTurn:
 
 @dataclass(frozen=True)
 class PrepareTurn:
-    """The user paused: let the engine finish the turn's input speculatively (`prepare_turn`, if it has one)."""
+    """The user paused: let the engine finish the turn's input speculatively (`prepare_turn`)."""
 
 
 StageOutput = TurnEvent | TurnAudio
@@ -207,9 +207,8 @@ class EngineFeed:
                 out.extend(engine.push_audio(op.pcm, op.timestamp))
                 self.turn_open = True
             elif isinstance(op, PrepareTurn):
-                prepare = getattr(engine, "prepare_turn", None)  # optional: engines without it just wait
-                if self.turn_open and prepare is not None:
-                    out.extend(prepare())
+                if self.turn_open:
+                    out.extend(engine.prepare_turn())
             elif self.turn_open:
                 out.extend(engine.end_turn())
                 self.turn_open = False

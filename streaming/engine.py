@@ -7,15 +7,45 @@ methods from its device worker thread, never from the event loop, and never two 
 
 Timestamps are seconds on the session's media clock (the capture time of the input, 0 at session start).
 Audio is float32 mono in [-1, 1]; input at `input_sample_rate`, output at `output_sample_rate`.
+
+A user turn is spoken (`push_audio` ... `end_turn`), typed (`push_text`), shown (`push_media`: an image or a
+video clip), or a mix, in the order they came; `respond` answers it. `EngineSessionBase` holds what every
+engine session does the same way.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+
+# The rates engines hear and speak at: the audio encoders' 16 kHz and the speech decoders' 24 kHz.
+INPUT_SAMPLE_RATE = 16000
+OUTPUT_SAMPLE_RATE = 24000
+
+
+@dataclass(frozen=True)
+class Image:
+    """A still image the user shows with a typed turn: RGB uint8 [H, W, 3]."""
+
+    rgb: np.ndarray
+
+
+@dataclass(frozen=True)
+class VideoClip:
+    """A recorded video the user shows with a typed turn: its decoded RGB uint8 frames [H, W, 3] at `fps` (the
+    engine samples what it needs) and, when it is to be heard too, its soundtrack (float32 mono at the engine's
+    input rate), interleaved with the frames."""
+
+    frames: list[np.ndarray]
+    fps: float
+    audio: np.ndarray | None = None
+
+
+Attachment = Image | VideoClip
 
 
 @dataclass(frozen=True)
@@ -29,7 +59,7 @@ class TextDelta:
 class AudioChunk:
     """A piece of the assistant's speech; `text` is the reply text this audio speaks, when known."""
 
-    pcm: np.ndarray  # float32 mono at the engine's output_sample_rate
+    pcm: np.ndarray  # float32 mono at the engine's output_sample_rate (int16 at 48 kHz on the output queue)
     text: str = ""
 
 
@@ -66,14 +96,26 @@ class EngineSession(Protocol):
         """Feed one RGB uint8 frame [H, W, 3]; engines without vision ignore it."""
         ...
 
+    def push_text(self, text: str) -> list[EngineEvent]:
+        """A user message typed instead of spoken: it joins the open user turn after whatever was pushed
+        before (prefilled at once where the engine can); `respond` answers the turn."""
+        ...
+
+    def push_media(self, media: Attachment) -> list[EngineEvent]:
+        """An image or a video clip joining the open user turn (shown with a typed turn); engines without
+        vision ignore it (`EngineSessionBase`'s default)."""
+        ...
+
+    def prepare_turn(self) -> list[EngineEvent]:
+        """The user paused inside a turn (streaming.frames.SpeechPaused): do what end_turn would as far as
+        possible (finish recognition, prefill the turn) without a final transcript. More audio of the same
+        turn may follow (the engine then continues the turn), or end_turn comes. `EngineSessionBase`'s
+        default does nothing."""
+        ...
+
     def end_turn(self) -> list[EngineEvent]:
         """The user stopped speaking: finish the input side (flush partial blocks, final transcript)."""
         ...
-
-    # Optional, not part of the protocol: `prepare_turn(self) -> list[EngineEvent]`. Called when the user
-    # paused inside a turn (streaming.frames.SpeechPaused): do what end_turn would as far as possible
-    # (finish recognition, prefill the turn) without a final transcript; more audio of the same turn may
-    # follow (the engine then continues the turn), or end_turn comes. EmbeddedSession implements it.
 
     def respond(self) -> Iterator[EngineEvent]:
         """Generate the reply: text deltas and audio chunks, interleaved, ending with `ReplyDone`.
@@ -101,3 +143,61 @@ class Engine(Protocol):
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> EngineSession:
         """A new conversation; `instructions` replaces the engine's default system prompt."""
         ...
+
+
+class EngineSessionBase:
+    """What every engine session does the same way: refuse calls once closed, and no-op `prepare_turn` and
+    `push_media` for engines that have nothing to do there."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def push_media(self, media: Attachment) -> list[EngineEvent]:
+        """No vision: the attachment is not seen."""
+        self._check_open()
+        return []
+
+    def prepare_turn(self) -> list[EngineEvent]:
+        """Nothing to prepare: the turn's input is finished by `end_turn`."""
+        self._check_open()
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("engine session is closed")
+
+
+M = TypeVar("M")
+
+
+@dataclass
+class LiveReply(Generic[M]):
+    """An engine session's live (or last) reply: where it starts (`mark`: what to roll the session back to
+    when an interruption keeps less of it), its text so far, and whether it is still being generated."""
+
+    mark: M
+    text: str = ""
+    open: bool = True  # generating (not finished, not interrupted)
+
+
+History = deque[tuple[str, str]]  # (role, text) pairs, "user" or "assistant", oldest first, bounded
+
+
+def replace_last_reply(history: History, text: str) -> int:
+    """Replace the last reply's text in `history`; its index, or -1 where it left the bounded history."""
+    for i in range(len(history) - 1, -1, -1):
+        if history[i][0] == "assistant":
+            history[i] = ("assistant", text)
+            return i
+    return -1
+
+
+def close_iterator(it: Iterator[object] | None) -> None:
+    """Stop a reply now, not at garbage collection: a generator runs its cleanup (the engine's session then
+    holds what was generated so far); an iterator without `close` holds nothing to clean up."""
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()

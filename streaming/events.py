@@ -14,9 +14,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from streaming.frames import Interrupt, ResponseRequest, SessionUpdate, Truncate
+from streaming.frames import Interrupt, ResponseRequest, SessionUpdate, Truncate, UserMessage
 
-ClientAction = ResponseRequest | Interrupt | Truncate | SessionUpdate
+ClientAction = ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage
 
 # Older (beta) client event names -> GA names. The client event names mostly did not change; beta clients
 # also send these.
@@ -25,6 +25,7 @@ _CLIENT_ALIASES = {
     "response.create": "response.create",
     "session.update": "session.update",
     "conversation.item.truncate": "conversation.item.truncate",
+    "conversation.item.create": "conversation.item.create",
     "transcription_session.update": "session.update",
 }
 
@@ -77,12 +78,13 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
         return Truncate(item_id=item_id, audio_end_ms=end_ms)
     if kind == "session.update":
         return SessionUpdate(settings=_session_settings(event.get("session"), event_id))
+    if kind == "conversation.item.create":
+        return _user_message(event.get("item"), event_id)
     if kind in (
         "input_audio_buffer.append",
         "input_audio_buffer.commit",
         "input_audio_buffer.clear",
         "output_audio_buffer.clear",
-        "conversation.item.create",
     ):
         raise ProtocolError(
             "unsupported_event",
@@ -90,6 +92,33 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
             event_id,
         )
     raise ProtocolError("unknown_event", f"unknown client event type {kind!r}", event_id)
+
+
+def _user_message(item: object, event_id: str | None) -> UserMessage:
+    """A typed user message: `{"type": "message", "role": "user", "content": [{"type": "input_text", "text":
+    ...}, ...]}`; its text parts are joined. Other items (assistant messages, audio content, function calls)
+    are refused: audio comes from the WebRTC track."""
+    if not isinstance(item, dict) or item.get("type", "message") != "message" or item.get("role") != "user":
+        raise ProtocolError(
+            "unsupported_event", "conversation.item.create takes a user message (type message, role user)", event_id
+        )
+    content = item.get("content")
+    if not isinstance(content, list) or not content:
+        raise ProtocolError("invalid_value", "the message needs a non-empty list 'content'", event_id)
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") != "input_text" or not isinstance(part.get("text"), str):
+            raise ProtocolError(
+                "unsupported_event",
+                'message content must be {"type": "input_text", "text": "..."} parts: audio comes from the track',
+                event_id,
+            )
+        texts.append(part["text"])
+    text = " ".join(t.strip() for t in texts if t.strip())
+    if not text:
+        raise ProtocolError("invalid_value", "the message has no text", event_id)
+    item_id = item.get("id")
+    return UserMessage(text, item_id if isinstance(item_id, str) and item_id else new_id("item"))
 
 
 def _session_settings(session: object, event_id: str | None) -> dict[str, Any]:
@@ -235,6 +264,18 @@ class RealtimeEvents:
     def output_audio_buffer(self, what: str, response_id: str) -> dict[str, Any]:
         """`started`, `stopped` or `cleared` (WebRTC only)."""
         return self._event(f"output_audio_buffer.{what}", response_id=response_id)
+
+    def item_added(self, item_id: str, text: str, done: bool = False) -> dict[str, Any]:
+        """`conversation.item.added` (or `.done`) for a typed user message."""
+        item = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_text", "text": text}],
+        }
+        return self._event("conversation.item.done" if done else "conversation.item.added", item=item)
 
     def item_truncated(self, item_id: str, audio_end_ms: int) -> dict[str, Any]:
         return self._event("conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=audio_end_ms)

@@ -32,11 +32,13 @@ class VideoFrame:
 
 
 @dataclass(frozen=True)
-class TextFrame:
-    """Text the user typed (a `conversation.item.create` with text), treated as a finished user turn."""
+class UserMessage:
+    """Text the user typed (a `conversation.item.create` of a user message with `input_text`): it joins the
+    user's turn, and `response.create` answers it."""
 
     text: str
-    timestamp: float
+    item_id: str
+    timestamp: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,3 @@ class SessionUpdate:
 
     settings: dict[str, Any] = field(default_factory=dict)
     timestamp: float = 0.0
-
-
-ControlFrame = SpeechStarted | SpeechStopped | ResponseRequest | Interrupt | Truncate | SessionUpdate
-Frame = AudioFrame | VideoFrame | TextFrame | ControlFrame
-
-CONTROL_TYPES: tuple[type, ...] = (SpeechStarted, SpeechStopped, ResponseRequest, Interrupt, Truncate, SessionUpdate)
-
-
-def is_control(frame: object) -> bool:
-    return isinstance(frame, CONTROL_TYPES)

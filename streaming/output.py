@@ -1,6 +1,7 @@
 """Assistant speech waiting for the transport: 48 kHz int16 chunks, read in 20 ms frames.
 
-The buffer is a `BLOCK` queue (generation waits when it is full) that is flushed on barge-in. It keeps, per
+The buffer is a `BLOCK` queue (generation waits when it is full) of (response id, `AudioChunk`) pairs, with
+`None` for a chunk where a reply ends; it is flushed on barge-in. It keeps, per
 reply, how many samples were actually handed to the transport and which text they speak, so an interrupted
 reply is remembered only as far as it was played.
 """
@@ -13,21 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from streaming.engine import AudioChunk
 from streaming.queues import BoundedQueue, Overflow
 
 OUTPUT_RATE = 48000
-
-
-@dataclass
-class SpeechChunk:
-    response_id: str
-    pcm: np.ndarray  # int16 mono at 48 kHz
-    text: str = ""
-
-
-@dataclass
-class EndOfReply:
-    response_id: str
+Queued = tuple[str, AudioChunk | None]  # (response id, int16 mono chunk at 48 kHz; None: the reply's end)
 
 
 @dataclass
@@ -64,11 +55,11 @@ class OutputAudio:
         on_first_audio: Callable[[str], None] | None = None,
         on_reply_played: Callable[[str], None] | None = None,
     ) -> None:
-        self.queue: BoundedQueue[SpeechChunk | EndOfReply] = BoundedQueue(max_chunks, Overflow.BLOCK, "output-audio")
+        self.queue: BoundedQueue[Queued] = BoundedQueue(max_chunks, Overflow.BLOCK, "output-audio")
         self.on_first_audio = on_first_audio
         self.on_reply_played = on_reply_played
         self.logs: dict[str, PlayLog] = {}
-        self._current: SpeechChunk | None = None
+        self._current: tuple[str, AudioChunk] | None = None
         self._pos = 0  # samples of _current already read
         self.samples_sent = 0
 
@@ -79,8 +70,9 @@ class OutputAudio:
                 del self.logs[next(iter(self.logs))]
         return self.logs[response_id]
 
-    async def put(self, chunk: SpeechChunk | EndOfReply) -> None:
-        await self.queue.put(chunk)
+    async def put(self, response_id: str, chunk: AudioChunk | None) -> None:
+        """Queue a chunk of the reply's speech (int16 at 48 kHz), or its end (None); waits while full."""
+        await self.queue.put((response_id, chunk))
 
     @property
     def busy(self) -> bool:
@@ -96,21 +88,22 @@ class OutputAudio:
                     item = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
                     break
-                if isinstance(item, EndOfReply):
+                response_id, chunk = item
+                if chunk is None:
                     if self.on_reply_played is not None:
-                        self.on_reply_played(item.response_id)
+                        self.on_reply_played(response_id)
                     continue
-                self._current, self._pos = item, 0
-                log = self.log_for(item.response_id)
+                self._current, self._pos = (response_id, chunk), 0
+                log = self.log_for(response_id)
                 if log.played == 0 and not log.spans and self.on_first_audio is not None:
-                    self.on_first_audio(item.response_id)
-                log.spans.append((log.played, log.played + len(item.pcm), item.text))
-            cur = self._current
+                    self.on_first_audio(response_id)
+                log.spans.append((log.played, log.played + len(chunk.pcm), chunk.text))
+            response_id, cur = self._current
             take = min(n - got, len(cur.pcm) - self._pos)
             parts.append(cur.pcm[self._pos : self._pos + take])
             self._pos += take
             got += take
-            self.logs[cur.response_id].played += take
+            self.logs[response_id].played += take
             if self._pos >= len(cur.pcm):
                 self._current = None
         if got == 0:
@@ -124,11 +117,11 @@ class OutputAudio:
         """Drop everything not yet read (barge-in); returns the samples dropped."""
         dropped = 0
         if self._current is not None:
-            dropped += len(self._current.pcm) - self._pos  # its log span stays whole: played counts the share
+            dropped += len(self._current[1].pcm) - self._pos  # its log span stays whole: played counts the share
             self._current = None
-        for item in self.queue.drain():
-            if isinstance(item, SpeechChunk):
-                dropped += len(item.pcm)
+        for _, chunk in self.queue.drain():
+            if chunk is not None:
+                dropped += len(chunk.pcm)
         self.queue.flushed += 1
         return dropped
 

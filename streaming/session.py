@@ -4,7 +4,7 @@
 transport --AudioFrame--> inbox (control lane first, audio DROP_OLDEST) --> input task --media--> AudioInStage
           --VideoFrame--> latest-frame slot (KEEP_LATEST) --> video task (<= 2 fps) --media--> RGB array
                                                                              --worker--> engine.push_video
-          --client event--> parse --> inbox control lane
+          --client event--> parse --> inbox control lane (typed user messages --worker--> engine.push_text)
 input task: SpeechStarted -> barge-in if a reply is live; turn audio --worker--> EngineFeed (push_audio,
             prepare_turn at a SpeechPaused, end_turn; held back while a reply is live); SpeechStopped -> reply task
 reply task --worker--> engine.respond() one step per job --> text events; speech --media--> 48 kHz
@@ -27,7 +27,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -44,7 +43,16 @@ from streaming.audio_in import (
     StageOutput,
     TurnAudio,
 )
-from streaming.engine import AudioChunk, Engine, EngineEvent, EngineSession, ReplyDone, TextDelta, TranscriptDelta
+from streaming.engine import (
+    AudioChunk,
+    Engine,
+    EngineEvent,
+    EngineSession,
+    ReplyDone,
+    TextDelta,
+    TranscriptDelta,
+    close_iterator,
+)
 from streaming.events import ProtocolError, RealtimeEvents, new_id, parse_client_event
 from streaming.frames import (
     AudioFrame,
@@ -55,44 +63,22 @@ from streaming.frames import (
     SpeechStarted,
     SpeechStopped,
     Truncate,
+    UserMessage,
     VideoFrame,
 )
 from streaming.metrics import ServerMetrics, TurnMetrics
-from streaming.output import OUTPUT_RATE, EndOfReply, OutputAudio, SpeechChunk
+from streaming.output import OUTPUT_RATE, OutputAudio
 from streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
-from streaming.vad import SileroVad, TurnConfig
+from streaming.reply_ends import Emit, ReplyEnds, Response
+from streaming.session_config import SessionConfig, describe_session, updated_turn_config
+from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
-Emit = Callable[[dict[str, Any]], None]
-InboxItem = AudioFrame | ResponseRequest | Interrupt | Truncate | SessionUpdate
+InboxItem = AudioFrame | ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage
 
 
-@dataclass
-class SessionConfig:
-    turn: TurnConfig = field(default_factory=TurnConfig)
-    create_response: bool = True  # server VAD starts a reply at the end of a turn
-    interrupt_response: bool = True  # user speech during a reply cancels it (barge-in)
-    input_queue_frames: int = 500  # 10 s of 20 ms frames before the oldest is dropped (and counted)
-    output_queue_chunks: int = 64
-    video_interval: float = 0.5  # at most 2 frames/s reach the engine
-    video_max_side: int = 640
-    instructions: str | None = None
-    voice: str | None = None
-
-
-@dataclass
-class _Reply:
-    response_id: str
-    item_id: str
-    metrics: TurnMetrics
-    task: asyncio.Task[None] | None = None
-    iterator: Iterator[EngineEvent] | None = None
-    generated: bool = False  # the engine finished generating (ReplyDone)
-    text: list[str] = field(default_factory=list)
-
-
-class Session:
+class Session(ReplyEnds):
     """The runtime of one conversation (one per connection)."""
 
     def __init__(
@@ -128,7 +114,7 @@ class Session:
         self.output = OutputAudio(self.config.output_queue_chunks, self._on_first_audio, self._on_reply_played)
         self._engine_session: EngineSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reply: _Reply | None = None
+        self._reply: Response | None = None
         self._user_item: str | None = None
         self._item_responses: dict[str, str] = {}
         self._turns = 0
@@ -161,29 +147,9 @@ class Session:
         return self.engine.open_session(instructions=self.config.instructions, voice=self.config.voice)
 
     def describe(self) -> dict[str, Any]:
-        t = self._audio_state.detector.config
-        td = (
-            None
-            if not self._feed.auto_end_turn and not self.config.create_response
-            else {
-                "type": "server_vad",
-                "threshold": t.threshold,
-                "silence_duration_ms": t.silence_ms,
-                "prefix_padding_ms": t.prefix_ms,
-                "min_speech_duration_ms": t.min_speech_ms,
-                "create_response": self.config.create_response,
-                "interrupt_response": self.config.interrupt_response,
-            }
-        )
-        return {
-            "model": self.engine.name,
-            "output_modalities": ["audio"],
-            "instructions": self.config.instructions,
-            "audio": {
-                "input": {"format": {"type": "audio/pcm", "rate": self.engine.input_sample_rate}, "turn_detection": td},
-                "output": {"format": {"type": "audio/pcm", "rate": OUTPUT_RATE}, "voice": self.config.voice},
-            },
-        }
+        """The session as `session.created`/`session.updated` describe it."""
+        vad = self._feed.auto_end_turn or self.config.create_response
+        return describe_session(self.config, self._audio_state.detector.config, vad, self.engine)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=f"{self.id}:{name}")
@@ -234,9 +200,9 @@ class Session:
         self.metrics.add_gauge("sessions_active", "sessions open now", -1)
 
     @staticmethod
-    def _close_engine(reply: _Reply | None, engine_session: EngineSession) -> None:
-        if reply is not None and reply.iterator is not None:
-            _close_iterator(reply.iterator)
+    def _close_engine(reply: Response | None, engine_session: EngineSession) -> None:
+        if reply is not None:
+            close_iterator(reply.iterator)
         engine_session.close()
 
     # ---- inputs from the transport (event loop, never block) ----
@@ -360,6 +326,24 @@ class Session:
             await self._truncate(item)
         elif isinstance(item, SessionUpdate):
             await self._update(item.settings)
+        elif isinstance(item, UserMessage):
+            await self._add_user_message(item)
+
+    async def _add_user_message(self, m: UserMessage) -> None:
+        """A typed message joins the user's turn after the audio before it; `response.create` answers it."""
+        if self._reply is not None:  # an engine never gets user input in the middle of its own reply
+            self._emit(
+                self.events.error(
+                    "conversation_already_has_active_response",
+                    "a response is in progress; add the message once it is done (or cancel it: response.cancel)",
+                )
+            )
+            return
+        await self._feed_engine(self._feed.release())
+        assert self._engine_session is not None
+        await self.worker.run(self._engine_session.push_text, m.text)
+        self._emit(self.events.item_added(m.item_id, m.text))
+        self._emit(self.events.item_added(m.item_id, m.text, done=True))
 
     # ---- replies ----
 
@@ -372,7 +356,7 @@ class Session:
             response_start=self.clock(),
             dropped_input_frames=self.inbox.media.dropped,
         )
-        reply = _Reply(new_id("resp"), new_id("item"), m)
+        reply = Response(new_id("resp"), new_id("item"), m)
         self._reply = reply
         self._item_responses[reply.item_id] = reply.response_id
         while len(self._item_responses) > 4:  # truncation concerns the last few replies only (as OutputAudio.logs)
@@ -382,7 +366,7 @@ class Session:
             self._guard(self._generate(reply), "reply"), name=f"{self.id}:reply"
         )
 
-    async def _generate(self, reply: _Reply) -> None:
+    async def _generate(self, reply: Response) -> None:
         assert self._engine_session is not None
         reply.iterator = await self.worker.run(self._engine_session.respond)
         resampler = StreamingResampler(self.engine.output_sample_rate, OUTPUT_RATE)
@@ -393,7 +377,7 @@ class Session:
                 reply.generated = True
                 pcm = await self.media.run(_resample_out, resampler, None)
                 if len(pcm):
-                    await self.output.put(SpeechChunk(reply.response_id, pcm))
+                    await self.output.put(reply.response_id, AudioChunk(pcm))
             elif isinstance(ev, TextDelta):
                 if reply.metrics.first_text is None:
                     reply.metrics.first_text = self.clock()
@@ -402,82 +386,11 @@ class Session:
             elif isinstance(ev, AudioChunk):
                 reply.metrics.audio_seconds += len(ev.pcm) / self.engine.output_sample_rate
                 pcm = await self.media.run(_resample_out, resampler, ev.pcm)
-                await self.output.put(SpeechChunk(reply.response_id, pcm, ev.text))
+                await self.output.put(reply.response_id, AudioChunk(pcm, ev.text))
                 if ev.text:
                     self._emit(self.events.output_audio_transcript_delta(reply.response_id, reply.item_id, ev.text))
-        await self.output.put(EndOfReply(reply.response_id))
+        await self.output.put(reply.response_id, None)
         self._emit(self.events.response_done(reply.response_id, reply.item_id, "completed", "".join(reply.text)))
-
-    def _on_first_audio(self, response_id: str) -> None:
-        reply = self._reply
-        if reply is not None and reply.response_id == response_id and reply.metrics.first_audio is None:
-            reply.metrics.first_audio = self.clock()
-            self._emit(self.events.output_audio_buffer("started", response_id))
-
-    def _on_reply_played(self, response_id: str) -> None:
-        reply = self._reply
-        if reply is None or reply.response_id != response_id:
-            return
-        self._emit(self.events.output_audio_buffer("stopped", response_id))
-        self._finish_reply(reply)
-        self._feed.hold = False  # held user audio goes in with the next audio job
-
-    def _finish_reply(self, reply: _Reply) -> None:
-        self._reply = None
-        self.turn_history.append(reply.metrics)
-        del self.turn_history[:-32]
-        self.metrics.observe_turn(reply.metrics)
-        self._emit(self.events.metrics(reply.metrics.as_event_fields()))
-
-    async def _interrupt(self, onset: float, reason: str, played_until: int | None = None) -> None:
-        """Stop the live reply: silence the output now, then cancel generation and trim the engine's history."""
-        reply = self._reply
-        if reply is None:
-            return
-        self.output.flush()
-        stopped = self.clock()
-        if reply.task is not None:
-            reply.task.cancel()
-        log_ = self.output.log_for(reply.response_id)
-        played = log_.text_until(played_until) if played_until is not None else log_.played_text()
-        m = reply.metrics
-        m.interrupted = True
-        if reason == "barge_in":
-            m.barge_in_seconds = stopped - onset
-        self._emit(self.events.output_audio_buffer("cleared", reply.response_id))
-        if not reply.generated:
-            status_reason = "turn_detected" if reason == "barge_in" else "client_cancelled"
-            self._emit(self.events.response_done(reply.response_id, reply.item_id, "cancelled", played, status_reason))
-        self._finish_reply(reply)
-        if reply.task is not None:
-            await asyncio.gather(reply.task, return_exceptions=True)
-        await self.worker.run(self._interrupt_engine, reply, played)
-        self._feed.hold = False
-
-    def _interrupt_engine(self, reply: _Reply, played: str) -> None:
-        if reply.iterator is not None:
-            _close_iterator(reply.iterator)
-        if self._engine_session is not None:
-            self._engine_session.interrupt(played)
-
-    async def _truncate(self, t: Truncate) -> None:
-        reply = self._reply
-        sample = t.audio_end_ms * OUTPUT_RATE // 1000
-        if reply is not None and reply.item_id == t.item_id:
-            await self._interrupt(self.clock(), "client_truncate", played_until=sample)
-        else:
-            rid = self._item_responses.get(t.item_id)
-            play_log = self.output.logs.get(rid) if rid is not None else None
-            if play_log is None or not play_log.spans:
-                self._emit(
-                    self.events.error(
-                        "item_truncate_invalid_item_id", f"no assistant item {t.item_id!r} with audio in this session"
-                    )
-                )
-                return
-            assert self._engine_session is not None
-            await self.worker.run(self._engine_session.interrupt, play_log.text_until(sample))
-        self._emit(self.events.item_truncated(t.item_id, t.audio_end_ms))
 
     async def _update(self, settings: dict[str, Any]) -> None:
         if "instructions" in settings or "voice" in settings:
@@ -493,20 +406,11 @@ class Session:
             td = settings["turn_detection"]
             if td is None:
                 self.config.create_response = False
-                self._feed.auto_end_turn = False
             else:
-                c = self._audio_state.detector.config
-                new = TurnConfig(
-                    threshold=td.get("threshold", c.threshold),
-                    silence_ms=int(td.get("silence_duration_ms", c.silence_ms)),
-                    min_speech_ms=int(td.get("min_speech_duration_ms", c.min_speech_ms)),
-                    prefix_ms=int(td.get("prefix_padding_ms", c.prefix_ms)),
-                    pause_ms=c.pause_ms,  # not a protocol field: the server's setting stays
-                )
-                self._audio_state.detector.config = new.validate()
+                self._audio_state.detector.config = updated_turn_config(self._audio_state.detector.config, td)
                 self.config.create_response = td.get("create_response", True)
                 self.config.interrupt_response = td.get("interrupt_response", True)
-                self._feed.auto_end_turn = self.config.create_response
+            self._feed.auto_end_turn = self.config.create_response
         self._emit(self.events.session_updated(self.describe()))
 
     def _reopen_engine(self) -> EngineSession:
@@ -543,9 +447,3 @@ def _step(it: Iterator[EngineEvent]) -> tuple[EngineEvent | None, float]:
 def _resample_out(resampler: StreamingResampler, pcm: np.ndarray | None) -> np.ndarray:
     """Engine float32 speech -> int16 at 48 kHz; `pcm=None` flushes the resampler's tail."""
     return to_int16(resampler.flush() if pcm is None else resampler.push(pcm))
-
-
-def _close_iterator(it: Iterator[EngineEvent]) -> None:
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()

@@ -19,7 +19,7 @@ import numpy as np
 
 from model.pcm import to_float32
 
-__all__ = ["ESPEAK_SAMPLE_RATE", "Synthesizer", "TTSError", "Voice", "list_voices"]
+__all__ = ["ESPEAK_SAMPLE_RATE", "EspeakVoice", "Synthesizer", "TTSError", "list_voices"]
 
 ESPEAK_SAMPLE_RATE = 22050
 
@@ -40,7 +40,7 @@ class TTSError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Voice:
+class EspeakVoice:
     """An espeak-ng voice: `name` as espeak-ng takes it ("en-us", "en-us+f3", "en-gb-x-rp+m3"),
     `rate` in words per minute (80-450), `pitch` and `pitch_range` in 0-100."""
 
@@ -99,7 +99,7 @@ class _Library:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0  # 0: continue synthesis
 
-    def synth(self, text: str, voice: Voice) -> np.ndarray:
+    def synth(self, text: str, voice: EspeakVoice) -> np.ndarray:
         data = text.encode("utf-8")
         with self.lock:
             if self.lib.espeak_SetVoiceByName(voice.name.encode()) != _EE_OK:
@@ -139,8 +139,8 @@ class Synthesizer:
 
     sample_rate = ESPEAK_SAMPLE_RATE
 
-    def __init__(self, voice: Voice | None = None) -> None:
-        self.voice = voice or Voice()
+    def __init__(self, voice: EspeakVoice | None = None) -> None:
+        self.voice = voice or EspeakVoice()
         self._lib = _get_library()
 
     def synth_int16(self, text: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from model.embedded.piper import JOE_MEDIUM, PiperSynthesizer, PiperVoice
-from model.embedded.tts import Synthesizer, Voice
+from model.embedded.tts import EspeakVoice, Synthesizer
 
 __all__ = ["DEFAULT_VOICE", "VOICES", "SpeechSynthesizer", "VoiceError", "VoiceRegistry", "VoiceSpec"]
 
@@ -38,14 +38,14 @@ class VoiceSpec:
 
     description: str
     piper: PiperVoice | None = None
-    espeak: Voice | None = None
+    espeak: EspeakVoice | None = None
 
 
 VOICES: Mapping[str, VoiceSpec] = {
     "joe": VoiceSpec("US English male, Piper en_US-joe-medium (neural)", piper=JOE_MEDIUM),
-    "espeak": VoiceSpec("US English, espeak-ng (robotic, tiny)", espeak=Voice("en-us")),
-    "espeak-female": VoiceSpec("US English female, espeak-ng (robotic, tiny)", espeak=Voice("en-us+f3")),
-    "espeak-british": VoiceSpec("British English, espeak-ng (robotic, tiny)", espeak=Voice("en-gb-x-rp")),
+    "espeak": VoiceSpec("US English, espeak-ng (robotic, tiny)", espeak=EspeakVoice("en-us")),
+    "espeak-female": VoiceSpec("US English female, espeak-ng (robotic, tiny)", espeak=EspeakVoice("en-us+f3")),
+    "espeak-british": VoiceSpec("British English, espeak-ng (robotic, tiny)", espeak=EspeakVoice("en-gb-x-rp")),
 }
 DEFAULT_VOICE = "joe"
 

@@ -186,8 +186,8 @@ def sample_frame_indices(n_frames: int, native_fps: float, cfg: VisionPreprocess
     return torch.linspace(0, n_frames - 1, count).round().long().tolist()
 
 
-def load_video(path: str | Path, cfg: VisionPreprocessConfig | None = None) -> torch.Tensor:
-    """Decode a video file with av and keep frames at `cfg.fps`: -> uint8 [T, 3, H, W] (T even)."""
+def decode_video(path: str | Path) -> tuple[list[np.ndarray], float]:
+    """Every frame of a video file's first video stream as RGB uint8 [H, W, 3], and its frame rate."""
     import av
 
     try:
@@ -202,5 +202,15 @@ def load_video(path: str | Path, cfg: VisionPreprocessConfig | None = None) -> t
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
     if not frames:
         raise VisionInputError(f"a video with no frames: {str(path)!r} decodes to nothing")
+    return frames, rate
+
+
+def sample_video(frames: list[np.ndarray], rate: float, cfg: VisionPreprocessConfig | None = None) -> torch.Tensor:
+    """Decoded frames at `rate` -> the ones kept for `cfg.fps` sampling as uint8 [T, 3, H, W] (T even)."""
     keep = sample_frame_indices(len(frames), rate, cfg)
     return torch.from_numpy(np.stack([frames[i] for i in keep])).permute(0, 3, 1, 2).contiguous()
+
+
+def load_video(path: str | Path, cfg: VisionPreprocessConfig | None = None) -> torch.Tensor:
+    """Decode a video file with av and keep frames at `cfg.fps`: -> uint8 [T, 3, H, W] (T even)."""
+    return sample_video(*decode_video(path), cfg)

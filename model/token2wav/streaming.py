@@ -45,6 +45,8 @@ class StreamingSchedule:
 
 @dataclass
 class PCMChunk:
+    """A piece of a reply's speech as token2wav makes it, on the model's device."""
+
     start: int  # index of the first sample in the turn's audio (24 kHz)
     samples: torch.Tensor  # [n] float32 in [-1, 1]
 

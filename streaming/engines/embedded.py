@@ -19,18 +19,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from model.embedded.asr import RecognizerConfig, StreamingRecognizer
 from model.embedded.conversation_lm import conversation_lm_path
 from model.embedded.phrases import PhraseSplitter, speakable
-from model.embedded.tts import Synthesizer, Voice
+from model.embedded.tts import ESPEAK_SAMPLE_RATE, EspeakVoice, Synthesizer
 from model.lm.chat_session import ChatSession
 from model.lm.decoder import default_cache_config
 from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
 from model.pcm import StreamingResampler
-from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta, TranscriptDelta
+from streaming.engine import (
+    INPUT_SAMPLE_RATE,
+    OUTPUT_SAMPLE_RATE,
+    AudioChunk,
+    EngineEvent,
+    EngineSessionBase,
+    ReplyDone,
+    TextDelta,
+    TranscriptDelta,
+    close_iterator,
+)
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "EmbeddedEngine", "EmbeddedSession"]
 
@@ -57,6 +66,7 @@ REALTIME_VOICES = {
 class _TurnClock:
     end_turn_at: float = 0.0  # perf_counter when end_turn() was called (0: respond without end_turn)
     transcript: str = ""
+    typed: str = ""
     asr_finish_s: float = 0.0
     tts_seconds: float = 0.0
     speech_seconds: float = 0.0
@@ -85,8 +95,8 @@ class EmbeddedEngine:
     """Packaged weights shared by all sessions: the SmolLM2 Thinker; recognisers and voices are per session."""
 
     name = "embedded"
-    input_sample_rate = 16000
-    output_sample_rate = 24000
+    input_sample_rate = INPUT_SAMPLE_RATE
+    output_sample_rate = OUTPUT_SAMPLE_RATE
 
     def __init__(
         self,
@@ -95,44 +105,41 @@ class EmbeddedEngine:
         lm: LoadedLM | None = None,
         voice: str = "en-us",
         speech_rate: int = 175,
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        speak: bool = True,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
         window: int = DEFAULT_WINDOW,
         recognizer: RecognizerConfig | None = None,
-        torch_threads: int | None = 1,
+        cmn_prior: str | None = None,
     ) -> None:
         """`model`: a checkpoint for load_lm (None: the embedded SmolLM2-135M-Instruct); `lm`: an already
-        loaded one (shared, e.g. by tests); `voice`/`speech_rate`: the default espeak-ng voice.
+        loaded one (shared, e.g. by tests); `voice`/`speech_rate`: the default espeak-ng voice; `speak=False`:
+        replies are text only (no `AudioChunk` events). `system_prompt` None: the chat template's own.
 
-        `torch_threads` sets torch's (process-wide) intra-op threads, which the CPU kernels follow too; None
-        leaves them as they are. One thread by default: on 2 cores shared with the recogniser, the VAD and the
-        server, two OpenMP threads stall on each other whenever a core is taken. SmolLM2 decode on the C
-        kernels, 2-core machine (64 tokens, best of 3): idle, 1 thread 65-73 tok/s, 2 threads 102-128 tok/s;
-        with one core kept busy by another process, 1 thread 76 tok/s, 2 threads 34 tok/s. One thread is
-        several times faster than speech is played, so the second core is better left to the rest."""
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
+        `cmn_prior`: the recogniser's starting cepstral mean for every session (`StreamingRecognizer.cmn` of
+        an earlier utterance; None: pocketsphinx's generic one). The generic one is far from real input:
+        shifts of 7-9 over a session's first three turns, each costing a second recognition pass of ~0.1 x
+        the utterance at end of turn."""
         self.lm = lm if lm is not None else load_lm(model)
-        self.default_voice = Voice(voice, rate=speech_rate)
-        Synthesizer(self.default_voice).synth_int16("ok")  # fail here, not mid-reply, on a bad voice
+        self.default_voice = EspeakVoice(voice, rate=speech_rate)
+        self.speak = speak
+        if speak:
+            Synthesizer(self.default_voice).synth_int16("ok")  # fail here, not mid-reply, on a bad voice
         self.system_prompt = system_prompt
         self.sampling = sampling
         self.cache = default_cache_config(self.lm.model.cfg, window=window)
         # Default: the conversational-question LM (general en-us words as its fallback unigrams); on spoken
         # questions it has a third to a half of the general LM's word errors (tests/model/embedded/test_asr.py).
         self.recognizer_config = recognizer or RecognizerConfig(lm=str(conversation_lm_path()))
-        # The cepstral mean the last finished utterance of any session left: new sessions start from it
-        # instead of pocketsphinx's generic one, which is far from real input (shifts of 7-9 over a session's
-        # first three turns, each costing a second recognition pass of ~0.1 x the utterance at end of turn).
-        self.cmn_prior: str | None = None
+        self.cmn_prior = cmn_prior
 
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> EmbeddedSession:
         """A new conversation; `voice` is an espeak-ng voice name ("en-us+f3", "en-gb-x-rp", ...) or one of
         `REALTIME_VOICES`."""
         name = REALTIME_VOICES.get(voice, voice) if voice is not None else None
-        v = self.default_voice if name is None else Voice(name, rate=self.default_voice.rate)
-        synth = Synthesizer(v)
-        if voice is not None:
+        v = self.default_voice if name is None else EspeakVoice(name, rate=self.default_voice.rate)
+        synth = Synthesizer(v) if self.speak else None
+        if synth is not None and voice is not None:
             synth.synth_int16("ok")  # raises TTSError naming the voice if espeak-ng has none by that name
         chat = ChatSession(
             self.lm, system_prompt=instructions or self.system_prompt, sampling=self.sampling, cache=self.cache
@@ -140,24 +147,24 @@ class EmbeddedEngine:
         recognizer = StreamingRecognizer(self.recognizer_config)
         if self.cmn_prior is not None:
             recognizer.set_cmn(self.cmn_prior)
-        return EmbeddedSession(chat, recognizer, synth, self.output_sample_rate, engine=self)
+        return EmbeddedSession(chat, recognizer, synth, self.output_sample_rate)
 
 
-class EmbeddedSession:
+class EmbeddedSession(EngineSessionBase):
     """One conversation: its recogniser, its chat (history in a bounded cache) and its voice."""
 
     def __init__(
-        self, chat: ChatSession, recognizer: StreamingRecognizer, synth: Synthesizer, output_rate: int,
-        engine: EmbeddedEngine | None = None,
+        self, chat: ChatSession, recognizer: StreamingRecognizer, synth: Synthesizer | None, output_rate: int
     ) -> None:
-        self.engine = engine  # receives the recogniser's cepstral mean after each utterance (cmn_prior)
+        """`synth` None: replies in text only."""
+        super().__init__()
         self.chat = chat
         self.recognizer = recognizer
         self.synth = synth
         self.output_rate = output_rate
-        self._resampler = StreamingResampler(synth.sample_rate, output_rate)
+        self._resampler = StreamingResampler(ESPEAK_SAMPLE_RATE, output_rate)
         self._turn = _TurnClock()
-        self._closed = False
+        self._typed: list[str] = []  # text messages of the open user turn
         self._history_prefilled = False
         # Recognised pieces of the current turn: the recogniser's utterance is finished at each pause
         # (prepare_turn); a turn that goes on after a pause reopens it (StreamingRecognizer.resume), or, when
@@ -185,10 +192,20 @@ class EmbeddedSession:
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         self._check_open()  # no vision in this engine
 
+    def push_text(self, text: str) -> list[EngineEvent]:
+        """Typed text joins the turn after what was said; the LM gets it as written."""
+        self._check_open()
+        if self._prepared:  # the turn goes on after the pause: the speculative turn is not the turn
+            self._prepared = False
+            self.chat.drop_prefilled_turn()
+        if self.recognizer.in_utterance:
+            self._finish_utterance()
+        if text.strip():
+            self._typed.append(text.strip())
+        return []
+
     def _finish_utterance(self) -> None:
         self._pieces.append(self.recognizer.finish())
-        if self.engine is not None:
-            self.engine.cmn_prior = self.recognizer.cmn
 
     def prepare_turn(self) -> list[EngineEvent]:
         """The user paused: finish recognising the turn so far and prefill it as the next user message, so
@@ -209,28 +226,30 @@ class EmbeddedSession:
         if self.recognizer.in_utterance:
             self._finish_utterance()
         text = " ".join(p for p in self._pieces if p)
-        self._pieces, self._prepared = [], False
-        self._turn = _TurnClock(end_turn_at=t0, transcript=text, asr_finish_s=time.perf_counter() - t0)
-        return [TranscriptDelta(text, final=True)]
+        typed = " ".join(self._typed)
+        self._pieces, self._typed, self._prepared = [], [], False
+        self._turn = _TurnClock(end_turn_at=t0, transcript=text, typed=typed, asr_finish_s=time.perf_counter() - t0)
+        return [TranscriptDelta(text, final=True)] if text or not typed else []
 
     # ---- output side --------------------------------------------------------------------------------
 
     def respond(self) -> Iterator[EngineEvent]:
         self._check_open()
-        if self.recognizer.in_utterance or self._pieces:  # respond() without end_turn(): finish the input here
+        if self.recognizer.in_utterance or self._pieces or self._typed:  # no end_turn() yet: finish the input here
             yield from self.end_turn()
         turn = self._turn
         if turn.end_turn_at == 0.0:
             turn.end_turn_at = time.perf_counter()
         self._turn = _TurnClock()  # the transcript is answered once
-        if not turn.transcript.strip():
+        message = " ".join(m for m in (as_sentence(turn.transcript), turn.typed) if m)
+        if not message:
             yield ReplyDone("", self._stats(turn))
             return
-        yield from self._reply(turn)
+        yield from self._reply(message, turn)
 
-    def _reply(self, turn: _TurnClock) -> Iterator[EngineEvent]:
+    def _reply(self, message: str, turn: _TurnClock) -> Iterator[EngineEvent]:
         splitter = PhraseSplitter()
-        stream = self.chat.stream_reply(as_sentence(turn.transcript))
+        stream = self.chat.stream_reply(message)
         try:
             for delta in stream:
                 yield TextDelta(delta)
@@ -239,14 +258,12 @@ class EmbeddedSession:
             rest = splitter.flush()
             yield from self._speak(rest or "", turn, final=True)
         finally:
-            # On cancellation, close the reply now (not at garbage collection): the chat then holds what was
-            # generated so far, which interrupt() trims to what was played.
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            close_iterator(stream)  # cancelled: the chat holds what was generated, which interrupt() trims
         yield ReplyDone(self.chat.messages[-1]["content"], self._stats(turn))
 
     def _speak(self, phrase: str, turn: _TurnClock, *, final: bool) -> Iterator[AudioChunk]:
+        if self.synth is None:
+            return
         t0 = time.perf_counter()
         words = speakable(phrase)
         pcm = self._resampler.push(self.synth.synth_int16(words)) if words else np.zeros(0, np.float32)
@@ -284,10 +301,3 @@ class EmbeddedSession:
         messages = self.chat.messages
         if messages and messages[-1]["role"] == "assistant":
             self.chat.truncate_last_reply(played_text)
-
-    def close(self) -> None:
-        self._closed = True
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("this engine session is closed")

@@ -21,7 +21,7 @@ re-fed (its encoder state is gone): then only the text history is trimmed, with 
 
 The Talker gives no alignment of codes to text, so `AudioChunk.text` is an estimate: the reply text up to the
 word that `chars_per_second` of speech reaches by the end of the chunk (text without spaces is cut at the
-estimate itself); the rest of the text comes with a one-sample silent chunk after the last audio, so the
+estimate itself); the rest of the text comes with an empty chunk after the last audio, so the
 whole text counts as played once all the audio has played.
 """
 
@@ -37,20 +37,34 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
+from model.encoders.vision_preprocess import resize_and_normalize, sample_video, video_frame_size
 from model.errors import CheckpointError
 from model.lm.decoder import default_cache_config
 from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
 from model.prompt import SPEECH_SYSTEM_PROMPT
-from model.speech_session import AudioOut, ReplyEnd, SessionMark, SpeakingSession, SpeechSettings
-from model.speech_session import TextDelta as SpeechTextDelta
+from model.speech_session import SpeakingSession, SpeechSettings
+from model.thinker_session import ReplyRecord, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import StreamingSchedule
+from model.token2wav.streaming import PCMChunk, StreamingSchedule
 from model.voices import UnknownVoiceError
-from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta
+from streaming.engine import (
+    INPUT_SAMPLE_RATE,
+    Attachment,
+    AudioChunk,
+    EngineEvent,
+    EngineSessionBase,
+    History,
+    Image,
+    LiveReply,
+    ReplyDone,
+    TextDelta,
+    VideoClip,
+    close_iterator,
+    replace_last_reply,
+)
 
 __all__ = ["DEFAULT_SAMPLING", "OmniEngine", "OmniEngineSession"]
 
@@ -66,8 +80,8 @@ class OmniEngine:
     """Weights of a Qwen2.5-Omni checkpoint directory, shared by every session."""
 
     name = "omni"
-    input_sample_rate = 16000
-    output_sample_rate = SAMPLE_RATE  # 24 kHz
+    input_sample_rate = INPUT_SAMPLE_RATE
+    output_sample_rate = SAMPLE_RATE  # token2wav's 24 kHz
 
     def __init__(
         self,
@@ -76,7 +90,8 @@ class OmniEngine:
         dtype: torch.dtype | None = None,
         voice: str | None = None,
         *,
-        models: tuple[LoadedThinker, SpeechModels] | None = None,
+        speak: bool = True,
+        models: tuple[LoadedThinker, SpeechModels | None] | None = None,
         system_prompt: str = SPEECH_SYSTEM_PROMPT,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
         talker_sampling: SamplingConfig | None = None,
@@ -88,31 +103,23 @@ class OmniEngine:
         chars_per_second: float = 15.0,
         video_stale_seconds: float = 2.0,
         max_history: int = 64,
-        torch_threads: int | None = None,
     ) -> None:
         """`model_dir`: a Qwen2.5-Omni checkpoint with its speech half (talker.*, token2wav.*, spk_dict.pt);
-        `models`: already loaded ones instead (shared, e.g. by tests). `voice`: the default voice (None: the
+        `models`: already loaded ones instead (shared, e.g. by tests). `speak=False`: replies are text only
+        and the speech half is not loaded (no `AudioChunk` events). `voice`: the default voice (None: the
         checkpoint's default). `seed`: Talker sampling and token2wav noise (None: random per reply).
         `schedule`/`solver`: token2wav's chunking and ODE solver (None: the reference's).
-        `chars_per_second`: the speaking rate that maps audio to reply text (about 150 words a minute).
-        `torch_threads` sets torch's process-wide intra-op threads; None leaves them as they are."""
+        `chars_per_second`: the speaking rate that maps audio to reply text (about 150 words a minute)."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
-        if models is None:
-            if model_dir is None:
-                raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
-            try:
-                thinker = load_thinker(model_dir, dtype, device)
-                speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device)
-            except CheckpointError as e:
-                raise ValueError(f"cannot load the omni model: {e}") from None
-        else:
-            thinker, speech = models
+        thinker, speech = models or _load(model_dir, device, dtype, speak)
+        if not speak:
+            speech = None
+        elif speech is None:
+            raise ValueError("a speaking OmniEngine needs the checkpoint's speech models")
         self.thinker = thinker
         self.speech = speech
-        self.default_voice = self.check_voice(voice)
+        self.default_voice = self.check_voice(voice) if speech is not None else None
         self.system_prompt = system_prompt
         self.sampling = sampling
         self.talker_sampling = talker_sampling
@@ -127,12 +134,15 @@ class OmniEngine:
         # A reply (and its turn end) must fit in one chunk for the rollback on barge-in to be exact.
         need = sampling.max_new_tokens + TURN_END_TOKENS
         thinker_cache = default_cache_config(thinker.model.cfg.text, window=window)
-        talker_cache = default_cache_config(speech.talker.cfg.decoder, window=window)
         self.cache = replace(thinker_cache, chunk=max(thinker_cache.chunk, need))
-        self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
+        if speech is not None:
+            talker_cache = default_cache_config(speech.talker.cfg.decoder, window=window)
+            self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
 
     def check_voice(self, voice: str | None) -> str:
         """The checkpoint's name for `voice` (None: its default); ValueError listing the voices it has."""
+        if self.speech is None:
+            raise ValueError("voices are for a speaking engine (this one replies in text only)")
         try:
             return self.speech.voices.get(voice).name
         except UnknownVoiceError as e:
@@ -140,9 +150,16 @@ class OmniEngine:
 
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> OmniEngineSession:
         """A new conversation; `voice` names one of the checkpoint's voices (case-insensitive)."""
-        name = self.check_voice(voice) if voice is not None else self.default_voice
+        system = instructions or self.system_prompt
+        th = self.thinker
+        if self.speech is None:
+            if voice is not None:
+                self.check_voice(voice)  # raises: a text-only engine has no voices
+            with torch.inference_mode():
+                thinking = ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer)
+            return OmniEngineSession(self, thinking)
         settings = SpeechSettings(
-            voice=name,
+            voice=self.check_voice(voice) if voice is not None else self.default_voice,
             talker_sampling=self.talker_sampling,
             seed=self.seed,
             schedule=self.schedule,
@@ -151,28 +168,33 @@ class OmniEngine:
         )
         with torch.inference_mode():
             speaking = SpeakingSession(
-                self.thinker.model,
-                self.thinker.prompt,
-                self.thinker.tokenizer,
-                self.speech,
-                settings,
-                system_prompt=instructions or self.system_prompt,
-                cache=self.cache,
-                talker_cache=self.talker_cache,
+                th.model, th.prompt, th.tokenizer, self.speech, settings, system, self.cache, self.talker_cache
             )
         return OmniEngineSession(self, speaking)
 
 
-@dataclass
-class _Reply:
-    """The live (or last) reply: where it starts in both caches, what it said, how much audio it made."""
+def _load(
+    model_dir: str | os.PathLike[str] | None, device: str, dtype: torch.dtype | None, speak: bool
+) -> tuple[LoadedThinker, SpeechModels | None]:
+    """The checkpoint's Thinker, and its speech half when `speak`."""
+    if model_dir is None:
+        raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
+    try:
+        thinker = load_thinker(model_dir, dtype, device)
+        speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device) if speak else None
+    except CheckpointError as e:
+        raise ValueError(f"cannot load the omni model: {e}") from None
+    return thinker, speech
 
-    mark: SessionMark  # right after <|im_start|>assistant\n
+
+@dataclass
+class _OmniReply(LiveReply[ThinkerMark]):
+    """`LiveReply` (mark: right after <|im_start|>assistant\\n; a SessionMark of both caches when speaking),
+    plus its events and how much of its text and audio has gone out."""
+
     events: Iterator[EngineEvent] | None = None
-    text: str = ""
     said: int = 0  # characters of `text` already attached to audio chunks
     samples: int = 0
-    open: bool = True  # generating (not finished, not interrupted)
     input_after: bool = False  # user input was prefilled after the reply
 
 
@@ -189,16 +211,16 @@ class _Turn:
     frame_slots: list[float] = field(default_factory=list)
 
 
-class OmniEngineSession:
+class OmniEngineSession(EngineSessionBase):
     """One conversation. Not thread-safe: the runtime calls it from one worker at a time."""
 
-    def __init__(self, engine: OmniEngine, speaking: SpeakingSession) -> None:
+    def __init__(self, engine: OmniEngine, speaking: ThinkerSession) -> None:
+        super().__init__()
+        self.history: History = deque(maxlen=engine.max_history)
         self.engine = engine
-        self.speaking = speaking
-        self.history: deque[tuple[str, str]] = deque(maxlen=engine.max_history)
-        self.closed = False
+        self.speaking = speaking  # a SpeakingSession when the engine speaks
         self._turn = _Turn()
-        self._reply: _Reply | None = None
+        self._reply: _OmniReply | None = None
         self._frame: tuple[np.ndarray, float] | None = None  # the latest camera frame and its time
 
     # ---- input side ---------------------------------------------------------------------------------
@@ -222,6 +244,61 @@ class OmniEngineSession:
                 s.push_audio(x)
             turn.audio_seconds += len(pcm) / self.engine.input_sample_rate
         return []
+
+    def push_text(self, text: str) -> list[EngineEvent]:
+        """Prefill typed text into the open user turn (after any audio segment, which it closes)."""
+        self._check_open()
+        with torch.inference_mode():
+            self._between_segments()
+            self.speaking.add_text(text)
+        self.history.append(("user", text))
+        return []
+
+    def push_media(self, media: Attachment) -> list[EngineEvent]:
+        """Prefill an image, or a video clip (sampled at the checkpoint's 2 fps; with its soundtrack
+        interleaved as TMRoPE lays out a video with audio), into the open user turn."""
+        self._check_open()
+        with torch.inference_mode():
+            self._between_segments()
+            if isinstance(media, Image):
+                self._add_image(media)
+            else:
+                self._add_clip(media)
+        return []
+
+    def _between_segments(self) -> None:
+        """Close an open audio segment and open the user turn, for a part of the turn that is not streamed."""
+        self._end_segment()
+        self._note_input()
+        if not self._turn.started:
+            self.speaking.start_user_turn()
+            self._turn.started = True
+
+    def _add_image(self, image: Image) -> None:
+        th = self.engine.thinker
+        patches, grid = th.model.image_input(torch.from_numpy(np.ascontiguousarray(image.rgb)), th.vision_preprocess)
+        self.speaking.add_image(patches, grid)
+        self.history.append(("user", "[image]"))
+
+    def _add_clip(self, clip: VideoClip) -> None:
+        th, s = self.engine.thinker, self.speaking
+        pre = th.vision_preprocess
+        raw = sample_video(clip.frames, clip.fps, pre)
+        size = video_frame_size(raw.shape[-2], raw.shape[-1], th.model.cfg.vision, pre)
+        frames = resize_and_normalize(raw, size, pre)
+        spg = th.model.cfg.vision.temporal_patch_size / pre.fps
+        if clip.audio is not None:
+            s.begin_av(size[0], size[1], spg)
+            s.push_av_audio_features(th.model.audio_features(torch.from_numpy(clip.audio), INPUT_SAMPLE_RATE))
+            for f in frames:
+                s.push_av_frame(f)
+            s.end_av()
+        else:
+            s.begin_video(size[0], size[1], spg)
+            for f in frames:
+                s.push_video_frame(f)
+            s.end_video()
+        self.history.append(("user", f"[video {len(frames)} frames{', with audio' if clip.audio is not None else ''}]"))
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         """Keep the latest frame; during a user turn, feed it into the video slots (2 fps) it reaches."""
@@ -305,12 +382,12 @@ class OmniEngineSession:
                 self.speaking.start_user_turn()
             self.speaking.end_user_turn()
             self._turn = _Turn()
-            self._reply = _Reply(self.speaking.mark())
+            self._reply = _OmniReply(self.speaking.mark())
         events = self._generate(self._reply)
         self._reply.events = events
         return events
 
-    def _generate(self, reply: _Reply) -> Iterator[EngineEvent]:
+    def _generate(self, reply: _OmniReply) -> Iterator[EngineEvent]:
         eng = self.engine
         t0 = time.perf_counter()
         first_text = first_audio = 0.0
@@ -320,23 +397,23 @@ class OmniEngineSession:
             while True:
                 with torch.inference_mode():
                     ev = next(inner, None)
-                if isinstance(ev, SpeechTextDelta):
+                if isinstance(ev, TokenText):
                     first_text = first_text or time.perf_counter() - t0
                     reply.text += ev.text
                     yield TextDelta(ev.text)
-                elif isinstance(ev, AudioOut):
+                elif isinstance(ev, PCMChunk):
                     first_audio = first_audio or time.perf_counter() - t0
                     pcm = ev.samples.detach().float().cpu().numpy()
                     reply.samples += len(pcm)
                     yield AudioChunk(pcm, text=self._spoken(reply, final=False))
-                elif isinstance(ev, ReplyEnd):
+                elif isinstance(ev, ReplyRecord):
                     if ev.text.startswith(reply.text) and len(ev.text) > len(reply.text):
                         tail = ev.text[len(reply.text) :]  # bytes the detokenizer held back (an unfinished character)
                         reply.text += tail
                         yield TextDelta(tail)
                     rest = self._spoken(reply, final=True)
-                    if rest:  # one silent sample: the runtime's resampler takes no empty frame
-                        yield AudioChunk(np.zeros(1, np.float32), text=rest)
+                    if rest:  # the text after the last audio, played once all the audio has played
+                        yield AudioChunk(np.zeros(0, np.float32), text=rest)
                     reply.open = False
                     self.history.append(("assistant", reply.text))
                     stats = {
@@ -355,7 +432,7 @@ class OmniEngineSession:
             with torch.inference_mode():
                 inner.close()  # a cut reply: the session feeds its turn end (interrupt then rolls it back)
 
-    def _spoken(self, reply: _Reply, *, final: bool) -> str:
+    def _spoken(self, reply: _OmniReply, *, final: bool) -> str:
         """The reply text newly covered by the audio made so far (whole words, at `chars_per_second`)."""
         if final:
             end = len(reply.text)
@@ -377,17 +454,14 @@ class OmniEngineSession:
         if reply is None:
             log.warning("interrupt without a reply: nothing to trim")
             return
-        if reply.events is not None:
-            close = getattr(reply.events, "close", None)
-            if close is not None:
-                close()  # a live reply iterator: stop it first (its session then feeds the turn end)
+        close_iterator(reply.events)  # a live reply: stop it first (its session then feeds the turn end)
         if reply.open:
             reply.open = False
             self.history.append(("assistant", played_text))
         else:
             if played_text == reply.text:
                 return  # the whole reply was heard: the caches already hold it
-            self._replace_last_reply(played_text)
+            replace_last_reply(self.history, played_text)
             if reply.input_after or self._turn.started:
                 log.warning("the user spoke after the cut reply: only the text history is trimmed")
                 return
@@ -397,20 +471,8 @@ class OmniEngineSession:
             s.feed_ids(s.prompt.text(played_text) + s.prompt.turn_end())
         reply.text = played_text
 
-    def _replace_last_reply(self, text: str) -> None:
-        for i in range(len(self.history) - 1, -1, -1):
-            if self.history[i][0] == "assistant":
-                self.history[i] = ("assistant", text)
-                return
-
     def close(self) -> None:
         if not self.closed:
-            self.closed = True
-            if self._reply is not None and self._reply.events is not None:
-                close = getattr(self._reply.events, "close", None)
-                if close is not None:
-                    close()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise RuntimeError("engine session is closed")
+            super().close()
+            if self._reply is not None:
+                close_iterator(self._reply.events)

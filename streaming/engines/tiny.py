@@ -9,6 +9,7 @@ cache), its seeded `SamplerState` and its history. The conversation is a token s
 - push_audio: every full second of audio becomes one "word" of the transcript, made of two syllables picked
   by the loudness of each half second (deterministic: same audio, same transcript), and is prefilled into
   the cache at once, while the user still speaks.
+- push_text: typed text joins the open user turn's transcript as words, prefilled at once.
 - respond: one decode step per `next()`: a `TextDelta` per character, an `AudioChunk` (a sine tone, as
   `ToneEngine` speaks) per word of the reply.
 - interrupt(played_text): the cache is rolled back to the start of the reply and the played text is queued
@@ -26,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -35,8 +36,20 @@ from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM, DecoderState
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplerState, SamplingConfig, sample
-from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta, TranscriptDelta
-from streaming.testing import word_tone
+from streaming.engine import (
+    INPUT_SAMPLE_RATE,
+    OUTPUT_SAMPLE_RATE,
+    AudioChunk,
+    EngineEvent,
+    EngineSessionBase,
+    History,
+    LiveReply,
+    ReplyDone,
+    TextDelta,
+    TranscriptDelta,
+    replace_last_reply,
+)
+from streaming.engines.tone import word_tone
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +108,8 @@ class TinyLMEngine:
         max_history: int = 32,
         step_delay: float = 0.0,
         seconds_per_char: float = 0.06,
-        input_sample_rate: int = 16000,
-        output_sample_rate: int = 24000,
+        input_sample_rate: int = INPUT_SAMPLE_RATE,
+        output_sample_rate: int = OUTPUT_SAMPLE_RATE,
     ) -> None:
         if not 0 <= min_new_tokens <= max_new_tokens:
             raise ValueError(f"need 0 <= min_new_tokens <= max_new_tokens, got {min_new_tokens}, {max_new_tokens}")
@@ -133,32 +146,22 @@ class TinyLMEngine:
             self.open_sessions -= 1
 
 
-@dataclass
-class _Reply:
-    """Where the live (or last) reply sits in the cache, to roll it back on interrupt."""
-
-    start: int  # cache length before the reply's first token
-    start_position: int
-    chars: list[str] = field(default_factory=list)
-    open: bool = True  # generating (not finished, not interrupted)
-
-
-class TinyLMSession:
+class TinyLMSession(EngineSessionBase):
     """One conversation's state. Not thread-safe: the runtime calls it from one worker at a time."""
 
     def __init__(self, engine: TinyLMEngine, instructions: str | None, seed: int) -> None:
+        super().__init__()
+        self.history: History = deque(maxlen=engine.max_history)
         self.engine = engine
         self.instructions = instructions
         self.state: DecoderState = engine.model.init_state(engine.cache_config)
         self.sampler = SamplerState.create(engine.config.vocab_size, seed=seed)
-        self.history: deque[tuple[str, str]] = deque(maxlen=engine.max_history)
         tok = engine.tokenizer
         self.pending: list[int] = [SYSTEM, *tok.encode(instructions), END] if instructions else []
-        self.closed = False
         self._audio = np.zeros(0, np.float32)  # the unfinished second of this turn's audio
         self._words: list[str] = []  # the transcript of the open user turn
         self._user_open = False
-        self._reply: _Reply | None = None
+        self._reply: LiveReply[tuple[int, int]] | None = None  # mark: (cache length, next position)
         self._banned = torch.tensor([SYSTEM, USER, ASSISTANT])  # never inside a reply
         self._banned_early = torch.tensor([SYSTEM, USER, ASSISTANT, END])  # before min_new_tokens
 
@@ -175,6 +178,13 @@ class TinyLMSession:
             block, self._audio = self._audio[:sr], self._audio[sr:]
             out.append(TranscriptDelta(self._add_word(transcribe_block(block))))
         return out
+
+    def push_text(self, text: str) -> list[EngineEvent]:
+        """Typed words join the open user turn's transcript, prefilled at once."""
+        self._check_open()
+        if text.strip():
+            self._add_word(text.strip())
+        return []
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         self._check_open()
@@ -216,7 +226,7 @@ class TinyLMSession:
     def respond(self) -> Iterator[EngineEvent]:
         self._check_open()
         if self._reply is not None and self._reply.open:  # the last reply was abandoned without interrupt
-            self.interrupt("".join(self._reply.chars))
+            self.interrupt(self._reply.text)
         if self._user_open:
             self._close_user_turn()
         self._reply = None  # until the generator's first step has prefilled the prompt
@@ -227,7 +237,7 @@ class TinyLMSession:
         t0 = time.perf_counter()
         prompt = [*self._take_pending(), ASSISTANT]
         logits = self._feed(prompt)
-        reply = self._reply = _Reply(self.state.cache.length, self.state.next_position)
+        reply = self._reply = LiveReply((self.state.cache.length, self.state.next_position))
         t1 = time.perf_counter()
         word, words = "", 0
         for i in range(eng.sampling.max_new_tokens):
@@ -239,7 +249,7 @@ class TinyLMSession:
             if token == END:
                 break
             ch = eng.tokenizer.decode([token])
-            reply.chars.append(ch)
+            reply.text += ch
             yield TextDelta(ch)
             word += ch
             if (ch.isspace() and word.strip()) or len(word) >= 8:
@@ -248,13 +258,13 @@ class TinyLMSession:
             logits = self._feed([token])
         if word:
             yield AudioChunk(word_tone(eng.output_sample_rate, eng.seconds_per_char, len(word), words), word)
-        text = "".join(reply.chars)
+        text = reply.text
         reply.open = False
         self.history.append(("assistant", text))
         self.pending.append(END)
         stats = {
             "prompt_tokens": float(len(prompt)),
-            "new_tokens": float(len(reply.chars)),
+            "new_tokens": float(len(reply.text)),
             "prefill_seconds": t1 - t0,
             "decode_seconds": time.perf_counter() - t1,
         }
@@ -275,59 +285,38 @@ class TinyLMSession:
             self.history.append(("assistant", played_text))
             at = len(self.history) - 1
         else:
-            at = self._replace_last_reply(played_text)
+            at = replace_last_reply(self.history, played_text)
             if at < 0:
                 log.warning("the reply to truncate has left the %d-entry history: nothing kept", len(self.history))
                 return
         cache = self.state.cache
-        if cache.length - reply.start > cache.cfg.chunk:
+        start, start_position = reply.mark
+        if cache.length - start > cache.cfg.chunk:
             # the user spoke on for more than a chunk after the reply: rolling back that far would lose window
             # tokens (KVCache.truncate), so the model keeps the whole reply and only the text history is trimmed
-            log.warning("reply %d tokens back: only the text history is trimmed", cache.length - reply.start)
+            log.warning("reply %d tokens back: only the text history is trimmed", cache.length - start)
             return
-        cache.truncate(reply.start)
-        self.state.next_position = reply.start_position
+        cache.truncate(start)
+        self.state.next_position = start_position
         later = list(self.history)[at + 1 :]  # user turns after the reply
         tail = [END] + conversation_tokens(tok, None, later)
         if self._user_open:
             tail += [USER, *tok.encode(" ".join(self._words))]
         self.pending = [*tok.encode(played_text), *tail]
 
-    def _replace_last_reply(self, text: str) -> int:
-        """Replace the last reply's text in the history; returns its index (-1: it left the bounded history)."""
-        for i in range(len(self.history) - 1, -1, -1):
-            if self.history[i][0] == "assistant":
-                self.history[i] = ("assistant", text)
-                return i
-        return -1
-
     def close(self) -> None:
         if not self.closed:
-            self.closed = True
+            super().close()
             self.engine._session_closed()
 
     # ---- model ----
 
     def _feed(self, ids: list[int]) -> torch.Tensor:
-        """Prefill `ids` (or decode one token); logits [1, V] of the last one.
-
-        On one intra-op thread: at these shapes (d 64) a parallel region only costs its fork and join, which on
-        2 busy shared cores took 40-70 ms per token against 2 ms on one thread. The setting is per calling
-        thread under OpenMP, and restored after."""
-        x = torch.tensor([ids], dtype=torch.long)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            out = self.engine.model(self.state, input_ids=x)
-        finally:
-            torch.set_num_threads(threads)
+        """Prefill `ids` (or decode one token); logits [1, V] of the last one."""
+        out = self.engine.model(self.state, input_ids=torch.tensor([ids], dtype=torch.long))
         assert out.logits is not None
         return out.logits
 
     def _take_pending(self) -> list[int]:
         ids, self.pending = self.pending, []
         return ids
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise RuntimeError("engine session is closed")

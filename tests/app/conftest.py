@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from app.realtime_server import SERVER_KEY, ServeOptions, Server, build_app
+from app.realtime_server import SERVER_KEY, ServeOptions, Server, build_app, restrict_ice_hosts
+from benchmarks.spoken import read_wav
 from streaming.engine import Engine
-from streaming.testing import read_wav
 from streaming.vad import TurnConfig
 from tests.streaming.conftest import make_speech_wav
 
@@ -36,12 +36,18 @@ def speech_wav_for_browser(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def loopback_ice() -> None:
+    """Host candidates 127.0.0.1 only, for the whole test process (as `omni serve --ice-host 127.0.0.1`)."""
+    restrict_ice_hosts(["127.0.0.1"])
+
+
 @pytest.fixture
 async def start_server() -> AsyncIterator[StartServer]:
     runners: list[web.AppRunner] = []
 
     async def start(engine: Engine, **options: object) -> tuple[str, Server]:
-        opts = ServeOptions(ice_hosts=["127.0.0.1"], turn=TurnConfig(silence_ms=400), **options)  # type: ignore[arg-type]
+        opts = ServeOptions(turn=TurnConfig(silence_ms=400), **options)  # type: ignore[arg-type]
         app = build_app(engine, opts)
         runner = web.AppRunner(app)
         await runner.setup()

@@ -1,15 +1,21 @@
-"""`omni chat --model DIR --speak out.wav` on a tiny random Qwen2.5-Omni checkpoint with a voice table."""
+"""`omni chat --model DIR` (with --speak out.wav, --audio, --image) on a tiny random Qwen2.5-Omni checkpoint with
+a voice table."""
 
 from __future__ import annotations
 
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from app.cli import main
+from model.lm.sampling import SamplingConfig
 from model.voices import Voice, VoiceBank
+from streaming.engine import ReplyDone
+from streaming.engines.omni import OmniEngine
+from streaming.media_files import read_audio, read_image
 from tests.model.omni_tiny import IDS, save_tiny_omni
 
 
@@ -57,3 +63,40 @@ def test_unknown_voice_lists_the_voices(checkpoint: Path, tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert code == 1
     assert "unknown voice 'Bob'" in err and "Chelsie" in err
+
+
+def _ppm(path: Path, size: int = 56) -> Path:
+    """A small RGB gradient as a binary PPM (av decodes it as an image)."""
+    y, x = np.mgrid[0:size, 0:size]
+    rgb = np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)
+    path.write_bytes(f"P6 {size} {size} 255\n".encode() + rgb.tobytes())
+    return path
+
+
+def test_chat_answers_through_the_omni_engine(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                              ) -> None:
+    """The chat's first turn (an image, spoken audio, then the text) gives what the engine interface gives for
+    the same input: the CLI is a client of the engine, not a second driver of the model."""
+    audio = tmp_path / "q.wav"
+    pcm = (0.2 * np.sin(np.arange(40000) * 2 * np.pi * 330 / 16000) * 32767).astype("<i2")
+    with wave.open(str(audio), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    image = _ppm(tmp_path / "i.ppm")
+    args = ["--prompt", "what is this", "--max-new-tokens", "5", "--seed", "0", "--audio", str(audio)]
+    assert main(["chat", "--model", str(checkpoint), *args, "--image", str(image)]) == 0
+    printed = capsys.readouterr().out
+
+    engine = OmniEngine(
+        checkpoint, speak=False, sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=5, seed=0), seed=0
+    )
+    s = engine.open_session()
+    s.push_media(read_image(image))
+    s.push_audio(read_audio(audio), 0.0)
+    s.push_text("what is this")
+    done = list(s.respond())[-1]
+    assert isinstance(done, ReplyDone)
+    assert printed == done.text + "\n"
+    assert [role for role, _ in s.history] == ["user", "user", "user", "assistant"]

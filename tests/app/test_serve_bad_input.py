@@ -6,9 +6,9 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from streaming.testing import ToneEngine
+from benchmarks.rtc_client import RealtimeClient
+from streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
-from tests.app.rtc_client import RealtimeClient
 
 
 async def post(url: str, body: str | bytes, ctype: str = "application/sdp") -> tuple[int, str]:

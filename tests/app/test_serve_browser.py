@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming.testing import ToneEngine
+from streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 
 

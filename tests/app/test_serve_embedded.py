@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.rtc_client import RealtimeClient
+from benchmarks.spoken import spoken_fresh
 from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
 from streaming.engines.embedded import EmbeddedEngine
 from tests.app.conftest import StartServer
-from tests.app.rtc_client import RealtimeClient
 from tests.app.test_serve_browser import CHROMIUM, chromium_args
-from tests.model.embedded.spoken import spoken_fresh
 from tests.streaming.test_embedded_engine import FRANCE, FRANCE_VOICE  # phrasing the recogniser gets right
 
 
@@ -30,7 +30,7 @@ def smollm() -> LoadedLM:
 @pytest.fixture(scope="module")
 def engine(smollm: LoadedLM) -> EmbeddedEngine:
     return EmbeddedEngine(
-        lm=smollm, sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=40), torch_threads=None
+        lm=smollm, sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=40)
     )
 
 

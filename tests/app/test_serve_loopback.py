@@ -9,10 +9,10 @@ import time
 import numpy as np
 
 from app.realtime_server import Connection
+from benchmarks.rtc_client import RealtimeClient
+from streaming.engines.tone import ToneEngine
 from streaming.session import Session
-from streaming.testing import ToneEngine
 from tests.app.conftest import StartServer
-from tests.app.rtc_client import RealtimeClient
 
 
 def live_session_tasks() -> list[str]:
@@ -126,3 +126,22 @@ async def test_twenty_sequential_sessions_leave_memory_flat(start_server: StartS
     assert leftovers == []
     assert engine.open_sessions == 0
     assert samples[1] - samples[0] < 40.0, samples  # flat: noise is a few MB, a leak of sessions is far more
+
+
+async def test_a_typed_turn_over_the_event_channel(start_server: StartServer) -> None:
+    url, _ = await start_server(ToneEngine())
+    client = RealtimeClient(url)
+    try:
+        await client.connect()
+        await client.wait_for("session.created")
+        content = [{"type": "input_text", "text": "Hello from the keyboard"}]
+        item = {"type": "message", "role": "user", "content": content}
+        client.send({"type": "conversation.item.create", "item": item})
+        added = await client.wait_for("conversation.item.added")
+        client.send({"type": "response.create"})
+        done = await client.wait_for("response.done")
+    finally:
+        await client.close()
+    assert added["item"]["content"] == content
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["output"][0]["content"][0]["transcript"] == "You wrote: Hello from the keyboard"

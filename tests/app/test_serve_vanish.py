@@ -20,9 +20,9 @@ import app.realtime_server
 import app.serve
 from app.cli import build_parser
 from app.realtime_server import IDLE_TIMEOUT, Connection, ServeOptions, Server
-from streaming.testing import ToneEngine
+from benchmarks.rtc_client import RealtimeClient
+from streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
-from tests.app.rtc_client import RealtimeClient
 from tests.app.test_serve_loopback import live_session_tasks, wait_until
 
 IDLE = 1.5  # the test's idle timeout (seconds)

@@ -17,7 +17,9 @@ from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
 from model.prompt import SPEECH_SYSTEM_PROMPT
-from model.speech_session import AudioOut, ReplyEnd, SpeakingSession, SpeechSettings, TextDelta
+from model.speech_session import SpeakingSession, SpeechSettings
+from model.thinker_session import ReplyRecord, TokenText
+from model.token2wav.streaming import PCMChunk
 from model.voices import Voice, VoiceBank
 from tests.model.omni_tiny import IDS, SPECIALS, save_tiny_omni
 from tests.model.test_talker_parity import reference_talker
@@ -97,7 +99,7 @@ def test_respond_matches_reference_pipeline(omni: tuple[Any, LoadedThinker, Spee
     session.end_user_turn()
     events = list(session.respond(SamplingConfig(temperature=0.0, max_new_tokens=12), frozenset({stop})))
     end = events[-1]
-    assert isinstance(end, ReplyEnd) and not end.cancelled
+    assert isinstance(end, ReplyRecord)
     assert end.token_ids == generated[:-1]
 
     # What Qwen2_5OmniForConditionalGeneration.generate hands the Talker.
@@ -115,12 +117,13 @@ def test_respond_matches_reference_pipeline(omni: tuple[Any, LoadedThinker, Spee
     assert len(want_codes) > 10
     assert end.codes == want_codes
 
-    audio = [e for e in events if isinstance(e, AudioOut)]
+    audio = [e for e in events if isinstance(e, PCMChunk)]
     kinds = [type(e).__name__ for e in events]
-    assert audio and ("TextDelta" not in kinds or kinds.index("TextDelta") < kinds.index("AudioOut"))
+    assert audio and ("TokenText" not in kinds or kinds.index("TokenText") < kinds.index("PCMChunk"))
     assert [a.start for a in audio] == [sum(a.samples.numel() for a in audio[:i]) for i in range(len(audio))]
     assert end.samples == sum(a.samples.numel() for a in audio) == len(end.codes) * 480
-    assert all(a.t <= b.t for a, b in zip(events, events[1:]))
+    timed = [e for e in events if not isinstance(e, PCMChunk)]
+    assert all(a.t <= b.t for a, b in zip(timed, timed[1:]))
     # The Talker's prompt track holds exactly the Thinker's history (its speech track was dropped).
     assert session.talker_state.decoder.cache.length == session.state.cache.length
 
@@ -130,7 +133,7 @@ def test_cancel_mid_reply_leaves_session_consistent(omni: tuple[Any, LoadedThink
     session = _session(loaded, speech)
     _turn(session, "tell me a story")
     reply = session.respond(SamplingConfig(temperature=0.0, max_new_tokens=20), frozenset({IM_END}))
-    first = next(e for e in reply if isinstance(e, TextDelta))
+    first = next(e for e in reply if isinstance(e, TokenText))
     assert first.text
     reply.close()  # barge-in
     assert session.talker_state.decoder.cache.length == session.state.cache.length
@@ -138,5 +141,5 @@ def test_cancel_mid_reply_leaves_session_consistent(omni: tuple[Any, LoadedThink
     _turn(session, "ok")
     events = list(session.respond(THINKER_SAMPLING, frozenset({IM_END})))
     end = events[-1]
-    assert isinstance(end, ReplyEnd) and not end.cancelled and end.samples == len(end.codes) * 480
+    assert isinstance(end, ReplyRecord) and end.samples == len(end.codes) * 480
     assert session.talker_state.decoder.cache.length == session.state.cache.length

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streaming.testing import read_wav
+from benchmarks.spoken import read_wav
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
 
@@ -18,9 +18,9 @@ UTTERANCE = "Hello there, this is a test of the streaming assistant. Can you hea
 
 
 def make_speech_wav(path: Path, text: str = UTTERANCE, rate: int = 16000, pad: float = 0.0) -> Path:
-    """espeak-ng in a child process (its library keeps global state; see streaming.testing)."""
+    """espeak-ng in a child process (its library keeps global state; see benchmarks.spoken)."""
     subprocess.run(
-        [sys.executable, "-m", "streaming.testing", "speak", text, str(path), str(rate), str(pad)],
+        [sys.executable, "-m", "benchmarks.spoken", "speak", text, str(path), str(rate), str(pad)],
         check=True,
         timeout=60,
     )

@@ -8,39 +8,15 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from benchmarks.rtc_client import WAIT, wait_for_event
 from streaming.engine import Engine
 from streaming.frames import AudioFrame
-from streaming.session import Session, SessionConfig
+from streaming.session import Session
+from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad, TurnConfig
 from streaming.worker import DeviceWorker
 
 FRAME = 320  # 20 ms at 16 kHz
-WAIT = 30.0  # generous: other test suites share the 2 cores
-
-
-async def wait_for_event(
-    events: list[dict[str, Any]],
-    changed: asyncio.Event,
-    pred: Callable[[dict[str, Any]], bool] | str,
-    limit: float = WAIT,
-    start: int = 0,
-) -> dict[str, Any]:
-    """The first event from index `start` on that matches `pred` (an event type, or a predicate), waiting up
-    to `limit` seconds for it; `changed` is set whenever an event is appended."""
-    check = (lambda e: e["type"] == pred) if isinstance(pred, str) else pred
-    seen = start
-
-    async def scan() -> dict[str, Any]:
-        nonlocal seen
-        while True:
-            for e in events[seen:]:
-                seen += 1
-                if check(e):
-                    return e
-            changed.clear()
-            await changed.wait()
-
-    return await asyncio.wait_for(scan(), limit)
 
 
 E = TypeVar("E", bound=Engine)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from streaming.engine import EngineEvent, TextDelta
-from streaming.testing import ToneEngine, ToneSession
+from streaming.engines.tone import ToneEngine, ToneSession
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
 from tests.streaming.harness import Harness

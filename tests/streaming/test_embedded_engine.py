@@ -8,20 +8,23 @@ from collections.abc import Generator
 import numpy as np
 import pytest
 
+from benchmarks.spoken import spoken
 from model.embedded.asr import RecognizerConfig, StreamingRecognizer
-from model.embedded.tts import TTSError, Voice
+from model.embedded.tts import EspeakVoice, TTSError
 from model.embedded.wer import word_errors
 from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
 from model.pcm import StreamingResampler, resample
 from streaming.engine import AudioChunk, Engine, EngineEvent, EngineSession, ReplyDone, TextDelta, TranscriptDelta
 from streaming.engines.embedded import REALTIME_VOICES, EmbeddedEngine, EmbeddedSession, as_sentence
-from tests.model.embedded.spoken import spoken
+from streaming.vad import SileroVad
+from streaming.worker import DeviceWorker
+from tests.streaming.test_text_turns import typed_turn
 
 # espeak-ng's en-us voice at 150 words per minute: the recogniser gets this phrasing right on a fresh session
 # in every run we made (see tests/model/embedded/test_asr.py); slower rates and the +m3 variant lose "capital".
 FRANCE = "What is the capital of France?"
-FRANCE_VOICE = Voice("en-us", rate=150)
+FRANCE_VOICE = EspeakVoice("en-us", rate=150)
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +35,7 @@ def smollm() -> LoadedLM:
 @pytest.fixture(scope="module")
 def engine(smollm: LoadedLM) -> EmbeddedEngine:
     sampling = SamplingConfig(repetition_penalty=1.1, max_new_tokens=48)
-    return EmbeddedEngine(lm=smollm, sampling=sampling, torch_threads=None)  # the suite's thread setting stays
+    return EmbeddedEngine(lm=smollm, sampling=sampling)
 
 
 def say(session: EngineSession, audio: np.ndarray, chunk: int = 320) -> list[EngineEvent]:
@@ -250,17 +253,34 @@ def test_a_turn_that_goes_on_after_the_pause_is_recognised_whole(engine: Embedde
     assert got == fresh.chat.reply(as_sentence(heard))
 
 
-def test_new_sessions_start_from_the_last_cepstral_mean(smollm: LoadedLM) -> None:
-    engine = EmbeddedEngine(lm=smollm, sampling=SamplingConfig(max_new_tokens=4), torch_threads=None)
+def test_sessions_start_from_the_engines_cepstral_mean(smollm: LoadedLM) -> None:
+    engine = EmbeddedEngine(lm=smollm, sampling=SamplingConfig(max_new_tokens=4))
     audio = spoken(FRANCE, FRANCE_VOICE)
     first = engine.open_session()
-    assert engine.cmn_prior is None
     heard = final_text(say(first, audio))
     # pocketsphinx's generic initial mean is far from this input: the first utterance is decoded twice
     assert first.recognizer.stats.redecodes == 1
-    assert engine.cmn_prior == first.recognizer.cmn
-    second = engine.open_session()
-    assert second.recognizer.cmn == engine.cmn_prior
+    assert engine.cmn_prior is None  # a session never writes into the shared engine
+    primed = EmbeddedEngine(lm=smollm, sampling=SamplingConfig(max_new_tokens=4), cmn_prior=first.recognizer.cmn)
+    second = primed.open_session()
+    assert second.recognizer.cmn == first.recognizer.cmn
     again = final_text(say(second, audio))
     assert second.recognizer.stats.redecodes == 0  # started close enough: one pass
     assert word_errors(heard, again).rate <= 0.2, (heard, again)
+
+
+def test_a_typed_turn_is_answered_as_written(engine: EmbeddedEngine) -> None:
+    s = engine.open_session()
+    events = s.push_text("What is the capital of France?") + list(s.respond())
+    assert not [e for e in events if isinstance(e, TranscriptDelta)]  # nothing was heard
+    done = events[-1]
+    assert isinstance(done, ReplyDone) and "Paris" in done.text
+    assert [e for e in events if isinstance(e, AudioChunk) and len(e.pcm)]  # and spoken
+    assert s.chat.messages[-2] == {"role": "user", "content": "What is the capital of France?"}
+
+
+async def test_a_typed_turn_through_the_session_runtime(
+    engine: EmbeddedEngine, worker: DeviceWorker, vad: SileroVad
+) -> None:
+    _, text = await typed_turn(engine, worker, vad, "What is the capital of France?")
+    assert "Paris" in text

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from streaming.events import ProtocolError, RealtimeEvents, parse_client_event
-from streaming.frames import Interrupt, ResponseRequest, SessionUpdate, Truncate
+from streaming.frames import Interrupt, ResponseRequest, SessionUpdate, Truncate, UserMessage
 
 
 def test_client_events_become_frames() -> None:
@@ -51,6 +51,17 @@ def test_session_update_ga_and_beta_shapes() -> None:
     assert isinstance(manual, SessionUpdate) and manual.settings == {"turn_detection": None}
 
 
+def test_a_typed_user_message_becomes_a_user_message_frame() -> None:
+    content = [{"type": "input_text", "text": "What is the capital"}, {"type": "input_text", "text": "of France?"}]
+    m = parse_client_event(
+        {"type": "conversation.item.create", "item": {"id": "it_1", "type": "message", "role": "user",
+                                                      "content": content}}
+    )
+    assert isinstance(m, UserMessage) and m.text == "What is the capital of France?" and m.item_id == "it_1"
+    anonymous = parse_client_event({"type": "conversation.item.create", "item": {"role": "user", "content": content}})
+    assert isinstance(anonymous, UserMessage) and anonymous.item_id.startswith("item_")
+
+
 @pytest.mark.parametrize(
     ("raw", "code"),
     [
@@ -62,6 +73,12 @@ def test_session_update_ga_and_beta_shapes() -> None:
         ('{"type": "session.update", "session": {"turn_detection": {"type": "semantic_vad"}}}', "invalid_value"),
         ('{"type": "session.update", "session": {"turn_detection": {"threshold": 3}}}', "invalid_value"),
         ('{"type": "input_audio_buffer.append", "audio": ""}', "unsupported_event"),
+        ('{"type": "conversation.item.create", "item": {"type": "message", "role": "assistant", "content": []}}',
+         "unsupported_event"),
+        ('{"type": "conversation.item.create", "item": {"role": "user", "content": [{"type": "input_audio"}]}}',
+         "unsupported_event"),
+        ('{"type": "conversation.item.create", "item": {"role": "user", "content": [{"type": "input_text",'
+         ' "text": "  "}]}}', "invalid_value"),
     ],
 )
 def test_bad_client_events_name_the_problem(raw: str, code: str) -> None:

@@ -19,7 +19,8 @@ from app.serve import make_engine
 from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
-from model.speech_session import ReplyEnd, SpeakingSession, SpeechSettings
+from model.speech_session import SpeakingSession, SpeechSettings
+from model.thinker_session import ReplyRecord
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import StreamingSchedule
 from model.voices import Voice, VoiceBank
@@ -29,6 +30,7 @@ from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
 from tests.model.omni_tiny import IDS, save_tiny_omni
 from tests.streaming.harness import Harness
+from tests.streaming.test_text_turns import typed_turn
 
 Models = tuple[LoadedThinker, SpeechModels]
 CODES = 80
@@ -185,7 +187,7 @@ def test_interrupt_keeps_exactly_the_played_text(models: Models, cut: str) -> No
     torch.testing.assert_close(s.speaking.logits, ref.logits, rtol=1e-4, atol=1e-4)
     done = list(reply)[-1]
     want = list(ref.respond(engine.sampling, engine.stop_ids))[-1]
-    assert isinstance(done, ReplyDone) and isinstance(want, ReplyEnd)
+    assert isinstance(done, ReplyDone) and isinstance(want, ReplyRecord)
     assert done.text == want.text and done.stats["codes"] == len(want.codes)
     assert s.speaking.talker_state.decoder.cache.length == ref.talker_state.decoder.cache.length
 
@@ -279,3 +281,33 @@ def test_omni_serve_builds_the_omni_engine(models: Models) -> None:
     engine = make_engine(args.engine, model=args.model, voice=args.voice, device=args.device)
     assert isinstance(engine, OmniEngine) and engine.name == "omni" and engine.default_voice == "Ethan"
     assert (engine.input_sample_rate, engine.output_sample_rate) == (16000, 24000)
+
+
+def test_a_typed_turn_with_audio_before_it_equals_the_model_api(models: Models) -> None:
+    engine = make(models, max_new_tokens=8)
+    s = engine.open_session()
+    pcm = clip(2.5, seed=3)
+    s.push_audio(pcm, 0.0)
+    s.push_text("What did I say?")
+    done = list(s.respond())[-1]
+    ref = reference_after_cut(models, [], "")
+    ref.start_user_turn()
+    ref.begin_audio()
+    ref.push_audio(torch.from_numpy(pcm))
+    ref.end_audio()
+    ref.add_text("What did I say?")
+    ref.end_user_turn()
+    want = list(ref.respond(engine.sampling, engine.stop_ids))[-1]
+    assert isinstance(done, ReplyDone) and isinstance(want, ReplyRecord)
+    assert done.text == want.text and done.stats["codes"] == len(want.codes)
+    assert list(s.history) == [("user", "[audio 2.5 s]"), ("user", "What did I say?"), ("assistant", done.text)]
+
+
+async def test_a_typed_turn_through_the_session_runtime(models: Models, worker: DeviceWorker, vad: SileroVad) -> None:
+    engine = make(models, max_new_tokens=6)
+    h, text = await typed_turn(engine, worker, vad, "hello")
+    s = engine.open_session()
+    s.push_text("hello")
+    done = list(s.respond())[-1]
+    assert isinstance(done, ReplyDone) and text == done.text
+    assert np.abs(np.concatenate(h.played).astype(np.float32)).max() > 0  # the reply's speech reached the track

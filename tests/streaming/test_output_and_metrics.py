@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from streaming.engine import AudioChunk
 from streaming.metrics import ServerMetrics, TurnMetrics
-from streaming.output import EndOfReply, OutputAudio, PlayLog, SpeechChunk
+from streaming.output import OutputAudio, PlayLog
 
 
 async def test_output_reads_frames_and_tracks_what_was_played() -> None:
@@ -11,9 +12,9 @@ async def test_output_reads_frames_and_tracks_what_was_played() -> None:
     played: list[str] = []
     out = OutputAudio(8, started.append, played.append)
     assert out.read(960) is None
-    await out.put(SpeechChunk("r1", np.full(1500, 7, np.int16), "Hello"))
-    await out.put(SpeechChunk("r1", np.full(1000, 9, np.int16), " world"))
-    await out.put(EndOfReply("r1"))
+    await out.put("r1", AudioChunk(np.full(1500, 7, np.int16), "Hello"))
+    await out.put("r1", AudioChunk(np.full(1000, 9, np.int16), " world"))
+    await out.put("r1", None)
     a = out.read(960)
     assert a is not None and (a == 7).all() and started == ["r1"]
     b = out.read(960)
@@ -27,9 +28,9 @@ async def test_output_reads_frames_and_tracks_what_was_played() -> None:
 
 async def test_flush_drops_unplayed_audio() -> None:
     out = OutputAudio(8)
-    await out.put(SpeechChunk("r1", np.ones(960, np.int16), "one"))
-    await out.put(SpeechChunk("r1", np.ones(9600, np.int16), " two three four"))
-    await out.put(SpeechChunk("r1", np.ones(960, np.int16), " five"))
+    await out.put("r1", AudioChunk(np.ones(960, np.int16), "one"))
+    await out.put("r1", AudioChunk(np.ones(9600, np.int16), " two three four"))
+    await out.put("r1", AudioChunk(np.ones(960, np.int16), " five"))
     out.read(960)
     out.read(960 * 5)  # half of the second chunk
     assert out.flush() == 9600 - 960 * 5 + 960

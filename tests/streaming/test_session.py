@@ -6,8 +6,8 @@ import asyncio
 
 import numpy as np
 
-from streaming.session import SessionConfig
-from streaming.testing import ToneEngine
+from streaming.engines.tone import ToneEngine
+from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad, TurnConfig
 from streaming.worker import DeviceWorker
 from tests.streaming.harness import Harness

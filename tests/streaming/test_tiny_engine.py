@@ -19,7 +19,7 @@ import torch
 from app.serve import make_engine
 from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta, TranscriptDelta
 from streaming.engines.tiny import ASSISTANT, END, USER, TinyLMEngine, TinyLMSession, conversation_tokens
-from streaming.session import SessionConfig
+from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad, TurnConfig
 from streaming.worker import DeviceWorker
 from tests.streaming.harness import Harness

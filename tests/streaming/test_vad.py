@@ -5,8 +5,8 @@ import numpy as np
 from model.pcm import resample, to_int16
 from streaming.audio_in import AudioInStage, EndTurn, EngineFeed, PrepareTurn, TurnAudio
 from streaming.engine import TranscriptDelta
+from streaming.engines.tone import ToneEngine
 from streaming.frames import AudioFrame, SpeechPaused, SpeechStarted, SpeechStopped
-from streaming.testing import ToneEngine
 from streaming.vad import CHUNK, CHUNK_SECONDS, SileroVad, TurnConfig, TurnDetector
 
 

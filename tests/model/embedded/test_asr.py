@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.spoken import HELD_OUT, IN_DOMAIN, VOICES, spoken
 from model.embedded.asr import ASRError, RecognizerConfig, StreamingRecognizer
 from model.embedded.conversation_lm import conversation_lm_path, conversation_sentences
 from model.embedded.wer import corpus_wer
-from tests.model.embedded.spoken import HELD_OUT, IN_DOMAIN, VOICES, spoken
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.spoken import HELD_OUT, IN_DOMAIN
 from model.embedded.piper import PiperSynthesizer, phonemize
 from model.embedded.wer import corpus_wer
 from model.embedded.whisper import WhisperModel, WhisperRecognizer
 from model.pcm import resample
-from tests.model.embedded.spoken import HELD_OUT, IN_DOMAIN
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,13 @@ import threading
 import numpy as np
 import pytest
 
-from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer, TTSError, Voice, list_voices
+from model.embedded.tts import ESPEAK_SAMPLE_RATE, EspeakVoice, Synthesizer, TTSError, list_voices
 
 TEXT = "Hello, this is a test of the streaming omni assistant. Can you hear me clearly?"
 
 
 def test_speech_is_int16_at_22050_with_plausible_length_and_level() -> None:
-    pcm = Synthesizer(Voice("en-us", rate=150)).synth_int16(TEXT)
+    pcm = Synthesizer(EspeakVoice("en-us", rate=150)).synth_int16(TEXT)
     assert pcm.dtype == np.int16 and pcm.ndim == 1
     # environment.md measured this sentence with the espeak-ng program at -s 150: 5.48 s, max 0.70, RMS 0.081.
     # The library is the same engine; allow for its version and the trailing pause.
@@ -28,12 +28,12 @@ def close(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def test_rate_and_voice() -> None:
-    slow = Synthesizer(Voice("en-us", rate=120)).synth_int16(TEXT)
-    fast = Synthesizer(Voice("en-us", rate=260)).synth_int16(TEXT)
+    slow = Synthesizer(EspeakVoice("en-us", rate=120)).synth_int16(TEXT)
+    fast = Synthesizer(EspeakVoice("en-us", rate=260)).synth_int16(TEXT)
     assert slow.size > 1.6 * fast.size
     default = Synthesizer().synth_int16(TEXT)
     assert close(default, Synthesizer().synth_int16(TEXT))
-    other = Synthesizer(Voice("en-us+f3")).synth_int16(TEXT)
+    other = Synthesizer(EspeakVoice("en-us+f3")).synth_int16(TEXT)
     assert other.size > 0 and not np.array_equal(other[: default.size], default[: other.size])
 
 
@@ -46,7 +46,7 @@ def test_float_output_and_empty_text() -> None:
 
 def test_concurrent_synthesis_with_different_voices_matches_sequential() -> None:
     """espeak-ng's voice and rate are global: the lock must keep each thread's parameters for its text."""
-    voices = [Voice("en-us", rate=150), Voice("en-us+m3", rate=220), Voice("en-gb-x-rp", rate=180)]
+    voices = [EspeakVoice("en-us", rate=150), EspeakVoice("en-us+m3", rate=220), EspeakVoice("en-gb-x-rp", rate=180)]
     expected = [Synthesizer(v).synth_int16(TEXT) for v in voices]
     results: dict[int, list[np.ndarray]] = {i: [] for i in range(len(voices))}
 
@@ -66,9 +66,9 @@ def test_concurrent_synthesis_with_different_voices_matches_sequential() -> None
 
 def test_unknown_voice_and_bad_parameters() -> None:
     with pytest.raises(TTSError, match="no-such-voice"):
-        Synthesizer(Voice("no-such-voice")).synth_int16("hello")
+        Synthesizer(EspeakVoice("no-such-voice")).synth_int16("hello")
     with pytest.raises(ValueError, match="rate"):
-        Voice(rate=20)
+        EspeakVoice(rate=20)
 
 
 def test_voices_come_from_the_wheel_data() -> None:

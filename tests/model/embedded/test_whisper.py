@@ -15,13 +15,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.spoken import HELD_OUT, IN_DOMAIN, VOICES, spoken
 from model.embedded.asr import ASRError
-from model.embedded.tts import Voice
+from model.embedded.tts import EspeakVoice
 from model.embedded.wer import corpus_wer, wer
 from model.embedded.whisper import WhisperConfig, WhisperModel, WhisperRecognizer, drop_repeats
-from tests.model.embedded.spoken import HELD_OUT, IN_DOMAIN, VOICES, spoken
 
-OTHER_VOICES = (*VOICES, Voice("en-gb-x-rp+m1", rate=140, pitch=30))
+OTHER_VOICES = (*VOICES, EspeakVoice("en-gb-x-rp+m1", rate=140, pitch=30))
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def model() -> WhisperModel:
 
 
 @pytest.mark.parametrize("voice", OTHER_VOICES, ids=lambda v: f"{v.name}@{v.rate}")
-def test_spoken_questions(model: WhisperModel, voice: Voice) -> None:
+def test_spoken_questions(model: WhisperModel, voice: EspeakVoice) -> None:
     r = WhisperRecognizer(model)
     pairs = [(q, r.recognize(spoken(q, voice), chunk=320)) for q in IN_DOMAIN + HELD_OUT]  # 20 ms, as served
     assert corpus_wer(pairs) <= 0.25, pairs

@@ -1,5 +1,5 @@
-"""An aiortc client for the loopback tests: sends speech as a paced 48 kHz microphone track, records the
-assistant's audio track and the events of the `oai-events` data channel."""
+"""An aiortc client of `omni serve` for the loopback benchmark and tests: sends speech as a paced 48 kHz
+microphone track, records the assistant's audio track and the events of the `oai-events` data channel."""
 
 from __future__ import annotations
 
@@ -16,11 +16,35 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from tests.streaming.harness import wait_for_event
-
 RATE = 48000
 FRAME = 960
-WAIT = 30.0
+WAIT = 30.0  # generous: other test suites share the 2 cores
+
+
+async def wait_for_event(
+    events: list[dict[str, Any]],
+    changed: asyncio.Event,
+    pred: Callable[[dict[str, Any]], bool] | str,
+    limit: float = WAIT,
+    start: int = 0,
+) -> dict[str, Any]:
+    """The first event from index `start` on that matches `pred` (an event type, or a predicate), waiting up
+    to `limit` seconds for it; `changed` is set whenever an event is appended."""
+    check = (lambda e: e["type"] == pred) if isinstance(pred, str) else pred
+    seen = start
+
+    async def scan() -> dict[str, Any]:
+        nonlocal seen
+        while True:
+            for e in events[seen:]:
+                seen += 1
+                if check(e):
+                    return e
+            changed.clear()
+            await changed.wait()
+
+    return await asyncio.wait_for(scan(), limit)
+
 
 
 class ScriptedMic(MediaStreamTrack):

@@ -1,0 +1,119 @@
+"""How a session's replies end: played out, interrupted (barge-in, `response.cancel`) or truncated by the
+client (`conversation.item.truncate`). `Session` (streaming.session) inherits these steps; they share its
+state, declared below, and run on the event loop (engine calls go through the device worker)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from streaming.audio_in import EngineFeed
+from streaming.engine import EngineEvent, EngineSession, close_iterator
+from streaming.events import RealtimeEvents
+from streaming.frames import Truncate
+from streaming.metrics import ServerMetrics, TurnMetrics
+from streaming.output import OUTPUT_RATE, OutputAudio
+from streaming.worker import DeviceWorker
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Response:
+    """The runtime's side of one reply (a Realtime response): its ids, metrics, task and engine iterator."""
+
+    response_id: str
+    item_id: str
+    metrics: TurnMetrics
+    task: asyncio.Task[None] | None = None
+    iterator: Iterator[EngineEvent] | None = None
+    generated: bool = False  # the engine finished generating (ReplyDone)
+    text: list[str] = field(default_factory=list)
+
+
+class ReplyEnds:
+    """The end of a reply's life, as steps of `Session`."""
+
+    _reply: Response | None
+    _engine_session: EngineSession | None
+    _emit: Emit
+    _feed: EngineFeed
+    _item_responses: dict[str, str]
+    events: RealtimeEvents
+    output: OutputAudio
+    worker: DeviceWorker
+    metrics: ServerMetrics
+    turn_history: list[TurnMetrics]
+    clock: Callable[[], float]
+
+    def _on_first_audio(self, response_id: str) -> None:
+        reply = self._reply
+        if reply is not None and reply.response_id == response_id and reply.metrics.first_audio is None:
+            reply.metrics.first_audio = self.clock()
+            self._emit(self.events.output_audio_buffer("started", response_id))
+
+    def _on_reply_played(self, response_id: str) -> None:
+        reply = self._reply
+        if reply is None or reply.response_id != response_id:
+            return
+        self._emit(self.events.output_audio_buffer("stopped", response_id))
+        self._finish_reply(reply)
+        self._feed.hold = False  # held user audio goes in with the next audio job
+
+    def _finish_reply(self, reply: Response) -> None:
+        self._reply = None
+        self.turn_history.append(reply.metrics)
+        del self.turn_history[:-32]
+        self.metrics.observe_turn(reply.metrics)
+        self._emit(self.events.metrics(reply.metrics.as_event_fields()))
+
+    async def _interrupt(self, onset: float, reason: str, played_until: int | None = None) -> None:
+        """Stop the live reply: silence the output now, then cancel generation and trim the engine's history."""
+        reply = self._reply
+        if reply is None:
+            return
+        self.output.flush()
+        stopped = self.clock()
+        if reply.task is not None:
+            reply.task.cancel()
+        log_ = self.output.log_for(reply.response_id)
+        played = log_.text_until(played_until) if played_until is not None else log_.played_text()
+        m = reply.metrics
+        m.interrupted = True
+        if reason == "barge_in":
+            m.barge_in_seconds = stopped - onset
+        self._emit(self.events.output_audio_buffer("cleared", reply.response_id))
+        if not reply.generated:
+            status_reason = "turn_detected" if reason == "barge_in" else "client_cancelled"
+            self._emit(self.events.response_done(reply.response_id, reply.item_id, "cancelled", played, status_reason))
+        self._finish_reply(reply)
+        if reply.task is not None:
+            await asyncio.gather(reply.task, return_exceptions=True)
+        await self.worker.run(self._interrupt_engine, reply, played)
+        self._feed.hold = False
+
+    def _interrupt_engine(self, reply: Response, played: str) -> None:
+        close_iterator(reply.iterator)
+        if self._engine_session is not None:
+            self._engine_session.interrupt(played)
+
+    async def _truncate(self, t: Truncate) -> None:
+        reply = self._reply
+        sample = t.audio_end_ms * OUTPUT_RATE // 1000
+        if reply is not None and reply.item_id == t.item_id:
+            await self._interrupt(self.clock(), "client_truncate", played_until=sample)
+        else:
+            rid = self._item_responses.get(t.item_id)
+            play_log = self.output.logs.get(rid) if rid is not None else None
+            if play_log is None or not play_log.spans:
+                self._emit(
+                    self.events.error(
+                        "item_truncate_invalid_item_id", f"no assistant item {t.item_id!r} with audio in this session"
+                    )
+                )
+                return
+            assert self._engine_session is not None
+            await self.worker.run(self._engine_session.interrupt, play_log.text_until(sample))
+        self._emit(self.events.item_truncated(t.item_id, t.audio_end_ms))
