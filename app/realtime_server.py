@@ -167,7 +167,9 @@ class Connection:
         if self.session is not None:
             self.session.handle_client_event(message)
 
-    async def pump_audio(self, track: MediaStreamTrack) -> None:
+    async def pump(self, track: MediaStreamTrack) -> None:
+        """Hand each frame of an inbound track to the session until the track ends: audio packed
+        [1, samples * channels] (s16), resampled on the media worker; video converted there, the latest kept."""
         session = self.session
         assert session is not None
         while True:
@@ -175,20 +177,11 @@ class Connection:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            if not isinstance(frame, av.AudioFrame):
-                continue
-            pcm = frame.to_ndarray()  # packed [1, samples * channels] (s16); resampled on the worker
-            session.push_audio(AudioFrame(pcm, frame.sample_rate, session.clock(), len(frame.layout.channels)))
-
-    async def pump_video(self, track: MediaStreamTrack) -> None:
-        session = self.session
-        assert session is not None
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            session.push_video(VideoFrame(frame, session.clock()))  # converted on the worker, latest kept
+            if isinstance(frame, av.AudioFrame):
+                pcm = frame.to_ndarray()
+                session.push_audio(AudioFrame(pcm, frame.sample_rate, session.clock(), len(frame.layout.channels)))
+            elif track.kind == "video":
+                session.push_video(VideoFrame(frame, session.clock()))
 
     async def count_audio_packets(self) -> int:
         """RTP packets received so far on the inbound audio tracks (aiortc receiver stats, RTCP excluded)."""
@@ -390,7 +383,7 @@ class Server:
             pc.on("datachannel", lambda ch: conn.attach_channel(ch) if ch.label == "oai-events" else None)
             pc.on("connectionstatechange", lambda: self._on_state(conn))
             for t in tracks:
-                conn.spawn(conn.pump_audio(t) if t.kind == "audio" else conn.pump_video(t), f"in-{t.kind}")
+                conn.spawn(conn.pump(t), f"in-{t.kind}")
             conn.spawn(self._connect_deadline(conn), "deadline")
             if self.options.idle_timeout > 0:
                 conn.spawn(self._idle_watchdog(conn, self.options.idle_timeout), "idle-watchdog")

@@ -90,9 +90,6 @@ class PromptBuilder:
     def system_turn(self, prompt: str = SPEECH_SYSTEM_PROMPT) -> list[int]:
         return self.turn_start("system") + self.text(prompt) + self.turn_end()
 
-    def text_turn(self, role: str, text: str) -> list[int]:
-        return self.turn_start(role) + self.text(text) + self.turn_end()
-
     def audio(self, n_tokens: int) -> list[int]:
         return [self.ids.audio_start] + [self.ids.audio] * n_tokens + [self.ids.audio_end]
 

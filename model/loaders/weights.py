@@ -95,35 +95,7 @@ def build_decoder(
     DecoderLM.head): Q8_0 blocks when the 4-bit layers run on the C kernels, else this dtype.
     """
     lib = library() if int4 else None
-    shapes = expected_shapes(cfg)
-    tensors: dict[str, Weight] = {}
-    for name, shape in shapes.items():
-        t = get(name)
-        if t is None:
-            raise CheckpointError(f"{where}: tensor {name!r} is missing (expected shape {list(shape)})")
-        if tuple(t.shape) != shape:
-            raise CheckpointError(
-                f"{where}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} from the config"
-            )
-        if isinstance(t, Q4Weight) and not (int4 and name.startswith("layers.")):
-            t = t.dense()
-        tensors[name] = t if isinstance(t, Q4Weight) else t.to(device=device, dtype=dtype)
-    state: dict[str, Weight] = {"embed_tokens.weight": tensors.pop("embed_tokens.weight"),
-                                "norm.weight": tensors.pop("norm.weight")}
-    if not cfg.tie_word_embeddings:
-        state["lm_head.weight"] = tensors.pop("lm_head.weight")
-    for i in range(cfg.num_layers):
-        p = f"layers.{i}."
-        a, m = p + "self_attn.", p + "mlp."
-        for norm in ("input_layernorm.weight", "post_attention_layernorm.weight"):
-            state[p + norm] = tensors.pop(p + norm)
-        state[a + "qkv_proj.weight"] = _fuse([tensors.pop(a + f"{n}_proj.weight") for n in "qkv"], dtype, device)
-        if cfg.qkv_bias:
-            state[a + "qkv_proj.bias"] = torch.cat([_dense(tensors.pop(a + f"{n}_proj.bias")) for n in "qkv"])
-        state[a + "o_proj.weight"] = tensors.pop(a + "o_proj.weight")
-        state[m + "gate_up_proj.weight"] = _fuse([tensors.pop(m + "gate_proj.weight"),
-                                                  tensors.pop(m + "up_proj.weight")], dtype, device)
-        state[m + "down_proj.weight"] = tensors.pop(m + "down_proj.weight")
+    state = _fused_state(cfg, _checked_tensors(cfg, get, dtype, device, where, int4), dtype, device)
     with torch.device("meta"):
         model = DecoderLM(cfg)
     dense: dict[str, torch.Tensor] = {}
@@ -151,6 +123,49 @@ def build_decoder(
     if embed_dtype is not None:
         model.use_narrow_head("q8_0" if lib is not None else embed_dtype, lib)
     return model.eval()
+
+
+def _checked_tensors(
+    cfg: DecoderConfig, get: TensorGetter, dtype: torch.dtype, device: str | torch.device, where: str, int4: bool
+) -> dict[str, Weight]:
+    """Every reference-layout tensor of `cfg`, its shape checked; Q4 weights stay 4-bit only in the layers
+    when `int4`, the rest is expanded to `dtype` on `device`."""
+    tensors: dict[str, Weight] = {}
+    for name, shape in expected_shapes(cfg).items():
+        t = get(name)
+        if t is None:
+            raise CheckpointError(f"{where}: tensor {name!r} is missing (expected shape {list(shape)})")
+        if tuple(t.shape) != shape:
+            raise CheckpointError(
+                f"{where}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} from the config"
+            )
+        if isinstance(t, Q4Weight) and not (int4 and name.startswith("layers.")):
+            t = t.dense()
+        tensors[name] = t if isinstance(t, Q4Weight) else t.to(device=device, dtype=dtype)
+    return tensors
+
+
+def _fused_state(
+    cfg: DecoderConfig, tensors: dict[str, Weight], dtype: torch.dtype, device: str | torch.device
+) -> dict[str, Weight]:
+    """DecoderLM's state dict from reference-layout tensors: q/k/v and gate/up projections fused."""
+    state: dict[str, Weight] = {"embed_tokens.weight": tensors.pop("embed_tokens.weight"),
+                                "norm.weight": tensors.pop("norm.weight")}
+    if not cfg.tie_word_embeddings:
+        state["lm_head.weight"] = tensors.pop("lm_head.weight")
+    for i in range(cfg.num_layers):
+        p = f"layers.{i}."
+        a, m = p + "self_attn.", p + "mlp."
+        for norm in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+            state[p + norm] = tensors.pop(p + norm)
+        state[a + "qkv_proj.weight"] = _fuse([tensors.pop(a + f"{n}_proj.weight") for n in "qkv"], dtype, device)
+        if cfg.qkv_bias:
+            state[a + "qkv_proj.bias"] = torch.cat([_dense(tensors.pop(a + f"{n}_proj.bias")) for n in "qkv"])
+        state[a + "o_proj.weight"] = tensors.pop(a + "o_proj.weight")
+        state[m + "gate_up_proj.weight"] = _fuse([tensors.pop(m + "gate_proj.weight"),
+                                                  tensors.pop(m + "up_proj.weight")], dtype, device)
+        state[m + "down_proj.weight"] = tensors.pop(m + "down_proj.weight")
+    return state
 
 
 def _dense(w: Weight) -> torch.Tensor:

@@ -40,7 +40,6 @@ class ToneSession(EngineSessionBase):
         self.instructions = instructions
         self.heard_samples = 0
         self.typed: list[str] = []  # text messages of the open user turn
-        self.video_frames = 0
         self.interrupted_with: list[str] = []
 
     def push_audio(self, pcm: np.ndarray, timestamp: float) -> list[EngineEvent]:
@@ -63,7 +62,6 @@ class ToneSession(EngineSessionBase):
         self._check_open()
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"push_video expects RGB uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
-        self.video_frames += 1
 
     def end_turn(self) -> list[EngineEvent]:
         self._check_open()
