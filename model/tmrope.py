@@ -208,13 +208,6 @@ def rope_index(
     spg_it = iter(seconds_per_grid)
     i, n = 0, len(toks)
     media = {ids.audio, ids.image, ids.video}
-
-    def run(token: int, at: int) -> int:
-        end = at
-        while end < n and toks[end] == token:
-            end += 1
-        return end - at
-
     while i < n:
         j = i
         while j < n and toks[j] not in media:
@@ -245,12 +238,21 @@ def rope_index(
             pos = cursor.image(next(image_it))
         else:
             pos = cursor.video(next(video_it), next(spg_it))
-        if run(toks[j], j) != pos.shape[1]:
-            raise ValueError(f"{run(toks[j], j)} placeholder tokens at index {j}, expected {pos.shape[1]}")
+        found = _run_length(toks, j)
+        if found != pos.shape[1]:
+            raise ValueError(f"{found} placeholder tokens at index {j}, expected {pos.shape[1]}")
         out.append(pos)
         out.append(cursor.text(1))
         i = j + pos.shape[1] + 1
     return torch.cat(out, dim=1) if out else torch.zeros(3, 0, dtype=torch.long)
+
+
+def _run_length(toks: list[int], at: int) -> int:
+    """How many tokens equal to toks[at] follow from `at` on."""
+    end = at
+    while end < len(toks) and toks[end] == toks[at]:
+        end += 1
+    return end - at
 
 
 def _expect(tokens: list[int], is_video: torch.Tensor, ids: MultimodalTokenIds, at: int) -> None:
