@@ -195,6 +195,13 @@ def replace_last_reply(history: History, text: str) -> int:
     return -1
 
 
+def check_rgb_frame(frame: object) -> None:
+    """`push_video`'s contract: an RGB uint8 frame [H, W, 3]; anything else is a ValueError naming what came."""
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        what = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(f"push_video expects an RGB uint8 frame [H, W, 3], got {what}")
+
+
 def close_iterator(it: Iterator[object] | None) -> None:
     """Stop a reply now, not at garbage collection: a generator runs its cleanup (the engine's session then
     holds what was generated so far); an iterator without `close` holds nothing to clean up."""

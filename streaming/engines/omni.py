@@ -62,6 +62,7 @@ from streaming.engine import (
     ReplyDone,
     TextDelta,
     VideoClip,
+    check_rgb_frame,
     close_iterator,
     replace_last_reply,
 )
@@ -303,9 +304,7 @@ class OmniEngineSession(EngineSessionBase):
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         """Keep the latest frame; during a user turn, feed it into the video slots (2 fps) it reaches."""
         self._check_open()
-        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            what = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-            raise ValueError(f"push_video expects an RGB uint8 frame [H, W, 3], got {what}")
+        check_rgb_frame(frame)
         self._frame = (frame, timestamp)
         if self._turn.segment == "av":
             with torch.inference_mode():

@@ -47,6 +47,7 @@ from streaming.engine import (
     ReplyDone,
     TextDelta,
     TranscriptDelta,
+    check_rgb_frame,
     replace_last_reply,
 )
 from streaming.engines.tone import word_tone
@@ -188,8 +189,7 @@ class TinyLMSession(EngineSessionBase):
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         self._check_open()
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"push_video expects RGB uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
+        check_rgb_frame(frame)
 
     def end_turn(self) -> list[EngineEvent]:
         """Close the user's message (a last word for a tail of at least 0.25 s) and prefill its end."""

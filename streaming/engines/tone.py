@@ -24,6 +24,7 @@ from streaming.engine import (
     ReplyDone,
     TextDelta,
     TranscriptDelta,
+    check_rgb_frame,
 )
 
 DEFAULT_REPLY = "Hello, I heard you speak for {seconds:.1f} seconds, and this is my answer to you."
@@ -60,8 +61,7 @@ class ToneSession(EngineSessionBase):
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         self._check_open()
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"push_video expects RGB uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
+        check_rgb_frame(frame)
 
     def end_turn(self) -> list[EngineEvent]:
         self._check_open()
