@@ -386,10 +386,11 @@ static inline const float *cache_rows(const void *base, int f16, int64_t t, int 
     return tile;
 }
 
-/* out[r] = q . rows[r] for the TILE rows of a tile. The AVX2 path keeps one accumulator per row (8
- * independent FMA chains instead of one) and sums all 8 with one hadd tree: the dot products of a 2,048-slot
- * cache ran latency-bound at one chain and a horizontal sum per slot. */
-static inline void dot_tile(const float *q, const float *rows, int D, float *out) {
+/* out[r] = (q . rows[r]) scale + mask[r] for the TILE rows of a tile (mask: 0 or -inf); returns the largest.
+ * The AVX2 path keeps one accumulator per row (8 independent FMA chains instead of one) and sums all 8
+ * with one hadd tree: one chain and a horizontal sum per slot ran at ~80 cycles per slot of a KV head. */
+static inline float score_tile(const float *q, const float *rows, int D, float scale, const float *mask,
+                               float *out) {
 #ifdef OMNI_AVX2
     if (D % 8 == 0) {
         __m256 a[TILE];
@@ -400,12 +401,21 @@ static inline void dot_tile(const float *q, const float *rows, int D, float *out
         }
         const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
         const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-        _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20),
-                                            _mm256_permute2f128_ps(h0, h1, 0x31)));
-        return;
+        const __m256 dots =
+            _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+        const __m256 sc = _mm256_fmadd_ps(dots, _mm256_set1_ps(scale), _mm256_loadu_ps(mask)); /* -inf stays */
+        _mm256_storeu_ps(out, sc);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(sc), _mm256_extractf128_ps(sc, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        return _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
     }
 #endif
-    for (int r = 0; r < TILE; r++) out[r] = dot_f32(q, rows + r * D, D);
+    float mx = -INFINITY;
+    for (int r = 0; r < TILE; r++) {
+        out[r] = mask[r] == -INFINITY ? -INFINITY : dot_f32(q, rows + r * D, D) * scale + mask[r];
+        mx = fmaxf(mx, out[r]);
+    }
+    return mx;
 }
 
 /* exp(s - mx) in place over n scores (0 for -inf ones); returns their sum */
@@ -430,10 +440,21 @@ static float exp_scores(float *s, int n, float mx) {
     return sum;
 }
 
-/* o[D] += sum over r < nr of p[r] rows[r] */
+/* o[D] += sum over r < nr of p[r] rows[r]. AVX2: 64 outputs stay in 8 registers over the tile's rows
+ * (one broadcast per row instead of one per row and 8 outputs). */
 static inline void accumulate_rows(const float *p, const float *rows, int nr, int D, float *o) {
     int c = 0;
 #ifdef OMNI_AVX2
+    for (; c + 64 <= D; c += 64) {
+        __m256 acc[8];
+        for (int k = 0; k < 8; k++) acc[k] = _mm256_loadu_ps(o + c + 8 * k);
+        for (int r = 0; r < nr; r++) {
+            const __m256 pr = _mm256_set1_ps(p[r]);
+            for (int k = 0; k < 8; k++)
+                acc[k] = _mm256_fmadd_ps(pr, _mm256_loadu_ps(rows + r * D + c + 8 * k), acc[k]);
+        }
+        for (int k = 0; k < 8; k++) _mm256_storeu_ps(o + c + 8 * k, acc[k]);
+    }
     for (; c + 8 <= D; c += 8) {
         __m256 acc = _mm256_loadu_ps(o + c);
         for (int r = 0; r < nr; r++)
@@ -459,26 +480,26 @@ typedef struct {       /* one KV head's view of the step, shared by its G query 
 static void attend_split(const attn_group *a, int t0, int t1, float *tile, float *scores, float *m, float *l,
                          float *o) {
     const int G = a->G, D = a->D, n = a->n;
+    for (int g = 0; g < G; g++) m[g] = -INFINITY;
     for (int t = t0; t < t1; t += TILE) {
         const int r = t1 - t < TILE ? t1 - t : TILE;
         const float *rows = cache_rows(a->K, a->f16, t, r, D, tile);
         for (int g = 0; g < G; g++) {
             float *s = scores + (int64_t)g * n + t;
             if (r == TILE && !(a->q_sink && t < a->sinks)) {
-                dot_tile(a->q + g * D, rows, D, s);
-            } else {
-                for (int i = 0; i < r; i++)
-                    s[i] = dot_f32((a->q_sink && t + i < a->sinks ? a->q_sink : a->q) + g * D, rows + i * D, D);
+                m[g] = fmaxf(m[g], score_tile(a->q + g * D, rows, D, a->scale, a->mask + t, s));
+                continue;
             }
-            for (int i = 0; i < r; i++)
-                s[i] = a->mask[t + i] == -INFINITY ? -INFINITY : s[i] * a->scale + a->mask[t + i];
+            for (int i = 0; i < r; i++) {
+                const float *q = (a->q_sink && t + i < a->sinks ? a->q_sink : a->q) + g * D;
+                const float mk = a->mask[t + i];
+                s[i] = mk == -INFINITY ? -INFINITY : dot_f32(q, rows + i * D, D) * a->scale + mk;
+                m[g] = fmaxf(m[g], s[i]);
+            }
         }
     }
     for (int g = 0; g < G; g++) {
-        float *s = scores + (int64_t)g * n + t0, mx = -INFINITY;
-        for (int t = 0; t < t1 - t0; t++) mx = fmaxf(mx, s[t]);
-        m[g] = mx;
-        l[g] = mx == -INFINITY ? 0.0f : exp_scores(s, t1 - t0, mx);
+        l[g] = m[g] == -INFINITY ? 0.0f : exp_scores(scores + (int64_t)g * n + t0, t1 - t0, m[g]);
         for (int i = 0; i < D; i++) o[g * D + i] = 0.0f;
     }
     for (int t = t0; t < t1; t += TILE) {
