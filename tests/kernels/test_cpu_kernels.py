@@ -148,3 +148,27 @@ def test_portable_build_without_simd_matches_too(tmp_path: Path) -> None:
             model._fused = fused
             assert la is not None and lb is not None
             assert _rel(la, lb) < 2e-4  # as for the SIMD build (tests/kernels/test_decode_step.py)
+
+
+def test_built_library_is_keyed_by_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgraded omni_cpu.c must not load a library built from an older source (nothing is compiled here)."""
+    import kernels.cpu as cpu
+
+    built: list[Path] = []
+
+    def fake_compile(cc: str, flags: list[str], out: Path) -> None:
+        built.append(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"")
+
+    source = tmp_path / "omni_cpu.c"
+    source.write_text("int omni_version = 1;\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu, "SOURCE", source)
+    monkeypatch.setattr(cpu, "_compile", fake_compile)
+    monkeypatch.setattr(cpu.shutil, "which", lambda cc: "/usr/bin/" + cc)
+    first = cpu.build()
+    assert cpu.build() == first and built == [first]  # the same source: reused, not rebuilt
+    source.write_text("int omni_version = 2;\n")
+    second = cpu.build()
+    assert second != first and built == [first, second]
