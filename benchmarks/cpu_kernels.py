@@ -1,7 +1,7 @@
 """CPU kernel speed on the embedded model's shapes (SmolLM2-135M: 30 layers, hidden 576, MLP 1536, 9 + 2x3 heads
 of 64, vocabulary 49,152), per torch thread count: all 120 projections of one token (decode) and per token of
 a 17- and 48-token prefill, the Q8_0 head, and whole decode steps of the real model (fused C step + head),
-also after 1,000 and 2,000 tokens of context.
+also after 1,000 and 2,000 tokens of context (benchmarks/llama_cpp_compare.py sets those against llama.cpp).
 
     .venv/bin/python benchmarks/cpu_kernels.py [--threads 1 2] [--repeats 5]
 
@@ -96,7 +96,7 @@ def main() -> int:
         steps = [decode() for _ in range(args.repeats)]
         print(f"threads {threads}: embedded model, one decode step (fused layers + head): "
               f"{min(steps) * 1e3:.2f} ms = {1 / min(steps):.1f} tok/s")
-        for context in (1000, 2000):  # the float32 cache read per step grows with the context
+        for context in (1000, 2000):  # the cache read per step (float16 by default) grows with the context
             state = model.init_state(default_cache_config(model.cfg, window=2044))
             model(state, input_ids=torch.randint(100, 40000, (1, context), generator=g))
             token = torch.tensor([[300]])

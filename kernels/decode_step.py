@@ -4,7 +4,8 @@ Per layer: RMSNorm -> q/k/v (Q4_1 blocks, optional bias) -> rotary on q and k ->
 session's cache slot -> grouped-query attention over the valid slots with an additive mask (sinks scored
 by a query rotated to a shifted position once the cache has wrapped, see model/lm/kv_cache.py) -> o_proj
 added to the residual -> RMSNorm -> gate/up -> SiLU(gate) * up -> down added to the residual; then the
-final RMSNorm. All in float32 apart from the 4-bit weights and the int8 activations entering them.
+final RMSNorm. All in float32 apart from the 4-bit weights, the int16 activations entering them and a
+float16 cache when the session's cache is float16 (keys and values rounded once, when stored).
 
 The eager reference is the model's own torch path (model/lm/decoder.py) with its projections computed by
 `kernels.q4_matmul.q4_1_matmul_reference`; tests/kernels compares the two.
@@ -19,6 +20,8 @@ import torch
 
 from kernels.cpu import Library
 
+CACHE_DTYPES = (torch.float32, torch.float16)  # the KV cache element types the C step reads and writes
+
 
 class _Layer(ctypes.Structure):
     _fields_ = [(n, ctypes.c_void_p) for n in ("qkv", "o", "gate_up", "down", "qkv_bias", "attn_norm", "mlp_norm")]
@@ -32,7 +35,7 @@ class _Model(ctypes.Structure):
 class _Step(ctypes.Structure):
     _fields_ = [("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("cap", ctypes.c_int), ("slot", ctypes.c_int),
                 ("n", ctypes.c_int), ("mask", ctypes.c_void_p), ("rope", ctypes.c_void_p),
-                ("sink_rope", ctypes.c_void_p), ("sinks", ctypes.c_int)]
+                ("sink_rope", ctypes.c_void_p), ("sinks", ctypes.c_int), ("kv_f16", ctypes.c_int)]
 
 
 @dataclass
@@ -73,12 +76,16 @@ class DecodeStep:
                  rope: torch.Tensor, sink_rope: torch.Tensor | None, sinks: int) -> torch.Tensor:
         """x [C] float32 (the token's embedding; overwritten with the residual stream) -> final-norm hidden [C].
 
-        k_cache, v_cache: [L, 1, Hkv, capacity, D] float32, written at `slot`; mask [n] float32 (0 or -inf)
-        over slots [0, n); rope and sink_rope: [2, D] (cos, signed sin) as model/layers/rope.fold_rope makes.
+        k_cache, v_cache: [L, 1, Hkv, capacity, D] float32 or float16 (CACHE_DTYPES), written at `slot`;
+        mask [n] float32 (0 or -inf) over slots [0, n); rope and sink_rope: [2, D] (cos, signed sin) as
+        model/layers/rope.fold_rope makes.
         """
-        for t in (x, k_cache, v_cache, mask, rope, *(() if sink_rope is None else (sink_rope,))):
+        for t in (x, mask, rope, *(() if sink_rope is None else (sink_rope,))):
             if t.dtype != torch.float32 or not t.is_contiguous():
-                raise ValueError("decode step: x, caches, mask and rotary tables must be contiguous float32")
+                raise ValueError("decode step: x, mask and rotary tables must be contiguous float32")
+        if k_cache.dtype not in CACHE_DTYPES or v_cache.dtype != k_cache.dtype or not k_cache.is_contiguous() \
+                or not v_cache.is_contiguous():
+            raise ValueError(f"decode step: caches must be contiguous and both of one of {CACHE_DTYPES}")
         L, B, Hkv, cap, D = k_cache.shape
         n = mask.shape[-1]
         if (L, B, Hkv, D) != self._cache_dims or v_cache.shape != k_cache.shape or x.shape != (self.hidden_size,):
@@ -87,7 +94,8 @@ class DecodeStep:
             raise ValueError(f"decode step: slot {slot}, {n} valid slots, capacity {cap}: inconsistent plan")
         out = torch.empty(self.hidden_size, dtype=torch.float32)
         step = _Step(k_cache.data_ptr(), v_cache.data_ptr(), cap, slot, n, mask.data_ptr(),
-                     rope.data_ptr(), None if sink_rope is None else sink_rope.data_ptr(), sinks)
+                     rope.data_ptr(), None if sink_rope is None else sink_rope.data_ptr(), sinks,
+                     int(k_cache.dtype == torch.float16))
         rc = self._lib.lib.omni_decode_step(ctypes.addressof(self._model), ctypes.addressof(step), x.data_ptr(),
                                             out.data_ptr(), torch.get_num_threads())
         if rc != 0:

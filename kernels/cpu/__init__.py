@@ -93,6 +93,7 @@ class Library:
         lib.omni_q4_1_matmul.argtypes, lib.omni_q4_1_matmul.restype = [p, i, i, p, i, p, p, i], None
         lib.omni_q8_0_matmul.argtypes, lib.omni_q8_0_matmul.restype = [p, i, i, p, i, p, i], None
         lib.omni_decode_step.argtypes, lib.omni_decode_step.restype = [p, p, p, p, i], i
+        lib.omni_f16_convert.argtypes, lib.omni_f16_convert.restype = [p, p, i, i], None
         sizes = (ctypes.c_int * 3)()
         self.simd = bool(lib.omni_block_sizes(ctypes.addressof(sizes)))
         if tuple(sizes) != (BLOCK_Q4_1, BLOCK_Q8_0, BLOCK_Q16_ACT):

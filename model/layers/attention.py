@@ -45,8 +45,10 @@ class Attention(nn.Module):
         cache.write(layer, plan.slots, k_rot, v)
 
         n = plan.n_valid
-        keys = cache.k[layer, :, :, :n]  # [B, Hkv, n, D]
-        values = cache.v[layer, :, :, :n]
+        # read back as stored (a float16 cache rounds the new keys too, exactly as the fused C step reads
+        # them), then widened to the query's dtype: attention math stays in the model's precision
+        keys = cache.k[layer, :, :, :n].to(q_rot.dtype)  # [B, Hkv, n, D]
+        values = cache.v[layer, :, :, :n].to(q_rot.dtype)
         if sink_rope is None:  # heads j*G .. j*G+G-1 share KV head j (no expanded copy of the cache)
             out = F.scaled_dot_product_attention(q_rot, keys, values, attn_mask=plan.mask.to(q_rot.dtype),
                                                  scale=self.scale, enable_gqa=G > 1)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.cpu import Library
-from kernels.decode_step import DecodeStep, LayerWeights
+from kernels.decode_step import CACHE_DTYPES, DecodeStep, LayerWeights
 from kernels.q8_matmul import pack_q8_0, q8_0_matmul
 from model.layers.attention import Attention
 from model.layers.int4_linear import Q4Linear
@@ -95,11 +95,19 @@ class DecoderLM(nn.Module):
         """The residual stream's dtype (the embedding table may be stored narrower, see `head`)."""
         return self.norm.weight.dtype
 
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """The KV cache's element type when the CacheConfig leaves it open: float16 with the fused 4-bit CPU
+        step (half the bytes it reads per token: at 2,048 tokens of context the float32 cache is 94 MB per
+        token for SmolLM2-135M, as much as the weights), otherwise the residual stream's dtype (so the
+        float32 parity tests against transformers keep an exact cache)."""
+        return torch.float16 if self._fused is not None else self.dtype
+
     def init_state(self, cache: CacheConfig | None = None, batch: int = 1) -> DecoderState:
         """A fresh session state; its cache is allocated once here and never grows."""
         cache = cache or default_cache_config(self.cfg)
         kv = KVCache(cache, self.cfg.num_layers, batch, self.cfg.num_kv_heads, self.cfg.head_dim,
-                     device=self.device, dtype=self.dtype)
+                     device=self.device, dtype=cache.dtype or self.cache_dtype)
         return DecoderState(cache=kv)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -139,7 +147,8 @@ class DecoderLM(nn.Module):
     def enable_fused_decode(self, lib: Library) -> bool:
         """Run one-token steps of a single session as one C call (kernels/decode_step.py) when every
         projection is a Q4Linear and the residual stream and cache are float32 on the CPU; returns whether
-        it could. Prefill and batches keep the per-layer path, which uses the same 4-bit kernels."""
+        it could. Prefill and batches keep the per-layer path, which uses the same 4-bit kernels. Sessions
+        started afterwards get a float16 cache unless their CacheConfig says otherwise (`cache_dtype`)."""
         layers = cast(list[DecoderLayer], self.layers)
         projections = [p for L in layers for p in (L.self_attn.qkv_proj, L.self_attn.o_proj, L.mlp.gate_up_proj,
                                                     L.mlp.down_proj)]
@@ -210,7 +219,7 @@ class DecoderLM(nn.Module):
         if plan.sink_shift is not None:
             sink_rope = fold_rope(*rope_cos_sin(positions - plan.sink_shift, self.inv_freq, self.cfg.mrope_section),
                                   self.dtype)
-        if self._fused is not None and x.shape[:2] == (1, 1) and cache.k.dtype == torch.float32:
+        if self._fused is not None and x.shape[:2] == (1, 1) and cache.k.dtype in CACHE_DTYPES:
             D = self.cfg.head_dim
             sink_table = None if sink_rope is None else torch.cat(sink_rope).view(2, D)
             out = self._fused(x.reshape(-1).clone(), cache.k, cache.v, int(plan.slots[0]), plan.mask.reshape(-1),

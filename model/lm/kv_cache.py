@@ -14,6 +14,11 @@ are rotated by their true positions too, but a query scores them with a copy of 
 For text this makes the sink distances window .. window + sinks - 1 forever, exactly as if the sinks sat
 just before the window; before the cache wraps shift is 0 and attention is exact full attention.
 Choose window + sinks <= max_position_embeddings to keep every distance inside the trained range.
+
+Element type: `CacheConfig.dtype`, or when None the model's choice (`DecoderLM.cache_dtype`: float16 for
+the 4-bit CPU decoder, whose decode step at 2,048 tokens of context otherwise reads 94 MB of float32
+cache per token, as much as its weights; the residual stream's dtype elsewhere). Keys and values are
+computed in the model's dtype and rounded once when written; every path reads the stored values.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class CacheConfig:
     sinks: int = 4
     window: int = 2044
     chunk: int = 256  # largest forward chunk; longer prefills are split
+    dtype: torch.dtype | None = None  # K/V element type; None: the model's default (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.sinks < 0 or self.window < 1 or self.chunk < 1:

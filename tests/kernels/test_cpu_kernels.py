@@ -124,22 +124,51 @@ def test_portable_build_without_simd_matches_too(tmp_path: Path) -> None:
     assert _rel(q4_1_matmul(portable, blocks, K, x, bias), q4_1_matmul_reference(blocks, K, x, bias)) < 2e-6
     head = pack_q8_0(torch.randn(N, K, generator=g))
     assert _rel(q8_0_matmul(portable, head, K, x), q8_0_matmul_reference(head, K, x)) < 2e-6
-    # and whole decode steps on the plain loops (RMSNorm, rotary, attention, SiLU) against the per-layer path
+    # float16 conversions by bit arithmetic, bit-exact with torch (tests/kernels/test_decode_step.py)
+    from tests.kernels.test_decode_step import CONFIGS, _random_q4_model, check_f16_conversions
+
+    check_f16_conversions(portable)
+    # and whole decode steps on the plain loops (RMSNorm, rotary, attention over a float32 and a float16
+    # cache, SiLU) against the per-layer path
     from model.lm.kv_cache import CacheConfig
-    from tests.kernels.test_decode_step import CONFIGS, _random_q4_model
 
     model = _random_q4_model(CONFIGS["qwen2-bias-mrope"], seed=7)
     assert model.enable_fused_decode(portable)
     fused = model._fused
-    cache = CacheConfig(sinks=2, window=9, chunk=4)
-    a, b = model.init_state(cache), model.init_state(cache)
-    ids = torch.randint(0, 80, (1, 16), generator=g)
-    model(a, input_ids=ids[:, :4])
-    model(b, input_ids=ids[:, :4])
-    for i in range(4, 16):  # past the wrap at 11 tokens
-        la = model(a, input_ids=ids[:, i : i + 1]).logits
-        model._fused = None
-        lb = model(b, input_ids=ids[:, i : i + 1]).logits
-        model._fused = fused
-        assert la is not None and lb is not None
-        assert _rel(la, lb) < 2e-4  # as for the SIMD build (tests/kernels/test_decode_step.py)
+    for dtype in (torch.float32, torch.float16):
+        cache = CacheConfig(sinks=2, window=9, chunk=4, dtype=dtype)
+        a, b = model.init_state(cache), model.init_state(cache)
+        ids = torch.randint(0, 80, (1, 16), generator=g)
+        model(a, input_ids=ids[:, :4])
+        model(b, input_ids=ids[:, :4])
+        for i in range(4, 16):  # past the wrap at 11 tokens
+            la = model(a, input_ids=ids[:, i : i + 1]).logits
+            model._fused = None
+            lb = model(b, input_ids=ids[:, i : i + 1]).logits
+            model._fused = fused
+            assert la is not None and lb is not None
+            assert _rel(la, lb) < 2e-4  # as for the SIMD build (tests/kernels/test_decode_step.py)
+
+
+def test_built_library_is_keyed_by_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgraded omni_cpu.c must not load a library built from an older source (nothing is compiled here)."""
+    import kernels.cpu as cpu
+
+    built: list[Path] = []
+
+    def fake_compile(cc: str, flags: list[str], out: Path) -> None:
+        built.append(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"")
+
+    source = tmp_path / "omni_cpu.c"
+    source.write_text("int omni_version = 1;\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu, "SOURCE", source)
+    monkeypatch.setattr(cpu, "_compile", fake_compile)
+    monkeypatch.setattr(cpu.shutil, "which", lambda cc: "/usr/bin/" + cc)
+    first = cpu.build()
+    assert cpu.build() == first and built == [first]  # the same source: reused, not rebuilt
+    source.write_text("int omni_version = 2;\n")
+    second = cpu.build()
+    assert second != first and built == [first, second]
