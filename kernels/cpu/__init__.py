@@ -1,8 +1,9 @@
 """The C kernels in omni_cpu.c: compiled once per machine with the system C compiler, loaded with ctypes.
 
 The library is built on first use (about 2 s) into ~/.cache/omni/kernels (or $XDG_CACHE_HOME/omni/kernels),
-keyed by the source, the compiler flags and this CPU's feature flags, so a cache shared between machines
-never hands one CPU code built for another. `-march=native` lets the compiler use AVX2/FMA/F16C where the
+keyed by the sources (omni_cpu.c and the .c/.h files it includes beside it), the compiler flags and this
+CPU's feature flags, so a cache shared between machines never hands one CPU code built for another, and an
+upgraded source never loads a stale library. `-march=native` lets the compiler use AVX2/FMA/F16C where the
 CPU has them; the C file has portable fallbacks for the rest.
 
 Without a C compiler (or with OMNI_CPU_KERNELS=0) `library()` returns None, says why once in the log, and
@@ -24,7 +25,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("omni_cpu.c")
+SOURCE = Path(__file__).with_name("omni_cpu.c")  # the one file compiled; it includes omni_attention.c
 _BASE_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 # Struct sizes the Python side writes (see omni_cpu.c): block_q4_1, block_q8_0, block_q16_act.
 BLOCK_Q4_1, BLOCK_Q8_0, BLOCK_Q16_ACT = 20, 34, 72
@@ -49,6 +50,12 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _sources() -> bytes:
+    """Every C file and header beside SOURCE, named: a change to any of them must build a new library."""
+    files = sorted(SOURCE.parent.glob("*.[ch]"))
+    return b"\0".join(f.name.encode() + b"\0" + f.read_bytes() for f in files)
+
+
 def _compile(cc: str, flags: list[str], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -64,7 +71,7 @@ def build(cc: str | None = None) -> Path:
     cc = cc or os.environ.get("CC") or "cc"
     if shutil.which(cc) is None:
         raise KernelBuildError(f"no C compiler {cc!r} on PATH (install gcc, or set CC)")
-    source = SOURCE.read_bytes()
+    source = _sources()
     errors = []
     for arch in (["-march=native"], []):  # some compilers (older aarch64 gcc) refuse -march=native
         flags = _BASE_FLAGS + arch

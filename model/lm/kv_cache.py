@@ -18,7 +18,8 @@ Choose window + sinks <= max_position_embeddings to keep every distance inside t
 Element type: `CacheConfig.dtype`, or when None the model's choice (`DecoderLM.cache_dtype`: float16 for
 the 4-bit CPU decoder, whose decode step at 2,048 tokens of context otherwise reads 94 MB of float32
 cache per token, as much as its weights; the residual stream's dtype elsewhere). Keys and values are
-computed in the model's dtype and rounded once when written; every path reads the stored values.
+computed in the model's dtype and rounded once when written; every path reads the stored values. The
+fused C step reads float32 and float16 caches; any other dtype (bfloat16, say) runs the torch path.
 """
 
 from __future__ import annotations

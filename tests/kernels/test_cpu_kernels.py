@@ -151,7 +151,8 @@ def test_portable_build_without_simd_matches_too(tmp_path: Path) -> None:
 
 
 def test_built_library_is_keyed_by_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An upgraded omni_cpu.c must not load a library built from an older source (nothing is compiled here)."""
+    """An upgraded omni_cpu.c or header beside it must not load a library built from older sources (nothing
+    is compiled here)."""
     import kernels.cpu as cpu
 
     built: list[Path] = []
@@ -172,3 +173,6 @@ def test_built_library_is_keyed_by_the_source(tmp_path: Path, monkeypatch: pytes
     source.write_text("int omni_version = 2;\n")
     second = cpu.build()
     assert second != first and built == [first, second]
+    (tmp_path / "omni_part.c").write_text("/* an included part */\n")
+    third = cpu.build()
+    assert third not in (first, second) and built == [first, second, third]
