@@ -30,7 +30,9 @@ from streaming.frames import (
     UserMessage,
 )
 
-ClientAction = ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage | AudioFrame | InputCommit | InputClear
+ClientAction = (
+    ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage | AudioFrame | InputCommit | InputClear
+)
 WIRE_RATE = 24000  # the protocol's audio/pcm rate, both ways (the SDK's AudioPCM.rate is Literal[24000])
 
 # Older (beta) client event names -> GA names. The client event names mostly did not change; beta clients
@@ -105,7 +107,9 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
     if kind == "input_audio_buffer.clear":
         return InputClear()
     if kind == "output_audio_buffer.clear":
-        raise ProtocolError("unsupported_event", "output_audio_buffer.clear is not supported: use response.cancel", event_id)
+        raise ProtocolError(
+            "unsupported_event", "output_audio_buffer.clear is not supported: use response.cancel", event_id
+        )
     raise ProtocolError("unknown_event", f"unknown client event type {kind!r}", event_id)
 
 
@@ -152,10 +156,14 @@ def _pcm16(audio: object, event_id: str | None) -> np.ndarray:
     try:
         raw = base64.b64decode(audio, validate=True)
     except (binascii.Error, ValueError):
-        raise ProtocolError("invalid_value", "input_audio_buffer.append: 'audio' is not valid base64", event_id) from None
+        raise ProtocolError(
+            "invalid_value", "input_audio_buffer.append: 'audio' is not valid base64", event_id
+        ) from None
     if not raw or len(raw) % 2:
         raise ProtocolError(
-            "invalid_value", f"input_audio_buffer.append: pcm16 needs an even, non-zero byte count, got {len(raw)}", event_id
+            "invalid_value",
+            f"input_audio_buffer.append: pcm16 needs an even, non-zero byte count, got {len(raw)}",
+            event_id,
         )
     return np.frombuffer(raw, "<i2")
 
@@ -308,7 +316,9 @@ class RealtimeEvents:
     def output_item(self, response_id: str, item_id: str, done: bool, speech: bool, text: str = "") -> dict[str, Any]:
         """`response.output_item.added` (empty, in progress) or `.done` (the whole assistant item)."""
         kind = "response.output_item.done" if done else "response.output_item.added"
-        return self._event(kind, response_id=response_id, output_index=0, item=_assistant_item(item_id, done, speech, text))
+        return self._event(
+            kind, response_id=response_id, output_index=0, item=_assistant_item(item_id, done, speech, text)
+        )
 
     def output_audio_delta(self, response_id: str, item_id: str, pcm16: bytes) -> dict[str, Any]:
         """Speech for transports without an audio track: `pcm16` is int16 mono at 24 kHz."""

@@ -251,6 +251,14 @@ class Session(ReplyEnds):
         """The next `n` samples of assistant speech (int16, 48 kHz), or None when nothing is playing."""
         return self.output.read(n)
 
+    async def next_audio_event(self) -> dict[str, Any]:
+        """For transports that carry speech as events (WebSocket): the next `response.output_audio.delta` (int16
+        at `config.output_rate`), as soon as the engine made it. Events a reply's end causes (`response.done`)
+        are emitted inside the next call, after the caller sent this one."""
+        response_id, pcm = await self.output.next_chunk()
+        item_id = next((i for i, r in self._item_responses.items() if r == response_id), response_id)
+        return self.events.output_audio_delta(response_id, item_id, pcm.astype("<i2").tobytes())
+
     # ---- input stage ----
 
     async def _input_loop(self) -> None:
@@ -482,7 +490,8 @@ def _to_rgb(image: av.VideoFrame, max_side: int) -> np.ndarray:
 
 def _decode_image(url: str, max_side: int) -> np.ndarray:
     """A `data:image/...;base64,...` URL -> RGB uint8 [H, W, 3], the longer side at most `max_side`."""
-    from PIL import Image as PILImage, UnidentifiedImageError
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
 
     head, _, data = url.partition(",")
     if not head.endswith(";base64") or not data:

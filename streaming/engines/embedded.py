@@ -32,10 +32,10 @@ from model.pcm import StreamingResampler
 from streaming.engine import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
+    SPOKEN_REPLY,
     AudioChunk,
     EngineEvent,
     EngineSessionBase,
-    SPOKEN_REPLY,
     ReplyDone,
     ResponseOptions,
     TextDelta,

@@ -52,6 +52,7 @@ from model.token2wav.streaming import PCMChunk, StreamingSchedule
 from model.voices import UnknownVoiceError
 from streaming.engine import (
     INPUT_SAMPLE_RATE,
+    SPOKEN_REPLY,
     Attachment,
     AudioChunk,
     EngineEvent,
@@ -59,7 +60,6 @@ from streaming.engine import (
     History,
     Image,
     LiveReply,
-    SPOKEN_REPLY,
     ReplyDone,
     ResponseOptions,
     TextDelta,

@@ -39,12 +39,12 @@ from model.lm.sampling import SamplerState, SamplingConfig, sample
 from streaming.engine import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
+    SPOKEN_REPLY,
     AudioChunk,
     EngineEvent,
     EngineSessionBase,
     History,
     LiveReply,
-    SPOKEN_REPLY,
     ReplyDone,
     ResponseOptions,
     TextDelta,

@@ -17,16 +17,16 @@ import numpy as np
 from streaming.engine import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
+    SPOKEN_REPLY,
+    Attachment,
     AudioChunk,
     EngineEvent,
     EngineSessionBase,
     History,
-    ReplyDone,
-    TextDelta,
-    SPOKEN_REPLY,
-    Attachment,
     Image,
+    ReplyDone,
     ResponseOptions,
+    TextDelta,
     TranscriptDelta,
 )
 
