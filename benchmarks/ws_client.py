@@ -38,6 +38,26 @@ def invalid_events(events: list[dict[str, Any]]) -> list[str]:
     return bad
 
 
+def response_order_problems(events: list[dict[str, Any]]) -> list[str]:
+    """Per response: response.created, response.output_item.added, its deltas, response.output_item.done,
+    response.done, nothing after (WebRTC's output_audio_buffer.* follow playback, not generation)."""
+    seen: dict[str, list[str]] = {}
+    for e in events:
+        if e["type"].startswith(("output_audio_buffer.", "omni.")):
+            continue
+        rid = e.get("response_id") or (e.get("response") or {}).get("id")
+        if rid:
+            seen.setdefault(rid, []).append(e["type"])
+    bad = []
+    for rid, types in seen.items():
+        if types[:2] != ["response.created", "response.output_item.added"] or types[-2:] != [
+            "response.output_item.done",
+            "response.done",
+        ]:
+            bad.append(f"{rid}: {types}")
+    return bad
+
+
 class WsRealtimeClient:
     def __init__(self, base_url: str, model: str = "omni") -> None:
         """`base_url`: the server's http://host:port; the SDK connects to ws://host:port/v1/realtime?model=..."""

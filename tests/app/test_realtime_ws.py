@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from PIL import Image
 
 from app.realtime_ws import Outbox, OutboxFull
 from benchmarks.spoken import read_wav
-from benchmarks.ws_client import WsRealtimeClient, invalid_events
+from benchmarks.ws_client import WsRealtimeClient, invalid_events, response_order_problems
 from streaming.engine import ResponseOptions
 from streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
@@ -32,26 +31,6 @@ def speech24k(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     pcm, rate = read_wav(path)
     assert rate == 24000
     return np.concatenate([pcm, np.zeros(24000, np.int16)])
-
-
-def response_order_problems(events: list[dict[str, Any]]) -> list[str]:
-    """Per response: response.created, response.output_item.added, its deltas, response.output_item.done,
-    response.done, nothing after (WebRTC's output_audio_buffer.* follow playback, not generation)."""
-    seen: dict[str, list[str]] = {}
-    for e in events:
-        if e["type"].startswith(("output_audio_buffer.", "omni.")):
-            continue
-        rid = e.get("response_id") or (e.get("response") or {}).get("id")
-        if rid:
-            seen.setdefault(rid, []).append(e["type"])
-    bad = []
-    for rid, types in seen.items():
-        if types[:2] != ["response.created", "response.output_item.added"] or types[-2:] != [
-            "response.output_item.done",
-            "response.done",
-        ]:
-            bad.append(f"{rid}: {types}")
-    return bad
 
 
 async def connect(url: str) -> WsRealtimeClient:
