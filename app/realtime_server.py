@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -43,8 +43,8 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConn
 from aiortc.mediastreams import MediaStreamError
 
 from streaming.engine import Engine
-from streaming.events import new_id
-from streaming.frames import AudioFrame, VideoFrame
+from streaming.events import new_id, parse_client_event
+from streaming.frames import AudioFrame, SessionUpdate, VideoFrame
 from streaming.metrics import ServerMetrics
 from streaming.output import OUTPUT_RATE
 from streaming.session import Session
@@ -305,12 +305,12 @@ class Server:
 
     async def offer(self, request: web.Request) -> web.Response:
         try:
-            sdp = await self._read_offer(request)
+            sdp, settings = await self._read_offer(request)
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
         try:
-            conn, answer = await self._answer(sdp)
+            conn, answer = await self._answer(sdp, settings)
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
@@ -321,7 +321,10 @@ class Server:
             headers={"Location": f"/v1/realtime/calls/{conn.id}"},
         )
 
-    async def _read_offer(self, request: web.Request) -> str:
+    async def _read_offer(self, request: web.Request) -> tuple[str, SessionUpdate | None]:
+        """The offer's SDP, and the session settings of the GA multipart form (fields `sdp` and `session`)."""
+        if request.content_type == "multipart/form-data":
+            return await _read_offer_form(request)
         if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
             raise OfferError(f"body larger than {MAX_OFFER_BYTES} bytes")
         body = await request.read()
@@ -343,11 +346,13 @@ class Server:
                 raise OfferError(f'JSON field "type" must be "offer", got {payload.get("type")!r}')
             text = payload["sdp"]
         elif ctype != "application/sdp":
-            raise OfferError(f"Content-Type must be application/sdp (or application/json), got {ctype!r}")
+            raise OfferError(
+                f"Content-Type must be application/sdp (or application/json, multipart/form-data), got {ctype!r}"
+            )
         check_offer_sdp(text)
-        return text
+        return text, None
 
-    async def _answer(self, sdp: str) -> tuple[Connection, str]:
+    async def _answer(self, sdp: str, settings: SessionUpdate | None = None) -> tuple[Connection, str]:
         assert self.vad is not None
         ice = [RTCIceServer(urls=u) for u in self.options.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
@@ -362,22 +367,14 @@ class Server:
         if not any(t.kind == "audio" for t in tracks):
             await pc.close()
             raise OfferError("the offer sends no audio: add a microphone track (m=audio, sendrecv or sendonly)")
-        cfg = SessionConfig(turn=TurnConfig(**vars(self.options.turn)), video_interval=self.options.video_interval)
-        session = Session(
-            self.engine,
-            self.worker,
-            self.vad,
-            conn.send_event,
-            cfg,
-            self.metrics,
-            on_failure=lambda e: self.teardown(conn, f"session failed: {e}"),
-            media=self.media,
-        )
+        session = self.make_session(conn.send_event, lambda e: self.teardown(conn, f"session failed: {e}"))
         conn.session = session
         self.connections[conn.id] = conn
         self.metrics.set_gauge("connections_active", "WebRTC calls open now", len(self.connections))
         try:
             await session.start()
+            if settings is not None:
+                session.inbox.put_control(settings)  # applied before any audio: the control lane goes first
             conn.out_track = AssistantAudioTrack(session)
             pc.addTrack(conn.out_track)
             pc.on("datachannel", lambda ch: conn.attach_channel(ch) if ch.label == "oai-events" else None)
@@ -392,6 +389,19 @@ class Server:
             self.teardown(conn, "answer failed")
             raise
         return conn, pc.localDescription.sdp
+
+    def make_session(
+        self, emit: Callable[[dict[str, Any]], None], on_failure: Callable[[BaseException], None], **config: Any
+    ) -> Session:
+        """A session on this server's engine and workers, with the server's turn settings; `config`: other
+        SessionConfig fields (the WebSocket transport's audio_over_events, output_rate)."""
+        assert self.vad is not None, "the server has not started"
+        cfg = SessionConfig(
+            turn=TurnConfig(**vars(self.options.turn)), video_interval=self.options.video_interval, **config
+        )
+        return Session(
+            self.engine, self.worker, self.vad, emit, cfg, self.metrics, on_failure=on_failure, media=self.media
+        )
 
     def _on_state(self, conn: Connection) -> None:
         state = conn.pc.connectionState
@@ -426,6 +436,29 @@ class Server:
         if conn.session is not None:
             conn.send_event(conn.session.events.error("idle_timeout", f"closing the call: {reason}"))
         self.teardown(conn, reason)
+
+
+async def _read_offer_form(request: web.Request) -> tuple[str, SessionUpdate | None]:
+    """The GA signaling form: `sdp` (the offer) and optional `session` (a session object, JSON, as in
+    `session.update`), both bounded by the app's client_max_size (MAX_OFFER_BYTES)."""
+    try:
+        form = await request.post()
+    except (ValueError, web.HTTPException) as e:
+        raise OfferError(f"malformed multipart form: {e}") from None
+    sdp, session = form.get("sdp"), form.get("session")
+    if not isinstance(sdp, str):
+        raise OfferError('the multipart form needs a text field "sdp"')
+    check_offer_sdp(sdp)
+    if session is None:
+        return sdp, None
+    if not isinstance(session, str):
+        raise OfferError('the form field "session" must be JSON text')
+    try:
+        action = parse_client_event({"type": "session.update", "session": json.loads(session)})
+    except ValueError as e:  # json's errors and ProtocolError
+        raise OfferError(f'form field "session": {e}') from None
+    assert isinstance(action, SessionUpdate)
+    return sdp, action
 
 
 def check_offer_sdp(sdp: str) -> None:
@@ -471,4 +504,7 @@ def build_app(engine: Engine, options: ServeOptions | None = None) -> web.Applic
     app.router.add_post("/v1/realtime/calls", server.offer)
     app.router.add_delete("/v1/realtime/calls/{call_id}", server.hangup)
     app.router.add_get("/metrics", server.metrics_page)
+    from app.realtime_ws import add_routes  # imports this module: the WebSocket route builds on Server
+
+    add_routes(app)
     return app

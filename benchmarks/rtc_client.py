@@ -126,16 +126,20 @@ class RealtimeClient:
             x = frame.to_ndarray().astype(np.float32) / 32768.0
             self.audio.append((time.monotonic(), float(np.sqrt(np.mean(x * x)))))
 
-    async def connect(self, with_audio: bool = True) -> None:
+    async def connect(self, with_audio: bool = True, session: dict[str, Any] | None = None) -> None:
+        """Offer and answer; `session` given: the GA multipart form (fields `sdp` and `session`)."""
         if with_audio:
             self.pc.addTrack(self.mic)
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        sdp = self.pc.localDescription.sdp
+        body_args: dict[str, Any] = {"data": sdp, "headers": {"Content-Type": "application/sdp"}}
+        if session is not None:
+            form = aiohttp.FormData(default_to_multipart=True)  # as a browser's FormData posts it
+            form.add_field("sdp", sdp)
+            form.add_field("session", json.dumps(session))
+            body_args = {"data": form}
         async with aiohttp.ClientSession() as http:
-            async with http.post(
-                f"{self.base_url}/v1/realtime/calls",
-                data=self.pc.localDescription.sdp,
-                headers={"Content-Type": "application/sdp"},
-            ) as r:
+            async with http.post(f"{self.base_url}/v1/realtime/calls", **body_args) as r:
                 body = await r.text()
                 if r.status != 201:
                     raise RuntimeError(f"offer rejected: {r.status} {body}")

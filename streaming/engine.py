@@ -82,6 +82,19 @@ class ReplyDone:
 EngineEvent = TextDelta | AudioChunk | TranscriptDelta | ReplyDone
 
 
+@dataclass(frozen=True)
+class ResponseOptions:
+    """How one reply is to be given (a Realtime `response.create`'s options): `speech` False asks for text only
+    (no `AudioChunk`s, and no synthesis spent on them); `instructions` are extra guidance for this reply only,
+    on top of the session's (engines that cannot condition one reply on them say so in their docstring)."""
+
+    speech: bool = True
+    instructions: str | None = None
+
+
+SPOKEN_REPLY = ResponseOptions()
+
+
 @runtime_checkable
 class EngineSession(Protocol):
     """One conversation's state inside an engine."""
@@ -117,8 +130,9 @@ class EngineSession(Protocol):
         """The user stopped speaking: finish the input side (flush partial blocks, final transcript)."""
         ...
 
-    def respond(self) -> Iterator[EngineEvent]:
-        """Generate the reply: text deltas and audio chunks, interleaved, ending with `ReplyDone`.
+    def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
+        """Generate the reply: text deltas and audio chunks (none when `options.speech` is False), interleaved,
+        ending with `ReplyDone`.
 
         Abandoning the iterator (closing it) is cancellation; follow it with `interrupt`."""
         ...

@@ -1,22 +1,39 @@
-"""The OpenAI Realtime event layer, independent of transport (WebRTC data channel today, WebSocket later).
+"""The OpenAI Realtime event layer, independent of transport (WebRTC data channel, WebSocket).
 
 Client events are parsed into frames (`parse_client_event`); server events are built as JSON-ready dicts by
 `RealtimeEvents`, which also numbers them. GA event names are emitted; the older beta names and the beta
 `session.update` shape (flat `turn_detection`, `voice`) are accepted from clients. Our own additions use the
-`omni.` prefix (e.g. `omni.metrics`).
+`omni.` prefix (e.g. `omni.metrics`). Audio travels as events only on transports without media tracks
+(`input_audio_buffer.append` parses to an `AudioFrame`; the session refuses it on WebRTC).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from streaming.frames import Interrupt, ResponseRequest, SessionUpdate, Truncate, UserMessage
+import numpy as np
 
-ClientAction = ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage
+from streaming.frames import (
+    AudioFrame,
+    InputClear,
+    InputCommit,
+    Interrupt,
+    ResponseRequest,
+    SessionUpdate,
+    Truncate,
+    UserMessage,
+)
+
+ClientAction = (
+    ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage | AudioFrame | InputCommit | InputClear
+)
+WIRE_RATE = 24000  # the protocol's audio/pcm rate, both ways (the SDK's AudioPCM.rate is Literal[24000])
 
 # Older (beta) client event names -> GA names. The client event names mostly did not change; beta clients
 # also send these.
@@ -62,9 +79,12 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
         raise ProtocolError("missing_type", "event has no string field 'type'", event_id)
     kind = _CLIENT_ALIASES.get(kind, kind)
     if kind == "response.create":
-        response = event.get("response") or {}
-        instructions = response.get("instructions") if isinstance(response, dict) else None
-        return ResponseRequest(timestamp=0.0, instructions=instructions if isinstance(instructions, str) else None)
+        response = _obj(event.get("response"))
+        instructions = response.get("instructions")
+        if instructions is not None and not isinstance(instructions, str):
+            raise ProtocolError("invalid_value", "response.instructions must be a string", event_id)
+        speech = _speech(response, event_id) if "output_modalities" in response else None
+        return ResponseRequest(timestamp=0.0, instructions=instructions, speech=speech)
     if kind == "response.cancel":
         return Interrupt(timestamp=0.0, reason="client_cancel")
     if kind == "conversation.item.truncate":
@@ -80,24 +100,23 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
         return SessionUpdate(settings=_session_settings(event.get("session"), event_id))
     if kind == "conversation.item.create":
         return _user_message(event.get("item"), event_id)
-    if kind in (
-        "input_audio_buffer.append",
-        "input_audio_buffer.commit",
-        "input_audio_buffer.clear",
-        "output_audio_buffer.clear",
-    ):
+    if kind == "input_audio_buffer.append":
+        return AudioFrame(_pcm16(event.get("audio"), event_id), WIRE_RATE, 0.0)
+    if kind == "input_audio_buffer.commit":
+        return InputCommit()
+    if kind == "input_audio_buffer.clear":
+        return InputClear()
+    if kind == "output_audio_buffer.clear":
         raise ProtocolError(
-            "unsupported_event",
-            f"{kind} is not supported over this transport: audio comes from the WebRTC track and turns from server VAD",
-            event_id,
+            "unsupported_event", "output_audio_buffer.clear is not supported: use response.cancel", event_id
         )
     raise ProtocolError("unknown_event", f"unknown client event type {kind!r}", event_id)
 
 
 def _user_message(item: object, event_id: str | None) -> UserMessage:
-    """A typed user message: `{"type": "message", "role": "user", "content": [{"type": "input_text", "text":
-    ...}, ...]}`; its text parts are joined. Other items (assistant messages, audio content, function calls)
-    are refused: audio comes from the WebRTC track."""
+    """A user message: `{"type": "message", "role": "user", "content": [...]}` with `input_text` parts (joined)
+    and `input_image` parts (`image_url`: a data URL). Other items (assistant messages, audio content, function
+    calls) are refused: spoken input arrives as audio (the track or `input_audio_buffer.append`)."""
     if not isinstance(item, dict) or item.get("type", "message") != "message" or item.get("role") != "user":
         raise ProtocolError(
             "unsupported_event", "conversation.item.create takes a user message (type message, role user)", event_id
@@ -105,20 +124,68 @@ def _user_message(item: object, event_id: str | None) -> UserMessage:
     content = item.get("content")
     if not isinstance(content, list) or not content:
         raise ProtocolError("invalid_value", "the message needs a non-empty list 'content'", event_id)
-    texts = []
+    texts, images = [], []
     for part in content:
-        if not isinstance(part, dict) or part.get("type") != "input_text" or not isinstance(part.get("text"), str):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "input_text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "input_image" and isinstance(part.get("image_url"), str):
+            if not part["image_url"].startswith("data:image/"):
+                raise ProtocolError(
+                    "invalid_value", "input_image.image_url must be a data URL (data:image/...;base64,...)", event_id
+                )
+            images.append(part["image_url"])
+        else:
             raise ProtocolError(
                 "unsupported_event",
-                'message content must be {"type": "input_text", "text": "..."} parts: audio comes from the track',
+                'message content must be {"type": "input_text", "text": "..."} or {"type": "input_image", '
+                '"image_url": "data:image/..."} parts',
                 event_id,
             )
-        texts.append(part["text"])
     text = " ".join(t.strip() for t in texts if t.strip())
-    if not text:
-        raise ProtocolError("invalid_value", "the message has no text", event_id)
+    if not text and not images:
+        raise ProtocolError("invalid_value", "the message has no text and no image", event_id)
     item_id = item.get("id")
-    return UserMessage(text, item_id if isinstance(item_id, str) and item_id else new_id("item"))
+    return UserMessage(text, item_id if isinstance(item_id, str) and item_id else new_id("item"), images=tuple(images))
+
+
+def _pcm16(audio: object, event_id: str | None) -> np.ndarray:
+    """`input_audio_buffer.append`'s `audio`: base64 of little-endian int16 mono at 24 kHz."""
+    if not isinstance(audio, str):
+        raise ProtocolError("invalid_value", "input_audio_buffer.append needs a base64 string field 'audio'", event_id)
+    try:
+        raw = base64.b64decode(audio, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(
+            "invalid_value", "input_audio_buffer.append: 'audio' is not valid base64", event_id
+        ) from None
+    if not raw or len(raw) % 2:
+        raise ProtocolError(
+            "invalid_value",
+            f"input_audio_buffer.append: pcm16 needs an even, non-zero byte count, got {len(raw)}",
+            event_id,
+        )
+    return np.frombuffer(raw, "<i2")
+
+
+def _speech(obj: dict[str, Any], event_id: str | None) -> bool:
+    """`output_modalities`: ["audio"] (speech with its transcript) -> True, ["text"] -> False."""
+    m = obj.get("output_modalities")
+    if m == ["audio"]:
+        return True
+    if m == ["text"]:
+        return False
+    raise ProtocolError("invalid_value", f'output_modalities must be ["audio"] or ["text"], got {m!r}', event_id)
+
+
+def _check_format(fmt: object, where: str, event_id: str | None) -> None:
+    if fmt is None:
+        return
+    f = _obj(fmt)
+    if f.get("type") != "audio/pcm" or f.get("rate", WIRE_RATE) != WIRE_RATE:
+        raise ProtocolError(
+            "invalid_value", f"{where}.format {fmt!r} is not supported (supported: audio/pcm at 24000 Hz)", event_id
+        )
 
 
 def _session_settings(session: object, event_id: str | None) -> dict[str, Any]:
@@ -131,6 +198,10 @@ def _session_settings(session: object, event_id: str | None) -> dict[str, Any]:
     audio_in, audio_out = _obj(audio.get("input")), _obj(audio.get("output"))
     if isinstance(session.get("instructions"), str):
         out["instructions"] = session["instructions"]
+    if "output_modalities" in session:
+        out["speech"] = _speech(session, event_id)
+    _check_format(audio_in.get("format"), "audio.input", event_id)
+    _check_format(audio_out.get("format"), "audio.output", event_id)
     voice = audio_out.get("voice", session.get("voice"))
     if isinstance(voice, str):
         out["voice"] = voice
@@ -175,6 +246,19 @@ def _turn_detection(td: dict[str, Any], event_id: str | None) -> dict[str, Any]:
     return out
 
 
+def _assistant_item(item_id: str, done: bool, speech: bool, text: str, complete: bool = True) -> dict[str, Any]:
+    """An assistant message item: spoken (`output_audio` with its transcript) or text only (`output_text`)."""
+    part = {"type": "output_audio", "transcript": text} if speech else {"type": "output_text", "text": text}
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": "assistant",
+        "status": ("completed" if complete else "incomplete") if done else "in_progress",
+        "content": [part] if done else [],
+    }
+
+
 @dataclass
 class RealtimeEvents:
     """Builds server events for one session; event ids are numbered per session."""
@@ -188,10 +272,13 @@ class RealtimeEvents:
         return {"type": kind, "event_id": f"event_{next(self._n)}", **fields}
 
     def session_created(self, config: dict[str, Any]) -> dict[str, Any]:
-        return self._event("session.created", session={"id": self.session_id, "object": "realtime.session", **config})
+        return self._event("session.created", session=self._session(config))
 
     def session_updated(self, config: dict[str, Any]) -> dict[str, Any]:
-        return self._event("session.updated", session={"id": self.session_id, "object": "realtime.session", **config})
+        return self._event("session.updated", session=self._session(config))
+
+    def _session(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "realtime", "id": self.session_id, "object": "realtime.session", **config}
 
     def speech_started(self, item_id: str, audio_start_ms: int) -> dict[str, Any]:
         return self._event("input_audio_buffer.speech_started", item_id=item_id, audio_start_ms=audio_start_ms)
@@ -204,18 +291,44 @@ class RealtimeEvents:
             "conversation.item.input_audio_transcription.delta", item_id=item_id, content_index=0, delta=delta
         )
 
-    def transcription_completed(self, item_id: str, transcript: str) -> dict[str, Any]:
+    def transcription_completed(self, item_id: str, transcript: str, seconds: float) -> dict[str, Any]:
+        """`seconds`: the turn's audio, as `usage` of the duration kind."""
         return self._event(
             "conversation.item.input_audio_transcription.completed",
             item_id=item_id,
             content_index=0,
             transcript=transcript,
+            usage={"type": "duration", "seconds": round(seconds, 3)},
         )
+
+    def input_committed(self, item_id: str) -> dict[str, Any]:
+        return self._event("input_audio_buffer.committed", item_id=item_id, previous_item_id=None)
+
+    def input_cleared(self) -> dict[str, Any]:
+        return self._event("input_audio_buffer.cleared")
 
     def response_created(self, response_id: str) -> dict[str, Any]:
         return self._event(
             "response.created",
             response={"id": response_id, "object": "realtime.response", "status": "in_progress", "output": []},
+        )
+
+    def output_item(self, response_id: str, item_id: str, done: bool, speech: bool, text: str = "") -> dict[str, Any]:
+        """`response.output_item.added` (empty, in progress) or `.done` (the whole assistant item)."""
+        kind = "response.output_item.done" if done else "response.output_item.added"
+        return self._event(
+            kind, response_id=response_id, output_index=0, item=_assistant_item(item_id, done, speech, text)
+        )
+
+    def output_audio_delta(self, response_id: str, item_id: str, pcm16: bytes) -> dict[str, Any]:
+        """Speech for transports without an audio track: `pcm16` is int16 mono at 24 kHz."""
+        return self._event(
+            "response.output_audio.delta",
+            response_id=response_id,
+            item_id=item_id,
+            output_index=0,
+            content_index=0,
+            delta=base64.b64encode(pcm16).decode("ascii"),
         )
 
     def output_text_delta(self, response_id: str, item_id: str, delta: str) -> dict[str, Any]:
@@ -239,17 +352,10 @@ class RealtimeEvents:
         )
 
     def response_done(
-        self, response_id: str, item_id: str, status: str, text: str, reason: str | None = None
+        self, response_id: str, item_id: str, status: str, text: str, reason: str | None = None, speech: bool = True
     ) -> dict[str, Any]:
         details = {"type": status, "reason": reason} if reason else None
-        item = {
-            "id": item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "role": "assistant",
-            "status": "completed" if status == "completed" else "incomplete",
-            "content": [{"type": "output_audio", "transcript": text}],
-        }
+        item = _assistant_item(item_id, True, speech, text, complete=status == "completed")
         return self._event(
             "response.done",
             response={
@@ -265,15 +371,19 @@ class RealtimeEvents:
         """`started`, `stopped` or `cleared` (WebRTC only)."""
         return self._event(f"output_audio_buffer.{what}", response_id=response_id)
 
-    def item_added(self, item_id: str, text: str, done: bool = False) -> dict[str, Any]:
-        """`conversation.item.added` (or `.done`) for a typed user message."""
+    def item_added(self, item_id: str, text: str, images: int = 0, done: bool = False) -> dict[str, Any]:
+        """`conversation.item.added` (or `.done`) for a user message: its text, and `images` images (not echoed:
+        a data URL can be megabytes)."""
+        content: list[dict[str, Any]] = [{"type": "input_image"} for _ in range(images)]
+        if text:
+            content.append({"type": "input_text", "text": text})
         item = {
             "id": item_id,
             "object": "realtime.item",
             "type": "message",
             "role": "user",
             "status": "completed",
-            "content": [{"type": "input_text", "text": text}],
+            "content": content,
         }
         return self._event("conversation.item.done" if done else "conversation.item.added", item=item)
 

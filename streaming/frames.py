@@ -39,6 +39,7 @@ class UserMessage:
     text: str
     item_id: str
     timestamp: float = 0.0
+    images: tuple[str, ...] = ()  # `input_image` parts as data URLs, decoded by the session's media worker
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,21 @@ class ResponseRequest:
 
     timestamp: float
     instructions: str | None = None
+    speech: bool | None = None  # the response's output modalities: True audio, False text only, None the session's
+
+
+@dataclass(frozen=True)
+class InputCommit:
+    """The client ends its input turn by hand (`input_audio_buffer.commit`, manual turns)."""
+
+    timestamp: float = 0.0
+
+
+@dataclass(frozen=True)
+class InputClear:
+    """The client drops the input audio not yet taken into a turn (`input_audio_buffer.clear`)."""
+
+    timestamp: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -90,14 +90,10 @@ class OutputAudio:
                     break
                 response_id, chunk = item
                 if chunk is None:
-                    if self.on_reply_played is not None:
-                        self.on_reply_played(response_id)
+                    self._reply_end(response_id)
                     continue
                 self._current, self._pos = (response_id, chunk), 0
-                log = self.log_for(response_id)
-                if log.played == 0 and not log.spans and self.on_first_audio is not None:
-                    self.on_first_audio(response_id)
-                log.spans.append((log.played, log.played + len(chunk.pcm), chunk.text))
+                self._begin(response_id, chunk)
             response_id, cur = self._current
             take = min(n - got, len(cur.pcm) - self._pos)
             parts.append(cur.pcm[self._pos : self._pos + take])
@@ -112,6 +108,32 @@ class OutputAudio:
         if got < n:
             parts.append(np.zeros(n - got, np.int16))
         return np.concatenate(parts)
+
+    async def next_chunk(self) -> tuple[str, np.ndarray]:
+        """For transports that send speech as it comes (WebSocket events) instead of pacing 20 ms frames: the
+        next queued chunk whole, counted as played once returned; a reply's end calls `on_reply_played` on the
+        call after its last chunk was returned (so the caller has sent that chunk first)."""
+        while True:
+            response_id, chunk = await self.queue.get()
+            if chunk is None:
+                self._reply_end(response_id)
+                continue
+            self._begin(response_id, chunk)
+            if len(chunk.pcm) == 0:  # text after the last audio (the omni engine): logged, nothing to send
+                continue
+            self.logs[response_id].played += len(chunk.pcm)
+            self.samples_sent += len(chunk.pcm)
+            return response_id, chunk.pcm
+
+    def _begin(self, response_id: str, chunk: AudioChunk) -> None:
+        log = self.log_for(response_id)
+        if log.played == 0 and not log.spans and self.on_first_audio is not None:
+            self.on_first_audio(response_id)
+        log.spans.append((log.played, log.played + len(chunk.pcm), chunk.text))
+
+    def _reply_end(self, response_id: str) -> None:
+        if self.on_reply_played is not None:
+            self.on_reply_played(response_id)
 
     def flush(self) -> int:
         """Drop everything not yet read (barge-in); returns the samples dropped."""

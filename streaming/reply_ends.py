@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streaming.audio_in import EngineFeed
-from streaming.engine import EngineEvent, EngineSession, close_iterator
+from streaming.engine import EngineEvent, EngineSession, ResponseOptions, close_iterator
 from streaming.events import RealtimeEvents
 from streaming.frames import Truncate
 from streaming.metrics import ServerMetrics, TurnMetrics
-from streaming.output import OUTPUT_RATE, OutputAudio
+from streaming.output import OutputAudio
+from streaming.session_config import SessionConfig
 from streaming.worker import DeviceWorker
 
 Emit = Callable[[dict[str, Any]], None]
@@ -27,6 +28,7 @@ class Response:
     response_id: str
     item_id: str
     metrics: TurnMetrics
+    options: ResponseOptions
     task: asyncio.Task[None] | None = None
     iterator: Iterator[EngineEvent] | None = None
     generated: bool = False  # the engine finished generating (ReplyDone)
@@ -42,6 +44,7 @@ class ReplyEnds:
     _feed: EngineFeed
     _item_responses: dict[str, str]
     events: RealtimeEvents
+    config: SessionConfig
     output: OutputAudio
     worker: DeviceWorker
     metrics: ServerMetrics
@@ -52,15 +55,26 @@ class ReplyEnds:
         reply = self._reply
         if reply is not None and reply.response_id == response_id and reply.metrics.first_audio is None:
             reply.metrics.first_audio = self.clock()
-            self._emit(self.events.output_audio_buffer("started", response_id))
+            if not self.config.audio_over_events:  # output_audio_buffer.* are WebRTC events
+                self._emit(self.events.output_audio_buffer("started", response_id))
 
     def _on_reply_played(self, response_id: str) -> None:
         reply = self._reply
         if reply is None or reply.response_id != response_id:
             return
-        self._emit(self.events.output_audio_buffer("stopped", response_id))
+        if self.config.audio_over_events:
+            self._emit_done(reply, "completed")
+        else:
+            self._emit(self.events.output_audio_buffer("stopped", response_id))
         self._finish_reply(reply)
         self._feed.hold = False  # held user audio goes in with the next audio job
+
+    def _emit_done(self, reply: Response, status: str, text: str | None = None, reason: str | None = None) -> None:
+        """The reply item's `response.output_item.done`, then `response.done` (the protocol's order)."""
+        text = "".join(reply.text) if text is None else text
+        rid, speech = reply.response_id, reply.options.speech
+        self._emit(self.events.output_item(rid, reply.item_id, True, speech, text))
+        self._emit(self.events.response_done(rid, reply.item_id, status, text, reason, speech))
 
     def _finish_reply(self, reply: Response) -> None:
         self._reply = None
@@ -84,10 +98,11 @@ class ReplyEnds:
         m.interrupted = True
         if reason == "barge_in":
             m.barge_in_seconds = stopped - onset
-        self._emit(self.events.output_audio_buffer("cleared", reply.response_id))
-        if not reply.generated:
+        if not self.config.audio_over_events:
+            self._emit(self.events.output_audio_buffer("cleared", reply.response_id))
+        if not reply.generated or self.config.audio_over_events:  # over events, done waits for the last delta
             status_reason = "turn_detected" if reason == "barge_in" else "client_cancelled"
-            self._emit(self.events.response_done(reply.response_id, reply.item_id, "cancelled", played, status_reason))
+            self._emit_done(reply, "cancelled", played, status_reason)
         self._finish_reply(reply)
         if reply.task is not None:
             await asyncio.gather(reply.task, return_exceptions=True)
@@ -101,7 +116,7 @@ class ReplyEnds:
 
     async def _truncate(self, t: Truncate) -> None:
         reply = self._reply
-        sample = t.audio_end_ms * OUTPUT_RATE // 1000
+        sample = t.audio_end_ms * self.config.output_rate // 1000
         if reply is not None and reply.item_id == t.item_id:
             await self._interrupt(self.clock(), "client_truncate", played_until=sample)
         else:

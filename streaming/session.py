@@ -24,6 +24,9 @@ calls `on_failure` (the transport tears the connection down) and never touches o
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
+import io
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -48,7 +51,9 @@ from streaming.engine import (
     Engine,
     EngineEvent,
     EngineSession,
+    Image,
     ReplyDone,
+    ResponseOptions,
     TextDelta,
     TranscriptDelta,
     close_iterator,
@@ -56,6 +61,8 @@ from streaming.engine import (
 from streaming.events import ProtocolError, RealtimeEvents, new_id, parse_client_event
 from streaming.frames import (
     AudioFrame,
+    InputClear,
+    InputCommit,
     Interrupt,
     ResponseRequest,
     SessionUpdate,
@@ -67,7 +74,7 @@ from streaming.frames import (
     VideoFrame,
 )
 from streaming.metrics import ServerMetrics, TurnMetrics
-from streaming.output import OUTPUT_RATE, OutputAudio
+from streaming.output import OutputAudio
 from streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
 from streaming.reply_ends import Emit, ReplyEnds, Response
 from streaming.session_config import SessionConfig, describe_session, updated_turn_config
@@ -75,7 +82,7 @@ from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
-InboxItem = AudioFrame | ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage
+InboxItem = AudioFrame | ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage | InputCommit | InputClear
 
 
 class Session(ReplyEnds):
@@ -118,6 +125,7 @@ class Session(ReplyEnds):
         self._user_item: str | None = None
         self._item_responses: dict[str, str] = {}
         self._turns = 0
+        self._turn_seconds = 0.0  # audio of the user's open turn given to the engine (transcription usage)
         self._dropped_reported = 0
         self.closed = False
         self.failure: BaseException | None = None
@@ -224,7 +232,16 @@ class Session(ReplyEnds):
         except ProtocolError as e:
             self._emit(self.events.error(e.code, str(e), e.event_id))
             return
-        if action is not None:
+        if isinstance(action, AudioFrame):
+            if not self.config.audio_over_events:
+                self._emit(
+                    self.events.error(
+                        "unsupported_event", "input_audio_buffer.append: audio comes from the WebRTC track here"
+                    )
+                )
+            else:
+                self.push_audio(dataclasses.replace(action, timestamp=self.clock()))
+        elif action is not None:
             try:
                 self.inbox.put_control(action)
             except asyncio.QueueFull:
@@ -233,6 +250,14 @@ class Session(ReplyEnds):
     def read_output(self, n: int) -> np.ndarray | None:
         """The next `n` samples of assistant speech (int16, 48 kHz), or None when nothing is playing."""
         return self.output.read(n)
+
+    async def next_audio_event(self) -> dict[str, Any]:
+        """For transports that carry speech as events (WebSocket): the next `response.output_audio.delta` (int16
+        at `config.output_rate`), as soon as the engine made it. Events a reply's end causes (`response.done`)
+        are emitted inside the next call, after the caller sent this one."""
+        response_id, pcm = await self.output.next_chunk()
+        item_id = next((i for i, r in self._item_responses.items() if r == response_id), response_id)
+        return self.events.output_audio_delta(response_id, item_id, pcm.astype("<i2").tobytes())
 
     # ---- input stage ----
 
@@ -262,6 +287,7 @@ class Session(ReplyEnds):
                     await self._interrupt(ev.timestamp, "barge_in")
                     ops.extend(self._feed.release())
             elif isinstance(ev, TurnAudio):
+                self._turn_seconds += len(ev.pcm) / self.engine.input_sample_rate
                 audio = self._feed.route(ev, self.engine.input_sample_rate)
                 if audio is not None:
                     ops.append(audio)
@@ -300,7 +326,8 @@ class Session(ReplyEnds):
             if isinstance(ev, TranscriptDelta):
                 item = self._user_item or new_id("item")
                 if ev.final:
-                    self._emit(self.events.transcription_completed(item, ev.text))
+                    self._emit(self.events.transcription_completed(item, ev.text, self._turn_seconds))
+                    self._turn_seconds = 0.0
                 else:
                     self._emit(self.events.transcription_delta(item, ev.text))
 
@@ -316,7 +343,8 @@ class Session(ReplyEnds):
                 return
             await self._feed_engine([*self._feed.release(), EndTurn()])
             if self._reply is None:
-                self._start_reply(None)
+                speech = self.config.speech if item.speech is None else item.speech
+                self._start_reply(None, ResponseOptions(speech, item.instructions))
         elif isinstance(item, Interrupt):
             if self._reply is None:
                 self._emit(self.events.error("response_cancel_not_active", "no response is in progress"))
@@ -328,6 +356,16 @@ class Session(ReplyEnds):
             await self._update(item.settings)
         elif isinstance(item, UserMessage):
             await self._add_user_message(item)
+        elif isinstance(item, InputCommit):  # the turn's final transcript now; response.create answers it
+            item_id = self._user_item or new_id("item")
+            await self._feed_engine([*self._feed.release(), EndTurn()])
+            self._emit(self.events.input_committed(item_id))
+            self._user_item = None
+        elif isinstance(item, InputClear):
+            self.inbox.media.flush()
+            self._feed.held.clear()
+            self._feed.held_seconds = 0.0
+            self._emit(self.events.input_cleared())
 
     async def _add_user_message(self, m: UserMessage) -> None:
         """A typed message joins the user's turn after the audio before it; `response.create` answers it."""
@@ -341,13 +379,21 @@ class Session(ReplyEnds):
             return
         await self._feed_engine(self._feed.release())
         assert self._engine_session is not None
-        await self.worker.run(self._engine_session.push_text, m.text)
-        self._emit(self.events.item_added(m.item_id, m.text))
-        self._emit(self.events.item_added(m.item_id, m.text, done=True))
+        try:  # engines see the message's images before its text ("what is in this picture?")
+            images = [await self.media.run(_decode_image, url, self.config.video_max_side) for url in m.images]
+        except ValueError as e:
+            self._emit(self.events.error("invalid_value", f"input_image: {e}"))
+            return
+        for image in images:
+            await self.worker.run(self._engine_session.push_media, Image(image))
+        if m.text:
+            await self.worker.run(self._engine_session.push_text, m.text)
+        self._emit(self.events.item_added(m.item_id, m.text, len(images)))
+        self._emit(self.events.item_added(m.item_id, m.text, len(images), done=True))
 
     # ---- replies ----
 
-    def _start_reply(self, end_of_speech: float | None) -> None:
+    def _start_reply(self, end_of_speech: float | None, options: ResponseOptions | None = None) -> None:
         self._turns += 1
         self._feed.hold = True  # new user audio waits until this reply is over
         m = TurnMetrics(
@@ -356,20 +402,21 @@ class Session(ReplyEnds):
             response_start=self.clock(),
             dropped_input_frames=self.inbox.media.dropped,
         )
-        reply = Response(new_id("resp"), new_id("item"), m)
+        reply = Response(new_id("resp"), new_id("item"), m, options or ResponseOptions(self.config.speech))
         self._reply = reply
         self._item_responses[reply.item_id] = reply.response_id
         while len(self._item_responses) > 4:  # truncation concerns the last few replies only (as OutputAudio.logs)
             del self._item_responses[next(iter(self._item_responses))]
         self._emit(self.events.response_created(reply.response_id))
+        self._emit(self.events.output_item(reply.response_id, reply.item_id, False, reply.options.speech))
         reply.task = asyncio.get_running_loop().create_task(
             self._guard(self._generate(reply), "reply"), name=f"{self.id}:reply"
         )
 
     async def _generate(self, reply: Response) -> None:
         assert self._engine_session is not None
-        reply.iterator = await self.worker.run(self._engine_session.respond)
-        resampler = StreamingResampler(self.engine.output_sample_rate, OUTPUT_RATE)
+        reply.iterator = await self.worker.run(self._engine_session.respond, reply.options)
+        resampler = StreamingResampler(self.engine.output_sample_rate, self.config.output_rate)
         while not reply.generated:
             ev, seconds = await self.worker.run(_step, reply.iterator)
             reply.metrics.compute_seconds += seconds
@@ -390,9 +437,12 @@ class Session(ReplyEnds):
                 if ev.text:
                     self._emit(self.events.output_audio_transcript_delta(reply.response_id, reply.item_id, ev.text))
         await self.output.put(reply.response_id, None)
-        self._emit(self.events.response_done(reply.response_id, reply.item_id, "completed", "".join(reply.text)))
+        if not self.config.audio_over_events:  # over events, the reply's last audio delta must go first
+            self._emit_done(reply, "completed")
 
     async def _update(self, settings: dict[str, Any]) -> None:
+        if "speech" in settings:
+            self.config.speech = settings["speech"]
         if "instructions" in settings or "voice" in settings:
             if self._turns > 0:
                 self._emit(
@@ -436,6 +486,22 @@ def _to_rgb(image: av.VideoFrame, max_side: int) -> np.ndarray:
     scale = min(1.0, max_side / max(image.width, image.height))
     w, h = max(2, int(image.width * scale) // 2 * 2), max(2, int(image.height * scale) // 2 * 2)
     return image.to_ndarray(format="rgb24", width=w, height=h)
+
+
+def _decode_image(url: str, max_side: int) -> np.ndarray:
+    """A `data:image/...;base64,...` URL -> RGB uint8 [H, W, 3], the longer side at most `max_side`."""
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    head, _, data = url.partition(",")
+    if not head.endswith(";base64") or not data:
+        raise ValueError("the data URL must be base64 (data:image/png;base64,...)")
+    try:
+        with PILImage.open(io.BytesIO(base64.b64decode(data, validate=True))) as im:
+            im.thumbnail((max_side, max_side))
+            return np.asarray(im.convert("RGB"))
+    except (ValueError, UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot decode the image: {e}") from None
 
 
 def _step(it: Iterator[EngineEvent]) -> tuple[EngineEvent | None, float]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streaming.engine import Engine
+from streaming.events import WIRE_RATE
 from streaming.output import OUTPUT_RATE
 from streaming.vad import TurnConfig
 
@@ -21,6 +22,12 @@ class SessionConfig:
     video_max_side: int = 640
     instructions: str | None = None
     voice: str | None = None
+    speech: bool = True  # output modalities: audio (with its transcript), or text only
+    # How audio travels: False, on media tracks (WebRTC: the transport paces 20 ms frames at `output_rate`);
+    # True, as Realtime events (WebSocket: `input_audio_buffer.append` in, `response.output_audio.delta` out at
+    # 24 kHz, sent as fast as the client reads them; `response.done` follows the reply's last audio delta).
+    audio_over_events: bool = False
+    output_rate: int = OUTPUT_RATE  # the rate OutputAudio holds: 48 kHz for the track, 24 kHz for events
 
 
 def describe_session(config: SessionConfig, turn: TurnConfig, server_vad: bool, engine: Engine) -> dict[str, Any]:
@@ -41,11 +48,12 @@ def describe_session(config: SessionConfig, turn: TurnConfig, server_vad: bool, 
     )
     return {
         "model": engine.name,
-        "output_modalities": ["audio"],
+        "output_modalities": ["audio"] if config.speech else ["text"],
         "instructions": config.instructions,
+        # audio/pcm at 24 kHz is the protocol's event audio (WebSocket); WebRTC's tracks carry Opus whatever it says
         "audio": {
-            "input": {"format": {"type": "audio/pcm", "rate": engine.input_sample_rate}, "turn_detection": td},
-            "output": {"format": {"type": "audio/pcm", "rate": OUTPUT_RATE}, "voice": config.voice},
+            "input": {"format": {"type": "audio/pcm", "rate": WIRE_RATE}, "turn_detection": td},
+            "output": {"format": {"type": "audio/pcm", "rate": WIRE_RATE}, "voice": config.voice},
         },
     }
 

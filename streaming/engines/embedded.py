@@ -32,10 +32,12 @@ from model.pcm import StreamingResampler
 from streaming.engine import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
+    SPOKEN_REPLY,
     AudioChunk,
     EngineEvent,
     EngineSessionBase,
     ReplyDone,
+    ResponseOptions,
     TextDelta,
     TranscriptDelta,
     close_iterator,
@@ -233,7 +235,8 @@ class EmbeddedSession(EngineSessionBase):
 
     # ---- output side --------------------------------------------------------------------------------
 
-    def respond(self) -> Iterator[EngineEvent]:
+    def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
+        """`options.instructions` are not used: the chat's system prompt is the session's (set at open)."""
         self._check_open()
         if self.recognizer.in_utterance or self._pieces or self._typed:  # no end_turn() yet: finish the input here
             yield from self.end_turn()
@@ -245,18 +248,20 @@ class EmbeddedSession(EngineSessionBase):
         if not message:
             yield ReplyDone("", self._stats(turn))
             return
-        yield from self._reply(message, turn)
+        yield from self._reply(message, turn, options.speech)
 
-    def _reply(self, message: str, turn: _TurnClock) -> Iterator[EngineEvent]:
+    def _reply(self, message: str, turn: _TurnClock, speech: bool) -> Iterator[EngineEvent]:
         splitter = PhraseSplitter()
         stream = self.chat.stream_reply(message)
         try:
             for delta in stream:
                 yield TextDelta(delta)
                 for phrase in splitter.push(delta):
-                    yield from self._speak(phrase, turn, final=False)
+                    if speech:
+                        yield from self._speak(phrase, turn, final=False)
             rest = splitter.flush()
-            yield from self._speak(rest or "", turn, final=True)
+            if speech:
+                yield from self._speak(rest or "", turn, final=True)
         finally:
             close_iterator(stream)  # cancelled: the chat holds what was generated, which interrupt() trims
         yield ReplyDone(self.chat.messages[-1]["content"], self._stats(turn))

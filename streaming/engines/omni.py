@@ -52,6 +52,7 @@ from model.token2wav.streaming import PCMChunk, StreamingSchedule
 from model.voices import UnknownVoiceError
 from streaming.engine import (
     INPUT_SAMPLE_RATE,
+    SPOKEN_REPLY,
     Attachment,
     AudioChunk,
     EngineEvent,
@@ -60,6 +61,7 @@ from streaming.engine import (
     Image,
     LiveReply,
     ReplyDone,
+    ResponseOptions,
     TextDelta,
     VideoClip,
     check_rgb_frame,
@@ -367,9 +369,10 @@ class OmniEngineSession(EngineSessionBase):
 
     # ---- output side --------------------------------------------------------------------------------
 
-    def respond(self) -> Iterator[EngineEvent]:
+    def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
         """Close the user turn (prefill <|im_end|>\\n<|im_start|>assistant\\n) and return the reply's events.
-        Without user input since the last reply, an empty user turn is answered."""
+        Without user input since the last reply, an empty user turn is answered. `options.speech` False: the
+        Talker still runs (its codes stay in the cache) but no audio leaves; `options.instructions` are not used."""
         self._check_open()
         reply = self._reply
         if reply is not None and reply.open:  # the last reply was abandoned without interrupt
@@ -382,11 +385,11 @@ class OmniEngineSession(EngineSessionBase):
             self.speaking.end_user_turn()
             self._turn = _Turn()
             self._reply = _OmniReply(self.speaking.mark())
-        events = self._generate(self._reply)
+        events = self._generate(self._reply, options.speech)
         self._reply.events = events
         return events
 
-    def _generate(self, reply: _OmniReply) -> Iterator[EngineEvent]:
+    def _generate(self, reply: _OmniReply, speech: bool) -> Iterator[EngineEvent]:
         eng = self.engine
         t0 = time.perf_counter()
         first_text = first_audio = 0.0
@@ -404,14 +407,15 @@ class OmniEngineSession(EngineSessionBase):
                     first_audio = first_audio or time.perf_counter() - t0
                     pcm = ev.samples.detach().float().cpu().numpy()
                     reply.samples += len(pcm)
-                    yield AudioChunk(pcm, text=self._spoken(reply, final=False))
+                    if speech:
+                        yield AudioChunk(pcm, text=self._spoken(reply, final=False))
                 elif isinstance(ev, ReplyRecord):
                     if ev.text.startswith(reply.text) and len(ev.text) > len(reply.text):
                         tail = ev.text[len(reply.text) :]  # bytes the detokenizer held back (an unfinished character)
                         reply.text += tail
                         yield TextDelta(tail)
                     rest = self._spoken(reply, final=True)
-                    if rest:  # the text after the last audio, played once all the audio has played
+                    if rest and speech:  # the text after the last audio, played once all the audio has played
                         yield AudioChunk(np.zeros(0, np.float32), text=rest)
                     reply.open = False
                     self.history.append(("assistant", reply.text))

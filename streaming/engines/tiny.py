@@ -39,12 +39,14 @@ from model.lm.sampling import SamplerState, SamplingConfig, sample
 from streaming.engine import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
+    SPOKEN_REPLY,
     AudioChunk,
     EngineEvent,
     EngineSessionBase,
     History,
     LiveReply,
     ReplyDone,
+    ResponseOptions,
     TextDelta,
     TranscriptDelta,
     check_rgb_frame,
@@ -223,16 +225,17 @@ class TinyLMSession(EngineSessionBase):
 
     # ---- output ----
 
-    def respond(self) -> Iterator[EngineEvent]:
+    def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
+        """Per-reply `options.instructions` are not used: the tiny model's prompt holds the session's only."""
         self._check_open()
         if self._reply is not None and self._reply.open:  # the last reply was abandoned without interrupt
             self.interrupt(self._reply.text)
         if self._user_open:
             self._close_user_turn()
         self._reply = None  # until the generator's first step has prefilled the prompt
-        return self._generate()
+        return self._generate(options.speech)
 
-    def _generate(self) -> Iterator[EngineEvent]:
+    def _generate(self, speech: bool) -> Iterator[EngineEvent]:
         eng = self.engine
         t0 = time.perf_counter()
         prompt = [*self._take_pending(), ASSISTANT]
@@ -253,10 +256,11 @@ class TinyLMSession(EngineSessionBase):
             yield TextDelta(ch)
             word += ch
             if (ch.isspace() and word.strip()) or len(word) >= 8:
-                yield AudioChunk(word_tone(eng.output_sample_rate, eng.seconds_per_char, len(word), words), word)
+                if speech:
+                    yield AudioChunk(word_tone(eng.output_sample_rate, eng.seconds_per_char, len(word), words), word)
                 word, words = "", words + 1
             logits = self._feed([token])
-        if word:
+        if word and speech:
             yield AudioChunk(word_tone(eng.output_sample_rate, eng.seconds_per_char, len(word), words), word)
         text = reply.text
         reply.open = False

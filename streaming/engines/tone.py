@@ -17,11 +17,15 @@ import numpy as np
 from streaming.engine import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
+    SPOKEN_REPLY,
+    Attachment,
     AudioChunk,
     EngineEvent,
     EngineSessionBase,
     History,
+    Image,
     ReplyDone,
+    ResponseOptions,
     TextDelta,
     TranscriptDelta,
     check_rgb_frame,
@@ -42,6 +46,8 @@ class ToneSession(EngineSessionBase):
         self.heard_samples = 0
         self.typed: list[str] = []  # text messages of the open user turn
         self.interrupted_with: list[str] = []
+        self.images: list[tuple[int, int]] = []  # (height, width) of each image shown
+        self.responses: list[ResponseOptions] = []  # the options of each reply, in order
 
     def push_audio(self, pcm: np.ndarray, timestamp: float) -> list[EngineEvent]:
         self._check_open()
@@ -59,6 +65,12 @@ class ToneSession(EngineSessionBase):
         self.typed.append(text)
         return []
 
+    def push_media(self, media: Attachment) -> list[EngineEvent]:
+        self._check_open()
+        if isinstance(media, Image):
+            self.images.append(media.rgb.shape[:2])
+        return []
+
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         self._check_open()
         check_rgb_frame(frame)
@@ -72,8 +84,9 @@ class ToneSession(EngineSessionBase):
         self.history.append(("user", transcript))
         return [TranscriptDelta(transcript, final=True)]
 
-    def respond(self) -> Iterator[EngineEvent]:
+    def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
         self._check_open()
+        self.responses.append(options)
         seconds = self.heard_samples / self.engine.input_sample_rate
         self.heard_samples = 0
         if self.typed:  # a typed turn: the reply repeats what was typed
@@ -82,16 +95,17 @@ class ToneSession(EngineSessionBase):
             self.typed = []
         else:
             reply = self.engine.reply.format(seconds=seconds)
-        return self._speak(reply.split(" "))
+        return self._speak(reply.split(" "), options.speech)
 
-    def _speak(self, words: list[str]) -> Iterator[EngineEvent]:
+    def _speak(self, words: list[str], speech: bool) -> Iterator[EngineEvent]:
         said: list[str] = []
         for i, word in enumerate(words):
             piece = word if i == 0 else " " + word
             if self.engine.step_delay:
                 time.sleep(self.engine.step_delay)
             yield TextDelta(piece)
-            yield AudioChunk(self.engine.tone(len(word), i), text=piece)
+            if speech:
+                yield AudioChunk(self.engine.tone(len(word), i), text=piece)
             said.append(piece)
         text = "".join(said)
         self.history.append(("assistant", text))

@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks.rtc_client import RealtimeClient
 from benchmarks.spoken import spoken_fresh
+from benchmarks.ws_client import WsRealtimeClient, invalid_events, response_order_problems
 from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
 from streaming.engines.embedded import EmbeddedEngine
@@ -67,6 +68,33 @@ async def test_spoken_question_gets_a_spoken_answer_over_webrtc(
     assert transcript and text.startswith(transcript[: len(transcript) // 2])  # spoken text is the reply's
     assert client.loud_since(t_reply) >= 25, "the assistant's speech did not arrive"
     assert metrics["end_of_speech_to_first_audio_ms"] > 0
+
+
+async def test_spoken_question_gets_a_spoken_answer_over_websocket(
+    start_server: StartServer, engine: EmbeddedEngine
+) -> None:
+    """The official SDK over /v1/realtime: real synthesised speech appended in 100 ms pieces at 24 kHz (real
+    time), the recogniser's transcript, SmolLM2's reply spoken by espeak-ng back as output_audio deltas."""
+    pcm = spoken_fresh(FRANCE, FRANCE_VOICE, rate=24000)
+    speech = np.clip(np.round(np.concatenate([pcm, np.zeros(24000)]) * 32767), -32768, 32767).astype(np.int16)
+    url, _ = await start_server(engine)
+    client = WsRealtimeClient(url)
+    try:
+        await client.connect()
+        await client.wait_for("session.created")
+        await client.append(speech, pace=0.1)
+        heard = await client.wait_for("conversation.item.input_audio_transcription.completed", limit=60)
+        done = await client.wait_for("response.done", limit=120)
+        metrics = await client.wait_for("omni.metrics", limit=30)
+    finally:
+        await client.close()
+    audio = client.audio(done["response"]["id"])
+    spoken = done["response"]["output"][0]["content"][0]["transcript"]
+    print(f"\nws heard {heard['transcript']!r}; replied {spoken!r}; metrics {metrics}")
+    assert "capital" in heard["transcript"].lower() and "france" in heard["transcript"].lower()
+    assert "paris" in spoken.lower()
+    assert len(audio) > 24000 and np.abs(audio).max() > 3000  # > 1 s of speech at 24 kHz
+    assert invalid_events(client.events) == [] and response_order_problems(client.events) == []
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (scripts/test.sh installs Debian's chromium)")

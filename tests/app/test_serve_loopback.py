@@ -10,6 +10,7 @@ import numpy as np
 
 from app.realtime_server import Connection
 from benchmarks.rtc_client import RealtimeClient
+from benchmarks.ws_client import invalid_events, response_order_problems
 from streaming.engines.tone import ToneEngine
 from streaming.session import Session
 from tests.app.conftest import StartServer
@@ -28,11 +29,13 @@ async def wait_until(pred: object, limit: float = 30.0) -> None:
 
 
 async def test_speech_in_reply_text_and_audio_out(start_server: StartServer, speech48k: np.ndarray) -> None:
+    """Over WebRTC with the GA signaling form (`sdp` + `session`); every data-channel event parses as the
+    official SDK's typed server event, in the protocol's order per response."""
     engine = ToneEngine()
     url, server = await start_server(engine)
     client = RealtimeClient(url)
     try:
-        await client.connect()
+        await client.connect(session={"type": "realtime", "instructions": "Answer in French."})
         await client.wait_for("session.created")  # the channel can open before its first message lands
         assert client.events[0]["type"] == "session.created"
         client.mic.say(speech48k)
@@ -44,8 +47,11 @@ async def test_speech_in_reply_text_and_audio_out(start_server: StartServer, spe
         done = await client.wait_for("response.done")
         metrics = await client.wait_for("omni.metrics")
         await wait_until(lambda: client.loud_since(t_reply) > 25)  # > 0.5 s of the spoken reply arrived
+        await client.wait_for("output_audio_buffer.stopped")
     finally:
         await client.close()
+    assert invalid_events(client.events) == [] and response_order_problems(client.events) == []
+    assert engine.sessions[-1].instructions == "Answer in French."  # from the form's session field
     text = "".join(e["delta"] for e in client.events if e["type"] == "response.output_text.delta")
     assert text.startswith("Hello, I heard you speak for")
     assert done["response"]["status"] == "completed"

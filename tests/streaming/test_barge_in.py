@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from streaming.engine import EngineEvent, TextDelta
+from streaming.engine import SPOKEN_REPLY, EngineEvent, ResponseOptions, TextDelta
 from streaming.engines.tone import ToneEngine, ToneSession
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
@@ -50,9 +50,9 @@ class GatedEngine(ToneEngine):
         engine = self
         inner_respond, inner_push, inner_interrupt = s.respond, s.push_audio, s.interrupt
 
-        def respond() -> Iterator[EngineEvent]:
+        def respond(options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
             words = 0
-            it = inner_respond()
+            it = inner_respond(options)
             while True:
                 engine.enter()
                 try:

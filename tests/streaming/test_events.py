@@ -72,7 +72,9 @@ def test_a_typed_user_message_becomes_a_user_message_frame() -> None:
         ('{"type": "conversation.item.truncate", "item_id": "x", "audio_end_ms": -5}', "invalid_value"),
         ('{"type": "session.update", "session": {"turn_detection": {"type": "semantic_vad"}}}', "invalid_value"),
         ('{"type": "session.update", "session": {"turn_detection": {"threshold": 3}}}', "invalid_value"),
-        ('{"type": "input_audio_buffer.append", "audio": ""}', "unsupported_event"),
+        ('{"type": "input_audio_buffer.append", "audio": ""}', "invalid_value"),
+        ('{"type": "input_audio_buffer.append", "audio": "AA=="}', "invalid_value"),  # 1 byte: not pcm16
+        ('{"type": "response.create", "response": {"output_modalities": ["audio", "text"]}}', "invalid_value"),
         ('{"type": "conversation.item.create", "item": {"type": "message", "role": "assistant", "content": []}}',
          "unsupported_event"),
         ('{"type": "conversation.item.create", "item": {"role": "user", "content": [{"type": "input_audio"}]}}',

@@ -1,0 +1,122 @@
+"""A Realtime WebSocket client built on the official `openai` SDK (`client.realtime.connect`), for tests and
+benchmarks of `omni serve`'s /v1/realtime: it keeps every server event as the server sent it (raw JSON) and
+checks each against the SDK's typed server-event union, strictly (the SDK's own `recv` parses leniently).
+Events with our `omni.` prefix (documented extensions) are not in that union and are not checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import numpy as np
+from openai import AsyncOpenAI
+from openai.resources.realtime.realtime import AsyncRealtimeConnection
+from openai.types.realtime import RealtimeServerEvent
+from pydantic import TypeAdapter, ValidationError
+
+from benchmarks.rtc_client import wait_for_event
+
+SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
+WIRE_RATE = 24000
+PIECE = 2400  # 100 ms at 24 kHz: the size of each input_audio_buffer.append
+
+
+def invalid_events(events: list[dict[str, Any]]) -> list[str]:
+    """Each event that does not parse as the SDK's typed server event: its type and the first error."""
+    bad = []
+    for e in events:
+        if str(e.get("type", "")).startswith("omni."):
+            continue
+        try:
+            SERVER_EVENT.validate_python(e)
+        except ValidationError as err:
+            bad.append(f"{e.get('type')}: {err.errors()[0]['loc']} {err.errors()[0]['msg']}")
+    return bad
+
+
+def response_order_problems(events: list[dict[str, Any]]) -> list[str]:
+    """Per response: response.created, response.output_item.added, its deltas, response.output_item.done,
+    response.done, nothing after (WebRTC's output_audio_buffer.* follow playback, not generation)."""
+    seen: dict[str, list[str]] = {}
+    for e in events:
+        if e["type"].startswith(("output_audio_buffer.", "omni.")):
+            continue
+        rid = e.get("response_id") or (e.get("response") or {}).get("id")
+        if rid:
+            seen.setdefault(rid, []).append(e["type"])
+    bad = []
+    for rid, types in seen.items():
+        if types[:2] != ["response.created", "response.output_item.added"] or types[-2:] != [
+            "response.output_item.done",
+            "response.done",
+        ]:
+            bad.append(f"{rid}: {types}")
+    return bad
+
+
+class WsRealtimeClient:
+    def __init__(self, base_url: str, model: str = "omni") -> None:
+        """`base_url`: the server's http://host:port; the SDK connects to ws://host:port/v1/realtime?model=..."""
+        ws_base = base_url.replace("http://", "ws://", 1) + "/v1"
+        self._client = AsyncOpenAI(api_key="unused-by-omni", websocket_base_url=ws_base)
+        self._manager: AbstractAsyncContextManager[AsyncRealtimeConnection] | None = None
+        self.model = model
+        self.conn: AsyncRealtimeConnection | None = None
+        self.events: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        self._manager = self._client.realtime.connect(model=self.model)
+        self.conn = await self._manager.__aenter__()
+        self._reader = asyncio.create_task(self._read(), name="ws-client-reader")
+
+    async def _read(self) -> None:
+        assert self.conn is not None
+        while True:
+            raw = await self.conn.recv_bytes()
+            self.events.append(json.loads(raw))
+            self._changed.set()
+
+    async def send(self, event: dict[str, Any]) -> None:
+        """A client event, serialised by the SDK (its typed params)."""
+        assert self.conn is not None
+        await self.conn.send(event)  # type: ignore[arg-type]
+
+    async def send_raw(self, text: str) -> None:
+        """Anything, unchecked (for bad-input tests)."""
+        assert self.conn is not None
+        await self.conn.send_raw(text)
+
+    async def append(self, pcm: np.ndarray, pace: float = 0.0) -> None:
+        """int16 mono at 24 kHz, as input_audio_buffer.append events of 100 ms; `pace`: seconds between them
+        (0.1 is real time)."""
+        for i in range(0, len(pcm), PIECE):
+            chunk = pcm[i : i + PIECE].astype("<i2").tobytes()
+            await self.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
+            if pace:
+                await asyncio.sleep(pace)
+
+    async def wait_for(self, pred: Any, limit: float = 30.0, start: int = 0) -> dict[str, Any]:
+        return await wait_for_event(self.events, self._changed, pred, limit, start)
+
+    def audio(self, response_id: str) -> np.ndarray:
+        """A response's speech as received: int16 at 24 kHz."""
+        parts = [
+            np.frombuffer(base64.b64decode(e["delta"]), "<i2")
+            for e in self.events
+            if e["type"] == "response.output_audio.delta" and e["response_id"] == response_id
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._manager is not None:
+            await self._manager.__aexit__(None, None, None)
+        await self._client.close()

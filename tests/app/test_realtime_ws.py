@@ -1,0 +1,211 @@
+"""The OpenAI Realtime WebSocket API (/v1/realtime), driven by the official `openai` SDK against a real server on
+127.0.0.1 (tone engine): every event the server sends must parse as the SDK's typed server event, and each
+response's events come in the protocol's order."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.realtime_ws import Outbox, OutboxFull
+from benchmarks.spoken import read_wav
+from benchmarks.ws_client import WsRealtimeClient, invalid_events, response_order_problems
+from streaming.engine import ResponseOptions
+from streaming.engines.tone import ToneEngine
+from tests.app.conftest import StartServer
+from tests.app.test_serve_loopback import wait_until
+from tests.streaming.conftest import make_speech_wav
+
+TEXT_ITEM = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "what is this"}]}
+
+
+@pytest.fixture(scope="module")
+def speech24k(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """The spoken question at the protocol's 24 kHz, then 1 s of silence (the turn detector's end of turn)."""
+    path = make_speech_wav(tmp_path_factory.mktemp("speech") / "hello24k.wav", "Hello there, can you hear me?", 24000)
+    pcm, rate = read_wav(path)
+    assert rate == 24000
+    return np.concatenate([pcm, np.zeros(24000, np.int16)])
+
+
+async def connect(url: str) -> WsRealtimeClient:
+    client = WsRealtimeClient(url)
+    await client.connect()
+    await client.wait_for("session.created")
+    return client
+
+
+def check_conformance(client: WsRealtimeClient) -> None:
+    assert invalid_events(client.events) == []
+    assert response_order_problems(client.events) == []
+
+
+async def test_spoken_turn_server_vad(start_server: StartServer, speech24k: np.ndarray) -> None:
+    engine = ToneEngine()
+    url, _ = await start_server(engine)
+    client = await connect(url)
+    try:
+        await client.append(speech24k, pace=0.1)  # real time, 100 ms pieces
+        await client.wait_for("input_audio_buffer.speech_stopped")
+        heard = await client.wait_for("conversation.item.input_audio_transcription.completed")
+        done = await client.wait_for("response.done")
+        await client.wait_for("omni.metrics")
+    finally:
+        await client.close()
+    rid = done["response"]["id"]
+    audio = client.audio(rid)
+    words = "".join(e["delta"] for e in client.events if e["type"] == "response.output_audio_transcript.delta")
+    assert heard["usage"]["type"] == "duration" and heard["usage"]["seconds"] > 1.0
+    assert words.startswith("Hello, I heard you speak for")
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["output"][0]["content"][0]["transcript"] == words
+    assert len(audio) > 24000 and np.abs(audio).max() > 1000  # > 1 s of the tones at 24 kHz, not silence
+    assert not any(e["type"].startswith("output_audio_buffer.") for e in client.events)  # WebRTC-only events
+    check_conformance(client)
+
+
+async def test_manual_turn_and_text_only_reply(start_server: StartServer, speech24k: np.ndarray) -> None:
+    engine = ToneEngine()
+    url, _ = await start_server(engine)
+    client = await connect(url)
+    try:
+        await client.send({"type": "session.update", "session": {"type": "realtime",
+                                                                  "audio": {"input": {"turn_detection": None}}}})
+        updated = await client.wait_for("session.updated")
+        await client.append(speech24k)  # as fast as the socket takes it: nothing waits for the detector
+        await client.send({"type": "input_audio_buffer.commit"})
+        await client.wait_for("input_audio_buffer.committed")
+        heard = await client.wait_for("conversation.item.input_audio_transcription.completed")
+        n = len(client.events)
+        await client.send(
+            {"type": "response.create", "response": {"output_modalities": ["text"], "instructions": "Be brief."}}
+        )
+        done = await client.wait_for("response.done", start=n)
+    finally:
+        await client.close()
+    assert updated["session"]["audio"]["input"]["turn_detection"] is None
+    assert "spoke for" in heard["transcript"]
+    assert not any(e["type"] == "response.output_audio.delta" for e in client.events)
+    assert done["response"]["output"][0]["content"][0]["type"] == "output_text"
+    assert done["response"]["output"][0]["content"][0]["text"].startswith("Hello, I heard you speak for")
+    assert engine.sessions[-1].responses == [ResponseOptions(speech=False, instructions="Be brief.")]
+    assert not any(e["type"] == "response.created" for e in client.events[:n])  # no reply before response.create
+    check_conformance(client)
+
+
+def png_data_url(w: int, h: int) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+async def test_text_and_image_turn(start_server: StartServer) -> None:
+    engine = ToneEngine()
+    url, _ = await start_server(engine)
+    client = await connect(url)
+    image = {"type": "input_image", "image_url": png_data_url(64, 48)}
+    try:
+        item = {**TEXT_ITEM, "content": [image, *TEXT_ITEM["content"]]}
+        await client.send({"type": "conversation.item.create", "item": item})
+        added = await client.wait_for("conversation.item.done")
+        await client.send({"type": "response.create"})
+        done = await client.wait_for("response.done")
+    finally:
+        await client.close()
+    assert [p["type"] for p in added["item"]["content"]] == ["input_image", "input_text"]
+    assert engine.sessions[-1].images == [(48, 64)]
+    assert done["response"]["output"][0]["content"][0]["transcript"] == "You wrote: what is this"
+    assert len(client.audio(done["response"]["id"])) > 0
+    check_conformance(client)
+
+
+async def test_cancel_then_truncate(start_server: StartServer) -> None:
+    engine = ToneEngine(step_delay=0.15)  # 16 words: about 2.4 s to generate
+    url, _ = await start_server(engine)
+    client = await connect(url)
+    try:
+        await client.send({"type": "conversation.item.create", "item": TEXT_ITEM})
+        await client.send({"type": "response.create"})
+        first = await client.wait_for("response.output_audio.delta")
+        await client.send({"type": "response.cancel"})
+        cancelled = await client.wait_for("response.done")
+        n = len(client.events)
+        await client.send({"type": "conversation.item.create", "item": TEXT_ITEM})
+        await client.send({"type": "response.create"})
+        done = await client.wait_for("response.done", start=n, limit=60)
+        item_id = done["response"]["output"][0]["id"]
+        await client.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                           "audio_end_ms": 300})
+        truncated = await client.wait_for("conversation.item.truncated")
+    finally:
+        await client.close()
+    assert cancelled["response"]["status"] == "cancelled" and cancelled["response"]["id"] == first["response_id"]
+    assert truncated["item_id"] == item_id and truncated["audio_end_ms"] == 300
+    full = done["response"]["output"][0]["content"][0]["transcript"]
+    kept = engine.sessions[-1].interrupted_with
+    assert len(kept) == 2 and 0 < len(kept[1]) < len(full) and full.startswith(kept[1])  # 300 ms: a word or two
+    check_conformance(client)
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("{not json", "invalid_json"),
+        ('{"type": "response.dance"}', "unknown_event"),
+        ('{"type": "input_audio_buffer.append", "audio": "%%%"}', "invalid_value"),
+        ('{"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}',
+         "invalid_value"),
+        ('{"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": '
+         '[{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}}', "invalid_value"),
+        ('{"type": "response.cancel"}', "response_cancel_not_active"),
+    ],
+)
+async def test_bad_events_get_errors_and_the_session_survives(start_server: StartServer, raw: str, code: str) -> None:
+    engine = ToneEngine()
+    url, _ = await start_server(engine)
+    client = await connect(url)
+    try:
+        await client.send_raw(raw)
+        error = await client.wait_for("error")
+        await client.send({"type": "conversation.item.create", "item": TEXT_ITEM})
+        await client.send({"type": "response.create"})
+        done = await client.wait_for("response.done")
+    finally:
+        await client.close()
+    assert error["error"]["code"] == code and error["error"]["message"]
+    assert done["response"]["status"] == "completed"
+    check_conformance(client)
+
+
+async def test_client_vanishing_mid_reply_tears_the_session_down(start_server: StartServer) -> None:
+    engine = ToneEngine(step_delay=0.1)
+    url, server = await start_server(engine)
+    client = await connect(url)
+    await client.send({"type": "conversation.item.create", "item": TEXT_ITEM})
+    await client.send({"type": "response.create"})
+    await client.wait_for("response.output_audio.delta")
+    assert client.conn is not None
+    client.conn._connection.transport.abort()  # type: ignore[attr-defined]  # TCP gone, no close frame
+    await client.close()
+    await wait_until(lambda: engine.open_sessions == 0 and "omni_ws_connections_active 0" in server.metrics.render())
+    assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(("sess_", "ws_"))] == []
+
+
+async def test_outbox_bounds_events_and_holds_speech_back() -> None:
+    box = Outbox(limit=4, audio_limit=2)
+    box.put("a")
+    box.put("b")
+    waiting = asyncio.create_task(box.wait_audio_room())
+    await asyncio.sleep(0)
+    assert not waiting.done()  # two messages queued: speech waits
+    box.put("c")
+    box.put("d")
+    with pytest.raises(OutboxFull):
+        box.put("e")  # events never wait: a client this far behind is disconnected
+    assert [await box.get() for _ in range(3)] == ["a", "b", "c"]
+    await asyncio.wait_for(waiting, 1.0)
