@@ -16,6 +16,8 @@ from typing import Any
 
 from streaming.frames import Interrupt, ResponseRequest, SessionUpdate, Truncate, UserMessage
 
+MAX_INSTRUCTIONS_CHARS = 8000  # the default bound (app.limits.Limits.max_instructions_chars)
+MAX_EVENT_ID_CHARS = 128
 ClientAction = ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage
 
 # Older (beta) client event names -> GA names. The client event names mostly did not change; beta clients
@@ -43,7 +45,9 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
-def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None:
+def parse_client_event(
+    raw: str | bytes | dict[str, Any], max_instructions: int = MAX_INSTRUCTIONS_CHARS
+) -> ClientAction | None:
     """One client event -> a frame for the session, or None for events that need no action.
 
     Raises `ProtocolError` naming what was wrong (bad JSON, missing type, unknown type, bad fields)."""
@@ -54,9 +58,15 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
             event = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise ProtocolError("invalid_json", f"event is not valid JSON: {e}") from None
+        except RecursionError:  # a nesting bomb ([[[[...]]]]): Python's parser gives up at ~1,000 levels
+            raise ProtocolError("invalid_json", "event is nested too deeply") from None
     if not isinstance(event, dict):
         raise ProtocolError("invalid_event", f"event must be a JSON object, got {type(event).__name__}")
-    event_id = event.get("event_id")
+    raw_id = event.get("event_id")
+    # echoed in our error events: only a short string, so an echo can never outgrow the peer's message limit
+    event_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_EVENT_ID_CHARS else None
+    if raw_id is not None and event_id is None:
+        raise ProtocolError("invalid_value", f"event_id must be a string of at most {MAX_EVENT_ID_CHARS} characters")
     kind = event.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("missing_type", "event has no string field 'type'", event_id)
@@ -64,6 +74,7 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
     if kind == "response.create":
         response = event.get("response") or {}
         instructions = response.get("instructions") if isinstance(response, dict) else None
+        _check_instructions(instructions, max_instructions, "response.instructions", event_id)
         return ResponseRequest(timestamp=0.0, instructions=instructions if isinstance(instructions, str) else None)
     if kind == "response.cancel":
         return Interrupt(timestamp=0.0, reason="client_cancel")
@@ -77,9 +88,13 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
             )
         return Truncate(item_id=item_id, audio_end_ms=end_ms)
     if kind == "session.update":
-        return SessionUpdate(settings=_session_settings(event.get("session"), event_id))
+        settings = _session_settings(event.get("session"), event_id)
+        _check_instructions(settings.get("instructions"), max_instructions, "session.instructions", event_id)
+        return SessionUpdate(settings=settings)
     if kind == "conversation.item.create":
-        return _user_message(event.get("item"), event_id)
+        message = _user_message(event.get("item"), event_id)
+        _check_instructions(message.text, max_instructions, "item.content text", event_id)
+        return message
     if kind in (
         "input_audio_buffer.append",
         "input_audio_buffer.commit",
@@ -92,6 +107,13 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
             event_id,
         )
     raise ProtocolError("unknown_event", f"unknown client event type {kind!r}", event_id)
+
+
+def _check_instructions(text: object, limit: int, name: str, event_id: str | None) -> None:
+    if isinstance(text, str) and len(text) > limit:
+        raise ProtocolError(
+            "invalid_value", f"{name} is {len(text)} characters long; at most {limit} are accepted", event_id
+        )
 
 
 def _user_message(item: object, event_id: str | None) -> UserMessage:
@@ -156,8 +178,12 @@ def _obj(v: object) -> dict[str, Any]:
 
 def _turn_detection(td: dict[str, Any], event_id: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    v = td.get("threshold", 0.5)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < v < 1.0:  # 0 or 1: always or never speech
+        raise ProtocolError("invalid_value", "turn_detection.threshold must be a number in (0, 1), exclusive", event_id)
+    if "threshold" in td:
+        out["threshold"] = v
     for key, lo, hi in (
-        ("threshold", 0.0, 1.0),
         ("silence_duration_ms", 0, 10000),
         ("prefix_padding_ms", 0, 5000),
         ("min_speech_duration_ms", 0, 5000),

@@ -21,6 +21,9 @@ class SessionConfig:
     video_max_side: int = 640
     instructions: str | None = None
     voice: str | None = None
+    user_id: str = "default"  # who the caller is (their API key's user; app.auth): what memory is scoped by
+    max_instructions_chars: int = 8000  # longer instructions are refused (a 200 KB prompt once prefilled for 213 s)
+    step_timeout: float = 60.0  # an engine step running longer ends the reply with an error (a stalled engine)
 
 
 def describe_session(config: SessionConfig, turn: TurnConfig, server_vad: bool, engine: Engine) -> dict[str, Any]:
