@@ -329,6 +329,9 @@ class Server:
             headers={"X-Prometheus-Format": "0.0.4"},
         )
 
+    async def client_secrets(self, request: web.Request) -> web.Response:
+        return await client_secrets(request, self.options.auth)
+
     async def hangup(self, request: web.Request) -> web.Response:
         """DELETE a call: with its own secret (X-Omni-Call-Secret, given with the answer) or, when keys are
         configured, a key of the user who opened it. A bare call id is not enough."""
@@ -565,7 +568,7 @@ def build_app(engine: Engine, options: ServeOptions | None = None) -> web.Applic
     app.router.add_get("/", server.index)
     app.router.add_static("/static/", WEB_ROOT)
     app.router.add_post("/v1/realtime/calls", server.offer)
-    app.router.add_post("/v1/realtime/client_secrets", lambda r: client_secrets(r, server.options.auth))
+    app.router.add_post("/v1/realtime/client_secrets", server.client_secrets)
     app.router.add_delete("/v1/realtime/calls/{call_id}", server.hangup)
     app.router.add_get("/metrics", server.metrics_page)
     return app

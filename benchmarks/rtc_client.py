@@ -93,8 +93,10 @@ class ScriptedMic(MediaStreamTrack):
 
 
 class RealtimeClient:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.call_secret: str | None = None  # hangs up the call (DELETE with X-Omni-Call-Secret)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic = ScriptedMic()
         self.events: list[dict[str, Any]] = []
@@ -134,12 +136,13 @@ class RealtimeClient:
             async with http.post(
                 f"{self.base_url}/v1/realtime/calls",
                 data=self.pc.localDescription.sdp,
-                headers={"Content-Type": "application/sdp"},
+                headers={"Content-Type": "application/sdp", **self.headers},
             ) as r:
                 body = await r.text()
                 if r.status != 201:
                     raise RuntimeError(f"offer rejected: {r.status} {body}")
                 self.call_url = r.headers["Location"]
+                self.call_secret = r.headers.get("X-Omni-Call-Secret")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         await asyncio.wait_for(self.channel_open.wait(), WAIT)
 
