@@ -17,6 +17,7 @@ from tests.app.test_serve_bad_input import offer_sdp
 from tests.app.test_serve_loopback import wait_until
 
 KEY = "sk-test-0123456789abcdef"
+SDP = {"Content-Type": "application/sdp"}
 
 
 async def request(method: str, url: str, body: str = "", **headers: str) -> tuple[int, dict[str, str], str]:
@@ -40,7 +41,7 @@ async def test_offers_that_never_connect_open_no_engine_session_and_are_capped(s
     sdp = await offer_sdp()
     statuses = []
     for _ in range(4):
-        status, headers, body = await request("POST", f"{url}/v1/realtime/calls", sdp, **{"Content-Type": "application/sdp"})
+        status, headers, body = await request("POST", f"{url}/v1/realtime/calls", sdp, **SDP)
         statuses.append(status)
     assert statuses == [201, 201, 201, 503]
     assert json.loads(body)["error"]["code"] == "max_pending" and int(headers["Retry-After"]) > 0
