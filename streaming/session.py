@@ -219,8 +219,16 @@ class Session(ReplyEnds):
     # ---- inputs from the transport (event loop, never block) ----
 
     def push_audio(self, frame: AudioFrame) -> None:
-        if not self.closed:
-            self.inbox.put_media(frame)
+        if self.closed:
+            return
+        # 8-192 kHz, at most 10 s a frame (a transport gives 10-60 ms); anything else is dropped, not fatal
+        if not 8000 <= frame.sample_rate <= 192000 or frame.pcm.size > 10 * 192000 or frame.channels < 1:
+            self.metrics.inc("bad_input_frames_total", "input audio frames dropped: bad rate, size or channels")
+            return
+        if frame.pcm.dtype.kind == "f" and not np.isfinite(frame.pcm).all():
+            frame = AudioFrame(np.nan_to_num(frame.pcm, posinf=1.0, neginf=-1.0), frame.sample_rate, frame.timestamp,
+                               frame.channels)
+        self.inbox.put_media(frame)
 
     def push_video(self, frame: VideoFrame) -> None:
         if not self.closed:
