@@ -29,6 +29,14 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+async def poll_until(pred: Any, step: float = 0.002, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(step)
+
+
 def make_engine(name: str) -> Any:
     if name == "tiny":
         import torch
@@ -70,10 +78,8 @@ async def hour(args: argparse.Namespace) -> None:
     for turn in range(int(args.minutes * 3)):  # a turn every 20 s of audio
         for i in range(1000):
             session.push_audio(AudioFrame(silence, 16000, turn * 20 + i * 0.02))
-            while len(session.inbox.media) > 400:  # as fast as the session takes it, never overflowing (500)
-                await asyncio.sleep(0.002)
-        while len(session.inbox.media):
-            await asyncio.sleep(0.005)
+            await poll_until(lambda: len(session.inbox.media) <= 400)  # as fast as it takes it, never full (500)
+        await poll_until(lambda: not len(session.inbox.media))
         t0 = time.perf_counter()
         session.handle_client_event({"type": "conversation.item.create", "item": {
             "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"turn {turn}"}]}})
@@ -83,9 +89,7 @@ async def hour(args: argparse.Namespace) -> None:
         lat.append(time.perf_counter() - t0)
         while session.output.read(48000) is not None:  # play it out at once (simulated time)
             pass
-        while session.replying:
-            await asyncio.sleep(0.002)
-            session.output.read(48000)
+        await poll_until(lambda: session.output.read(48000) is None and not session.replying)
         if (turn + 1) % 30 == 0:
             gc.collect()
             print(f"  {(turn + 1) / 3:.0f} simulated min: RSS {rss_mb():.1f} MB (+{rss_mb() - base:.1f}), "
@@ -130,9 +134,7 @@ async def churn(args: argparse.Namespace) -> None:
             await asyncio.sleep(3.0)
             gc.collect()
             rss0, tasks0 = rss_mb(), len(asyncio.all_tasks())
-    deadline = time.monotonic() + 10
-    while (server.connections or engine.open_sessions) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    await poll_until(lambda: not server.connections and not engine.open_sessions, 0.1, 10.0)
     gc.collect()
     assert rss0 is not None
     per = (rss_mb() - rss0) * 1024 / max(1, args.cycles - 20)
