@@ -26,11 +26,13 @@ freshness (about 30 s) stays the backstop.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -42,6 +44,8 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from app.auth import KEY_KIND, USER_ID, AuthConfig, auth_middleware, client_secrets
+from app.limits import Limits, MessageGate, RateLimiter, check_sdp, count_refusal, fit_event, refusal
 from streaming.engine import Engine
 from streaming.events import new_id, parse_client_event
 from streaming.frames import AudioFrame, SessionUpdate, VideoFrame
@@ -58,7 +62,6 @@ FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 CONNECT_TIMEOUT = 30.0  # a call that never connects is torn down after this
 IDLE_TIMEOUT = 10.0  # a connected call whose microphone sends no RTP for this long is torn down
 CHANNEL_DRAIN_TIMEOUT = 0.5  # on close, how long queued events get to leave before the peer connection closes
-MAX_OFFER_BYTES = 256 * 1024
 SUPPORTED_CODECS = {"audio": ("opus", "pcmu", "pcma"), "video": ("vp8", "h264")}
 
 
@@ -116,13 +119,18 @@ class ServeOptions:
     turn: TurnConfig = field(default_factory=TurnConfig)
     video_interval: float = 0.5
     idle_timeout: float = IDLE_TIMEOUT  # seconds without inbound audio RTP before a connected call is closed; 0: off
+    limits: Limits = field(default_factory=Limits)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
 
 class Connection:
     """One call: peer connection, session, the tasks that pump media, and the event channel."""
 
-    def __init__(self, server: Server, pc: RTCPeerConnection) -> None:
+    def __init__(self, server: Server, pc: RTCPeerConnection, user_id: str = "default") -> None:
         self.id = new_id("rtc")
+        self.secret = secrets.token_urlsafe(24)  # hangs up this call (X-Omni-Call-Secret), whatever the auth
+        self.user_id = user_id
+        self.gate = MessageGate(server.options.limits, server.metrics)
         self.server = server
         self.pc = pc
         self.session: Session | None = None
@@ -143,6 +151,14 @@ class Connection:
     def send_event(self, event: dict[str, Any]) -> None:
         text = json.dumps(event)
         ch = self.channel
+        # aiortc raises ValueError for a message over the peer's SCTP max-message-size, which would end the call
+        peer_max = getattr(getattr(ch, "transport", None), "_remote_max_message_size", 0) or 65536
+        too_big = fit_event(text, event, min(peer_max, self.server.options.limits.max_message_bytes))
+        if too_big is not None:
+            count_refusal(self.server.metrics, "outbound_message_size")
+            log.warning("%s: %s", self.id, too_big)
+            text = json.dumps(self.session.events.error("event_too_large", too_big, kind="server_error")
+                              if self.session is not None else {"type": "error", "error": {"message": too_big}})
         if ch is not None and ch.readyState == "open":
             ch.send(text)
         elif not self.closed:
@@ -164,8 +180,13 @@ class Connection:
             flush()
 
     def _on_message(self, message: str | bytes) -> None:
-        if self.session is not None:
-            self.session.handle_client_event(message)
+        if self.session is None:
+            return
+        refused = self.gate.admit(message)  # before parsing: 16 MB events were once parsed in full
+        if refused is not None:
+            self.send_event(self.session.events.error(*refused))
+            return
+        self.session.handle_client_event(message)
 
     async def pump(self, track: MediaStreamTrack) -> None:
         """Hand each frame of an inbound track to the session until the track ends: audio packed
@@ -246,6 +267,11 @@ class Server:
         self.metrics = ServerMetrics()
         self.connections: dict[str, Connection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.draining = False  # shutting down: no new calls (app.shutdown)
+        # Run at shutdown after replies drained, before calls close (e.g. flush memory to disk); sync or async.
+        self.shutdown_hooks: list[Callable[[], Awaitable[None] | None]] = []
+        lim = self.options.limits
+        self.connect_rate = RateLimiter(lim.connects_per_minute, lim.connect_burst)
 
     # ---- life cycle ----
 
@@ -296,21 +322,58 @@ class Server:
             headers={"X-Prometheus-Format": "0.0.4"},
         )
 
+    async def client_secrets(self, request: web.Request) -> web.Response:
+        return await client_secrets(request, self.options.auth)
+
     async def hangup(self, request: web.Request) -> web.Response:
+        """DELETE a call: with its own secret (X-Omni-Call-Secret, given with the answer) or, when keys are
+        configured, a key of the user who opened it. A bare call id is not enough."""
         conn = self.connections.get(request.match_info["call_id"])
-        if conn is None:
-            raise web.HTTPNotFound(text="no such call")
+        given = request.headers.get("X-Omni-Call-Secret", "")
+        keyed = self.options.auth.enabled and request.get(KEY_KIND) in ("server", "ephemeral")
+        owner = conn is not None and keyed and request.get(USER_ID) == conn.user_id
+        if conn is None or not (owner or hmac.compare_digest(given.encode(), conn.secret.encode())):
+            return refusal(404, "call_not_found", "no such call (or not yours to hang up)")  # 404: ids stay private
         self.teardown(conn, "hung up by the client")
         return web.Response(status=204)
 
+    def _admit(self, request: web.Request) -> web.Response | None:
+        """A refusal when a new call would break a limit (or the server is shutting down), else None."""
+        lim, metrics = self.options.limits, self.metrics
+        if self.draining:
+            return refusal(503, "server_shutting_down", "the server is shutting down", retry_after=30)
+        pending = sum(1 for c in self.connections.values() if c.pc.connectionState != "connected")
+        if len(self.connections) >= lim.max_sessions or pending >= lim.max_pending:
+            which = "max_sessions" if len(self.connections) >= lim.max_sessions else "max_pending"
+            count_refusal(metrics, which)
+            return refusal(503, which, f"the server has {len(self.connections)} calls open ({pending} connecting); "
+                           f"at most {lim.max_sessions} ({lim.max_pending} connecting) are allowed", retry_after=10)
+        wait = self.connect_rate.take(request.remote or "")
+        if wait > 0:
+            count_refusal(metrics, "connect_rate")
+            return refusal(429, "rate_limited", f"more than {lim.connects_per_minute:g} new calls a minute from "
+                           "this address", retry_after=wait)
+        return None
+
     async def offer(self, request: web.Request) -> web.Response:
+        refused = self._admit(request)
+        if refused is not None:
+            return refused
         try:
-            sdp, settings = await self._read_offer(request)
+            async with asyncio.timeout(self.options.limits.request_timeout):  # a body trickled in slowly
+                sdp, settings = await self._read_offer(request)
+            over = check_sdp(sdp, self.options.limits)
+            if over is not None:
+                count_refusal(self.metrics, "sdp")
+                raise OfferError(over)
+        except TimeoutError:
+            count_refusal(self.metrics, "request_timeout")
+            return refusal(408, "request_timeout", "the offer did not arrive in time")
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
         try:
-            conn, answer = await self._answer(sdp, settings)
+            conn, answer = await self._answer(sdp, request.get(USER_ID, "default"), settings)
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
@@ -318,18 +381,19 @@ class Server:
             status=201,
             text=answer,
             content_type="application/sdp",
-            headers={"Location": f"/v1/realtime/calls/{conn.id}"},
+            headers={"Location": f"/v1/realtime/calls/{conn.id}", "X-Omni-Call-Secret": conn.secret},
         )
 
     async def _read_offer(self, request: web.Request) -> tuple[str, SessionUpdate | None]:
         """The offer's SDP, and the session settings of the GA multipart form (fields `sdp` and `session`)."""
+        limit = self.options.limits.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise OfferError(f"body larger than {limit} bytes")
         if request.content_type == "multipart/form-data":
             return await _read_offer_form(request)
-        if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
-            raise OfferError(f"body larger than {MAX_OFFER_BYTES} bytes")
         body = await request.read()
-        if len(body) > MAX_OFFER_BYTES:
-            raise OfferError(f"body larger than {MAX_OFFER_BYTES} bytes")
+        if len(body) > limit:
+            raise OfferError(f"body larger than {limit} bytes")
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -352,11 +416,13 @@ class Server:
         check_offer_sdp(text)
         return text, None
 
-    async def _answer(self, sdp: str, settings: SessionUpdate | None = None) -> tuple[Connection, str]:
+    async def _answer(
+        self, sdp: str, user_id: str, settings: SessionUpdate | None = None
+    ) -> tuple[Connection, str]:
         assert self.vad is not None
         ice = [RTCIceServer(urls=u) for u in self.options.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        conn = Connection(self, pc)
+        conn = Connection(self, pc, user_id)
         tracks: list[MediaStreamTrack] = []
         pc.on("track", tracks.append)
         try:
@@ -367,14 +433,15 @@ class Server:
         if not any(t.kind == "audio" for t in tracks):
             await pc.close()
             raise OfferError("the offer sends no audio: add a microphone track (m=audio, sendrecv or sendonly)")
-        session = self.make_session(conn.send_event, lambda e: self.teardown(conn, f"session failed: {e}"))
+        session = self.make_session(
+            conn.send_event, lambda e: self.teardown(conn, f"session failed: {e}"), user_id=user_id
+        )
         conn.session = session
         self.connections[conn.id] = conn
         self.metrics.set_gauge("connections_active", "WebRTC calls open now", len(self.connections))
         try:
-            await session.start()
-            if settings is not None:
-                session.inbox.put_control(settings)  # applied before any audio: the control lane goes first
+            if settings is not None:  # applied before any audio once the call connects: the control lane goes first
+                session.inbox.put_control(settings)
             conn.out_track = AssistantAudioTrack(session)
             pc.addTrack(conn.out_track)
             pc.on("datachannel", lambda ch: conn.attach_channel(ch) if ch.label == "oai-events" else None)
@@ -382,6 +449,8 @@ class Server:
             for t in tracks:
                 conn.spawn(conn.pump(t), f"in-{t.kind}")
             conn.spawn(self._connect_deadline(conn), "deadline")
+            if self.options.limits.max_session_minutes > 0:
+                conn.spawn(self._session_deadline(conn, self.options.limits.max_session_minutes), "max-duration")
             if self.options.idle_timeout > 0:
                 conn.spawn(self._idle_watchdog(conn, self.options.idle_timeout), "idle-watchdog")
             await pc.setLocalDescription(await pc.createAnswer())
@@ -397,7 +466,10 @@ class Server:
         SessionConfig fields (the WebSocket transport's audio_over_events, output_rate)."""
         assert self.vad is not None, "the server has not started"
         cfg = SessionConfig(
-            turn=TurnConfig(**vars(self.options.turn)), video_interval=self.options.video_interval, **config
+            turn=TurnConfig(**vars(self.options.turn)),
+            video_interval=self.options.video_interval,
+            max_instructions_chars=self.options.limits.max_instructions_chars,
+            **config,
         )
         return Session(
             self.engine, self.worker, self.vad, emit, cfg, self.metrics, on_failure=on_failure, media=self.media
@@ -406,8 +478,30 @@ class Server:
     def _on_state(self, conn: Connection) -> None:
         state = conn.pc.connectionState
         log.info("%s: connection %s", conn.id, state)
+        if state == "connected" and conn.session is not None and not conn.session.started and not conn.closed:
+            conn.spawn(self._start_session(conn), "start")
         if state in ("failed", "closed"):
             self.teardown(conn, f"peer connection {state}")
+
+    async def _start_session(self, conn: Connection) -> None:
+        """Open the engine session once the call connects: an offer that never connects costs no engine state
+        (20 such offers once took the embedded server from 673 MB to 3.74 GB)."""
+        assert conn.session is not None
+        try:
+            await conn.session.start()
+        except Exception as e:  # the engine could not open a session: this call ends, the server goes on
+            log.exception("%s: starting the session failed", conn.id)
+            error = conn.session.events.error("server_error", f"cannot start the session: {e}", kind="server_error")
+            conn.send_event(error)
+            self.teardown(conn, "session start failed")
+
+    async def _session_deadline(self, conn: Connection, minutes: float) -> None:
+        await asyncio.sleep(minutes * 60)
+        count_refusal(self.metrics, "session_minutes")
+        if conn.session is not None:
+            why = f"the call reached its {minutes:g}-minute limit"
+            conn.send_event(conn.session.events.error("session_expired", why))
+        self.teardown(conn, f"session longer than {minutes:g} minutes")
 
     async def _connect_deadline(self, conn: Connection) -> None:
         await asyncio.sleep(CONNECT_TIMEOUT)
@@ -440,7 +534,7 @@ class Server:
 
 async def _read_offer_form(request: web.Request) -> tuple[str, SessionUpdate | None]:
     """The GA signaling form: `sdp` (the offer) and optional `session` (a session object, JSON, as in
-    `session.update`), both bounded by the app's client_max_size (MAX_OFFER_BYTES)."""
+    `session.update`), both bounded by the app's client_max_size (the max_body_bytes limit)."""
     try:
         form = await request.post()
     except (ValueError, web.HTTPException) as e:
@@ -495,13 +589,16 @@ def _rtpmap_names(lines: list[str], kind: str) -> list[str]:
 
 def build_app(engine: Engine, options: ServeOptions | None = None) -> web.Application:
     server = Server(engine, options)
-    app = web.Application(client_max_size=MAX_OFFER_BYTES)
+    app = web.Application(
+        client_max_size=server.options.limits.max_body_bytes, middlewares=[auth_middleware(server.options.auth)]
+    )
     app[SERVER_KEY] = server
     app.on_startup.append(server.startup)
     app.on_cleanup.append(server.cleanup)
     app.router.add_get("/", server.index)
     app.router.add_static("/static/", WEB_ROOT)
     app.router.add_post("/v1/realtime/calls", server.offer)
+    app.router.add_post("/v1/realtime/client_secrets", server.client_secrets)
     app.router.add_delete("/v1/realtime/calls/{call_id}", server.hangup)
     app.router.add_get("/metrics", server.metrics_page)
     from app.realtime_ws import add_routes  # imports this module: the WebSocket route builds on Server

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from app.auth import DEFAULT_USER, USER_ID
 from app.realtime_server import SERVER_KEY, Server
 from streaming.events import WIRE_RATE, new_id
 from streaming.session import Session
@@ -145,6 +146,7 @@ async def realtime_socket(request: web.Request) -> web.WebSocketResponse:
         lambda e: call.close_soon(f"session failed: {e}"),
         audio_over_events=True,
         output_rate=WIRE_RATE,
+        user_id=request.get(USER_ID, DEFAULT_USER),  # the bearer key's user (app.auth), when keys are on
     )
     call.session = session
     tasks: list[asyncio.Task[None]] = []

@@ -12,11 +12,10 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from app import deploy_args
 from streaming.vad import TurnConfig
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from streaming.engine import Engine
 
 
@@ -63,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-speech-ms", type=int, default=100, help="shorter sounds (clicks, coughs) are not speech")
     p.add_argument("--vad-threshold", type=float, default=0.5)
     p.add_argument("--test-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    deploy_args.add_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         ).validate()
         if args.idle_timeout < 0:
             raise ValueError(f"--idle-timeout must be >= 0 seconds, got {args.idle_timeout:g}")
+        auth, limits = deploy_args.deploy_settings(args)
         print(f"omni serve: loading the {args.engine} engine ...", file=sys.stderr, flush=True)
         threads = ENGINE_THREADS[args.engine]
         if threads is not None:
@@ -122,29 +123,22 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"omni serve: error: {e}", file=sys.stderr)
         return 1
+    from app.limits import RateLimitedLog
     from app.realtime_server import ServeOptions, build_app, restrict_ice_hosts
+    from app.shutdown import serve
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RateLimitedLog())
 
     if args.ice_host:
         restrict_ice_hosts(args.ice_host)
-    options = ServeOptions(ice_servers=args.ice_server, turn=turn, idle_timeout=args.idle_timeout)
+    options = ServeOptions(
+        ice_servers=args.ice_server, turn=turn, idle_timeout=args.idle_timeout, limits=limits, auth=auth
+    )
     try:
-        asyncio.run(_serve(build_app(engine, options), args.host, args.port))
+        asyncio.run(serve(build_app(engine, options), args.host, args.port, args.drain_seconds, limits.request_timeout))
     except OSError as e:
         print(f"omni serve: error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 1
     return 0
 
-
-async def _serve(app: web.Application, host: str, port: int) -> None:
-    from aiohttp import web
-
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        shown = f"[{host}]" if ":" in host else host
-        print(f"omni serve: open http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()

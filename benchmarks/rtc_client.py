@@ -93,8 +93,10 @@ class ScriptedMic(MediaStreamTrack):
 
 
 class RealtimeClient:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.call_secret: str | None = None  # hangs up the call (DELETE with X-Omni-Call-Secret)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic = ScriptedMic()
         self.events: list[dict[str, Any]] = []
@@ -132,18 +134,19 @@ class RealtimeClient:
             self.pc.addTrack(self.mic)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         sdp = self.pc.localDescription.sdp
-        body_args: dict[str, Any] = {"data": sdp, "headers": {"Content-Type": "application/sdp"}}
+        body_args: dict[str, Any] = {"data": sdp, "headers": {"Content-Type": "application/sdp", **self.headers}}
         if session is not None:
             form = aiohttp.FormData(default_to_multipart=True)  # as a browser's FormData posts it
             form.add_field("sdp", sdp)
             form.add_field("session", json.dumps(session))
-            body_args = {"data": form}
+            body_args = {"data": form, "headers": dict(self.headers)}
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{self.base_url}/v1/realtime/calls", **body_args) as r:
                 body = await r.text()
                 if r.status != 201:
                     raise RuntimeError(f"offer rejected: {r.status} {body}")
                 self.call_url = r.headers["Location"]
+                self.call_secret = r.headers.get("X-Omni-Call-Secret")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         await asyncio.wait_for(self.channel_open.wait(), WAIT)
 

@@ -34,6 +34,8 @@ ClientAction = (
     ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage | AudioFrame | InputCommit | InputClear
 )
 WIRE_RATE = 24000  # the protocol's audio/pcm rate, both ways (the SDK's AudioPCM.rate is Literal[24000])
+MAX_INSTRUCTIONS_CHARS = 8000  # the default bound (app.limits.Limits.max_instructions_chars)
+MAX_EVENT_ID_CHARS = 128
 
 # Older (beta) client event names -> GA names. The client event names mostly did not change; beta clients
 # also send these.
@@ -60,7 +62,9 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
-def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None:
+def parse_client_event(
+    raw: str | bytes | dict[str, Any], max_instructions: int = MAX_INSTRUCTIONS_CHARS
+) -> ClientAction | None:
     """One client event -> a frame for the session, or None for events that need no action.
 
     Raises `ProtocolError` naming what was wrong (bad JSON, missing type, unknown type, bad fields)."""
@@ -71,9 +75,15 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
             event = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise ProtocolError("invalid_json", f"event is not valid JSON: {e}") from None
+        except RecursionError:  # a nesting bomb ([[[[...]]]]): Python's parser gives up at ~1,000 levels
+            raise ProtocolError("invalid_json", "event is nested too deeply") from None
     if not isinstance(event, dict):
         raise ProtocolError("invalid_event", f"event must be a JSON object, got {type(event).__name__}")
-    event_id = event.get("event_id")
+    raw_id = event.get("event_id")
+    # echoed in our error events: only a short string, so an echo can never outgrow the peer's message limit
+    event_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_EVENT_ID_CHARS else None
+    if raw_id is not None and event_id is None:
+        raise ProtocolError("invalid_value", f"event_id must be a string of at most {MAX_EVENT_ID_CHARS} characters")
     kind = event.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("missing_type", "event has no string field 'type'", event_id)
@@ -83,6 +93,7 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
         instructions = response.get("instructions")
         if instructions is not None and not isinstance(instructions, str):
             raise ProtocolError("invalid_value", "response.instructions must be a string", event_id)
+        _check_instructions(instructions, max_instructions, "response.instructions", event_id)
         speech = _speech(response, event_id) if "output_modalities" in response else None
         return ResponseRequest(timestamp=0.0, instructions=instructions, speech=speech)
     if kind == "response.cancel":
@@ -97,9 +108,13 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
             )
         return Truncate(item_id=item_id, audio_end_ms=end_ms)
     if kind == "session.update":
-        return SessionUpdate(settings=_session_settings(event.get("session"), event_id))
+        settings = _session_settings(event.get("session"), event_id)
+        _check_instructions(settings.get("instructions"), max_instructions, "session.instructions", event_id)
+        return SessionUpdate(settings=settings)
     if kind == "conversation.item.create":
-        return _user_message(event.get("item"), event_id)
+        message = _user_message(event.get("item"), event_id)
+        _check_instructions(message.text, max_instructions, "item.content text", event_id)
+        return message
     if kind == "input_audio_buffer.append":
         return AudioFrame(_pcm16(event.get("audio"), event_id), WIRE_RATE, 0.0)
     if kind == "input_audio_buffer.commit":
@@ -111,6 +126,13 @@ def parse_client_event(raw: str | bytes | dict[str, Any]) -> ClientAction | None
             "unsupported_event", "output_audio_buffer.clear is not supported: use response.cancel", event_id
         )
     raise ProtocolError("unknown_event", f"unknown client event type {kind!r}", event_id)
+
+
+def _check_instructions(text: object, limit: int, name: str, event_id: str | None) -> None:
+    if isinstance(text, str) and len(text) > limit:
+        raise ProtocolError(
+            "invalid_value", f"{name} is {len(text)} characters long; at most {limit} are accepted", event_id
+        )
 
 
 def _user_message(item: object, event_id: str | None) -> UserMessage:
@@ -227,8 +249,12 @@ def _obj(v: object) -> dict[str, Any]:
 
 def _turn_detection(td: dict[str, Any], event_id: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    v = td.get("threshold", 0.5)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < v < 1.0:  # 0 or 1: always or never speech
+        raise ProtocolError("invalid_value", "turn_detection.threshold must be a number in (0, 1), exclusive", event_id)
+    if "threshold" in td:
+        out["threshold"] = v
     for key, lo, hi in (
-        ("threshold", 0.0, 1.0),
         ("silence_duration_ms", 0, 10000),
         ("prefix_padding_ms", 0, 5000),
         ("min_speech_duration_ms", 0, 5000),

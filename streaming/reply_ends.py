@@ -5,6 +5,7 @@ state, declared below, and run on the event loop (engine calls go through the de
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,12 @@ from streaming.session_config import SessionConfig
 from streaming.worker import DeviceWorker
 
 Emit = Callable[[dict[str, Any]], None]
+log = logging.getLogger(__name__)
+
+
+def _log_cleanup(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("cleaning up after a stalled reply failed: %r", task.exception())
 
 
 @dataclass
@@ -108,6 +115,25 @@ class ReplyEnds:
             await asyncio.gather(reply.task, return_exceptions=True)
         await self.worker.run(self._interrupt_engine, reply, played)
         self._feed.hold = False
+
+    async def _fail_reply(self, reply: Response, why: str, stalled: bool) -> None:
+        """End a reply the engine failed on: an `error` and a `failed` response.done, and the session goes on.
+        A stalled step still holds the worker, so its clean-up job is queued behind it, not awaited."""
+        if self._reply is not reply:
+            return
+        played = self.output.log_for(reply.response_id).played_text()
+        self.output.flush()
+        code = "engine_timeout" if stalled else "engine_error"
+        self._emit(self.events.error(code, f"the reply failed: {why}", kind="server_error"))
+        self._emit(self.events.response_done(reply.response_id, reply.item_id, "failed", played, code))
+        self.metrics.inc("reply_failures_total", "replies ended by an engine error or a stalled engine step")
+        self._finish_reply(reply)
+        cleanup = asyncio.ensure_future(self.worker.run(self._interrupt_engine, reply, played))
+        self._feed.hold = False
+        if not stalled:
+            await cleanup
+        else:
+            cleanup.add_done_callback(_log_cleanup)
 
     def _interrupt_engine(self, reply: Response, played: str) -> None:
         close_iterator(reply.iterator)

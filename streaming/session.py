@@ -27,6 +27,7 @@ import asyncio
 import base64
 import dataclasses
 import io
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -79,7 +80,7 @@ from streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
 from streaming.reply_ends import Emit, ReplyEnds, Response
 from streaming.session_config import SessionConfig, describe_session, updated_turn_config
 from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker
+from streaming.worker import DeviceWorker, job_owner
 
 log = logging.getLogger(__name__)
 InboxItem = AudioFrame | ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage | InputCommit | InputClear
@@ -127,6 +128,7 @@ class Session(ReplyEnds):
         self._turns = 0
         self._turn_seconds = 0.0  # audio of the user's open turn given to the engine (transcription usage)
         self._dropped_reported = 0
+        self.started = False
         self.closed = False
         self.failure: BaseException | None = None
         self.turn_history: list[TurnMetrics] = []  # the last 32 turns, for tests and benchmarks
@@ -145,6 +147,7 @@ class Session(ReplyEnds):
 
     async def start(self) -> None:
         self._engine_session = await self.worker.run(self._open_engine_session)
+        self.started = True
         self.metrics.inc("sessions_total", "sessions started")
         self.metrics.add_gauge("sessions_active", "sessions open now", 1)
         self._emit(self.events.session_created(self.describe()))
@@ -160,7 +163,9 @@ class Session(ReplyEnds):
         return describe_session(self.config, self._audio_state.detector.config, vad, self.engine)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=f"{self.id}:{name}")
+        ctx = contextvars.copy_context()
+        ctx.run(job_owner.set, self.id)  # worker jobs of this session's tasks take turns with other sessions'
+        task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=f"{self.id}:{name}", context=ctx)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -179,6 +184,11 @@ class Session(ReplyEnds):
             self.metrics.inc("session_failures_total", "sessions ended by an internal error")
             if self.on_failure is not None:
                 self.on_failure(e)
+
+    @property
+    def replying(self) -> bool:
+        """A reply is being generated or played."""
+        return self._reply is not None
 
     @property
     def tasks(self) -> frozenset[asyncio.Task[None]]:
@@ -205,7 +215,8 @@ class Session(ReplyEnds):
                 await asyncio.wait_for(self.worker.run(self._close_engine, reply, engine_session), 30.0)
             except Exception:
                 log.exception("session %s: closing the engine session failed", self.id)
-        self.metrics.add_gauge("sessions_active", "sessions open now", -1)
+        if self.started:
+            self.metrics.add_gauge("sessions_active", "sessions open now", -1)
 
     @staticmethod
     def _close_engine(reply: Response | None, engine_session: EngineSession) -> None:
@@ -216,8 +227,16 @@ class Session(ReplyEnds):
     # ---- inputs from the transport (event loop, never block) ----
 
     def push_audio(self, frame: AudioFrame) -> None:
-        if not self.closed:
-            self.inbox.put_media(frame)
+        if self.closed:
+            return
+        # 8-192 kHz, at most 10 s a frame (a transport gives 10-60 ms); anything else is dropped, not fatal
+        if not 8000 <= frame.sample_rate <= 192000 or frame.pcm.size > 10 * 192000 or frame.channels < 1:
+            self.metrics.inc("bad_input_frames_total", "input audio frames dropped: bad rate, size or channels")
+            return
+        if frame.pcm.dtype.kind == "f" and not np.isfinite(frame.pcm).all():
+            frame = AudioFrame(np.nan_to_num(frame.pcm, posinf=1.0, neginf=-1.0), frame.sample_rate, frame.timestamp,
+                               frame.channels)
+        self.inbox.put_media(frame)
 
     def push_video(self, frame: VideoFrame) -> None:
         if not self.closed:
@@ -228,7 +247,7 @@ class Session(ReplyEnds):
         if self.closed:
             return
         try:
-            action = parse_client_event(raw)
+            action = parse_client_event(raw, self.config.max_instructions_chars)
         except ProtocolError as e:
             self._emit(self.events.error(e.code, str(e), e.event_id))
             return
@@ -410,15 +429,26 @@ class Session(ReplyEnds):
         self._emit(self.events.response_created(reply.response_id))
         self._emit(self.events.output_item(reply.response_id, reply.item_id, False, reply.options.speech))
         reply.task = asyncio.get_running_loop().create_task(
-            self._guard(self._generate(reply), "reply"), name=f"{self.id}:reply"
+            self._guard(self._guard_reply(reply), "reply"), name=f"{self.id}:reply"
         )
+
+    async def _guard_reply(self, reply: Response) -> None:
+        """An engine failure or a stalled step ends this reply with an error; the session goes on."""
+        try:
+            await self._generate(reply)
+        except TimeoutError:
+            await self._fail_reply(reply, f"an engine step took over {self.config.step_timeout:g} s", stalled=True)
+        except (ValueError, RuntimeError, ArithmeticError, LookupError, TypeError, AttributeError, OSError) as e:
+            log.exception("session %s: the engine failed in a reply", self.id)
+            await self._fail_reply(reply, f"{type(e).__name__}: {e}", stalled=False)
 
     async def _generate(self, reply: Response) -> None:
         assert self._engine_session is not None
         reply.iterator = await self.worker.run(self._engine_session.respond, reply.options)
         resampler = StreamingResampler(self.engine.output_sample_rate, self.config.output_rate)
         while not reply.generated:
-            ev, seconds = await self.worker.run(_step, reply.iterator)
+            # wait_for: a stalled step (a hung engine) becomes an error instead of a silent hang
+            ev, seconds = await asyncio.wait_for(self.worker.run(_step, reply.iterator), self.config.step_timeout)
             reply.metrics.compute_seconds += seconds
             if ev is None or isinstance(ev, ReplyDone):
                 reply.generated = True
@@ -449,15 +479,20 @@ class Session(ReplyEnds):
                     self.events.error("invalid_value", "instructions and voice can only change before the first reply")
                 )
                 return
-            self.config.instructions = settings.get("instructions", self.config.instructions)
-            self.config.voice = settings.get("voice", self.config.voice)
-            self._engine_session = await self.worker.run(self._reopen_engine)
+            wanted = (settings.get("instructions", self.config.instructions), settings.get("voice", self.config.voice))
+            if wanted != (self.config.instructions, self.config.voice):  # a reopen costs ~235 ms (embedded engine)
+                self.config.instructions, self.config.voice = wanted
+                self._engine_session = await self.worker.run(self._reopen_engine)
         if "turn_detection" in settings:
             td = settings["turn_detection"]
             if td is None:
                 self.config.create_response = False
             else:
-                self._audio_state.detector.config = updated_turn_config(self._audio_state.detector.config, td)
+                try:
+                    self._audio_state.detector.config = updated_turn_config(self._audio_state.detector.config, td)
+                except ValueError as e:  # the protocol check should have caught it; never end the session
+                    self._emit(self.events.error("invalid_value", f"turn_detection: {e}"))
+                    return
                 self.config.create_response = td.get("create_response", True)
                 self.config.interrupt_response = td.get("interrupt_response", True)
             self._feed.auto_end_turn = self.config.create_response

@@ -28,6 +28,9 @@ class SessionConfig:
     # 24 kHz, sent as fast as the client reads them; `response.done` follows the reply's last audio delta).
     audio_over_events: bool = False
     output_rate: int = OUTPUT_RATE  # the rate OutputAudio holds: 48 kHz for the track, 24 kHz for events
+    user_id: str = "default"  # who the caller is (their API key's user; app.auth): what memory is scoped by
+    max_instructions_chars: int = 8000  # longer instructions are refused (a 200 KB prompt once prefilled for 213 s)
+    step_timeout: float = 60.0  # an engine step running longer ends the reply with an error (a stalled engine)
 
 
 def describe_session(config: SessionConfig, turn: TurnConfig, server_vad: bool, engine: Engine) -> dict[str, Any]:

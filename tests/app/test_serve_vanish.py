@@ -18,6 +18,7 @@ from aiortc import RTCPeerConnection
 
 import app.realtime_server
 import app.serve
+import app.shutdown
 from app.cli import build_parser
 from app.realtime_server import IDLE_TIMEOUT, Connection, ServeOptions, Server
 from benchmarks.rtc_client import RealtimeClient
@@ -180,7 +181,7 @@ def test_idle_timeout_flag_reaches_the_server(monkeypatch: pytest.MonkeyPatch) -
         return None
 
     monkeypatch.setattr(app.realtime_server, "build_app", fake_build_app)
-    monkeypatch.setattr(app.serve, "_serve", fake_serve)
+    monkeypatch.setattr(app.shutdown, "serve", fake_serve)
     args = build_parser().parse_args(["serve", "--engine", "test", "--idle-timeout", "2.5"])
     assert app.serve.run(args) == 0
     assert seen[0].idle_timeout == 2.5

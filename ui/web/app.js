@@ -8,7 +8,7 @@ const $ = (id) => document.getElementById(id);
 window.__omni = { state: "idle", events: [], assistantText: "", userText: "", maxLevel: 0, loudTicks: 0,
                   metrics: null, error: null };
 
-let pc = null, channel = null, callUrl = null, local = null, audioCtx = null, levelTimer = null;
+let pc = null, channel = null, callUrl = null, callSecret = null, local = null, audioCtx = null, levelTimer = null;
 let assistantItem = null, userItem = null, muteUntilNextResponse = false;
 
 function setStatus(text, cls) {
@@ -63,12 +63,15 @@ async function start() {
     channel.addEventListener("message", (ev) => onEvent(JSON.parse(ev.data)));
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIce(pc, 3000); // non-trickle: the answerer gathers fully, so send every candidate at once
-    const res = await fetch("/v1/realtime/calls", {
-      method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+    const offer = (auth) => fetch("/v1/realtime/calls", {
+      method: "POST", headers: { "Content-Type": "application/sdp", ...auth }, body: pc.localDescription.sdp,
     });
+    let res = await offer({});
+    if (res.status === 401) res = await offer(await ephemeralAuth()); // the server has --api-key
     const body = await res.text();
     if (res.status !== 201) throw new Error(`server refused the call (${res.status}): ${body}`);
     callUrl = res.headers.get("Location");
+    callSecret = res.headers.get("X-Omni-Call-Secret");
     await pc.setRemoteDescription({ type: "answer", sdp: body });
     $("hangup").disabled = false;
   } catch (err) {
@@ -76,6 +79,17 @@ async function start() {
     setStatus("failed", "failed");
     stop();
   }
+}
+
+// With auth on, the page trades the server key (asked once, kept for this tab) for a short-lived client secret
+// (POST /v1/realtime/client_secrets, OpenAI's flow) and opens the call with that.
+async function ephemeralAuth() {
+  let key = sessionStorage.getItem("omniApiKey") || prompt("This server needs an API key:");
+  if (!key) throw new Error("an API key is needed to call this server");
+  const res = await fetch("/v1/realtime/client_secrets", { method: "POST", headers: { Authorization: `Bearer ${key}` } });
+  if (res.status !== 200) { sessionStorage.removeItem("omniApiKey"); throw new Error(`API key refused (${res.status})`); }
+  sessionStorage.setItem("omniApiKey", key);
+  return { Authorization: `Bearer ${(await res.json()).value}` };
 }
 
 // Chrome only feeds remote WebRTC audio to WebAudio while a media element also plays it: play it in <audio>
@@ -161,7 +175,7 @@ function onEvent(ev) {
 }
 
 function stop() {
-  if (callUrl) fetch(callUrl, { method: "DELETE" }).catch(() => {});
+  if (callUrl) fetch(callUrl, { method: "DELETE", headers: { "X-Omni-Call-Secret": callSecret || "" } }).catch(() => {});
   callUrl = null;
   if (levelTimer) clearInterval(levelTimer);
   levelTimer = null;

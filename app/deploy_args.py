@@ -1,0 +1,149 @@
+"""`omni serve` flags for running beyond loopback: keys, origins, limits and shutdown (one block of flags).
+
+Kept apart from app.serve so the engine flags and these evolve separately; `deploy_settings` turns them into
+the server's `AuthConfig` and `Limits` and refuses an exposed bind without a key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.auth import AuthConfig
+    from app.limits import Limits
+
+API_KEY_ENV = "OMNI_API_KEY"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("access", "who may use the server (needed to bind anything but loopback)")
+    g.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"require 'Authorization: Bearer KEY' on the API (/v1/..., /metrics); default: ${API_KEY_ENV}",
+    )
+    g.add_argument(
+        "--keys-file",
+        metavar="FILE",
+        help='JSON {"<key>": "<user id>"}: several keys, each a user (what memory is scoped by)',
+    )
+    g.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a web page origin allowed to call the API, e.g. https://app.example.com (repeatable; "
+        "default: only pages this server serves)",
+    )
+    g.add_argument("--public-metrics", action="store_true", help="serve /metrics without a key")
+    g.add_argument("--insecure", action="store_true", help="allow binding a non-loopback address without a key")
+    lim = p.add_argument_group(
+        "limits", "each refusal is a clear error and counted in /metrics (omni_limit_*_refusals_total)"
+    )
+    lim.add_argument(
+        "--max-sessions", type=int, default=16, help="calls open at once (default 16); beyond: 503 + Retry-After"
+    )
+    lim.add_argument("--max-pending", type=int, default=8, help="calls offered but not yet connected (default 8)")
+    lim.add_argument(
+        "--max-session-minutes",
+        type=float,
+        default=240.0,
+        help="close a call after this long (default 240; 0: no limit)",
+    )
+    lim.add_argument(
+        "--max-instructions",
+        type=int,
+        default=8000,
+        metavar="CHARS",
+        help="instructions and typed messages longer than this are refused (default 8000)",
+    )
+    lim.add_argument("--max-body-kb", type=int, default=256, help="request body, SDP included (default 256)")
+    lim.add_argument(
+        "--max-candidates",
+        type=int,
+        default=32,
+        help="ICE candidates per offer (default 32); SDP media sections are capped at 8",
+    )
+    lim.add_argument("--max-message-kb", type=int, default=256, help="one data-channel event (default 256)")
+    lim.add_argument(
+        "--events-per-second", type=float, default=50.0, help="client events per call (default 50, bursts of 200)"
+    )
+    lim.add_argument(
+        "--connects-per-minute",
+        type=float,
+        default=60.0,
+        help="new calls per client address (default 60, bursts of 20); beyond: 429",
+    )
+    lim.add_argument(
+        "--request-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="a request (or an idle HTTP connection) that takes longer is closed (default 15)",
+    )
+    lim.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=10.0,
+        help="on SIGTERM/SIGINT, how long replies in "
+        "progress get to finish (default 10); a second signal exits at once",
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def deploy_settings(args: argparse.Namespace) -> tuple[AuthConfig, Limits]:
+    """The auth and limits settings; ValueError with a message naming the flag for a bad combination."""
+    from app.auth import AuthConfig, load_keys_file
+    from app.limits import Limits
+
+    keys = load_keys_file(args.keys_file) if args.keys_file else {}
+    key = args.api_key or os.environ.get(API_KEY_ENV)
+    if key:
+        if len(key) < 16:
+            raise ValueError(f"--api-key (or ${API_KEY_ENV}) must be at least 16 characters")
+        keys[key] = "default"
+    if not keys and not is_loopback(args.host) and not args.insecure:
+        raise ValueError(
+            f"binding {args.host} would let anyone who can reach it use the server: pass --api-key KEY (or set "
+            f"${API_KEY_ENV}, or --keys-file FILE), or --insecure to do it anyway"
+        )
+    for name in (
+        "max_sessions",
+        "max_pending",
+        "max_instructions",
+        "max_body_kb",
+        "max_candidates",
+        "max_message_kb",
+        "events_per_second",
+        "connects_per_minute",
+        "request_timeout",
+    ):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0")
+    if args.max_session_minutes < 0 or args.drain_seconds < 0:
+        raise ValueError("--max-session-minutes and --drain-seconds must be >= 0")
+    limits = Limits(
+        max_sessions=args.max_sessions,
+        max_pending=args.max_pending,
+        max_body_bytes=args.max_body_kb * 1024,
+        max_candidates=args.max_candidates,
+        max_message_bytes=args.max_message_kb * 1024,
+        messages_per_second=args.events_per_second,
+        max_instructions_chars=args.max_instructions,
+        max_session_minutes=args.max_session_minutes,
+        connects_per_minute=args.connects_per_minute,
+        request_timeout=args.request_timeout,
+    )
+    auth = AuthConfig(keys=keys, allow_origins=list(args.allow_origin), public_metrics=args.public_metrics)
+    return auth, limits

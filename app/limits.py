@@ -1,0 +1,169 @@
+"""Limits that keep one client from exhausting the server, each with a clear answer and a /metrics counter.
+
+Every default is far above what one person at the demo page does, so a single user never meets them: one
+call holds one session, a page reload makes one offer, a browser offer has 2-3 m-lines and at most a dozen
+candidates, and the Realtime client sends a few events per second, each well under 10 KB.
+
+Shared by every transport: the WebRTC signaling route uses `check_sdp`, `RateLimiter` (connections per
+client address) and `refusal`; a WebSocket route can use the same helpers for its upgrade request and its
+messages (`MessageGate`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from streaming.metrics import ServerMetrics
+
+# The data channel message size aiortc advertises (RTCSctpCapabilities.maxMessageSize): 256 KiB.
+CHANNEL_MAX_MESSAGE_BYTES = 262144
+
+
+@dataclass
+class Limits:
+    max_sessions: int = 16  # calls open at once, connected or not; the 17th gets 503 + Retry-After
+    max_pending: int = 8  # of those, calls not yet connected (each holds a peer connection and ICE agent)
+    max_body_bytes: int = 256 * 1024  # any request body (an SDP offer is 2-6 KB)
+    max_sdp_media: int = 8  # m-lines per offer (the demo page sends 2-3)
+    max_candidates: int = 32  # a=candidate lines per offer; each makes the server send STUN checks
+    max_message_bytes: int = CHANNEL_MAX_MESSAGE_BYTES  # one inbound (and outbound) data-channel message
+    messages_per_second: float = 50.0  # sustained client events per call, bursts of `message_burst`
+    message_burst: int = 200
+    max_instructions_chars: int = 8000  # ~2,000 tokens: about 8 s of prefill on the embedded CPU engine
+    max_session_minutes: float = 240.0  # then the call is closed with a `session_expired` error; 0: no limit
+    connects_per_minute: float = 60.0  # new calls per client address (a reload a second for a minute)
+    connect_burst: int = 20
+    request_timeout: float = 15.0  # seconds a request may take to arrive (headers and body); half-open: closed
+
+
+def refusal(status: int, code: str, message: str, retry_after: float | None = None) -> web.Response:
+    """An HTTP refusal whose body is a Realtime-style error object, so clients read one shape everywhere."""
+    body = {"error": {"type": "invalid_request_error", "code": code, "message": message}}
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+
+
+def count_refusal(metrics: ServerMetrics, limit: str) -> None:
+    metrics.inc(f"limit_{limit}_refusals_total", f"requests or events refused by the {limit} limit")
+
+
+def check_sdp(sdp: str, limits: Limits) -> str | None:
+    """What is over a limit in this offer (None when it is within them)."""
+    media = candidates = 0
+    for ln in sdp.splitlines():
+        if ln.startswith("m="):
+            media += 1
+        elif ln.startswith("a=candidate:"):
+            candidates += 1
+    if media > limits.max_sdp_media:
+        return f"the offer has {media} media sections (m= lines); at most {limits.max_sdp_media} are accepted"
+    if candidates > limits.max_candidates:
+        return f"the offer lists {candidates} ICE candidates; at most {limits.max_candidates} are accepted"
+    return None
+
+
+class TokenBucket:
+    """`rate` tokens per second, at most `burst` saved up."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens = float(burst)
+        self.t = time.monotonic()
+
+    def take(self) -> float:
+        """0.0 when a token was taken, else the seconds until one will be there."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    """One token bucket per key (a client address), the least recently used forgotten beyond `max_keys` so a
+    spray of source addresses cannot grow it without bound (10,000 buckets are about 2 MB)."""
+
+    def __init__(self, per_minute: float, burst: int, max_keys: int = 10000) -> None:
+        self.rate, self.burst, self.max_keys = per_minute / 60.0, burst, max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def take(self, key: str) -> float:
+        bucket = self._buckets.pop(key, None) or TokenBucket(self.rate, self.burst)
+        self._buckets[key] = bucket
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return bucket.take()
+
+
+class MessageGate:
+    """Inbound message checks for one call: size and rate. `admit` returns an error (code, message) or None."""
+
+    def __init__(self, limits: Limits, metrics: ServerMetrics) -> None:
+        self.limits = limits
+        self.metrics = metrics
+        self.bucket = TokenBucket(limits.messages_per_second, limits.message_burst)
+
+    def admit(self, message: str | bytes) -> tuple[str, str] | None:
+        size = len(message) if isinstance(message, bytes) else _utf8_len(message, self.limits.max_message_bytes)
+        if size > self.limits.max_message_bytes:
+            count_refusal(self.metrics, "message_size")
+            return "message_too_large", (
+                f"event of {size} bytes is larger than the {self.limits.max_message_bytes}-byte message limit"
+            )
+        if self.bucket.take() > 0.0:
+            count_refusal(self.metrics, "message_rate")
+            return "rate_limited", (
+                f"more than {self.limits.messages_per_second:g} events per second "
+                f"(bursts of {self.limits.message_burst}); this one was dropped"
+            )
+        return None
+
+
+def _utf8_len(text: str, limit: int) -> int:
+    """UTF-8 length of `text`, without encoding 16 MB when a quick bound already says it is too big."""
+    if len(text) > limit:
+        return len(text)  # at least one byte per character
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def fit_event(text: str, event: dict[str, Any], limit: int) -> str | None:
+    """None when the serialized event `text` fits in `limit` bytes, else why it does not (for an error event)."""
+    size = _utf8_len(text, limit)
+    if size <= limit:
+        return None
+    return f"a {event.get('type', 'server')} event of {size} bytes was not sent: over the {limit}-byte message limit"
+
+
+class RateLimitedLog(logging.Filter):
+    """At most `burst` records per logger and message template in `window` seconds, then one line saying how
+    many were held back. A flood of 1,100 slow connections once wrote 23,679 log lines in 16 s."""
+
+    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
+        super().__init__()
+        self.burst, self.window = burst, window
+        self._seen: OrderedDict[tuple[str, str], list[float]] = OrderedDict()  # key -> [window start, count]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        entry = self._seen.get(key)
+        if entry is None or now - entry[0] >= self.window:
+            held = 0 if entry is None else int(entry[1]) - self.burst
+            self._seen[key] = [now, 1.0]
+            self._seen.move_to_end(key)
+            while len(self._seen) > 1000:
+                self._seen.popitem(last=False)
+            if held > 0:
+                record.msg = f"{record.msg} [{held} similar lines held back in the last {self.window:g} s]"
+            return True
+        entry[1] += 1
+        return entry[1] <= self.burst

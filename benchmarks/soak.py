@@ -1,0 +1,194 @@
+"""Soaks that print numbers (no pass/fail): a long session, connect/disconnect churn, concurrent sessions.
+
+  python -m benchmarks.soak hour --engine test --minutes 60   # one session, a turn every 20 s of audio
+  python -m benchmarks.soak churn --cycles 500                 # real WebRTC calls over loopback, some vanish
+  python -m benchmarks.soak concurrent --sessions 12 --seconds 120
+
+`hour` runs faster than real time: the session is fed 20 s of (silent) microphone audio as fast as it takes
+it, then a typed turn and `response.create`; it prints RSS growth and reply latency per 10 simulated minutes.
+`churn` and `concurrent` start the server in this process on 127.0.0.1 (run them inside a loopback-only
+network namespace on CI: `unshare -n sh -c 'ip link set lo up; exec "$@"' sh python -m benchmarks.soak ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.rtc_client import WAIT, RealtimeClient, wait_for_event
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def poll_until(pred: Any, step: float = 0.002, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(step)
+
+
+def make_engine(name: str) -> Any:
+    if name == "tiny":
+        import torch
+
+        from streaming.engines.tiny import TinyLMEngine
+
+        torch.set_num_threads(1)
+        return TinyLMEngine()
+    from streaming.engines.tone import ToneEngine
+
+    return ToneEngine(seconds_per_char=0.01)
+
+
+async def hour(args: argparse.Namespace) -> None:
+    from streaming.frames import AudioFrame
+    from streaming.session import Session
+    from streaming.session_config import SessionConfig
+    from streaming.vad import SileroVad
+    from streaming.worker import DeviceWorker
+
+    worker, media = DeviceWorker(), DeviceWorker("media-worker")
+    worker.start()
+    media.start()
+    events: list[dict[str, Any]] = []
+    changed = asyncio.Event()
+
+    def emit(e: dict[str, Any]) -> None:
+        events.append(e)
+        del events[:-200]  # keep the benchmark's own memory flat
+        changed.set()
+
+    engine = make_engine(args.engine)
+    session = Session(engine, worker, await media.run(SileroVad), emit, SessionConfig(create_response=False),
+                      media=media)
+    await session.start()
+    silence = np.zeros(320, np.int16)  # 20 ms at 16 kHz
+    base, lat = rss_mb(), []
+    print(f"hour soak, {args.engine} engine: RSS at start {base:.1f} MB")
+    for turn in range(int(args.minutes * 3)):  # a turn every 20 s of audio
+        for i in range(1000):
+            session.push_audio(AudioFrame(silence, 16000, turn * 20 + i * 0.02))
+            await poll_until(lambda: len(session.inbox.media) <= 400)  # as fast as it takes it, never full (500)
+        await poll_until(lambda: not len(session.inbox.media))
+        t0 = time.perf_counter()
+        session.handle_client_event({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"turn {turn}"}]}})
+        session.handle_client_event({"type": "response.create"})
+        events.clear()
+        await wait_for_event(events, changed, "response.done", WAIT)
+        lat.append(time.perf_counter() - t0)
+        while session.output.read(48000) is not None:  # play it out at once (simulated time)
+            pass
+        await poll_until(lambda: session.output.read(48000) is None and not session.replying)
+        if (turn + 1) % 30 == 0:
+            gc.collect()
+            print(f"  {(turn + 1) / 3:.0f} simulated min: RSS {rss_mb():.1f} MB (+{rss_mb() - base:.1f}), "
+                  f"reply latency p50 {np.median(lat[-30:]) * 1e3:.1f} ms, max {max(lat[-30:]) * 1e3:.1f} ms")
+    await session.close()
+    worker.stop()
+    media.stop()
+
+
+async def start_server(engine: Any, **options: Any) -> tuple[str, Any, Any]:
+    from aiohttp import web
+
+    from app.limits import Limits
+    from app.realtime_server import SERVER_KEY, ServeOptions, build_app, restrict_ice_hosts
+
+    restrict_ice_hosts(["127.0.0.1"])
+    limits = Limits(max_sessions=64, max_pending=64, connects_per_minute=1e6, connect_burst=10**6)
+    app = build_app(engine, ServeOptions(limits=limits, **options))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return f"http://127.0.0.1:{runner.addresses[0][1]}", app[SERVER_KEY], runner
+
+
+async def churn(args: argparse.Namespace) -> None:
+    engine = make_engine("test")
+    url, server, runner = await start_server(engine, idle_timeout=2.0)
+    rss0: float | None = None
+    tasks0 = 0
+    for cycle in range(args.cycles):
+        client = RealtimeClient(url)
+        await client.connect()
+        await client.wait_for("session.created")
+        if cycle % 5 == 4:  # an abrupt death: the transport stops without a goodbye, the idle watchdog reaps it
+            for t in client.pc.getTransceivers():
+                t.sender._track = None
+            await client.pc.close()  # DTLS close may or may not reach the server first: both paths count
+        else:
+            await client.close()
+        if cycle == 19:  # warm-up done
+            await asyncio.sleep(3.0)
+            gc.collect()
+            rss0, tasks0 = rss_mb(), len(asyncio.all_tasks())
+    await poll_until(lambda: not server.connections and not engine.open_sessions, 0.1, 10.0)
+    gc.collect()
+    assert rss0 is not None
+    per = (rss_mb() - rss0) * 1024 / max(1, args.cycles - 20)
+    print(f"churn: {args.cycles} cycles (every 5th abrupt): connections left {len(server.connections)}, "
+          f"engine sessions open {engine.open_sessions}, tasks {len(asyncio.all_tasks())} (after warm-up "
+          f"{tasks0}), RSS {rss0:.1f} -> {rss_mb():.1f} MB = {per:.1f} KB per cycle")
+    await runner.cleanup()
+
+
+async def concurrent(args: argparse.Namespace) -> None:
+    engine = make_engine("test")
+    url, server, runner = await start_server(engine)
+    clients = [RealtimeClient(url) for _ in range(args.sessions)]
+    await asyncio.gather(*(c.connect() for c in clients))
+    replies = [0] * len(clients)
+    end = time.monotonic() + args.seconds
+
+    async def talk(i: int, c: RealtimeClient) -> None:
+        while time.monotonic() < end:
+            n = len(c.events)
+            c.send({"type": "response.create"})
+            await c.wait_for("response.done", start=n)
+            await c.wait_for("omni.metrics", start=n)  # played out
+            replies[i] += 1
+
+    await asyncio.gather(*(talk(i, c) for i, c in enumerate(clients)))
+    gaps = late = frames = 0
+    for c in clients:
+        ts = np.array([t for t, _ in c.audio])
+        frames += len(ts)
+        d = np.diff(ts)
+        gaps += int(np.sum(d > 0.1))  # a 20 ms frame more than 100 ms after the last: a stall the ear hears
+        late += int(np.sum(d > 0.04))
+    dropped = server.metrics.counters.get("dropped_input_frames_total", ("", 0.0))[1]
+    print(f"concurrent: {args.sessions} sessions x {args.seconds:g} s: replies {sum(replies)} "
+          f"(min {min(replies)} per session), output frames received {frames}, inter-frame gaps > 40 ms {late}, "
+          f"> 100 ms {gaps}, dropped input frames {dropped:g}, device worker busy {server.worker.busy_seconds:.1f} s")
+    await asyncio.gather(*(c.close() for c in clients))
+    await runner.cleanup()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="soak", required=True)
+    h = sub.add_parser("hour")
+    h.add_argument("--engine", choices=("test", "tiny"), default="test")
+    h.add_argument("--minutes", type=float, default=60.0)
+    sub.add_parser("churn").add_argument("--cycles", type=int, default=500)
+    c = sub.add_parser("concurrent")
+    c.add_argument("--sessions", type=int, default=12)
+    c.add_argument("--seconds", type=float, default=600.0)
+    args = p.parse_args()
+    asyncio.run({"hour": hour, "churn": churn, "concurrent": concurrent}[args.soak](args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""SIGTERM and SIGINT shut `omni serve` down gracefully (a real child process); a second signal exits at once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.rtc_client import RealtimeClient
+from tests.app.test_serve_cli import free_port
+
+
+def start(port: int, *extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--engine", "test", "--port", str(port), "--ice-host", "127.0.0.1",
+         *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the server listens
+    assert f"127.0.0.1:{port}" in line, line
+    return proc
+
+
+async def wait_exit(proc: subprocess.Popen[str], limit: float = 60.0) -> int:
+    return await asyncio.to_thread(proc.wait, limit)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_drains_tells_clients_and_exits_0(sig: signal.Signals) -> None:
+    port = free_port()
+    proc = start(port, "--drain-seconds", "20", "--test-step-delay", "0.05")
+    client = RealtimeClient(f"http://127.0.0.1:{port}")
+    try:
+        await client.connect()
+        await client.wait_for("session.created")
+        client.send({"type": "response.create"})  # a reply in flight: generated before the exit
+        await client.wait_for("response.created")
+        proc.send_signal(sig)
+        err = await client.wait_for("error")
+        assert err["error"]["code"] == "server_shutting_down"
+        done = await client.wait_for("response.done")
+        assert done["response"]["status"] == "completed"
+        assert await wait_exit(proc) == 0
+    finally:
+        await client.close()
+        if proc.poll() is None:
+            proc.kill()
+        _, stderr = proc.communicate()
+    assert "Traceback" not in stderr and "shutting down" in stderr
+
+
+async def test_second_signal_exits_at_once() -> None:
+    port = free_port()
+    proc = start(port, "--drain-seconds", "300", "--test-step-delay", "1.0")
+    client = RealtimeClient(f"http://127.0.0.1:{port}")
+    try:
+        await client.connect()
+        await client.wait_for("session.created")
+        client.send({"type": "response.create"})  # a slow reply: the drain would wait for it
+        await client.wait_for("response.created")
+        proc.send_signal(signal.SIGTERM)
+        await client.wait_for("error")
+        proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(proc) == 1
+    finally:
+        await client.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

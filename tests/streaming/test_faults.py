@@ -1,0 +1,108 @@
+"""Faults inside one session: an engine exception mid-reply and a stalled engine step end that reply with an
+error, and the session goes on; the device worker takes turns between sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from benchmarks.rtc_client import WAIT, wait_for_event
+from streaming.engine import EngineEvent
+from streaming.engines.tone import ToneEngine, ToneSession
+from streaming.session_config import SessionConfig
+from streaming.vad import SileroVad
+from streaming.worker import DeviceWorker, job_owner
+from tests.streaming.harness import Harness
+
+
+class FaultyEngine(ToneEngine):
+    """The first reply raises after two events (`mode="raise"`) or stalls for `stall` seconds in one step."""
+
+    def __init__(self, mode: str, stall: float = 0.0) -> None:
+        super().__init__(seconds_per_char=0.01)
+        self.mode, self.stall, self.replies = mode, stall, 0
+
+    def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> ToneSession:
+        session = super().open_session(instructions=instructions, voice=voice)
+        respond = session.respond
+
+        def faulty() -> Iterator[EngineEvent]:
+            self.replies += 1
+            events = respond()
+            if self.replies > 1:
+                return events
+            return self._break(events)
+
+        session.respond = faulty  # type: ignore[method-assign]
+        return session
+
+    def _break(self, events: Iterator[EngineEvent]) -> Iterator[EngineEvent]:
+        yield next(events)
+        yield next(events)
+        if self.mode == "raise":
+            raise RuntimeError("simulated engine fault")
+        time.sleep(self.stall)
+        yield from events
+
+
+async def reply_after(h: Harness[Any], start: int) -> dict[str, Any]:
+    h.session.handle_client_event({"type": "response.create"})
+    return await wait_for_event(h.events, h._changed, "response.done", WAIT, start)
+
+
+async def test_engine_exception_mid_reply_fails_that_reply_only(worker: DeviceWorker, vad: SileroVad) -> None:
+    h = Harness(FaultyEngine("raise"), worker, vad, SessionConfig(create_response=False))
+    await h.start()
+    try:
+        done = await reply_after(h, 0)
+        assert done["response"]["status"] == "failed"
+        err = next(e for e in h.events if e["type"] == "error")
+        assert err["error"]["code"] == "engine_error" and "simulated engine fault" in err["error"]["message"]
+        again = await reply_after(h, len(h.events))
+        assert again["response"]["status"] == "completed" and h.session.failure is None
+    finally:
+        await h.close()
+
+
+async def test_stalled_engine_step_becomes_an_error(worker: DeviceWorker, vad: SileroVad) -> None:
+    h = Harness(FaultyEngine("stall", stall=3.0), worker, vad, SessionConfig(create_response=False, step_timeout=0.5))
+    await h.start()
+    try:
+        done = await reply_after(h, 0)
+        assert done["response"]["status"] == "failed"
+        assert any(e["type"] == "error" and e["error"]["code"] == "engine_timeout" for e in h.events)
+        again = await reply_after(h, len(h.events))  # runs once the stalled step has returned
+        assert again["response"]["status"] == "completed"
+    finally:
+        await h.close()
+
+
+async def test_worker_takes_turns_between_owners(worker: DeviceWorker) -> None:
+    gate = threading.Event()
+    order: list[str] = []
+
+    def job(name: str) -> None:
+        order.append(name)
+
+    async def as_owner(owner: str, fn: Any, *args: Any) -> None:
+        await worker.run(fn, *args)
+
+    def submit(owner: str, fn: Any, *args: Any) -> asyncio.Task[None]:
+        ctx = contextvars.copy_context()
+        ctx.run(job_owner.set, owner)
+        return asyncio.get_running_loop().create_task(as_owner(owner, fn, *args), context=ctx)
+
+    tasks = [submit("a", gate.wait, 10)]
+    await asyncio.sleep(0.05)  # the worker is now busy with a's first job
+    tasks += [submit("a", job, f"a{i}") for i in range(5)]
+    await asyncio.sleep(0.01)
+    tasks.append(submit("b", job, "b0"))
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert order[:2] == ["a0", "b0"]  # b waits behind one job of a's, not all five
+    assert order[2:] == ["a1", "a2", "a3", "a4"]

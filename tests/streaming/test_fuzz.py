@@ -1,0 +1,174 @@
+"""Property-based fuzzing of the client protocol and the media input (hypothesis).
+
+Fixed seed (derandomize) and a bounded example count so the suite is repeatable and quick; set
+OMNI_FUZZ_EXAMPLES (e.g. 2000) for a longer run. Invariants: no exception escapes for client input, each bad
+event is answered by an `error` event (naming the field, where one field is at fault), the session stays
+usable, and a second session beside it is unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from benchmarks.rtc_client import WAIT, wait_for_event
+from streaming.engines.tone import ToneEngine
+from streaming.events import ProtocolError, parse_client_event
+from streaming.frames import AudioFrame, VideoFrame
+from streaming.session_config import SessionConfig
+from streaming.vad import SileroVad
+from streaming.worker import DeviceWorker
+from tests.streaming.harness import Harness
+
+EXAMPLES = int(os.environ.get("OMNI_FUZZ_EXAMPLES", "40"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: minutes per failure on async scenarios
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+TYPES = ["session.update", "response.create", "response.cancel", "conversation.item.truncate",
+         "conversation.item.create", "input_audio_buffer.append", "transcription_session.update"]
+TD_KEYS = ["threshold", "silence_duration_ms", "prefix_padding_ms", "min_speech_duration_ms", "create_response",
+           "interrupt_response", "type"]
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
+    st.text(alphabet=st.characters(min_codepoint=0x80), max_size=20),
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                          max_size=4), max_leaves=20)
+turn_detection = st.dictionaries(st.sampled_from(TD_KEYS), values, max_size=4)
+session_obj = st.fixed_dictionaries({}, optional={
+    "instructions": st.one_of(values, st.text(max_size=200)),
+    "turn_detection": st.one_of(st.none(), turn_detection, values),
+    "voice": values,
+    "audio": st.fixed_dictionaries({}, optional={"input": st.fixed_dictionaries({}, optional={
+        "turn_detection": st.one_of(st.none(), turn_detection)})}),
+})
+events = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(TYPES)}, optional={
+        "session": st.one_of(session_obj, values), "item": values, "item_id": values, "audio_end_ms": values,
+        "response": values, "event_id": values,
+    }),
+    st.dictionaries(st.text(max_size=10), values, max_size=4),
+    values,
+)
+
+
+def encode(event: Any) -> str:
+    try:
+        return json.dumps(event, ensure_ascii=False, allow_nan=True)
+    except (ValueError, RecursionError):
+        return "{"
+
+
+@FUZZ
+@given(key=st.sampled_from(TD_KEYS[:-1]), value=values)
+def test_a_bad_turn_detection_field_is_named(key: str, value: Any) -> None:
+    event = {"type": "session.update", "session": {"turn_detection": {"type": "server_vad", key: value}}}
+    try:
+        action = parse_client_event(encode(event))
+    except ProtocolError as e:
+        assert e.code in ("invalid_value", "invalid_json") and (key in str(e) or e.code == "invalid_json")
+        return
+    assert action is not None  # accepted: then the value is one the detector takes
+    settings_ = action.settings["turn_detection"]  # type: ignore[union-attr]
+    if key == "threshold":
+        assert 0.0 < settings_[key] < 1.0
+
+
+@FUZZ
+@given(raw=st.one_of(events.map(encode), st.text(max_size=200), st.binary(max_size=200)))
+def test_parse_never_raises_anything_but_a_protocol_error(raw: str | bytes) -> None:
+    try:
+        parse_client_event(raw)
+    except ProtocolError as e:
+        assert str(e) and e.code
+
+
+async def usable(h: Harness[Any]) -> None:
+    """The session answers a response.create with a completed reply (after any reply the fuzz started)."""
+    h.session.handle_client_event({"type": "response.cancel"})
+    for _ in range(200):
+        if not h.session.replying:
+            break
+        await asyncio.sleep(0.01)
+    start = len(h.events)
+    h.session.handle_client_event({"type": "response.create"})
+    done = await wait_for_event(h.events, h._changed, "response.done", WAIT, start)
+    assert done["response"]["status"] == "completed"
+
+
+def run_beside(worker: DeviceWorker, vad: SileroVad, media: DeviceWorker, attack: Any) -> None:
+    """Run `attack(harness)` on one session while a second one on the same workers replies; both stay usable."""
+
+    async def scenario() -> None:
+        cfg = SessionConfig(create_response=False)
+        a = Harness(ToneEngine(seconds_per_char=0.002), worker, vad, cfg, media=media)
+        b = Harness(ToneEngine(seconds_per_char=0.002), worker, vad, SessionConfig(create_response=False), media=media)
+        await a.start(play=True)
+        await b.start(play=True)
+        try:
+            await asyncio.gather(attack(a), usable(b))
+            await usable(a)
+            assert a.session.failure is None and b.session.failure is None
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())
+
+
+@FUZZ
+@given(batch=st.lists(events, min_size=1, max_size=6))
+def test_fuzzed_events_leave_the_session_usable(
+    batch: list[Any], worker: DeviceWorker, vad: SileroVad, media: DeviceWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def attack(h: Harness[Any]) -> None:
+        for event in batch:
+            before = len(h.events)
+            h.session.handle_client_event(encode(event))
+            if not isinstance(event, dict) or event.get("type") not in TYPES:
+                assert h.events[before:] and h.events[before]["type"] == "error"  # answered at once
+            await asyncio.sleep(0)
+
+    with caplog.at_level(logging.ERROR):
+        run_beside(worker, vad, media, attack)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged for client input"
+
+
+samples = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from([math.nan, math.inf, -math.inf, 0.0])
+)
+
+
+@FUZZ
+@given(
+    rate=st.one_of(st.sampled_from([8000, 16000, 44100, 48000]), st.integers(min_value=-5, max_value=400_000)),
+    n=st.sampled_from([0, 1, 7, 960, 48000 * 3]),
+    fill=samples,
+    video=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+)
+def test_fuzzed_media_leaves_the_session_usable(
+    rate: int, n: int, fill: float, video: tuple[int, int], worker: DeviceWorker, vad: SileroVad, media: DeviceWorker
+) -> None:
+    async def attack(h: Harness[Any]) -> None:
+        pcm = np.full(n, fill, np.float32)
+        h.session.push_audio(AudioFrame(pcm, rate, h.session.clock()))
+        h.session.push_audio(AudioFrame(np.zeros((2, n), np.int16), rate, h.session.clock(), channels=2))
+        h.session.push_video(VideoFrame(np.zeros((*video, 3), np.uint8), h.session.clock()))
+        await asyncio.sleep(0.05)
+
+    run_beside(worker, vad, media, attack)
