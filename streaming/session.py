@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import dataclasses
 import io
-import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
