@@ -71,6 +71,7 @@ from streaming.output import OUTPUT_RATE, OutputAudio
 from streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
 from streaming.reply_ends import Emit, ReplyEnds, Response
 from streaming.session_config import SessionConfig, describe_session, updated_turn_config
+from streaming.transcript import TranscriptDeltas
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
 
@@ -116,6 +117,7 @@ class Session(ReplyEnds):
         self._tasks: set[asyncio.Task[None]] = set()
         self._reply: Response | None = None
         self._user_item: str | None = None
+        self._captions = TranscriptDeltas()  # what the user item's transcription deltas have sent
         self._item_responses: dict[str, str] = {}
         self._turns = 0
         self._dropped_reported = 0
@@ -257,6 +259,7 @@ class Session(ReplyEnds):
                 if self._reply is None:  # transcripts of earlier audio belong to the previous item
                     await self._feed_engine(ops)
                 self._user_item = new_id("item")
+                self._captions.reset()
                 self._emit(self.events.speech_started(self._user_item, int(ev.timestamp * 1000)))
                 if self._reply is not None and self.config.interrupt_response:
                     await self._interrupt(ev.timestamp, "barge_in")
@@ -300,9 +303,10 @@ class Session(ReplyEnds):
             if isinstance(ev, TranscriptDelta):
                 item = self._user_item or new_id("item")
                 if ev.final:
+                    self._captions.reset()
                     self._emit(self.events.transcription_completed(item, ev.text))
-                else:
-                    self._emit(self.events.transcription_delta(item, ev.text))
+                elif delta := self._captions.update(ev.text):  # partial hypotheses: only their new stable words
+                    self._emit(self.events.transcription_delta(item, delta))
 
     async def _handle_control(self, item: InboxItem) -> None:
         if isinstance(item, ResponseRequest):
@@ -399,9 +403,17 @@ class Session(ReplyEnds):
                     self.events.error("invalid_value", "instructions and voice can only change before the first reply")
                 )
                 return
+            kept = self.config.instructions, self.config.voice
             self.config.instructions = settings.get("instructions", self.config.instructions)
             self.config.voice = settings.get("voice", self.config.voice)
-            self._engine_session = await self.worker.run(self._reopen_engine)
+            try:
+                self._engine_session = await self.worker.run(self._reopen_engine)
+            except ValueError as e:  # the engine refused a setting (an unknown voice): keep the session as it was
+                self.config.instructions, self.config.voice = kept
+                self._engine_session = await self.worker.run(self._reopen_engine)
+                field = settings.get("voice_field") if "voice" in settings else "session.instructions"
+                self._emit(self.events.error("invalid_value", f"{field}: {e}", param=field))
+                return
         if "turn_detection" in settings:
             td = settings["turn_detection"]
             if td is None:
