@@ -100,7 +100,7 @@ def test_reply_mentions_paris_and_is_spoken_while_generated(france_turn: tuple) 
 
 def test_spoken_reply_is_recognised_back(engine: EmbeddedEngine, france_turn: tuple) -> None:
     """Round trip: the reply's 24 kHz speech (Piper joe), resampled to 16 kHz and said to a new session of the
-    same engine, is heard as the reply's words. Measured WER: 0.00-0.08 over replies in our runs (Piper draws
+    same engine, is heard as the reply's words. Measured WER: 0.00-0.09 over six replies (Piper draws
     its noise inside the graph, so the audio differs run to run); the bound leaves room for a word or two of
     a ~15-word reply. Against another sentence the same transcript scores ~1.0."""
     _, _, events = france_turn
