@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from model.embedded.phrases import PhraseSplitter, speakable
 from model.embedded.voices import DEFAULT_VOICE, VOICES, SpeechSynthesizer, VoiceError, VoiceRegistry
@@ -149,7 +150,11 @@ class EmbeddedEngine:
         self.system_prompt = system_prompt
         self.sampling = sampling
         self.cache = default_cache_config(self.lm.model.cfg, window=window)
+        threads = torch.get_num_threads()
         self.asr = asr if asr is not None or not listen else WhisperModel()
+        # Loading CTranslate2 can set OpenMP's thread count process-wide (measured: torch's 1 became 2), and
+        # the LM decodes ~2x faster on 1 thread than on 2 when the other core is busy (app/serve.py).
+        torch.set_num_threads(threads)
 
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> EmbeddedSession:
         """A new conversation; `voice` is a name of `VOICES` or `REALTIME_VOICES` (VoiceError otherwise)."""
