@@ -4,15 +4,17 @@ onset -> server output silent), as the server measures them per turn (omni.metri
     .venv/bin/python -m benchmarks.serve_loopback [TURNS] [STEP_DELAY_S] [ENGINE] [PAUSE_MS]
 
 ENGINE: test (the tone engine, default), tiny (the tiny random-weight decoder LM) or embedded (the default
-engine: recogniser, SmolLM2, espeak-ng); STEP_DELAY_S slows each engine step (a stand-in for a big model's step
+engine: Whisper, SmolLM2, Piper joe); STEP_DELAY_S slows each engine step (a stand-in for a big model's step
 time); PAUSE_MS: the turn detector's pause (default 200; 0: engines prepare nothing before the turn ends).
 
-Prints every turn and the medians. Numbers, not assertions: run it on an idle machine.
+Prints every turn, the medians and p95, and the load average (on a shared machine the numbers follow the
+load). Numbers, not assertions: run it on an idle machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -81,6 +83,8 @@ async def main(turns: int, step_delay: float, speech: np.ndarray, engine_name: s
         f"barge-in median {statistics.median(barge):.0f} ms over {len(barge)} (min {min(barge):.0f}, "
         f"max {max(barge):.0f}); step delay {step_delay * 1000:.0f} ms, engine {engine_name}, pause {pause_ms} ms"
     )
+    p95 = float(np.percentile(np.array(first_audio), 95))
+    print(f"end of speech -> first audio p95 {p95:.0f} ms; load average now {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
