@@ -71,7 +71,6 @@ from streaming.output import OUTPUT_RATE, OutputAudio
 from streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
 from streaming.reply_ends import Emit, ReplyEnds, Response
 from streaming.session_config import SessionConfig, describe_session, updated_turn_config
-from streaming.transcript import TranscriptDeltas
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
 
@@ -117,7 +116,6 @@ class Session(ReplyEnds):
         self._tasks: set[asyncio.Task[None]] = set()
         self._reply: Response | None = None
         self._user_item: str | None = None
-        self._captions = TranscriptDeltas()  # what the user item's transcription deltas have sent
         self._item_responses: dict[str, str] = {}
         self._turns = 0
         self._dropped_reported = 0
@@ -259,7 +257,6 @@ class Session(ReplyEnds):
                 if self._reply is None:  # transcripts of earlier audio belong to the previous item
                     await self._feed_engine(ops)
                 self._user_item = new_id("item")
-                self._captions.reset()
                 self._emit(self.events.speech_started(self._user_item, int(ev.timestamp * 1000)))
                 if self._reply is not None and self.config.interrupt_response:
                     await self._interrupt(ev.timestamp, "barge_in")
@@ -303,10 +300,9 @@ class Session(ReplyEnds):
             if isinstance(ev, TranscriptDelta):
                 item = self._user_item or new_id("item")
                 if ev.final:
-                    self._captions.reset()
                     self._emit(self.events.transcription_completed(item, ev.text))
-                elif delta := self._captions.update(ev.text):  # partial hypotheses: only their new stable words
-                    self._emit(self.events.transcription_delta(item, delta))
+                else:
+                    self._emit(self.events.transcription_delta(item, ev.text))
 
     async def _handle_control(self, item: InboxItem) -> None:
         if isinstance(item, ResponseRequest):

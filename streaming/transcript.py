@@ -1,4 +1,5 @@
-"""Live captions of the user's speech as Realtime `input_audio_transcription.delta` events.
+"""Live captions of the user's speech as append-only `TranscriptDelta`s (Realtime `input_audio_transcription.delta`
+events), for engines whose recogniser re-makes its hypothesis (the embedded engine's Whisper).
 
 The protocol's deltas are appended by the client: each carries only text that follows what was sent
 before. A recogniser's partial hypothesis is not append-only: it is re-made from the whole utterance (Whisper

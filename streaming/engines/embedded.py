@@ -47,6 +47,7 @@ from streaming.engine import (
     TranscriptDelta,
     close_iterator,
 )
+from streaming.transcript import TranscriptDeltas
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "EmbeddedEngine", "EmbeddedSession"]
 
@@ -192,6 +193,7 @@ class EmbeddedSession(EngineSessionBase):
         # typed text, continues in a new utterance whose text is appended.
         self._pieces: list[str] = []
         self._prepared = False  # the turn so far is recognised and prefilled; no audio came since
+        self._captions = TranscriptDeltas()  # what this turn's caption deltas have said
 
     # ---- input side ---------------------------------------------------------------------------------
 
@@ -214,7 +216,8 @@ class EmbeddedSession(EngineSessionBase):
         partial = self.recognizer.push(np.asarray(pcm))
         if partial and self._pieces:
             partial = " ".join([*self._pieces, partial])
-        return [TranscriptDelta(partial)] if partial else []
+        caption = self._captions.update(partial) if partial else ""  # Whisper revises its last words
+        return [TranscriptDelta(caption)] if caption else []
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         self._check_open()  # no vision in this engine
@@ -256,6 +259,7 @@ class EmbeddedSession(EngineSessionBase):
         text = " ".join(p for p in self._pieces if p)
         typed = " ".join(self._typed)
         self._pieces, self._typed, self._prepared = [], [], False
+        self._captions.reset()
         self._turn = _TurnClock(end_turn_at=t0, transcript=text, typed=typed, asr_finish_s=time.perf_counter() - t0)
         return [TranscriptDelta(text, final=True)] if text or not typed else []
 
