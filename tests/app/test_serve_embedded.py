@@ -73,6 +73,7 @@ async def test_spoken_question_gets_a_spoken_answer_over_webrtc(
         if e["type"] == "conversation.item.input_audio_transcription.delta" and e["item_id"] == heard["item_id"]:
             shown += e["delta"]
             assert heard["transcript"].startswith(shown), (shown, heard["transcript"])
+    assert shown  # (Whisper re-transcribes every second of audio: a ~2 s question has stable words to send)
 
 
 async def test_unknown_voices_are_refused_and_the_session_keeps_working(
