@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -84,7 +85,8 @@ async def main(turns: int, step_delay: float, speech: np.ndarray, engine_name: s
         f"max {max(barge):.0f}); step delay {step_delay * 1000:.0f} ms, engine {engine_name}, pause {pause_ms} ms"
     )
     p95 = float(np.percentile(np.array(first_audio), 95))
-    print(f"end of speech -> first audio p95 {p95:.0f} ms; load average now {os.getloadavg()[0]:.2f}")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # server and client: one process
+    print(f"end of speech -> first audio p95 {p95:.0f} ms; peak RSS {peak_mb:.0f} MB; load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
