@@ -86,7 +86,8 @@ async def main(turns: int, step_delay: float, speech: np.ndarray, engine_name: s
     )
     p95 = float(np.percentile(np.array(first_audio), 95))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # server and client: one process
-    print(f"end of speech -> first audio p95 {p95:.0f} ms; peak RSS {peak_mb:.0f} MB; load average {os.getloadavg()[0]:.2f}")
+    load = os.getloadavg()[0]
+    print(f"end of speech -> first audio p95 {p95:.0f} ms; peak RSS {peak_mb:.0f} MB; load average {load:.2f}")
 
 
 if __name__ == "__main__":
