@@ -130,7 +130,7 @@ def _build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
     from streaming.engines.embedded import EmbeddedEngine
 
     lm = load_lm(args.model, dtype=dtype_of(args), device=args.device)
-    text = EmbeddedEngine(lm=lm, speak=False, system_prompt=None, sampling=sampling, window=args.window)
+    text = EmbeddedEngine(lm=lm, speak=False, listen=False, system_prompt=None, sampling=sampling, window=args.window)
     return text, f"loaded {lm.source} in {lm.load_seconds:.1f} s"
 
 

@@ -31,7 +31,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "engine, no model",
     )
     p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni checkpoint directory (with spk_dict.pt)")
-    p.add_argument("--voice", metavar="NAME", help="omni engine: the default voice (e.g. Chelsie, Ethan)")
+    from model.embedded.voices import DEFAULT_VOICE, VOICES
+
+    p.add_argument(
+        "--voice", metavar="NAME",
+        help=f"the default voice; embedded engine: one of {', '.join(VOICES)} (default {DEFAULT_VOICE}: "
+        + "; ".join(f"{k}: {v.description}" for k, v in VOICES.items()) + "); omni engine: a checkpoint voice "
+        "(e.g. Chelsie, Ethan)",
+    )
+    p.add_argument(
+        "--llm", metavar="FILE_OR_DIR",
+        help="embedded engine: the language model instead of the packaged SmolLM2-135M-Instruct, a .gguf file or "
+        "a Hugging Face decoder directory (Llama, Qwen2, ... with its tokenizer); same ears and voice",
+    )
     p.add_argument("--device", default="cpu", help="omni engine: torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument(
         "--ice-server",
@@ -67,10 +79,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make_engine(
-    name: str, step_delay: float = 0.0, model: str | None = None, voice: str | None = None, device: str = "cpu"
+    name: str, step_delay: float = 0.0, model: str | None = None, voice: str | None = None, device: str = "cpu",
+    llm: str | None = None,
 ) -> Engine:
-    if name != "omni" and (model is not None or voice is not None):
-        raise ValueError(f"--model and --voice are for --engine omni, not {name}")
+    if name != "omni" and model is not None:
+        raise ValueError(f"--model is for --engine omni, not {name}")
+    if name not in ("omni", "embedded") and voice is not None:
+        raise ValueError(f"--voice is for --engine embedded or omni, not {name}")
+    if name != "embedded" and llm is not None:
+        raise ValueError(f"--llm is for --engine embedded, not {name} (--engine omni takes --model)")
     if name == "omni":
         if model is None:
             raise ValueError("--engine omni needs --model DIR (a Qwen2.5-Omni checkpoint directory)")
@@ -89,7 +106,9 @@ def make_engine(
         from streaming.engines.embedded import EmbeddedEngine
     except ImportError as e:
         raise RuntimeError(f"the embedded engine is not available ({e}); run with --engine test") from e
-    engine: Engine = EmbeddedEngine()
+    from model.embedded.voices import DEFAULT_VOICE
+
+    engine: Engine = EmbeddedEngine(model=llm, voice=voice or DEFAULT_VOICE)
     return engine
 
 
@@ -119,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(threads)
-        engine = make_engine(args.engine, args.test_step_delay, args.model, args.voice, args.device)
+        engine = make_engine(args.engine, args.test_step_delay, args.model, args.voice, args.device, args.llm)
     except (ValueError, RuntimeError) as e:
         print(f"omni serve: error: {e}", file=sys.stderr)
         return 1

@@ -4,7 +4,7 @@ onset -> server output silent), as the server measures them per turn (omni.metri
     .venv/bin/python -m benchmarks.serve_loopback [TURNS] [STEP_DELAY_S] [ENGINE] [PAUSE_MS] [--transport ws]
 
 ENGINE: test (the tone engine, default), tiny (the tiny random-weight decoder LM) or embedded (the default
-engine: recogniser, SmolLM2, espeak-ng); STEP_DELAY_S slows each engine step (a stand-in for a big model's step
+engine: Whisper, SmolLM2, Piper joe); STEP_DELAY_S slows each engine step (a stand-in for a big model's step
 time); PAUSE_MS: the turn detector's pause (default 200; 0: engines prepare nothing before the turn ends).
 
 --transport ws: the same turns through the WebSocket API with the official SDK (benchmarks.ws_client): the
@@ -12,12 +12,15 @@ question appended in 100 ms pieces at 24 kHz in real time, then 1 s of silence; 
 the client plays the audio and would cancel or truncate itself). Both transports report the server's own
 figures (omni.metrics: end of speech in the input audio -> first audio handed to the transport).
 
-Prints every turn and the medians. Numbers, not assertions: run it on an idle machine.
+Prints every turn, the medians and p95, and the load average (on a shared machine the numbers follow the
+load). Numbers, not assertions: run it on an idle machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -87,6 +90,10 @@ async def main(turns: int, step_delay: float, speech: np.ndarray, engine_name: s
         f"barge-in median {statistics.median(barge):.0f} ms over {len(barge)} (min {min(barge):.0f}, "
         f"max {max(barge):.0f}); step delay {step_delay * 1000:.0f} ms, engine {engine_name}, pause {pause_ms} ms"
     )
+    p95 = float(np.percentile(np.array(first_audio), 95))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # server and client: one process
+    load = os.getloadavg()[0]
+    print(f"end of speech -> first audio p95 {p95:.0f} ms; peak RSS {peak_mb:.0f} MB; load average {load:.2f}")
 
 
 async def main_ws(turns: int, step_delay: float, speech48k: np.ndarray, engine_name: str, pause_ms: int) -> None:

@@ -65,7 +65,10 @@ class AudioChunk:
 
 @dataclass(frozen=True)
 class TranscriptDelta:
-    """Recognised user speech. `final` is set once, on the turn's complete transcript."""
+    """Recognised user speech. Not `final`: text appended to what the turn's earlier deltas said (a Realtime
+    `input_audio_transcription.delta`; an engine whose hypotheses get revised sends only their stable part,
+    `streaming.transcript.TranscriptDeltas`). `final` is set once, on the turn's complete transcript, which
+    replaces the deltas."""
 
     text: str
     final: bool = False

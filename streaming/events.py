@@ -227,6 +227,7 @@ def _session_settings(session: object, event_id: str | None) -> dict[str, Any]:
     voice = audio_out.get("voice", session.get("voice"))
     if isinstance(voice, str):
         out["voice"] = voice
+        out["voice_field"] = "audio.output.voice" if "voice" in audio_out else "session.voice"  # for errors
     has_td = "turn_detection" in audio_in or "turn_detection" in session
     if has_td:
         td = audio_in.get("turn_detection", session.get("turn_detection"))
@@ -417,9 +418,17 @@ class RealtimeEvents:
         return self._event("conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=audio_end_ms)
 
     def error(
-        self, code: str, message: str, event_id: str | None = None, kind: str = "invalid_request_error"
+        self,
+        code: str,
+        message: str,
+        event_id: str | None = None,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
     ) -> dict[str, Any]:
-        return self._event("error", error={"type": kind, "code": code, "message": message, "event_id": event_id})
+        error = {"type": kind, "code": code, "message": message, "event_id": event_id}
+        if param is not None:  # the field of the client's event that was refused, as Realtime names it
+            error["param"] = param
+        return self._event("error", error=error)
 
     def metrics(self, fields: dict[str, Any]) -> dict[str, Any]:
         return self._event("omni.metrics", **fields)

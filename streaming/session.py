@@ -479,10 +479,8 @@ class Session(ReplyEnds):
                     self.events.error("invalid_value", "instructions and voice can only change before the first reply")
                 )
                 return
-            wanted = (settings.get("instructions", self.config.instructions), settings.get("voice", self.config.voice))
-            if wanted != (self.config.instructions, self.config.voice):  # a reopen costs ~235 ms (embedded engine)
-                self.config.instructions, self.config.voice = wanted
-                self._engine_session = await self.worker.run(self._reopen_engine)
+            if not await self._apply_engine_settings(settings):
+                return
         if "turn_detection" in settings:
             td = settings["turn_detection"]
             if td is None:
@@ -497,6 +495,23 @@ class Session(ReplyEnds):
                 self.config.interrupt_response = td.get("interrupt_response", True)
             self._feed.auto_end_turn = self.config.create_response
         self._emit(self.events.session_updated(self.describe()))
+
+    async def _apply_engine_settings(self, settings: dict[str, Any]) -> bool:
+        """Reopen the engine session for new instructions or voice; False (and an error event) if it refused."""
+        kept = self.config.instructions, self.config.voice
+        wanted = (settings.get("instructions", kept[0]), settings.get("voice", kept[1]))
+        if wanted == kept:  # a reopen costs ~235 ms (embedded engine): only when something changed
+            return True
+        self.config.instructions, self.config.voice = wanted
+        try:
+            self._engine_session = await self.worker.run(self._reopen_engine)
+        except ValueError as e:  # the engine refused a setting (an unknown voice): keep the session as it was
+            self.config.instructions, self.config.voice = kept
+            self._engine_session = await self.worker.run(self._reopen_engine)
+            field = settings.get("voice_field") if "voice" in settings else "session.instructions"
+            self._emit(self.events.error("invalid_value", f"{field}: {e}", param=field))
+            return False
+        return True
 
     def _reopen_engine(self) -> EngineSession:
         if self._engine_session is not None:

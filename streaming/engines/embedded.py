@@ -1,12 +1,19 @@
 """The embedded default engine: a spoken conversation on a CPU from packaged models only.
 
-    user audio (16 kHz) --pocketsphinx, decoded while the user speaks--> transcript
-      --SmolLM2-135M-Instruct (history in the session's bounded sink+window cache)--> reply text deltas
-      --phrase splitter--> espeak-ng (22,050 Hz) --resample--> 24 kHz speech, one chunk per phrase
+    user audio (16 kHz) --Whisper base, transcribed at the pause--> transcript
+      --SmolLM2-135M-Instruct or --llm (history in the session's bounded sink+window cache)--> reply text deltas
+      --phrase splitter--> a voice of the fixed list (Piper joe by default, 22,050 Hz) --resample--> 24 kHz
+      speech, one chunk per phrase
+
+Whisper is not a streaming model: while the user speaks it only re-transcribes the utterance for a live
+caption every `WhisperConfig.partial_interval_s` (1 s of audio, ~0.2 s of compute: a real-time factor of
+~0.2 on 2 cores); the transcript that is answered is made at the pause (`prepare_turn`), so `end_turn` has
+nothing left to recognise when the turn ends there.
 
 Speech starts with the first phrase of the reply and continues phrase by phrase while the rest of the reply
-is still being decoded: each phrase is synthesised as soon as its text is complete (espeak-ng makes ~4 s of
-speech in ~20 ms), so the reply's audio runs ahead of playback from the first phrase on.
+is still being decoded: each phrase is synthesised as soon as its text is complete (Piper at a real-time
+factor of ~0.25 under load, espeak-ng ~0.005), so the reply's audio runs ahead of playback from the first
+phrase on. A barge-in closes the reply between phrases: the phrase being made is the most that is wasted.
 
 Turn-taking (VAD), barge-in and pacing belong to the runtime; this engine recognises whatever audio it is
 given between `end_turn` calls.
@@ -19,11 +26,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from model.embedded.asr import RecognizerConfig, StreamingRecognizer
-from model.embedded.conversation_lm import conversation_lm_path
 from model.embedded.phrases import PhraseSplitter, speakable
-from model.embedded.tts import ESPEAK_SAMPLE_RATE, EspeakVoice, Synthesizer
+from model.embedded.voices import DEFAULT_VOICE, VOICES, SpeechSynthesizer, VoiceError, VoiceRegistry
+from model.embedded.whisper import WhisperModel, WhisperRecognizer
 from model.lm.chat_session import ChatSession
 from model.lm.decoder import default_cache_config
 from model.lm.sampling import SamplingConfig
@@ -42,6 +49,7 @@ from streaming.engine import (
     TranscriptDelta,
     close_iterator,
 )
+from streaming.transcript import TranscriptDeltas
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "EmbeddedEngine", "EmbeddedSession"]
 
@@ -56,12 +64,26 @@ DEFAULT_SAMPLING = SamplingConfig(temperature=0.0, repetition_penalty=1.1, max_n
 DEFAULT_WINDOW = 2044
 
 
-# Clients of the Realtime protocol name OpenAI's voices; each gets an espeak-ng variant of the same gender
-# so that a session.update with one of them works. Any other name is taken as an espeak-ng voice name.
+# Clients of the Realtime protocol name OpenAI's voices; each maps onto a voice of the fixed list
+# (model.embedded.voices.VOICES) so that a session.update with one of them works: the male and neutral ones
+# (alloy is most clients' default) onto the neural joe, the female ones onto espeak-ng's female variant (the
+# only female voice packaged), ballad (British) onto espeak-ng's British voice. Any other name is refused.
 REALTIME_VOICES = {
-    "alloy": "en-us+f2", "ash": "en-us+m3", "ballad": "en-gb-x-rp+m1", "coral": "en-us+f3", "echo": "en-us+m1",
-    "sage": "en-us+f4", "shimmer": "en-us+f5", "verse": "en-us+m2", "marin": "en-us+f1", "cedar": "en-us+m4",
+    "alloy": "joe", "ash": "joe", "echo": "joe", "verse": "joe", "cedar": "joe", "ballad": "espeak-british",
+    "coral": "espeak-female", "sage": "espeak-female", "shimmer": "espeak-female", "marin": "espeak-female",
 }  # fmt: skip
+
+
+def voice_key(voice: str) -> str:
+    """The fixed list's name for `voice` (one of `VOICES` or `REALTIME_VOICES`); VoiceError for anything else,
+    listing both, so that no client string goes further than a dictionary lookup."""
+    key = REALTIME_VOICES.get(voice, voice) if isinstance(voice, str) else voice
+    if key not in VOICES:
+        raise VoiceError(
+            f"unknown voice {voice!r}: choose one of {', '.join(VOICES)} (or a Realtime voice: "
+            f"{', '.join(REALTIME_VOICES)})"
+        )
+    return key
 
 
 @dataclass
@@ -82,19 +104,22 @@ _QUESTION_STARTS = frozenset(
 
 
 def as_sentence(transcript: str) -> str:
-    """The recogniser's lower-case words as the sentence a person would type: the LM imitates its input, and
-    answers "what is the capital of france" in lower case and worse than "What is the capital of france?"."""
+    """The transcript as the sentence a person would type: the LM imitates its input, and answers "what is
+    the capital of france" in lower case and worse than "What is the capital of france?". Whisper already
+    writes sentences; text that ends in . ? or ! keeps its own punctuation."""
     words = transcript.split()
     if not words:
         return ""
     text = " ".join(words)
     text = text[0].upper() + text[1:]
     text = " ".join("I" if w == "i" else ("I'" + w[2:] if w.startswith("i'") else w) for w in text.split())
-    return text + ("?" if words[0] in _QUESTION_STARTS else ".")
+    if text[-1] in ".?!":
+        return text
+    return text + ("?" if words[0].lower() in _QUESTION_STARTS else ".")
 
 
 class EmbeddedEngine:
-    """Packaged weights shared by all sessions: the SmolLM2 Thinker; recognisers and voices are per session."""
+    """Weights shared by all sessions: the LM, Whisper and the voices; recognisers are per session."""
 
     name = "embedded"
     input_sample_rate = INPUT_SAMPLE_RATE
@@ -105,50 +130,43 @@ class EmbeddedEngine:
         *,
         model: str | None = None,
         lm: LoadedLM | None = None,
-        voice: str = "en-us",
-        speech_rate: int = 175,
+        asr: WhisperModel | None = None,
+        voice: str = DEFAULT_VOICE,
         speak: bool = True,
+        listen: bool = True,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
         window: int = DEFAULT_WINDOW,
-        recognizer: RecognizerConfig | None = None,
-        cmn_prior: str | None = None,
     ) -> None:
-        """`model`: a checkpoint for load_lm (None: the embedded SmolLM2-135M-Instruct); `lm`: an already
-        loaded one (shared, e.g. by tests); `voice`/`speech_rate`: the default espeak-ng voice; `speak=False`:
-        replies are text only (no `AudioChunk` events). `system_prompt` None: the chat template's own.
-
-        `cmn_prior`: the recogniser's starting cepstral mean for every session (`StreamingRecognizer.cmn` of
-        an earlier utterance; None: pocketsphinx's generic one). The generic one is far from real input:
-        shifts of 7-9 over a session's first three turns, each costing a second recognition pass of ~0.1 x
-        the utterance at end of turn."""
+        """`model`: a GGUF file or Hugging Face decoder directory for load_lm (None: the packaged
+        SmolLM2-135M-Instruct); `lm`: an already loaded one (shared, e.g. by tests); `asr`: an already loaded
+        Whisper (None: the packaged Whisper base); `voice`: the default voice, a name of `VOICES` or
+        `REALTIME_VOICES`; `speak=False`: replies are text only (no `AudioChunk` events); `listen=False`: typed
+        turns only (Whisper, ~3 s to load, is not loaded; `push_audio` raises). `system_prompt` None: the
+        chat template's own."""
+        self.default_voice = voice_key(voice)  # refused before any model is loaded
         self.lm = lm if lm is not None else load_lm(model)
-        self.default_voice = EspeakVoice(voice, rate=speech_rate)
         self.speak = speak
-        if speak:
-            Synthesizer(self.default_voice).synth_int16("ok")  # fail here, not mid-reply, on a bad voice
+        self.voices = VoiceRegistry()
+        if speak:  # load the voice and fail here, not mid-reply (Piper's first run also sets up its graph)
+            self.voices.synthesizer(self.default_voice).synth_int16("ok")
         self.system_prompt = system_prompt
         self.sampling = sampling
         self.cache = default_cache_config(self.lm.model.cfg, window=window)
-        # Default: the conversational-question LM (general en-us words as its fallback unigrams); on spoken
-        # questions it has a third to a half of the general LM's word errors (tests/model/embedded/test_asr.py).
-        self.recognizer_config = recognizer or RecognizerConfig(lm=str(conversation_lm_path()))
-        self.cmn_prior = cmn_prior
+        threads = torch.get_num_threads()
+        self.asr = asr if asr is not None or not listen else WhisperModel()
+        # Loading CTranslate2 can set OpenMP's thread count process-wide (measured: torch's 1 became 2), and
+        # the LM decodes ~2x faster on 1 thread than on 2 when the other core is busy (app/serve.py).
+        torch.set_num_threads(threads)
 
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> EmbeddedSession:
-        """A new conversation; `voice` is an espeak-ng voice name ("en-us+f3", "en-gb-x-rp", ...) or one of
-        `REALTIME_VOICES`."""
-        name = REALTIME_VOICES.get(voice, voice) if voice is not None else None
-        v = self.default_voice if name is None else EspeakVoice(name, rate=self.default_voice.rate)
-        synth = Synthesizer(v) if self.speak else None
-        if synth is not None and voice is not None:
-            synth.synth_int16("ok")  # raises TTSError naming the voice if espeak-ng has none by that name
+        """A new conversation; `voice` is a name of `VOICES` or `REALTIME_VOICES` (VoiceError otherwise)."""
+        key = voice_key(voice) if voice is not None else self.default_voice
+        synth = self.voices.synthesizer(key) if self.speak else None
         chat = ChatSession(
             self.lm, system_prompt=instructions or self.system_prompt, sampling=self.sampling, cache=self.cache
         )
-        recognizer = StreamingRecognizer(self.recognizer_config)
-        if self.cmn_prior is not None:
-            recognizer.set_cmn(self.cmn_prior)
+        recognizer = WhisperRecognizer(self.asr) if self.asr is not None else None
         return EmbeddedSession(chat, recognizer, synth, self.output_sample_rate)
 
 
@@ -156,28 +174,39 @@ class EmbeddedSession(EngineSessionBase):
     """One conversation: its recogniser, its chat (history in a bounded cache) and its voice."""
 
     def __init__(
-        self, chat: ChatSession, recognizer: StreamingRecognizer, synth: Synthesizer | None, output_rate: int
+        self,
+        chat: ChatSession,
+        recognizer: WhisperRecognizer | None,
+        synth: SpeechSynthesizer | None,
+        output_rate: int,
     ) -> None:
-        """`synth` None: replies in text only."""
+        """`recognizer` None: typed turns only; `synth` None: replies in text only."""
         super().__init__()
         self.chat = chat
         self.recognizer = recognizer
         self.synth = synth
         self.output_rate = output_rate
-        self._resampler = StreamingResampler(ESPEAK_SAMPLE_RATE, output_rate)
+        self._resampler = StreamingResampler(synth.sample_rate if synth else output_rate, output_rate)
         self._turn = _TurnClock()
         self._typed: list[str] = []  # text messages of the open user turn
         self._history_prefilled = False
         # Recognised pieces of the current turn: the recogniser's utterance is finished at each pause
-        # (prepare_turn); a turn that goes on after a pause reopens it (StreamingRecognizer.resume), or, when
-        # its audio was too long to keep, continues in a new utterance whose text is appended.
+        # (prepare_turn); a turn that goes on after a pause reopens it (WhisperRecognizer.resume), or, after
+        # typed text, continues in a new utterance whose text is appended.
         self._pieces: list[str] = []
         self._prepared = False  # the turn so far is recognised and prefilled; no audio came since
+        self._captions = TranscriptDeltas()  # what this turn's caption deltas have said
 
     # ---- input side ---------------------------------------------------------------------------------
 
+    @property
+    def _in_utterance(self) -> bool:
+        return self.recognizer is not None and self.recognizer.in_utterance
+
     def push_audio(self, pcm: np.ndarray, timestamp: float) -> list[EngineEvent]:
         self._check_open()
+        if self.recognizer is None:
+            raise RuntimeError("this embedded engine was made with listen=False: it takes typed turns only")
         if not self._history_prefilled:  # the system prompt goes into the cache while the user speaks
             self._history_prefilled = True
             self.chat.prefill_history()
@@ -189,7 +218,8 @@ class EmbeddedSession(EngineSessionBase):
         partial = self.recognizer.push(np.asarray(pcm))
         if partial and self._pieces:
             partial = " ".join([*self._pieces, partial])
-        return [TranscriptDelta(partial)] if partial else []
+        caption = self._captions.update(partial) if partial else ""  # Whisper revises its last words
+        return [TranscriptDelta(caption)] if caption else []
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         self._check_open()  # no vision in this engine
@@ -200,13 +230,14 @@ class EmbeddedSession(EngineSessionBase):
         if self._prepared:  # the turn goes on after the pause: the speculative turn is not the turn
             self._prepared = False
             self.chat.drop_prefilled_turn()
-        if self.recognizer.in_utterance:
+        if self._in_utterance:
             self._finish_utterance()
         if text.strip():
             self._typed.append(text.strip())
         return []
 
     def _finish_utterance(self) -> None:
+        assert self.recognizer is not None  # (only called inside an utterance)
         self._pieces.append(self.recognizer.finish())
 
     def prepare_turn(self) -> list[EngineEvent]:
@@ -214,7 +245,7 @@ class EmbeddedSession(EngineSessionBase):
         that if the turn ends here `end_turn` has nothing left to recognise and the reply starts with the
         assistant header. If the user goes on, the next `push_audio` undoes the prefill."""
         self._check_open()
-        if self.recognizer.in_utterance:
+        if self._in_utterance:
             self._finish_utterance()
         self._prepared = True
         sentence = as_sentence(" ".join(p for p in self._pieces if p))
@@ -225,11 +256,12 @@ class EmbeddedSession(EngineSessionBase):
     def end_turn(self) -> list[EngineEvent]:
         self._check_open()
         t0 = time.perf_counter()
-        if self.recognizer.in_utterance:
+        if self._in_utterance:
             self._finish_utterance()
         text = " ".join(p for p in self._pieces if p)
         typed = " ".join(self._typed)
         self._pieces, self._typed, self._prepared = [], [], False
+        self._captions.reset()
         self._turn = _TurnClock(end_turn_at=t0, transcript=text, typed=typed, asr_finish_s=time.perf_counter() - t0)
         return [TranscriptDelta(text, final=True)] if text or not typed else []
 
@@ -238,7 +270,7 @@ class EmbeddedSession(EngineSessionBase):
     def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
         """`options.instructions` are not used: the chat's system prompt is the session's (set at open)."""
         self._check_open()
-        if self.recognizer.in_utterance or self._pieces or self._typed:  # no end_turn() yet: finish the input here
+        if self._in_utterance or self._pieces or self._typed:  # no end_turn() yet: finish the input here
             yield from self.end_turn()
         turn = self._turn
         if turn.end_turn_at == 0.0:
@@ -284,10 +316,9 @@ class EmbeddedSession(EngineSessionBase):
 
     def _stats(self, turn: _TurnClock) -> dict[str, float]:
         s = self.chat.last
-        r = self.recognizer.stats
         return {
             "asr_finish_s": turn.asr_finish_s,
-            "asr_rtf": r.real_time_factor,
+            "asr_rtf": self.recognizer.stats.real_time_factor if self.recognizer is not None else 0.0,
             "first_audio_s": turn.first_audio_s,
             "first_token_s": s.first_token_seconds,
             "prompt_tokens": float(s.prompt_tokens),

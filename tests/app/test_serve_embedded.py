@@ -1,6 +1,7 @@
 """`omni serve` with the embedded default engine, end to end over WebRTC on 127.0.0.1: a spoken question in
-(Opus through aiortc, and through Chromium's fake microphone), the recogniser's transcript, SmolLM2's reply
-text and espeak-ng's speech out. These are the slowest tests of the suite (the real models run)."""
+(Opus through aiortc, and through Chromium's fake microphone), Whisper's transcript, SmolLM2's reply text and
+Piper's speech out; unknown voices refused without harm. These are the slowest tests of the suite (the real
+models run)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from model.loaders import LoadedLM, load_lm
 from streaming.engines.embedded import EmbeddedEngine
 from tests.app.conftest import StartServer
 from tests.app.test_serve_browser import CHROMIUM, chromium_args
-from tests.streaming.test_embedded_engine import FRANCE, FRANCE_VOICE  # phrasing the recogniser gets right
+from tests.streaming.test_embedded_engine import FRANCE, FRANCE_VOICE, PROBE_VOICES
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +31,7 @@ def smollm() -> LoadedLM:
 
 @pytest.fixture(scope="module")
 def engine(smollm: LoadedLM) -> EmbeddedEngine:
-    return EmbeddedEngine(
-        lm=smollm, sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=40)
-    )
+    return EmbeddedEngine(lm=smollm, sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=40))
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +67,62 @@ async def test_spoken_question_gets_a_spoken_answer_over_webrtc(
     assert transcript and text.startswith(transcript[: len(transcript) // 2])  # spoken text is the reply's
     assert client.loud_since(t_reply) >= 25, "the assistant's speech did not arrive"
     assert metrics["end_of_speech_to_first_audio_ms"] > 0
+    # A client that appends the transcription deltas, as the protocol says, shows a prefix of the final
+    # transcript at every point (each partial hypothesis used to be sent whole: "What isWhat is the ...").
+    shown = ""
+    for e in client.events:
+        if e["type"] == "conversation.item.input_audio_transcription.delta" and e["item_id"] == heard["item_id"]:
+            shown += e["delta"]
+            assert heard["transcript"].startswith(shown), (shown, heard["transcript"])
+    assert shown  # (Whisper re-transcribes every second of audio: a ~2 s question has stable words to send)
+
+
+async def test_unknown_voices_are_refused_and_the_session_keeps_working(
+    start_server: StartServer, engine: EmbeddedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's voice names (issue 16: one aborted the whole server, one hung the device worker, one put a
+    file's lines in the log) get an `invalid_value` error naming the field; nothing reaches espeak-ng; the
+    same session then takes a known voice and answers a question."""
+    from model.embedded import tts
+
+    espeak_voices: list[str] = []
+    synth = tts._Library.synth
+
+    def recording_synth(self: tts._Library, text: str, voice: tts.EspeakVoice) -> np.ndarray:
+        espeak_voices.append(voice.name)
+        return synth(self, text, voice)
+
+    monkeypatch.setattr(tts._Library, "synth", recording_synth)
+    url, _ = await start_server(engine)
+    client = RealtimeClient(url)
+    try:
+        await client.connect()
+        await client.wait_for("session.created")
+        for i, name in enumerate(PROBE_VOICES):
+            session = {"voice": name} if i % 2 else {"audio": {"output": {"voice": name}}}
+            client.send({"type": "session.update", "session": session})
+        errors = [await client.wait_for("error", start=0)]
+        while len(errors) < len(PROBE_VOICES):
+            errors.append(await client.wait_for("error", start=client.events.index(errors[-1]) + 1))
+        client.send({"type": "session.update", "session": {"voice": "espeak-british"}})
+        updated = await client.wait_for(lambda e: e["type"] == "session.updated")
+        client.send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": FRANCE}]},
+            }
+        )
+        client.send({"type": "response.create"})
+        done = await client.wait_for("response.done", limit=120)
+    finally:
+        await client.close()
+    for i, (name, e) in enumerate(zip(PROBE_VOICES, errors, strict=True)):
+        field = "session.voice" if i % 2 else "audio.output.voice"
+        assert e["error"]["code"] == "invalid_value" and e["error"]["param"] == field, e
+        assert f"unknown voice {name!r}" in e["error"]["message"] and "joe" in e["error"]["message"]
+    assert updated["session"]["audio"]["output"]["voice"] == "espeak-british"
+    assert done["response"]["status"] == "completed" and "paris" in str(done).lower()
+    assert set(espeak_voices) == {"en-gb-x-rp"}  # only the chosen voice's name ever reached espeak-ng
 
 
 async def test_spoken_question_gets_a_spoken_answer_over_websocket(

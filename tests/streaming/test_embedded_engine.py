@@ -1,5 +1,6 @@
-"""The embedded engine end to end on spoken input: recognition, the SmolLM2 reply, speech phrase by phrase,
-barge-in. The LM is loaded once per test run; replies are capped at 48 tokens to keep the suite quick."""
+"""The embedded engine end to end on spoken input: Whisper recognition, the SmolLM2 reply, speech phrase by
+phrase (Piper joe), barge-in. The LM is loaded once per test run; replies are capped at 48 tokens to keep the
+suite quick."""
 
 from __future__ import annotations
 
@@ -9,20 +10,21 @@ import numpy as np
 import pytest
 
 from benchmarks.spoken import spoken
-from model.embedded.asr import RecognizerConfig, StreamingRecognizer
-from model.embedded.tts import EspeakVoice, TTSError
+from model.embedded.piper import PiperSynthesizer
+from model.embedded.tts import EspeakVoice, Synthesizer
+from model.embedded.voices import VOICES, VoiceError
 from model.embedded.wer import word_errors
 from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
 from model.pcm import StreamingResampler, resample
 from streaming.engine import AudioChunk, Engine, EngineEvent, EngineSession, ReplyDone, TextDelta, TranscriptDelta
-from streaming.engines.embedded import REALTIME_VOICES, EmbeddedEngine, EmbeddedSession, as_sentence
+from streaming.engines.embedded import REALTIME_VOICES, EmbeddedEngine, EmbeddedSession, as_sentence, voice_key
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
 from tests.streaming.test_text_turns import typed_turn
 
-# espeak-ng's en-us voice at 150 words per minute: the recogniser gets this phrasing right on a fresh session
-# in every run we made (see tests/model/embedded/test_asr.py); slower rates and the +m3 variant lose "capital".
+# espeak-ng's en-us voice at 150 words per minute: the phrasing the pocketsphinx recogniser got right; Whisper
+# hears it and the other voices of tests/model/embedded/test_whisper.py.
 FRANCE = "What is the capital of France?"
 FRANCE_VOICE = EspeakVoice("en-us", rate=150)
 
@@ -63,7 +65,7 @@ def france_turn(engine: EmbeddedEngine) -> tuple[EmbeddedSession, list[EngineEve
 def test_implements_the_engine_interface(engine: EmbeddedEngine) -> None:
     assert isinstance(engine, Engine)
     assert (engine.name, engine.input_sample_rate, engine.output_sample_rate) == ("embedded", 16000, 24000)
-    session = engine.open_session(instructions="Answer in French.", voice="en-us+f3")
+    session = engine.open_session(instructions="Answer in French.", voice="espeak-female")
     assert isinstance(session, EngineSession)
     assert session.chat.messages[0] == {"role": "system", "content": "Answer in French."}
     session.close()
@@ -76,7 +78,10 @@ def test_transcripts_partial_then_final(france_turn: tuple) -> None:
     assert all(isinstance(e, TranscriptDelta) for e in heard)
     partials, final = heard[:-1], heard[-1]
     assert partials and not any(p.final for p in partials)
-    assert final.final and "capital" in final.text and "france" in final.text
+    # Whisper revises its hypotheses; the deltas carry only new stable words, so appended they are the
+    # start of the final transcript (each hypothesis used to be sent whole: "What isWhat is the ...")
+    assert final.text.startswith("".join(p.text for p in partials)), (partials, final)
+    assert final.final and "capital" in final.text.lower() and "france" in final.text.lower()
 
 
 def test_reply_mentions_paris_and_is_spoken_while_generated(france_turn: tuple) -> None:
@@ -96,18 +101,20 @@ def test_reply_mentions_paris_and_is_spoken_while_generated(france_turn: tuple) 
     assert done.stats["new_tokens"] > 0 and done.stats["first_audio_s"] > 0
 
 
-def test_spoken_reply_is_recognised_back(france_turn: tuple) -> None:
-    """The reply's 24 kHz speech, back through the recogniser with the general en-us LM (a reply is free text,
-    outside the conversational LM's domain). Measured WER on three replies: 0.56-0.64; espeak-ng's speech is
-    hard for the en-us acoustic model. Against another sentence the same audio scores ~1.0."""
+def test_spoken_reply_is_recognised_back(engine: EmbeddedEngine, france_turn: tuple) -> None:
+    """Round trip: the reply's 24 kHz speech (Piper joe), resampled to 16 kHz and said to a new session of the
+    same engine, is heard as the reply's words. Measured WER: 0.00-0.09 over six replies (Piper draws
+    its noise inside the graph, so the audio differs run to run); the bound leaves room for a word or two of
+    a ~15-word reply. Against another sentence the same transcript scores ~1.0."""
     _, _, events = france_turn
+    assert isinstance(engine.open_session().synth, PiperSynthesizer)  # the default voice is the neural one
     pcm = np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
     audio = resample(pcm, 24000, 16000)
     assert abs(audio.size / 16000 - events[-1].stats["speech_s"]) < 0.1
-    heard = StreamingRecognizer(RecognizerConfig()).recognize(audio, chunk=320)
+    heard = final_text(say(engine.open_session(), audio))
     errors = word_errors(events[-1].text, heard)
-    assert errors.reference_words >= 8
-    assert errors.rate <= 0.75
+    assert errors.reference_words >= 8, events[-1].text
+    assert errors.rate <= 0.2, (events[-1].text, heard)
     other = "Whales are large mammals that live in every ocean and sing songs to one another over long distances."
     assert word_errors(other, heard).rate >= 0.85
 
@@ -116,6 +123,11 @@ def test_transcript_is_given_to_the_lm_as_a_sentence() -> None:
     assert as_sentence("what is the capital of france") == "What is the capital of france?"
     assert as_sentence("i think i'm tired") == "I think I'm tired."
     assert as_sentence("") == ""
+    # Whisper writes sentences: their own end punctuation stays
+    assert as_sentence("What is the capital of France?") == "What is the capital of France?"
+    assert as_sentence("Tell me a joke!") == "Tell me a joke!"
+    assert as_sentence("What a day.") == "What a day."
+    assert as_sentence("How far is it") == "How far is it?"
 
 
 def test_barge_in_keeps_only_what_was_played(engine: EmbeddedEngine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,9 +136,7 @@ def test_barge_in_keeps_only_what_was_played(engine: EmbeddedEngine, monkeypatch
     feeds the kept phrase and the new question, then is answered and spoken from a clean start.
 
     What the recogniser makes of the two questions is not the point here (test_transcripts_partial_then_final
-    checks that): the second utterance of a session is heard with a moved CMN estimate and a dither generator
-    that pocketsphinx shares between decoders, and "of france" comes back as "conference" in some runs. So the
-    checks below hold for whatever words were heard, as long as some were."""
+    checks that), so the checks below hold for whatever words were heard, as long as some were."""
     session = engine.open_session()
     chat, cache, tok = session.chat, session.chat.state.cache, session.chat.lm.tokenizer
     system = chat.messages[0]
@@ -152,7 +162,7 @@ def test_barge_in_keeps_only_what_was_played(engine: EmbeddedEngine, monkeypatch
     assert chat.messages == [system, question, {"role": "assistant", "content": played}]
     assert cache.length == reply_cache_start  # none of the cut reply's tokens is left in the cache
 
-    synthesised: list[np.ndarray] = []  # the next reply's speech as espeak-ng made it (its length varies a little)
+    synthesised: list[np.ndarray] = []  # the next reply's speech as the voice made it (Piper's noise is random)
     synth_int16 = session.synth.synth_int16
 
     def recording_synth_int16(text: str) -> np.ndarray:
@@ -196,11 +206,29 @@ def test_nothing_heard_gives_an_empty_reply(engine: EmbeddedEngine) -> None:
     assert len(session.chat.messages) == 1  # only the system prompt: nothing was answered
 
 
-def test_voices(engine: EmbeddedEngine) -> None:
-    with pytest.raises(TTSError, match="no-such-voice"):
-        engine.open_session(voice="no-such-voice")
-    for name, espeak in REALTIME_VOICES.items():  # OpenAI Realtime voice names map to espeak-ng variants
-        assert engine.open_session(voice=name).synth.voice.name == espeak
+# What the server probe sent as voice names (issue 16): a buffer overflow in espeak-ng, a hang on a device file,
+# a file's lines in the log. Each must be refused by name before anything reaches espeak-ng.
+PROBE_VOICES = ("en-us+" + "x" * 40, "../" * 9 + "dev/zero", "../" * 9 + "etc/passwd", "en-us", "Joe", "")
+
+
+def test_voices_come_from_the_fixed_list(engine: EmbeddedEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    reached: list[str] = []
+    for cls in (Synthesizer, PiperSynthesizer):  # any synthesis at all would be recorded (and is not expected)
+        monkeypatch.setattr(cls, "synth_int16", lambda self, text: reached.append(text) or np.zeros(0, np.int16))
+    for name in PROBE_VOICES:
+        with pytest.raises(VoiceError, match="unknown voice") as e:
+            engine.open_session(voice=name)
+        assert "joe" in str(e.value) and "alloy" in str(e.value)  # the message lists what is accepted
+    assert reached == []  # (espeak-ng's voice lookup is where a name would have become a path)
+    monkeypatch.undo()
+    for name in VOICES:
+        assert engine.open_session(voice=name).synth is engine.voices.synthesizer(name)
+    for name, key in REALTIME_VOICES.items():  # OpenAI Realtime voice names map onto the fixed list
+        assert key in VOICES and voice_key(name) == key
+        assert engine.open_session(voice=name).synth is engine.voices.synthesizer(key)
+    espeak = engine.open_session(voice="espeak-british")
+    assert isinstance(espeak.synth, Synthesizer) and espeak.synth.voice.name == "en-gb-x-rp"
+    assert espeak.synth.synth_int16("Hello there.").size > 0
 
 
 def _push(session: EngineSession, audio: np.ndarray, chunk: int = 320) -> list[EngineEvent]:
@@ -211,7 +239,7 @@ def test_a_turn_prepared_at_the_pause_ends_without_recognition_left(
     engine: EmbeddedEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     audio = spoken(FRANCE, FRANCE_VOICE)
-    plain, session = engine.open_session(), engine.open_session()  # (both start from the same cepstral mean)
+    plain, session = engine.open_session(), engine.open_session()
     want_heard = final_text(say(plain, audio))
     want = list(plain.respond())
     _push(session, audio)
@@ -234,10 +262,10 @@ def test_a_turn_prepared_at_the_pause_ends_without_recognition_left(
 def test_a_turn_that_goes_on_after_the_pause_is_recognised_whole(engine: EmbeddedEngine) -> None:
     first, rest = spoken("What is the capital", FRANCE_VOICE), spoken("of France?", FRANCE_VOICE)
     session = engine.open_session()
-    _push(session, first)
+    before_pause = _push(session, first)
     session.prepare_turn()
     prepared = session.chat.state.cache.length
-    partials = _push(session, rest)  # the user goes on: the speculative turn is rolled back
+    partials = before_pause + _push(session, rest)  # the user goes on: the speculative turn is rolled back
     assert session.chat.state.cache.length < prepared
     # and the recogniser reopened the utterance: one utterance keeps the LM's context across the pause (in our
     # runs "How can I" + "sleep better?" gave "how can i sleep better"; as two utterances "how can are you
@@ -245,7 +273,8 @@ def test_a_turn_that_goes_on_after_the_pause_is_recognised_whole(engine: Embedde
     assert session.recognizer.in_utterance and session._pieces == []
     assert partials and all(isinstance(p, TranscriptDelta) and not p.final for p in partials)
     heard = final_text(session.end_turn())
-    assert heard.split()[0] == partials[-1].text.split()[0]  # partials carry the words before the pause too
+    shown = "".join(p.text for p in partials)  # the captions continue across the pause, append-only
+    assert shown and heard.startswith(shown), (shown, heard)
     assert "capital" in heard and len(heard.split()) >= 4
     got = "".join(e.text for e in session.respond() if isinstance(e, TextDelta))
     fresh = engine.open_session()  # the same transcript answered by a session that never prepared anything
@@ -253,20 +282,23 @@ def test_a_turn_that_goes_on_after_the_pause_is_recognised_whole(engine: Embedde
     assert got == fresh.chat.reply(as_sentence(heard))
 
 
-def test_sessions_start_from_the_engines_cepstral_mean(smollm: LoadedLM) -> None:
-    engine = EmbeddedEngine(lm=smollm, sampling=SamplingConfig(max_new_tokens=4))
-    audio = spoken(FRANCE, FRANCE_VOICE)
-    first = engine.open_session()
-    heard = final_text(say(first, audio))
-    # pocketsphinx's generic initial mean is far from this input: the first utterance is decoded twice
-    assert first.recognizer.stats.redecodes == 1
-    assert engine.cmn_prior is None  # a session never writes into the shared engine
-    primed = EmbeddedEngine(lm=smollm, sampling=SamplingConfig(max_new_tokens=4), cmn_prior=first.recognizer.cmn)
-    second = primed.open_session()
-    assert second.recognizer.cmn == first.recognizer.cmn
-    again = final_text(say(second, audio))
-    assert second.recognizer.stats.redecodes == 0  # started close enough: one pass
-    assert word_errors(heard, again).rate <= 0.2, (heard, again)
+def test_sessions_share_the_engines_weights_and_keep_their_own_state(engine: EmbeddedEngine) -> None:
+    a, b = engine.open_session(), engine.open_session()
+    assert a.recognizer is not None and b.recognizer is not None
+    assert a.recognizer is not b.recognizer and a.recognizer.model is b.recognizer.model is engine.asr
+    assert a.synth is b.synth  # the voice's weights are loaded once per engine
+    _push(a, spoken(FRANCE, FRANCE_VOICE))
+    assert a.recognizer.in_utterance and not b.recognizer.in_utterance  # audio of one session only
+
+
+def test_a_text_only_engine_loads_no_recogniser(smollm: LoadedLM) -> None:
+    text = EmbeddedEngine(lm=smollm, speak=False, listen=False, sampling=SamplingConfig(max_new_tokens=4))
+    assert text.asr is None
+    s = text.open_session()
+    with pytest.raises(RuntimeError, match="listen=False"):
+        s.push_audio(np.zeros(320, np.float32), 0.0)
+    events = s.push_text("Hi.") + list(s.respond())
+    assert isinstance(events[-1], ReplyDone) and not any(isinstance(e, AudioChunk) for e in events)
 
 
 def test_a_typed_turn_is_answered_as_written(engine: EmbeddedEngine) -> None:
