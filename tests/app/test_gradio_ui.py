@@ -80,15 +80,16 @@ async def _stop(ui: UiServer) -> None:
 
 async def test_page_hears_and_barge_in_stops_the_reply(open_page: OpenPage, tmp_path: Path) -> None:
     # Speech, then 2.5 s of silence: Chromium loops the file, so the question comes again while the tone
-    # engine's 4 s reply plays, and interrupts it.
+    # engine's reply (15 words, 0.25 s a word to make: still being made 2.5 s on) plays, and interrupts it.
     wav = make_speech_wav(tmp_path / "hello48k.wav", "Hello there, can you hear me?", 48000, pad=2.5)
-    page, requested, url = await open_page(ToneEngine(), wav)
+    page, requested, url = await open_page(ToneEngine(step_delay=0.25), wav)
     await page.fill("#instructions", "Answer in one short sentence.")
     await page.click("#connect")
     await page.wait_for_function("window.__omni.state === 'connected'", timeout=30000)
     await page.wait_for_function("window.__omni.sessionUpdates >= 1", timeout=30000)  # settings went over
     await page.wait_for_function("window.__omni.loudTicks > 5", timeout=60000)
-    await page.wait_for_selector("#transcript li.assistant.interrupted", timeout=60000)
+    await page.wait_for_function("window.__omni.events.includes('output_audio_buffer.cleared')", timeout=60000)
+    await page.wait_for_selector("#transcript li.assistant.interrupted", timeout=30000)
     interrupted = await page.text_content("#transcript li.assistant.interrupted")
     # The interrupted reply's audio stops: the assistant's level falls to silence while the user still speaks.
     await page.wait_for_function("document.getElementById('level').value < 0.005", timeout=10000)
