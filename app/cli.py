@@ -40,7 +40,9 @@ def _add_desktop(sub: argparse._SubParsersAction) -> None:
 
 
 # Each entry registers one subcommand; subcommand modules import their heavy dependencies lazily.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_chat, _add_bench, _add_serve, _add_ui, _add_desktop]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_chat, _add_bench, _add_serve, _add_ui, _add_desktop
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,7 +92,9 @@ def build_app(server_url: str) -> FastAPI:
 
     with gr.Blocks(title="omni") as blocks:
         gr.HTML((WEB_ROOT / "gradio.html").read_text(), js_on_load=LOADER, elem_id="omni-block")
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    # System fonts: the default theme would fetch its web font from a CDN.
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
     return gr.mount_gradio_app(
         app, blocks, path="/", theme=theme, css=(WEB_ROOT / "style.css").read_text(), footer_links=[],
         ssr_mode=False, enable_monitoring=False, mcp_server=False, pwa=False,
