@@ -158,21 +158,23 @@ class Desktop:
         self.ring = SpeakerRing()
         self.gate = options.gate if options.half_duplex else None
         self.status_flags = 0  # PortAudio over/underflows reported to the callbacks
-        self.barge_ins: list[int] = []  # samples dropped from the ring by each barge-in
-        self.played_after_barge_in: list[int] = []  # non-silent samples played from a barge-in to the next reply
-        self._mark: int | None = None
+        self.barge_ins: list[int] = []  # samples dropped from the ring at each speech start
+        self.speech_marks: list[int] = []  # the ring's played_samples at each speech start (tests: what played after)
         self.camera_frames = 0
+        self.started = asyncio.Event()  # both sound streams are open
         self._stop = threading.Event()
+        self._done = asyncio.Event()
+
+    def stop(self) -> None:
+        """End `run` (from the event loop)."""
+        self._done.set()
 
     def on_event(self, ev: dict[str, Any]) -> None:
         """Called with every conversation event (before printing): barge-in empties the speaker at once."""
         kind = ev.get("type")
         if kind == "input_audio_buffer.speech_started":
             self.barge_ins.append(self.ring.clear())
-            self._mark = self.ring.played_samples
-        elif kind == "response.created" and self._mark is not None:
-            self.played_after_barge_in.append(self.ring.played_samples - self._mark)
-            self._mark = None
+            self.speech_marks.append(self.ring.played_samples)
 
     def _input_callback(self, mic: MicQueue) -> Callable[..., None]:
         def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -221,7 +223,11 @@ class Desktop:
                 if self.opts.camera:
                     camera = threading.Thread(target=self._camera_loop, args=(loop,), name="camera", daemon=True)
                     camera.start()
-                await asyncio.sleep(self.opts.duration if self.opts.duration is not None else float("inf"))
+                self.started.set()
+                try:
+                    await asyncio.wait_for(self._done.wait(), self.opts.duration)
+                except TimeoutError:
+                    pass  # --seconds ran out
         finally:
             self._stop.set()
             for t in tasks:

@@ -116,19 +116,24 @@ class HalfDuplexGate:
     """Mutes the microphone while the assistant is heard, so it does not answer (or interrupt) itself.
 
     The speaker level is a peak that decays by `decay` per 10 ms block (0.7: -15 dB in 100 ms, about a room's
-    echo tail); for `hangover` seconds after the last audible block the gate stays shut too (the device's own
-    buffer, 20-60 ms with PulseAudio, is still playing). A microphone block passes anyway when it is
-    `barge_ratio` times louder than the speaker level (3 = 9.5 dB: echo through a laptop's casing is usually
-    10-20 dB below what was played; a voice next to the microphone is above it) and above `floor`."""
+    echo tail and PulseAudio's 20-60 ms of buffering); for `hangover` seconds after the last audible block the
+    gate stays shut too. Barge-in by level: a block passes when it is `barge_ratio` times (9.5 dB) louder than
+    the echo expected from what is playing, and above `floor`. The echo path's gain (microphone level over
+    speaker level) is learnt from the blocks the gate holds back, starting from 1 (as loud as played: nothing
+    passes that could be echo) and moving 10 % of the way per block, so a quiet echo path (a headset, a laptop
+    whose casing takes 10-20 dB off) lets a normal voice through within about 0.2 s of assistant speech."""
 
     hangover: float = 0.3
     barge_ratio: float = 3.0
     floor: float = 300.0  # int16 RMS (-41 dBFS): below this a block is room noise, never a barge-in
     decay: float = 0.7
     audible: float = 30.0  # int16 RMS (-61 dBFS): quieter playback is silence as far as echo goes
+    learn_rate: float = 0.1
+    echo_gain: float = 1.0
     _level: float = 0.0
     _last_audible: float = -1e9
     suppressed_blocks: int = 0
+    suppressed_loud: int = 0  # held-back blocks above `floor`: echo that would have reached the session
 
     def played(self, block: np.ndarray, t: float | None = None) -> None:
         """The speaker callback reports each block it played."""
@@ -145,8 +150,11 @@ class HalfDuplexGate:
         """The microphone block to send: itself, or silence of the same length while the assistant is heard."""
         if not self.speaking(t):
             return block
-        level = rms(block)
-        if level > self.floor and level > self.barge_ratio * self._level:
+        level, ref = rms(block), self._level
+        if level > self.floor and level > self.barge_ratio * self.echo_gain * ref:
             return block
+        if ref > self.floor:  # a reference loud enough to measure the echo path against
+            self.echo_gain += self.learn_rate * (min(level / ref, 4.0) - self.echo_gain)
         self.suppressed_blocks += 1
+        self.suppressed_loud += level > self.floor
         return np.zeros_like(block)

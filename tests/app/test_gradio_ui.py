@@ -3,7 +3,6 @@ file) opens the Gradio page, which calls the omni server over WebRTC through the
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
