@@ -16,7 +16,6 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -111,34 +110,43 @@ def rms(block: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
 
 
-@dataclass
 class HalfDuplexGate:
     """Mutes the microphone while the assistant is heard, so it does not answer (or interrupt) itself.
 
-    The speaker level is a peak that decays by `decay` per 10 ms block (0.7: -15 dB in 100 ms, about a room's
-    echo tail and PulseAudio's 20-60 ms of buffering); for `hangover` seconds after the last audible block the
-    gate stays shut too. Barge-in by level: a block passes when it is `barge_ratio` times (9.5 dB) louder than
-    the echo expected from what is playing, and above `floor`. The echo path's gain (microphone level over
-    speaker level) is learnt from the blocks the gate holds back, starting from 1 (as loud as played: nothing
-    passes that could be echo) and moving 10 % of the way per block, so a quiet echo path (a headset, a laptop
-    whose casing takes 10-20 dB off) lets a normal voice through within about 0.2 s of assistant speech."""
+    Reference: the loudest speaker block of the last `window` blocks (30 x 10 ms = 0.3 s), because what the
+    speaker callback hands over comes back through the device's buffer and the room later: PulseAudio alone
+    adds 20-200 ms. For `hangover` seconds after the last audible block the gate stays shut too.
 
-    hangover: float = 0.3
-    barge_ratio: float = 3.0
-    floor: float = 300.0  # int16 RMS (-41 dBFS): below this a block is room noise, never a barge-in
-    decay: float = 0.7
-    audible: float = 30.0  # int16 RMS (-61 dBFS): quieter playback is silence as far as echo goes
-    learn_rate: float = 0.1
-    echo_gain: float = 1.0
-    _level: float = 0.0
-    _last_audible: float = -1e9
-    suppressed_blocks: int = 0
-    suppressed_loud: int = 0  # held-back blocks above `floor`: echo that would have reached the session
+    Barge-in by level: a block passes when it is `barge_ratio` times (9.5 dB) louder than the echo expected
+    from the reference, and above `floor`. The echo path's gain (microphone level over reference) is measured
+    afresh over the first `learn` seconds (0.5) each time the assistant starts to be heard, as the loudest
+    ratio seen; the user has just finished their turn then, so what comes back is echo. Everything is held
+    back during those 0.5 s; after them the gain stays fixed until the assistant falls silent, so the user's
+    own voice is never taken for echo. `min_gain` (0.05, -26 dB) keeps a block that is 2 x quieter than the
+    playback from counting as a barge-in where no echo was measured at all (a headset)."""
+
+    def __init__(self, hangover: float = 0.3, barge_ratio: float = 3.0, floor: float = 300.0,
+                 window: int = 30, learn: float = 0.5, min_gain: float = 0.05) -> None:
+        self.hangover = hangover
+        self.barge_ratio = barge_ratio
+        self.floor = floor  # int16 RMS (-41 dBFS): below this a block is room noise, never a barge-in
+        self.audible = 30.0  # int16 RMS (-61 dBFS): quieter playback is silence as far as echo goes
+        self.learn = learn
+        self.min_gain = min_gain
+        self.echo_gain = 1.0  # before anything is measured: as loud as played, nothing that could be echo passes
+        self._levels = np.zeros(window, np.float32)  # written by the speaker thread, one slot per block
+        self._slot = 0
+        self._last_audible = -1e9
+        self._heard_since: float | None = None  # when the assistant started to be heard (None: silent)
+        self._loudest = 0.0
+        self.suppressed_blocks = 0
+        self.suppressed_loud = 0  # held-back blocks above `floor`: echo that would have reached the session
 
     def played(self, block: np.ndarray, t: float | None = None) -> None:
         """The speaker callback reports each block it played."""
         level = rms(block)
-        self._level = max(level, self._level * self.decay)
+        self._levels[self._slot] = level
+        self._slot = (self._slot + 1) % len(self._levels)
         if level > self.audible:
             self._last_audible = time.monotonic() if t is None else t
 
@@ -148,13 +156,19 @@ class HalfDuplexGate:
 
     def filter(self, block: np.ndarray, t: float | None = None) -> np.ndarray:
         """The microphone block to send: itself, or silence of the same length while the assistant is heard."""
-        if not self.speaking(t):
+        now = time.monotonic() if t is None else t
+        if not self.speaking(now):
+            self._heard_since = None
             return block
-        level, ref = rms(block), self._level
-        if level > self.floor and level > self.barge_ratio * self.echo_gain * ref:
+        if self._heard_since is None:
+            self._heard_since, self._loudest = now, 0.0
+        level, ref = rms(block), float(self._levels.max())
+        if now - self._heard_since < self.learn:
+            if ref > self.floor:  # a reference loud enough to measure the echo path against
+                self._loudest = max(self._loudest, min(level / ref, 4.0))
+                self.echo_gain = max(self._loudest, self.min_gain)
+        elif level > self.floor and level > self.barge_ratio * self.echo_gain * ref:
             return block
-        if ref > self.floor:  # a reference loud enough to measure the echo path against
-            self.echo_gain += self.learn_rate * (min(level / ref, 4.0) - self.echo_gain)
         self.suppressed_blocks += 1
         self.suppressed_loud += level > self.floor
         return np.zeros_like(block)

@@ -20,6 +20,7 @@ from app.desktop import FRAME, Desktop, DesktopOptions, LocalConversation, Print
 from app.desktop_audio import HalfDuplexGate, MicQueue, SpeakerRing
 from benchmarks.spoken import write_wav
 from model.pcm import resample, to_float32
+from streaming.engine import TranscriptDelta
 from streaming.engines.tone import ToneEngine
 from streaming.vad import TurnConfig
 from tests.app.test_serve_embedded import engine, france48k, smollm  # noqa: F401 (fixtures)
@@ -55,7 +56,11 @@ def test_half_duplex_gate_holds_back_echo_and_lets_a_louder_voice_through() -> N
     gate = HalfDuplexGate()
     played = (rng.standard_normal(480) * 6000).astype(np.int16)
     t = 0.0
-    for _ in range(30):  # 0.3 s of assistant speech whose echo comes back at half its level
+    for _ in range(10):  # 0.1 s of assistant speech before its echo arrives: the gate stays shut
+        gate.played(played, t)
+        assert not gate.filter(np.zeros(480, np.int16), t).any()
+        t += 0.01
+    for _ in range(100):  # then 1 s of echo at half the level, held back all along (0.5 s of it measured)
         gate.played(played, t)
         assert not gate.filter((played * 0.5).astype(np.int16), t).any()
         t += 0.01
@@ -122,7 +127,7 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     daemon.wait(10)
 
 
-async def converse(env: dict[str, str], engine: Any, wav: Path, until: str, camera: str | None = None,
+async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: str | None = None,
                    limit: float = 120.0) -> tuple[Desktop, Printer, np.ndarray, Any]:
     """Run a desktop conversation on PulseAudio: play `wav` into the microphone once both streams are open,
     record the speaker, stop at the event `until` (plus 1 s for the speaker to drain). Returns the desktop,
@@ -137,12 +142,14 @@ async def converse(env: dict[str, str], engine: Any, wav: Path, until: str, came
         if ev["type"] == until:
             done.set()
 
-    conv = LocalConversation(engine, emit, TurnConfig(silence_ms=400))
+    conv = LocalConversation(on, emit, TurnConfig(silence_ms=400))
     desktop = Desktop(conv, DesktopOptions("pulse", "pulse", camera))
     rec_path = wav.with_suffix(".speaker.raw")
-    with open(rec_path, "wb") as rec_file:
-        rec = subprocess.Popen(["parec", "-d", "spk.monitor", "--format=s16le", "--rate=48000", "--channels=1",
-                                "--raw"], env=env, stdout=rec_file)
+    with open(rec_path, "wb") as rec_file:  # noqa: ASYNC230 (opening a local file: microseconds)
+        rec = subprocess.Popen(  # noqa: ASYNC220 (parec runs beside the loop; only its exit is waited for)
+            ["parec", "-d", "spk.monitor", "--format=s16le", "--rate=48000", "--channels=1", "--raw"],
+            env=env, stdout=rec_file,
+        )
         task = asyncio.get_running_loop().create_task(desktop.run())
         try:
             started = asyncio.ensure_future(desktop.started.wait())
@@ -151,7 +158,10 @@ async def converse(env: dict[str, str], engine: Any, wav: Path, until: str, came
                 task.result()  # the streams failed to open: raise why
             assert desktop.started.is_set(), "the sound streams did not open within 60 s"
             play = await asyncio.create_subprocess_exec("paplay", "-d", "mic", str(wav), env=env)
-            await asyncio.wait_for(done.wait(), limit)
+            try:
+                await asyncio.wait_for(done.wait(), limit)
+            except TimeoutError:
+                pass  # the caller's assertions say what was missing
             await asyncio.sleep(1.0)
             await play.wait()
         finally:
@@ -178,11 +188,14 @@ async def test_desktop_barge_in_clears_the_speaker_and_the_camera_feeds_the_engi
     speech, _ = read_wav(q)
     wav = tmp_path / "twice.wav"
     write_wav(wav, np.concatenate([np.zeros(48000, np.int16), speech, speech, np.zeros(48000, np.int16)]), 48000)
-    engine = ToneEngine(step_delay=0.25)
+    tone = ToneEngine(step_delay=0.25)
     desktop, printer, speaker, _ = await converse(
-        pulse, engine, wav, "output_audio_buffer.cleared", camera="lavfi:testsrc2=size=320x240:rate=15,realtime"
+        pulse, tone, wav, "output_audio_buffer.cleared", camera="lavfi:testsrc2=size=320x240:rate=15,realtime"
     )
     kinds = [e["type"] for e in printer.events]
+    gate = desktop.gate
+    assert gate is not None
+    print(f"\ndesktop: events {kinds}; gate held back {gate.suppressed_blocks} blocks, echo gain {gate.echo_gain:.2f}")
     cleared = kinds.index("output_audio_buffer.cleared")
     # What the speaker was given from the barge-in until the next reply started (or the end).
     until = next((e["_played"] for e in printer.events[cleared:] if e["type"] == "response.created"),
@@ -190,10 +203,50 @@ async def test_desktop_barge_in_clears_the_speaker_and_the_camera_feeds_the_engi
     after = until - printer.events[cleared]["_played"]
     print(f"\ndesktop: speech starts dropped {desktop.barge_ins} queued samples, {after} played after the barge-in, "
           f"speaker loud {loud_seconds(speaker):.2f} s, camera frames {desktop.camera_frames}, "
-          f"engine saw {[s.video_frames for s in engine.sessions]} frames, status flags {desktop.status_flags}")
+          f"engine saw {[s.video_frames for s in tone.sessions]} frames, status flags {desktop.status_flags}")
     first_reply = kinds.index("response.created")
     assert "input_audio_buffer.speech_started" in kinds[first_reply:], "the second question did not barge in"
     assert loud_seconds(speaker) > 0.3, "the assistant's reply did not reach the speaker"
     # From the barge-in on, at most two 20 ms frames of the old reply leave for the speaker (the ring holds 4).
     assert after <= 2 * FRAME
-    assert desktop.camera_frames > 0 and sum(s.video_frames for s in engine.sessions) > 0
+    assert desktop.camera_frames > 0 and sum(s.video_frames for s in tone.sessions) > 0
+
+
+@pytest.mark.slow
+async def test_desktop_speaks_the_answer_and_half_duplex_holds_back_its_own_voice(
+    pulse: dict[str, str], engine: Any, france48k: np.ndarray, tmp_path: Path  # noqa: F811
+) -> None:
+    embedded = engine
+    # The speaker's sound goes back into the microphone (module-loopback), as open speakers do.
+    loop_id = subprocess.run(  # noqa: ASYNC221 (pactl answers in milliseconds)
+        ["pactl", "load-module", "module-loopback", "source=spk.monitor", "sink=mic", "latency_msec=20"],
+        env=pulse, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    wav = tmp_path / "france.wav"
+    silence = np.zeros(48000, np.int16)
+    write_wav(wav, np.concatenate([silence, france48k, silence]), 48000)
+    try:
+        desktop, printer, speaker, _ = await converse(pulse, embedded, wav, "output_audio_buffer.stopped", limit=180)
+    finally:
+        subprocess.run(["pactl", "unload-module", loop_id], env=pulse, check=True)  # noqa: ASYNC221
+    # The recorded speaker, recognised by the engine's own recogniser.
+    session = embedded.open_session()
+    try:
+        session.push_audio(resample(to_float32(speaker), 48000, embedded.input_sample_rate), 0.0)
+        heard = " ".join(e.text for e in session.end_turn() if isinstance(e, TranscriptDelta) and e.final)
+    finally:
+        session.close()
+    kinds = [e["type"] for e in printer.events]
+    done = [e for e in printer.events if e["type"] == "response.done"]
+    metrics = [e for e in printer.events if e["type"] == "omni.metrics"]
+    gate = desktop.gate
+    assert gate is not None
+    print(f"\ndesktop (embedded): speaker said {heard!r}; metrics {metrics}; gate held back {gate.suppressed_blocks} "
+          f"blocks ({gate.suppressed_loud} loud), echo gain {gate.echo_gain:.2f}; status flags {desktop.status_flags}")
+    assert "paris" in heard.lower(), f"the speaker did not say the answer: heard {heard!r}"
+    # Half duplex: the assistant's voice came back loud and was held back, so it neither started a new turn
+    # nor interrupted the reply.
+    assert gate.suppressed_loud > 10
+    assert kinds.count("input_audio_buffer.speech_started") == 1
+    assert done and done[0]["response"]["status"] == "completed"
+    assert metrics and metrics[0]["end_of_speech_to_first_audio_ms"] > 0
