@@ -52,14 +52,16 @@ class SpeakerRing:
     """int16 ring buffer of the assistant's speech for the speaker callback. The loop writes what fits; the
     callback reads a block, padding with silence when it runs dry; `clear` (barge-in) drops everything."""
 
-    def __init__(self, capacity: int = 4 * 960) -> None:
-        # 80 ms: enough to ride out a late loop wake-up on a busy machine, small enough that what is already
-        # here when the user barges in is a frame or two.
+    def __init__(self, capacity: int = 10 * 960) -> None:
+        # 200 ms: rides out a late loop wake-up on a busy machine (at load 10 on 2 cores an 80 ms ring ran dry
+        # inside words). Barge-in clears it, so its size adds nothing to the barge-in time; what it costs is
+        # that the session counts audio as played up to 200 ms before the speaker plays it (truncation).
         self._buf = np.zeros(capacity, np.int16)
         self._start = 0
         self._size = 0
         self._lock = threading.Lock()
         self.played_samples = 0  # non-silent samples handed to the device, for tests and the level meter
+        self.underruns = 0  # blocks the ring could fill only in part: the loop fell behind mid-speech
 
     @property
     def capacity(self) -> int:
@@ -94,6 +96,7 @@ class SpeakerRing:
             self._start = (self._start + n) % len(self._buf)
             self._size -= n
         out[n:] = 0
+        self.underruns += 0 < n < len(out)
         self.played_samples += int(np.count_nonzero(out[:n]))
         return n
 

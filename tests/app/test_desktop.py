@@ -172,6 +172,14 @@ async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: 
     return desktop, printer, np.fromfile(rec_path, "<i2"), conv
 
 
+def opening(pcm: np.ndarray, seconds: float = 3.0) -> np.ndarray:
+    """The first `seconds` from the first loud 10 ms block on (0.2 s before it included)."""
+    blocks = pcm[: len(pcm) // 480 * 480].astype(np.float32).reshape(-1, 480)
+    loud = np.flatnonzero(np.sqrt((blocks**2).mean(1)) > 300)
+    start = max(0, int(loud[0]) - 20) * 480 if len(loud) else 0
+    return pcm[start : start + int((seconds + 0.2) * 48000)]
+
+
 def loud_seconds(pcm: np.ndarray, threshold: float = 300.0) -> float:
     blocks = pcm[: len(pcm) // 480 * 480].astype(np.float32).reshape(-1, 480)
     return float((np.sqrt((blocks**2).mean(1)) > threshold).sum() * 0.01)
@@ -207,7 +215,7 @@ async def test_desktop_barge_in_clears_the_speaker_and_the_camera_feeds_the_engi
     first_reply = kinds.index("response.created")
     assert "input_audio_buffer.speech_started" in kinds[first_reply:], "the second question did not barge in"
     assert loud_seconds(speaker) > 0.3, "the assistant's reply did not reach the speaker"
-    # From the barge-in on, at most two 20 ms frames of the old reply leave for the speaker (the ring holds 4).
+    # From the barge-in on, at most two 20 ms frames of the old reply leave for the speaker (the ring holds 10).
     assert after <= 2 * FRAME
     assert desktop.camera_frames > 0 and sum(s.video_frames for s in tone.sessions) > 0
 
@@ -229,10 +237,12 @@ async def test_desktop_speaks_the_answer_and_half_duplex_holds_back_its_own_voic
         desktop, printer, speaker, _ = await converse(pulse, embedded, wav, "output_audio_buffer.stopped", limit=180)
     finally:
         subprocess.run(["pactl", "unload-module", loop_id], env=pulse, check=True)  # noqa: ASYNC221
-    # The recorded speaker, recognised by the engine's own recogniser.
+    # The first 3 s the speaker played (the answer, "The capital of France is Paris", takes about 2 s; the small
+    # LM rambles on for 5 more, with no pause long enough to cut at), recognised by the engine's own recogniser.
+    # Given all 7 s as one utterance, its conversation LM rewrote "paris" as "there result" in 3 of 5 runs.
     session = embedded.open_session()
     try:
-        session.push_audio(resample(to_float32(speaker), 48000, embedded.input_sample_rate), 0.0)
+        session.push_audio(resample(to_float32(opening(speaker)), 48000, embedded.input_sample_rate), 0.0)
         heard = " ".join(e.text for e in session.end_turn() if isinstance(e, TranscriptDelta) and e.final)
     finally:
         session.close()
@@ -242,7 +252,8 @@ async def test_desktop_speaks_the_answer_and_half_duplex_holds_back_its_own_voic
     gate = desktop.gate
     assert gate is not None
     print(f"\ndesktop (embedded): speaker said {heard!r}; metrics {metrics}; gate held back {gate.suppressed_blocks} "
-          f"blocks ({gate.suppressed_loud} loud), echo gain {gate.echo_gain:.2f}; status flags {desktop.status_flags}")
+          f"blocks ({gate.suppressed_loud} loud), echo gain {gate.echo_gain:.2f}; status flags {desktop.status_flags}, "
+          f"ring underruns {desktop.ring.underruns}")
     assert "paris" in heard.lower(), f"the speaker did not say the answer: heard {heard!r}"
     # Half duplex: the assistant's voice came back loud and was held back, so it neither started a new turn
     # nor interrupted the reply.
