@@ -27,8 +27,22 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_arguments(sub.add_parser("serve", help="the browser demo: WebRTC voice and camera, Realtime events"))
 
 
+def _add_ui(sub: argparse._SubParsersAction) -> None:
+    from app import ui_cmd
+
+    ui_cmd.add_arguments(sub.add_parser("ui", help="the Gradio voice page, on an in-process or a given omni server"))
+
+
+def _add_desktop(sub: argparse._SubParsersAction) -> None:
+    from app import desktop
+
+    desktop.add_arguments(sub.add_parser("desktop", help="voice (and camera) from this machine's devices, no browser"))
+
+
 # Each entry registers one subcommand; subcommand modules import their heavy dependencies lazily.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_chat, _add_bench, _add_serve]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_chat, _add_bench, _add_serve, _add_ui, _add_desktop
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

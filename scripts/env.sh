@@ -28,6 +28,20 @@ if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1; the
   fi
 fi
 
+# `omni desktop`'s tests play into and record from PulseAudio virtual devices (a private daemon with null sinks,
+# reached through ALSA's pulse plugin by PortAudio); sounddevice needs PortAudio itself. A no-op when present.
+if [[ ",$extras," == *",test,"* ]] && ! { command -v pulseaudio && command -v parec && ldconfig -p | grep -q libportaudio.so \
+    && [ -e /usr/share/alsa/alsa.conf.d/pulse.conf ]; } >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[omni] installing pulseaudio and portaudio for the desktop tests (about 10 s)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins; } >&2 \
+      || echo "[omni] could not install pulseaudio/portaudio: the desktop device tests will be skipped" >&2
+  else
+    echo "[omni] pulseaudio or portaudio is missing and apt-get needs root: the desktop device tests will be skipped" >&2
+  fi
+fi
+
 # The memory store's tests run the same suite on a real PostgreSQL server from Debian's packages (a temporary
 # cluster on a unix socket); installed here because pytest runs without a network. A no-op when present.
 if [[ ",$extras," == *",test,"* ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -120,6 +120,7 @@ function fmtMs(v) { return v === null || v === undefined ? "–" : `${Math.round
 function onEvent(ev) {
   const o = window.__omni;
   o.events.push(ev.type);
+  document.dispatchEvent(new CustomEvent("omni:event", { detail: ev })); // for pages that embed this client
   switch (ev.type) {
     case "input_audio_buffer.speech_started":
       $("user-speaking").classList.add("on");
@@ -196,3 +197,11 @@ $("connect").addEventListener("click", start);
 $("hangup").addEventListener("click", stop);
 window.omniStart = start;
 window.omniStop = stop;
+// For pages that embed this client (the Gradio UI, ui/web/gradio.js): the call, the local tracks, sending events.
+window.omniPeer = () => pc;
+window.omniLocalStream = () => local;
+window.omniSend = (ev) => {
+  if (channel === null || channel.readyState !== "open") return false;
+  channel.send(JSON.stringify(ev));
+  return true;
+};

@@ -1,0 +1,64 @@
+"""`omni ui`: the Gradio voice page (ui/gradio_app.py), on an in-process omni server or a given one."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address the page binds (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="the page's port (default 7860)")
+    p.add_argument("--server", metavar="URL",
+                   help="an `omni serve` to talk to (e.g. http://gpu-box:8080); default: start one in this process")
+    p.add_argument("--engine", choices=("embedded", "omni", "tiny", "test"), default="embedded",
+                   help="the in-process server's engine (as `omni serve --engine`)")
+    p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni checkpoint directory")
+    p.add_argument("--device", default="cpu", help="omni engine: torch device")
+    p.add_argument("--ice-host", action="append", default=[], metavar="ADDR",
+                   help="in-process server: offer only these ICE host addresses (e.g. 127.0.0.1 for loopback)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        from ui.gradio_app import UiServer
+    except ImportError as e:
+        print(f"omni ui: error: {e}; install the ui extra (pip install -e '.[serve,ui]')", file=sys.stderr)
+        return 1
+    background = None
+    server_url = args.server
+    if server_url is None:
+        from app.background_server import BackgroundServer
+        from app.realtime_server import ServeOptions, restrict_ice_hosts
+        from app.serve import ENGINE_THREADS, make_engine
+
+        print(f"omni ui: loading the {args.engine} engine ...", file=sys.stderr, flush=True)
+        try:
+            threads = ENGINE_THREADS[args.engine]
+            if threads is not None:
+                import torch
+
+                torch.set_num_threads(threads)
+            engine = make_engine(args.engine, model=args.model, device=args.device)
+        except (ValueError, RuntimeError) as e:
+            print(f"omni ui: error: {e}", file=sys.stderr)
+            return 1
+        if args.ice_host:
+            restrict_ice_hosts(args.ice_host)
+        background = BackgroundServer(engine, ServeOptions())
+        server_url = background.start()
+    try:
+        page = UiServer(server_url, args.host, args.port)
+    except OSError as e:
+        print(f"omni ui: error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 1
+    try:
+        print(f"omni ui: open {page.url}/ (omni server {server_url}; Ctrl-C stops)", flush=True)
+        page.serve_forever()
+    finally:
+        if background is not None:
+            background.stop()
+    return 0

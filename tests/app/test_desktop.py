@@ -1,0 +1,269 @@
+"""`omni desktop`: the buffers and the echo gate on their own, then whole conversations through PulseAudio
+virtual devices (a private daemon with two null sinks: `mic`, whose monitor is the microphone, fed by paplay;
+`spk`, the speaker, recorded from its monitor by parec)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.desktop import FRAME, Desktop, DesktopOptions, LocalConversation, Printer
+from app.desktop_audio import HalfDuplexGate, MicQueue, SpeakerRing
+from benchmarks.spoken import write_wav
+from model.pcm import resample, to_float32
+from streaming.engine import TranscriptDelta
+from streaming.engines.tone import ToneEngine
+from streaming.vad import TurnConfig
+from tests.app.test_serve_embedded import engine, france48k, smollm  # noqa: F401 (fixtures)
+from tests.streaming.conftest import make_speech_wav
+
+
+def test_speaker_ring_keeps_order_across_the_wrap_and_clear_empties_it() -> None:
+    ring = SpeakerRing(capacity=1000)
+    x = np.arange(1, 2501, dtype=np.int16)
+    got: list[np.ndarray] = []
+    pos = 0
+    while pos < len(x) or ring.available():
+        pos += ring.write(x[pos : pos + 700])
+        out = np.empty(480, np.int16)
+        got.append(out[: ring.read_into(out)].copy())
+    assert np.array_equal(np.concatenate(got), x)
+    ring.write(x[:900])
+    assert ring.clear() == 900 and ring.available() == 0
+    out = np.ones(480, np.int16)
+    assert ring.read_into(out) == 0 and not out.any()
+
+
+async def test_mic_queue_is_bounded_and_drops_the_oldest() -> None:
+    q = MicQueue(asyncio.get_running_loop(), capacity=3)
+    for i in range(5):
+        q.push(np.full(4, i, np.int16), float(i))
+    firsts = [int((await q.get())[0][0]) for _ in range(3)]
+    assert firsts == [2, 3, 4] and q.dropped == 2
+
+
+def test_half_duplex_gate_holds_back_echo_and_lets_a_louder_voice_through() -> None:
+    rng = np.random.default_rng(0)
+    gate = HalfDuplexGate()
+    played = (rng.standard_normal(480) * 6000).astype(np.int16)
+    t = 0.0
+    for _ in range(10):  # 0.1 s of assistant speech before its echo arrives: the gate stays shut
+        gate.played(played, t)
+        assert not gate.filter(np.zeros(480, np.int16), t).any()
+        t += 0.01
+    for _ in range(100):  # then 1 s of echo at half the level, held back all along (0.5 s of it measured)
+        gate.played(played, t)
+        assert not gate.filter((played * 0.5).astype(np.int16), t).any()
+        t += 0.01
+    assert 0.4 < gate.echo_gain < 0.6
+    voice = (rng.standard_normal(480) * 12000).astype(np.int16)  # 4 x the echo: the user talks over it
+    gate.played(played, t)
+    assert np.array_equal(gate.filter(voice, t), voice)
+    quiet = (rng.standard_normal(480) * 100).astype(np.int16)
+    assert not gate.filter(quiet, t + 0.2).any()  # within the 0.3 s hangover: still held back
+    assert np.array_equal(gate.filter(quiet, t + 0.4), quiet)  # after it: the microphone is open again
+
+
+# ---- PulseAudio virtual devices ----
+
+
+def _have_sounddevice() -> str | None:
+    try:
+        import sounddevice  # noqa: F401
+    except (ImportError, OSError) as e:
+        return f"sounddevice unusable ({e}): pip install sounddevice, apt-get install libportaudio2"
+    missing = [b for b in ("pulseaudio", "paplay", "parec", "pactl") if shutil.which(b) is None]
+    if missing:
+        return f"missing {', '.join(missing)}: apt-get install pulseaudio pulseaudio-utils (scripts/env.sh does)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A private PulseAudio daemon on a unix socket; PULSE_SERVER points this process (and its children) at it."""
+    why = _have_sounddevice()
+    if why:
+        pytest.skip(why)
+    d = tmp_path_factory.mktemp("pulse")
+    env = {**os.environ, "HOME": str(d), "XDG_RUNTIME_DIR": str(d)}
+    daemon = subprocess.Popen(
+        ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no", "--disallow-exit",
+         "-L", f"module-native-protocol-unix auth-anonymous=1 socket={d}/native",
+         "-L", "module-null-sink sink_name=spk rate=48000 channels=1",
+         "-L", "module-null-sink sink_name=mic rate=48000 channels=1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(d / "log", "w"),
+    )
+    env["PULSE_SERVER"] = f"unix:{d}/native"
+    deadline = time.monotonic() + 20
+    while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            daemon.kill()
+            pytest.skip(f"PulseAudio did not start: {(d / 'log').read_text()[-500:]}")
+        time.sleep(0.1)
+    subprocess.run(["pactl", "set-default-source", "mic.monitor"], env=env, check=True)
+    subprocess.run(["pactl", "set-default-sink", "spk"], env=env, check=True)
+    old = os.environ.get("PULSE_SERVER")
+    os.environ["PULSE_SERVER"] = env["PULSE_SERVER"]  # read by ALSA's pulse plugin
+    import sounddevice as sd
+
+    # PortAudio lists ALSA's `pulse` device only if it could open it when PortAudio started: start it again.
+    sd._terminate()
+    sd._initialize()
+    yield env
+    if old is None:
+        del os.environ["PULSE_SERVER"]
+    else:
+        os.environ["PULSE_SERVER"] = old
+    daemon.terminate()
+    daemon.wait(10)
+
+
+async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: str | None = None,
+                   limit: float = 120.0) -> tuple[Desktop, Printer, np.ndarray, Any]:
+    """Run a desktop conversation on PulseAudio: play `wav` into the microphone once both streams are open,
+    record the speaker, stop at the event `until` (plus 1 s for the speaker to drain). Returns the desktop,
+    its events, the recorded speaker (int16 48 kHz) and the local conversation."""
+    printer = Printer()
+    done = asyncio.Event()
+
+    def emit(ev: dict[str, Any]) -> None:
+        desktop.on_event(ev)
+        printer(ev)
+        ev["_played"] = desktop.ring.played_samples  # what the speaker had been given by this event
+        if ev["type"] == until:
+            done.set()
+
+    conv = LocalConversation(on, emit, TurnConfig(silence_ms=400))
+    desktop = Desktop(conv, DesktopOptions("pulse", "pulse", camera))
+    rec_path = wav.with_suffix(".speaker.raw")
+    with open(rec_path, "wb") as rec_file:  # noqa: ASYNC230 (opening a local file: microseconds)
+        rec = subprocess.Popen(  # noqa: ASYNC220 (parec runs beside the loop; only its exit is waited for)
+            ["parec", "-d", "spk.monitor", "--format=s16le", "--rate=48000", "--channels=1", "--raw"],
+            env=env, stdout=rec_file,
+        )
+        task = asyncio.get_running_loop().create_task(desktop.run())
+        try:
+            started = asyncio.ensure_future(desktop.started.wait())
+            await asyncio.wait({task, started}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                task.result()  # the streams failed to open: raise why
+            assert desktop.started.is_set(), "the sound streams did not open within 60 s"
+            play = await asyncio.create_subprocess_exec("paplay", "-d", "mic", str(wav), env=env)
+            try:
+                await asyncio.wait_for(done.wait(), limit)
+            except TimeoutError:
+                pass  # the caller's assertions say what was missing
+            await asyncio.sleep(1.0)
+            await play.wait()
+        finally:
+            desktop.stop()
+            await task
+            rec.terminate()
+            rec.wait(10)
+    return desktop, printer, np.fromfile(rec_path, "<i2"), conv
+
+
+def opening(pcm: np.ndarray, seconds: float = 3.0) -> np.ndarray:
+    """The first `seconds` from the first loud 10 ms block on (0.2 s before it included)."""
+    blocks = pcm[: len(pcm) // 480 * 480].astype(np.float32).reshape(-1, 480)
+    loud = np.flatnonzero(np.sqrt((blocks**2).mean(1)) > 300)
+    start = max(0, int(loud[0]) - 20) * 480 if len(loud) else 0
+    return pcm[start : start + int((seconds + 0.2) * 48000)]
+
+
+def loud_seconds(pcm: np.ndarray, threshold: float = 300.0) -> float:
+    blocks = pcm[: len(pcm) // 480 * 480].astype(np.float32).reshape(-1, 480)
+    return float((np.sqrt((blocks**2).mean(1)) > threshold).sum() * 0.01)
+
+
+async def test_desktop_barge_in_clears_the_speaker_and_the_camera_feeds_the_engine(
+    pulse: dict[str, str], tmp_path: Path
+) -> None:
+    # 1 s of silence (the microphone stream settles), the question, 2.5 s, the question again: it comes while
+    # the tone engine's reply (15 words at 0.25 s each) is still being made and played, and interrupts it.
+    q = make_speech_wav(tmp_path / "q.wav", "Hello there, can you hear me?", 48000, pad=2.5)
+    from benchmarks.spoken import read_wav
+
+    speech, _ = read_wav(q)
+    wav = tmp_path / "twice.wav"
+    write_wav(wav, np.concatenate([np.zeros(48000, np.int16), speech, speech, np.zeros(48000, np.int16)]), 48000)
+    tone = ToneEngine(step_delay=0.25)
+    desktop, printer, speaker, _ = await converse(
+        pulse, tone, wav, "output_audio_buffer.cleared", camera="lavfi:testsrc2=size=320x240:rate=15,realtime"
+    )
+    kinds = [e["type"] for e in printer.events]
+    gate = desktop.gate
+    assert gate is not None
+    print(f"\ndesktop: events {kinds}; gate held back {gate.suppressed_blocks} blocks, echo gain {gate.echo_gain:.2f}")
+    cleared = kinds.index("output_audio_buffer.cleared")
+    # What the speaker was given from the barge-in until the next reply started (or the end).
+    until = next((e["_played"] for e in printer.events[cleared:] if e["type"] == "response.created"),
+                 desktop.ring.played_samples)
+    after = until - printer.events[cleared]["_played"]
+    print(f"\ndesktop: speech starts dropped {desktop.barge_ins} queued samples, {after} played after the barge-in, "
+          f"speaker loud {loud_seconds(speaker):.2f} s, camera frames {desktop.camera_frames}, "
+          f"engine saw {[s.video_frames for s in tone.sessions]} frames, status flags {desktop.status_flags}")
+    first_reply = kinds.index("response.created")
+    assert "input_audio_buffer.speech_started" in kinds[first_reply:], "the second question did not barge in"
+    assert loud_seconds(speaker) > 0.3, "the assistant's reply did not reach the speaker"
+    # From the barge-in on, at most two 20 ms frames of the old reply leave for the speaker (the ring holds 10).
+    assert after <= 2 * FRAME
+    assert desktop.camera_frames > 0 and sum(s.video_frames for s in tone.sessions) > 0
+
+
+@pytest.mark.slow
+async def test_desktop_speaks_the_answer_and_half_duplex_holds_back_its_own_voice(
+    pulse: dict[str, str], engine: Any, france48k: np.ndarray, tmp_path: Path  # noqa: F811
+) -> None:
+    embedded = engine
+    # The speaker's sound goes back into the microphone (module-loopback), as open speakers do.
+    loop_id = subprocess.run(  # noqa: ASYNC221 (pactl answers in milliseconds)
+        ["pactl", "load-module", "module-loopback", "source=spk.monitor", "sink=mic", "latency_msec=20"],
+        env=pulse, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    wav = tmp_path / "france.wav"
+    silence = np.zeros(48000, np.int16)
+    write_wav(wav, np.concatenate([silence, france48k, silence]), 48000)
+    try:
+        desktop, printer, speaker, _ = await converse(pulse, embedded, wav, "output_audio_buffer.stopped", limit=180)
+    finally:
+        subprocess.run(["pactl", "unload-module", loop_id], env=pulse, check=True)  # noqa: ASYNC221
+    # The speaker's recording, recognised by the engine's own recogniser: its opening (the answer, "The capital
+    # of France is Paris", takes about 2 s; the small LM rambles on for 5 more with no pause to cut at) cut at
+    # 2.5, 3, 3.5 and 4 s. The recogniser is the fragile instrument here: on one recording it heard "paris" only
+    # in the 4 s cut ("there recent" in the 3 and 3.5 s ones), on others in all four; given all 7 s as one
+    # utterance it lost "paris" in 3 of 5 runs.
+    heard: list[str] = []
+    for seconds in (2.5, 3.0, 3.5, 4.0):
+        session = embedded.open_session()
+        try:
+            session.push_audio(resample(to_float32(opening(speaker, seconds)), 48000, embedded.input_sample_rate), 0.0)
+            heard += [e.text for e in session.end_turn() if isinstance(e, TranscriptDelta) and e.final]
+        finally:
+            session.close()
+    kinds = [e["type"] for e in printer.events]
+    done = [e for e in printer.events if e["type"] == "response.done"]
+    metrics = [e for e in printer.events if e["type"] == "omni.metrics"]
+    gate = desktop.gate
+    assert gate is not None
+    print(f"\ndesktop (embedded): speaker said {heard!r}; metrics {metrics}; gate held back {gate.suppressed_blocks} "
+          f"blocks ({gate.suppressed_loud} loud), echo gain {gate.echo_gain:.2f}; status flags {desktop.status_flags}, "
+          f"ring underruns {desktop.ring.underruns}")
+    reply = "".join(e["delta"] for e in printer.events if e["type"] == "response.output_audio_transcript.delta")
+    assert "paris" in reply.lower(), f"the engine's reply was not the answer: {reply!r}"
+    assert any("paris" in h.lower() for h in heard), f"the speaker did not say the answer: heard {heard!r}"
+    # Half duplex: the assistant's voice came back loud and was held back, so it neither started a new turn
+    # nor interrupted the reply.
+    assert gate.suppressed_loud > 10
+    assert kinds.count("input_audio_buffer.speech_started") == 1
+    assert done and done[0]["response"]["status"] == "completed"
+    assert metrics and metrics[0]["end_of_speech_to_first_audio_ms"] > 0

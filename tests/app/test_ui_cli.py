@@ -1,0 +1,58 @@
+"""`omni ui` and `omni desktop` as commands: flags, the page and its forwarded signaling, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from app.cli import build_parser, main
+from tests.app.test_serve_cli import free_port
+
+
+def test_ui_and_desktop_are_subcommands_with_local_defaults() -> None:
+    ui = build_parser().parse_args(["ui"])
+    assert ui.host == "127.0.0.1" and ui.port == 7860 and ui.server is None and ui.engine == "embedded"
+    desk = build_parser().parse_args(["desktop", "--input-device", "3", "--camera", "/dev/video0"])
+    assert desk.input_device == "3" and desk.camera == "/dev/video0" and not desk.full_duplex and desk.server is None
+
+
+def test_desktop_rejects_a_server_that_is_not_a_websocket_url(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("sounddevice", exc_type=OSError)
+    assert main(["desktop", "--server", "http://127.0.0.1:8080"]) == 1
+    assert "ws:// or wss://" in capsys.readouterr().err
+
+
+def test_omni_ui_serves_the_page_and_forwards_signaling_to_its_server() -> None:
+    pytest.importorskip("gradio")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "ui", "--engine", "test", "--port", str(port), "--ice-host", "127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        line = ""
+        while "omni ui: open" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "omni ui exited before printing its URL"
+            assert time.monotonic() < deadline, "omni ui did not print its URL within 120 s"
+        url = f"http://127.0.0.1:{port}"
+        assert line.strip().startswith(f"omni ui: open {url}/")
+        config = urllib.request.urlopen(url + "/config", timeout=30).read().decode()  # gradio renders from it
+        script = urllib.request.urlopen(url + "/omni/static/app.js", timeout=30).read().decode()
+        assert "omni-block" in config and 'id=\\"transcript\\"' in config and "/v1/realtime/calls" in script
+        bad = urllib.request.Request(url + "/v1/realtime/calls", data=b"not sdp", method="POST",
+                                     headers={"Content-Type": "application/sdp"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad, timeout=30)
+        # The omni server's own answer to a bad offer, passed through unchanged.
+        assert e.value.code == 400 and "bad offer" in e.value.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(30)

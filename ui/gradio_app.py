@@ -1,0 +1,142 @@
+"""`omni ui`'s page: a Gradio app whose one `gr.HTML` block runs the browser demo's WebRTC client.
+
+Why not fastrtc or Gradio's own streaming audio (README, "Gradio UI"): fastrtc's component does not load on
+gradio 6 and fetches a VAD model at run time; `gr.Audio(streaming=True)` plays about 1.3 s late and cannot be
+cut off for barge-in. Here the browser talks WebRTC to `omni serve` itself, with the same client code as the
+demo page (`ui/web/app.js`), so a turn is the same turn whichever page it came from.
+
+Same origin: this app forwards `POST /v1/realtime/calls` (the SDP offer) and `DELETE /v1/realtime/calls/{id}`
+to the omni server, so the page never needs CORS and sends no HTTP request to any other address; the media
+then flows between the browser and the omni server directly (ICE). Offline: a system-font theme, no analytics
+(GRADIO_ANALYTICS_ENABLED=False is set before gradio is imported), no share link.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
+WEB_ROOT = Path(__file__).resolve().parent / "web"
+STATIC = {"app.js": "text/javascript", "gradio.js": "text/javascript"}
+OFFER_TIMEOUT = 30.0  # seconds: the omni server answers after gathering ICE (about 0.1-0.5 s on loopback)
+
+# gr.HTML runs this when the block is on the page; the demo client binds to the block's element ids, so it
+# is loaded only now, once, and the page's additions after it.
+LOADER = """
+if (!window.__omniLoading) {
+  window.__omniLoading = true;
+  const add = (src, next) => {
+    const s = document.createElement("script");
+    s.src = src;
+    s.onload = next || null;
+    document.body.appendChild(s);
+  };
+  add("/omni/static/app.js", () => add("/omni/static/gradio.js"));
+}
+"""
+
+
+def _disable_analytics() -> None:
+    # Read by gradio at import time; also what scripts/test.sh exports.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def build_app(server_url: str) -> FastAPI:
+    """The FastAPI app: the forwarded signaling routes, the two scripts, and the Gradio page at `/`."""
+    _disable_analytics()
+    import gradio as gr
+    import httpx
+    from fastapi import FastAPI, Request, Response
+    from fastapi.responses import FileResponse
+
+    server_url = server_url.rstrip("/")
+    app = FastAPI()
+
+    async def forward(method: str, path: str, request: Request) -> Response:
+        headers = {"Content-Type": request.headers.get("content-type", "application/sdp")}
+        # trust_env=False: never route loopback signaling through an HTTP(S)_PROXY from the environment.
+        async with httpx.AsyncClient(timeout=OFFER_TIMEOUT, trust_env=False) as client:
+            try:
+                r = await client.request(method, server_url + path, content=await request.body(), headers=headers)
+            except httpx.HTTPError as e:
+                return Response(f"omni server {server_url} unreachable: {e}\n", status_code=502)
+        out = {"Location": r.headers["location"]} if "location" in r.headers else {}
+        return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"), headers=out)
+
+    async def offer(request: Request) -> Response:
+        return await forward("POST", "/v1/realtime/calls", request)
+
+    async def hangup(request: Request) -> Response:
+        return await forward("DELETE", f"/v1/realtime/calls/{request.path_params['call_id']}", request)
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:
+            return Response("not found\n", status_code=404)
+        return FileResponse(WEB_ROOT / name, media_type=STATIC[name])
+
+    # Starlette routes (the endpoint gets the request): FastAPI's parameter injection would need the annotations
+    # resolvable at module level, and these handlers want nothing but the raw request anyway.
+    app.router.add_route("/v1/realtime/calls", offer, methods=["POST"])
+    app.router.add_route("/v1/realtime/calls/{call_id}", hangup, methods=["DELETE"])
+    app.router.add_route("/omni/static/{name}", static, methods=["GET"])
+
+    with gr.Blocks(title="omni") as blocks:
+        gr.HTML((WEB_ROOT / "gradio.html").read_text(), js_on_load=LOADER, elem_id="omni-block")
+    # System fonts: the default theme would fetch its web font from a CDN.
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    return gr.mount_gradio_app(
+        app, blocks, path="/", theme=theme, css=(WEB_ROOT / "style.css").read_text(), footer_links=[],
+        ssr_mode=False, enable_monitoring=False, mcp_server=False, pwa=False,
+    )
+
+
+class UiServer:
+    """The page served by uvicorn on a thread of its own (the omni server keeps its own event loop)."""
+
+    def __init__(self, server_url: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(128)  # connections wait in the backlog until uvicorn runs: the URL works once printed
+        bound: Any = self._sock.getsockname()
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound[1]}"
+        config = uvicorn.Config(build_app(server_url), log_level="warning", lifespan="on")
+        self._server: uvicorn.Server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def serve_forever(self) -> None:
+        """Serve on the calling thread until interrupted."""
+        self._server.run(sockets=[self._sock])
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Serve on a background thread; returns the page's URL once it accepts connections."""
+        self._thread = threading.Thread(target=self.serve_forever, name="omni-ui", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the Gradio page's server stopped while starting (see the log above)")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Gradio page's server did not start within {timeout:g} s")
+            time.sleep(0.05)
+        return self.url
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self._sock.close()
