@@ -56,6 +56,7 @@ class BatchSession:
     sampling: SamplingConfig
     sampler: SamplerState
     tokens: list[int] = field(default_factory=list)  # generated so far; the last one not yet fed
+    respond: bool = True  # sample a reply once the pending tokens are prefilled
     done: bool = False
 
     @property
@@ -97,8 +98,9 @@ class BatchedDecoder:
             raise RuntimeError("capture the graphs before sessions join")
         return self.graphs.capture()
 
-    def join(self, prompt: Sequence[int], sampling: SamplingConfig | None = None) -> int:
-        """A new session with this prompt (token ids); returns its id. Its prefill starts at the next step."""
+    def join(self, prompt: Sequence[int], sampling: SamplingConfig | None = None, respond: bool = True) -> int:
+        """A new session with this prompt (token ids); returns its id. Its prefill starts at the next step;
+        with respond=False it only prefills (a user still speaking) until `feed` asks for the reply."""
         if not prompt:
             raise ValueError("empty prompt: at least one token is needed")
         if None not in self._rows:
@@ -109,9 +111,18 @@ class BatchedDecoder:
         cache.reset()
         cfg = sampling or SamplingConfig()
         sampler = SamplerState.create(self.model.cfg.vocab_size, seed=cfg.seed, device=self.model.device)
-        self.sessions[sid] = BatchSession(sid, row, DecoderState(cache=cache), list(prompt), cfg, sampler)
+        self.sessions[sid] = BatchSession(sid, row, DecoderState(cache=cache), list(prompt), cfg, sampler,
+                                          respond=respond)
         self._rows[row] = sid
         return sid
+
+    def feed(self, sid: int, tokens: Sequence[int], respond: bool = True) -> None:
+        """More prompt tokens for a session that has not started its reply (the next block of the user's turn)."""
+        s = self.sessions[sid]
+        if s.tokens:
+            raise ValueError(f"session {sid} is already replying; feed prompt tokens before the reply")
+        s.pending.extend(tokens)
+        s.respond = respond
 
     def leave(self, sid: int) -> list[int]:
         """End a session (finished or not), free its row, and return its generated tokens."""
@@ -136,7 +147,7 @@ class BatchedDecoder:
                 s.sampler.observe(ids)
                 del s.pending[:n]
                 logits = self.model(s.state, input_ids=ids).logits
-                if not s.pending:
+                if not s.pending and s.respond:
                     assert logits is not None
                     out[s.sid] = self._choose(s, logits)
         return out

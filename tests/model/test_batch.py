@@ -94,3 +94,20 @@ def test_step_reads_nothing_back(model: DecoderLM, monkeypatch: pytest.MonkeyPat
     logits = batch._device_step(2)
     monkeypatch.undo()
     assert logits.shape == (2, model.cfg.vocab_size)
+
+
+def test_prompt_fed_in_blocks_then_reply_equals_alone(model: DecoderLM) -> None:
+    """A user turn prefilled block by block while speaking (respond=False), the reply asked for at its end."""
+    prompt = _prompts()[1] + _prompts()[2]  # 16 tokens in blocks of 7, 5 and 4
+    batch = BatchedDecoder(model, max_sessions=2, cache=CACHE, token_budget=8)
+    other = batch.join(_prompts()[0], SamplingConfig(max_new_tokens=NEW))
+    sid = batch.join(prompt[:7], SamplingConfig(max_new_tokens=NEW), respond=False)
+    for block, last in ((prompt[7:12], False), (prompt[12:], True)):
+        for _ in range(2):
+            batch.step()
+        assert not batch.sessions[sid].tokens
+        batch.feed(sid, block, respond=last)
+    while not batch.sessions[sid].done:
+        batch.step()
+    assert batch.leave(sid) == _alone(model, prompt)
+    assert batch.leave(other) == _alone(model, _prompts()[0])
