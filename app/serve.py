@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni checkpoint directory (with spk_dict.pt)")
     p.add_argument("--voice", metavar="NAME", help="omni engine: the default voice (e.g. Chelsie, Ethan)")
     p.add_argument("--device", default="cpu", help="omni engine: torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--quant", choices=["int8", "int4"], default=None,
+                   help="omni engine: weight-only int8/int4 Thinker projections at load (GPU kernels)")
     p.add_argument(
         "--ice-server",
         action="append",
@@ -67,16 +69,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make_engine(
-    name: str, step_delay: float = 0.0, model: str | None = None, voice: str | None = None, device: str = "cpu"
+    name: str, step_delay: float = 0.0, model: str | None = None, voice: str | None = None, device: str = "cpu",
+    quant: str | None = None,
 ) -> Engine:
-    if name != "omni" and (model is not None or voice is not None):
-        raise ValueError(f"--model and --voice are for --engine omni, not {name}")
+    if name != "omni" and (model is not None or voice is not None or quant is not None):
+        raise ValueError(f"--model, --voice and --quant are for --engine omni, not {name}")
     if name == "omni":
         if model is None:
             raise ValueError("--engine omni needs --model DIR (a Qwen2.5-Omni checkpoint directory)")
         from streaming.engines.omni import OmniEngine
 
-        return OmniEngine(model, device=device, voice=voice)
+        return OmniEngine(model, device=device, voice=voice, quant=quant)
     if name == "test":
         from streaming.engines.tone import ToneEngine
 
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(threads)
-        engine = make_engine(args.engine, args.test_step_delay, args.model, args.voice, args.device)
+        engine = make_engine(args.engine, args.test_step_delay, args.model, args.voice, args.device, args.quant)
     except (ValueError, RuntimeError) as e:
         print(f"omni serve: error: {e}", file=sys.stderr)
         return 1
