@@ -12,8 +12,9 @@ so the same function runs a single session (B = 1) and a batch of sessions stack
 size, so it can be captured in a CUDA graph (model/lm/cuda_graph.py).
 
 `KernelOps` picks the implementations: `DISPATCH_OPS` (each op's dispatch: Triton on CUDA tensors, the eager
-reference elsewhere) or `TRITON_OPS` (the Triton launchers whatever the device: on the CPU they run only under
-TRITON_INTERPRET=1, which is how the tests exercise the GPU path without a GPU).
+reference elsewhere), `REFERENCE_OPS` (the eager references everywhere) or `TRITON_OPS` (the Triton launchers
+whatever the device: on the CPU they run only under TRITON_INTERPRET=1, which is how the tests exercise the
+GPU path without a GPU).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class KernelOps:
 
 DISPATCH_OPS = KernelOps(norm_op.add_rms_norm, rope_op.rope_qk_, attn_op.decode_attention, gate_op.silu_gate,
                          int8_op.int8_matmul, int4_op.int4_matmul)
+REFERENCE_OPS = KernelOps(norm_op.add_rms_norm_reference, rope_op.rope_qk_reference_,
+                          attn_op.decode_attention_reference, gate_op.silu_gate_reference,
+                          int8_op.int8_matmul_reference, int4_op.int4_matmul_reference)
 TRITON_OPS = KernelOps(norm_op.add_rms_norm_triton, rope_op.rope_qk_triton_, attn_op.decode_attention_triton,
                        gate_op.silu_gate_triton, int8_op.int8_matmul_triton, int4_op.int4_matmul_triton)
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from model.layers.quant_linear import quantize_decoder
-from model.lm.decode_kernels import TRITON_OPS
+from model.lm.batch import BatchedDecoder
+from model.lm.decode_kernels import REFERENCE_OPS, TRITON_OPS
 from model.lm.decoder import DecoderLM
 from model.lm.kv_cache import CacheConfig
+from model.lm.sampling import SamplingConfig
 from model.thinker import ThinkerConfig
 
 # Both paths compute in float32 from the same weights and cache; they differ in summation order (tl.dot tiles
@@ -34,6 +36,8 @@ def _model(quant: str | None) -> DecoderLM:
 def test_forced_triton_decode_matches_eager(device: torch.device, quant: str | None, mrope: bool) -> None:
     eager = _model(quant).to(device)
     fast = copy.deepcopy(eager)
+    if device.type == "cuda":  # CUDA tensors would take the kernels by default: compare with their references
+        eager.decode_ops = REFERENCE_OPS  # (on the CPU the reference is the eager layer loop with SDPA itself)
     fast.decode_ops = TRITON_OPS
     cache = CacheConfig(sinks=2, window=6, chunk=4)  # 4 prompt + 8 decode tokens wrap the 9-slot ring
     s_eager, s_fast = eager.init_state(cache), fast.init_state(cache)
@@ -52,3 +56,23 @@ def test_forced_triton_decode_matches_eager(device: torch.device, quant: str | N
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=lambda m, s=step: f"step {s}: {m}")
     assert s_fast.cache.length > cache.sinks + cache.window  # the sink-shift path ran
     torch.testing.assert_close(s_fast.cache.k, s_eager.cache.k, atol=ATOL, rtol=0)
+
+
+def test_forced_triton_batched_sessions_match_reference_ops(device: torch.device) -> None:
+    """BatchedDecoder's step on the Triton launchers ([B, S] slot_token, per-row slots, lengths and sink
+    shifts, an idle scratch row) against the same scheduler on the eager references."""
+    model = _model(None).to(device)
+    cache = CacheConfig(sinks=2, window=6, chunk=4)
+    runs = []
+    for ops in (REFERENCE_OPS, TRITON_OPS):
+        batch = BatchedDecoder(model, max_sessions=3, cache=cache, token_budget=8, ops=ops)
+        a = batch.join([5, 6, 7, 8, 9], SamplingConfig(max_new_tokens=9))
+        b = batch.join([1, 2, 3], SamplingConfig(max_new_tokens=6))  # row 1; row 2 stays idle (scratch)
+        while not all(s.done for s in batch.sessions.values()):
+            batch.step()
+        k = batch.k.clone()
+        runs.append((batch.leave(a), batch.leave(b), k))
+    (ta, tb, ka), (ua, ub, kb) = runs
+    assert (ta, tb) == (ua, ub)
+    assert len(ta) == 9  # session a wraps its ring: 5 + 9 tokens > sinks + window
+    torch.testing.assert_close(kb, ka, atol=ATOL, rtol=0)  # every K written, the scratch row's included
