@@ -68,7 +68,9 @@ class BatchSession:
 class BatchedDecoder:
     def __init__(self, model: DecoderLM, max_sessions: int, cache: CacheConfig | None = None,
                  token_budget: int = 256, ops: KernelOps = DISPATCH_OPS,
-                 graph_sizes: Sequence[int] = GRAPH_SIZES) -> None:
+                 graph_sizes: Sequence[int] = GRAPH_SIZES, embeds: bool = False) -> None:
+        """embeds=True: decode steps take input embeddings (`decode` with [1, 1, C] tensors, e.g. the Talker's
+        codec + text slot) instead of token ids."""
         if max_sessions < 1 or token_budget < 1:
             raise ValueError(f"need max_sessions >= 1 and token_budget >= 1, got {max_sessions}, {token_budget}")
         self.model, self.ops, self.max_sessions, self.token_budget = model, ops, max_sessions, token_budget
@@ -82,6 +84,7 @@ class BatchedDecoder:
         self.slot_token = torch.full((max_sessions, S + 1), -1, dtype=torch.long, device=dev)
         self.slot_pos = torch.zeros(max_sessions, S + 1, dtype=torch.long, device=dev)
         self._inputs = torch.zeros(7, max_sessions, dtype=torch.long, device=dev)
+        self._x = torch.zeros(max_sessions, 1, cfg.hidden_size, dtype=model.dtype, device=dev) if embeds else None
         self._host = torch.zeros(7, max_sessions, dtype=torch.long, pin_memory=dev.type == "cuda")
         self._idle_inputs(max_sessions)
         self._inputs.copy_(self._host)
@@ -114,6 +117,13 @@ class BatchedDecoder:
         self.sessions[sid] = BatchSession(sid, row, DecoderState(cache=cache), list(prompt), cfg, sampler,
                                           respond=respond)
         self._rows[row] = sid
+        return sid
+
+    def open(self, sampling: SamplingConfig | None = None) -> int:
+        """A session with an empty cache row and no prompt, for a caller that prefills through
+        `self.sessions[sid].state` itself and steps with `decode` (the Talker)."""
+        sid = self.join([0], sampling, respond=False)
+        self.sessions[sid].pending.clear()
         return sid
 
     def feed(self, sid: int, tokens: Sequence[int], respond: bool = True) -> None:
@@ -171,10 +181,11 @@ class BatchedDecoder:
         host[_SLOT] = self.cache_cfg.capacity  # the scratch slot, as the row's only token: an idle row attends
         host[_LEN] = 1  # to itself, so its K/V stay finite (0 x NaN in another step's V sum would be NaN)
 
-    def _decode(self) -> dict[int, int]:
-        ready = [s for s in self.sessions.values() if s.ready]
-        if not ready:
-            return {}
+    def decode(self, inputs: dict[int, int | torch.Tensor]) -> torch.Tensor:
+        """One batched decode step of the given sessions: sid -> token id, or input embedding [1, 1, C] with
+        embeds=True. Returns logits [b, V], session `sid` in row `self.sessions[sid].row`; sampling is the
+        caller's."""
+        ready = [self.sessions[sid] for sid in inputs]
         b = self.graphs.bucket(max(s.row for s in ready) + 1)
         self._idle_inputs(b)
         window, sinks = self.cache_cfg.window, self.cache_cfg.sinks
@@ -182,12 +193,24 @@ class BatchedDecoder:
             cache, n = s.state.cache, s.state.cache.length
             first = n - window + 1  # oldest token in this query's window
             wrapped = sinks > 0 and first > sinks  # as KVCache.plan decides for one token
-            self._host[:, s.row] = torch.tensor([s.tokens[-1], s.state.next_position, self._slot(n), n, n + 1,
+            item = inputs[s.sid]
+            if isinstance(item, torch.Tensor):
+                if self._x is None:
+                    raise ValueError("embedding inputs need BatchedDecoder(embeds=True)")
+                self._x[s.row].copy_(item.reshape(1, -1))
+                item = 0
+            self._host[:, s.row] = torch.tensor([item, s.state.next_position, self._slot(n), n, n + 1,
                                                  self._slot(first) if wrapped else 0, int(wrapped)])
             cache.length = n + 1
             s.state.next_position += 1
         self._inputs[:, :b].copy_(self._host[:, :b], non_blocking=True)
-        logits = self.graphs(b)  # [b, V]
+        return self.graphs(b)
+
+    def _decode(self) -> dict[int, int]:
+        ready = [s for s in self.sessions.values() if s.ready]
+        if not ready:
+            return {}
+        logits = self.decode({s.sid: s.tokens[-1] for s in ready})  # [b, V]
         greedy = logits.argmax(-1).tolist()  # one read-back for every plain greedy session
         out = {}
         for s in ready:
@@ -206,7 +229,7 @@ class BatchedDecoder:
         self.slot_token[rows, slot] = tok
         self.slot_pos[rows, slot] = pos
         shift = torch.where(wrap.bool(), (self.slot_pos[rows, first] - sinks).clamp(min=0), torch.zeros_like(pos))
-        x = model.embed_tokens(ids[:, None]).to(model.dtype)
+        x = model.embed_tokens(ids[:, None]).to(model.dtype) if self._x is None else self._x[:b]
         inp = StepInputs(x=x, positions=pos[:, None], k=self.k[:, :b], v=self.v[:, :b],
                          slot_token=self.slot_token[:b], slots=slot, lengths=length, sink_shift=shift[:, None],
                          sinks=sinks, window=self.cache_cfg.window)

@@ -111,3 +111,43 @@ def test_prompt_fed_in_blocks_then_reply_equals_alone(model: DecoderLM) -> None:
         batch.step()
     assert batch.leave(sid) == _alone(model, prompt)
     assert batch.leave(other) == _alone(model, _prompts()[0])
+
+
+def test_talker_steps_batched_equal_alone() -> None:
+    """Two Talker sessions stepped through one BatchedDecoder over embeddings give the codes each gets alone."""
+    from benchmarks.talker import tiny_configs
+    from model.talker import Talker, TalkerState, TalkerTextEmbeds
+
+    torch.manual_seed(0)
+    talker = Talker(tiny_configs()[0]).eval()
+    E, cache = talker.cfg.embedding_size, CacheConfig(sinks=2, window=8, chunk=8)
+    g = torch.Generator().manual_seed(3)
+    texts = TalkerTextEmbeds(*(torch.randn(E, generator=g) for _ in range(3)))
+    prompts = [torch.randn(1, n, E, generator=g) for n in (5, 3)]
+    firsts = [torch.randn(1, E, generator=g) for _ in prompts]
+    sampling = talker.cfg.sampling(seed=0, temperature=0.0, stop_token_ids=frozenset(), max_new_tokens=12)
+
+    def alone(i: int) -> list[int]:
+        state = talker.init_state(texts, sampling=sampling, cache=cache)
+        talker.end_text(state)
+        codes = [talker.start(state, prompts[i], firsts[i])]
+        while len(codes) < 12:
+            codes.append(talker.step(state))
+        return codes
+
+    batch = BatchedDecoder(talker.decoder, max_sessions=2, cache=cache, embeds=True)
+    states = []
+    for i in (0, 1):
+        sid = batch.open()
+        state = TalkerState(decoder=batch.sessions[sid].state, sampler=batch.sessions[sid].sampler,
+                            sampling=sampling, texts=texts)
+        talker.end_text(state)
+        states.append((sid, state, [talker.start(state, prompts[i], firsts[i])]))
+    for _ in range(11):
+        logits = batch.decode({sid: talker.decode_input(state) for sid, state, _ in states})
+        for sid, state, codes in states:
+            row = batch.sessions[sid].row
+            codes.append(talker.choose(state, logits[row : row + 1].float()))
+    want = [alone(0), alone(1)]
+    assert len(set(want[0] + want[1])) > 2  # codes that depend on the step, so a wrong row or slot would show
+    assert [codes for _, _, codes in states] == want
