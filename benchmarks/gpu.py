@@ -14,9 +14,11 @@ End of speech -> first audio, as measured here: every session's 5 s of audio (12
 second, after a 20-token system prompt) is prefilled block by block (2 s = 50 tokens) before the clock
 starts, and the Talker has prefilled its prompt; at t0 all N users stop speaking at once (the worst case):
 the 5 end-of-turn tokens of every session are prefilled and the Thinker's first reply token sampled in the
-batched scheduler, then each session's Talker reply start, its codes up to the first token2wav chunk and
-that chunk run one session after another (the Talker and token2wav are not batched yet), and each session's
-time is when its first chunk is ready. Audio encoding of the last partial block is not included.
+batched scheduler; then every session's Talker reply start (one forward each), Talker steps of all sessions
+as one batched forward (graphs on CUDA) until each has the codes of its first token2wav chunk, and that chunk
+(token2wav runs one session at a time: not batched yet). A session's time is when its first chunk is ready.
+Not included: audio encoding of the last partial block, and the Thinker's decoding after its first token
+(the Talker is fed text-pad slots instead of waiting for text).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +43,10 @@ from model.lm.batch import BatchedDecoder
 from model.lm.decoder import DecoderLM
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplingConfig
-from model.talker import Talker, TalkerTextEmbeds
+from model.talker import Talker, TalkerState, TalkerTextEmbeds
 from model.thinker import ThinkerConfig
 from model.token2wav import Token2Wav
-from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav
+from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav, Token2WavState
 
 PRESETS = {"tiny": "tiny", "3b": "qwen2.5-omni-3b", "7b": "qwen2.5-omni-7b"}
 SYSTEM, AUDIO, BLOCK, TAIL = 20, 125, 50, 5  # prompt tokens: system, 5 s of audio, 2-s block, end of turn
@@ -121,25 +123,58 @@ def prefill_speed(lm: DecoderLM, cache: CacheConfig, tokens: int) -> float:
     return tokens / (time.perf_counter() - t0)
 
 
-def speech_start(talker: Talker, t2w: Token2Wav, dev: torch.device, blocks: int) -> Callable[[], None]:
-    """A session's Talker with its prompt prefilled; calling the result runs its reply up to the first chunk."""
-    E = talker.cfg.embedding_size
+@dataclass
+class SpeechSession:
+    sid: int
+    state: TalkerState
+    streamer: StreamingToken2Wav
+    wav: Token2WavState
+    first_text: torch.Tensor  # [1, E] the Thinker's first reply token's slot (random here)
+
+
+def speech_sessions(talker: Talker, t2w: Token2Wav, n: int, cache: CacheConfig,
+                    blocks: int) -> tuple[BatchedDecoder, list[SpeechSession]]:
+    """n Talker sessions in one batched decoder (graphs captured), each with its prompt prefilled as the user
+    spoke, and its token2wav stream."""
+    dev, E, dcfg = talker.decoder.device, talker.cfg.embedding_size, t2w.cfg.dit
+    batch = BatchedDecoder(talker.decoder, max_sessions=n, cache=cache, embeds=True)
+    batch.capture_graphs()
     texts = TalkerTextEmbeds(*(torch.randn(E, device=dev) for _ in range(3)))
-    state = talker.init_state(texts, sampling=talker.cfg.sampling(seed=0, stop_token_ids=frozenset()))
-    talker.feed_prompt(state, torch.randn(1, TALKER_PROMPT, E, device=dev))
-    talker.end_text(state)  # the Thinker keeps ahead: the Talker never waits for a text slot
-    streamer = StreamingToken2Wav(t2w, StreamingSchedule(first_chunk_blocks=blocks))
-    dcfg = t2w.cfg.dit
-    wav = streamer.init_state(torch.randn(1, dcfg.enc_emb_dim, device=dev),
-                              torch.randn(1, 300, dcfg.mel_dim, device=dev) - 5, seed=0, max_codes=400)
+    sampling = talker.cfg.sampling(seed=0, stop_token_ids=frozenset())
+    out = []
+    for _ in range(n):
+        sid = batch.open()
+        state = TalkerState(decoder=batch.sessions[sid].state, sampler=batch.sessions[sid].sampler,
+                            sampling=sampling, texts=texts)
+        talker.feed_prompt(state, torch.randn(1, TALKER_PROMPT, E, device=dev))
+        talker.end_text(state)  # the Thinker keeps ahead: the Talker never waits for a text slot
+        streamer = StreamingToken2Wav(t2w, StreamingSchedule(first_chunk_blocks=blocks))
+        wav = streamer.init_state(torch.randn(1, dcfg.enc_emb_dim, device=dev),
+                                  torch.randn(1, 300, dcfg.mel_dim, device=dev) - 5, seed=0, max_codes=400)
+        out.append(SpeechSession(sid, state, streamer, wav, torch.randn(1, E, device=dev)))
+    return batch, out
 
-    def run() -> None:
-        code = talker.start(state, torch.zeros(1, 0, E, device=dev), torch.randn(1, E, device=dev))
-        while not streamer.step(wav, [code % dcfg.num_embeds]):
-            code = talker.step(state)
-        sync(dev)
 
-    return run
+def speak_until_first_audio(talker: Talker, batch: BatchedDecoder, sessions: list[SpeechSession],
+                            t0: float) -> list[float]:
+    """Every session's reply start, then batched Talker steps; each session's token2wav runs when its first
+    chunk is due (one session at a time). Returns seconds from t0 to each session's first chunk."""
+    empty = torch.zeros(1, 0, talker.cfg.embedding_size, device=talker.decoder.device)
+    codes = {s.sid: talker.start(s.state, empty, s.first_text) for s in sessions}
+    num_embeds = sessions[0].streamer.model.cfg.dit.num_embeds
+    done: dict[int, float] = {}
+    while len(done) < len(sessions):
+        for s in sessions:
+            if s.sid not in done and s.streamer.step(s.wav, [codes[s.sid] % num_embeds]):
+                sync(talker.decoder.device)
+                done[s.sid] = time.perf_counter() - t0
+        waiting = [s for s in sessions if s.sid not in done]
+        if waiting:
+            logits = batch.decode({s.sid: talker.decode_input(s.state) for s in waiting})
+            for s in waiting:
+                row = batch.sessions[s.sid].row
+                codes[s.sid] = talker.choose(s.state, logits[row : row + 1].float())
+    return list(done.values())
 
 
 def first_audio(lm: DecoderLM, speech_models: tuple[Talker, Token2Wav] | None, n: int, cache: CacheConfig,
@@ -160,7 +195,7 @@ def first_audio(lm: DecoderLM, speech_models: tuple[Talker, Token2Wav] | None, n
             batch.feed(s, p[lo:hi], respond=False)
     while any(batch.sessions[s].pending for s in sids):
         batch.step()
-    speech = [] if speech_models is None else [speech_start(*speech_models, dev, blocks) for _ in sids]
+    speech = None if speech_models is None else speech_sessions(*speech_models, n, cache, blocks)
     sync(dev)
     t0 = time.perf_counter()
     for s, p in zip(sids, prompts, strict=True):
@@ -170,12 +205,9 @@ def first_audio(lm: DecoderLM, speech_models: tuple[Talker, Token2Wav] | None, n
         for s in batch.step():
             text_at.setdefault(s, time.perf_counter() - t0)
     out = {"sessions": n, "first_text_ms": statistics.median(text_at.values()) * 1e3}
-    if not speech:
+    if speech is None or speech_models is None:
         return out
-    done = []
-    for s in sorted(text_at, key=text_at.__getitem__):
-        speech[sids.index(s)]()
-        done.append(time.perf_counter() - t0)
+    done = speak_until_first_audio(speech_models[0], *speech, t0)
     q = statistics.quantiles(done, n=20) if n > 1 else [done[0]] * 19
     return out | {"first_audio_p50_ms": statistics.median(done) * 1e3, "first_audio_p95_ms": q[18] * 1e3}
 
