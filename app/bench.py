@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _ours(args: argparse.Namespace, dtype: torch.dtype | None) -> dict[str, float]:
     from model.loaders import load_lm
 
-    lm = load_lm(args.model, dtype=dtype, device=args.device)
+    lm = load_lm(args.model, dtype=dtype, device=args.device, quant=args.quant)
     ids = lm.tokenizer.encode(lm.tokenizer.render_chat([{"role": "user", "content": PROMPT}]))
     best = {"load_s": lm.load_seconds, "prefill_tok_s": 0.0, "decode_tok_s": 0.0, "prompt_tokens": len(ids)}
     model = lm.model
@@ -52,6 +52,8 @@ def _ours(args: argparse.Namespace, dtype: torch.dtype | None) -> dict[str, floa
     dtype_name = str(model.dtype).removeprefix("torch.")
     if any(isinstance(m, Int4Linear | Q4Linear) for m in model.modules()):
         dtype_name = "int4+" + dtype_name.replace("bfloat16", "bf16").replace("float32", "f32")
+    if args.quant is not None:
+        dtype_name = f"{args.quant}+{dtype_name}"
     best["dtype"] = dtype_name  # type: ignore[assignment]
     return best
 

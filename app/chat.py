@@ -122,14 +122,14 @@ def _build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
 
         omni = OmniEngine(
             args.model, args.device, dtype_of(args), args.voice, speak=args.speak is not None,
-            sampling=sampling, seed=args.seed, window=args.window,
+            sampling=sampling, seed=args.seed, window=args.window, quant=args.quant,
         )  # fmt: skip
         return omni, f"loaded {omni.thinker.source} in {omni.thinker.load_seconds:.1f} s"
     if args.audio or args.image or args.video or args.speak:
         raise CheckpointError("--audio/--image/--video/--speak need a Qwen2.5-Omni checkpoint directory (--model DIR)")
     from streaming.engines.embedded import EmbeddedEngine
 
-    lm = load_lm(args.model, dtype=dtype_of(args), device=args.device)
+    lm = load_lm(args.model, dtype=dtype_of(args), device=args.device, quant=args.quant)
     text = EmbeddedEngine(lm=lm, speak=False, listen=False, system_prompt=None, sampling=sampling, window=args.window)
     return text, f"loaded {lm.source} in {lm.load_seconds:.1f} s"
 

@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "a Hugging Face decoder directory (Llama, Qwen2, ... with its tokenizer); same ears and voice",
     )
     p.add_argument("--device", default="cpu", help="omni engine: torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--quant", choices=["int8", "int4"], default=None,
+                   help="omni engine: weight-only int8/int4 Thinker projections at load (GPU kernels)")
     p.add_argument(
         "--ice-server",
         action="append",
@@ -81,9 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def make_engine(
     name: str, step_delay: float = 0.0, model: str | None = None, voice: str | None = None, device: str = "cpu",
     llm: str | None = None,
+    quant: str | None = None,
 ) -> Engine:
-    if name != "omni" and model is not None:
-        raise ValueError(f"--model is for --engine omni, not {name}")
+    if name != "omni" and (model is not None or quant is not None):
+        raise ValueError(f"--model and --quant are for --engine omni, not {name}")
     if name not in ("omni", "embedded") and voice is not None:
         raise ValueError(f"--voice is for --engine embedded or omni, not {name}")
     if name != "embedded" and llm is not None:
@@ -93,7 +96,7 @@ def make_engine(
             raise ValueError("--engine omni needs --model DIR (a Qwen2.5-Omni checkpoint directory)")
         from streaming.engines.omni import OmniEngine
 
-        return OmniEngine(model, device=device, voice=voice)
+        return OmniEngine(model, device=device, voice=voice, quant=quant)
     if name == "test":
         from streaming.engines.tone import ToneEngine
 
@@ -138,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(threads)
-        engine = make_engine(args.engine, args.test_step_delay, args.model, args.voice, args.device, args.llm)
+        engine = make_engine(
+            args.engine, args.test_step_delay, args.model, args.voice, args.device, args.llm, args.quant
+        )
     except (ValueError, RuntimeError) as e:
         print(f"omni serve: error: {e}", file=sys.stderr)
         return 1

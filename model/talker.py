@@ -273,14 +273,21 @@ class Talker(nn.Module):
         return state.texts.text_pad.reshape(1, -1)
 
     @torch.inference_mode()
-    def decode_logits(self, state: TalkerState) -> torch.Tensor:
-        """Feed the last code and the next text slot; raw logits [1, V] of the next code."""
+    def decode_input(self, state: TalkerState) -> torch.Tensor:
+        """The decoder input [1, 1, C] of the next step: the last code and the next text slot (consumed)."""
         if state.last_code is None:
             raise ValueError("decode before the first code: call prefill and choose first")
         slot = self._next_slot(state)
         code = torch.tensor([state.last_code], device=self.codec_embed.weight.device)
         x = (self.codec_embed(code).to(slot.device, slot.dtype) + slot)[None]
-        return self._logits(state, x, None)
+        return self.thinker_to_talker_proj(x.to(self.dtype))
+
+    @torch.inference_mode()
+    def decode_logits(self, state: TalkerState) -> torch.Tensor:
+        """Feed the last code and the next text slot; raw logits [1, V] of the next code."""
+        out = self.decoder(state.decoder, inputs_embeds=self.decode_input(state), logits="last")
+        assert out.logits is not None
+        return out.logits.float()
 
     def choose(self, state: TalkerState, logits: torch.Tensor) -> int:
         """Sample the next code from raw logits (codec_start suppressed, as the reference does)."""

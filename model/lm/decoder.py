@@ -21,6 +21,7 @@ from model.layers.int4_linear import Q4Linear
 from model.layers.norm import RMSNorm
 from model.layers.rope import fold_rope, rope_cos_sin, rope_inv_freq
 from model.lm.config import DecoderConfig
+from model.lm.decode_kernels import DISPATCH_OPS, KernelOps, decode_step, single_session_inputs
 from model.lm.kv_cache import CacheConfig, KVCache
 
 
@@ -73,6 +74,7 @@ class DecoderLM(nn.Module):
     narrow_head: torch.Tensor | None  # see `head`; a non-persistent buffer
     _fused: DecodeStep | None  # whole decode steps in one C call (see enable_fused_decode)
     _head_lib: Library | None  # the kernels scoring a Q8_0 narrow head
+    decode_ops: KernelOps | None  # one-token steps on these kernels; None: the GPU kernels on CUDA only
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -85,6 +87,7 @@ class DecoderLM(nn.Module):
         self.register_buffer("narrow_head", None, persistent=False)
         self._fused = None
         self._head_lib = None
+        self.decode_ops = None
 
     @property
     def device(self) -> torch.device:
@@ -214,6 +217,9 @@ class DecoderLM(nn.Module):
     ) -> torch.Tensor:
         cache = state.cache
         plan = cache.plan(temporal)
+        ops = self.decode_ops or (DISPATCH_OPS if x.is_cuda else None)
+        if ops is not None and x.shape[1] == 1:  # decode on the GPU kernels (model/lm/decode_kernels.py)
+            return decode_step(self, ops, single_session_inputs(x, positions, cache, plan.slots, plan.sink_shift))
         rope = fold_rope(*rope_cos_sin(positions, self.inv_freq, self.cfg.mrope_section), self.dtype)
         sink_rope = None
         if plan.sink_shift is not None:

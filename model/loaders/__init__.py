@@ -27,7 +27,7 @@ class LoadedLM:
 
 
 def load_lm(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | None = None,
-            device: str = "cpu") -> LoadedLM:
+            device: str = "cpu", quant: str | None = None) -> LoadedLM:
     """Load a text LM from a checkpoint directory or a .gguf file; None means the embedded default.
 
     dtype: None takes the checkpoint's own dtype for directories. For GGUF files on CPU it means: Q4_0/Q4_1
@@ -36,6 +36,8 @@ def load_lm(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | Non
     residual stream, attention and KV cache in float32 (a bfloat16 residual stream or head made
     SmolLM2-135M's greedy replies derail; float32 costs little at its size).
     Elsewhere it means bfloat16. An explicit dtype expands every GGUF weight to it (float32 for exact tests).
+    quant: "int8" or "int4" quantises the projections weight-only after loading (model/layers/quant_linear.py;
+    for the GPU kernels, from a bf16/fp32 checkpoint), None keeps them as loaded.
     """
     from model.embedded.packaged import default_model_path
     from model.loaders.gguf_file import GGUFFile
@@ -59,4 +61,8 @@ def load_lm(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | Non
             model = load_gguf_decoder(p, dtype=dtype or torch.bfloat16, device=device, gguf=f)
     else:
         raise CheckpointError(f"{p}: not a checkpoint directory or a GGUF file")
+    if quant is not None:
+        from model.layers.quant_linear import quantize_decoder
+
+        quantize_decoder(model, quant)
     return LoadedLM(model=model, tokenizer=tokenizer, source=str(p), load_seconds=time.perf_counter() - start)

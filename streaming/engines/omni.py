@@ -39,6 +39,7 @@ import torch
 
 from model.encoders.vision_preprocess import resize_and_normalize, sample_video, video_frame_size
 from model.errors import CheckpointError
+from model.layers.quant_linear import quantize_decoder
 from model.lm.decoder import default_cache_config
 from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
@@ -106,16 +107,19 @@ class OmniEngine:
         chars_per_second: float = 15.0,
         video_stale_seconds: float = 2.0,
         max_history: int = 64,
+        quant: str | None = None,
     ) -> None:
         """`model_dir`: a Qwen2.5-Omni checkpoint with its speech half (talker.*, token2wav.*, spk_dict.pt);
         `models`: already loaded ones instead (shared, e.g. by tests). `speak=False`: replies are text only
         and the speech half is not loaded (no `AudioChunk` events). `voice`: the default voice (None: the
         checkpoint's default). `seed`: Talker sampling and token2wav noise (None: random per reply).
         `schedule`/`solver`: token2wav's chunking and ODE solver (None: the reference's).
-        `chars_per_second`: the speaking rate that maps audio to reply text (about 150 words a minute)."""
+        `chars_per_second`: the speaking rate that maps audio to reply text (about 150 words a minute).
+        `quant`: "int8" or "int4" quantises the Thinker's projections weight-only at load (the GPU kernels;
+        the Talker, 0.1 of the weights read per spoken second, stays in `dtype`)."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
-        thinker, speech = models or _load(model_dir, device, dtype, speak)
+        thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
         if not speak:
             speech = None
         elif speech is None:
@@ -177,7 +181,8 @@ class OmniEngine:
 
 
 def _load(
-    model_dir: str | os.PathLike[str] | None, device: str, dtype: torch.dtype | None, speak: bool
+    model_dir: str | os.PathLike[str] | None, device: str, dtype: torch.dtype | None, speak: bool,
+    quant: str | None = None,
 ) -> tuple[LoadedThinker, SpeechModels | None]:
     """The checkpoint's Thinker, and its speech half when `speak`."""
     if model_dir is None:
@@ -185,6 +190,8 @@ def _load(
     try:
         thinker = load_thinker(model_dir, dtype, device)
         speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device) if speak else None
+        if quant is not None:
+            quantize_decoder(thinker.model.lm, quant)
     except CheckpointError as e:
         raise ValueError(f"cannot load the omni model: {e}") from None
     return thinker, speech

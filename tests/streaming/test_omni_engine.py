@@ -311,3 +311,16 @@ async def test_a_typed_turn_through_the_session_runtime(models: Models, worker: 
     done = list(s.respond())[-1]
     assert isinstance(done, ReplyDone) and text == done.text
     assert np.abs(np.concatenate(h.played).astype(np.float32)).max() > 0  # the reply's speech reached the track
+
+
+def test_omni_serve_quantises_the_thinker_at_load(models: Models) -> None:
+    from app.cli import build_parser
+    from model.layers.quant_linear import Int8Linear
+
+    args = build_parser().parse_args(["serve", "--engine", "omni", "--model", models[0].source, "--quant", "int8"])
+    engine = make_engine(args.engine, model=args.model, device=args.device, quant=args.quant)
+    assert isinstance(engine, OmniEngine)
+    layers = engine.thinker.model.lm.layers
+    assert all(isinstance(p, Int8Linear) for L in layers for p in (L.self_attn.qkv_proj, L.mlp.down_proj))
+    with pytest.raises(ValueError, match="--quant are for --engine omni"):
+        make_engine("tiny", quant="int8")

@@ -1,0 +1,113 @@
+"""Weight-only quantised linear layers for the GPU path, and `quantize_decoder` to swap them in at load.
+
+- Int8Linear: per output channel int8 (kernels/int8_matmul.py): 1 byte per weight instead of 2 (bf16), so a
+  7B Thinker's 13 GB of projections read per decode token become ~6.6 GB.
+- GroupInt4Linear: int4 per group of 128 with a bf16 scale and minimum (kernels/int4_matmul.py): 0.53 bytes
+  per weight, ~3.5 GB; fits a 12 GB GPU with room for the KV cache.
+
+Both call the kernels' dispatch (Triton on CUDA tensors, the float32 eager reference elsewhere). The name
+GroupInt4Linear keeps it apart from model/layers/int4_linear.py's Int4Linear (torch's CPU int4 GEMM on
+GGUF's 32-weight groups), which is a different format for a different device.
+
+Embeddings, norms and the LM head stay in the model's dtype: the head is 0.5 B of the 7B model's weights,
+but quantising it moves logits of close candidates, and `DecoderLM.head` already has its own narrow copy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernels.int4_matmul import dequantize_int4, int4_matmul, quantize_int4
+from kernels.int8_matmul import dequantize_int8, int8_matmul, quantize_int8
+
+QUANT_KINDS = ("int8", "int4")
+INT4_GROUP = 128  # the kernel's default: 4 bytes of scale+min per 64 bytes of codes (6% overhead)
+
+
+class Int8Linear(nn.Module):
+    q: torch.Tensor  # [N, K] int8
+    scale: torch.Tensor  # [N] float32
+    bias: torch.Tensor | None  # [N] in the activation dtype
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        q, scale = quantize_int8(linear.weight.detach())
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(q, scale, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., K] -> [..., N] in x's dtype
+        return int8_matmul(x, self.q, self.scale, None if self.bias is None else self.bias.to(x.dtype))
+
+    def dequantized(self) -> torch.Tensor:
+        """The effective weight [N, K] in float32 (for tests and references)."""
+        return dequantize_int8(self.q, self.scale)
+
+
+class GroupInt4Linear(nn.Module):
+    packed: torch.Tensor  # [N, K/2] uint8
+    scale: torch.Tensor  # [N, K/group] bfloat16
+    mins: torch.Tensor  # [N, K/group] bfloat16
+    bias: torch.Tensor | None
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, mins: torch.Tensor, group_size: int = INT4_GROUP,
+                 bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = packed.shape[0], packed.shape[1] * 2
+        self.group_size = group_size
+        self.register_buffer("packed", packed)
+        self.register_buffer("scale", scale)
+        self.register_buffer("mins", mins)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = INT4_GROUP) -> GroupInt4Linear:
+        packed, scale, mins = quantize_int4(linear.weight.detach(), group_size)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(packed, scale, mins, group_size, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return int4_matmul(x, self.packed, self.scale, self.mins, self.group_size, bias)
+
+    def dequantized(self) -> torch.Tensor:
+        return dequantize_int4(self.packed, self.scale, self.mins, self.group_size)
+
+
+def int4_group_for(in_features: int) -> int | None:
+    """The int4 group size for a projection with `in_features` inputs: 128, or the largest power of two
+    >= 32 dividing it (tiny test models), None when none does (the layer stays unquantised)."""
+    for g in (INT4_GROUP, 64, 32):  # the kernel needs groups of >= 32
+        if in_features % g == 0:
+            return g
+    return None
+
+
+def quantize_decoder(lm: nn.Module, kind: str) -> int:
+    """Replace every projection (attention qkv/o, MLP gate_up/down) of a DecoderLM in place by its int8 or
+    int4 weight-only version; returns how many were replaced. Quantise once after loading bf16/fp32 weights."""
+    if kind not in QUANT_KINDS:
+        raise ValueError(f"quantisation must be one of {QUANT_KINDS}, got {kind!r}")
+    replaced = 0
+    for layer in lm.layers:  # type: ignore[union-attr]
+        for parent, name in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"), (layer.mlp, "gate_up_proj"),
+                             (layer.mlp, "down_proj")):
+            linear = getattr(parent, name)
+            if not isinstance(linear, nn.Linear):
+                raise ValueError(f"{name} is already {type(linear).__name__}; quantise a bf16/fp32 checkpoint")
+            if kind == "int8":
+                setattr(parent, name, Int8Linear.from_linear(linear))
+            else:
+                group = int4_group_for(linear.in_features)
+                if group is None:
+                    continue
+                setattr(parent, name, GroupInt4Linear.from_linear(linear, group))
+            replaced += 1
+    return replaced

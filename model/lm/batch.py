@@ -1,0 +1,236 @@
+"""Sessions batched on one device: every ready session's decode step in ONE forward, prefill chunks
+interleaved under a per-iteration token budget (Sarathi-Serve's chunked prefill), so a new prompt never
+stalls the others' steps by more than one budget's worth of prefill.
+
+Memory: one KV pool [layers, max_sessions, kv_heads, S + 1, head_dim] allocated at start; a session owns one
+row (its `DecoderState` holds a `KVCache` that is a view of that row, so prefill runs the ordinary
+`DecoderLM.forward` and writes straight into the pool). Slot S is scratch: rows that are idle or still
+prefilling ride along in the batched step as a one-token sequence in that slot, which `slot_token` hides
+from every busy row (and from the row's own session views, which end at S). The batch width is the
+smallest captured size above the highest busy row. A 7B decode step reads its 14 GB of weights once for all
+rows, so up to ~16 rows it should cost about what one does (arithmetic intensity stays far below the GPU's
+ridge point; not yet measured, see benchmarks/gpu.py).
+
+Each session keeps its own cache row, token count, positions and sampler; a session joining, leaving or
+prefilling changes nothing in another row, so its tokens are those it would get alone (the test checks it).
+The device step (`_device_step`) reads only static buffers and reads nothing back, so on CUDA it is captured
+per batch size (model/lm/cuda_graph.py); the host side fills one small pinned buffer per iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from model.lm.cuda_graph import StepGraphs
+from model.lm.decode_kernels import DISPATCH_OPS, KernelOps, StepInputs, decode_step
+from model.lm.decoder import DecoderLM, DecoderState, default_cache_config
+from model.lm.kv_cache import CacheConfig, KVCache
+from model.lm.sampling import SamplerState, SamplingConfig, sample
+
+GRAPH_SIZES = (1, 2, 4, 8, 16, 32)
+# rows of the per-step input buffer: token id, position, slot, token index, length, slot of the oldest window
+# token, whether the ring has wrapped (sinks scored by the shifted query)
+_ID, _POS, _SLOT, _TOK, _LEN, _FIRST, _WRAP = range(7)
+
+
+class _RowCache(KVCache):
+    """A KVCache whose buffers are one row of the pool (views: written in place, never reallocated)."""
+
+    def __init__(self, pool: BatchedDecoder, row: int) -> None:  # no super().__init__: nothing to allocate
+        S = pool.cache_cfg.capacity
+        self.cfg = pool.cache_cfg
+        self.k, self.v = pool.k[:, row : row + 1, :, :S], pool.v[:, row : row + 1, :, :S]
+        self.slot_token, self.slot_pos = pool.slot_token[row, :S], pool.slot_pos[row, :S]
+        self.length = 0
+
+
+@dataclass
+class BatchSession:
+    sid: int
+    row: int
+    state: DecoderState
+    pending: list[int]  # prompt tokens not prefilled yet
+    sampling: SamplingConfig
+    sampler: SamplerState
+    tokens: list[int] = field(default_factory=list)  # generated so far; the last one not yet fed
+    respond: bool = True  # sample a reply once the pending tokens are prefilled
+    done: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """Prefilled and still generating: takes part in the next batched decode step."""
+        return not self.pending and bool(self.tokens) and not self.done
+
+
+class BatchedDecoder:
+    def __init__(self, model: DecoderLM, max_sessions: int, cache: CacheConfig | None = None,
+                 token_budget: int = 256, ops: KernelOps = DISPATCH_OPS,
+                 graph_sizes: Sequence[int] = GRAPH_SIZES, embeds: bool = False) -> None:
+        """embeds=True: decode steps take input embeddings (`decode` with [1, 1, C] tensors, e.g. the Talker's
+        codec + text slot) instead of token ids."""
+        if max_sessions < 1 or token_budget < 1:
+            raise ValueError(f"need max_sessions >= 1 and token_budget >= 1, got {max_sessions}, {token_budget}")
+        self.model, self.ops, self.max_sessions, self.token_budget = model, ops, max_sessions, token_budget
+        self.cache_cfg = cache or default_cache_config(model.cfg)
+        cfg, dev = model.cfg, model.device
+        S = self.cache_cfg.capacity
+        shape = (cfg.num_layers, max_sessions, cfg.num_kv_heads, S + 1, cfg.head_dim)
+        dtype = self.cache_cfg.dtype or model.dtype
+        self.k = torch.zeros(shape, device=dev, dtype=dtype)
+        self.v = torch.zeros(shape, device=dev, dtype=dtype)
+        self.slot_token = torch.full((max_sessions, S + 1), -1, dtype=torch.long, device=dev)
+        self.slot_pos = torch.zeros(max_sessions, S + 1, dtype=torch.long, device=dev)
+        self._inputs = torch.zeros(7, max_sessions, dtype=torch.long, device=dev)
+        self._x = torch.zeros(max_sessions, 1, cfg.hidden_size, dtype=model.dtype, device=dev) if embeds else None
+        self._host = torch.zeros(7, max_sessions, dtype=torch.long, pin_memory=dev.type == "cuda")
+        self._idle_inputs(max_sessions)
+        self._inputs.copy_(self._host)
+        sizes = [b for b in graph_sizes if b < max_sessions] + [max_sessions]
+        self.graphs = StepGraphs(self._device_step, sizes, dev)
+        self.sessions: dict[int, BatchSession] = {}
+        self._rows: list[int | None] = [None] * max_sessions
+        self._next_sid = 0
+
+    def capture_graphs(self) -> float:
+        """Capture the decode step per batch size (CUDA only, see cuda_graph.py); seconds taken. Call before
+        any session joins: the warm-up steps run on idle rows, which write only the scratch slot."""
+        if self.sessions:
+            raise RuntimeError("capture the graphs before sessions join")
+        return self.graphs.capture()
+
+    def join(self, prompt: Sequence[int], sampling: SamplingConfig | None = None, respond: bool = True) -> int:
+        """A new session with this prompt (token ids); returns its id. Its prefill starts at the next step;
+        with respond=False it only prefills (a user still speaking) until `feed` asks for the reply."""
+        if not prompt:
+            raise ValueError("empty prompt: at least one token is needed")
+        if None not in self._rows:
+            raise RuntimeError(f"all {self.max_sessions} session rows are taken")
+        row = self._rows.index(None)
+        sid, self._next_sid = self._next_sid, self._next_sid + 1
+        cache = _RowCache(self, row)
+        cache.reset()
+        cfg = sampling or SamplingConfig()
+        sampler = SamplerState.create(self.model.cfg.vocab_size, seed=cfg.seed, device=self.model.device)
+        self.sessions[sid] = BatchSession(sid, row, DecoderState(cache=cache), list(prompt), cfg, sampler,
+                                          respond=respond)
+        self._rows[row] = sid
+        return sid
+
+    def open(self, sampling: SamplingConfig | None = None) -> int:
+        """A session with an empty cache row and no prompt, for a caller that prefills through
+        `self.sessions[sid].state` itself and steps with `decode` (the Talker)."""
+        sid = self.join([0], sampling, respond=False)
+        self.sessions[sid].pending.clear()
+        return sid
+
+    def feed(self, sid: int, tokens: Sequence[int], respond: bool = True) -> None:
+        """More prompt tokens for a session that has not started its reply (the next block of the user's turn)."""
+        s = self.sessions[sid]
+        if s.tokens:
+            raise ValueError(f"session {sid} is already replying; feed prompt tokens before the reply")
+        s.pending.extend(tokens)
+        s.respond = respond
+
+    def leave(self, sid: int) -> list[int]:
+        """End a session (finished or not), free its row, and return its generated tokens."""
+        s = self.sessions.pop(sid)
+        self._rows[s.row] = None
+        s.state.cache.reset()
+        return s.tokens
+
+    def step(self) -> dict[int, int]:
+        """One scheduler iteration: a batched decode step of every ready session, then prefill chunks of
+        waiting sessions (oldest first) up to the token budget left. Returns the new token of each session
+        that got one (a prefill that completes gives its session's first token)."""
+        out = self._decode()
+        budget = self.token_budget - len(out)
+        for s in sorted(self.sessions.values(), key=lambda s: s.sid):
+            if budget <= 0:
+                break
+            if s.pending:
+                n = min(len(s.pending), budget, self.cache_cfg.chunk)
+                budget -= n
+                ids = torch.tensor([s.pending[:n]], device=self.model.device)
+                s.sampler.observe(ids)
+                del s.pending[:n]
+                logits = self.model(s.state, input_ids=ids).logits
+                if not s.pending and s.respond:
+                    assert logits is not None
+                    out[s.sid] = self._choose(s, logits)
+        return out
+
+    def _choose(self, s: BatchSession, logits: torch.Tensor) -> int:  # logits [1, V]
+        return self._take(s, int(sample(logits, s.sampling, s.sampler)[0]))
+
+    def _take(self, s: BatchSession, tok: int) -> int:
+        s.sampler.observe(torch.tensor([[tok]], device=self.model.device))
+        s.tokens.append(tok)
+        s.done = len(s.tokens) >= s.sampling.max_new_tokens or tok in s.sampling.stop_token_ids
+        return tok
+
+    def _slot(self, n: int) -> int:
+        sinks, ring = self.cache_cfg.sinks, self.cache_cfg.ring
+        return n if n < sinks else sinks + (n - sinks) % ring
+
+    def _idle_inputs(self, b: int) -> None:
+        host = self._host[:, :b]
+        host.zero_()
+        host[_SLOT] = self.cache_cfg.capacity  # the scratch slot, as the row's only token: an idle row attends
+        host[_LEN] = 1  # to itself, so its K/V stay finite (0 x NaN in another step's V sum would be NaN)
+
+    def decode(self, inputs: dict[int, int | torch.Tensor]) -> torch.Tensor:
+        """One batched decode step of the given sessions: sid -> token id, or input embedding [1, 1, C] with
+        embeds=True. Returns logits [b, V], session `sid` in row `self.sessions[sid].row`; sampling is the
+        caller's."""
+        ready = [self.sessions[sid] for sid in inputs]
+        b = self.graphs.bucket(max(s.row for s in ready) + 1)
+        self._idle_inputs(b)
+        window, sinks = self.cache_cfg.window, self.cache_cfg.sinks
+        for s in ready:
+            cache, n = s.state.cache, s.state.cache.length
+            first = n - window + 1  # oldest token in this query's window
+            wrapped = sinks > 0 and first > sinks  # as KVCache.plan decides for one token
+            item = inputs[s.sid]
+            if isinstance(item, torch.Tensor):
+                if self._x is None:
+                    raise ValueError("embedding inputs need BatchedDecoder(embeds=True)")
+                self._x[s.row].copy_(item.reshape(1, -1))
+                item = 0
+            self._host[:, s.row] = torch.tensor([item, s.state.next_position, self._slot(n), n, n + 1,
+                                                 self._slot(first) if wrapped else 0, int(wrapped)])
+            cache.length = n + 1
+            s.state.next_position += 1
+        self._inputs[:, :b].copy_(self._host[:, :b], non_blocking=True)
+        return self.graphs(b)
+
+    def _decode(self) -> dict[int, int]:
+        ready = [s for s in self.sessions.values() if s.ready]
+        if not ready:
+            return {}
+        logits = self.decode({s.sid: s.tokens[-1] for s in ready})  # [b, V]
+        greedy = logits.argmax(-1).tolist()  # one read-back for every plain greedy session
+        out = {}
+        for s in ready:
+            if s.sampling.temperature == 0.0 and s.sampling.repetition_penalty == 1.0:
+                out[s.sid] = self._take(s, greedy[s.row])
+            else:
+                out[s.sid] = self._choose(s, logits[s.row : s.row + 1])
+        return out
+
+    def _device_step(self, b: int) -> torch.Tensor:
+        """Logits [b, V] of rows 0..b-1 from the static input buffer; graph-capturable (no host reads)."""
+        model, sinks = self.model, self.cache_cfg.sinks
+        ids, pos, slot, tok, length, first, wrap = self._inputs[:, :b]
+        rows = torch.arange(b, device=ids.device)
+        self.slot_token[:b, -1] = -1  # scratch: invisible to busy rows, then visible to idle ones (token 0)
+        self.slot_token[rows, slot] = tok
+        self.slot_pos[rows, slot] = pos
+        shift = torch.where(wrap.bool(), (self.slot_pos[rows, first] - sinks).clamp(min=0), torch.zeros_like(pos))
+        x = model.embed_tokens(ids[:, None]).to(model.dtype) if self._x is None else self._x[:b]
+        inp = StepInputs(x=x, positions=pos[:, None], k=self.k[:, :b], v=self.v[:, :b],
+                         slot_token=self.slot_token[:b], slots=slot, lengths=length, sink_shift=shift[:, None],
+                         sinks=sinks, window=self.cache_cfg.window)
+        return model.head(decode_step(model, self.ops, inp)[:, 0])
