@@ -24,16 +24,13 @@ calls `on_failure` (the transport tears the connection down) and never touches o
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextvars
 import dataclasses
-import io
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-import av
 import numpy as np
 
 from model.pcm import StreamingResampler, to_int16
@@ -74,11 +71,13 @@ from streaming.frames import (
     UserMessage,
     VideoFrame,
 )
+from streaming.media_files import decode_data_url, frame_to_rgb
 from streaming.metrics import ServerMetrics, TurnMetrics
 from streaming.output import OutputAudio
 from streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
 from streaming.reply_ends import Emit, ReplyEnds, Response
-from streaming.session_config import SessionConfig, describe_session, updated_turn_config
+from streaming.session_config import SessionConfig, describe_session
+from streaming.session_settings import SettingsUpdates
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker, job_owner
 
@@ -86,7 +85,7 @@ log = logging.getLogger(__name__)
 InboxItem = AudioFrame | ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage | InputCommit | InputClear
 
 
-class Session(ReplyEnds):
+class Session(ReplyEnds, SettingsUpdates):
     """The runtime of one conversation (one per connection)."""
 
     def __init__(
@@ -399,7 +398,7 @@ class Session(ReplyEnds):
         await self._feed_engine(self._feed.release())
         assert self._engine_session is not None
         try:  # engines see the message's images before its text ("what is in this picture?")
-            images = [await self.media.run(_decode_image, url, self.config.video_max_side) for url in m.images]
+            images = [await self.media.run(decode_data_url, url, self.config.video_max_side) for url in m.images]
         except ValueError as e:
             self._emit(self.events.error("invalid_value", f"input_image: {e}"))
             return
@@ -470,54 +469,6 @@ class Session(ReplyEnds):
         if not self.config.audio_over_events:  # over events, the reply's last audio delta must go first
             self._emit_done(reply, "completed")
 
-    async def _update(self, settings: dict[str, Any]) -> None:
-        if "speech" in settings:
-            self.config.speech = settings["speech"]
-        if "instructions" in settings or "voice" in settings:
-            if self._turns > 0:
-                self._emit(
-                    self.events.error("invalid_value", "instructions and voice can only change before the first reply")
-                )
-                return
-            if not await self._apply_engine_settings(settings):
-                return
-        if "turn_detection" in settings:
-            td = settings["turn_detection"]
-            if td is None:
-                self.config.create_response = False
-            else:
-                try:
-                    self._audio_state.detector.config = updated_turn_config(self._audio_state.detector.config, td)
-                except ValueError as e:  # the protocol check should have caught it; never end the session
-                    self._emit(self.events.error("invalid_value", f"turn_detection: {e}"))
-                    return
-                self.config.create_response = td.get("create_response", True)
-                self.config.interrupt_response = td.get("interrupt_response", True)
-            self._feed.auto_end_turn = self.config.create_response
-        self._emit(self.events.session_updated(self.describe()))
-
-    async def _apply_engine_settings(self, settings: dict[str, Any]) -> bool:
-        """Reopen the engine session for new instructions or voice; False (and an error event) if it refused."""
-        kept = self.config.instructions, self.config.voice
-        wanted = (settings.get("instructions", kept[0]), settings.get("voice", kept[1]))
-        if wanted == kept:  # a reopen costs ~235 ms (embedded engine): only when something changed
-            return True
-        self.config.instructions, self.config.voice = wanted
-        try:
-            self._engine_session = await self.worker.run(self._reopen_engine)
-        except ValueError as e:  # the engine refused a setting (an unknown voice): keep the session as it was
-            self.config.instructions, self.config.voice = kept
-            self._engine_session = await self.worker.run(self._reopen_engine)
-            field = settings.get("voice_field") if "voice" in settings else "session.instructions"
-            self._emit(self.events.error("invalid_value", f"{field}: {e}", param=field))
-            return False
-        return True
-
-    def _reopen_engine(self) -> EngineSession:
-        if self._engine_session is not None:
-            self._engine_session.close()
-        return self._open_engine_session()
-
     # ---- video stage ----
 
     async def _video_loop(self) -> None:
@@ -526,32 +477,9 @@ class Session(ReplyEnds):
             assert self._engine_session is not None
             image = frame.image
             if not isinstance(image, np.ndarray):  # an av.VideoFrame from the transport: scale and convert
-                image = await self.media.run(_to_rgb, image, self.config.video_max_side)
+                image = await self.media.run(frame_to_rgb, image, self.config.video_max_side)
             await self.worker.run(self._engine_session.push_video, image, frame.timestamp)
             await asyncio.sleep(self.config.video_interval)
-
-
-def _to_rgb(image: av.VideoFrame, max_side: int) -> np.ndarray:
-    """A transport's video frame -> RGB uint8 [H, W, 3], even sides, the longer at most `max_side`."""
-    scale = min(1.0, max_side / max(image.width, image.height))
-    w, h = max(2, int(image.width * scale) // 2 * 2), max(2, int(image.height * scale) // 2 * 2)
-    return image.to_ndarray(format="rgb24", width=w, height=h)
-
-
-def _decode_image(url: str, max_side: int) -> np.ndarray:
-    """A `data:image/...;base64,...` URL -> RGB uint8 [H, W, 3], the longer side at most `max_side`."""
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
-
-    head, _, data = url.partition(",")
-    if not head.endswith(";base64") or not data:
-        raise ValueError("the data URL must be base64 (data:image/png;base64,...)")
-    try:
-        with PILImage.open(io.BytesIO(base64.b64decode(data, validate=True))) as im:
-            im.thumbnail((max_side, max_side))
-            return np.asarray(im.convert("RGB"))
-    except (ValueError, UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot decode the image: {e}") from None
 
 
 def _step(it: Iterator[EngineEvent]) -> tuple[EngineEvent | None, float]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from benchmarks.rtc_client import WAIT, wait_for_event
-from streaming.engine import EngineEvent
+from streaming.engine import SPOKEN_REPLY, EngineEvent, ResponseOptions
 from streaming.engines.tone import ToneEngine, ToneSession
 from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad
@@ -30,9 +30,9 @@ class FaultyEngine(ToneEngine):
         session = super().open_session(instructions=instructions, voice=voice)
         respond = session.respond
 
-        def faulty() -> Iterator[EngineEvent]:
+        def faulty(options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
             self.replies += 1
-            events = respond()
+            events = respond(options)
             if self.replies > 1:
                 return events
             return self._break(events)

@@ -1,0 +1,81 @@
+"""How a session takes `session.update`: output modalities, instructions and voice (the engine session is
+reopened, and refused settings leave it as it was), and turn detection. `Session` (streaming.session)
+inherits these steps; they share its state, declared below, and run on the event loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streaming.audio_in import AudioInState, EngineFeed
+from streaming.engine import EngineSession
+from streaming.events import RealtimeEvents
+from streaming.reply_ends import Emit
+from streaming.session_config import SessionConfig, updated_turn_config
+from streaming.worker import DeviceWorker
+
+
+class SettingsUpdates:
+    """`session.update`, as steps of `Session`."""
+
+    _engine_session: EngineSession | None
+    _emit: Emit
+    _feed: EngineFeed
+    _turns: int
+    _audio_state: AudioInState
+    events: RealtimeEvents
+    config: SessionConfig
+    worker: DeviceWorker
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _open_engine_session(self) -> EngineSession:
+        raise NotImplementedError
+
+    async def _update(self, settings: dict[str, Any]) -> None:
+        if "speech" in settings:
+            self.config.speech = settings["speech"]
+        if "instructions" in settings or "voice" in settings:
+            if self._turns > 0:
+                self._emit(
+                    self.events.error("invalid_value", "instructions and voice can only change before the first reply")
+                )
+                return
+            if not await self._apply_engine_settings(settings):
+                return
+        if "turn_detection" in settings:
+            td = settings["turn_detection"]
+            if td is None:
+                self.config.create_response = False
+            else:
+                try:
+                    self._audio_state.detector.config = updated_turn_config(self._audio_state.detector.config, td)
+                except ValueError as e:  # the protocol check should have caught it; never end the session
+                    self._emit(self.events.error("invalid_value", f"turn_detection: {e}"))
+                    return
+                self.config.create_response = td.get("create_response", True)
+                self.config.interrupt_response = td.get("interrupt_response", True)
+            self._feed.auto_end_turn = self.config.create_response
+        self._emit(self.events.session_updated(self.describe()))
+
+    async def _apply_engine_settings(self, settings: dict[str, Any]) -> bool:
+        """Reopen the engine session for new instructions or voice; False (and an error event) if it refused."""
+        kept = self.config.instructions, self.config.voice
+        wanted = (settings.get("instructions", kept[0]), settings.get("voice", kept[1]))
+        if wanted == kept:  # a reopen costs ~235 ms (embedded engine): only when something changed
+            return True
+        self.config.instructions, self.config.voice = wanted
+        try:
+            self._engine_session = await self.worker.run(self._reopen_engine)
+        except ValueError as e:  # the engine refused a setting (an unknown voice): keep the session as it was
+            self.config.instructions, self.config.voice = kept
+            self._engine_session = await self.worker.run(self._reopen_engine)
+            field = settings.get("voice_field") if "voice" in settings else "session.instructions"
+            self._emit(self.events.error("invalid_value", f"{field}: {e}", param=field))
+            return False
+        return True
+
+    def _reopen_engine(self) -> EngineSession:
+        if self._engine_session is not None:
+            self._engine_session.close()
+        return self._open_engine_session()
