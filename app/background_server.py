@@ -9,7 +9,8 @@ from concurrent.futures import Future
 
 from aiohttp import web
 
-from app.realtime_server import ServeOptions, build_app
+from app.realtime_server import ServeOptions
+from app.server_app import build_app
 from streaming.engine import Engine
 
 

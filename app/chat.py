@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from app.lm_args import add_model_arguments, apply_threads, dtype_of
+from model.lm.sampling import SamplingConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,12 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--system", default=None, help="system prompt (default: the chat template's own)")
     p.add_argument("--prompt", default=None, help="answer this one message and exit")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.1)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--seed", type=int, default=None)
+    d = SamplingConfig()  # the sampling flags' defaults are SamplingConfig's own, but for the penalty
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off (default %(default)s)")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="1 = off (default %(default)s)")
+    # chat's own default, the one the embedded engine answers with (streaming.engines.embedded.DEFAULT_SAMPLING)
+    p.add_argument("--repetition-penalty", type=float, default=1.1, help="(default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="(default %(default)s)")
     p.add_argument("--window", type=int, default=4096, help="attention window of the KV cache, in tokens")
     p.add_argument("--audio", default=None, help="audio file for the first turn (Qwen2.5-Omni checkpoints)")
     p.add_argument("--image", default=None, help="image file for the first turn (Qwen2.5-Omni checkpoints)")
@@ -105,7 +107,6 @@ def _check_media_args(args: argparse.Namespace) -> None:
 def _build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
     """The engine for `--model` and what was loaded, for the banner. Imports the model side here only."""
     from model.errors import CheckpointError
-    from model.lm.sampling import SamplingConfig
     from model.loaders import load_lm
     from model.loaders.omni import is_omni_checkpoint
 

@@ -19,6 +19,11 @@ API_KEY_ENV = "OMNI_API_KEY"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    _add_access(p)
+    _add_limits(p)
+
+
+def _add_access(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("access", "who may use the server (needed to bind anything but loopback)")
     g.add_argument(
         "--api-key",
@@ -40,57 +45,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--public-metrics", action="store_true", help="serve /metrics without a key")
     g.add_argument("--insecure", action="store_true", help="allow binding a non-loopback address without a key")
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    """The limits' flags; their defaults are `app.limits.Limits`' own (sizes shown in KB)."""
+    from app.limits import Limits  # (aiohttp: imported only when the serve parser is built)
+
+    d = Limits()
     lim = p.add_argument_group(
         "limits", "each refusal is a clear error and counted in /metrics (omni_limit_*_refusals_total)"
     )
-    lim.add_argument(
-        "--max-sessions", type=int, default=16, help="calls open at once (default 16); beyond: 503 + Retry-After"
-    )
-    lim.add_argument("--max-pending", type=int, default=8, help="calls offered but not yet connected (default 8)")
-    lim.add_argument(
-        "--max-session-minutes",
-        type=float,
-        default=240.0,
-        help="close a call after this long (default 240; 0: no limit)",
-    )
-    lim.add_argument(
-        "--max-instructions",
-        type=int,
-        default=8000,
-        metavar="CHARS",
-        help="instructions and typed messages longer than this are refused (default 8000)",
-    )
-    lim.add_argument("--max-body-kb", type=int, default=256, help="request body, SDP included (default 256)")
-    lim.add_argument(
-        "--max-candidates",
-        type=int,
-        default=32,
-        help="ICE candidates per offer (default 32); SDP media sections are capped at 8",
-    )
-    lim.add_argument("--max-message-kb", type=int, default=256, help="one data-channel event (default 256)")
-    lim.add_argument(
-        "--events-per-second", type=float, default=50.0, help="client events per call (default 50, bursts of 200)"
-    )
-    lim.add_argument(
-        "--connects-per-minute",
-        type=float,
-        default=60.0,
-        help="new calls per client address (default 60, bursts of 20); beyond: 429",
-    )
-    lim.add_argument(
-        "--request-timeout",
-        type=float,
-        default=15.0,
-        metavar="SECONDS",
-        help="a request (or an idle HTTP connection) that takes longer is closed (default 15)",
-    )
-    lim.add_argument(
-        "--drain-seconds",
-        type=float,
-        default=10.0,
-        help="on SIGTERM/SIGINT, how long replies in "
-        "progress get to finish (default 10); a second signal exits at once",
-    )
+    add = lim.add_argument
+    add("--max-sessions", type=int, default=d.max_sessions, help="calls open at once (default %(default)s); "
+        "beyond: 503 + Retry-After")
+    add("--max-pending", type=int, default=d.max_pending, help="calls offered but not yet connected "
+        "(default %(default)s)")
+    add("--max-session-minutes", type=float, default=d.max_session_minutes,
+        help="close a call after this long (default %(default)s; 0: no limit)")
+    add("--max-instructions", type=int, default=d.max_instructions_chars, metavar="CHARS",
+        help="instructions and typed messages longer than this are refused (default %(default)s)")
+    add("--max-body-kb", type=int, default=d.max_body_bytes // 1024, help="request body, SDP included "
+        "(default %(default)s)")
+    add("--max-candidates", type=int, default=d.max_candidates,
+        help=f"ICE candidates per offer (default %(default)s); SDP media sections are capped at {d.max_sdp_media}")
+    add("--max-message-kb", type=int, default=d.max_message_bytes // 1024, help="one data-channel event "
+        "(default %(default)s)")
+    add("--events-per-second", type=float, default=d.messages_per_second,
+        help=f"client events per call (default %(default)s, bursts of {d.message_burst})")
+    add("--connects-per-minute", type=float, default=d.connects_per_minute,
+        help=f"new calls per client address (default %(default)s, bursts of {d.connect_burst}); beyond: 429")
+    add("--request-timeout", type=float, default=d.request_timeout, metavar="SECONDS",
+        help="a request (or an idle HTTP connection) that takes longer is closed (default %(default)s)")
+    add("--drain-seconds", type=float, default=10.0, help="on SIGTERM/SIGINT, how long replies in progress get "
+        "to finish (default %(default)s); a second signal exits at once")
 
 
 def is_loopback(host: str) -> bool:

@@ -44,10 +44,11 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from app.auth import KEY_KIND, USER_ID, AuthConfig, auth_middleware, client_secrets
+from app.auth import KEY_KIND, USER_ID, AuthConfig, client_secrets
 from app.limits import Limits, MessageGate, RateLimiter, check_sdp, count_refusal, fit_event, refusal
+from app.signaling import OfferError, check_offer_sdp, read_offer_form
 from streaming.engine import Engine
-from streaming.events import new_id, parse_client_event
+from streaming.events import new_id
 from streaming.frames import AudioFrame, SessionUpdate, VideoFrame
 from streaming.metrics import ServerMetrics
 from streaming.output import OUTPUT_RATE
@@ -62,7 +63,6 @@ FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 CONNECT_TIMEOUT = 30.0  # a call that never connects is torn down after this
 IDLE_TIMEOUT = 10.0  # a connected call whose microphone sends no RTP for this long is torn down
 CHANNEL_DRAIN_TIMEOUT = 0.5  # on close, how long queued events get to leave before the peer connection closes
-SUPPORTED_CODECS = {"audio": ("opus", "pcmu", "pcma"), "video": ("vp8", "h264")}
 
 
 class AssistantAudioTrack(MediaStreamTrack):
@@ -94,23 +94,6 @@ class AssistantAudioTrack(MediaStreamTrack):
         frame.pts = self._pts
         frame.time_base = Fraction(1, OUTPUT_RATE)
         return frame
-
-
-def restrict_ice_hosts(hosts: list[str]) -> None:
-    """Offer only `hosts` as ICE host candidates, in every peer connection of this process.
-
-    aioice has no per-connection setting for this: it asks the module function `get_host_addresses`, which
-    leaves 127.0.0.1 out, so a loopback-only machine (CI's network namespace) would offer no candidate at all.
-    Replacing that function is process-wide, hence done once, by the process's entry point (`omni serve`),
-    never per server or session."""
-    import aioice.ice
-
-    chosen = list(hosts)
-
-    def host_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
-        return list(chosen)
-
-    aioice.ice.get_host_addresses = host_addresses
 
 
 @dataclass
@@ -250,10 +233,6 @@ class Connection:
 SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
 
 
-class OfferError(Exception):
-    """A bad offer: answered with HTTP 400 and this message."""
-
-
 class Server:
     """Process-wide state: the engine, the device worker and the media worker (audio and image work, so that
     barge-in never waits behind a model step), the VAD model, metrics and the live connections."""
@@ -390,7 +369,7 @@ class Server:
         if request.content_length is not None and request.content_length > limit:
             raise OfferError(f"body larger than {limit} bytes")
         if request.content_type == "multipart/form-data":
-            return await _read_offer_form(request)
+            return await read_offer_form(request)
         body = await request.read()
         if len(body) > limit:
             raise OfferError(f"body larger than {limit} bytes")
@@ -530,78 +509,3 @@ class Server:
         if conn.session is not None:
             conn.send_event(conn.session.events.error("idle_timeout", f"closing the call: {reason}"))
         self.teardown(conn, reason)
-
-
-async def _read_offer_form(request: web.Request) -> tuple[str, SessionUpdate | None]:
-    """The GA signaling form: `sdp` (the offer) and optional `session` (a session object, JSON, as in
-    `session.update`), both bounded by the app's client_max_size (the max_body_bytes limit)."""
-    try:
-        form = await request.post()
-    except (ValueError, web.HTTPException) as e:
-        raise OfferError(f"malformed multipart form: {e}") from None
-    sdp, session = form.get("sdp"), form.get("session")
-    if not isinstance(sdp, str):
-        raise OfferError('the multipart form needs a text field "sdp"')
-    check_offer_sdp(sdp)
-    if session is None:
-        return sdp, None
-    if not isinstance(session, str):
-        raise OfferError('the form field "session" must be JSON text')
-    try:
-        action = parse_client_event({"type": "session.update", "session": json.loads(session)})
-    except ValueError as e:  # json's errors and ProtocolError
-        raise OfferError(f'form field "session": {e}') from None
-    assert isinstance(action, SessionUpdate)
-    return sdp, action
-
-
-def check_offer_sdp(sdp: str) -> None:
-    """Reject what is plainly not a usable offer, naming what is wrong (aiortc's own errors are terse)."""
-    lines = [ln.strip() for ln in sdp.strip().splitlines()]
-    if not lines or lines[0] != "v=0":
-        raise OfferError('malformed SDP: it must start with "v=0"')
-    media = [ln for ln in lines if ln.startswith("m=")]
-    if not media:
-        raise OfferError("malformed SDP: no media sections (m= lines)")
-    audio = [ln for ln in media if ln.startswith("m=audio")]
-    if not audio:
-        raise OfferError("the offer has no audio track (no m=audio section): the assistant needs a microphone")
-    for kind in ("audio", "video"):
-        names = _rtpmap_names(lines, kind)
-        if names and not any(n in SUPPORTED_CODECS[kind] for n in names):
-            raise OfferError(
-                f"unsupported {kind} codec(s) {sorted(set(names))}: supported are {', '.join(SUPPORTED_CODECS[kind])}"
-            )
-
-
-def _rtpmap_names(lines: list[str], kind: str) -> list[str]:
-    names: list[str] = []
-    section = None
-    for ln in lines:
-        if ln.startswith("m="):
-            section = ln[2:].split(" ", 1)[0]
-        elif section == kind and ln.startswith("a=rtpmap:"):
-            parts = ln.split(" ", 1)
-            if len(parts) == 2:
-                names.append(parts[1].split("/", 1)[0].lower())
-    return [n for n in names if n not in ("rtx", "red", "ulpfec", "flexfec-03", "telephone-event", "cn")]
-
-
-def build_app(engine: Engine, options: ServeOptions | None = None) -> web.Application:
-    server = Server(engine, options)
-    app = web.Application(
-        client_max_size=server.options.limits.max_body_bytes, middlewares=[auth_middleware(server.options.auth)]
-    )
-    app[SERVER_KEY] = server
-    app.on_startup.append(server.startup)
-    app.on_cleanup.append(server.cleanup)
-    app.router.add_get("/", server.index)
-    app.router.add_static("/static/", WEB_ROOT)
-    app.router.add_post("/v1/realtime/calls", server.offer)
-    app.router.add_post("/v1/realtime/client_secrets", server.client_secrets)
-    app.router.add_delete("/v1/realtime/calls/{call_id}", server.hangup)
-    app.router.add_get("/metrics", server.metrics_page)
-    from app.realtime_ws import add_routes  # imports this module: the WebSocket route builds on Server
-
-    add_routes(app)
-    return app

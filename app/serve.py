@@ -61,20 +61,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="offer only these host candidate addresses (repeatable; e.g. 127.0.0.1 for loopback)",
     )
+    from app.realtime_server import IDLE_TIMEOUT  # (aiortc: imported only when the serve parser is built)
+
     p.add_argument(
         "--idle-timeout",
         type=float,
-        default=10.0,
+        default=IDLE_TIMEOUT,
         metavar="SECONDS",
         help="close a connected call whose microphone sends no RTP packets for this long (a vanished client; "
-        "silence and muted tracks still send packets); 0 disables (default 10)",
+        "silence and muted tracks still send packets); 0 disables (default %(default)s)",
     )
-    p.add_argument("--silence-ms", type=int, default=500, help="silence that ends a turn")
-    p.add_argument("--pause-ms", type=int, default=200,
+    turn = TurnConfig()  # the turn flags' defaults are TurnConfig's own
+    p.add_argument("--silence-ms", type=int, default=turn.silence_ms, help="silence that ends a turn "
+                   "(default %(default)s)")
+    p.add_argument("--pause-ms", type=int, default=turn.pause_ms,
                    help="a pause this long inside a turn lets the engine finish recognising and prefill it while "
-                        "the rest of --silence-ms is awaited (0: off)")
-    p.add_argument("--min-speech-ms", type=int, default=100, help="shorter sounds (clicks, coughs) are not speech")
-    p.add_argument("--vad-threshold", type=float, default=0.5)
+                        "the rest of --silence-ms is awaited (0: off; default %(default)s)")
+    p.add_argument("--min-speech-ms", type=int, default=turn.min_speech_ms,
+                   help="shorter sounds (clicks, coughs) are not speech (default %(default)s)")
+    p.add_argument("--vad-threshold", type=float, default=turn.threshold, help="(default %(default)s)")
     p.add_argument("--test-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     deploy_args.add_arguments(p)
     p.set_defaults(run=run)
@@ -148,8 +153,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"omni serve: error: {e}", file=sys.stderr)
         return 1
     from app.limits import RateLimitedLog
-    from app.realtime_server import ServeOptions, build_app, restrict_ice_hosts
+    from app.realtime_server import ServeOptions
+    from app.server_app import build_app
     from app.shutdown import serve
+    from app.signaling import restrict_ice_hosts
 
     for handler in logging.getLogger().handlers:
         handler.addFilter(RateLimitedLog())

@@ -1,4 +1,4 @@
-"""`omni ui`: the Gradio voice page (ui/gradio_app.py), on an in-process omni server or a given one."""
+"""`omni ui`: the Gradio voice page (app/gradio_page.py), on an in-process omni server or a given one."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        from ui.gradio_app import UiServer
+        from app.gradio_page import UiServer
     except ImportError as e:
         print(f"omni ui: error: {e}; install the ui extra (pip install -e '.[serve,ui]')", file=sys.stderr)
         return 1
@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     server_url = args.server
     if server_url is None:
         from app.background_server import BackgroundServer
-        from app.realtime_server import ServeOptions, restrict_ice_hosts
+        from app.realtime_server import ServeOptions
         from app.serve import ENGINE_THREADS, make_engine
+        from app.signaling import restrict_ice_hosts
 
         print(f"omni ui: loading the {args.engine} engine ...", file=sys.stderr, flush=True)
         try:

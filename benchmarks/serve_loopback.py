@@ -30,8 +30,10 @@ from pathlib import Path
 import numpy as np
 from aiohttp import web
 
-from app.realtime_server import ServeOptions, build_app, restrict_ice_hosts
+from app.realtime_server import ServeOptions
 from app.serve import make_engine
+from app.server_app import build_app
+from app.signaling import restrict_ice_hosts
 from benchmarks.rtc_client import RealtimeClient
 from benchmarks.spoken import read_wav
 from benchmarks.ws_client import WsRealtimeClient

@@ -103,7 +103,9 @@ async def start_server(engine: Any, **options: Any) -> tuple[str, Any, Any]:
     from aiohttp import web
 
     from app.limits import Limits
-    from app.realtime_server import SERVER_KEY, ServeOptions, build_app, restrict_ice_hosts
+    from app.realtime_server import SERVER_KEY, ServeOptions
+    from app.server_app import build_app
+    from app.signaling import restrict_ice_hosts
 
     restrict_ice_hosts(["127.0.0.1"])
     limits = Limits(max_sessions=64, max_pending=64, connects_per_minute=1e6, connect_burst=10**6)

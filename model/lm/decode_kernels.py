@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -33,9 +33,6 @@ from kernels import rms_norm as norm_op
 from kernels import rope as rope_op
 from kernels import silu_gate as gate_op
 from model.layers.quant_linear import GroupInt4Linear, Int8Linear
-
-if TYPE_CHECKING:
-    from model.lm.decoder import DecoderLayer, DecoderLM
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ def project(ops: KernelOps, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return cast(torch.Tensor, linear(x))
 
 
-def _attention(ops: KernelOps, layer: DecoderLayer, model: DecoderLM, i: int, normed: torch.Tensor,
+def _attention(ops: KernelOps, layer: Any, model: Any, i: int, normed: torch.Tensor,
                inp: StepInputs) -> torch.Tensor:
     attn = layer.self_attn
     B = normed.shape[0]
@@ -102,10 +99,12 @@ def _attention(ops: KernelOps, layer: DecoderLayer, model: DecoderLM, i: int, no
     return project(ops, attn.o_proj, o.reshape(B, 1, H * D))
 
 
-def decode_step(model: DecoderLM, ops: KernelOps, inp: StepInputs) -> torch.Tensor:
-    """Final-norm hidden states [B, 1, C] of one new token per row; writes each row's K/V into its cache."""
+def decode_step(model: Any, ops: KernelOps, inp: StepInputs) -> torch.Tensor:
+    """Final-norm hidden states [B, 1, C] of one new token per row; writes each row's K/V into its cache.
+
+    `model` is a model.lm.decoder.DecoderLM, typed Any because that module imports this one."""
     eps = model.cfg.rms_norm_eps
-    layers = cast("list[DecoderLayer]", list(model.layers))
+    layers = list(model.layers)
     out: torch.Tensor = inp.x
     h: torch.Tensor | None = None
     for i, layer in enumerate(layers):

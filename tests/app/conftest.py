@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from app.realtime_server import SERVER_KEY, ServeOptions, Server, build_app, restrict_ice_hosts
+from app.realtime_server import SERVER_KEY, ServeOptions, Server
+from app.server_app import build_app
+from app.signaling import restrict_ice_hosts
 from benchmarks.spoken import read_wav
 from streaming.engine import Engine
 from streaming.vad import TurnConfig

@@ -12,13 +12,13 @@ import pytest
 
 pytest.importorskip("gradio", reason="gradio is not installed (the ui extra: pip install -e '.[ui]')")
 
+from app.gradio_page import UiServer
 from benchmarks.spoken import write_wav
 from streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 from tests.app.test_serve_browser import CHROMIUM, chromium_args
 from tests.app.test_serve_embedded import engine, france48k, smollm  # noqa: F401 (fixtures)
 from tests.streaming.conftest import make_speech_wav
-from ui.gradio_app import UiServer
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (scripts/test.sh installs it)")
 OpenPage = Callable[..., Awaitable[tuple[Any, list[str], str]]]

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
-WEB_ROOT = Path(__file__).resolve().parent / "web"
+WEB_ROOT = Path(__file__).resolve().parent.parent / "ui" / "web"  # the static page and its scripts
 STATIC = {"app.js": "text/javascript", "gradio.js": "text/javascript"}
 OFFER_TIMEOUT = 30.0  # seconds: the omni server answers after gathering ICE (about 0.1-0.5 s on loopback)
 
