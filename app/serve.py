@@ -71,6 +71,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="close a connected call whose microphone sends no RTP packets for this long (a vanished client; "
         "silence and muted tracks still send packets); 0 disables (default %(default)s)",
     )
+    _add_turn_arguments(p)
+    p.add_argument("--test-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    deploy_args.add_arguments(p)
+    p.set_defaults(run=run)
+
+
+
+def _add_turn_arguments(p: argparse.ArgumentParser) -> None:
     turn = TurnConfig()  # the turn flags' defaults are TurnConfig's own
     p.add_argument("--silence-ms", type=int, default=turn.silence_ms, help="silence that ends a turn "
                    "(default %(default)s)")
@@ -80,10 +88,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-speech-ms", type=int, default=turn.min_speech_ms,
                    help="shorter sounds (clicks, coughs) are not speech (default %(default)s)")
     p.add_argument("--vad-threshold", type=float, default=turn.threshold, help="(default %(default)s)")
-    p.add_argument("--test-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
-    deploy_args.add_arguments(p)
-    p.set_defaults(run=run)
-
 
 def make_engine(
     name: str, step_delay: float = 0.0, model: str | None = None, voice: str | None = None, device: str = "cpu",

@@ -68,22 +68,7 @@ def parse_client_event(
     """One client event -> a frame for the session, or None for events that need no action.
 
     Raises `ProtocolError` naming what was wrong (bad JSON, missing type, unknown type, bad fields)."""
-    if isinstance(raw, dict):
-        event = raw
-    else:
-        try:
-            event = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ProtocolError("invalid_json", f"event is not valid JSON: {e}") from None
-        except RecursionError:  # a nesting bomb ([[[[...]]]]): Python's parser gives up at ~1,000 levels
-            raise ProtocolError("invalid_json", "event is nested too deeply") from None
-    if not isinstance(event, dict):
-        raise ProtocolError("invalid_event", f"event must be a JSON object, got {type(event).__name__}")
-    raw_id = event.get("event_id")
-    # echoed in our error events: only a short string, so an echo can never outgrow the peer's message limit
-    event_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_EVENT_ID_CHARS else None
-    if raw_id is not None and event_id is None:
-        raise ProtocolError("invalid_value", f"event_id must be a string of at most {MAX_EVENT_ID_CHARS} characters")
+    event, event_id = _event_object(raw)
     kind = event.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("missing_type", "event has no string field 'type'", event_id)
@@ -126,6 +111,27 @@ def parse_client_event(
             "unsupported_event", "output_audio_buffer.clear is not supported: use response.cancel", event_id
         )
     raise ProtocolError("unknown_event", f"unknown client event type {kind!r}", event_id)
+
+
+def _event_object(raw: str | bytes | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The event as a dict, and its event_id if it has a usable one."""
+    if isinstance(raw, dict):
+        event = raw
+    else:
+        try:
+            event = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ProtocolError("invalid_json", f"event is not valid JSON: {e}") from None
+        except RecursionError:  # a nesting bomb ([[[[...]]]]): Python's parser gives up at ~1,000 levels
+            raise ProtocolError("invalid_json", "event is nested too deeply") from None
+    if not isinstance(event, dict):
+        raise ProtocolError("invalid_event", f"event must be a JSON object, got {type(event).__name__}")
+    raw_id = event.get("event_id")
+    # echoed in our error events: only a short string, so an echo can never outgrow the peer's message limit
+    event_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_EVENT_ID_CHARS else None
+    if raw_id is not None and event_id is None:
+        raise ProtocolError("invalid_value", f"event_id must be a string of at most {MAX_EVENT_ID_CHARS} characters")
+    return event, event_id
 
 
 def _check_instructions(text: object, limit: int, name: str, event_id: str | None) -> None:
