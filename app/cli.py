@@ -27,8 +27,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_arguments(sub.add_parser("serve", help="the browser demo: WebRTC voice and camera, Realtime events"))
 
 
+def _add_memory(sub: argparse._SubParsersAction) -> None:
+    from app import memory_cli
+
+    memory_cli.register(sub)
+
+
 # Each entry registers one subcommand; subcommand modules import their heavy dependencies lazily.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_chat, _add_bench, _add_serve]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_chat, _add_bench, _add_serve, _add_memory]
 
 
 def build_parser() -> argparse.ArgumentParser:

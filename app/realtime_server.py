@@ -45,6 +45,7 @@ from aiortc.mediastreams import MediaStreamError
 from streaming.engine import Engine
 from streaming.events import new_id
 from streaming.frames import AudioFrame, VideoFrame
+from streaming.memory_lane import MemoryHub
 from streaming.metrics import ServerMetrics
 from streaming.output import OUTPUT_RATE
 from streaming.session import Session
@@ -116,6 +117,7 @@ class ServeOptions:
     turn: TurnConfig = field(default_factory=TurnConfig)
     video_interval: float = 0.5
     idle_timeout: float = IDLE_TIMEOUT  # seconds without inbound audio RTP before a connected call is closed; 0: off
+    memory: MemoryHub | None = None  # None: no memory; flushed and closed at the server's cleanup
 
 
 class Connection:
@@ -269,6 +271,8 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.worker.stop()
         self.media.stop()
+        if self.options.memory is not None:  # every session's records are committed before the process ends
+            await asyncio.to_thread(self.options.memory.close)
 
     def teardown(self, conn: Connection, reason: str) -> None:
         """Schedule a connection's teardown (safe from any callback; idempotent)."""
@@ -317,7 +321,7 @@ class Server:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
         try:
-            conn, answer = await self._answer(sdp)
+            conn, answer = await self._answer(sdp, _user_id(request))
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
@@ -354,7 +358,7 @@ class Server:
         check_offer_sdp(text)
         return text
 
-    async def _answer(self, sdp: str) -> tuple[Connection, str]:
+    async def _answer(self, sdp: str, user_id: str | None = None) -> tuple[Connection, str]:
         assert self.vad is not None
         ice = [RTCIceServer(urls=u) for u in self.options.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
@@ -369,7 +373,8 @@ class Server:
         if not any(t.kind == "audio" for t in tracks):
             await pc.close()
             raise OfferError("the offer sends no audio: add a microphone track (m=audio, sendrecv or sendonly)")
-        cfg = SessionConfig(turn=TurnConfig(**vars(self.options.turn)), video_interval=self.options.video_interval)
+        cfg = SessionConfig(turn=TurnConfig(**vars(self.options.turn)), video_interval=self.options.video_interval,
+                            user_id=user_id)
         session = Session(
             self.engine,
             self.worker,
@@ -379,6 +384,7 @@ class Server:
             self.metrics,
             on_failure=lambda e: self.teardown(conn, f"session failed: {e}"),
             media=self.media,
+            memory=self.options.memory,
         )
         conn.session = session
         self.connections[conn.id] = conn
@@ -479,3 +485,14 @@ def build_app(engine: Engine, options: ServeOptions | None = None) -> web.Applic
     app.router.add_delete("/v1/realtime/calls/{call_id}", server.hangup)
     app.router.add_get("/metrics", server.metrics_page)
     return app
+
+
+def _user_id(request: web.Request) -> str | None:
+    """Whose memory a call uses: the `user_id` query parameter of /v1/realtime/calls (or `omni.user_id` in a
+    session.update before the first reply); none: an anonymous call with session-only memory."""
+    uid = request.query.get("user_id")
+    if uid is None:
+        return None
+    if not uid.strip() or len(uid) > 128:
+        raise OfferError("user_id must be a non-empty string of <= 128 characters")
+    return uid

@@ -66,6 +66,7 @@ from streaming.frames import (
     UserMessage,
     VideoFrame,
 )
+from streaming.memory_lane import MemoryHub, MemoryLane, UsesMemory, recalled_items
 from streaming.metrics import ServerMetrics, TurnMetrics
 from streaming.output import OUTPUT_RATE, OutputAudio
 from streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
@@ -91,9 +92,11 @@ class Session(ReplyEnds):
         metrics: ServerMetrics | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
         media: DeviceWorker | None = None,
+        memory: MemoryHub | None = None,
     ) -> None:
         """`worker` runs the engine calls; `media` runs audio and image work (None: the worker does it too, and
-        barge-in then waits behind model steps)."""
+        barge-in then waits behind model steps); `memory`: the process's memory (None: off), scoped by
+        `config.user_id`."""
         self.id = new_id("sess")
         self.engine = engine
         self.worker = worker
@@ -113,6 +116,8 @@ class Session(ReplyEnds):
         self.video: BoundedQueue[VideoFrame] = BoundedQueue(1, Overflow.KEEP_LATEST, "video")
         self.output = OutputAudio(self.config.output_queue_chunks, self._on_first_audio, self._on_reply_played)
         self._engine_session: EngineSession | None = None
+        self.memory = memory
+        self.memory_lane: MemoryLane | None = None  # the engine session's, when the engine uses memory
         self._tasks: set[asyncio.Task[None]] = set()
         self._reply: Response | None = None
         self._user_item: str | None = None
@@ -137,6 +142,7 @@ class Session(ReplyEnds):
 
     async def start(self) -> None:
         self._engine_session = await self.worker.run(self._open_engine_session)
+        await self.worker.run(self._attach_memory, False)
         self.metrics.inc("sessions_total", "sessions started")
         self.metrics.add_gauge("sessions_active", "sessions open now", 1)
         self._emit(self.events.session_created(self.describe()))
@@ -145,6 +151,17 @@ class Session(ReplyEnds):
 
     def _open_engine_session(self) -> EngineSession:
         return self.engine.open_session(instructions=self.config.instructions, voice=self.config.voice)
+
+    def _attach_memory(self, reopen: bool) -> None:
+        """Give the engine session its memory lane (a new one, for the current user id, when `reopen`)."""
+        if self.memory is None or not isinstance(self._engine_session, UsesMemory):
+            return
+        if reopen and self.memory_lane is not None:
+            self.memory_lane.close()  # an anonymous lane forgets itself here
+            self.memory_lane = None
+        if self.memory_lane is None:
+            self.memory_lane = self.memory.open(self.config.user_id, self.id)
+        self._engine_session.use_memory(self.memory_lane)
 
     def describe(self) -> dict[str, Any]:
         """The session as `session.created`/`session.updated` describe it."""
@@ -197,6 +214,12 @@ class Session(ReplyEnds):
                 await asyncio.wait_for(self.worker.run(self._close_engine, reply, engine_session), 30.0)
             except Exception:
                 log.exception("session %s: closing the engine session failed", self.id)
+        lane, self.memory_lane = self.memory_lane, None
+        if lane is not None:  # flushes the memory's writer: seconds at worst, so neither loop nor device worker
+            try:
+                await asyncio.to_thread(lane.close)
+            except Exception:
+                log.exception("session %s: closing its memory failed", self.id)
         self.metrics.add_gauge("sessions_active", "sessions open now", -1)
 
     @staticmethod
@@ -373,6 +396,9 @@ class Session(ReplyEnds):
         while not reply.generated:
             ev, seconds = await self.worker.run(_step, reply.iterator)
             reply.metrics.compute_seconds += seconds
+            recall = self.memory_lane.take_recalled() if self.memory_lane is not None else None
+            if recall is not None:  # the engine recalled at the turn's start (its worker job is over)
+                self._emit(self.events.memory_recalled(reply.response_id, recalled_items(recall), recall.tokens))
             if ev is None or isinstance(ev, ReplyDone):
                 reply.generated = True
                 pcm = await self.media.run(_resample_out, resampler, None)
@@ -402,6 +428,13 @@ class Session(ReplyEnds):
             self.config.instructions = settings.get("instructions", self.config.instructions)
             self.config.voice = settings.get("voice", self.config.voice)
             self._engine_session = await self.worker.run(self._reopen_engine)
+            await self.worker.run(self._attach_memory, False)
+        if "user_id" in settings:
+            if self._turns > 0:
+                self._emit(self.events.error("invalid_value", "omni.user_id can only be set before the first reply"))
+                return
+            self.config.user_id = settings["user_id"]
+            await self.worker.run(self._attach_memory, True)
         if "turn_detection" in settings:
             td = settings["turn_detection"]
             if td is None:

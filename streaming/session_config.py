@@ -21,6 +21,7 @@ class SessionConfig:
     video_max_side: int = 640
     instructions: str | None = None
     voice: str | None = None
+    user_id: str | None = None  # whose memory (streaming.memory_lane); None: anonymous, session-only memory
 
 
 def describe_session(config: SessionConfig, turn: TurnConfig, server_vad: bool, engine: Engine) -> dict[str, Any]:

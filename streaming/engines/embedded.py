@@ -40,6 +40,7 @@ from streaming.engine import (
     TranscriptDelta,
     close_iterator,
 )
+from streaming.memory_lane import MemoryLane
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "EmbeddedEngine", "EmbeddedSession"]
 
@@ -171,6 +172,15 @@ class EmbeddedSession(EngineSessionBase):
         # its audio was too long to keep, continues in a new utterance whose text is appended.
         self._pieces: list[str] = []
         self._prepared = False  # the turn so far is recognised and prefilled; no audio came since
+        self.memory: MemoryLane | None = None  # set by the runtime (use_memory); its owner closes it
+
+    def use_memory(self, lane: MemoryLane) -> None:
+        """Read and write memory through `lane` (streaming.memory_lane): transcripts and replies as heard go in,
+        each turn's recall goes into a system message just before the user's (the recalled-memory slot)."""
+        self.memory = lane
+
+    def _recalled(self, message: str) -> str:
+        return self.memory.slot(message) if self.memory is not None else ""
 
     # ---- input side ---------------------------------------------------------------------------------
 
@@ -217,7 +227,7 @@ class EmbeddedSession(EngineSessionBase):
         self._prepared = True
         sentence = as_sentence(" ".join(p for p in self._pieces if p))
         if sentence:
-            self.chat.prefill_turn(sentence)
+            self.chat.prefill_turn(sentence, self._recalled(sentence))
         return []
 
     def end_turn(self) -> list[EngineEvent]:
@@ -249,7 +259,16 @@ class EmbeddedSession(EngineSessionBase):
 
     def _reply(self, message: str, turn: _TurnClock) -> Iterator[EngineEvent]:
         splitter = PhraseSplitter()
-        stream = self.chat.stream_reply(message)
+        slot = self._recalled(message)
+        start = self.chat.state.cache.length  # the turn's first cache position (the reply's is a little later)
+        if self.memory is not None:
+            cache = self.chat.state.cache
+            # Roll up what this turn may push out: its slot (counted at ~4 characters a token; digits and times
+            # take more, hence x2), up to 256 tokens of question and the longest reply.
+            lookahead = 2 * self.memory.config.budget_tokens + 256 + self.chat.sampling.max_new_tokens
+            self.memory.roll_up(cache.length, cache.cfg.window, lookahead)
+            self.memory.user_turn(message, start)
+        stream = self.chat.stream_reply(message, slot)
         try:
             for delta in stream:
                 yield TextDelta(delta)
@@ -259,6 +278,8 @@ class EmbeddedSession(EngineSessionBase):
             yield from self._speak(rest or "", turn, final=True)
         finally:
             close_iterator(stream)  # cancelled: the chat holds what was generated, which interrupt() trims
+            if self.memory is not None:
+                self.memory.reply(self.chat.messages[-1]["content"], start)
         yield ReplyDone(self.chat.messages[-1]["content"], self._stats(turn))
 
     def _speak(self, phrase: str, turn: _TurnClock, *, final: bool) -> Iterator[AudioChunk]:
@@ -301,3 +322,5 @@ class EmbeddedSession(EngineSessionBase):
         messages = self.chat.messages
         if messages and messages[-1]["role"] == "assistant":
             self.chat.truncate_last_reply(played_text)
+        if self.memory is not None:
+            self.memory.heard(played_text)
