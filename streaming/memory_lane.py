@@ -94,11 +94,13 @@ class MemoryLane:
             recall = self.handle.recall(q, question, self.config.budget_tokens)
             self._last = (question, recall)
         recall = self._last[1]
-        self._recalled = recall
-        if not recall.items:
+        lines = recall.text.splitlines()[1:]  # one per item, "[time, ago] body"; the header is replaced
+        kept = [(it, line) for it, line in zip(recall.items, lines, strict=True) if _user_side(it.text)]
+        self._recalled = Recall([it for it, _ in kept], sum(it.tokens for it, _ in kept), recall.budget_tokens,
+                                recall.text, recall.elapsed_ms)
+        if not kept:
             return ""
-        lines = recall.text.splitlines()[1:]  # the memory's own header is replaced by SLOT_HEADER
-        return "\n".join([SLOT_HEADER, *lines])
+        return "\n".join([SLOT_HEADER, *(_user_lines(line) for _, line in kept)])
 
     def take_recalled(self) -> Recall | None:
         """The recall of the turn being answered, once (None when no recall ran since the last call)."""
@@ -157,6 +159,18 @@ class MemoryLane:
     def _track(self, role: str, text: str, t: float, cache_position: int) -> None:
         tokens = self.handle.memory.count_tokens(text)
         self._tracked.append(_Tracked(cache_position, WindowItem("text", tokens, t, text, role)))
+
+
+def _user_side(body: str) -> bool:
+    """Whether a recalled item has anything but the assistant's own words."""
+    return any(not part.startswith("assistant: ") for part in body.split(" / "))
+
+
+def _user_lines(line: str) -> str:
+    """`line` without the assistant's parts: the slot quotes what the user said, facts and summaries. SmolLM2-135M
+    repeated its own earlier "I don't have a locker code associated with you yet" when that reply was recalled
+    beside the user's "My locker code is 4719" (and answered with the digits once it was left out)."""
+    return " / ".join(part for part in line.split(" / ") if not part.startswith("assistant: "))
 
 
 class MemoryHub:

@@ -263,9 +263,10 @@ class EmbeddedSession(EngineSessionBase):
         start = self.chat.state.cache.length  # the turn's first cache position (the reply's is a little later)
         if self.memory is not None:
             cache = self.chat.state.cache
-            # Roll up what this turn may push out: its slot (counted at ~4 characters a token; digits and times
-            # take more, hence x2), up to 256 tokens of question and the longest reply.
-            lookahead = 2 * self.memory.config.budget_tokens + 256 + self.chat.sampling.max_new_tokens
+            # Roll up what this turn may push out: its slot and message (tokenised: ~0.1 ms), the chat template's
+            # two headers (< 16 tokens) and the longest reply.
+            encode = self.chat.lm.tokenizer.encode
+            lookahead = len(encode(slot)) + len(encode(message)) + 16 + self.chat.sampling.max_new_tokens
             self.memory.roll_up(cache.length, cache.cfg.window, lookahead)
             self.memory.user_turn(message, start)
         stream = self.chat.stream_reply(message, slot)
