@@ -287,8 +287,9 @@ class EmbeddedSession(EngineSessionBase):
             yield from self._speak(rest or "", turn, final=True)
         finally:
             close_iterator(stream)  # cancelled: the chat holds what was generated, which interrupt() trims
-            if self.memory is not None:
-                self.memory.reply(self.chat.messages[-1]["content"], start)
+            last = self.chat.messages[-1]
+            if self.memory is not None and last["role"] == "assistant":
+                self.memory.reply(last["content"], start)
         yield ReplyDone(self.chat.messages[-1]["content"], self._stats(turn))
 
     def _speak(self, phrase: str, turn: _TurnClock, *, final: bool) -> Iterator[AudioChunk]:
