@@ -39,9 +39,15 @@ def _add_desktop(sub: argparse._SubParsersAction) -> None:
     desktop.add_arguments(sub.add_parser("desktop", help="voice (and camera) from this machine's devices, no browser"))
 
 
+def _add_memory(sub: argparse._SubParsersAction) -> None:
+    from app import memory_cli
+
+    memory_cli.register(sub)
+
+
 # Each entry registers one subcommand; subcommand modules import their heavy dependencies lazily.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_chat, _add_bench, _add_serve, _add_ui, _add_desktop
+    _add_chat, _add_bench, _add_serve, _add_ui, _add_desktop, _add_memory
 ]
 
 

@@ -50,6 +50,7 @@ from app.signaling import OfferError, check_offer_sdp, read_offer_form
 from streaming.engine import Engine
 from streaming.events import new_id
 from streaming.frames import AudioFrame, SessionUpdate, VideoFrame
+from streaming.memory_lane import MemoryHub
 from streaming.metrics import ServerMetrics
 from streaming.output import OUTPUT_RATE
 from streaming.session import Session
@@ -104,12 +105,13 @@ class ServeOptions:
     idle_timeout: float = IDLE_TIMEOUT  # seconds without inbound audio RTP before a connected call is closed; 0: off
     limits: Limits = field(default_factory=Limits)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    memory: MemoryHub | None = None  # None: no memory; flushed and closed at the server's cleanup
 
 
 class Connection:
     """One call: peer connection, session, the tasks that pump media, and the event channel."""
 
-    def __init__(self, server: Server, pc: RTCPeerConnection, user_id: str = "default") -> None:
+    def __init__(self, server: Server, pc: RTCPeerConnection, user_id: str | None = None) -> None:
         self.id = new_id("rtc")
         self.secret = secrets.token_urlsafe(24)  # hangs up this call (X-Omni-Call-Secret), whatever the auth
         self.user_id = user_id
@@ -267,6 +269,8 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.worker.stop()
         self.media.stop()
+        if self.options.memory is not None:  # every session's records are committed before the process ends
+            await asyncio.to_thread(self.options.memory.close)
 
     def teardown(self, conn: Connection, reason: str) -> None:
         """Schedule a connection's teardown (safe from any callback; idempotent)."""
@@ -352,7 +356,7 @@ class Server:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
         try:
-            conn, answer = await self._answer(sdp, request.get(USER_ID, "default"), settings)
+            conn, answer = await self._answer(sdp, user_of(request), settings)
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
@@ -396,12 +400,12 @@ class Server:
         return text, None
 
     async def _answer(
-        self, sdp: str, user_id: str, settings: SessionUpdate | None = None
+        self, sdp: str, user: dict[str, Any], settings: SessionUpdate | None = None
     ) -> tuple[Connection, str]:
         assert self.vad is not None
         ice = [RTCIceServer(urls=u) for u in self.options.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        conn = Connection(self, pc, user_id)
+        conn = Connection(self, pc, user.get("user_id"))
         tracks: list[MediaStreamTrack] = []
         pc.on("track", tracks.append)
         try:
@@ -413,7 +417,7 @@ class Server:
             await pc.close()
             raise OfferError("the offer sends no audio: add a microphone track (m=audio, sendrecv or sendonly)")
         session = self.make_session(
-            conn.send_event, lambda e: self.teardown(conn, f"session failed: {e}"), user_id=user_id
+            conn.send_event, lambda e: self.teardown(conn, f"session failed: {e}"), **user
         )
         conn.session = session
         self.connections[conn.id] = conn
@@ -451,7 +455,8 @@ class Server:
             **config,
         )
         return Session(
-            self.engine, self.worker, self.vad, emit, cfg, self.metrics, on_failure=on_failure, media=self.media
+            self.engine, self.worker, self.vad, emit, cfg, self.metrics, on_failure=on_failure, media=self.media,
+            memory=self.options.memory,
         )
 
     def _on_state(self, conn: Connection) -> None:
@@ -509,3 +514,15 @@ class Server:
         if conn.session is not None:
             conn.send_event(conn.session.events.error("idle_timeout", f"closing the call: {reason}"))
         self.teardown(conn, reason)
+
+
+def user_of(request: web.Request) -> dict[str, Any]:
+    """Whose memory a call uses, as SessionConfig fields. With keys (app.auth), the key's user, fixed; without,
+    the `user_id` query parameter of the request (or `omni.user_id` in a session.update before the first
+    reply); none of them: an anonymous call with session-only memory."""
+    if request.get(KEY_KIND, "none") != "none":
+        return {"user_id": request[USER_ID], "user_fixed": True}
+    uid = request.query.get("user_id")
+    if uid is not None and (not uid.strip() or len(uid) > 128):
+        raise OfferError("user_id must be a non-empty string of <= 128 characters")
+    return {"user_id": uid}

@@ -24,8 +24,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from app.auth import DEFAULT_USER, USER_ID
-from app.realtime_server import SERVER_KEY, Server
+from app.realtime_server import SERVER_KEY, Server, user_of
+from app.signaling import OfferError
 from streaming.events import WIRE_RATE, new_id
 from streaming.session import Session
 
@@ -135,6 +135,10 @@ class WsCall:
 async def realtime_socket(request: web.Request) -> web.WebSocketResponse:
     """GET /v1/realtime: upgrade, run one session until either side closes, tear everything down."""
     server = request.app[SERVER_KEY]
+    try:
+        user = user_of(request)
+    except OfferError as e:
+        raise web.HTTPBadRequest(text=f"{e}\n") from None
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=HEARTBEAT_S)
     await ws.prepare(request)
     call = WsCall(server, ws)
@@ -146,7 +150,7 @@ async def realtime_socket(request: web.Request) -> web.WebSocketResponse:
         lambda e: call.close_soon(f"session failed: {e}"),
         audio_over_events=True,
         output_rate=WIRE_RATE,
-        user_id=request.get(USER_ID, DEFAULT_USER),  # the bearer key's user (app.auth), when keys are on
+        **user,  # the bearer key's user (app.auth) when keys are on, else ?user_id= or none
     )
     call.session = session
     tasks: list[asyncio.Task[None]] = []

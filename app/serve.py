@@ -17,6 +17,7 @@ from streaming.vad import TurnConfig
 
 if TYPE_CHECKING:
     from streaming.engine import Engine
+    from streaming.memory_lane import MemoryHub
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "silence and muted tracks still send packets); 0 disables (default %(default)s)",
     )
     _add_turn_arguments(p)
+    add_memory_arguments(p)
     p.add_argument("--test-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     deploy_args.add_arguments(p)
     p.set_defaults(run=run)
@@ -88,6 +90,36 @@ def _add_turn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-speech-ms", type=int, default=turn.min_speech_ms,
                    help="shorter sounds (clicks, coughs) are not speech (default %(default)s)")
     p.add_argument("--vad-threshold", type=float, default=turn.threshold, help="(default %(default)s)")
+
+
+def add_memory_arguments(p: argparse.ArgumentParser) -> None:
+    """--memory-dir / --memory-url / --no-memory (streaming.memory_lane; users from `user_id` on the call)."""
+    from memory.store import default_memory_dir
+
+    g = p.add_argument_group("memory", "what the assistant remembers per user (`user_id` query parameter of "
+                             "/v1/realtime/calls or session.update `omni.user_id`; anonymous calls: session only)")
+    g.add_argument("--memory-dir", metavar="DIR", default=None,
+                   help=f"SQLite store and feature shards (default {default_memory_dir()})")
+    g.add_argument("--memory-url", metavar="URL", default=None, help="a postgresql:// URL instead of --memory-dir")
+    g.add_argument("--no-memory", action="store_true", help="remember nothing beyond the KV window")
+
+
+def open_memory(args: argparse.Namespace) -> MemoryHub | None:
+    """The process's memory for engines that use it (embedded), None with --no-memory or for the others."""
+    if args.no_memory and (args.memory_dir or args.memory_url):
+        raise ValueError("--no-memory cannot go with --memory-dir or --memory-url")
+    if args.memory_dir and args.memory_url:
+        raise ValueError("give --memory-dir or --memory-url, not both")
+    if args.no_memory or args.engine != "embedded":
+        return None
+    from memory import Memory, MemoryStore, default_memory_dir
+    from model.embedded.text_embedding import TextEmbedder
+    from streaming.memory_lane import MemoryHub
+
+    store = MemoryStore.open(args.memory_url or str(args.memory_dir or default_memory_dir()))
+    embed = TextEmbedder()
+    return MemoryHub(Memory(store, embed=embed), embed)
+
 
 def make_engine(
     name: str, step_delay: float = 0.0, model: str | None = None, voice: str | None = None, device: str = "cpu",
@@ -153,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
         engine = make_engine(
             args.engine, args.test_step_delay, args.model, args.voice, args.device, args.llm, args.quant
         )
-    except (ValueError, RuntimeError) as e:
+        memory = open_memory(args)
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"omni serve: error: {e}", file=sys.stderr)
         return 1
     from app.limits import RateLimitedLog
@@ -168,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
     if args.ice_host:
         restrict_ice_hosts(args.ice_host)
     options = ServeOptions(
-        ice_servers=args.ice_server, turn=turn, idle_timeout=args.idle_timeout, limits=limits, auth=auth
+        ice_servers=args.ice_server, turn=turn, idle_timeout=args.idle_timeout, limits=limits, auth=auth,
+        memory=memory,
     )
     try:
         asyncio.run(serve(build_app(engine, options), args.host, args.port, args.drain_seconds, limits.request_timeout))

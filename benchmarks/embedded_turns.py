@@ -1,6 +1,7 @@
 """Spoken turns through the embedded engine on this machine's CPU: prints numbers, asserts nothing.
 
     .venv/bin/python benchmarks/embedded_turns.py [--turns 20] [--threads 1] [--max-new-tokens 64] [--prepare]
+        [--memory]
 
 Each turn is one question spoken by espeak-ng (two voices, alternating), pushed to one session in 20 ms
 frames as the runtime would, then `end_turn` and `respond`. Audio is pushed as fast as the recogniser
@@ -17,7 +18,9 @@ speech, so the VAD's own hang-over comes on top):
                as at a pause (`prepare_turn`: recognised and prefilled before the end of turn), so compare the
                two runs' figures to see what preparing at the pause saves
 Decode tokens/s is the reply's new tokens over its decode time (which includes the ~1% spent synthesising).
-Peak memory is the process's maximum resident set size.
+Peak memory is the process's maximum resident set size. `--memory`: the session reads and writes memory
+(streaming.memory_lane over a fresh SQLite store in a temporary folder; MiniLM embeddings), so each first audio
+includes the question's embedding, the recall and the slot's prefill; the writer thread runs beside the turns.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +40,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.spoken import HELD_OUT, IN_DOMAIN, VOICES
+from memory import Memory, MemoryStore
 from model.embedded.asr import SAMPLE_RATE
+from model.embedded.text_embedding import TextEmbedder
 from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer
 from model.embedded.voices import DEFAULT_VOICE
 from model.embedded.voices import VOICES as ENGINE_VOICES
@@ -44,7 +50,8 @@ from model.embedded.wer import corpus_wer
 from model.lm.sampling import SamplingConfig
 from model.pcm import resample
 from streaming.engine import AudioChunk, ReplyDone, TranscriptDelta
-from streaming.engines.embedded import EmbeddedEngine
+from streaming.engines.embedded import EmbeddedEngine, EmbeddedSession
+from streaming.memory_lane import MemoryHub
 
 QUESTIONS = (
     *IN_DOMAIN,
@@ -77,6 +84,7 @@ def run_turns(args: argparse.Namespace) -> int:
         f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}"
     )
     session = engine.open_session()
+    hub = _memory(session) if args.memory else None
     rows: list[dict[str, float]] = []
     pairs: list[tuple[str, str]] = []
     asr_compute = asr_audio = 0.0
@@ -138,7 +146,22 @@ def run_turns(args: argparse.Namespace) -> int:
     )
     print(f"speech synthesis real-time factor: {sum(r['tts_s'] for r in rows) / speech:.4f} ({speech:.0f} s of speech)")
     print(f"peak memory (max RSS): {peak_mb:.0f} MB; load average now {os.getloadavg()[0]:.2f}")
+    if hub is not None:
+        assert session.memory is not None
+        session.memory.close()
+        st = hub.memory.stats
+        print(f"memory: {st.events} events, {st.notes} notes written, {st.write_stalls} writer stalls, "
+              f"writer time {st.write_seconds * 1000:.0f} ms")
+        hub.close()
     return 0
+
+
+def _memory(session: EmbeddedSession) -> MemoryHub:
+    """A memory over a fresh store, attached to `session` as the runtime does."""
+    embed = TextEmbedder()
+    hub = MemoryHub(Memory(MemoryStore.open(tempfile.mkdtemp(prefix="omni-bench-mem-")), embed=embed), embed)
+    session.use_memory(hub.open("bench", "bench-session"))
+    return hub
 
 
 def main() -> int:
@@ -149,6 +172,7 @@ def main() -> int:
     p.add_argument("--prepare", action="store_true", help="prepare each turn at its pause (prepare_turn) first")
     p.add_argument("--voice", default=DEFAULT_VOICE, choices=list(ENGINE_VOICES), help="reply voice")
     p.add_argument("--llm", default=None, help="a .gguf file or HF decoder directory instead of SmolLM2-135M")
+    p.add_argument("--memory", action="store_true", help="the session uses memory (recall at each turn's end)")
     return run_turns(p.parse_args())
 
 

@@ -219,7 +219,8 @@ def _make_item(
     ftimes: dict[str, np.ndarray] = {}
     if c.level == "L3":
         note = user.note_items[c.item_id]
-        body, t0, t1 = f"{'user said' if note.kind == 'turn' else 'fact'}: {note.text}", note.t_first, note.t_last
+        # A turn note already names its speaker ("user: ...", "assistant: ..."; SessionMemory._roll_up).
+        body, t0, t1 = note.text if note.kind == "turn" else f"fact: {note.text}", note.t_first, note.t_last
         words = note.text
     elif c.level == "L2":
         s = user.summary_texts[c.item_id]

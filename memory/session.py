@@ -237,7 +237,7 @@ class SessionMemory:
             return
         u = Utterance(role=role, text=text, t_start=self.started_at + t_start, t_end=self.started_at + t_end)
         self._submit(self.segmenter.add_utterance(u))
-        if role == "user" and _FACT.search(text):
+        if role == "user" and _FACT.search(text) and not text.endswith("?"):  # "what is my code?" is no fact
             self.add_fact(text, t_end)
 
     def turn_boundary(self, t: float) -> None:

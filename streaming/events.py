@@ -230,6 +230,12 @@ def _session_settings(session: object, event_id: str | None) -> dict[str, Any]:
         out["speech"] = _speech(session, event_id)
     _check_format(audio_in.get("format"), "audio.input", event_id)
     _check_format(audio_out.get("format"), "audio.output", event_id)
+    user_id = _obj(session.get("omni")).get("user_id")  # ours: whose memory (streaming.memory_lane)
+    if user_id is not None:
+        if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 128:
+            raise ProtocolError("invalid_value", "omni.user_id must be a non-empty string of <= 128 characters",
+                                event_id)
+        out["user_id"] = user_id
     voice = audio_out.get("voice", session.get("voice"))
     if isinstance(voice, str):
         out["voice"] = voice
@@ -438,3 +444,7 @@ class RealtimeEvents:
 
     def metrics(self, fields: dict[str, Any]) -> dict[str, Any]:
         return self._event("omni.metrics", **fields)
+
+    def memory_recalled(self, response_id: str, items: list[dict[str, Any]], tokens: int) -> dict[str, Any]:
+        """What the engine recalled for a response's prompt (streaming.memory_lane.recalled_items)."""
+        return self._event("omni.memory.recalled", response_id=response_id, items=items, tokens=tokens)

@@ -72,6 +72,7 @@ from streaming.frames import (
     VideoFrame,
 )
 from streaming.media_files import decode_data_url, frame_to_rgb
+from streaming.memory_lane import MemoryHub, MemoryLane, UsesMemory, recalled_items
 from streaming.metrics import ServerMetrics, TurnMetrics
 from streaming.output import OutputAudio
 from streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
@@ -98,9 +99,11 @@ class Session(ReplyEnds, SettingsUpdates):
         metrics: ServerMetrics | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
         media: DeviceWorker | None = None,
+        memory: MemoryHub | None = None,
     ) -> None:
         """`worker` runs the engine calls; `media` runs audio and image work (None: the worker does it too, and
-        barge-in then waits behind model steps)."""
+        barge-in then waits behind model steps); `memory`: the process's memory (None: off), scoped by
+        `config.user_id`."""
         self.id = new_id("sess")
         self.engine = engine
         self.worker = worker
@@ -120,6 +123,8 @@ class Session(ReplyEnds, SettingsUpdates):
         self.video: BoundedQueue[VideoFrame] = BoundedQueue(1, Overflow.KEEP_LATEST, "video")
         self.output = OutputAudio(self.config.output_queue_chunks, self._on_first_audio, self._on_reply_played)
         self._engine_session: EngineSession | None = None
+        self.memory = memory
+        self.memory_lane: MemoryLane | None = None  # the engine session's, when the engine uses memory
         self._tasks: set[asyncio.Task[None]] = set()
         self._reply: Response | None = None
         self._user_item: str | None = None
@@ -147,6 +152,7 @@ class Session(ReplyEnds, SettingsUpdates):
     async def start(self) -> None:
         self._engine_session = await self.worker.run(self._open_engine_session)
         self.started = True
+        await self.worker.run(self._attach_memory, False)
         self.metrics.inc("sessions_total", "sessions started")
         self.metrics.add_gauge("sessions_active", "sessions open now", 1)
         self._emit(self.events.session_created(self.describe()))
@@ -155,6 +161,17 @@ class Session(ReplyEnds, SettingsUpdates):
 
     def _open_engine_session(self) -> EngineSession:
         return self.engine.open_session(instructions=self.config.instructions, voice=self.config.voice)
+
+    def _attach_memory(self, reopen: bool) -> None:
+        """Give the engine session its memory lane (a new one, for the current user id, when `reopen`)."""
+        if self.memory is None or not isinstance(self._engine_session, UsesMemory):
+            return
+        if reopen and self.memory_lane is not None:
+            self.memory_lane.close()  # an anonymous lane forgets itself here
+            self.memory_lane = None
+        if self.memory_lane is None:
+            self.memory_lane = self.memory.open(self.config.user_id, self.id)
+        self._engine_session.use_memory(self.memory_lane)
 
     def describe(self) -> dict[str, Any]:
         """The session as `session.created`/`session.updated` describe it."""
@@ -214,6 +231,12 @@ class Session(ReplyEnds, SettingsUpdates):
                 await asyncio.wait_for(self.worker.run(self._close_engine, reply, engine_session), 30.0)
             except Exception:
                 log.exception("session %s: closing the engine session failed", self.id)
+        lane, self.memory_lane = self.memory_lane, None
+        if lane is not None:  # flushes the memory's writer: seconds at worst, so neither loop nor device worker
+            try:
+                await asyncio.to_thread(lane.close)
+            except Exception:
+                log.exception("session %s: closing its memory failed", self.id)
         if self.started:
             self.metrics.add_gauge("sessions_active", "sessions open now", -1)
 
@@ -449,6 +472,9 @@ class Session(ReplyEnds, SettingsUpdates):
             # wait_for: a stalled step (a hung engine) becomes an error instead of a silent hang
             ev, seconds = await asyncio.wait_for(self.worker.run(_step, reply.iterator), self.config.step_timeout)
             reply.metrics.compute_seconds += seconds
+            recall = self.memory_lane.take_recalled() if self.memory_lane is not None else None
+            if recall is not None:  # the engine recalled at the turn's start (its worker job is over)
+                self._emit(self.events.memory_recalled(reply.response_id, recalled_items(recall), recall.tokens))
             if ev is None or isinstance(ev, ReplyDone):
                 reply.generated = True
                 pcm = await self.media.run(_resample_out, resampler, None)

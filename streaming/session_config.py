@@ -28,7 +28,10 @@ class SessionConfig:
     # 24 kHz, sent as fast as the client reads them; `response.done` follows the reply's last audio delta).
     audio_over_events: bool = False
     output_rate: int = OUTPUT_RATE  # the rate OutputAudio holds: 48 kHz for the track, 24 kHz for events
-    user_id: str = "default"  # who the caller is (their API key's user; app.auth): what memory is scoped by
+    # Whose memory (streaming.memory_lane): the API key's user when keys are on (app.auth), else the client's
+    # user_id; None: anonymous, session-only memory.
+    user_id: str | None = None
+    user_fixed: bool = False  # the user comes from the API key: a client's `omni.user_id` is refused
     max_instructions_chars: int = 8000  # longer instructions are refused (a 200 KB prompt once prefilled for 213 s)
     step_timeout: float = 60.0  # an engine step running longer ends the reply with an error (a stalled engine)
 

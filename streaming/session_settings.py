@@ -32,6 +32,9 @@ class SettingsUpdates:
     def _open_engine_session(self) -> EngineSession:
         raise NotImplementedError
 
+    def _attach_memory(self, reopen: bool) -> None:
+        raise NotImplementedError
+
     async def _update(self, settings: dict[str, Any]) -> None:
         if "speech" in settings:
             self.config.speech = settings["speech"]
@@ -43,6 +46,13 @@ class SettingsUpdates:
                 return
             if not await self._apply_engine_settings(settings):
                 return
+        if "user_id" in settings:
+            if self._turns > 0 or self.config.user_fixed:
+                why = "is the API key's user" if self.config.user_fixed else "can only be set before the first reply"
+                self._emit(self.events.error("invalid_value", f"omni.user_id {why}", param="session.omni.user_id"))
+                return
+            self.config.user_id = settings["user_id"]
+            await self.worker.run(self._attach_memory, True)
         if "turn_detection" in settings:
             td = settings["turn_detection"]
             if td is None:
@@ -73,6 +83,8 @@ class SettingsUpdates:
             field = settings.get("voice_field") if "voice" in settings else "session.instructions"
             self._emit(self.events.error("invalid_value", f"{field}: {e}", param=field))
             return False
+        finally:
+            await self.worker.run(self._attach_memory, False)  # the new engine session reads the same lane
         return True
 
     def _reopen_engine(self) -> EngineSession:

@@ -111,15 +111,15 @@ class ChatSession:
         self._fed = _Fed(text, self.state.cache.length)
         return len(ids)
 
-    def prefill_turn(self, user_text: str) -> int:
+    def prefill_turn(self, user_text: str, context: str = "") -> int:
         """Feed the user's next message speculatively (e.g. at a pause, before the turn is known to be over):
-        `stream_reply(user_text)` then prefills only the assistant header, while `drop_prefilled_turn` (the
-        user went on speaking) rolls the cache back. The history must already be in the cache
+        `stream_reply(user_text, context)` then prefills only the assistant header, while `drop_prefilled_turn`
+        (the user went on speaking) rolls the cache back. The history must already be in the cache
         (`prefill_history`); returns tokens fed (0 when nothing could be)."""
         self.drop_prefilled_turn()
         if not user_text.strip() or not self._fed.text:
             return 0
-        text = self.lm.tokenizer.render_chat([*self.messages, {"role": "user", "content": user_text}],
+        text = self.lm.tokenizer.render_chat([*self.messages, *_turn(user_text, context)],
                                              add_generation_prompt=False)
         suffix = self._unfed(text)
         if not suffix:
@@ -145,12 +145,13 @@ class ChatSession:
             self.sampler.seen.copy_(to.seen)
         self._fed = _Fed(to.text, to.length)
 
-    def stream_reply(self, user_text: str) -> Iterator[str]:
+    def stream_reply(self, user_text: str, context: str = "") -> Iterator[str]:
         """Yield the reply to user_text as text deltas. Closing the iterator early stops generation;
-        the history then holds the text generated so far."""
+        the history then holds the text generated so far. `context` (e.g. recalled memory) goes in a system
+        message just before the user's and stays in the history, as the prompt the reply was made from."""
         if not user_text.strip():
             raise ValueError("empty message: nothing to answer")
-        self.messages.append({"role": "user", "content": user_text})
+        self.messages.extend(_turn(user_text, context))
         t0 = time.perf_counter()
         ids = self._prompt_ids()
         logits = self._feed(ids)
@@ -204,3 +205,9 @@ class ChatSession:
             raise ValueError("there is no reply to truncate")
         self.messages[-1] = {"role": "assistant", "content": kept_text}
         self._roll_back(self._before_reply)
+
+
+def _turn(user_text: str, context: str) -> list[Message]:
+    """A user turn's messages: the optional context as a system message, then the user's."""
+    ctx: list[Message] = [{"role": "system", "content": context}] if context.strip() else []
+    return [*ctx, {"role": "user", "content": user_text}]

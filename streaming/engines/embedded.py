@@ -50,6 +50,7 @@ from streaming.engine import (
     close_iterator,
 )
 from streaming.transcript import TranscriptDeltas
+from streaming.memory_lane import MemoryLane
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "EmbeddedEngine", "EmbeddedSession"]
 
@@ -196,6 +197,23 @@ class EmbeddedSession(EngineSessionBase):
         self._pieces: list[str] = []
         self._prepared = False  # the turn so far is recognised and prefilled; no audio came since
         self._captions = TranscriptDeltas()  # what this turn's caption deltas have said
+        self.memory: MemoryLane | None = None  # set by the runtime (use_memory); its owner closes it
+
+    def use_memory(self, lane: MemoryLane) -> None:
+        """Read and write memory through `lane` (streaming.memory_lane): transcripts and replies as heard go in,
+        each turn's recall goes into a system message just before the user's (the recalled-memory slot)."""
+        self.memory = lane
+
+    def _recalled(self, message: str) -> str:
+        """The turn's recalled-memory slot, led by the system prompt: the cache keeps 4 sink tokens, so past its
+        window the instructions are gone, and the layout wants the slot right after them (memory.window).
+        SmolLM2-135M, 6 turns past a 320-token window, asked "What is my locker code?": with the instructions
+        first, 4 of 4 answers had the recalled digits; without, 5 of 24 over 12 slot wordings."""
+        slot = self.memory.slot(message) if self.memory is not None else ""
+        first = self.chat.messages[0] if self.chat.messages else None
+        if slot and first is not None and first["role"] == "system":
+            return f"{first['content']}\n{slot}"
+        return slot
 
     # ---- input side ---------------------------------------------------------------------------------
 
@@ -250,7 +268,7 @@ class EmbeddedSession(EngineSessionBase):
         self._prepared = True
         sentence = as_sentence(" ".join(p for p in self._pieces if p))
         if sentence:
-            self.chat.prefill_turn(sentence)
+            self.chat.prefill_turn(sentence, self._recalled(sentence))
         return []
 
     def end_turn(self) -> list[EngineEvent]:
@@ -284,7 +302,17 @@ class EmbeddedSession(EngineSessionBase):
 
     def _reply(self, message: str, turn: _TurnClock, speech: bool) -> Iterator[EngineEvent]:
         splitter = PhraseSplitter()
-        stream = self.chat.stream_reply(message)
+        slot = self._recalled(message)
+        start = self.chat.state.cache.length  # the turn's first cache position (the reply's is a little later)
+        if self.memory is not None:
+            cache = self.chat.state.cache
+            # Roll up what this turn may push out: its slot and message (tokenised: ~0.1 ms), the chat template's
+            # two headers (< 16 tokens) and the longest reply.
+            encode = self.chat.lm.tokenizer.encode
+            lookahead = len(encode(slot)) + len(encode(message)) + 16 + self.chat.sampling.max_new_tokens
+            self.memory.roll_up(cache.length, cache.cfg.window, lookahead)
+            self.memory.user_turn(message, start)
+        stream = self.chat.stream_reply(message, slot)
         try:
             for delta in stream:
                 yield TextDelta(delta)
@@ -296,6 +324,9 @@ class EmbeddedSession(EngineSessionBase):
                 yield from self._speak(rest or "", turn, final=True)
         finally:
             close_iterator(stream)  # cancelled: the chat holds what was generated, which interrupt() trims
+            last = self.chat.messages[-1]
+            if self.memory is not None and last["role"] == "assistant":
+                self.memory.reply(last["content"], start)
         yield ReplyDone(self.chat.messages[-1]["content"], self._stats(turn))
 
     def _speak(self, phrase: str, turn: _TurnClock, *, final: bool) -> Iterator[AudioChunk]:
@@ -337,3 +368,5 @@ class EmbeddedSession(EngineSessionBase):
         messages = self.chat.messages
         if messages and messages[-1]["role"] == "assistant":
             self.chat.truncate_last_reply(played_text)
+        if self.memory is not None:
+            self.memory.heard(played_text)

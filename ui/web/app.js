@@ -63,7 +63,9 @@ async function start() {
     channel.addEventListener("message", (ev) => onEvent(JSON.parse(ev.data)));
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIce(pc, 3000); // non-trickle: the answerer gathers fully, so send every candidate at once
-    const offer = (auth) => fetch("/v1/realtime/calls", {
+    const user = $("user-id") ? $("user-id").value.trim() : ""; // (the Gradio page has no user field)
+    const url = user ? `/v1/realtime/calls?user_id=${encodeURIComponent(user)}` : "/v1/realtime/calls";
+    const offer = (auth) => fetch(url, {
       method: "POST", headers: { "Content-Type": "application/sdp", ...auth }, body: pc.localDescription.sdp,
     });
     let res = await offer({});
@@ -113,6 +115,19 @@ function playRemote(stream) {
     if (rms > 0.01) window.__omni.loudTicks += 1;
     $("assistant-speaking").classList.toggle("on", rms > 0.01);
   }, 50);
+}
+
+// The memory items the server put into the last reply's prompt, oldest first, with their time and score.
+function showRecalled(items) {
+  const list = $("recalled");
+  list.replaceChildren();
+  for (const it of items) {
+    const li = document.createElement("li");
+    const when = new Date(it.t_start * 1000).toLocaleString();
+    li.textContent = `${when} · ${it.level} · ${it.score.toFixed(2)} — ${it.text}`;
+    list.append(li);
+  }
+  if (!items.length) list.innerHTML = '<li class="none">nothing recalled</li>';
 }
 
 function fmtMs(v) { return v === null || v === undefined ? "–" : `${Math.round(v)} ms`; }
@@ -168,6 +183,9 @@ function onEvent(ev) {
       $("m-rtf").textContent = ev.real_time_factor === null ? "–" : ev.real_time_factor.toFixed(2);
       $("m-barge").textContent = fmtMs(ev.barge_in_ms);
       $("m-dropped").textContent = String(ev.dropped_input_frames);
+      break;
+    case "omni.memory.recalled":
+      showRecalled(ev.items);
       break;
     case "error":
       showError(ev.error ? ev.error.message : "error");

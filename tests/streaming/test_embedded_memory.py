@@ -1,0 +1,213 @@
+"""Memory end to end through the runtime on the embedded engine (issue 12): a spoken fact pushed out of a small
+KV window by typed turns is recalled for a spoken question, again after a restart over the same store, and
+never for another user."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from memory import Memory, MemoryStore
+from model.embedded.piper import PiperSynthesizer
+from model.embedded.text_embedding import TextEmbedder
+from model.embedded.whisper import WhisperModel, WhisperRecognizer
+from model.lm.sampling import SamplingConfig
+from model.loaders import LoadedLM, load_lm
+from model.pcm import resample, to_int16
+from streaming.engines.embedded import EmbeddedEngine, EmbeddedSession
+from streaming.memory_lane import MemoryHub
+from streaming.session_config import SessionConfig
+from streaming.vad import SileroVad, TurnConfig
+from streaming.worker import DeviceWorker
+from tests.streaming.harness import Harness
+from tests.streaming.test_text_turns import typed
+
+FACT = "My locker code is four seven one nine."
+QUESTION = "What is my locker code?"
+# Typed turns that share no words with the fact, each ~60-90 tokens with its reply: five of them push turn 1
+# out of the 320-token window below.
+FILLERS = [
+    "Tell me a fun fact about cats.",
+    "What is a good name for a goldfish?",
+    "How do I boil an egg?",
+    "Why is the sky blue?",
+    "Suggest a quick breakfast.",
+    "What should I pack for a beach trip?",
+]
+WINDOW = 320
+_DIGITS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
+_WORDS = {d: w for w, d in _DIGITS.items()}
+
+
+def digits(text: str) -> str:
+    """Spoken digits as digits ("four seven one nine" -> "4719"): the reply is read aloud either way."""
+    words = [_DIGITS.get(w, w) for w in re.findall(r"[a-z]+|\d+", text.lower())]
+    return re.sub(r"(?<=\d) (?=\d)", "", " ".join(words))
+
+
+@pytest.fixture(scope="module")
+def lm() -> LoadedLM:
+    return load_lm()
+
+
+@pytest.fixture(scope="module")
+def embedder() -> TextEmbedder:
+    return TextEmbedder()
+
+
+class WordsRecognizer(WhisperRecognizer):
+    """Whisper base, its transcript in the form the engine's recogniser (pocketsphinx) gives and `as_sentence`
+    expects: lower-case words, no punctuation, digits as words. Pocketsphinx itself hears Piper's "locker" as
+    "walker", and SmolLM2-135M takes "what is my walker code?" for a programming question. Whisper's own form,
+    "My locker code is 4719.", recalled as such, got no digits back from SmolLM2-135M under any of 10 slot
+    wordings (the spelled-out form: 4 of 4 under the engine's wording): see the report of issue 12."""
+
+    def finish(self) -> str:
+        words = re.findall(r"[a-z']+|\d", super().finish().lower())
+        return " ".join(_WORDS.get(w, w) for w in words)
+
+
+class WhisperEngine(EmbeddedEngine):
+    """The embedded engine hearing with `WordsRecognizer`."""
+
+    def __init__(self, lm: LoadedLM) -> None:
+        super().__init__(lm=lm, sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=40), window=WINDOW)
+        self.whisper = WhisperModel()
+
+    def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> EmbeddedSession:
+        session = super().open_session(instructions=instructions, voice=voice)
+        session.recognizer = WordsRecognizer(self.whisper)  # type: ignore[assignment]
+        return session
+
+
+@pytest.fixture(scope="module")
+def engine(lm: LoadedLM) -> EmbeddedEngine:
+    return WhisperEngine(lm)
+
+
+@pytest.fixture(scope="module")
+def speech() -> dict[str, np.ndarray]:
+    """The packaged Piper voice: Whisper base hears espeak-ng's "four seven one nine" as "471.1" in four voices
+    and rates, and Piper's as "4719"."""
+    voice = PiperSynthesizer(threads=1)
+    voice._scales[[0, 2]] = 0.0  # no noise (Piper draws it inside its graph, unseeded): the same speech every run
+    pad = np.zeros(8000, np.float32)  # 0.5 s of silence either side, as benchmarks.spoken pads
+    return {t: to_int16(np.concatenate([pad, resample(voice.synth(t), voice.sample_rate, 16000), pad]))
+            for t in (FACT, QUESTION)}
+
+
+def open_hub(folder: Path, embedder: TextEmbedder) -> MemoryHub:
+    return MemoryHub(Memory(MemoryStore.open(str(folder)), embed=embedder), embedder)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, embedder: TextEmbedder) -> Iterator[MemoryHub]:
+    h = open_hub(tmp_path, embedder)
+    yield h
+    h.close()
+
+
+def replies(h: Harness[Any]) -> list[dict[str, Any]]:
+    return [e for e in h.events if e["type"] == "response.done"]
+
+
+async def spoken_turn(h: Harness[Any], pcm: np.ndarray) -> dict[str, Any]:
+    """Say `pcm` (the VAD ends the turn); the finished response.done, once its speech has played."""
+    n = len(replies(h))
+    await h.feed(pcm, realtime=False)
+    await h.silence(1.0, realtime=False)
+    await h.wait_for(lambda e: len(replies(h)) > n)
+    await h.wait_for(lambda e: sum(x["type"] == "omni.metrics" for x in h.events) > n)
+    return replies(h)[-1]
+
+
+async def typed_turn(h: Harness[Any], text: str) -> dict[str, Any]:
+    n = len(replies(h))
+    h.session.handle_client_event(typed(text, f"item_typed{n}"))
+    await h.wait_for(lambda e: e["type"] == "conversation.item.added" and e["item"]["id"] == f"item_typed{n}")
+    h.session.handle_client_event({"type": "response.create"})
+    await h.wait_for(lambda e: len(replies(h)) > n)
+    await h.wait_for(lambda e: sum(x["type"] == "omni.metrics" for x in h.events) > n)
+    return replies(h)[-1]
+
+
+def reply_text(done: dict[str, Any]) -> str:
+    assert done["response"]["status"] == "completed", done
+    return str(done["response"]["output"][0]["content"][0]["transcript"])
+
+
+def recalled_for(h: Harness[Any], done: dict[str, Any]) -> list[dict[str, Any]]:
+    rid = done["response"]["id"]
+    found = [e for e in h.events if e["type"] == "omni.memory.recalled" and e["response_id"] == rid]
+    return found[0]["items"] if found else []
+
+
+async def open_call(engine: EmbeddedEngine, worker: DeviceWorker, vad: SileroVad, hub: MemoryHub,
+                    user: str | None) -> Harness[Any]:
+    cfg = SessionConfig(turn=TurnConfig(silence_ms=700), user_id=user)
+    h: Harness[Any] = Harness(engine, worker, vad, cfg)
+    h.session.memory = hub
+    await h.start()
+    return h
+
+
+async def ask(h: Harness[Any], speech: dict[str, np.ndarray]) -> tuple[str, list[dict[str, Any]]]:
+    done = await spoken_turn(h, speech[QUESTION])
+    heard = [e["transcript"] for e in h.events if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert heard[-1] == "what is my locker code", heard
+    assert any(e["type"] == "output_audio_buffer.started" and e["response_id"] == done["response"]["id"]
+               for e in h.events), "the answer was not spoken"
+    return digits(reply_text(done)), recalled_for(h, done)
+
+
+async def test_a_spoken_fact_outlives_the_window_a_restart_and_stays_with_its_user(
+    engine: EmbeddedEngine, worker: DeviceWorker, vad: SileroVad, speech: dict[str, np.ndarray], tmp_path: Path,
+    embedder: TextEmbedder,
+) -> None:
+    hub = open_hub(tmp_path, embedder)
+    h = await open_call(engine, worker, vad, hub, "alice")
+    try:
+        await spoken_turn(h, speech[FACT])
+        heard = [e["transcript"] for e in h.events
+                 if e["type"] == "conversation.item.input_audio_transcription.completed"]
+        assert "4719" in digits(heard[0]), f"the recogniser misheard the fact: {heard}"
+        es = h.session.engine_session
+        assert isinstance(es, EmbeddedSession)
+        fact_end = es.chat.state.cache.length  # the fact and its reply lie before this cache position
+        for text in FILLERS:
+            await typed_turn(h, text)
+        cache = es.chat.state.cache
+        assert cache.length - WINDOW > fact_end, "the filler turns did not push the fact out of the KV window"
+        answer, items = await ask(h, speech)
+        assert any("4719" in digits(it["text"]) for it in items), items
+        assert [it["t_start"] for it in items] == sorted(it["t_start"] for it in items)  # in time order
+        # Not asserted: that SmolLM2-135M answers with the recalled digits. Through this runtime it answered "your
+        # locker code is 479" in 3 of 4 runs with the fact in its slot (typed turns: 4 of 4 with 4719); the report
+        # of issue 12 has the wordings tried. What the memory guarantees is checked: the fact is in the slot.
+    finally:
+        await h.close()
+        hub.close()
+
+    hub = open_hub(tmp_path, embedder)  # a restarted server: new memory over the same store, new session
+    try:
+        h = await open_call(engine, worker, vad, hub, "alice")
+        try:
+            answer, items = await ask(h, speech)
+        finally:
+            await h.close()
+        assert any("4719" in digits(it["text"]) for it in items), items
+
+        h = await open_call(engine, worker, vad, hub, "bob")
+        try:
+            answer, items = await ask(h, speech)
+        finally:
+            await h.close()
+        assert not any("4719" in digits(it["text"]) for it in items), items
+        assert "4719" not in answer, answer
+    finally:
+        hub.close()
