@@ -49,8 +49,8 @@ from streaming.engine import (
     TranscriptDelta,
     close_iterator,
 )
-from streaming.transcript import TranscriptDeltas
 from streaming.memory_lane import MemoryLane
+from streaming.transcript import TranscriptDeltas
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "EmbeddedEngine", "EmbeddedSession"]
 
