@@ -47,6 +47,7 @@ class ToneSession(EngineSessionBase):
         self.typed: list[str] = []  # text messages of the open user turn
         self.interrupted_with: list[str] = []
         self.images: list[tuple[int, int]] = []  # (height, width) of each image shown
+        self.video_frames = 0  # camera frames pushed (the test engine reports what reached it)
         self.responses: list[ResponseOptions] = []  # the options of each reply, in order
 
     def push_audio(self, pcm: np.ndarray, timestamp: float) -> list[EngineEvent]:
@@ -74,6 +75,7 @@ class ToneSession(EngineSessionBase):
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         self._check_open()
         check_rgb_frame(frame)
+        self.video_frames += 1
 
     def end_turn(self) -> list[EngineEvent]:
         self._check_open()
