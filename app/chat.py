@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # chat's own default, the one the embedded engine answers with (streaming.engines.embedded.DEFAULT_SAMPLING)
     p.add_argument("--repetition-penalty", type=float, default=1.1, help="(default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="(default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="sampling seed (default: none)")
     p.add_argument("--window", type=int, default=4096, help="attention window of the KV cache, in tokens")
     p.add_argument("--audio", default=None, help="audio file for the first turn (Qwen2.5-Omni checkpoints)")
     p.add_argument("--image", default=None, help="image file for the first turn (Qwen2.5-Omni checkpoints)")
