@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
-import app.realtime_server
 import app.serve
+import app.server_app
 import app.shutdown
 from app.cli import build_parser
 from app.realtime_server import IDLE_TIMEOUT, Connection, ServeOptions, Server
@@ -180,7 +180,7 @@ def test_idle_timeout_flag_reaches_the_server(monkeypatch: pytest.MonkeyPatch) -
     async def fake_serve(*args: object) -> None:
         return None
 
-    monkeypatch.setattr(app.realtime_server, "build_app", fake_build_app)
+    monkeypatch.setattr(app.server_app, "build_app", fake_build_app)
     monkeypatch.setattr(app.shutdown, "serve", fake_serve)
     args = build_parser().parse_args(["serve", "--engine", "test", "--idle-timeout", "2.5"])
     assert app.serve.run(args) == 0
