@@ -6,7 +6,7 @@ on hang-up, disconnect, failure or server shutdown. Signaling: the client POSTs 
 events travel as JSON on the client's `oai-events` data channel; microphone and camera arrive as tracks and
 the assistant's speech leaves as an audio track of paced 20 ms frames at 48 kHz.
 
-ICE: no STUN server unless `--ice-server` is given; `restrict_ice_hosts` (`--ice-host`) restricts host
+ICE: no STUN server unless `--ice-server` is given; `app.signaling.restrict_ice_hosts` (`--ice-host`) restricts host
 candidates to the given addresses (aioice otherwise offers every interface address except 127.0.0.1).
 
 Liveness: a client that vanishes without hanging up (tab killed, lid closed, network gone) sends nothing more.
