@@ -2,8 +2,11 @@
 Realtime WebSocket API (GA events): microphone audio goes up as `input_audio_buffer.append` (base64 pcm16,
 24 kHz mono, 100 ms a message, server VAD ends the turns), speech comes back as `response.output_audio.delta`.
 
-Written against the protocol while the server side (`/v1/realtime`) is built on another branch: not yet run
-against a server. The camera is not sent in this mode (the protocol takes still images with a typed turn).
+Barge-in: at `input_audio_buffer.speech_started` (the server has cancelled the reply) the speech queued here is
+dropped, later deltas of the cut reply are ignored, and the server is told how much of the item was handed to
+the speaker (`conversation.item.truncate`, so the conversation keeps only the words heard). Tested against a
+real server in tests/app/test_desktop.py. The camera is not sent in this mode (the protocol takes still images
+with a typed turn).
 """
 
 from __future__ import annotations
@@ -39,8 +42,12 @@ class RemoteConversation:
         self._up = StreamingResampler(48000, API_RATE)
         self._down = StreamingResampler(API_RATE, 48000)
         self._pending = np.zeros(0, np.int16)
-        self._out: deque[np.ndarray] = deque()
+        self._out: deque[tuple[str, np.ndarray]] = deque()  # (assistant item id, 48 kHz speech)
         self._out_samples = 0
+        self._read: dict[str, int] = {}  # samples of each item handed to the speaker
+        self._reply: str | None = None  # the response being made (response.created .. response.done)
+        self._cut: set[str] = set()  # responses interrupted by a barge-in: their late deltas are dropped
+        self.truncations: list[tuple[str, int]] = []  # (item id, audio_end_ms) sent at each barge-in
         self._send: asyncio.Queue[str] = asyncio.Queue(maxsize=100)  # 10 s of audio; full: drop, see push_audio
         self._tasks: list[asyncio.Task[None]] = []
         self._http: Any = None
@@ -83,20 +90,44 @@ class RemoteConversation:
             return None
         parts, need = [], n
         while need:
-            head = self._out[0]
+            item, head = self._out[0]
             take = min(need, len(head))
             parts.append(head[:take])
+            self._read[item] = self._read.get(item, 0) + take
             if take == len(head):
                 self._out.popleft()
             else:
-                self._out[0] = head[take:]
+                self._out[0] = (item, head[take:])
             need -= take
         self._out_samples -= n
         return np.concatenate(parts)
 
-    def _clear_output(self) -> None:
+    def _barge_in(self) -> None:
+        """The user spoke: drop the queued speech, ignore the rest of the reply, report what was played."""
+        playing = self._out[0][0] if self._out else None
+        if self._reply is not None:
+            self._cut.add(self._reply)
         self._out.clear()
         self._out_samples = 0
+        self._down = StreamingResampler(API_RATE, 48000)  # the next reply starts from a clean filter state
+        if playing is not None and self._read.get(playing):
+            end_ms = self._read[playing] * 1000 // 48000
+            self.truncations.append((playing, end_ms))
+            msg = {"type": "conversation.item.truncate", "item_id": playing, "content_index": 0, "audio_end_ms": end_ms}
+            try:
+                self._send.put_nowait(json.dumps(msg))
+            except asyncio.QueueFull:
+                log.warning("the server is not keeping up: could not report the interrupted reply's end")
+
+    def _speech(self, ev: dict[str, Any]) -> None:
+        if ev.get("response_id") in self._cut:
+            return
+        pcm = to_int16(self._down.push(np.frombuffer(base64.b64decode(ev["delta"]), "<i2")))
+        self._out.append((str(ev.get("item_id")), pcm))
+        self._out_samples += len(pcm)
+        while self._out_samples > MAX_OUTPUT:
+            self._out_samples -= len(self._out.popleft()[1])
+            log.warning("more than %d s of speech waiting to play: dropped the oldest", MAX_OUTPUT // 48000)
 
     async def _writer(self) -> None:
         while True:
@@ -111,14 +142,14 @@ class RemoteConversation:
             ev = json.loads(msg.data)
             kind = ev.get("type")
             if kind == "response.output_audio.delta":
-                pcm = to_int16(self._down.push(np.frombuffer(base64.b64decode(ev["delta"]), "<i2")))
-                self._out.append(pcm)
-                self._out_samples += len(pcm)
-                while self._out_samples > MAX_OUTPUT:
-                    self._out_samples -= len(self._out.popleft())
+                self._speech(ev)
                 continue  # audio is not printed
-            if kind == "input_audio_buffer.speech_started":
-                self._clear_output()  # barge-in: what is queued here would otherwise still play
+            if kind == "response.created":
+                self._reply = ev["response"]["id"]
+            elif kind == "response.done":
+                self._reply = None
+            elif kind == "input_audio_buffer.speech_started":
+                self._barge_in()
             self.emit(ev)
         self.emit({"type": "error", "error": {"message": f"the server closed the connection ({self._ws.close_code})"}})
 

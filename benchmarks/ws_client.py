@@ -38,9 +38,20 @@ def invalid_events(events: list[dict[str, Any]]) -> list[str]:
     return bad
 
 
+STREAM_DONE = {  # each delta stream of the reply's part and the event that ends it
+    "response.output_text.delta": "response.output_text.done",
+    "response.output_audio_transcript.delta": "response.output_audio_transcript.done",
+    "response.output_audio.delta": "response.output_audio.done",
+}
+OPENING = ["response.created", "response.output_item.added", "response.content_part.added"]
+CLOSING = ["response.content_part.done", "response.output_item.done", "response.done"]
+
+
 def response_order_problems(events: list[dict[str, Any]]) -> list[str]:
-    """Per response: response.created, response.output_item.added, its deltas, response.output_item.done,
-    response.done, nothing after (WebRTC's output_audio_buffer.* follow playback, not generation)."""
+    """Per response: response.created, response.output_item.added, response.content_part.added, the deltas,
+    each delta stream's `.done` once and after its last delta (output_text.done always), then
+    response.content_part.done, response.output_item.done, response.done, nothing after (WebRTC's
+    output_audio_buffer.* follow playback, not generation)."""
     seen: dict[str, list[str]] = {}
     for e in events:
         if e["type"].startswith(("output_audio_buffer.", "omni.")):
@@ -50,11 +61,19 @@ def response_order_problems(events: list[dict[str, Any]]) -> list[str]:
             seen.setdefault(rid, []).append(e["type"])
     bad = []
     for rid, types in seen.items():
-        if types[:2] != ["response.created", "response.output_item.added"] or types[-2:] != [
-            "response.output_item.done",
-            "response.done",
-        ]:
-            bad.append(f"{rid}: {types}")
+        if types[:3] != OPENING or types[-3:] != CLOSING:
+            bad.append(f"{rid}: opens or closes out of order: {types}")
+            continue
+        middle = types[3:-3]
+        if middle.count("response.output_text.done") != 1:
+            bad.append(f"{rid}: response.output_text.done {middle.count('response.output_text.done')} times")
+        for delta, done in STREAM_DONE.items():
+            ends = [i for i, t in enumerate(middle) if t == done]
+            last_delta = max((i for i, t in enumerate(middle) if t == delta), default=-1)
+            if last_delta >= 0 and len(ends) != 1:
+                bad.append(f"{rid}: {delta} without exactly one {done}")
+            elif ends and ends[0] < last_delta:
+                bad.append(f"{rid}: {delta} after {done}")
     return bad
 
 

@@ -359,6 +359,22 @@ class RealtimeEvents:
             kind, response_id=response_id, output_index=0, item=_assistant_item(item_id, done, speech, text)
         )
 
+    def content_part(self, response_id: str, item_id: str, done: bool, speech: bool, text: str = "") -> dict[str, Any]:
+        """`response.content_part.added` (empty) or `.done` (with the part's words) for the reply's one part."""
+        part = {"type": "audio", "transcript": text} if speech else {"type": "text", "text": text}
+        kind = "response.content_part.done" if done else "response.content_part.added"
+        return self._event(kind, response_id=response_id, item_id=item_id, output_index=0, content_index=0, part=part)
+
+    def part_streams_done(self, response_id: str, item_id: str, speech: bool, text: str) -> list[dict[str, Any]]:
+        """The `.done` of each stream the reply's part had, before `response.content_part.done`: its text (sent
+        for spoken replies too), and for speech the audio and its transcript."""
+        ids = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
+        out = [self._event("response.output_text.done", **ids, text=text)]
+        if speech:
+            out.append(self._event("response.output_audio.done", **ids))
+            out.append(self._event("response.output_audio_transcript.done", **ids, transcript=text))
+        return out
+
     def output_audio_delta(self, response_id: str, item_id: str, pcm16: bytes) -> dict[str, Any]:
         """Speech for transports without an audio track: `pcm16` is int16 mono at 24 kHz."""
         return self._event(

@@ -77,9 +77,13 @@ class ReplyEnds:
         self._feed.hold = False  # held user audio goes in with the next audio job
 
     def _emit_done(self, reply: Response, status: str, text: str | None = None, reason: str | None = None) -> None:
-        """The reply item's `response.output_item.done`, then `response.done` (the protocol's order)."""
+        """The part's streams' `.done` events, `response.content_part.done`, the reply item's
+        `response.output_item.done`, then `response.done` (the protocol's order)."""
         text = "".join(reply.text) if text is None else text
         rid, speech = reply.response_id, reply.options.speech
+        for ev in self.events.part_streams_done(rid, reply.item_id, speech, text):
+            self._emit(ev)
+        self._emit(self.events.content_part(rid, reply.item_id, True, speech, text))
         self._emit(self.events.output_item(rid, reply.item_id, True, speech, text))
         self._emit(self.events.response_done(rid, reply.item_id, status, text, reason, speech))
 

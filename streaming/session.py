@@ -397,16 +397,28 @@ class Session(ReplyEnds, SettingsUpdates):
             await self._update(item.settings)
         elif isinstance(item, UserMessage):
             await self._add_user_message(item)
-        elif isinstance(item, InputCommit):  # the turn's final transcript now; response.create answers it
-            item_id = self._user_item or new_id("item")
-            await self._feed_engine([*self._feed.release(), EndTurn()])
-            self._emit(self.events.input_committed(item_id))
-            self._user_item = None
+        elif isinstance(item, InputCommit):
+            await self._commit_input()
         elif isinstance(item, InputClear):
             self.inbox.media.flush()
             self._feed.held.clear()
             self._feed.held_seconds = 0.0
             self._emit(self.events.input_cleared())
+
+    async def _commit_input(self) -> None:
+        """The turn's final transcript now; response.create answers it. The audio appended before the commit
+        waits in the media lane (control is served first): it goes through the audio stage first."""
+        pending = [f for f in self.inbox.media.drain() if isinstance(f, AudioFrame)]
+        if pending:
+            await self._handle_stage_output(await self.media.run(self._stage.process, self._audio_state, pending))
+        if not self._feed.turn_open and not self._feed.held:
+            self._emit(self.events.error("input_audio_buffer_commit_empty", "no audio was appended since the last "
+                                         "commit (or the last turn the server ended)"))
+            return
+        item_id = self._user_item or new_id("item")
+        await self._feed_engine([*self._feed.release(), EndTurn()])
+        self._emit(self.events.input_committed(item_id))
+        self._user_item = None
 
     async def _add_user_message(self, m: UserMessage) -> None:
         """A typed message joins the user's turn after the audio before it; `response.create` answers it."""
@@ -450,6 +462,7 @@ class Session(ReplyEnds, SettingsUpdates):
             del self._item_responses[next(iter(self._item_responses))]
         self._emit(self.events.response_created(reply.response_id))
         self._emit(self.events.output_item(reply.response_id, reply.item_id, False, reply.options.speech))
+        self._emit(self.events.content_part(reply.response_id, reply.item_id, False, reply.options.speech))
         reply.task = asyncio.get_running_loop().create_task(
             self._guard(self._guard_reply(reply), "reply"), name=f"{self.id}:reply"
         )

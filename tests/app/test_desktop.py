@@ -16,15 +16,29 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.desktop import FRAME, Desktop, DesktopOptions, LocalConversation, Printer
+from app.desktop import FRAME, Conversation, Desktop, DesktopOptions, LocalConversation, Printer
 from app.desktop_audio import HalfDuplexGate, MicQueue, SpeakerRing
+from app.desktop_remote import RemoteConversation
 from benchmarks.spoken import write_wav
 from model.pcm import resample, to_float32
 from streaming.engine import TranscriptDelta
 from streaming.engines.tone import ToneEngine
 from streaming.vad import TurnConfig
+from tests.app.conftest import StartServer
 from tests.app.test_serve_embedded import engine, france48k, smollm  # noqa: F401 (fixtures)
 from tests.streaming.conftest import make_speech_wav
+
+
+def twice_wav(tmp_path: Path) -> Path:
+    """1 s of silence (the microphone stream settles), the question, 2.5 s, the question again: it comes while
+    the tone engine's reply (15 words at 0.25 s each) is still being made and played, and interrupts it."""
+    from benchmarks.spoken import read_wav
+
+    q = make_speech_wav(tmp_path / "q.wav", "Hello there, can you hear me?", 48000, pad=2.5)
+    speech, _ = read_wav(q)
+    wav = tmp_path / "twice.wav"
+    write_wav(wav, np.concatenate([np.zeros(48000, np.int16), speech, speech, np.zeros(48000, np.int16)]), 48000)
+    return wav
 
 
 def test_speaker_ring_keeps_order_across_the_wrap_and_clear_empties_it() -> None:
@@ -131,7 +145,8 @@ async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: 
                    limit: float = 120.0) -> tuple[Desktop, Printer, np.ndarray, Any]:
     """Run a desktop conversation on PulseAudio: play `wav` into the microphone once both streams are open,
     record the speaker, stop at the event `until` (plus 1 s for the speaker to drain). Returns the desktop,
-    its events, the recorded speaker (int16 48 kHz) and the local conversation."""
+    its events, the recorded speaker (int16 48 kHz) and the conversation: local on the engine `on`, or, when `on`
+    is a ws:// URL, the remote one (`omni desktop --server`)."""
     printer = Printer()
     done = asyncio.Event()
 
@@ -142,7 +157,8 @@ async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: 
         if ev["type"] == until:
             done.set()
 
-    conv = LocalConversation(on, emit, TurnConfig(silence_ms=400))
+    conv: Conversation = (RemoteConversation(on, emit) if isinstance(on, str)
+                          else LocalConversation(on, emit, TurnConfig(silence_ms=400)))
     desktop = Desktop(conv, DesktopOptions("pulse", "pulse", camera))
     rec_path = wav.with_suffix(".speaker.raw")
     with open(rec_path, "wb") as rec_file:  # noqa: ASYNC230 (opening a local file: microseconds)
@@ -188,14 +204,7 @@ def loud_seconds(pcm: np.ndarray, threshold: float = 300.0) -> float:
 async def test_desktop_barge_in_clears_the_speaker_and_the_camera_feeds_the_engine(
     pulse: dict[str, str], tmp_path: Path
 ) -> None:
-    # 1 s of silence (the microphone stream settles), the question, 2.5 s, the question again: it comes while
-    # the tone engine's reply (15 words at 0.25 s each) is still being made and played, and interrupts it.
-    q = make_speech_wav(tmp_path / "q.wav", "Hello there, can you hear me?", 48000, pad=2.5)
-    from benchmarks.spoken import read_wav
-
-    speech, _ = read_wav(q)
-    wav = tmp_path / "twice.wav"
-    write_wav(wav, np.concatenate([np.zeros(48000, np.int16), speech, speech, np.zeros(48000, np.int16)]), 48000)
+    wav = twice_wav(tmp_path)
     tone = ToneEngine(step_delay=0.25)
     desktop, printer, speaker, _ = await converse(
         pulse, tone, wav, "output_audio_buffer.cleared", camera="lavfi:testsrc2=size=320x240:rate=15,realtime"
@@ -218,6 +227,35 @@ async def test_desktop_barge_in_clears_the_speaker_and_the_camera_feeds_the_engi
     # From the barge-in on, at most two 20 ms frames of the old reply leave for the speaker (the ring holds 10).
     assert after <= 2 * FRAME
     assert desktop.camera_frames > 0 and sum(s.video_frames for s in tone.sessions) > 0
+
+
+async def test_desktop_as_a_client_of_a_remote_server_speaks_and_barge_in_clears_it(
+    pulse: dict[str, str], start_server: StartServer, tmp_path: Path
+) -> None:
+    """`omni desktop --server ws://...` against a real server (tone engine) over its Realtime WebSocket API."""
+    tone = ToneEngine(step_delay=0.25)
+    url, _ = await start_server(tone)
+    desktop, printer, speaker, conv = await converse(pulse, url.replace("http://", "ws://"), twice_wav(tmp_path),
+                                                     "response.done")
+    kinds = [e["type"] for e in printer.events]
+    print(f"\ndesktop --server: events {kinds}; speech starts dropped {desktop.barge_ins} queued samples, "
+          f"speaker loud {loud_seconds(speaker):.2f} s, truncations sent {conv.truncations}")
+    assert "error" not in kinds, [e for e in printer.events if e["type"] == "error"]
+    assert kinds[0] == "session.created" and "session.updated" in kinds
+    first_reply = kinds.index("response.created")
+    words = "".join(e["delta"] for e in printer.events if e["type"] == "response.output_audio_transcript.delta")
+    assert words.startswith("Hello, I heard you speak for"), words
+    assert loud_seconds(speaker) > 0.3, "the assistant's reply did not reach the speaker"
+    barge = first_reply + kinds[first_reply:].index("input_audio_buffer.speech_started")
+    done = printer.events[kinds.index("response.done")]
+    assert done["response"]["status"] == "cancelled", "the second question did not interrupt the reply"
+    # From the barge-in until the next reply (or the end), at most two 20 ms frames of the old reply leave.
+    until = next((e["_played"] for e in printer.events[barge:] if e["type"] == "response.created"),
+                 desktop.ring.played_samples)
+    after = until - printer.events[barge]["_played"]
+    assert after <= 2 * FRAME, f"{after} samples of the interrupted reply played after the barge-in"
+    # The client told the server how much of the reply was played (conversation.item.truncate).
+    assert len(conv.truncations) == 1 and conv.truncations[0][1] > 0
 
 
 @pytest.mark.slow

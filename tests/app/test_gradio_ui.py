@@ -135,8 +135,9 @@ async def test_page_answers_a_spoken_question_on_the_embedded_engine(
     assert state["error"] is None
     # The page shows what the server recognised and replied. Not asserted: that it is "capital of France" and
     # "Paris". Through Chromium's capture path (the page asks for echo cancellation, noise suppression and
-    # gain control) the recogniser heard "what is not you the libraries" in one run; the aiortc test in
-    # test_serve_embedded.py checks the words on the same engine.
+    # gain control) pocketsphinx heard "what is not you the libraries" in one run; Whisper heard "What is the
+    # capital and friends?" in 3 of 3 runs (the reply then named Paris anyway), so "france" is not there to
+    # assert. The aiortc test in test_serve_embedded.py checks the words on the same engine.
     assert user is not None and user.strip() and user == state["userText"]
     assert reply is not None and len(reply) > 10 and reply == state["assistantText"]
     assert inbound is not None and inbound["energy"] > 0

@@ -64,6 +64,11 @@ async def test_spoken_turn_server_vad(start_server: StartServer, speech24k: np.n
     assert words.startswith("Hello, I heard you speak for")
     assert done["response"]["status"] == "completed"
     assert done["response"]["output"][0]["content"][0]["transcript"] == words
+    ends = {e["type"]: e for e in client.events if e.get("response_id") == rid and e["type"].endswith(".done")}
+    assert ends["response.output_audio_transcript.done"]["transcript"] == words
+    assert ends["response.output_text.done"]["text"] == words
+    assert ends["response.content_part.done"]["part"] == {"type": "audio", "transcript": words}
+    assert "response.output_audio.done" in ends
     assert len(audio) > 24000 and np.abs(audio).max() > 1000  # > 1 s of the tones at 24 kHz, not silence
     assert not any(e["type"].startswith("output_audio_buffer.") for e in client.events)  # WebRTC-only events
     check_conformance(client)
@@ -77,10 +82,15 @@ async def test_manual_turn_and_text_only_reply(start_server: StartServer, speech
         await client.send({"type": "session.update", "session": {"type": "realtime",
                                                                   "audio": {"input": {"turn_detection": None}}}})
         updated = await client.wait_for("session.updated")
+        await client.send({"type": "input_audio_buffer.commit"})  # nothing appended yet
+        empty = await client.wait_for("error")
         await client.append(speech24k)  # as fast as the socket takes it: nothing waits for the detector
         await client.send({"type": "input_audio_buffer.commit"})
         await client.wait_for("input_audio_buffer.committed")
         heard = await client.wait_for("conversation.item.input_audio_transcription.completed")
+        n = len(client.events)
+        await client.send({"type": "input_audio_buffer.commit"})  # that audio is committed already
+        again = await client.wait_for("error", start=n)
         n = len(client.events)
         await client.send(
             {"type": "response.create", "response": {"output_modalities": ["text"], "instructions": "Be brief."}}
@@ -89,6 +99,10 @@ async def test_manual_turn_and_text_only_reply(start_server: StartServer, speech
     finally:
         await client.close()
     assert updated["session"]["audio"]["input"]["turn_detection"] is None
+    assert empty["error"]["code"] == again["error"]["code"] == "input_audio_buffer_commit_empty"
+    assert [e["type"] for e in client.events].count("input_audio_buffer.committed") == 1
+    # All the audio appended before the commit was in the turn (2.7 s of speech and silence at 24 kHz).
+    assert heard["usage"]["seconds"] >= len(speech24k) / 24000 - 0.1, heard
     assert "spoke for" in heard["transcript"]
     assert not any(e["type"] == "response.output_audio.delta" for e in client.events)
     assert done["response"]["output"][0]["content"][0]["type"] == "output_text"
