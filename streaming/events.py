@@ -310,6 +310,10 @@ class RealtimeEvents:
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         return {"type": kind, "event_id": f"event_{next(self._n)}", **fields}
 
+    def _part_event(self, kind: str, response_id: str, item_id: str, **fields: Any) -> dict[str, Any]:
+        """An event about the reply's one content part (output 0, content 0: a reply has a single item and part)."""
+        return self._event(kind, response_id=response_id, item_id=item_id, output_index=0, content_index=0, **fields)
+
     def session_created(self, config: dict[str, Any]) -> dict[str, Any]:
         return self._event("session.created", session=self._session(config))
 
@@ -363,48 +367,27 @@ class RealtimeEvents:
         """`response.content_part.added` (empty) or `.done` (with the part's words) for the reply's one part."""
         part = {"type": "audio", "transcript": text} if speech else {"type": "text", "text": text}
         kind = "response.content_part.done" if done else "response.content_part.added"
-        return self._event(kind, response_id=response_id, item_id=item_id, output_index=0, content_index=0, part=part)
+        return self._part_event(kind, response_id, item_id, part=part)
 
     def part_streams_done(self, response_id: str, item_id: str, speech: bool, text: str) -> list[dict[str, Any]]:
         """The `.done` of each stream the reply's part had, before `response.content_part.done`: its text (sent
         for spoken replies too), and for speech the audio and its transcript."""
-        ids = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
-        out = [self._event("response.output_text.done", **ids, text=text)]
+        out = [self._part_event("response.output_text.done", response_id, item_id, text=text)]
         if speech:
-            out.append(self._event("response.output_audio.done", **ids))
-            out.append(self._event("response.output_audio_transcript.done", **ids, transcript=text))
+            out.append(self._part_event("response.output_audio.done", response_id, item_id))
+            out.append(self._part_event("response.output_audio_transcript.done", response_id, item_id, transcript=text))
         return out
 
     def output_audio_delta(self, response_id: str, item_id: str, pcm16: bytes) -> dict[str, Any]:
         """Speech for transports without an audio track: `pcm16` is int16 mono at 24 kHz."""
-        return self._event(
-            "response.output_audio.delta",
-            response_id=response_id,
-            item_id=item_id,
-            output_index=0,
-            content_index=0,
-            delta=base64.b64encode(pcm16).decode("ascii"),
-        )
+        delta = base64.b64encode(pcm16).decode("ascii")
+        return self._part_event("response.output_audio.delta", response_id, item_id, delta=delta)
 
     def output_text_delta(self, response_id: str, item_id: str, delta: str) -> dict[str, Any]:
-        return self._event(
-            "response.output_text.delta",
-            response_id=response_id,
-            item_id=item_id,
-            output_index=0,
-            content_index=0,
-            delta=delta,
-        )
+        return self._part_event("response.output_text.delta", response_id, item_id, delta=delta)
 
     def output_audio_transcript_delta(self, response_id: str, item_id: str, delta: str) -> dict[str, Any]:
-        return self._event(
-            "response.output_audio_transcript.delta",
-            response_id=response_id,
-            item_id=item_id,
-            output_index=0,
-            content_index=0,
-            delta=delta,
-        )
+        return self._part_event("response.output_audio_transcript.delta", response_id, item_id, delta=delta)
 
     def response_done(
         self, response_id: str, item_id: str, status: str, text: str, reason: str | None = None, speech: bool = True

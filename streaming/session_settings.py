@@ -4,6 +4,7 @@ inherits these steps; they share its state, declared below, and run on the event
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from streaming.audio_in import AudioInState, EngineFeed
@@ -25,15 +26,9 @@ class SettingsUpdates:
     events: RealtimeEvents
     config: SessionConfig
     worker: DeviceWorker
-
-    def describe(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _open_engine_session(self) -> EngineSession:
-        raise NotImplementedError
-
-    def _attach_memory(self, reopen: bool) -> None:
-        raise NotImplementedError
+    describe: Callable[[], dict[str, Any]]
+    _open_engine_session: Callable[[], EngineSession]
+    _attach_memory: Callable[[bool], None]
 
     async def _update(self, settings: dict[str, Any]) -> None:
         if "speech" in settings:
