@@ -43,9 +43,19 @@ class DecoderConfig:
     qkv_bias: bool = False
     tie_word_embeddings: bool = False
     mrope_section: tuple[int, ...] | None = None
-    architecture: str = "llama"  # "llama" or "qwen2": names the family the weights come from
+    architecture: str = "llama"  # "llama", "qwen2" or "qwen3_moe": names the family the weights come from
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    # Qwen3 family (Qwen3-Omni's Thinker, Talker and code predictor, section 2 of the reference):
+    qk_norm: bool = False  # per-head RMSNorm on q and k before rotary
+    mrope_interleaved: bool = False  # the T/H/W frequency sections are interleaved, not consecutive
+    num_experts: int = 0  # 0: dense SwiGLU MLP in every layer
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # renormalise the top-k router probabilities to sum to 1
+    shared_expert_intermediate_size: int = 0  # 0: no shared expert (a shared expert has a sigmoid gate)
+    decoder_sparse_step: int = 1  # layer i is sparse when (i + 1) % step == 0 and i not in mlp_only_layers
+    mlp_only_layers: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.head_dim == 0:
@@ -62,6 +72,18 @@ class DecoderConfig:
                 raise ConfigError(
                     f"mrope_section {list(self.mrope_section)} must sum to head_dim // 2 = {self.head_dim // 2}"
                 )
+        if self.num_experts and not 0 < self.num_experts_per_tok <= self.num_experts:
+            raise ConfigError(
+                f"num_experts_per_tok must be in 1..num_experts ({self.num_experts}), got {self.num_experts_per_tok}"
+            )
+
+    def is_sparse_layer(self, i: int) -> bool:
+        """Whether decoder layer `i` has a mixture-of-experts MLP (the transformers Qwen3-MoE rule)."""
+        return (
+            self.num_experts > 0
+            and i not in self.mlp_only_layers
+            and (i + 1) % max(self.decoder_sparse_step, 1) == 0
+        )
 
     # ---- presets -------------------------------------------------------------------------------------
     @classmethod
