@@ -3,7 +3,9 @@
 Layout (rotate-half, as the Hugging Face checkpoints): for frequency i < D/2 the pair (x[i], x[i + D/2])
 is rotated by angle pos * inv_freq[i]. With M-RoPE (Qwen2.5-Omni's TMRoPE) the D/2 frequencies are cut into
 `mrope_section` = (s_t, s_h, s_w) consecutive blocks, block a taking its position from axis a of
-positions [3, B, T]; plain positions [B, T] use one axis for all. As model/layers/rope.py does, angles are
+positions [3, B, T]; plain positions [B, T] use one axis for all. Interleaved M-RoPE (Qwen3-Omni) assigns
+frequency i to H when i % 3 == 1 and i < 3 s_h, to W when i % 3 == 2 and i < 3 s_w, to T otherwise
+(model/layers/rope.py `mrope_axes`). As model/layers/rope.py does, angles are
 formed and their cos/sin evaluated in float64 from the integer positions (a session hours long reaches
 positions ~1e6, where a float32 angle is off by ~0.06 rad), then rounded to float32; the rotation itself
 runs in float32 and rounds once to the tensor's dtype.
@@ -36,13 +38,16 @@ if triton is not None:
         q_ptr, k_ptr, qs_ptr, pos_ptr, shift_ptr, inv_freq_ptr,
         T, H, HKV, HALF, SEC0, SEC01,
         sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sqs_b, sqs_t, sqs_h, sp_axis, sp_b, sp_t, ss_b, ss_t,
-        HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+        HAS_SINK: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
     ):
         pid = tl.program_id(0).to(tl.int64)
         b, t = pid // T, pid % T
         i = tl.arange(0, BLOCK_HALF)
         imask = i < HALF
-        axis = (i >= SEC0).to(tl.int64) + (i >= SEC01).to(tl.int64)  # M-RoPE section of frequency i
+        if INTERLEAVED:  # SEC0, SEC01 carry 3 s_h and 3 s_w here
+            axis = ((i % 3 == 1) & (i < SEC0)).to(tl.int64) + 2 * ((i % 3 == 2) & (i < SEC01)).to(tl.int64)
+        else:  # consecutive sections: SEC0 = s_t, SEC01 = s_t + s_h
+            axis = (i >= SEC0).to(tl.int64) + (i >= SEC01).to(tl.int64)
         pos = tl.load(pos_ptr + axis * sp_axis + b * sp_b + t * sp_t, mask=imask, other=0)
         inv = tl.load(inv_freq_ptr + i, mask=imask, other=0.0)
         q = q_ptr + b * sq_b + t * sq_t
@@ -57,8 +62,10 @@ if triton is not None:
         _rotate_heads(k, sk_h, k, sk_h, HKV, cos, sin, HALF, BLOCK_H, BLOCK_HALF)
 
 
-def _sections(positions: torch.Tensor, half: int, mrope_section: tuple[int, ...] | None) -> tuple[int, int]:
-    """(end of section 0, end of section 1) in frequency indices."""
+def _sections(positions: torch.Tensor, half: int, mrope_section: tuple[int, ...] | None,
+              interleaved: bool = False) -> tuple[int, int]:
+    """The kernel's two section bounds: (end of section 0, end of section 1) in frequency indices, or
+    (3 s_h, 3 s_w) for interleaved sections."""
     if positions.dim() == 2:
         return half, half
     if positions.dim() != 3 or positions.shape[0] != 3:
@@ -66,17 +73,24 @@ def _sections(positions: torch.Tensor, half: int, mrope_section: tuple[int, ...]
     if mrope_section is None or len(mrope_section) != 3 or sum(mrope_section) != half:
         raise ValueError(f"three-axis positions need mrope_section of 3 widths summing to head_dim/2 = {half}, "
                          f"got {mrope_section}")
+    if interleaved:
+        return 3 * mrope_section[1], 3 * mrope_section[2]
     return mrope_section[0], mrope_section[0] + mrope_section[1]
 
 
 def rope_cos_sin_reference(
-    positions: torch.Tensor, inv_freq: torch.Tensor, mrope_section: tuple[int, ...] | None = None
+    positions: torch.Tensor, inv_freq: torch.Tensor, mrope_section: tuple[int, ...] | None = None,
+    interleaved: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [B, T, D] float32 for positions [B, T] or [3, B, T] and inv_freq [D/2] (float64)."""
     half = inv_freq.shape[0]
-    s0, s01 = _sections(positions, half, mrope_section)
+    s0, s01 = _sections(positions, half, mrope_section, interleaved)
     pos = positions if positions.dim() == 3 else positions[None]
-    axis = (torch.arange(half, device=pos.device) >= s0).long() + (torch.arange(half, device=pos.device) >= s01).long()
+    i = torch.arange(half, device=pos.device)
+    if interleaved and pos.shape[0] == 3:  # the kernel's rule, from its two bounds (3 s_h, 3 s_w)
+        axis = ((i % 3 == 1) & (i < s0)).long() + 2 * ((i % 3 == 2) & (i < s01)).long()
+    else:
+        axis = (i >= s0).long() + (i >= s01).long()
     per_freq = pos.movedim(0, -1)[..., axis]  # [B, T, D/2]: the axis each frequency reads
     ang = per_freq.double() * inv_freq.double().to(pos.device)
     emb = torch.cat([ang, ang], dim=-1)
@@ -113,14 +127,14 @@ def _check(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: 
 def rope_qk_reference_(
     q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
     mrope_section: tuple[int, ...] | None = None, q_sink: torch.Tensor | None = None,
-    sink_shift: torch.Tensor | None = None,
+    sink_shift: torch.Tensor | None = None, interleaved: bool = False,
 ) -> None:
     """Eager reference of `rope_qk_` (same contract)."""
     _check(q, k, positions, inv_freq, q_sink, sink_shift)
     if q_sink is not None and sink_shift is not None:
         shifted = positions - sink_shift.expand(positions.shape[-2:])
-        q_sink.copy_(rope_reference(q, *rope_cos_sin_reference(shifted, inv_freq, mrope_section)))
-    cos, sin = rope_cos_sin_reference(positions, inv_freq, mrope_section)
+        q_sink.copy_(rope_reference(q, *rope_cos_sin_reference(shifted, inv_freq, mrope_section, interleaved)))
+    cos, sin = rope_cos_sin_reference(positions, inv_freq, mrope_section, interleaved)
     q.copy_(rope_reference(q, cos, sin))
     k.copy_(rope_reference(k, cos, sin))
 
@@ -128,7 +142,7 @@ def rope_qk_reference_(
 def rope_qk_triton_(
     q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
     mrope_section: tuple[int, ...] | None = None, q_sink: torch.Tensor | None = None,
-    sink_shift: torch.Tensor | None = None,
+    sink_shift: torch.Tensor | None = None, interleaved: bool = False,
 ) -> None:
     """The Triton launcher (CUDA, or CPU tensors under TRITON_INTERPRET=1); same contract as `rope_qk_`."""
     require_triton("rope_qk_")
@@ -137,7 +151,7 @@ def rope_qk_triton_(
         if t is not None and t.stride(-1) != 1:
             raise ValueError(f"{name} must have a contiguous last dimension (rotated in place), strides {t.stride()}")
     B, T, H, D = q.shape
-    s0, s01 = _sections(positions, D // 2, mrope_section)
+    s0, s01 = _sections(positions, D // 2, mrope_section, interleaved)
     pos = positions if positions.dim() == 3 else positions[None]
     qs = q if q_sink is None else q_sink
     shift = positions.new_zeros(1, 1) if sink_shift is None else sink_shift
@@ -149,23 +163,25 @@ def rope_qk_triton_(
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             qs.stride(0), qs.stride(1), qs.stride(2), pos.stride(0) if pos.shape[0] == 3 else 0,
             pos.stride(1), pos.stride(2), shift.stride(0) if shift.shape[0] == B else 0, shift.stride(1),
-            HAS_SINK=q_sink is not None, BLOCK_H=next_pow2(max(H, k.shape[2])), BLOCK_HALF=next_pow2(D // 2),
+            HAS_SINK=q_sink is not None, INTERLEAVED=interleaved and pos.shape[0] == 3,
+            BLOCK_H=next_pow2(max(H, k.shape[2])), BLOCK_HALF=next_pow2(D // 2),
         )
 
 
 def rope_qk_(
     q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
     mrope_section: tuple[int, ...] | None = None, q_sink: torch.Tensor | None = None,
-    sink_shift: torch.Tensor | None = None,
+    sink_shift: torch.Tensor | None = None, interleaved: bool = False,
 ) -> None:
     """Rotate q [B, T, H, D] and k [B, T, Hkv, D] in place (views into the fused qkv output are fine).
 
     positions: [B, T] or [3, B, T] integers; inv_freq: [D/2] (float64, `rope_inv_freq`); mrope_section:
-    three widths summing to D/2 for three-axis positions. With q_sink [B, T, H, D] and sink_shift [T] or
+    three widths summing to D/2 for three-axis positions, consecutive or (`interleaved`) interleaved. With
+    q_sink [B, T, H, D] and sink_shift [T] or
     [B, T], q_sink receives q rotated by positions - sink_shift (every axis shifted). Triton on CUDA, the
     eager reference elsewhere.
     """
     if use_triton(q):
-        rope_qk_triton_(q, k, positions, inv_freq, mrope_section, q_sink, sink_shift)
+        rope_qk_triton_(q, k, positions, inv_freq, mrope_section, q_sink, sink_shift, interleaved)
     else:
-        rope_qk_reference_(q, k, positions, inv_freq, mrope_section, q_sink, sink_shift)
+        rope_qk_reference_(q, k, positions, inv_freq, mrope_section, q_sink, sink_shift, interleaved)

@@ -2,7 +2,8 @@
 
 q/k/v are one fused projection (fewer, larger matmuls: on 2 CPU cores a decode step is dominated by
 per-op overhead and weight reads). Query heads are grouped with their KV head by a view, so the cache
-is never expanded with repeat_interleave.
+is never expanded with repeat_interleave. With `qk_norm` (the Qwen3 family) each head of q and k is
+RMS-normalised over head_dim (weights `q_norm`, `k_norm` [head_dim]) before the rotation.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.layers.norm import RMSNorm
 from model.layers.rope import apply_folded_rope
 from model.lm.kv_cache import AttentionPlan, KVCache
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, qkv_bias: bool) -> None:
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, qkv_bias: bool,
+                 qk_norm: bool = False, eps: float = 1e-6) -> None:
         super().__init__()
+        self.q_norm = RMSNorm(head_dim, eps) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, eps) if qk_norm else None
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.qkv_proj = nn.Linear(dim, (num_heads + 2 * num_kv_heads) * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=False)
@@ -38,9 +43,13 @@ class Attention(nn.Module):
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         G = H // Hkv
         qkv = self.qkv_proj(x)
+        qk = qkv[..., : (H + Hkv) * D].view(B, T, H + Hkv, D)
+        if self.q_norm is not None and self.k_norm is not None:
+            qk = torch.cat([self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])], dim=2)
+        qk = qk.transpose(1, 2)  # [B, H + Hkv, T, D]
         # q and k rotated together: one rotary application per layer instead of two
-        qk = apply_folded_rope(qkv[..., : (H + Hkv) * D].view(B, T, H + Hkv, D).transpose(1, 2), rope)
-        q_rot, k_rot = qk[:, :H], qk[:, H:]  # [B, H, T, D], [B, Hkv, T, D]
+        qk_rot = apply_folded_rope(qk, rope)
+        q_rot, k_rot = qk_rot[:, :H], qk_rot[:, H:]  # [B, H, T, D], [B, Hkv, T, D]
         v = qkv[..., (H + Hkv) * D :].view(B, T, Hkv, D).transpose(1, 2)
         cache.write(layer, plan.slots, k_rot, v)
 
@@ -53,7 +62,7 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q_rot, keys, values, attn_mask=plan.mask.to(q_rot.dtype),
                                                  scale=self.scale, enable_gqa=G > 1)
         else:  # the cache has wrapped: sinks are scored by the query rotated to a shifted position
-            out = self._attend_shifted_sinks(qkv[..., : H * D].view(B, T, H, D).transpose(1, 2), q_rot, keys, values,
+            out = self._attend_shifted_sinks(qk[:, :H], q_rot, keys, values,
                                              sink_rope, cache.cfg.sinks, plan)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * D))
 

@@ -96,6 +96,9 @@ def quantize_decoder(lm: nn.Module, kind: str) -> int:
     if kind not in QUANT_KINDS:
         raise ValueError(f"quantisation must be one of {QUANT_KINDS}, got {kind!r}")
     replaced = 0
+    if any(not hasattr(layer.mlp, "gate_up_proj") for layer in lm.layers):  # type: ignore[union-attr]
+        raise ValueError("int8/int4 quantisation of mixture-of-experts MLPs is not supported; run this model "
+                         "in bf16/fp32")
     for layer in lm.layers:  # type: ignore[union-attr]
         for parent, name in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"), (layer.mlp, "gate_up_proj"),
                              (layer.mlp, "down_proj")):

@@ -2,7 +2,9 @@
 
 One config covers the Llama and Qwen2 families (what Qwen2.5-Omni's Thinker and Talker are built on):
 RMSNorm, grouped-query attention, SwiGLU, optional q/k/v bias, optional tied embeddings, RoPE with a
-configurable theta and, for the Omni models, multimodal RoPE with three position axes.
+configurable theta and, for the Omni models, multimodal RoPE with three position axes. The Qwen3 family
+(Qwen3-Omni's Thinker, Talker and code predictor) adds per-head q/k RMSNorm, interleaved M-RoPE and
+mixture-of-experts MLPs (an optional shared expert with a sigmoid gate).
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "MistralForCausalLM": "llama",
 }
+# Qwen3-Omni's decoder configs (transformers `Qwen3OmniMoeTextConfig`, `Qwen3OmniMoeTalkerTextConfig`,
+# `Qwen3OmniMoeTalkerCodePredictorConfig`), read by model_type: their rotary embedding is always the
+# interleaved three-axis M-RoPE (default sections [24, 20, 20]) except the code predictor's plain RoPE.
+QWEN3_OMNI_TYPES = {
+    "qwen3_omni_moe_text": True,  # model_type -> uses interleaved M-RoPE
+    "qwen3_omni_moe_talker_text": True,
+    "qwen3_omni_moe_talker_code_predictor": False,
+}
+_QWEN3_OMNI_MROPE = (24, 20, 20)
 
 
 @dataclass
@@ -72,6 +83,11 @@ class DecoderConfig:
                 raise ConfigError(
                     f"mrope_section {list(self.mrope_section)} must sum to head_dim // 2 = {self.head_dim // 2}"
                 )
+        if self.mrope_interleaved and self.mrope_section is None:
+            raise ConfigError("mrope_interleaved needs mrope_section")
+        if self.num_experts and self.moe_intermediate_size <= 0:
+            raise ConfigError(f"a mixture-of-experts config needs moe_intermediate_size > 0, "
+                              f"got {self.moe_intermediate_size}")
         if self.num_experts and not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ConfigError(
                 f"num_experts_per_tok must be in 1..num_experts ({self.num_experts}), got {self.num_experts_per_tok}"
@@ -97,9 +113,12 @@ class DecoderConfig:
     # ---- config.json -----------------------------------------------------------------------------------
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any]) -> DecoderConfig:
-        """Read a Hugging Face config.json dict of a Llama- or Qwen2-family causal LM."""
+        """Read a Hugging Face config.json dict of a Llama- or Qwen2-family causal LM, or one of Qwen3-Omni's
+        decoder sub-configs (thinker text, talker text, code predictor; see QWEN3_OMNI_TYPES)."""
         archs = cfg.get("architectures") or []
         model_type = cfg.get("model_type", "")
+        if model_type in QWEN3_OMNI_TYPES:
+            return cls._from_qwen3_omni(cfg)
         family = None
         for a in archs:
             family = family or SUPPORTED_ARCHITECTURES.get(a)
@@ -138,8 +157,47 @@ class DecoderConfig:
         kw["qkv_bias"] = True if family == "qwen2" else bool(cfg.get("attention_bias", False))
         return cls(**kw, architecture=family, eos_token_ids=eos_ids)
 
+    @classmethod
+    def _from_qwen3_omni(cls, cfg: dict[str, Any]) -> DecoderConfig:
+        model_type = cfg["model_type"]
+        rope = _rope_params(cfg)
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
+        names = {
+            "vocab_size": "vocab_size", "hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
+            "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+            "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "rms_norm_eps": "rms_norm_eps",
+            "max_position_embeddings": "max_position_embeddings", "tie_word_embeddings": "tie_word_embeddings",
+            "bos_token_id": "bos_token_id",
+            "num_experts_per_tok": "num_experts_per_tok", "moe_intermediate_size": "moe_intermediate_size",
+            "norm_topk_prob": "norm_topk_prob", "shared_expert_intermediate_size": "shared_expert_intermediate_size",
+            "decoder_sparse_step": "decoder_sparse_step",
+        }
+        kw = hf_fields(cls, cfg, names, "config.json", required=tuple(names)[:5])
+        kw.setdefault("num_kv_heads", kw["num_heads"])
+        if cfg.get("attention_bias"):
+            raise ConfigError("attention_bias=true is not supported for Qwen3 decoders (the released models have none)")
+        if cfg.get("sliding_window") is not None and "sliding_attention" in (cfg.get("layer_types") or []):
+            raise ConfigError("sliding-window attention layers are not supported")
+        experts = cfg.get("num_experts", cfg.get("num_local_experts", 0))
+        if model_type != "qwen3_omni_moe_talker_code_predictor" and experts:
+            kw["num_experts"] = int(experts)
+            kw["mlp_only_layers"] = tuple(int(i) for i in cfg.get("mlp_only_layers") or ())
+        else:  # the code predictor is dense
+            for key in ("num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+                        "shared_expert_intermediate_size", "decoder_sparse_step"):
+                kw.pop(key, None)
+        if "rope_theta" in rope:
+            kw["rope_theta"] = float(rope["rope_theta"])
+        if QWEN3_OMNI_TYPES[model_type]:  # transformers interleaves whatever the config's "interleaved" says
+            kw["mrope_section"] = tuple(rope.get("mrope_section") or _QWEN3_OMNI_MROPE)
+            kw["mrope_interleaved"] = True
+        return cls(**kw, architecture="qwen3_moe", qk_norm=True, eos_token_ids=eos_ids)
+
     def to_hf_config(self) -> dict[str, Any]:
         """The config.json dict that `from_hf_config` reads back to an equal config."""
+        if self.architecture == "qwen3_moe":
+            return self._to_qwen3_omni()
         arch = "Qwen2ForCausalLM" if self.architecture == "qwen2" else "LlamaForCausalLM"
         rope: dict[str, Any] = {"rope_type": "default", "rope_theta": self.rope_theta}
         if self.mrope_section:
@@ -163,6 +221,37 @@ class DecoderConfig:
         }
         if self.architecture == "llama":
             out["attention_bias"] = self.qkv_bias
+        if self.bos_token_id is not None:
+            out["bos_token_id"] = self.bos_token_id
+        if self.eos_token_ids:
+            out["eos_token_id"] = list(self.eos_token_ids)
+        return out
+
+
+    def _to_qwen3_omni(self) -> dict[str, Any]:
+        if not self.qk_norm or (self.mrope_section is not None) != self.mrope_interleaved:
+            raise ConfigError("a qwen3_moe config.json has q/k norm and, with M-RoPE, interleaved sections")
+        rope: dict[str, Any] = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.mrope_section:
+            rope |= {"mrope_section": list(self.mrope_section), "interleaved": True}
+            model_type = "qwen3_omni_moe_talker_text" if self.shared_expert_intermediate_size else "qwen3_omni_moe_text"
+        else:
+            if self.num_experts:
+                raise ConfigError("Qwen3-Omni's mixture-of-experts decoders use interleaved M-RoPE")
+            model_type = "qwen3_omni_moe_talker_code_predictor"
+        out: dict[str, Any] = {
+            "model_type": model_type, "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads, "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps, "rope_parameters": rope,
+            "max_position_embeddings": self.max_position_embeddings, "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu", "attention_bias": False,
+        }
+        if self.num_experts:
+            out |= {"num_experts": self.num_experts, "num_experts_per_tok": self.num_experts_per_tok,
+                    "moe_intermediate_size": self.moe_intermediate_size, "norm_topk_prob": self.norm_topk_prob,
+                    "decoder_sparse_step": self.decoder_sparse_step, "mlp_only_layers": list(self.mlp_only_layers),
+                    "shared_expert_intermediate_size": self.shared_expert_intermediate_size}
         if self.bos_token_id is not None:
             out["bos_token_id"] = self.bos_token_id
         if self.eos_token_ids:
@@ -207,6 +296,26 @@ PRESETS: dict[str, DecoderConfig] = {
         vocab_size=8448, hidden_size=896, intermediate_size=18944, num_layers=24, num_heads=12,
         num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768,
         qkv_bias=True, mrope_section=(16, 24, 24), architecture="qwen2",
+    ),
+    # Qwen3-Omni-30B-A3B (section 2.1 / 2.5 of the reference): Thinker MoE (128 experts top-8, FFN 768 each),
+    # Talker MoE (top-6, FFN 384, shared expert 768), dense code predictor.
+    "qwen3-omni-30b-a3b-thinker": DecoderConfig(
+        vocab_size=152064, hidden_size=2048, intermediate_size=768, num_layers=48, num_heads=32,
+        num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=65536,
+        mrope_section=(24, 20, 20), mrope_interleaved=True, qk_norm=True, architecture="qwen3_moe",
+        num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768, norm_topk_prob=True,
+    ),
+    "qwen3-omni-30b-a3b-talker": DecoderConfig(
+        vocab_size=3072, hidden_size=1024, intermediate_size=2048, num_layers=20, num_heads=16,
+        num_kv_heads=2, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=65536,
+        mrope_section=(24, 20, 20), mrope_interleaved=True, qk_norm=True, architecture="qwen3_moe",
+        num_experts=128, num_experts_per_tok=6, moe_intermediate_size=384, norm_topk_prob=True,
+        shared_expert_intermediate_size=768,
+    ),
+    "qwen3-omni-code-predictor": DecoderConfig(
+        vocab_size=2048, hidden_size=1024, intermediate_size=3072, num_layers=5, num_heads=16,
+        num_kv_heads=8, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=65536,
+        qk_norm=True, architecture="qwen3_moe",
     ),
     # A tiny shape for tests and quick experiments.
     "tiny": DecoderConfig(

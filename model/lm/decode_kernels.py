@@ -89,8 +89,13 @@ def _attention(ops: KernelOps, layer: Any, model: Any, i: int, normed: torch.Ten
     q = qkv[..., : H * D].view(B, 1, H, D)
     k = qkv[..., H * D : (H + Hkv) * D].view(B, 1, Hkv, D)
     v = qkv[..., (H + Hkv) * D :].view(B, 1, Hkv, D)
+    if attn.q_norm is not None:  # per-head RMSNorm of q and k (Qwen3) before the rotation
+        eps = model.cfg.rms_norm_eps
+        q = ops.add_rms_norm(q, None, attn.q_norm.weight, eps)[0]
+        k = ops.add_rms_norm(k, None, attn.k_norm.weight, eps)[0]
     q_sink = None if inp.sink_shift is None else torch.empty_like(q)
-    ops.rope_qk_(q, k, inp.positions, model.inv_freq, model.cfg.mrope_section, q_sink, inp.sink_shift)
+    ops.rope_qk_(q, k, inp.positions, model.inv_freq, model.cfg.mrope_section, q_sink, inp.sink_shift,
+                 model.cfg.mrope_interleaved)
     rows = torch.arange(B, device=normed.device)
     inp.k[i][rows, :, inp.slots] = k[:, 0].to(inp.k.dtype)  # [B, Hkv, D] at each row's own slot
     inp.v[i][rows, :, inp.slots] = v[:, 0].to(inp.v.dtype)
@@ -112,7 +117,10 @@ def decode_step(model: Any, ops: KernelOps, inp: StepInputs) -> torch.Tensor:
         out = _attention(ops, layer, model, i, normed, inp)
         normed, h = ops.add_rms_norm(out, h, layer.post_attention_layernorm.weight, eps)
         mlp = layer.mlp
-        out = project(ops, mlp.down_proj, ops.silu_gate(project(ops, mlp.gate_up_proj, normed)))
+        if hasattr(mlp, "gate_up_proj"):
+            out = project(ops, mlp.down_proj, ops.silu_gate(project(ops, mlp.gate_up_proj, normed)))
+        else:  # a mixture-of-experts MLP: its grouped-matmul dispatch (kernels/moe_matmul.py)
+            out = mlp(normed)
     final, _ = ops.add_rms_norm(out, h, model.norm.weight, eps)
     return final
 

@@ -1,4 +1,4 @@
-"""Decoder-only transformer LM (Llama / Qwen2 family) with per-session state.
+"""Decoder-only transformer LM (Llama / Qwen2 / Qwen3-MoE family) with per-session state.
 
 The module holds weights only and is shared by every session; each session owns a `DecoderState` (its
 bounded KV cache and position counter) made by `init_state` and passed to every call.
@@ -18,6 +18,7 @@ from kernels.decode_step import CACHE_DTYPES, DecodeStep, LayerWeights
 from kernels.q8_matmul import pack_q8_0, q8_0_matmul
 from model.layers.attention import Attention
 from model.layers.int4_linear import Q4Linear
+from model.layers.mlp import GatedMLP, SparseMoE
 from model.layers.norm import RMSNorm
 from model.layers.rope import fold_rope, rope_cos_sin, rope_inv_freq
 from model.lm.config import DecoderConfig
@@ -43,27 +44,20 @@ class DecoderOutput:
     hidden: torch.Tensor | None  # [B, T, C] after the final norm, when asked for
 
 
-class GatedMLP(nn.Module):
-    """SwiGLU with gate and up projections fused into one matmul."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.hidden = hidden
-        self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.hidden, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
-
-
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: DecoderConfig) -> None:
+    mlp: GatedMLP | SparseMoE
+
+    def __init__(self, cfg: DecoderConfig, index: int = 0) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.qkv_bias)
+        self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.qkv_bias,
+                                   cfg.qk_norm, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
+        if cfg.is_sparse_layer(index):
+            self.mlp = SparseMoE(cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size,
+                                 cfg.norm_topk_prob, cfg.shared_expert_intermediate_size)
+        else:
+            self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
 
 
 _RESCORED = 8  # candidates re-scored in full precision by a narrow head (see DecoderLM.head)
@@ -80,7 +74,7 @@ class DecoderLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
@@ -151,7 +145,10 @@ class DecoderLM(nn.Module):
         """Run one-token steps of a single session as one C call (kernels/decode_step.py) when every
         projection is a Q4Linear and the residual stream and cache are float32 on the CPU; returns whether
         it could. Prefill and batches keep the per-layer path, which uses the same 4-bit kernels. Sessions
-        started afterwards get a float16 cache unless their CacheConfig says otherwise (`cache_dtype`)."""
+        started afterwards get a float16 cache unless their CacheConfig says otherwise (`cache_dtype`).
+        The C step has no q/k norm and no mixture-of-experts MLP: such models keep the per-layer path."""
+        if self.cfg.qk_norm or self.cfg.num_experts:
+            return False
         layers = cast(list[DecoderLayer], self.layers)
         projections = [p for L in layers for p in (L.self_attn.qkv_proj, L.self_attn.o_proj, L.mlp.gate_up_proj,
                                                     L.mlp.down_proj)]
@@ -220,10 +217,11 @@ class DecoderLM(nn.Module):
         ops = self.decode_ops or (DISPATCH_OPS if x.is_cuda else None)
         if ops is not None and x.shape[1] == 1:  # decode on the GPU kernels (model/lm/decode_kernels.py)
             return decode_step(self, ops, single_session_inputs(x, positions, cache, plan.slots, plan.sink_shift))
-        rope = fold_rope(*rope_cos_sin(positions, self.inv_freq, self.cfg.mrope_section), self.dtype)
+        section, interleaved = self.cfg.mrope_section, self.cfg.mrope_interleaved
+        rope = fold_rope(*rope_cos_sin(positions, self.inv_freq, section, interleaved), self.dtype)
         sink_rope = None
         if plan.sink_shift is not None:
-            sink_rope = fold_rope(*rope_cos_sin(positions - plan.sink_shift, self.inv_freq, self.cfg.mrope_section),
+            sink_rope = fold_rope(*rope_cos_sin(positions - plan.sink_shift, self.inv_freq, section, interleaved),
                                   self.dtype)
         if self._fused is not None and x.shape[:2] == (1, 1) and cache.k.dtype in CACHE_DTYPES:
             D = self.cfg.head_dim

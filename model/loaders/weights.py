@@ -3,6 +3,12 @@
 Both loaders (safetensors directories and GGUF files) produce reference-layout tensors
 (`q_proj`, `k_proj`, ... in Hugging Face naming, rotate-half rotary layout); this module checks their
 shapes against the config and fuses q/k/v and gate/up into the module's single projections.
+
+Qwen3-MoE layers (Qwen3-Omni): `self_attn.q_norm` / `k_norm` [head_dim], the router `mlp.gate` [E, C], the
+experts as released (`mlp.experts.{e}.{gate,up,down}_proj.weight`, unfused per expert: what the checkpoint and
+transformers' save_pretrained hold) or in transformers' fused in-memory form (`mlp.experts.gate_up_proj`
+[E, 2I, C], `mlp.experts.down_proj` [E, C, I]); both are stacked into the module's [E, ...] parameters. A
+shared expert has `mlp.shared_expert.{gate,up,down}_proj` and its gate `mlp.shared_expert_gate` [1, C].
 """
 
 from __future__ import annotations
@@ -67,10 +73,13 @@ def expected_shapes(cfg: DecoderConfig) -> dict[str, tuple[int, ...]]:
             p + "self_attn.k_proj.weight": (cfg.num_kv_heads * D, C),
             p + "self_attn.v_proj.weight": (cfg.num_kv_heads * D, C),
             p + "self_attn.o_proj.weight": (C, cfg.num_heads * D),
-            p + "mlp.gate_proj.weight": (cfg.intermediate_size, C),
-            p + "mlp.up_proj.weight": (cfg.intermediate_size, C),
-            p + "mlp.down_proj.weight": (C, cfg.intermediate_size),
         }
+        if cfg.qk_norm:
+            shapes |= {p + "self_attn.q_norm.weight": (D,), p + "self_attn.k_norm.weight": (D,)}
+        if cfg.is_sparse_layer(i):
+            shapes |= _moe_shapes(cfg, i)
+        else:
+            shapes |= _mlp_shapes(p + "mlp.", C, cfg.intermediate_size)
         if cfg.qkv_bias:
             shapes |= {
                 p + "self_attn.q_proj.bias": (cfg.num_heads * D,),
@@ -79,6 +88,23 @@ def expected_shapes(cfg: DecoderConfig) -> dict[str, tuple[int, ...]]:
             }
     if not cfg.tie_word_embeddings:
         shapes["lm_head.weight"] = (cfg.vocab_size, C)
+    return shapes
+
+
+def _mlp_shapes(p: str, dim: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    return {p + "gate_proj.weight": (hidden, dim), p + "up_proj.weight": (hidden, dim),
+            p + "down_proj.weight": (dim, hidden)}
+
+
+def _moe_shapes(cfg: DecoderConfig, i: int) -> dict[str, tuple[int, ...]]:
+    """A sparse layer's MLP tensors in the released (per-expert) layout."""
+    m, C = f"layers.{i}.mlp.", cfg.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {m + "gate.weight": (cfg.num_experts, C)}
+    for e in range(cfg.num_experts):
+        shapes |= _mlp_shapes(f"{m}experts.{e}.", C, cfg.moe_intermediate_size)
+    if cfg.shared_expert_intermediate_size:
+        shapes |= _mlp_shapes(m + "shared_expert.", C, cfg.shared_expert_intermediate_size)
+        shapes[m + "shared_expert_gate.weight"] = (1, C)
     return shapes
 
 
@@ -131,7 +157,14 @@ def _checked_tensors(
     """Every reference-layout tensor of `cfg`, its shape checked; Q4 weights stay 4-bit only in the layers
     when `int4`, the rest is expanded to `dtype` on `device`."""
     tensors: dict[str, Weight] = {}
-    for name, shape in expected_shapes(cfg).items():
+    shapes = expected_shapes(cfg)
+    for i in range(cfg.num_layers):
+        if cfg.is_sparse_layer(i):
+            tensors |= _stacked_experts(cfg, i, get, dtype, device, where)
+            for e in range(cfg.num_experts):
+                for n in ("gate", "up", "down"):
+                    del shapes[f"layers.{i}.mlp.experts.{e}.{n}_proj.weight"]
+    for name, shape in shapes.items():
         t = get(name)
         if t is None:
             raise CheckpointError(f"{where}: tensor {name!r} is missing (expected shape {list(shape)})")
@@ -143,6 +176,40 @@ def _checked_tensors(
             t = t.dense()
         tensors[name] = t if isinstance(t, Q4Weight) else t.to(device=device, dtype=dtype)
     return tensors
+
+
+def _stacked_experts(
+    cfg: DecoderConfig, i: int, get: TensorGetter, dtype: torch.dtype, device: str | torch.device, where: str
+) -> dict[str, Weight]:
+    """Layer i's experts as `experts.gate_up_proj` [E, 2I, C] and `experts.down_proj` [E, C, I], from the
+    per-expert tensors or, when the checkpoint has none, from transformers' fused ones."""
+    p = f"layers.{i}.mlp.experts."
+    E, I, C = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
+    first = get(p + "0.gate_proj.weight")
+    if first is None:
+        fused = {p + "gate_up_proj": (E, 2 * I, C), p + "down_proj": (E, C, I)}
+        out: dict[str, Weight] = {}
+        for name, shape in fused.items():
+            t = get(name)
+            if t is None:
+                raise CheckpointError(f"{where}: tensor {p + '0.gate_proj.weight'!r} is missing (nor are the experts "
+                                      f"stored fused as {name!r})")
+            if tuple(t.shape) != shape:
+                raise CheckpointError(f"{where}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)}")
+            out[name] = _dense(t).to(device=device, dtype=dtype)
+        return out
+    gate_up = torch.empty(E, 2 * I, C, dtype=dtype, device=device)
+    down = torch.empty(E, C, I, dtype=dtype, device=device)
+    for e in range(E):
+        for n, dst in (("gate", gate_up[e, :I]), ("up", gate_up[e, I:]), ("down", down[e])):
+            name = f"{p}{e}.{n}_proj.weight"
+            t = first if (e, n) == (0, "gate") else get(name)
+            if t is None:
+                raise CheckpointError(f"{where}: tensor {name!r} is missing (expected shape {list(dst.shape)})")
+            if t.shape != dst.shape:
+                raise CheckpointError(f"{where}: tensor {name!r} has shape {list(t.shape)}, expected {list(dst.shape)}")
+            dst.copy_(_dense(t))
+    return {p + "gate_up_proj": gate_up, p + "down_proj": down}
 
 
 def _fused_state(
@@ -162,10 +229,25 @@ def _fused_state(
         if cfg.qkv_bias:
             state[a + "qkv_proj.bias"] = torch.cat([_dense(tensors.pop(a + f"{n}_proj.bias")) for n in "qkv"])
         state[a + "o_proj.weight"] = tensors.pop(a + "o_proj.weight")
-        state[m + "gate_up_proj.weight"] = _fuse([tensors.pop(m + "gate_proj.weight"),
-                                                  tensors.pop(m + "up_proj.weight")], dtype, device)
-        state[m + "down_proj.weight"] = tensors.pop(m + "down_proj.weight")
+        if cfg.qk_norm:
+            for norm in ("q_norm.weight", "k_norm.weight"):
+                state[a + norm] = tensors.pop(a + norm)
+        if not cfg.is_sparse_layer(i):
+            state |= _fused_mlp(tensors, m, dtype, device)
+            continue
+        for name in ("gate.weight", "experts.gate_up_proj", "experts.down_proj"):
+            state[m + name] = tensors.pop(m + name)
+        if cfg.shared_expert_intermediate_size:
+            state |= _fused_mlp(tensors, m + "shared_expert.", dtype, device)
+            state[m + "shared_expert_gate.weight"] = tensors.pop(m + "shared_expert_gate.weight")
     return state
+
+
+def _fused_mlp(tensors: dict[str, Weight], m: str, dtype: torch.dtype, device: str | torch.device) -> dict[str, Weight]:
+    """A SwiGLU MLP's state under prefix m: gate and up fused into gate_up_proj."""
+    return {m + "gate_up_proj.weight": _fuse([tensors.pop(m + "gate_proj.weight"), tensors.pop(m + "up_proj.weight")],
+                                             dtype, device),
+            m + "down_proj.weight": tensors.pop(m + "down_proj.weight")}
 
 
 def _dense(w: Weight) -> torch.Tensor:
