@@ -40,14 +40,14 @@ if triton is not None:
         rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         rk = tl.arange(0, BLOCK_K)
         m_ok = rm < end
-        w_base = w_ptr + tl.minimum(e, E - 1).to(tl.int64) * sw_e
+        w_base = w_ptr + tl.minimum(e, E - 1).to(tl.int64) * sw_e  # a valid expert even for unused tiles
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             x = tl.load(x_ptr + rm[:, None].to(tl.int64) * sx_m + kk[None, :],
                         mask=m_ok[:, None] & (kk[None, :] < K), other=0.0)
             w = tl.load(w_base + rn[None, :].to(tl.int64) * sw_n + kk[:, None],
-                        mask=(rn[None, :] < N) & (kk[:, None] < K) & (e < E), other=0.0)  # [BLOCK_K, BLOCK_N]
+                        mask=(rn[None, :] < N) & (kk[:, None] < K), other=0.0)  # [BLOCK_K, BLOCK_N]
             acc += dot(x, w, DOT_FP32)
         tl.store(y_ptr + rm[:, None].to(tl.int64) * sy_m + rn[None, :], round_to(acc, y_ptr.dtype.element_ty),
                  mask=m_ok[:, None] & (rn[None, :] < N))

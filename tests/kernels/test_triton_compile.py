@@ -22,7 +22,7 @@ _COMPILE_ALL = r'''
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels import decode_attention, int4_matmul, int8_matmul, rms_norm, rope, silu_gate
+from kernels import decode_attention, int4_matmul, int8_matmul, moe_matmul, rms_norm, rope, silu_gate
 
 def compile_for_sm90(fn, pointers, scalars, consts):
     """pointers: {name: element type}; any other *_ptr takes the activation type; other args are i32."""
@@ -35,8 +35,12 @@ for ACT in ("*bf16", "*fp32"):
     compile_for_sm90(rms_norm._add_rms_norm_kernel, {}, {"eps": "fp32"}, {"HAS_RESIDUAL": False, "BLOCK": 128})
     compile_for_sm90(silu_gate._silu_gate_kernel, {}, {}, {"BLOCK": 1024})
     for sink in (True, False):
-        compile_for_sm90(rope._rope_qk_kernel, {"pos_ptr": "*i64", "shift_ptr": "*i64", "inv_freq_ptr": "*fp64"},
-                         {}, {"HAS_SINK": sink, "BLOCK_H": 32, "BLOCK_HALF": 64})
+        for interleaved in (True, False):
+            compile_for_sm90(rope._rope_qk_kernel, {"pos_ptr": "*i64", "shift_ptr": "*i64", "inv_freq_ptr": "*fp64"},
+                             {}, {"HAS_SINK": sink, "INTERLEAVED": interleaved, "BLOCK_H": 32, "BLOCK_HALF": 64})
+    compile_for_sm90(moe_matmul._grouped_matmul_kernel,
+                     {"tile_expert_ptr": "*i64", "tile_row_ptr": "*i64", "offsets_ptr": "*i64"}, {},
+                     {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "DOT_FP32": False})
     f32 = {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32"}
     compile_for_sm90(decode_attention._split_kernel, {"len_ptr": "*i64", "tok_ptr": "*i64", **f32},
                      {"scale": "fp32"}, {"BLOCK_G": 16, "BLOCK_N": 32, "BLOCK_D": 128, "DOT_FP32": False})

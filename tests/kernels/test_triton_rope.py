@@ -32,9 +32,10 @@ def _qkv(dtype: torch.dtype, device: torch.device, g: torch.Generator) -> tuple[
     return qk[:, :, :H], qk[:, :, H:]
 
 
-@pytest.mark.parametrize("three_axes", [False, True])
+@pytest.mark.parametrize("three_axes,interleaved", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("shift_per_row", [None, False, True])
-def test_float32_matches_reference(device: torch.device, three_axes: bool, shift_per_row: bool | None) -> None:
+def test_float32_matches_reference(device: torch.device, three_axes: bool, interleaved: bool,
+                                   shift_per_row: bool | None) -> None:
     g = torch.Generator().manual_seed(int(three_axes) + 2 * (shift_per_row or 0))
     q, k = _qkv(torch.float32, device, g)
     pos = _positions(three_axes, g).to(device)
@@ -44,9 +45,9 @@ def test_float32_matches_reference(device: torch.device, three_axes: bool, shift
     section = SECTION if three_axes else None
     q_ref, k_ref = q.clone(), k.clone()
     sink_ref = None if shift is None else torch.empty_like(q_ref)
-    rope_qk_reference_(q_ref, k_ref, pos, _inv_freq(), section, sink_ref, shift)
+    rope_qk_reference_(q_ref, k_ref, pos, _inv_freq(), section, sink_ref, shift, interleaved)
     sink = None if shift is None else torch.empty_like(q)
-    rope_qk_triton_(q, k, pos, _inv_freq().to(device), section, sink, shift)
+    rope_qk_triton_(q, k, pos, _inv_freq().to(device), section, sink, shift, interleaved)
     # Same float64 angles and float32 tables; the rotation differs by at most ~2 float32 roundings of
     # values |x| < 10: 1e-6 absolute is > 4 ulps there.
     torch.testing.assert_close(q, q_ref, rtol=1e-6, atol=1e-6)
@@ -76,18 +77,35 @@ def test_reference_equals_the_model_rotary() -> None:
 
     g = torch.Generator().manual_seed(9)
     inv = _inv_freq()
-    for three_axes in (False, True):
+    for three_axes, interleaved in ((False, False), (True, False), (True, True)):
         pos = _positions(three_axes, g)
         section = SECTION if three_axes else None
-        cos, sin = rope_cos_sin_reference(pos, inv, section)
-        m_cos, m_sin = rope_cos_sin(pos, inv, section)
+        cos, sin = rope_cos_sin_reference(pos, inv, section, interleaved)
+        m_cos, m_sin = rope_cos_sin(pos, inv, section, interleaved)
         assert torch.equal(cos, m_cos) and torch.equal(sin, m_sin)
         for dtype in (torch.float32, torch.bfloat16):
             q, k = _qkv(dtype, torch.device("cpu"), g)
             want_q = apply_rope(q.transpose(1, 2), m_cos, m_sin).transpose(1, 2)  # the model's [B, H, T, D]
             want_k = apply_rope(k.transpose(1, 2), m_cos, m_sin).transpose(1, 2)
-            rope_qk_reference_(q, k, pos, inv, section)
+            rope_qk_reference_(q, k, pos, inv, section, interleaved=interleaved)
             assert torch.equal(q, want_q) and torch.equal(k, want_k)
+
+
+def test_interleaved_axes_are_qwen3_omnis() -> None:
+    """Qwen3-Omni's [24, 20, 20] of 64 frequencies: H takes 1, 4, ..., 58, W takes 2, 5, ..., 59, T the rest
+    (transformers' `recomposition_frequencies`); the consecutive layout is T, H, W blocks."""
+    from model.layers.rope import mrope_axes
+
+    axes = mrope_axes(64, (24, 20, 20), interleaved=True)
+    assert (axes == 1).nonzero().flatten().tolist() == list(range(1, 59, 3))
+    assert (axes == 2).nonzero().flatten().tolist() == list(range(2, 60, 3))
+    assert (axes == 0).nonzero().flatten().tolist() == list(range(0, 58, 3)) + [60, 61, 62, 63]
+    assert mrope_axes(64, (16, 24, 24)).tolist() == [0] * 16 + [1] * 24 + [2] * 24
+    # the kernel reference reads each axis where mrope_axes says
+    pos = torch.stack([torch.full((1, 1), 10), torch.full((1, 1), 200), torch.full((1, 1), 3000)])
+    inv = torch.ones(64, dtype=torch.float64)
+    cos, _ = rope_cos_sin_reference(pos, inv, (24, 20, 20), interleaved=True)
+    torch.testing.assert_close(cos[0, 0, :64], torch.tensor([10.0, 200.0, 3000.0]).double()[axes].cos().float())
 
 
 def test_dispatch_and_errors() -> None:
