@@ -1,5 +1,7 @@
 """Triton kernels against their eager references, at Qwen2.5-Omni-7B Thinker decode shapes (hidden 3584,
-MLP 18944, 28 query / 4 KV heads of 128, M-RoPE sections (16, 24, 24), a 4 + 4096-token sink + window cache).
+MLP 18944, 28 query / 4 KV heads of 128, M-RoPE sections (16, 24, 24), a 4 + 4096-token sink + window cache),
+plus Qwen3-Omni-30B-A3B Thinker rows: interleaved M-RoPE (24, 20, 20) and the grouped expert matmuls of one
+MoE layer (hidden 2048, 128 experts top-8, expert FFN 768; `batch` tokens routed at random).
 
     .venv/bin/python benchmarks/gpu_kernels.py [--repeats 50] [--batch 1]
 
@@ -31,6 +33,7 @@ from kernels._triton import TRITON_AVAILABLE, interpreting
 from kernels.decode_attention import decode_attention_reference, decode_attention_triton
 from kernels.int4_matmul import int4_matmul_reference, int4_matmul_triton, quantize_int4
 from kernels.int8_matmul import int8_matmul_reference, int8_matmul_triton, quantize_int8
+from kernels.moe_matmul import grouped_matmul_reference, grouped_matmul_triton, moe_route
 from kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
 from kernels.rope import rope_qk_reference_, rope_qk_triton_
 from kernels.silu_gate import silu_gate_reference, silu_gate_triton
@@ -115,6 +118,31 @@ def build_ops(device: torch.device, batch: int, small: bool) -> list[Op]:
             (f"int4_matmul {name} g{group}", partial(int4_matmul_reference, xm, p4, s4, m4, group),
              partial(int4_matmul_triton, xm, p4, s4, m4, group), N * K // 2 + 4 * N * K // group),
         ]
+    ops += moe_ops(device, dtype, batch, small, rand)
+    return ops
+
+
+def moe_ops(device: torch.device, dtype: torch.dtype, batch: int, small: bool,
+            rand: Callable[..., torch.Tensor]) -> list[Op]:
+    """Qwen3-Omni Thinker MoE rows: interleaved M-RoPE and the two grouped expert matmuls of one layer."""
+    b = 2 if device.type == "cuda" else 4
+    C, I, E, K, H, HKV, D = (256, 96, 16, 4, 8, 2, 32) if small else (2048, 768, 128, 8, 32, 4, 128)
+    qk = rand(batch, 1, H + HKV, D)
+    q_view, k_view = qk[:, :, :H], qk[:, :, H:]
+    pos = torch.full((3, batch, 1), 1_000_000, device=device)
+    inv = (1.0 / 1e6 ** (torch.arange(0, D, 2, device=device).double() / D))
+    section = (3 * D // 16, 5 * D // 32, 5 * D // 32)  # (24, 20, 20) at D = 128
+    top = torch.rand(batch, E, device=device).topk(K, dim=-1).indices
+    _, offsets = moe_route(top, E)
+    active = int((offsets[1:] > offsets[:-1]).sum())
+    ops: list[Op] = [("rope_qk_ (interleaved M-RoPE)",
+                      lambda: rope_qk_reference_(q_view, k_view, pos, inv, section, interleaved=True),
+                      lambda: rope_qk_triton_(q_view, k_view, pos, inv, section, interleaved=True),
+                      2 * batch * (H + HKV) * D * b)]
+    for name, N, Kd in (("gate_up", 2 * I, C), ("down", C, I)):
+        w, x = rand(E, N, Kd), rand(batch * K, Kd)
+        ops.append((f"moe grouped_matmul {name} ({active} experts)", partial(grouped_matmul_reference, x, w, offsets),
+                    partial(grouped_matmul_triton, x, w, offsets), active * N * Kd * b))
     return ops
 
 
