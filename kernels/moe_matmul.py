@@ -11,7 +11,7 @@ The Triton kernel tiles the sorted rows per expert: tile t belongs to the expert
 (tiles_per_expert = ceil(count / BLOCK_M), found on the device with searchsorted, so nothing is read back
 to the host and the launch grid is the bound ceil(N*k / BLOCK_M) + E); each program computes one
 [BLOCK_M, BLOCK_N] tile of x[rows] @ w[e]^T with a float32 accumulator and rounds once. Unused tiles of the
-bound exit with an all-false row mask. The eager reference (`grouped_matmul_reference`, the CPU path) runs
+bound run no loop iteration and store nothing. The eager reference (`grouped_matmul_reference`, the CPU path) runs
 one torch matmul per expert that has tokens.
 """
 
@@ -42,7 +42,8 @@ if triton is not None:
         m_ok = rm < end
         w_base = w_ptr + tl.minimum(e, E - 1).to(tl.int64) * sw_e  # a valid expert even for unused tiles
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        k_end = tl.where(e < E, K, 0)  # tiles past the last expert's read nothing (their store is masked off)
+        for k0 in range(0, k_end, BLOCK_K):
             kk = k0 + rk
             x = tl.load(x_ptr + rm[:, None].to(tl.int64) * sx_m + kk[None, :],
                         mask=m_ok[:, None] & (kk[None, :] < K), other=0.0)
@@ -126,7 +127,9 @@ def moe_route(top_idx: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, to
     if flat.numel() and flat.device.type == "cpu" and not (0 <= int(flat.min()) and int(flat.max()) < num_experts):
         raise ValueError(f"expert index out of range [0, {num_experts})")
     order = torch.sort(flat, stable=True).indices
-    counts = torch.bincount(flat, minlength=num_experts)
+    # scatter_add, not bincount: CUDA's bincount reads the maximum back to the host (no graph capture)
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
     offsets = torch.zeros(num_experts + 1, dtype=torch.int64, device=flat.device)
     torch.cumsum(counts, 0, out=offsets[1:])
     return order, offsets
