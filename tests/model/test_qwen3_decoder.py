@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.errors import CheckpointError
+from model.errors import CheckpointError, ConfigError
 from model.layers.mlp import SparseMoE
 from model.layers.quant_linear import quantize_decoder
 from model.lm.config import PRESETS, DecoderConfig
@@ -239,3 +239,35 @@ def test_unsupported_paths_are_refused(tmp_path: Path) -> None:
         assert not ours.enable_fused_decode(lib)  # the C step has no q/k norm or experts
     with pytest.raises(ValueError, match="mixture-of-experts"):
         quantize_decoder(ours, "int8")
+
+
+def test_wrapped_cache_eager_and_step_kernels_agree(tmp_path: Path) -> None:
+    """Once the ring wraps, sinks are scored by the (normed) query rotated to shifted positions: the eager
+    layer loop and the one-token step kernels (reference ops) must agree there too."""
+    _, ours, _ = _thinker(tmp_path)
+    ids = torch.randint(0, SHAPE["vocab_size"], (1, T), generator=torch.Generator().manual_seed(11))
+    pos = _positions(12)
+    embeds = ours.embed_tokens(ids)
+    outs = []
+    for ops in (None, REFERENCE_OPS):
+        ours.decode_ops = ops
+        state = ours.init_state(CacheConfig(sinks=2, window=5, chunk=5))
+        steps = [ours(state, inputs_embeds=embeds[:, t : t + 1], positions=pos[..., t : t + 1], logits="none",
+                      return_hidden=True).hidden for t in range(T)]
+        outs.append(torch.cat([s for s in steps if s is not None], dim=1))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_config_errors() -> None:
+    base = {"model_type": "qwen3_omni_moe_text", "vocab_size": 97, "hidden_size": 32, "intermediate_size": 40,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 24,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 2, 2]}}
+    cfg = DecoderConfig.from_hf_config(base)
+    assert cfg.mrope_interleaved and cfg.mrope_section == (4, 2, 2)  # transformers always interleaves here
+    with pytest.raises(ConfigError, match="mrope_section"):  # the released default [24, 20, 20] needs head_dim 128
+        DecoderConfig.from_hf_config({k: v for k, v in base.items() if k != "rope_parameters"})
+    with pytest.raises(ConfigError, match="attention_bias"):
+        DecoderConfig.from_hf_config(base | {"attention_bias": True})
+    with pytest.raises(ConfigError, match="num_experts_per_tok"):
+        DecoderConfig.from_hf_config(base | {"num_experts_per_tok": 5})
