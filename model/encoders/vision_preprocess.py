@@ -20,7 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.encoders.config import VisionEncoderConfig
+from model.encoders.config import Qwen3VisionConfig, VisionEncoderConfig
+
+# The encoders whose patch layout this module produces (sizes come from the config: 14 or 16 px patches).
+AnyVisionConfig = VisionEncoderConfig | Qwen3VisionConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -120,7 +123,7 @@ def resize_and_normalize(
     return (x / 255.0 - mean) / std
 
 
-def patchify(frames: torch.Tensor, enc: VisionEncoderConfig) -> tuple[torch.Tensor, tuple[int, int, int]]:
+def patchify(frames: torch.Tensor, enc: AnyVisionConfig) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """Normalised frames [T, C, H, W] -> patches [t * gh * gw, C * 2 * 14 * 14] and grid (t, gh, gw).
 
     An odd last frame is repeated (as the reference processor pads video to whole temporal patches).
@@ -139,7 +142,7 @@ def patchify(frames: torch.Tensor, enc: VisionEncoderConfig) -> tuple[torch.Tens
 
 
 def preprocess_image(
-    image: np.ndarray | torch.Tensor, enc: VisionEncoderConfig, cfg: VisionPreprocessConfig | None = None
+    image: np.ndarray | torch.Tensor, enc: AnyVisionConfig, cfg: VisionPreprocessConfig | None = None
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """An RGB image ([H, W, 3] or [3, H, W], 0..255) -> (patches, grid (1, gh, gw)); the image fills both
     frames of its single temporal patch."""
@@ -152,13 +155,13 @@ def preprocess_image(
     return patchify(frame.expand(enc.temporal_patch_size, -1, -1, -1), enc)
 
 
-def video_frame_size(height: int, width: int, enc: VisionEncoderConfig, cfg: VisionPreprocessConfig) -> tuple[int, int]:
+def video_frame_size(height: int, width: int, enc: AnyVisionConfig, cfg: VisionPreprocessConfig) -> tuple[int, int]:
     """Resized frame size of a video (per-frame bounds 128..768 tokens of 28x28 px)."""
     return smart_resize(height, width, enc.image_factor, cfg.video_min_pixels, cfg.video_max_pixels)
 
 
 def preprocess_video(
-    frames: np.ndarray | torch.Tensor, enc: VisionEncoderConfig, cfg: VisionPreprocessConfig | None = None
+    frames: np.ndarray | torch.Tensor, enc: AnyVisionConfig, cfg: VisionPreprocessConfig | None = None
 ) -> tuple[torch.Tensor, tuple[int, int, int], float]:
     """Frames already sampled at `cfg.fps` ([T, H, W, 3] or [T, 3, H, W]) -> (patches, grid,
     seconds_per_grid). seconds_per_grid = 2 frames / 2 fps = 1.0 s: TMRoPE advances 25 ids per patch."""
