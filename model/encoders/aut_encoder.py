@@ -108,7 +108,8 @@ class AuTEncoder(nn.Module):
         n_full, tail = divmod(mel.shape[1], chunk)
         parts = []
         if n_full:
-            parts.append(self._stem(mel[:, : n_full * chunk].unflatten(1, (n_full, chunk)).transpose(0, 1)).flatten(0, 1))
+            chunks = mel[:, : n_full * chunk].unflatten(1, (n_full, chunk)).transpose(0, 1)  # [C, mel, 100]
+            parts.append(self._stem(chunks).flatten(0, 1))
         if tail:
             last = mel[:, n_full * chunk :]
             if pad_tail:  # the reference pads a short chunk to the batch's longest (a full chunk)
@@ -142,7 +143,8 @@ class AuTEncoder(nn.Module):
         n_full = n // win
         out = []
         if n_full:
-            out.append(self.encode_windows(mel[:, : n_full * win].unflatten(1, (n_full, win)).transpose(0, 1)).flatten(0, 1))
+            windows = mel[:, : n_full * win].unflatten(1, (n_full, win)).transpose(0, 1)  # [W, mel, 800]
+            out.append(self.encode_windows(windows).flatten(0, 1))
         if n % win:
             out.append(self.encode_last_window(mel[:, n_full * win :], n))
         return torch.cat(out) if len(out) > 1 else out[0]

@@ -423,7 +423,8 @@ class Qwen3VisionConfig:
         side = math.isqrt(self.num_position_embeddings)
         if side * side != self.num_position_embeddings:
             raise ConfigError(
-                f"num_position_embeddings ({self.num_position_embeddings}) must be a perfect square (a side x side grid)"
+                f"num_position_embeddings ({self.num_position_embeddings}) must be a perfect square "
+                "(a side x side grid)"
             )
         bad = [i for i in self.deepstack_visual_indexes if not 0 <= i < self.depth]
         if bad:
