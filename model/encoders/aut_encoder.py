@@ -14,7 +14,10 @@ Facts (shared/reference/qwen_omni.md section 2.2, transformers' Qwen3OmniMoeAudi
 
 Because windows are independent, a window's tokens are final once its 800th frame has arrived: the
 streaming encoder (`step`) emits them then, and re-encodes the growing last window only when asked for
-provisional tokens. The trade-off (8 s until tokens are final) is described in `AuTStreamOutput`.
+provisional tokens. The trade-off (8 s until tokens are final) is described in `AuTStreamOutput`. A
+deployment that wants final tokens sooner can run with a smaller `n_window_infer` (any multiple of 100
+frames; the AuT was reportedly trained with dynamic 1-8 s windows, section 2.2 [P]): tokens are then final
+every window, at the price of no longer matching the released configuration's (and transformers') output.
 
 Weights load from the checkpoint's `thinker.audio_tower.*` tensors (prefix removed) by `load_weights`.
 """
