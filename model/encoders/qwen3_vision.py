@@ -35,6 +35,27 @@ _LN_EPS = 1e-6
 
 
 @dataclass
+class Qwen3FrameLayout:
+    """Per-frame-size constants: the resized position table and the rotary tables, in merge-block order."""
+
+    gh: int  # patches per column (height / 16)
+    gw: int
+    pos: torch.Tensor  # [N, D] learned positions resized to gh x gw
+    cos: torch.Tensor  # [N, 1, head_dim] float32
+    sin: torch.Tensor
+
+
+@dataclass
+class Qwen3VisionState:
+    """Per-video-stream state: the first frame of the temporal patch being filled, and the frame layout."""
+
+    pending: torch.Tensor  # [C, H, W] preallocated, normalised
+    layout: Qwen3FrameLayout
+    has_pending: bool = False
+    n_patches: int = 0  # temporal patches encoded so far
+
+
+@dataclass
 class Qwen3VisionOutput:
     """Tokens for the Thinker [n, out_hidden_size] and one DeepStack feature [n, out_hidden_size] per
     index in `deepstack_visual_indexes`, row-aligned with the tokens."""
@@ -138,7 +159,15 @@ class Qwen3VisionEncoder(nn.Module):
         rows, cols = merge_block_coords(gh, gw, self.cfg.spatial_merge_size)
         return grid[:, rows, cols].T.to(self.pos_embed.weight.dtype)
 
-    def encode(self, patches: torch.Tensor, grid: tuple[int, int, int]) -> Qwen3VisionOutput:
+    def frame_layout(self, gh: int, gw: int) -> Qwen3FrameLayout:
+        """Position and rotary tables for frames of gh x gw patches (computed once per stream/grid)."""
+        dev = self.pos_embed.weight.device
+        angles = rotary_angles(gh, gw, self.cfg.spatial_merge_size, self.cfg.head_dim, self.cfg.rope_theta).to(dev)
+        return Qwen3FrameLayout(gh, gw, self.position_embedding(gh, gw), angles.cos()[:, None], angles.sin()[:, None])
+
+    def encode(
+        self, patches: torch.Tensor, grid: tuple[int, int, int], lay: Qwen3FrameLayout | None = None
+    ) -> Qwen3VisionOutput:
         """One image or video: patches [t*gh*gw, patch_dim] with grid (t, gh, gw) -> t*gh*gw/4 tokens."""
         t, gh, gw = (int(g) for g in grid)
         m = self.cfg.spatial_merge_size
@@ -149,14 +178,12 @@ class Qwen3VisionEncoder(nn.Module):
                 f"expected patches [{t * gh * gw}, {self.cfg.patch_dim}] for grid {(t, gh, gw)}, "
                 f"got {tuple(patches.shape)}"
             )
-        x = self.patch_embed(patches).view(t, gh * gw, -1)
-        x = x + self.position_embedding(gh, gw)
-        angles = rotary_angles(gh, gw, m, self.cfg.head_dim, self.cfg.rope_theta).to(x.device)
-        cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # [N, 1, hd]
+        lay = lay or self.frame_layout(gh, gw)
+        x = self.patch_embed(patches).view(t, gh * gw, -1) + lay.pos
         deepstack = []
         stack = {layer: i for i, layer in enumerate(self.cfg.deepstack_visual_indexes)}
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin)
+            x = block(x, lay.cos, lay.sin)
             if i in stack:
                 deepstack.append(self.merger_list[stack[i]](x).flatten(0, 1))
         return Qwen3VisionOutput(self.merger(x).flatten(0, 1), deepstack)
@@ -181,3 +208,41 @@ class Qwen3VisionEncoder(nn.Module):
         """A normalised image [C, H, W] (H, W multiples of 32) -> tokens; it fills both frames of a patch."""
         patches, grid = patchify(frame[None].expand(self.cfg.temporal_patch_size, -1, -1, -1), self.cfg)
         return self.encode(patches, grid)
+
+    # ---- streaming ------------------------------------------------------------------------------------
+
+    def init_state(self, height: int, width: int, device: torch.device | str | None = None) -> Qwen3VisionState:
+        """State for a stream of normalised frames of `height` x `width` px (multiples of 32)."""
+        f, p = self.cfg.image_factor, self.cfg.patch_size
+        if height % f or width % f or height < f or width < f:
+            raise VisionInputError(f"stream frames must be positive multiples of {f} px, got {height}x{width}")
+        dtype = self.patch_embed.proj.weight.dtype
+        pending = torch.zeros(self.cfg.in_channels, height, width, dtype=dtype, device=device)
+        return Qwen3VisionState(pending=pending, layout=self.frame_layout(height // p, width // p))
+
+    def step(self, state: Qwen3VisionState, frame: torch.Tensor) -> Qwen3VisionOutput | None:
+        """Feed one normalised frame [C, H, W]; every second frame completes a temporal patch, whose tokens
+        and DeepStack features are returned (as offline: patches never attend to each other); else None."""
+        if tuple(frame.shape) != tuple(state.pending.shape):
+            raise VisionInputError(
+                f"frame of shape {tuple(frame.shape)}; this stream expects {tuple(state.pending.shape)}"
+            )
+        if not state.has_pending:
+            state.pending.copy_(frame)
+            state.has_pending = True
+            return None
+        return self._encode_pair(state, torch.stack([state.pending, frame.to(state.pending.dtype)]))
+
+    def flush(self, state: Qwen3VisionState) -> Qwen3VisionOutput | None:
+        """End of the stream: an odd last frame is repeated to fill its temporal patch (as the processor
+        pads); returns its output, or None when no frame is pending."""
+        if not state.has_pending:
+            return None
+        return self._encode_pair(state, torch.stack([state.pending, state.pending]))
+
+    def _encode_pair(self, state: Qwen3VisionState, frames: torch.Tensor) -> Qwen3VisionOutput:
+        patches, grid = patchify(frames, self.cfg)
+        out = self.encode(patches, grid, state.layout)
+        state.has_pending = False
+        state.n_patches += 1
+        return out

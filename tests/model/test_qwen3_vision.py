@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from model.encoders.config import Qwen3VisionConfig
 from model.encoders.qwen3_vision import Qwen3VisionEncoder
-from model.encoders.vision_preprocess import VisionInputError, VisionPreprocessConfig, preprocess_image
+from model.encoders.vision_preprocess import VisionInputError, VisionPreprocessConfig, patchify, preprocess_image
 from model.encoders.weights import VISION_PREFIX, strip_prefix
 from model.errors import CheckpointError, ConfigError
 from tests.model.encoder_reference import hf_qwen3_vision_encoder, rel_err
@@ -141,3 +141,22 @@ def test_real_shape_matches_the_released_tensor_list() -> None:
     assert shapes["blocks.0.mlp.linear_fc1.weight"] == (4304, 1152) and shapes["patch_embed.proj.bias"] == (1152,)
     assert shapes["merger.mlp.2.weight"] == (2048, 4608) and shapes["merger.ln_q.weight"] == (1152,)
     assert shapes["merger_list.2.ln_q.weight"] == (4608,) and "merger_list.3.ln_q.weight" not in shapes
+
+
+def test_streaming_frames_equal_offline_video(pair) -> None:
+    ours, _ = pair
+    frames = torch.randn(3, 3, 64, 96)  # odd frame count: the last temporal patch repeats its frame
+    patches, grid = patchify(frames, ours.cfg)
+    with torch.no_grad():
+        offline = ours.encode(patches, grid)
+        state = ours.init_state(64, 96)
+        outs = [ours.step(state, f) for f in frames] + [ours.flush(state)]
+    assert outs[0] is None and outs[2] is None and state.n_patches == 2
+    got = [o for o in outs if o is not None]
+    torch.testing.assert_close(torch.cat([o.tokens for o in got]), offline.tokens, rtol=1e-6, atol=1e-6)
+    for i in range(2):
+        torch.testing.assert_close(torch.cat([o.deepstack[i] for o in got]), offline.deepstack[i], rtol=1e-6, atol=1e-6)
+    with pytest.raises(VisionInputError, match="multiples of 32"):
+        ours.init_state(60, 96)
+    with pytest.raises(VisionInputError, match="expects"):
+        ours.step(ours.init_state(64, 96), torch.randn(3, 32, 32))
