@@ -273,7 +273,9 @@ class AuTEncoderConfig:
 
     A chunk is `2 * n_window` mel frames (100 = 1 s); three stride-2 Conv2d layers shrink it 8x in time and
     frequency (13 tokens per full chunk, 12.5 Hz). Attention runs inside windows of `n_window_infer` frames
-    (800 = 8 chunks = 104 tokens = 8 s), counted from the start of the clip.
+    (800 = 8 chunks = 104 tokens = 8 s), counted from the start of the clip. `conv_chunksize` only bounds
+    how many chunks transformers convolves at once (memory); it is kept for the round trip, and our stem
+    runs one attention window (8 chunks) at a time anyway.
     """
 
     num_mel_bins: int = 128
