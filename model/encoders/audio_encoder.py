@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.encoders.audio_frontend import AudioInputError
-from model.encoders.config import AudioEncoderConfig, audio_token_count
+from model.encoders.config import AudioEncoderConfig, AuTEncoderConfig, audio_token_count
 from model.encoders.weights import load_encoder_state_dict
 
 
@@ -37,14 +37,15 @@ def sinusoid_table(length: int, channels: int, max_timescale: float = 10000.0) -
 
 
 class AudioAttention(nn.Module):
-    """Bidirectional multi-head self-attention inside each block (k_proj has no bias, as in Whisper)."""
+    """Bidirectional multi-head self-attention inside each block. k_proj has no bias in Whisper / Qwen2.5-Omni
+    (`k_bias=False`) and one in Qwen3-Omni's AuT."""
 
-    def __init__(self, cfg: AudioEncoderConfig) -> None:
+    def __init__(self, cfg: AudioEncoderConfig | AuTEncoderConfig, k_bias: bool = False) -> None:
         super().__init__()
         d = cfg.hidden_size
         self.num_heads = cfg.num_heads
         self.q_proj = nn.Linear(d, d)
-        self.k_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=k_bias)
         self.v_proj = nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
 
@@ -58,9 +59,9 @@ class AudioAttention(nn.Module):
 class AudioEncoderLayer(nn.Module):
     """Pre-LayerNorm transformer layer: attention then GELU MLP, each with a residual."""
 
-    def __init__(self, cfg: AudioEncoderConfig) -> None:
+    def __init__(self, cfg: AudioEncoderConfig | AuTEncoderConfig, k_bias: bool = False) -> None:
         super().__init__()
-        self.self_attn = AudioAttention(cfg)
+        self.self_attn = AudioAttention(cfg, k_bias)
         self.self_attn_layer_norm = nn.LayerNorm(cfg.hidden_size)
         self.fc1 = nn.Linear(cfg.hidden_size, cfg.ffn_size)
         self.fc2 = nn.Linear(cfg.ffn_size, cfg.hidden_size)

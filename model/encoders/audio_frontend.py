@@ -13,6 +13,12 @@ loudest frame of the whole clip and streaming from the loudest frame so far: bin
 *later* peak are floored higher offline. Every other value is the same computation on the same samples.
 `step_log10`/`flush_log10` give the frames before that floor, so that a consumer that keeps them
 (`ThinkerSession.push_audio`) can floor them again with `finish` once the peak rises, and equal offline.
+
+Qwen3-Omni's processor calls the same extractor with `padding=True` (pad to the longest clip of the batch,
+no 30-s padding). For one clip that means `torch.stft`'s reflect padding at *both* ends, n // 160 frames
+(the extractor drops the STFT's last frame) and the 80 dB floor over those frames: `LogMel.unpadded`
+offline, `flush_log10(state, reflect_end=True)` when streaming. Only the last frame differs from the
+zero-padded variant, when its window runs past the end (n % 160 < 40), plus the floor if that moves the peak.
 """
 
 from __future__ import annotations
@@ -121,6 +127,8 @@ class LogMelState:
 
     carry: torch.Tensor  # [N_FFT] padded samples still needed by the next frame (first n_carry valid)
     head: torch.Tensor  # [_HALF + 1] the first 201 samples: the start reflection needs x[1..200]
+    tail: torch.Tensor  # [_HALF + 1] the last 201 samples (first n_tail valid): the end reflection needs them
+    n_tail: int = 0
     n_carry: int = 0
     n_seen: int = 0  # input samples so far
     n_frames: int = 0  # frames emitted so far
@@ -159,6 +167,23 @@ class LogMel(nn.Module):
         log_mel = self._whole_log10(pcm)
         return self.finish(log_mel[:, : mel_frame_count(pcm.numel())], float(log_mel.max()))
 
+    def unpadded(self, pcm: torch.Tensor) -> torch.Tensor:
+        """Offline features as Qwen3-Omni's processor computes them for one clip (no 30-s padding): reflect
+        padding at both ends, 16 kHz mono float [N > 200] -> [n_mels, N // 160]."""
+        log_mel = self.unpadded_log10(pcm)
+        return self.finish(log_mel, float(log_mel.max()))
+
+    def unpadded_log10(self, pcm: torch.Tensor) -> torch.Tensor:
+        """As `unpadded`, before the 80 dB floor."""
+        n = self._check_pcm(pcm)
+        if n <= _HALF:
+            raise AudioInputError(
+                f"audio of {n} samples is too short: the reflect padding needs more than {_HALF} (12.5 ms)"
+            )
+        x = pcm.float()
+        padded = torch.cat([x[1 : _HALF + 1].flip(0), x, x[-_HALF - 1 : -1].flip(0)])
+        return self._log_power(padded, n // HOP_LENGTH).T
+
     def _whole_log10(self, pcm: torch.Tensor) -> torch.Tensor:  # [N] -> [n_mels, frames touching the clip]
         n = self._check_pcm(pcm)
         # The 80 dB floor follows the reference's max over every frame whose window touches the clip,
@@ -181,7 +206,9 @@ class LogMel(nn.Module):
 
     def init_state(self, device: torch.device | str | None = None) -> LogMelState:
         return LogMelState(
-            carry=torch.zeros(N_FFT, device=device), head=torch.zeros(_HALF + 1, device=device)
+            carry=torch.zeros(N_FFT, device=device),
+            head=torch.zeros(_HALF + 1, device=device),
+            tail=torch.zeros(_HALF + 1, device=device),
         )
 
     def step(self, state: LogMelState, pcm: torch.Tensor) -> torch.Tensor:
@@ -198,33 +225,53 @@ class LogMel(nn.Module):
         n_head = min(pcm.numel(), max(0, _HALF + 1 - state.n_seen))
         state.head[state.n_seen : state.n_seen + n_head] = pcm[:n_head]
         before, state.n_seen = state.n_seen, state.n_seen + pcm.numel()
+        self._keep_tail(state, pcm)
         if state.n_seen <= _HALF:
             return self._empty(pcm.device)
         if before <= _HALF:  # the start reflection is known now: the padded stream begins
             pcm = self._reflect_pad(torch.cat([state.head[:before], pcm]))
         return self._consume(state, pcm, final=False)
 
-    def flush(self, state: LogMelState) -> torch.Tensor:
-        """End of stream: the remaining frames (the tail sees zeros, as offline); resets the state."""
-        out = self.finish(self.flush_log10(state), state.running_max)
+    def flush(self, state: LogMelState, reflect_end: bool = False) -> torch.Tensor:
+        """End of stream: the remaining frames (the tail sees zeros, as offline; or is reflected with
+        `reflect_end`, as `unpadded`); resets the state."""
+        out = self.finish(self.flush_log10(state, reflect_end), state.running_max)
         self._reset(state)
         return out
 
-    def flush_log10(self, state: LogMelState) -> torch.Tensor:
+    def flush_log10(self, state: LogMelState, reflect_end: bool = False) -> torch.Tensor:
         """As `flush`, but the frames before the 80 dB floor; `state.running_max` then holds the stream's
-        loudest value. The state is spent: the next stream needs a new one (`init_state`)."""
+        loudest value. The state is spent: the next stream needs a new one (`init_state`).
+
+        `reflect_end=True` ends the stream as `unpadded` (Qwen3-Omni) does: the end is reflected and the
+        stream has n // 160 frames in all."""
         if state.n_seen == 0:
             raise AudioInputError("zero-length audio: flush() before any sample was fed")
+        if reflect_end:
+            if state.n_seen <= _HALF:
+                raise AudioInputError(
+                    f"audio of {state.n_seen} samples is too short: the reflect padding needs more than {_HALF}"
+                )
+            mirror = state.tail[: state.n_tail][-_HALF - 1 : -1].flip(0)
+            return self._consume(state, mirror, final=True, total=state.n_seen // HOP_LENGTH)
         if state.n_seen > _HALF:
             return self._consume(state, torch.zeros(N_FFT, device=state.carry.device), final=True)
         log_mel = self._whole_log10(state.head[: state.n_seen])  # nothing emitted yet: compute it as offline
         state.running_max = max(state.running_max, float(log_mel.max()))
         return log_mel[:, : mel_frame_count(state.n_seen)].contiguous()
 
-    def _consume(self, state: LogMelState, padded_new: torch.Tensor, final: bool) -> torch.Tensor:
+    @staticmethod
+    def _keep_tail(state: LogMelState, pcm: torch.Tensor) -> None:
+        keep = torch.cat([state.tail[: state.n_tail], pcm])[-(_HALF + 1) :]
+        state.tail[: keep.numel()] = keep
+        state.n_tail = keep.numel()
+
+    def _consume(
+        self, state: LogMelState, padded_new: torch.Tensor, final: bool, total: int | None = None
+    ) -> torch.Tensor:
         buf = torch.cat([state.carry[: state.n_carry], padded_new])
         if final:
-            n_frames = mel_frame_count(state.n_seen) - state.n_frames
+            n_frames = (mel_frame_count(state.n_seen) if total is None else total) - state.n_frames
         else:
             n_frames = max(0, (buf.numel() - N_FFT) // HOP_LENGTH + 1)
         if n_frames == 0:
@@ -244,5 +291,5 @@ class LogMel(nn.Module):
 
     @staticmethod
     def _reset(state: LogMelState) -> None:
-        state.n_carry = state.n_seen = state.n_frames = 0
+        state.n_carry = state.n_seen = state.n_frames = state.n_tail = 0
         state.running_max = -math.inf

@@ -49,17 +49,35 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-b, a], dim=-1)
 
 
+def merge_block_coords(gh: int, gw: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, col) of each patch of a gh x gw frame in merge-block order: block row, block col, row in
+    block, col in block (the order the processors emit patches in)."""
+    lh, lw = gh // m, gw // m
+    rows = torch.arange(gh).view(lh, m, 1, 1).expand(lh, m, lw, m).permute(0, 2, 1, 3).flatten()
+    cols = torch.arange(gw).view(1, 1, lw, m).expand(lh, m, lw, m).permute(0, 2, 1, 3).flatten()
+    return rows, cols
+
+
+def rotary_angles(gh: int, gw: int, m: int, head_dim: int, theta: float) -> torch.Tensor:
+    """2-D rotary angles [N, head_dim] per patch in merge-block order (Qwen2.5-VL and Qwen3-VL share them):
+    rows rotate the first quarter of each half, columns the second, laid out for rotate-half."""
+    rows, cols = merge_block_coords(gh, gw, m)
+    quarter = head_dim // 2
+    inv_freq = 1.0 / (theta ** (torch.arange(0, quarter, 2, dtype=torch.float32) / quarter))
+    angles = torch.cat([rows[:, None] * inv_freq, cols[:, None] * inv_freq], dim=-1)  # [N, hd / 2]
+    return torch.cat([angles, angles], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate q or k [..., N, H, hd] by per-patch angles (cos/sin [N, 1, hd]), in float32."""
+    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
+
+
 def frame_layout(cfg: VisionEncoderConfig, gh: int, gw: int, device: torch.device | None = None) -> FrameLayout:
     """Rotary angles and window membership for a frame of gh x gw patches, both in merge-block order."""
     m, ws = cfg.spatial_merge_size, cfg.window_tokens
     lh, lw = gh // m, gw // m  # merged-token grid
-    # patch (row, col) in merge-block order: block row, block col, row in block, col in block
-    rows = torch.arange(gh).view(lh, m, 1, 1).expand(lh, m, lw, m).permute(0, 2, 1, 3).flatten()
-    cols = torch.arange(gw).view(1, 1, lw, m).expand(lh, m, lw, m).permute(0, 2, 1, 3).flatten()
-    quarter = cfg.head_dim // 2  # angles for h fill the first quarter of the rotated half, w the second
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, quarter, 2, dtype=torch.float32) / quarter))
-    angles = torch.cat([rows[:, None] * inv_freq, cols[:, None] * inv_freq], dim=-1)  # [N, hd / 2]
-    angles = torch.cat([angles, angles], dim=-1)  # rotate-half layout
+    angles = rotary_angles(gh, gw, m, cfg.head_dim, cfg.rope_theta)
     # windows of ws x ws merged tokens, row-major; each merged token is m*m consecutive patches
     nwh, nww = math.ceil(lh / ws), math.ceil(lw / ws)
     units = torch.full((nwh * ws, nww * ws), -1, dtype=torch.long)
@@ -89,8 +107,7 @@ class VisionAttention(nn.Module):
         t, n, d = x.shape
         q, k, v = (p(x).view(t, n, self.num_heads, -1) for p in (self.q, self.k, self.v))
         cos, sin = lay.cos[:, None, :], lay.sin[:, None, :]  # [N, 1, hd], rotation in float32
-        q = (q.float() * cos + rotate_half(q.float()) * sin).to(x.dtype)
-        k = (k.float() * cos + rotate_half(k.float()) * sin).to(x.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if not windowed:  # each temporal patch attends over its whole frame
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             return self.proj(o.transpose(1, 2).reshape(t, n, d))

@@ -1,5 +1,7 @@
-"""Frame preprocessing for the vision encoder: resize to multiples of 28 px inside pixel bounds, normalise,
-sample video at 2 fps, cut frames into the encoder's flattened 2x14x14 patches.
+"""Frame preprocessing for the vision encoders: resize to multiples of one token's side inside pixel bounds,
+normalise, sample video at 2 fps, cut frames into the encoder's flattened 2 x patch x patch patches.
+Sizes come from the encoder config (Qwen2.5-Omni: 14-px patches, 28-px tokens; Qwen3-Omni: 16-px patches,
+32-px tokens, mean/std 0.5 via `VisionPreprocessConfig.qwen3()`); the rules are the same.
 
 Facts (shared/reference/qwen_omni.md section 1.3; transformers' Qwen2-VL image/video processors and
 qwen-omni-utils): a side must be a multiple of 28 px (one LLM token = 2x2 patches of 14 px); images keep
@@ -11,6 +13,7 @@ image is two identical frames. Patches are laid out in 2x2 merge-block order, ea
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.encoders.config import VisionEncoderConfig
+from model.encoders.config import Qwen3VisionConfig, VisionEncoderConfig
+
+# The encoders whose patch layout this module produces (sizes come from the config: 14 or 16 px patches).
+AnyVisionConfig = VisionEncoderConfig | Qwen3VisionConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+QWEN3_MEAN = (0.5, 0.5, 0.5)  # Qwen3-VL / Qwen3-Omni: pixels mapped to [-1, 1]
+QWEN3_STD = (0.5, 0.5, 0.5)
 MAX_ASPECT_RATIO = 200
 
 
@@ -46,14 +54,33 @@ class VisionPreprocessConfig:
     std: tuple[float, float, float] = CLIP_STD
 
     @classmethod
-    def from_preprocessor_config(cls, cfg: dict[str, Any]) -> VisionPreprocessConfig:
-        """Read the image-processor fields of preprocessor_config.json (min/max_pixels, image_mean/std)."""
-        size = cfg.get("size") or {}
+    def qwen3(cls) -> VisionPreprocessConfig:
+        """Qwen3-Omni: 32-px tokens, mean/std 0.5. Image bounds are transformers' Qwen2VLImageProcessor
+        defaults (56*56 .. 1280*28*28 px; the Qwen3-Omni processor does not override them), video frames
+        128..768 tokens of 32x32 px (the processor's video size)."""
         return cls(
-            image_min_pixels=int(cfg.get("min_pixels", size.get("shortest_edge", 56 * 56))),
-            image_max_pixels=int(cfg.get("max_pixels", size.get("longest_edge", 16384 * 28 * 28))),
-            mean=tuple(cfg.get("image_mean", CLIP_MEAN)),
-            std=tuple(cfg.get("image_std", CLIP_STD)),
+            image_min_pixels=56 * 56,
+            image_max_pixels=1280 * 28 * 28,
+            video_min_pixels=128 * 32 * 32,
+            video_max_pixels=768 * 32 * 32,
+            mean=QWEN3_MEAN,
+            std=QWEN3_STD,
+        )
+
+    @classmethod
+    def from_preprocessor_config(
+        cls, cfg: dict[str, Any], defaults: VisionPreprocessConfig | None = None
+    ) -> VisionPreprocessConfig:
+        """Read the image-processor fields of preprocessor_config.json (min/max_pixels, image_mean/std) over
+        `defaults` (Qwen2.5-Omni's when not given; pass `VisionPreprocessConfig.qwen3()` for Qwen3-Omni)."""
+        base = defaults or cls()
+        size = cfg.get("size") or {}
+        return dataclasses.replace(
+            base,
+            image_min_pixels=int(cfg.get("min_pixels", size.get("shortest_edge", base.image_min_pixels))),
+            image_max_pixels=int(cfg.get("max_pixels", size.get("longest_edge", base.image_max_pixels))),
+            mean=tuple(cfg.get("image_mean", base.mean)),
+            std=tuple(cfg.get("image_std", base.std)),
         )
 
 
@@ -120,7 +147,7 @@ def resize_and_normalize(
     return (x / 255.0 - mean) / std
 
 
-def patchify(frames: torch.Tensor, enc: VisionEncoderConfig) -> tuple[torch.Tensor, tuple[int, int, int]]:
+def patchify(frames: torch.Tensor, enc: AnyVisionConfig) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """Normalised frames [T, C, H, W] -> patches [t * gh * gw, C * 2 * 14 * 14] and grid (t, gh, gw).
 
     An odd last frame is repeated (as the reference processor pads video to whole temporal patches).
@@ -139,7 +166,7 @@ def patchify(frames: torch.Tensor, enc: VisionEncoderConfig) -> tuple[torch.Tens
 
 
 def preprocess_image(
-    image: np.ndarray | torch.Tensor, enc: VisionEncoderConfig, cfg: VisionPreprocessConfig | None = None
+    image: np.ndarray | torch.Tensor, enc: AnyVisionConfig, cfg: VisionPreprocessConfig | None = None
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """An RGB image ([H, W, 3] or [3, H, W], 0..255) -> (patches, grid (1, gh, gw)); the image fills both
     frames of its single temporal patch."""
@@ -152,13 +179,13 @@ def preprocess_image(
     return patchify(frame.expand(enc.temporal_patch_size, -1, -1, -1), enc)
 
 
-def video_frame_size(height: int, width: int, enc: VisionEncoderConfig, cfg: VisionPreprocessConfig) -> tuple[int, int]:
+def video_frame_size(height: int, width: int, enc: AnyVisionConfig, cfg: VisionPreprocessConfig) -> tuple[int, int]:
     """Resized frame size of a video (per-frame bounds 128..768 tokens of 28x28 px)."""
     return smart_resize(height, width, enc.image_factor, cfg.video_min_pixels, cfg.video_max_pixels)
 
 
 def preprocess_video(
-    frames: np.ndarray | torch.Tensor, enc: VisionEncoderConfig, cfg: VisionPreprocessConfig | None = None
+    frames: np.ndarray | torch.Tensor, enc: AnyVisionConfig, cfg: VisionPreprocessConfig | None = None
 ) -> tuple[torch.Tensor, tuple[int, int, int], float]:
     """Frames already sampled at `cfg.fps` ([T, H, W, 3] or [T, 3, H, W]) -> (patches, grid,
     seconds_per_grid). seconds_per_grid = 2 frames / 2 fps = 1.0 s: TMRoPE advances 25 ids per patch."""

@@ -1,4 +1,4 @@
-"""Loading encoder weights from a state dict in the released Qwen2.5-Omni key layout, with errors that
+"""Loading encoder weights from a state dict in the released Qwen2.5-Omni / Qwen3-Omni key layout, with errors that
 name what is missing or mis-shaped (a truncated shard otherwise surfaces as garbage output)."""
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 from model.errors import CheckpointError
+
+AUDIO_PREFIX = "thinker.audio_tower."  # both generations keep their audio encoder here
+VISION_PREFIX = "thinker.visual."
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -40,7 +43,8 @@ def load_encoder_state_dict(
     if missing:
         raise CheckpointError(
             f"{what} weights are incomplete: missing {len(missing)} of {len(own)} tensors "
-            f"({_summary(missing)}); expected the released Qwen2.5-Omni key layout"
+            f"({_summary(missing)}); expected the released Qwen-Omni key layout "
+            "(thinker.audio_tower.* / thinker.visual.* with the prefix removed)"
         )
     unexpected = set(state_dict) - set(own)
     if unexpected:

@@ -1,4 +1,4 @@
-"""Test-only helpers: tiny transformers Qwen2.5-Omni encoders as parity references, re-initialised so
+"""Test-only helpers: tiny transformers Qwen2.5-Omni / Qwen3-Omni encoders as parity references, re-initialised so
 outputs are far from zero (the default std-0.02 init would make a 1e-4 comparison meaningless)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.encoders.config import AudioEncoderConfig, VisionEncoderConfig
+from model.encoders.config import AudioEncoderConfig, AuTEncoderConfig, Qwen3VisionConfig, VisionEncoderConfig
 
 
 def randomize_(module: nn.Module, seed: int = 0) -> None:
@@ -43,6 +43,28 @@ def hf_vision_encoder(cfg: VisionEncoderConfig, seed: int = 0) -> Any:
     hf_cfg = Qwen2_5OmniVisionEncoderConfig(**{k: v for k, v in cfg.to_hf_config().items() if k != "model_type"})
     hf_cfg._attn_implementation = "sdpa"
     model = Qwen2_5OmniVisionEncoder(hf_cfg).eval()
+    randomize_(model, seed)
+    return model
+
+
+def hf_aut_encoder(cfg: AuTEncoderConfig, seed: int = 0) -> Any:
+    from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
+
+    hf_cfg = Qwen3OmniMoeAudioEncoderConfig(**{k: v for k, v in cfg.to_hf_config().items() if k != "model_type"})
+    hf_cfg._attn_implementation = "sdpa"
+    model = Qwen3OmniMoeAudioEncoder(hf_cfg).eval()
+    randomize_(model, seed)
+    return model
+
+
+def hf_qwen3_vision_encoder(cfg: Qwen3VisionConfig, seed: int = 0) -> Any:
+    from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeVisionEncoderConfig
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeVisionEncoder
+
+    hf_cfg = Qwen3OmniMoeVisionEncoderConfig(**{k: v for k, v in cfg.to_hf_config().items() if k != "model_type"})
+    hf_cfg._attn_implementation = "sdpa"
+    model = Qwen3OmniMoeVisionEncoder(hf_cfg).eval()
     randomize_(model, seed)
     return model
 

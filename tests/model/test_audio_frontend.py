@@ -155,3 +155,56 @@ def test_bad_shapes_are_rejected() -> None:
 def test_frame_count() -> None:
     assert [mel_frame_count(n) for n in (1, 160, 161, 48000)] == [1, 1, 2, 300]
     assert mel_frame_count(16000 * 2) == 200 == math.ceil(32000 / 160)
+
+
+# ---- Qwen3-Omni: the processor pads to the batch's longest clip (padding=True), not to 30 s ----------------
+
+
+def _reference_mel_qwen3(x: np.ndarray) -> torch.Tensor:
+    from transformers import WhisperFeatureExtractor
+
+    fe = WhisperFeatureExtractor(feature_size=128)  # the Qwen3-Omni processor's audio kwargs:
+    out = fe(x, sampling_rate=16000, padding=True, truncation=False, return_attention_mask=True, return_tensors="pt")
+    n_valid = int(out["attention_mask"].sum())
+    assert n_valid == out["input_features"].shape[-1]  # one clip: no padding at all
+    return out["input_features"][0]
+
+
+@pytest.mark.parametrize("n", [201, 320, 1601, 16000 * 3 + 77])
+def test_unpadded_log_mel_matches_the_qwen3_processor(n: int) -> None:
+    x = _speech_like(n)
+    ref = _reference_mel_qwen3(x)
+    mel = LogMel()
+    ours = mel.unpadded(torch.from_numpy(x))
+    assert ours.shape == ref.shape == (128, n // 160)
+    torch.testing.assert_close(ours, ref, atol=MEL_ATOL, rtol=0)
+    # the 30-s-padded variant differs only in the last frame, and only when its window (reaching 40 samples
+    # past 160 * (n // 160)) runs past the end
+    padded = mel(torch.from_numpy(x))[:, : n // 160]
+    torch.testing.assert_close(padded[:, :-1], ours[:, :-1], atol=MEL_ATOL, rtol=0)
+    if n % 160 < 40:
+        assert (padded[:, -1] - ours[:, -1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("chunk", [1, 160, 333, 5000])
+@pytest.mark.parametrize("n", [201, 16000 + 77, 16000 + 160])
+def test_streaming_unpadded_log_mel_equals_offline(n: int, chunk: int) -> None:
+    x = torch.from_numpy(_speech_like(n, seed=1)[::-1].copy())
+    x[:40] += 0.9
+    mel = LogMel()
+    offline = mel.unpadded(x)
+    state = mel.init_state()
+    parts = [mel.step(state, x[i : i + chunk]) for i in range(0, n, chunk)] + [mel.flush(state, reflect_end=True)]
+    streamed = torch.cat(parts, dim=1)
+    assert streamed.shape == offline.shape
+    torch.testing.assert_close(streamed, offline, atol=1e-6, rtol=0)
+
+
+def test_unpadded_rejects_clips_too_short_to_reflect() -> None:
+    with pytest.raises(AudioInputError, match="too short"):
+        LogMel().unpadded(torch.zeros(200))
+    mel = LogMel()
+    state = mel.init_state()
+    mel.step(state, torch.zeros(150))
+    with pytest.raises(AudioInputError, match="too short"):
+        mel.flush(state, reflect_end=True)
