@@ -14,6 +14,7 @@ transposed convs hold back their last outputs until the next frame), each later 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -98,8 +99,8 @@ class Code2Wav(nn.Module):
             return torch.zeros(codes.shape[0], 0, dtype=self.dtype, device=codes.device)
         x = self.code_embedding(codes + self.code_offset).mean(1)  # [B, n, C]
         x = self.pre_transformer(x, state.attention).transpose(1, 2)  # [B, C, n]
-        for up, convnext in self.upsample:
-            x = convnext(up(x, state.convs), state.convs)
+        for stage in cast(list[nn.ModuleList], self.upsample):
+            x = stage[1](stage[0](x, state.convs), state.convs)  # transposed conv, ConvNeXt
         for block in self.decoder:
             x = block(x, state.convs) if not isinstance(block, SnakeBeta) else block(x)
         state.frames += codes.shape[-1]

@@ -123,7 +123,8 @@ class PreTransformer(nn.Module):
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> AttentionState:
         c = self.cfg
         shape = (c.num_hidden_layers, batch, c.num_key_value_heads, c.sliding_window - 1, c.head_dim)
-        return AttentionState(*(torch.zeros(shape, device=device, dtype=dtype) for _ in "kv"))
+        k = torch.zeros(shape, device=device, dtype=dtype)
+        return AttentionState(k, torch.zeros_like(k))
 
     def forward(self, x: torch.Tensor, state: AttentionState) -> torch.Tensor:
         n, p0, cached = x.shape[1], state.position, state.cached
