@@ -6,6 +6,10 @@ state of `Code2Wav.step` (per-layer KV of the last window - 1 frames, every caus
 the chunks concatenate to exactly the whole decode: no left-context re-decoding, nothing approximate.
 Larger chunks only batch the work (fewer, larger matmuls); they never change the audio.
 
+There is no approximate "re-decode with left context" mode (transformers' `chunked_decode`, vLLM-Omni's
+25 + 25 frames): it would cost more, every chunk decoding its context again, and is exact only with at least
+8 * 71 = 568 frames of context plus the convs' reach (tests/model/test_code2wav.py measures both).
+
 Sizes: the first chunk of k frames holds k * 1920 - 555 samples (one frame: 1365 = 57 ms), later chunks
 1920 per frame; `flush` decodes what is still buffered, so the total is the whole decode's length.
 """
