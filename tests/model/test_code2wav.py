@@ -251,3 +251,17 @@ def test_bad_codes_and_stream_misuse(pair: tuple[Any, Code2Wav]) -> None:
     assert st.flush(st.init_state()) == []
     with pytest.raises(ValueError, match="at least one frame"):
         StreamingCode2Wav(ours, first_chunk_frames=0)
+
+
+def test_released_shape_has_the_released_key_names_and_shapes() -> None:
+    """The preset, built on the meta device (no memory), against transformers' default (released) model."""
+    from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeCode2WavConfig
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeCode2Wav
+
+    with torch.device("meta"):
+        ours = Code2Wav(Code2WavConfig.from_name("qwen3-omni-30b-a3b"))
+        ref = Qwen3OmniMoeCode2Wav(Qwen3OmniMoeCode2WavConfig())
+    want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == want
+    assert want["code_embedding.weight"] == (16 * 2048, 1024)
+    assert want["decoder.1.block.1.conv.weight"] == (1536, 768, 16)
