@@ -4,8 +4,7 @@ from model.code2wav.config import Code2WavConfig
 from model.code2wav.model import Code2Wav, Code2WavState
 from model.code2wav.streaming import Code2WavStreamState, StreamingCode2Wav
 from model.code2wav.weights import load_code2wav
-
-SAMPLE_RATE = 24000
+from model.token2wav import SAMPLE_RATE  # both speech decoders output 24 kHz
 
 __all__ = [
     "SAMPLE_RATE",

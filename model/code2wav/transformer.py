@@ -4,6 +4,8 @@ Each query sees itself and the `sliding_window - 1` frames before it. Stacked, L
 L * (window - 1) frames back (568 for the released 8 x 72), so re-decoding a stream piece with a short
 left context is not exact; instead every layer keeps the rotated keys and the values of its last
 window - 1 frames in an `AttentionState`, which makes a piece's output equal the whole decode's.
+(model/layers/attention.py serves the LM's sink + ring cache with a fused q/k/v; this window has no sinks
+and keeps the checkpoint's separate projections. RMSNorm and the rotary tables are the shared ones.)
 """
 
 from __future__ import annotations
