@@ -89,6 +89,15 @@ def kaiser_sinc(cutoff: float, half_width: float, taps: int) -> torch.Tensor:
     return h / h.sum()
 
 
+def snake_beta(x: torch.Tensor, log_alpha: torch.Tensor, log_beta: torch.Tensor) -> torch.Tensor:
+    """SnakeBeta on x [B, C, T] with per-channel log-frequency and log-magnitude [C]: x + sin^2(x e^a) / e^b.
+
+    Shared by BigVGAN (between its anti-aliasing filters) and Qwen3-Omni's Code2Wav (applied directly)."""
+    a = torch.exp(log_alpha)[None, :, None]
+    b = torch.exp(log_beta)[None, :, None]
+    return x + (1.0 / (b + 1e-9)) * torch.sin(x * a).pow(2)
+
+
 class AntiAliasedSnake(nn.Module):
     """x -> downsample2(snake_beta(upsample2(x))) on [B, C, T]; SnakeBeta: x + sin^2(x e^a) / e^b."""
 
@@ -109,9 +118,7 @@ class AntiAliasedSnake(nn.Module):
         up = 2 * F.conv_transpose1d(F.pad(x, (pad, pad), mode="replicate"), w, stride=2, groups=C)
         trim = pad * 2 + (k - 2) // 2
         up = up[..., trim : up.shape[-1] - (pad * 2 + (k - 1) // 2)]
-        a = torch.exp(self.alpha)[None, :, None]
-        b = torch.exp(self.beta)[None, :, None]
-        y = up + (1.0 / (b + 1e-9)) * torch.sin(up * a).pow(2)
+        y = snake_beta(up, self.alpha, self.beta)
         return F.conv1d(F.pad(y, (k // 2 - 1, k // 2), mode="replicate"), w, stride=2, groups=C)
 
 

@@ -1,0 +1,144 @@
+"""Code2Wav's pre-transformer: pre-norm layers with causal sliding-window attention and LayerScale.
+
+Each query sees itself and the `sliding_window - 1` frames before it. Stacked, L layers reach
+L * (window - 1) frames back (568 for the released 8 x 72), so re-decoding a stream piece with a short
+left context is not exact; instead every layer keeps the rotated keys and the values of its last
+window - 1 frames in an `AttentionState`, which makes a piece's output equal the whole decode's.
+(model/layers/attention.py serves the LM's sink + ring cache with a fused q/k/v; this window has no sinks
+and keeps the checkpoint's separate projections. RMSNorm and the rotary tables are the shared ones.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.code2wav.config import Code2WavConfig
+from model.layers.norm import RMSNorm
+from model.layers.rope import apply_folded_rope, fold_rope
+
+
+@dataclass
+class AttentionState:
+    """Per-session KV memory of all layers: the last `window - 1` frames, oldest first, written in place."""
+
+    k: torch.Tensor  # [layers, B, kv_heads, window - 1, head_dim], rotated
+    v: torch.Tensor  # [layers, B, kv_heads, window - 1, head_dim]
+    cached: int = 0  # valid frames in k/v
+    position: int = 0  # frames decoded so far = position of the next frame
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Code2WavConfig) -> None:
+        super().__init__()
+        H, Hkv, D, C = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        self.heads, self.kv_heads, self.head_dim = H, Hkv, D
+        self.q_proj = nn.Linear(C, H * D, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(C, Hkv * D, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(C, Hkv * D, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(H * D, C, bias=cfg.attention_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, n, C]
+        rope: tuple[torch.Tensor, torch.Tensor],  # fold_rope tables [1, 1, n, D]
+        cache_k: torch.Tensor,  # [B, Hkv, window - 1, D]
+        cache_v: torch.Tensor,
+        cached: int,
+        mask: torch.Tensor,  # [n, cached + n] bool, True = visible
+    ) -> torch.Tensor:
+        B, n, _ = x.shape
+        q = apply_folded_rope(self.q_proj(x).view(B, n, self.heads, self.head_dim).transpose(1, 2), rope)
+        k = apply_folded_rope(self.k_proj(x).view(B, n, self.kv_heads, self.head_dim).transpose(1, 2), rope)
+        v = self.v_proj(x).view(B, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        keys = torch.cat([cache_k[:, :, :cached], k], dim=2)  # [B, Hkv, cached + n, D]
+        values = torch.cat([cache_v[:, :, :cached], v], dim=2)
+        keep = min(cache_k.shape[2], keys.shape[2])
+        if keep:
+            cache_k[:, :, :keep].copy_(keys[:, :, keys.shape[2] - keep :])
+            cache_v[:, :, :keep].copy_(values[:, :, values.shape[2] - keep :])
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=self.heads != self.kv_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, n, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Code2WavConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg: Code2WavConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.self_attn_layer_scale = LayerScale(cfg.hidden_size, cfg.layer_scale_initial_scale)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+        self.mlp_layer_scale = LayerScale(cfg.hidden_size, cfg.layer_scale_initial_scale)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
+        cached: int,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        h = self.self_attn(self.input_layernorm(x), rope, cache_k, cache_v, cached, mask)
+        x = x + self.self_attn_layer_scale(h)
+        return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
+
+
+class PreTransformer(nn.Module):
+    """Frame embeddings [B, n, C] -> hidden states [B, n, C] (final RMSNorm included)."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, cfg: Code2WavConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        D = cfg.head_dim
+        inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> AttentionState:
+        c = self.cfg
+        shape = (c.num_hidden_layers, batch, c.num_key_value_heads, c.sliding_window - 1, c.head_dim)
+        k = torch.zeros(shape, device=device, dtype=dtype)
+        return AttentionState(k, torch.zeros_like(k))
+
+    def forward(self, x: torch.Tensor, state: AttentionState) -> torch.Tensor:
+        n, p0, cached = x.shape[1], state.position, state.cached
+        q_pos = torch.arange(p0, p0 + n, device=x.device)
+        # Angles in float32 from integer positions, as the reference computes them (and the model was trained).
+        ang = q_pos.float()[:, None] * self.inv_freq.float()[None]
+        emb = torch.cat([ang, ang], dim=-1)[None]
+        rope = fold_rope(emb.cos(), emb.sin(), x.dtype)
+        k_pos = torch.arange(p0 - cached, p0 + n, device=x.device)
+        mask = (k_pos[None] <= q_pos[:, None]) & (k_pos[None] > q_pos[:, None] - self.cfg.sliding_window)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, state.k[i], state.v[i], cached, mask)
+        state.cached = min(cached + n, self.cfg.sliding_window - 1)
+        state.position = p0 + n
+        return self.norm(x)
