@@ -37,6 +37,9 @@ SPECIALS = {
     "<tts_text_bos_single>": 268,
     "<|audio_pad|>": 269,
 }
+# The role words are single tokens in the released vocabulary (system 8948, user 872, assistant 77091), as the
+# Talker finds turns by <|im_start|> + role id; here they are added (non-special) tokens after the specials.
+ROLE_WORDS = {"system": 270, "user": 271, "assistant": 272}
 IDS = {
     "im_start": SPECIALS["<|im_start|>"],
     "im_end": SPECIALS["<|im_end|>"],
@@ -50,10 +53,7 @@ IDS = {
     "tts_bos": SPECIALS["<tts_text_bos>"],
     "tts_eos": SPECIALS["<tts_text_eod>"],
     "audio": SPECIALS["<|audio_pad|>"],
-    # ordinary words in the real vocabulary ("system", "user", "assistant"); byte ids here
-    "system": 115,
-    "user": 117,
-    "assistant": 97,
+    **ROLE_WORDS,
 }
 HIDDEN = 32
 CODEC_VOCAB = 1024 + 64  # transformers' talker generate() suppresses the top 1024 ids except codec EOS
@@ -222,8 +222,8 @@ def build_model(seed: int = 0) -> Any:
 
 
 def write_tokenizer(directory: Path) -> None:
-    """tokenizer.json (byte-level, one token per byte, specials at 256+) and tokenizer_config.json naming the
-    media tokens the way the released tokenizer_config.json does (audio_token, image_token, ...)."""
+    """tokenizer.json (byte-level, one token per byte, specials at 256+, role words as single tokens) and
+    tokenizer_config.json naming the media tokens as the released one does (audio_token, image_token, ...)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -231,7 +231,8 @@ def write_tokenizer(directory: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
-    for text, i in SPECIALS.items():
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ROLE_WORDS])
+    for text, i in (SPECIALS | ROLE_WORDS).items():
         assert tok.token_to_id(text) == i, (text, tok.token_to_id(text))
     tok.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(
