@@ -201,3 +201,52 @@ def test_tiny_checkpoint_is_in_the_released_layout(qwen3_tiny_dir: Path, raw: di
         "code2wav.pre_transformer.layers.0.self_attn_layer_scale.scale",
     ):
         assert name in names, name
+
+
+def test_per_expert_tensors_on_disk_are_transformers_fused_experts(qwen3_tiny_dir: Path) -> None:
+    """What a loader reads per expert is the reference's fused parameter: gate_up_proj[e] = [gate; up]."""
+    import torch
+
+    from tests.model.qwen3_tiny import build_model
+
+    model = build_model()  # the same seed as the fixture: the same weights
+    index = SafetensorsIndex(qwen3_tiny_dir)
+    # in memory transformers nests the decoder as thinker.model.language_model; on disk it is thinker.model
+    experts = model.thinker.get_submodule("model.language_model.layers.1.mlp.experts")
+    inter = experts.gate_up_proj.shape[1] // 2
+    for e in range(experts.gate_up_proj.shape[0]):
+        prefix = f"thinker.model.layers.1.mlp.experts.{e}."
+        assert torch.equal(index.get(prefix + "gate_proj.weight"), experts.gate_up_proj[e, :inter].detach())
+        assert torch.equal(index.get(prefix + "up_proj.weight"), experts.gate_up_proj[e, inter:].detach())
+        assert torch.equal(index.get(prefix + "down_proj.weight"), experts.down_proj[e].detach())
+
+
+def test_unfuse_experts_rewrites_a_fused_checkpoint(tmp_path: Path) -> None:
+    """The fixture's safety net for a transformers that writes fused experts: rewritten to the released names."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.model.qwen3_tiny import unfuse_experts
+
+    gate_up, down, other = torch.randn(3, 8, 5), torch.randn(3, 5, 4), torch.randn(2)
+    save_file({"m.layers.0.mlp.experts.gate_up_proj": gate_up, "m.layers.0.mlp.experts.down_proj": down},
+              str(tmp_path / "a.safetensors"))
+    save_file({"m.norm.weight": other}, str(tmp_path / "b.safetensors"))
+    weight_map = {"m.layers.0.mlp.experts.gate_up_proj": "a.safetensors",
+                  "m.layers.0.mlp.experts.down_proj": "a.safetensors", "m.norm.weight": "b.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    unfuse_experts(tmp_path)
+    index = SafetensorsIndex(tmp_path)
+    assert len(index.files) == 3 * 3 + 1
+    for e in range(3):
+        assert torch.equal(index.get(f"m.layers.0.mlp.experts.{e}.gate_proj.weight"), gate_up[e, :4])
+        assert torch.equal(index.get(f"m.layers.0.mlp.experts.{e}.up_proj.weight"), gate_up[e, 4:])
+        assert torch.equal(index.get(f"m.layers.0.mlp.experts.{e}.down_proj.weight"), down[e])
+    assert torch.equal(index.get("m.norm.weight"), other)
+
+
+def test_the_qwen2_5_thinker_loader_names_a_qwen3_directory(qwen3_tiny_dir: Path) -> None:
+    from model.loaders.omni import load_thinker_model
+
+    with pytest.raises(CheckpointError, match="a Qwen3-Omni checkpoint; this loader reads Qwen2.5-Omni"):
+        load_thinker_model(qwen3_tiny_dir)
