@@ -15,7 +15,6 @@ every field a released config.json carries is required, so a missing key is an e
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,8 @@ from model.tmrope import MultimodalTokenIds, TMRoPEConfig
 
 ARCHITECTURE = "Qwen3OmniMoeForConditionalGeneration"
 MODEL_TYPE = "qwen3_omni_moe"
+AUT_N_WINDOW = 50  # audio_config.n_window: AuT conv chunks of 2 * 50 mel frames = 1 s
+SPATIAL_MERGE = TMRoPEConfig.spatial_merge_size  # vision 2x2 patch merge, shared with Qwen2.5
 
 
 def _section(raw: dict[str, Any], key: str, what: str) -> dict[str, Any]:
@@ -34,7 +35,14 @@ def _section(raw: dict[str, Any], key: str, what: str) -> dict[str, Any]:
     return sub
 
 
-def aut_token_count(n_mel_frames: int, n_window: int = 50) -> int:
+def qwen3_rope(position_id_per_seconds: int, spatial_merge_size: int) -> TMRoPEConfig:
+    """TM-RoPE timing with the Qwen3-Omni rules (the Thinker's and the Talker's position ids)."""
+    return TMRoPEConfig(
+        position_id_per_seconds=position_id_per_seconds, spatial_merge_size=spatial_merge_size, style="qwen3"
+    )
+
+
+def aut_token_count(n_mel_frames: int, n_window: int = AUT_N_WINDOW) -> int:
     """AuT encoder tokens for `n_mel_frames` mel frames: 13 per full chunk of 2 * n_window frames (1 s), and
     three stride-2 convolutions over the remainder (section 2.2; 3 s = 300 frames -> 39)."""
     if n_mel_frames < 0:
@@ -86,12 +94,12 @@ class Qwen3ThinkerConfig:
 
     @property
     def spatial_merge_size(self) -> int:
-        return int(self.vision_config.get("spatial_merge_size", 2))
+        return int(self.vision_config.get("spatial_merge_size", SPATIAL_MERGE))
 
     @property
     def n_window(self) -> int:
         """AuT conv chunk half-width in mel frames (50: 1-s chunks)."""
-        return int(self.audio_config.get("n_window", 50))
+        return int(self.audio_config.get("n_window", AUT_N_WINDOW))
 
     @property
     def tokens(self) -> MultimodalTokenIds:
@@ -107,7 +115,7 @@ class Qwen3ThinkerConfig:
 
     @property
     def rope(self) -> TMRoPEConfig:
-        return TMRoPEConfig(self.position_id_per_seconds, 2.0, self.spatial_merge_size, style="qwen3")
+        return qwen3_rope(self.position_id_per_seconds, self.spatial_merge_size)
 
     def audio_tokens(self, n_mel_frames: int) -> int:
         return aut_token_count(n_mel_frames, self.n_window)
@@ -163,7 +171,7 @@ class Qwen3TalkerConfig:
     video_token_id: int
     audio_start_token_id: int
     vision_start_token_id: int
-    spatial_merge_size: int = 2
+    spatial_merge_size: int = SPATIAL_MERGE
 
     FIELDS = (
         "num_code_groups",
@@ -205,7 +213,7 @@ class Qwen3TalkerConfig:
 
     @property
     def rope(self) -> TMRoPEConfig:
-        return TMRoPEConfig(self.position_id_per_seconds, 2.0, self.spatial_merge_size, style="qwen3")
+        return qwen3_rope(self.position_id_per_seconds, self.spatial_merge_size)
 
     def speaker(self, name: str) -> int:
         """Codec id of a speaker by case-insensitive name; a clear error names the known ones."""
@@ -337,9 +345,6 @@ class Qwen3OmniConfig:
         if self.dtype is not None:
             out["dtype"] = self.dtype
         return out
-
-    def replace(self, **changes: Any) -> Qwen3OmniConfig:
-        return dataclasses.replace(self, **changes)
 
 
 # ---- presets: the released 30B-A3B shapes (shared/reference/qwen_omni.md sections 0, 2.1-2.6, 2.8) -------------
