@@ -11,6 +11,11 @@ A video is <|vision_bos|><|VIDEO|>*n<|vision_eos|>; a video with its audio track
 chunked by 2 s of TMRoPE time (see model/tmrope.py). Speech output needs the system prompt below verbatim
 (the released model may not speak otherwise; shared/reference/qwen_omni.md section 1.7).
 
+Qwen3-Omni's template has the same shape with other token texts (<|audio_start|><|audio_pad|><|audio_end|>,
+<|vision_start|><|image_pad|><|vision_end|>, <|video_pad|>) and its own video-with-audio order (merged by
+temporal id, model/tmrope.py); `PromptBuilder` takes the family's `MediaTokenText` and TMRoPE style
+(model/qwen3/prompt.py builds the Qwen3 one).
+
 Text is tokenised between special tokens only, so prompts built piece by piece (as a live session
 prefills them) give the same ids as the whole rendered prompt.
 """
@@ -18,7 +23,7 @@ prefills them) give the same ids as the whole rendered prompt.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 
 from model.lm.tokenizer import TextTokenizer
 from model.tmrope import MultimodalTokenIds, TMRoPEConfig, audio_in_video_layout
@@ -28,16 +33,31 @@ SPEECH_SYSTEM_PROMPT = (
     "and visual inputs, as well as generating text and speech."
 )
 
-SPECIAL_TOKENS = (
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|AUDIO|>",
-    "<|audio_bos|>",
-    "<|audio_eos|>",
-    "<|IMAGE|>",
-    "<|VIDEO|>",
-    "<|vision_bos|>",
-    "<|vision_eos|>",
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+
+
+@dataclass(frozen=True)
+class MediaTokenText:
+    """The text of each media placeholder and boundary token in a family's tokenizer (field names as in
+    MultimodalTokenIds)."""
+
+    audio: str
+    image: str
+    video: str
+    audio_start: str
+    audio_end: str
+    vision_start: str
+    vision_end: str
+
+
+QWEN2_5_MEDIA_TEXT = MediaTokenText(
+    audio="<|AUDIO|>",
+    image="<|IMAGE|>",
+    video="<|VIDEO|>",
+    audio_start="<|audio_bos|>",
+    audio_end="<|audio_eos|>",
+    vision_start="<|vision_bos|>",
+    vision_end="<|vision_eos|>",
 )
 
 
@@ -52,20 +72,15 @@ class PromptBuilder:
     tokenizer: TextTokenizer
     ids: MultimodalTokenIds
     rope: TMRoPEConfig
+    media_text: MediaTokenText = QWEN2_5_MEDIA_TEXT
+    family: str = "Qwen2.5-Omni"
 
     def __post_init__(self) -> None:
-        missing = [t for t in SPECIAL_TOKENS if self.tokenizer.tokenizer.token_to_id(t) is None]
+        wanted = CHATML_TOKENS + astuple(self.media_text)
+        missing = [t for t in wanted if self.tokenizer.tokenizer.token_to_id(t) is None]
         if missing:
-            raise PromptError(f"the tokenizer lacks the Qwen2.5-Omni special tokens {missing}")
-        mine = {
-            "<|AUDIO|>": self.ids.audio,
-            "<|IMAGE|>": self.ids.image,
-            "<|VIDEO|>": self.ids.video,
-            "<|audio_bos|>": self.ids.audio_start,
-            "<|audio_eos|>": self.ids.audio_end,
-            "<|vision_bos|>": self.ids.vision_start,
-            "<|vision_eos|>": self.ids.vision_end,
-        }
+            raise PromptError(f"the tokenizer lacks the {self.family} special tokens {missing}")
+        mine = {getattr(self.media_text, f.name): getattr(self.ids, f.name) for f in fields(self.media_text)}
         for text, tid in mine.items():
             if self.tokenizer.tokenizer.token_to_id(text) != tid:
                 raise PromptError(

@@ -23,6 +23,7 @@ from model.encoders.audio_frontend import LogMel
 from model.encoders.vision_preprocess import VisionPreprocessConfig
 from model.errors import CheckpointError, ConfigError
 from model.lm.tokenizer import TextTokenizer
+from model.loaders.family import QWEN3_OMNI_MOE, family_of_config
 from model.loaders.hf import SafetensorsIndex, read_config
 from model.loaders.weights import build_decoder
 from model.prompt import PromptBuilder
@@ -93,12 +94,23 @@ def _check_frontend(directory: Path, cfg: ThinkerConfig) -> None:
         )
 
 
+def _refuse_qwen3(raw: dict[str, Any], directory: Path) -> None:
+    """A Qwen3-Omni directory read as Qwen2.5 would fail on some field deep inside; say what it is instead."""
+    try:
+        family = family_of_config(raw)
+    except CheckpointError:
+        return  # hand-written or partial configs: the Qwen2.5 reader reports what is missing
+    if family == QWEN3_OMNI_MOE:
+        raise CheckpointError(f"{directory}: a Qwen3-Omni checkpoint; this loader reads Qwen2.5-Omni directories")
+
+
 def load_thinker_model(
     directory: str | os.PathLike[str], dtype: torch.dtype | None = None, device: str = "cpu"
 ) -> Thinker:
     """The Thinker's weights from a Qwen2.5-Omni directory; dtype defaults to the checkpoint's own."""
     directory = Path(directory)
     raw = read_config(directory)
+    _refuse_qwen3(raw, directory)
     try:
         cfg = ThinkerConfig.from_hf_config(raw)
     except ConfigError as e:
