@@ -482,8 +482,12 @@ class Session(ReplyEnds, SettingsUpdates):
         reply.iterator = await self.worker.run(self._engine_session.respond, reply.options)
         resampler = StreamingResampler(self.engine.output_sample_rate, self.config.output_rate)
         while not reply.generated:
-            # wait_for: a stalled step (a hung engine) becomes an error instead of a silent hang
-            ev, seconds = await asyncio.wait_for(self.worker.run(_step, reply.iterator), self.config.step_timeout)
+            # The timeout makes a stalled step (a hung engine) an error instead of a silent hang. Not
+            # asyncio.wait_for: on Python 3.11 it returns the step's result when a cancel (barge-in) arrives
+            # after the step finished but before this task resumed, swallowing the cancel, and the reply then
+            # went on decoding into the cache that the interrupt was about to roll back.
+            async with asyncio.timeout(self.config.step_timeout):
+                ev, seconds = await self.worker.run(_step, reply.iterator)
             reply.metrics.compute_seconds += seconds
             recall = self.memory_lane.take_recalled() if self.memory_lane is not None else None
             if recall is not None:  # the engine recalled at the turn's start (its worker job is over)
