@@ -11,11 +11,11 @@ import contextvars
 import threading
 from typing import Any
 
-from streaming.batching import ModelReply
+from streaming.batching import Forward, ModelReply, ReplyGenerator
 from streaming.engine import EngineEvent, ReplyDone, TextDelta
 from streaming.engines.tiny import TinyLMEngine, TinyLMSession
 from streaming.worker import NOT_DONE, DeviceWorker, job_owner
-from tests.streaming.test_tiny_engine import reply_text, speak
+from tests.streaming.test_tiny_engine import assert_cache_holds_conversation, reply_text, speak
 
 GREEDY = {"seed": 3, "temperature": 0.0, "min_new_tokens": 10, "max_new_tokens": 20, "token_budget": 12}
 LONG = "Speak like a sailor, keep every answer short, and never mention the weather or the sea."
@@ -126,3 +126,34 @@ async def test_sessions_on_the_device_worker_batch_and_equal_alone(worker: Devic
     assert await asyncio.gather(*tasks) == want
     # the first job: the three prompts' last token (the pushes prefilled the rest) in one batched forward
     assert len(engine.batcher.log[0].decoded) == 3
+
+
+def test_a_reply_cut_while_its_prompt_is_prefilled_keeps_the_conversation() -> None:
+    """Interrupted between two chunks of its prompt: the unfed rest and the played text are queued, so the cache
+    and `pending` still hold exactly the conversation the text history renders."""
+    engine = TinyLMEngine(**GREEDY)
+    y, ry = start(engine, 3)
+    assert engine.batcher.run_batch([ry]) == [NOT_DONE]  # one chunk in, the rest of the prompt waits
+    ry.close()
+    y.interrupt("")
+    assert list(y.history)[-1] == ("assistant", "")
+    assert_cache_holds_conversation(engine, y)
+    speak(y, 1.0, 0.2, seed=9)  # the next turn goes on from there
+    events = list(y.respond())
+    assert isinstance(events[-1], ReplyDone)
+    assert_cache_holds_conversation(engine, y)
+
+
+def test_a_failing_reply_fails_alone_in_its_batch() -> None:
+    engine = TinyLMEngine(**GREEDY)
+    x, rx = start(engine, 0)
+    y, _ = start(engine, 1)
+
+    def broken() -> ReplyGenerator:
+        yield Forward([1])
+        raise RuntimeError("simulated engine fault")
+
+    bad = ModelReply(broken(), engine.model, y.state, engine.batcher, y.sid, y.label)
+    results = engine.batcher.run_batch([rx, bad])
+    assert isinstance(results[1], RuntimeError) and isinstance(results[0][0], TextDelta)
+    assert reply_text([results[0][0], *rx]) == alone(0)
