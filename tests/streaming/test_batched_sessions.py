@@ -11,10 +11,15 @@ import contextvars
 import threading
 from typing import Any
 
+import numpy as np
+
 from streaming.batching import Forward, ModelReply, ReplyGenerator
 from streaming.engine import EngineEvent, ReplyDone, TextDelta
 from streaming.engines.tiny import TinyLMEngine, TinyLMSession
+from streaming.session_config import SessionConfig
+from streaming.vad import SileroVad, TurnConfig
 from streaming.worker import NOT_DONE, DeviceWorker, job_owner
+from tests.streaming.harness import Harness
 from tests.streaming.test_tiny_engine import assert_cache_holds_conversation, reply_text, speak
 
 GREEDY = {"seed": 3, "temperature": 0.0, "min_new_tokens": 10, "max_new_tokens": 20, "token_budget": 12}
@@ -157,3 +162,34 @@ def test_a_failing_reply_fails_alone_in_its_batch() -> None:
     results = engine.batcher.run_batch([rx, bad])
     assert isinstance(results[1], RuntimeError) and isinstance(results[0][0], TextDelta)
     assert reply_text([results[0][0], *rx]) == alone(0)
+
+
+async def session_replies(engine: TinyLMEngine, voices: list[np.ndarray], worker: DeviceWorker,
+                          media: DeviceWorker, vad: SileroVad) -> list[str]:
+    """Each voice speaks one turn to its own runtime Session (all at once, on one worker); their reply texts."""
+    hs = [Harness(engine, worker, vad, SessionConfig(turn=TurnConfig(silence_ms=700)), media=media) for _ in voices]
+    for h in hs:
+        await h.start()
+    try:
+        await asyncio.gather(*(h.feed(pcm, realtime=False) for h, pcm in zip(hs, voices, strict=True)))
+        await asyncio.gather(*(h.silence(1.0, realtime=False) for h in hs))
+        done = await asyncio.gather(*(h.wait_for("response.done") for h in hs))
+    finally:
+        for h in hs:
+            await h.close()
+    assert all(d["response"]["status"] == "completed" for d in done)
+    return [d["response"]["output"][0]["content"][0]["transcript"] for d in done]
+
+
+async def test_runtime_sessions_reply_as_they_do_alone(
+    worker: DeviceWorker, media: DeviceWorker, vad: SileroVad, speech16k: np.ndarray
+) -> None:
+    """Two runtime Sessions replying at the same time (their steps go through run_batched, batched whenever both
+    are queued) say what each says alone."""
+    voices = [speech16k, (speech16k // 3).astype(np.int16)]
+    config = {**GREEDY, "min_new_tokens": 30, "max_new_tokens": 40}
+    want = [(await session_replies(TinyLMEngine(**config), [v], worker, media, vad))[0] for v in voices]
+    engine = TinyLMEngine(**config)
+    assert await session_replies(engine, voices, worker, media, vad) == want
+    assert want[0] != want[1]
+    assert sum(len(i.decoded) for i in engine.batcher.log) >= 60  # the replies' steps went through the batcher
