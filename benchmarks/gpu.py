@@ -5,7 +5,8 @@
 
 Measures, per preset: the device's copy bandwidth; Thinker decode ms/token through the serving path (one
 session in `BatchedDecoder`, CUDA graphs captured on CUDA, capture time reported) for bf16, int8 and int4
-weights, and its share of the bandwidth bound (bytes a step reads / copy bandwidth); prefill tokens/s;
+weights, and its share of the bandwidth bound (bytes a step reads / copy bandwidth); Thinker decode of 1, 4,
+16 and 32 sessions as one batched step (ms/step, tokens/s and the gain over one session); prefill tokens/s;
 Talker step, token2wav chunk and real-time factor (benchmarks/talker.py's turn); end of user speech ->
 first audio sample at 1, 4, 16 and 32 concurrent sessions (p50/p95); transformers' generate on the same
 Thinker shape (--transformers). Prints a table and writes JSON and, when matplotlib is installed, a PNG.
@@ -111,6 +112,28 @@ def decode_speed(lm: DecoderLM, cache: CacheConfig, steps: int) -> dict[str, flo
     sync(dev)
     batch.leave(sid)
     return {"decode_ms": (time.perf_counter() - t0) / steps * 1e3, "graph_capture_s": capture_s}
+
+
+def batched_decode(lm: DecoderLM, cache: CacheConfig, n: int, steps: int) -> dict[str, float]:
+    """ms per batched decode step of n sessions together (every one decoding) and the tokens/s they make:
+    a step reads the weights once for all rows, so up to the ridge point n sessions cost about one."""
+    dev = lm.device
+    batch = BatchedDecoder(lm, max_sessions=n, cache=cache)
+    batch.capture_graphs()
+    sids = [batch.join(list(range(16 + i)), SamplingConfig(max_new_tokens=steps + 32)) for i in range(n)]
+    while not all(batch.sessions[s].ready for s in sids):  # prefill (a budget at a time), then warm-up
+        batch.step()
+    for _ in range(2):
+        batch.step()
+    sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        batch.step()
+    sync(dev)
+    ms = (time.perf_counter() - t0) / steps * 1e3
+    for s in sids:
+        batch.leave(s)
+    return {"sessions": n, "step_ms": ms, "tokens_per_s": n / ms * 1e3}
 
 
 def prefill_speed(lm: DecoderLM, cache: CacheConfig, tokens: int) -> float:
@@ -258,6 +281,7 @@ def run_preset(preset: str, args: argparse.Namespace, bandwidth: float) -> dict[
                                   first_chunk_blocks=args.first_chunk_blocks)
         run_turn(*speech, turn)  # warm-up
         out["speech"] = run_turn(*speech, turn)
+    out["batched_decode"] = [batched_decode(dense, cache, n, args.decode_steps) for n in args.sessions]
     out["first_audio"] = [first_audio(dense, speech, n, cache, args.first_chunk_blocks) for n in args.sessions]
     del dense, speech
     if args.transformers:
@@ -279,6 +303,10 @@ def print_table(result: dict[str, Any]) -> None:
         if s is not None:
             print(f"  Talker step {s['talker_step_ms']:.2f} ms, token2wav chunk {s['dit_chunk_ms']:.1f} ms, one "
                   f"session's first audio {s['first_audio_ms']:.0f} ms, RTF {s['rtf']:.3f}")
+        one = p["batched_decode"][0]["tokens_per_s"] / p["batched_decode"][0]["sessions"]
+        for b in p["batched_decode"]:
+            print(f"  {b['sessions']:>3} sessions decoding together: {b['step_ms']:.2f} ms/step, "
+                  f"{b['tokens_per_s']:.0f} tokens/s ({b['tokens_per_s'] / one:.1f}x one session's)")
         for f in p["first_audio"]:
             audio = f" first audio p50 {f['first_audio_p50_ms']:.0f} ms, p95 {f['first_audio_p95_ms']:.0f} ms" \
                 if "first_audio_p50_ms" in f else " (speech not run)"

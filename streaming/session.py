@@ -7,7 +7,8 @@ transport --AudioFrame--> inbox (control lane first, audio DROP_OLDEST) --> inpu
           --client event--> parse --> inbox control lane (typed user messages --worker--> engine.push_text)
 input task: SpeechStarted -> barge-in if a reply is live; turn audio --worker--> EngineFeed (push_audio,
             prepare_turn at a SpeechPaused, end_turn; held back while a reply is live); SpeechStopped -> reply task
-reply task --worker--> engine.respond() one step per job --> text events; speech --media--> 48 kHz
+reply task --worker--> engine.respond() one step per job (batched with other sessions' steps for a
+            streaming.batching.ModelReply) --> text events; speech --media--> 48 kHz
             --> OutputAudio (BLOCK)
 transport's audio track <-- OutputAudio.read(960) every 20 ms (flushed on barge-in)
 ```
@@ -44,6 +45,7 @@ from streaming.audio_in import (
     StageOutput,
     TurnAudio,
 )
+from streaming.batching import ModelReply
 from streaming.engine import (
     AudioChunk,
     Engine,
@@ -482,8 +484,15 @@ class Session(ReplyEnds, SettingsUpdates):
         reply.iterator = await self.worker.run(self._engine_session.respond, reply.options)
         resampler = StreamingResampler(self.engine.output_sample_rate, self.config.output_rate)
         while not reply.generated:
-            # wait_for: a stalled step (a hung engine) becomes an error instead of a silent hang
-            ev, seconds = await asyncio.wait_for(self.worker.run(_step, reply.iterator), self.config.step_timeout)
+            # The timeout makes a stalled step (a hung engine) an error instead of a silent hang. Not
+            # asyncio.wait_for: on Python 3.11 it returns the step's result when a cancel (barge-in) arrives
+            # after the step finished but before this task resumed, swallowing the cancel, and the reply then
+            # went on decoding into the cache that the interrupt was about to roll back.
+            async with asyncio.timeout(self.config.step_timeout):
+                if isinstance(reply.iterator, ModelReply):  # batched with other sessions' steps
+                    ev, seconds = await self.worker.run_batched(reply.iterator.batcher, reply.iterator)
+                else:
+                    ev, seconds = await self.worker.run(_step, reply.iterator)
             reply.metrics.compute_seconds += seconds
             recall = self.memory_lane.take_recalled() if self.memory_lane is not None else None
             if recall is not None:  # the engine recalled at the turn's start (its worker job is over)

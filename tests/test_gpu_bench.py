@@ -20,5 +20,6 @@ def test_gpu_benchmark_tiny_preset_runs(tmp_path: Path) -> None:
     for r in p["decode"].values():
         assert r["decode_ms"] > 0 and 0 < r["share_of_bound"] and math.isfinite(r["bound_ms"])
     assert p["decode"]["int4"]["weight_gb"] < p["decode"]["int8"]["weight_gb"] < p["decode"]["float32"]["weight_gb"]
-    assert [f["sessions"] for f in p["first_audio"]] == [1, 3]
+    assert [f["sessions"] for f in p["first_audio"]] == [b["sessions"] for b in p["batched_decode"]] == [1, 3]
+    assert all(b["step_ms"] > 0 and b["tokens_per_s"] > 0 for b in p["batched_decode"])
     assert result["copy_gb_s"] > 0 and p["prefill_tok_s"] > 0

@@ -15,6 +15,12 @@ cache), its seeded `SamplerState` and its history. The conversation is a token s
 - interrupt(played_text): the cache is rolled back to the start of the reply and the played text is queued
   (`pending`) to be fed before the next turn, so the model only ever remembers what the user heard.
 
+Sessions batched on the device: the engine's `BatchedDecoder` pool holds the caches of up to `max_sessions`
+sessions (later ones get a cache of their own and run unbatched), and replies are `ModelReply`s, so the
+runtime's device worker runs the decode steps of every replying session as one batched forward and a long
+prompt in chunks of `token_budget` tokens between them (streaming/batching.py). Pushes prefill at most
+`token_budget` tokens of `pending` each; the rest waits for the next push or goes with the reply's prompt.
+
 Invariant (while the cache has not wrapped): the cache holds `conversation_tokens(...)` minus `pending`.
 """
 
@@ -32,10 +38,12 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from model.lm.batch import BatchedDecoder
 from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM, DecoderState
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplerState, SamplingConfig, sample
+from streaming.batching import Forward, ModelReply, ReplyGenerator, StepBatcher
 from streaming.engine import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
@@ -111,6 +119,8 @@ class TinyLMEngine:
         max_history: int = 32,
         step_delay: float = 0.0,
         seconds_per_char: float = 0.06,
+        max_sessions: int = 8,
+        token_budget: int = 64,
         input_sample_rate: int = INPUT_SAMPLE_RATE,
         output_sample_rate: int = OUTPUT_SAMPLE_RATE,
     ) -> None:
@@ -133,6 +143,9 @@ class TinyLMEngine:
         self.seconds_per_char = seconds_per_char
         self.input_sample_rate = input_sample_rate
         self.output_sample_rate = output_sample_rate
+        # one KV pool row per session up to max_sessions; a step of the device worker decodes them together
+        self.decoder = BatchedDecoder(self.model, max_sessions, self.cache_config, token_budget)
+        self.batcher = StepBatcher(self.decoder)
         self._lock = threading.Lock()
         self._opened = 0
         self.open_sessions = 0
@@ -142,22 +155,29 @@ class TinyLMEngine:
             seed = self.seed + self._opened
             self._opened += 1
             self.open_sessions += 1
-        return TinyLMSession(self, instructions, seed)
+            sid = self.decoder.open() if len(self.decoder.sessions) < self.decoder.max_sessions else None
+        return TinyLMSession(self, instructions, seed, sid)
 
-    def _session_closed(self) -> None:
+    def _session_closed(self, sid: int | None) -> None:
         with self._lock:
             self.open_sessions -= 1
+            if sid is not None:
+                self.decoder.leave(sid)
 
 
 class TinyLMSession(EngineSessionBase):
     """One conversation's state. Not thread-safe: the runtime calls it from one worker at a time."""
 
-    def __init__(self, engine: TinyLMEngine, instructions: str | None, seed: int) -> None:
+    def __init__(self, engine: TinyLMEngine, instructions: str | None, seed: int, sid: int | None) -> None:
+        """`sid`: the session's row in the engine's batch pool (None: a cache of its own, never batched)."""
         super().__init__()
         self.history: History = deque(maxlen=engine.max_history)
         self.engine = engine
         self.instructions = instructions
-        self.state: DecoderState = engine.model.init_state(engine.cache_config)
+        self.label = f"session-{seed}"
+        self.sid = sid
+        self.state: DecoderState = (engine.model.init_state(engine.cache_config) if sid is None
+                                    else engine.decoder.sessions[sid].state)
         self.sampler = SamplerState.create(engine.config.vocab_size, seed=seed)
         tok = engine.tokenizer
         self.pending: list[int] = [SYSTEM, *tok.encode(instructions), END] if instructions else []
@@ -165,6 +185,7 @@ class TinyLMSession(EngineSessionBase):
         self._words: list[str] = []  # the transcript of the open user turn
         self._user_open = False
         self._reply: LiveReply[tuple[int, int]] | None = None  # mark: (cache length, next position)
+        self._prompt: Forward | None = None  # the reply's prompt while it is being prefilled
         self._banned = torch.tensor([SYSTEM, USER, ASSISTANT])  # never inside a reply
         self._banned_early = torch.tensor([SYSTEM, USER, ASSISTANT, END])  # before min_new_tokens
 
@@ -200,19 +221,27 @@ class TinyLMSession(EngineSessionBase):
             self._add_word(transcribe_block(self._audio))
         self._audio = np.zeros(0, np.float32)
         transcript = self._close_user_turn()
-        self._feed(self._take_pending())
+        self._prefill()
         return [TranscriptDelta(transcript, final=True)]
 
     def _add_word(self, word: str) -> str:
         """Prefill one transcript word now; returns the text it adds to the transcript."""
         piece = word if not self._words else " " + word
-        ids = self._take_pending()
         if not self._user_open:
-            ids.append(USER)
+            self.pending.append(USER)
             self._user_open = True
         self._words.append(word)
-        self._feed([*ids, *self.engine.tokenizer.encode(piece)])
+        self.pending += self.engine.tokenizer.encode(piece)
+        self._prefill()
         return piece
+
+    def _prefill(self) -> None:
+        """Feed `pending` now, at most one token budget of it: a push never holds the device worker longer
+        than that (the rest goes with the next push, or in chunks with the reply's prompt)."""
+        n = min(len(self.pending), self.engine.batcher.token_budget)
+        if n:
+            self._feed(self.pending[:n])
+            del self.pending[:n]
 
     def _close_user_turn(self) -> str:
         if not self._user_open:
@@ -230,16 +259,22 @@ class TinyLMSession(EngineSessionBase):
         self._check_open()
         if self._reply is not None and self._reply.open:  # the last reply was abandoned without interrupt
             self.interrupt(self._reply.text)
+        if self._prompt is not None:  # the last reply was abandoned while its prompt was being prefilled
+            self.interrupt("")
         if self._user_open:
             self._close_user_turn()
         self._reply = None  # until the generator's first step has prefilled the prompt
-        return self._generate(options.speech)
+        return ModelReply(self._generate(options.speech), self.engine.model, self.state, self.engine.batcher,
+                          self.sid, self.label)
 
-    def _generate(self, speech: bool) -> Iterator[EngineEvent]:
+    def _generate(self, speech: bool) -> ReplyGenerator:
+        """The reply's steps; each `yield Forward(ids)` gets the logits [1, V] of feeding `ids`."""
         eng = self.engine
         t0 = time.perf_counter()
-        prompt = [*self._take_pending(), ASSISTANT]
-        logits = self._feed(prompt)
+        prompt = self._prompt = Forward([*self._take_pending(), ASSISTANT])
+        logits = yield prompt
+        assert logits is not None
+        self._prompt = None
         reply = self._reply = LiveReply((self.state.cache.length, self.state.next_position))
         t1 = time.perf_counter()
         word, words = "", 0
@@ -259,7 +294,8 @@ class TinyLMSession(EngineSessionBase):
                 if speech:
                     yield AudioChunk(word_tone(eng.output_sample_rate, eng.seconds_per_char, len(word), words), word)
                 word, words = "", words + 1
-            logits = self._feed([token])
+            logits = yield Forward([token])
+            assert logits is not None
         if word and speech:
             yield AudioChunk(word_tone(eng.output_sample_rate, eng.seconds_per_char, len(word), words), word)
         text = reply.text
@@ -267,7 +303,7 @@ class TinyLMSession(EngineSessionBase):
         self.history.append(("assistant", text))
         self.pending.append(END)
         stats = {
-            "prompt_tokens": float(len(prompt)),
+            "prompt_tokens": float(len(prompt.ids)),
             "new_tokens": float(len(reply.text)),
             "prefill_seconds": t1 - t0,
             "decode_seconds": time.perf_counter() - t1,
@@ -281,7 +317,10 @@ class TinyLMSession(EngineSessionBase):
         reply = self._reply
         tok = self.engine.tokenizer
         if reply is None:  # the reply never reached its first step: remember the played part as a reply
-            self.pending += [ASSISTANT, *tok.encode(played_text), END]
+            if self._prompt is not None:  # its prompt was being prefilled: the unfed part ends with ASSISTANT
+                self.pending, self._prompt = [*self._prompt.left, *tok.encode(played_text), END], None
+            else:
+                self.pending += [ASSISTANT, *tok.encode(played_text), END]
             self.history.append(("assistant", played_text))
             return
         if reply.open:  # cut while generating: the reply is not in the history yet
@@ -311,7 +350,7 @@ class TinyLMSession(EngineSessionBase):
     def close(self) -> None:
         if not self.closed:
             super().close()
-            self.engine._session_closed()
+            self.engine._session_closed(self.sid)
 
     # ---- model ----
 

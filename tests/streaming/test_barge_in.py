@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from streaming.engine import SPOKEN_REPLY, EngineEvent, ResponseOptions, TextDelta
 from streaming.engines.tone import ToneEngine, ToneSession
+from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
 from tests.streaming.harness import Harness
@@ -145,3 +147,73 @@ async def test_single_lane_session_still_barges_in(worker: DeviceWorker, vad: Si
         engine.gate.set()
         await h.close()
     assert engine.step_finished.is_set() and engine.max_inside == 1
+
+
+class CancelAfterStepEngine(ToneEngine):
+    """A tone engine whose reply, in its `at`-th step (on the worker thread), asks the event loop to cancel the
+    response `hops` loop iterations after that step's result is handed back. Counts the steps it took."""
+
+    def __init__(self, at: int, hops: int) -> None:
+        super().__init__(seconds_per_char=0.01)
+        self.at, self.hops, self.steps = at, hops, 0
+        self.cancel: Callable[[], None] = lambda: None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _later(self, n: int) -> None:
+        assert self.loop is not None
+        if n == 0:
+            self.cancel()
+        else:
+            self.loop.call_soon(self._later, n - 1)
+
+    def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> ToneSession:
+        s = super().open_session(instructions=instructions, voice=voice)
+        inner_respond = s.respond
+
+        def respond(options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
+            for ev in inner_respond(options):
+                self.steps += 1
+                if self.steps == self.at:
+                    assert self.loop is not None  # queued before the worker hands this step's result back
+                    self.loop.call_soon_threadsafe(self._later, self.hops)
+                yield ev
+
+        s.respond = respond  # type: ignore[method-assign]
+        return s
+
+
+async def cancel_after_step(worker: DeviceWorker, vad: SileroVad, hops: int) -> tuple[list[str], int, int]:
+    """A text reply cancelled `hops` loop iterations after its third step was handed back: the statuses of
+    every response.done, the engine's steps when the first was emitted, and its steps in all."""
+    engine = CancelAfterStepEngine(at=3, hops=hops)
+    h = Harness(engine, worker, vad, SessionConfig(create_response=False))
+    engine.loop = asyncio.get_running_loop()
+    engine.cancel = lambda: h.session.handle_client_event({"type": "response.cancel"})
+    steps_at_done: list[int] = []
+    emit = h.session._emit
+
+    def count_steps(event: dict[str, Any]) -> None:
+        if event["type"] == "response.done":
+            steps_at_done.append(engine.steps)
+        emit(event)
+
+    h.session._emit = count_steps
+    await h.start(play=False)
+    try:
+        h.session.handle_client_event({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        await h.wait_for("response.done")
+    finally:
+        await h.close()
+    return [e["response"]["status"] for e in h.events if e["type"] == "response.done"], steps_at_done[0], engine.steps
+
+
+async def test_a_cancel_that_lands_just_after_a_step_still_ends_the_reply(worker: DeviceWorker, vad: SileroVad) -> None:
+    """The cancel is asked for at every loop iteration around a finished step's hand-back (0-5 hops after it):
+    the reply must end cancelled and take no step after the one in flight when the cancel lands. (asyncio.wait_for
+    on Python 3.11 returned a step's result when the cancel came after the step had finished, swallowing the
+    cancellation: the reply went on generating into the cache after the barge-in.)"""
+    for hops in range(6):
+        statuses, steps_at_cancel, steps = await cancel_after_step(worker, vad, hops)
+        assert statuses == ["cancelled"], f"hops={hops}"
+        # the cancelled response.done is emitted as the reply task is cancelled: one step may be in flight then
+        assert steps <= steps_at_cancel + 1, f"hops={hops}: {steps} steps, the reply went on"

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
+from typing import Any
 
 import pytest
 
-from streaming.worker import DeviceWorker, WorkerStopped
+from streaming.worker import NOT_DONE, DeviceWorker, WorkerStopped, job_owner
 
 
 async def test_jobs_run_in_order_on_the_worker_thread(worker: DeviceWorker) -> None:
@@ -50,3 +52,47 @@ async def test_stopped_worker_refuses_jobs() -> None:
     w.stop()
     with pytest.raises(WorkerStopped):
         await w.run(lambda: 1)
+
+
+class ChunkBatcher:
+    """Items are [name, chunks left]; one chunk each per batch; logs the names of every batch."""
+
+    max_batch = 3
+
+    def __init__(self, order: list[object]) -> None:
+        self.order = order
+
+    def run_batch(self, items: list[Any]) -> list[Any]:
+        self.order.append([name for name, _ in items])
+        out: list[Any] = []
+        for item in items:
+            item[1] -= 1
+            if item[0] == "bad":
+                out.append(KeyError("bad item"))
+            else:
+                out.append(NOT_DONE if item[1] else item[0])
+        return out
+
+
+async def test_batched_jobs_run_together_and_unfinished_ones_wait_their_turn(worker: DeviceWorker) -> None:
+    gate = threading.Event()
+    order: list[object] = []
+    batcher = ChunkBatcher(order)
+    tasks = [as_owner("a", worker.run, gate.wait, 10)]
+    await asyncio.sleep(0.05)  # the worker is busy with a's first job: the next ones queue up
+    batched = worker.run_batched
+    tasks += [as_owner("a", batched, batcher, ["a", 3]), as_owner("b", batched, batcher, ["b", 1]),
+              as_owner("c", worker.run, order.append, "c"), as_owner("d", batched, batcher, ["bad", 1]),
+              as_owner("e", batched, batcher, ["e", 1])]
+    await asyncio.sleep(0.01)
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[1:3] == ["a", "b"] and isinstance(results[4], KeyError) and results[5] == "e"
+    # a, b and d (max_batch 3) in one batch; c's plain job and e's batch go before a's second chunk
+    assert order == [["a", "b", "bad"], "c", ["e", "a"], ["a"]]
+
+
+def as_owner(owner: str, fn: Any, *args: Any) -> asyncio.Task[Any]:
+    ctx = contextvars.copy_context()
+    ctx.run(job_owner.set, owner)
+    return asyncio.get_running_loop().create_task(fn(*args), context=ctx)
