@@ -75,8 +75,8 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     add("--connects-per-minute", type=float, default=d.connects_per_minute,
         help=f"new calls per client address (default %(default)s, bursts of {d.connect_burst}); beyond: 429")
     add("--max-connections-per-address", type=int, default=d.max_connections_per_address, metavar="N",
-        help="open HTTP connections from one client address (default %(default)s); beyond: an immediate 503, then closed "
-        "(slow or half-open clients cannot use up the server's file descriptors)")
+        help="open HTTP connections from one client address (default %(default)s); beyond: an immediate 503, "
+        "then closed (slow or half-open clients cannot use up the server's file descriptors)")
     add("--request-timeout", type=float, default=d.request_timeout, metavar="SECONDS",
         help="a request (or an idle HTTP connection) that takes longer is closed (default %(default)s)")
     add("--drain-seconds", type=float, default=10.0, help="on SIGTERM/SIGINT, how long replies in progress get "

@@ -321,6 +321,10 @@ class Server:
             "media_worker_busy_seconds", "time the media worker spent on audio and image jobs", self.media.busy_seconds
         )
         self.metrics.set_gauge("media_worker_queue", "jobs waiting for the media worker", self.media.pending())
+        if self.options.memory is not None:
+            stats = self.options.memory.memory.stats
+            self.metrics.set_gauge("memory_write_errors", "memory records that could not be persisted (full disk, "
+                                   "unwritable store): those sessions kept session-only memory", stats.write_errors)
         return web.Response(
             text=self.metrics.render(),
             content_type="text/plain",

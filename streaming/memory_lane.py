@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from memory import Memory, Recall, SessionMemory, WindowItem
+from memory import Memory, MemoryWriteError, Recall, SessionMemory, WindowItem
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,11 @@ class MemoryLane:
         self._commit_reply()
         self.handle.evicted([tr.item for tr in self._tracked])
         self._tracked.clear()
-        self.handle.close(self.clock())
+        try:
+            self.handle.close(self.clock())
+        except MemoryWriteError as e:  # the writer already warned; the session ends normally without them
+            log.warning("memory of session %s was not fully persisted: %s (%s)", self.handle.session_id, e,
+                        e.__cause__)
 
     def _commit_reply(self) -> None:
         if self._reply is None:
