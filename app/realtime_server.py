@@ -325,6 +325,8 @@ class Server:
             stats = self.options.memory.memory.stats
             self.metrics.set_gauge("memory_write_errors", "memory records that could not be persisted (full disk, "
                                    "unwritable store): those sessions kept session-only memory", stats.write_errors)
+            self.metrics.set_gauge("memory_open_failures", "sessions that ran without long-term memory: the store "
+                                   "could not open them", self.options.memory.open_failures)
         return web.Response(
             text=self.metrics.render(),
             content_type="text/plain",

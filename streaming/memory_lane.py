@@ -185,12 +185,26 @@ class MemoryHub:
         self.memory = memory
         self.embed = embed
         self.config = config or LaneConfig()
+        self.open_failures = 0
 
     def open(self, user_id: str | None, session_id: str) -> MemoryLane:
         if user_id is not None and not user_id.strip():
             raise ValueError("a user id must be a non-empty string (or None for an anonymous session)")
         handle = self.memory.open_session(user_id, session_id, started_at=time.time())
         return MemoryLane(handle, self.embed, self.config)
+
+    def try_open(self, user_id: str | None, session_id: str) -> MemoryLane | None:
+        """`open`, or None with a warning when the store cannot take the session (a full disk, a lost database):
+        that session goes on without long-term memory (counted in `open_failures`)."""
+        try:
+            return self.open(user_id, session_id)
+        except ValueError:
+            raise
+        except Exception as e:  # sqlite3, psycopg and OS errors alike: the store's failure is not the session's
+            self.open_failures += 1
+            log.warning("session %s runs without long-term memory: the store failed (%s: %s)", session_id,
+                        type(e).__name__, e)
+            return None
 
     def close(self) -> None:
         """Flush every queued record and stop the writer (server shutdown)."""

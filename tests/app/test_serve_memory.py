@@ -95,6 +95,11 @@ async def test_a_full_disk_mid_session_warns_once_counts_and_the_session_goes_on
     assert not any(r.exc_info for r in caplog.records)
     errors = hub.memory.stats.write_errors
     assert errors >= 5
+    hub.memory.store.begin_session = full  # type: ignore[method-assign,assignment]
+    with caplog.at_level(logging.WARNING):
+        assert hub.try_open("bob", "s2") is None  # a new session on the full disk: no long-term memory, no error
+    assert any("s2 runs without long-term memory" in r.getMessage() for r in caplog.records)
     page = (await server.metrics_page(None)).text  # type: ignore[arg-type]
     assert page is not None and f"omni_memory_write_errors {errors:g}" in page
+    assert "omni_memory_open_failures 1" in page
     hub.close()
