@@ -236,7 +236,7 @@ class Connection:
         if self.out_track is not None:
             self.out_track.stop()
         await self._drain_channel()
-        await self.pc.close()
+        await close_peer(self.pc)
         self.pending.clear()
 
 
@@ -440,10 +440,13 @@ class Server:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as e:  # aiortc raises ValueError, OperationError, ... for offers it cannot take
-            await pc.close()
+            await close_peer(pc)
             raise OfferError(f"cannot use this SDP offer: {type(e).__name__}: {e}") from None
+        if missing_transport(pc):  # aiortc accepted it but could not give every section a transport
+            await close_peer(pc)
+            raise OfferError("cannot use this SDP offer: a media section has no transport (check BUNDLE and mids)")
         if not any(t.kind == "audio" for t in tracks):
-            await pc.close()
+            await close_peer(pc)
             raise OfferError("the offer sends no audio: add a microphone track (m=audio, sendrecv or sendonly)")
         session = self.make_session(
             conn.send_event, lambda e: self.teardown(conn, f"session failed: {e}"), **user
@@ -466,6 +469,9 @@ class Server:
             if self.options.idle_timeout > 0:
                 conn.spawn(self._idle_watchdog(conn, self.options.idle_timeout), "idle-watchdog")
             await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as e:  # an offer aiortc took but cannot answer: a 400 naming it, never a 500
+            self.teardown(conn, "answer failed")
+            raise OfferError(f"cannot answer this SDP offer: {type(e).__name__}: {e}") from None
         except BaseException:
             self.teardown(conn, "answer failed")
             raise
@@ -543,6 +549,23 @@ class Server:
         if conn.session is not None:
             conn.send_event(conn.session.events.error("idle_timeout", f"closing the call: {reason}"))
         self.teardown(conn, reason)
+
+
+def missing_transport(pc: RTCPeerConnection) -> bool:
+    """Whether a media section of the applied offer was left without a transport (a fuzzed offer once got
+    through setRemoteDescription like that, then failed in createAnswer and pc.close with AttributeError)."""
+    if any(t.receiver.transport is None or t.sender.transport is None for t in pc.getTransceivers()):
+        return True
+    return pc.sctp is not None and pc.sctp.transport is None
+
+
+async def close_peer(pc: RTCPeerConnection) -> None:
+    """Close a peer connection; one that a bad offer left half-built may fail to (aiortc), which is logged,
+    without a traceback, and goes no further."""
+    try:
+        await pc.close()
+    except Exception as e:
+        log.info("closing a half-built peer connection: %s: %s", type(e).__name__, e)
 
 
 def user_of(request: web.Request) -> dict[str, Any]:
