@@ -159,9 +159,12 @@ async def churn(args: argparse.Namespace) -> None:
     gc.collect()
     assert rss0 is not None
     per = (rss_mb() - rss0) * 1024 / max(1, args.cycles - 20)
+    runs = server.metrics.counters.get("gc_runs_total", ("", 0.0))[1]
+    gc_ms = server.metrics.counters.get("gc_seconds_total", ("", 0.0))[1] * 1e3 / max(1.0, runs)
     print(f"churn: {args.cycles} cycles (every 5th abrupt): connections left {len(server.connections)}, "
           f"engine sessions open {engine.open_sessions}, tasks {len(asyncio.all_tasks())} (after warm-up "
-          f"{tasks0}), left in memory: {leftovers}; RSS {rss0:.1f} -> {rss_mb():.1f} MB = {per:.1f} KB per cycle")
+          f"{tasks0}), left in memory: {leftovers}; RSS {rss0:.1f} -> {rss_mb():.1f} MB = {per:.1f} KB per cycle; "
+          f"collection after each teardown: {gc_ms:.2f} ms mean over {runs:g}")
     await runner.cleanup()
 
 
