@@ -74,6 +74,9 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
         help=f"client events per call (default %(default)s, bursts of {d.message_burst})")
     add("--connects-per-minute", type=float, default=d.connects_per_minute,
         help=f"new calls per client address (default %(default)s, bursts of {d.connect_burst}); beyond: 429")
+    add("--max-connections-per-address", type=int, default=d.max_connections_per_address, metavar="N",
+        help="open HTTP connections from one client address (default %(default)s); beyond: an immediate 503, "
+        "then closed (slow or half-open clients cannot use up the server's file descriptors)")
     add("--request-timeout", type=float, default=d.request_timeout, metavar="SECONDS",
         help="a request (or an idle HTTP connection) that takes longer is closed (default %(default)s)")
     add("--drain-seconds", type=float, default=10.0, help="on SIGTERM/SIGINT, how long replies in progress get "
@@ -114,6 +117,7 @@ def deploy_settings(args: argparse.Namespace) -> tuple[AuthConfig, Limits]:
         "max_message_kb",
         "events_per_second",
         "connects_per_minute",
+        "max_connections_per_address",
         "request_timeout",
     ):
         if getattr(args, name) <= 0:
@@ -131,6 +135,7 @@ def deploy_settings(args: argparse.Namespace) -> tuple[AuthConfig, Limits]:
         max_session_minutes=args.max_session_minutes,
         connects_per_minute=args.connects_per_minute,
         request_timeout=args.request_timeout,
+        max_connections_per_address=args.max_connections_per_address,
     )
     auth = AuthConfig(keys=keys, allow_origins=list(args.allow_origin), public_metrics=args.public_metrics)
     return auth, limits

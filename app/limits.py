@@ -11,10 +11,12 @@ messages (`MessageGate`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,7 @@ class Limits:
     connects_per_minute: float = 60.0  # new calls per client address (a reload a second for a minute)
     connect_burst: int = 20
     request_timeout: float = 15.0  # seconds a request may take to arrive (headers and body); half-open: closed
+    max_connections_per_address: int = 64  # open HTTP connections from one client address (a browser uses ~6)
 
 
 def refusal(status: int, code: str, message: str, retry_after: float | None = None) -> web.Response:
@@ -167,3 +170,107 @@ class RateLimitedLog(logging.Filter):
             return True
         entry[1] += 1
         return entry[1] <= self.burst
+
+
+log = logging.getLogger("omni.serve")
+REFUSED_LINGER = 1.0  # seconds a refused connection stays open for the client to read its 503
+
+
+class ConnectionCap:
+    """Open HTTP connections per client address, at most `limit`. The request timeout closes a half-open
+    connection only after `request_timeout` seconds; meanwhile ~1,100 of them from one client once used up
+    every file descriptor (limit 1024) and blocked all new calls. Beyond the cap a connection gets an
+    immediate 503 (Retry-After, a Realtime-style error body) and is closed before aiohttp sees it."""
+
+    def __init__(self, limit: int, metrics: ServerMetrics) -> None:
+        self.limit = limit
+        self.metrics = metrics
+        self.open: Counter[str] = Counter()
+
+    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        return lambda: _CountedProtocol(self, factory())
+
+    def admit(self, address: str) -> bool:
+        if self.open[address] >= self.limit:
+            count_refusal(self.metrics, "connections_per_address")
+            log.warning("refused a connection from %s: %d connections already open", address, self.open[address])
+            return False
+        self.open[address] += 1
+        self._gauge()
+        return True
+
+    def release(self, address: str) -> None:
+        self.open[address] -= 1
+        if self.open[address] <= 0:
+            del self.open[address]  # the counter keeps only addresses with open connections
+        self._gauge()
+
+    def refusal_bytes(self) -> bytes:
+        body = json.dumps({"error": {"type": "invalid_request_error", "code": "too_many_connections", "message":
+                                     f"more than {self.limit} open connections from this address"}}).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: "
+                f"{len(body)}\r\nRetry-After: 5\r\nConnection: close\r\n\r\n")
+        return head.encode() + body
+
+    def _gauge(self) -> None:
+        self.metrics.set_gauge("http_connections_open", "HTTP connections open now", sum(self.open.values()))
+
+
+class _CountedProtocol(asyncio.Protocol):
+    """aiohttp's connection handler, behind the per-address count (everything else is passed through)."""
+
+    def __init__(self, cap: ConnectionCap, inner: asyncio.Protocol) -> None:
+        self._cap, self._inner = cap, inner
+        self._address: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        if not self._cap.admit(address):
+            # answer, half-close, and drop the connection a moment later: closing at once with the client's
+            # request unread would reset it (RST) and the client might never see the 503
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(self._cap.refusal_bytes())
+            if transport.can_write_eof():
+                transport.write_eof()
+            asyncio.get_running_loop().call_later(REFUSED_LINGER, transport.close)
+            return
+        self._address = address
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._address is None:
+            return
+        self._cap.release(self._address)
+        self._address = None
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._address is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._address is not None else None
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class CappedTCPSite(web.TCPSite):
+    """aiohttp's TCP site with the per-address connection cap in front of its handler."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, cap: ConnectionCap) -> None:
+        super().__init__(runner, host, port)
+        self.cap = cap
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # TCPSite.start without its create_server: ours wraps the handler
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self.cap.wrap(server), self._host, self._port, backlog=self._backlog, reuse_address=self._reuse_address
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port

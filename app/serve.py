@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import logging
+import shutil
+import sqlite3
 import sys
+import tempfile
 from typing import TYPE_CHECKING
 
 from app import deploy_args
 from streaming.vad import TurnConfig
+
+log = logging.getLogger("omni.serve")
 
 if TYPE_CHECKING:
     from streaming.engine import Engine
@@ -116,7 +122,15 @@ def open_memory(args: argparse.Namespace) -> MemoryHub | None:
     from model.embedded.text_embedding import TextEmbedder
     from streaming.memory_lane import MemoryHub
 
-    store = MemoryStore.open(args.memory_url or str(args.memory_dir or default_memory_dir()))
+    location = args.memory_url or str(args.memory_dir or default_memory_dir())
+    try:
+        store = MemoryStore.open(location)
+    except (OSError, sqlite3.Error) as e:  # unwritable or full: memory that lasts while the server runs
+        fallback = tempfile.mkdtemp(prefix="omni-memory-")
+        atexit.register(shutil.rmtree, fallback, True)
+        log.warning("cannot open the memory store %s (%s: %s): memory lasts only while this server runs (%s)",
+                    location, type(e).__name__, e, fallback)
+        store = MemoryStore.open(fallback)
     embed = TextEmbedder()
     return MemoryHub(Memory(store, embed=embed), embed)
 

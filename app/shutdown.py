@@ -18,6 +18,7 @@ import time
 
 from aiohttp import web
 
+from app.limits import CappedTCPSite, ConnectionCap
 from app.realtime_server import SERVER_KEY, Server
 
 log = logging.getLogger("omni.serve")
@@ -73,7 +74,9 @@ async def serve(app: web.Application, host: str, port: int, drain_seconds: float
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        site = web.TCPSite(runner, host, port)
+        server = app[SERVER_KEY]
+        cap = ConnectionCap(server.options.limits.max_connections_per_address, server.metrics)
+        site = CappedTCPSite(runner, host, port, cap)
         await site.start()
         shown = f"[{host}]" if ":" in host else host
         print(f"omni serve: open http://{shown}:{port}/ (Ctrl-C stops)", flush=True)

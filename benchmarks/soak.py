@@ -117,6 +117,23 @@ async def start_server(engine: Any, **options: Any) -> tuple[str, Any, Any]:
     return f"http://127.0.0.1:{runner.addresses[0][1]}", app[SERVER_KEY], runner
 
 
+def live_call_objects() -> str:
+    """Peer connections, sessions, calls and media tracks still in memory (client and server side: the
+    client runs in this process), counted before any collection of ours."""
+    from aiortc import MediaStreamTrack, RTCPeerConnection
+
+    from app.realtime_server import Connection
+    from streaming.session import Session
+
+    kinds = {"peer connections": RTCPeerConnection, "sessions": Session, "calls": Connection,
+             "tracks": MediaStreamTrack}
+    objects = gc.get_objects()
+    counts = ", ".join(f"{name} {sum(isinstance(o, cls) for o in objects)}" for name, cls in kinds.items())
+    answering = sum(isinstance(o, RTCPeerConnection) and getattr(o.localDescription, "type", "") == "answer"
+                    for o in objects)
+    return f"{counts} (server-side peer connections {answering})"
+
+
 async def churn(args: argparse.Namespace) -> None:
     engine = make_engine("test")
     url, server, runner = await start_server(engine, idle_timeout=2.0)
@@ -132,17 +149,22 @@ async def churn(args: argparse.Namespace) -> None:
             await client.pc.close()  # DTLS close may or may not reach the server first: both paths count
         else:
             await client.close()
+        del client
         if cycle == 19:  # warm-up done
             await asyncio.sleep(3.0)
             gc.collect()
             rss0, tasks0 = rss_mb(), len(asyncio.all_tasks())
-    await poll_until(lambda: not server.connections and not engine.open_sessions, 0.1, 10.0)
+    await poll_until(lambda: not server.connections and not engine.open_sessions and not server._tasks, 0.1, 10.0)
+    leftovers = live_call_objects()
     gc.collect()
     assert rss0 is not None
     per = (rss_mb() - rss0) * 1024 / max(1, args.cycles - 20)
+    runs = server.metrics.counters.get("gc_runs_total", ("", 0.0))[1]
+    gc_ms = server.metrics.counters.get("gc_seconds_total", ("", 0.0))[1] * 1e3 / max(1.0, runs)
     print(f"churn: {args.cycles} cycles (every 5th abrupt): connections left {len(server.connections)}, "
           f"engine sessions open {engine.open_sessions}, tasks {len(asyncio.all_tasks())} (after warm-up "
-          f"{tasks0}), RSS {rss0:.1f} -> {rss_mb():.1f} MB = {per:.1f} KB per cycle")
+          f"{tasks0}), left in memory: {leftovers}; RSS {rss0:.1f} -> {rss_mb():.1f} MB = {per:.1f} KB per cycle; "
+          f"collection after each teardown: {gc_ms:.2f} ms mean over {runs:g}")
     await runner.cleanup()
 
 

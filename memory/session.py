@@ -181,8 +181,11 @@ class Memory:
                 self.stats.write_seconds += time.perf_counter() - t0
             except Exception as e:
                 self.stats.write_errors += 1
+                if self._error is None:  # once per failure streak (a full disk fails every record): no log flood
+                    log.warning("memory writer cannot persist records (%s: %s): memory of the sessions open now may "
+                                "be lost, the sessions go on; later failures are only counted until flush",
+                                type(e).__name__, e, exc_info=not isinstance(e, OSError))
                 self._error = self._error or e
-                log.exception("memory writer failed to persist a record")
             finally:
                 self._queue.task_done()
 

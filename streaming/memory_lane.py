@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from memory import Memory, Recall, SessionMemory, WindowItem
+from memory import Memory, MemoryWriteError, Recall, SessionMemory, WindowItem
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,11 @@ class MemoryLane:
         self._commit_reply()
         self.handle.evicted([tr.item for tr in self._tracked])
         self._tracked.clear()
-        self.handle.close(self.clock())
+        try:
+            self.handle.close(self.clock())
+        except MemoryWriteError as e:  # the writer already warned; the session ends normally without them
+            log.warning("memory of session %s was not fully persisted: %s (%s)", self.handle.session_id, e,
+                        e.__cause__)
 
     def _commit_reply(self) -> None:
         if self._reply is None:
@@ -181,12 +185,26 @@ class MemoryHub:
         self.memory = memory
         self.embed = embed
         self.config = config or LaneConfig()
+        self.open_failures = 0
 
     def open(self, user_id: str | None, session_id: str) -> MemoryLane:
         if user_id is not None and not user_id.strip():
             raise ValueError("a user id must be a non-empty string (or None for an anonymous session)")
         handle = self.memory.open_session(user_id, session_id, started_at=time.time())
         return MemoryLane(handle, self.embed, self.config)
+
+    def try_open(self, user_id: str | None, session_id: str) -> MemoryLane | None:
+        """`open`, or None with a warning when the store cannot take the session (a full disk, a lost database):
+        that session goes on without long-term memory (counted in `open_failures`)."""
+        try:
+            return self.open(user_id, session_id)
+        except ValueError:
+            raise
+        except Exception as e:  # sqlite3, psycopg and OS errors alike: the store's failure is not the session's
+            self.open_failures += 1
+            log.warning("session %s runs without long-term memory: the store failed (%s: %s)", session_id,
+                        type(e).__name__, e)
+            return None
 
     def close(self) -> None:
         """Flush every queued record and stop the writer (server shutdown)."""

@@ -172,8 +172,9 @@ class Session(ReplyEnds, SettingsUpdates):
             self.memory_lane.close()  # an anonymous lane forgets itself here
             self.memory_lane = None
         if self.memory_lane is None:
-            self.memory_lane = self.memory.open(self.config.user_id, self.id)
-        self._engine_session.use_memory(self.memory_lane)
+            self.memory_lane = self.memory.try_open(self.config.user_id, self.id)
+        if self.memory_lane is not None:  # None: the store failed, this session has no long-term memory
+            self._engine_session.use_memory(self.memory_lane)
 
     def describe(self) -> dict[str, Any]:
         """The session as `session.created`/`session.updated` describe it."""

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 from pathlib import Path
 
 import pytest
 
+from app.realtime_server import ServeOptions, Server
 from app.serve import add_arguments, open_memory
+from streaming.engines.tone import ToneEngine
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -38,3 +42,64 @@ def test_the_embedded_engine_gets_a_store_in_memory_dir(tmp_path: Path) -> None:
     finally:
         hub.close()
     assert (tmp_path / "mem").is_dir() and any((tmp_path / "mem").iterdir())
+
+
+def test_an_unwritable_memory_dir_degrades_to_memory_for_this_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--memory-dir under a regular file cannot be created (a real OSError, also as root, unlike chmod): the
+    server starts with memory that lasts while it runs, and says so once."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with caplog.at_level(logging.WARNING, "omni.serve"):
+        hub = open_memory(parse("--memory-dir", str(blocker / "mem")))
+    assert hub is not None
+    warnings = [r.getMessage() for r in caplog.records if "cannot open the memory store" in r.getMessage()]
+    assert len(warnings) == 1 and "lasts only while this server runs" in warnings[0]
+    try:
+        lane = hub.open("alice", "s1")
+        lane.user_turn("My locker code is 4719.", 0)
+        lane.roll_up(10_000, 100, 0)  # out of the window: into memory
+        hub.memory.flush()
+        assert "4719" in lane.slot("what is my locker code?")
+        lane.close()
+    finally:
+        hub.close()
+    assert not (blocker / "mem").exists()
+
+
+async def test_a_full_disk_mid_session_warns_once_counts_and_the_session_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every write fails with ENOSPC after the session opened: one warning (no traceback per record), the
+    failures counted in /metrics, recall keeps answering from what it has, and the session closes normally."""
+    hub = open_memory(parse("--memory-dir", str(tmp_path / "mem")))
+    assert hub is not None
+    server = Server(ToneEngine(), ServeOptions(memory=hub))
+    lane = hub.open("bob", "s1")
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    hub.memory.store.commit_event = full  # type: ignore[method-assign,assignment]
+    hub.memory.store.insert_note = full  # type: ignore[method-assign,assignment]
+    with caplog.at_level(logging.WARNING):
+        for i in range(5):
+            lane.user_turn(f"turn {i}: my favourite colour is green.", i * 10)
+            lane.roll_up(i * 10 + 10_000, 100, 0)
+            assert isinstance(lane.slot(f"question {i}"), str)  # the turn still gets its recall slot
+        lane.close()
+    writer = [r for r in caplog.records if "memory writer cannot persist" in r.getMessage()]
+    assert len(writer) == 1 and not writer[0].exc_info
+    assert any("was not fully persisted" in r.getMessage() for r in caplog.records)
+    assert not any(r.exc_info for r in caplog.records)
+    errors = hub.memory.stats.write_errors
+    assert errors >= 5
+    hub.memory.store.begin_session = full  # type: ignore[method-assign,assignment]
+    with caplog.at_level(logging.WARNING):
+        assert hub.try_open("bob", "s2") is None  # a new session on the full disk: no long-term memory, no error
+    assert any("s2 runs without long-term memory" in r.getMessage() for r in caplog.records)
+    page = (await server.metrics_page(None)).text  # type: ignore[arg-type]
+    assert page is not None and f"omni_memory_write_errors {errors:g}" in page
+    assert "omni_memory_open_failures 1" in page
+    hub.close()
