@@ -262,13 +262,15 @@ class SessionMemory:
     def recall(
         self, question_embedding: np.ndarray | None, question_text: str, budget_tokens: int, now: float | None = None,
         lanes: dict[str, np.ndarray] | None = None, evidence_lanes: Sequence[str] = (),
+        count_tokens: TokenCounter | None = None,
     ) -> Recall:
         """Rank this user's memory against the question and pack the best into `budget_tokens` (see memory.recall).
-        `now` is epoch seconds (default: the wall clock); `lanes` holds feature-lane query vectors."""
+        `now` is epoch seconds (default: the wall clock); `lanes` holds feature-lane query vectors; `count_tokens`
+        the engine's own count of a text line (default: the memory's)."""
         query = RecallQuery(text_key=question_embedding, text=question_text, lanes=dict(lanes or {}),
                             evidence_lanes=tuple(evidence_lanes))
         result = run_recall(self.index, self.memory.store, query, budget_tokens, time.time() if now is None else now,
-                            self.memory.config.recall, self.memory.count_tokens, self.last_recall)
+                            self.memory.config.recall, count_tokens or self.memory.count_tokens, self.last_recall)
         self.last_recall = result.items
         return result
 

@@ -102,6 +102,34 @@ class MemoryLane:
             return ""
         return "\n".join([SLOT_HEADER, *(_user_lines(line) for _, line in kept)])
 
+    def add_frame(self, lane: str, t: float, tokens: np.ndarray) -> None:
+        """Pooled encoder tokens [N, D] of one audio block or video frame at media time `t` (seconds since the
+        session's media clock started), into the open L1 event."""
+        self.handle.add_frame(lane, t, tokens)
+
+    def recall(
+        self, question: str, lanes: dict[str, np.ndarray], budget_tokens: int,
+        count_tokens: Callable[[str], int] | None = None, before: float | None = None,
+    ) -> Recall:
+        """Recall for engines that query feature lanes too (the omni engine): the question's text (embedded when
+        not empty) and a query vector per lane; items come with their evidence frames of every queried lane.
+        `before`: media time of the question's first input; an event that reaches it (the question's own, when
+        the segmenter cut it before the turn ended) is left out. Kept for `take_recalled`."""
+        question = question.strip()
+        q = np.asarray(self.embed([question]), dtype=np.float32)[0] if question else None
+        recall = self.handle.recall(q, question, budget_tokens, lanes=lanes, count_tokens=count_tokens)
+        if before is not None:
+            edge = self.handle.started_at + before
+            keep = [not (it.level == "L1" and it.t_end >= edge) for it in recall.items]
+            if not all(keep):
+                lines = recall.text.splitlines()
+                kept = [(it, line) for it, line, k in zip(recall.items, lines[1:], keep, strict=True) if k]
+                text = "\n".join([lines[0], *(line for _, line in kept)]) if kept else ""
+                recall = Recall([it for it, _ in kept], sum(it.tokens for it, _ in kept), budget_tokens, text,
+                                recall.elapsed_ms)
+        self._recalled = recall
+        return recall
+
     def take_recalled(self) -> Recall | None:
         """The recall of the turn being answered, once (None when no recall ran since the last call)."""
         recall, self._recalled = self._recalled, None
@@ -197,6 +225,6 @@ def recalled_items(recall: Recall) -> list[dict[str, Any]]:
     """The items of `omni.memory.recalled`: text, time (epoch s of the item's start and end), level, score."""
     return [
         {"text": it.text, "t_start": it.t_start, "t_end": it.t_end, "level": it.level, "score": round(it.score, 4),
-         "tokens": it.tokens}
+         "tokens": it.tokens, **({"frames": {k: len(v) for k, v in it.features.items()}} if it.features else {})}
         for it in recall.items
     ]
