@@ -144,14 +144,16 @@ class Memory:
                             self.config.write_queue_max, self.stats.write_stalls)
             self._queue.put(record)
 
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every queued record is committed (and, with a summarizer, consolidated)."""
+    def flush(self, timeout: float = 30.0, consolidated: bool = True) -> None:
+        """Wait until every queued record is committed (and, with a summarizer and `consolidated`, summarised: an LM
+        summary waits for the device worker to be idle, so a session's close does not wait for it)."""
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"memory writer still has {self._queue.unfinished_tasks} records after {timeout} s")
             time.sleep(0.005)
-        if self.consolidator is not None and not self.consolidator.wait_idle(max(0.0, deadline - time.monotonic())):
+        if (consolidated and self.consolidator is not None
+                and not self.consolidator.wait_idle(max(0.0, deadline - time.monotonic()))):
             raise TimeoutError(f"memory consolidation still busy after {timeout} s")
         if self._error is not None:
             err, self._error = self._error, None
@@ -283,7 +285,7 @@ class SessionMemory:
         for item in self.window.drain_text():
             self._roll_up(item)
         end = self.started_at + t if t is not None else time.time()
-        self.memory.flush()
+        self.memory.flush(consolidated=False)
         self.memory.store.end_session(self.session_id, end)
         if self.memory.consolidator is not None:
             self.memory.consolidator.request(self.user_id, self.session_id, final=True)

@@ -24,6 +24,7 @@ the session's start to put every session of a user on one axis.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -34,6 +35,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from memory import Memory, Recall, SessionMemory, WindowItem
+from streaming.memory_summary import WorkerSummarizer
+from streaming.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +208,21 @@ class MemoryHub:
     """Process-wide: the memory and the question embedder; opens lanes. Users are scoped by `user_id`; None is an
     anonymous session, whose memory lasts the session only (MemoryConfig.persist_anonymous)."""
 
-    def __init__(self, memory: Memory, embed: Embed, config: LaneConfig | None = None) -> None:
+    def __init__(
+        self, memory: Memory, embed: Embed, config: LaneConfig | None = None,
+        summarizer: WorkerSummarizer | None = None,
+    ) -> None:
+        """`summarizer`: the memory's LM summarizer, when it runs on the server's device worker (attached at
+        startup, `attach`)."""
         self.memory = memory
         self.embed = embed
         self.config = config or LaneConfig()
+        self.summarizer = summarizer
+
+    def attach(self, worker: DeviceWorker, loop: asyncio.AbstractEventLoop) -> None:
+        """The server's device worker and loop, for the summarizer's low-priority steps."""
+        if self.summarizer is not None:
+            self.summarizer.attach(worker, loop)
 
     def open(self, user_id: str | None, session_id: str) -> MemoryLane:
         if user_id is not None and not user_id.strip():
