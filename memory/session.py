@@ -79,6 +79,14 @@ class _NoteJob:
     t: float
 
 
+@dataclass(frozen=True)
+class _ReviseJob:
+    user_id: str
+    session_id: str
+    old: Utterance
+    text: str
+
+
 class Memory:
     """Process-wide: the store, the per-user RAM indexes, the writer thread and the consolidator."""
 
@@ -93,7 +101,8 @@ class Memory:
         self.stats = MemoryStats()
         self._users: dict[str, UserIndex] = {}
         self._users_lock = threading.Lock()
-        self._queue: queue.Queue[ClosedEvent | _NoteJob | None] = queue.Queue(self.config.write_queue_max)
+        self._queue: queue.Queue[ClosedEvent | _NoteJob | _ReviseJob | None] = queue.Queue(
+            self.config.write_queue_max)
         self._error: BaseException | None = None
         self._last_stall_log = -1e9
         self._writer = threading.Thread(target=self._write_loop, name="memory-writer", daemon=True)
@@ -133,7 +142,7 @@ class Memory:
             self._users.pop(user_id, None)
         return self.store.forget(user_id)
 
-    def submit(self, record: ClosedEvent | _NoteJob) -> None:
+    def submit(self, record: ClosedEvent | _NoteJob | _ReviseJob) -> None:
         try:
             self._queue.put_nowait(record)
         except queue.Full:
@@ -178,6 +187,8 @@ class Memory:
                     return
                 if isinstance(record, ClosedEvent):
                     self._write_event(record)
+                elif isinstance(record, _ReviseJob):
+                    self._write_revision(record)
                 else:
                     self._write_note(record)
                 self.stats.write_seconds += time.perf_counter() - t0
@@ -198,6 +209,19 @@ class Memory:
         self.stats.events += 1
         if self.consolidator is not None:
             self.consolidator.request(ev.user_id, ev.session_id)
+
+    def _write_revision(self, job: _ReviseJob) -> None:
+        def key_of(text: str) -> np.ndarray:
+            return unit_rows(np.asarray(self.embed([text]), dtype=np.float32))[0]
+
+        ev = self.store.revise_utterance(job.user_id, job.session_id, job.old, job.text, key_of)
+        if ev is None:
+            log.warning("memory: no event of session %s holds the %s utterance to revise", job.session_id, job.old.role)
+            return
+        index = self.user_index(job.user_id)
+        with index.lock:
+            if ev.text_key is not None and index.events.position(ev.id) >= 0:
+                index.events.set_text_key(ev.id, ev.text_key)
 
     def _write_note(self, job: _NoteJob) -> None:
         key = unit_rows(np.asarray(self.embed([job.text]), dtype=np.float32))[0]
@@ -241,6 +265,15 @@ class SessionMemory:
         self._submit(self.segmenter.add_utterance(u))
         if role == "user" and _FACT.search(text) and not text.endswith("?"):  # "what is my code?" is no fact
             self.add_fact(text, t_end)
+
+    def revise_utterance(self, role: Role, text: str, t_start: float, t_end: float, heard: str) -> None:
+        """An utterance given before (`role`, `text`, media times) now says `heard` (a reply the listener cut after
+        it was final): changed in the open event, or in its written event by the writer (text key included)."""
+        old = Utterance(role=role, text=text.strip(), t_start=self.started_at + t_start, t_end=self.started_at + t_end)
+        heard = heard.strip()
+        if heard == old.text or self.segmenter.revise(old, heard):
+            return
+        self.memory.submit(_ReviseJob(self.user_id, self.session_id, old, heard))
 
     def turn_boundary(self, t: float) -> None:
         self._submit(self.segmenter.turn_boundary(self.started_at + t))

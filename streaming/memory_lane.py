@@ -77,6 +77,7 @@ class MemoryLane:
         self._last: tuple[str, Recall] | None = None  # (question, its recall): a pause and the turn's end share it
         self._recalled: Recall | None = None
         self._reply: tuple[str, float, int] | None = None  # (text as heard so far, start time, cache position)
+        self._said: tuple[str, float, float] | None = None  # the last reply given to memory: (text, t0, t1)
         self._tracked: deque[_Tracked] = deque(maxlen=self.config.history_items)
         self.closed = False
 
@@ -154,8 +155,21 @@ class MemoryLane:
         self._reply = (text, self.clock(), cache_position)
 
     def heard(self, text: str) -> None:
+        """What of the last reply the listener heard (barge-in, `conversation.item.truncate`). After the reply was
+        final (the user spoke again before the client's truncate came) the remembered reply is revised: in the
+        open event, or in its written event and the roll-up queue."""
         if self._reply is not None:
             self._reply = (text, self._reply[1], self._reply[2])
+            return
+        said = self._said
+        if said is None or text.strip() == said[0]:
+            return
+        self.handle.revise_utterance("assistant", said[0], said[1], said[2], text)
+        self._said = (text.strip(), said[1], said[2])
+        for tr in self._tracked:  # not rolled up yet: it goes to L3 as heard
+            if tr.item.role == "assistant" and tr.item.text == said[0] and tr.item.t == said[2]:
+                tr.item = WindowItem("text", self.handle.memory.count_tokens(text), tr.item.t, text.strip(),
+                                     "assistant")
 
     def roll_up(self, cache_length: int, window: int, lookahead: int) -> None:
         """Write to L3 each tracked text that the next `lookahead` tokens will push out of a `window`-token KV
@@ -185,6 +199,7 @@ class MemoryLane:
         if text.strip():
             t1 = self.clock()
             self.handle.add_utterance("assistant", text, t0, t1)
+            self._said = (text.strip(), t0, t1)
             self._track("assistant", text.strip(), t1, pos)
 
     def _track(self, role: str, text: str, t: float, cache_position: int) -> None:

@@ -174,3 +174,30 @@ def test_without_memory_the_turn_is_unchanged(models: Models, hub: MemoryHub) ->
     assert plain.speaking.state.cache.length == remembering.speaking.state.cache.length
     assert remembering.memory is not None and remembering.memory.last_slot == []
     remembering.memory.lane.close()
+
+
+@pytest.mark.parametrize("cut", ["live", "after"])
+def test_the_omni_reply_is_remembered_as_heard(models: Models, hub: MemoryHub, cut: str) -> None:  # noqa: F811
+    """Barge-in during the reply, or a client's truncate once it was over: memory keeps the heard text."""
+    engine = make(models, max_new_tokens=12)
+    s = engine.open_session()
+    s.use_memory(hub.open("carol", "s1"))
+    s.push_audio(clip(1.0, seed=8), 0.0)
+    s.end_turn()
+    it = s.respond()
+    if cut == "live":
+        text = ""
+        for ev in it:
+            if isinstance(ev, AudioChunk) and ev.text:
+                text += ev.text
+                break
+        it.close()  # type: ignore[attr-defined]
+    else:
+        done = list(it)[-1]
+        assert isinstance(done, ReplyDone) and len(done.text) > 3
+        text = done.text[:3]
+    s.interrupt(text)
+    assert s.memory is not None
+    s.memory.lane.close()
+    said = [u.text for e in hub.memory.store.load_events("carol") for u in e.utterances if u.role == "assistant"]
+    assert said == [text.strip()] and text.strip()
