@@ -117,14 +117,15 @@ class MemoryLane:
     ) -> Recall:
         """Recall for engines that query feature lanes too (the omni engine): the question's text (embedded when
         not empty) and a query vector per lane; items come with their evidence frames of every queried lane.
-        `before`: media time of the question's first input; an event that reaches it (the question's own, when
-        the segmenter cut it before the turn ended) is left out. Kept for `take_recalled`."""
+        `before`: media time of the question's first input; an event of this session's time that reaches it (the
+        question's own, when the segmenter cut it before the turn ended) is left out. Kept for `take_recalled`."""
         question = question.strip()
         q = np.asarray(self.embed([question]), dtype=np.float32)[0] if question else None
         recall = self.handle.recall(q, question, budget_tokens, lanes=lanes, count_tokens=count_tokens)
         if before is not None:
             edge = self.handle.started_at + before
-            keep = [not (it.level == "L1" and it.t_end >= edge) for it in recall.items]
+            start = self.handle.started_at
+            keep = [not (it.level == "L1" and it.t_end >= edge and it.t_start >= start) for it in recall.items]
             if not all(keep):
                 lines = recall.text.splitlines()
                 kept = [(it, line) for it, line, k in zip(recall.items, lines[1:], keep, strict=True) if k]
