@@ -264,6 +264,7 @@ class OmniEngineSession(EngineSessionBase):
             if turn.segment == "av":
                 self._fill_frames(turn.t0 + turn.audio_seconds + len(pcm) / self.engine.input_sample_rate)
                 s.push_av_audio(x)
+                self._remember(turn.t0)  # nothing of a video segment is fed again: into memory now
             else:
                 s.push_audio(x)
             turn.audio_seconds += len(pcm) / self.engine.input_sample_rate
@@ -338,6 +339,7 @@ class OmniEngineSession(EngineSessionBase):
         if self._turn.segment == "av":
             with torch.inference_mode():
                 self._fill_frames(timestamp)
+            self._remember(self._turn.t0)
 
     def end_turn(self) -> list[EngineEvent]:
         """Encode the partial last audio block and close the segment; the reply prompt follows in `respond`."""
@@ -392,7 +394,10 @@ class OmniEngineSession(EngineSessionBase):
         turn.segment = None
 
     def _remember(self, t0: float) -> None:
-        """The segment's encoder outputs (taken always: the session keeps them until taken) into memory."""
+        """Encoder outputs fed since the last call, of the segment that started at `t0`, into memory (taken always:
+        the session keeps them until taken). An audio-only segment's are taken at its end, since a louder block
+        can still re-floor and re-feed earlier ones until then (ThinkerSession._prefill_segment); a video
+        segment's (2 fps: ~1.8 MB of features a second at 7B) as they come."""
         pieces = self.speaking.take_encoded()
         if self.memory is not None:
             self.memory.ingest(pieces, t0)

@@ -59,17 +59,21 @@ def test_a_slot_of_text_audio_and_frames_equals_the_whole_prompt(models: Models)
     assert s.cursor.next_id < len(ids) and s.cursor.next_id <= s.state.cache.cfg.window
 
 
-def test_encoded_pieces_are_the_blocks_and_patches_fed_and_pool_to_fixed_sizes(models: Models) -> None:  # noqa: F811
+def test_encoded_pieces_are_the_blocks_and_patches_fed_and_pool_to_fixed_sizes(
+    models: Models, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
     engine = make(models, max_new_tokens=4)
     s = engine.open_session()
+    pieces: list[EncodedPiece] = []  # what the engine hands to memory, as it comes (video segments) or at the end
+    monkeypatch.setattr(s, "_remember", lambda t0: pieces.extend(s.speaking.take_encoded()))
     rng = np.random.default_rng(4)
     pcm = clip(4.5, seed=2)
     for t in np.arange(0.0, 4.5, 0.25):
         s.push_video(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), float(t))
         s.push_audio(pcm[int(t * 16000) : int((t + 0.25) * 16000)], float(t))
-    with torch.inference_mode():
-        s.speaking.end_av()  # (the engine's end_turn would take the pieces itself)
-    pieces = s.speaking.take_encoded()
+    during = len(pieces)
+    s.end_turn()
+    assert 0 < during < len(pieces)  # video segments go to memory as they are fed, the rest at the end
     audio = [p for p in pieces if p.kind == "audio"]
     video = [p for p in pieces if p.kind == "video"]
     th = models[0].model
