@@ -267,6 +267,8 @@ class Server:
     async def startup(self, app: web.Application) -> None:
         self.worker.start()
         self.media.start()
+        if self.options.memory is not None:  # its LM summaries run as low-priority device-worker steps
+            self.options.memory.attach(self.worker, asyncio.get_running_loop())
         self.vad = await self.media.run(SileroVad)
         gc.collect()
         gc.freeze()  # the engine, models and imports: long-lived, kept out of every later collection

@@ -24,6 +24,7 @@ log = logging.getLogger("omni.serve")
 if TYPE_CHECKING:
     from streaming.engine import Engine
     from streaming.memory_lane import MemoryHub
+    from streaming.memory_summary import WorkerSummarizer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,13 +111,15 @@ def add_memory_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-memory", action="store_true", help="remember nothing beyond the KV window")
 
 
-def open_memory(args: argparse.Namespace) -> MemoryHub | None:
-    """The process's memory for engines that use it (embedded), None with --no-memory or for the others."""
+def open_memory(args: argparse.Namespace, engine: Engine | None = None) -> MemoryHub | None:
+    """The process's memory for engines that use it (embedded, omni), None with --no-memory or for the others.
+    With the embedded engine, L2 summaries are written by its LM every 10 events or 5 minutes of stream, as
+    low-priority steps on the device worker (streaming.memory_summary); other engines' memory has no L2."""
     if args.no_memory and (args.memory_dir or args.memory_url):
         raise ValueError("--no-memory cannot go with --memory-dir or --memory-url")
     if args.memory_dir and args.memory_url:
         raise ValueError("give --memory-dir or --memory-url, not both")
-    if args.no_memory or args.engine != "embedded":
+    if args.no_memory or args.engine not in ("embedded", "omni"):
         return None
     from memory import Memory, MemoryStore, default_memory_dir
     from model.embedded.text_embedding import TextEmbedder
@@ -132,7 +135,22 @@ def open_memory(args: argparse.Namespace) -> MemoryHub | None:
                     location, type(e).__name__, e, fallback)
         store = MemoryStore.open(fallback)
     embed = TextEmbedder()
-    return MemoryHub(Memory(store, embed=embed), embed)
+    summarizer = lm_summarizer(engine) if engine is not None else None
+    return MemoryHub(Memory(store, embed=embed, summarize=summarizer), embed, summarizer=summarizer)
+
+
+def lm_summarizer(engine: Engine) -> WorkerSummarizer | None:
+    """The embedded engine's LM as the memory's summarizer (None for engines without a text LM here)."""
+    if engine.name != "embedded":  # (the embedded module is imported only where it already is)
+        return None
+    from streaming.engines.embedded import EmbeddedEngine
+
+    assert isinstance(engine, EmbeddedEngine)
+    from model.lm.summary import summary_steps
+    from streaming.memory_summary import WorkerSummarizer
+
+    lm = engine.lm
+    return WorkerSummarizer(lambda texts: summary_steps(lm, texts))
 
 
 def make_engine(
@@ -199,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         engine = make_engine(
             args.engine, args.test_step_delay, args.model, args.voice, args.device, args.llm, args.quant
         )
-        memory = open_memory(args)
+        memory = open_memory(args, engine)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"omni serve: error: {e}", file=sys.stderr)
         return 1

@@ -118,6 +118,14 @@ class ItemIndex:
                 self.lanes[name] = _Lane(lane.keys.shape[0], lane.keys.shape[1])
             self.lanes[name].add(pos, lane)
 
+    def set_text_key(self, item_id: int, text_key: np.ndarray) -> None:
+        """Replace the text key of an item held (its transcript was revised)."""
+        pos = self.position(item_id)
+        if pos < 0 or self.text is None:
+            raise KeyError(f"item {item_id} is not held with a text key")
+        self.text.view[pos] = text_key
+        self.has_text.view[pos] = True
+
     def position(self, item_id: int) -> int:
         """Position of `item_id` (ids are ascending), or -1 when not held."""
         ids = self.ids.view

@@ -121,6 +121,13 @@ class EventSegmenter:
         self._extend(utterance.t_start, utterance.t_end)
         return closed
 
+    def revise(self, old: Utterance, text: str) -> bool:
+        """Replace `old` in the open event by the same utterance saying `text`; False when it is not there."""
+        if old not in self._utterances:
+            return False
+        self._utterances[self._utterances.index(old)] = Utterance(old.role, text, old.t_start, old.t_end)
+        return True
+
     def turn_boundary(self, t: float) -> list[ClosedEvent]:
         """The VAD's end of a turn (or a typed turn's end): cut here unless the event is shorter than `min_turn_s`."""
         if self._t_start is None or t - self._t_start < self.config.min_turn_s:

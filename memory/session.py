@@ -79,6 +79,14 @@ class _NoteJob:
     t: float
 
 
+@dataclass(frozen=True)
+class _ReviseJob:
+    user_id: str
+    session_id: str
+    old: Utterance
+    text: str
+
+
 class Memory:
     """Process-wide: the store, the per-user RAM indexes, the writer thread and the consolidator."""
 
@@ -93,7 +101,8 @@ class Memory:
         self.stats = MemoryStats()
         self._users: dict[str, UserIndex] = {}
         self._users_lock = threading.Lock()
-        self._queue: queue.Queue[ClosedEvent | _NoteJob | None] = queue.Queue(self.config.write_queue_max)
+        self._queue: queue.Queue[ClosedEvent | _NoteJob | _ReviseJob | None] = queue.Queue(
+            self.config.write_queue_max)
         self._error: BaseException | None = None
         self._last_stall_log = -1e9
         self._writer = threading.Thread(target=self._write_loop, name="memory-writer", daemon=True)
@@ -133,7 +142,7 @@ class Memory:
             self._users.pop(user_id, None)
         return self.store.forget(user_id)
 
-    def submit(self, record: ClosedEvent | _NoteJob) -> None:
+    def submit(self, record: ClosedEvent | _NoteJob | _ReviseJob) -> None:
         try:
             self._queue.put_nowait(record)
         except queue.Full:
@@ -144,14 +153,16 @@ class Memory:
                             self.config.write_queue_max, self.stats.write_stalls)
             self._queue.put(record)
 
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every queued record is committed (and, with a summarizer, consolidated)."""
+    def flush(self, timeout: float = 30.0, consolidated: bool = True) -> None:
+        """Wait until every queued record is committed (and, with a summarizer and `consolidated`, summarised: an LM
+        summary waits for the device worker to be idle, so a session's close does not wait for it)."""
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"memory writer still has {self._queue.unfinished_tasks} records after {timeout} s")
             time.sleep(0.005)
-        if self.consolidator is not None and not self.consolidator.wait_idle(max(0.0, deadline - time.monotonic())):
+        if (consolidated and self.consolidator is not None
+                and not self.consolidator.wait_idle(max(0.0, deadline - time.monotonic()))):
             raise TimeoutError(f"memory consolidation still busy after {timeout} s")
         if self._error is not None:
             err, self._error = self._error, None
@@ -176,6 +187,8 @@ class Memory:
                     return
                 if isinstance(record, ClosedEvent):
                     self._write_event(record)
+                elif isinstance(record, _ReviseJob):
+                    self._write_revision(record)
                 else:
                     self._write_note(record)
                 self.stats.write_seconds += time.perf_counter() - t0
@@ -199,6 +212,19 @@ class Memory:
         self.stats.events += 1
         if self.consolidator is not None:
             self.consolidator.request(ev.user_id, ev.session_id)
+
+    def _write_revision(self, job: _ReviseJob) -> None:
+        def key_of(text: str) -> np.ndarray:
+            return unit_rows(np.asarray(self.embed([text]), dtype=np.float32))[0]
+
+        ev = self.store.revise_utterance(job.user_id, job.session_id, job.old, job.text, key_of)
+        if ev is None:
+            log.warning("memory: no event of session %s holds the %s utterance to revise", job.session_id, job.old.role)
+            return
+        index = self.user_index(job.user_id)
+        with index.lock:
+            if ev.text_key is not None and index.events.position(ev.id) >= 0:
+                index.events.set_text_key(ev.id, ev.text_key)
 
     def _write_note(self, job: _NoteJob) -> None:
         key = unit_rows(np.asarray(self.embed([job.text]), dtype=np.float32))[0]
@@ -243,6 +269,15 @@ class SessionMemory:
         if role == "user" and _FACT.search(text) and not text.endswith("?"):  # "what is my code?" is no fact
             self.add_fact(text, t_end)
 
+    def revise_utterance(self, role: Role, text: str, t_start: float, t_end: float, heard: str) -> None:
+        """An utterance given before (`role`, `text`, media times) now says `heard` (a reply the listener cut after
+        it was final): changed in the open event, or in its written event by the writer (text key included)."""
+        old = Utterance(role=role, text=text.strip(), t_start=self.started_at + t_start, t_end=self.started_at + t_end)
+        heard = heard.strip()
+        if heard == old.text or self.segmenter.revise(old, heard):
+            return
+        self.memory.submit(_ReviseJob(self.user_id, self.session_id, old, heard))
+
     def turn_boundary(self, t: float) -> None:
         self._submit(self.segmenter.turn_boundary(self.started_at + t))
 
@@ -265,13 +300,15 @@ class SessionMemory:
     def recall(
         self, question_embedding: np.ndarray | None, question_text: str, budget_tokens: int, now: float | None = None,
         lanes: dict[str, np.ndarray] | None = None, evidence_lanes: Sequence[str] = (),
+        count_tokens: TokenCounter | None = None,
     ) -> Recall:
         """Rank this user's memory against the question and pack the best into `budget_tokens` (see memory.recall).
-        `now` is epoch seconds (default: the wall clock); `lanes` holds feature-lane query vectors."""
+        `now` is epoch seconds (default: the wall clock); `lanes` holds feature-lane query vectors; `count_tokens`
+        the engine's own count of a text line (default: the memory's)."""
         query = RecallQuery(text_key=question_embedding, text=question_text, lanes=dict(lanes or {}),
                             evidence_lanes=tuple(evidence_lanes))
         result = run_recall(self.index, self.memory.store, query, budget_tokens, time.time() if now is None else now,
-                            self.memory.config.recall, self.memory.count_tokens, self.last_recall)
+                            self.memory.config.recall, count_tokens or self.memory.count_tokens, self.last_recall)
         self.last_recall = result.items
         return result
 
@@ -284,7 +321,7 @@ class SessionMemory:
         for item in self.window.drain_text():
             self._roll_up(item)
         end = self.started_at + t if t is not None else time.time()
-        self.memory.flush()
+        self.memory.flush(consolidated=False)
         self.memory.store.end_session(self.session_id, end)
         if self.memory.consolidator is not None:
             self.memory.consolidator.request(self.user_id, self.session_id, final=True)

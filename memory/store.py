@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from memory.archive import PayloadArchive, ShardArchive
 from memory.codec import (
@@ -30,7 +32,7 @@ from memory.codec import (
     utterances_to_json,
 )
 from memory.segmenter import ClosedEvent
-from memory.types import Event, FramePayload, LaneKeys, Note, Summary
+from memory.types import Event, FramePayload, LaneKeys, Note, Summary, Utterance
 
 SCHEMA_VERSION = 1
 
@@ -225,6 +227,26 @@ class MemoryStore:
                     (ev.id, lane, *lane_to_row(keys), refs[lane]),
                 )
         return ev
+
+    def revise_utterance(
+        self, user_id: str, session_id: str, old: Utterance, text: str, key_of: Callable[[str], np.ndarray],
+    ) -> Event | None:
+        """Replace the committed utterance `old` of a session by the same one saying `text` (a reply cut by the
+        listener after it was written), with the event's text key `key_of(transcript)`; the event, or None when no
+        event holds `old`."""
+        rows = self._query("SELECT id FROM events WHERE user_id = ? AND session_id = ? AND t_start <= ? AND t_end >= ?",
+                           (user_id, session_id, old.t_start, old.t_start))
+        for ev in self.load_events(user_id, ids=[int(r[0]) for r in rows], with_keys=False):
+            if old not in ev.utterances:
+                continue
+            i = ev.utterances.index(old)
+            ev.utterances[i] = Utterance(old.role, text, old.t_start, old.t_end)
+            ev.text_key = key_of(ev.transcript())
+            with self._tx() as cur:
+                self._exec(cur, "UPDATE events SET utterances = ?, text_key = ? WHERE id = ?",
+                           (utterances_to_json(ev.utterances), array_to_bytes(ev.text_key), ev.id))
+            return ev
+        return None
 
     def commit_summary(self, s: Summary) -> Summary:
         """Persist a summary and point its children at it, in one transaction."""

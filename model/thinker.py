@@ -247,20 +247,39 @@ class Thinker(nn.Module):
 
         With use_audio_in_video each video's audio is the next entry of `audio_mels`, in prompt order.
         """
-        audio = [self.encode_audio(m) for m in audio_mels]
-        image_feats = [self.encode_vision(p, g) for p, g in images]
-        video_feats = [self.encode_vision(v.patches, v.grid) for v in videos]
+        return self.features_logits(
+            input_ids,
+            [self.encode_audio(m) for m in audio_mels],
+            [(self.encode_vision(p, g), g) for p, g in images],
+            [(self.encode_vision(v.patches, v.grid), v.grid, v.seconds_per_grid) for v in videos],
+            use_audio_in_video,
+            cache,
+        )
+
+    @torch.inference_mode()
+    def features_logits(
+        self,
+        input_ids: torch.Tensor,
+        audio: Sequence[torch.Tensor] = (),
+        images: Sequence[tuple[torch.Tensor, Sequence[int]]] = (),
+        videos: Sequence[tuple[torch.Tensor, Sequence[int], float]] = (),
+        use_audio_in_video: bool = False,
+        cache: CacheConfig | None = None,
+    ) -> torch.Tensor:
+        """`prompt_logits` with the media already encoded: audio features [n, C] per audio, (features, grid) per
+        image and (features, grid, seconds per temporal patch) per video, each in prompt order (recalled
+        features of a memory slot are given this way)."""
         positions = rope_index(
             input_ids,
             self.cfg.tokens,
             self.cfg.rope,
             audio_tokens=[a.shape[0] for a in audio],
             image_grids=[g for _, g in images],
-            video_grids=[v.grid for v in videos],
-            seconds_per_grid=[v.seconds_per_grid for v in videos],
+            video_grids=[g for _, g, _ in videos],
+            seconds_per_grid=[spg for _, _, spg in videos],
             use_audio_in_video=use_audio_in_video,
         )
-        x = self.merge_embeddings(input_ids, audio, image_feats, video_feats)
+        x = self.merge_embeddings(input_ids, audio, [f for f, _ in images], [f for f, _, _ in videos])
         state = self.lm.init_state(cache or _fitting_cache(self.cfg.text, input_ids.shape[0]))
         out = self.lm(state, inputs_embeds=x[None], positions=positions[:, None].to(self.device), logits="all")
         assert out.logits is not None

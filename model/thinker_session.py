@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TypeVar, cast
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar, cast
 
 import torch
 
@@ -61,6 +61,40 @@ class ThinkerMark:
     next_id: int  # the TMRoPE cursor's next id
     prefilled_tokens: int
     logits: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class EncodedPiece:
+    """Encoder output fed into the cache: one audio block (or its tail) or one video patch, kept for memory.
+
+    `offset_s`: seconds from the start of its segment (its first temporal id above the segment's, at 25 ids/s).
+    `cache_at`: the cache length where it was fed (pieces a rollback drops are forgotten with it)."""
+
+    kind: Literal["audio", "video"]
+    tokens: torch.Tensor  # [n, C] in the LM's input space (the encoders project into it)
+    offset_s: float
+    cache_at: int
+    grid_hw: tuple[int, int] = (0, 0)  # video: merged rows and columns of the patch's tokens
+
+
+@dataclass(frozen=True)
+class RecalledFeatures:
+    """Features to re-enter in a recalled-memory slot: an audio stretch, or one video frame as an image."""
+
+    kind: Literal["audio", "image"]
+    tokens: torch.Tensor  # [n, C]
+    grid: tuple[int, int, int] = (1, 1, 1)  # image: (1, h, w) in 14-px patches, h * w / merge^2 == n
+
+
+SlotPiece = str | RecalledFeatures
+
+
+@dataclass
+class _Encoded:
+    """Encoder outputs of the open segment(s) since the caller last took them (`ThinkerSession.take_encoded`)."""
+
+    pieces: list[EncodedPiece] = field(default_factory=list)
+    segment_start: int = 0  # the temporal id where the open segment's media starts
 
 
 @dataclass
@@ -128,6 +162,7 @@ class ThinkerSession:
         self._video: tuple[VisionEncoderState, StreamingVideoPositions] | None = None
         self._av: _AVStream | None = None
         self.prefilled_tokens = 0
+        self._encoded = _Encoded()
         if system_prompt is not None:
             self.feed_ids(prompt.system_turn(system_prompt))
 
@@ -147,6 +182,25 @@ class ThinkerSession:
         self.logits = out.logits[0]
         self.prefilled_tokens += x.shape[0]
 
+    def _feed_encoded(
+        self, kind: Literal["audio", "video"], x: torch.Tensor, positions: torch.Tensor,
+        grid_hw: tuple[int, int] = (0, 0),
+    ) -> None:
+        """`_feed` for encoder output, which is also kept (see `take_encoded`)."""
+        if x.shape[0] == 0:
+            return
+        offset = (int(positions[0].min()) - self._encoded.segment_start) / self.cursor.cfg.position_id_per_seconds
+        self._encoded.pieces.append(EncodedPiece(kind, x, offset, self.state.cache.length, grid_hw))
+        self._feed(x, positions)
+
+    def take_encoded(self) -> list[EncodedPiece]:
+        """The audio blocks and video patches fed since the last call, in the order fed (then forgotten here)."""
+        pieces, self._encoded.pieces = self._encoded.pieces, []
+        return pieces
+
+    def _forget_encoded(self, cache_length: int) -> None:
+        self._encoded.pieces = [p for p in self._encoded.pieces if p.cache_at < cache_length]
+
     def _shared_special(self, ids: Sequence[int]) -> None:  # the paired bos/eos of a video with audio
         x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
         self._feed(x, self.cursor.shared(len(ids)))
@@ -159,11 +213,26 @@ class ThinkerSession:
     def add_text(self, text: str) -> None:
         self.feed_ids(self.prompt.text(text))
 
-    def end_user_turn(self) -> torch.Tensor:
-        """Close the user turn, open the assistant's; returns the logits [V] of the first reply token."""
+    def end_user_turn(self, recalled: Sequence[SlotPiece] = ()) -> torch.Tensor:
+        """Close the user turn, open the assistant's; returns the logits [V] of the first reply token.
+
+        `recalled`: the recalled-memory slot, placed as a system turn between the two (text lines, audio as
+        <|audio_bos|> features <|audio_eos|>, frames as images), at the next TMRoPE ids as any prompt would
+        place them: new ids above the history, so the distances stay inside the cache's window."""
         if self._audio is not None or self._video is not None or self._av is not None:
             raise RuntimeError("end the open audio/video segment before ending the turn")
-        self.feed_ids(self.prompt.generation_prompt())
+        if recalled:
+            self.feed_ids(self.prompt.turn_end() + self.prompt.turn_start("system"))
+            for piece in recalled:
+                if isinstance(piece, str):
+                    self.add_text(piece)
+                elif piece.kind == "audio":
+                    self.add_audio_tokens(piece.tokens)
+                else:
+                    self.add_image_tokens(piece.tokens, piece.grid)
+            self.feed_ids(self.prompt.turn_end() + self.prompt.turn_start("assistant"))
+        else:
+            self.feed_ids(self.prompt.generation_prompt())
         assert self.logits is not None
         return self.logits
 
@@ -240,6 +309,7 @@ class ThinkerSession:
         if mark.thinker_tokens > self.state.cache.length:
             raise ValueError("rollback() to a mark ahead of the session (a mark of another session?)")
         self.state.cache.truncate(mark.thinker_tokens)
+        self._forget_encoded(mark.thinker_tokens)
         self.state.next_position = mark.thinker_position
         self.cursor.next_id = mark.next_id
         self.prefilled_tokens = mark.prefilled_tokens
@@ -250,6 +320,7 @@ class ThinkerSession:
     def begin_audio(self) -> None:
         self._check_idle()
         self.feed_ids([self.thinker.cfg.tokens.audio_start])
+        self._encoded.segment_start = self.cursor.next_id
         empty = torch.zeros(self.thinker.mel.n_mels, 0, device=self.thinker.device)
         self._segment = _AudioSegment(self.thinker.mel.init_state(self.thinker.device), [], empty, [], [])
         self._audio = self.thinker.audio_tower.init_state(self.thinker.device)
@@ -272,7 +343,9 @@ class ThinkerSession:
         if self._segment is not None and self._segment.mel.n_seen:
             raise RuntimeError("push_audio_features() after push_audio() in one audio segment")
         tokens = self.thinker.audio_tower.step(self._audio, mel.to(self.thinker.device)).to(self.thinker.lm.dtype)
-        self._feed(tokens, self.cursor.audio(tokens.shape[0]))
+        for i in range(0, tokens.shape[0], self.cursor.cfg.ids_per_chunk):  # one piece per 2-s block
+            block = tokens[i : i + self.cursor.cfg.ids_per_chunk]
+            self._feed_encoded("audio", block, self.cursor.audio(block.shape[0]))
         return tokens.shape[0]
 
     def end_audio(self) -> int:
@@ -285,7 +358,7 @@ class ThinkerSession:
             n = self._prefill_segment(seg, self.thinker.mel.flush_log10(seg.mel), final=True)
         else:
             tokens = self.thinker.audio_tower.flush(self._audio).to(self.thinker.lm.dtype)
-            self._feed(tokens, self.cursor.audio(tokens.shape[0]))
+            self._feed_encoded("audio", tokens, self.cursor.audio(tokens.shape[0]))
             n = tokens.shape[0]
         self._segment = self._audio = None
         self.feed_ids([self.thinker.cfg.tokens.audio_end])
@@ -313,7 +386,7 @@ class ThinkerSession:
             seg.floors.append((float(frames.min()), peak))
             tokens = self.thinker.audio_tower.encode_blocks(self.thinker.mel.finish(frames, peak)[None])[0]
             tokens = tokens.to(self.thinker.lm.dtype)
-            self._feed(tokens, self.cursor.audio(tokens.shape[0]))
+            self._feed_encoded("audio", tokens, self.cursor.audio(tokens.shape[0]))
         return self.state.cache.length - before
 
     def _roll_back(self, cache_length: int, next_id: int) -> None:
@@ -322,6 +395,7 @@ class ThinkerSession:
         dropped ones overwrote stay forgotten, as `KVCache.truncate` says.)"""
         self.prefilled_tokens -= self.state.cache.length - cache_length
         self.state.cache.truncate(cache_length)
+        self._forget_encoded(cache_length)
         self.cursor.next_id = next_id
 
     # ---- images and video ------------------------------------------------------------------------------------
@@ -329,17 +403,31 @@ class ThinkerSession:
     def add_image(self, patches: torch.Tensor, grid: Sequence[int]) -> None:
         """A preprocessed image (see vision_preprocess.preprocess_image) with its bos/eos tokens."""
         self._check_idle()
-        tokens = self.thinker.encode_vision(patches, grid)
+        self.add_image_tokens(self.thinker.encode_vision(patches, grid), grid)
+
+    def add_image_tokens(self, tokens: torch.Tensor, grid: Sequence[int]) -> None:
+        """Vision features [n, C] of an image grid (1, h, w) in 14-px patches (n = h * w / merge^2), with
+        their bos/eos tokens: an encoded image, or a recalled frame."""
+        self._check_idle()
         t = self.thinker.cfg.tokens
         self.feed_ids([t.vision_start])
-        self._feed(tokens, self.cursor.image(grid))
+        self._feed(tokens.to(self.thinker.lm.dtype), self.cursor.image(grid))
         self.feed_ids([t.vision_end])
+
+    def add_audio_tokens(self, tokens: torch.Tensor) -> None:
+        """Audio features [n, C] between <|audio_bos|> and <|audio_eos|> (recalled audio), one id per token."""
+        self._check_idle()
+        t = self.thinker.cfg.tokens
+        self.feed_ids([t.audio_start])
+        self._feed(tokens.to(self.thinker.lm.dtype), self.cursor.audio(tokens.shape[0]))
+        self.feed_ids([t.audio_end])
 
     def begin_video(self, height: int, width: int, seconds_per_grid: float = 1.0) -> None:
         """A live video of normalised frames height x width (multiples of 28 px), 2 / seconds_per_grid fps."""
         self._check_idle()
         self.feed_ids([self.thinker.cfg.tokens.vision_start])
         enc = self.thinker.visual.init_state(height, width, self.thinker.device)
+        self._encoded.segment_start = self.cursor.next_id
         self._video = (enc, StreamingVideoPositions(self.cursor.next_id, seconds_per_grid))
 
     def push_video_frame(self, frame: torch.Tensor) -> int:
@@ -362,7 +450,9 @@ class ThinkerSession:
     def _feed_patch(self, enc: VisionEncoderState, pos: StreamingVideoPositions, tokens: torch.Tensor) -> int:
         if tokens.shape[0] == 0:
             return 0
-        self._feed(tokens.to(self.thinker.lm.dtype), pos.next_patch(self.cursor, (enc.layout.gh, enc.layout.gw)))
+        grid = (enc.layout.gh, enc.layout.gw)
+        x = tokens.to(self.thinker.lm.dtype)
+        self._feed_encoded("video", x, pos.next_patch(self.cursor, grid), self._merged(grid))
         return tokens.shape[0]
 
     # ---- video with its audio (2-s interleave) ---------------------------------------------------------------
@@ -372,7 +462,7 @@ class ThinkerSession:
         self._check_idle()
         t = self.thinker.cfg.tokens
         self._shared_special([t.vision_start, t.audio_start])
-        start = self.cursor.next_id
+        start = self._encoded.segment_start = self.cursor.next_id
         enc = self.thinker.visual.init_state(height, width, self.thinker.device)
         self._video = (enc, StreamingVideoPositions(start, seconds_per_grid))
         self._mel = self.thinker.mel.init_state(self.thinker.device)
@@ -452,14 +542,15 @@ class ThinkerSession:
             if av.phase == "video":
                 while av.video_queue and av.video_queue[0][0] == av.chunk:
                     _, tokens = av.video_queue.pop(0)
-                    self._feed(tokens, av.video.next_patch(self.cursor, av.grid_hw))
+                    self._feed_encoded("video", tokens, av.video.next_patch(self.cursor, av.grid_hw),
+                                       self._merged(av.grid_hw))
                 if not self._video_chunk_complete(av):
                     return
                 av.phase = "audio"
             if av.audio_queue:
                 tokens = av.audio_queue.pop(0)
                 start = av.audio_start + av.audio_sent
-                self._feed(tokens, self.cursor.place(flat_positions(start, tokens.shape[0])))
+                self._feed_encoded("audio", tokens, self.cursor.place(flat_positions(start, tokens.shape[0])))
                 av.audio_sent += tokens.shape[0]
             elif not av.audio_done:
                 return
@@ -467,6 +558,10 @@ class ThinkerSession:
                 return
             av.chunk += 1
             av.phase = "video"
+
+    def _merged(self, grid_hw: tuple[int, int]) -> tuple[int, int]:
+        m = self.cursor.cfg.spatial_merge_size
+        return grid_hw[0] // m, grid_hw[1] // m
 
     def _check_idle(self) -> None:
         if self._audio is not None or self._video is not None:

@@ -24,6 +24,7 @@ the session's start to put every session of a user on one axis.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -34,6 +35,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from memory import Memory, MemoryWriteError, Recall, SessionMemory, WindowItem
+from streaming.memory_summary import WorkerSummarizer
+from streaming.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class MemoryLane:
         self._last: tuple[str, Recall] | None = None  # (question, its recall): a pause and the turn's end share it
         self._recalled: Recall | None = None
         self._reply: tuple[str, float, int] | None = None  # (text as heard so far, start time, cache position)
+        self._said: tuple[str, float, float] | None = None  # the last reply given to memory: (text, t0, t1)
         self._tracked: deque[_Tracked] = deque(maxlen=self.config.history_items)
         self.closed = False
 
@@ -102,6 +106,35 @@ class MemoryLane:
             return ""
         return "\n".join([SLOT_HEADER, *(_user_lines(line) for _, line in kept)])
 
+    def add_frame(self, lane: str, t: float, tokens: np.ndarray) -> None:
+        """Pooled encoder tokens [N, D] of one audio block or video frame at media time `t` (seconds since the
+        session's media clock started), into the open L1 event."""
+        self.handle.add_frame(lane, t, tokens)
+
+    def recall(
+        self, question: str, lanes: dict[str, np.ndarray], budget_tokens: int,
+        count_tokens: Callable[[str], int] | None = None, before: float | None = None,
+    ) -> Recall:
+        """Recall for engines that query feature lanes too (the omni engine): the question's text (embedded when
+        not empty) and a query vector per lane; items come with their evidence frames of every queried lane.
+        `before`: media time of the question's first input; an event of this session's time that reaches it (the
+        question's own, when the segmenter cut it before the turn ended) is left out. Kept for `take_recalled`."""
+        question = question.strip()
+        q = np.asarray(self.embed([question]), dtype=np.float32)[0] if question else None
+        recall = self.handle.recall(q, question, budget_tokens, lanes=lanes, count_tokens=count_tokens)
+        if before is not None:
+            edge = self.handle.started_at + before
+            start = self.handle.started_at
+            keep = [not (it.level == "L1" and it.t_end >= edge and it.t_start >= start) for it in recall.items]
+            if not all(keep):
+                lines = recall.text.splitlines()
+                kept = [(it, line) for it, line, k in zip(recall.items, lines[1:], keep, strict=True) if k]
+                text = "\n".join([lines[0], *(line for _, line in kept)]) if kept else ""
+                recall = Recall([it for it, _ in kept], sum(it.tokens for it, _ in kept), budget_tokens, text,
+                                recall.elapsed_ms)
+        self._recalled = recall
+        return recall
+
     def take_recalled(self) -> Recall | None:
         """The recall of the turn being answered, once (None when no recall ran since the last call)."""
         recall, self._recalled = self._recalled, None
@@ -123,8 +156,21 @@ class MemoryLane:
         self._reply = (text, self.clock(), cache_position)
 
     def heard(self, text: str) -> None:
+        """What of the last reply the listener heard (barge-in, `conversation.item.truncate`). After the reply was
+        final (the user spoke again before the client's truncate came) the remembered reply is revised: in the
+        open event, or in its written event and the roll-up queue."""
         if self._reply is not None:
             self._reply = (text, self._reply[1], self._reply[2])
+            return
+        said = self._said
+        if said is None or text.strip() == said[0]:
+            return
+        self.handle.revise_utterance("assistant", said[0], said[1], said[2], text)
+        self._said = (text.strip(), said[1], said[2])
+        for tr in self._tracked:  # not rolled up yet: it goes to L3 as heard
+            if tr.item.role == "assistant" and tr.item.text == said[0] and tr.item.t == said[2]:
+                tr.item = WindowItem("text", self.handle.memory.count_tokens(text), tr.item.t, text.strip(),
+                                     "assistant")
 
     def roll_up(self, cache_length: int, window: int, lookahead: int) -> None:
         """Write to L3 each tracked text that the next `lookahead` tokens will push out of a `window`-token KV
@@ -158,6 +204,7 @@ class MemoryLane:
         if text.strip():
             t1 = self.clock()
             self.handle.add_utterance("assistant", text, t0, t1)
+            self._said = (text.strip(), t0, t1)
             self._track("assistant", text.strip(), t1, pos)
 
     def _track(self, role: str, text: str, t: float, cache_position: int) -> None:
@@ -181,11 +228,22 @@ class MemoryHub:
     """Process-wide: the memory and the question embedder; opens lanes. Users are scoped by `user_id`; None is an
     anonymous session, whose memory lasts the session only (MemoryConfig.persist_anonymous)."""
 
-    def __init__(self, memory: Memory, embed: Embed, config: LaneConfig | None = None) -> None:
+    def __init__(
+        self, memory: Memory, embed: Embed, config: LaneConfig | None = None,
+        summarizer: WorkerSummarizer | None = None,
+    ) -> None:
+        """`summarizer`: the memory's LM summarizer, when it runs on the server's device worker (attached at
+        startup, `attach`)."""
         self.memory = memory
         self.embed = embed
         self.config = config or LaneConfig()
         self.open_failures = 0
+        self.summarizer = summarizer
+
+    def attach(self, worker: DeviceWorker, loop: asyncio.AbstractEventLoop) -> None:
+        """The server's device worker and loop, for the summarizer's low-priority steps."""
+        if self.summarizer is not None:
+            self.summarizer.attach(worker, loop)
 
     def open(self, user_id: str | None, session_id: str) -> MemoryLane:
         if user_id is not None and not user_id.strip():
@@ -215,6 +273,6 @@ def recalled_items(recall: Recall) -> list[dict[str, Any]]:
     """The items of `omni.memory.recalled`: text, time (epoch s of the item's start and end), level, score."""
     return [
         {"text": it.text, "t_start": it.t_start, "t_end": it.t_end, "level": it.level, "score": round(it.score, 4),
-         "tokens": it.tokens}
+         "tokens": it.tokens, **({"frames": {k: len(v) for k, v in it.features.items()}} if it.features else {})}
         for it in recall.items
     ]

@@ -3,6 +3,13 @@
 Each turn prefills only what is new since the last turn: the chat template renders the whole history,
 and when that text extends what the cache already holds (true for ChatML-style templates), only the
 suffix is tokenised and fed. Otherwise the cache is reset and the whole prompt is fed again.
+
+`messages` stays as long as the cache's window: after each reply, messages whose every token has left the window
+(not the leading system message, which the cache's sinks and the template keep first) are dropped, and the
+fed text is re-based so the next turn still prefills only what is new. A caller that keeps memory writes what
+leaves the window below before it goes (the embedded engine's `MemoryLane.roll_up` runs before each turn with
+the turn's length as lookahead, so a message dropped here was written to L3 first). With a template where
+dropping a message changes the rest of the rendering, nothing is dropped.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ class ChatSession:
         self.state = lm.model.init_state(cache)
         self.sampler = SamplerState.create(lm.model.cfg.vocab_size, seed=self.sampling.seed, device=lm.model.device)
         self.messages: list[Message] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        self._ends: list[int] = [0] * len(self.messages)  # per message: cache length once it was fed (an upper bound)
         self._fed = _Fed()
         self._before_reply = _Fed()  # the cache's contents just before the last reply's tokens
         self._before_turn: _Fed | None = None  # set while a speculative user turn is in the cache
@@ -92,6 +100,7 @@ class ChatSession:
         if suffix is None:  # the template rewrote earlier turns: start the cache over
             self.state.reset()
             self.sampler.seen.zero_()
+            self._ends = [0] * len(self._ends)  # all fed again below; set with the new messages' ends
             suffix = text
         self._fed = _Fed(text, self._fed.length)
         return self.lm.tokenizer.encode(suffix)
@@ -156,6 +165,8 @@ class ChatSession:
         ids = self._prompt_ids()
         logits = self._feed(ids)
         self._fed.length = self.state.cache.length
+        self._ends = [e or self._fed.length for e in self._ends]
+        self._ends += [self._fed.length] * (len(self.messages) - len(self._ends))
         self._before_reply = _Fed(self._fed.text, self._fed.length, self.state.next_position,
                                   self.sampler.seen.clone())
         stats = ReplyStats(prompt_tokens=len(ids), prefill_seconds=time.perf_counter() - t0)
@@ -181,12 +192,39 @@ class ChatSession:
             stats.finished = finished
             reply = detok.text()
             self.messages.append({"role": "assistant", "content": reply})
+            self._ends.append(self.state.cache.length)
             self._fed = _Fed(self._fed.text + reply, self.state.cache.length)
             self.last = stats
+            self._drop_gone()
+
+    def _drop_gone(self) -> None:
+        """Drop the messages whose tokens have all left the cache's window (module docstring)."""
+        edge = self.state.cache.length - self.state.cache.cfg.window
+        first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
+        k = first
+        while k < len(self.messages) - 1 and self._ends[k] <= edge:
+            k += 1
+        if k == first:
+            return
+        render = self.lm.tokenizer.render_chat
+        head_old = render(self.messages[:k], add_generation_prompt=False)
+        whole_old = render(self.messages, add_generation_prompt=False)
+        whole_new = render([*self.messages[:first], *self.messages[k:]], add_generation_prompt=False)
+        rest = whole_old[len(head_old) :]
+        if not whole_old.startswith(head_old) or not whole_new.endswith(rest):
+            return  # this template renders later messages differently without the earlier ones
+        head_new = whole_new[: len(whole_new) - len(rest)]
+        saved = [f for f in (self._fed, self._before_reply, self._before_turn) if f is not None and f.text]
+        if not all(f.text.startswith(head_old) for f in saved):
+            return
+        for f in saved:
+            f.text = head_new + f.text[len(head_old) :]
+        del self.messages[first:k], self._ends[first:k]
 
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays)."""
         self.messages = [m for m in self.messages if m["role"] == "system"]
+        self._ends = [0] * len(self.messages)
         self.state.reset()
         self.sampler.seen.zero_()
         self._fed = _Fed()

@@ -46,7 +46,7 @@ from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
 from model.prompt import SPEECH_SYSTEM_PROMPT
 from model.speech_session import SpeakingSession, SpeechSettings
-from model.thinker_session import ReplyRecord, ThinkerMark, ThinkerSession, TokenText
+from model.thinker_session import ReplyRecord, SlotPiece, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import PCMChunk, StreamingSchedule
@@ -69,6 +69,8 @@ from streaming.engine import (
     close_iterator,
     replace_last_reply,
 )
+from streaming.engines.omni_memory import DEFAULT_BUDGET, OmniMemory
+from streaming.memory_lane import MemoryLane
 
 __all__ = ["DEFAULT_SAMPLING", "OmniEngine", "OmniEngineSession"]
 
@@ -108,6 +110,7 @@ class OmniEngine:
         video_stale_seconds: float = 2.0,
         max_history: int = 64,
         quant: str | None = None,
+        memory_budget: int = DEFAULT_BUDGET,
     ) -> None:
         """`model_dir`: a Qwen2.5-Omni checkpoint with its speech half (talker.*, token2wav.*, spk_dict.pt);
         `models`: already loaded ones instead (shared, e.g. by tests). `speak=False`: replies are text only
@@ -116,7 +119,8 @@ class OmniEngine:
         `schedule`/`solver`: token2wav's chunking and ODE solver (None: the reference's).
         `chars_per_second`: the speaking rate that maps audio to reply text (about 150 words a minute).
         `quant`: "int8" or "int4" quantises the Thinker's projections weight-only at load (the GPU kernels;
-        the Talker, 0.1 of the weights read per spoken second, stays in `dtype`)."""
+        the Talker, 0.1 of the weights read per spoken second, stays in `dtype`). `memory_budget`: tokens of
+        the recalled-memory slot, when the runtime gives the session a memory (streaming.engines.omni_memory)."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
         thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
@@ -137,6 +141,7 @@ class OmniEngine:
         self.chars_per_second = chars_per_second
         self.video_stale_seconds = video_stale_seconds
         self.max_history = max_history
+        self.memory_budget = memory_budget
         self.stop_ids = frozenset(sampling.stop_token_ids or thinker.tokenizer.stop_token_ids)
         # A reply (and its turn end) must fit in one chunk for the rollback on barge-in to be exact.
         need = sampling.max_new_tokens + TURN_END_TOKENS
@@ -219,6 +224,7 @@ class _Turn:
     t0: float = 0.0  # media time of the segment's first audio sample
     size: tuple[int, int] = (0, 0)  # resized frame (height, width) of the open av segment
     frame_slots: list[float] = field(default_factory=list)
+    typed: list[str] = field(default_factory=list)  # typed text of the turn (the question's words)
 
 
 class OmniEngineSession(EngineSessionBase):
@@ -232,6 +238,14 @@ class OmniEngineSession(EngineSessionBase):
         self._turn = _Turn()
         self._reply: _OmniReply | None = None
         self._frame: tuple[np.ndarray, float] | None = None  # the latest camera frame and its time
+        self.memory: OmniMemory | None = None  # set by the runtime (use_memory); its owner closes the lane
+
+    def use_memory(self, lane: MemoryLane) -> None:
+        """Read and write memory through `lane`: what the Thinker hears and sees goes in as pooled encoder features,
+        typed text and replies (as heard) as text; each turn's recall enters the prompt as a slot of text and
+        features before the reply (streaming.engines.omni_memory)."""
+        self.memory = OmniMemory(lane, self.engine.thinker.model.cfg.vision.spatial_merge_size,
+                                 self.engine.memory_budget)
 
     # ---- input side ---------------------------------------------------------------------------------
 
@@ -250,6 +264,7 @@ class OmniEngineSession(EngineSessionBase):
             if turn.segment == "av":
                 self._fill_frames(turn.t0 + turn.audio_seconds + len(pcm) / self.engine.input_sample_rate)
                 s.push_av_audio(x)
+                self._remember(turn.t0)  # nothing of a video segment is fed again: into memory now
             else:
                 s.push_audio(x)
             turn.audio_seconds += len(pcm) / self.engine.input_sample_rate
@@ -261,6 +276,11 @@ class OmniEngineSession(EngineSessionBase):
         with torch.inference_mode():
             self._between_segments()
             self.speaking.add_text(text)
+            if self.memory is not None and text.strip():
+                ids = self.speaking.prompt.text(text)
+                embeds = self.speaking.thinker.lm.embed_tokens(torch.tensor(ids, device=self.speaking.thinker.device))
+                self.memory.typed(embeds, self.memory.lane.clock())
+        self._turn.typed.append(text)
         self.history.append(("user", text))
         return []
 
@@ -274,6 +294,7 @@ class OmniEngineSession(EngineSessionBase):
                 self._add_image(media)
             else:
                 self._add_clip(media)
+                self._remember(self.memory.lane.clock() if self.memory is not None else 0.0)
         return []
 
     def _between_segments(self) -> None:
@@ -318,6 +339,7 @@ class OmniEngineSession(EngineSessionBase):
         if self._turn.segment == "av":
             with torch.inference_mode():
                 self._fill_frames(timestamp)
+            self._remember(self._turn.t0)
 
     def end_turn(self) -> list[EngineEvent]:
         """Encode the partial last audio block and close the segment; the reply prompt follows in `respond`."""
@@ -368,7 +390,17 @@ class OmniEngineSession(EngineSessionBase):
         if turn.segment is not None:
             video = f", {turn.frames} frames" if turn.segment == "av" else ""
             self.history.append(("user", f"[audio {turn.audio_seconds:.1f} s{video}]"))
+            self._remember(turn.t0)
         turn.segment = None
+
+    def _remember(self, t0: float) -> None:
+        """Encoder outputs fed since the last call, of the segment that started at `t0`, into memory (taken always:
+        the session keeps them until taken). An audio-only segment's are taken at its end, since a louder block
+        can still re-floor and re-feed earlier ones until then (ThinkerSession._prefill_segment); a video
+        segment's (2 fps: ~1.8 MB of features a second at 7B) as they come."""
+        pieces = self.speaking.take_encoded()
+        if self.memory is not None:
+            self.memory.ingest(pieces, t0)
 
     def _note_input(self) -> None:
         if self._reply is not None and not self._reply.open:
@@ -389,12 +421,28 @@ class OmniEngineSession(EngineSessionBase):
             if not self._turn.started:
                 self._note_input()
                 self.speaking.start_user_turn()
-            self.speaking.end_user_turn()
+            self.speaking.end_user_turn(self._recall())
             self._turn = _Turn()
             self._reply = _OmniReply(self.speaking.mark())
         events = self._generate(self._reply, options.speech)
         self._reply.events = events
         return events
+
+    def _recall(self) -> list[SlotPiece]:
+        """The recalled-memory slot of the turn that ends now; the turn's text goes to memory, and text that the
+        turn may push out of the KV window goes to L3 first."""
+        mem = self.memory
+        if mem is None:
+            return []
+        question = " ".join(t.strip() for t in self._turn.typed if t.strip())
+        s = self.speaking
+        slot = mem.slot(question, lambda text: len(s.prompt.text(text)))
+        cache = s.state.cache
+        fed = sum(len(s.prompt.text(p)) if isinstance(p, str) else p.tokens.shape[0] + 2 for p in slot)
+        lookahead = fed + 16 + self.engine.sampling.max_new_tokens + TURN_END_TOKENS
+        mem.lane.roll_up(cache.length, cache.cfg.window, lookahead)
+        mem.lane.user_turn(question, cache.length)
+        return slot
 
     def _generate(self, reply: _OmniReply, speech: bool) -> Iterator[EngineEvent]:
         eng = self.engine
@@ -426,6 +474,8 @@ class OmniEngineSession(EngineSessionBase):
                         yield AudioChunk(np.zeros(0, np.float32), text=rest)
                     reply.open = False
                     self.history.append(("assistant", reply.text))
+                    if self.memory is not None:
+                        self.memory.lane.reply(reply.text, reply.mark.thinker_tokens)
                     stats = {
                         "new_tokens": float(len(ev.token_ids)),
                         "codes": float(len(ev.codes)),
@@ -465,6 +515,11 @@ class OmniEngineSession(EngineSessionBase):
             log.warning("interrupt without a reply: nothing to trim")
             return
         close_iterator(reply.events)  # a live reply: stop it first (its session then feeds the turn end)
+        if self.memory is not None:  # the reply is remembered as heard
+            if reply.open:
+                self.memory.lane.reply(played_text, reply.mark.thinker_tokens)
+            else:
+                self.memory.lane.heard(played_text)
         if reply.open:
             reply.open = False
             self.history.append(("assistant", played_text))

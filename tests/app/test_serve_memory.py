@@ -103,3 +103,23 @@ async def test_a_full_disk_mid_session_warns_once_counts_and_the_session_goes_on
     assert page is not None and f"omni_memory_write_errors {errors:g}" in page
     assert "omni_memory_open_failures 1" in page
     hub.close()
+
+
+def test_the_embedded_engine_summarises_with_its_lm_and_the_omni_engine_gets_memory(tmp_path: Path) -> None:
+    from model.loaders import load_lm
+    from streaming.engines.embedded import EmbeddedEngine
+    from streaming.memory_summary import WorkerSummarizer
+
+    engine = EmbeddedEngine(lm=load_lm(), speak=False, listen=False)
+    hub = open_memory(parse("--memory-dir", str(tmp_path / "a")), engine)
+    assert hub is not None
+    try:
+        assert isinstance(hub.summarizer, WorkerSummarizer) and hub.memory.consolidator is not None
+    finally:
+        hub.close()
+    omni = open_memory(parse("--engine", "omni", "--memory-dir", str(tmp_path / "b")))
+    assert omni is not None
+    try:  # no L2 for the omni engine yet: its memory has no summarizer
+        assert omni.summarizer is None and omni.memory.consolidator is None
+    finally:
+        omni.close()

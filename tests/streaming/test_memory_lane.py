@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from memory import Memory, MemoryStore
+from memory import Memory, MemoryConfig, MemoryStore, SegmenterConfig
 from memory.testing import HashingEmbedder
 from streaming.engines.tone import ToneEngine
 from streaming.events import ProtocolError, parse_client_event
@@ -126,3 +126,32 @@ def test_lane_type_is_what_engines_receive(hub: MemoryHub) -> None:
     assert isinstance(lane, MemoryLane) and lane.user_id == "alice"
     lane.close()
     lane.close()  # idempotent
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["open-event", "written-event"])
+def test_a_truncate_after_the_reply_was_final_revises_the_remembered_reply(tmp_path: Path, written: bool) -> None:
+    """`conversation.item.truncate` can come after the user spoke again (the reply is final in memory by then): the
+    remembered reply becomes the heard text, in the open event or in the written one (its text key too), and the
+    text rolled up to L3 later is the heard text."""
+    embed = HashingEmbedder()
+    config = MemoryConfig(segmenter=SegmenterConfig(min_turn_s=0.0 if written else 1e9))
+    hub = MemoryHub(Memory(MemoryStore.open(str(tmp_path / "mem")), embed=embed, config=config), embed)
+    lane = hub.open("alice", "s1")
+    lane.user_turn("Tell me a story.", 0)
+    lane.reply("Once upon a time there was a dragon who loved tea.", 10)
+    lane.user_turn("Stop.", 20)  # the reply is final: written with the event when `written`
+    hub.memory.flush()
+    stored = [u.text for e in hub.memory.store.load_events("alice") for u in e.utterances]
+    assert ("Once upon a time there was a dragon who loved tea." in stored) == written
+    lane.heard("Once upon a time")
+    hub.memory.flush()
+    if written:
+        recall = lane.handle.recall(embed(["dragon loved tea"])[0], "dragon loved tea", 256)
+        assert not any(it.level == "L1" for it in recall.items)  # the unheard words no longer find it
+    lane.roll_up(cache_length=1000, window=10, lookahead=0)
+    lane.close()
+    said = [u.text for e in hub.memory.store.load_events("alice") for u in e.utterances if u.role == "assistant"]
+    assert said == ["Once upon a time"]
+    assert "assistant: Once upon a time" in [t for k, t in notes(hub, "alice") if k == "turn"]
+    assert not any("dragon" in t for _, t in notes(hub, "alice"))
+    hub.close()

@@ -1,0 +1,122 @@
+"""The omni engine's first audio with memory on and off, and its recall time (issue 12), on the tests' tiny random
+Qwen2.5-Omni checkpoint (built with transformers, a test-only dependency) or a real checkpoint (--model DIR).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/omni_memory.py [--turns 6] [--history 20] [--model DIR]
+
+Memory is filled by `--history` earlier turns of 4.5 s of audio with a camera (one session, one event per
+turn, closed: its events written); then `--turns` spoken turns are answered by a session with memory and one
+without. First audio is timed from the `respond` call (so the recall, the slot's prefill and the prompt's end
+are inside it) to the first audio chunk. The recall time is the memory's ranking and packing
+(`Recall.elapsed_ms`), the question's vector being the Thinker's own input embeddings of what was said (no text
+embedding for a spoken question).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memory import Memory, MemoryConfig, MemoryStore, SegmenterConfig
+from memory.testing import HashingEmbedder
+from model.lm.sampling import SamplingConfig
+from model.loaders.omni import load_thinker
+from model.loaders.talker_weights import load_speech
+from model.token2wav.solver import SolverConfig
+from model.token2wav.streaming import StreamingSchedule
+from model.voices import Voice, VoiceBank
+from streaming.engine import AudioChunk
+from streaming.engines.omni import OmniEngine, OmniEngineSession
+from streaming.memory_lane import MemoryHub
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    from tests.model.omni_tiny import IDS, save_tiny_omni
+
+    _, d = save_tiny_omni(folder / "ckpt")
+    g = torch.Generator().manual_seed(0)
+    bank = {n: Voice(n, IDS["spk_bos"], torch.randn(1, 16, generator=g), torch.randn(1, 60, 80, generator=g) - 4)
+            for n in ("Chelsie", "Ethan")}
+    VoiceBank(bank).save(Path(d) / "spk_dict.pt")
+    return Path(d)
+
+
+def clip(seconds: float, seed: int) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * 16000))).astype(np.float32)
+
+
+def turn(s: OmniEngineSession, pcm: np.ndarray, frames: list[np.ndarray] | None = None) -> float:
+    """One spoken turn, at the session's media time (its lane's clock, as the runtime's clock runs); seconds from
+    `respond` to the first audio chunk."""
+    t0 = s.memory.lane.clock() if s.memory is not None else 0.0
+    for i in range(0, len(pcm), 4000):
+        if frames is not None:
+            s.push_video(frames[(i // 8000) % len(frames)], t0 + i / 16000)
+        s.push_audio(pcm[i : i + 4000], t0 + i / 16000)
+    s.end_turn()
+    start = time.perf_counter()
+    first = 0.0
+    for ev in s.respond():
+        if isinstance(ev, AudioChunk) and len(ev.pcm) and not first:
+            first = time.perf_counter() - start
+    return first
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="a Qwen2.5-Omni checkpoint directory (default: the tiny one)")
+    p.add_argument("--turns", type=int, default=6)
+    p.add_argument("--history", type=int, default=20)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(args.model) if args.model else tiny_checkpoint(Path(tmp))
+        thinker, speech = load_thinker(d), load_speech(d)
+        engine = OmniEngine(
+            None, models=(thinker, speech), sampling=SamplingConfig(temperature=0.0, max_new_tokens=12),
+            talker_sampling=speech.talker.cfg.sampling(temperature=0.0, max_new_tokens=80), seed=0,
+            schedule=StreamingSchedule(first_chunk_blocks=1, chunk_blocks=1), solver=SolverConfig(num_steps=3),
+        )
+        embed = HashingEmbedder()
+        # one event per turn (each turn is short here): the keys of a turn's sound are its own
+        config = MemoryConfig(segmenter=SegmenterConfig(min_turn_s=0.0))
+        hub = MemoryHub(Memory(MemoryStore.open(str(Path(tmp) / "mem")), embed=embed, config=config), embed)
+        rng = np.random.default_rng(1)
+        frames = [rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(4)]
+        history = engine.open_session()
+        history.use_memory(hub.open("bench", "history"))
+        for k in range(args.history):
+            turn(history, clip(4.5, seed=k), frames)
+        assert history.memory is not None
+        history.memory.lane.close()
+        events = len(hub.memory.store.load_events("bench"))
+
+        on, off = engine.open_session(), engine.open_session()
+        on.use_memory(hub.open("bench", "asking"))
+        first_on, first_off, recall_ms, slot = [], [], [], []
+        for k in range(args.turns):
+            pcm = clip(4.5, seed=k % args.history)  # a sound heard before: the recall finds it
+            first_on.append(turn(on, pcm))
+            assert on.memory is not None
+            recall = on.memory.lane.take_recalled()
+            recall_ms.append(recall.elapsed_ms if recall is not None else 0.0)
+            slot.append(sum(x.tokens.shape[0] + 2 if not isinstance(x, str) else len(thinker.prompt.text(x))
+                            for x in on.memory.last_slot))
+            first_off.append(turn(off, pcm))
+        on.memory.lane.close()
+        hub.close()
+    med = statistics.median
+    print(f"omni engine, {'tiny checkpoint' if args.model is None else d}, {events} events in memory, "
+          f"{args.turns} turns (medians; first audio from respond() to the first chunk)")
+    print(f"first audio, memory off: {med(first_off) * 1e3:8.1f} ms")
+    print(f"first audio, memory on:  {med(first_on) * 1e3:8.1f} ms  (slot {med(slot):.0f} tokens)")
+    print(f"recall (rank + pack):    {med(recall_ms):8.2f} ms  (max {max(recall_ms):.2f} ms)")
+
+
+if __name__ == "__main__":
+    main()

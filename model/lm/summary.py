@@ -1,0 +1,78 @@
+"""L2 summaries written by a text LM, in small steps a scheduler can interleave with conversation work.
+
+`summary_steps(lm, texts)` is a generator: each `next()` does one bounded piece of work (a prefill chunk of
+`prefill_chunk` tokens or one decoded token) and the summary is its return value (`StopIteration.value`). The
+caller runs each step as its own job on the device worker, so a turn waits at most one step behind it
+(streaming.memory_summary). The state (a fresh, small KV cache) belongs to the generator: the conversation's
+sessions are not touched. Each step enters inference mode itself, since other jobs run on the same thread between
+steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from model.lm.decoder import DecoderState
+from model.lm.detokenizer import IncrementalDetokenizer
+from model.lm.kv_cache import CacheConfig
+from model.lm.sampling import SamplerState, SamplingConfig, sample
+from model.loaders import LoadedLM
+
+# Short and concrete: SmolLM2-135M follows a one-line instruction better than a long one.
+SUMMARY_INSTRUCTION = (
+    "Summarize the conversation below in one or two short sentences. Keep names, numbers and facts the user gave."
+)
+
+
+@dataclass(frozen=True)
+class SummaryConfig:
+    max_new_tokens: int = 64  # one or two sentences
+    max_input_chars: int = 3000  # ~750 tokens of the children's texts: the newest part is kept
+    prefill_chunk: int = 32  # tokens per prefill step: a few ms for a 135M model on one core
+
+
+def summary_steps(
+    lm: LoadedLM, texts: Sequence[str], config: SummaryConfig | None = None
+) -> Generator[None, None, str]:
+    """Yields after each bounded step; returns the summary of `texts` (greedy, stripped)."""
+    cfg = config or SummaryConfig()
+    body = "\n".join(t.strip() for t in texts if t.strip())[-cfg.max_input_chars :]
+    if not body:
+        raise ValueError("nothing to summarize: every text is empty")
+    messages = [{"role": "system", "content": SUMMARY_INSTRUCTION}, {"role": "user", "content": body}]
+    ids = lm.tokenizer.encode(lm.tokenizer.render_chat(messages, add_generation_prompt=True))
+    window = len(ids) + cfg.max_new_tokens
+    state = lm.model.init_state(CacheConfig(sinks=0, window=window, chunk=cfg.prefill_chunk))
+    sampling = SamplingConfig(temperature=0.0, repetition_penalty=1.1, max_new_tokens=cfg.max_new_tokens,
+                              stop_token_ids=frozenset(lm.tokenizer.stop_token_ids))
+    sampler = SamplerState.create(lm.model.cfg.vocab_size, device=lm.model.device)
+    logits = torch.zeros(0)
+    for i in range(0, len(ids), cfg.prefill_chunk):
+        logits = _feed(lm, state, sampler, ids[i : i + cfg.prefill_chunk])
+        yield
+    detok = IncrementalDetokenizer(lm.tokenizer)
+    for _ in range(cfg.max_new_tokens):
+        token = _choose(logits, sampling, sampler)
+        if token in sampling.stop_token_ids:
+            break
+        detok.push(token)
+        logits = _feed(lm, state, sampler, [token])
+        yield
+    return detok.text().strip()
+
+
+@torch.inference_mode()
+def _feed(lm: LoadedLM, state: DecoderState, sampler: SamplerState, ids: list[int]) -> torch.Tensor:
+    x = torch.tensor([ids], device=lm.model.device)
+    sampler.observe(x)
+    out = lm.model(state, input_ids=x)
+    assert out.logits is not None
+    return out.logits
+
+
+@torch.inference_mode()
+def _choose(logits: torch.Tensor, sampling: SamplingConfig, sampler: SamplerState) -> int:
+    return int(sample(logits, sampling, sampler)[0])

@@ -1,0 +1,207 @@
+"""The omni engine's memory (issue 12) on the tiny random Qwen2.5-Omni checkpoint: what the Thinker heard and saw
+goes into L1 as pooled encoder features; a later turn recalls them with the Thinker's own representation of the
+question, and they re-enter the prompt as a recalled-memory slot whose logits equal the whole prompt computed at
+once by `Thinker.features_logits` (float32 on CPU; streamed and one-shot prefill differ only in summation order,
+~1e-6, hence 1e-4, as tests/streaming/test_omni_engine.py); the turn with recall still speaks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from memory import Memory, MemoryStore
+from memory.testing import HashingEmbedder
+from model.prompt import SPEECH_SYSTEM_PROMPT
+from model.thinker_session import EncodedPiece, RecalledFeatures, ThinkerSession
+from streaming.engine import AudioChunk, ReplyDone
+from streaming.engines.omni_memory import AUDIO_TOKENS_PER_BLOCK, VIDEO_GRID, pool_piece
+from streaming.memory_lane import MemoryHub, recalled_items
+from tests.streaming.test_omni_engine import Models, clip, make, models  # noqa: F401  (the fixture)
+
+C = 64  # the tiny Thinker's width
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[MemoryHub]:
+    embed = HashingEmbedder()
+    h = MemoryHub(Memory(MemoryStore.open(str(tmp_path / "mem")), embed=embed), embed)
+    yield h
+    h.close()
+
+
+def test_a_slot_of_text_audio_and_frames_equals_the_whole_prompt(models: Models) -> None:  # noqa: F811
+    """ThinkerSession.end_user_turn(slot) against Thinker.features_logits on the same ids, features and positions."""
+    loaded = models[0]
+    th, prompt = loaded.model, loaded.prompt
+    g = torch.Generator().manual_seed(7)
+    question = torch.randn(37, C, generator=g)
+    recalled_audio = torch.randn(2 * AUDIO_TOKENS_PER_BLOCK, C, generator=g)
+    frame = torch.randn(VIDEO_GRID[0] * VIDEO_GRID[1], C, generator=g)
+    grid = (1, 2 * VIDEO_GRID[0], 2 * VIDEO_GRID[1])
+    slot = ["Recalled memory:\n[12:00:01, 5 min ago] (no speech)\n", RecalledFeatures("audio", recalled_audio),
+            RecalledFeatures("image", frame, grid), "\n[12:03:00, 2 min ago] user: hello\n"]
+    with torch.inference_mode():
+        s = ThinkerSession(th, prompt, SPEECH_SYSTEM_PROMPT, tokenizer=loaded.tokenizer)
+        s.start_user_turn()
+        s.add_audio_tokens(question)
+        got = s.end_user_turn(slot)
+    ids = (prompt.system_turn(SPEECH_SYSTEM_PROMPT) + prompt.turn_start("user") + prompt.audio(37) + prompt.turn_end()
+           + prompt.turn_start("system") + prompt.text(slot[0]) + prompt.audio(recalled_audio.shape[0])
+           + prompt.image(grid) + prompt.text(slot[3]) + prompt.turn_end() + prompt.turn_start("assistant"))
+    want = th.features_logits(torch.tensor(ids), audio=[question, recalled_audio], images=[(frame, grid)])
+    assert s.prefilled_tokens == len(ids)
+    torch.testing.assert_close(got, want[-1], rtol=1e-4, atol=1e-4)
+    # the slot's ids continue above the history: the largest is the prompt's length less the ids images share
+    assert s.cursor.next_id < len(ids) and s.cursor.next_id <= s.state.cache.cfg.window
+
+
+def test_encoded_pieces_are_the_blocks_and_patches_fed_and_pool_to_fixed_sizes(
+    models: Models, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    engine = make(models, max_new_tokens=4)
+    s = engine.open_session()
+    pieces: list[EncodedPiece] = []  # what the engine hands to memory, as it comes (video segments) or at the end
+    monkeypatch.setattr(s, "_remember", lambda t0: pieces.extend(s.speaking.take_encoded()))
+    rng = np.random.default_rng(4)
+    pcm = clip(4.5, seed=2)
+    for t in np.arange(0.0, 4.5, 0.25):
+        s.push_video(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), float(t))
+        s.push_audio(pcm[int(t * 16000) : int((t + 0.25) * 16000)], float(t))
+    during = len(pieces)
+    s.end_turn()
+    assert 0 < during < len(pieces)  # video segments go to memory as they are fed, the rest at the end
+    audio = [p for p in pieces if p.kind == "audio"]
+    video = [p for p in pieces if p.kind == "video"]
+    th = models[0].model
+    n = th.encode_audio(th.audio_features(torch.from_numpy(pcm), 16000)).shape[0]  # the whole clip's tokens
+    assert [p.offset_s for p in audio] == [0.0, 2.0, 4.0] and [p.tokens.shape[0] for p in audio] == [50, 50, n - 100]
+    assert [p.offset_s for p in video] == [float(k) for k in range(len(video))] and len(video) == 5
+    assert all(pool_piece(p).shape == (AUDIO_TOKENS_PER_BLOCK, C) for p in audio)
+    assert all(pool_piece(p).shape == (VIDEO_GRID[0] * VIDEO_GRID[1], C) for p in video)
+    block = audio[0].tokens.float()
+    np.testing.assert_allclose(pool_piece(audio[0])[1], block[10:20].mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    assert s.speaking.take_encoded() == []
+    with pytest.raises(ValueError, match="not its 3 x 3 grid"):
+        pool_piece(EncodedPiece("video", torch.zeros(4, C), 0.0, 0, (3, 3)))
+
+
+def test_a_later_session_hears_and_sees_the_recalled_features_at_the_right_positions(
+    models: Models, hub: MemoryHub  # noqa: F811
+) -> None:
+    loaded = models[0]
+    engine = make(models, max_new_tokens=12)
+    heard = clip(4.5, seed=11)
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(5)]
+
+    first = engine.open_session()
+    first.use_memory(hub.open("alice", "s1"))
+    for i, t in enumerate(np.arange(0.0, 4.5, 0.25)):
+        first.push_video(frames[i // 4], float(t))
+        first.push_audio(heard[int(t * 16000) : int((t + 0.25) * 16000)], float(t))
+    first.end_turn()
+    assert isinstance(list(first.respond())[-1], ReplyDone)
+    assert first.memory is not None
+    first.memory.lane.close()  # the event is written; its features are on disk
+    stored = hub.memory.store.load_events("alice")
+    assert any(sorted(e.lanes) == ["audio", "video"] for e in stored)  # (random frames: scene changes cut events)
+
+    second = engine.open_session()  # the question: the same sound again
+    second.use_memory(hub.open("alice", "s2"))
+    for i in range(0, len(heard), 8000):
+        second.push_audio(heard[i : i + 8000], 100.0 + i / 16000)
+    second.end_turn()
+    events = list(second.respond())
+    assert second.memory is not None and second._reply is not None
+    slot = second.memory.last_slot
+    audio = [p for p in slot if isinstance(p, RecalledFeatures) and p.kind == "audio"]
+    images = [p for p in slot if isinstance(p, RecalledFeatures) and p.kind == "image"]
+    assert audio and images and isinstance(slot[0], str) and slot[0].startswith("Recalled memory")
+    # the recalled audio is the first session's pooled blocks (stored as float16)
+    whole = loaded.model.encode_audio(loaded.model.audio_features(torch.from_numpy(heard), 16000)).float()
+    blocks = [pool_piece(EncodedPiece("audio", whole[i : i + 50], 0.0, 0)) for i in range(0, whole.shape[0], 50)]
+    for k in range(0, audio[0].tokens.shape[0], AUDIO_TOKENS_PER_BLOCK):
+        got = audio[0].tokens[k : k + AUDIO_TOKENS_PER_BLOCK].numpy()
+        assert min(float(np.abs(got - b).max()) for b in blocks) < 1e-2  # float16 storage, values O(1)
+
+    # the logits of the first reply token equal the whole prompt's: history, question, slot, assistant header
+    p = loaded.prompt
+    ids = p.system_turn(engine.system_prompt) + p.turn_start("user") + p.audio(whole.shape[0]) + p.turn_end()
+    ids += p.turn_start("system")
+    feats_audio, feats_images = [whole], []
+    for piece in slot:
+        if isinstance(piece, str):
+            ids += p.text(piece)
+        elif piece.kind == "audio":
+            ids += p.audio(piece.tokens.shape[0])
+            feats_audio.append(piece.tokens)
+        else:
+            ids += p.image(piece.grid)
+            feats_images.append((piece.tokens, piece.grid))
+    ids += p.turn_end() + p.turn_start("assistant")
+    want = loaded.model.features_logits(torch.tensor(ids), audio=feats_audio, images=feats_images)[-1]
+    got = second._reply.mark.logits
+    assert got is not None
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+    # the turn with recall still speaks, and the runtime gets the recall for omni.memory.recalled
+    done = events[-1]
+    assert isinstance(done, ReplyDone) and done.stats["codes"] > 0
+    pcm = np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
+    assert np.abs(pcm).max() > 0
+    recall = second.memory.lane.take_recalled()
+    assert recall is not None and recall.items
+    items = recalled_items(recall)
+    assert any(it.get("frames", {}).get("audio", 0) >= 1 for it in items)
+    assert {it["t_start"] for it in items} <= {e.t_start for e in stored} | {n.t_first for n in
+                                                                            hub.memory.store.load_notes("alice")}
+    fed = sum(len(p.text(x)) if isinstance(x, str) else x.tokens.shape[0] + 2 for x in slot)
+    assert fed <= engine.memory_budget + 2 * len(slot)  # bounded: bos/eos around each stretch come on top
+    second.memory.lane.close()
+
+
+def test_without_memory_the_turn_is_unchanged(models: Models, hub: MemoryHub) -> None:  # noqa: F811
+    """A memory with nothing relevant in it (a new user) leaves the prompt exactly as without memory."""
+    engine = make(models, max_new_tokens=6)
+    pcm = clip(2.5, seed=5)
+    plain, remembering = engine.open_session(), engine.open_session()
+    remembering.use_memory(hub.open("bob", "s1"))
+    for s in (plain, remembering):
+        s.push_audio(pcm, 0.0)
+        s.end_turn()
+    a, b = list(plain.respond())[-1], list(remembering.respond())[-1]
+    assert isinstance(a, ReplyDone) and isinstance(b, ReplyDone) and a.text == b.text
+    assert plain.speaking.state.cache.length == remembering.speaking.state.cache.length
+    assert remembering.memory is not None and remembering.memory.last_slot == []
+    remembering.memory.lane.close()
+
+
+@pytest.mark.parametrize("cut", ["live", "after"])
+def test_the_omni_reply_is_remembered_as_heard(models: Models, hub: MemoryHub, cut: str) -> None:  # noqa: F811
+    """Barge-in during the reply, or a client's truncate once it was over: memory keeps the heard text."""
+    engine = make(models, max_new_tokens=12)
+    s = engine.open_session()
+    s.use_memory(hub.open("carol", "s1"))
+    s.push_audio(clip(1.0, seed=8), 0.0)
+    s.end_turn()
+    it = s.respond()
+    if cut == "live":
+        text = ""
+        for ev in it:
+            if isinstance(ev, AudioChunk) and ev.text:
+                text += ev.text
+                break
+        it.close()  # type: ignore[attr-defined]
+    else:
+        done = list(it)[-1]
+        assert isinstance(done, ReplyDone) and len(done.text) > 3
+        text = done.text[:3]
+    s.interrupt(text)
+    assert s.memory is not None
+    s.memory.lane.close()
+    said = [u.text for e in hub.memory.store.load_events("carol") for u in e.utterances if u.role == "assistant"]
+    assert said == [text.strip()] and text.strip()
