@@ -142,24 +142,28 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 
 async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: str | None = None,
-                   limit: float = 120.0) -> tuple[Desktop, Printer, np.ndarray, Any]:
+                   limit: float = 120.0, options: DesktopOptions | None = None
+                   ) -> tuple[Desktop, Printer, np.ndarray, Any]:
     """Run a desktop conversation on PulseAudio: play `wav` into the microphone once both streams are open,
     record the speaker, stop at the event `until` (plus 1 s for the speaker to drain). Returns the desktop,
     its events, the recorded speaker (int16 48 kHz) and the conversation: local on the engine `on`, or, when `on`
-    is a ws:// URL, the remote one (`omni desktop --server`)."""
+    is a ws:// URL, the remote one (`omni desktop --server`). Each event gets `_played` (what the speaker had
+    been given by then) and `_t` (seconds since the playback of `wav` was started; negative before)."""
     printer = Printer()
     done = asyncio.Event()
+    play_t0 = float("inf")
 
     def emit(ev: dict[str, Any]) -> None:
         desktop.on_event(ev)
         printer(ev)
         ev["_played"] = desktop.ring.played_samples  # what the speaker had been given by this event
+        ev["_t"] = time.monotonic() - play_t0 if play_t0 != float("inf") else -1.0
         if ev["type"] == until:
             done.set()
 
     conv: Conversation = (RemoteConversation(on, emit) if isinstance(on, str)
                           else LocalConversation(on, emit, TurnConfig(silence_ms=400)))
-    desktop = Desktop(conv, DesktopOptions("pulse", "pulse", camera))
+    desktop = Desktop(conv, options or DesktopOptions("pulse", "pulse", camera))
     rec_path = wav.with_suffix(".speaker.raw")
     with open(rec_path, "wb") as rec_file:  # noqa: ASYNC230 (opening a local file: microseconds)
         rec = subprocess.Popen(  # noqa: ASYNC220 (parec runs beside the loop; only its exit is waited for)
@@ -173,6 +177,7 @@ async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: 
             if task.done():
                 task.result()  # the streams failed to open: raise why
             assert desktop.started.is_set(), "the sound streams did not open within 60 s"
+            play_t0 = time.monotonic()
             play = await asyncio.create_subprocess_exec("paplay", "-d", "mic", str(wav), env=env)
             try:
                 await asyncio.wait_for(done.wait(), limit)
