@@ -4,7 +4,8 @@
 mic --PortAudio thread--> MicQueue (50 blocks, drop oldest) --loop--> EchoCanceller (the `aec` extra) or
     HalfDuplexGate --> conversation.push_audio
 conversation.read_output(960) --loop, every 10 ms--> SpeakerRing (80 ms) --PortAudio thread--> speaker
-camera --decode thread, one frame per video_interval--> conversation.push_video (the session keeps the latest)
+camera --decode thread, one frame per video_interval--> conversation.push_video (the session keeps the latest;
+    remote: the latest goes up as an input_image when the user starts to speak, at most one a second)
 ```
 
 The conversation is `LocalConversation` (a `streaming.Session` on an in-process engine, exactly as the server
@@ -279,7 +280,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-device", metavar="ID", help="microphone: a device number or name (default: the system's)")
     p.add_argument("--output-device", metavar="ID", help="speaker: a device number or name (default: the system's)")
     p.add_argument("--camera", metavar="SPEC", help="a camera: /dev/video0, "
-                   "lavfi:testsrc2=size=320x240:rate=15,realtime, or a video file (default: no camera)")
+                   "lavfi:testsrc2=size=320x240:rate=15,realtime, or a video file (default: no camera); with --server, "
+                   "the latest frame goes to the server as an image when you start to speak (at most 1 a second)")
     p.add_argument("--echo", choices=("auto", "aec", "half", "off"), default="auto",
                    help="the assistant's voice coming back from open speakers: aec cancels it (WebRTC AEC3, the "
                    "`aec` extra; the microphone stays open, so you can talk over the reply), half mutes the "

@@ -263,6 +263,31 @@ async def test_desktop_as_a_client_of_a_remote_server_speaks_and_barge_in_clears
     assert len(conv.truncations) == 1 and conv.truncations[0][1] > 0
 
 
+async def test_remote_desktop_sends_the_camera_with_the_users_turn(
+    pulse: dict[str, str], start_server: StartServer, tmp_path: Path
+) -> None:
+    """`omni desktop --server ws://... --camera ...`: the latest frame goes up as an `input_image` when the user
+    starts to speak, and the server's engine gets it in that turn."""
+    tone = ToneEngine()
+    url, _ = await start_server(tone)
+    q = make_speech_wav(tmp_path / "q.wav", "Hello there, what do you see?", 48000, pad=1.0)
+    desktop, printer, speaker, conv = await converse(pulse, url.replace("http://", "ws://"), q, "response.done",
+                                                     camera="lavfi:testsrc2=size=320x240:rate=15,realtime")
+    kinds = [e["type"] for e in printer.events]
+    images = [s.images for s in tone.sessions]
+    print(f"\ndesktop --server --camera: camera frames {desktop.camera_frames}, images sent {conv.images_sent}, "
+          f"the engine got {images}; events {kinds}")
+    assert "error" not in kinds, [e for e in printer.events if e["type"] == "error"]
+    added = [e for e in printer.events if e["type"] == "conversation.item.added"]
+    assert conv.images_sent == 1 and [p["type"] for p in added[0]["item"]["content"]] == ["input_image"]
+    assert images[-1] == [(240, 320)], "the server's engine did not get the camera frame"
+    # It joined the spoken turn: the item came between speech start and the reply.
+    assert kinds.index("input_audio_buffer.speech_started") < kinds.index("conversation.item.added") \
+        < kinds.index("response.created")
+    assert kinds.count("response.done") == 1 and "Hello" in "".join(
+        e["delta"] for e in printer.events if e["type"] == "response.output_audio_transcript.delta")
+
+
 @pytest.mark.slow
 async def test_desktop_speaks_the_answer_and_half_duplex_holds_back_its_own_voice(
     pulse: dict[str, str], engine: Any, france48k: np.ndarray, tmp_path: Path  # noqa: F811
