@@ -168,6 +168,7 @@ class Desktop:
         self.barge_ins: list[int] = []  # samples dropped from the ring at each speech start
         self.speech_marks: list[int] = []  # the ring's played_samples at each speech start (tests: what played after)
         self.camera_frames = 0
+        self.mic: MicQueue | None = None
         self.started = asyncio.Event()  # both sound streams are open
         self._stop = threading.Event()
         self._done = asyncio.Event()
@@ -222,7 +223,7 @@ class Desktop:
         import sounddevice as sd
 
         loop = asyncio.get_running_loop()
-        mic = MicQueue(loop)
+        mic = self.mic = MicQueue(loop)
         await self.conv.start()
         tasks: list[asyncio.Task[None]] = []
         camera: threading.Thread | None = None

@@ -218,15 +218,21 @@ class EchoCanceller:
         self.out_energy = 0.0
         self.seconds = 0.0
         self.blocks = 0
+        self.far_dropped = 0  # played blocks dropped unpaired (the loop stalled over 0.5 s)
+        # (fewest, most) played blocks waiting for their microphone block: a steady span means a steady pairing
+        self.backlog = (1 << 30, 0)
 
     def played(self, block: np.ndarray, t: float | None = None) -> None:
         """The speaker callback reports each block it played (copied: PortAudio reuses its buffer)."""
+        if len(self._far) == self._far.maxlen:
+            self.far_dropped += 1
         self._far.append(block.copy())
 
     def filter(self, block: np.ndarray, t: float | None = None) -> np.ndarray:
         """The microphone block with the assistant's echo removed (int16, same length)."""
         if len(block) != self.block:
             raise ValueError(f"the echo canceller takes {self.block}-sample blocks, got {len(block)}")
+        self.backlog = (min(self.backlog[0], len(self._far)), max(self.backlog[1], len(self._far)))
         far = self._far.popleft() if self._far else self._silence
         start = time.perf_counter()
         out = self._aec.process(np.ascontiguousarray(block, np.int16), far)

@@ -142,7 +142,7 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 
 async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: str | None = None,
-                   limit: float = 120.0, options: DesktopOptions | None = None
+                   limit: float = 120.0, options: DesktopOptions | None = None, desktop_cls: type[Desktop] = Desktop
                    ) -> tuple[Desktop, Printer, np.ndarray, Any]:
     """Run a desktop conversation on PulseAudio: play `wav` into the microphone once both streams are open,
     record the speaker, stop at the event `until` (plus 1 s for the speaker to drain). Returns the desktop,
@@ -163,7 +163,7 @@ async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: 
 
     conv: Conversation = (RemoteConversation(on, emit) if isinstance(on, str)
                           else LocalConversation(on, emit, TurnConfig(silence_ms=400)))
-    desktop = Desktop(conv, options or DesktopOptions("pulse", "pulse", camera))
+    desktop = desktop_cls(conv, options or DesktopOptions("pulse", "pulse", camera))
     rec_path = wav.with_suffix(".speaker.raw")
     with open(rec_path, "wb") as rec_file:  # noqa: ASYNC230 (opening a local file: microseconds)
         rec = subprocess.Popen(  # noqa: ASYNC220 (parec runs beside the loop; only its exit is waited for)
