@@ -1,9 +1,11 @@
 """`omni desktop`: the conversation from this machine's microphone, speaker and (optionally) camera, no browser.
 
 ```
-mic --PortAudio thread--> MicQueue (50 blocks, drop oldest) --loop--> HalfDuplexGate --> conversation.push_audio
+mic --PortAudio thread--> MicQueue (50 blocks, drop oldest) --loop--> EchoCanceller (the `aec` extra) or
+    HalfDuplexGate --> conversation.push_audio
 conversation.read_output(960) --loop, every 10 ms--> SpeakerRing (80 ms) --PortAudio thread--> speaker
-camera --decode thread, one frame per video_interval--> conversation.push_video (the session keeps the latest)
+camera --decode thread, one frame per video_interval--> conversation.push_video (the session keeps the latest;
+    remote: the latest goes up as an input_image when the user starts to speak, at most one a second)
 ```
 
 The conversation is `LocalConversation` (a `streaming.Session` on an in-process engine, exactly as the server
@@ -25,7 +27,7 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
-from app.desktop_audio import BLOCK, RATE, HalfDuplexGate, MicQueue, SpeakerRing
+from app.desktop_audio import BLOCK, RATE, EchoCanceller, HalfDuplexGate, MicQueue, SpeakerRing, aec_available
 from streaming.engine import Engine
 from streaming.frames import AudioFrame, VideoFrame
 from streaming.session import Session
@@ -144,6 +146,7 @@ class DesktopOptions:
     output_device: int | str | None = None
     camera: str | None = None  # /dev/video0, lavfi:testsrc2=size=320x240:rate=15,realtime, or a video file
     half_duplex: bool = True
+    aec: bool = False  # echo cancellation (the `aec` extra) instead of the half-duplex gate: full duplex on speakers
     video_interval: float = SessionConfig().video_interval  # the engine's rate: one frame per this many seconds
     duration: float | None = None  # stop after this many seconds (None: until Ctrl-C)
     # The speaker's device buffer. PortAudio's "low" (about 10-20 ms through ALSA's pulse plugin) underran 6-8
@@ -159,11 +162,13 @@ class Desktop:
         self.conv = conversation
         self.opts = options
         self.ring = SpeakerRing()
-        self.gate = options.gate if options.half_duplex else None
+        self.aec = EchoCanceller() if options.aec else None
+        self.gate = options.gate if options.half_duplex and self.aec is None else None
         self.status_flags = 0  # PortAudio over/underflows reported to the callbacks
         self.barge_ins: list[int] = []  # samples dropped from the ring at each speech start
         self.speech_marks: list[int] = []  # the ring's played_samples at each speech start (tests: what played after)
         self.camera_frames = 0
+        self.mic: MicQueue | None = None
         self.started = asyncio.Event()  # both sound streams are open
         self._stop = threading.Event()
         self._done = asyncio.Event()
@@ -193,11 +198,17 @@ class Desktop:
         self.ring.read_into(block)
         if self.gate is not None:
             self.gate.played(block)
+        if self.aec is not None:
+            self.aec.played(block)
 
     async def _pump_mic(self, mic: MicQueue) -> None:
         while True:
             block, t = await mic.get()
-            self.conv.push_audio(block if self.gate is None else self.gate.filter(block, t))
+            if self.aec is not None:
+                block = self.aec.filter(block, t)
+            elif self.gate is not None:
+                block = self.gate.filter(block, t)
+            self.conv.push_audio(block)
 
     async def _pump_speaker(self) -> None:
         while True:
@@ -212,7 +223,7 @@ class Desktop:
         import sounddevice as sd
 
         loop = asyncio.get_running_loop()
-        mic = MicQueue(loop)
+        mic = self.mic = MicQueue(loop)
         await self.conv.start()
         tasks: list[asyncio.Task[None]] = []
         camera: threading.Thread | None = None
@@ -270,9 +281,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-device", metavar="ID", help="microphone: a device number or name (default: the system's)")
     p.add_argument("--output-device", metavar="ID", help="speaker: a device number or name (default: the system's)")
     p.add_argument("--camera", metavar="SPEC", help="a camera: /dev/video0, "
-                   "lavfi:testsrc2=size=320x240:rate=15,realtime, or a video file (default: no camera)")
-    p.add_argument("--full-duplex", action="store_true",
-                   help="keep the microphone open while the assistant speaks (headphones; default: half duplex)")
+                   "lavfi:testsrc2=size=320x240:rate=15,realtime, or a video file (default: no camera); with --server, "
+                   "the latest frame goes to the server as an image when you start to speak (at most 1 a second)")
+    p.add_argument("--echo", choices=("auto", "aec", "half", "off"), default="auto",
+                   help="the assistant's voice coming back from open speakers: aec cancels it (WebRTC AEC3, the "
+                   "`aec` extra; the microphone stays open, so you can talk over the reply), half mutes the "
+                   "microphone while the assistant speaks (barge-in by level), off does nothing (headphones); "
+                   "auto (default): aec when pywebrtc-audio is installed, else half")
+    p.add_argument("--full-duplex", action="store_true", help="the same as --echo off (headphones)")
     p.add_argument("--server", metavar="URL", help="a remote omni server's Realtime WebSocket API (ws://host:port); "
                    "default: run the engine in this process")
     p.add_argument("--engine", choices=("embedded", "omni", "tiny", "test"), default="embedded",
@@ -300,6 +316,13 @@ def run(args: argparse.Namespace) -> int:
     if args.list_devices:
         print(sd.query_devices())
         return 0
+    echo = "off" if args.full_duplex else args.echo
+    if echo == "auto":
+        echo = "half" if aec_available() else "aec"
+    elif echo == "aec" and aec_available():
+        print(f"omni desktop: error: --echo aec: {aec_available()}", file=sys.stderr)
+        return 1
+    print(f"omni desktop: echo handling: {echo}", file=sys.stderr)
     printer = Printer()
     conv: Conversation
     try:
@@ -313,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"omni desktop: error: {e}", file=sys.stderr)
         return 1
     opts = DesktopOptions(_device(args.input_device), _device(args.output_device), args.camera,
-                          half_duplex=not args.full_duplex, duration=args.seconds)
+                          half_duplex=echo == "half", aec=echo == "aec", duration=args.seconds)
     desktop = Desktop(conv, opts)
     printer_hook.desktop = desktop
     try:

@@ -7,7 +7,10 @@ a ring buffer that the loop fills, under a lock held for one memcpy. Barge-in cl
 
 Echo: with open speakers the microphone hears the assistant. `HalfDuplexGate` (the default) mutes the
 microphone while the assistant is heard and for a short hangover after, unless the microphone is clearly
-louder than what is being played (the user talking over it: barge-in by level).
+louder than what is being played (the user talking over it: barge-in by level). `EchoCanceller` (when the
+`aec` extra, pywebrtc-audio, is installed) removes the assistant's voice from the microphone instead: WebRTC's
+AEC3 with what the speaker played as the reference, so the microphone stays open (full duplex with loudspeakers)
+and the user's voice barges in through the session's own VAD.
 """
 
 from __future__ import annotations
@@ -175,3 +178,73 @@ class HalfDuplexGate:
         self.suppressed_blocks += 1
         self.suppressed_loud += level > self.floor
         return np.zeros_like(block)
+
+
+def aec_available() -> str | None:
+    """None when `EchoCanceller` can run here, else why not (the `aec` extra is missing)."""
+    try:
+        import pywebrtc_audio  # noqa: F401
+    except ImportError as e:
+        return f"no echo canceller ({e}): pip install -e '.[aec]' (pywebrtc-audio)"
+    return None
+
+
+class EchoCanceller:
+    """Acoustic echo cancellation for open speakers: WebRTC's AEC3 (the `aec` extra, pywebrtc-audio).
+
+    The speaker callback hands over each block it plays (`played`, on PortAudio's thread: an append to a
+    bounded deque, never blocking); the event loop cleans each microphone block (`filter`) against the next
+    played block, one 10 ms block of each per call, as AEC3 wants its render and capture streams in step. The
+    delay between a block being handed to the device and its echo reaching the microphone (the device buffers
+    and the room: 100-300 ms here) is found by AEC3's own delay estimator. When the speaker is silent (nothing
+    queued) the reference is silence. AEC3 is not thread-safe: only the loop calls `filter`.
+
+    Counters for tests and the benchmark: the microphone's and the output's energy over blocks whose reference
+    was audible (`near_energy`, `out_energy`: their ratio is the echo return loss enhancement while nothing but
+    echo comes in), and the time spent in AEC3 (`seconds`, `blocks`)."""
+
+    def __init__(self, rate: int = RATE, block: int = BLOCK, backlog: int = 50) -> None:
+        why = aec_available()
+        if why:
+            raise RuntimeError(why)
+        from pywebrtc_audio import EchoCanceller as Aec3
+
+        self._aec = Aec3(sample_rate=rate, num_channels=1)
+        self.block = block
+        self._far: deque[np.ndarray] = deque(maxlen=backlog)  # 0.5 s: a stalled loop drops the oldest
+        self._silence = np.zeros(block, np.int16)
+        self.audible = 30.0  # int16 RMS, as HalfDuplexGate: quieter playback counts as silence
+        self.near_energy = 0.0
+        self.out_energy = 0.0
+        self.seconds = 0.0
+        self.blocks = 0
+        self.far_dropped = 0  # played blocks dropped unpaired (the loop stalled over 0.5 s)
+        # (fewest, most) played blocks waiting for their microphone block: a steady span means a steady pairing
+        self.backlog = (1 << 30, 0)
+
+    def played(self, block: np.ndarray, t: float | None = None) -> None:
+        """The speaker callback reports each block it played (copied: PortAudio reuses its buffer)."""
+        if len(self._far) == self._far.maxlen:
+            self.far_dropped += 1
+        self._far.append(block.copy())
+
+    def filter(self, block: np.ndarray, t: float | None = None) -> np.ndarray:
+        """The microphone block with the assistant's echo removed (int16, same length)."""
+        if len(block) != self.block:
+            raise ValueError(f"the echo canceller takes {self.block}-sample blocks, got {len(block)}")
+        self.backlog = (min(self.backlog[0], len(self._far)), max(self.backlog[1], len(self._far)))
+        far = self._far.popleft() if self._far else self._silence
+        start = time.perf_counter()
+        out = self._aec.process(np.ascontiguousarray(block, np.int16), far)
+        self.seconds += time.perf_counter() - start
+        self.blocks += 1
+        if rms(far) > self.audible:
+            self.near_energy += float(np.square(block, dtype=np.float64).sum())
+            self.out_energy += float(np.square(out, dtype=np.float64).sum())
+        return out
+
+    def reduction_db(self) -> float:
+        """Echo energy removed, in dB, over the blocks with audible playback so far (0 before any)."""
+        if self.near_energy <= 0:
+            return 0.0
+        return float(10 * np.log10(self.near_energy / max(self.out_energy, 1.0)))

@@ -5,8 +5,12 @@ Realtime WebSocket API (GA events): microphone audio goes up as `input_audio_buf
 Barge-in: at `input_audio_buffer.speech_started` (the server has cancelled the reply) the speech queued here is
 dropped, later deltas of the cut reply are ignored, and the server is told how much of the item was handed to
 the speaker (`conversation.item.truncate`, so the conversation keeps only the words heard). Tested against a
-real server in tests/app/test_desktop.py. The camera is not sent in this mode (the protocol takes still images
-with a typed turn).
+real server in tests/app/test_desktop.py.
+
+Camera: the protocol takes still images as `input_image` parts of a user message, so the latest camera frame
+goes up as a JPEG (`conversation.item.create`, an image-only user message) when the user starts to speak
+(`input_audio_buffer.speech_started`): the server adds it to the turn being spoken, and the engine sees it before
+the turn's words. At most one image per `image_interval` seconds (1 s), none while no new frame came.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +38,7 @@ class RemoteConversation:
     """A Realtime WebSocket session as the desktop's `Conversation` (see app/desktop.py)."""
 
     def __init__(self, url: str, emit: Callable[[dict[str, Any]], None], instructions: str | None = None,
-                 voice: str | None = None, model: str = "omni") -> None:
+                 voice: str | None = None, model: str = "omni", image_interval: float = 1.0) -> None:
         if not url.startswith(("ws://", "wss://")):
             raise ValueError(f"--server must be a ws:// or wss:// URL of an omni server, got {url!r}")
         self.url = url.rstrip("/") + f"/v1/realtime?model={model}"
@@ -50,6 +55,11 @@ class RemoteConversation:
         self.truncations: list[tuple[str, int]] = []  # (item id, audio_end_ms) sent at each barge-in
         self._send: asyncio.Queue[str] = asyncio.Queue(maxsize=100)  # 10 s of audio; full: drop, see push_audio
         self._tasks: list[asyncio.Task[None]] = []
+        self._frame: Any = None  # the latest camera frame not sent yet (an av.VideoFrame)
+        self.image_interval = image_interval
+        self._last_image = -1e9
+        self.images_sent = 0
+        self._image_task: asyncio.Future[None] | None = None
         self._http: Any = None
         self._ws: Any = None
 
@@ -83,7 +93,24 @@ class RemoteConversation:
                 log.warning("the server is not keeping up: dropped 100 ms of microphone audio")
 
     def push_video(self, frame: Any) -> None:
-        return None  # see the module docstring
+        self._frame = frame  # sent with the next user turn (see the module docstring)
+
+    async def _send_image(self) -> None:
+        """The latest camera frame as an image-only user message, joining the turn the user is speaking."""
+        frame, now = self._frame, time.monotonic()
+        if frame is None or now - self._last_image < self.image_interval:
+            return
+        from app.desktop_camera import jpeg_data_url
+
+        self._frame, self._last_image = None, now
+        url = await asyncio.to_thread(jpeg_data_url, frame)  # 10-20 ms of encoding: off the loop
+        msg = {"type": "conversation.item.create",
+               "item": {"type": "message", "role": "user", "content": [{"type": "input_image", "image_url": url}]}}
+        try:
+            self._send.put_nowait(json.dumps(msg))
+            self.images_sent += 1
+        except asyncio.QueueFull:
+            log.warning("the server is not keeping up: did not send the camera image")
 
     def read_output(self, n: int) -> np.ndarray | None:
         if self._out_samples < n:
@@ -150,11 +177,12 @@ class RemoteConversation:
                 self._reply = None
             elif kind == "input_audio_buffer.speech_started":
                 self._barge_in()
+                self._image_task = asyncio.ensure_future(self._send_image())  # the barge-in must not wait for it
             self.emit(ev)
         self.emit({"type": "error", "error": {"message": f"the server closed the connection ({self._ws.close_code})"}})
 
     async def close(self) -> None:
-        for t in self._tasks:
+        for t in [*self._tasks, *([self._image_task] if self._image_task else [])]:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._ws is not None:

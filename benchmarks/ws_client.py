@@ -51,7 +51,8 @@ def response_order_problems(events: list[dict[str, Any]]) -> list[str]:
     """Per response: response.created, response.output_item.added, response.content_part.added, the deltas,
     each delta stream's `.done` once and after its last delta (output_text.done always), then
     response.content_part.done, response.output_item.done, response.done, nothing after (WebRTC's
-    output_audio_buffer.* follow playback, not generation)."""
+    output_audio_buffer.* follow playback, not generation), whether the response completed, was cancelled or
+    failed; and the statuses agree (see `_status_problems`)."""
     seen: dict[str, list[str]] = {}
     for e in events:
         if e["type"].startswith(("output_audio_buffer.", "omni.")):
@@ -59,7 +60,7 @@ def response_order_problems(events: list[dict[str, Any]]) -> list[str]:
         rid = e.get("response_id") or (e.get("response") or {}).get("id")
         if rid:
             seen.setdefault(rid, []).append(e["type"])
-    bad = []
+    bad = [f"{rid}: {why}" for rid, why in _status_problems(events)]
     for rid, types in seen.items():
         if types[:3] != OPENING or types[-3:] != CLOSING:
             bad.append(f"{rid}: opens or closes out of order: {types}")
@@ -74,6 +75,28 @@ def response_order_problems(events: list[dict[str, Any]]) -> list[str]:
                 bad.append(f"{rid}: {delta} without exactly one {done}")
             elif ends and ends[0] < last_delta:
                 bad.append(f"{rid}: {delta} after {done}")
+    return bad
+
+
+def _status_problems(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The item of `response.output_item.done` is `completed` exactly when its response.done says `completed`
+    (`incomplete` when cancelled or failed); a cancelled response says why (`status_details.reason`), a failed
+    one carries `status_details.error`."""
+    item_status = {e["response_id"]: e["item"].get("status")
+                   for e in events if e["type"] == "response.output_item.done"}
+    bad = []
+    for e in events:
+        if e["type"] != "response.done":
+            continue
+        r = e["response"]
+        status, details = r.get("status"), r.get("status_details") or {}
+        want = "completed" if status == "completed" else "incomplete"
+        if item_status.get(r["id"]) != want:
+            bad.append((r["id"], f"response {status} but its item {item_status.get(r['id'])}"))
+        if status == "cancelled" and details.get("reason") not in ("turn_detected", "client_cancelled"):
+            bad.append((r["id"], f"cancelled without a reason: {details}"))
+        if status == "failed" and not (details.get("error") or {}).get("code"):
+            bad.append((r["id"], f"failed without an error: {details}"))
     return bad
 
 

@@ -356,12 +356,14 @@ class RealtimeEvents:
             response={"id": response_id, "object": "realtime.response", "status": "in_progress", "output": []},
         )
 
-    def output_item(self, response_id: str, item_id: str, done: bool, speech: bool, text: str = "") -> dict[str, Any]:
-        """`response.output_item.added` (empty, in progress) or `.done` (the whole assistant item)."""
+    def output_item(
+        self, response_id: str, item_id: str, done: bool, speech: bool, text: str = "", complete: bool = True
+    ) -> dict[str, Any]:
+        """`response.output_item.added` (empty, in progress) or `.done` (the whole assistant item; `complete`
+        False: a cancelled or failed reply's item, status `incomplete` as in its response.done)."""
         kind = "response.output_item.done" if done else "response.output_item.added"
-        return self._event(
-            kind, response_id=response_id, output_index=0, item=_assistant_item(item_id, done, speech, text)
-        )
+        item = _assistant_item(item_id, done, speech, text, complete)
+        return self._event(kind, response_id=response_id, output_index=0, item=item)
 
     def content_part(self, response_id: str, item_id: str, done: bool, speech: bool, text: str = "") -> dict[str, Any]:
         """`response.content_part.added` (empty) or `.done` (with the part's words) for the reply's one part."""
@@ -390,9 +392,14 @@ class RealtimeEvents:
         return self._part_event("response.output_audio_transcript.delta", response_id, item_id, delta=delta)
 
     def response_done(
-        self, response_id: str, item_id: str, status: str, text: str, reason: str | None = None, speech: bool = True
+        self, response_id: str, item_id: str, status: str, text: str, reason: str | None = None, speech: bool = True,
+        error: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        details = {"type": status, "reason": reason} if reason else None
+        """`reason` for a cancelled reply (`turn_detected`, `client_cancelled`), `error` (type, code, message)
+        for a failed one, in `status_details` as the protocol has them."""
+        details: dict[str, Any] | None = {"type": status, "reason": reason} if reason else None
+        if error is not None:
+            details = {"type": status, "error": error}
         item = _assistant_item(item_id, True, speech, text, complete=status == "completed")
         return self._event(
             "response.done",

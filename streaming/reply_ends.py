@@ -39,6 +39,7 @@ class Response:
     task: asyncio.Task[None] | None = None
     iterator: Iterator[EngineEvent] | None = None
     generated: bool = False  # the engine finished generating (ReplyDone)
+    closed: bool = False  # its closing events (the part's and item's .done, response.done) went out
     text: list[str] = field(default_factory=list)
 
 
@@ -76,16 +77,21 @@ class ReplyEnds:
         self._finish_reply(reply)
         self._feed.hold = False  # held user audio goes in with the next audio job
 
-    def _emit_done(self, reply: Response, status: str, text: str | None = None, reason: str | None = None) -> None:
+    def _emit_done(self, reply: Response, status: str, text: str | None = None, reason: str | None = None,
+                   error: dict[str, str] | None = None) -> None:
         """The part's streams' `.done` events, `response.content_part.done`, the reply item's
-        `response.output_item.done`, then `response.done` (the protocol's order)."""
+        `response.output_item.done`, then `response.done` (the protocol's order), once per reply, whether it
+        completed, was cancelled or failed."""
+        if reply.closed:
+            return
+        reply.closed = True
         text = "".join(reply.text) if text is None else text
         rid, speech = reply.response_id, reply.options.speech
         for ev in self.events.part_streams_done(rid, reply.item_id, speech, text):
             self._emit(ev)
         self._emit(self.events.content_part(rid, reply.item_id, True, speech, text))
-        self._emit(self.events.output_item(rid, reply.item_id, True, speech, text))
-        self._emit(self.events.response_done(rid, reply.item_id, status, text, reason, speech))
+        self._emit(self.events.output_item(rid, reply.item_id, True, speech, text, complete=status == "completed"))
+        self._emit(self.events.response_done(rid, reply.item_id, status, text, reason, speech, error))
 
     def _finish_reply(self, reply: Response) -> None:
         self._reply = None
@@ -127,9 +133,9 @@ class ReplyEnds:
             return
         played = self.output.log_for(reply.response_id).played_text()
         self.output.flush()
-        code = "engine_timeout" if stalled else "engine_error"
-        self._emit(self.events.error(code, f"the reply failed: {why}", kind="server_error"))
-        self._emit(self.events.response_done(reply.response_id, reply.item_id, "failed", played, code))
+        code, message = ("engine_timeout" if stalled else "engine_error"), f"the reply failed: {why}"
+        self._emit(self.events.error(code, message, kind="server_error"))
+        self._emit_done(reply, "failed", played, error={"type": "server_error", "code": code, "message": message})
         self.metrics.inc("reply_failures_total", "replies ended by an engine error or a stalled engine step")
         self._finish_reply(reply)
         cleanup = asyncio.ensure_future(self.worker.run(self._interrupt_engine, reply, played))

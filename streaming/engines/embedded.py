@@ -286,7 +286,11 @@ class EmbeddedSession(EngineSessionBase):
     # ---- output side --------------------------------------------------------------------------------
 
     def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
-        """`options.instructions` are not used: the chat's system prompt is the session's (set at open)."""
+        """`options.speech` False: text only (no synthesis). `options.instructions` guide this reply only: they
+        go in the turn's system message, just before the user's (with the recalled memory, see `_recalled`), on
+        top of the session's system prompt, which stays first and unchanged (rewriting it would rebuild the whole
+        cache); the message stays in the history as the prompt this reply was made from, and later turns get
+        none unless they ask again."""
         self._check_open()
         if self._in_utterance or self._pieces or self._typed:  # no end_turn() yet: finish the input here
             yield from self.end_turn()
@@ -298,11 +302,12 @@ class EmbeddedSession(EngineSessionBase):
         if not message:
             yield ReplyDone("", self._stats(turn))
             return
-        yield from self._reply(message, turn, options.speech)
+        yield from self._reply(message, turn, options.speech, options.instructions)
 
-    def _reply(self, message: str, turn: _TurnClock, speech: bool) -> Iterator[EngineEvent]:
+    def _reply(self, message: str, turn: _TurnClock, speech: bool, instructions: str | None = None
+               ) -> Iterator[EngineEvent]:
         splitter = PhraseSplitter()
-        slot = self._recalled(message)
+        slot = "\n".join(p for p in (self._recalled(message), (instructions or "").strip()) if p)
         start = self.chat.state.cache.length  # the turn's first cache position (the reply's is a little later)
         if self.memory is not None:
             cache = self.chat.state.cache

@@ -411,7 +411,9 @@ class OmniEngineSession(EngineSessionBase):
     def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
         """Close the user turn (prefill <|im_end|>\\n<|im_start|>assistant\\n) and return the reply's events.
         Without user input since the last reply, an empty user turn is answered. `options.speech` False: the
-        Talker still runs (its codes stay in the cache) but no audio leaves; `options.instructions` are not used."""
+        Talker still runs (its codes stay in the cache) but no audio leaves. `options.instructions` guide this reply
+        only: a system turn between the user's and the reply's (user ... <|im_end|> system turn, assistant), which
+        stays in the cache as the prompt the reply was made from; the session's system prompt is unchanged."""
         self._check_open()
         reply = self._reply
         if reply is not None and reply.open:  # the last reply was abandoned without interrupt
@@ -421,7 +423,10 @@ class OmniEngineSession(EngineSessionBase):
             if not self._turn.started:
                 self._note_input()
                 self.speaking.start_user_turn()
-            self.speaking.end_user_turn(self._recall())
+            if options.instructions and options.instructions.strip():
+                p = self.speaking.prompt
+                self.speaking.feed_ids(p.turn_end() + p.turn_start("system") + p.text(options.instructions.strip()))
+            self.speaking.end_user_turn(self._recall())  # closes the user's (or this reply's system) turn, opens the assistant's
             self._turn = _Turn()
             self._reply = _OmniReply(self.speaking.mark())
         events = self._generate(self._reply, options.speech)

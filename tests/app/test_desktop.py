@@ -142,24 +142,28 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 
 async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: str | None = None,
-                   limit: float = 120.0) -> tuple[Desktop, Printer, np.ndarray, Any]:
+                   limit: float = 120.0, options: DesktopOptions | None = None, desktop_cls: type[Desktop] = Desktop
+                   ) -> tuple[Desktop, Printer, np.ndarray, Any]:
     """Run a desktop conversation on PulseAudio: play `wav` into the microphone once both streams are open,
     record the speaker, stop at the event `until` (plus 1 s for the speaker to drain). Returns the desktop,
     its events, the recorded speaker (int16 48 kHz) and the conversation: local on the engine `on`, or, when `on`
-    is a ws:// URL, the remote one (`omni desktop --server`)."""
+    is a ws:// URL, the remote one (`omni desktop --server`). Each event gets `_played` (what the speaker had
+    been given by then) and `_t` (seconds since the playback of `wav` was started; negative before)."""
     printer = Printer()
     done = asyncio.Event()
+    play_t0 = float("inf")
 
     def emit(ev: dict[str, Any]) -> None:
         desktop.on_event(ev)
         printer(ev)
         ev["_played"] = desktop.ring.played_samples  # what the speaker had been given by this event
+        ev["_t"] = time.monotonic() - play_t0 if play_t0 != float("inf") else -1.0
         if ev["type"] == until:
             done.set()
 
     conv: Conversation = (RemoteConversation(on, emit) if isinstance(on, str)
                           else LocalConversation(on, emit, TurnConfig(silence_ms=400)))
-    desktop = Desktop(conv, DesktopOptions("pulse", "pulse", camera))
+    desktop = desktop_cls(conv, options or DesktopOptions("pulse", "pulse", camera))
     rec_path = wav.with_suffix(".speaker.raw")
     with open(rec_path, "wb") as rec_file:  # noqa: ASYNC230 (opening a local file: microseconds)
         rec = subprocess.Popen(  # noqa: ASYNC220 (parec runs beside the loop; only its exit is waited for)
@@ -173,6 +177,7 @@ async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: 
             if task.done():
                 task.result()  # the streams failed to open: raise why
             assert desktop.started.is_set(), "the sound streams did not open within 60 s"
+            play_t0 = time.monotonic()
             play = await asyncio.create_subprocess_exec("paplay", "-d", "mic", str(wav), env=env)
             try:
                 await asyncio.wait_for(done.wait(), limit)
@@ -256,6 +261,31 @@ async def test_desktop_as_a_client_of_a_remote_server_speaks_and_barge_in_clears
     assert after <= 2 * FRAME, f"{after} samples of the interrupted reply played after the barge-in"
     # The client told the server how much of the reply was played (conversation.item.truncate).
     assert len(conv.truncations) == 1 and conv.truncations[0][1] > 0
+
+
+async def test_remote_desktop_sends_the_camera_with_the_users_turn(
+    pulse: dict[str, str], start_server: StartServer, tmp_path: Path
+) -> None:
+    """`omni desktop --server ws://... --camera ...`: the latest frame goes up as an `input_image` when the user
+    starts to speak, and the server's engine gets it in that turn."""
+    tone = ToneEngine()
+    url, _ = await start_server(tone)
+    q = make_speech_wav(tmp_path / "q.wav", "Hello there, what do you see?", 48000, pad=1.0)
+    desktop, printer, speaker, conv = await converse(pulse, url.replace("http://", "ws://"), q, "response.done",
+                                                     camera="lavfi:testsrc2=size=320x240:rate=15,realtime")
+    kinds = [e["type"] for e in printer.events]
+    images = [s.images for s in tone.sessions]
+    print(f"\ndesktop --server --camera: camera frames {desktop.camera_frames}, images sent {conv.images_sent}, "
+          f"the engine got {images}; events {kinds}")
+    assert "error" not in kinds, [e for e in printer.events if e["type"] == "error"]
+    added = [e for e in printer.events if e["type"] == "conversation.item.added"]
+    assert conv.images_sent == 1 and [p["type"] for p in added[0]["item"]["content"]] == ["input_image"]
+    assert images[-1] == [(240, 320)], "the server's engine did not get the camera frame"
+    # It joined the spoken turn: the item came between speech start and the reply.
+    assert kinds.index("input_audio_buffer.speech_started") < kinds.index("conversation.item.added") \
+        < kinds.index("response.created")
+    assert kinds.count("response.done") == 1 and "Hello" in "".join(
+        e["delta"] for e in printer.events if e["type"] == "response.output_audio_transcript.delta")
 
 
 @pytest.mark.slow

@@ -27,6 +27,26 @@ def test_desktop_rejects_a_server_that_is_not_a_websocket_url(capsys: pytest.Cap
     assert "ws:// or wss://" in capsys.readouterr().err
 
 
+def test_desktop_echo_handling_follows_what_is_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--echo auto: echo cancellation when the aec extra is installed, else half duplex; --echo aec without it
+    is a clear error (before any engine loads)."""
+    pytest.importorskip("sounddevice", exc_type=OSError)
+    from app.desktop import aec_available
+
+    bad_server = ["desktop", "--server", "http://127.0.0.1:8080"]  # stops right after the echo choice
+    assert main(bad_server) == 1
+    assert f"echo handling: {'aec' if aec_available() is None else 'half'}" in capsys.readouterr().err
+    monkeypatch.setattr("app.desktop.aec_available", lambda: "no echo canceller (simulated)")
+    assert main(bad_server) == 1
+    assert "echo handling: half" in capsys.readouterr().err
+    assert main(["desktop", "--echo", "aec"]) == 1
+    assert "--echo aec: no echo canceller (simulated)" in capsys.readouterr().err
+    assert main([*bad_server, "--full-duplex"]) == 1
+    assert "echo handling: off" in capsys.readouterr().err
+
+
 def test_omni_ui_serves_the_page_and_forwards_signaling_to_its_server() -> None:
     pytest.importorskip("gradio")
     port = free_port()

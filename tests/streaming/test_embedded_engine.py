@@ -17,7 +17,16 @@ from model.embedded.wer import word_errors
 from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
 from model.pcm import StreamingResampler, resample
-from streaming.engine import AudioChunk, Engine, EngineEvent, EngineSession, ReplyDone, TextDelta, TranscriptDelta
+from streaming.engine import (
+    AudioChunk,
+    Engine,
+    EngineEvent,
+    EngineSession,
+    ReplyDone,
+    ResponseOptions,
+    TextDelta,
+    TranscriptDelta,
+)
 from streaming.engines.embedded import REALTIME_VOICES, EmbeddedEngine, EmbeddedSession, as_sentence, voice_key
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
@@ -309,6 +318,34 @@ def test_a_typed_turn_is_answered_as_written(engine: EmbeddedEngine) -> None:
     assert isinstance(done, ReplyDone) and "Paris" in done.text
     assert [e for e in events if isinstance(e, AudioChunk) and len(e.pcm)]  # and spoken
     assert s.chat.messages[-2] == {"role": "user", "content": "What is the capital of France?"}
+
+
+def test_per_reply_instructions_guide_that_reply_only(engine: EmbeddedEngine) -> None:
+    """`response.create` with `response.instructions` (and text-only output): the same question to two sessions,
+    one reply with instructions; greedy decoding, so the replies differ only if the instructions reached the LM.
+    The next turn has none, and the session's system prompt never changed."""
+    question, instructions = "What is the capital of France?", "Talk like a pirate: start your reply with Arr."
+    plain, guided = engine.open_session(), engine.open_session()
+    try:
+        plain.push_text(question)
+        a = list(plain.respond(ResponseOptions(speech=False)))
+        guided.push_text(question)
+        b = list(guided.respond(ResponseOptions(speech=False, instructions=instructions)))
+        assert isinstance(a[-1], ReplyDone) and isinstance(b[-1], ReplyDone)
+        print(f"\nwithout instructions: {a[-1].text!r}\nwith {instructions!r}: {b[-1].text!r}")
+        assert not [e for e in b if isinstance(e, AudioChunk)]  # text only, as asked
+        assert a[-1].text != b[-1].text, "the reply did not change with the instructions"
+        assert guided.chat.messages[-3:-1] == [{"role": "system", "content": instructions},
+                                               {"role": "user", "content": question}]
+        guided.push_text("And of Germany?")
+        c = list(guided.respond(ResponseOptions(speech=False)))
+        assert isinstance(c[-1], ReplyDone)
+        assert guided.chat.messages[-3]["role"] == "assistant"  # no instructions before the next user message
+        assert guided.chat.messages[0] == plain.chat.messages[0] and guided.chat.messages[0]["role"] == "system"
+        assert [m["content"] for m in guided.chat.messages].count(instructions) == 1
+    finally:
+        plain.close()
+        guided.close()
 
 
 async def test_a_typed_turn_through_the_session_runtime(

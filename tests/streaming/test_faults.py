@@ -10,7 +10,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from benchmarks.rtc_client import WAIT, wait_for_event
+from benchmarks.ws_client import invalid_events, response_order_problems
 from streaming.engine import SPOKEN_REPLY, EngineEvent, ResponseOptions
 from streaming.engines.tone import ToneEngine, ToneSession
 from streaming.session_config import SessionConfig
@@ -54,22 +57,58 @@ async def reply_after(h: Harness[Any], start: int) -> dict[str, Any]:
     return await wait_for_event(h.events, h._changed, "response.done", WAIT, start)
 
 
-async def test_engine_exception_mid_reply_fails_that_reply_only(worker: DeviceWorker, vad: SileroVad) -> None:
-    h = Harness(FaultyEngine("raise"), worker, vad, SessionConfig(create_response=False))
+def protocol_problems(events: list[dict[str, Any]]) -> list[str]:
+    """Events the official SDK does not parse, and responses that do not open and close in the protocol's order
+    (a failed or cancelled one included: its part's and item's `.done` events, then response.done)."""
+    return invalid_events(events) + response_order_problems(events)
+
+
+# The WebRTC transport (audio on a track) and the WebSocket one (audio as events) end replies differently.
+TRANSPORTS = pytest.mark.parametrize("over_events", [False, True], ids=["webrtc", "websocket"])
+
+
+@TRANSPORTS
+async def test_engine_exception_mid_reply_fails_that_reply_only(
+    worker: DeviceWorker, vad: SileroVad, over_events: bool
+) -> None:
+    config = SessionConfig(create_response=False, audio_over_events=over_events)
+    h = Harness(FaultyEngine("raise"), worker, vad, config)
     await h.start()
     try:
         done = await reply_after(h, 0)
         assert done["response"]["status"] == "failed"
+        assert done["response"]["status_details"]["error"]["code"] == "engine_error"
         err = next(e for e in h.events if e["type"] == "error")
         assert err["error"]["code"] == "engine_error" and "simulated engine fault" in err["error"]["message"]
         again = await reply_after(h, len(h.events))
         assert again["response"]["status"] == "completed" and h.session.failure is None
+        assert protocol_problems(h.events) == []
     finally:
         await h.close()
 
 
-async def test_stalled_engine_step_becomes_an_error(worker: DeviceWorker, vad: SileroVad) -> None:
-    h = Harness(FaultyEngine("stall", stall=3.0), worker, vad, SessionConfig(create_response=False, step_timeout=0.5))
+@TRANSPORTS
+async def test_a_cancelled_reply_closes_its_part_and_item(worker: DeviceWorker, vad: SileroVad, over_events: bool
+                                                         ) -> None:
+    h = Harness(ToneEngine(step_delay=0.1), worker, vad,
+                SessionConfig(create_response=False, audio_over_events=over_events))
+    await h.start()
+    try:
+        h.session.handle_client_event({"type": "response.create"})
+        await wait_for_event(h.events, h._changed, "response.output_text.delta", WAIT, 0)
+        h.session.handle_client_event({"type": "response.cancel"})
+        done = await wait_for_event(h.events, h._changed, "response.done", WAIT, 0)
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "client_cancelled"
+        assert protocol_problems(h.events) == []
+    finally:
+        await h.close()
+
+
+@TRANSPORTS
+async def test_stalled_engine_step_becomes_an_error(worker: DeviceWorker, vad: SileroVad, over_events: bool) -> None:
+    config = SessionConfig(create_response=False, step_timeout=0.5, audio_over_events=over_events)
+    h = Harness(FaultyEngine("stall", stall=3.0), worker, vad, config)
     await h.start()
     try:
         done = await reply_after(h, 0)
@@ -77,6 +116,7 @@ async def test_stalled_engine_step_becomes_an_error(worker: DeviceWorker, vad: S
         assert any(e["type"] == "error" and e["error"]["code"] == "engine_timeout" for e in h.events)
         again = await reply_after(h, len(h.events))  # runs once the stalled step has returned
         assert again["response"]["status"] == "completed"
+        assert protocol_problems(h.events) == []
     finally:
         await h.close()
 

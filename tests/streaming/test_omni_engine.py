@@ -24,7 +24,7 @@ from model.thinker_session import ReplyRecord
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import StreamingSchedule
 from model.voices import Voice, VoiceBank
-from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta
+from streaming.engine import AudioChunk, EngineEvent, ReplyDone, ResponseOptions, TextDelta
 from streaming.engines.omni import OmniEngine, OmniEngineSession
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
@@ -301,6 +301,34 @@ def test_a_typed_turn_with_audio_before_it_equals_the_model_api(models: Models) 
     assert isinstance(done, ReplyDone) and isinstance(want, ReplyRecord)
     assert done.text == want.text and done.stats["codes"] == len(want.codes)
     assert list(s.history) == [("user", "[audio 2.5 s]"), ("user", "What did I say?"), ("assistant", done.text)]
+
+
+def test_per_reply_instructions_are_a_system_turn_for_that_reply_only(models: Models) -> None:
+    """`response.instructions`: the reply equals the model API's on user turn, system turn (the instructions),
+    assistant; without them (same greedy model, same question) it differs; the next reply gets none."""
+    engine = make(models, max_new_tokens=8)
+    instructions = "Answer in one word."
+    plain, guided = engine.open_session(), engine.open_session()
+    plain.push_text("hello")
+    a = list(plain.respond(ResponseOptions(speech=False)))[-1]
+    guided.push_text("hello")
+    b = list(guided.respond(ResponseOptions(speech=False, instructions=instructions)))[-1]
+    ref = reference_after_cut(models, [], "")
+    ref.start_user_turn()
+    ref.add_text("hello")
+    ref.feed_ids(ref.prompt.turn_end() + ref.prompt.turn_start("system") + ref.prompt.text(instructions))
+    ref.end_user_turn()
+    want = list(ref.respond(engine.sampling, engine.stop_ids))[-1]
+    assert isinstance(a, ReplyDone) and isinstance(b, ReplyDone) and isinstance(want, ReplyRecord)
+    assert b.text == want.text and a.text != b.text
+    # The next reply is the model API's on the next user turn with no system turn before the reply.
+    guided.push_text("again")
+    c = list(guided.respond(ResponseOptions(speech=False)))[-1]
+    ref.start_user_turn()
+    ref.add_text("again")
+    ref.end_user_turn()
+    want2 = list(ref.respond(engine.sampling, engine.stop_ids))[-1]
+    assert isinstance(c, ReplyDone) and isinstance(want2, ReplyRecord) and c.text == want2.text
 
 
 async def test_a_typed_turn_through_the_session_runtime(models: Models, worker: DeviceWorker, vad: SileroVad) -> None:
