@@ -426,7 +426,7 @@ class OmniEngineSession(EngineSessionBase):
             if options.instructions and options.instructions.strip():
                 p = self.speaking.prompt
                 self.speaking.feed_ids(p.turn_end() + p.turn_start("system") + p.text(options.instructions.strip()))
-            self.speaking.end_user_turn(self._recall())  # closes the user's (or this reply's system) turn, opens the assistant's
+            self.speaking.end_user_turn(self._recall())  # closes the user (or instructions) turn
             self._turn = _Turn()
             self._reply = _OmniReply(self.speaking.mark())
         events = self._generate(self._reply, options.speech)
