@@ -280,13 +280,13 @@ class Thinker(nn.Module):
             use_audio_in_video=use_audio_in_video,
         )
         x = self.merge_embeddings(input_ids, audio, [f for f, _ in images], [f for f, _, _ in videos])
-        state = self.lm.init_state(cache or _fitting_cache(self.cfg.text, input_ids.shape[0]))
+        state = self.lm.init_state(cache or fitting_cache(self.cfg.text, input_ids.shape[0]))
         out = self.lm(state, inputs_embeds=x[None], positions=positions[:, None].to(self.device), logits="all")
         assert out.logits is not None
         return out.logits[0]
 
 
-def _fitting_cache(cfg: DecoderConfig, n: int) -> CacheConfig:
+def fitting_cache(cfg: DecoderConfig, n: int) -> CacheConfig:
     """A cache that holds n tokens in full attention (no window eviction), for offline prompts."""
     base = default_cache_config(cfg)
     return base if n <= base.window else CacheConfig(sinks=base.sinks, window=n, chunk=base.chunk)

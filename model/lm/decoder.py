@@ -42,6 +42,28 @@ class DecoderState:
 class DecoderOutput:
     logits: torch.Tensor | None  # [B, V] for the last token, [B, T, V] for all, or None
     hidden: torch.Tensor | None  # [B, T, C] after the final norm, when asked for
+    layer_hidden: torch.Tensor | None = None  # [B, T, C] of `hidden_layer`, when asked for
+
+
+@dataclass
+class LayerAdds:
+    """Residuals added to the hidden states after decoder layers 0 .. len(adds) - 1 at some of the new tokens
+    (Qwen3-Omni's DeepStack: vision features at the visual tokens). Prefill only, batch of one."""
+
+    mask: torch.Tensor  # [T] bool over the tokens fed in this call
+    adds: list[torch.Tensor]  # per layer i: [mask.sum(), C]
+
+    def __post_init__(self) -> None:
+        n = int(self.mask.sum())
+        if any(a.shape[0] != n for a in self.adds):
+            raise ValueError(f"layer residuals must have one row per masked token ({n})")
+
+    def window(self, start: int, end: int) -> LayerAdds:
+        """The part for tokens start .. end - 1."""
+        before = int(self.mask[:start].sum())
+        m = self.mask[start:end]
+        n = int(m.sum())
+        return LayerAdds(m, [a[before : before + n] for a in self.adds])
 
 
 class DecoderLayer(nn.Module):
@@ -175,8 +197,14 @@ class DecoderLM(nn.Module):
         positions: torch.Tensor | None = None,  # [B, T] or [3, B, T]; default: next text positions
         logits: str = "last",  # "last" | "all" | "none"
         return_hidden: bool = False,
+        layer_adds: LayerAdds | None = None,
+        hidden_layer: int | None = None,
     ) -> DecoderOutput:
-        """Feed T new tokens (ids or embeddings) into the session and return their logits."""
+        """Feed T new tokens (ids or embeddings) into the session and return their logits.
+
+        `layer_adds`: residuals added after the first layers at some tokens (see LayerAdds).
+        `hidden_layer` k: also return the hidden states entering layer k (k = 0: the input embeddings; the
+        output of layer k - 1 before any layer add), or after the final norm for k = num_layers."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if (input_ids if input_ids is not None else inputs_embeds).shape[1] == 0:  # type: ignore[union-attr]
@@ -186,6 +214,10 @@ class DecoderLM(nn.Module):
                 raise ValueError(f"token id out of range [0, {self.cfg.vocab_size})")
         x = (self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds).to(self.dtype)
         B, T, _ = x.shape
+        if layer_adds is not None and (B != 1 or layer_adds.mask.shape != (T,)):
+            raise ValueError(f"layer_adds needs one session and a mask over the {T} new tokens")
+        if hidden_layer is not None and not 0 <= hidden_layer <= self.cfg.num_layers:
+            raise ValueError(f"hidden_layer {hidden_layer} is outside 0..{self.cfg.num_layers}")
         if positions is None:
             start = state.next_position
             positions = torch.arange(start, start + T, device=x.device).expand(B, T)
@@ -193,10 +225,14 @@ class DecoderLM(nn.Module):
         state.next_position = int(positions.max()) + 1
 
         chunk = state.cache.cfg.chunk
-        hiddens, outs = [], []
+        hiddens, outs, taps = [], [], []
         for s in range(0, T, chunk):
+            tap: list[torch.Tensor] = []
+            adds = None if layer_adds is None else layer_adds.window(s, s + chunk)
             h = self._forward_chunk(state, x[:, s : s + chunk], positions[..., s : s + chunk],
-                                    temporal[0, s : s + chunk])
+                                    temporal[0, s : s + chunk], adds, hidden_layer, tap)
+            if hidden_layer is not None:
+                taps.append(tap[0] if tap else h)
             if logits == "all":
                 outs.append(self.head(h))
             if return_hidden:
@@ -207,15 +243,18 @@ class DecoderLM(nn.Module):
             out_logits = torch.cat(outs, dim=1)
         elif logits == "last":
             out_logits = self.head(last[:, -1])
-        return DecoderOutput(logits=out_logits, hidden=torch.cat(hiddens, dim=1) if return_hidden else None)
+        return DecoderOutput(logits=out_logits, hidden=torch.cat(hiddens, dim=1) if return_hidden else None,
+                             layer_hidden=torch.cat(taps, dim=1) if hidden_layer is not None else None)
 
     def _forward_chunk(
-        self, state: DecoderState, x: torch.Tensor, positions: torch.Tensor, temporal: torch.Tensor
+        self, state: DecoderState, x: torch.Tensor, positions: torch.Tensor, temporal: torch.Tensor,
+        adds: LayerAdds | None = None, hidden_layer: int | None = None, tap: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         cache = state.cache
         plan = cache.plan(temporal)
         ops = self.decode_ops or (DISPATCH_OPS if x.is_cuda else None)
-        if ops is not None and x.shape[1] == 1:  # decode on the GPU kernels (model/lm/decode_kernels.py)
+        plain = adds is None and hidden_layer is None
+        if plain and ops is not None and x.shape[1] == 1:  # decode on the GPU kernels (model/lm/decode_kernels.py)
             return decode_step(self, ops, single_session_inputs(x, positions, cache, plan.slots, plan.sink_shift))
         section, interleaved = self.cfg.mrope_section, self.cfg.mrope_interleaved
         rope = fold_rope(*rope_cos_sin(positions, self.inv_freq, section, interleaved), self.dtype)
@@ -223,15 +262,23 @@ class DecoderLM(nn.Module):
         if plan.sink_shift is not None:
             sink_rope = fold_rope(*rope_cos_sin(positions - plan.sink_shift, self.inv_freq, section, interleaved),
                                   self.dtype)
-        if self._fused is not None and x.shape[:2] == (1, 1) and cache.k.dtype in CACHE_DTYPES:
+        if plain and self._fused is not None and x.shape[:2] == (1, 1) and cache.k.dtype in CACHE_DTYPES:
             D = self.cfg.head_dim
             sink_table = None if sink_rope is None else torch.cat(sink_rope).view(2, D)
             out = self._fused(x.reshape(-1).clone(), cache.k, cache.v, int(plan.slots[0]), plan.mask.reshape(-1),
                               torch.cat(rope).view(2, D), sink_table, cache.cfg.sinks)
             return out.view(1, 1, -1)
-        for i, layer in enumerate(cast(list[DecoderLayer], self.layers)):
+        layers = cast(list[DecoderLayer], self.layers)
+        if hidden_layer == 0 and tap is not None:
+            tap.append(x)
+        for i, layer in enumerate(layers):
             x = x + layer.self_attn(layer.input_layernorm(x), rope, sink_rope, cache, i, plan)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
+            if hidden_layer == i + 1 < len(layers) and tap is not None:
+                tap.append(x)  # before this layer's add, as the reference records it
+            if adds is not None and i < len(adds.adds) and adds.mask.any():
+                x = x.clone()
+                x[0, adds.mask] += adds.adds[i].to(x.dtype)
         return self.norm(x)
 
 

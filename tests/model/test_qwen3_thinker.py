@@ -1,0 +1,200 @@
+"""Qwen3-Omni Thinker parity with transformers' Qwen3OmniMoeThinkerForConditionalGeneration on the tiny sharded
+checkpoint (tests/model/qwen3_tiny.py): our loader and transformers' from_pretrained read the same directory;
+prompts come from our prompt builder, mel from LogMel.unpadded and pixels from our Qwen3 preprocessing, and the
+TM-RoPE ids are compared with the reference's get_rope_index before the logits are."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from model.encoders.vision_preprocess import VisionPreprocessConfig, preprocess_video
+from model.errors import CheckpointError
+from model.lm.decoder import LayerAdds
+from model.qwen3.loader import LoadedQwen3, load_qwen3
+from model.thinker import VideoInput
+from tests.model.encoder_reference import rel_err
+
+transformers = pytest.importorskip("transformers")
+
+# fp32 on both sides: measured well below this; a missing DeepStack add or a wrong position moves logits > 1e-2.
+REL_TOL = 1e-4
+# small video frames (4 x 6 tokens of 32 px) keep the tiny encoder fast; the rules are the released ones
+SMALL_VIDEO = dataclasses.replace(VisionPreprocessConfig.qwen3(), video_min_pixels=4 * 32 * 32,
+                                  video_max_pixels=24 * 32 * 32)
+
+
+@pytest.fixture(scope="module")
+def tiny(qwen3_tiny_dir: Path) -> tuple[Any, LoadedQwen3]:
+    from transformers import Qwen3OmniMoeForConditionalGeneration
+
+    ref = Qwen3OmniMoeForConditionalGeneration.from_pretrained(qwen3_tiny_dir, dtype=torch.float32).thinker.eval()
+    return ref, load_qwen3(qwen3_tiny_dir, dtype=torch.float32)
+
+
+def _pcm(seconds: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(16000 * seconds)) / 16000
+    return 0.3 * torch.sin(2 * torch.pi * 440 * t * (1 + t)) + 0.05 * torch.randn(t.shape, generator=g)
+
+
+def _frames(n: int, h: int, w: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 256, (n, h, w, 3), generator=torch.Generator().manual_seed(seed)).float()
+
+
+def _turn(q: LoadedQwen3, *pieces: list[int], text: str = "what is this?") -> torch.Tensor:
+    p = q.prompt
+    ids = p.turn_start("user") + [i for piece in pieces for i in piece] + p.text(text) + p.generation_prompt()
+    return torch.tensor(ids)
+
+
+def _ref_forward(ref: Any, ids: torch.Tensor, **kw: Any) -> Any:
+    """The reference's forward over a whole prompt: it computes TM-RoPE ids only when given an attention mask
+    (otherwise it falls back to plain positions) and keeps rope deltas between calls."""
+    ref.model.rope_deltas = None
+    return ref(input_ids=ids[None], attention_mask=torch.ones(1, ids.shape[0], dtype=torch.long), **kw)
+
+
+def _compare(ref: Any, q: LoadedQwen3, ids: torch.Tensor, mels: list[torch.Tensor] = (),  # type: ignore[assignment]
+             images: list[tuple[torch.Tensor, tuple[int, int, int]]] = (),  # type: ignore[assignment]
+             videos: list[VideoInput] = (), av: bool = False) -> None:  # type: ignore[assignment]
+    ours_pos = q.model.positions(ids, [q.config.thinker.audio_tokens(m.shape[1]) for m in mels],
+                                 [g for _, g in images], [v.grid for v in videos],
+                                 [v.seconds_per_grid for v in videos], av)
+    kw: dict[str, Any] = {}
+    if mels:
+        width = max(m.shape[1] for m in mels)
+        kw["input_features"] = torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in mels])
+        kw["feature_attention_mask"] = torch.stack(
+            [torch.arange(width) < m.shape[1] for m in mels]).long()
+    if images:
+        kw["pixel_values"] = torch.cat([p for p, _ in images])
+        kw["image_grid_thw"] = torch.tensor([g for _, g in images])
+    if videos:
+        kw["pixel_values_videos"] = torch.cat([v.patches for v in videos])
+        kw["video_grid_thw"] = torch.tensor([v.grid for v in videos])
+        kw["video_second_per_grid"] = torch.tensor([v.seconds_per_grid for v in videos])
+    ref_pos, _ = ref.get_rope_index(
+        ids[None], kw.get("image_grid_thw"), kw.get("video_grid_thw"), torch.ones(1, ids.shape[0]), av,
+        kw["feature_attention_mask"].sum(-1) if mels else None, kw.get("video_second_per_grid"))
+    assert torch.equal(ours_pos, ref_pos[:, 0].long()), "TM-RoPE ids differ from the reference's"
+    with torch.no_grad():
+        want = _ref_forward(ref, ids, use_audio_in_video=av, **kw).logits[0]
+    got = q.model.prompt_logits(ids, mels, images, videos, use_audio_in_video=av)
+    assert want.abs().max() > 1.0, "weak test: reference logits are near zero"
+    assert rel_err(got, want) < REL_TOL
+
+
+def test_text_only(tiny: tuple[Any, LoadedQwen3]) -> None:
+    ref, q = tiny
+    _compare(ref, q, _turn(q, text="Hello there, how are you today?"))
+
+
+@pytest.mark.parametrize("seconds", [1.3, 9.1])  # one partial window; a full 8-s window plus a partial one
+def test_text_and_audio(tiny: tuple[Any, LoadedQwen3], seconds: float) -> None:
+    ref, q = tiny
+    mel = q.model.audio_features(_pcm(seconds, 1), 16000)
+    ids = _turn(q, q.prompt.audio(q.config.thinker.audio_tokens(mel.shape[1])))
+    _compare(ref, q, ids, mels=[mel])
+
+
+def test_text_and_image_with_deepstack(tiny: tuple[Any, LoadedQwen3]) -> None:
+    ref, q = tiny
+    patches, grid = q.model.image_input(_frames(1, 70, 100, 2)[0], q.vision_preprocess)
+    ids = _turn(q, q.prompt.image(grid), q.prompt.text("and"), q.prompt.image(grid))
+    _compare(ref, q, ids, images=[(patches, grid), (patches.flip(0), grid)])
+    # DeepStack matters: without the adds the logits at and after the image move far beyond the tolerance
+    with torch.inference_mode():
+        out = q.model.encode_vision(patches, grid)
+        x, adds = q.model.merge(ids[: len(q.prompt.turn_start("user")) + len(q.prompt.image(grid))], images=[out])
+    assert adds is not None and len(adds.adds) == 2 and int(adds.mask.sum()) == out.tokens.shape[0]
+
+
+def test_video(tiny: tuple[Any, LoadedQwen3]) -> None:
+    ref, q = tiny
+    patches, grid, spg = preprocess_video(_frames(5, 96, 128, 3), q.model.vision_cfg, SMALL_VIDEO)
+    ids = _turn(q, q.prompt.video(grid))
+    image, igrid = q.model.image_input(_frames(1, 64, 64, 4)[0], q.vision_preprocess)
+    both = _turn(q, q.prompt.image(igrid), q.prompt.video(grid))
+    _compare(ref, q, ids, videos=[VideoInput(patches, grid, spg)])
+    _compare(ref, q, both, images=[(image, igrid)], videos=[VideoInput(patches, grid, spg)])
+
+
+def test_video_with_audio_in_video(tiny: tuple[Any, LoadedQwen3]) -> None:
+    ref, q = tiny
+    patches, grid, spg = preprocess_video(_frames(6, 64, 96, 5), q.model.vision_cfg, SMALL_VIDEO)
+    mel = q.model.audio_features(_pcm(2.9, 6), 16000)
+    n = q.config.thinker.audio_tokens(mel.shape[1])
+    ids = _turn(q, q.prompt.video_with_audio(grid, spg, n))
+    _compare(ref, q, ids, mels=[mel], videos=[VideoInput(patches, grid, spg)], av=True)
+
+
+def test_hidden_states_for_the_talker(tiny: tuple[Any, LoadedQwen3]) -> None:
+    """The layer the Talker reads (accept_hidden_layer) and the input embeddings equal the reference's
+    hidden_states[accept_hidden_layer] and hidden_states[0], with an image so DeepStack is in play."""
+    ref, q = tiny
+    patches, grid = q.model.image_input(_frames(1, 64, 64, 7)[0], q.vision_preprocess)
+    ids = _turn(q, q.prompt.image(grid))
+    layer = q.config.talker.accept_hidden_layer if q.config.talker else 1
+    with torch.no_grad():
+        hs = _ref_forward(ref, ids, pixel_values=patches, image_grid_thw=torch.tensor([grid]),
+                          output_hidden_states=True).hidden_states
+    out = q.model.prompt_forward(ids, images=[(patches, grid)], hidden_layer=layer)
+    assert out.layer_hidden is not None
+    assert rel_err(out.embeds, hs[0][0]) < REL_TOL
+    assert rel_err(out.layer_hidden, hs[layer][0]) < REL_TOL
+
+
+def test_layer_adds_are_placed_and_chunked() -> None:
+    """The decoder hook on its own: adds after layer i only at the masked tokens, and the same result when
+    the prompt is cut into cache chunks (the rows follow their tokens)."""
+    from model.lm.config import DecoderConfig
+    from model.lm.decoder import DecoderLM
+    from model.lm.kv_cache import CacheConfig
+
+    torch.manual_seed(0)
+    cfg = DecoderConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_layers=3, num_heads=2,
+                        num_kv_heads=1, rope_theta=1e4, max_position_embeddings=256)
+    lm = DecoderLM(cfg).eval()
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.normal_(0, 0.3)
+    ids = torch.randint(0, 50, (1, 11))
+    mask = torch.zeros(11, dtype=torch.bool)
+    mask[[2, 3, 7]] = True
+    adds = LayerAdds(mask, [torch.randn(3, 16), torch.randn(3, 16)])
+
+    def run(chunk: int, a: LayerAdds | None) -> torch.Tensor:
+        out = lm(lm.init_state(CacheConfig(sinks=0, window=64, chunk=chunk)), input_ids=ids, logits="all",
+                 layer_adds=a)
+        assert out.logits is not None
+        return out.logits[0]
+
+    whole, chunked, plain = run(64, adds), run(4, adds), run(64, None)
+    torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(whole[:2], plain[:2])  # causal: tokens before the first add are untouched
+    assert (whole[2] - plain[2]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="one row per masked token"):
+        LayerAdds(mask, [torch.randn(2, 16)])
+
+
+def test_load_errors(tmp_path: Path, qwen3_tiny_dir: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        load_qwen3(tmp_path / "missing")
+    from tests.model.omni_tiny import tiny_config_dict
+
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config_dict()))
+    with pytest.raises(CheckpointError, match="Qwen3-Omni"):
+        load_qwen3(tmp_path)
+
+
+def test_load_reports_parts(tiny: tuple[Any, LoadedQwen3]) -> None:
+    _, q = tiny
+    assert q.speech_prefixes == ("talker.", "code2wav.")
+    assert q.model.lm.cfg.num_experts == 4 and q.model.lm.cfg.qk_norm and q.model.lm.cfg.mrope_interleaved
+    assert q.load_seconds > 0
