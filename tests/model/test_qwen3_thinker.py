@@ -13,10 +13,14 @@ from typing import Any
 import pytest
 import torch
 
+from model.encoders.audio_frontend import AudioInputError
 from model.encoders.vision_preprocess import VisionPreprocessConfig, preprocess_video
 from model.errors import CheckpointError
 from model.lm.decoder import LayerAdds
+from model.lm.kv_cache import CacheConfig
+from model.lm.sampling import SamplingConfig
 from model.qwen3.loader import LoadedQwen3, load_qwen3
+from model.qwen3.session import Qwen3ThinkerSession
 from model.thinker import VideoInput
 from tests.model.encoder_reference import rel_err
 
@@ -155,7 +159,6 @@ def test_layer_adds_are_placed_and_chunked() -> None:
     the prompt is cut into cache chunks (the rows follow their tokens)."""
     from model.lm.config import DecoderConfig
     from model.lm.decoder import DecoderLM
-    from model.lm.kv_cache import CacheConfig
 
     torch.manual_seed(0)
     cfg = DecoderConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_layers=3, num_heads=2,
@@ -198,3 +201,111 @@ def test_load_reports_parts(tiny: tuple[Any, LoadedQwen3]) -> None:
     assert q.speech_prefixes == ("talker.", "code2wav.")
     assert q.model.lm.cfg.num_experts == 4 and q.model.lm.cfg.qk_norm and q.model.lm.cfg.mrope_interleaved
     assert q.load_seconds > 0
+
+
+# ---- the streaming session -----------------------------------------------------------------------------------
+
+
+def _session(q: LoadedQwen3) -> Qwen3ThinkerSession:
+    return Qwen3ThinkerSession(q.model, q.prompt, cache=CacheConfig(sinks=4, window=1024, chunk=256),
+                               tokenizer=q.tokenizer)
+
+
+def _loud_after_quiet(seconds: float) -> torch.Tensor:
+    """A quiet lead-in, then a part far louder: the 80 dB floor rises after the first window was prefilled."""
+    pcm = _pcm(seconds, 8)
+    pcm[: int(16000 * 4.5)] *= 1e-5
+    return pcm
+
+
+@pytest.mark.parametrize("piece_s", [0.37, 1.0])
+def test_session_audio_pushed_live_equals_the_whole_prompt(tiny: tuple[Any, LoadedQwen3], piece_s: float) -> None:
+    _, q = tiny
+    pcm = _loud_after_quiet(9.3)
+    s = _session(q)
+    s.start_user_turn()
+    s.add_text("listen:")
+    s.begin_audio()
+    step = int(16000 * piece_s)
+    gained = [s.push_audio(pcm[i : i + step]) for i in range(0, pcm.numel(), step)]
+    assert sum(g > 0 for g in gained) >= 2, "windows should be prefilled while the audio is still arriving"
+    s.end_audio()
+    got = s.end_user_turn()
+    mel = q.model.audio_features(pcm, 16000)
+    n = q.config.thinker.audio_tokens(mel.shape[1])
+    ids = torch.tensor(q.prompt.turn_start("user") + q.prompt.text("listen:") + q.prompt.audio(n)
+                       + q.prompt.generation_prompt())
+    want = q.model.prompt_logits(ids, [mel])[-1]
+    assert s.prefilled_tokens == ids.shape[0]
+    assert rel_err(got, want) < REL_TOL
+
+
+def test_session_image_and_text_equal_the_whole_prompt(tiny: tuple[Any, LoadedQwen3]) -> None:
+    _, q = tiny
+    patches, grid = q.model.image_input(_frames(1, 64, 96, 9)[0], q.vision_preprocess)
+    vpatches, vgrid, spg = preprocess_video(_frames(4, 64, 64, 10), q.model.vision_cfg, SMALL_VIDEO)
+    s = _session(q)
+    s.start_user_turn()
+    s.add_image(patches, grid)
+    s.add_video(vpatches, vgrid, spg)
+    s.add_text("what changed?")
+    got = s.end_user_turn()
+    ids = _turn(q, q.prompt.image(grid), q.prompt.video(vgrid), text="what changed?")
+    want = q.model.prompt_logits(ids, images=[(patches, grid)], videos=[VideoInput(vpatches, vgrid, spg)])[-1]
+    assert rel_err(got, want) < REL_TOL
+
+
+def _ref_generate(ref: Any, ids: torch.Tensor, n: int, stop: int, **kw: Any) -> list[int]:
+    ref.model.rope_deltas = None
+    with torch.no_grad():
+        out = ref.generate(input_ids=ids[None], attention_mask=torch.ones(1, ids.shape[0], dtype=torch.long),
+                           max_new_tokens=n, do_sample=False, eos_token_id=stop, pad_token_id=stop, **kw)
+    return [t for t in out[0, ids.shape[0] :].tolist() if t != stop]
+
+
+@pytest.mark.parametrize("with_audio", [False, True])
+def test_session_greedy_generation_equals_transformers(tiny: tuple[Any, LoadedQwen3], with_audio: bool) -> None:
+    """Two turns: the second turn's reply continues positions after the first reply (decode: max id + 1)."""
+    ref, q = tiny
+    stop = q.special.im_end
+    s = _session(q)
+    sampling = SamplingConfig(max_new_tokens=12)
+    history: list[int] = []
+    mels: list[torch.Tensor] = []
+    for turn in range(2):
+        s.start_user_turn()
+        piece = q.prompt.turn_start("user")
+        if with_audio:
+            pcm = _pcm(2.3 + turn, 11 + turn)
+            mel = q.model.audio_features(pcm, 16000)
+            mels.append(mel)
+            s.add_audio(pcm)
+            piece += q.prompt.audio(q.config.thinker.audio_tokens(mel.shape[1]))
+        s.add_text(f"turn {turn}: say something")
+        piece += q.prompt.text(f"turn {turn}: say something") + q.prompt.generation_prompt()
+        s.end_user_turn()
+        ids = torch.tensor(history + piece)
+        kw: dict[str, Any] = {}
+        if mels:
+            width = max(m.shape[1] for m in mels)
+            kw["input_features"] = torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in mels])
+            kw["feature_attention_mask"] = torch.stack([torch.arange(width) < m.shape[1] for m in mels]).long()
+        want = _ref_generate(ref, ids, sampling.max_new_tokens, stop, **kw)
+        got = list(s.generate(sampling, frozenset({stop})))
+        assert got == want, f"turn {turn}"
+        assert len(got) >= 3, "weak test: the reply stopped at once"
+        history = ids.tolist() + got + q.prompt.turn_end()
+    assert s.prefilled_tokens == len(history)
+
+
+def test_session_respond_text_and_errors(tiny: tuple[Any, LoadedQwen3]) -> None:
+    _, q = tiny
+    s = _session(q)
+    with pytest.raises(RuntimeError, match="end_user_turn"):
+        next(s.generate(SamplingConfig(max_new_tokens=2), frozenset()))
+    s.start_user_turn()
+    s.begin_audio()
+    with pytest.raises(RuntimeError, match="still open"):
+        s.end_user_turn()
+    with pytest.raises(AudioInputError, match="too short"):
+        s.end_audio()
