@@ -132,7 +132,8 @@ def _build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
         )  # fmt: skip
         return omni, f"loaded {omni.thinker.source} in {omni.thinker.load_seconds:.1f} s"
     if args.audio or args.image or args.video or args.speak:
-        raise CheckpointError("--audio/--image/--video/--speak need an Omni checkpoint directory (--model DIR)")
+        raise CheckpointError("--audio/--image/--video/--speak need a Qwen2.5-Omni checkpoint directory (--model DIR; "
+                              "--audio/--image also take a Qwen3-Omni one)")
     from streaming.engines.embedded import EmbeddedEngine
 
     lm = load_lm(args.model, dtype=dtype_of(args), device=args.device, quant=args.quant)
