@@ -62,8 +62,13 @@ class Qwen3ThinkerSession:
         system_prompt: str | None = None,
         cache: CacheConfig | None = None,
         tokenizer: TextTokenizer | None = None,
+        tap_layer: int | None = None,
     ) -> None:
+        """`tap_layer` k (the Talker's accept_hidden_layer): every fed piece's input embeddings and the hidden
+        states entering layer k are kept for `take_taps` (decode steps then run the per-layer path)."""
         self.thinker = thinker
+        self.tap_layer = tap_layer
+        self._taps: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.prompt = prompt
         self.tokenizer = tokenizer
         self.state: DecoderState = thinker.lm.init_state(cache)
@@ -76,6 +81,7 @@ class Qwen3ThinkerSession:
 
     # ---- prefill primitives ------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def feed_ids(self, ids: Sequence[int]) -> None:
         """Text or special tokens at the next text positions."""
         if ids:
@@ -85,11 +91,20 @@ class Qwen3ThinkerSession:
     def _feed(self, x: torch.Tensor, positions: torch.Tensor, adds: LayerAdds | None = None) -> None:
         if x.shape[0] == 0:
             return
-        out = self.thinker.lm(self.state, inputs_embeds=x[None].to(self.thinker.lm.dtype),
-                              positions=positions[:, None].to(x.device), layer_adds=adds)
+        x = x.to(self.thinker.lm.dtype)
+        out = self.thinker.lm(self.state, inputs_embeds=x[None], positions=positions[:, None].to(x.device),
+                              layer_adds=adds, hidden_layer=self.tap_layer)
         assert out.logits is not None
         self.logits = out.logits[0]
         self.prefilled_tokens += x.shape[0]
+        if out.layer_hidden is not None:
+            self._taps.append((x, out.layer_hidden[0]))
+
+    def take_taps(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(input embeddings [n, C], hidden states entering `tap_layer` [n, C]) of each piece fed since the last
+        call, in order (a rolled-back audio window's pieces included: the caller drops what `rollback` drops)."""
+        taps, self._taps = self._taps, []
+        return taps
 
     # ---- turns -------------------------------------------------------------------------------------------
 
@@ -188,6 +203,7 @@ class Qwen3ThinkerSession:
         self.begin_audio()
         return self.push_audio(pcm16k) + self.end_audio()
 
+    @torch.inference_mode()
     def _prefill_audio(self, seg: _AudioTurn, final: bool) -> int:
         before = self.state.cache.length
         pcm = torch.cat(seg.pcm) if seg.pcm else torch.zeros(0, device=self.thinker.device)
@@ -232,11 +248,13 @@ class Qwen3ThinkerSession:
 
     # ---- images and video ----------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def add_image(self, patches: torch.Tensor, grid: Sequence[int]) -> None:
         """A preprocessed image (Qwen3Thinker.image_input) with its start/end tokens and DeepStack residuals."""
         self._check_idle()
         self._add_vision(self.thinker.encode_vision(patches, grid), self.cursor.image, grid)
 
+    @torch.inference_mode()
     def add_video(self, patches: torch.Tensor, grid: Sequence[int], seconds_per_grid: float = 1.0) -> None:
         """A whole preprocessed video (vision_preprocess.preprocess_video with Qwen3 settings)."""
         self._check_idle()

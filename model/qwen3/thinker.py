@@ -80,6 +80,7 @@ class Qwen3Thinker(nn.Module):
 
     # ---- media -----------------------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def audio_features(self, samples: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """Any PCM ([N] or [channels, N], any rate) -> log-mel [n_mels, N // 160] at 16 kHz mono, as the
         Qwen3-Omni processor computes it for one clip."""
@@ -95,10 +96,12 @@ class Qwen3Thinker(nn.Module):
             raise VisionInputError(f"image of {h}x{w} px is smaller than one {p}x{p} patch; expected >= {p} px a side")
         return preprocess_image(image, self.vision_cfg, cfg or VisionPreprocessConfig.qwen3())
 
+    @torch.inference_mode()
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Log-mel [n_mels, frames] -> [tokens, C] (13 tokens per second)."""
         return self.audio_tower(mel.to(self.device)).to(self.lm.dtype)
 
+    @torch.inference_mode()
     def encode_vision(self, patches: torch.Tensor, grid: Sequence[int]) -> Qwen3VisionOutput:
         t, h, w = (int(g) for g in grid)
         out = self.visual.encode(patches.to(self.device, self.visual.patch_embed.proj.weight.dtype), (t, h, w))

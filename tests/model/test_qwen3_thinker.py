@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from model.encoders.audio_frontend import AudioInputError
+from model.encoders.qwen3_vision import Qwen3VisionOutput
 from model.encoders.vision_preprocess import VisionPreprocessConfig, preprocess_video
 from model.errors import CheckpointError
 from model.lm.decoder import LayerAdds
@@ -104,6 +105,16 @@ def test_text_and_audio(tiny: tuple[Any, LoadedQwen3], seconds: float) -> None:
     ref, q = tiny
     mel = q.model.audio_features(_pcm(seconds, 1), 16000)
     ids = _turn(q, q.prompt.audio(q.config.thinker.audio_tokens(mel.shape[1])))
+    # the ids are the reference tokenizer's chat template, its audio placeholder expanded by the processor's count
+    from transformers import AutoTokenizer
+    from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import _get_feat_extract_output_lengths
+
+    hf_tok = AutoTokenizer.from_pretrained(q.source)
+    n = int(_get_feat_extract_output_lengths(torch.tensor(mel.shape[1]), 50))
+    messages = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "what is this?"}]}]
+    rendered = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    rendered = rendered.replace("<|audio_pad|>", "<|audio_pad|>" * n)
+    assert ids.tolist() == hf_tok(rendered, add_special_tokens=False)["input_ids"]
     _compare(ref, q, ids, mels=[mel])
 
 
@@ -111,12 +122,14 @@ def test_text_and_image_with_deepstack(tiny: tuple[Any, LoadedQwen3]) -> None:
     ref, q = tiny
     patches, grid = q.model.image_input(_frames(1, 70, 100, 2)[0], q.vision_preprocess)
     ids = _turn(q, q.prompt.image(grid), q.prompt.text("and"), q.prompt.image(grid))
-    _compare(ref, q, ids, images=[(patches, grid), (patches.flip(0), grid)])
-    # DeepStack matters: without the adds the logits at and after the image move far beyond the tolerance
-    with torch.inference_mode():
-        out = q.model.encode_vision(patches, grid)
-        x, adds = q.model.merge(ids[: len(q.prompt.turn_start("user")) + len(q.prompt.image(grid))], images=[out])
-    assert adds is not None and len(adds.adds) == 2 and int(adds.mask.sum()) == out.tokens.shape[0]
+    images = [(patches, grid), (patches.flip(0), grid)]
+    _compare(ref, q, ids, images=images)
+    # DeepStack matters here: with its features zeroed the logits move far beyond the tolerance
+    outs = [(q.model.encode_vision(p, g), g) for p, g in images]
+    assert all(len(o.deepstack) == 2 for o, _ in outs)
+    plain = [(Qwen3VisionOutput(o.tokens, [torch.zeros_like(d) for d in o.deepstack]), g) for o, g in outs]
+    with_ds, without = q.model.features_forward(ids, images=outs), q.model.features_forward(ids, images=plain)
+    assert rel_err(without.logits, with_ds.logits) > 100 * REL_TOL
 
 
 def test_video(tiny: tuple[Any, LoadedQwen3]) -> None:
@@ -309,3 +322,24 @@ def test_session_respond_text_and_errors(tiny: tuple[Any, LoadedQwen3]) -> None:
         s.end_user_turn()
     with pytest.raises(AudioInputError, match="too short"):
         s.end_audio()
+
+
+def test_session_taps_equal_the_whole_prompt_hidden_states(tiny: tuple[Any, LoadedQwen3]) -> None:
+    """What the Talker reads from a live session (embeddings and accept_hidden_layer states, piece by piece,
+    decode steps included) equals the whole prompt's."""
+    _, q = tiny
+    layer = q.config.talker.accept_hidden_layer if q.config.talker else 1
+    patches, grid = q.model.image_input(_frames(1, 64, 64, 12)[0], q.vision_preprocess)
+    s = Qwen3ThinkerSession(q.model, q.prompt, tokenizer=q.tokenizer, tap_layer=layer)
+    s.start_user_turn()
+    s.add_image(patches, grid)
+    s.add_text("describe it")
+    s.end_user_turn()
+    reply = list(s.generate(SamplingConfig(max_new_tokens=4), frozenset()))
+    taps = s.take_taps()
+    embeds, hidden = torch.cat([e for e, _ in taps]), torch.cat([h for _, h in taps])
+    ids = torch.tensor(_turn(q, q.prompt.image(grid), text="describe it").tolist() + reply + q.prompt.turn_end())
+    want = q.model.prompt_forward(ids, images=[(patches, grid)], hidden_layer=layer)
+    assert want.layer_hidden is not None and s.take_taps() == []
+    assert rel_err(embeds, want.embeds) < REL_TOL
+    assert rel_err(hidden, want.layer_hidden) < REL_TOL
