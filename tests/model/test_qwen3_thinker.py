@@ -343,3 +343,34 @@ def test_session_taps_equal_the_whole_prompt_hidden_states(tiny: tuple[Any, Load
     assert want.layer_hidden is not None and s.take_taps() == []
     assert rel_err(embeds, want.embeds) < REL_TOL
     assert rel_err(hidden, want.layer_hidden) < REL_TOL
+
+
+def test_bfloat16_checkpoint_loads_in_its_own_dtype(tmp_path: Path, tiny: tuple[Any, LoadedQwen3]) -> None:
+    from tests.model.qwen3_tiny import save_tiny_qwen3
+
+    _, q32 = tiny
+    _, d = save_tiny_qwen3(tmp_path / "bf16", dtype=torch.bfloat16)
+    q = load_qwen3(d)
+    assert q.model.lm.dtype == torch.bfloat16 and q.model.audio_tower.proj2.weight.dtype == torch.bfloat16
+    ids = _turn(q, text="Hello there, how are you today?")
+    got, want = q.model.prompt_logits(ids).float(), q32.model.prompt_logits(ids)
+    assert rel_err(got, want) < 5e-2  # bfloat16 weights and activations
+
+
+def test_missing_or_foreign_tensors_are_named(tmp_path: Path, qwen3_tiny_dir: Path) -> None:
+    import shutil
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(qwen3_tiny_dir, d)
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    for name, short in (("thinker.model.layers.1.mlp.experts.3.down_proj.weight", r"layers\.1\.mlp\.experts\.3\.down"),
+                        ("thinker.visual.merger_list.1.ln_q.weight", r"merger_list\.1\.ln_q\.weight")):
+        del index["weight_map"][name]
+        (d / "model.safetensors.index.json").write_text(json.dumps(index))
+        with pytest.raises(CheckpointError, match=short):
+            load_qwen3(d)
+        index = json.loads((qwen3_tiny_dir / "model.safetensors.index.json").read_text())
+    talkerless = {k: v for k, v in index["weight_map"].items() if not k.startswith("talker.")}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index | {"weight_map": talkerless}))
+    with pytest.raises(CheckpointError, match="no talker"):
+        load_qwen3(d)
