@@ -11,8 +11,9 @@ Mirrors `ThinkerSession` (model/thinker_session.py) where Qwen3-Omni differs in 
   `Qwen3Thinker.prompt_forward` computes for the whole prompt.
 * images and whole videos carry DeepStack residuals (`LayerAdds`) into their prefill.
 
-Live video (frame by frame) and video-with-audio streams are not here yet: `add_video` takes a whole
-preprocessed video.
+Video arrives whole (`add_video`) or frame by frame (`begin_video`/`push_video_frame`/`end_video`: each
+temporal patch of 2 frames is encoded and prefilled as it completes). Video-with-audio streams
+(use_audio_in_video) are not here yet.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from model.encoders.audio_frontend import HOP_LENGTH, AudioInputError
-from model.encoders.qwen3_vision import Qwen3VisionOutput
+from model.encoders.qwen3_vision import Qwen3VisionOutput, Qwen3VisionState
+from model.encoders.vision_preprocess import VisionInputError
 from model.lm.decoder import DecoderState, LayerAdds
 from model.lm.detokenizer import IncrementalDetokenizer
 from model.lm.kv_cache import CacheConfig
@@ -33,7 +35,7 @@ from model.lm.tokenizer import TextTokenizer
 from model.prompt import PromptBuilder
 from model.qwen3.thinker import Qwen3Thinker
 from model.thinker_session import ReplyRecord, ThinkerMark, TokenText
-from model.tmrope import PositionCursor
+from model.tmrope import PositionCursor, StreamingVideoPositions
 
 _STFT_HALF = 200  # samples each side of a mel frame's centre (n_fft / 2)
 _FLOOR = 8.0  # the 80 dB floor in log10 units
@@ -53,7 +55,8 @@ class Qwen3ThinkerSession:
     """One conversation: bounded KV cache, TM-RoPE cursor (Qwen3 rules), open audio segment.
 
     Turn: `start_user_turn()`, any of `add_text`, `begin_audio`/`push_audio`/`end_audio`, `add_image`,
-    `add_video`; then `end_user_turn()` and `generate(...)` or `respond(...)`. Not thread-safe."""
+    `add_video`, `begin_video`/`push_video_frame`/`end_video`; then `end_user_turn()` and `generate(...)` or
+    `respond(...)`. Not thread-safe."""
 
     def __init__(
         self,
@@ -76,6 +79,7 @@ class Qwen3ThinkerSession:
         self.logits: torch.Tensor | None = None
         self.prefilled_tokens = 0
         self._audio: _AudioTurn | None = None
+        self._video: tuple[Qwen3VisionState, StreamingVideoPositions] | None = None
         if system_prompt is not None:
             self.feed_ids(prompt.system_turn(system_prompt))
 
@@ -261,6 +265,45 @@ class Qwen3ThinkerSession:
         out = self.thinker.encode_vision(patches, grid)
         self._add_vision(out, lambda g: self.cursor.video(g, seconds_per_grid), grid)
 
+    def begin_video(self, height: int, width: int, seconds_per_grid: float = 1.0) -> None:
+        """A live video of normalised frames height x width (multiples of 32 px), 2 / seconds_per_grid fps."""
+        self._check_idle()
+        self.feed_ids([self.thinker.cfg.tokens.vision_start])
+        enc = self.thinker.visual.init_state(height, width, self.thinker.device)
+        self._video = (enc, StreamingVideoPositions(self.cursor.next_id, seconds_per_grid))
+
+    @torch.inference_mode()
+    def push_video_frame(self, frame: torch.Tensor) -> int:
+        """One normalised frame [3, H, W]; every second frame completes a temporal patch, prefilled at once with
+        its DeepStack residuals. Returns the tokens prefilled."""
+        if self._video is None:
+            raise RuntimeError("push_video_frame() outside begin_video()/end_video()")
+        enc, _ = self._video
+        return self._feed_patch(self.thinker.visual.step(enc, frame.to(self.thinker.device)))
+
+    @torch.inference_mode()
+    def end_video(self) -> None:
+        """An odd last frame fills its temporal patch (as the processor pads); then <|vision_end|>."""
+        if self._video is None:
+            raise RuntimeError("end_video() without begin_video()")
+        enc, pos = self._video
+        self._feed_patch(self.thinker.visual.flush(enc))
+        if pos.n_patches == 0:
+            raise VisionInputError("a video with no frames: push at least one frame before end_video()")
+        self._video = None
+        self.feed_ids([self.thinker.cfg.tokens.vision_end])
+
+    def _feed_patch(self, out: Qwen3VisionOutput | None) -> int:
+        if out is None:
+            return 0
+        assert self._video is not None
+        enc, pos = self._video
+        positions = pos.next_patch(self.cursor, (enc.layout.gh, enc.layout.gw))
+        n = out.tokens.shape[0]
+        self._feed(out.tokens, positions, LayerAdds(torch.ones(n, dtype=torch.bool, device=self.thinker.device),
+                                                    [d.to(self.thinker.lm.dtype) for d in out.deepstack]))
+        return n
+
     def _add_vision(
         self, out: Qwen3VisionOutput, place: Callable[[Sequence[int]], torch.Tensor], grid: Sequence[int]
     ) -> None:
@@ -273,5 +316,5 @@ class Qwen3ThinkerSession:
         self.feed_ids([t.vision_end])
 
     def _check_idle(self) -> None:
-        if self._audio is not None:
-            raise RuntimeError("an audio segment is still open")
+        if self._audio is not None or self._video is not None:
+            raise RuntimeError("an audio or video segment is still open")

@@ -374,3 +374,26 @@ def test_missing_or_foreign_tensors_are_named(tmp_path: Path, qwen3_tiny_dir: Pa
     (d / "model.safetensors.index.json").write_text(json.dumps(index | {"weight_map": talkerless}))
     with pytest.raises(CheckpointError, match="no talker"):
         load_qwen3(d)
+
+
+def test_session_live_video_frames_equal_the_whole_prompt(tiny: tuple[Any, LoadedQwen3]) -> None:
+    """Frames pushed one by one (an odd count: the last patch is padded as the processor pads) give the logits
+    of the whole prompt with the preprocessed video."""
+    from model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
+
+    _, q = tiny
+    frames = _frames(5, 96, 128, 13)
+    patches, grid, spg = preprocess_video(frames, q.model.vision_cfg, SMALL_VIDEO)
+    size = video_frame_size(96, 128, q.model.vision_cfg, SMALL_VIDEO)
+    normalised = resize_and_normalize(frames, size, SMALL_VIDEO)
+    s = _session(q)
+    s.start_user_turn()
+    s.begin_video(*size, seconds_per_grid=spg)
+    fed = [s.push_video_frame(f) for f in normalised]
+    assert fed[1] > 0 and fed[0] == 0  # every second frame completes a temporal patch
+    s.end_video()
+    s.add_text("what happens?")
+    got = s.end_user_turn()
+    ids = _turn(q, q.prompt.video(grid), text="what happens?")
+    want = q.model.prompt_logits(ids, videos=[VideoInput(patches, grid, spg)])[-1]
+    assert rel_err(got, want) < REL_TOL
