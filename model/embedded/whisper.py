@@ -91,9 +91,11 @@ class WhisperConfig:
     threads: int = 2
     # Beam search: on the tuning part of benchmarks/heldout_speech.py (30 sentences in 8 espeak-ng and flite
     # voices, 1,760 words) beam 5 measured 0.060 word error rate against greedy's 0.088 (the loss is real
-    # recognition errors, not scoring: "stain" -> "stay", "bad" -> "mad"), at about the same finish time
-    # (CTranslate2 decodes the beams as one batch; the encoder dominates). A 30 s window (0.093, 5x slower)
-    # and a neutral initial prompt (0.090) did not help.
+    # recognition errors, not scoring: "stain" -> "stay", "bad" -> "mad"), for a little more decoding work
+    # (CTranslate2 runs the beams as one batch; the encoder dominates). A 30 s window (0.093, 5x slower)
+    # and a neutral initial prompt (0.090) did not help; beam 3 0.065, beam 8 0.061, patience 2 0.063. On the
+    # fresh part, which no tuning looked at, 0.112 against greedy's 0.153 (1,304 words), for ~35 ms more per
+    # finish (p50 203 vs 170 ms on a loaded 2-core machine; benchmarks/asr_compare.py).
     beam_size: int = 5
     patience: float = 1.0  # beam search ends after beam_size * patience finished hypotheses
     min_window_frames: int = 1000  # see the module docstring: shorter windows loop
