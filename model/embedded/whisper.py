@@ -11,7 +11,7 @@ penguins live? ...") instead of ending the text: on the tests' 12 questions in 3
 was 0.40 with 5 s windows, 0.22 with 10 s, 0.20 with 15 s, 0.23 with 30 s (the same model errors as 30 s,
 no loops, from 10 s on: 7 s of silence after the speech, where 5 s windows left 2-3 s). So the window is
 the utterance plus at least 5 s of silence, rounded up to 5 s steps, never under 10 s (`min_window_frames`):
-one encoder pass of a 10 s window is ~2x that of 5 s, ~90 ms on 2 idle cores, plus ~100 ms of greedy
+one encoder pass of a 10 s window is ~2x that of 5 s, ~90 ms on 2 idle cores, plus ~100 ms of beam
 decoding for a short question. Loops still happen now and then (1 of 120 held-out utterances in the
 benchmark: "Turn off the light sinver kitchen. Turn off the light sinver kitchen"), so the decoder may emit
 at most 10 + 6 tokens per second of audio (fast speech, 220 words per minute, is ~5), and a sentence that
@@ -89,9 +89,15 @@ class WhisperConfig:
 
     compute_type: str = "int8"
     threads: int = 2
-    # Greedy: beam 5 measured 0.21 vs 0.23 word error rate on the tests' 12 questions in 4 espeak-ng voices
-    # (4 words of 190), within run-to-run spread, for more decoding work.
-    beam_size: int = 1
+    # Beam search: on the tuning part of benchmarks/heldout_speech.py (30 sentences in 8 espeak-ng and flite
+    # voices, 1,760 words) beam 5 measured 0.060 word error rate against greedy's 0.088 (the loss is real
+    # recognition errors, not scoring: "stain" -> "stay", "bad" -> "mad"), for a little more decoding work
+    # (CTranslate2 runs the beams as one batch; the encoder dominates). A 30 s window (0.093, 5x slower)
+    # and a neutral initial prompt (0.090) did not help; beam 3 0.065, beam 8 0.061, patience 2 0.063. On the
+    # fresh part, which no tuning looked at, 0.112 against greedy's 0.153 (1,304 words), for ~35 ms more per
+    # finish (p50 203 vs 170 ms on a loaded 2-core machine; benchmarks/asr_compare.py).
+    beam_size: int = 5
+    patience: float = 1.0  # beam search ends after beam_size * patience finished hypotheses
     min_window_frames: int = 1000  # see the module docstring: shorter windows loop
     tail_frames: int = 500  # at least 5 s of silence after the speech inside the window
     partial_interval_s: float = 1.0  # inf: no partial captions (finish only)
@@ -160,7 +166,8 @@ class WhisperModel:
         max_tokens = 10 + math.ceil(6 * pcm.size / SAMPLE_RATE)
         c = self.config
         result: Any = self._model.generate(
-            features, [self.prompt], beam_size=c.beam_size, max_length=len(self.prompt) + max_tokens,
+            features, [self.prompt], beam_size=c.beam_size, patience=c.patience,
+            max_length=len(self.prompt) + max_tokens,
             return_scores=True, return_no_speech_prob=True,
         )[0]  # fmt: skip
         ids = [i for i in result.sequences_ids[0] if i < _EOT]
