@@ -301,6 +301,12 @@ class Server:
         del conn
         self.release_garbage()
 
+    def release_garbage_after(self, task: asyncio.Task[Any]) -> None:
+        """`release_garbage` once `task` (a socket's request handler) has ended and whoever awaited it has run: its
+        frames hold the session's objects until then, so a collection from inside it frees nothing."""
+        loop = asyncio.get_running_loop()
+        task.add_done_callback(lambda _: loop.call_soon(self.release_garbage))
+
     def release_garbage(self) -> None:
         """Free closed calls now (see the module docstring): one full collection of the unfrozen heap."""
         t0 = time.perf_counter()
