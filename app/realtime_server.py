@@ -27,7 +27,9 @@ Session) is one big web of reference cycles, which only a full (generation 2) ga
 the engine's ~200,000 long-lived objects in generation 2, CPython runs that collection rarely: 500
 connect/disconnect cycles kept ~100 dead calls (OpenSSL contexts, SRTP sessions included) alive at a time and
 RSS rose ~47-61 KB per cycle. So the server freezes what exists at startup (`gc.freeze`: never scanned again)
-and runs a full collection after each call's teardown, which then scans only the live calls' objects.
+and runs a full collection after each call's teardown, which then scans only the live calls' objects. A
+Realtime WebSocket session (app.realtime_ws) is such a web too (socket, WsCall, Session, engine session) and is
+collected the same way once its handler task has ended (`release_garbage_after`).
 """
 
 from __future__ import annotations
@@ -300,6 +302,12 @@ class Server:
         await conn.close()
         del conn
         self.release_garbage()
+
+    def release_garbage_after(self, task: asyncio.Task[Any]) -> None:
+        """`release_garbage` once `task` (a socket's request handler) has ended and whoever awaited it has run: its
+        frames hold the session's objects until then, so a collection from inside it frees nothing."""
+        loop = asyncio.get_running_loop()
+        task.add_done_callback(lambda _: loop.call_soon(self.release_garbage))
 
     def release_garbage(self) -> None:
         """Free closed calls now (see the module docstring): one full collection of the unfrozen heap."""

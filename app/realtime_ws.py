@@ -175,6 +175,9 @@ async def realtime_socket(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=WSCloseCode.GOING_AWAY if not call.reason else WSCloseCode.OK)
         calls.discard(call)
         server.metrics.set_gauge("ws_connections_active", "WebSocket sessions open now", len(calls))
+        current = asyncio.current_task()
+        if current is not None:  # the socket's objects form reference cycles, as a WebRTC call's do
+            server.release_garbage_after(current)
     return ws
 
 

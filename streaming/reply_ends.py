@@ -165,6 +165,15 @@ class ReplyEnds:
                     )
                 )
                 return
+            if t.item_id != next(reversed(self._item_responses)):
+                # The engine's history has no item ids: `interrupt` trims its newest reply, which is another item.
+                self._emit(
+                    self.events.error(
+                        "item_truncate_invalid_item_id",
+                        f"assistant item {t.item_id!r} is not the latest reply: only the latest reply can be truncated",
+                    )
+                )
+                return
             assert self._engine_session is not None
             await self.worker.run(self._engine_session.interrupt, play_log.text_until(sample))
         self._emit(self.events.item_truncated(t.item_id, t.audio_end_ms))

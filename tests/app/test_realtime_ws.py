@@ -223,3 +223,37 @@ async def test_outbox_bounds_events_and_holds_speech_back() -> None:
         box.put("e")  # events never wait: a client this far behind is disconnected
     assert [await box.get() for _ in range(3)] == ["a", "b", "c"]
     await asyncio.wait_for(waiting, 1.0)
+
+
+async def test_truncating_an_older_reply_leaves_the_newest_alone(start_server: StartServer) -> None:
+    """The engine's `interrupt` trims its newest reply (its history has no item ids): a truncate naming an older
+    assistant item after a newer reply exists is refused with an error naming the item, and the newest reply is
+    untouched; the newest reply itself can still be truncated."""
+    engine = ToneEngine()
+    url, _ = await start_server(engine)
+    client = await connect(url)
+    try:
+        items = []
+        for _ in range(2):
+            n = len(client.events)
+            await client.send({"type": "conversation.item.create", "item": TEXT_ITEM})
+            await client.send({"type": "response.create"})
+            done = await client.wait_for("response.done", start=n, limit=60)
+            items.append(done["response"]["output"][0]["id"])
+        n = len(client.events)
+        await client.send({"type": "conversation.item.truncate", "item_id": items[0], "content_index": 0,
+                           "audio_end_ms": 300})
+        error = await client.wait_for("error", start=n)
+        kept_after_refusal = list(engine.sessions[-1].interrupted_with)
+        n = len(client.events)
+        await client.send({"type": "conversation.item.truncate", "item_id": items[1], "content_index": 0,
+                           "audio_end_ms": 300})
+        truncated = await client.wait_for("conversation.item.truncated", start=n)
+    finally:
+        await client.close()
+    assert error["error"]["code"] == "item_truncate_invalid_item_id" and items[0] in error["error"]["message"]
+    assert kept_after_refusal == []  # the engine was not asked to trim anything
+    assert truncated["item_id"] == items[1]
+    assert len(engine.sessions[-1].interrupted_with) == 1
+    assert not any(e["type"] == "conversation.item.truncated" and e["item_id"] == items[0] for e in client.events)
+    check_conformance(client)
