@@ -111,6 +111,8 @@ class Qwen3TalkerState:
 class Qwen3Talker(nn.Module):
     """Weights: projections, the MoE decoder (embed_tokens = E_0, lm_head = codec_head) and the code predictor."""
 
+    suppress: torch.Tensor  # [V] bool, a non-persistent buffer (`suppressed_codes`)
+
     def __init__(self, cfg: Qwen3TalkerConfig, decoder: DecoderLM | None = None,
                  predictor: DecoderLM | None = None) -> None:
         super().__init__()
