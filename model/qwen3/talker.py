@@ -230,7 +230,8 @@ class Qwen3Talker(nn.Module):
 
     @torch.inference_mode()
     def step(self, state: Qwen3TalkerState) -> torch.Tensor | None:
-        """The next frame: codes [Q] (long), or None when codebook 0 is EOS (or the frame limit is hit)."""
+        """The next frame: codes [Q] (long), or None when codebook 0 is EOS. The frame that reaches the
+        sampling's max_new_tokens is returned whole and ends the reply (`state.done`)."""
         if not self.can_step(state):
             raise ValueError("the Talker cannot step: begin_reply first, then push_text or end_text")
         if state.logits is None:
@@ -241,7 +242,7 @@ class Qwen3Talker(nn.Module):
         state.logits = state.hidden = None
         state.last_logits = logits
         c0 = self.choose_first(state, logits)
-        if state.done:
+        if c0 in state.sampling.stop_token_ids:
             return None
         frame = self.predict_residual(state, hidden, c0)
         state.last_frame = frame
