@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from model.encoders.vision_preprocess import AnyVisionConfig, resize_and_normalize, sample_video, video_frame_size
-from model.errors import CheckpointError
+from model.errors import CheckpointError, ConfigError
 from model.layers.quant_linear import quantize_decoder
 from model.lm.decoder import default_cache_config
 from model.lm.sampling import SamplingConfig
@@ -54,6 +54,8 @@ from model.loaders.talker_weights import SpeechModels, load_speech
 from model.prompt import SPEECH_SYSTEM_PROMPT
 from model.qwen3.loader import LoadedQwen3, load_qwen3
 from model.qwen3.session import Qwen3ThinkerSession
+from model.qwen3.speech import DEFAULT_SPEAKER, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
+from model.qwen3.voice_session import Qwen3VoiceSession
 from model.speech_session import SpeakingSession, SpeechSettings
 from model.thinker_session import ReplyRecord, SlotPiece, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav import SAMPLE_RATE
@@ -92,6 +94,7 @@ TURN_END_TOKENS = 8  # "<|im_end|>\n" and slack, on top of a reply, for the roll
 
 Loaded = LoadedThinker | LoadedQwen3  # a loaded Thinker of either family
 AnySession = ThinkerSession | Qwen3ThinkerSession
+Speech = SpeechModels | Qwen3SpeechModels  # a family's speech half
 
 
 class OmniEngine:
@@ -109,7 +112,7 @@ class OmniEngine:
         voice: str | None = None,
         *,
         speak: bool = True,
-        models: tuple[Loaded, SpeechModels | None] | None = None,
+        models: tuple[Loaded, Speech | None] | None = None,
         system_prompt: str = SPEECH_SYSTEM_PROMPT,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
         talker_sampling: SamplingConfig | None = None,
@@ -125,7 +128,7 @@ class OmniEngine:
         memory_budget: int = DEFAULT_BUDGET,
     ) -> None:
         """`model_dir`: a Qwen2.5-Omni checkpoint with its speech half (talker.*, token2wav.*, spk_dict.pt), or a
-        Qwen3-Omni checkpoint (text replies only for now; the family is read from config.json);
+        Qwen3-Omni checkpoint (talker.*, code2wav.*; the family is read from config.json);
         `models`: already loaded ones instead (shared, e.g. by tests). `speak=False`: replies are text only
         and the speech half is not loaded (no `AudioChunk` events). `voice`: the default voice (None: the
         checkpoint's default). `seed`: Talker sampling and token2wav noise (None: random per reply).
@@ -138,9 +141,9 @@ class OmniEngine:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
         thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
         self.family = QWEN3_OMNI_MOE if isinstance(thinker, LoadedQwen3) else QWEN2_5_OMNI
-        if self.family == QWEN3_OMNI_MOE and speak:
-            log.warning("speech output is not yet available for Qwen3-Omni checkpoints: replies are text (and "
-                        "transcript) only")
+        if self.family == QWEN3_OMNI_MOE and speak and speech is None:
+            log.warning("this Qwen3-Omni model has no speech part loaded (a Thinking or Captioner checkpoint has "
+                        "none): replies are text (and transcript) only")
             speak = False
         if not speak:
             speech = None
@@ -166,13 +169,22 @@ class OmniEngine:
         thinker_cache = default_cache_config(thinker.model.lm.cfg, window=window)
         self.cache = replace(thinker_cache, chunk=max(thinker_cache.chunk, need))
         if speech is not None:
-            talker_cache = default_cache_config(speech.talker.cfg.decoder, window=window)
+            decoder = speech.talker.decoder.cfg if isinstance(speech, Qwen3SpeechModels) else speech.talker.cfg.decoder
+            talker_cache = default_cache_config(decoder, window=window)
             self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
 
     def check_voice(self, voice: str | None) -> str:
         """The checkpoint's name for `voice` (None: its default); ValueError listing the voices it has."""
         if self.speech is None:
             raise ValueError("voices are for a speaking engine (this one replies in text only)")
+        if isinstance(self.speech, Qwen3SpeechModels):  # speakers by lower-case name
+            known = self.speech.speakers
+            name = voice or (DEFAULT_SPEAKER if DEFAULT_SPEAKER in known else known[0])
+            try:
+                self.speech.talker_config.speaker(name)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+            return name.lower()
         try:
             return self.speech.voices.get(voice).name
         except UnknownVoiceError as e:
@@ -198,9 +210,18 @@ class OmniEngine:
                 else:
                     thinking = ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer)
             return OmniEngineSession(self, thinking)
+        name = self.check_voice(voice) if voice is not None else self.default_voice
+        assert name is not None
+        if isinstance(self.speech, Qwen3SpeechModels):
+            assert isinstance(th, LoadedQwen3)
+            q3 = Qwen3SpeechSettings(speaker=name, sampling=self.talker_sampling, seed=self.seed)
+            with torch.inference_mode():
+                voiced = Qwen3VoiceSession(th.model, th.prompt, th.tokenizer, self.speech, q3, system, self.cache,
+                                           self.talker_cache)
+            return OmniEngineSession(self, voiced)
         assert isinstance(th, LoadedThinker)
         settings = SpeechSettings(
-            voice=self.check_voice(voice) if voice is not None else self.default_voice,
+            voice=name,
             talker_sampling=self.talker_sampling,
             seed=self.seed,
             schedule=self.schedule,
@@ -217,7 +238,7 @@ class OmniEngine:
 def _load(
     model_dir: str | os.PathLike[str] | None, device: str, dtype: torch.dtype | None, speak: bool,
     quant: str | None = None,
-) -> tuple[Loaded, SpeechModels | None]:
+) -> tuple[Loaded, Speech | None]:
     """The checkpoint's Thinker, and its speech half when `speak` (Qwen2.5-Omni; Qwen3-Omni: the Thinker only)."""
     if model_dir is None:
         raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
@@ -225,7 +246,9 @@ def _load(
         if detect_family(model_dir) == QWEN3_OMNI_MOE:
             if quant is not None:
                 raise ValueError("--quant is not yet supported for Qwen3-Omni checkpoints")
-            return load_qwen3(model_dir, dtype, device), None
+            q = load_qwen3(model_dir, dtype, device)
+            speaks = speak and "talker." in q.speech_prefixes
+            return q, (load_qwen3_speech(model_dir, dtype or q.model.lm.dtype, device, q.index) if speaks else None)
         thinker = load_thinker(model_dir, dtype, device)
         speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device) if speak else None
         if quant is not None:
