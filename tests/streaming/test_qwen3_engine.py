@@ -1,5 +1,10 @@
 """The omni engine on a tiny random Qwen3-Omni checkpoint (tests/model/qwen3_tiny.py): the same engine as
-Qwen2.5-Omni's (streaming/engines/omni.py) with a `Qwen3ThinkerSession` per conversation, text replies only.
+Qwen2.5-Omni's (streaming/engines/omni.py) with a `Qwen3ThinkerSession` per conversation (text replies), or a
+`Qwen3VoiceSession` (model/qwen3/voice_session.py) when the speech part is loaded.
+
+The spoken reply is checked against the speech API fed by hand: a `Qwen3ThinkerSession` tapping the Talker's
+layer, its user turn given to `Qwen3SpeakingSession.feed_user_turn` (positions from `rope_index`), the reply
+tokens pushed one by one: same frames, same PCM.
 
 "The engine's caches hold the conversation" is checked by behaviour: the reply (greedy) and the first-reply
 logits equal those of a `Qwen3ThinkerSession` fed the same input through the model API alone (1e-4: streamed
@@ -9,6 +14,7 @@ fed only the played text as the assistant's turn.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -21,6 +27,9 @@ from model.lm.sampling import SamplingConfig
 from model.loaders.family import QWEN3_OMNI_MOE
 from model.qwen3.loader import LoadedQwen3, load_qwen3
 from model.qwen3.session import Qwen3ThinkerSession
+from model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
+from model.qwen3.talker import GREEDY
+from model.qwen3.voice_session import Qwen3VoiceSession
 from model.thinker_session import ReplyRecord
 from streaming.engine import AudioChunk, Image, ReplyDone, ResponseOptions, TextDelta, VideoClip
 from streaming.engines.omni import OmniEngine, OmniEngineSession
@@ -33,6 +42,20 @@ from tests.streaming.test_text_turns import typed_turn
 @pytest.fixture(scope="module")
 def loaded(qwen3_tiny_dir: Path) -> LoadedQwen3:
     return load_qwen3(qwen3_tiny_dir)
+
+
+FRAMES = 12
+TALKER = dataclasses.replace(GREEDY, max_new_tokens=FRAMES)
+
+
+@pytest.fixture(scope="module")
+def speech(qwen3_tiny_dir: Path) -> Qwen3SpeechModels:
+    return load_qwen3_speech(qwen3_tiny_dir)
+
+
+def voiced(loaded: LoadedQwen3, speech: Qwen3SpeechModels, max_new_tokens: int = 10) -> OmniEngine:
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
+    return OmniEngine(None, models=(loaded, speech), sampling=sampling, talker_sampling=TALKER, seed=0)
 
 
 def make(loaded: LoadedQwen3, max_new_tokens: int = 24) -> OmniEngine:
@@ -67,7 +90,7 @@ def test_the_engine_is_text_only_and_says_so(loaded: LoadedQwen3, caplog: pytest
     with caplog.at_level(logging.WARNING, logger="streaming.engines.omni"):
         engine = make(loaded)
     assert engine.family == QWEN3_OMNI_MOE and engine.speech is None
-    assert "speech output is not yet available for Qwen3-Omni" in caplog.text
+    assert "no speech part loaded" in caplog.text
     s = engine.open_session()
     assert isinstance(s.speaking, Qwen3ThinkerSession)
     with pytest.raises(ValueError, match="voices are for a speaking engine"):
@@ -215,3 +238,99 @@ def test_omni_serve_detects_the_family_from_config_json(qwen3_tiny_dir: Path, tm
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
     with pytest.raises(ValueError, match="not an Omni checkpoint"):
         make_engine("omni", model=str(tmp_path))
+
+
+def test_a_spoken_reply_equals_the_speech_api_fed_by_hand(loaded: LoadedQwen3, speech: Qwen3SpeechModels) -> None:
+    engine = voiced(loaded, speech)
+    s = engine.open_session(voice="Chelsie")
+    assert isinstance(s.speaking, Qwen3VoiceSession) and s.speaking.speech.settings.speaker == "chelsie"
+    pcm = clip(3.0, seed=7)
+    speak(s, pcm)
+    events = list(s.respond())
+    done = events[-1]
+    assert isinstance(done, ReplyDone)
+    audio = [e for e in events if isinstance(e, AudioChunk)]
+    got = np.concatenate([e.pcm for e in audio])
+    assert done.stats["codes"] == FRAMES and len(got) == round(done.stats["speech_s"] * 24000) > 0
+    assert "".join(e.text for e in audio) == done.text  # every character is attached to some audio
+
+    # by hand: the Thinker taps, the user turn with rope_index positions, the reply tokens one by one
+    tk = speech.talker_config
+    th = Qwen3ThinkerSession(loaded.model, loaded.prompt, engine.system_prompt, engine.cache, loaded.tokenizer,
+                             tap_layer=tk.accept_hidden_layer)
+    th.take_taps()
+    th.start_user_turn()
+    n_audio = th.add_audio(torch.from_numpy(pcm))
+    th.end_user_turn()
+    p = loaded.prompt
+    user = (p.turn_start("user") + [loaded.model.cfg.tokens.audio_start] + [tk.audio_token_id] * n_audio
+            + [loaded.model.cfg.tokens.audio_end] + p.turn_end())
+    taps = th.take_taps()
+    embeds = torch.cat([e for e, _ in taps])[: len(user)]
+    hidden = torch.cat([h for _, h in taps])[: len(user)]
+    assert embeds.shape[0] + len(p.turn_start("assistant")) == sum(e.shape[0] for e, _ in taps)
+    ref = Qwen3SpeakingSession(speech, loaded.model.lm.embed_tokens.weight,
+                               Qwen3SpeechSettings(speaker="chelsie", sampling=TALKER, seed=0), engine.talker_cache)
+    ref.feed_user_turn(torch.tensor(user), embeds, hidden, audio_tokens=[n_audio])
+    emb = loaded.model.lm.embed_tokens
+    head = emb(torch.tensor(p.turn_start("assistant")))
+    tokens = list(th.generate(engine.sampling, engine.stop_ids))
+    ref.begin_reply(head, emb(torch.tensor(tokens[:1]))[0])
+    for t in tokens[1:]:
+        ref.push_text(emb(torch.tensor([t]))[0])
+    ref.end_text()
+    want = [c.samples for c in ref.pump()]
+    assert done.stats["new_tokens"] == len(tokens)
+    np.testing.assert_allclose(got, torch.cat(want).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_barge_in_stops_the_speech_and_keeps_the_played_text(loaded: LoadedQwen3, speech: Qwen3SpeechModels) -> None:
+    engine = voiced(loaded, speech)
+    s = engine.open_session()
+    first, second = clip(2.0, seed=8), clip(1.5, seed=9)
+    speak(s, first)
+    it = s.respond()
+    events = []
+    while sum(isinstance(e, AudioChunk) for e in events) < 3:
+        events.append(next(it))
+    it.close()  # the user talks over the reply
+    played = "ab"  # (the tiny reply's text is held back as invalid UTF-8 until its end: the runtime's played text)
+    s.interrupt(played)
+    assert isinstance(s.speaking, Qwen3VoiceSession) and not s.speaking.speech.replying
+    assert list(s.history)[-1] == ("assistant", played)
+    speak(s, second, t0=10.0)
+    done = list(s.respond())[-1]
+    ref = Qwen3VoiceSession(loaded.model, loaded.prompt, loaded.tokenizer, speech,
+                            Qwen3SpeechSettings(sampling=TALKER, seed=0), engine.system_prompt, engine.cache,
+                            engine.talker_cache)
+    for k, pcm in enumerate((first, second)):
+        ref.start_user_turn()
+        ref.add_audio(torch.from_numpy(pcm))
+        ref.end_user_turn()
+        if k == 0:
+            ref.feed_ids(ref.prompt.text(played) + ref.prompt.turn_end())
+    want = list(ref.respond(engine.sampling, engine.stop_ids))[-1]
+    assert isinstance(done, ReplyDone) and isinstance(want, ReplyRecord)
+    assert done.text == want.text and done.stats["codes"] == len(want.codes) == FRAMES
+    assert round(done.stats["speech_s"] * 24000) == want.samples
+
+
+async def test_a_spoken_turn_with_speech_through_the_session_runtime(
+    loaded: LoadedQwen3, speech: Qwen3SpeechModels, worker: DeviceWorker, media: DeviceWorker, vad: SileroVad,
+    speech16k: np.ndarray,
+) -> None:
+    engine = voiced(loaded, speech)
+    h = Harness(engine, worker, vad, media=media)
+    await h.start()
+    try:
+        await h.feed(speech16k, realtime=False)
+        await h.silence(1.0, realtime=False)
+        metrics = await h.wait_for("omni.metrics")
+    finally:
+        await h.close()
+    done = next(e for e in h.events if e["type"] == "response.done")
+    text = "".join(e["delta"] for e in h.events if e["type"] == "response.output_text.delta")
+    assert done["response"]["status"] == "completed" and text
+    assert done["response"]["output"][0]["content"][0]["transcript"] == text
+    played = np.concatenate(h.played).astype(np.float32) / 32768
+    assert np.abs(played).max() > 0 and metrics["end_of_speech_to_first_audio_ms"] is not None
