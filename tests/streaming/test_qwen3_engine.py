@@ -228,10 +228,13 @@ async def test_a_typed_turn_through_the_session_runtime(
 def test_omni_serve_detects_the_family_from_config_json(qwen3_tiny_dir: Path, tmp_path: Path) -> None:
     from app.cli import build_parser
 
-    args = build_parser().parse_args(["serve", "--engine", "omni", "--model", str(qwen3_tiny_dir)])
+    args = build_parser().parse_args(["serve", "--engine", "omni", "--model", str(qwen3_tiny_dir), "--voice", "Aiden"])
     engine = make_engine(args.engine, model=args.model, voice=args.voice, device=args.device)
     assert isinstance(engine, OmniEngine) and engine.family == QWEN3_OMNI_MOE
-    assert isinstance(engine.thinker, LoadedQwen3) and engine.speech is None
+    assert isinstance(engine.thinker, LoadedQwen3) and isinstance(engine.speech, Qwen3SpeechModels)
+    assert engine.default_voice == "aiden" and engine.check_voice(None) == "ethan"
+    with pytest.raises(ValueError, match="unknown speaker 'Nobody'; this checkpoint has aiden, chelsie, ethan"):
+        engine.open_session(voice="Nobody")
     assert (engine.input_sample_rate, engine.output_sample_rate) == (16000, 24000)
     with pytest.raises(ValueError, match="--quant is not yet supported for Qwen3-Omni"):
         make_engine("omni", model=str(qwen3_tiny_dir), quant="int8")
