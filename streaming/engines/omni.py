@@ -25,10 +25,12 @@ estimate itself); the rest of the text comes with an empty chunk after the last 
 whole text counts as played once all the audio has played.
 
 Either model family (model/loaders/family.py, from config.json): a Qwen3-Omni checkpoint loads through
-model/qwen3/loader.py and each conversation is a `Qwen3ThinkerSession`; the engine's turn, reply and barge-in
-logic is the same. Not yet for Qwen3 (each logged once): speech output (replies are text and transcript, no
-`AudioChunk`), camera frames during spoken turns (Qwen3 has no live audio+video segment here), video clips
-with their soundtrack, memory, and --quant.
+model/qwen3/loader.py (+ model/qwen3/speech.py for talker.* and code2wav.*) and each conversation is a
+`Qwen3VoiceSession` (model/qwen3/voice_session.py; a `Qwen3ThinkerSession` when no speech part is loaded,
+e.g. a Thinking checkpoint); the engine's turn, reply and barge-in logic is the same (for Qwen3 the Talker
+sees only user turns, so a barge-in rolls back the Thinker alone). Voices are the checkpoint's speakers
+by name. Not yet for Qwen3 (logged or refused with a clear message): camera frames during spoken turns (no
+live audio+video segment here), video clips with their soundtrack, memory, and --quant.
 """
 
 from __future__ import annotations
