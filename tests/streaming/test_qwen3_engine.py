@@ -243,48 +243,48 @@ def test_omni_serve_detects_the_family_from_config_json(qwen3_tiny_dir: Path, tm
         make_engine("omni", model=str(tmp_path))
 
 
-def test_a_spoken_reply_equals_the_speech_api_fed_by_hand(loaded: LoadedQwen3, speech: Qwen3SpeechModels) -> None:
+def test_spoken_replies_equal_the_speech_api_fed_by_hand(loaded: LoadedQwen3, speech: Qwen3SpeechModels) -> None:
+    """Two spoken turns (the second's Talker positions continue after the first user turn alone)."""
     engine = voiced(loaded, speech)
     s = engine.open_session(voice="Chelsie")
     assert isinstance(s.speaking, Qwen3VoiceSession) and s.speaking.speech.settings.speaker == "chelsie"
-    pcm = clip(3.0, seed=7)
-    speak(s, pcm)
-    events = list(s.respond())
-    done = events[-1]
-    assert isinstance(done, ReplyDone)
-    audio = [e for e in events if isinstance(e, AudioChunk)]
-    got = np.concatenate([e.pcm for e in audio])
-    assert done.stats["codes"] == FRAMES and len(got) == round(done.stats["speech_s"] * 24000) > 0
-    assert "".join(e.text for e in audio) == done.text  # every character is attached to some audio
-
-    # by hand: the Thinker taps, the user turn with rope_index positions, the reply tokens one by one
     tk = speech.talker_config
     th = Qwen3ThinkerSession(loaded.model, loaded.prompt, engine.system_prompt, engine.cache, loaded.tokenizer,
                              tap_layer=tk.accept_hidden_layer)
-    th.take_taps()
-    th.start_user_turn()
-    n_audio = th.add_audio(torch.from_numpy(pcm))
-    th.end_user_turn()
-    p = loaded.prompt
-    user = (p.turn_start("user") + [loaded.model.cfg.tokens.audio_start] + [tk.audio_token_id] * n_audio
-            + [loaded.model.cfg.tokens.audio_end] + p.turn_end())
-    taps = th.take_taps()
-    embeds = torch.cat([e for e, _ in taps])[: len(user)]
-    hidden = torch.cat([h for _, h in taps])[: len(user)]
-    assert embeds.shape[0] + len(p.turn_start("assistant")) == sum(e.shape[0] for e, _ in taps)
     ref = Qwen3SpeakingSession(speech, loaded.model.lm.embed_tokens.weight,
                                Qwen3SpeechSettings(speaker="chelsie", sampling=TALKER, seed=0), engine.talker_cache)
-    ref.feed_user_turn(torch.tensor(user), embeds, hidden, audio_tokens=[n_audio])
-    emb = loaded.model.lm.embed_tokens
+    p, emb = loaded.prompt, loaded.model.lm.embed_tokens
     head = emb(torch.tensor(p.turn_start("assistant")))
-    tokens = list(th.generate(engine.sampling, engine.stop_ids))
-    ref.begin_reply(head, emb(torch.tensor(tokens[:1]))[0])
-    for t in tokens[1:]:
-        ref.push_text(emb(torch.tensor([t]))[0])
-    ref.end_text()
-    want = [c.samples for c in ref.pump()]
-    assert done.stats["new_tokens"] == len(tokens)
-    np.testing.assert_allclose(got, torch.cat(want).numpy(), rtol=1e-4, atol=1e-5)
+    for k, pcm in enumerate((clip(3.0, seed=7), clip(1.7, seed=6))):
+        speak(s, pcm, t0=10.0 * k)
+        events = list(s.respond())
+        done = events[-1]
+        assert isinstance(done, ReplyDone)
+        audio = [e for e in events if isinstance(e, AudioChunk)]
+        got = np.concatenate([e.pcm for e in audio])
+        assert done.stats["codes"] == FRAMES and len(got) == round(done.stats["speech_s"] * 24000) > 0
+        assert "".join(e.text for e in audio) == done.text  # every character is attached to some audio
+
+        # by hand: the Thinker's taps of the user turn, rope_index positions, the reply tokens one by one
+        th.take_taps()
+        th.start_user_turn()
+        n_audio = th.add_audio(torch.from_numpy(pcm))
+        th.end_user_turn()
+        user = (p.turn_start("user") + [loaded.model.cfg.tokens.audio_start] + [tk.audio_token_id] * n_audio
+                + [loaded.model.cfg.tokens.audio_end] + p.turn_end())
+        taps = th.take_taps()
+        embeds = torch.cat([e for e, _ in taps])[: len(user)]
+        hidden = torch.cat([h for _, h in taps])[: len(user)]
+        assert embeds.shape[0] + len(p.turn_start("assistant")) == sum(e.shape[0] for e, _ in taps)
+        ref.feed_user_turn(torch.tensor(user), embeds, hidden, audio_tokens=[n_audio])
+        tokens = list(th.generate(engine.sampling, engine.stop_ids))
+        ref.begin_reply(head, emb(torch.tensor(tokens[:1]))[0])
+        for t in tokens[1:]:
+            ref.push_text(emb(torch.tensor([t]))[0])
+        ref.end_text()
+        want = [c.samples for c in ref.pump()]
+        assert done.stats["new_tokens"] == len(tokens) and not ref.replying
+        np.testing.assert_allclose(got, torch.cat(want).numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_barge_in_stops_the_speech_and_keeps_the_played_text(loaded: LoadedQwen3, speech: Qwen3SpeechModels) -> None:
