@@ -34,18 +34,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=("embedded", "omni", "tiny", "test"),
         default="embedded",
-        help="embedded: the packaged CPU speech engine (default); omni: the Qwen2.5-Omni Thinker-Talker from --model; "
+        help="embedded: the packaged CPU speech engine (default); omni: the Omni model from --model (Qwen2.5-Omni "
+        "or Qwen3-Omni Thinker-Talker, the family detected from its config.json); "
         "tiny: a tiny random-weight decoder LM (real model path, gibberish replies spoken as tones); test: a tone "
         "engine, no model",
     )
-    p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni checkpoint directory (with spk_dict.pt)")
+    p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni checkpoint directory (with spk_dict.pt) "
+                   "or a Qwen3-Omni one")
     from model.embedded.voices import DEFAULT_VOICE, VOICES
 
     p.add_argument(
         "--voice", metavar="NAME",
         help=f"the default voice; embedded engine: one of {', '.join(VOICES)} (default {DEFAULT_VOICE}: "
         + "; ".join(f"{k}: {v.description}" for k, v in VOICES.items()) + "); omni engine: a checkpoint voice "
-        "(e.g. Chelsie, Ethan)",
+        "(Qwen2.5: e.g. Chelsie, Ethan; Qwen3: a speaker, e.g. ethan, chelsie, aiden)",
     )
     p.add_argument(
         "--llm", metavar="FILE_OR_DIR",
@@ -166,7 +168,7 @@ def make_engine(
         raise ValueError(f"--llm is for --engine embedded, not {name} (--engine omni takes --model)")
     if name == "omni":
         if model is None:
-            raise ValueError("--engine omni needs --model DIR (a Qwen2.5-Omni checkpoint directory)")
+            raise ValueError("--engine omni needs --model DIR (a Qwen2.5-Omni or Qwen3-Omni checkpoint directory)")
         from streaming.engines.omni import OmniEngine
 
         return OmniEngine(model, device=device, voice=voice, quant=quant)

@@ -23,6 +23,14 @@ The Talker gives no alignment of codes to text, so `AudioChunk.text` is an estim
 word that `chars_per_second` of speech reaches by the end of the chunk (text without spaces is cut at the
 estimate itself); the rest of the text comes with an empty chunk after the last audio, so the
 whole text counts as played once all the audio has played.
+
+Either model family (model/loaders/family.py, from config.json): a Qwen3-Omni checkpoint loads through
+model/qwen3/loader.py (+ model/qwen3/speech.py for talker.* and code2wav.*) and each conversation is a
+`Qwen3VoiceSession` (model/qwen3/voice_session.py; a `Qwen3ThinkerSession` when no speech part is loaded,
+e.g. a Thinking checkpoint); the engine's turn, reply and barge-in logic is the same (for Qwen3 the Talker
+sees only user turns, so a barge-in rolls back the Thinker alone). Voices are the checkpoint's speakers
+by name. Not yet for Qwen3 (logged or refused with a clear message): camera frames during spoken turns (no
+live audio+video segment here), video clips with their soundtrack, memory, and --quant.
 """
 
 from __future__ import annotations
@@ -37,14 +45,19 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from model.encoders.vision_preprocess import resize_and_normalize, sample_video, video_frame_size
-from model.errors import CheckpointError
+from model.encoders.vision_preprocess import AnyVisionConfig, resize_and_normalize, sample_video, video_frame_size
+from model.errors import CheckpointError, ConfigError
 from model.layers.quant_linear import quantize_decoder
 from model.lm.decoder import default_cache_config
 from model.lm.sampling import SamplingConfig
+from model.loaders.family import QWEN2_5_OMNI, QWEN3_OMNI_MOE, detect_family
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
 from model.prompt import SPEECH_SYSTEM_PROMPT
+from model.qwen3.loader import LoadedQwen3, load_qwen3
+from model.qwen3.session import Qwen3ThinkerSession
+from model.qwen3.speech import DEFAULT_SPEAKER, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
+from model.qwen3.voice_session import Qwen3VoiceSession
 from model.speech_session import SpeakingSession, SpeechSettings
 from model.thinker_session import ReplyRecord, SlotPiece, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav import SAMPLE_RATE
@@ -81,6 +94,10 @@ DEFAULT_SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=200)
 FRAME_SECONDS = 0.5  # the Thinker sees video at 2 fps (two frames per 1-s temporal patch)
 TURN_END_TOKENS = 8  # "<|im_end|>\n" and slack, on top of a reply, for the rollback bound
 
+Loaded = LoadedThinker | LoadedQwen3  # a loaded Thinker of either family
+AnySession = ThinkerSession | Qwen3ThinkerSession
+Speech = SpeechModels | Qwen3SpeechModels  # a family's speech half
+
 
 class OmniEngine:
     """Weights of a Qwen2.5-Omni checkpoint directory, shared by every session."""
@@ -97,7 +114,7 @@ class OmniEngine:
         voice: str | None = None,
         *,
         speak: bool = True,
-        models: tuple[LoadedThinker, SpeechModels | None] | None = None,
+        models: tuple[Loaded, Speech | None] | None = None,
         system_prompt: str = SPEECH_SYSTEM_PROMPT,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
         talker_sampling: SamplingConfig | None = None,
@@ -112,7 +129,8 @@ class OmniEngine:
         quant: str | None = None,
         memory_budget: int = DEFAULT_BUDGET,
     ) -> None:
-        """`model_dir`: a Qwen2.5-Omni checkpoint with its speech half (talker.*, token2wav.*, spk_dict.pt);
+        """`model_dir`: a Qwen2.5-Omni checkpoint with its speech half (talker.*, token2wav.*, spk_dict.pt), or a
+        Qwen3-Omni checkpoint (talker.*, code2wav.*; the family is read from config.json);
         `models`: already loaded ones instead (shared, e.g. by tests). `speak=False`: replies are text only
         and the speech half is not loaded (no `AudioChunk` events). `voice`: the default voice (None: the
         checkpoint's default). `seed`: Talker sampling and token2wav noise (None: random per reply).
@@ -124,6 +142,11 @@ class OmniEngine:
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
         thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
+        self.family = QWEN3_OMNI_MOE if isinstance(thinker, LoadedQwen3) else QWEN2_5_OMNI
+        if self.family == QWEN3_OMNI_MOE and speak and speech is None:
+            log.warning("this Qwen3-Omni model has no speech part loaded (a Thinking or Captioner checkpoint has "
+                        "none): replies are text (and transcript) only")
+            speak = False
         if not speak:
             speech = None
         elif speech is None:
@@ -145,20 +168,35 @@ class OmniEngine:
         self.stop_ids = frozenset(sampling.stop_token_ids or thinker.tokenizer.stop_token_ids)
         # A reply (and its turn end) must fit in one chunk for the rollback on barge-in to be exact.
         need = sampling.max_new_tokens + TURN_END_TOKENS
-        thinker_cache = default_cache_config(thinker.model.cfg.text, window=window)
+        thinker_cache = default_cache_config(thinker.model.lm.cfg, window=window)
         self.cache = replace(thinker_cache, chunk=max(thinker_cache.chunk, need))
         if speech is not None:
-            talker_cache = default_cache_config(speech.talker.cfg.decoder, window=window)
+            decoder = speech.talker.decoder.cfg if isinstance(speech, Qwen3SpeechModels) else speech.talker.cfg.decoder
+            talker_cache = default_cache_config(decoder, window=window)
             self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
 
     def check_voice(self, voice: str | None) -> str:
         """The checkpoint's name for `voice` (None: its default); ValueError listing the voices it has."""
         if self.speech is None:
             raise ValueError("voices are for a speaking engine (this one replies in text only)")
+        if isinstance(self.speech, Qwen3SpeechModels):  # speakers by lower-case name
+            known = self.speech.speakers
+            name = voice or (DEFAULT_SPEAKER if DEFAULT_SPEAKER in known else known[0])
+            try:
+                self.speech.talker_config.speaker(name)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+            return name.lower()
         try:
             return self.speech.voices.get(voice).name
         except UnknownVoiceError as e:
             raise ValueError(str(e)) from None
+
+    @property
+    def vision_cfg(self) -> AnyVisionConfig:
+        """The vision encoder's config (what video_frame_size takes) of either family."""
+        th = self.thinker
+        return th.model.vision_cfg if isinstance(th, LoadedQwen3) else th.model.cfg.vision
 
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> OmniEngineSession:
         """A new conversation; `voice` names one of the checkpoint's voices (case-insensitive)."""
@@ -167,11 +205,25 @@ class OmniEngine:
         if self.speech is None:
             if voice is not None:
                 self.check_voice(voice)  # raises: a text-only engine has no voices
+            thinking: AnySession
             with torch.inference_mode():
-                thinking = ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer)
+                if isinstance(th, LoadedQwen3):
+                    thinking = Qwen3ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer)
+                else:
+                    thinking = ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer)
             return OmniEngineSession(self, thinking)
+        name = self.check_voice(voice) if voice is not None else self.default_voice
+        assert name is not None
+        if isinstance(self.speech, Qwen3SpeechModels):
+            assert isinstance(th, LoadedQwen3)
+            q3 = Qwen3SpeechSettings(speaker=name, sampling=self.talker_sampling, seed=self.seed)
+            with torch.inference_mode():
+                voiced = Qwen3VoiceSession(th.model, th.prompt, th.tokenizer, self.speech, q3, system, self.cache,
+                                           self.talker_cache)
+            return OmniEngineSession(self, voiced)
+        assert isinstance(th, LoadedThinker)
         settings = SpeechSettings(
-            voice=self.check_voice(voice) if voice is not None else self.default_voice,
+            voice=name,
             talker_sampling=self.talker_sampling,
             seed=self.seed,
             schedule=self.schedule,
@@ -188,11 +240,17 @@ class OmniEngine:
 def _load(
     model_dir: str | os.PathLike[str] | None, device: str, dtype: torch.dtype | None, speak: bool,
     quant: str | None = None,
-) -> tuple[LoadedThinker, SpeechModels | None]:
-    """The checkpoint's Thinker, and its speech half when `speak`."""
+) -> tuple[Loaded, Speech | None]:
+    """The checkpoint's Thinker, and its speech half when `speak` (Qwen2.5-Omni; Qwen3-Omni: the Thinker only)."""
     if model_dir is None:
         raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
     try:
+        if detect_family(model_dir) == QWEN3_OMNI_MOE:
+            if quant is not None:
+                raise ValueError("--quant is not yet supported for Qwen3-Omni checkpoints")
+            q = load_qwen3(model_dir, dtype, device)
+            speaks = speak and "talker." in q.speech_prefixes
+            return q, (load_qwen3_speech(model_dir, dtype or q.model.lm.dtype, device, q.index) if speaks else None)
         thinker = load_thinker(model_dir, dtype, device)
         speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device) if speak else None
         if quant is not None:
@@ -230,22 +288,25 @@ class _Turn:
 class OmniEngineSession(EngineSessionBase):
     """One conversation. Not thread-safe: the runtime calls it from one worker at a time."""
 
-    def __init__(self, engine: OmniEngine, speaking: ThinkerSession) -> None:
+    def __init__(self, engine: OmniEngine, speaking: AnySession) -> None:
         super().__init__()
         self.history: History = deque(maxlen=engine.max_history)
         self.engine = engine
-        self.speaking = speaking  # a SpeakingSession when the engine speaks
+        self.speaking = speaking  # a SpeakingSession when the engine speaks; a Qwen3ThinkerSession for Qwen3-Omni
         self._turn = _Turn()
         self._reply: _OmniReply | None = None
         self._frame: tuple[np.ndarray, float] | None = None  # the latest camera frame and its time
+        self._said_no_av = False  # the Qwen3 "no camera in spoken turns" warning was logged
         self.memory: OmniMemory | None = None  # set by the runtime (use_memory); its owner closes the lane
 
     def use_memory(self, lane: MemoryLane) -> None:
         """Read and write memory through `lane`: what the Thinker hears and sees goes in as pooled encoder features,
         typed text and replies (as heard) as text; each turn's recall enters the prompt as a slot of text and
-        features before the reply (streaming.engines.omni_memory)."""
-        self.memory = OmniMemory(lane, self.engine.thinker.model.cfg.vision.spatial_merge_size,
-                                 self.engine.memory_budget)
+        features before the reply (streaming.engines.omni_memory). Not yet for Qwen3-Omni: the session has none."""
+        if not isinstance(self.speaking, ThinkerSession):
+            log.warning("memory is not yet available for Qwen3-Omni checkpoints: this conversation has none")
+            return
+        self.memory = OmniMemory(lane, self.engine.vision_cfg.spatial_merge_size, self.engine.memory_budget)
 
     # ---- input side ---------------------------------------------------------------------------------
 
@@ -262,6 +323,7 @@ class OmniEngineSession(EngineSessionBase):
             turn, s = self._turn, self.speaking
             x = torch.from_numpy(np.ascontiguousarray(pcm))
             if turn.segment == "av":
+                assert isinstance(s, ThinkerSession)
                 self._fill_frames(turn.t0 + turn.audio_seconds + len(pcm) / self.engine.input_sample_rate)
                 s.push_av_audio(x)
                 self._remember(turn.t0)  # nothing of a video segment is fed again: into memory now
@@ -315,10 +377,14 @@ class OmniEngineSession(EngineSessionBase):
         th, s = self.engine.thinker, self.speaking
         pre = th.vision_preprocess
         raw = sample_video(clip.frames, clip.fps, pre)
-        size = video_frame_size(raw.shape[-2], raw.shape[-1], th.model.cfg.vision, pre)
+        enc = self.engine.vision_cfg
+        size = video_frame_size(raw.shape[-2], raw.shape[-1], enc, pre)
         frames = resize_and_normalize(raw, size, pre)
-        spg = th.model.cfg.vision.temporal_patch_size / pre.fps
+        spg = enc.temporal_patch_size / pre.fps
         if clip.audio is not None:
+            if not isinstance(s, ThinkerSession):
+                raise ValueError("a video clip with its soundtrack is not yet supported for Qwen3-Omni checkpoints; "
+                                 "send the video without audio (and the audio on its own)")
             s.begin_av(size[0], size[1], spg)
             s.push_av_audio_features(th.model.audio_features(torch.from_numpy(clip.audio), INPUT_SAMPLE_RATE))
             for f in frames:
@@ -358,8 +424,12 @@ class OmniEngineSession(EngineSessionBase):
             turn.started = True
         turn.t0, turn.audio_seconds, turn.frames, turn.frame_slots = timestamp, 0.0, 0, []
         frame = self._frame
-        if frame is not None and timestamp - frame[1] <= self.engine.video_stale_seconds:
-            enc, pre = s.thinker.cfg.vision, self.engine.thinker.vision_preprocess
+        fresh = frame is not None and timestamp - frame[1] <= self.engine.video_stale_seconds
+        if fresh and not isinstance(s, ThinkerSession) and not self._said_no_av:
+            log.warning("camera frames during spoken turns are not yet fed to Qwen3-Omni checkpoints: audio only")
+            self._said_no_av = True
+        if frame is not None and fresh and isinstance(s, ThinkerSession):
+            enc, pre = self.engine.vision_cfg, self.engine.thinker.vision_preprocess
             turn.size = video_frame_size(frame[0].shape[0], frame[0].shape[1], enc, pre)
             s.begin_av(*turn.size)
             turn.segment = "av"
@@ -371,7 +441,7 @@ class OmniEngineSession(EngineSessionBase):
         """Feed the latest frame into every 0.5-s video slot of the segment up to media time `until` (a camera
         slower than 2 fps repeats its frame, so video time keeps pace with the audio)."""
         turn = self._turn
-        assert self._frame is not None
+        assert self._frame is not None and isinstance(self.speaking, ThinkerSession)
         pixels: torch.Tensor | None = None
         while turn.t0 + turn.frames * FRAME_SECONDS <= until:
             if pixels is None:
@@ -382,6 +452,7 @@ class OmniEngineSession(EngineSessionBase):
     def _end_segment(self) -> None:
         turn, s = self._turn, self.speaking
         if turn.segment == "av":
+            assert isinstance(s, ThinkerSession)
             if turn.frames == 0:  # audio shorter than nothing: the segment still needs one frame
                 self._fill_frames(turn.t0)
             s.end_av()
@@ -398,6 +469,8 @@ class OmniEngineSession(EngineSessionBase):
         the session keeps them until taken). An audio-only segment's are taken at its end, since a louder block
         can still re-floor and re-feed earlier ones until then (ThinkerSession._prefill_segment); a video
         segment's (2 fps: ~1.8 MB of features a second at 7B) as they come."""
+        if not isinstance(self.speaking, ThinkerSession):
+            return  # (Qwen3: no memory yet, and its session keeps no encoder outputs)
         pieces = self.speaking.take_encoded()
         if self.memory is not None:
             self.memory.ingest(pieces, t0)
@@ -426,7 +499,11 @@ class OmniEngineSession(EngineSessionBase):
             if options.instructions and options.instructions.strip():
                 p = self.speaking.prompt
                 self.speaking.feed_ids(p.turn_end() + p.turn_start("system") + p.text(options.instructions.strip()))
-            self.speaking.end_user_turn(self._recall())  # closes the user (or instructions) turn
+            recalled = self._recall()
+            if isinstance(self.speaking, ThinkerSession):
+                self.speaking.end_user_turn(recalled)  # closes the user (or instructions) turn
+            else:
+                self.speaking.end_user_turn()
             self._turn = _Turn()
             self._reply = _OmniReply(self.speaking.mark())
         events = self._generate(self._reply, options.speech)

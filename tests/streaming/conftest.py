@@ -55,3 +55,6 @@ def media() -> Iterator[DeviceWorker]:
     w.start()
     yield w
     w.stop()
+
+
+from tests.model.conftest import qwen3_tiny_dir  # noqa: E402,F401  (the tiny Qwen3-Omni checkpoint, once per run)
