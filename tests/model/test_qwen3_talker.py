@@ -116,6 +116,8 @@ def run_ours(talker: Qwen3Talker, cfg: Qwen3OmniConfig, ids: list[int], thinker:
         if frame is None:
             break
         frames.append(frame)
+        if state.done:  # the frame limit (FRAMES): that frame is returned whole
+            break
     return logits, frames
 
 
