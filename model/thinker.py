@@ -222,15 +222,9 @@ class Thinker(nn.Module):
         videos: Sequence[torch.Tensor] = (),
     ) -> torch.Tensor:
         """Token embeddings [L, C] of ids [L] with each medium's features written over its placeholders, in order."""
-        x = self.lm.embed_tokens(input_ids.to(self.device)).clone()
-        t = self.cfg.tokens
-        for name, token, feats in (("audio", t.audio, audio), ("image", t.image, images), ("video", t.video, videos)):
-            where = (input_ids == token).nonzero().squeeze(1).to(self.device)
-            n = sum(f.shape[0] for f in feats)
-            if where.numel() != n:
-                raise ValueError(f"{where.numel()} {name} placeholder tokens but {n} {name} features")
-            if n:
-                x[where] = torch.cat(list(feats)).to(x.dtype)
+        ids = input_ids.to(self.device)
+        x = self.lm.embed_tokens(ids).clone()
+        write_media(x, ids, self.cfg.tokens, audio, images, videos)
         return x
 
     @torch.inference_mode()
@@ -284,6 +278,29 @@ class Thinker(nn.Module):
         out = self.lm(state, inputs_embeds=x[None], positions=positions[:, None].to(self.device), logits="all")
         assert out.logits is not None
         return out.logits[0]
+
+
+def write_media(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    tokens: MultimodalTokenIds,
+    audio: Sequence[torch.Tensor] = (),
+    images: Sequence[torch.Tensor] = (),
+    videos: Sequence[torch.Tensor] = (),
+) -> dict[str, torch.Tensor]:
+    """Write each medium's features [n, C] over its placeholder tokens of `ids` [L] in `x` [L, C] (in place, in
+    order); returns each medium's placeholder mask. Both Thinker families place their media this way."""
+    masks = {}
+    for name, token, feats in (("audio", tokens.audio, audio), ("image", tokens.image, images),
+                               ("video", tokens.video, videos)):
+        mask = ids == token
+        n = sum(f.shape[0] for f in feats)
+        if int(mask.sum()) != n:
+            raise ValueError(f"{int(mask.sum())} {name} placeholder tokens but {n} {name} features")
+        if n:
+            x[mask] = torch.cat(list(feats)).to(x.dtype)
+        masks[name] = mask
+    return masks
 
 
 def fitting_cache(cfg: DecoderConfig, n: int) -> CacheConfig:

@@ -31,7 +31,7 @@ from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM, LayerAdds
 from model.lm.kv_cache import CacheConfig
 from model.qwen3.config import Qwen3ThinkerConfig
-from model.thinker import VideoInput, fitting_cache
+from model.thinker import VideoInput, fitting_cache, write_media
 from model.tmrope import rope_index
 
 
@@ -120,20 +120,7 @@ class Qwen3Thinker(nn.Module):
         DeepStack residuals at the visual tokens (None without images or videos)."""
         ids = input_ids.to(self.device)
         x = self.lm.embed_tokens(ids).clone()
-        t = self.cfg.tokens
-        masks = {}
-        for name, token, feats in (
-            ("audio", t.audio, list(audio)),
-            ("image", t.image, [o.tokens for o in images]),
-            ("video", t.video, [o.tokens for o in videos]),
-        ):
-            mask = ids == token
-            n = sum(f.shape[0] for f in feats)
-            if int(mask.sum()) != n:
-                raise ValueError(f"{int(mask.sum())} {name} placeholder tokens but {n} {name} features")
-            if n:
-                x[mask] = torch.cat(feats).to(x.dtype)
-            masks[name] = mask
+        masks = write_media(x, ids, self.cfg.tokens, audio, [o.tokens for o in images], [o.tokens for o in videos])
         visual = masks["image"] | masks["video"]
         if not images and not videos:
             return x, None
