@@ -200,7 +200,7 @@ class LiveReply(Generic[M]):
     open: bool = True  # generating (not finished, not interrupted)
 
 
-History = deque[tuple[str, str]]  # (role, text) pairs, "user" or "assistant", oldest first, bounded
+History = deque[tuple[str, str]]  # (role, text): "user", "assistant" or "system" (per-reply instructions)
 
 
 def replace_last_reply(history: History, text: str) -> int:
