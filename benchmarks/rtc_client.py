@@ -58,6 +58,7 @@ class ScriptedMic(MediaStreamTrack):
         self._pos = 0
         self._start: float | None = None
         self._pts = 0
+        self.sent: list[tuple[float, float]] = []  # (when the frame's audio ends, its RMS): the user's timeline
 
     def say(self, pcm48k: np.ndarray) -> None:
         self._clips.append(pcm48k.astype(np.int16))
@@ -85,6 +86,8 @@ class ScriptedMic(MediaStreamTrack):
             if self._pos >= len(clip):
                 self._clips.pop(0)
                 self._pos = 0
+        sent = time.monotonic()  # the frame is sent as its first sample is due; its speech lasts FRAME samples
+        self.sent.append((sent + FRAME / RATE, float(np.sqrt(np.mean(np.square(out / 32768.0))))))
         frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self._pts

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.devices import chromium_args
 from benchmarks.rtc_client import RealtimeClient
 from benchmarks.spoken import spoken_fresh
 from benchmarks.ws_client import WsRealtimeClient, invalid_events, response_order_problems
@@ -20,7 +21,7 @@ from model.lm.sampling import SamplingConfig
 from model.loaders import LoadedLM, load_lm
 from streaming.engines.embedded import EmbeddedEngine
 from tests.app.conftest import StartServer
-from tests.app.test_serve_browser import CHROMIUM, chromium_args
+from tests.app.test_serve_browser import CHROMIUM
 from tests.streaming.test_embedded_engine import FRANCE, FRANCE_VOICE, PROBE_VOICES
 
 
