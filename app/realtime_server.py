@@ -45,7 +45,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import av
@@ -67,9 +66,9 @@ from streaming.session import Session
 from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad, TurnConfig
 from streaming.worker import DeviceWorker
+from ui.pages import demo_page
 
 log = logging.getLogger("omni.serve")
-WEB_ROOT = Path(__file__).resolve().parent.parent / "ui" / "web"
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 CONNECT_TIMEOUT = 30.0  # a call that never connects is torn down after this
 IDLE_TIMEOUT = 10.0  # a connected call whose microphone sends no RTP for this long is torn down
@@ -256,6 +255,7 @@ class Server:
         self.media = DeviceWorker("media-worker")
         self.vad: SileroVad | None = None
         self.metrics = ServerMetrics()
+        self.demo_page = demo_page()  # the browser demo's HTML, put together once
         self.connections: dict[str, Connection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False  # shutting down: no new calls (app.shutdown)
@@ -319,8 +319,8 @@ class Server:
 
     # ---- HTTP handlers ----
 
-    async def index(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(WEB_ROOT / "index.html")
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.demo_page, content_type="text/html")
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         self.metrics.set_gauge(

@@ -51,7 +51,8 @@ def test_serve_prints_its_url_and_serves_the_demo_and_metrics() -> None:
         assert f"http://127.0.0.1:{port}/" in line, line
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
             page = r.read().decode()
-        assert "<title>omni</title>" in page and "/static/app.js" in page
+        assert "<title>omni</title>" in page and "/static/app.js" in page and "/static/controls.js" in page
+        assert 'id="transcript"' in page and 'id="recalled"' in page and "<!--" not in page  # call.html in place
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/static/app.js", timeout=30) as r:
             assert b"oai-events" in r.read()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
