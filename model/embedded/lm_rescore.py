@@ -36,12 +36,18 @@ class LMScorer:
         self.lm = lm
         tok = lm.tokenizer
         if tok.chat_template is not None:
-            # An explicit empty system message: templates that add a default one otherwise (SmolLM2's does)
-            # would make every call feed it.
-            rendered = tok.render_chat(
-                [{"role": "system", "content": ""}, {"role": "user", "content": _MARK}], add_generation_prompt=False
-            )
+            # Only the user turn's opening (ChatML's "<|im_start|>user\n"): rendered after an empty system
+            # message, which is then cut off, so that no system prompt (SmolLM2's template adds a default one)
+            # is fed with every candidate; it would cost as much as the candidates' own tokens.
+            system = [{"role": "system", "content": ""}]
+            rendered = tok.render_chat([*system, {"role": "user", "content": _MARK}], add_generation_prompt=False)
             head, _, tail = rendered.partition(_MARK)
+            try:
+                before = tok.render_chat(system, add_generation_prompt=False)
+            except Exception:  # a template may refuse a conversation without a user turn: keep the whole head
+                before = ""
+            if before and head.startswith(before) and head != before:
+                head = (tok.bos_token or "" if tok.add_bos else "") + head[len(before) :]
         else:
             head, tail = tok.bos_token or "", ""
         self.prefix = tok.encode(head) if head else []

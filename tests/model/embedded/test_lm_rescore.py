@@ -73,8 +73,8 @@ def _tiny_lm(tmp_path: Path) -> tuple[object, LMScorer]:
 def test_lm_scorer_equals_transformers_log_probabilities(tmp_path: Path) -> None:
     reference, scorer = _tiny_lm(tmp_path)
     tok = scorer.lm.tokenizer
-    # the user turn opens with "<s> user" after an empty system turn; "</s>" after the text is scored too
-    assert tok.decode(scorer.prefix, skip_special_tokens=False).split() == ["<s>", "system", "</s>", "<s>", "user"]
+    # the user turn's opening alone, "<s>user"; "</s>" after the text is scored too
+    assert tok.decode(scorer.prefix, skip_special_tokens=False).split() == ["<s>", "user"]
     assert tok.decode(scorer.suffix, skip_special_tokens=False) == "</s>"
     texts = ["what is the capital of france", "capital", "what is a good mystery book on products"]  # 3 lengths
     got = scorer(texts)
