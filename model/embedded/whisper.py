@@ -120,7 +120,11 @@ class WhisperConfig:
     # log-probability) are ranked by Whisper's log-probability + `lm_weight` x the LM's. On the tuning part
     # (240 utterances) with SmolLM2-135M: 0.062 -> 0.046 word error rate for any weight in 0.1-1.0 (0.2
     # chosen); the margin 2 rescores half the utterances (2.9 candidates each) for the same result as
-    # rescoring all (4: 184/240, no better). The best possible pick among the 5 hypotheses: 0.040.
+    # rescoring all (4: 184/240, no better). The best possible pick among the 5 hypotheses: 0.040. On the
+    # fresh part, measured once after: 0.112 -> 0.107 (benchmarks/asr_compare.py; oracle 0.090), the human
+    # clip 0.083 -> 0. Its cost is why the engine does not use it yet: scoring 3 candidates of ~10 tokens
+    # took 1.4x one Whisper finish (374 vs 267 ms, interleaved, load ~22 on 2 cores; the Q4 projections run
+    # ~7 ms per token, and prefill is per token too).
     lm_weight: float = 0.2
     rescore_margin: float = 2.0
 
