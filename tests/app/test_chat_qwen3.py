@@ -172,6 +172,11 @@ def test_quant_is_passed_to_the_engine(checkpoint: Path, capsys: pytest.CaptureF
     assert main([*args, "--quant", "int8"]) == 0
     engine = OmniEngine(checkpoint, speak=False, quant="int8",
                         sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=N))
+    from model.layers.quant_linear import QuantExperts
+    from model.qwen3.loader import LoadedQwen3
+
+    assert isinstance(engine.thinker, LoadedQwen3)
+    assert isinstance(engine.thinker.model.lm.layers[0].mlp.experts, QuantExperts)  # type: ignore[union-attr]
     s = engine.open_session()
     s.push_text("hello")
     done = list(s.respond())[-1]
