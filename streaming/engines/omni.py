@@ -30,7 +30,7 @@ model/qwen3/loader.py (+ model/qwen3/speech.py for talker.* and code2wav.*) and 
 e.g. a Thinking checkpoint); the engine's turn, reply and barge-in logic is the same (for Qwen3 the Talker
 sees only user turns, so a barge-in rolls back the Thinker alone). Voices are the checkpoint's speakers
 by name. Not yet for Qwen3 (logged or refused with a clear message): camera frames during spoken turns (no
-live audio+video segment here), video clips with their soundtrack, memory, and --quant.
+live audio+video segment here), video clips with their soundtrack, and memory. (`quant` covers the Qwen3 Talker too.)
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from model.loaders.family import QWEN2_5_OMNI, QWEN3_OMNI_MOE, detect_family
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
 from model.prompt import SPEECH_SYSTEM_PROMPT
-from model.qwen3.loader import LoadedQwen3, load_qwen3
+from model.qwen3.loader import LoadedQwen3, load_qwen3, quantize_qwen3
 from model.qwen3.session import Qwen3ThinkerSession
 from model.qwen3.speech import DEFAULT_SPEAKER, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
 from model.qwen3.voice_session import Qwen3VoiceSession
@@ -246,11 +246,12 @@ def _load(
         raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
     try:
         if detect_family(model_dir) == QWEN3_OMNI_MOE:
-            if quant is not None:
-                raise ValueError("--quant is not yet supported for Qwen3-Omni checkpoints")
             q = load_qwen3(model_dir, dtype, device)
             speaks = speak and "talker." in q.speech_prefixes
-            return q, (load_qwen3_speech(model_dir, dtype or q.model.lm.dtype, device, q.index) if speaks else None)
+            q3 = load_qwen3_speech(model_dir, dtype or q.model.lm.dtype, device, q.index) if speaks else None
+            if quant is not None:
+                quantize_qwen3(q.model, q3.talker if q3 is not None else None, quant)
+            return q, q3
         thinker = load_thinker(model_dir, dtype, device)
         speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device) if speak else None
         if quant is not None:

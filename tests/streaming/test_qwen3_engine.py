@@ -236,8 +236,11 @@ def test_omni_serve_detects_the_family_from_config_json(qwen3_tiny_dir: Path, tm
     with pytest.raises(ValueError, match="unknown speaker 'Nobody'; this checkpoint has aiden, chelsie, ethan"):
         engine.open_session(voice="Nobody")
     assert (engine.input_sample_rate, engine.output_sample_rate) == (16000, 24000)
-    with pytest.raises(ValueError, match="--quant is not yet supported for Qwen3-Omni"):
-        make_engine("omni", model=str(qwen3_tiny_dir), quant="int8")
+    from model.layers.quant_linear import QuantExperts  # --quant: the Thinker's and the Talker's experts
+
+    quantised = make_engine("omni", model=str(qwen3_tiny_dir), quant="int8")
+    assert isinstance(quantised, OmniEngine) and isinstance(quantised.speech, Qwen3SpeechModels)
+    assert isinstance(quantised.speech.talker.decoder.layers[0].mlp.experts, QuantExperts)  # type: ignore[union-attr]
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
     with pytest.raises(ValueError, match="not an Omni checkpoint"):
         make_engine("omni", model=str(tmp_path))
