@@ -22,8 +22,9 @@ finished question (300 ms for each one called finished).
 `omni serve` serves it (the WebSocket API on 127.0.0.1, the official SDK as client), spoken test questions
 (espeak-ng) appended in real time in 100 ms pieces, then 1 s of silence, on two connections taking turns: one
 with `semantic_vad` (eagerness medium), one with `server_vad` (the silence only). Prints per turn and as medians
-the server's own figures (omni.metrics): end of speech -> turn end (the silence the detector waited, media
-time) and -> first audio; the difference is what the semantic end of turn saves. Numbers follow the load.
+the server's own figures (omni.metrics): the engine's probability that the turn was finished (ended at the pause
+when >= 0.5 and known before the silence was over), end of speech -> turn end (the silence the detector waited,
+media time) and -> first audio; the difference is what the semantic end of turn saves. Numbers follow the load.
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ async def serve_latency(turns: int) -> int:
                 wait, first = x["end_of_speech_to_turn_end_ms"], x["end_of_speech_to_first_audio_ms"]
                 heard = next((e["transcript"] for e in c.events[n:]
                               if e["type"] == "conversation.item.input_audio_transcription.completed"), "")
-                print(f"{mode:12s} {text!r} heard {heard!r}: end of speech -> turn end {wait} ms "
-                      f"(semantic {x['semantic_end_of_turn']}), -> first audio {first} ms", flush=True)
+                print(f"{mode:12s} {text!r} heard {heard!r}: end of speech -> turn end {wait} ms (p finished "
+                      f"{x['turn_end_probability']}, ended at the pause {x['semantic_end_of_turn']}), -> first audio "
+                      f"{first} ms", flush=True)
                 if wait is not None and first is not None:
                     results[mode].append((wait, first))
     finally:

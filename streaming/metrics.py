@@ -20,6 +20,7 @@ class TurnMetrics:
     # silence it waited is the difference; `semantic_end`: ended at the pause on the engine's word (streaming.vad).
     turn_end_heard: float | None = None
     semantic_end: bool = False
+    end_probability: float | None = None  # the engine's last probability that the turn was finished (or None)
     response_start: float | None = None
     first_text: float | None = None
     first_audio: float | None = None  # first assistant sample handed to the transport
@@ -44,6 +45,7 @@ class TurnMetrics:
             "turn": self.turn,
             "end_of_speech_to_turn_end_ms": self._ms(self.end_of_speech, self.turn_end_heard),
             "semantic_end_of_turn": self.semantic_end,
+            "turn_end_probability": None if self.end_probability is None else round(self.end_probability, 4),
             "end_of_speech_to_first_text_ms": self._ms(origin, self.first_text),
             "end_of_speech_to_first_audio_ms": self._ms(origin, self.first_audio),
             "response_start_to_first_audio_ms": self._ms(self.response_start, self.first_audio),

@@ -132,6 +132,7 @@ class Session(ReplyEnds, SettingsUpdates):
         self._reply: Response | None = None
         self._user_item: str | None = None
         self._pause_at = 0.0  # the last SpeechPaused's timestamp (streaming.vad.TurnDetector.end_likely)
+        self._end_p: float | None = None  # the engine's last TurnEndLikely of the open turn
         self._item_responses: dict[str, str] = {}
         self._turns = 0
         self._turn_seconds = 0.0  # audio of the user's open turn given to the engine (transcription usage)
@@ -372,6 +373,7 @@ class Session(ReplyEnds, SettingsUpdates):
         for ev in await self.worker.run(self._feed.run, self._engine_session, batch):
             if isinstance(ev, TurnEndLikely):  # the detector ends the turn early if it is still that pause
                 self._audio_state.detector.end_likely(ev.probability, self._pause_at)
+                self._end_p = ev.probability  # the turn's last, kept or late (omni.metrics)
             elif isinstance(ev, TranscriptDelta):
                 item = self._user_item or new_id("item")
                 if ev.final:
@@ -458,11 +460,13 @@ class Session(ReplyEnds, SettingsUpdates):
                      heard_until: float | None = None, semantic: bool = False) -> None:
         self._turns += 1
         self._feed.hold = True  # new user audio waits until this reply is over
+        self._end_p, end_p = None, self._end_p
         m = TurnMetrics(
             turn=self._turns,
             end_of_speech=end_of_speech,
             turn_end_heard=heard_until,
             semantic_end=semantic,
+            end_probability=end_p,
             response_start=self.clock(),
             dropped_input_frames=self.inbox.media.dropped,
         )
