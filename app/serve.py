@@ -17,7 +17,7 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from app import deploy_args
-from streaming.vad import TurnConfig
+from streaming.vad import EAGERNESS, TurnConfig
 
 log = logging.getLogger("omni.serve")
 
@@ -99,6 +99,13 @@ def _add_turn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-speech-ms", type=int, default=turn.min_speech_ms,
                    help="shorter sounds (clicks, coughs) are not speech (default %(default)s)")
     p.add_argument("--vad-threshold", type=float, default=turn.threshold, help="(default %(default)s)")
+    p.add_argument("--semantic-eot", type=float, default=turn.semantic_eot, metavar="THRESHOLD",
+                   help="semantic end of turn: at the --pause-ms pause, an engine that can tell (embedded) judges "
+                        "whether the user's words are a finished message; at this probability or above the turn "
+                        "ends there instead of after --silence-ms (0: off, every turn waits the silence; a "
+                        "client's session.update chooses per session: semantic_vad's eagerness "
+                        + ", ".join(f"{k} {v:g}" for k, v in EAGERNESS.items() if k != "auto")
+                        + ", or server_vad, off; default %(default)s)")
 
 
 def add_memory_arguments(p: argparse.ArgumentParser) -> None:
@@ -205,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         turn = TurnConfig(
             threshold=args.vad_threshold, silence_ms=args.silence_ms, min_speech_ms=args.min_speech_ms,
-            pause_ms=args.pause_ms,
+            pause_ms=args.pause_ms, semantic_eot=args.semantic_eot,
         ).validate()
         if args.idle_timeout < 0:
             raise ValueError(f"--idle-timeout must be >= 0 seconds, got {args.idle_timeout:g}")
