@@ -401,9 +401,16 @@ class ThinkerSession:
     # ---- images and video ------------------------------------------------------------------------------------
 
     def add_image(self, patches: torch.Tensor, grid: Sequence[int]) -> None:
-        """A preprocessed image (see vision_preprocess.preprocess_image) with its bos/eos tokens."""
+        """A preprocessed image (see vision_preprocess.preprocess_image) with its bos/eos tokens. Its features are
+        kept for memory (`take_encoded`) as a video patch of one frame at offset 0."""
         self._check_idle()
-        self.add_image_tokens(self.thinker.encode_vision(patches, grid), grid)
+        tokens = self.thinker.encode_vision(patches, grid).to(self.thinker.lm.dtype)
+        t = self.thinker.cfg.tokens
+        self.feed_ids([t.vision_start])
+        positions = self.cursor.image(grid)
+        self._encoded.segment_start = int(positions[0].min())
+        self._feed_encoded("video", tokens, positions, self._merged((int(grid[1]), int(grid[2]))))
+        self.feed_ids([t.vision_end])
 
     def add_image_tokens(self, tokens: torch.Tensor, grid: Sequence[int]) -> None:
         """Vision features [n, C] of an image grid (1, h, w) in 14-px patches (n = h * w / merge^2), with

@@ -69,13 +69,14 @@ class OmniMemory:
         self.turn_start: float | None = None  # media time of the turn's first input
         self.last_slot: list[SlotPiece] = []  # what the last turn's slot fed (tests, diagnostics)
 
-    def ingest(self, pieces: Sequence[EncodedPiece], t0: float) -> None:
-        """Pooled pieces of a segment that started at media time `t0` go to L1; the audio joins the question."""
+    def ingest(self, pieces: Sequence[EncodedPiece], t0: float, asked: bool = False) -> None:
+        """Pooled pieces of a segment that started at media time `t0` go to L1. The audio joins the question, and so
+        does video when `asked` (an image or clip the user pushed into the turn; not the ambient camera)."""
         if pieces and self.turn_start is None:
             self.turn_start = t0
         for p in pieces:
             self.lane.add_frame(p.kind, t0 + p.offset_s, pool_piece(p))
-            if p.kind == "audio":
+            if p.kind == "audio" or asked:
                 self._question(p.tokens)
 
     def typed(self, embeddings: torch.Tensor, t: float) -> None:

@@ -15,9 +15,9 @@ import torch
 
 from memory import Memory, MemoryStore
 from memory.testing import HashingEmbedder
-from model.prompt import SPEECH_SYSTEM_PROMPT
-from model.thinker_session import EncodedPiece, RecalledFeatures, ThinkerSession
-from streaming.engine import AudioChunk, ReplyDone
+from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
+from model.thinker_session import EncodedPiece, RecalledFeatures, SlotPiece, ThinkerSession
+from streaming.engine import AudioChunk, Image, ReplyDone
 from streaming.engines.omni_memory import AUDIO_TOKENS_PER_BLOCK, VIDEO_GRID, pool_piece
 from streaming.memory_lane import MemoryHub, recalled_items
 from tests.streaming.test_omni_engine import Models, clip, make, models  # noqa: F401  (the fixture)
@@ -205,3 +205,66 @@ def test_the_omni_reply_is_remembered_as_heard(models: Models, hub: MemoryHub, c
     s.memory.lane.close()
     said = [u.text for e in hub.memory.store.load_events("carol") for u in e.utterances if u.role == "assistant"]
     assert said == [text.strip()] and text.strip()
+
+
+def _slot_ids(p: PromptBuilder, slot: list[SlotPiece], audio: list[torch.Tensor],
+              images: list[tuple[torch.Tensor, tuple[int, int, int]]]) -> list[int]:
+    """The ids of a recalled-memory slot's pieces; its features are appended to `audio` and `images` in order."""
+    ids: list[int] = []
+    for piece in slot:
+        if isinstance(piece, str):
+            ids += p.text(piece)
+        elif piece.kind == "audio":
+            ids += p.audio(piece.tokens.shape[0])
+            audio.append(piece.tokens)
+        else:
+            ids += p.image(piece.grid)
+            images.append((piece.tokens, piece.grid))
+    return ids
+
+
+def test_a_shown_image_is_remembered_and_recalled_by_showing_it_again(
+    models: Models, hub: MemoryHub  # noqa: F811
+) -> None:
+    """push_media(Image) goes to L1 as a pooled frame; showing the same image in a later session recalls it (the
+    image pushed into the turn is part of the question) at the positions of the whole prompt."""
+    loaded = models[0]
+    th, p = loaded.model, loaded.prompt
+    engine = make(models, max_new_tokens=6)
+    rgb = np.random.default_rng(21).integers(0, 255, (84, 112, 3), dtype=np.uint8)
+    patches, grid = th.image_input(torch.from_numpy(rgb), loaded.vision_preprocess)
+    tokens = th.encode_vision(patches, grid).float()
+    merge = engine.vision_cfg.spatial_merge_size
+
+    first = engine.open_session()
+    first.use_memory(hub.open("dana", "s1"))
+    first.push_media(Image(rgb))
+    assert isinstance(list(first.respond())[-1], ReplyDone)
+    assert first.memory is not None
+    first.memory.lane.close()
+    seen = [e for e in hub.memory.store.load_events("dana") if e.lanes]  # (the reply's event has no features)
+    assert [sorted(e.lanes) for e in seen] == [["video"]]
+    payload = hub.memory.store.load_payload("dana", seen[0].id, "video")
+    want = pool_piece(EncodedPiece("video", tokens, 0.0, 0, (grid[1] // merge, grid[2] // merge)))
+    assert payload.tokens.shape == (1, VIDEO_GRID[0] * VIDEO_GRID[1], C)
+    np.testing.assert_allclose(payload.tokens[0].astype(np.float32), want, rtol=1e-2, atol=1e-2)  # float16 store
+
+    second = engine.open_session()
+    second.use_memory(hub.open("dana", "s2"))
+    second.push_media(Image(rgb))
+    list(second.respond())
+    assert second.memory is not None and second._reply is not None
+    slot = second.memory.last_slot
+    frames = [x for x in slot if isinstance(x, RecalledFeatures)]
+    assert [f.kind for f in frames] == ["image"] and frames[0].grid == (1, VIDEO_GRID[0] * merge, VIDEO_GRID[1] * merge)
+    np.testing.assert_allclose(frames[0].tokens.numpy(), want, rtol=1e-2, atol=1e-2)
+
+    audio: list[torch.Tensor] = []
+    images: list[tuple[torch.Tensor, tuple[int, int, int]]] = [(tokens, grid)]
+    ids = p.system_turn(engine.system_prompt) + p.turn_start("user") + p.image(grid) + p.turn_end()
+    ids += p.turn_start("system") + _slot_ids(p, slot, audio, images) + p.turn_end() + p.turn_start("assistant")
+    want_logits = th.features_logits(torch.tensor(ids), audio=audio, images=images)[-1]
+    got = second._reply.mark.logits
+    assert got is not None
+    torch.testing.assert_close(got, want_logits, rtol=1e-4, atol=1e-4)
+    second.memory.lane.close()
