@@ -35,12 +35,36 @@ import torch
 import torch.nn.functional as F
 
 from memory import Recall
+from model.loaders.omni import LoadedThinker
 from model.thinker_session import EncodedPiece, RecalledFeatures, SlotPiece
 from streaming.memory_lane import MemoryLane
 
 AUDIO_TOKENS_PER_BLOCK = 5  # 50 encoder tokens (2 s) -> 5, one per 400 ms
 VIDEO_GRID = (4, 4)  # lh x lw merged tokens of a patch -> 4 x 4 = 16
 DEFAULT_BUDGET = 512  # slot tokens: ~4 items with +-2 s of evidence (3 audio blocks = 15, 5 frames = 80)
+THINKER_SPACE = "thinker"  # the text key space of the Thinker's input embeddings (memory.user_index text_spaces)
+
+
+class ThinkerTextKeys:
+    """`embed(texts) -> [n, C]`: each text's key in the Thinker's input space, the mean of its token embeddings (the
+    same representation the question's typed part gets, `OmniEngineSession.push_text`), for the memory's
+    `text_spaces`. Runs on the memory's writer thread like its MiniLM: a table lookup, read-only on the weights."""
+
+    def __init__(self, thinker: LoadedThinker) -> None:
+        self.embed_tokens = thinker.model.lm.embed_tokens
+        self.text_ids = thinker.prompt.text
+        self.device = thinker.model.device
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        rows = []
+        with torch.inference_mode():
+            for text in texts:
+                ids = self.text_ids(text)
+                if not ids:
+                    raise ValueError("a Thinker text key needs a non-empty text")
+                x = self.embed_tokens(torch.tensor(ids, device=self.device))
+                rows.append(x.float().mean(0).cpu())
+        return torch.stack(rows).numpy()
 
 
 def pool_piece(piece: EncodedPiece) -> np.ndarray:
@@ -99,7 +123,9 @@ class OmniMemory:
         if q is None and not question_text.strip():
             self.last_slot = []
             return []
-        recall = self.lane.recall(question_text, lanes, self.budget_tokens, count_tokens, before=before)
+        spaces = {} if q is None else {THINKER_SPACE: q}
+        recall = self.lane.recall(question_text, lanes, self.budget_tokens, count_tokens, before=before,
+                                  text_spaces=spaces)
         self.last_slot = slot_pieces(recall, self.merge)
         return self.last_slot
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -231,3 +232,45 @@ def test_an_item_added_twice_is_held_once(memory: Memory, store: MemoryStore) ->
     older.id = 50  # an id below the newest that was never held: out of order
     with pytest.raises(ValueError, match="needs id order"):
         index.add_event(older)
+
+
+def test_a_text_space_lets_a_question_without_text_reach_facts_summaries_and_transcripts(store: MemoryStore) -> None:
+    """`text_spaces`: each text item gets a key per space (the omni engine's Thinker space; here a second hashing
+    embedder of another width stands in), and a query vector of that space alone (a spoken question: no text
+    embedding) ranks them by the same cosine; the keys are rebuilt identically after a restart, and a revised
+    transcript gets its new key."""
+    space = HashingEmbedder(dim=24)
+    cfg = MemoryConfig(consolidator=ConsolidatorConfig(every_events=2, fan_in=100))
+    m = Memory(store, HashingEmbedder(), cfg, summarize=concat_summary, text_spaces={"thinker": space})
+    mem = m.open_session("ann", "s1", started_at=T0)
+    mem.add_fact("my locker code is 4719", 1.0)
+    mem.add_utterance("user", "the meeting moved to thursday", 2.0, 3.0)
+    mem.turn_boundary(4.0)
+    mem.add_utterance("assistant", "noted the weather report", 5.0, 6.0)
+    mem.turn_boundary(7.0)
+    mem.close(8.0)
+    m.flush()
+    index = m.user_index("ann")
+    assert len(index.summaries) >= 1 and index.notes.lanes["text:thinker"].dim == 24
+    q = space(["locker code 4719"])[0]
+    r = m.open_session("ann", "s2").recall(None, "", 300, now=T0 + 60, text_spaces={"thinker": q})
+    by_text = {it.text: it for it in r.items}
+    fact = by_text["fact: my locker code is 4719"]
+    assert fact.level == "L3" and fact.score == pytest.approx(float(space(["my locker code is 4719"])[0] @ q), abs=1e-6)
+    assert not any("weather" in t or "thursday" in t for t in by_text)  # no shared words: under the floor
+    summary_q = space(["the meeting moved to thursday | user: the meeting moved to thursday"])[0]
+    r2 = m.open_session("ann", "s3").recall(None, "", 300, now=T0 + 60, text_spaces={"thinker": summary_q})
+    assert {"L1", "L2"} <= {it.level for it in r2.items} and all(not it.features for it in r2.items)
+    zero = m.open_session("ann", "s4").recall(None, "", 300, now=T0 + 60, text_spaces={"nothing": q})
+    assert zero.items == []  # a space the memory does not hold reaches nothing
+    m.close()
+    again = Memory(MemoryStore.open(store.location), HashingEmbedder(), cfg, text_spaces={"thinker": space})
+    r3 = again.open_session("ann", "s5").recall(None, "", 300, now=T0 + 60, text_spaces={"thinker": q})
+    assert r3.text == r.text
+    ev = next(e for e in again.store.load_events("ann") if "weather" in e.transcript())
+    ev.utterances = [dataclasses.replace(ev.utterances[0], text="locker code")]
+    again.user_index("ann").revise_event_text(ev)
+    r4 = again.open_session("ann", "s6").recall(None, "", 300, now=T0 + 60, text_spaces={"thinker": q})
+    assert any(it.level == "L1" and it.item_id == ev.id for it in r4.items)
+    again.close()
+    again.store.close()
