@@ -7,16 +7,21 @@ after the live segment's re-flooring can no longer change a block) is pooled and
 - audio: one 2-s block (50 tokens) -> 5 tokens, each the mean of 400 ms (memory/segmenter.py keeps 4 keys per
   audio lane per event);
 - video: one temporal patch (1 s at 2 fps, lh x lw merged tokens) -> a 4 x 4 grid, 16 tokens (memory.md 5.1's
-  16 tokens a frame); re-entered it is an image of grid (1, 4 * merge, 4 * merge).
+  16 tokens a frame); re-entered it is an image of grid (1, 4 * merge, 4 * merge). An image shown with a typed turn
+  (`push_media`) is kept the same way, as a one-frame patch; a video clip's patches as a live video's.
 Both are the encoders' outputs, which the encoders project into the Thinker's input embedding space.
 
 Read path, at the end of each user turn, before <|im_start|>assistant: the question is represented the way the
-stored keys are: the mean of the Thinker's input embeddings of what the user said and typed this turn (audio
-encoder tokens and typed-text token embeddings), unit length, in the same space as every salient key (which are
-unit rows of the pooled encoder tokens). That vector queries both feature lanes (memory.recall: the max cosine over
-an event's salient keys). A typed question is also embedded by the memory's text embedder (MiniLM) for the text
-items (L3 notes, L2 summaries, transcripts); a spoken question has no transcript in this engine (the Thinker
-hears the audio itself), so text items are then reached only through their events' features. Recalled items come
+stored keys are: the mean of the Thinker's input embeddings of what the user said, typed and showed this turn (audio
+encoder tokens, typed-text token embeddings, the vision tokens of images and clips pushed into the turn; not the
+ambient camera), unit length, in the same space as every salient key (which are unit rows of the pooled encoder
+tokens). That vector queries both feature lanes (memory.recall: the max cosine over an event's salient keys), and
+the text items too: the memory keys every text item (L3 notes, L2 summaries, transcripts) also in the "thinker"
+text space (`ThinkerTextKeys`: the unit mean of the item's token embeddings, memory.user_index `text_spaces`), so a
+spoken question, which has no transcript in this engine (the Thinker hears the audio itself), still reaches a typed
+fact. A typed question is also embedded by the memory's text embedder (MiniLM) for the text items. (The cosine of
+mean embeddings is a coarse match; its floor, RecallConfig.min_space_score, is not yet tuned on a trained
+checkpoint.) Recalled items come
 back in time order, each as its timestamped line followed by its evidence frames in time order (consecutive
 audio frames joined into one <|audio_bos|> ... <|audio_eos|> stretch, video frames as images), placed as a system
 turn between the user's turn and the assistant's (`ThinkerSession.end_user_turn`): the cache already holds the
