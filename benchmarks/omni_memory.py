@@ -1,14 +1,15 @@
 """The omni engine's first audio with memory on and off, and its recall time (issue 12), on the tests' tiny random
 Qwen2.5-Omni checkpoint (built with transformers, a test-only dependency) or a real checkpoint (--model DIR).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/omni_memory.py [--turns 6] [--history 20] [--model DIR]
+    PYTHONPATH=. .venv/bin/python benchmarks/omni_memory.py [--turns 6] [--history 20] [--model DIR] [--budget N]
 
 Memory is filled by `--history` earlier turns of 4.5 s of audio with a camera (one session, one event per
 turn, closed: its events written); then `--turns` spoken turns are answered by a session with memory and one
 without. First audio is timed from the `respond` call (so the recall, the slot's prefill and the prompt's end
 are inside it) to the first audio chunk. The recall time is the memory's ranking and packing
 (`Recall.elapsed_ms`), the question's vector being the Thinker's own input embeddings of what was said (no text
-embedding for a spoken question).
+embedding for a spoken question), scored against the feature lanes and the text items' Thinker-space keys, as
+`omni serve` configures the memory. `--budget`: the slot's budget in tokens (the engine's default otherwise).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from model.token2wav.streaming import StreamingSchedule
 from model.voices import Voice, VoiceBank
 from streaming.engine import AudioChunk
 from streaming.engines.omni import OmniEngine, OmniEngineSession
+from streaming.engines.omni_memory import DEFAULT_BUDGET, THINKER_SPACE, ThinkerTextKeys
 from streaming.memory_lane import MemoryHub
 
 
@@ -72,6 +74,7 @@ def main() -> None:
     p.add_argument("--model", default=None, help="a Qwen2.5-Omni checkpoint directory (default: the tiny one)")
     p.add_argument("--turns", type=int, default=6)
     p.add_argument("--history", type=int, default=20)
+    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="slot tokens (default %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,11 +84,14 @@ def main() -> None:
             None, models=(thinker, speech), sampling=SamplingConfig(temperature=0.0, max_new_tokens=12),
             talker_sampling=speech.talker.cfg.sampling(temperature=0.0, max_new_tokens=80), seed=0,
             schedule=StreamingSchedule(first_chunk_blocks=1, chunk_blocks=1), solver=SolverConfig(num_steps=3),
+            memory_budget=args.budget,
         )
         embed = HashingEmbedder()
         # one event per turn (each turn is short here): the keys of a turn's sound are its own
         config = MemoryConfig(segmenter=SegmenterConfig(min_turn_s=0.0))
-        hub = MemoryHub(Memory(MemoryStore.open(str(Path(tmp) / "mem")), embed=embed, config=config), embed)
+        spaces = {THINKER_SPACE: ThinkerTextKeys(thinker)}
+        hub = MemoryHub(Memory(MemoryStore.open(str(Path(tmp) / "mem")), embed=embed, config=config,
+                               text_spaces=spaces), embed)
         rng = np.random.default_rng(1)
         frames = [rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(4)]
         history = engine.open_session()
@@ -112,7 +118,7 @@ def main() -> None:
         hub.close()
     med = statistics.median
     print(f"omni engine, {'tiny checkpoint' if args.model is None else d}, {events} events in memory, "
-          f"{args.turns} turns (medians; first audio from respond() to the first chunk)")
+          f"slot budget {args.budget}, {args.turns} turns (medians; first audio from respond() to the first chunk)")
     print(f"first audio, memory off: {med(first_off) * 1e3:8.1f} ms")
     print(f"first audio, memory on:  {med(first_on) * 1e3:8.1f} ms  (slot {med(slot):.0f} tokens)")
     print(f"recall (rank + pack):    {med(recall_ms):8.2f} ms  (max {max(recall_ms):.2f} ms)")

@@ -21,7 +21,8 @@ from memory import ConsolidatorConfig, Memory, MemoryConfig, MemoryStore, Recall
 from memory.testing import HashingEmbedder
 from model.lm.summary import SummaryConfig, thinker_summary_steps
 from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
-from model.thinker_session import EncodedPiece, RecalledFeatures, SlotPiece, ThinkerSession
+from model.speech_session import SpeakingSession
+from model.thinker_session import EncodedPiece, RecalledFeatures, ReplyRecord, SlotPiece, ThinkerSession
 from streaming.engine import AudioChunk, Image, ReplyDone
 from streaming.engines.omni import OmniEngineSession
 from streaming.engines.omni_memory import AUDIO_TOKENS_PER_BLOCK, THINKER_SPACE, VIDEO_GRID, ThinkerTextKeys, pool_piece
@@ -431,3 +432,43 @@ def _until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         time.sleep(0.002)
+
+
+def test_the_slot_in_one_forward_equals_the_slot_fed_piece_by_piece(models: Models) -> None:  # noqa: F811
+    """ThinkerSession.end_user_turn prefills the whole slot in one forward (SpeakingSession: token embeddings added
+    to the Talker's track at text positions only); the Thinker's logits and the spoken reply equal those of the same
+    slot fed a piece at a time through the public feeds."""
+    loaded = models[0]
+    engine = make(models, max_new_tokens=8)
+    g = torch.Generator().manual_seed(9)
+    grid = (1, VIDEO_GRID[0] * 2, VIDEO_GRID[1] * 2)
+    slot: list[SlotPiece] = ["Recalled memory:\n[12:00:01, 5 min ago] user: hi\n",
+                             RecalledFeatures("audio", torch.randn(10, C, generator=g)),
+                             RecalledFeatures("image", torch.randn(16, C, generator=g), grid), "[12:03:00] fact: x\n"]
+    p = loaded.prompt
+    replies = []
+    for batched in (True, False):
+        s = engine.open_session().speaking
+        assert isinstance(s, SpeakingSession)
+        with torch.inference_mode():
+            s.start_user_turn()
+            s.add_text("what did I say?")
+            if batched:
+                logits = s.end_user_turn(slot)
+            else:
+                s.feed_ids(p.turn_end() + p.turn_start("system"))
+                for piece in slot:
+                    if isinstance(piece, str):
+                        s.add_text(piece)
+                    elif piece.kind == "audio":
+                        s.add_audio_tokens(piece.tokens)
+                    else:
+                        s.add_image_tokens(piece.tokens, piece.grid)
+                s.feed_ids(p.turn_end() + p.turn_start("assistant"))
+                assert s.logits is not None
+                logits = s.logits
+            record = [ev for ev in s.respond(engine.sampling, engine.stop_ids) if isinstance(ev, ReplyRecord)][0]
+        replies.append((logits.clone(), record, s.prefilled_tokens, s.talker_state.decoder.cache.length))
+    (a, ra, na, ta), (b, rb, nb, tb) = replies
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert (ra.token_ids, ra.codes, na, ta) == (rb.token_ids, rb.codes, nb, tb) and ra.codes
