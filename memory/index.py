@@ -63,10 +63,6 @@ class _Lane:
         self.times.append(lane.key_times[take])
         self.pos.append(pos)
 
-    def keep_rows(self, mask: np.ndarray) -> None:
-        for arr in (self.keys, self.times, self.pos):
-            arr.keep(mask)
-
     def _widen(self, r: int) -> None:
         """Re-pad every held item to `r` keys (once, when a lane's first items had fewer tokens than keys)."""
         take = np.minimum(np.arange(r), self.n_keys - 1)
@@ -121,22 +117,6 @@ class ItemIndex:
             if name not in self.lanes:
                 self.lanes[name] = _Lane(lane.keys.shape[0], lane.keys.shape[1])
             self.lanes[name].add(pos, lane)
-
-    def set_lane_keys(self, item_id: int, name: str, lane: LaneKeys) -> None:
-        """Replace (or add) the keys of lane `name` of an item held."""
-        pos = self.position(item_id)
-        if pos < 0:
-            raise KeyError(f"item {item_id} is not held")
-        held = self.lanes.get(name)
-        rows = np.flatnonzero(held.pos.view == pos) if held is not None else np.zeros(0, np.int64)
-        if held is None or len(rows) == 0 or lane.keys.shape[0] > held.n_keys:
-            if held is not None and len(rows):
-                held.keep_rows(held.pos.view != pos)
-            self.add_lanes(item_id, {name: lane})
-            return
-        take = np.minimum(np.arange(held.n_keys), lane.keys.shape[0] - 1)
-        held.keys.view[rows[0]] = lane.keys[take]
-        held.times.view[rows[0]] = lane.key_times[take]
 
     def set_text_key(self, item_id: int, text_key: np.ndarray) -> None:
         """Replace the text key of an item held (its transcript was revised)."""

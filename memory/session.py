@@ -226,7 +226,10 @@ class Memory:
         if ev is None:
             log.warning("memory: no event of session %s holds the %s utterance to revise", job.session_id, job.old.role)
             return
-        self.user_index(job.user_id).revise_event_text(ev)
+        index = self.user_index(job.user_id)
+        with index.lock:
+            if ev.text_key is not None and index.events.position(ev.id) >= 0:
+                index.events.set_text_key(ev.id, ev.text_key)
 
     def _write_note(self, job: _NoteJob) -> None:
         key = unit_rows(np.asarray(self.embed([job.text]), dtype=np.float32))[0]

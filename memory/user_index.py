@@ -51,10 +51,12 @@ class UserIndex:
 
     `text_spaces` (name -> embed(texts) -> [n, D]): extra key spaces for text items, e.g. the omni engine's Thinker
     input space ("thinker"), so a question that has no text embedding (a spoken one) can still reach typed facts,
-    summaries and transcripts. Each text item (note, summary, event with a transcript) gets one unit key per space,
-    held as a one-key lane `space_lane(name)` of its index and scored by `memory.recall` like its text key. The keys
-    live in RAM only: computed as the item enters the index (outside the lock), recomputed from the stored text on
-    a reload, so the index after a restart is the same."""
+    dialogue turns and summaries. Each L3 note and L2 summary gets one unit key per space, held as a one-key lane
+    `space_lane(name)` of its index and scored by `memory.recall` like its text key. Events are not keyed: their
+    text reaches L3 as turn notes (at roll-up, at the latest when the session closes), and events are the bulk of
+    the index (at D = 3584, the 7B Thinker's width, a key is 14 KB; notes and summaries are a few hundred per hour of
+    conversation). The keys live in RAM only: computed as the item enters the index (outside the lock), recomputed
+    from the stored text on a reload, so the index after a restart is the same."""
 
     def __init__(
         self, user_id: str, config: IndexConfig | None = None, text_spaces: dict[str, TextEmbedder] | None = None
@@ -106,12 +108,11 @@ class UserIndex:
         summaries = store.load_summaries(self.user_id, after_id=self.last_summary_id)
         known = set(self.note_items)
         notes = [n for n in store.load_notes(self.user_id) if n.id not in known]
-        ev_space = self.space_keys([e.transcript() for e in events], [e.t_start for e in events])
         s_space = self.space_keys([s.text for s in summaries], [s.t_start for s in summaries])
         n_space = self.space_keys([n.text for n in notes], [n.t_first for n in notes])
         with self.lock:
-            for ev, extra in zip(events, ev_space, strict=True):
-                self._add_event(ev, extra)
+            for ev in events:
+                self._add_event(ev)
             for s, extra in zip(summaries, s_space, strict=True):
                 self._add_summary(s, extra)
             for n, extra in zip(notes, n_space, strict=True):
@@ -119,20 +120,8 @@ class UserIndex:
         self.sync_summary_keys(store)
 
     def add_event(self, ev: Event) -> None:
-        extra = self.space_keys([ev.transcript()], [ev.t_start])[0]
         with self.lock:
-            self._add_event(ev, extra)
-
-    def revise_event_text(self, ev: Event) -> None:
-        """New text keys (every space) of a held event whose transcript was revised."""
-        extra = self.space_keys([ev.transcript()], [ev.t_start])[0]
-        with self.lock:
-            if self.events.position(ev.id) < 0:
-                return
-            if ev.text_key is not None:
-                self.events.set_text_key(ev.id, ev.text_key)
-            for name, lane in extra.items():
-                self.events.set_lane_keys(ev.id, name, lane)
+            self._add_event(ev)
 
     def sync_summary_keys(self, store: MemoryStore) -> None:
         """After a demotion: load the lane keys of the level-1 summaries over the newly demoted events."""
@@ -183,12 +172,12 @@ class UserIndex:
         texts += sum(2 * sys.getsizeof(n.text) + 200 for n in self.note_items.values())  # + its de-duplication key
         return self.events.nbytes() + self.summaries.nbytes() + self.notes.nbytes() + texts
 
-    def _add_event(self, ev: Event, extra: dict[str, LaneKeys] | None = None) -> None:
+    def _add_event(self, ev: Event) -> None:
         if ev.id <= self.last_event_id:
             if ev.id <= self.demoted_upto or self.events.position(ev.id) >= 0:
                 return  # held already (or demoted): added by a refresh that raced the writer
             raise ValueError(f"event {ev.id} arrives after event {self.last_event_id}: the index needs id order")
-        self.events.add(ev.id, ev.t_start, ev.t_end, ev.text_key, {**ev.lanes, **(extra or {})}, parent=ev.summary_id)
+        self.events.add(ev.id, ev.t_start, ev.t_end, ev.text_key, ev.lanes, parent=ev.summary_id)
         self.last_event_id = ev.id
         if len(self.events) > self.config.max_events:
             k = max(1, int(self.config.max_events * self.config.demote_fraction))

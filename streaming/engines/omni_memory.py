@@ -16,7 +16,7 @@ stored keys are: the mean of the Thinker's input embeddings of what the user sai
 encoder tokens, typed-text token embeddings, the vision tokens of images and clips pushed into the turn; not the
 ambient camera), unit length, in the same space as every salient key (which are unit rows of the pooled encoder
 tokens). That vector queries both feature lanes (memory.recall: the max cosine over an event's salient keys), and
-the text items too: the memory keys every text item (L3 notes, L2 summaries, transcripts) also in the "thinker"
+the text items too: the memory keys its L3 notes (facts, dialogue turns) and L2 summaries also in the "thinker"
 text space (`ThinkerTextKeys`: the unit mean of the item's token embeddings, memory.user_index `text_spaces`), so a
 spoken question, which has no transcript in this engine (the Thinker hears the audio itself), still reaches a typed
 fact. A typed question is also embedded by the memory's text embedder (MiniLM) for the text items. (The cosine of
