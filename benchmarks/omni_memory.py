@@ -9,7 +9,8 @@ without. First audio is timed from the `respond` call (so the recall, the slot's
 are inside it) to the first audio chunk. The recall time is the memory's ranking and packing
 (`Recall.elapsed_ms`), the question's vector being the Thinker's own input embeddings of what was said (no text
 embedding for a spoken question), scored against the feature lanes and the text items' Thinker-space keys, as
-`omni serve` configures the memory. `--budget`: the slot's budget in tokens (the engine's default otherwise).
+`omni serve` configures the memory. `--budget`: the slot's budget in tokens (the engine's default otherwise). Last,
+the slot's prefill alone: in one forward (as the engine does) against a piece at a time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from memory.testing import HashingEmbedder
 from model.lm.sampling import SamplingConfig
 from model.loaders.omni import load_thinker
 from model.loaders.talker_weights import load_speech
+from model.speech_session import SpeakingSession
+from model.thinker_session import SlotPiece
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import StreamingSchedule
 from model.voices import Voice, VoiceBank
@@ -114,6 +117,7 @@ def main() -> None:
             slot.append(sum(x.tokens.shape[0] + 2 if not isinstance(x, str) else len(thinker.prompt.text(x))
                             for x in on.memory.last_slot))
             first_off.append(turn(off, pcm))
+        prefill = slot_prefill(engine, on.memory.last_slot)
         on.memory.lane.close()
         hub.close()
     med = statistics.median
@@ -122,6 +126,39 @@ def main() -> None:
     print(f"first audio, memory off: {med(first_off) * 1e3:8.1f} ms")
     print(f"first audio, memory on:  {med(first_on) * 1e3:8.1f} ms  (slot {med(slot):.0f} tokens)")
     print(f"recall (rank + pack):    {med(recall_ms):8.2f} ms  (max {max(recall_ms):.2f} ms)")
+    print(f"slot prefill (Thinker + Talker), last slot of {len(on.memory.last_slot)} pieces: one forward "
+          f"{prefill[0] * 1e3:.1f} ms, piece by piece {prefill[1] * 1e3:.1f} ms")
+
+
+def slot_prefill(engine: OmniEngine, slot: list[SlotPiece], repeats: int = 5) -> tuple[float, float]:
+    """Median seconds to prefill `slot` and the assistant header: as ThinkerSession.end_user_turn does (one forward),
+    and a piece at a time through the public feeds (how it was done before), on one session rolled back between."""
+    s = engine.open_session().speaking
+    assert isinstance(s, SpeakingSession)
+    p = s.prompt
+    one, each = [], []
+    with torch.inference_mode():
+        s.start_user_turn()
+        s.add_text("what was that?")
+        mark = s.mark()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            s.end_user_turn(slot)
+            one.append(time.perf_counter() - t0)
+            s.rollback(mark)
+            t0 = time.perf_counter()
+            s.feed_ids(p.turn_end() + p.turn_start("system"))
+            for piece in slot:
+                if isinstance(piece, str):
+                    s.add_text(piece)
+                elif piece.kind == "audio":
+                    s.add_audio_tokens(piece.tokens)
+                else:
+                    s.add_image_tokens(piece.tokens, piece.grid)
+            s.feed_ids(p.turn_end() + p.turn_start("assistant"))
+            each.append(time.perf_counter() - t0)
+            s.rollback(mark)
+    return statistics.median(one), statistics.median(each)
 
 
 if __name__ == "__main__":
