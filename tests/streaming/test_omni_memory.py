@@ -6,6 +6,7 @@ once by `Thinker.features_logits` (float32 on CPU; streamed and one-shot prefill
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import concurrent.futures
 import threading
@@ -472,3 +473,20 @@ def test_the_slot_in_one_forward_equals_the_slot_fed_piece_by_piece(models: Mode
     (a, ra, na, ta), (b, rb, nb, tb) = replies
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert (ra.token_ids, ra.codes, na, ta) == (rb.token_ids, rb.codes, nb, tb) and ra.codes
+
+
+def test_omni_serve_gives_the_memory_the_thinker_summarizer_and_text_space(
+    models: Models, tmp_path: Path  # noqa: F811
+) -> None:
+    from app.serve import add_arguments, open_memory
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    hub = open_memory(p.parse_args(["--engine", "omni", "--memory-dir", str(tmp_path / "mem")]), make(models))
+    assert hub is not None
+    try:
+        assert isinstance(hub.summarizer, WorkerSummarizer) and hub.memory.consolidator is not None
+        keys = hub.memory.text_spaces[THINKER_SPACE]
+        assert isinstance(keys, ThinkerTextKeys) and keys(["hello there"]).shape == (1, C)
+    finally:
+        hub.close()
