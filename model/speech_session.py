@@ -71,6 +71,7 @@ class SpeakingSession(ThinkerSession):
         self.talker_state: TalkerState = talker.init_state(texts, sampling, seed=self.settings.seed, cache=talker_cache)
         self.streamer = StreamingToken2Wav(speech.token2wav, self.settings.schedule, self.settings.solver)
         self._text_input = False  # the positions being fed hold token embeddings (not encoder features)
+        self._text_mask: torch.Tensor | None = None  # per position, when one feed mixes both (`_feed_parts`)
         self._replying = False
         self._reply_slots: list[tuple[torch.Tensor, torch.Tensor]] = []  # (slots [1, T, E], positions [3, T])
         self._turns = 0
@@ -92,6 +93,14 @@ class SpeakingSession(ThinkerSession):
         finally:
             self._text_input = False
 
+    def _feed_parts(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor, bool]]) -> None:
+        mask = torch.cat([torch.full((x.shape[0],), text, dtype=torch.bool) for x, _, text in parts])
+        self._text_mask = mask.to(parts[0][0].device)
+        try:
+            super()._feed_parts(parts)
+        finally:
+            self._text_mask = None
+
     def _feed(self, x: torch.Tensor, positions: torch.Tensor) -> None:  # x [T, C], positions [3, T]
         # ThinkerSession._feed, plus the final-norm hidden states the Talker needs.
         if x.shape[0] == 0:
@@ -102,7 +111,10 @@ class SpeakingSession(ThinkerSession):
         assert out.logits is not None and out.hidden is not None
         self.logits = out.logits[0]
         self.prefilled_tokens += x.shape[0]
-        slots = out.hidden + x[None] if self._text_input else out.hidden
+        if self._text_mask is not None:  # token embeddings are added at text positions only
+            slots = out.hidden + torch.where(self._text_mask[:, None], x, torch.zeros_like(x))[None]
+        else:
+            slots = out.hidden + x[None] if self._text_input else out.hidden
         if self._replying:
             self._reply_slots.append((slots, positions))
         else:

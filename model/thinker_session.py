@@ -182,6 +182,16 @@ class ThinkerSession:
         self.logits = out.logits[0]
         self.prefilled_tokens += x.shape[0]
 
+    def _text_part(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(embeddings, positions, is text) of `ids` at the next text positions, to feed later with `_feed_parts`."""
+        x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
+        return x, self.cursor.text(len(ids)), True
+
+    def _feed_parts(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor, bool]]) -> None:
+        """Consecutive prompt parts (embeddings [T, C], positions [3, T], whether they are token embeddings), their
+        positions already taken from the cursor in order, prefilled in one forward."""
+        self._feed(torch.cat([x for x, _, _ in parts]), torch.cat([pos for _, pos, _ in parts], dim=1))
+
     def _feed_encoded(
         self, kind: Literal["audio", "video"], x: torch.Tensor, positions: torch.Tensor,
         grid_hw: tuple[int, int] = (0, 0),
@@ -222,15 +232,19 @@ class ThinkerSession:
         if self._audio is not None or self._video is not None or self._av is not None:
             raise RuntimeError("end the open audio/video segment before ending the turn")
         if recalled:
-            self.feed_ids(self.prompt.turn_end() + self.prompt.turn_start("system"))
+            p, t = self.prompt, self.thinker.cfg.tokens
+            parts = [self._text_part(p.turn_end() + p.turn_start("system"))]
             for piece in recalled:
                 if isinstance(piece, str):
-                    self.add_text(piece)
-                elif piece.kind == "audio":
-                    self.add_audio_tokens(piece.tokens)
-                else:
-                    self.add_image_tokens(piece.tokens, piece.grid)
-            self.feed_ids(self.prompt.turn_end() + self.prompt.turn_start("assistant"))
+                    parts.append(self._text_part(p.text(piece)))
+                    continue
+                audio = piece.kind == "audio"
+                parts.append(self._text_part([t.audio_start if audio else t.vision_start]))
+                where = self.cursor.audio(piece.tokens.shape[0]) if audio else self.cursor.image(piece.grid)
+                parts.append((piece.tokens.to(self.thinker.lm.dtype), where, False))
+                parts.append(self._text_part([t.audio_end if audio else t.vision_end]))
+            parts.append(self._text_part(p.turn_end() + p.turn_start("assistant")))
+            self._feed_parts(parts)  # one forward for the whole slot, not one per line and frame
         else:
             self.feed_ids(self.prompt.generation_prompt())
         assert self.logits is not None
@@ -401,9 +415,16 @@ class ThinkerSession:
     # ---- images and video ------------------------------------------------------------------------------------
 
     def add_image(self, patches: torch.Tensor, grid: Sequence[int]) -> None:
-        """A preprocessed image (see vision_preprocess.preprocess_image) with its bos/eos tokens."""
+        """A preprocessed image (see vision_preprocess.preprocess_image) with its bos/eos tokens. Its features are
+        kept for memory (`take_encoded`) as a video patch of one frame at offset 0."""
         self._check_idle()
-        self.add_image_tokens(self.thinker.encode_vision(patches, grid), grid)
+        tokens = self.thinker.encode_vision(patches, grid).to(self.thinker.lm.dtype)
+        t = self.thinker.cfg.tokens
+        self.feed_ids([t.vision_start])
+        positions = self.cursor.image(grid)
+        self._encoded.segment_start = int(positions[0].min())
+        self._feed_encoded("video", tokens, positions, self._merged((int(grid[1]), int(grid[2]))))
+        self.feed_ids([t.vision_end])
 
     def add_image_tokens(self, tokens: torch.Tensor, grid: Sequence[int]) -> None:
         """Vision features [n, C] of an image grid (1, h, w) in 14-px patches (n = h * w / merge^2), with

@@ -357,7 +357,7 @@ class OmniEngineSession(EngineSessionBase):
                 self._add_image(media)
             else:
                 self._add_clip(media)
-                self._remember(self.memory.lane.clock() if self.memory is not None else 0.0)
+            self._remember(self.memory.lane.clock() if self.memory is not None else 0.0, asked=True)
         return []
 
     def _between_segments(self) -> None:
@@ -465,16 +465,17 @@ class OmniEngineSession(EngineSessionBase):
             self._remember(turn.t0)
         turn.segment = None
 
-    def _remember(self, t0: float) -> None:
+    def _remember(self, t0: float, asked: bool = False) -> None:
         """Encoder outputs fed since the last call, of the segment that started at `t0`, into memory (taken always:
         the session keeps them until taken). An audio-only segment's are taken at its end, since a louder block
         can still re-floor and re-feed earlier ones until then (ThinkerSession._prefill_segment); a video
-        segment's (2 fps: ~1.8 MB of features a second at 7B) as they come."""
+        segment's (2 fps: ~1.8 MB of features a second at 7B) as they come. `asked`: media the user pushed into the
+        turn (an image, a clip), which joins the turn's question as what the user said does."""
         if not isinstance(self.speaking, ThinkerSession):
             return  # (Qwen3: no memory yet, and its session keeps no encoder outputs)
         pieces = self.speaking.take_encoded()
         if self.memory is not None:
-            self.memory.ingest(pieces, t0)
+            self.memory.ingest(pieces, t0, asked)
 
     def _note_input(self) -> None:
         if self._reply is not None and not self._reply.open:
