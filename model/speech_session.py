@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model.lm.decoder import LayerAdds
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplingConfig
 from model.lm.tokenizer import TextTokenizer
@@ -92,8 +93,11 @@ class SpeakingSession(ThinkerSession):
         finally:
             self._text_input = False
 
-    def _feed(self, x: torch.Tensor, positions: torch.Tensor) -> None:  # x [T, C], positions [3, T]
-        # ThinkerSession._feed, plus the final-norm hidden states the Talker needs.
+    def _feed(self, x: torch.Tensor, positions: torch.Tensor, adds: LayerAdds | None = None) -> None:
+        # ConversationSession._feed (x [T, C], positions [3, T]; no DeepStack in Qwen2.5-Omni), plus the final-norm
+        # hidden states the Talker needs.
+        if adds is not None:
+            raise ValueError("Qwen2.5-Omni has no DeepStack residuals")
         if x.shape[0] == 0:
             return
         out = self.thinker.lm(
