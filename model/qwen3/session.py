@@ -1,6 +1,7 @@
 """One conversation with the Qwen3-Omni Thinker, prefilled piece by piece.
 
-Mirrors `ThinkerSession` (model/thinker_session.py) where Qwen3-Omni differs in what a piece is:
+Shares `ConversationSession` with `ThinkerSession` (model/thinker_session.py: turns, decoding, rollback, the
+encoder outputs kept for memory, the recalled slot) and differs where Qwen3-Omni differs in what a piece is:
 * audio: the AuT encoder attends inside windows of `n_window_infer` mel frames (8 s released) that never see
   each other, so a window's tokens are final once its frames are. The log-mel is the processor's one-clip
   features (`LogMel.unpadded`: reflect padding at both ends, 80 dB floor under the whole clip's peak). A
