@@ -485,3 +485,25 @@ def test_session_video_with_audio_errors(tiny: tuple[Any, LoadedQwen3]) -> None:
         s.push_av_audio_features(torch.zeros(q.model.mel.n_mels, 10))
     with pytest.raises(VisionInputError, match="no frames"):
         s.end_av()
+
+
+def test_session_video_outlasting_its_audio_equals_transformers(tiny: tuple[Any, LoadedQwen3]) -> None:
+    """The audio runs out first: the patches left are one piece and the end ids follow their largest id (with
+    the spatial ids), not the last audio token's; audio pushed before any frame waits for the first patch."""
+    from model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
+
+    ref, q = tiny
+    frames, pcm = _frames(9, 64, 64, 23), _pcm(1.7, 24)
+    ids, want, spg = _av_reference(ref, q, frames, pcm, "and now?")
+    size = video_frame_size(64, 64, q.model.vision_cfg, SMALL_VIDEO)
+    s = _session(q)
+    s.start_user_turn()
+    s.begin_av(*size, seconds_per_grid=spg)
+    s.push_av_audio(pcm)
+    for f in resize_and_normalize(frames, size, SMALL_VIDEO):
+        s.push_av_frame(f)
+    s.end_av()
+    s.add_text("and now?")
+    got = s.end_user_turn()
+    assert s.prefilled_tokens == ids.shape[0]
+    assert rel_err(got, want) < REL_TOL
