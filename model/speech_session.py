@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model.lm.decoder import LayerAdds
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplingConfig
 from model.lm.tokenizer import TextTokenizer
@@ -25,7 +26,7 @@ from model.loaders.talker_weights import SpeechModels
 from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from model.talker import TalkerState, TalkerTextEmbeds
 from model.thinker import Thinker
-from model.thinker_session import ReplyRecord, ThinkerMark, ThinkerSession, TokenText
+from model.thinker_session import PromptPart, ReplyRecord, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
 
@@ -93,16 +94,19 @@ class SpeakingSession(ThinkerSession):
         finally:
             self._text_input = False
 
-    def _feed_parts(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor, bool]]) -> None:
-        mask = torch.cat([torch.full((x.shape[0],), text, dtype=torch.bool) for x, _, text in parts])
-        self._text_mask = mask.to(parts[0][0].device)
+    def _feed_parts(self, parts: Sequence[PromptPart]) -> None:
+        mask = torch.cat([torch.full((p.x.shape[0],), p.ids is not None, dtype=torch.bool) for p in parts])
+        self._text_mask = mask.to(parts[0].x.device)
         try:
             super()._feed_parts(parts)
         finally:
             self._text_mask = None
 
-    def _feed(self, x: torch.Tensor, positions: torch.Tensor) -> None:  # x [T, C], positions [3, T]
-        # ThinkerSession._feed, plus the final-norm hidden states the Talker needs.
+    def _feed(self, x: torch.Tensor, positions: torch.Tensor, adds: LayerAdds | None = None) -> None:
+        # ConversationSession._feed (x [T, C], positions [3, T]; no DeepStack in Qwen2.5-Omni), plus the final-norm
+        # hidden states the Talker needs.
+        if adds is not None:
+            raise ValueError("Qwen2.5-Omni has no DeepStack residuals")
         if x.shape[0] == 0:
             return
         out = self.thinker.lm(
