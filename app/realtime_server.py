@@ -55,7 +55,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from app.auth import KEY_KIND, USER_ID, AuthConfig, client_secrets
 from app.limits import Limits, MessageGate, RateLimiter, check_sdp, count_refusal, fit_event, refusal
-from app.signaling import OfferError, check_offer_sdp, read_offer_form
+from app.signaling import BodyTooLarge, OfferError, check_offer_sdp, read_offer_form
 from streaming.engine import Engine
 from streaming.events import new_id
 from streaming.frames import AudioFrame, SessionUpdate, VideoFrame
@@ -429,6 +429,9 @@ class Server:
         except TimeoutError:
             count_refusal(self.metrics, "request_timeout")
             return refusal(408, "request_timeout", "the offer did not arrive in time")
+        except BodyTooLarge as e:
+            count_refusal(self.metrics, "body_size")
+            return refusal(413, "body_too_large", str(e))
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
@@ -448,12 +451,15 @@ class Server:
         """The offer's SDP, and the session settings of the GA multipart form (fields `sdp` and `session`)."""
         limit = self.options.limits.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise OfferError(f"body larger than {limit} bytes")
+            raise BodyTooLarge(f"body larger than {limit} bytes")
         if request.content_type == "multipart/form-data":
             return await read_offer_form(request)
-        body = await request.read()
+        try:
+            body = await request.read()  # chunked: aiohttp stops at client_max_size (= limit)
+        except web.HTTPRequestEntityTooLarge:
+            raise BodyTooLarge(f"body larger than {limit} bytes") from None
         if len(body) > limit:
-            raise OfferError(f"body larger than {limit} bytes")
+            raise BodyTooLarge(f"body larger than {limit} bytes")
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
