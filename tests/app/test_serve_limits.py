@@ -178,3 +178,14 @@ def test_rate_limited_log_holds_back_a_flood_and_says_how_much(monkeypatch: pyte
         )
     finally:
         logger.removeHandler(handler)
+
+
+def test_event_burst_follows_the_rate_flag() -> None:
+    """`--events-per-second 1` once kept the fixed burst of 200, so 30 events in a second got no error."""
+    from app.cli import build_parser
+    from app.deploy_args import deploy_settings
+
+    _, limits = deploy_settings(build_parser().parse_args(["serve", "--events-per-second", "1"]))
+    assert limits.messages_per_second == 1 and limits.message_burst == 4
+    _, limits = deploy_settings(build_parser().parse_args(["serve", "--max-ws-message-kb", "64"]))
+    assert limits.message_burst == Limits().message_burst == 200 and limits.max_ws_message_bytes == 64 * 1024
