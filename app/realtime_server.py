@@ -287,6 +287,9 @@ class Server:
         self.demo_page = demo_page()  # the browser demo's HTML, put together once
         self.connections: dict[str, Connection] = {}  # WebRTC calls
         self.sockets: dict[str, Call] = {}  # Realtime WebSocket sessions (app.realtime_ws registers them)
+        # Offers admitted whose call is not registered yet (their body and SDP are still being read): counted by
+        # `admit`, else offers sent all at once would all pass the caps (6 at once once opened 6 with a cap of 2).
+        self.admitting: set[object] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False  # shutting down: no new calls (app.shutdown)
         # Run at shutdown after replies drained, before calls close (e.g. flush memory to disk); sync or async.
@@ -401,8 +404,8 @@ class Server:
         if self.draining:
             count_refusal(metrics, "draining")
             return refusal(503, "server_shutting_down", "the server is shutting down", retry_after=30)
-        open_now = len(self.connections) + len(self.sockets)
-        pending = sum(1 for c in self.connections.values() if c.pc.connectionState != "connected")
+        open_now = len(self.connections) + len(self.sockets) + len(self.admitting)
+        pending = len(self.admitting) + sum(1 for c in self.connections.values() if c.pc.connectionState != "connected")
         if open_now >= lim.max_sessions or pending >= lim.max_pending:
             which = "max_sessions" if open_now >= lim.max_sessions else "max_pending"
             count_refusal(metrics, which)
@@ -419,6 +422,14 @@ class Server:
         refused = self.admit(request)
         if refused is not None:
             return refused
+        ticket = object()  # counted by `admit` until the call is registered or refused (see `admitting`)
+        self.admitting.add(ticket)
+        try:
+            return await self._offer(request, ticket)
+        finally:
+            self.admitting.discard(ticket)
+
+    async def _offer(self, request: web.Request, ticket: object) -> web.Response:
         try:
             async with asyncio.timeout(self.options.limits.request_timeout):  # a body trickled in slowly
                 sdp, settings = await self._read_offer(request)
@@ -436,7 +447,7 @@ class Server:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
         try:
-            conn, answer = await self._answer(sdp, user_of(request), settings)
+            conn, answer = await self._answer(sdp, user_of(request), ticket, settings)
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
@@ -483,7 +494,7 @@ class Server:
         return text, None
 
     async def _answer(
-        self, sdp: str, user: dict[str, Any], settings: SessionUpdate | None = None
+        self, sdp: str, user: dict[str, Any], ticket: object, settings: SessionUpdate | None = None
     ) -> tuple[Connection, str]:
         assert self.vad is not None
         ice = [RTCIceServer(urls=u) for u in self.options.ice_servers]
@@ -507,6 +518,7 @@ class Server:
         )
         conn.session = session
         self.connections[conn.id] = conn
+        self.admitting.discard(ticket)  # counted as a connection from here on
         self.metrics.set_gauge("connections_active", "WebRTC calls open now", len(self.connections))
         try:
             if settings is not None:  # applied before any audio once the call connects: the control lane goes first

@@ -189,3 +189,13 @@ def test_event_burst_follows_the_rate_flag() -> None:
     assert limits.messages_per_second == 1 and limits.message_burst == 4
     _, limits = deploy_settings(build_parser().parse_args(["serve", "--max-ws-message-kb", "64"]))
     assert limits.message_burst == Limits().message_burst == 200 and limits.max_ws_message_bytes == 64 * 1024
+
+
+async def test_concurrent_offers_cannot_all_pass_the_caps(start_server: StartServer) -> None:
+    """Offers admitted together, before any is answered, count towards --max-pending and --max-sessions at once
+    (a caller could otherwise open any number of peer connections by sending them all at the same time)."""
+    url, server = await start_server(ToneEngine(), limits=Limits(max_pending=2))
+    sdp = await offer_sdp()
+    results = await asyncio.gather(*(request("POST", f"{url}/v1/realtime/calls", sdp, **SDP) for _ in range(6)))
+    assert sorted(status for status, _, _ in results) == [201, 201, 503, 503, 503, 503]
+    assert len(server.connections) == 2
