@@ -6,9 +6,11 @@ Browsers should not hold a server key: `POST /v1/realtime/client_secrets` with o
 (`ek_...`, OpenAI's shape `{"value", "expires_at", "session"}`) that opens calls for the same user until it
 expires. Keys are compared with `hmac.compare_digest` and never logged.
 
-Origin: a browser page from another site can POST to a server on the user's own machine; a request whose
-`Origin` header is neither this server's own address nor in `--allow-origin` is refused with 403, with or
-without keys (requests without an `Origin` header come from non-browser clients and are not affected).
+Origin: a browser page from another site can POST to a server on the user's own machine, and open a WebSocket
+to it (no CORS check covers either); a POST, DELETE or WebSocket upgrade whose `Origin` header is neither this
+server's own address nor in `--allow-origin` is refused with 403, with or without keys, before its handler runs
+(requests without an `Origin` header come from non-browser clients and are not affected; a plain cross-origin
+GET cannot read the answer).
 
 `auth_middleware` guards every route under /v1/ (and /metrics unless public), so a WebSocket route added
 there is covered without code of its own.
@@ -105,6 +107,10 @@ def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
     return urlsplit(origin).netloc == request.host  # the demo page served by this server itself
 
 
+def is_websocket_upgrade(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
 def guarded(request: web.Request, config: AuthConfig) -> bool:
     path = request.path
     if path == "/metrics":
@@ -117,7 +123,8 @@ def auth_middleware(config: AuthConfig) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not guarded(request, config):
             return await handler(request)
-        if request.method != "GET" and not origin_allowed(request, config.allow_origins):
+        checked = request.method != "GET" or is_websocket_upgrade(request)
+        if checked and not origin_allowed(request, config.allow_origins):
             return refusal(
                 403,
                 "origin_not_allowed",

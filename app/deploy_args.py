@@ -49,7 +49,7 @@ def _add_access(p: argparse.ArgumentParser) -> None:
 
 def _add_limits(p: argparse.ArgumentParser) -> None:
     """The limits' flags; their defaults are `app.limits.Limits`' own (sizes shown in KB)."""
-    from app.limits import Limits  # (aiohttp: imported only when the serve parser is built)
+    from app.limits import BURST_SECONDS, Limits  # (aiohttp: imported only when the serve parser is built)
 
     d = Limits()
     lim = p.add_argument_group(
@@ -70,8 +70,11 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
         help=f"ICE candidates per offer (default %(default)s); SDP media sections are capped at {d.max_sdp_media}")
     add("--max-message-kb", type=int, default=d.max_message_bytes // 1024, help="one data-channel event "
         "(default %(default)s)")
+    add("--max-ws-message-kb", type=int, default=d.max_ws_message_bytes // 1024, help="one WebSocket event, "
+        "images included (default %(default)s); up to twice that an error event, beyond the socket is closed")
     add("--events-per-second", type=float, default=d.messages_per_second,
-        help=f"client events per call (default %(default)s, bursts of {d.message_burst})")
+        help=f"client events per session, on the data channel or the WebSocket, where each audio append counts "
+        f"(default %(default)s, bursts of {BURST_SECONDS:g} s worth: {d.message_burst})")
     add("--connects-per-minute", type=float, default=d.connects_per_minute,
         help=f"new calls per client address (default %(default)s, bursts of {d.connect_burst}); beyond: 429")
     add("--max-connections-per-address", type=int, default=d.max_connections_per_address, metavar="N",
@@ -95,7 +98,7 @@ def is_loopback(host: str) -> bool:
 def deploy_settings(args: argparse.Namespace) -> tuple[AuthConfig, Limits]:
     """The auth and limits settings; ValueError with a message naming the flag for a bad combination."""
     from app.auth import AuthConfig, load_keys_file
-    from app.limits import Limits
+    from app.limits import Limits, message_burst_for
 
     keys = load_keys_file(args.keys_file) if args.keys_file else {}
     key = args.api_key or os.environ.get(API_KEY_ENV)
@@ -115,6 +118,7 @@ def deploy_settings(args: argparse.Namespace) -> tuple[AuthConfig, Limits]:
         "max_body_kb",
         "max_candidates",
         "max_message_kb",
+        "max_ws_message_kb",
         "events_per_second",
         "connects_per_minute",
         "max_connections_per_address",
@@ -130,7 +134,9 @@ def deploy_settings(args: argparse.Namespace) -> tuple[AuthConfig, Limits]:
         max_body_bytes=args.max_body_kb * 1024,
         max_candidates=args.max_candidates,
         max_message_bytes=args.max_message_kb * 1024,
+        max_ws_message_bytes=args.max_ws_message_kb * 1024,
         messages_per_second=args.events_per_second,
+        message_burst=message_burst_for(args.events_per_second),
         max_instructions_chars=args.max_instructions,
         max_session_minutes=args.max_session_minutes,
         connects_per_minute=args.connects_per_minute,

@@ -4,9 +4,9 @@ Every default is far above what one person at the demo page does, so a single us
 call holds one session, a page reload makes one offer, a browser offer has 2-3 m-lines and at most a dozen
 candidates, and the Realtime client sends a few events per second, each well under 10 KB.
 
-Shared by every transport: the WebRTC signaling route uses `check_sdp`, `RateLimiter` (connections per
-client address) and `refusal`; a WebSocket route can use the same helpers for its upgrade request and its
-messages (`MessageGate`).
+Shared by every transport: the WebRTC signaling route and the WebSocket upgrade are admitted by the same
+`Server.admit` (sessions, `RateLimiter` per client address, `refusal`), and every inbound data-channel or
+WebSocket message passes a `MessageGate` (size and rate), answered with the same `error` events.
 """
 
 from __future__ import annotations
@@ -37,13 +37,26 @@ class Limits:
     max_candidates: int = 32  # a=candidate lines per offer; each makes the server send STUN checks
     max_message_bytes: int = CHANNEL_MAX_MESSAGE_BYTES  # one inbound (and outbound) data-channel message
     messages_per_second: float = 50.0  # sustained client events per call, bursts of `message_burst`
-    message_burst: int = 200
+    message_burst: int = 200  # BURST_SECONDS of the rate (`message_burst_for`)
+    # One inbound WebSocket message: its audio appends are 6.4 KB per 100 ms, but an input_image data URL of a
+    # 1920x1080 PNG screenshot is 2-6 MB, 1.33x that in base64. Up to WS_HARD_FACTOR times this, a bigger
+    # message is answered with an error event; beyond, aiohttp closes the socket (1009) rather than buffer it.
+    max_ws_message_bytes: int = 8 * 2**20
     max_instructions_chars: int = 8000  # ~2,000 tokens: about 8 s of prefill on the embedded CPU engine
     max_session_minutes: float = 240.0  # then the call is closed with a `session_expired` error; 0: no limit
     connects_per_minute: float = 60.0  # new calls per client address (a reload a second for a minute)
     connect_burst: int = 20
     request_timeout: float = 15.0  # seconds a request may take to arrive (headers and body); half-open: closed
     max_connections_per_address: int = 64  # open HTTP connections from one client address (a browser uses ~6)
+
+
+BURST_SECONDS = 4.0  # a client may send this many seconds' worth of its event rate at once
+WS_HARD_FACTOR = 2  # see Limits.max_ws_message_bytes
+
+
+def message_burst_for(per_second: float) -> int:
+    """The event burst that goes with a sustained rate (200 for the default 50 per second)."""
+    return max(1, round(per_second * BURST_SECONDS))
 
 
 def refusal(status: int, code: str, message: str, retry_after: float | None = None) -> web.Response:
@@ -108,19 +121,21 @@ class RateLimiter:
 
 
 class MessageGate:
-    """Inbound message checks for one call: size and rate. `admit` returns an error (code, message) or None."""
+    """Inbound message checks for one call, on either transport: size (`max_bytes`: the data channel's
+    `max_message_bytes` unless given) and rate. `admit` returns an error (code, message) or None."""
 
-    def __init__(self, limits: Limits, metrics: ServerMetrics) -> None:
+    def __init__(self, limits: Limits, metrics: ServerMetrics, max_bytes: int | None = None) -> None:
         self.limits = limits
         self.metrics = metrics
+        self.max_bytes = limits.max_message_bytes if max_bytes is None else max_bytes
         self.bucket = TokenBucket(limits.messages_per_second, limits.message_burst)
 
     def admit(self, message: str | bytes) -> tuple[str, str] | None:
-        size = len(message) if isinstance(message, bytes) else _utf8_len(message, self.limits.max_message_bytes)
-        if size > self.limits.max_message_bytes:
+        size = len(message) if isinstance(message, bytes) else _utf8_len(message, self.max_bytes)
+        if size > self.max_bytes:
             count_refusal(self.metrics, "message_size")
             return "message_too_large", (
-                f"event of {size} bytes is larger than the {self.limits.max_message_bytes}-byte message limit"
+                f"event of {size} bytes is larger than the {self.max_bytes}-byte message limit"
             )
         if self.bucket.take() > 0.0:
             count_refusal(self.metrics, "message_rate")

@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -55,7 +55,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from app.auth import KEY_KIND, USER_ID, AuthConfig, client_secrets
 from app.limits import Limits, MessageGate, RateLimiter, check_sdp, count_refusal, fit_event, refusal
-from app.signaling import OfferError, check_offer_sdp, read_offer_form
+from app.signaling import BodyTooLarge, OfferError, check_offer_sdp, read_offer_form
 from streaming.engine import Engine
 from streaming.events import new_id
 from streaming.frames import AudioFrame, SessionUpdate, VideoFrame
@@ -263,6 +263,16 @@ class Connection:
 SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
 
 
+class Call(Protocol):
+    """A live session on either transport (a WebRTC `Connection`, a WebSocket `app.realtime_ws.WsCall`): what
+    the server-wide jobs need of it (admission counts, the duration limit, the shutdown notice and drain)."""
+
+    id: str
+    session: Session | None
+
+    def send_event(self, event: dict[str, Any]) -> None: ...
+
+
 class Server:
     """Process-wide state: the engine, the device worker and the media worker (audio and image work, so that
     barge-in never waits behind a model step), the VAD model, metrics and the live connections."""
@@ -275,7 +285,11 @@ class Server:
         self.vad: SileroVad | None = None
         self.metrics = ServerMetrics()
         self.demo_page = demo_page()  # the browser demo's HTML, put together once
-        self.connections: dict[str, Connection] = {}
+        self.connections: dict[str, Connection] = {}  # WebRTC calls
+        self.sockets: dict[str, Call] = {}  # Realtime WebSocket sessions (app.realtime_ws registers them)
+        # Offers admitted whose call is not registered yet (their body and SDP are still being read): counted by
+        # `admit`, else offers sent all at once would all pass the caps (6 at once once opened 6 with a cap of 2).
+        self.admitting: set[object] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False  # shutting down: no new calls (app.shutdown)
         # Run at shutdown after replies drained, before calls close (e.g. flush memory to disk); sync or async.
@@ -378,16 +392,24 @@ class Server:
         self.teardown(conn, "hung up by the client")
         return web.Response(status=204)
 
-    def _admit(self, request: web.Request) -> web.Response | None:
-        """A refusal when a new call would break a limit (or the server is shutting down), else None."""
+    def calls(self) -> list[Call]:
+        """Every live session, WebRTC calls and WebSocket sessions alike."""
+        return [*self.connections.values(), *self.sockets.values()]
+
+    def admit(self, request: web.Request) -> web.Response | None:
+        """A refusal when a new session (a WebRTC offer or a WebSocket upgrade) would break a limit, or the server
+        is shutting down, else None. WebSocket sessions count towards --max-sessions as calls do; only WebRTC
+        calls can be pending (a socket is connected once upgraded)."""
         lim, metrics = self.options.limits, self.metrics
         if self.draining:
+            count_refusal(metrics, "draining")
             return refusal(503, "server_shutting_down", "the server is shutting down", retry_after=30)
-        pending = sum(1 for c in self.connections.values() if c.pc.connectionState != "connected")
-        if len(self.connections) >= lim.max_sessions or pending >= lim.max_pending:
-            which = "max_sessions" if len(self.connections) >= lim.max_sessions else "max_pending"
+        open_now = len(self.connections) + len(self.sockets) + len(self.admitting)
+        pending = len(self.admitting) + sum(1 for c in self.connections.values() if c.pc.connectionState != "connected")
+        if open_now >= lim.max_sessions or pending >= lim.max_pending:
+            which = "max_sessions" if open_now >= lim.max_sessions else "max_pending"
             count_refusal(metrics, which)
-            return refusal(503, which, f"the server has {len(self.connections)} calls open ({pending} connecting); "
+            return refusal(503, which, f"the server has {open_now} sessions open ({pending} connecting); "
                            f"at most {lim.max_sessions} ({lim.max_pending} connecting) are allowed", retry_after=10)
         wait = self.connect_rate.take(request.remote or "")
         if wait > 0:
@@ -397,9 +419,17 @@ class Server:
         return None
 
     async def offer(self, request: web.Request) -> web.Response:
-        refused = self._admit(request)
+        refused = self.admit(request)
         if refused is not None:
             return refused
+        ticket = object()  # counted by `admit` until the call is registered or refused (see `admitting`)
+        self.admitting.add(ticket)
+        try:
+            return await self._offer(request, ticket)
+        finally:
+            self.admitting.discard(ticket)
+
+    async def _offer(self, request: web.Request, ticket: object) -> web.Response:
         try:
             async with asyncio.timeout(self.options.limits.request_timeout):  # a body trickled in slowly
                 sdp, settings = await self._read_offer(request)
@@ -410,11 +440,14 @@ class Server:
         except TimeoutError:
             count_refusal(self.metrics, "request_timeout")
             return refusal(408, "request_timeout", "the offer did not arrive in time")
+        except BodyTooLarge as e:
+            count_refusal(self.metrics, "body_size")
+            return refusal(413, "body_too_large", str(e))
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
         try:
-            conn, answer = await self._answer(sdp, user_of(request), settings)
+            conn, answer = await self._answer(sdp, user_of(request), ticket, settings)
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
             return web.Response(status=400, text=f"bad offer: {e}\n")
@@ -429,12 +462,15 @@ class Server:
         """The offer's SDP, and the session settings of the GA multipart form (fields `sdp` and `session`)."""
         limit = self.options.limits.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise OfferError(f"body larger than {limit} bytes")
+            raise BodyTooLarge(f"body larger than {limit} bytes")
         if request.content_type == "multipart/form-data":
             return await read_offer_form(request)
-        body = await request.read()
+        try:
+            body = await request.read()  # chunked: aiohttp stops at client_max_size (= limit)
+        except web.HTTPRequestEntityTooLarge:
+            raise BodyTooLarge(f"body larger than {limit} bytes") from None
         if len(body) > limit:
-            raise OfferError(f"body larger than {limit} bytes")
+            raise BodyTooLarge(f"body larger than {limit} bytes")
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -458,7 +494,7 @@ class Server:
         return text, None
 
     async def _answer(
-        self, sdp: str, user: dict[str, Any], settings: SessionUpdate | None = None
+        self, sdp: str, user: dict[str, Any], ticket: object, settings: SessionUpdate | None = None
     ) -> tuple[Connection, str]:
         assert self.vad is not None
         ice = [RTCIceServer(urls=u) for u in self.options.ice_servers]
@@ -482,6 +518,7 @@ class Server:
         )
         conn.session = session
         self.connections[conn.id] = conn
+        self.admitting.discard(ticket)  # counted as a connection from here on
         self.metrics.set_gauge("connections_active", "WebRTC calls open now", len(self.connections))
         try:
             if settings is not None:  # applied before any audio once the call connects: the control lane goes first
@@ -494,7 +531,8 @@ class Server:
                 conn.spawn(conn.pump(t), f"in-{t.kind}")
             conn.spawn(self._connect_deadline(conn), "deadline")
             if self.options.limits.max_session_minutes > 0:
-                conn.spawn(self._session_deadline(conn, self.options.limits.max_session_minutes), "max-duration")
+                deadline = self.session_deadline(conn, lambda why: self.teardown(conn, why))
+                conn.spawn(deadline, "max-duration")
             if self.options.idle_timeout > 0:
                 conn.spawn(self._idle_watchdog(conn, self.options.idle_timeout), "idle-watchdog")
             await pc.setLocalDescription(await pc.createAnswer())
@@ -543,13 +581,16 @@ class Server:
             conn.send_event(error)
             self.teardown(conn, "session start failed")
 
-    async def _session_deadline(self, conn: Connection, minutes: float) -> None:
+    async def session_deadline(self, call: Call, end: Callable[[str], None]) -> None:
+        """--max-session-minutes for one session on either transport: after that long, a `session_expired`
+        error event, then `end(reason)` closes it."""
+        minutes = self.options.limits.max_session_minutes
         await asyncio.sleep(minutes * 60)
         count_refusal(self.metrics, "session_minutes")
-        if conn.session is not None:
+        if call.session is not None:
             why = f"the call reached its {minutes:g}-minute limit"
-            conn.send_event(conn.session.events.error("session_expired", why))
-        self.teardown(conn, f"session longer than {minutes:g} minutes")
+            call.send_event(call.session.events.error("session_expired", why))
+        end(f"session longer than {minutes:g} minutes")
 
     async def _connect_deadline(self, conn: Connection) -> None:
         await asyncio.sleep(CONNECT_TIMEOUT)

@@ -1,8 +1,9 @@
 """Graceful shutdown of `omni serve` on SIGTERM or SIGINT.
 
-First signal: stop accepting calls (503 `server_shutting_down`), tell every live client with an `error` event
-(code `server_shutting_down`), let replies in flight finish for up to `drain_seconds`, run the server's
-shutdown hooks (memory flush), then close every call and exit 0. A second signal exits at once (status 1).
+First signal: stop accepting calls (503 `server_shutting_down`, WebRTC offers and WebSocket upgrades alike),
+tell every live client, on either transport, with an `error` event (code `server_shutting_down`), let replies
+in flight finish for up to `drain_seconds`, run the server's shutdown hooks (memory flush), then close every
+call (a WebSocket with close code 1001, going away) and exit 0. A second signal exits at once (status 1).
 SIGTERM is what systemd, Docker and Kubernetes send; it once killed the server in 0.05 s with no clean-up and
 clients learned of it 32 s later, from ICE consent freshness.
 """
@@ -28,10 +29,10 @@ POLL = 0.05  # seconds between looks at the replies still in flight
 async def drain(server: Server, seconds: float) -> None:
     """Everything before the calls close: refuse new ones, warn live ones, wait for replies, run the hooks."""
     server.draining = True
-    for conn in list(server.connections.values()):
-        if conn.session is not None:
-            conn.send_event(
-                conn.session.events.error(
+    for call in server.calls():
+        if call.session is not None:
+            call.send_event(
+                call.session.events.error(
                     "server_shutting_down",
                     f"the server is shutting down; replies in progress get {seconds:g} s to finish",
                     kind="server_error",
@@ -39,7 +40,7 @@ async def drain(server: Server, seconds: float) -> None:
             )
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:  # polled: a reply's end has no server-wide event to wait on
-        if not any(c.session is not None and c.session.replying for c in server.connections.values()):
+        if not any(c.session is not None and c.session.replying for c in server.calls()):
             break
         await asyncio.sleep(POLL)
     for hook in list(server.shutdown_hooks):

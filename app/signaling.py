@@ -17,6 +17,10 @@ class OfferError(Exception):
     """A bad offer: answered with HTTP 400 and this message."""
 
 
+class BodyTooLarge(OfferError):
+    """The request body is over --max-body-kb: answered with HTTP 413."""
+
+
 def restrict_ice_hosts(hosts: list[str]) -> None:
     """Offer only `hosts` as ICE host candidates, in every peer connection of this process.
 
@@ -39,6 +43,8 @@ async def read_offer_form(request: web.Request) -> tuple[str, SessionUpdate | No
     `session.update`), both bounded by the app's client_max_size (the max_body_bytes limit)."""
     try:
         form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"body larger than {request.client_max_size} bytes") from None
     except (ValueError, web.HTTPException) as e:
         raise OfferError(f"malformed multipart form: {e}") from None
     sdp, session = form.get("sdp"), form.get("session")

@@ -102,10 +102,11 @@ def _status_problems(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 class WsRealtimeClient:
-    def __init__(self, base_url: str, model: str = "omni") -> None:
-        """`base_url`: the server's http://host:port; the SDK connects to ws://host:port/v1/realtime?model=..."""
+    def __init__(self, base_url: str, model: str = "omni", api_key: str = "unused-by-omni") -> None:
+        """`base_url`: the server's http://host:port; the SDK connects to ws://host:port/v1/realtime?model=...
+        with `Authorization: Bearer <api_key>` (checked only when the server has keys)."""
         ws_base = base_url.replace("http://", "ws://", 1) + "/v1"
-        self._client = AsyncOpenAI(api_key="unused-by-omni", websocket_base_url=ws_base)
+        self._client = AsyncOpenAI(api_key=api_key, websocket_base_url=ws_base)
         self._manager: AbstractAsyncContextManager[AsyncRealtimeConnection] | None = None
         self.model = model
         self.conn: AsyncRealtimeConnection | None = None

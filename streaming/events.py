@@ -51,12 +51,14 @@ _CLIENT_ALIASES = {
 
 
 class ProtocolError(ValueError):
-    """A client event we cannot accept; `code` goes into the `error` event."""
+    """A client event we cannot accept; `code` goes into the `error` event. `limit`: the server limit it broke
+    (e.g. "instructions"), counted in /metrics as omni_limit_<limit>_refusals_total; None for plain bad input."""
 
-    def __init__(self, code: str, message: str, event_id: str | None = None) -> None:
+    def __init__(self, code: str, message: str, event_id: str | None = None, limit: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.event_id = event_id
+        self.limit = limit
 
 
 def new_id(prefix: str) -> str:
@@ -138,7 +140,8 @@ def _event_object(raw: str | bytes | dict[str, Any]) -> tuple[dict[str, Any], st
 def _check_instructions(text: object, limit: int, name: str, event_id: str | None) -> None:
     if isinstance(text, str) and len(text) > limit:
         raise ProtocolError(
-            "invalid_value", f"{name} is {len(text)} characters long; at most {limit} are accepted", event_id
+            "invalid_value", f"{name} is {len(text)} characters long; at most {limit} are accepted", event_id,
+            limit="instructions",
         )
 
 

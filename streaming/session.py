@@ -277,6 +277,9 @@ class Session(ReplyEnds, SettingsUpdates):
         try:
             action = parse_client_event(raw, self.config.max_instructions_chars)
         except ProtocolError as e:
+            if e.limit is not None:  # the same counter name as app.limits.count_refusal's
+                what = f"requests or events refused by the {e.limit} limit"
+                self.metrics.inc(f"limit_{e.limit}_refusals_total", what)
             self._emit(self.events.error(e.code, str(e), e.event_id))
             return
         if isinstance(action, AudioFrame):
