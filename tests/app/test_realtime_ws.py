@@ -243,6 +243,42 @@ async def test_text_and_image_turn(start_server: StartServer) -> None:
     check_conformance(client)
 
 
+async def test_instructions_and_voice_are_fixed_after_the_first_reply(start_server: StartServer) -> None:
+    """They are the engine session's prompt: after the first reply a change is refused (`invalid_value`, the
+    session as it was), while re-sending the same values with another setting (as clients that send their whole
+    session do) applies that setting."""
+    engine = ToneEngine()
+    url, _ = await start_server(engine)
+    client = await connect(url)
+    same = {"instructions": "Be brief.", "audio": {"output": {"voice": "ash"}}}
+    try:
+        await client.send({"type": "session.update", "session": {"type": "realtime", **same}})
+        await client.wait_for("session.updated")
+        await client.send({"type": "conversation.item.create", "item": TEXT_ITEM})
+        await client.send({"type": "response.create"})
+        await client.wait_for("response.done")
+        n = len(client.events)
+        await client.send({"type": "session.update", "session": {
+            "type": "realtime", **same, "audio": {**same["audio"], "input": {"turn_detection": None}}}})
+        kept = await client.wait_for(lambda e: e["type"] in ("session.updated", "error"), start=n)
+        refused = []
+        for change in ({"instructions": "Be long."}, {"audio": {"output": {"voice": "verse"}}}):
+            n = len(client.events)
+            await client.send({"type": "session.update", "session": {"type": "realtime", **change}})
+            refused.append(await client.wait_for(lambda e: e["type"] in ("session.updated", "error"), start=n))
+    finally:
+        await client.close()
+    assert kept["type"] == "session.updated", kept
+    assert kept["session"]["audio"]["input"]["turn_detection"] is None
+    assert kept["session"]["instructions"] == "Be brief." and kept["session"]["audio"]["output"]["voice"] == "ash"
+    for e in refused:
+        assert e["type"] == "error" and e["error"]["code"] == "invalid_value", e
+        assert "before the first reply" in e["error"]["message"]
+    assert len(engine.sessions) == 2  # opened at the start, reopened once for the first update
+    assert (engine.sessions[-1].instructions, engine.sessions[-1].voice) == ("Be brief.", "ash")
+    check_conformance(client)
+
+
 async def test_cancel_then_truncate(start_server: StartServer) -> None:
     engine = ToneEngine(step_delay=0.15)  # 16 words: about 2.4 s to generate
     url, _ = await start_server(engine)
