@@ -63,7 +63,7 @@ async function start() {
     channel.addEventListener("message", (ev) => onEvent(JSON.parse(ev.data)));
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIce(pc, 3000); // non-trickle: the answerer gathers fully, so send every candidate at once
-    const user = $("user-id") ? $("user-id").value.trim() : ""; // (the Gradio page has no user field)
+    const user = $("user-id") ? $("user-id").value.trim() : "";
     const url = user ? `/v1/realtime/calls?user_id=${encodeURIComponent(user)}` : "/v1/realtime/calls";
     const offer = (auth) => fetch(url, {
       method: "POST", headers: { "Content-Type": "application/sdp", ...auth }, body: pc.localDescription.sdp,
