@@ -63,6 +63,7 @@ async def test_a_wrong_or_missing_key_is_a_clear_error(
     argv = ["desktop", "--server", url, *(["--api-key", key] if key else [])]
     assert await asyncio.to_thread(main, argv) == 1  # main runs its own event loop: off this one
     err = capsys.readouterr().err
+    print(f"\n{err}")
     assert "omni desktop: error:" in err and "401" in err and "--api-key KEY" in err, err
     assert "Traceback" not in err
 
