@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import threading
 import time
@@ -27,6 +28,7 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
+from app.deploy_args import API_KEY_ENV
 from app.desktop_audio import BLOCK, RATE, EchoCanceller, HalfDuplexGate, MicQueue, SpeakerRing, aec_available
 from streaming.engine import Engine
 from streaming.frames import AudioFrame, VideoFrame
@@ -291,6 +293,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-duplex", action="store_true", help="the same as --echo off (headphones)")
     p.add_argument("--server", metavar="URL", help="a remote omni server's Realtime WebSocket API (ws://host:port); "
                    "default: run the engine in this process")
+    p.add_argument("--api-key", metavar="KEY", help=f"with --server: the server's key (its --api-key) or a client "
+                   f"secret; default: ${API_KEY_ENV}")
     p.add_argument("--engine", choices=("embedded", "omni", "tiny", "test"), default="embedded",
                    help="the in-process engine (as `omni serve --engine`)")
     p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni checkpoint directory")
@@ -329,7 +333,9 @@ def run(args: argparse.Namespace) -> int:
         if args.server:
             from app.desktop_remote import RemoteConversation
 
-            conv = RemoteConversation(args.server, printer_hook := _Hook(printer), args.instructions, args.voice)
+            key = args.api_key or os.environ.get(API_KEY_ENV) or None
+            conv = RemoteConversation(args.server, printer_hook := _Hook(printer), args.instructions, args.voice,
+                                      api_key=key)
         else:
             conv, printer_hook = _local(args, printer)
     except (ValueError, RuntimeError) as e:
@@ -343,6 +349,9 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(desktop.run())
     except sd.PortAudioError as e:
         print(f"omni desktop: error: sound device: {e} (see --list-devices)", file=sys.stderr)
+        return 1
+    except ConnectionError as e:  # the remote server refused or cannot be reached (app.desktop_remote)
+        print(f"omni desktop: error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -38,11 +38,13 @@ class RemoteConversation:
     """A Realtime WebSocket session as the desktop's `Conversation` (see app/desktop.py)."""
 
     def __init__(self, url: str, emit: Callable[[dict[str, Any]], None], instructions: str | None = None,
-                 voice: str | None = None, model: str = "omni", image_interval: float = 1.0) -> None:
+                 voice: str | None = None, model: str = "omni", image_interval: float = 1.0,
+                 api_key: str | None = None) -> None:
         if not url.startswith(("ws://", "wss://")):
             raise ValueError(f"--server must be a ws:// or wss:// URL of an omni server, got {url!r}")
         self.url = url.rstrip("/") + f"/v1/realtime?model={model}"
         self.emit = emit
+        self.api_key = api_key  # the server's key (or a client secret); None: a server without keys
         self.instructions, self.voice = instructions, voice
         self._up = StreamingResampler(48000, API_RATE)
         self._down = StreamingResampler(API_RATE, 48000)
@@ -67,8 +69,17 @@ class RemoteConversation:
         import aiohttp
 
         self._http = aiohttp.ClientSession()
-        self._ws = await self._http.ws_connect(self.url, headers={"Authorization": "Bearer omni"},
-                                               max_msg_size=16 * 1024 * 1024)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            self._ws = await self._http.ws_connect(self.url, headers=headers, max_msg_size=16 * 1024 * 1024)
+        except aiohttp.WSServerHandshakeError as e:
+            await self._http.close()
+            why = {401: "the server wants a valid API key: --api-key KEY or $OMNI_API_KEY",
+                   403: "the server refused this client"}.get(e.status, e.message)
+            raise ConnectionError(f"{self.url}: {e.status}: {why}") from None
+        except aiohttp.ClientError as e:
+            await self._http.close()
+            raise ConnectionError(f"{self.url}: cannot connect: {e}") from None
         session: dict[str, Any] = {"type": "realtime", "audio": {
             "input": {"format": {"type": "audio/pcm", "rate": API_RATE}, "turn_detection": {"type": "server_vad"}},
             "output": {"format": {"type": "audio/pcm", "rate": API_RATE}},

@@ -5,10 +5,22 @@ gradio 6 and fetches a VAD model at run time; `gr.Audio(streaming=True)` plays a
 cut off for barge-in. Here the browser talks WebRTC to `omni serve` itself, with the same client code as the
 demo page (`ui/web/app.js`), so a turn is the same turn whichever page it came from.
 
-Same origin: this app forwards `POST /v1/realtime/calls` (the SDP offer) and `DELETE /v1/realtime/calls/{id}`
-to the omni server, so the page never needs CORS and sends no HTTP request to any other address; the media
-then flows between the browser and the omni server directly (ICE). Offline: a system-font theme, no analytics
-(GRADIO_ANALYTICS_ENABLED=False is set before gradio is imported), no share link.
+Same origin: this app forwards `POST /v1/realtime/calls` (the SDP offer, with its query: `user_id`),
+`DELETE /v1/realtime/calls/{id}` (hang-up) and `POST /v1/realtime/client_secrets` to the omni server, so the page
+never needs CORS and sends no HTTP request to any other address; the media then flows between the browser and
+the omni server directly (ICE). Only the headers the protocol needs cross the forwarder: `Content-Type`,
+`Authorization` and `X-Omni-Call-Secret` (the hang-up's proof) towards the server; `Content-Type`, `Location`,
+`X-Omni-Call-Secret` and `Retry-After` back. A request from a page of another origin is refused (403): the
+forwarder is where the omni server's own origin check would otherwise be lost.
+
+A server with keys (`omni serve --api-key`): given the key (`omni ui --api-key KEY`), this app adds
+`Authorization: Bearer KEY` to forwarded requests that carry none, so the browser never sees the key (and
+whoever can open the page can call the server: keep the page on loopback or behind your own access control).
+Without it the page's client asks the user for a key once (`ui/web/app.js`, on the server's 401) and trades it
+for a short-lived client secret through the forwarded `client_secrets` route.
+
+Offline: a system-font theme, no analytics (GRADIO_ANALYTICS_ENABLED=False is set before gradio is imported),
+no share link.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ui.pages import WEB_ROOT, call_ui
 
@@ -26,6 +39,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 STATIC = {"app.js": "text/javascript", "controls.js": "text/javascript"}
+TO_SERVER = ("content-type", "authorization", "x-omni-call-secret")  # request headers that are forwarded
+FROM_SERVER = ("location", "x-omni-call-secret", "retry-after")  # response headers that come back (and the type)
 OFFER_TIMEOUT = 30.0  # seconds: the omni server answers after gathering ICE (about 0.1-0.5 s on loopback)
 
 # gr.HTML runs this when the block is on the page; the demo client binds to the block's element ids, so it
@@ -50,8 +65,9 @@ def _disable_analytics() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build_app(server_url: str) -> FastAPI:
-    """The FastAPI app: the forwarded signaling routes, the two scripts, and the Gradio page at `/`."""
+def build_app(server_url: str, api_key: str | None = None) -> FastAPI:
+    """The FastAPI app: the forwarded signaling routes, the two scripts, and the Gradio page at `/`. `api_key`:
+    the omni server's key, sent for the browser (see the module docstring)."""
     _disable_analytics()
     import gradio as gr
     import httpx
@@ -62,14 +78,21 @@ def build_app(server_url: str) -> FastAPI:
     app = FastAPI()
 
     async def forward(method: str, path: str, request: Request) -> Response:
-        headers = {"Content-Type": request.headers.get("content-type", "application/sdp")}
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+            return Response(f"requests from {origin} are not allowed\n", status_code=403)
+        headers = {k: request.headers[k] for k in TO_SERVER if k in request.headers}
+        if api_key and "authorization" not in headers:
+            headers["authorization"] = f"Bearer {api_key}"
+        query = f"?{request.url.query}" if request.url.query else ""
         # trust_env=False: never route loopback signaling through an HTTP(S)_PROXY from the environment.
         async with httpx.AsyncClient(timeout=OFFER_TIMEOUT, trust_env=False) as client:
             try:
-                r = await client.request(method, server_url + path, content=await request.body(), headers=headers)
+                r = await client.request(method, server_url + path + query, content=await request.body(),
+                                         headers=headers)
             except httpx.HTTPError as e:
                 return Response(f"omni server {server_url} unreachable: {e}\n", status_code=502)
-        out = {"Location": r.headers["location"]} if "location" in r.headers else {}
+        out = {k: r.headers[k] for k in FROM_SERVER if k in r.headers}
         return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"), headers=out)
 
     async def offer(request: Request) -> Response:
@@ -77,6 +100,9 @@ def build_app(server_url: str) -> FastAPI:
 
     async def hangup(request: Request) -> Response:
         return await forward("DELETE", f"/v1/realtime/calls/{request.path_params['call_id']}", request)
+
+    async def client_secrets(request: Request) -> Response:
+        return await forward("POST", "/v1/realtime/client_secrets", request)
 
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
@@ -88,6 +114,7 @@ def build_app(server_url: str) -> FastAPI:
     # resolvable at module level, and these handlers want nothing but the raw request anyway.
     app.router.add_route("/v1/realtime/calls", offer, methods=["POST"])
     app.router.add_route("/v1/realtime/calls/{call_id}", hangup, methods=["DELETE"])
+    app.router.add_route("/v1/realtime/client_secrets", client_secrets, methods=["POST"])
     app.router.add_route("/omni/static/{name}", static, methods=["GET"])
 
     with gr.Blocks(title="omni") as blocks:
@@ -104,7 +131,7 @@ def build_app(server_url: str) -> FastAPI:
 class UiServer:
     """The page served by uvicorn on a thread of its own (the omni server keeps its own event loop)."""
 
-    def __init__(self, server_url: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, server_url: str, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> None:
         import uvicorn
 
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -114,7 +141,7 @@ class UiServer:
         bound: Any = self._sock.getsockname()
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound[1]}"
-        config = uvicorn.Config(build_app(server_url), log_level="warning", lifespan="on")
+        config = uvicorn.Config(build_app(server_url, api_key), log_level="warning", lifespan="on")
         self._server: uvicorn.Server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+from app.deploy_args import API_KEY_ENV
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -12,6 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=7860, help="the page's port (default 7860)")
     p.add_argument("--server", metavar="URL",
                    help="an `omni serve` to talk to (e.g. http://gpu-box:8080); default: start one in this process")
+    p.add_argument("--api-key", metavar="KEY",
+                   help=f"the omni server's key (its --api-key): the page's server sends it for the browser, which "
+                   f"never sees it; in-process, the server then requires it. Default: ${API_KEY_ENV}; without one, "
+                   "a server that has keys makes the page ask for one")
     p.add_argument("--engine", choices=("embedded", "omni", "tiny", "test"), default="embedded",
                    help="the in-process server's engine (as `omni serve --engine`)")
     p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni checkpoint directory")
@@ -30,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     background = None
     server_url = args.server
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if server_url is None:
+        from app.auth import DEFAULT_USER, AuthConfig
         from app.background_server import BackgroundServer
         from app.realtime_server import ServeOptions
         from app.serve import ENGINE_THREADS, make_engine
@@ -49,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
             return 1
         if args.ice_host:
             restrict_ice_hosts(args.ice_host)
-        background = BackgroundServer(engine, ServeOptions())
+        auth = AuthConfig(keys={api_key: DEFAULT_USER} if api_key else {})
+        background = BackgroundServer(engine, ServeOptions(auth=auth))
         server_url = background.start()
     try:
-        page = UiServer(server_url, args.host, args.port)
+        page = UiServer(server_url, args.host, args.port, api_key)
     except OSError as e:
         print(f"omni ui: error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 1

@@ -34,7 +34,10 @@ class SettingsUpdates:
         if "speech" in settings:
             self.config.speech = settings["speech"]
         if "instructions" in settings or "voice" in settings:
-            if self._turns > 0:
+            # They are the engine session's prompt (prefilled at its start): changing them reopens it, which
+            # would drop the conversation, so after the first reply only unchanged values (a client re-sending
+            # its whole session) are taken, and the rest of such an update applies.
+            if self._turns > 0 and self._engine_settings(settings) != (self.config.instructions, self.config.voice):
                 self._emit(
                     self.events.error("invalid_value", "instructions and voice can only change before the first reply")
                 )
@@ -63,10 +66,14 @@ class SettingsUpdates:
             self._feed.auto_end_turn = self.config.create_response
         self._emit(self.events.session_updated(self.describe()))
 
+    def _engine_settings(self, settings: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(instructions, voice) after `settings`: what they set, else what the session has."""
+        return settings.get("instructions", self.config.instructions), settings.get("voice", self.config.voice)
+
     async def _apply_engine_settings(self, settings: dict[str, Any]) -> bool:
         """Reopen the engine session for new instructions or voice; False (and an error event) if it refused."""
         kept = self.config.instructions, self.config.voice
-        wanted = (settings.get("instructions", kept[0]), settings.get("voice", kept[1]))
+        wanted = self._engine_settings(settings)
         if wanted == kept:  # a reopen costs ~235 ms (embedded engine): only when something changed
             return True
         self.config.instructions, self.config.voice = wanted

@@ -38,11 +38,12 @@ TEXT_REPLY = "You wrote: {text}"
 class ToneSession(EngineSessionBase):
     """One conversation with `ToneEngine`. `history` holds (role, text) pairs as the engine remembers them."""
 
-    def __init__(self, engine: ToneEngine, instructions: str | None = None) -> None:
+    def __init__(self, engine: ToneEngine, instructions: str | None = None, voice: str | None = None) -> None:
         super().__init__()
         self.history: History = deque()
         self.engine = engine
         self.instructions = instructions
+        self.voice = voice  # not used to speak (the tones are the same): tests read what reached the engine
         self.heard_samples = 0
         self.typed: list[str] = []  # text messages of the open user turn
         self.interrupted_with: list[str] = []
@@ -153,7 +154,7 @@ class ToneEngine:
         self.sessions: list[ToneSession] = []
 
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> ToneSession:
-        s = ToneSession(self, instructions=instructions)
+        s = ToneSession(self, instructions=instructions, voice=voice)
         with self.lock:
             self.open_sessions += 1
             self.sessions.append(s)

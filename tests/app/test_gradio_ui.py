@@ -12,7 +12,9 @@ import pytest
 
 pytest.importorskip("gradio", reason="gradio is not installed (the ui extra: pip install -e '.[ui]')")
 
+from app.auth import DEFAULT_USER, AuthConfig
 from app.gradio_page import UiServer
+from app.realtime_server import Server
 from benchmarks.devices import chromium_args, write_y4m
 from benchmarks.spoken import write_wav
 from streaming.engines.tone import ToneEngine
@@ -32,11 +34,16 @@ async def open_page(start_server: StartServer, tmp_path: Path) -> AsyncIterator[
     from playwright.async_api import Route, async_playwright
 
     closers: list[Callable[[], Awaitable[None]]] = []
+    servers: list[Server] = []
     camera = write_y4m(tmp_path / "camera.y4m")  # tmp_path is absolute, as Chromium needs
 
-    async def open_(on: Any, wav: Path) -> tuple[Any, list[str], str]:
-        server_url, _ = await start_server(on)
-        ui = UiServer(server_url)
+    async def open_(on: Any, wav: Path, ui_key: str | None = None, key_prompt: str | None = None,
+                    **server_options: Any) -> tuple[Any, list[str], str]:
+        """`ui_key`: the page's server holds the omni server's key (`omni ui --api-key`); `key_prompt`: what the
+        user types when the page asks for one; `server_options`: the omni server's (`auth=...`)."""
+        server_url, server = await start_server(on, **server_options)
+        servers.append(server)
+        ui = UiServer(server_url, api_key=ui_key)
         url = ui.start()
         closers.append(lambda: _stop(ui))
         p = await async_playwright().start()
@@ -46,6 +53,14 @@ async def open_page(start_server: StartServer, tmp_path: Path) -> AsyncIterator[
         closers.append(browser.close)
         page = await browser.new_page()
         requested: list[str] = []
+        prompts: list[str] = []
+
+        async def answer(dialog: Any) -> None:
+            prompts.append(dialog.message)
+            await (dialog.accept(key_prompt) if key_prompt is not None else dialog.dismiss())
+
+        page.on("dialog", answer)
+        page.prompts = prompts  # (the test reads what the page asked)
 
         async def only_the_page(route: Route) -> None:
             requested.append(route.request.url)
@@ -57,6 +72,7 @@ async def open_page(start_server: StartServer, tmp_path: Path) -> AsyncIterator[
         await page.wait_for_function("window.__omni && window.__omni.ready === true", timeout=60000)
         return page, requested, url
 
+    open_.servers = servers  # type: ignore[attr-defined]  (the omni servers, for tests that look inside)
     yield open_
     for close in reversed(closers):
         await close()
@@ -131,4 +147,66 @@ async def test_page_answers_a_spoken_question_on_the_embedded_engine(
     assert reply is not None and len(reply) > 10 and reply == state["assistantText"]
     assert inbound is not None and inbound["energy"] > 0
     assert state["metrics"]["end_of_speech_to_first_audio_ms"] > 0
+    assert requested and all(u.startswith(url + "/") for u in requested), [u for u in requested if url not in u]
+
+
+KEY = "sk-gradio-page-test-key-0123456789"
+
+
+@pytest.mark.parametrize("key_from", ["omni ui --api-key", "the user, asked by the page"])
+async def test_page_on_a_server_with_keys_settings_camera_recalled_and_hang_up(
+    open_page: OpenPage, tmp_path: Path, key_from: str
+) -> None:
+    """Against `omni serve --api-key`: the page calls with the key held by its own server (`omni ui --api-key`),
+    or trades the key the user types for a client secret (forwarded `client_secrets`); the voice set in the
+    settings reaches the server and its engine, the fake camera's frames reach the engine, a recalled-memory
+    event from the server is shown in #recalled, and Hang up ends the server's call (the DELETE with the
+    call's secret, forwarded), not just the browser's side."""
+    from memory.types import Recall, RecallItem
+    from streaming.memory_lane import recalled_items
+    from tests.app.test_serve_loopback import wait_until
+
+    wav = tmp_path / "quiet48k.wav"
+    write_wav(wav, np.zeros(48000 * 5, np.int16), 48000)  # no turn: nothing here needs a reply
+    tone = ToneEngine()
+    by_ui = key_from == "omni ui --api-key"
+    page, requested, url = await open_page(tone, wav, ui_key=KEY if by_ui else None,
+                                           key_prompt=None if by_ui else KEY, auth=AuthConfig(keys={KEY: DEFAULT_USER}))
+    server: Server = open_page.servers[-1]  # type: ignore[attr-defined]
+    await page.evaluate("""window.__updates = [];
+        document.addEventListener('omni:event', (e) => {
+          if (e.detail.type === 'session.updated') window.__updates.push(e.detail);
+        });""")
+    await page.fill("#voice", "ash")
+    await page.click("#connect")
+    await page.wait_for_function("window.__omni.state === 'connected' || window.__omni.error", timeout=60000)
+    assert await page.evaluate("window.__omni.error") is None
+    await page.wait_for_function("window.__updates.length >= 1", timeout=30000)
+    updated = await page.evaluate("window.__updates[0]")
+    await wait_until(lambda: len(server.connections) == 1, 30)
+    conn = next(iter(server.connections.values()))
+    await wait_until(lambda: sum(s.video_frames for s in tone.sessions) >= 3, 60)  # the engine's rate: 2 a second
+
+    assert conn.session is not None
+    item = RecallItem(level="L2", item_id=7, t_start=1.7e9, t_end=1.7e9 + 60, text="Alice likes green tea.",
+                      score=0.8712, tokens=6)
+    recall = Recall(items=[item], tokens=6, budget_tokens=256, text="", elapsed_ms=1.0)
+    conn.send_event(conn.session.events.memory_recalled("resp_test", recalled_items(recall), recall.tokens))
+    await page.wait_for_function("document.querySelector('#recalled li:not(.none)') !== null", timeout=30000)
+    recalled = await page.text_content("#recalled")
+
+    async with page.expect_response(lambda r: r.request.method == "DELETE", timeout=30000) as hung_up:
+        await page.click("#hangup")
+    hangup_status = (await hung_up.value).status
+    await wait_until(lambda: not server.connections and conn.closed and tone.open_sessions == 0, 30)
+    prompts = page.prompts
+    print(f"\ngradio page with keys ({key_from}): voice {updated['session']['audio']['output']}, prompts {prompts}, "
+          f"engine voices {[s.voice for s in tone.sessions]}, frames {[s.video_frames for s in tone.sessions]}, "
+          f"recalled {recalled!r}, hang-up {hangup_status}, closed: {conn.close_reason}")
+    assert prompts == ([] if by_ui else ["This server needs an API key:"])
+    assert updated["session"]["audio"]["output"]["voice"] == "ash"
+    assert tone.sessions[-1].voice == "ash"  # the engine session was reopened with it
+    assert recalled is not None and "Alice likes green tea." in recalled and "L2" in recalled and "0.87" in recalled
+    assert hangup_status == 204  # the forwarded DELETE with the call's secret (before: 404 or 401)
+    assert conn.close_reason == "hung up by the client"  # ended by it, not by noticing the closed channel
     assert requested and all(u.startswith(url + "/") for u in requested), [u for u in requested if url not in u]

@@ -158,6 +158,65 @@ async def test_manual_turn_and_text_only_reply(start_server: StartServer, speech
     check_conformance(client)
 
 
+async def manual_turns(url: str) -> WsRealtimeClient:
+    client = await connect(url)
+    await client.send({"type": "session.update", "session": {"type": "realtime",
+                                                              "audio": {"input": {"turn_detection": None}}}})
+    await client.wait_for("session.updated")
+    return client
+
+
+async def test_input_audio_buffer_clear_is_answered_and_the_session_goes_on(
+    start_server: StartServer, speech24k: np.ndarray
+) -> None:
+    """Manual turns: `clear` with nothing appended and after silence is answered with `cleared` (a valid SDK
+    event), the buffer is then empty (`commit` is refused), and a turn appended after it is heard whole."""
+    engine = ToneEngine()
+    url, _ = await start_server(engine)
+    client = await manual_turns(url)
+    try:
+        await client.send({"type": "input_audio_buffer.clear"})
+        await client.wait_for("input_audio_buffer.cleared")
+        await client.append(np.zeros(24000, np.int16))  # 1 s of silence: no speech, no turn opened
+        n = len(client.events)
+        await client.send({"type": "input_audio_buffer.clear"})
+        await client.wait_for("input_audio_buffer.cleared", start=n)
+        await client.send({"type": "input_audio_buffer.commit"})
+        empty = await client.wait_for("error", start=n)
+        await client.append(speech24k)
+        await client.send({"type": "input_audio_buffer.commit"})
+        heard = await client.wait_for("conversation.item.input_audio_transcription.completed")
+    finally:
+        await client.close()
+    assert empty["error"]["code"] == "input_audio_buffer_commit_empty", empty
+    assert [e["type"] for e in client.events].count("input_audio_buffer.cleared") == 2
+    assert [e["type"] for e in client.events].count("input_audio_buffer.committed") == 1
+    assert heard["usage"]["seconds"] >= len(speech24k) / 24000 - 0.1, heard
+    check_conformance(client)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: the audio stage pushes speech into the engine's open turn as "
+                   "it arrives, and the engine interface cannot take a turn's audio back, so clear drops only audio "
+                   "not yet through the audio stage (measured: 2.7 s of speech appended, cleared at once, and the "
+                   "next commit committed 1.568 s of it)")
+async def test_input_audio_buffer_clear_drops_speech_already_appended(
+    start_server: StartServer, speech24k: np.ndarray
+) -> None:
+    engine = ToneEngine()
+    url, _ = await start_server(engine)
+    client = await manual_turns(url)
+    try:
+        await client.append(speech24k)
+        await client.send({"type": "input_audio_buffer.clear"})
+        await client.wait_for("input_audio_buffer.cleared")
+        n = len(client.events)
+        await client.send({"type": "input_audio_buffer.commit"})
+        answer = await client.wait_for(lambda e: e["type"] in ("error", "input_audio_buffer.committed"), start=n)
+    finally:
+        await client.close()
+    assert answer["type"] == "error" and answer["error"]["code"] == "input_audio_buffer_commit_empty", answer
+
+
 def png_data_url(w: int, h: int) -> str:
     buf = io.BytesIO()
     Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format="PNG")
@@ -181,6 +240,42 @@ async def test_text_and_image_turn(start_server: StartServer) -> None:
     assert engine.sessions[-1].images == [(48, 64)]
     assert done["response"]["output"][0]["content"][0]["transcript"] == "You wrote: what is this"
     assert len(client.audio(done["response"]["id"])) > 0
+    check_conformance(client)
+
+
+async def test_instructions_and_voice_are_fixed_after_the_first_reply(start_server: StartServer) -> None:
+    """They are the engine session's prompt: after the first reply a change is refused (`invalid_value`, the
+    session as it was), while re-sending the same values with another setting (as clients that send their whole
+    session do) applies that setting."""
+    engine = ToneEngine()
+    url, _ = await start_server(engine)
+    client = await connect(url)
+    same = {"instructions": "Be brief.", "audio": {"output": {"voice": "ash"}}}
+    try:
+        await client.send({"type": "session.update", "session": {"type": "realtime", **same}})
+        await client.wait_for("session.updated")
+        await client.send({"type": "conversation.item.create", "item": TEXT_ITEM})
+        await client.send({"type": "response.create"})
+        await client.wait_for("response.done")
+        n = len(client.events)
+        await client.send({"type": "session.update", "session": {
+            "type": "realtime", **same, "audio": {**same["audio"], "input": {"turn_detection": None}}}})
+        kept = await client.wait_for(lambda e: e["type"] in ("session.updated", "error"), start=n)
+        refused = []
+        for change in ({"instructions": "Be long."}, {"audio": {"output": {"voice": "verse"}}}):
+            n = len(client.events)
+            await client.send({"type": "session.update", "session": {"type": "realtime", **change}})
+            refused.append(await client.wait_for(lambda e: e["type"] in ("session.updated", "error"), start=n))
+    finally:
+        await client.close()
+    assert kept["type"] == "session.updated", kept
+    assert kept["session"]["audio"]["input"]["turn_detection"] is None
+    assert kept["session"]["instructions"] == "Be brief." and kept["session"]["audio"]["output"]["voice"] == "ash"
+    for e in refused:
+        assert e["type"] == "error" and e["error"]["code"] == "invalid_value", e
+        assert "before the first reply" in e["error"]["message"]
+    assert len(engine.sessions) == 2  # opened at the start, reopened once for the first update
+    assert (engine.sessions[-1].instructions, engine.sessions[-1].voice) == ("Be brief.", "ash")
     check_conformance(client)
 
 

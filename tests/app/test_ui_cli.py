@@ -76,3 +76,46 @@ def test_omni_ui_serves_the_page_and_forwards_signaling_to_its_server() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_omni_ui_api_key_guards_its_server_and_the_page_sends_it(how: str) -> None:
+    """`omni ui --api-key KEY` (or OMNI_API_KEY): the in-process server requires the key, and the page's server
+    sends it for the browser, so a keyless request through the page is let in while one straight to the omni
+    server is refused."""
+    pytest.importorskip("gradio")
+    import os
+
+    key = "sk-omni-ui-cli-test-0123456789"
+    port = free_port()
+    argv = [sys.executable, "-m", "app.cli", "ui", "--engine", "test", "--port", str(port), "--ice-host", "127.0.0.1"]
+    env = {k: v for k, v in os.environ.items() if k != "OMNI_API_KEY"}
+    if how == "flag":
+        argv += ["--api-key", key]
+    else:
+        env["OMNI_API_KEY"] = key
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        line = ""
+        while "omni ui: open" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "omni ui exited before printing its URL"
+            assert time.monotonic() < deadline, "omni ui did not print its URL within 120 s"
+        server = line.split("(omni server ")[1].split(";")[0]
+        page = f"http://127.0.0.1:{port}"
+
+        def secrets(base: str) -> int:
+            req = urllib.request.Request(base + "/v1/realtime/client_secrets", data=b"", method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as e:
+                return int(e.code)
+
+        assert secrets(server) == 401  # the in-process server has the key
+        assert secrets(page) == 200  # the page's server sent it
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -63,7 +63,7 @@ async function start() {
     channel.addEventListener("message", (ev) => onEvent(JSON.parse(ev.data)));
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIce(pc, 3000); // non-trickle: the answerer gathers fully, so send every candidate at once
-    const user = $("user-id") ? $("user-id").value.trim() : ""; // (the Gradio page has no user field)
+    const user = $("user-id") ? $("user-id").value.trim() : "";
     const url = user ? `/v1/realtime/calls?user_id=${encodeURIComponent(user)}` : "/v1/realtime/calls";
     const offer = (auth) => fetch(url, {
       method: "POST", headers: { "Content-Type": "application/sdp", ...auth }, body: pc.localDescription.sdp,
@@ -193,6 +193,19 @@ function onEvent(ev) {
   }
 }
 
+// Hang up: the server ends the call first (DELETE with the call's secret), so it closes for that reason rather
+// than on noticing the closed channel; at most 2 s, then the browser's side closes whatever the answer.
+async function hangUp() {
+  const url = callUrl;
+  callUrl = null;
+  $("hangup").disabled = true;
+  if (url) {
+    const headers = { "X-Omni-Call-Secret": callSecret || "" };
+    await fetch(url, { method: "DELETE", headers, signal: AbortSignal.timeout(2000) }).catch(() => {});
+  }
+  stop();
+}
+
 function stop() {
   if (callUrl) fetch(callUrl, { method: "DELETE", headers: { "X-Omni-Call-Secret": callSecret || "" } }).catch(() => {});
   callUrl = null;
@@ -212,7 +225,7 @@ function stop() {
 }
 
 $("connect").addEventListener("click", start);
-$("hangup").addEventListener("click", stop);
+$("hangup").addEventListener("click", hangUp);
 window.omniStart = start;
 window.omniStop = stop;
 // For pages that embed this client (the Gradio UI) and the controls (ui/web/controls.js): the call, the local tracks, sending events.
