@@ -196,9 +196,9 @@ def in_window(engine: EmbeddedEngine, embed: TextEmbedder, user: str, fact: Fact
             session.use_memory(lane)
             reply_of(session, statement)
             fact_end = session.chat.state.cache.length
-            for text in FILLERS:
+            for text in FILLERS * 2:  # short replies: a filler may be asked twice
                 reply_of(session, text)
-                if session.chat.state.cache.length - WINDOW > fact_end + 64:
+                if session.chat.state.cache.length - WINDOW > fact_end:
                     break
             if session.chat.state.cache.length - WINDOW <= fact_end:
                 raise RuntimeError(f"the fillers did not push {statement!r} out of the {WINDOW}-token window")
