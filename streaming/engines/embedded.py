@@ -210,8 +210,8 @@ class EmbeddedSession(EngineSessionBase):
         after them (memory.window). SmolLM2-135M, 6 turns past a 320-token window, asked "What is my locker code?":
         with the instructions first, 4 of 4 answers had the recalled digits; without, 5 of 24 over 12 slot wordings.
         While the prompt is still whole in view it is not repeated: a second copy just before the question made
-        the LM refuse ("as a voice assistant, I don't have personal data") where one copy did not, 4 of 9 correct
-        against 8 of 9 on the tuning facts of benchmarks/fact_recall.py (new session, fact recalled from L3)."""
+        the LM refuse ("as an AI, I don't have personal data") where one copy did not: 3 of 9 answers right against
+        7 of 9 on the tuning facts of benchmarks/fact_recall.py (scenario alone: a new session, the fact recalled)."""
         slot = self.memory.slot(message) if self.memory is not None else ""
         first = self.chat.messages[0] if self.chat.messages else None
         if not slot or first is None or first["role"] != "system":
