@@ -22,6 +22,13 @@ Variants (`--variants`, comma-separated; `engine` is the product as configured):
 
 Scenario `window` is the end-to-end test's situation typed: one session with a 320-token window, the fact, typed
 filler turns until the fact has left the window, then the question (the slot repeats the system prompt there).
+Measured (2026-12-03, 2 shared cores, `--max-new-tokens 40`, greedy; tuning first, held-out once at the end):
+  tuning (9), alone: before this benchmark's fixes 3/9; slot without the repeated system prompt 7/9; and the
+    penalty not counting the slot (today's engine) 8/9; rep1.0 8/9; facts 7/9; you 7/9 (the last two measured
+    with the penalty still counting the slot). crowded: engine 7/9, rep1.0 8/9, facts 8/9, you 8/9. window:
+    engine 5/9.
+  held-out (22), engine: alone 17/22, crowded 13/22 (wrong fact picked among similar ones, e.g. "zip code" ->
+    the office extension), window 15/22, of which 7 read the slot line back with its "[date time, ago]" stamp.
 `--max-new-tokens` caps every reply (the engine's 96 by default; 40 keeps a run short, and answers come first).
 """
 
