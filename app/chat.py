@@ -10,16 +10,16 @@ checkpoint directory runs in the omni engine (speaking only with `--speak`). Its
 `--image FILE` and `--video FILE` join the first user turn before the text (audio as if spoken, images and
 video as attachments), e.g. `omni chat --model Qwen2.5-Omni-7B --audio question.wav --prompt "Answer it."`.
 
-A Qwen3-Omni checkpoint directory (told apart by model/loaders/family.py) answers in text through its Thinker
-session (model/qwen3/session.py) directly, until the omni engine serves that family; `--audio` and `--image`
-join its first turn, `--video`, `--audio-in-video` and `--speak` are refused there.
+A Qwen3-Omni checkpoint directory (told apart from config.json by model/loaders/family.py) runs in the same omni
+engine, with the same flags: `--speak` through its Talker and Code2Wav (`--voice` names one of its speakers),
+`--video` through its vision encoder; what the engine does not yet do for that family (a video's soundtrack,
+`--audio-in-video`) is refused with the engine's message.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 import wave
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,8 +31,6 @@ from model.lm.sampling import SamplingConfig
 if TYPE_CHECKING:
     import numpy as np
 
-    from model.qwen3.loader import LoadedQwen3
-    from model.qwen3.session import Qwen3ThinkerSession
     from streaming.engine import Attachment, Engine, EngineSession
 
 FirstTurn = tuple[list["Attachment"], "np.ndarray | None"]  # attachments, audio (float32 at 16 kHz)
@@ -53,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=4096, help="attention window of the KV cache, in tokens")
     p.add_argument("--audio", default=None, help="audio file for the first turn (Qwen2.5-Omni, Qwen3-Omni)")
     p.add_argument("--image", default=None, help="image file for the first turn (Qwen2.5-Omni, Qwen3-Omni)")
-    p.add_argument("--video", default=None, help="video file for the first turn, sampled at 2 fps (Qwen2.5-Omni)")
+    p.add_argument("--video", default=None,
+                   help="video file for the first turn, sampled at 2 fps (Qwen2.5-Omni, Qwen3-Omni)")
     p.add_argument(
         "--audio-in-video",
         action="store_true",
@@ -63,9 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--speak",
         default=None,
         metavar="OUT.wav",
-        help="also speak the replies (Qwen2.5-Omni checkpoints): 24 kHz WAV of every reply in turn",
+        help="also speak the replies (Qwen2.5-Omni, Qwen3-Omni -Instruct checkpoints): 24 kHz WAV of every reply "
+        "in turn",
     )
-    p.add_argument("--voice", default=None, help="voice for --speak (default: the checkpoint's, Chelsie)")
+    p.add_argument("--voice", default=None,
+                   help="voice for --speak (default: the checkpoint's, Chelsie; Qwen3-Omni: a speaker name)")
     p.set_defaults(run=run)
 
 
@@ -85,12 +86,8 @@ def run(args: argparse.Namespace) -> int:
         _check_media_args(args)
         if interactive:
             print("loading model ...", file=sys.stderr, flush=True)
-        chat: _Chat | _Qwen3Chat
-        if _is_qwen3(args.model):
-            chat, loaded = _build_qwen3(args)
-        else:
-            engine, loaded = _build_engine(args)
-            chat = _Chat(engine, args.system, args.speak)
+        engine, loaded = _build_engine(args)
+        chat = _Chat(engine, args.system, args.speak)
         media = _read_media(args)
     except (CheckpointError, ValueError) as e:  # bad media files raise ValueErrors naming the file
         print(f"omni chat: error: {e}", file=sys.stderr)
@@ -99,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{loaded}. /reset starts over, /quit or Ctrl-D ends.", file=sys.stderr)
     try:
         answered = chat.run([args.prompt] if args.prompt is not None else _input_lines(interactive), media, interactive)
+    except ValueError as e:  # media the engine cannot take (e.g. a soundtrack it does not yet read)
+        print(f"omni chat: error: {e}", file=sys.stderr)
+        return 1
     finally:
         chat.close()
     if answered == 0:
@@ -132,8 +132,8 @@ def _build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
         )  # fmt: skip
         return omni, f"loaded {omni.thinker.source} in {omni.thinker.load_seconds:.1f} s"
     if args.audio or args.image or args.video or args.speak:
-        raise CheckpointError("--audio/--image/--video/--speak need a Qwen2.5-Omni checkpoint directory (--model DIR; "
-                              "--audio/--image also take a Qwen3-Omni one)")
+        raise CheckpointError("--audio/--image/--video/--speak need a Qwen2.5-Omni or Qwen3-Omni checkpoint directory "
+                              "(--model DIR)")
     from streaming.engines.embedded import EmbeddedEngine
 
     lm = load_lm(args.model, dtype=dtype_of(args), device=args.device, quant=args.quant)
@@ -141,30 +141,10 @@ def _build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
     return text, f"loaded {lm.source} in {lm.load_seconds:.1f} s"
 
 
-def _is_qwen3(model: str | None) -> bool:
-    from model.loaders.family import QWEN3_OMNI_MOE, detect_family
-    from model.loaders.omni import is_omni_checkpoint
-
-    return model is not None and is_omni_checkpoint(model) and detect_family(model) == QWEN3_OMNI_MOE
-
-
 def _sampling(args: argparse.Namespace) -> SamplingConfig:
     return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
                           seed=args.seed)
-
-
-def _build_qwen3(args: argparse.Namespace) -> tuple[_Qwen3Chat, str]:
-    from model.errors import CheckpointError
-    from model.qwen3.loader import load_qwen3
-
-    if args.video or args.speak:
-        raise CheckpointError("--video/--audio-in-video/--speak are not supported for Qwen3-Omni checkpoints yet")
-    if args.quant:
-        raise CheckpointError("--quant is not supported for Qwen3-Omni checkpoints yet (mixture-of-experts layers)")
-    loaded = load_qwen3(args.model, dtype=dtype_of(args), device=args.device)
-    chat = _Qwen3Chat(loaded, _sampling(args), args.system, args.window)
-    return chat, f"loaded {loaded.source} (Qwen3-Omni, text replies) in {loaded.load_seconds:.1f} s"
 
 
 def _read_media(args: argparse.Namespace) -> FirstTurn:
@@ -248,78 +228,6 @@ class _Chat:
         self.session.close()
         if self.wav is not None:
             self.wav.close()
-
-
-class _Qwen3Chat:
-    """`_Chat` for a Qwen3-Omni checkpoint: typed turns (with the first turn's audio and image) answered in text by
-    a `Qwen3ThinkerSession`, until the omni engine serves this family."""
-
-    def __init__(self, loaded: LoadedQwen3, sampling: SamplingConfig, system: str | None, window: int) -> None:
-        self.loaded, self.sampling, self.system, self.window = loaded, sampling, system, window
-        self.session = self._open()
-
-    def _open(self) -> Qwen3ThinkerSession:
-        from model.lm.decoder import default_cache_config
-        from model.qwen3.session import Qwen3ThinkerSession
-
-        q = self.loaded
-        return Qwen3ThinkerSession(q.model, q.prompt, self.system, default_cache_config(q.model.lm.cfg, self.window),
-                                   q.tokenizer)
-
-    def run(self, turns: Iterable[str], media: FirstTurn, interactive: bool) -> int:
-        import torch
-
-        attachments, audio = media
-        answered = 0
-        for text in turns:
-            if interactive and text == "/reset":
-                self.session = self._open()
-                print("(conversation cleared)", file=sys.stderr)
-                continue
-            start = time.perf_counter()
-            before = self.session.prefilled_tokens
-            self.session.start_user_turn()
-            if answered == 0:
-                for a in attachments:
-                    rgb = getattr(a, "rgb", None)
-                    if rgb is not None:
-                        self.session.add_image(*self.loaded.model.image_input(
-                            torch.from_numpy(rgb).float(), self.loaded.vision_preprocess))
-                if audio is not None:
-                    self.session.add_audio(torch.from_numpy(audio))
-            self.session.add_text(text)
-            self.session.end_user_turn()
-            stats = {"prompt_tokens": float(self.session.prefilled_tokens - before),
-                     "prefill_s": time.perf_counter() - start}
-            if interactive:
-                sys.stdout.write("omni> ")
-            self.answer(sys.stdout, stats if interactive else None)
-            answered += 1
-        return answered
-
-    def answer(self, out: TextIO, stats: dict[str, float] | None) -> None:
-        from model.thinker_session import TokenText
-
-        start, n = time.perf_counter(), 0
-        events = self.session.respond(self.sampling)
-        try:
-            for ev in events:
-                if isinstance(ev, TokenText):
-                    n += 1
-                    out.write(ev.text)
-                    out.flush()
-        except KeyboardInterrupt:
-            events.close()  # the session feeds the turn end; the history keeps what was shown
-            print("\n(interrupted)", file=sys.stderr)
-            return
-        out.write("\n")
-        out.flush()
-        if stats is not None:
-            elapsed = time.perf_counter() - start
-            _print_stats(stats | {"new_tokens": float(n), "decode_tok_s": n / elapsed if elapsed > 0 else 0.0})
-
-    def close(self) -> None:
-        pass
 
 
 def _int16(pcm: np.ndarray) -> bytes:

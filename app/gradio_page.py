@@ -17,15 +17,15 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ui.pages import WEB_ROOT, call_ui
 
 if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
-WEB_ROOT = Path(__file__).resolve().parent.parent / "ui" / "web"  # the static page and its scripts
-STATIC = {"app.js": "text/javascript", "gradio.js": "text/javascript"}
+STATIC = {"app.js": "text/javascript", "controls.js": "text/javascript"}
 OFFER_TIMEOUT = 30.0  # seconds: the omni server answers after gathering ICE (about 0.1-0.5 s on loopback)
 
 # gr.HTML runs this when the block is on the page; the demo client binds to the block's element ids, so it
@@ -39,7 +39,7 @@ if (!window.__omniLoading) {
     s.onload = next || null;
     document.body.appendChild(s);
   };
-  add("/omni/static/app.js", () => add("/omni/static/gradio.js"));
+  add("/omni/static/app.js", () => add("/omni/static/controls.js"));
 }
 """
 
@@ -91,7 +91,7 @@ def build_app(server_url: str) -> FastAPI:
     app.router.add_route("/omni/static/{name}", static, methods=["GET"])
 
     with gr.Blocks(title="omni") as blocks:
-        gr.HTML((WEB_ROOT / "gradio.html").read_text(), js_on_load=LOADER, elem_id="omni-block")
+        gr.HTML(f'<div id="omni-ui">{call_ui()}</div>', js_on_load=LOADER, elem_id="omni-block")
     # System fonts: the default theme would fetch its web font from a CDN.
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])

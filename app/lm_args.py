@@ -18,8 +18,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "with float32 activations")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--quant", choices=["int8", "int4"], default=None,
-                   help="weight-only quantisation of the projections at load, from a bf16/fp32 checkpoint "
-                        "(Triton kernels on CUDA; float32 reference matmuls elsewhere, slow)")
+                   help="weight-only quantisation of the projections at load, from a bf16/fp32 checkpoint; "
+                        "Qwen3-Omni: also its expert stacks and its Talker (Triton kernels on CUDA; float32 "
+                        "reference matmuls elsewhere, slow)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch and the 4-bit kernels (0: torch's default, one per core); on a "
                         "machine where other work holds a core, 1 can be several times faster than 2")

@@ -45,7 +45,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import av
@@ -67,9 +66,9 @@ from streaming.session import Session
 from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad, TurnConfig
 from streaming.worker import DeviceWorker
+from ui.pages import demo_page
 
 log = logging.getLogger("omni.serve")
-WEB_ROOT = Path(__file__).resolve().parent.parent / "ui" / "web"
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 CONNECT_TIMEOUT = 30.0  # a call that never connects is torn down after this
 IDLE_TIMEOUT = 10.0  # a connected call whose microphone sends no RTP for this long is torn down
@@ -84,27 +83,46 @@ class AssistantAudioTrack(MediaStreamTrack):
     def __init__(self, session: Session) -> None:
         super().__init__()
         self._session = session
-        self._start: float | None = None
-        self._pts = 0
+        self._clock = FrameClock(OUTPUT_RATE, FRAME_SAMPLES)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += FRAME_SAMPLES
-            wait = self._start + self._pts / OUTPUT_RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        pts = await self._clock.next_frame()
         pcm = self._session.read_output(FRAME_SAMPLES)
         if pcm is None:
             pcm = np.zeros(FRAME_SAMPLES, np.int16)
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = OUTPUT_RATE
-        frame.pts = self._pts
-        frame.time_base = Fraction(1, OUTPUT_RATE)
-        return frame
+        return mono_frame(pcm, OUTPUT_RATE, pts)
+
+
+class FrameClock:
+    """Real-time pacing of an outgoing track's frames: the first at once, each next one when its time comes
+    (after a stall, the late frames go at once, so the stream catches up instead of drifting)."""
+
+    def __init__(self, rate: int, frame: int) -> None:
+        self.rate, self.frame = rate, frame
+        self._start: float | None = None
+        self._pts = 0
+
+    async def next_frame(self) -> int:
+        """Wait until the next frame is due; its timestamp in samples."""
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += self.frame
+            wait = self._start + self._pts / self.rate - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        return self._pts
+
+
+def mono_frame(pcm: np.ndarray, rate: int, pts: int) -> av.AudioFrame:
+    """int16 mono samples as an av.AudioFrame stamped `pts` (in samples)."""
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = rate
+    frame.pts = pts
+    frame.time_base = Fraction(1, rate)
+    return frame
 
 
 @dataclass
@@ -256,6 +274,7 @@ class Server:
         self.media = DeviceWorker("media-worker")
         self.vad: SileroVad | None = None
         self.metrics = ServerMetrics()
+        self.demo_page = demo_page()  # the browser demo's HTML, put together once
         self.connections: dict[str, Connection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False  # shutting down: no new calls (app.shutdown)
@@ -319,8 +338,8 @@ class Server:
 
     # ---- HTTP handlers ----
 
-    async def index(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(WEB_ROOT / "index.html")
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.demo_page, content_type="text/html")
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         self.metrics.set_gauge(

@@ -17,11 +17,15 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from app import deploy_args
-from streaming.vad import TurnConfig
+from streaming.vad import EAGERNESS, TurnConfig
 
 log = logging.getLogger("omni.serve")
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import numpy as np
+
     from streaming.engine import Engine
     from streaming.memory_lane import MemoryHub
     from streaming.memory_summary import WorkerSummarizer
@@ -99,6 +103,13 @@ def _add_turn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-speech-ms", type=int, default=turn.min_speech_ms,
                    help="shorter sounds (clicks, coughs) are not speech (default %(default)s)")
     p.add_argument("--vad-threshold", type=float, default=turn.threshold, help="(default %(default)s)")
+    p.add_argument("--semantic-eot", type=float, default=turn.semantic_eot, metavar="THRESHOLD",
+                   help="semantic end of turn: at the --pause-ms pause, an engine that can tell (embedded) judges "
+                        "whether the user's words are a finished message; at this probability or above the turn "
+                        "ends there instead of after --silence-ms (0: off, every turn waits the silence; a "
+                        "client's session.update chooses per session: semantic_vad's eagerness "
+                        + ", ".join(f"{k} {v:g}" for k, v in EAGERNESS.items() if k != "auto")
+                        + ", or server_vad, off; default %(default)s)")
 
 
 def add_memory_arguments(p: argparse.ArgumentParser) -> None:
@@ -115,8 +126,9 @@ def add_memory_arguments(p: argparse.ArgumentParser) -> None:
 
 def open_memory(args: argparse.Namespace, engine: Engine | None = None) -> MemoryHub | None:
     """The process's memory for engines that use it (embedded, omni), None with --no-memory or for the others.
-    With the embedded engine, L2 summaries are written by its LM every 10 events or 5 minutes of stream, as
-    low-priority steps on the device worker (streaming.memory_summary); other engines' memory has no L2."""
+    L2 summaries are written by the engine's own LM (the embedded LM; the omni engine's Thinker, Qwen2.5-Omni) every
+    10 events or 5 minutes of stream, as low-priority steps on the device worker (streaming.memory_summary); other
+    engines' memory has no L2. The omni engine's memory also keys text items in the Thinker's input space."""
     if args.no_memory and (args.memory_dir or args.memory_url):
         raise ValueError("--no-memory cannot go with --memory-dir or --memory-url")
     if args.memory_dir and args.memory_url:
@@ -138,21 +150,50 @@ def open_memory(args: argparse.Namespace, engine: Engine | None = None) -> Memor
         store = MemoryStore.open(fallback)
     embed = TextEmbedder()
     summarizer = lm_summarizer(engine) if engine is not None else None
-    return MemoryHub(Memory(store, embed=embed, summarize=summarizer), embed, summarizer=summarizer)
+    spaces = text_spaces(engine) if engine is not None else {}
+    return MemoryHub(Memory(store, embed=embed, summarize=summarizer, text_spaces=spaces), embed,
+                     summarizer=summarizer)
 
 
 def lm_summarizer(engine: Engine) -> WorkerSummarizer | None:
-    """The embedded engine's LM as the memory's summarizer (None for engines without a text LM here)."""
-    if engine.name != "embedded":  # (the embedded module is imported only where it already is)
+    """The engine's own LM as the memory's summarizer: the embedded engine's LM, or the omni engine's Thinker
+    (Qwen2.5-Omni, text-only generation; None for others)."""
+    from streaming.memory_summary import WorkerSummarizer
+
+    if engine.name == "omni":  # (each engine module is imported only where it already is)
+        from model.lm.summary import thinker_summary_steps
+        from model.loaders.omni import LoadedThinker
+        from streaming.engines.omni import OmniEngine
+
+        assert isinstance(engine, OmniEngine)
+        thinker = engine.thinker
+        if not isinstance(thinker, LoadedThinker):
+            return None  # (Qwen3-Omni: no memory yet)
+        return WorkerSummarizer(lambda texts: thinker_summary_steps(thinker, texts))
+    if engine.name != "embedded":
         return None
     from streaming.engines.embedded import EmbeddedEngine
 
     assert isinstance(engine, EmbeddedEngine)
     from model.lm.summary import summary_steps
-    from streaming.memory_summary import WorkerSummarizer
 
     lm = engine.lm
     return WorkerSummarizer(lambda texts: summary_steps(lm, texts))
+
+
+def text_spaces(engine: Engine) -> dict[str, Callable[[Sequence[str]], np.ndarray]]:
+    """The memory's extra text key spaces: the omni engine's Thinker input space (streaming.engines.omni_memory), so
+    a spoken question reaches typed facts and summaries; none for other engines."""
+    if engine.name != "omni":
+        return {}
+    from model.loaders.omni import LoadedThinker
+    from streaming.engines.omni import OmniEngine
+    from streaming.engines.omni_memory import THINKER_SPACE, ThinkerTextKeys
+
+    assert isinstance(engine, OmniEngine)
+    if not isinstance(engine.thinker, LoadedThinker):
+        return {}
+    return {THINKER_SPACE: ThinkerTextKeys(engine.thinker)}
 
 
 def make_engine(
@@ -205,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         turn = TurnConfig(
             threshold=args.vad_threshold, silence_ms=args.silence_ms, min_speech_ms=args.min_speech_ms,
-            pause_ms=args.pause_ms,
+            pause_ms=args.pause_ms, semantic_eot=args.semantic_eot,
         ).validate()
         if args.idle_timeout < 0:
             raise ValueError(f"--idle-timeout must be >= 0 seconds, got {args.idle_timeout:g}")

@@ -6,9 +6,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from app.auth import auth_middleware
-from app.realtime_server import SERVER_KEY, WEB_ROOT, ServeOptions, Server
+from app.realtime_server import SERVER_KEY, ServeOptions, Server
 from app.realtime_ws import add_routes
 from streaming.engine import Engine
+from ui.pages import WEB_ROOT
 
 
 def build_app(engine: Engine, options: ServeOptions | None = None) -> web.Application:

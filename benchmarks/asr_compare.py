@@ -1,15 +1,17 @@
-"""Word error rate per voice on held-out speech: Whisper base (today's decoding settings and the earlier
-ones) vs the old pocketsphinx recogniser, same run.
+"""Word error rate per voice on held-out speech: Whisper base (today's decoding settings, the same with its
+beam rescored by the packaged text LM, and the earlier settings) vs the old pocketsphinx recogniser, same run.
 
     .venv/bin/python benchmarks/asr_compare.py [-v] [--set fresh|tuning] [--limit N] [--whisper-dir DIR]
-                                               [--no-piper] [--no-sphinx] [--partials]
+                                               [--no-piper] [--no-sphinx] [--no-lm] [--partials]
 
 Speech from benchmarks/heldout_speech.py (used by no test): by default its fresh part (sentences and voices
 that no tuning looked at: the numbers to quote), or with `--set tuning` the part Whisper's decoding settings
 were chosen on; espeak-ng voices at other rates and pitches than the engine's and Debian's flite voices
 (`apt-get install flite`; skipped with a note when missing), plus the new Piper voice for the round trip.
 "whisper" decodes with `WhisperConfig()`'s settings, "whisper-old" with the first ones (greedy:
-`OLD_DECODING`), so a change of settings is measured side by side on the same audio. Audio is
+`OLD_DECODING`), so a change of settings is measured side by side on the same audio; "whisper+lm" is
+"whisper" with its beam's hypotheses rescored by the packaged SmolLM2-135M (model/embedded/lm_rescore.py), as
+the embedded engine runs it. Audio is
 pushed in 20 ms chunks, as the engine receives it. Latency is `finish` alone per utterance: what is left to
 do at the pause. Whisper's partial captions do not change its final transcript, so they are off unless
 `--partials` (each refresh costs about one `finish`; on by default in the engine, every 1 s of audio);
@@ -44,9 +46,11 @@ from benchmarks.heldout_speech import (
 )
 from model.embedded.asr import RecognizerConfig, RecognizerStats, StreamingRecognizer
 from model.embedded.conversation_lm import conversation_lm_path
+from model.embedded.lm_rescore import LMScorer
 from model.embedded.piper import PiperSynthesizer
 from model.embedded.wer import WordErrors, word_errors
 from model.embedded.whisper import WhisperConfig, WhisperModel, WhisperRecognizer
+from model.loaders import load_lm
 from model.pcm import resample
 
 CHUNK = 320  # 20 ms at 16 kHz: one WebRTC frame
@@ -83,6 +87,7 @@ def main() -> int:
     parser.add_argument("--whisper-dir", help="another CTranslate2 Whisper directory (default: packaged base)")
     parser.add_argument("--no-piper", action="store_true", help="skip the Piper round trip")
     parser.add_argument("--no-sphinx", action="store_true", help="skip the old pocketsphinx recogniser")
+    parser.add_argument("--no-lm", action="store_true", help="skip Whisper rescored by the packaged text LM")
     parser.add_argument("--partials", action="store_true", help="Whisper partial captions every 1 s, as served")
     args = parser.parse_args()
     fresh = args.set == "fresh"
@@ -107,8 +112,12 @@ def main() -> int:
             sets.append((f"human ({Path(clip.path).name})", "human", [pcm]))
 
     partials = {} if args.partials else {"partial_interval_s": float("inf")}
-    recognizers: list[tuple[str, Recognizer]] = [
-        ("whisper", WhisperRecognizer(WhisperModel(args.whisper_dir, WhisperConfig(**partials)))),
+    base = WhisperModel(args.whisper_dir, WhisperConfig(**partials))
+    recognizers: list[tuple[str, Recognizer]] = [("whisper", WhisperRecognizer(base))]
+    if not args.no_lm:
+        rescored = WhisperModel(args.whisper_dir, WhisperConfig(**partials), rescorer=LMScorer(load_lm()))
+        recognizers.insert(0, ("whisper+lm", WhisperRecognizer(rescored)))
+    recognizers += [
         ("whisper-old", WhisperRecognizer(WhisperModel(args.whisper_dir, WhisperConfig(**partials, **OLD_DECODING)))),
     ]  # type: ignore[arg-type]
     if not args.no_sphinx:

@@ -1,7 +1,17 @@
-"""The GPU benchmark in one call: random weights at the real Qwen2.5-Omni 3B and 7B shapes (no download).
+"""The GPU benchmark in one call: random weights at the real Qwen2.5-Omni 3B and 7B shapes (no download), and
+the Qwen3-Omni 30B-A3B Thinker's mixture-of-experts decoder (`--preset qwen3`).
 
     .venv/bin/python benchmarks/gpu.py --device cuda                  # 3B and 7B, bf16/int8/int4, < 8 min
+    .venv/bin/python benchmarks/gpu.py --device cuda --preset qwen3   # 30B-A3B Thinker (60 GB of bf16 weights)
     .venv/bin/python benchmarks/gpu.py --preset tiny                  # CPU smoke run (CI), a few seconds
+    .venv/bin/python benchmarks/gpu.py --preset qwen3-tiny            # the Qwen3 row's CPU smoke run
+
+Qwen3 rows: the Thinker text decoder at the released shapes (48 layers, 128 experts top-8, q/k norm); its
+bandwidth bound counts what one decode token reads (attention, routers, the 8 routed experts of each layer, the
+head), not the whole 60 GB. The speech rows and transformers' generate are Qwen2.5-Omni's and are not run for
+Qwen3 presets (its speech path: benchmarks/qwen3_speech.py, benchmarks/qwen3_first_audio.py): first text only.
+int4 experts run one int4 matmul per expert with tokens, which reads the routing on the host, so the Qwen3 int4
+row runs without CUDA graphs.
 
 Measures, per preset: the device's copy bandwidth; Thinker decode ms/token through the serving path (one
 session in `BatchedDecoder`, CUDA graphs captured on CUDA, capture time reported) for bf16, int8 and int4
@@ -26,10 +36,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +52,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.talker import build as build_speech
 from benchmarks.talker import run_turn
+from model.layers.mlp import SparseMoE
 from model.layers.quant_linear import quantize_decoder
 from model.lm.batch import BatchedDecoder
+from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplingConfig
+from model.qwen3.config import Qwen3OmniConfig
+from model.qwen3.thinker import text_config as qwen3_text_config
 from model.talker import Talker, TalkerState, TalkerTextEmbeds
 from model.thinker import ThinkerConfig
 from model.token2wav import Token2Wav
 from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav, Token2WavState
 
-PRESETS = {"tiny": "tiny", "3b": "qwen2.5-omni-3b", "7b": "qwen2.5-omni-7b"}
+PRESETS = {"tiny": "tiny", "3b": "qwen2.5-omni-3b", "7b": "qwen2.5-omni-7b", "qwen3": "qwen3-omni-30b-a3b",
+           "qwen3-tiny": "qwen3-omni-tiny"}
 SYSTEM, AUDIO, BLOCK, TAIL = 20, 125, 50, 5  # prompt tokens: system, 5 s of audio, 2-s block, end of turn
 TALKER_PROMPT = 64  # Thinker positions the Talker has prefilled before the reply
 
@@ -74,6 +92,21 @@ def copy_bandwidth(dev: torch.device, nbytes: int) -> float:
     return 2 * nbytes / statistics.median(times) / 1e9
 
 
+def is_qwen3(name: str) -> bool:
+    return name.startswith("qwen3")
+
+
+def decoder_config(name: str) -> DecoderConfig:
+    """The Thinker text decoder's config of a preset (Qwen3's tiny one: the released config shrunk)."""
+    if not is_qwen3(name):
+        return ThinkerConfig.from_name(name).text
+    cfg = qwen3_text_config(Qwen3OmniConfig.from_name("qwen3-omni-30b-a3b").thinker)
+    if name == "qwen3-omni-tiny":
+        cfg = replace(cfg, vocab_size=1024, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                      num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, mrope_section=(4, 2, 2))
+    return cfg
+
+
 def build_lm(name: str, dev: torch.device, dtype: torch.dtype, quant: str | None) -> DecoderLM:
     """The Thinker's text model, random weights, built directly in `dtype` (a 7B float32 copy is 28 GB)."""
     torch.manual_seed(0)
@@ -81,7 +114,11 @@ def build_lm(name: str, dev: torch.device, dtype: torch.dtype, quant: str | None
     torch.set_default_dtype(dtype)
     try:
         with torch.device(dev):
-            lm = DecoderLM(ThinkerConfig.from_name(name).text).eval()
+            lm = DecoderLM(decoder_config(name)).eval()
+            for layer in lm.layers:  # expert stacks are allocated uninitialised
+                if isinstance(layer.mlp, SparseMoE):
+                    for p in layer.mlp.experts.parameters():
+                        torch.nn.init.normal_(p, std=0.02)
     finally:
         torch.set_default_dtype(default)
     if quant is not None:
@@ -90,9 +127,15 @@ def build_lm(name: str, dev: torch.device, dtype: torch.dtype, quant: str | None
 
 
 def step_bytes(lm: DecoderLM) -> int:
-    """Bytes of weights one decode step reads: every layer, the final norm and the head (one embedding row
-    aside; with tied embeddings the head is the table)."""
+    """Bytes of weights one decode step of one session reads: every layer, the final norm and the head (one
+    embedding row aside; with tied embeddings the head is the table); of a mixture-of-experts layer's expert
+    stacks only the share of the experts a token is routed to (top-k of E)."""
     layers = sum(t.nbytes for t in list(lm.layers.parameters()) + list(lm.layers.buffers()))
+    for layer in lm.layers:
+        mlp = layer.mlp
+        if isinstance(mlp, SparseMoE):
+            stacks = sum(t.nbytes for t in list(mlp.experts.parameters()) + list(mlp.experts.buffers()))
+            layers -= stacks - stacks * mlp.top_k // mlp.gate.out_features
     head = lm.embed_tokens.weight if lm.lm_head is None else lm.lm_head.weight
     return layers + lm.norm.weight.nbytes + head.nbytes
 
@@ -264,7 +307,10 @@ def run_preset(preset: str, args: argparse.Namespace, bandwidth: float) -> dict[
     out: dict[str, Any] = {"preset": name, "dtype": str(dtype).removeprefix("torch."), "decode": {}}
     for quant in (None, "int8", "int4"):
         lm = build_lm(name, dev, dtype, quant)
-        r = decode_speed(lm, cache, args.decode_steps)
+        eager = is_qwen3(name) and quant == "int4" and dev.type == "cuda"  # see the module docstring
+        with _graphs_off(eager):
+            r = decode_speed(lm, cache, args.decode_steps)
+        r["cuda_graphs"] = dev.type == "cuda" and not eager
         r["weight_gb"] = step_bytes(lm) / 1e9
         r["bound_ms"] = step_bytes(lm) / (bandwidth * 1e9) * 1e3
         r["share_of_bound"] = r["bound_ms"] / r["decode_ms"]
@@ -275,7 +321,7 @@ def run_preset(preset: str, args: argparse.Namespace, bandwidth: float) -> dict[
         else:
             del lm
     speech = None
-    if args.speech:
+    if args.speech and not is_qwen3(name):
         speech = build_speech("tiny" if preset == "tiny" else name, args.device, dtype)
         turn = argparse.Namespace(device=args.device, codes=args.codes, prompt=TALKER_PROMPT,
                                   first_chunk_blocks=args.first_chunk_blocks)
@@ -284,11 +330,27 @@ def run_preset(preset: str, args: argparse.Namespace, bandwidth: float) -> dict[
     out["batched_decode"] = [batched_decode(dense, cache, n, args.decode_steps) for n in args.sessions]
     out["first_audio"] = [first_audio(dense, speech, n, cache, args.first_chunk_blocks) for n in args.sessions]
     del dense, speech
-    if args.transformers:
+    if args.transformers and not is_qwen3(name):
         out["transformers"] = transformers_decode(name, dev, dtype)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+@contextmanager
+def _graphs_off(off: bool) -> Iterator[None]:
+    """OMNI_CUDA_GRAPHS=0 inside (model/lm/cuda_graph.py) when `off`."""
+    old = os.environ.get("OMNI_CUDA_GRAPHS")
+    if off:
+        os.environ["OMNI_CUDA_GRAPHS"] = "0"
+    try:
+        yield
+    finally:
+        if off:
+            if old is None:
+                del os.environ["OMNI_CUDA_GRAPHS"]
+            else:
+                os.environ["OMNI_CUDA_GRAPHS"] = old
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -346,7 +408,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=[*PRESETS, "all"], default="all", help="all: 3b and 7b")
+    p.add_argument("--preset", choices=[*PRESETS, "all"], default="all", help="all: 3b and 7b (qwen3: 30B-A3B)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sessions", default="1,4,16,32", help="concurrent sessions for first-audio latency")
     p.add_argument("--decode-steps", type=int, default=64)

@@ -1,14 +1,16 @@
 """The omni engine's first audio with memory on and off, and its recall time (issue 12), on the tests' tiny random
 Qwen2.5-Omni checkpoint (built with transformers, a test-only dependency) or a real checkpoint (--model DIR).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/omni_memory.py [--turns 6] [--history 20] [--model DIR]
+    PYTHONPATH=. .venv/bin/python benchmarks/omni_memory.py [--turns 6] [--history 20] [--model DIR] [--budget N]
 
 Memory is filled by `--history` earlier turns of 4.5 s of audio with a camera (one session, one event per
 turn, closed: its events written); then `--turns` spoken turns are answered by a session with memory and one
 without. First audio is timed from the `respond` call (so the recall, the slot's prefill and the prompt's end
 are inside it) to the first audio chunk. The recall time is the memory's ranking and packing
 (`Recall.elapsed_ms`), the question's vector being the Thinker's own input embeddings of what was said (no text
-embedding for a spoken question).
+embedding for a spoken question), scored against the feature lanes and the text items' Thinker-space keys, as
+`omni serve` configures the memory. `--budget`: the slot's budget in tokens (the engine's default otherwise). Last,
+the slot's prefill alone: in one forward (as the engine does) against a piece at a time.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from memory.testing import HashingEmbedder
 from model.lm.sampling import SamplingConfig
 from model.loaders.omni import load_thinker
 from model.loaders.talker_weights import load_speech
+from model.speech_session import SpeakingSession
+from model.thinker_session import SlotPiece
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import StreamingSchedule
 from model.voices import Voice, VoiceBank
 from streaming.engine import AudioChunk
 from streaming.engines.omni import OmniEngine, OmniEngineSession
+from streaming.engines.omni_memory import DEFAULT_BUDGET, THINKER_SPACE, ThinkerTextKeys
 from streaming.memory_lane import MemoryHub
 
 
@@ -72,6 +77,7 @@ def main() -> None:
     p.add_argument("--model", default=None, help="a Qwen2.5-Omni checkpoint directory (default: the tiny one)")
     p.add_argument("--turns", type=int, default=6)
     p.add_argument("--history", type=int, default=20)
+    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="slot tokens (default %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,11 +87,14 @@ def main() -> None:
             None, models=(thinker, speech), sampling=SamplingConfig(temperature=0.0, max_new_tokens=12),
             talker_sampling=speech.talker.cfg.sampling(temperature=0.0, max_new_tokens=80), seed=0,
             schedule=StreamingSchedule(first_chunk_blocks=1, chunk_blocks=1), solver=SolverConfig(num_steps=3),
+            memory_budget=args.budget,
         )
         embed = HashingEmbedder()
         # one event per turn (each turn is short here): the keys of a turn's sound are its own
         config = MemoryConfig(segmenter=SegmenterConfig(min_turn_s=0.0))
-        hub = MemoryHub(Memory(MemoryStore.open(str(Path(tmp) / "mem")), embed=embed, config=config), embed)
+        spaces = {THINKER_SPACE: ThinkerTextKeys(thinker)}
+        hub = MemoryHub(Memory(MemoryStore.open(str(Path(tmp) / "mem")), embed=embed, config=config,
+                               text_spaces=spaces), embed)
         rng = np.random.default_rng(1)
         frames = [rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(4)]
         history = engine.open_session()
@@ -108,14 +117,48 @@ def main() -> None:
             slot.append(sum(x.tokens.shape[0] + 2 if not isinstance(x, str) else len(thinker.prompt.text(x))
                             for x in on.memory.last_slot))
             first_off.append(turn(off, pcm))
+        prefill = slot_prefill(engine, on.memory.last_slot)
         on.memory.lane.close()
         hub.close()
     med = statistics.median
     print(f"omni engine, {'tiny checkpoint' if args.model is None else d}, {events} events in memory, "
-          f"{args.turns} turns (medians; first audio from respond() to the first chunk)")
+          f"slot budget {args.budget}, {args.turns} turns (medians; first audio from respond() to the first chunk)")
     print(f"first audio, memory off: {med(first_off) * 1e3:8.1f} ms")
     print(f"first audio, memory on:  {med(first_on) * 1e3:8.1f} ms  (slot {med(slot):.0f} tokens)")
     print(f"recall (rank + pack):    {med(recall_ms):8.2f} ms  (max {max(recall_ms):.2f} ms)")
+    print(f"slot prefill (Thinker + Talker), last slot of {len(on.memory.last_slot)} pieces: one forward "
+          f"{prefill[0] * 1e3:.1f} ms, piece by piece {prefill[1] * 1e3:.1f} ms")
+
+
+def slot_prefill(engine: OmniEngine, slot: list[SlotPiece], repeats: int = 5) -> tuple[float, float]:
+    """Median seconds to prefill `slot` and the assistant header: as ThinkerSession.end_user_turn does (one forward),
+    and a piece at a time through the public feeds (how it was done before), on one session rolled back between."""
+    s = engine.open_session().speaking
+    assert isinstance(s, SpeakingSession)
+    p = s.prompt
+    one, each = [], []
+    with torch.inference_mode():
+        s.start_user_turn()
+        s.add_text("what was that?")
+        mark = s.mark()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            s.end_user_turn(slot)
+            one.append(time.perf_counter() - t0)
+            s.rollback(mark)
+            t0 = time.perf_counter()
+            s.feed_ids(p.turn_end() + p.turn_start("system"))
+            for piece in slot:
+                if isinstance(piece, str):
+                    s.add_text(piece)
+                elif piece.kind == "audio":
+                    s.add_audio_tokens(piece.tokens)
+                else:
+                    s.add_image_tokens(piece.tokens, piece.grid)
+            s.feed_ids(p.turn_end() + p.turn_start("assistant"))
+            each.append(time.perf_counter() - t0)
+            s.rollback(mark)
+    return statistics.median(one), statistics.median(each)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from fractions import Fraction
 from typing import Any
 
 import aiohttp
@@ -15,6 +14,8 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+
+from app.realtime_server import FrameClock, mono_frame
 
 RATE = 48000
 FRAME = 960
@@ -56,8 +57,8 @@ class ScriptedMic(MediaStreamTrack):
         super().__init__()
         self._clips: list[np.ndarray] = []
         self._pos = 0
-        self._start: float | None = None
-        self._pts = 0
+        self._clock = FrameClock(RATE, FRAME)
+        self.sent: list[tuple[float, float]] = []  # (when the frame's audio ends, its RMS): the user's timeline
 
     def say(self, pcm48k: np.ndarray) -> None:
         self._clips.append(pcm48k.astype(np.int16))
@@ -69,13 +70,7 @@ class ScriptedMic(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += FRAME
-            wait = self._start + self._pts / RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        pts = await self._clock.next_frame()
         out = np.zeros(FRAME, np.int16)
         if self._clips:
             clip = self._clips[0]
@@ -85,11 +80,9 @@ class ScriptedMic(MediaStreamTrack):
             if self._pos >= len(clip):
                 self._clips.pop(0)
                 self._pos = 0
-        frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = self._pts
-        frame.time_base = Fraction(1, RATE)
-        return frame
+        sent = time.monotonic()  # the frame is sent as its first sample is due; its speech lasts FRAME samples
+        self.sent.append((sent + FRAME / RATE, float(np.sqrt(np.mean(np.square(out / 32768.0))))))
+        return mono_frame(out, RATE, pts)
 
 
 class RealtimeClient:

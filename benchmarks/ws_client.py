@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -109,6 +110,8 @@ class WsRealtimeClient:
         self.model = model
         self.conn: AsyncRealtimeConnection | None = None
         self.events: list[dict[str, Any]] = []
+        self.arrived: list[float] = []  # time.monotonic() of each of `events`
+        self.sent: list[tuple[float, float]] = []  # (when each appended piece's audio ends, its RMS)
         self._changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
 
@@ -121,6 +124,7 @@ class WsRealtimeClient:
         assert self.conn is not None
         while True:
             raw = await self.conn.recv_bytes()
+            self.arrived.append(time.monotonic())
             self.events.append(json.loads(raw))
             self._changed.set()
 
@@ -138,7 +142,10 @@ class WsRealtimeClient:
         """int16 mono at 24 kHz, as input_audio_buffer.append events of 100 ms; `pace`: seconds between them
         (0.1 is real time)."""
         for i in range(0, len(pcm), PIECE):
-            chunk = pcm[i : i + PIECE].astype("<i2").tobytes()
+            piece = pcm[i : i + PIECE]
+            chunk = piece.astype("<i2").tobytes()
+            rms = float(np.sqrt(np.mean(np.square(piece / 32768.0)))) if len(piece) else 0.0
+            self.sent.append((time.monotonic() + len(piece) / WIRE_RATE, rms))  # paced: the piece is spoken now
             await self.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
             if pace:
                 await asyncio.sleep(pace)

@@ -2,10 +2,14 @@
 
 Scores are cosines: the question's text embedding against text keys (notes, summaries, event transcripts), and for
 engines that have them, a query vector per feature lane against each event's salient keys (max over the keys,
-memory.md 5.2: `score = max(max_r q.k_r, q_txt.k_txt)`). Candidates under a floor are left out rather than used
-to fill the slot: an unrelated item costs tokens and invites the model to cite it (false evidence). The chosen items
-come back in time order with their timestamps; for feature matches the frames within `evidence_window_s` of the
-best key (in the requested evidence lanes, crossing into the neighbouring event when the window does) come along.
+memory.md 5.2: `score = max(max_r q.k_r, q_txt.k_txt)`). Text items may also hold keys in further text spaces
+(memory.user_index `text_spaces`: the omni engine's Thinker input space), which a query vector of that space
+scores the same way as the text key (floor `min_space_score`): a spoken question, which has no text embedding, then
+reaches typed facts and summaries by its Thinker-space vector. A text item's score is its best over the spaces.
+Candidates under a floor are left out rather than used to fill the slot: an unrelated item costs tokens and invites
+the model to cite it (false evidence). The chosen items come back in time order with their timestamps; for feature
+matches the frames within `evidence_window_s` of the best key (in the requested evidence lanes, crossing into the
+neighbouring event when the window does) come along.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from memory.index import ItemIndex
 from memory.keys import unit_rows
 from memory.store import MemoryStore
 from memory.types import Event, Level, Recall, RecallItem
-from memory.user_index import UserIndex
+from memory.user_index import UserIndex, space_lane
 
 TokenCounter = Callable[[str], int]
 
@@ -34,6 +38,9 @@ def approx_tokens(text: str) -> int:
 class RecallConfig:
     min_text_score: float = 0.35  # MiniLM-L6 cosine: related sentences 0.4-0.8, unrelated ones mostly under 0.3
     min_feature_score: float = 0.5  # the reference's hit criterion for a visual needle (memory.md section 6)
+    # Text items in a further text space (mean Thinker token embeddings against the question's mean input
+    # embedding): not yet measured on a trained checkpoint; the feature lanes' floor until it is.
+    min_space_score: float = 0.5
     evidence_window_s: float = 2.0  # frames kept around the best key: the +-2 s of memory.md 5.2 step 3
     max_candidates: int = 32
     descend_summaries: int = 4  # level-1 summaries whose demoted children are scored from disk
@@ -49,6 +56,7 @@ class RecallQuery:
     text: str = ""
     lanes: dict[str, np.ndarray] = field(default_factory=dict)
     evidence_lanes: tuple[str, ...] = ()  # lanes whose frames come back around the best key; () = the query lanes
+    text_spaces: dict[str, np.ndarray] = field(default_factory=dict)  # query vector per text key space
 
 
 @dataclass
@@ -77,8 +85,9 @@ def run_recall(
         raise ValueError(f"budget_tokens must be positive, got {budget_tokens}")
     q_text = None if query.text_key is None else unit_rows(query.text_key[None, :])[0]
     q_lanes = {name: unit_rows(v[None, :])[0] for name, v in query.lanes.items()}
+    q_text_all = _TextQuery(q_text, {space_lane(n): unit_rows(v[None, :])[0] for n, v in query.text_spaces.items()})
     with user.lock:
-        cands = _rank(user, store, q_text, q_lanes, config)
+        cands = _rank(user, store, q_text_all, q_lanes, config)
         cands = _carry(user, cands, previous, config)
         items = _pack(user, store, query, cands, budget_tokens, now, config, count_tokens)
     items.sort(key=lambda it: (it.t_start, it.level, it.item_id))
@@ -88,21 +97,39 @@ def run_recall(
                   elapsed_ms=(time.perf_counter() - t0) * 1e3)
 
 
+@dataclass(frozen=True)
+class _TextQuery:
+    """The question's text side: its text embedding (unit, or None) and a unit vector per text-space lane."""
+
+    key: np.ndarray | None
+    spaces: dict[str, np.ndarray]
+
+
+def _text_scores(index: ItemIndex, q: _TextQuery, config: RecallConfig) -> np.ndarray:
+    """Each item's best text score over the text key and the text spaces, each above its floor (else -inf)."""
+    best = np.full(len(index), -np.inf, np.float32)
+    if q.key is not None:
+        s = index.text_scores(q.key)
+        best = np.where(s >= config.min_text_score, s, best)
+    for lane, v in q.spaces.items():
+        s = index.lane_scores(lane, v)[0]
+        best = np.where((s >= config.min_space_score) & (s > best), s, best)
+    return best
+
+
 def _rank(
-    user: UserIndex, store: MemoryStore, q_text: np.ndarray | None, q_lanes: dict[str, np.ndarray],
+    user: UserIndex, store: MemoryStore, q_text: _TextQuery, q_lanes: dict[str, np.ndarray],
     config: RecallConfig,
 ) -> list[_Candidate]:
     out: list[_Candidate] = []
     k = config.max_candidates
-    if q_text is not None:
-        text_levels: list[tuple[Level, ItemIndex]] = [("L3", user.notes), ("L2", user.summaries)]
-        for level, index in text_levels:
-            scores = index.text_scores(q_text)
-            for pos in _top(scores, config.min_text_score, k):
-                out.append(_Candidate(level, int(index.ids.view[pos]), float(scores[pos]), 0.0, False))
+    text_levels: list[tuple[Level, ItemIndex]] = [("L3", user.notes), ("L2", user.summaries)]
+    for level, index in text_levels:
+        scores = _text_scores(index, q_text, config)
+        for pos in _top(scores, -np.inf, k):
+            out.append(_Candidate(level, int(index.ids.view[pos]), float(scores[pos]), 0.0, False))
     ev = user.events
-    best = ev.text_scores(q_text) if q_text is not None else np.full(len(ev), -np.inf, np.float32)
-    best = np.where(best >= config.min_text_score, best, -np.inf)
+    best = _text_scores(ev, q_text, config)
     best_time = ev.t_start.view.copy()
     by_lane = np.zeros(len(ev), dtype=bool)
     for lane, q in q_lanes.items():
@@ -125,15 +152,17 @@ def _top(scores: np.ndarray, floor: float, k: int) -> np.ndarray:
 
 
 def _descend(
-    user: UserIndex, store: MemoryStore, q_text: np.ndarray | None, q_lanes: dict[str, np.ndarray],
+    user: UserIndex, store: MemoryStore, q: _TextQuery, q_lanes: dict[str, np.ndarray],
     config: RecallConfig,
 ) -> list[_Candidate]:
-    """Score from disk the demoted events under the best-matching level-1 summaries."""
+    """Score from disk the demoted events under the best-matching level-1 summaries (their text-space keys are not
+    on disk: those events are scored by text key and feature lanes)."""
     if user.demoted_upto == 0 or len(user.summaries) == 0:
         return []
+    q_text = q.key
     s = user.summaries.text_scores(q_text) if q_text is not None else np.full(len(user.summaries), -np.inf)
-    for lane, q in q_lanes.items():
-        s = np.maximum(s, user.summaries.lane_scores(lane, q)[0])
+    for lane, v in [*q.spaces.items(), *q_lanes.items()]:
+        s = np.maximum(s, user.summaries.lane_scores(lane, v)[0])
     ids: list[int] = []
     for pos in np.argsort(-s)[: config.descend_summaries]:
         summary = user.summary_texts[int(user.summaries.ids.view[pos])]

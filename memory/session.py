@@ -93,9 +93,13 @@ class Memory:
     def __init__(
         self, store: MemoryStore, embed: TextEmbedder, config: MemoryConfig | None = None,
         summarize: Summarizer | None = None, count_tokens: TokenCounter = approx_tokens,
+        text_spaces: dict[str, TextEmbedder] | None = None,
     ) -> None:
+        """`text_spaces`: extra key spaces of text items, name -> embed(texts) -> [n, D] (memory.user_index; the
+        omni engine's "thinker"), run on the writer thread (and at a user's index load) like `embed`."""
         self.store = store
         self.embed = embed
+        self.text_spaces = dict(text_spaces or {})
         self.config = config or MemoryConfig()
         self.count_tokens = count_tokens
         self.stats = MemoryStats()
@@ -116,7 +120,8 @@ class Memory:
         with self._users_lock:
             index = self._users.get(user_id)
             if index is None:
-                index = self._users[user_id] = UserIndex.load(self.store, user_id, self.config.index)
+                index = UserIndex.load(self.store, user_id, self.config.index, self.text_spaces)
+                self._users[user_id] = index
             return index
 
     def open_session(self, user_id: str | None, session_id: str, started_at: float | None = None) -> SessionMemory:
@@ -300,13 +305,14 @@ class SessionMemory:
     def recall(
         self, question_embedding: np.ndarray | None, question_text: str, budget_tokens: int, now: float | None = None,
         lanes: dict[str, np.ndarray] | None = None, evidence_lanes: Sequence[str] = (),
-        count_tokens: TokenCounter | None = None,
+        count_tokens: TokenCounter | None = None, text_spaces: dict[str, np.ndarray] | None = None,
     ) -> Recall:
         """Rank this user's memory against the question and pack the best into `budget_tokens` (see memory.recall).
-        `now` is epoch seconds (default: the wall clock); `lanes` holds feature-lane query vectors; `count_tokens`
-        the engine's own count of a text line (default: the memory's)."""
+        `now` is epoch seconds (default: the wall clock); `lanes` holds feature-lane query vectors; `text_spaces`
+        query vectors of the text key spaces (`Memory(text_spaces=...)`); `count_tokens` the engine's own count of a
+        text line (default: the memory's)."""
         query = RecallQuery(text_key=question_embedding, text=question_text, lanes=dict(lanes or {}),
-                            evidence_lanes=tuple(evidence_lanes))
+                            evidence_lanes=tuple(evidence_lanes), text_spaces=dict(text_spaces or {}))
         result = run_recall(self.index, self.memory.store, query, budget_tokens, time.time() if now is None else now,
                             self.memory.config.recall, count_tokens or self.memory.count_tokens, self.last_recall)
         self.last_recall = result.items

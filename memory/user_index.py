@@ -13,13 +13,17 @@ import dataclasses
 import re
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from memory.index import ItemIndex
+from memory.keys import unit_rows
 from memory.store import MemoryStore
-from memory.types import Event, Note, NoteKind, Summary
+from memory.types import Event, LaneKeys, Note, NoteKind, Summary
+
+TextEmbedder = Callable[[Sequence[str]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,29 @@ def normalise_text(text: str) -> str:
     return re.sub(r"[^\w]+", " ", text.lower()).strip()
 
 
-class UserIndex:
-    """The RAM side of one user's memory."""
+def space_lane(space: str) -> str:
+    """The index lane that holds text items' keys in text key space `space` (kept apart from feature lanes)."""
+    return f"text:{space}"
 
-    def __init__(self, user_id: str, config: IndexConfig | None = None) -> None:
+
+class UserIndex:
+    """The RAM side of one user's memory.
+
+    `text_spaces` (name -> embed(texts) -> [n, D]): extra key spaces for text items, e.g. the omni engine's Thinker
+    input space ("thinker"), so a question that has no text embedding (a spoken one) can still reach typed facts,
+    dialogue turns and summaries. Each L3 note and L2 summary gets one unit key per space, held as a one-key lane
+    `space_lane(name)` of its index and scored by `memory.recall` like its text key. Events are not keyed: their
+    text reaches L3 as turn notes (at roll-up, at the latest when the session closes), and events are the bulk of
+    the index (at D = 3584, the 7B Thinker's width, a key is 14 KB; notes and summaries are a few hundred per hour of
+    conversation). The keys live in RAM only: computed as the item enters the index (outside the lock), recomputed
+    from the stored text on a reload, so the index after a restart is the same."""
+
+    def __init__(
+        self, user_id: str, config: IndexConfig | None = None, text_spaces: dict[str, TextEmbedder] | None = None
+    ) -> None:
         self.user_id = user_id
         self.config = config or IndexConfig()
+        self.text_spaces = dict(text_spaces or {})
         self.lock = threading.Lock()
         self.events = ItemIndex()
         self.summaries = ItemIndex()
@@ -59,10 +80,27 @@ class UserIndex:
         self._summary_keys_due = False
 
     @classmethod
-    def load(cls, store: MemoryStore, user_id: str, config: IndexConfig | None = None) -> UserIndex:
-        index = cls(user_id, config)
+    def load(
+        cls, store: MemoryStore, user_id: str, config: IndexConfig | None = None,
+        text_spaces: dict[str, TextEmbedder] | None = None,
+    ) -> UserIndex:
+        index = cls(user_id, config, text_spaces)
         index.refresh(store)
         return index
+
+    def space_keys(self, texts: Sequence[str], t: Sequence[float]) -> list[dict[str, LaneKeys]]:
+        """Per text, its one-key lane in every text space (empty dicts for empty texts or without spaces)."""
+        out: list[dict[str, LaneKeys]] = [{} for _ in texts]
+        todo = [i for i, x in enumerate(texts) if x.strip()]
+        if not todo:
+            return out
+        for name, embed in self.text_spaces.items():
+            keys = unit_rows(np.asarray(embed([texts[i] for i in todo]), dtype=np.float32))
+            if keys.shape[0] != len(todo):
+                raise ValueError(f"text space {name!r} gave {keys.shape[0]} keys for {len(todo)} texts")
+            for i, k in zip(todo, keys, strict=True):
+                out[i][space_lane(name)] = LaneKeys(k[None, :], np.array([t[i]], np.float64), k)
+        return out
 
     def refresh(self, store: MemoryStore) -> None:
         """Add what other processes (or a previous run) committed since this index last looked."""
@@ -70,13 +108,15 @@ class UserIndex:
         summaries = store.load_summaries(self.user_id, after_id=self.last_summary_id)
         known = set(self.note_items)
         notes = [n for n in store.load_notes(self.user_id) if n.id not in known]
+        s_space = self.space_keys([s.text for s in summaries], [s.t_start for s in summaries])
+        n_space = self.space_keys([n.text for n in notes], [n.t_first for n in notes])
         with self.lock:
             for ev in events:
                 self._add_event(ev)
-            for s in summaries:
-                self._add_summary(s)
-            for n in notes:
-                self._add_note(n)
+            for s, extra in zip(summaries, s_space, strict=True):
+                self._add_summary(s, extra)
+            for n, extra in zip(notes, n_space, strict=True):
+                self._add_note(n, extra)
         self.sync_summary_keys(store)
 
     def add_event(self, ev: Event) -> None:
@@ -97,12 +137,14 @@ class UserIndex:
                 self._keyed_summaries.add(s.id)
 
     def add_summary(self, s: Summary) -> None:
+        extra = self.space_keys([s.text], [s.t_start])[0]
         with self.lock:
-            self._add_summary(s)
+            self._add_summary(s, extra)
 
     def add_note(self, n: Note) -> None:
+        extra = self.space_keys([n.text], [n.t_first])[0]
         with self.lock:
-            self._add_note(n)
+            self._add_note(n, extra)
 
     def find_duplicate(self, kind: NoteKind, text: str, key: np.ndarray) -> Note | None:
         """A held note of `kind` saying the same (same words, or text keys within `dedupe_cos`)."""
@@ -143,11 +185,12 @@ class UserIndex:
             self.events.drop_oldest(k)
             self._summary_keys_due = True
 
-    def _add_summary(self, s: Summary) -> None:
+    def _add_summary(self, s: Summary, extra: dict[str, LaneKeys] | None = None) -> None:
         if s.id in self.summary_texts:
             return
         keyed = self._over_demoted(s)
-        self.summaries.add(s.id, s.t_start, s.t_end, s.text_key, s.lanes if keyed else None, parent=s.parent_id)
+        lanes = {**(s.lanes if keyed else {}), **(extra or {})}
+        self.summaries.add(s.id, s.t_start, s.t_end, s.text_key, lanes, parent=s.parent_id)
         if keyed:
             self._keyed_summaries.add(s.id)
         self.summary_texts[s.id] = dataclasses.replace(s, lanes={}, text_key=_NO_KEY)  # keys live in the matrices
@@ -161,9 +204,9 @@ class UserIndex:
     def _over_demoted(self, s: Summary) -> bool:
         return s.level == 1 and bool(s.children) and max(s.children) <= self.demoted_upto
 
-    def _add_note(self, n: Note) -> None:
+    def _add_note(self, n: Note, extra: dict[str, LaneKeys] | None = None) -> None:
         if n.id in self.note_items:
             return
-        self.notes.add(n.id, n.t_first, n.t_last, n.text_key)
+        self.notes.add(n.id, n.t_first, n.t_last, n.text_key, extra)
         self.note_items[n.id] = dataclasses.replace(n, text_key=_NO_KEY)
         self._note_by_text[(n.kind, normalise_text(n.text))] = n.id

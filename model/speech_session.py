@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model.lm.decoder import LayerAdds
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplingConfig
 from model.lm.tokenizer import TextTokenizer
@@ -25,7 +26,7 @@ from model.loaders.talker_weights import SpeechModels
 from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from model.talker import TalkerState, TalkerTextEmbeds
 from model.thinker import Thinker
-from model.thinker_session import ReplyRecord, ThinkerMark, ThinkerSession, TokenText
+from model.thinker_session import PromptPart, ReplyRecord, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
 
@@ -71,6 +72,7 @@ class SpeakingSession(ThinkerSession):
         self.talker_state: TalkerState = talker.init_state(texts, sampling, seed=self.settings.seed, cache=talker_cache)
         self.streamer = StreamingToken2Wav(speech.token2wav, self.settings.schedule, self.settings.solver)
         self._text_input = False  # the positions being fed hold token embeddings (not encoder features)
+        self._text_mask: torch.Tensor | None = None  # per position, when one feed mixes both (`_feed_parts`)
         self._replying = False
         self._reply_slots: list[tuple[torch.Tensor, torch.Tensor]] = []  # (slots [1, T, E], positions [3, T])
         self._turns = 0
@@ -92,8 +94,19 @@ class SpeakingSession(ThinkerSession):
         finally:
             self._text_input = False
 
-    def _feed(self, x: torch.Tensor, positions: torch.Tensor) -> None:  # x [T, C], positions [3, T]
-        # ThinkerSession._feed, plus the final-norm hidden states the Talker needs.
+    def _feed_parts(self, parts: Sequence[PromptPart]) -> None:
+        mask = torch.cat([torch.full((p.x.shape[0],), p.ids is not None, dtype=torch.bool) for p in parts])
+        self._text_mask = mask.to(parts[0].x.device)
+        try:
+            super()._feed_parts(parts)
+        finally:
+            self._text_mask = None
+
+    def _feed(self, x: torch.Tensor, positions: torch.Tensor, adds: LayerAdds | None = None) -> None:
+        # ConversationSession._feed (x [T, C], positions [3, T]; no DeepStack in Qwen2.5-Omni), plus the final-norm
+        # hidden states the Talker needs.
+        if adds is not None:
+            raise ValueError("Qwen2.5-Omni has no DeepStack residuals")
         if x.shape[0] == 0:
             return
         out = self.thinker.lm(
@@ -102,7 +115,10 @@ class SpeakingSession(ThinkerSession):
         assert out.logits is not None and out.hidden is not None
         self.logits = out.logits[0]
         self.prefilled_tokens += x.shape[0]
-        slots = out.hidden + x[None] if self._text_input else out.hidden
+        if self._text_mask is not None:  # token embeddings are added at text positions only
+            slots = out.hidden + torch.where(self._text_mask[:, None], x, torch.zeros_like(x))[None]
+        else:
+            slots = out.hidden + x[None] if self._text_input else out.hidden
         if self._replying:
             self._reply_slots.append((slots, positions))
         else:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, TypeVar, cast
+from dataclasses import dataclass, field, replace
+from typing import Literal, NamedTuple, Protocol, TypeVar
 
 import torch
 
@@ -19,14 +19,21 @@ from model.encoders.audio_encoder import AudioEncoderState
 from model.encoders.audio_frontend import LogMelState
 from model.encoders.vision_encoder import VisionEncoderState
 from model.encoders.vision_preprocess import VisionInputError
-from model.lm.decoder import DecoderState
+from model.lm.decoder import DecoderLM, DecoderState, LayerAdds
 from model.lm.detokenizer import IncrementalDetokenizer
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplerState, SamplingConfig, sample
 from model.lm.tokenizer import TextTokenizer
 from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from model.thinker import Thinker
-from model.tmrope import PositionCursor, StreamingVideoPositions, flat_positions, patch_time_offsets
+from model.tmrope import (
+    MultimodalTokenIds,
+    PositionCursor,
+    StreamingVideoPositions,
+    TMRoPEConfig,
+    flat_positions,
+    patch_time_offsets,
+)
 
 T = TypeVar("T")
 
@@ -75,6 +82,16 @@ class EncodedPiece:
     offset_s: float
     cache_at: int
     grid_hw: tuple[int, int] = (0, 0)  # video: merged rows and columns of the patch's tokens
+
+
+class PromptPart(NamedTuple):
+    """A piece of a prompt fed with others in one forward (`_feed_parts`): embeddings [T, C] at positions [3, T];
+    `ids` for text (token embeddings), None for encoder features of `kind` ("audio" or "image")."""
+
+    x: torch.Tensor
+    positions: torch.Tensor
+    ids: list[int] | None
+    kind: str = "text"
 
 
 @dataclass(frozen=True)
@@ -132,39 +149,52 @@ class _AVStream:
     audio_done: bool = False
 
 
-class ThinkerSession:
-    """One conversation with the Thinker: bounded KV cache, TMRoPE cursor, encoder streaming states.
+class _TokenIds(Protocol):
+    @property
+    def tokens(self) -> MultimodalTokenIds: ...
 
-    Typical turn: `start_user_turn()`, then any of `add_text`, `begin_audio`/`push_audio`/`end_audio`,
-    `add_image`, `begin_video`/`push_video_frame`/`end_video`, `begin_av`/`push_av_audio`/`push_av_frame`/
-    `end_av`; then `end_user_turn()` and `generate(...)`. Every push prefills at once what it completes.
-    Not thread-safe: drive it from one worker.
-    """
+
+class _ThinkerWeights(Protocol):
+    """What a session needs of either family's Thinker (model.thinker.Thinker, model.qwen3.thinker.Qwen3Thinker)."""
+
+    lm: DecoderLM
+
+    @property
+    def cfg(self) -> _TokenIds: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+
+class ConversationSession:
+    """What both Thinker families' sessions share: the bounded KV cache, the TMRoPE cursor, the prefill
+    primitives, turns (with the recalled-memory slot), decoding, mark/rollback and the encoder outputs kept for
+    memory (`take_encoded`). A family's session adds its media: `add_audio_tokens` and `add_image_tokens` (which
+    the slot uses) and its live audio/video segments (`_segment_open` says whether one is open)."""
+
+    thinker: _ThinkerWeights
 
     def __init__(
         self,
-        thinker: Thinker,
+        thinker: _ThinkerWeights,
         prompt: PromptBuilder,
-        system_prompt: str | None = SPEECH_SYSTEM_PROMPT,
+        rope: TMRoPEConfig,
         cache: CacheConfig | None = None,
         tokenizer: TextTokenizer | None = None,
+        tap_layer: int | None = None,
     ) -> None:
-        """`tokenizer`: needed by `respond` only (text out)."""
+        """`tap_layer` k: every fed piece's input embeddings and the hidden states entering layer k are kept for
+        `take_taps` (a Talker that reads them)."""
         self.thinker = thinker
         self.prompt = prompt
         self.tokenizer = tokenizer
+        self.tap_layer = tap_layer
+        self._taps: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.state: DecoderState = thinker.lm.init_state(cache)
-        self.cursor = PositionCursor(thinker.cfg.rope)
+        self.cursor = PositionCursor(rope)
         self.logits: torch.Tensor | None = None  # [V] after the last prefilled token
-        self._segment: _AudioSegment | None = None
-        self._mel: LogMelState | None = None  # the video-with-audio stream's front end
-        self._audio: AudioEncoderState | None = None
-        self._video: tuple[VisionEncoderState, StreamingVideoPositions] | None = None
-        self._av: _AVStream | None = None
         self.prefilled_tokens = 0
         self._encoded = _Encoded()
-        if system_prompt is not None:
-            self.feed_ids(prompt.system_turn(system_prompt))
 
     # ---- prefill primitives ------------------------------------------------------------------------------
 
@@ -174,36 +204,88 @@ class ThinkerSession:
             x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
             self._feed(x, self.cursor.text(len(ids)))
 
-    def _feed(self, x: torch.Tensor, positions: torch.Tensor) -> None:  # x [T, C], positions [3, T]
+    @torch.inference_mode()
+    def _feed(self, x: torch.Tensor, positions: torch.Tensor, adds: LayerAdds | None = None) -> None:
+        """x [T, C] at positions [3, T]; `adds`: DeepStack residuals of its visual tokens (Qwen3-Omni)."""
         if x.shape[0] == 0:
             return
-        out = self.thinker.lm(self.state, inputs_embeds=x[None], positions=positions[:, None].to(x.device))
+        x = x.to(self.thinker.lm.dtype)
+        out = self.thinker.lm(self.state, inputs_embeds=x[None], positions=positions[:, None].to(x.device),
+                              layer_adds=adds, hidden_layer=self.tap_layer)
         assert out.logits is not None
         self.logits = out.logits[0]
         self.prefilled_tokens += x.shape[0]
+        if out.layer_hidden is not None:
+            self._taps.append((x, out.layer_hidden[0]))
+
+    def take_taps(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(input embeddings [n, C], hidden states entering `tap_layer` [n, C]) of each piece fed since the last
+        call, in order (a rolled-back piece included: the caller drops what `rollback` drops)."""
+        taps, self._taps = self._taps, []
+        return taps
+
+    def _text_part(self, ids: Sequence[int]) -> PromptPart:
+        """`ids` embedded at the next text positions, to feed later with `_feed_parts`."""
+        x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
+        return PromptPart(x, self.cursor.text(len(ids)), list(ids))
+
+    def _feed_parts(self, parts: Sequence[PromptPart]) -> None:
+        """Consecutive prompt parts, their positions already taken from the cursor in order, prefilled in one
+        forward."""
+        self._feed(torch.cat([p.x for p in parts]), torch.cat([p.positions for p in parts], dim=1))
 
     def _feed_encoded(
         self, kind: Literal["audio", "video"], x: torch.Tensor, positions: torch.Tensor,
-        grid_hw: tuple[int, int] = (0, 0),
+        grid_hw: tuple[int, int] = (0, 0), adds: LayerAdds | None = None,
     ) -> None:
-        """`_feed` for encoder output, which is also kept (see `take_encoded`)."""
+        """`_feed` for encoder output, which is also kept (see `take_encoded`). Audio is kept in pieces cut at
+        every `ids_per_chunk` temporal ids (2 s) of its segment, whatever stretch is fed at once."""
         if x.shape[0] == 0:
             return
-        offset = (int(positions[0].min()) - self._encoded.segment_start) / self.cursor.cfg.position_id_per_seconds
-        self._encoded.pieces.append(EncodedPiece(kind, x, offset, self.state.cache.length, grid_hw))
-        self._feed(x, positions)
+        per_s = self.cursor.cfg.position_id_per_seconds
+        start, at = self._encoded.segment_start, self.state.cache.length
+        if kind == "video":
+            offset = (int(positions[0].min()) - start) / per_s
+            self._encoded.pieces.append(EncodedPiece(kind, x, offset, at, grid_hw))
+        else:
+            ids, per = positions[0].tolist(), self.cursor.cfg.ids_per_chunk
+            cuts = [0] + [i for i in range(1, len(ids)) if (ids[i] - start) % per == 0] + [len(ids)]
+            for a, b in zip(cuts, cuts[1:], strict=False):
+                self._encoded.pieces.append(EncodedPiece(kind, x[a:b], (ids[a] - start) / per_s, at + a))
+        self._feed(x, positions, adds)
 
     def take_encoded(self) -> list[EncodedPiece]:
-        """The audio blocks and video patches fed since the last call, in the order fed (then forgotten here)."""
-        pieces, self._encoded.pieces = self._encoded.pieces, []
-        return pieces
+        """The audio blocks and video patches fed since the last call that the open segment can no longer feed
+        again (a louder part re-floors earlier audio: `_settled_length`), in the order fed; forgotten here."""
+        limit = self._settled_length()
+        taken = [p for p in self._encoded.pieces if p.cache_at < limit]
+        self._encoded.pieces = [p for p in self._encoded.pieces if p.cache_at >= limit]
+        return self._join_audio(taken)
+
+    def _join_audio(self, pieces: list[EncodedPiece]) -> list[EncodedPiece]:
+        """Audio fed in stretches between video patches (Qwen3's merged order) back as whole 2-s pieces: a piece
+        that continues the last audio piece inside one `ids_per_chunk` is joined to it."""
+        per_s, per = self.cursor.cfg.position_id_per_seconds, self.cursor.cfg.ids_per_chunk
+        out: list[EncodedPiece] = []
+        last: int | None = None  # index in `out` of the last audio piece
+        for p in pieces:
+            if p.kind == "audio":
+                begin = round(p.offset_s * per_s)
+                if last is not None and begin % per:
+                    q = out[last]
+                    if round(q.offset_s * per_s) + q.tokens.shape[0] == begin:
+                        out[last] = replace(q, tokens=torch.cat([q.tokens, p.tokens]))
+                        continue
+                last = len(out)
+            out.append(p)
+        return out
+
+    def _settled_length(self) -> int:
+        """The cache length below which the open segment can no longer roll back (no segment: all of it)."""
+        return self.state.cache.length
 
     def _forget_encoded(self, cache_length: int) -> None:
         self._encoded.pieces = [p for p in self._encoded.pieces if p.cache_at < cache_length]
-
-    def _shared_special(self, ids: Sequence[int]) -> None:  # the paired bos/eos of a video with audio
-        x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
-        self._feed(x, self.cursor.shared(len(ids)))
 
     # ---- turns -----------------------------------------------------------------------------------------------
 
@@ -213,41 +295,54 @@ class ThinkerSession:
     def add_text(self, text: str) -> None:
         self.feed_ids(self.prompt.text(text))
 
+    def add_audio_tokens(self, tokens: torch.Tensor) -> None:
+        """Audio features [n, C] between their start and end tokens (recalled audio), one id per token."""
+        raise NotImplementedError
+
+    def add_image_tokens(self, tokens: torch.Tensor, grid: Sequence[int]) -> None:
+        """Vision features [n, C] of an image grid (1, h, w) with their start/end tokens (a recalled frame)."""
+        raise NotImplementedError
+
     def end_user_turn(self, recalled: Sequence[SlotPiece] = ()) -> torch.Tensor:
         """Close the user turn, open the assistant's; returns the logits [V] of the first reply token.
 
         `recalled`: the recalled-memory slot, placed as a system turn between the two (text lines, audio as
         <|audio_bos|> features <|audio_eos|>, frames as images), at the next TMRoPE ids as any prompt would
         place them: new ids above the history, so the distances stay inside the cache's window."""
-        if self._audio is not None or self._video is not None or self._av is not None:
-            raise RuntimeError("end the open audio/video segment before ending the turn")
+        if self._segment_open():
+            raise RuntimeError("an audio or video segment is still open: end it before ending the turn")
         if recalled:
-            self.feed_ids(self.prompt.turn_end() + self.prompt.turn_start("system"))
+            p, t = self.prompt, self.thinker.cfg.tokens
+            parts = [self._text_part(p.turn_end() + p.turn_start("system"))]
             for piece in recalled:
                 if isinstance(piece, str):
-                    self.add_text(piece)
-                elif piece.kind == "audio":
-                    self.add_audio_tokens(piece.tokens)
-                else:
-                    self.add_image_tokens(piece.tokens, piece.grid)
-            self.feed_ids(self.prompt.turn_end() + self.prompt.turn_start("assistant"))
+                    parts.append(self._text_part(p.text(piece)))
+                    continue
+                audio = piece.kind == "audio"
+                parts.append(self._text_part([t.audio_start if audio else t.vision_start]))
+                where = self.cursor.audio(piece.tokens.shape[0]) if audio else self.cursor.image(piece.grid)
+                parts.append(PromptPart(piece.tokens.to(self.thinker.lm.dtype), where, None, piece.kind))
+                parts.append(self._text_part([t.audio_end if audio else t.vision_end]))
+            parts.append(self._text_part(p.turn_end() + p.turn_start("assistant")))
+            self._feed_parts(parts)  # one forward for the whole slot, not one per line and frame
         else:
             self.feed_ids(self.prompt.generation_prompt())
         assert self.logits is not None
         return self.logits
 
-    def generate(self, sampling: SamplingConfig, stop_ids: frozenset[int]) -> Iterator[int]:
+    def generate(self, sampling: SamplingConfig, stop_ids: frozenset[int]) -> Generator[int, None, None]:
         """Yield reply token ids; each is prefilled at the next text position (TMRoPE decode: max + 1).
         After the reply (stop token, max_new_tokens or the caller closing the iterator) <|im_end|>\\n is fed."""
         if self.logits is None:
             raise RuntimeError("nothing prefilled: call end_user_turn() first")
-        sampler = SamplerState.create(self.thinker.cfg.text.vocab_size, seed=sampling.seed, device=self.thinker.device)
+        dev = self.thinker.device
+        sampler = SamplerState.create(self.thinker.lm.cfg.vocab_size, seed=sampling.seed, device=dev)
         try:
             for _ in range(sampling.max_new_tokens):
                 token = int(sample(self.logits[None], sampling, sampler)[0])
                 if token in stop_ids:
                     break
-                sampler.observe(torch.tensor([[token]], device=self.thinker.device))
+                sampler.observe(torch.tensor([[token]], device=dev))
                 yield token
                 self.feed_ids([token])
         finally:
@@ -277,7 +372,7 @@ class ThinkerSession:
             stop_ids if stop_ids is not None else frozenset(sampling.stop_token_ids or self.tokenizer.stop_token_ids)
         )
         detok = IncrementalDetokenizer(self.tokenizer)
-        gen = cast(Generator[int, None, None], self.generate(sampling, stops))
+        gen = self.generate(sampling, stops)
         try:
             for token in gen:
                 tokens.append(token)
@@ -304,7 +399,7 @@ class ThinkerSession:
         Exact while the tokens dropped are at most the cache's `chunk` (KVCache.truncate: beyond that, window
         tokens they overwrote stay forgotten); the caller keeps what it rolls back that short. Not with an
         audio/video segment open."""
-        if self._audio is not None or self._video is not None or self._av is not None:
+        if self._segment_open():
             raise RuntimeError("rollback() with an audio or video segment open")
         if mark.thinker_tokens > self.state.cache.length:
             raise ValueError("rollback() to a mark ahead of the session (a mark of another session?)")
@@ -314,6 +409,71 @@ class ThinkerSession:
         self.cursor.next_id = mark.next_id
         self.prefilled_tokens = mark.prefilled_tokens
         self.logits = mark.logits
+
+    def _roll_back(self, cache_length: int, next_id: int) -> None:
+        """Forget the cache from `cache_length` on and place the next piece at `next_id` again. (Exact unless
+        the cache has wrapped and more than its `chunk` of slack is dropped: then the oldest window tokens the
+        dropped ones overwrote stay forgotten, as `KVCache.truncate` says.)"""
+        self.prefilled_tokens -= self.state.cache.length - cache_length
+        self.state.cache.truncate(cache_length)
+        self._forget_encoded(cache_length)
+        self.cursor.next_id = next_id
+
+    # ---- segments ------------------------------------------------------------------------------------------
+
+    def _segment_open(self) -> bool:
+        """Whether a live audio or video segment is open (turns end and rollbacks wait for its end)."""
+        raise NotImplementedError
+
+    def _check_idle(self) -> None:
+        if self._segment_open():
+            raise RuntimeError("an audio or video segment is still open")
+
+    def _merged(self, grid_hw: tuple[int, int]) -> tuple[int, int]:
+        m = self.cursor.cfg.spatial_merge_size
+        return grid_hw[0] // m, grid_hw[1] // m
+
+
+class ThinkerSession(ConversationSession):
+    """One conversation with the Thinker: bounded KV cache, TMRoPE cursor, encoder streaming states.
+
+    Typical turn: `start_user_turn()`, then any of `add_text`, `begin_audio`/`push_audio`/`end_audio`,
+    `add_image`, `begin_video`/`push_video_frame`/`end_video`, `begin_av`/`push_av_audio`/`push_av_frame`/
+    `end_av`; then `end_user_turn()` and `generate(...)`. Every push prefills at once what it completes.
+    Not thread-safe: drive it from one worker.
+    """
+
+    def __init__(
+        self,
+        thinker: Thinker,
+        prompt: PromptBuilder,
+        system_prompt: str | None = SPEECH_SYSTEM_PROMPT,
+        cache: CacheConfig | None = None,
+        tokenizer: TextTokenizer | None = None,
+    ) -> None:
+        """`tokenizer`: needed by `respond` only (text out)."""
+        super().__init__(thinker, prompt, thinker.cfg.rope, cache, tokenizer)
+        self.thinker: Thinker = thinker
+        self._segment: _AudioSegment | None = None
+        self._mel: LogMelState | None = None  # the video-with-audio stream's front end
+        self._audio: AudioEncoderState | None = None
+        self._video: tuple[VisionEncoderState, StreamingVideoPositions] | None = None
+        self._av: _AVStream | None = None
+        if system_prompt is not None:
+            self.feed_ids(prompt.system_turn(system_prompt))
+
+    # ---- prefill primitives ------------------------------------------------------------------------------
+
+    def _shared_special(self, ids: Sequence[int]) -> None:  # the paired bos/eos of a video with audio
+        x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
+        self._feed(x, self.cursor.shared(len(ids)))
+
+    def _segment_open(self) -> bool:
+        return self._audio is not None or self._video is not None or self._av is not None
+
+    def _settled_length(self) -> int:
+        seg = self._segment  # any prefilled block of an audio segment may be floored again until its end
+        return seg.marks[0][0] if seg is not None and seg.marks else self.state.cache.length
 
     # ---- audio ---------------------------------------------------------------------------------------------
 
@@ -389,21 +549,19 @@ class ThinkerSession:
             self._feed_encoded("audio", tokens, self.cursor.audio(tokens.shape[0]))
         return self.state.cache.length - before
 
-    def _roll_back(self, cache_length: int, next_id: int) -> None:
-        """Forget the cache from `cache_length` on and place the next piece at `next_id` again. (Exact unless
-        the cache has wrapped and more than its `chunk` of slack is dropped: then the oldest window tokens the
-        dropped ones overwrote stay forgotten, as `KVCache.truncate` says.)"""
-        self.prefilled_tokens -= self.state.cache.length - cache_length
-        self.state.cache.truncate(cache_length)
-        self._forget_encoded(cache_length)
-        self.cursor.next_id = next_id
-
     # ---- images and video ------------------------------------------------------------------------------------
 
     def add_image(self, patches: torch.Tensor, grid: Sequence[int]) -> None:
-        """A preprocessed image (see vision_preprocess.preprocess_image) with its bos/eos tokens."""
+        """A preprocessed image (see vision_preprocess.preprocess_image) with its bos/eos tokens. Its features are
+        kept for memory (`take_encoded`) as a video patch of one frame at offset 0."""
         self._check_idle()
-        self.add_image_tokens(self.thinker.encode_vision(patches, grid), grid)
+        tokens = self.thinker.encode_vision(patches, grid).to(self.thinker.lm.dtype)
+        t = self.thinker.cfg.tokens
+        self.feed_ids([t.vision_start])
+        positions = self.cursor.image(grid)
+        self._encoded.segment_start = int(positions[0].min())
+        self._feed_encoded("video", tokens, positions, self._merged((int(grid[1]), int(grid[2]))))
+        self.feed_ids([t.vision_end])
 
     def add_image_tokens(self, tokens: torch.Tensor, grid: Sequence[int]) -> None:
         """Vision features [n, C] of an image grid (1, h, w) in 14-px patches (n = h * w / merge^2), with
@@ -558,11 +716,3 @@ class ThinkerSession:
                 return
             av.chunk += 1
             av.phase = "video"
-
-    def _merged(self, grid_hw: tuple[int, int]) -> tuple[int, int]:
-        m = self.cursor.cfg.spatial_merge_size
-        return grid_hw[0] // m, grid_hw[1] // m
-
-    def _check_idle(self) -> None:
-        if self._audio is not None or self._video is not None:
-            raise RuntimeError("an audio or video segment is still open")

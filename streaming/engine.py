@@ -82,7 +82,16 @@ class ReplyDone:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-EngineEvent = TextDelta | AudioChunk | TranscriptDelta | ReplyDone
+@dataclass(frozen=True)
+class TurnEndLikely:
+    """From `prepare_turn`: how likely the engine's LM thinks the user's message is finished at this pause (a
+    probability), for a semantic end of turn (streaming.vad.TurnDetector.end_likely). Engines that cannot
+    tell send none, and their turns end after the full silence."""
+
+    probability: float
+
+
+EngineEvent = TextDelta | AudioChunk | TranscriptDelta | ReplyDone | TurnEndLikely
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,8 @@ class EngineSession(Protocol):
     def prepare_turn(self) -> list[EngineEvent]:
         """The user paused inside a turn (streaming.frames.SpeechPaused): do what end_turn would as far as
         possible (finish recognition, prefill the turn) without a final transcript. More audio of the same
-        turn may follow (the engine then continues the turn), or end_turn comes. `EngineSessionBase`'s
+        turn may follow (the engine then continues the turn), or end_turn comes. An engine that can judge
+        whether the words so far finish the turn says so with a `TurnEndLikely`. `EngineSessionBase`'s
         default does nothing."""
         ...
 
@@ -151,7 +161,9 @@ class EngineSession(Protocol):
 
 @runtime_checkable
 class Engine(Protocol):
-    """Weights and shared resources; makes sessions."""
+    """Weights and shared resources; makes sessions. An engine whose sessions send `TurnEndLikely` from
+    `prepare_turn` says so with a class attribute `judges_turn_end = True` (session.created then shows the
+    semantic end of turn as the Realtime `semantic_vad`); without it turns end after the silence."""
 
     name: str
     input_sample_rate: int
@@ -200,7 +212,7 @@ class LiveReply(Generic[M]):
     open: bool = True  # generating (not finished, not interrupted)
 
 
-History = deque[tuple[str, str]]  # (role, text) pairs, "user" or "assistant", oldest first, bounded
+History = deque[tuple[str, str]]  # (role, text): "user", "assistant" or "system" (per-reply instructions)
 
 
 def replace_last_reply(history: History, text: str) -> int:

@@ -29,6 +29,7 @@ from streaming.frames import (
     Truncate,
     UserMessage,
 )
+from streaming.vad import EAGERNESS
 
 ClientAction = (
     ResponseRequest | Interrupt | Truncate | SessionUpdate | UserMessage | AudioFrame | InputCommit | InputClear
@@ -245,11 +246,11 @@ def _session_settings(session: object, event_id: str | None) -> dict[str, Any]:
         td = audio_in.get("turn_detection", session.get("turn_detection"))
         if td is not None and not isinstance(td, dict):
             raise ProtocolError("invalid_value", "turn_detection must be an object or null", event_id)
-        if td is not None and td.get("type", "server_vad") != "server_vad":
+        if td is not None and td.get("type", "server_vad") not in ("server_vad", "semantic_vad"):
             raise ProtocolError(
                 "invalid_value",
                 f"turn_detection type {td.get('type')!r} is not supported "
-                "(supported: server_vad, or null for manual response.create)",
+                "(supported: server_vad, semantic_vad, or null for manual response.create)",
                 event_id,
             )
         out["turn_detection"] = _turn_detection(td, event_id) if td is not None else None
@@ -261,7 +262,15 @@ def _obj(v: object) -> dict[str, Any]:
 
 
 def _turn_detection(td: dict[str, Any], event_id: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    """The fields we act on; `semantic_eot` is the semantic end of turn's threshold (streaming.vad): from
+    `semantic_vad`'s `eagerness` (EAGERNESS), 0 (off) for `server_vad`."""
+    out: dict[str, Any] = {"semantic_eot": 0.0}
+    if td.get("type", "server_vad") == "semantic_vad":
+        eagerness = td.get("eagerness", "auto")
+        if not isinstance(eagerness, str) or eagerness not in EAGERNESS:
+            raise ProtocolError("invalid_value", f"turn_detection.eagerness must be one of {', '.join(EAGERNESS)}",
+                                event_id)
+        out["semantic_eot"] = EAGERNESS[eagerness]
     v = td.get("threshold", 0.5)
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < v < 1.0:  # 0 or 1: always or never speech
         raise ProtocolError("invalid_value", "turn_detection.threshold must be a number in (0, 1), exclusive", event_id)

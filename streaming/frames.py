@@ -60,9 +60,13 @@ class SpeechPaused:
 
 @dataclass(frozen=True)
 class SpeechStopped:
-    """The user's turn ended: `timestamp` is the end of the last voiced audio."""
+    """The user's turn ended: `timestamp` is the end of the last voiced audio; `heard_until` the end of the audio
+    the detector had heard when it ended the turn (`timestamp` + the silence it waited; 0: not known);
+    `semantic`: ended before the full silence because the engine judged the words a finished message."""
 
     timestamp: float
+    heard_until: float = 0.0
+    semantic: bool = False
 
 
 @dataclass(frozen=True)

@@ -114,14 +114,17 @@ class MemoryLane:
     def recall(
         self, question: str, lanes: dict[str, np.ndarray], budget_tokens: int,
         count_tokens: Callable[[str], int] | None = None, before: float | None = None,
+        text_spaces: dict[str, np.ndarray] | None = None,
     ) -> Recall:
         """Recall for engines that query feature lanes too (the omni engine): the question's text (embedded when
         not empty) and a query vector per lane; items come with their evidence frames of every queried lane.
+        `text_spaces`: query vectors of the memory's text key spaces (the omni engine's "thinker").
         `before`: media time of the question's first input; an event of this session's time that reaches it (the
         question's own, when the segmenter cut it before the turn ended) is left out. Kept for `take_recalled`."""
         question = question.strip()
         q = np.asarray(self.embed([question]), dtype=np.float32)[0] if question else None
-        recall = self.handle.recall(q, question, budget_tokens, lanes=lanes, count_tokens=count_tokens)
+        recall = self.handle.recall(q, question, budget_tokens, lanes=lanes, count_tokens=count_tokens,
+                                    text_spaces=text_spaces)
         if before is not None:
             edge = self.handle.started_at + before
             start = self.handle.started_at

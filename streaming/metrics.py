@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 class TurnMetrics:
     turn: int
     end_of_speech: float | None = None  # end of the user's last voiced audio (None for a client response.create)
+    # End of the audio the turn detector had heard when it ended the turn (media time, like end_of_speech): the
+    # silence it waited is the difference; `semantic_end`: ended at the pause on the engine's word (streaming.vad).
+    turn_end_heard: float | None = None
+    semantic_end: bool = False
+    end_probability: float | None = None  # the engine's last probability that the turn was finished (or None)
     response_start: float | None = None
     first_text: float | None = None
     first_audio: float | None = None  # first assistant sample handed to the transport
@@ -38,6 +43,9 @@ class TurnMetrics:
         origin = self.end_of_speech if self.end_of_speech is not None else self.response_start
         return {
             "turn": self.turn,
+            "end_of_speech_to_turn_end_ms": self._ms(self.end_of_speech, self.turn_end_heard),
+            "semantic_end_of_turn": self.semantic_end,
+            "turn_end_probability": None if self.end_probability is None else round(self.end_probability, 4),
             "end_of_speech_to_first_text_ms": self._ms(origin, self.first_text),
             "end_of_speech_to_first_audio_ms": self._ms(origin, self.first_audio),
             "response_start_to_first_audio_ms": self._ms(self.response_start, self.first_audio),

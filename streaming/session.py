@@ -56,6 +56,7 @@ from streaming.engine import (
     ResponseOptions,
     TextDelta,
     TranscriptDelta,
+    TurnEndLikely,
     close_iterator,
 )
 from streaming.events import ProtocolError, RealtimeEvents, new_id, parse_client_event
@@ -130,6 +131,8 @@ class Session(ReplyEnds, SettingsUpdates):
         self._tasks: set[asyncio.Task[None]] = set()
         self._reply: Response | None = None
         self._user_item: str | None = None
+        self._pause_at = 0.0  # the last SpeechPaused's timestamp (streaming.vad.TurnDetector.end_likely)
+        self._end_p: float | None = None  # the engine's last TurnEndLikely of the open turn
         self._item_responses: dict[str, str] = {}
         self._turns = 0
         self._turn_seconds = 0.0  # audio of the user's open turn given to the engine (transcription usage)
@@ -319,7 +322,7 @@ class Session(ReplyEnds, SettingsUpdates):
 
     async def _handle_stage_output(self, out: list[StageOutput]) -> None:
         """Turn events at once (barge-in never waits for the engine); turn audio to the engine in order."""
-        turn_end: float | None = None
+        turn_end: SpeechStopped | None = None
         ops: list[FeedOp] = self._feed.release()
         for ev in out:
             if isinstance(ev, SpeechStarted):
@@ -340,11 +343,12 @@ class Session(ReplyEnds, SettingsUpdates):
                 # the detector still waits for. Only for turns that will get a reply.
                 if self._feed.auto_end_turn and self.config.create_response and not self._feed.hold:
                     ops.append(PrepareTurn())
+                    self._pause_at = ev.timestamp  # what the engine's TurnEndLikely will be about
             elif isinstance(ev, SpeechStopped):
                 await self._feed_engine(ops)
                 self._emit(self.events.speech_stopped(self._user_item or new_id("item"), int(ev.timestamp * 1000)))
                 if self.config.create_response:
-                    turn_end = ev.timestamp
+                    turn_end = ev
                 if self._feed.auto_end_turn and not self._feed.hold:
                     await self._feed_engine([EndTurn()])
         await self._feed_engine(ops)
@@ -357,7 +361,7 @@ class Session(ReplyEnds, SettingsUpdates):
             )
             self._dropped_reported = dropped
         if turn_end is not None and self._reply is None:
-            self._start_reply(turn_end)
+            self._start_reply(turn_end.timestamp, heard_until=turn_end.heard_until, semantic=turn_end.semantic)
 
     async def _feed_engine(self, ops: list[FeedOp]) -> None:
         """Run `ops` on the device worker (emptying the list) and report the transcripts they produced."""
@@ -367,7 +371,10 @@ class Session(ReplyEnds, SettingsUpdates):
         batch = list(ops)
         ops.clear()
         for ev in await self.worker.run(self._feed.run, self._engine_session, batch):
-            if isinstance(ev, TranscriptDelta):
+            if isinstance(ev, TurnEndLikely):  # the detector ends the turn early if it is still that pause
+                self._audio_state.detector.end_likely(ev.probability, self._pause_at)
+                self._end_p = ev.probability  # the turn's last, kept or late (omni.metrics)
+            elif isinstance(ev, TranscriptDelta):
                 item = self._user_item or new_id("item")
                 if ev.final:
                     self._emit(self.events.transcription_completed(item, ev.text, self._turn_seconds))
@@ -449,12 +456,17 @@ class Session(ReplyEnds, SettingsUpdates):
 
     # ---- replies ----
 
-    def _start_reply(self, end_of_speech: float | None, options: ResponseOptions | None = None) -> None:
+    def _start_reply(self, end_of_speech: float | None, options: ResponseOptions | None = None, *,
+                     heard_until: float | None = None, semantic: bool = False) -> None:
         self._turns += 1
         self._feed.hold = True  # new user audio waits until this reply is over
+        self._end_p, end_p = None, self._end_p
         m = TurnMetrics(
             turn=self._turns,
             end_of_speech=end_of_speech,
+            turn_end_heard=heard_until,
+            semantic_end=semantic,
+            end_probability=end_p,
             response_start=self.clock(),
             dropped_input_frames=self.inbox.media.dropped,
         )

@@ -8,7 +8,7 @@ from typing import Any
 from streaming.engine import Engine
 from streaming.events import WIRE_RATE
 from streaming.output import OUTPUT_RATE
-from streaming.vad import TurnConfig
+from streaming.vad import EAGERNESS, TurnConfig
 
 
 @dataclass
@@ -39,19 +39,23 @@ class SessionConfig:
 def describe_session(config: SessionConfig, turn: TurnConfig, server_vad: bool, engine: Engine) -> dict[str, Any]:
     """The session object of `session.created`/`session.updated`; `turn` is the detector's live setting,
     `server_vad` whether turns end (and replies start) on the detector's word."""
-    td = (
-        {
+    td: dict[str, Any] | None = None
+    # semantic_vad only where the engine judges ends of turn (streaming.engine.TurnEndLikely): elsewhere the
+    # turn ends after the silence, and says so
+    semantic = turn.semantic_eot > 0 and getattr(engine, "judges_turn_end", False)
+    if server_vad and semantic:  # the eagerness whose threshold it is ("auto" for another one)
+        eagerness = next((k for k, v in EAGERNESS.items() if v == turn.semantic_eot and k != "auto"), "auto")
+        td = {"type": "semantic_vad", "eagerness": eagerness}
+    elif server_vad:
+        td = {
             "type": "server_vad",
             "threshold": turn.threshold,
             "silence_duration_ms": turn.silence_ms,
             "prefix_padding_ms": turn.prefix_ms,
             "min_speech_duration_ms": turn.min_speech_ms,
-            "create_response": config.create_response,
-            "interrupt_response": config.interrupt_response,
         }
-        if server_vad
-        else None
-    )
+    if td is not None:
+        td |= {"create_response": config.create_response, "interrupt_response": config.interrupt_response}
     return {
         "model": engine.name,
         "output_modalities": ["audio"] if config.speech else ["text"],
@@ -72,4 +76,5 @@ def updated_turn_config(current: TurnConfig, td: dict[str, Any]) -> TurnConfig:
         min_speech_ms=int(td.get("min_speech_duration_ms", current.min_speech_ms)),
         prefix_ms=int(td.get("prefix_padding_ms", current.prefix_ms)),
         pause_ms=current.pause_ms,  # not a protocol field: the server's setting stays
+        semantic_eot=td.get("semantic_eot", current.semantic_eot),
     ).validate()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.encoders.audio_frontend import AudioInputError
+from model.encoders.audio_frontend import AudioInputError, check_mel, fill_blocks, whole_blocks
 from model.encoders.config import AudioEncoderConfig, AuTEncoderConfig, audio_token_count
 from model.encoders.weights import load_encoder_state_dict
 
@@ -119,24 +119,12 @@ class AudioEncoder(nn.Module):
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """Offline encoding of one clip: [n_mels, T] -> [audio_token_count(T), output_dim]."""
-        self._check_mel(mel)
-        block, n = self.cfg.block_frames, mel.shape[-1]
-        n_full = n // block
-        out = []
-        if n_full:  # full blocks share a length, so they batch
-            blocks = mel[:, : n_full * block].unflatten(1, (n_full, block)).transpose(0, 1)
-            out.append(self.encode_blocks(blocks).flatten(0, 1))
-        if n % block:
-            out.append(self.encode_blocks(mel[None, :, n_full * block :])[0])
+        check_mel(mel, self.cfg.num_mel_bins)
+        full, rest = whole_blocks(mel, self.cfg.block_frames)
+        out = [] if full is None else [self.encode_blocks(full).flatten(0, 1)]
+        if rest is not None:
+            out.append(self.encode_blocks(rest[None])[0])
         return torch.cat(out) if len(out) > 1 else out[0]
-
-    def _check_mel(self, mel: torch.Tensor) -> None:
-        if mel.dim() != 2 or mel.shape[0] != self.cfg.num_mel_bins:
-            raise AudioInputError(
-                f"expected log-mel features [{self.cfg.num_mel_bins}, frames], got {tuple(mel.shape)}"
-            )
-        if mel.shape[1] == 0:
-            raise AudioInputError("zero-length audio: expected at least one mel frame (10 ms)")
 
     # ---- streaming ---------------------------------------------------------------------------------------
 
@@ -148,20 +136,10 @@ class AudioEncoder(nn.Module):
     def step(self, state: AudioEncoderState, mel: torch.Tensor) -> torch.Tensor:
         """Feed mel frames [n_mels, t] (any t >= 0); returns the tokens of every block they complete
         [50 * completed_blocks, output_dim] (possibly zero rows)."""
-        if mel.dim() != 2 or mel.shape[0] != self.cfg.num_mel_bins:
-            raise AudioInputError(f"expected [{self.cfg.num_mel_bins}, frames] mel features, got {tuple(mel.shape)}")
-        block = self.cfg.block_frames
         out = [self._empty(state)]
-        pos = 0
-        while pos < mel.shape[1]:
-            take = min(block - state.n_pending, mel.shape[1] - pos)
-            state.pending[:, state.n_pending : state.n_pending + take] = mel[:, pos : pos + take]
-            state.n_pending += take
-            pos += take
-            if state.n_pending == block:
-                out.append(self.encode_blocks(state.pending[None])[0])
-                state.n_pending = 0
-                state.n_blocks += 1
+        for block in fill_blocks(state, mel):
+            out.append(self.encode_blocks(block[None])[0])
+            state.n_blocks += 1
         return torch.cat(out)
 
     def flush(self, state: AudioEncoderState) -> torch.Tensor:

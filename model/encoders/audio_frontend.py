@@ -24,8 +24,10 @@ zero-padded variant, when its window runs past the end (n % 160 < 40), plus the 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -293,3 +295,42 @@ class LogMel(nn.Module):
     def _reset(state: LogMelState) -> None:
         state.n_carry = state.n_seen = state.n_frames = state.n_tail = 0
         state.running_max = -math.inf
+
+
+def check_mel(mel: torch.Tensor, n_mels: int) -> None:
+    """An encoder's input: log-mel features [n_mels, frames] with at least one frame."""
+    if mel.dim() != 2 or mel.shape[0] != n_mels:
+        raise AudioInputError(f"expected log-mel features [{n_mels}, frames], got {tuple(mel.shape)}")
+    if mel.shape[1] == 0:
+        raise AudioInputError("zero-length audio: expected at least one mel frame (10 ms)")
+
+
+def whole_blocks(mel: torch.Tensor, block: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """`mel` [n_mels, T] cut into its whole blocks [n, n_mels, block] (they share a length, so they batch) and the
+    partial rest [n_mels, T % block]; None for either part that is empty."""
+    n_full = mel.shape[1] // block
+    full = mel[:, : n_full * block].unflatten(1, (n_full, block)).transpose(0, 1) if n_full else None
+    rest = mel[:, n_full * block :] if mel.shape[1] % block else None
+    return full, rest
+
+
+class PendingMel(Protocol):
+    pending: torch.Tensor  # [n_mels, block] preallocated; the first n_pending columns are valid
+    n_pending: int
+
+
+def fill_blocks(state: PendingMel, mel: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Stream mel frames [n_mels, t] (t >= 0) into `state.pending`; yields the buffer [n_mels, block] each time it
+    fills (encode it before resuming: the next frames overwrite it). Raises for a wrong shape."""
+    n_mels, block = state.pending.shape
+    if mel.dim() != 2 or mel.shape[0] != n_mels:
+        raise AudioInputError(f"expected [{n_mels}, frames] mel features, got {tuple(mel.shape)}")
+    pos = 0
+    while pos < mel.shape[1]:
+        take = min(block - state.n_pending, mel.shape[1] - pos)
+        state.pending[:, state.n_pending : state.n_pending + take] = mel[:, pos : pos + take]
+        state.n_pending += take
+        pos += take
+        if state.n_pending == block:
+            state.n_pending = 0
+            yield state.pending

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.encoders.audio_encoder import AudioEncoderLayer, sinusoid_table
-from model.encoders.audio_frontend import AudioInputError
+from model.encoders.audio_frontend import AudioInputError, check_mel, fill_blocks, whole_blocks
 from model.encoders.config import AuTEncoderConfig, aut_token_count, aut_token_count_chunk
 from model.encoders.weights import load_encoder_state_dict
 
@@ -141,15 +141,11 @@ class AuTEncoder(nn.Module):
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """Offline encoding of one clip: [n_mels, T] -> [aut_token_count(T), output_dim]."""
-        self._check_mel(mel)
-        win, n = self.cfg.n_window_infer, mel.shape[1]
-        n_full = n // win
-        out = []
-        if n_full:
-            windows = mel[:, : n_full * win].unflatten(1, (n_full, win)).transpose(0, 1)  # [W, mel, 800]
-            out.append(self.encode_windows(windows).flatten(0, 1))
-        if n % win:
-            out.append(self.encode_last_window(mel[:, n_full * win :], n))
+        check_mel(mel, self.cfg.num_mel_bins)
+        windows, rest = whole_blocks(mel, self.cfg.n_window_infer)  # [W, mel, 800], [mel, < 800]
+        out = [] if windows is None else [self.encode_windows(windows).flatten(0, 1)]
+        if rest is not None:
+            out.append(self.encode_last_window(rest, mel.shape[1]))
         return torch.cat(out) if len(out) > 1 else out[0]
 
     def token_count(self, n_mel_frames: int) -> int:
@@ -159,14 +155,6 @@ class AuTEncoder(nn.Module):
     def final_token_count(self, n_mel_frames: int) -> int:
         """Tokens that are final after `n_mel_frames` frames of a still-open stream (whole windows only)."""
         return (n_mel_frames // self.cfg.n_window_infer) * self.cfg.window_tokens
-
-    def _check_mel(self, mel: torch.Tensor) -> None:
-        if mel.dim() != 2 or mel.shape[0] != self.cfg.num_mel_bins:
-            raise AudioInputError(
-                f"expected log-mel features [{self.cfg.num_mel_bins}, frames], got {tuple(mel.shape)}"
-            )
-        if mel.shape[1] == 0:
-            raise AudioInputError("zero-length audio: expected at least one mel frame (10 ms)")
 
     # ---- streaming ------------------------------------------------------------------------------------
 
@@ -178,20 +166,10 @@ class AuTEncoder(nn.Module):
     def step(self, state: AuTStreamState, mel: torch.Tensor, provisional: bool = False) -> AuTStreamOutput:
         """Feed mel frames [n_mels, t] (any t >= 0). Returns the final tokens of every window they complete
         and, with `provisional=True`, the current encoding of the partial window (see `AuTStreamOutput`)."""
-        if mel.dim() != 2 or mel.shape[0] != self.cfg.num_mel_bins:
-            raise AudioInputError(f"expected [{self.cfg.num_mel_bins}, frames] mel features, got {tuple(mel.shape)}")
-        win = self.cfg.n_window_infer
         out = [self._empty(state)]
-        pos = 0
-        while pos < mel.shape[1]:
-            take = min(win - state.n_pending, mel.shape[1] - pos)
-            state.pending[:, state.n_pending : state.n_pending + take] = mel[:, pos : pos + take]
-            state.n_pending += take
-            pos += take
-            if state.n_pending == win:
-                out.append(self.encode_windows(state.pending[None])[0])
-                state.n_pending = 0
-                state.n_windows += 1
+        for window in fill_blocks(state, mel):
+            out.append(self.encode_windows(window[None])[0])
+            state.n_windows += 1
         final = torch.cat(out)
         if not provisional:
             return AuTStreamOutput(final)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from model.errors import ConfigError
 from model.hf_config import hf_fields
@@ -128,7 +128,85 @@ def audio_token_count(n_mel_frames: int) -> int:
 
 
 @dataclass
-class VisionEncoderConfig:
+class _ViTConfig:
+    """What the two Qwen ViTs share: patch embedding over 2-frame temporal patches, 2x2 patch merging into one LLM
+    token, axial 2-D rotary angles, a projection into the Thinker's width. Each family adds its own fields, its
+    HF key names (`_HF_EXTRA`) and checks (`_check`)."""
+
+    depth: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    in_channels: int
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    out_hidden_size: int
+    rope_theta: float
+    hidden_act: str
+
+    _MODEL_TYPE: ClassVar[str]
+    _ACT: ClassVar[str]  # the one activation supported
+    _HF_EXTRA: ClassVar[tuple[str, ...]]  # the family's own fields, under the same names in config.json
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"vision hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
+            )
+        if (self.hidden_size // self.num_heads) % 4:
+            raise ConfigError("vision head_dim must be a multiple of 4: its rotary angles split into h and w halves")
+        if self.hidden_act != self._ACT:
+            raise ConfigError(f"vision hidden_act {self.hidden_act!r} is not supported (only {self._ACT})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def image_factor(self) -> int:
+        """Side of one LLM token in pixels (28 for Qwen2.5, 32 for Qwen3): resized frames are multiples of it."""
+        return self.patch_size * self.spatial_merge_size
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per flattened patch: channels x temporal patch x patch x patch (3*2*14*14 = 1176 for Qwen2.5)."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @classmethod
+    def _from_hf(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments from the `vision_config` section (or a whole config.json / thinker_config holding it).
+
+        transformers' dataclass defaults (hidden_size 3584 for Qwen2.5) are not the checkpoint's values, so the
+        shape fields are required here rather than defaulted."""
+        c = _section(cfg, "vision_config")
+        names: dict[str, str | tuple[str, ...]] = {k: k for k in cls._hf_names()}
+        names["in_channels"] = ("in_channels", "in_chans")
+        names["rope_theta"] = "rope_theta"  # older configs: top level; newer: in rope_parameters (wins)
+        required = ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size")
+        kw = hf_fields(cls, c, names, "vision_config", required)
+        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        if "rope_theta" in rope:
+            kw["rope_theta"] = float(rope["rope_theta"])
+        return kw
+
+    @classmethod
+    def _hf_names(cls) -> tuple[str, ...]:
+        """The fields config.json holds under their own names (rope_theta goes in rope_parameters)."""
+        return ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels", "patch_size",
+                "temporal_patch_size", "spatial_merge_size", *cls._HF_EXTRA, "out_hidden_size", "hidden_act")
+
+    def to_hf_config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_type": self._MODEL_TYPE}
+        for name in self._hf_names():
+            v = getattr(self, name)
+            out[name] = list(v) if isinstance(v, tuple) else v
+        out["rope_parameters"] = {"rope_type": "axial", "rope_theta": self.rope_theta}
+        return out
+
+
+@dataclass
+class VisionEncoderConfig(_ViTConfig):
     """Qwen2.5-VL ViT as used by Qwen2.5-Omni (`vision_config`).
 
     14-px patches over 2-frame temporal patches; 2x2 patches merge into one LLM token (28x28 px);
@@ -144,47 +222,30 @@ class VisionEncoderConfig:
     patch_size: int = 14
     temporal_patch_size: int = 2
     spatial_merge_size: int = 2
-    window_size: int = 112
-    fullatt_block_indexes: tuple[int, ...] = field(default=(7, 15, 23, 31))
     out_hidden_size: int = 3584
     rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-6
     hidden_act: str = "silu"
+    window_size: int = 112
+    fullatt_block_indexes: tuple[int, ...] = field(default=(7, 15, 23, 31))
+    rms_norm_eps: float = 1e-6
+
+    _MODEL_TYPE: ClassVar[str] = "qwen2_5_omni_vision_encoder"
+    _ACT: ClassVar[str] = "silu"
+    _HF_EXTRA: ClassVar[tuple[str, ...]] = ("window_size", "fullatt_block_indexes")
 
     def __post_init__(self) -> None:
         self.fullatt_block_indexes = tuple(int(i) for i in self.fullatt_block_indexes)
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"vision hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
-            )
-        if (self.hidden_size // self.num_heads) % 4:
-            raise ConfigError("vision head_dim must be a multiple of 4: its rotary angles split into h and w halves")
+        super().__post_init__()
         if self.window_size % (self.patch_size * self.spatial_merge_size):
             raise ConfigError(
                 f"window_size ({self.window_size}) must be a multiple of patch_size * spatial_merge_size "
                 f"({self.patch_size * self.spatial_merge_size})"
             )
-        if self.hidden_act != "silu":
-            raise ConfigError(f"vision hidden_act {self.hidden_act!r} is not supported (only silu)")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def image_factor(self) -> int:
-        """Side of one LLM token in pixels (28): resized frames are multiples of it."""
-        return self.patch_size * self.spatial_merge_size
 
     @property
     def window_tokens(self) -> int:
         """Merged tokens per window side (112 / 28 = 4)."""
         return self.window_size // self.image_factor
-
-    @property
-    def patch_dim(self) -> int:
-        """Values per flattened patch: channels x temporal patch x patch x patch (3*2*14*14 = 1176)."""
-        return self.in_channels * self.temporal_patch_size * self.patch_size**2
 
     @classmethod
     def from_name(cls, name: str) -> VisionEncoderConfig:
@@ -192,51 +253,8 @@ class VisionEncoderConfig:
 
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any]) -> VisionEncoderConfig:
-        """Read the `vision_config` section (or a whole Qwen2.5-Omni config.json containing it).
-
-        transformers' dataclass defaults (hidden_size 3584) are not the checkpoint's values, so the
-        shape fields are required here rather than defaulted.
-        """
-        c = _section(cfg, "vision_config")
-        names: dict[str, str | tuple[str, ...]] = {
-            "depth": "depth",
-            "hidden_size": "hidden_size",
-            "intermediate_size": "intermediate_size",
-            "num_heads": "num_heads",
-            "in_channels": ("in_channels", "in_chans"),
-            "patch_size": "patch_size",
-            "temporal_patch_size": "temporal_patch_size",
-            "spatial_merge_size": "spatial_merge_size",
-            "window_size": "window_size",
-            "fullatt_block_indexes": "fullatt_block_indexes",
-            "out_hidden_size": "out_hidden_size",
-            "rope_theta": "rope_theta",
-            "hidden_act": "hidden_act",
-        }
-        required = ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size")
-        kw = hf_fields(cls, c, names, "vision_config", required)
-        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
-        if "rope_theta" in rope:
-            kw["rope_theta"] = float(rope["rope_theta"])
-        return cls(**kw)
-
-    def to_hf_config(self) -> dict[str, Any]:
-        return {
-            "model_type": "qwen2_5_omni_vision_encoder",
-            "depth": self.depth,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_heads": self.num_heads,
-            "in_channels": self.in_channels,
-            "patch_size": self.patch_size,
-            "temporal_patch_size": self.temporal_patch_size,
-            "spatial_merge_size": self.spatial_merge_size,
-            "window_size": self.window_size,
-            "fullatt_block_indexes": list(self.fullatt_block_indexes),
-            "out_hidden_size": self.out_hidden_size,
-            "hidden_act": self.hidden_act,
-            "rope_parameters": {"rope_type": "axial", "rope_theta": self.rope_theta},
-        }
+        """Read the `vision_config` section (or a whole Qwen2.5-Omni config.json containing it)."""
+        return cls(**cls._from_hf(cfg))
 
 
 AUDIO_PRESETS: dict[str, AudioEncoderConfig] = {
@@ -392,7 +410,7 @@ def aut_token_count_chunk(n_frames: int) -> int:
 
 
 @dataclass
-class Qwen3VisionConfig:
+class Qwen3VisionConfig(_ViTConfig):
     """Qwen3-Omni's vision encoder (Qwen3-VL ViT, `thinker_config.vision_config`).
 
     16-px patches over 2-frame temporal patches, 2x2 merged into one LLM token (32x32 px); full attention
@@ -408,20 +426,19 @@ class Qwen3VisionConfig:
     patch_size: int = 16
     temporal_patch_size: int = 2
     spatial_merge_size: int = 2
-    num_position_embeddings: int = 2304
-    deepstack_visual_indexes: tuple[int, ...] = field(default=(8, 16, 24))
     out_hidden_size: int = 2048
     rope_theta: float = 10000.0
     hidden_act: str = "gelu_pytorch_tanh"
+    num_position_embeddings: int = 2304
+    deepstack_visual_indexes: tuple[int, ...] = field(default=(8, 16, 24))
+
+    _MODEL_TYPE: ClassVar[str] = "qwen3_omni_moe_vision_encoder"
+    _ACT: ClassVar[str] = "gelu_pytorch_tanh"
+    _HF_EXTRA: ClassVar[tuple[str, ...]] = ("num_position_embeddings", "deepstack_visual_indexes")
 
     def __post_init__(self) -> None:
         self.deepstack_visual_indexes = tuple(int(i) for i in self.deepstack_visual_indexes)
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"vision hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
-            )
-        if (self.hidden_size // self.num_heads) % 4:
-            raise ConfigError("vision head_dim must be a multiple of 4: its rotary angles split into h and w halves")
+        super().__post_init__()
         side = math.isqrt(self.num_position_embeddings)
         if side * side != self.num_position_embeddings:
             raise ConfigError(
@@ -431,22 +448,6 @@ class Qwen3VisionConfig:
         bad = [i for i in self.deepstack_visual_indexes if not 0 <= i < self.depth]
         if bad:
             raise ConfigError(f"deepstack_visual_indexes {bad} are outside the {self.depth} blocks")
-        if self.hidden_act != "gelu_pytorch_tanh":
-            raise ConfigError(f"vision hidden_act {self.hidden_act!r} is not supported (only gelu_pytorch_tanh)")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def image_factor(self) -> int:
-        """Side of one LLM token in pixels (32): resized frames are multiples of it."""
-        return self.patch_size * self.spatial_merge_size
-
-    @property
-    def patch_dim(self) -> int:
-        """Values per flattened patch: channels x temporal patch x patch x patch (3*2*16*16 = 1536)."""
-        return self.in_channels * self.temporal_patch_size * self.patch_size**2
 
     @property
     def pos_grid_side(self) -> int:
@@ -459,47 +460,11 @@ class Qwen3VisionConfig:
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any]) -> Qwen3VisionConfig:
         """Read the `vision_config` section (or a whole Qwen3-Omni config.json / thinker_config containing it)."""
-        c = _section(cfg, "vision_config")
-        names: dict[str, str | tuple[str, ...]] = {
-            "depth": "depth",
-            "hidden_size": "hidden_size",
-            "intermediate_size": "intermediate_size",
-            "num_heads": "num_heads",
-            "in_channels": ("in_channels", "in_chans"),
-            "patch_size": "patch_size",
-            "temporal_patch_size": "temporal_patch_size",
-            "spatial_merge_size": "spatial_merge_size",
-            "num_position_embeddings": "num_position_embeddings",
-            "deepstack_visual_indexes": "deepstack_visual_indexes",
-            "out_hidden_size": "out_hidden_size",
-            "hidden_act": "hidden_act",
-        }
-        required = ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size")
-        kw = hf_fields(cls, c, names, "vision_config", required)
-        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        section = _section(cfg, "vision_config")
+        rope = section.get("rope_parameters") or section.get("rope_scaling") or {}
         if rope.get("rope_type", "axial") != "axial":
             raise ConfigError(f"vision rope_type {rope['rope_type']!r} is not supported (only axial)")
-        if "rope_theta" in rope:
-            kw["rope_theta"] = float(rope["rope_theta"])
-        return cls(**kw)
-
-    def to_hf_config(self) -> dict[str, Any]:
-        return {
-            "model_type": "qwen3_omni_moe_vision_encoder",
-            "depth": self.depth,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_heads": self.num_heads,
-            "in_channels": self.in_channels,
-            "patch_size": self.patch_size,
-            "temporal_patch_size": self.temporal_patch_size,
-            "spatial_merge_size": self.spatial_merge_size,
-            "num_position_embeddings": self.num_position_embeddings,
-            "deepstack_visual_indexes": list(self.deepstack_visual_indexes),
-            "out_hidden_size": self.out_hidden_size,
-            "hidden_act": self.hidden_act,
-            "rope_parameters": {"rope_type": "axial", "rope_theta": self.rope_theta},
-        }
+        return cls(**cls._from_hf(cfg))
 
 
 AUT_PRESETS: dict[str, AuTEncoderConfig] = {

@@ -50,7 +50,7 @@ class SparseMoE(nn.Module):
         super().__init__()
         self.top_k, self.norm_topk_prob = top_k, norm_topk_prob
         self.gate = nn.Linear(dim, num_experts, bias=False)
-        self.experts = Experts(num_experts, dim, hidden)
+        self.experts: nn.Module = Experts(num_experts, dim, hidden)  # or quant_linear.QuantExperts
         self.shared_expert = GatedMLP(dim, shared_hidden) if shared_hidden else None
         self.shared_expert_gate = nn.Linear(dim, 1, bias=False) if shared_hidden else None
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from model.lm.detokenizer import IncrementalDetokenizer
+from model.lm.end_of_turn import end_probability, end_token_ids, open_words
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplerState, SamplingConfig, sample
 from model.lm.tokenizer import Message
@@ -80,23 +81,27 @@ class ChatSession:
         self._before_turn: _Fed | None = None  # set while a speculative user turn is in the cache
         self.last = ReplyStats()
         self.penalise_context = penalise_context
+        self.end_probability: float | None = None  # set by prefill_turn(score_end=True)
+        self._end_ids: list[int] | None = None  # model.lm.end_of_turn.end_token_ids, made on first use
 
     def _feed(self, ids: list[int], context: str = "") -> torch.Tensor:
         """Run `ids` through the model. The repetition penalty's seen tokens gain them, less one occurrence of each
         token of `context` (quoted material such as recalled memory: the penalty is there to stop the reply looping,
         and it turned a recalled "October 9" into "October 7", see `stream_reply`)."""
         x = torch.tensor([ids], device=self.lm.model.device)
-        if context and not self.penalise_context:
-            left = Counter(ids)
-            left.subtract(self.lm.tokenizer.encode(context))
-            kept = [t for t, n in left.items() if n > 0]
-            if kept:
-                self.sampler.observe(torch.tensor([kept], device=self.lm.model.device))
-        else:
-            self.sampler.observe(x)
+        self._observe(ids, context)
         out = self.lm.model(self.state, input_ids=x)
         assert out.logits is not None
         return out.logits
+
+    def _observe(self, ids: list[int], context: str) -> None:
+        """Mark `ids` seen for the repetition penalty, less one occurrence of each token of `context` (`_feed`)."""
+        if context and not self.penalise_context:
+            left = Counter(ids)
+            left.subtract(self.lm.tokenizer.encode(context))
+            ids = [t for t, n in left.items() if n > 0]
+        if ids:
+            self.sampler.observe(torch.tensor([ids], device=self.lm.model.device))
 
     def _unfed(self, text: str) -> str | None:
         """The part of the rendered `text` past what the cache holds, or None when the cache holds no prefix of it."""
@@ -134,12 +139,16 @@ class ChatSession:
         self._fed = _Fed(text, self.state.cache.length)
         return len(ids)
 
-    def prefill_turn(self, user_text: str, context: str = "") -> int:
+    def prefill_turn(self, user_text: str, context: str = "", score_end: bool = False) -> int:
         """Feed the user's next message speculatively (e.g. at a pause, before the turn is known to be over):
         `stream_reply(user_text, context)` then prefills only the assistant header, while `drop_prefilled_turn`
         (the user went on speaking) rolls the cache back. The history must already be in the cache
-        (`prefill_history`); returns tokens fed (0 when nothing could be)."""
+        (`prefill_history`); returns tokens fed (0 when nothing could be). `score_end`: the feed stops once
+        after the message's last word to set `end_probability`, how likely the LM thinks the message is finished
+        there (model.lm.end_of_turn; the same single forward call, plus the LM head on one more position);
+        otherwise, and when nothing was fed, it is None."""
         self.drop_prefilled_turn()
+        self.end_probability = None
         if not user_text.strip() or not self._fed.text:
             return 0
         text = self.lm.tokenizer.render_chat([*self.messages, *_turn(user_text, context)],
@@ -148,11 +157,31 @@ class ChatSession:
         if not suffix:
             return 0
         before = _Fed(self._fed.text, self._fed.length, self.state.next_position, self.sampler.seen.clone())
-        ids = self.lm.tokenizer.encode(suffix)
-        self._feed(ids, context)
+        words = open_words(user_text)
+        at = text.rfind(words) if score_end and words else -1
+        cut = at + len(words) - len(self._fed.text) if at >= 0 else -1
+        if 0 < cut < len(suffix):  # the words' end, in the unfed part: read the LM's next token there
+            head = self.lm.tokenizer.encode(suffix[:cut])
+            ids = head + self.lm.tokenizer.encode(suffix[cut:])
+            self.end_probability = self._feed_scored(ids, len(head) - 1, context)
+        else:
+            ids = self.lm.tokenizer.encode(suffix)
+            self._feed(ids, context)
         self._before_turn = before
         self._fed = _Fed(text, self.state.cache.length)
         return len(ids)
+
+    def _feed_scored(self, ids: list[int], at: int, context: str = "") -> float:
+        """Feed `ids` in one forward call (a second would cost as much again: decode reads every weight once per
+        call) and return the probability of the end-of-message tokens after `ids[at]`."""
+        if self._end_ids is None:
+            self._end_ids = end_token_ids(self.lm.tokenizer)
+        x = torch.tensor([ids], device=self.lm.model.device)
+        self._observe(ids, context)
+        out = self.lm.model(self.state, input_ids=x, logits="none", return_hidden=True)
+        assert out.hidden is not None
+        with torch.inference_mode():  # (as the model's forward runs)
+            return end_probability(self.lm.model.head(out.hidden[:, at]), self._end_ids)
 
     def drop_prefilled_turn(self) -> None:
         """Undo `prefill_turn` (nothing to do if no speculative turn is in the cache)."""

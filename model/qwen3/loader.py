@@ -25,6 +25,7 @@ from model.encoders.audio_frontend import LogMel
 from model.encoders.vision_preprocess import VisionPreprocessConfig
 from model.encoders.weights import strip_prefix
 from model.errors import CheckpointError, ConfigError
+from model.layers.quant_linear import quantize_decoder
 from model.lm.tokenizer import TextTokenizer
 from model.loaders.family import QWEN3_OMNI_MOE, family_of_config
 from model.loaders.hf import SafetensorsIndex, read_config
@@ -33,6 +34,7 @@ from model.loaders.weights import build_decoder, expected_shapes
 from model.prompt import PromptBuilder
 from model.qwen3.config import Qwen3OmniConfig
 from model.qwen3.prompt import SpecialIds, prompt_builder
+from model.qwen3.talker import Qwen3Talker
 from model.qwen3.thinker import Qwen3Thinker
 
 SPEECH_PARTS = ("talker.", "code2wav.")
@@ -157,3 +159,14 @@ def load_qwen3(directory: str | os.PathLike[str], dtype: torch.dtype | None = No
         raise CheckpointError(f"{directory}: config.json has a talker_config but no talker.* tensors")
     return LoadedQwen3(cfg, model, tokenizer, prompt, special, vision_pre, index, str(directory),
                        time.perf_counter() - start, speech)
+
+
+def quantize_qwen3(thinker: Qwen3Thinker, talker: Qwen3Talker | None, kind: str) -> int:
+    """`--quant int8|int4`: weight-only quantisation (model/layers/quant_linear.py) of the Thinker's decoder and,
+    when given, the Talker's MoE decoder and its code predictor: attention projections, expert stacks, shared
+    experts. Routers, embeddings, LM heads, the encoders, the Talker's projections and Code2Wav stay in their
+    dtype. Returns how many projections and expert stacks were replaced."""
+    n = quantize_decoder(thinker.lm, kind)
+    if talker is not None:
+        n += quantize_decoder(talker.decoder, kind) + quantize_decoder(talker.predictor, kind)
+    return n

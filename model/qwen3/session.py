@@ -1,6 +1,7 @@
 """One conversation with the Qwen3-Omni Thinker, prefilled piece by piece.
 
-Mirrors `ThinkerSession` (model/thinker_session.py) where Qwen3-Omni differs in what a piece is:
+Shares `ConversationSession` with `ThinkerSession` (model/thinker_session.py: turns, decoding, rollback, the
+encoder outputs kept for memory, the recalled slot) and differs where Qwen3-Omni differs in what a piece is:
 * audio: the AuT encoder attends inside windows of `n_window_infer` mel frames (8 s released) that never see
   each other, so a window's tokens are final once its frames are. The log-mel is the processor's one-clip
   features (`LogMel.unpadded`: reflect padding at both ends, 80 dB floor under the whole clip's peak). A
@@ -12,14 +13,23 @@ Mirrors `ThinkerSession` (model/thinker_session.py) where Qwen3-Omni differs in 
 * images and whole videos carry DeepStack residuals (`LayerAdds`) into their prefill.
 
 Video arrives whole (`add_video`) or frame by frame (`begin_video`/`push_video_frame`/`end_video`: each
-temporal patch of 2 frames is encoded and prefilled as it completes). Video-with-audio streams
-(use_audio_in_video) are not here yet.
+temporal patch of 2 frames is encoded and prefilled as it completes).
+
+A video with its audio (use_audio_in_video: `begin_av`/`push_av_audio` or `push_av_audio_features`/
+`push_av_frame`/`end_av`) is laid out as Qwen3-Omni's TM-RoPE merges the two streams (model/tmrope.py): both
+start at the id after <|vision_start|><|audio_start|>, audio token j has id start + j, temporal patch k has
+start + k * seconds_per_grid * 13, and the tokens go in order of temporal id, a patch before the audio tokens
+of its own id. Patch k therefore goes in as soon as the audio before its id is in; audio token j as soon as
+every patch of id <= start + j is in (the next patch's id is known before it arrives). Audio windows are final
+as for an audio segment; when a louder part re-floors a window whose tokens were fed, the session rolls back to
+the first stretch of audio that held any of them and feeds the stretch, the patches after it (kept) and the new
+audio again. The end tokens take the two ids after the last run of one kind (what the reference does: the
+tokens left once the other stream ran out are one piece, and the eos ids follow that piece's largest id).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -27,15 +37,13 @@ import torch
 from model.encoders.audio_frontend import HOP_LENGTH, AudioInputError
 from model.encoders.qwen3_vision import Qwen3VisionOutput, Qwen3VisionState
 from model.encoders.vision_preprocess import VisionInputError
-from model.lm.decoder import DecoderState, LayerAdds
-from model.lm.detokenizer import IncrementalDetokenizer
+from model.lm.decoder import LayerAdds
 from model.lm.kv_cache import CacheConfig
-from model.lm.sampling import SamplerState, SamplingConfig, sample
 from model.lm.tokenizer import TextTokenizer
 from model.prompt import PromptBuilder
 from model.qwen3.thinker import Qwen3Thinker
-from model.thinker_session import ReplyRecord, ThinkerMark, TokenText
-from model.tmrope import PositionCursor, StreamingVideoPositions
+from model.thinker_session import ConversationSession
+from model.tmrope import StreamingVideoPositions, flat_positions
 
 _STFT_HALF = 200  # samples each side of a mel frame's centre (n_fft / 2)
 _FLOOR = 8.0  # the 80 dB floor in log10 units
@@ -43,20 +51,53 @@ _FLOOR = 8.0  # the 80 dB floor in log10 units
 
 @dataclass
 class _AudioTurn:
-    """The open audio segment: its samples so far and, per prefilled window, where it starts in the cache and
-    the cursor, and its (quietest log10 value, the peak it was floored at)."""
+    """The open audio (or the open video-with-audio's audio): its samples so far and, per encoded window, its
+    (quietest log10 value, the peak it was floored at) and token count; an audio segment also keeps where each
+    window was fed (cache length, cursor id)."""
 
     pcm: list[torch.Tensor] = field(default_factory=list)
-    marks: list[tuple[int, int]] = field(default_factory=list)
     floors: list[tuple[float, float]] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    marks: list[tuple[int, int]] = field(default_factory=list)
 
 
-class Qwen3ThinkerSession:
-    """One conversation: bounded KV cache, TM-RoPE cursor (Qwen3 rules), open audio segment.
+@dataclass(frozen=True)
+class _AVMark:
+    """The state before one stretch of a video-with-audio's audio tokens [audio_fed, audio_end) was fed."""
+
+    audio_fed: int
+    audio_end: int
+    patches_fed: int
+    cache_length: int
+    next_id: int
+    run: tuple[str, int]
+
+
+@dataclass
+class _AVStream:
+    """The open video with its audio: encoded patches (kept: an audio rollback feeds them again), audio tokens
+    known so far, how much of each is fed, and the trailing run of one kind (its kind and largest id)."""
+
+    video: StreamingVideoPositions  # its n_patches: patches fed
+    enc: Qwen3VisionState
+    audio: torch.Tensor  # [n, C]
+    pcm: _AudioTurn = field(default_factory=_AudioTurn)
+    mel: torch.Tensor | None = None  # log-mel frames of the window being filled (push_av_audio_features)
+    mel_frames: int = 0  # log-mel frames pushed
+    patches: list[Qwen3VisionOutput] = field(default_factory=list)
+    audio_fed: int = 0
+    marks: list[_AVMark] = field(default_factory=list)
+    run: tuple[str, int] = ("", -1)
+    video_done: bool = False
+    audio_done: bool = False
+
+
+class Qwen3ThinkerSession(ConversationSession):
+    """One conversation: bounded KV cache, TM-RoPE cursor (Qwen3 rules), open audio or video segment.
 
     Turn: `start_user_turn()`, any of `add_text`, `begin_audio`/`push_audio`/`end_audio`, `add_image`,
-    `add_video`, `begin_video`/`push_video_frame`/`end_video`; then `end_user_turn()` and `generate(...)` or
-    `respond(...)`. Not thread-safe."""
+    `add_video`, `begin_video`/`push_video_frame`/`end_video`, `begin_av`/`push_av_audio`/`push_av_frame`/
+    `end_av`; then `end_user_turn()` and `generate(...)` or `respond(...)`. Not thread-safe."""
 
     def __init__(
         self,
@@ -69,122 +110,50 @@ class Qwen3ThinkerSession:
     ) -> None:
         """`tap_layer` k (the Talker's accept_hidden_layer): every fed piece's input embeddings and the hidden
         states entering layer k are kept for `take_taps` (decode steps then run the per-layer path)."""
-        self.thinker = thinker
-        self.tap_layer = tap_layer
-        self._taps: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.prompt = prompt
-        self.tokenizer = tokenizer
-        self.state: DecoderState = thinker.lm.init_state(cache)
-        self.cursor = PositionCursor(thinker.cfg.rope)
-        self.logits: torch.Tensor | None = None
-        self.prefilled_tokens = 0
+        super().__init__(thinker, prompt, thinker.cfg.rope, cache, tokenizer, tap_layer)
+        self.thinker: Qwen3Thinker = thinker
         self._audio: _AudioTurn | None = None
         self._video: tuple[Qwen3VisionState, StreamingVideoPositions] | None = None
+        self._av: _AVStream | None = None
         if system_prompt is not None:
             self.feed_ids(prompt.system_turn(system_prompt))
 
-    # ---- prefill primitives ------------------------------------------------------------------------------
+    def _segment_open(self) -> bool:
+        return self._audio is not None or self._video is not None or self._av is not None
 
-    @torch.inference_mode()
-    def feed_ids(self, ids: Sequence[int]) -> None:
-        """Text or special tokens at the next text positions."""
-        if ids:
-            x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
-            self._feed(x, self.cursor.text(len(ids)))
+    def _settled_length(self) -> int:
+        """Any fed window of the open audio may be floored again until its end, and with it all fed after it."""
+        if self._audio is not None and self._audio.marks:
+            return self._audio.marks[0][0]
+        if self._av is not None and self._av.pcm.pcm and self._av.marks:
+            return self._av.marks[0].cache_length
+        return self.state.cache.length
 
-    def _feed(self, x: torch.Tensor, positions: torch.Tensor, adds: LayerAdds | None = None) -> None:
-        if x.shape[0] == 0:
-            return
-        x = x.to(self.thinker.lm.dtype)
-        out = self.thinker.lm(self.state, inputs_embeds=x[None], positions=positions[:, None].to(x.device),
-                              layer_adds=adds, hidden_layer=self.tap_layer)
-        assert out.logits is not None
-        self.logits = out.logits[0]
-        self.prefilled_tokens += x.shape[0]
-        if out.layer_hidden is not None:
-            self._taps.append((x, out.layer_hidden[0]))
+    # ---- recalled features (memory) ------------------------------------------------------------------------
 
-    def take_taps(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(input embeddings [n, C], hidden states entering `tap_layer` [n, C]) of each piece fed since the last
-        call, in order (a rolled-back audio window's pieces included: the caller drops what `rollback` drops)."""
-        taps, self._taps = self._taps, []
-        return taps
-
-    # ---- turns -------------------------------------------------------------------------------------------
-
-    def start_user_turn(self) -> None:
-        self.feed_ids(self.prompt.turn_start("user"))
-
-    def add_text(self, text: str) -> None:
-        self.feed_ids(self.prompt.text(text))
-
-    def end_user_turn(self) -> torch.Tensor:
-        """Close the user turn, open the assistant's; returns the logits [V] of the first reply token."""
+    def add_audio_tokens(self, tokens: torch.Tensor) -> None:
+        """Audio features [n, C] between <|audio_start|> and <|audio_end|> (recalled audio), one id per token."""
         self._check_idle()
-        self.feed_ids(self.prompt.generation_prompt())
-        assert self.logits is not None
-        return self.logits
+        t = self.thinker.cfg.tokens
+        self.feed_ids([t.audio_start])
+        self._feed(tokens, self.cursor.audio(tokens.shape[0]))
+        self.feed_ids([t.audio_end])
 
-    def generate(self, sampling: SamplingConfig, stop_ids: frozenset[int]) -> Generator[int, None, None]:
-        """Yield reply token ids, each prefilled at the next text position; afterwards (stop token,
-        max_new_tokens or the caller closing the iterator) <|im_end|>\\n is fed."""
-        if self.logits is None:
-            raise RuntimeError("nothing prefilled: call end_user_turn() first")
-        dev = self.thinker.device
-        sampler = SamplerState.create(self.thinker.lm.cfg.vocab_size, seed=sampling.seed, device=dev)
-        try:
-            for _ in range(sampling.max_new_tokens):
-                token = int(sample(self.logits[None], sampling, sampler)[0])
-                if token in stop_ids:
-                    break
-                sampler.observe(torch.tensor([[token]], device=dev))
-                yield token
-                self.feed_ids([token])
-        finally:
-            self.feed_ids(self.prompt.turn_end())
-
-    def respond(
-        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
-    ) -> Generator[TokenText | ReplyRecord, None, None]:
-        """The reply as text: TokenText events as tokens complete text, then a ReplyRecord."""
-        if self.tokenizer is None:
-            raise RuntimeError("respond() needs the session's tokenizer")
-        stops = stop_ids if stop_ids is not None else frozenset(
-            sampling.stop_token_ids or self.tokenizer.stop_token_ids)
-        detok = IncrementalDetokenizer(self.tokenizer)
-        tokens: list[int] = []
-        gen = self.generate(sampling, stops)
-        try:
-            for token in gen:
-                tokens.append(token)
-                delta = detok.push(token)
-                if delta:
-                    yield TokenText(delta, token, time.monotonic())
-        finally:
-            gen.close()
-        yield ReplyRecord(detok.text(), tokens, [], 0, time.monotonic())
-
-    # ---- undo --------------------------------------------------------------------------------------------
-
-    def mark(self) -> ThinkerMark:
-        return ThinkerMark(self.state.cache.length, self.state.next_position, self.cursor.next_id,
-                           self.prefilled_tokens, self.logits)
-
-    def rollback(self, mark: ThinkerMark) -> None:
-        """Forget every position prefilled since `mark` (exact while at most the cache's `chunk` is dropped)."""
-        if mark.thinker_tokens > self.state.cache.length:
-            raise ValueError("rollback() to a mark ahead of the session (a mark of another session?)")
-        self.state.cache.truncate(mark.thinker_tokens)
-        self.state.next_position = mark.thinker_position
-        self.cursor.next_id = mark.next_id
-        self.prefilled_tokens = mark.prefilled_tokens
-        self.logits = mark.logits
+    def add_image_tokens(self, tokens: torch.Tensor, grid: Sequence[int]) -> None:
+        """Vision features [n, C] of an image grid (1, h, w) in 16-px patches, with their start/end tokens and no
+        DeepStack residuals (a recalled frame keeps only its merged tokens)."""
+        self._check_idle()
+        t = self.thinker.cfg.tokens
+        self.feed_ids([t.vision_start])
+        self._feed(tokens, self.cursor.image(grid))
+        self.feed_ids([t.vision_end])
 
     # ---- audio -------------------------------------------------------------------------------------------
 
     def begin_audio(self) -> None:
         self._check_idle()
         self.feed_ids([self.thinker.cfg.tokens.audio_start])
+        self._encoded.segment_start = self.cursor.next_id
         self._audio = _AudioTurn()
 
     def push_audio(self, pcm16k: torch.Tensor) -> int:
@@ -207,43 +176,50 @@ class Qwen3ThinkerSession:
         self.begin_audio()
         return self.push_audio(pcm16k) + self.end_audio()
 
-    @torch.inference_mode()
     def _prefill_audio(self, seg: _AudioTurn, final: bool) -> int:
         before = self.state.cache.length
+        k0, _, windows = self._audio_windows(seg, final)
+        if k0 < len(seg.marks):
+            self._roll_back(*seg.marks[k0])
+            del seg.marks[k0:]
+        for tokens in windows:
+            seg.marks.append((self.state.cache.length, self.cursor.next_id))
+            self._feed_encoded("audio", tokens, self.cursor.audio(tokens.shape[0]))
+        return self.state.cache.length - before
+
+    @torch.inference_mode()
+    def _audio_windows(self, seg: _AudioTurn, final: bool) -> tuple[int, int, list[torch.Tensor]]:
+        """Encode the windows the samples so far make final, floored at the peak so far (at the end also the
+        last partial one): (the first window encoded, its first token's index, the tokens of each window from it
+        on). A window encoded before is encoded again when the peak has risen past its floor."""
         pcm = torch.cat(seg.pcm) if seg.pcm else torch.zeros(0, device=self.thinker.device)
         if final and pcm.numel() <= _STFT_HALF:
             raise AudioInputError(f"audio of {pcm.numel()} samples is too short (needs > {_STFT_HALF}, 12.5 ms)")
         if pcm.numel() <= _STFT_HALF:
-            return 0
+            return len(seg.sizes), sum(seg.sizes), []
         log10 = self.thinker.mel.unpadded_log10(pcm)  # [n_mels, n // 160]
         # frames whose STFT window lies inside the samples so far keep their values when more audio arrives
         stable = log10.shape[1] if final else max(0, (pcm.numel() - _STFT_HALF) // HOP_LENGTH + 1)
         stable = min(stable, log10.shape[1])
         if stable == 0:
-            return 0
+            return len(seg.sizes), sum(seg.sizes), []
         peak = float(log10[:, :stable].max())
         changed = [k for k, (low, used) in enumerate(seg.floors) if used < peak and low < peak - _FLOOR]
-        if changed:
-            cache_len, next_id = seg.marks[changed[0]]
-            self.prefilled_tokens -= self.state.cache.length - cache_len
-            self.state.cache.truncate(cache_len)
-            self.cursor.next_id = next_id
-            del seg.marks[changed[0] :], seg.floors[changed[0] :]
+        k0 = changed[0] if changed else len(seg.floors)
+        del seg.floors[k0:], seg.sizes[k0:]
         tower = self.thinker.audio_tower
-        win = tower.cfg.n_window_infer
-        n_frames = log10.shape[1]
+        win, n_frames = tower.cfg.n_window_infer, log10.shape[1]
         n_windows = -(-n_frames // win) if final else stable // win
-        for k in range(len(seg.marks), n_windows):
+        out = []
+        for k in range(k0, n_windows):
             frames = log10[:, k * win : min((k + 1) * win, n_frames)]
-            seg.marks.append((self.state.cache.length, self.cursor.next_id))
             seg.floors.append((float(frames.min()), peak))
             mel = self.thinker.mel.finish(frames, peak)
-            if frames.shape[1] == win:
-                tokens = tower.encode_windows(mel[None])[0]
-            else:
-                tokens = tower.encode_last_window(mel, n_frames)
-            self._feed(tokens.to(self.thinker.lm.dtype), self.cursor.audio(tokens.shape[0]))
-        return self.state.cache.length - before
+            tokens = tower.encode_windows(mel[None])[0] if frames.shape[1] == win else tower.encode_last_window(
+                mel, n_frames)
+            out.append(tokens.to(self.thinker.lm.dtype))
+            seg.sizes.append(tokens.shape[0])
+        return k0, sum(seg.sizes[:k0]), out
 
     def _need_audio(self) -> _AudioTurn:
         if self._audio is None:
@@ -268,8 +244,10 @@ class Qwen3ThinkerSession:
     def begin_video(self, height: int, width: int, seconds_per_grid: float = 1.0) -> None:
         """A live video of normalised frames height x width (multiples of 32 px), 2 / seconds_per_grid fps."""
         self._check_idle()
+        self.cursor.cfg.time_offsets(2, seconds_per_grid)  # fractional temporal ids: refused before any feed
         self.feed_ids([self.thinker.cfg.tokens.vision_start])
         enc = self.thinker.visual.init_state(height, width, self.thinker.device)
+        self._encoded.segment_start = self.cursor.next_id
         self._video = (enc, StreamingVideoPositions(self.cursor.next_id, seconds_per_grid))
 
     @torch.inference_mode()
@@ -278,8 +256,9 @@ class Qwen3ThinkerSession:
         its DeepStack residuals. Returns the tokens prefilled."""
         if self._video is None:
             raise RuntimeError("push_video_frame() outside begin_video()/end_video()")
-        enc, _ = self._video
-        return self._feed_patch(self.thinker.visual.step(enc, frame.to(self.thinker.device)))
+        enc, pos = self._video
+        out = self.thinker.visual.step(enc, frame.to(self.thinker.device))
+        return 0 if out is None else self._feed_patch(enc, pos, out)
 
     @torch.inference_mode()
     def end_video(self) -> None:
@@ -287,34 +266,147 @@ class Qwen3ThinkerSession:
         if self._video is None:
             raise RuntimeError("end_video() without begin_video()")
         enc, pos = self._video
-        self._feed_patch(self.thinker.visual.flush(enc))
+        out = self.thinker.visual.flush(enc)
+        if out is not None:
+            self._feed_patch(enc, pos, out)
         if pos.n_patches == 0:
             raise VisionInputError("a video with no frames: push at least one frame before end_video()")
         self._video = None
         self.feed_ids([self.thinker.cfg.tokens.vision_end])
 
-    def _feed_patch(self, out: Qwen3VisionOutput | None) -> int:
-        if out is None:
-            return 0
-        assert self._video is not None
-        enc, pos = self._video
-        positions = pos.next_patch(self.cursor, (enc.layout.gh, enc.layout.gw))
+    def _feed_patch(self, enc: Qwen3VisionState, pos: StreamingVideoPositions, out: Qwen3VisionOutput) -> int:
+        """One temporal patch at its ids, with its DeepStack residuals; returns its token count."""
+        grid = (enc.layout.gh, enc.layout.gw)
+        positions = pos.next_patch(self.cursor, grid)
         n = out.tokens.shape[0]
-        self._feed(out.tokens, positions, LayerAdds(torch.ones(n, dtype=torch.bool, device=self.thinker.device),
-                                                    [d.to(self.thinker.lm.dtype) for d in out.deepstack]))
+        self._feed_encoded("video", out.tokens, positions, self._merged(grid), self._deepstack(out))
         return n
+
+    def _deepstack(self, out: Qwen3VisionOutput) -> LayerAdds:
+        n = out.tokens.shape[0]
+        return LayerAdds(torch.ones(n, dtype=torch.bool, device=self.thinker.device),
+                         [d.to(self.thinker.lm.dtype) for d in out.deepstack])
 
     def _add_vision(
         self, out: Qwen3VisionOutput, place: Callable[[Sequence[int]], torch.Tensor], grid: Sequence[int]
     ) -> None:
         t = self.thinker.cfg.tokens
         self.feed_ids([t.vision_start])
-        positions = place(grid)
-        n = out.tokens.shape[0]
-        adds = LayerAdds(torch.ones(n, dtype=torch.bool, device=self.thinker.device), out.deepstack)
-        self._feed(out.tokens, positions, adds)
+        self._feed(out.tokens, place(grid), self._deepstack(out))
         self.feed_ids([t.vision_end])
 
-    def _check_idle(self) -> None:
-        if self._audio is not None or self._video is not None:
-            raise RuntimeError("an audio or video segment is still open")
+    # ---- video with its audio (merged by temporal id) -------------------------------------------------------
+
+    def begin_av(self, height: int, width: int, seconds_per_grid: float = 1.0) -> None:
+        """A live video (normalised frames height x width, multiples of 32 px, 2 / seconds_per_grid fps) whose
+        audio track is interleaved with it (use_audio_in_video). ValueError when seconds_per_grid gives
+        fractional temporal ids (see model/tmrope.py)."""
+        self._check_idle()
+        self.cursor.cfg.time_offsets(2, seconds_per_grid)
+        t = self.thinker.cfg.tokens
+        self.feed_ids([t.vision_start, t.audio_start])  # Qwen3: two consecutive ids, as text (cursor.pair)
+        start = self._encoded.segment_start = self.cursor.next_id
+        enc = self.thinker.visual.init_state(height, width, self.thinker.device)
+        empty = torch.zeros(0, self.thinker.lm.cfg.hidden_size, device=self.thinker.device, dtype=self.thinker.lm.dtype)
+        self._av = _AVStream(StreamingVideoPositions(start, seconds_per_grid), enc, empty)
+
+    @torch.inference_mode()
+    def push_av_frame(self, frame: torch.Tensor) -> None:
+        """One normalised frame [3, H, W]; a completed temporal patch goes in once the audio before it has."""
+        av = self._need_av()
+        out = self.thinker.visual.step(av.enc, frame.to(self.thinker.device))
+        if out is not None:
+            av.patches.append(out)
+        self._pump_av(av)
+
+    @torch.inference_mode()
+    def push_av_audio(self, pcm16k: torch.Tensor) -> None:
+        """16 kHz mono samples of the video's audio; each window they make final goes in with the patches."""
+        av = self._need_av()
+        if av.mel_frames:
+            raise RuntimeError("push_av_audio() after push_av_audio_features() in one video")
+        av.pcm.pcm.append(pcm16k.reshape(-1).float().to(self.thinker.device))
+        self._av_audio(av, *self._audio_windows(av.pcm, final=False))
+
+    @torch.inference_mode()
+    def push_av_audio_features(self, mel: torch.Tensor) -> None:
+        """Log-mel frames [n_mels, t] of the video's audio, floored as the whole clip's (Qwen3Thinker.audio_features
+        of the clip), pushed in order."""
+        av = self._need_av()
+        if av.pcm.pcm:
+            raise RuntimeError("push_av_audio_features() after push_av_audio() in one video")
+        mel = mel.to(self.thinker.device)
+        av.mel = mel if av.mel is None else torch.cat([av.mel, mel], dim=1)
+        av.mel_frames += mel.shape[1]
+        win = self.thinker.audio_tower.cfg.n_window_infer
+        n = av.mel.shape[1] // win
+        if n:
+            full = av.mel[:, : n * win].unflatten(1, (n, win)).transpose(0, 1)
+            av.mel = av.mel[:, n * win :]
+            tokens = self.thinker.audio_tower.encode_windows(full).flatten(0, 1).to(self.thinker.lm.dtype)
+            self._av_audio(av, 0, av.audio.shape[0], [tokens])
+
+    @torch.inference_mode()
+    def end_av(self) -> None:
+        """The last patch (an odd last frame is repeated) and the last audio window, then the end tokens."""
+        av = self._need_av()
+        out = self.thinker.visual.flush(av.enc)
+        if out is not None:
+            av.patches.append(out)
+        if not av.patches:
+            raise VisionInputError("a video with no frames: push at least one frame before end_av()")
+        if av.pcm.pcm:
+            self._av_audio(av, *self._audio_windows(av.pcm, final=True))
+        elif av.mel is not None and av.mel.shape[1]:
+            tail = self.thinker.audio_tower.encode_last_window(av.mel, av.mel_frames).to(self.thinker.lm.dtype)
+            self._av_audio(av, 0, av.audio.shape[0], [tail])
+        av.video_done = av.audio_done = True
+        self._pump_av(av)
+        self._av = None
+        self.cursor.next_id = av.run[1] + 1
+        t = self.thinker.cfg.tokens
+        self.feed_ids([t.audio_end, t.vision_end])
+
+    def _need_av(self) -> _AVStream:
+        if self._av is None:
+            raise RuntimeError("video-with-audio input outside begin_av()/end_av()")
+        return self._av
+
+    def _av_audio(self, av: _AVStream, _k0: int, first: int, windows: list[torch.Tensor]) -> None:
+        """Audio tokens from index `first` on are `windows` (new, or re-floored ones replacing what was there)."""
+        if first < av.audio_fed:  # fed tokens change: back to the first stretch that held any of them
+            i = next(i for i, m in enumerate(av.marks) if m.audio_end > first)
+            m = av.marks[i]
+            self._roll_back(m.cache_length, m.next_id)
+            av.audio_fed, av.video.n_patches, av.run = m.audio_fed, m.patches_fed, m.run
+            del av.marks[i:]
+        av.audio = torch.cat([av.audio[:first], *windows])
+        self._pump_av(av)
+
+    def _pump_av(self, av: _AVStream) -> None:
+        """Feed every patch and audio token whose place in the merged order is settled (module docstring)."""
+        while True:
+            k, a, n_audio = av.video.n_patches, av.audio_fed, av.audio.shape[0]
+            t = int(self.cursor.cfg.time_offsets(k + 1, av.video.seconds_per_grid)[k])  # patch k's offset
+            have = k < len(av.patches)
+            if have and (t <= a or (av.audio_done and a == n_audio)):
+                grid = (av.enc.layout.gh, av.enc.layout.gw)
+                pos = av.video.next_patch(self.cursor, grid)
+                out = av.patches[k]
+                self._feed_encoded("video", out.tokens, pos, self._merged(grid), self._deepstack(out))
+                self._extend_run(av, "video", pos)
+                continue
+            limit = n_audio if av.video_done and not have else min(n_audio, t)
+            if limit <= a:
+                return
+            mark = _AVMark(a, limit, k, self.state.cache.length, self.cursor.next_id, av.run)
+            av.marks.append(mark)
+            pos = self.cursor.place(flat_positions(av.video.start + a, limit - a))
+            self._feed_encoded("audio", av.audio[a:limit], pos)
+            av.audio_fed = limit
+            self._extend_run(av, "audio", pos)
+
+    @staticmethod
+    def _extend_run(av: _AVStream, kind: str, pos: torch.Tensor) -> None:
+        top = int(pos.max())
+        av.run = (kind, max(av.run[1], top)) if av.run[0] == kind else (kind, top)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -31,7 +32,7 @@ from model.prompt import PromptBuilder
 from model.qwen3.session import Qwen3ThinkerSession
 from model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings
 from model.qwen3.thinker import Qwen3Thinker
-from model.thinker_session import ReplyRecord, TokenText
+from model.thinker_session import PromptPart, ReplyRecord, SlotPiece, TokenText
 from model.token2wav.streaming import PCMChunk
 
 
@@ -60,6 +61,7 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
     ) -> None:
         self._pieces: list[_Piece] = []
         self._ids: list[int] | None = None  # the ids of the text piece being fed
+        self._kind: str | None = None  # the kind of the encoder output being fed ("audio", "video")
         super().__init__(thinker, prompt, None, cache, tokenizer, tap_layer=speech.talker_config.accept_hidden_layer)
         self.speech = Qwen3SpeakingSession(speech, thinker.lm.embed_tokens.weight, settings, talker_cache)
         tk = speech.talker_config
@@ -78,23 +80,42 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
         finally:
             self._ids = None
 
+    def _feed_encoded(
+        self, kind: Literal["audio", "video"], x: torch.Tensor, positions: torch.Tensor,
+        grid_hw: tuple[int, int] = (0, 0), adds: LayerAdds | None = None,
+    ) -> None:
+        self._kind = kind
+        try:
+            super()._feed_encoded(kind, x, positions, grid_hw, adds)
+        finally:
+            self._kind = None
+
+    def _feed_parts(self, parts: Sequence[PromptPart]) -> None:
+        """One forward for several parts (the recalled slot): their ids recorded per position, media as the
+        Talker's pad ids, so the Talker still tells the slot's system turn from the user turns."""
+        self._ids = [i for p in parts for i in (p.ids if p.ids is not None else [self._media_ids[p.kind]] * len(p.x))]
+        try:
+            super()._feed_parts(parts)
+        finally:
+            self._ids = None
+
     def _feed(self, x: torch.Tensor, positions: torch.Tensor, adds: LayerAdds | None = None) -> None:
         start = self.state.cache.length
         super()._feed(x, positions, adds)
         for (embeds, hidden) in self.take_taps():
             if self._ids is not None:
                 ids = torch.tensor(self._ids)
-            else:  # an audio window, an image or a video patch (the Talker tells only media from text)
-                kind = "audio" if self._audio is not None else "video" if self._video is not None else "image"
-                ids = torch.full((embeds.shape[0],), self._media_ids[kind])
+            else:  # an audio window, a video patch or an image (the Talker tells only media from text)
+                ids = torch.full((embeds.shape[0],), self._media_ids[self._kind or "image"])
             self._pieces = [p for p in self._pieces if p.start < start]  # what a rollback dropped
             self._pieces.append(_Piece(start, ids, positions.reshape(3, -1).cpu(), embeds, hidden))
 
     # ---- turns -----------------------------------------------------------------------------------------------
 
-    def end_user_turn(self) -> torch.Tensor:
-        """Close the user turn (Thinker) and give the user turns since the last reply to the Talker."""
-        logits = super().end_user_turn()
+    def end_user_turn(self, recalled: Sequence[SlotPiece] = ()) -> torch.Tensor:
+        """Close the user turn (Thinker) and give the user turns since the last reply to the Talker (a recalled
+        memory slot is a system turn: the Thinker's alone)."""
+        logits = super().end_user_turn(recalled)
         pieces = [p for p in self._pieces if p.start < self.state.cache.length]
         self._pieces = []
         if pieces:

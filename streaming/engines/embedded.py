@@ -47,6 +47,7 @@ from streaming.engine import (
     ResponseOptions,
     TextDelta,
     TranscriptDelta,
+    TurnEndLikely,
     close_iterator,
 )
 from streaming.memory_lane import MemoryLane
@@ -123,6 +124,7 @@ class EmbeddedEngine:
     """Weights shared by all sessions: the LM, Whisper and the voices; recognisers are per session."""
 
     name = "embedded"
+    judges_turn_end = True  # prepare_turn says how likely the turn is finished (streaming.vad: semantic end)
     input_sample_rate = INPUT_SAMPLE_RATE
     output_sample_rate = OUTPUT_SAMPLE_RATE
 
@@ -279,9 +281,10 @@ class EmbeddedSession(EngineSessionBase):
             self._finish_utterance()
         self._prepared = True
         sentence = as_sentence(" ".join(p for p in self._pieces if p))
-        if sentence:
-            self.chat.prefill_turn(sentence, self._recalled(sentence))
-        return []
+        if sentence:  # scored on the way (one forward call more): is the message finished? (model.lm.end_of_turn)
+            self.chat.prefill_turn(sentence, self._recalled(sentence), score_end=True)
+        p = self.chat.end_probability if sentence else None
+        return [TurnEndLikely(p)] if p is not None else []
 
     def end_turn(self) -> list[EngineEvent]:
         self._check_open()

@@ -29,8 +29,10 @@ model/qwen3/loader.py (+ model/qwen3/speech.py for talker.* and code2wav.*) and 
 `Qwen3VoiceSession` (model/qwen3/voice_session.py; a `Qwen3ThinkerSession` when no speech part is loaded,
 e.g. a Thinking checkpoint); the engine's turn, reply and barge-in logic is the same (for Qwen3 the Talker
 sees only user turns, so a barge-in rolls back the Thinker alone). Voices are the checkpoint's speakers
-by name. Not yet for Qwen3 (logged or refused with a clear message): camera frames during spoken turns (no
-live audio+video segment here), video clips with their soundtrack, memory, and --quant.
+by name. Both families' sessions implement `OmniSession` (camera frames during spoken turns and clips with their
+soundtrack as a live video-with-audio segment, each family's own interleave; memory through `take_encoded` and
+the recalled slot of `end_user_turn`), so the engine does not tell them apart after `open_session`. (`quant`
+covers the Qwen3 Talker too.)
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -48,18 +51,18 @@ import torch
 from model.encoders.vision_preprocess import AnyVisionConfig, resize_and_normalize, sample_video, video_frame_size
 from model.errors import CheckpointError, ConfigError
 from model.layers.quant_linear import quantize_decoder
-from model.lm.decoder import default_cache_config
+from model.lm.decoder import DecoderLM, DecoderState, default_cache_config
 from model.lm.sampling import SamplingConfig
 from model.loaders.family import QWEN2_5_OMNI, QWEN3_OMNI_MOE, detect_family
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
-from model.prompt import SPEECH_SYSTEM_PROMPT
-from model.qwen3.loader import LoadedQwen3, load_qwen3
+from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
+from model.qwen3.loader import LoadedQwen3, load_qwen3, quantize_qwen3
 from model.qwen3.session import Qwen3ThinkerSession
 from model.qwen3.speech import DEFAULT_SPEAKER, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
 from model.qwen3.voice_session import Qwen3VoiceSession
 from model.speech_session import SpeakingSession, SpeechSettings
-from model.thinker_session import ReplyRecord, SlotPiece, ThinkerMark, ThinkerSession, TokenText
+from model.thinker_session import EncodedPiece, ReplyRecord, SlotPiece, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import PCMChunk, StreamingSchedule
@@ -95,8 +98,52 @@ FRAME_SECONDS = 0.5  # the Thinker sees video at 2 fps (two frames per 1-s tempo
 TURN_END_TOKENS = 8  # "<|im_end|>\n" and slack, on top of a reply, for the rollback bound
 
 Loaded = LoadedThinker | LoadedQwen3  # a loaded Thinker of either family
-AnySession = ThinkerSession | Qwen3ThinkerSession
 Speech = SpeechModels | Qwen3SpeechModels  # a family's speech half
+
+
+class _Weights(Protocol):
+    @property
+    def lm(self) -> DecoderLM: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+
+class OmniSession(Protocol):
+    """What the engine drives in a conversation: a family's Thinker session (`ThinkerSession`, `SpeakingSession`,
+    `Qwen3ThinkerSession`, `Qwen3VoiceSession`; model/thinker_session.py documents the calls)."""
+
+    @property
+    def thinker(self) -> _Weights: ...
+    @property
+    def prompt(self) -> PromptBuilder: ...
+    @property
+    def state(self) -> DecoderState: ...
+    @property
+    def logits(self) -> torch.Tensor | None: ...
+
+    def feed_ids(self, ids: Sequence[int]) -> None: ...
+    def start_user_turn(self) -> None: ...
+    def add_text(self, text: str) -> None: ...
+    def begin_audio(self) -> None: ...
+    def push_audio(self, pcm16k: torch.Tensor) -> int: ...
+    def end_audio(self) -> int: ...
+    def add_image(self, patches: torch.Tensor, grid: Sequence[int]) -> None: ...
+    def begin_video(self, height: int, width: int, seconds_per_grid: float = 1.0) -> None: ...
+    def push_video_frame(self, frame: torch.Tensor) -> int: ...
+    def end_video(self) -> None: ...
+    def begin_av(self, height: int, width: int, seconds_per_grid: float = 1.0) -> None: ...
+    def push_av_audio(self, pcm16k: torch.Tensor) -> None: ...
+    def push_av_audio_features(self, mel: torch.Tensor) -> None: ...
+    def push_av_frame(self, frame: torch.Tensor) -> None: ...
+    def end_av(self) -> None: ...
+    def take_encoded(self) -> list[EncodedPiece]: ...
+    def end_user_turn(self, recalled: Sequence[SlotPiece] = ()) -> torch.Tensor: ...
+    def respond(
+        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
+    ) -> Generator[TokenText | PCMChunk | ReplyRecord, None, None]: ...
+    def mark(self) -> ThinkerMark: ...
+    def rollback(self, mark: ThinkerMark) -> None: ...
 
 
 class OmniEngine:
@@ -205,7 +252,7 @@ class OmniEngine:
         if self.speech is None:
             if voice is not None:
                 self.check_voice(voice)  # raises: a text-only engine has no voices
-            thinking: AnySession
+            thinking: OmniSession
             with torch.inference_mode():
                 if isinstance(th, LoadedQwen3):
                     thinking = Qwen3ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer)
@@ -246,11 +293,12 @@ def _load(
         raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
     try:
         if detect_family(model_dir) == QWEN3_OMNI_MOE:
-            if quant is not None:
-                raise ValueError("--quant is not yet supported for Qwen3-Omni checkpoints")
             q = load_qwen3(model_dir, dtype, device)
             speaks = speak and "talker." in q.speech_prefixes
-            return q, (load_qwen3_speech(model_dir, dtype or q.model.lm.dtype, device, q.index) if speaks else None)
+            q3 = load_qwen3_speech(model_dir, dtype or q.model.lm.dtype, device, q.index) if speaks else None
+            if quant is not None:
+                quantize_qwen3(q.model, q3.talker if q3 is not None else None, quant)
+            return q, q3
         thinker = load_thinker(model_dir, dtype, device)
         speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device) if speak else None
         if quant is not None:
@@ -288,24 +336,20 @@ class _Turn:
 class OmniEngineSession(EngineSessionBase):
     """One conversation. Not thread-safe: the runtime calls it from one worker at a time."""
 
-    def __init__(self, engine: OmniEngine, speaking: AnySession) -> None:
+    def __init__(self, engine: OmniEngine, speaking: OmniSession) -> None:
         super().__init__()
         self.history: History = deque(maxlen=engine.max_history)
         self.engine = engine
-        self.speaking = speaking  # a SpeakingSession when the engine speaks; a Qwen3ThinkerSession for Qwen3-Omni
+        self.speaking = speaking  # a speaking session when the engine speaks, else a Thinker session
         self._turn = _Turn()
         self._reply: _OmniReply | None = None
         self._frame: tuple[np.ndarray, float] | None = None  # the latest camera frame and its time
-        self._said_no_av = False  # the Qwen3 "no camera in spoken turns" warning was logged
         self.memory: OmniMemory | None = None  # set by the runtime (use_memory); its owner closes the lane
 
     def use_memory(self, lane: MemoryLane) -> None:
         """Read and write memory through `lane`: what the Thinker hears and sees goes in as pooled encoder features,
         typed text and replies (as heard) as text; each turn's recall enters the prompt as a slot of text and
-        features before the reply (streaming.engines.omni_memory). Not yet for Qwen3-Omni: the session has none."""
-        if not isinstance(self.speaking, ThinkerSession):
-            log.warning("memory is not yet available for Qwen3-Omni checkpoints: this conversation has none")
-            return
+        features before the reply (streaming.engines.omni_memory)."""
         self.memory = OmniMemory(lane, self.engine.vision_cfg.spatial_merge_size, self.engine.memory_budget)
 
     # ---- input side ---------------------------------------------------------------------------------
@@ -323,7 +367,6 @@ class OmniEngineSession(EngineSessionBase):
             turn, s = self._turn, self.speaking
             x = torch.from_numpy(np.ascontiguousarray(pcm))
             if turn.segment == "av":
-                assert isinstance(s, ThinkerSession)
                 self._fill_frames(turn.t0 + turn.audio_seconds + len(pcm) / self.engine.input_sample_rate)
                 s.push_av_audio(x)
                 self._remember(turn.t0)  # nothing of a video segment is fed again: into memory now
@@ -356,7 +399,7 @@ class OmniEngineSession(EngineSessionBase):
                 self._add_image(media)
             else:
                 self._add_clip(media)
-                self._remember(self.memory.lane.clock() if self.memory is not None else 0.0)
+            self._remember(self.memory.lane.clock() if self.memory is not None else 0.0, asked=True)
         return []
 
     def _between_segments(self) -> None:
@@ -382,9 +425,6 @@ class OmniEngineSession(EngineSessionBase):
         frames = resize_and_normalize(raw, size, pre)
         spg = enc.temporal_patch_size / pre.fps
         if clip.audio is not None:
-            if not isinstance(s, ThinkerSession):
-                raise ValueError("a video clip with its soundtrack is not yet supported for Qwen3-Omni checkpoints; "
-                                 "send the video without audio (and the audio on its own)")
             s.begin_av(size[0], size[1], spg)
             s.push_av_audio_features(th.model.audio_features(torch.from_numpy(clip.audio), INPUT_SAMPLE_RATE))
             for f in frames:
@@ -425,10 +465,7 @@ class OmniEngineSession(EngineSessionBase):
         turn.t0, turn.audio_seconds, turn.frames, turn.frame_slots = timestamp, 0.0, 0, []
         frame = self._frame
         fresh = frame is not None and timestamp - frame[1] <= self.engine.video_stale_seconds
-        if fresh and not isinstance(s, ThinkerSession) and not self._said_no_av:
-            log.warning("camera frames during spoken turns are not yet fed to Qwen3-Omni checkpoints: audio only")
-            self._said_no_av = True
-        if frame is not None and fresh and isinstance(s, ThinkerSession):
+        if frame is not None and fresh:
             enc, pre = self.engine.vision_cfg, self.engine.thinker.vision_preprocess
             turn.size = video_frame_size(frame[0].shape[0], frame[0].shape[1], enc, pre)
             s.begin_av(*turn.size)
@@ -441,7 +478,7 @@ class OmniEngineSession(EngineSessionBase):
         """Feed the latest frame into every 0.5-s video slot of the segment up to media time `until` (a camera
         slower than 2 fps repeats its frame, so video time keeps pace with the audio)."""
         turn = self._turn
-        assert self._frame is not None and isinstance(self.speaking, ThinkerSession)
+        assert self._frame is not None
         pixels: torch.Tensor | None = None
         while turn.t0 + turn.frames * FRAME_SECONDS <= until:
             if pixels is None:
@@ -452,7 +489,6 @@ class OmniEngineSession(EngineSessionBase):
     def _end_segment(self) -> None:
         turn, s = self._turn, self.speaking
         if turn.segment == "av":
-            assert isinstance(s, ThinkerSession)
             if turn.frames == 0:  # audio shorter than nothing: the segment still needs one frame
                 self._fill_frames(turn.t0)
             s.end_av()
@@ -464,16 +500,16 @@ class OmniEngineSession(EngineSessionBase):
             self._remember(turn.t0)
         turn.segment = None
 
-    def _remember(self, t0: float) -> None:
+    def _remember(self, t0: float, asked: bool = False) -> None:
         """Encoder outputs fed since the last call, of the segment that started at `t0`, into memory (taken always:
         the session keeps them until taken). An audio-only segment's are taken at its end, since a louder block
         can still re-floor and re-feed earlier ones until then (ThinkerSession._prefill_segment); a video
-        segment's (2 fps: ~1.8 MB of features a second at 7B) as they come."""
-        if not isinstance(self.speaking, ThinkerSession):
-            return  # (Qwen3: no memory yet, and its session keeps no encoder outputs)
+        segment's (2 fps: ~1.8 MB of features a second at 7B) as they come, those the session can no longer feed
+        again (`take_encoded`: Qwen3's live audio re-floors across its video). `asked`: media the user pushed into
+        the turn (an image, a clip), which joins the turn's question as what the user said does."""
         pieces = self.speaking.take_encoded()
         if self.memory is not None:
-            self.memory.ingest(pieces, t0)
+            self.memory.ingest(pieces, t0, asked)
 
     def _note_input(self) -> None:
         if self._reply is not None and not self._reply.open:
@@ -499,11 +535,7 @@ class OmniEngineSession(EngineSessionBase):
             if options.instructions and options.instructions.strip():
                 p = self.speaking.prompt
                 self.speaking.feed_ids(p.turn_end() + p.turn_start("system") + p.text(options.instructions.strip()))
-            recalled = self._recall()
-            if isinstance(self.speaking, ThinkerSession):
-                self.speaking.end_user_turn(recalled)  # closes the user (or instructions) turn
-            else:
-                self.speaking.end_user_turn()
+            self.speaking.end_user_turn(self._recall())  # closes the user (or instructions) turn
             self._turn = _Turn()
             self._reply = _OmniReply(self.speaking.mark())
         events = self._generate(self._reply, options.speech)

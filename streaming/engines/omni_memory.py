@@ -7,16 +7,21 @@ after the live segment's re-flooring can no longer change a block) is pooled and
 - audio: one 2-s block (50 tokens) -> 5 tokens, each the mean of 400 ms (memory/segmenter.py keeps 4 keys per
   audio lane per event);
 - video: one temporal patch (1 s at 2 fps, lh x lw merged tokens) -> a 4 x 4 grid, 16 tokens (memory.md 5.1's
-  16 tokens a frame); re-entered it is an image of grid (1, 4 * merge, 4 * merge).
+  16 tokens a frame); re-entered it is an image of grid (1, 4 * merge, 4 * merge). An image shown with a typed turn
+  (`push_media`) is kept the same way, as a one-frame patch; a video clip's patches as a live video's.
 Both are the encoders' outputs, which the encoders project into the Thinker's input embedding space.
 
 Read path, at the end of each user turn, before <|im_start|>assistant: the question is represented the way the
-stored keys are: the mean of the Thinker's input embeddings of what the user said and typed this turn (audio
-encoder tokens and typed-text token embeddings), unit length, in the same space as every salient key (which are
-unit rows of the pooled encoder tokens). That vector queries both feature lanes (memory.recall: the max cosine over
-an event's salient keys). A typed question is also embedded by the memory's text embedder (MiniLM) for the text
-items (L3 notes, L2 summaries, transcripts); a spoken question has no transcript in this engine (the Thinker
-hears the audio itself), so text items are then reached only through their events' features. Recalled items come
+stored keys are: the mean of the Thinker's input embeddings of what the user said, typed and showed this turn (audio
+encoder tokens, typed-text token embeddings, the vision tokens of images and clips pushed into the turn; not the
+ambient camera), unit length, in the same space as every salient key (which are unit rows of the pooled encoder
+tokens). That vector queries both feature lanes (memory.recall: the max cosine over an event's salient keys), and
+the text items too: the memory keys its L3 notes (facts, dialogue turns) and L2 summaries also in the "thinker"
+text space (`ThinkerTextKeys`: the unit mean of the item's token embeddings, memory.user_index `text_spaces`), so a
+spoken question, which has no transcript in this engine (the Thinker hears the audio itself), still reaches a typed
+fact. A typed question is also embedded by the memory's text embedder (MiniLM) for the text items. (The cosine of
+mean embeddings is a coarse match; its floor, RecallConfig.min_space_score, is not yet tuned on a trained
+checkpoint.) Recalled items come
 back in time order, each as its timestamped line followed by its evidence frames in time order (consecutive
 audio frames joined into one <|audio_bos|> ... <|audio_eos|> stretch, video frames as images), placed as a system
 turn between the user's turn and the assistant's (`ThinkerSession.end_user_turn`): the cache already holds the
@@ -35,12 +40,36 @@ import torch
 import torch.nn.functional as F
 
 from memory import Recall
+from model.loaders.omni import LoadedThinker
 from model.thinker_session import EncodedPiece, RecalledFeatures, SlotPiece
 from streaming.memory_lane import MemoryLane
 
 AUDIO_TOKENS_PER_BLOCK = 5  # 50 encoder tokens (2 s) -> 5, one per 400 ms
 VIDEO_GRID = (4, 4)  # lh x lw merged tokens of a patch -> 4 x 4 = 16
 DEFAULT_BUDGET = 512  # slot tokens: ~4 items with +-2 s of evidence (3 audio blocks = 15, 5 frames = 80)
+THINKER_SPACE = "thinker"  # the text key space of the Thinker's input embeddings (memory.user_index text_spaces)
+
+
+class ThinkerTextKeys:
+    """`embed(texts) -> [n, C]`: each text's key in the Thinker's input space, the mean of its token embeddings (the
+    same representation the question's typed part gets, `OmniEngineSession.push_text`), for the memory's
+    `text_spaces`. Runs on the memory's writer thread like its MiniLM: a table lookup, read-only on the weights."""
+
+    def __init__(self, thinker: LoadedThinker) -> None:
+        self.embed_tokens = thinker.model.lm.embed_tokens
+        self.text_ids = thinker.prompt.text
+        self.device = thinker.model.device
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        rows = []
+        with torch.inference_mode():
+            for text in texts:
+                ids = self.text_ids(text)
+                if not ids:
+                    raise ValueError("a Thinker text key needs a non-empty text")
+                x = self.embed_tokens(torch.tensor(ids, device=self.device))
+                rows.append(x.float().mean(0).cpu())
+        return torch.stack(rows).numpy()
 
 
 def pool_piece(piece: EncodedPiece) -> np.ndarray:
@@ -69,13 +98,14 @@ class OmniMemory:
         self.turn_start: float | None = None  # media time of the turn's first input
         self.last_slot: list[SlotPiece] = []  # what the last turn's slot fed (tests, diagnostics)
 
-    def ingest(self, pieces: Sequence[EncodedPiece], t0: float) -> None:
-        """Pooled pieces of a segment that started at media time `t0` go to L1; the audio joins the question."""
+    def ingest(self, pieces: Sequence[EncodedPiece], t0: float, asked: bool = False) -> None:
+        """Pooled pieces of a segment that started at media time `t0` go to L1. The audio joins the question, and so
+        does video when `asked` (an image or clip the user pushed into the turn; not the ambient camera)."""
         if pieces and self.turn_start is None:
             self.turn_start = t0
         for p in pieces:
             self.lane.add_frame(p.kind, t0 + p.offset_s, pool_piece(p))
-            if p.kind == "audio":
+            if p.kind == "audio" or asked:
                 self._question(p.tokens)
 
     def typed(self, embeddings: torch.Tensor, t: float) -> None:
@@ -98,7 +128,9 @@ class OmniMemory:
         if q is None and not question_text.strip():
             self.last_slot = []
             return []
-        recall = self.lane.recall(question_text, lanes, self.budget_tokens, count_tokens, before=before)
+        spaces = {} if q is None else {THINKER_SPACE: q}
+        recall = self.lane.recall(question_text, lanes, self.budget_tokens, count_tokens, before=before,
+                                  text_spaces=spaces)
         self.last_slot = slot_pieces(recall, self.merge)
         return self.last_slot
 

@@ -85,11 +85,14 @@ class CharTokenizer:
         return "".join(SPECIALS[i] if i < len(SPECIALS) else CHARS[i - len(SPECIALS)] for i in ids)
 
 
+_ROLE_TOKEN = {"user": USER, "system": SYSTEM}
+
+
 def conversation_tokens(tok: CharTokenizer, instructions: str | None, history: Sequence[tuple[str, str]]) -> list[int]:
     """The whole conversation as the model sees it, rendered from text (the offline reference)."""
     ids = [SYSTEM, *tok.encode(instructions), END] if instructions else []
     for role, text in history:
-        ids += [USER if role == "user" else ASSISTANT, *tok.encode(text), END]
+        ids += [_ROLE_TOKEN.get(role, ASSISTANT), *tok.encode(text), END]
     return ids
 
 
@@ -255,7 +258,9 @@ class TinyLMSession(EngineSessionBase):
     # ---- output ----
 
     def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
-        """Per-reply `options.instructions` are not used: the tiny model's prompt holds the session's only."""
+        """`options.instructions` guide this reply only: a system message just before the reply's prompt (the
+        session's instructions stay first and unchanged); it stays in the history as part of the prompt this reply
+        was made from, and later replies get none unless they ask again."""
         self._check_open()
         if self._reply is not None and self._reply.open:  # the last reply was abandoned without interrupt
             self.interrupt(self._reply.text)
@@ -264,14 +269,18 @@ class TinyLMSession(EngineSessionBase):
         if self._user_open:
             self._close_user_turn()
         self._reply = None  # until the generator's first step has prefilled the prompt
-        return ModelReply(self._generate(options.speech), self.engine.model, self.state, self.engine.batcher,
-                          self.sid, self.label)
+        steps = self._generate(options.speech, options.instructions)
+        return ModelReply(steps, self.engine.model, self.state, self.engine.batcher, self.sid, self.label)
 
-    def _generate(self, speech: bool) -> ReplyGenerator:
+    def _generate(self, speech: bool, instructions: str | None = None) -> ReplyGenerator:
         """The reply's steps; each `yield Forward(ids)` gets the logits [1, V] of feeding `ids`."""
         eng = self.engine
         t0 = time.perf_counter()
-        prompt = self._prompt = Forward([*self._take_pending(), ASSISTANT])
+        extra: list[int] = []
+        if instructions and instructions.strip():
+            extra = [SYSTEM, *eng.tokenizer.encode(instructions.strip()), END]
+            self.history.append(("system", instructions.strip()))
+        prompt = self._prompt = Forward([*self._take_pending(), *extra, ASSISTANT])
         logits = yield prompt
         assert logits is not None
         self._prompt = None

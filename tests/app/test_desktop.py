@@ -5,8 +5,6 @@ virtual devices (a private daemon with two null sinks: `mic`, whose monitor is t
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ import pytest
 from app.desktop import FRAME, Conversation, Desktop, DesktopOptions, LocalConversation, Printer
 from app.desktop_audio import HalfDuplexGate, MicQueue, SpeakerRing
 from app.desktop_remote import RemoteConversation
+from benchmarks.devices import pulse_missing, start_pulse
 from benchmarks.spoken import write_wav
 from model.pcm import resample, to_float32
 from streaming.engine import TranscriptDelta
@@ -90,55 +89,18 @@ def test_half_duplex_gate_holds_back_echo_and_lets_a_louder_voice_through() -> N
 # ---- PulseAudio virtual devices ----
 
 
-def _have_sounddevice() -> str | None:
-    try:
-        import sounddevice  # noqa: F401
-    except (ImportError, OSError) as e:
-        return f"sounddevice unusable ({e}): pip install sounddevice, apt-get install libportaudio2"
-    missing = [b for b in ("pulseaudio", "paplay", "parec", "pactl") if shutil.which(b) is None]
-    if missing:
-        return f"missing {', '.join(missing)}: apt-get install pulseaudio pulseaudio-utils (scripts/env.sh does)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A private PulseAudio daemon on a unix socket; PULSE_SERVER points this process (and its children) at it."""
-    why = _have_sounddevice()
+    why = pulse_missing()
     if why:
         pytest.skip(why)
-    d = tmp_path_factory.mktemp("pulse")
-    env = {**os.environ, "HOME": str(d), "XDG_RUNTIME_DIR": str(d)}
-    daemon = subprocess.Popen(
-        ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no", "--disallow-exit",
-         "-L", f"module-native-protocol-unix auth-anonymous=1 socket={d}/native",
-         "-L", "module-null-sink sink_name=spk rate=48000 channels=1",
-         "-L", "module-null-sink sink_name=mic rate=48000 channels=1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(d / "log", "w"),
-    )
-    env["PULSE_SERVER"] = f"unix:{d}/native"
-    deadline = time.monotonic() + 20
-    while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
-        if daemon.poll() is not None or time.monotonic() > deadline:
-            daemon.kill()
-            pytest.skip(f"PulseAudio did not start: {(d / 'log').read_text()[-500:]}")
-        time.sleep(0.1)
-    subprocess.run(["pactl", "set-default-source", "mic.monitor"], env=env, check=True)
-    subprocess.run(["pactl", "set-default-sink", "spk"], env=env, check=True)
-    old = os.environ.get("PULSE_SERVER")
-    os.environ["PULSE_SERVER"] = env["PULSE_SERVER"]  # read by ALSA's pulse plugin
-    import sounddevice as sd
-
-    # PortAudio lists ALSA's `pulse` device only if it could open it when PortAudio started: start it again.
-    sd._terminate()
-    sd._initialize()
-    yield env
-    if old is None:
-        del os.environ["PULSE_SERVER"]
-    else:
-        os.environ["PULSE_SERVER"] = old
-    daemon.terminate()
-    daemon.wait(10)
+    try:
+        daemon = start_pulse(tmp_path_factory.mktemp("pulse"))
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    yield daemon.env
+    daemon.stop()
 
 
 async def converse(env: dict[str, str], on: Any, wav: Path, until: str, camera: str | None = None,

@@ -13,27 +13,16 @@ import pytest
 pytest.importorskip("gradio", reason="gradio is not installed (the ui extra: pip install -e '.[ui]')")
 
 from app.gradio_page import UiServer
+from benchmarks.devices import chromium_args, write_y4m
 from benchmarks.spoken import write_wav
 from streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
-from tests.app.test_serve_browser import CHROMIUM, chromium_args
+from tests.app.test_serve_browser import CHROMIUM
 from tests.app.test_serve_embedded import engine, france48k, smollm  # noqa: F401 (fixtures)
 from tests.streaming.conftest import make_speech_wav
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (scripts/test.sh installs it)")
 OpenPage = Callable[..., Awaitable[tuple[Any, list[str], str]]]
-
-
-def write_y4m(path: Path, frames: int = 30, width: int = 160, height: int = 120) -> Path:
-    """A moving gradient as YUV4MPEG2 (4:2:0), the format Chromium's fake camera plays (and loops)."""
-    with open(path, "wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode())
-        x = np.arange(width, dtype=np.int32)[None, :] + np.arange(height, dtype=np.int32)[:, None]
-        for i in range(frames):
-            f.write(b"FRAME\n")
-            f.write(((x + 8 * i) % 256).astype(np.uint8).tobytes())
-            f.write(np.full((height // 2) * (width // 2) * 2, 128, np.uint8).tobytes())
-    return path
 
 
 @pytest.fixture
@@ -52,7 +41,7 @@ async def open_page(start_server: StartServer, tmp_path: Path) -> AsyncIterator[
         closers.append(lambda: _stop(ui))
         p = await async_playwright().start()
         closers.append(p.stop)
-        args = [*chromium_args(wav), f"--use-file-for-fake-video-capture={camera}"]
+        args = chromium_args(wav, camera)
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         closers.append(browser.close)
         page = await browser.new_page()

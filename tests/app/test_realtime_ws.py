@@ -74,6 +74,52 @@ async def test_spoken_turn_server_vad(start_server: StartServer, speech24k: np.n
     check_conformance(client)
 
 
+class JudgingToneEngine(ToneEngine):
+    """A tone engine that says it judges ends of turn (as the embedded engine does): for session.created."""
+
+    judges_turn_end = True
+
+
+async def test_semantic_vad_in_session_update(start_server: StartServer) -> None:
+    """semantic_vad (its GA shape, sent by the SDK) is taken with its eagerness and shown back as the SDK's
+    SemanticVad; server_vad turns it off; an engine that cannot judge ends of turn shows server_vad."""
+    td_of = lambda e: e["session"]["audio"]["input"]["turn_detection"]  # noqa: E731
+    url, _ = await start_server(JudgingToneEngine())  # the server's default: on (TurnConfig.semantic_eot)
+    client = await connect(url)
+    try:
+        created = next(e for e in client.events if e["type"] == "session.created")
+        for td in ({"type": "semantic_vad", "eagerness": "high", "create_response": True},
+                   {"type": "server_vad", "silence_duration_ms": 600}, {"type": "semantic_vad"}):
+            n = len(client.events)
+            await client.send({"type": "session.update", "session": {"type": "realtime",
+                                                                      "audio": {"input": {"turn_detection": td}}}})
+            await client.wait_for("session.updated", start=n)
+        n = len(client.events)
+        await client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}}}})
+        bad = await client.wait_for("error", start=n)
+    finally:
+        await client.close()
+    updated = [td_of(e) for e in client.events if e["type"] == "session.updated"]
+    assert td_of(created) == {"type": "semantic_vad", "eagerness": "medium", "create_response": True,
+                              "interrupt_response": True}
+    assert updated[0]["type"] == "semantic_vad" and updated[0]["eagerness"] == "high"
+    assert updated[1]["type"] == "server_vad" and updated[1]["silence_duration_ms"] == 600
+    assert updated[2]["type"] == "semantic_vad" and updated[2]["eagerness"] == "medium"  # auto is medium
+    assert bad["error"]["code"] == "invalid_value" and "eagerness" in bad["error"]["message"]
+    check_conformance(client)
+    url, _ = await start_server(ToneEngine())
+    plain = await connect(url)
+    try:
+        await plain.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "semantic_vad", "eagerness": "high"}}}}})
+        shown = td_of(await plain.wait_for("session.updated"))
+    finally:
+        await plain.close()
+    assert shown["type"] == "server_vad" and td_of(plain.events[0])["type"] == "server_vad"
+    check_conformance(plain)
+
+
 async def test_manual_turn_and_text_only_reply(start_server: StartServer, speech24k: np.ndarray) -> None:
     engine = ToneEngine()
     url, _ = await start_server(engine)

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from benchmarks.devices import chromium_args, find_chromium
 from streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
-
-
-def find_chromium() -> str | None:
-    for candidate in (
-        os.environ.get("OMNI_CHROMIUM"),
-        shutil.which("chromium"),
-        "/usr/bin/chromium",
-        shutil.which("chromium-browser"),
-    ):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
@@ -30,27 +16,6 @@ pytestmark = pytest.mark.skipif(
     reason="no chromium executable (set OMNI_CHROMIUM, or install Debian's chromium package; "
     "scripts/test.sh does that)",
 )
-
-
-def chromium_args(wav: Path) -> list[str]:
-    return [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={os.path.abspath(wav)}",
-        "--autoplay-policy=no-user-gesture-required",
-        "--allow-loopback-in-peer-connection",
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-        "--disable-default-apps",
-        "--disable-extensions",
-        "--disable-domain-reliability",
-        "--no-default-browser-check",
-    ]
 
 
 async def test_browser_shows_the_reply_and_hears_it(start_server: StartServer, speech_wav_for_browser: Path) -> None:

@@ -35,6 +35,18 @@ def test_bad_settings_exit_with_a_message() -> None:
         timeout=60,
     )
     assert r.returncode == 1 and "VAD threshold must be in (0, 1)" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--engine", "test", "--semantic-eot", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and "semantic end-of-turn threshold must be in [0, 1)" in r.stderr
+
+
+def test_semantic_end_of_turn_flag() -> None:
+    assert build_parser().parse_args(["serve"]).semantic_eot == 0.5  # the default (README: Semantic end of turn)
+    assert build_parser().parse_args(["serve", "--semantic-eot", "0"]).semantic_eot == 0.0  # off
 
 
 def test_serve_prints_its_url_and_serves_the_demo_and_metrics() -> None:
@@ -51,7 +63,8 @@ def test_serve_prints_its_url_and_serves_the_demo_and_metrics() -> None:
         assert f"http://127.0.0.1:{port}/" in line, line
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
             page = r.read().decode()
-        assert "<title>omni</title>" in page and "/static/app.js" in page
+        assert "<title>omni</title>" in page and "/static/app.js" in page and "/static/controls.js" in page
+        assert 'id="transcript"' in page and 'id="recalled"' in page and "<!--" not in page  # call.html in place
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/static/app.js", timeout=30) as r:
             assert b"oai-events" in r.read()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:

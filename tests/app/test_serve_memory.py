@@ -119,7 +119,7 @@ def test_the_embedded_engine_summarises_with_its_lm_and_the_omni_engine_gets_mem
         hub.close()
     omni = open_memory(parse("--engine", "omni", "--memory-dir", str(tmp_path / "b")))
     assert omni is not None
-    try:  # no L2 for the omni engine yet: its memory has no summarizer
-        assert omni.summarizer is None and omni.memory.consolidator is None
+    try:  # opened without its engine (no Thinker to summarise with): no summarizer, no Thinker text space
+        assert omni.summarizer is None and omni.memory.consolidator is None and omni.memory.text_spaces == {}
     finally:
         omni.close()

@@ -231,3 +231,47 @@ def test_an_item_added_twice_is_held_once(memory: Memory, store: MemoryStore) ->
     older.id = 50  # an id below the newest that was never held: out of order
     with pytest.raises(ValueError, match="needs id order"):
         index.add_event(older)
+
+
+def test_a_text_space_lets_a_question_without_text_reach_facts_turns_and_summaries(store: MemoryStore) -> None:
+    """`text_spaces`: each note and summary gets a key per space (the omni engine's Thinker space; here a second
+    hashing embedder of another width stands in), and a query vector of that space alone (a spoken question: no
+    text embedding) ranks them by the same cosine; events hold no space keys; the keys are rebuilt identically
+    after a restart."""
+    space = HashingEmbedder(dim=24)
+    cfg = MemoryConfig(consolidator=ConsolidatorConfig(every_events=2, fan_in=100))
+    m = Memory(store, HashingEmbedder(), cfg, summarize=concat_summary, text_spaces={"thinker": space})
+    mem = m.open_session("ann", "s1", started_at=T0)
+    mem.add_fact("my locker code is 4719", 1.0)
+    mem.add_utterance("user", "the meeting moved to thursday", 2.0, 3.0)
+    mem.turn_boundary(4.0)
+    mem.add_utterance("assistant", "noted the weather report", 5.0, 6.0)
+    mem.turn_boundary(7.0)
+    mem.evicted([WindowItem("text", 5, 3.0, "the meeting moved to thursday", "user")])  # a turn leaves the window
+    mem.close(8.0)
+    m.flush()
+    index = m.user_index("ann")
+    assert len(index.summaries) >= 1 and index.notes.lanes["text:thinker"].dim == 24
+    assert "text:thinker" in index.summaries.lanes and "text:thinker" not in index.events.lanes
+    q = space(["locker code 4719"])[0]
+    r = m.open_session("ann", "s2").recall(None, "", 300, now=T0 + 60, text_spaces={"thinker": q})
+    by_text = {it.text: it for it in r.items}
+    fact = by_text["fact: my locker code is 4719"]
+    assert fact.level == "L3" and fact.score == pytest.approx(float(space(["my locker code is 4719"])[0] @ q), abs=1e-6)
+    assert not any("weather" in t or "thursday" in t for t in by_text)  # no shared words: under the floor
+    q2 = space(["meeting thursday"])[0]
+    r2 = m.open_session("ann", "s3").recall(None, "", 300, now=T0 + 60, text_spaces={"thinker": q2})
+    assert [(it.level, it.text) for it in r2.items] == [("L3", "user: the meeting moved to thursday")]
+    summary = store.load_summaries("ann")[0]
+    qs = space([summary.text])[0]
+    r2b = m.open_session("ann", "s3b").recall(None, "", 300, now=T0 + 60, text_spaces={"thinker": qs})
+    top = max(r2b.items, key=lambda it: it.score)
+    assert (top.level, top.item_id) == ("L2", summary.id) and top.score == pytest.approx(1.0, abs=1e-5)
+    zero = m.open_session("ann", "s4").recall(None, "", 300, now=T0 + 60, text_spaces={"nothing": q})
+    assert zero.items == []  # a space the memory does not hold reaches nothing
+    m.close()
+    again = Memory(MemoryStore.open(store.location), HashingEmbedder(), cfg, text_spaces={"thinker": space})
+    r3 = again.open_session("ann", "s5").recall(None, "", 300, now=T0 + 60, text_spaces={"thinker": q})
+    assert r3.text == r.text
+    again.close()
+    again.store.close()

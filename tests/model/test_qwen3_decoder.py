@@ -18,7 +18,6 @@ from safetensors.torch import save_file
 
 from model.errors import CheckpointError, ConfigError
 from model.layers.mlp import SparseMoE
-from model.layers.quant_linear import quantize_decoder
 from model.lm.config import PRESETS, DecoderConfig
 from model.lm.decode_kernels import REFERENCE_OPS, TRITON_OPS
 from model.lm.decoder import DecoderLM
@@ -237,8 +236,7 @@ def test_unsupported_paths_are_refused(tmp_path: Path) -> None:
     lib = library()
     if lib is not None:
         assert not ours.enable_fused_decode(lib)  # the C step has no q/k norm or experts
-    with pytest.raises(ValueError, match="mixture-of-experts"):
-        quantize_decoder(ours, "int8")
+    # (int8/int4 of mixture-of-experts decoders is supported: tests/model/test_qwen3_quant.py)
 
 
 def test_wrapped_cache_eager_and_step_kernels_agree(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from model.encoders.audio_frontend import AudioInputError
 from model.encoders.qwen3_vision import Qwen3VisionOutput
-from model.encoders.vision_preprocess import VisionPreprocessConfig, preprocess_video
+from model.encoders.vision_preprocess import VisionInputError, VisionPreprocessConfig, preprocess_video
 from model.errors import CheckpointError
 from model.lm.decoder import LayerAdds
 from model.lm.kv_cache import CacheConfig
@@ -396,4 +396,114 @@ def test_session_live_video_frames_equal_the_whole_prompt(tiny: tuple[Any, Loade
     got = s.end_user_turn()
     ids = _turn(q, q.prompt.video(grid), text="what happens?")
     want = q.model.prompt_logits(ids, videos=[VideoInput(patches, grid, spg)])[-1]
+    assert rel_err(got, want) < REL_TOL
+
+
+def _av_reference(ref: Any, q: LoadedQwen3, frames: torch.Tensor, pcm: torch.Tensor, text: str) -> tuple[
+        torch.Tensor, torch.Tensor, float]:
+    """(ids, transformers' logits [V] of the last token, seconds per grid) of one user turn holding the video with
+    its audio (use_audio_in_video), then `text`, then the generation prompt."""
+    patches, grid, spg = preprocess_video(frames, q.model.vision_cfg, SMALL_VIDEO)
+    mel = q.model.audio_features(pcm, 16000)
+    ids = _turn(q, q.prompt.video_with_audio(grid, spg, q.config.thinker.audio_tokens(mel.shape[1])), text=text)
+    with torch.no_grad():
+        want = _ref_forward(ref, ids, use_audio_in_video=True, input_features=mel[None],
+                            feature_attention_mask=torch.ones(1, mel.shape[1], dtype=torch.long),
+                            pixel_values_videos=patches, video_grid_thw=torch.tensor([grid]),
+                            video_second_per_grid=torch.tensor([spg])).logits[0, -1]
+    assert want.abs().max() > 1.0, "weak test: reference logits are near zero"
+    return ids, want, spg
+
+
+@pytest.mark.parametrize("audio_in", ["pcm", "features"])
+def test_session_video_with_audio_streamed_equals_transformers(tiny: tuple[Any, LoadedQwen3], audio_in: str) -> None:
+    """Frames and audio pushed as they would arrive (frames up to the audio's time first, audio in 0.37-s pieces,
+    or the whole clip's log-mel in 130-frame pieces) give transformers' whole-prompt logits (use_audio_in_video):
+    the merged order, the DeepStack residuals of the patches and the end ids. The pcm clip is quiet for 4.5 s,
+    then loud: the first 4-s window, fed before the loud part arrived, is re-floored, and the session rolls
+    back over the patches fed after it."""
+    from model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
+
+    ref, q = tiny
+    frames, pcm = _frames(10, 64, 96, 21), _loud_after_quiet(9.3)
+    ids, want, spg = _av_reference(ref, q, frames, pcm, "what happens?")
+    fps = SMALL_VIDEO.fps
+    size = video_frame_size(64, 96, q.model.vision_cfg, SMALL_VIDEO)
+    normalised = resize_and_normalize(frames, size, SMALL_VIDEO)
+    s = _session(q)
+    rollbacks: list[int] = []
+    roll_back = s._roll_back
+    s._roll_back = lambda n, i: (rollbacks.append(n), roll_back(n, i))[1]  # type: ignore[method-assign]
+    s.start_user_turn()
+    s.begin_av(*size, seconds_per_grid=spg)
+    lengths, sent = [], 0
+    if audio_in == "pcm":
+        pieces = [pcm[i : i + 5920] for i in range(0, pcm.numel(), 5920)]
+    else:
+        mel = q.model.audio_features(pcm, 16000)
+        pieces = [mel[:, i : i + 130] for i in range(0, mel.shape[1], 130)]
+    for i, piece in enumerate(pieces):
+        until = (i + 1) * 0.37 if audio_in == "pcm" else (i + 1) * 1.3
+        while sent < len(normalised) and sent / fps <= until:
+            s.push_av_frame(normalised[sent])
+            sent += 1
+        if audio_in == "pcm":
+            s.push_av_audio(piece)
+        else:
+            s.push_av_audio_features(piece)
+        lengths.append(s.state.cache.length)
+    for f in normalised[sent:]:
+        s.push_av_frame(f)
+    s.end_av()
+    s.add_text("what happens?")
+    got = s.end_user_turn()
+    assert len(set(lengths)) >= 3, "patches and audio should be prefilled while the video is still arriving"
+    if audio_in == "pcm":
+        assert rollbacks, "the re-floor rollback never ran"
+    # what memory gets: every audio token and patch once (the rolled-back ones were forgotten, then fed again)
+    kept = s.take_encoded()
+    tokens = q.config.thinker.tokens
+    assert sum(p.tokens.shape[0] for p in kept if p.kind == "audio") == int((ids == tokens.audio).sum())
+    assert sum(p.tokens.shape[0] for p in kept if p.kind == "video") == int((ids == tokens.video).sum())
+    audio_offsets = [p.offset_s for p in kept if p.kind == "audio"]
+    assert audio_offsets == sorted(audio_offsets) and audio_offsets[0] == 0.0
+    assert s.prefilled_tokens == ids.shape[0]
+    assert rel_err(got, want) < REL_TOL
+
+
+def test_session_video_with_audio_errors(tiny: tuple[Any, LoadedQwen3]) -> None:
+    _, q = tiny
+    s = _session(q)
+    s.start_user_turn()
+    with pytest.raises(ValueError, match="fractional"):
+        s.begin_av(64, 96, seconds_per_grid=0.3)  # 0.3 * 13 ids: the reference would use fractional ids
+    s.begin_av(64, 96)
+    with pytest.raises(RuntimeError, match="segment"):
+        s.end_user_turn()
+    s.push_av_audio(_pcm(0.5, 1))
+    with pytest.raises(RuntimeError, match="after push_av_audio"):
+        s.push_av_audio_features(torch.zeros(q.model.mel.n_mels, 10))
+    with pytest.raises(VisionInputError, match="no frames"):
+        s.end_av()
+
+
+def test_session_video_outlasting_its_audio_equals_transformers(tiny: tuple[Any, LoadedQwen3]) -> None:
+    """The audio runs out first: the patches left are one piece and the end ids follow their largest id (with
+    the spatial ids), not the last audio token's; audio pushed before any frame waits for the first patch."""
+    from model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
+
+    ref, q = tiny
+    frames, pcm = _frames(9, 64, 64, 23), _pcm(1.7, 24)
+    ids, want, spg = _av_reference(ref, q, frames, pcm, "and now?")
+    size = video_frame_size(64, 64, q.model.vision_cfg, SMALL_VIDEO)
+    s = _session(q)
+    s.start_user_turn()
+    s.begin_av(*size, seconds_per_grid=spg)
+    s.push_av_audio(pcm)
+    for f in resize_and_normalize(frames, size, SMALL_VIDEO):
+        s.push_av_frame(f)
+    s.end_av()
+    s.add_text("and now?")
+    got = s.end_user_turn()
+    assert s.prefilled_tokens == ids.shape[0]
     assert rel_err(got, want) < REL_TOL

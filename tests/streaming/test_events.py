@@ -6,6 +6,7 @@ import pytest
 
 from streaming.events import ProtocolError, RealtimeEvents, parse_client_event
 from streaming.frames import Interrupt, ResponseRequest, SessionUpdate, Truncate, UserMessage
+from streaming.vad import EAGERNESS
 
 
 def test_client_events_become_frames() -> None:
@@ -47,8 +48,17 @@ def test_session_update_ga_and_beta_shapes() -> None:
     assert (
         ga.settings
         == beta.settings
-        == {"instructions": "Be brief.", "voice": "alloy", "turn_detection": {"silence_duration_ms": 700}}
+        == {"instructions": "Be brief.", "voice": "alloy",
+            "turn_detection": {"silence_duration_ms": 700, "semantic_eot": 0.0}}  # server_vad: the silence only
     )
+    semantic = parse_client_event({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+        "turn_detection": {"type": "semantic_vad", "eagerness": "high", "interrupt_response": False}}}}})
+    assert isinstance(semantic, SessionUpdate)
+    assert semantic.settings["turn_detection"] == {"semantic_eot": EAGERNESS["high"], "interrupt_response": False}
+    auto = parse_client_event({"type": "session.update", "session": {"turn_detection": {"type": "semantic_vad"}}})
+    assert isinstance(auto, SessionUpdate)
+    assert auto.settings["turn_detection"] == {"semantic_eot": EAGERNESS["medium"]}  # auto is medium
+    assert EAGERNESS["low"] > EAGERNESS["medium"] > EAGERNESS["high"] > 0  # eager: ends turns on less evidence
     manual = parse_client_event({"type": "session.update", "session": {"turn_detection": None}})
     assert isinstance(manual, SessionUpdate) and manual.settings == {"turn_detection": None}
 
@@ -72,7 +82,11 @@ def test_a_typed_user_message_becomes_a_user_message_frame() -> None:
         ('{"event_id": "e1"}', "missing_type"),
         ('{"type": "response.dance"}', "unknown_event"),
         ('{"type": "conversation.item.truncate", "item_id": "x", "audio_end_ms": -5}', "invalid_value"),
-        ('{"type": "session.update", "session": {"turn_detection": {"type": "semantic_vad"}}}', "invalid_value"),
+        ('{"type": "session.update", "session": {"turn_detection": {"type": "semantic_vad", "eagerness": "max"}}}',
+         "invalid_value"),
+        ('{"type": "session.update", "session": {"turn_detection": {"type": "semantic_vad", "eagerness": [1]}}}',
+         "invalid_value"),
+        ('{"type": "session.update", "session": {"turn_detection": {"type": "near_field_vad"}}}', "invalid_value"),
         ('{"type": "session.update", "session": {"turn_detection": {"threshold": 3}}}', "invalid_value"),
         ('{"type": "input_audio_buffer.append", "audio": ""}', "invalid_value"),
         ('{"type": "input_audio_buffer.append", "audio": "AA=="}', "invalid_value"),  # 1 byte: not pcm16

@@ -40,7 +40,7 @@ FUZZ = settings(
 TYPES = ["session.update", "response.create", "response.cancel", "conversation.item.truncate",
          "conversation.item.create", "input_audio_buffer.append", "transcription_session.update"]
 TD_KEYS = ["threshold", "silence_duration_ms", "prefix_padding_ms", "min_speech_duration_ms", "create_response",
-           "interrupt_response", "type"]
+           "interrupt_response", "eagerness", "type"]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),

@@ -30,6 +30,7 @@ from model.qwen3.session import Qwen3ThinkerSession
 from model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
 from model.qwen3.talker import GREEDY
 from model.qwen3.voice_session import Qwen3VoiceSession
+from model.thinker import VideoInput
 from model.thinker_session import ReplyRecord
 from streaming.engine import AudioChunk, Image, ReplyDone, ResponseOptions, TextDelta, VideoClip
 from streaming.engines.omni import OmniEngine, OmniEngineSession
@@ -177,17 +178,59 @@ def test_barge_in_keeps_exactly_the_played_text(loaded: LoadedQwen3) -> None:
     assert isinstance(done, ReplyDone) and isinstance(want, ReplyRecord) and done.text == want.text
 
 
-def test_unsupported_qwen3_inputs_are_refused_or_logged(loaded: LoadedQwen3, caplog: pytest.LogCaptureFixture) -> None:
-    s = make(loaded, max_new_tokens=4).open_session()
-    rgb = np.zeros((64, 64, 3), np.uint8)
-    with pytest.raises(ValueError, match="soundtrack is not yet supported for Qwen3-Omni"):
-        s.push_media(VideoClip([rgb] * 4, 2.0, audio=clip(2.0)))
-    s.push_video(rgb, 0.0)  # a camera frame, then speech: audio only, logged
-    with caplog.at_level(logging.WARNING, logger="streaming.engines.omni"):
-        speak(s, clip(1.0))
-    assert "camera frames during spoken turns are not yet fed to Qwen3-Omni" in caplog.text
-    assert list(s.history)[-1] == ("user", "[audio 1.0 s]")
-    assert isinstance(list(s.respond())[-1], ReplyDone)
+def _whole_av_turn(loaded: LoadedQwen3, engine: OmniEngine, frames: list[np.ndarray], pcm: np.ndarray,
+                   seconds_per_grid: float) -> torch.Tensor:
+    """Logits [V] of the first reply token of one user turn holding a video with its audio, computed over the
+    whole prompt at once (Qwen3Thinker.prompt_logits, itself equal to transformers: tests/model)."""
+    from model.encoders.vision_preprocess import preprocess_video
+
+    m, p = loaded.model, loaded.prompt
+    patches, grid, spg = preprocess_video(torch.from_numpy(np.stack(frames)), m.vision_cfg,  # uint8, as sent
+                                          loaded.vision_preprocess)
+    assert spg == seconds_per_grid
+    mel = m.audio_features(torch.from_numpy(pcm), 16000)
+    n = loaded.config.thinker.audio_tokens(mel.shape[1])
+    ids = (p.system_turn(engine.system_prompt) + p.turn_start("user") + p.video_with_audio(grid, spg, n)
+           + p.generation_prompt())
+    return m.prompt_logits(torch.tensor(ids), [mel], videos=[VideoInput(patches, grid, spg)],
+                           use_audio_in_video=True)[-1]
+
+
+def test_camera_frames_during_a_spoken_turn_equal_the_whole_prompt(loaded: LoadedQwen3) -> None:
+    """A camera frame shown before speech: the spoken turn is a video with its audio (the frame repeated at
+    2 fps while the user speaks), prefilled as it streams in."""
+    engine = make(loaded, max_new_tokens=4)
+    s = engine.open_session()
+    rgb = np.random.default_rng(5).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    s.push_video(rgb, 0.0)
+    pcm = clip(2.3, seed=6)
+    before = s.speaking.prefilled_tokens
+    for i in range(0, len(pcm), 8000):
+        s.push_audio(pcm[i : i + 8000], i / 16000)
+        s.push_video(rgb, min(i + 8000, len(pcm)) / 16000)
+    assert s.speaking.prefilled_tokens > before + 20  # patches and audio in the cache before the turn ends
+    s.end_turn()
+    assert list(s.history)[-1] == ("user", "[audio 2.3 s, 5 frames]")  # a slot every 0.5 s up to 2.3 s
+    it = s.respond()
+    assert s.speaking.logits is not None
+    torch.testing.assert_close(s.speaking.logits, _whole_av_turn(loaded, engine, [rgb] * 5, pcm, 1.0),
+                               rtol=1e-4, atol=1e-4)
+    assert isinstance(list(it)[-1], ReplyDone)
+
+
+def test_a_video_clip_with_its_soundtrack_equals_the_whole_prompt(loaded: LoadedQwen3) -> None:
+    engine = make(loaded, max_new_tokens=4)
+    s = engine.open_session()
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(6)]
+    sound = clip(3.0, seed=8)
+    s.push_media(VideoClip(frames, 2.0, audio=sound))  # 2 fps: every frame is kept
+    it = s.respond()
+    assert s.speaking.logits is not None
+    torch.testing.assert_close(s.speaking.logits, _whole_av_turn(loaded, engine, frames, sound, 1.0),
+                               rtol=1e-4, atol=1e-4)
+    assert isinstance(list(it)[-1], ReplyDone)
+    assert list(s.history)[0] == ("user", "[video 6 frames, with audio]")
 
 
 async def test_a_spoken_turn_through_the_session_runtime(
@@ -236,8 +279,11 @@ def test_omni_serve_detects_the_family_from_config_json(qwen3_tiny_dir: Path, tm
     with pytest.raises(ValueError, match="unknown speaker 'Nobody'; this checkpoint has aiden, chelsie, ethan"):
         engine.open_session(voice="Nobody")
     assert (engine.input_sample_rate, engine.output_sample_rate) == (16000, 24000)
-    with pytest.raises(ValueError, match="--quant is not yet supported for Qwen3-Omni"):
-        make_engine("omni", model=str(qwen3_tiny_dir), quant="int8")
+    from model.layers.quant_linear import QuantExperts  # --quant: the Thinker's and the Talker's experts
+
+    quantised = make_engine("omni", model=str(qwen3_tiny_dir), quant="int8")
+    assert isinstance(quantised, OmniEngine) and isinstance(quantised.speech, Qwen3SpeechModels)
+    assert isinstance(quantised.speech.talker.decoder.layers[0].mlp.experts, QuantExperts)  # type: ignore[union-attr]
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
     with pytest.raises(ValueError, match="not an Omni checkpoint"):
         make_engine("omni", model=str(tmp_path))

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from app.serve import make_engine
-from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta, TranscriptDelta
-from streaming.engines.tiny import ASSISTANT, END, USER, TinyLMEngine, TinyLMSession, conversation_tokens
+from streaming.engine import AudioChunk, EngineEvent, ReplyDone, ResponseOptions, TextDelta, TranscriptDelta
+from streaming.engines.tiny import ASSISTANT, END, SYSTEM, USER, TinyLMEngine, TinyLMSession, conversation_tokens
 from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad, TurnConfig
 from streaming.worker import DeviceWorker
@@ -150,6 +150,43 @@ def test_interrupt_rolls_the_cache_back_to_the_played_text() -> None:
     assert [e for e in s.history][-1] == ("assistant", events[-1].text[:3])
     s.end_turn()
     assert_cache_holds_conversation(engine, s)
+
+
+def test_per_reply_instructions_guide_that_reply_only() -> None:
+    """`response.create` instructions: a system message right before the reply's prompt, kept in the history as
+    what that reply was made from; the next reply gets none."""
+    plain, guided = TinyLMEngine(seed=3).open_session(), TinyLMEngine(seed=3).open_session()
+    for s in (plain, guided):
+        speak(s, 2.0, 0.05)
+    tok = guided.engine.tokenizer
+    before = guided.state.cache.length + len(guided.pending)
+    it = guided.respond(ResponseOptions(instructions="  Speak like a pirate. "))
+    first = next(it)  # the first step prefills the prompt
+    assert guided.state.cache.length == before + len([SYSTEM, *tok.encode("Speak like a pirate."), END]) + 1
+    guided_text = (first.text if isinstance(first, TextDelta) else "") + reply_text(list(it))
+    list(plain.respond())
+    assert list(guided.history)[-2:] == [("system", "Speak like a pirate."), ("assistant", guided_text)]
+    assert_cache_holds_conversation(guided.engine, guided)
+    probe = torch.tensor([[*guided.pending, ASSISTANT]])  # and the model's next-step logits differ
+    live = [e.model(copy.deepcopy(x.state), input_ids=probe).logits for e, x in
+            ((guided.engine, guided), (plain.engine, plain))]
+    assert not torch.allclose(live[0], live[1], rtol=1e-3, atol=1e-3)
+
+    speak(guided, 1.5, 0.2, seed=2)  # the next turn: no instructions in its prompt
+    n = guided.state.cache.length + len(guided.pending)
+    it = guided.respond()
+    next(it)
+    assert guided.state.cache.length == n + 1
+    list(it)
+    assert [r for r, _ in guided.history].count("system") == 1
+    assert_cache_holds_conversation(guided.engine, guided)
+
+    # barge-in on a guided reply keeps the instructions and the played text
+    speak(guided, 1.0, 0.1, seed=3)
+    played = first_steps(guided.respond(ResponseOptions(instructions="Be brief.")), 6)[:3]
+    guided.interrupt(played)
+    assert list(guided.history)[-2:] == [("system", "Be brief."), ("assistant", played)]
+    assert_cache_holds_conversation(guided.engine, guided)
 
 
 def test_sessions_are_independent() -> None:

@@ -215,7 +215,7 @@ $("connect").addEventListener("click", start);
 $("hangup").addEventListener("click", stop);
 window.omniStart = start;
 window.omniStop = stop;
-// For pages that embed this client (the Gradio UI, ui/web/gradio.js): the call, the local tracks, sending events.
+// For pages that embed this client (the Gradio UI) and the controls (ui/web/controls.js): the call, the local tracks, sending events.
 window.omniPeer = () => pc;
 window.omniLocalStream = () => local;
 window.omniSend = (ev) => {

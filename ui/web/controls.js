@@ -1,10 +1,11 @@
-// The Gradio page's additions to the browser demo's client (app.js, loaded first): talk/mute, voice and
-// instructions settings, recalled memory and the per-turn latency list. Everything goes over app.js's call.
+// The call's controls beside app.js's client (loaded first), on both pages (the browser demo and the Gradio
+// page, which show the same ui/web/call.html): talk/mute, voice and instructions settings and the per-turn
+// latency list. Everything goes over app.js's call.
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
   const o = window.__omni;
-  Object.assign(o, { muted: false, memories: [], sessionUpdates: 0, latencies: [] });
+  Object.assign(o, { muted: false, sessionUpdates: 0, latencies: [] });
 
   // Mute with track.enabled = false: the track keeps sending (silent) RTP, so the server's idle watchdog
   // still sees a live client (app/realtime_server.py); stopping the track would read as a vanished one.
@@ -35,23 +36,6 @@
   }
   $("apply").addEventListener("click", applySettings);
 
-  function memoryText(m) {
-    if (typeof m === "string") return m;
-    return m.text || m.content || m.summary || JSON.stringify(m);
-  }
-  function showMemories(ev) {
-    const found = ev.memories || ev.items || ev.results || ev.recalled || [];
-    const list = $("memories");
-    list.replaceChildren();
-    for (const m of found) {
-      const li = document.createElement("li");
-      li.textContent = memoryText(m);
-      list.appendChild(li);
-      o.memories.push(li.textContent);
-    }
-    if (found.length === 0) list.innerHTML = '<li class="none">nothing relevant recalled</li>';
-  }
-
   document.addEventListener("omni:event", (e) => {
     const ev = e.detail;
     switch (ev.type) {
@@ -61,9 +45,6 @@
         break;
       case "session.updated":
         o.sessionUpdates += 1;
-        break;
-      case "omni.memory.recalled":
-        showMemories(ev);
         break;
       case "omni.metrics":
         if (ev.end_of_speech_to_first_audio_ms !== null && ev.end_of_speech_to_first_audio_ms !== undefined) {
