@@ -98,7 +98,7 @@ class MemoryLane:
             recall = self.handle.recall(q, question, self.config.budget_tokens)
             self._last = (question, recall)
         recall = self._last[1]
-        lines = recall.text.splitlines()[1:]  # one per item, "[time, ago] body"; the header is replaced
+        lines = _item_lines(recall)  # one per item, "[time, ago] body"; the header is replaced
         kept = [(it, line) for it, line in zip(recall.items, lines, strict=True) if _user_side(it.text)]
         self._recalled = Recall([it for it, _ in kept], sum(it.tokens for it, _ in kept), recall.budget_tokens,
                                 recall.text, recall.elapsed_ms)
@@ -130,9 +130,9 @@ class MemoryLane:
             start = self.handle.started_at
             keep = [not (it.level == "L1" and it.t_end >= edge and it.t_start >= start) for it in recall.items]
             if not all(keep):
-                lines = recall.text.splitlines()
-                kept = [(it, line) for it, line, k in zip(recall.items, lines[1:], keep, strict=True) if k]
-                text = "\n".join([lines[0], *(line for _, line in kept)]) if kept else ""
+                header = recall.text.splitlines()[0]
+                kept = [(it, line) for it, line, k in zip(recall.items, _item_lines(recall), keep, strict=True) if k]
+                text = "\n".join([header, *(line for _, line in kept)]) if kept else ""
                 recall = Recall([it for it, _ in kept], sum(it.tokens for it, _ in kept), budget_tokens, text,
                                 recall.elapsed_ms)
         self._recalled = recall
@@ -213,6 +213,19 @@ class MemoryLane:
     def _track(self, role: str, text: str, t: float, cache_position: int) -> None:
         tokens = self.handle.memory.count_tokens(text)
         self._tracked.append(_Tracked(cache_position, WindowItem("text", tokens, t, text, role)))
+
+
+def _item_lines(recall: Recall) -> list[str]:
+    """One line per item of `recall.text` (a header, then each item rendered as "[time, ago] body"), each on one
+    line: a remembered reply can hold line breaks ("...the following information:\n\n1. ..."), and splitting the
+    text at every break paired the items with the wrong lines (and raised, ending the turn)."""
+    lines = recall.text.splitlines()[1:]
+    out: list[str] = []
+    for it in recall.items:
+        n = len(it.text.splitlines()) or 1
+        out.append(" ".join(" ".join(lines[:n]).split()))
+        lines = lines[n:]
+    return out
 
 
 def _user_side(body: str) -> bool:

@@ -15,6 +15,7 @@ dropping a message changes the rest of the rendering, nothing is dropped.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -62,8 +63,10 @@ class ChatSession:
 
     def __init__(
         self, lm: LoadedLM, system_prompt: str | None = None, sampling: SamplingConfig | None = None,
-        cache: CacheConfig | None = None,
+        cache: CacheConfig | None = None, penalise_context: bool = False,
     ) -> None:
+        """`penalise_context`: whether the repetition penalty counts the tokens of a turn's `context` (recalled
+        memory) as it counts the rest of the prompt; off by default (`_feed`)."""
         self.lm = lm
         tok = lm.tokenizer
         base = sampling or SamplingConfig()
@@ -77,15 +80,28 @@ class ChatSession:
         self._before_reply = _Fed()  # the cache's contents just before the last reply's tokens
         self._before_turn: _Fed | None = None  # set while a speculative user turn is in the cache
         self.last = ReplyStats()
+        self.penalise_context = penalise_context
         self.end_probability: float | None = None  # set by prefill_turn(score_end=True)
         self._end_ids: list[int] | None = None  # model.lm.end_of_turn.end_token_ids, made on first use
 
-    def _feed(self, ids: list[int]) -> torch.Tensor:
+    def _feed(self, ids: list[int], context: str = "") -> torch.Tensor:
+        """Run `ids` through the model. The repetition penalty's seen tokens gain them, less one occurrence of each
+        token of `context` (quoted material such as recalled memory: the penalty is there to stop the reply looping,
+        and it turned a recalled "October 9" into "October 7", see `stream_reply`)."""
         x = torch.tensor([ids], device=self.lm.model.device)
-        self.sampler.observe(x)
+        self._observe(ids, context)
         out = self.lm.model(self.state, input_ids=x)
         assert out.logits is not None
         return out.logits
+
+    def _observe(self, ids: list[int], context: str) -> None:
+        """Mark `ids` seen for the repetition penalty, less one occurrence of each token of `context` (`_feed`)."""
+        if context and not self.penalise_context:
+            left = Counter(ids)
+            left.subtract(self.lm.tokenizer.encode(context))
+            ids = [t for t, n in left.items() if n > 0]
+        if ids:
+            self.sampler.observe(torch.tensor([ids], device=self.lm.model.device))
 
     def _unfed(self, text: str) -> str | None:
         """The part of the rendered `text` past what the cache holds, or None when the cache holds no prefix of it."""
@@ -147,21 +163,21 @@ class ChatSession:
         if 0 < cut < len(suffix):  # the words' end, in the unfed part: read the LM's next token there
             head = self.lm.tokenizer.encode(suffix[:cut])
             ids = head + self.lm.tokenizer.encode(suffix[cut:])
-            self.end_probability = self._feed_scored(ids, len(head) - 1)
+            self.end_probability = self._feed_scored(ids, len(head) - 1, context)
         else:
             ids = self.lm.tokenizer.encode(suffix)
-            self._feed(ids)
+            self._feed(ids, context)
         self._before_turn = before
         self._fed = _Fed(text, self.state.cache.length)
         return len(ids)
 
-    def _feed_scored(self, ids: list[int], at: int) -> float:
+    def _feed_scored(self, ids: list[int], at: int, context: str = "") -> float:
         """Feed `ids` in one forward call (a second would cost as much again: decode reads every weight once per
         call) and return the probability of the end-of-message tokens after `ids[at]`."""
         if self._end_ids is None:
             self._end_ids = end_token_ids(self.lm.tokenizer)
         x = torch.tensor([ids], device=self.lm.model.device)
-        self.sampler.observe(x)
+        self._observe(ids, context)
         out = self.lm.model(self.state, input_ids=x, logits="none", return_hidden=True)
         assert out.hidden is not None
         with torch.inference_mode():  # (as the model's forward runs)
@@ -184,13 +200,15 @@ class ChatSession:
     def stream_reply(self, user_text: str, context: str = "") -> Iterator[str]:
         """Yield the reply to user_text as text deltas. Closing the iterator early stops generation;
         the history then holds the text generated so far. `context` (e.g. recalled memory) goes in a system
-        message just before the user's and stays in the history, as the prompt the reply was made from."""
+        message just before the user's and stays in the history, as the prompt the reply was made from; its tokens
+        are not counted by the repetition penalty (unless `penalise_context`): with them counted, SmolLM2-135M at
+        penalty 1.1 answered "October 7" and "October 4" for a recalled "October 9" (benchmarks/fact_recall.py)."""
         if not user_text.strip():
             raise ValueError("empty message: nothing to answer")
         self.messages.extend(_turn(user_text, context))
         t0 = time.perf_counter()
         ids = self._prompt_ids()
-        logits = self._feed(ids)
+        logits = self._feed(ids, context)
         self._fed.length = self.state.cache.length
         self._ends = [e or self._fed.length for e in self._ends]
         self._ends += [self._fed.length] * (len(self.messages) - len(self._ends))

@@ -207,15 +207,27 @@ class EmbeddedSession(EngineSessionBase):
         self.memory = lane
 
     def _recalled(self, message: str) -> str:
-        """The turn's recalled-memory slot, led by the system prompt: the cache keeps 4 sink tokens, so past its
-        window the instructions are gone, and the layout wants the slot right after them (memory.window).
-        SmolLM2-135M, 6 turns past a 320-token window, asked "What is my locker code?": with the instructions
-        first, 4 of 4 answers had the recalled digits; without, 5 of 24 over 12 slot wordings."""
+        """The turn's recalled-memory slot, led by the system prompt once the prompt has left the KV window: the
+        cache keeps 4 sink tokens, so past its window the instructions are gone, and the layout wants the slot right
+        after them (memory.window). SmolLM2-135M, 6 turns past a 320-token window, asked "What is my locker code?":
+        with the instructions first, 4 of 4 answers had the recalled digits; without, 5 of 24 over 12 slot wordings.
+        While the prompt is still whole in view it is not repeated: a second copy just before the question made
+        the LM refuse ("as an AI, I don't have personal data") where one copy did not: 3 of 9 answers right against
+        7 of 9 on the tuning facts of benchmarks/fact_recall.py (scenario alone: a new session, the fact recalled)."""
         slot = self.memory.slot(message) if self.memory is not None else ""
         first = self.chat.messages[0] if self.chat.messages else None
-        if slot and first is not None and first["role"] == "system":
-            return f"{first['content']}\n{slot}"
-        return slot
+        if not slot or first is None or first["role"] != "system":
+            return slot
+        cache = self.chat.state.cache
+        if cache.length + self._lookahead(slot, message) <= cache.cfg.sinks + cache.cfg.window:
+            return slot  # every query of this turn still sees the whole system prompt
+        return f"{first['content']}\n{slot}"
+
+    def _lookahead(self, slot: str, message: str) -> int:
+        """Tokens this turn may add to the cache: its slot and message (tokenised: ~0.1 ms), the chat template's two
+        headers (< 16 tokens) and the longest reply."""
+        encode = self.chat.lm.tokenizer.encode
+        return len(encode(slot)) + len(encode(message)) + 16 + self.chat.sampling.max_new_tokens
 
     # ---- input side ---------------------------------------------------------------------------------
 
@@ -313,12 +325,8 @@ class EmbeddedSession(EngineSessionBase):
         slot = "\n".join(p for p in (self._recalled(message), (instructions or "").strip()) if p)
         start = self.chat.state.cache.length  # the turn's first cache position (the reply's is a little later)
         if self.memory is not None:
-            cache = self.chat.state.cache
-            # Roll up what this turn may push out: its slot and message (tokenised: ~0.1 ms), the chat template's
-            # two headers (< 16 tokens) and the longest reply.
-            encode = self.chat.lm.tokenizer.encode
-            lookahead = len(encode(slot)) + len(encode(message)) + 16 + self.chat.sampling.max_new_tokens
-            self.memory.roll_up(cache.length, cache.cfg.window, lookahead)
+            cache = self.chat.state.cache  # roll up what this turn may push out
+            self.memory.roll_up(cache.length, cache.cfg.window, self._lookahead(slot, message))
             self.memory.user_turn(message, start)
         stream = self.chat.stream_reply(message, slot)
         try:

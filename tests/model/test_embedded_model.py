@@ -12,6 +12,7 @@ from kernels.cpu import library
 from model.embedded.packaged import default_model_path
 from model.layers.int4_linear import Int4Linear, Q4Linear
 from model.lm.chat_session import ChatSession
+from model.lm.sampling import SamplingConfig
 from model.loaders import load_lm
 
 PROMPTS = [
@@ -146,3 +147,30 @@ def test_default_4bit_model_tracks_transformers(reference: Any) -> None:
     # Measured: 2.3e-4 of the largest logit on the C kernels (int16 activations, 30 layers); torch's int4
     # GEMM (bfloat16 activations and scales, the fallback) 2.6e-2. A packing or rotary slip gives > 0.1.
     assert worst < (2e-3 if library() is not None else 8e-2), worst
+
+
+def test_the_repetition_penalty_does_not_count_recalled_context(ours_fp32: Any) -> None:
+    """A turn's context (recalled memory) is quoted material: its tokens are not marked seen for the repetition
+    penalty, unless they also occur in the rest of the prompt; `penalise_context` restores counting them. Both the
+    speculative prefill and the reply's own prefill treat it alike, so the two give the same reply."""
+    system = "You are a helpful voice assistant. Answer briefly."
+    context = "What the user told you earlier:\nMy storage unit number is 7294."
+    question = "What is my storage unit number?"
+    tok = ours_fp32.tokenizer
+    only_context = set(tok.encode(context)) - set(tok.encode(tok.render_chat(
+        [{"role": "system", "content": system}, {"role": "user", "content": question}], add_generation_prompt=True)))
+    digits = tok.encode("7294")
+    assert set(digits) <= only_context  # the test means something: the digits occur in the context only
+    sampling = SamplingConfig(repetition_penalty=1.1, max_new_tokens=12)
+    quiet = ChatSession(ours_fp32, system_prompt=system, sampling=sampling)
+    quiet.prefill_history()
+    quiet.prefill_turn(question, context)
+    seen = quiet.sampler.seen[0]
+    assert not seen[sorted(only_context)].any()
+    assert seen[tok.encode(question)].all()
+    counted = ChatSession(ours_fp32, system_prompt=system, sampling=sampling, penalise_context=True)
+    counted.prefill_history()
+    counted.prefill_turn(question, context)
+    assert counted.sampler.seen[0][sorted(only_context)].all()
+    plain = ChatSession(ours_fp32, system_prompt=system, sampling=sampling)
+    assert "".join(quiet.stream_reply(question, context)) == "".join(plain.stream_reply(question, context))

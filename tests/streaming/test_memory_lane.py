@@ -155,3 +155,19 @@ def test_a_truncate_after_the_reply_was_final_revises_the_remembered_reply(tmp_p
     assert "assistant: Once upon a time" in [t for k, t in notes(hub, "alice") if k == "turn"]
     assert not any("dragon" in t for _, t in notes(hub, "alice"))
     hub.close()
+
+
+def test_a_remembered_text_with_line_breaks_is_one_line_of_the_slot(hub: MemoryHub) -> None:
+    lane = hub.open("alice", "s1")
+    lane.user_turn("Two codes:\n\n1. My bike lock combination is 285.\n2. My gym locker is 12.", 0)
+    lane.reply("Noted:\n\n1. bike lock\n2. gym locker", 10)
+    lane.user_turn("Thanks.", 20)
+    lane.roll_up(cache_length=60, window=32, lookahead=100)
+    hub.memory.flush()
+    slot = lane.slot("What is my bike lock combination?")
+    recall = lane.take_recalled()
+    assert recall is not None and any("\n" in it.text for it in recall.items)  # the case this test is about
+    lines = slot.splitlines()
+    assert lines[0] == SLOT_HEADER and all(line.startswith("[") for line in lines[1:])
+    assert any("1. My bike lock combination is 285. 2. My gym locker is 12." in line for line in lines[1:])
+    lane.close()
