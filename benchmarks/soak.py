@@ -22,6 +22,7 @@ import asyncio
 import gc
 import os
 import time
+from asyncio import InvalidStateError
 from typing import Any
 
 import numpy as np
@@ -272,12 +273,19 @@ async def concurrent(args: argparse.Namespace) -> None:
     replies = [0] * len(clients)
     end = time.monotonic() + args.seconds
 
+    lost: list[str] = []
+
     async def talk(i: int, c: RealtimeClient) -> None:
         while time.monotonic() < end:
             n = len(c.events)
-            c.send({"type": "response.create"})
-            await c.wait_for("response.done", start=n)
-            await c.wait_for("omni.metrics", start=n)  # played out
+            try:
+                c.send({"type": "response.create"})
+                await c.wait_for("response.done", start=n)
+                await c.wait_for("omni.metrics", start=n)  # played out
+            except (TimeoutError, ConnectionError, InvalidStateError) as e:  # the call died: count it, go on
+                lost.append(f"session {i} after {replies[i]} replies ({type(e).__name__}, peer connection "
+                            f"{c.pc.connectionState})")
+                return
             replies[i] += 1
 
     await asyncio.gather(*(talk(i, c) for i, c in enumerate(clients)))
@@ -294,7 +302,8 @@ async def concurrent(args: argparse.Namespace) -> None:
           f"(min {min(replies)} per session), output frames received {frames}, dropped output frames {lost} "
           f"(RTP timestamp jumps), inter-frame arrival gaps > 40 ms {late}, > 100 ms {gaps}, dropped input frames "
           f"{dropped:g}, device worker busy {server.worker.busy_seconds:.1f} s, load average {os.getloadavg()[0]:.2f}")
-    await asyncio.gather(*(c.close() for c in clients))
+    print(f"  calls lost: {len(lost)}" + "".join(f"\n    {x}" for x in lost))
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
     await runner.cleanup()
 
 

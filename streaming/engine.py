@@ -82,7 +82,13 @@ class ReplyDone:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-EngineEvent = TextDelta | AudioChunk | TranscriptDelta | ReplyDone
+@dataclass(frozen=True)
+class Working:
+    """Nothing to say yet: the reply ended this step between two bounded pieces of its work (chunks of a long
+    prompt), so that the device worker runs other sessions' jobs before its next step. Consumers skip it."""
+
+
+EngineEvent = TextDelta | AudioChunk | TranscriptDelta | ReplyDone | Working
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ fed text is re-based so the next turn still prefills only what is new. A caller 
 leaves the window below before it goes (the embedded engine's `MemoryLane.roll_up` runs before each turn with
 the turn's length as lookahead, so a message dropped here was written to L3 first). With a template where
 dropping a message changes the rest of the rendering, nothing is dropped.
+
+Bounded steps (`prefill_chunk`): a prompt is fed at most that many tokens per step, so that a caller running each
+step as one job of a worker shared with other conversations lets their jobs run between the chunks (issue 16: one
+200 KB prompt held every other session for 213 s). `stream_reply` yields "" between chunks; `prefill_history`
+feeds at most `max_tokens` a call and keeps the rest (`backlog`) for its next call or the next reply.
 """
 
 from __future__ import annotations
@@ -61,9 +66,13 @@ class ChatSession:
 
     def __init__(
         self, lm: LoadedLM, system_prompt: str | None = None, sampling: SamplingConfig | None = None,
-        cache: CacheConfig | None = None,
+        cache: CacheConfig | None = None, prefill_chunk: int | None = None,
     ) -> None:
+        """`prefill_chunk`: the most prompt tokens fed in one step (None: a whole prompt at once)."""
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
         self.lm = lm
+        self.prefill_chunk = prefill_chunk
         tok = lm.tokenizer
         base = sampling or SamplingConfig()
         stops = base.stop_token_ids or tok.stop_token_ids
@@ -75,6 +84,7 @@ class ChatSession:
         self._fed = _Fed()
         self._before_reply = _Fed()  # the cache's contents just before the last reply's tokens
         self._before_turn: _Fed | None = None  # set while a speculative user turn is in the cache
+        self._backlog: list[int] = []  # tokens of the fed text not in the cache yet (a history prefill in chunks)
         self.last = ReplyStats()
 
     def _feed(self, ids: list[int]) -> torch.Tensor:
@@ -86,7 +96,8 @@ class ChatSession:
 
     def _unfed(self, text: str) -> str | None:
         """The part of the rendered `text` past what the cache holds, or None when the cache holds no prefix of it."""
-        if self._fed.text and text.startswith(self._fed.text) and self.state.cache.length == self._fed.length:
+        fed_length = self.state.cache.length + len(self._backlog)
+        if self._fed.text and text.startswith(self._fed.text) and fed_length == self._fed.length:
             return text[len(self._fed.text) :]
         return None
 
@@ -101,24 +112,36 @@ class ChatSession:
             self.state.reset()
             self.sampler.seen.zero_()
             self._ends = [0] * len(self._ends)  # all fed again below; set with the new messages' ends
+            self._backlog = []
             suffix = text
         self._fed = _Fed(text, self._fed.length)
-        return self.lm.tokenizer.encode(suffix)
+        ids = [*self._backlog, *self.lm.tokenizer.encode(suffix)]
+        self._backlog = []
+        return ids
 
-    def prefill_history(self) -> int:
+    @property
+    def backlog(self) -> int:
+        """Tokens of the history that `prefill_history` has yet to feed (the next reply feeds them otherwise)."""
+        return len(self._backlog)
+
+    def prefill_history(self, max_tokens: int | None = None) -> int:
         """Feed whatever of the current history the cache does not hold yet (e.g. the system prompt, while
-        the user is still speaking), so the next reply prefills only the new turn. Returns tokens fed."""
-        text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=False) if self.messages else ""
-        suffix = self._unfed(text)
-        if suffix is None:
-            if self._fed.text:  # the cache holds something else: leave it to the next reply to rebuild
-                return 0
-            suffix = text
-        ids = self.lm.tokenizer.encode(suffix) if suffix else []
-        if ids:
-            self._feed(ids)
-        self._fed = _Fed(text, self.state.cache.length)
-        return len(ids)
+        the user is still speaking), so the next reply prefills only the new turn; at most `max_tokens` now,
+        the rest (`backlog`) on the next calls. Returns tokens fed."""
+        if not self._backlog:
+            text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=False) if self.messages else ""
+            suffix = self._unfed(text)
+            if suffix is None:
+                if self._fed.text:  # the cache holds something else: leave it to the next reply to rebuild
+                    return 0
+                suffix = text
+            self._backlog = self.lm.tokenizer.encode(suffix) if suffix else []
+            self._fed = _Fed(text, self.state.cache.length + len(self._backlog))
+        n = len(self._backlog) if max_tokens is None else min(max_tokens, len(self._backlog))
+        if n:
+            self._feed(self._backlog[:n])
+            del self._backlog[:n]
+        return n
 
     def prefill_turn(self, user_text: str, context: str = "") -> int:
         """Feed the user's next message speculatively (e.g. at a pause, before the turn is known to be over):
@@ -126,7 +149,7 @@ class ChatSession:
         (the user went on speaking) rolls the cache back. The history must already be in the cache
         (`prefill_history`); returns tokens fed (0 when nothing could be)."""
         self.drop_prefilled_turn()
-        if not user_text.strip() or not self._fed.text:
+        if not user_text.strip() or not self._fed.text or self._backlog:  # (the history is not all in the cache)
             return 0
         text = self.lm.tokenizer.render_chat([*self.messages, *_turn(user_text, context)],
                                              add_generation_prompt=False)
@@ -153,17 +176,27 @@ class ChatSession:
         if to.seen is not None:
             self.sampler.seen.copy_(to.seen)
         self._fed = _Fed(to.text, to.length)
+        self._backlog = []
 
     def stream_reply(self, user_text: str, context: str = "") -> Iterator[str]:
         """Yield the reply to user_text as text deltas. Closing the iterator early stops generation;
         the history then holds the text generated so far. `context` (e.g. recalled memory) goes in a system
-        message just before the user's and stays in the history, as the prompt the reply was made from."""
+        message just before the user's and stays in the history, as the prompt the reply was made from.
+        With `prefill_chunk` set, "" comes between the chunks of the prompt (nothing to say yet)."""
         if not user_text.strip():
             raise ValueError("empty message: nothing to answer")
         self.messages.extend(_turn(user_text, context))
         t0 = time.perf_counter()
         ids = self._prompt_ids()
-        logits = self._feed(ids)
+        chunk = self.prefill_chunk or len(ids)
+        try:
+            logits = self._feed(ids[:chunk])
+            for start in range(chunk, len(ids), chunk):
+                yield ""
+                logits = self._feed(ids[start : start + chunk])
+        except BaseException:  # closed (or failed) between chunks: the cache holds part of the prompt
+            self._forget_cache()
+            raise
         self._fed.length = self.state.cache.length
         self._ends = [e or self._fed.length for e in self._ends]
         self._ends += [self._fed.length] * (len(self.messages) - len(self._ends))
@@ -221,6 +254,15 @@ class ChatSession:
             f.text = head_new + f.text[len(head_old) :]
         del self.messages[first:k], self._ends[first:k]
 
+    def _forget_cache(self) -> None:
+        """A reply given up in its prompt: the history keeps the turn with an empty reply (as one cancelled before
+        its first token), the cache forgets everything and the next reply feeds the whole history again."""
+        self.messages.append({"role": "assistant", "content": ""})
+        self.state.reset()
+        self.sampler.seen.zero_()
+        self._ends = [0] * len(self.messages)
+        self._fed, self._before_reply, self._before_turn, self._backlog = _Fed(), _Fed(), None, []
+
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays)."""
         self.messages = [m for m in self.messages if m["role"] == "system"]
@@ -230,6 +272,7 @@ class ChatSession:
         self._fed = _Fed()
         self._before_reply = _Fed()
         self._before_turn = None
+        self._backlog = []
 
     def reply(self, user_text: str) -> str:
         return "".join(self.stream_reply(user_text))

@@ -47,6 +47,7 @@ from streaming.engine import (
     ResponseOptions,
     TextDelta,
     TranscriptDelta,
+    Working,
     close_iterator,
 )
 from streaming.memory_lane import MemoryLane
@@ -164,8 +165,9 @@ class EmbeddedEngine:
         """A new conversation; `voice` is a name of `VOICES` or `REALTIME_VOICES` (VoiceError otherwise)."""
         key = voice_key(voice) if voice is not None else self.default_voice
         synth = self.voices.synthesizer(key) if self.speak else None
-        chat = ChatSession(
-            self.lm, system_prompt=instructions or self.system_prompt, sampling=self.sampling, cache=self.cache
+        chat = ChatSession(  # prompts fed a cache chunk per worker job: other sessions' steps run between
+            self.lm, system_prompt=instructions or self.system_prompt, sampling=self.sampling, cache=self.cache,
+            prefill_chunk=self.cache.chunk,
         )
         recognizer = WhisperRecognizer(self.asr) if self.asr is not None else None
         return EmbeddedSession(chat, recognizer, synth, self.output_sample_rate)
@@ -225,9 +227,9 @@ class EmbeddedSession(EngineSessionBase):
         self._check_open()
         if self.recognizer is None:
             raise RuntimeError("this embedded engine was made with listen=False: it takes typed turns only")
-        if not self._history_prefilled:  # the system prompt goes into the cache while the user speaks
-            self._history_prefilled = True
-            self.chat.prefill_history()
+        if not self._history_prefilled:  # the system prompt goes into the cache while the user speaks, a chunk a push
+            self.chat.prefill_history(self.chat.prefill_chunk)
+            self._history_prefilled = not self.chat.backlog
         if self._prepared:  # the user went on after a pause: the speculative turn is not the turn
             self._prepared = False
             self.chat.drop_prefilled_turn()
@@ -320,6 +322,9 @@ class EmbeddedSession(EngineSessionBase):
         stream = self.chat.stream_reply(message, slot)
         try:
             for delta in stream:
+                if not delta:  # between two chunks of the prompt: this step ends here
+                    yield Working()
+                    continue
                 yield TextDelta(delta)
                 for phrase in splitter.push(delta):
                     if speech:
