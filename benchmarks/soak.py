@@ -8,9 +8,12 @@
 `hour` runs faster than real time: the session is fed 20 s of microphone audio as fast as it takes it (silence,
 or with `--speech` a spoken question, espeak-ng, at its start), then a typed turn (without `--speech`) and
 `response.create`; it prints, per 10 simulated minutes, RSS growth, the engine session's KV cache (tokens
-written, tokens held, bytes), the memory store (with `--memory`: events, notes, RAM index, bytes on disk) and
-reply latency (to the first text delta and to `response.done`). `--minutes` bounds the simulated time and
-`--wall-minutes` the real time (an engine slower than real time on a busy machine stops early, saying so).
+written, tokens held, bytes), the memory store (with `--memory`: events, notes, RAM index, bytes on disk),
+reply latency (to the first text delta and to `response.done`), the process's CPU seconds per turn and the
+load average (on a shared machine wall-clock latency follows the load; CPU per turn shows a drift of our own).
+`--minutes` bounds the simulated time and `--wall-minutes` the real time (an engine slower than real time on a
+busy machine stops early, saying so). `concurrent` prints replies, output frames received, dropped output frames
+(jumps in the received RTP timestamps), inter-frame arrival gaps, dropped input frames and calls lost on the way.
 `churn` and `concurrent` start the server in this process on 127.0.0.1 (run them inside a loopback-only
 network namespace on CI: `unshare -n sh -c 'ip link set lo up; exec "$@"' sh python -m benchmarks.soak ...`).
 """
@@ -143,7 +146,7 @@ async def hour(args: argparse.Namespace) -> None:
     speech = spoken_questions() if args.speech else []
     silence = np.zeros(320, np.int16)  # 20 ms at 16 kHz
     gc.collect()
-    base, lat, first, wall0 = rss_mb(), [], [], time.monotonic()
+    base, lat, first, wall0, cpu0 = rss_mb(), [], [], time.monotonic(), time.process_time()
     print(f"hour soak, {args.engine} engine{' (spoken turns)' if speech else ''}"
           f"{', memory on' if hub else ''}: ready in {wall0 - t_start:.1f} s, RSS at start {base:.1f} MB")
     turns = int(args.minutes * 3)  # a turn every 20 s of audio
@@ -175,10 +178,12 @@ async def hour(args: argparse.Namespace) -> None:
             gc.collect()
             k = (turn + 1) % 30 or 30
             mem = f"; {memory_sizes(hub, 'soak', root)}" if hub is not None else ""
+            cpu, cpu0 = (time.process_time() - cpu0) / k, time.process_time()  # per turn: flat under any load
             print(f"  {(turn + 1) / 3:.1f} simulated min ({turn + 1} turns, {(time.monotonic() - wall0) / 60:.1f} "
                   f"wall min): RSS {rss_mb():.1f} MB (+{rss_mb() - base:.1f}); reply latency: first text p50 "
                   f"{np.median(first[-k:]) * 1e3:.0f} ms, done p50 {np.median(lat[-k:]) * 1e3:.0f} ms max "
-                  f"{max(lat[-k:]) * 1e3:.0f} ms; {kv_sizes(session.engine_session)}{mem}", flush=True)
+                  f"{max(lat[-k:]) * 1e3:.0f} ms; process CPU {cpu:.2f} s per turn, load {os.getloadavg()[0]:.1f}; "
+                  f"{kv_sizes(session.engine_session)}{mem}", flush=True)
         if out_of_time:
             print(f"  stopped: --wall-minutes {args.wall_minutes:g} reached after {(turn + 1) / 3:.1f} of "
                   f"{args.minutes:g} simulated minutes")
@@ -289,17 +294,17 @@ async def concurrent(args: argparse.Namespace) -> None:
             replies[i] += 1
 
     await asyncio.gather(*(talk(i, c) for i, c in enumerate(clients)))
-    gaps = late = frames = lost = 0
+    gaps = late = frames = missing = 0
     for c in clients:
         ts = np.array([t for t, _ in c.audio])
         frames += len(ts)
         d = np.diff(ts)
         gaps += int(np.sum(d > 0.1))  # a 20 ms frame more than 100 ms after the last: a stall the ear hears
         late += int(np.sum(d > 0.04))
-        lost += dropped_frames(c.audio_pts)
+        missing += dropped_frames(c.audio_pts)
     dropped = server.metrics.counters.get("dropped_input_frames_total", ("", 0.0))[1]
     print(f"concurrent: {args.sessions} sessions x {args.seconds:g} s: replies {sum(replies)} "
-          f"(min {min(replies)} per session), output frames received {frames}, dropped output frames {lost} "
+          f"(min {min(replies)} per session), output frames received {frames}, dropped output frames {missing} "
           f"(RTP timestamp jumps), inter-frame arrival gaps > 40 ms {late}, > 100 ms {gaps}, dropped input frames "
           f"{dropped:g}, device worker busy {server.worker.busy_seconds:.1f} s, load average {os.getloadavg()[0]:.2f}")
     print(f"  calls lost: {len(lost)}" + "".join(f"\n    {x}" for x in lost))
