@@ -97,11 +97,12 @@ async def run(args: argparse.Namespace) -> None:
         hog = asyncio.ensure_future(a.ask(gibberish(args.message_chars, 2 * r + 1)))
         await asyncio.sleep(0.05)  # A's reply job is on the worker
         beside.append(await b.ask(question))
+        print(f"  repeat {r + 1}: B alone first text {alone[-1][0] * 1e3:.0f} ms (done {alone[-1][1] * 1e3:.0f} ms); "
+              f"beside A {beside[-1][0] * 1e3:.0f} ms (done {beside[-1][1] * 1e3:.0f} ms); load average "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
         hog_first.append((await hog)[0])
         tokens = a.session.engine_session.chat.last.prompt_tokens  # type: ignore[union-attr]
-        print(f"  repeat {r + 1}: B alone first text {alone[-1][0] * 1e3:.0f} ms; beside A {beside[-1][0] * 1e3:.0f} "
-              f"ms (done {beside[-1][1] * 1e3:.0f} ms); A {tokens} prompt tokens, first text {hog_first[-1] * 1e3:.0f} "
-              f"ms; load average {os.getloadavg()[0]:.1f}", flush=True)
+        print(f"  repeat {r + 1}: A {tokens} prompt tokens, first text {hog_first[-1] * 1e3:.0f} ms", flush=True)
         await a.session.close()
         await b.session.close()
     worker.stop()

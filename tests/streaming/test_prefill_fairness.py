@@ -39,7 +39,7 @@ def gibberish(chars: int, seed: int) -> str:
 
 def test_a_maximal_prompt_never_holds_another_sessions_job_for_more_than_one_chunk(lm: LoadedLM) -> None:
     engine = EmbeddedEngine(lm=lm, speak=False, listen=False, sampling=GREEDY)
-    chunk = engine.cache.chunk
+    chunk = engine.prefill_chunk
     hog = engine.open_session(instructions=gibberish(MAX_INSTRUCTIONS_CHARS, 0))
     hog.push_text(gibberish(MAX_INSTRUCTIONS_CHARS, 1))  # the reply's prompt: instructions + a long message
     other = engine.open_session()
