@@ -94,6 +94,7 @@ class RealtimeClient:
         self.mic = ScriptedMic()
         self.events: list[dict[str, Any]] = []
         self.audio: list[tuple[float, float]] = []  # (arrival time, RMS of the frame) of the assistant's track
+        self.audio_pts: list[int] = []  # the RTP timestamps (48 kHz) of those frames: a jump is frames lost
         self._changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self.channel = self.pc.createDataChannel("oai-events")
@@ -120,6 +121,7 @@ class RealtimeClient:
             assert isinstance(frame, av.AudioFrame)
             x = frame.to_ndarray().astype(np.float32) / 32768.0
             self.audio.append((time.monotonic(), float(np.sqrt(np.mean(x * x)))))
+            self.audio_pts.append(int(frame.pts or 0))
 
     async def connect(self, with_audio: bool = True, session: dict[str, Any] | None = None) -> None:
         """Offer and answer; `session` given: the GA multipart form (fields `sdp` and `session`)."""

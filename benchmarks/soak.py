@@ -1,11 +1,19 @@
 """Soaks that print numbers (no pass/fail): a long session, connect/disconnect churn, concurrent sessions.
 
   python -m benchmarks.soak hour --engine test --minutes 60   # one session, a turn every 20 s of audio
+  python -m benchmarks.soak hour --engine embedded --minutes 60 --speech --memory   # the packaged default
   python -m benchmarks.soak churn --cycles 500                 # real WebRTC calls over loopback, some vanish
   python -m benchmarks.soak concurrent --sessions 12 --seconds 120
 
-`hour` runs faster than real time: the session is fed 20 s of (silent) microphone audio as fast as it takes
-it, then a typed turn and `response.create`; it prints RSS growth and reply latency per 10 simulated minutes.
+`hour` runs faster than real time: the session is fed 20 s of microphone audio as fast as it takes it (silence,
+or with `--speech` a spoken question, espeak-ng, at its start), then a typed turn (without `--speech`) and
+`response.create`; it prints, per 10 simulated minutes, RSS growth, the engine session's KV cache (tokens
+written, tokens held, bytes), the memory store (with `--memory`: events, notes, RAM index, bytes on disk),
+reply latency (to the first text delta and to `response.done`), the process's CPU seconds per turn and the
+load average (on a shared machine wall-clock latency follows the load; CPU per turn shows a drift of our own).
+`--minutes` bounds the simulated time and `--wall-minutes` the real time (an engine slower than real time on a
+busy machine stops early, saying so). `concurrent` prints replies, output frames received, dropped output frames
+(jumps in the received RTP timestamps), inter-frame arrival gaps, dropped input frames and calls lost on the way.
 `churn` and `concurrent` start the server in this process on 127.0.0.1 (run them inside a loopback-only
 network namespace on CI: `unshare -n sh -c 'ip link set lo up; exec "$@"' sh python -m benchmarks.soak ...`).
 """
@@ -17,6 +25,7 @@ import asyncio
 import gc
 import os
 import time
+from asyncio import InvalidStateError
 from typing import Any
 
 import numpy as np
@@ -38,6 +47,13 @@ async def poll_until(pred: Any, step: float = 0.002, limit: float = 60.0) -> Non
 
 
 def make_engine(name: str) -> Any:
+    if name == "embedded":  # the packaged default: Whisper base, SmolLM2-135M-Instruct, Piper
+        import torch
+
+        from streaming.engines.embedded import EmbeddedEngine
+
+        torch.set_num_threads(1)  # as omni serve runs it
+        return EmbeddedEngine()
     if name == "tiny":
         import torch
 
@@ -50,7 +66,54 @@ def make_engine(name: str) -> Any:
     return ToneEngine(seconds_per_char=0.01)
 
 
+QUESTIONS = ("What is the capital of France?", "How many legs does a spider have?",
+             "Tell me a fun fact about the moon.", "What should I cook for dinner tonight?", "Why is the sky blue?",
+             "What is two plus three?")
+
+
+def spoken_questions() -> list[np.ndarray]:
+    """The questions spoken by espeak-ng as int16 at 16 kHz (a few seconds each)."""
+    from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer
+    from model.pcm import resample
+
+    synth = Synthesizer()
+    return [(np.clip(resample(synth.synth(q), ESPEAK_SAMPLE_RATE, 16000), -1, 1) * 32767).astype(np.int16)
+            for q in QUESTIONS]
+
+
+def kv_sizes(engine_session: Any) -> str:
+    """The engine session's KV cache: tokens ever written, tokens held now, bytes allocated."""
+    state = getattr(engine_session, "state", None)
+    if state is None and hasattr(engine_session, "chat"):
+        state = engine_session.chat.state
+    cache = getattr(state, "cache", None)
+    if cache is None:
+        return "KV -"
+    held = min(cache.length, cache.cfg.capacity)
+    extra = f", {len(engine_session.chat.messages)} messages" if hasattr(engine_session, "chat") else ""
+    return f"KV {cache.length} written, {held} held, {cache.nbytes() / 2**20:.1f} MB{extra}"
+
+
+def memory_sizes(hub: Any, user_id: str, root: str) -> str:
+    st = hub.memory.stats
+    index = hub.memory.user_index(user_id)
+    disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+    return (f"memory {st.events} events, {st.notes} notes, RAM index {len(index.events)} events "
+            f"{len(index.summaries)} summaries {index.nbytes() / 2**10:.0f} KB, disk {disk / 2**10:.0f} KB")
+
+
+def memory_hub(root: str) -> Any:
+    from memory import Memory, MemoryStore
+    from model.embedded.text_embedding import TextEmbedder
+    from streaming.memory_lane import MemoryHub
+
+    embed = TextEmbedder()
+    return MemoryHub(Memory(MemoryStore.open(root), embed=embed), embed)
+
+
 async def hour(args: argparse.Namespace) -> None:
+    import tempfile
+
     from streaming.frames import AudioFrame
     from streaming.session import Session
     from streaming.session_config import SessionConfig
@@ -62,39 +125,72 @@ async def hour(args: argparse.Namespace) -> None:
     media.start()
     events: list[dict[str, Any]] = []
     changed = asyncio.Event()
+    first_text: list[float] = []
 
     def emit(e: dict[str, Any]) -> None:
+        if not first_text and e.get("type", "").endswith(".delta") and e["type"].startswith("response."):
+            first_text.append(time.perf_counter())
         events.append(e)
         del events[:-200]  # keep the benchmark's own memory flat
         changed.set()
 
+    t_start = time.monotonic()
     engine = make_engine(args.engine)
-    session = Session(engine, worker, await media.run(SileroVad), emit, SessionConfig(create_response=False),
-                      media=media)
+    root = tempfile.mkdtemp(prefix="omni-soak-mem-")
+    hub = memory_hub(root) if args.memory else None
+    if hub is not None:
+        hub.attach(worker, asyncio.get_running_loop())
+    session = Session(engine, worker, await media.run(SileroVad), emit,
+                      SessionConfig(create_response=False, user_id="soak"), media=media, memory=hub)
     await session.start()
+    speech = spoken_questions() if args.speech else []
     silence = np.zeros(320, np.int16)  # 20 ms at 16 kHz
-    base, lat = rss_mb(), []
-    print(f"hour soak, {args.engine} engine: RSS at start {base:.1f} MB")
-    for turn in range(int(args.minutes * 3)):  # a turn every 20 s of audio
+    gc.collect()
+    base, lat, first, wall0, cpu0 = rss_mb(), [], [], time.monotonic(), time.process_time()
+    print(f"hour soak, {args.engine} engine{' (spoken turns)' if speech else ''}"
+          f"{', memory on' if hub else ''}: ready in {wall0 - t_start:.1f} s, RSS at start {base:.1f} MB")
+    turns = int(args.minutes * 3)  # a turn every 20 s of audio
+    for turn in range(turns):
+        audio = np.zeros(16000 * 20, np.int16)
+        if speech:
+            q = speech[turn % len(speech)]
+            audio[8000 : 8000 + len(q)] = q[: len(audio) - 8000]
         for i in range(1000):
-            session.push_audio(AudioFrame(silence, 16000, turn * 20 + i * 0.02))
+            frame = audio[i * 320 : (i + 1) * 320] if speech else silence
+            session.push_audio(AudioFrame(frame, 16000, turn * 20 + i * 0.02))
             await poll_until(lambda: len(session.inbox.media) <= 400)  # as fast as it takes it, never full (500)
-        await poll_until(lambda: not len(session.inbox.media))
+        await poll_until(lambda: not len(session.inbox.media), limit=600.0)
         t0 = time.perf_counter()
-        session.handle_client_event({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"turn {turn}"}]}})
-        session.handle_client_event({"type": "response.create"})
+        if not speech:
+            session.handle_client_event({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"turn {turn}"}]}})
         events.clear()
-        await wait_for_event(events, changed, "response.done", WAIT)
+        first_text.clear()
+        session.handle_client_event({"type": "response.create"})
+        await wait_for_event(events, changed, "response.done", max(WAIT, 600.0))
         lat.append(time.perf_counter() - t0)
+        first.append((first_text[0] if first_text else time.perf_counter()) - t0)
         while session.output.read(48000) is not None:  # play it out at once (simulated time)
             pass
         await poll_until(lambda: session.output.read(48000) is None and not session.replying)
-        if (turn + 1) % 30 == 0:
+        out_of_time = args.wall_minutes and time.monotonic() - wall0 > args.wall_minutes * 60
+        if (turn + 1) % 30 == 0 or out_of_time or turn + 1 == turns:
             gc.collect()
-            print(f"  {(turn + 1) / 3:.0f} simulated min: RSS {rss_mb():.1f} MB (+{rss_mb() - base:.1f}), "
-                  f"reply latency p50 {np.median(lat[-30:]) * 1e3:.1f} ms, max {max(lat[-30:]) * 1e3:.1f} ms")
+            k = (turn + 1) % 30 or 30
+            mem = f"; {memory_sizes(hub, 'soak', root)}" if hub is not None else ""
+            cpu, cpu0 = (time.process_time() - cpu0) / k, time.process_time()  # per turn: flat under any load
+            print(f"  {(turn + 1) / 3:.1f} simulated min ({turn + 1} turns, {(time.monotonic() - wall0) / 60:.1f} "
+                  f"wall min): RSS {rss_mb():.1f} MB (+{rss_mb() - base:.1f}); reply latency: first text p50 "
+                  f"{np.median(first[-k:]) * 1e3:.0f} ms, done p50 {np.median(lat[-k:]) * 1e3:.0f} ms max "
+                  f"{max(lat[-k:]) * 1e3:.0f} ms; process CPU {cpu:.2f} s per turn, load {os.getloadavg()[0]:.1f}; "
+                  f"{kv_sizes(session.engine_session)}{mem}", flush=True)
+        if out_of_time:
+            print(f"  stopped: --wall-minutes {args.wall_minutes:g} reached after {(turn + 1) / 3:.1f} of "
+                  f"{args.minutes:g} simulated minutes")
+            break
     await session.close()
+    if hub is not None:
+        hub.close()
     worker.stop()
     media.stop()
 
@@ -168,6 +264,12 @@ async def churn(args: argparse.Namespace) -> None:
     await runner.cleanup()
 
 
+def dropped_frames(pts: list[int], frame: int = 960) -> int:
+    """20 ms frames missing from a received track: RTP timestamps (48 kHz) that jump by more than one frame."""
+    d = np.diff(np.asarray(pts, np.int64))
+    return int(np.sum(np.maximum(np.round(d / frame).astype(np.int64) - 1, 0)))
+
+
 async def concurrent(args: argparse.Namespace) -> None:
     engine = make_engine("test")
     url, server, runner = await start_server(engine)
@@ -176,27 +278,37 @@ async def concurrent(args: argparse.Namespace) -> None:
     replies = [0] * len(clients)
     end = time.monotonic() + args.seconds
 
+    lost: list[str] = []
+
     async def talk(i: int, c: RealtimeClient) -> None:
         while time.monotonic() < end:
             n = len(c.events)
-            c.send({"type": "response.create"})
-            await c.wait_for("response.done", start=n)
-            await c.wait_for("omni.metrics", start=n)  # played out
+            try:
+                c.send({"type": "response.create"})
+                await c.wait_for("response.done", start=n)
+                await c.wait_for("omni.metrics", start=n)  # played out
+            except (TimeoutError, ConnectionError, InvalidStateError) as e:  # the call died: count it, go on
+                lost.append(f"session {i} after {replies[i]} replies ({type(e).__name__}, peer connection "
+                            f"{c.pc.connectionState})")
+                return
             replies[i] += 1
 
     await asyncio.gather(*(talk(i, c) for i, c in enumerate(clients)))
-    gaps = late = frames = 0
+    gaps = late = frames = missing = 0
     for c in clients:
         ts = np.array([t for t, _ in c.audio])
         frames += len(ts)
         d = np.diff(ts)
         gaps += int(np.sum(d > 0.1))  # a 20 ms frame more than 100 ms after the last: a stall the ear hears
         late += int(np.sum(d > 0.04))
+        missing += dropped_frames(c.audio_pts)
     dropped = server.metrics.counters.get("dropped_input_frames_total", ("", 0.0))[1]
     print(f"concurrent: {args.sessions} sessions x {args.seconds:g} s: replies {sum(replies)} "
-          f"(min {min(replies)} per session), output frames received {frames}, inter-frame gaps > 40 ms {late}, "
-          f"> 100 ms {gaps}, dropped input frames {dropped:g}, device worker busy {server.worker.busy_seconds:.1f} s")
-    await asyncio.gather(*(c.close() for c in clients))
+          f"(min {min(replies)} per session), output frames received {frames}, dropped output frames {missing} "
+          f"(RTP timestamp jumps), inter-frame arrival gaps > 40 ms {late}, > 100 ms {gaps}, dropped input frames "
+          f"{dropped:g}, device worker busy {server.worker.busy_seconds:.1f} s, load average {os.getloadavg()[0]:.2f}")
+    print(f"  calls lost: {len(lost)}" + "".join(f"\n    {x}" for x in lost))
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
     await runner.cleanup()
 
 
@@ -204,8 +316,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="soak", required=True)
     h = sub.add_parser("hour")
-    h.add_argument("--engine", choices=("test", "tiny"), default="test")
-    h.add_argument("--minutes", type=float, default=60.0)
+    h.add_argument("--engine", choices=("test", "tiny", "embedded"), default="test",
+                   help="test: tones; tiny: random-weight decoder; embedded: the packaged default (Whisper, SmolLM2, "
+                        "Piper)")
+    h.add_argument("--minutes", type=float, default=60.0, help="simulated minutes of audio (a turn every 20 s)")
+    h.add_argument("--wall-minutes", type=float, default=0.0, help="stop after this much real time (0: never)")
+    h.add_argument("--speech", action="store_true", help="each turn starts with a spoken question (espeak-ng)")
+    h.add_argument("--memory", action="store_true", help="the session has long-term memory (a fresh store)")
     sub.add_parser("churn").add_argument("--cycles", type=int, default=500)
     c = sub.add_parser("concurrent")
     c.add_argument("--sessions", type=int, default=12)

@@ -269,6 +269,8 @@ def _make_item(
                     feats[lane], ftimes[lane] = frames, times
             if feats:
                 body += " [" + ", ".join(f"{len(v)} {k} frames" for k, v in sorted(feats.items())) + "]"
+    # One line per item (Recall.text is read back line by line): a reply or a fact may hold line breaks.
+    body = " ".join(body.split())
     line = f"[{_clock(t0)}, {_ago(now - t1)}] {body}"  # the cost of the rendered line, timestamp included
     tokens = count_tokens(line) + sum(int(v.shape[0] * v.shape[1]) for v in feats.values())
     item = RecallItem(level=c.level, item_id=c.item_id, t_start=t0, t_end=t1, text=body, score=c.score,

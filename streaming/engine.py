@@ -91,7 +91,13 @@ class TurnEndLikely:
     probability: float
 
 
-EngineEvent = TextDelta | AudioChunk | TranscriptDelta | ReplyDone | TurnEndLikely
+@dataclass(frozen=True)
+class Working:
+    """Nothing to say yet: the reply ended this step between two bounded pieces of its work (chunks of a long
+    prompt), so that the device worker runs other sessions' jobs before its next step. Consumers skip it."""
+
+
+EngineEvent = TextDelta | AudioChunk | TranscriptDelta | ReplyDone | TurnEndLikely | Working
 
 
 @dataclass(frozen=True)

@@ -216,16 +216,12 @@ class MemoryLane:
 
 
 def _item_lines(recall: Recall) -> list[str]:
-    """One line per item of `recall.text` (a header, then each item rendered as "[time, ago] body"), each on one
-    line: a remembered reply can hold line breaks ("...the following information:\n\n1. ..."), and splitting the
-    text at every break paired the items with the wrong lines (and raised, ending the turn)."""
+    """The line of each item of `recall.text` (a header, then one "[time, ago] body" line per item: recall renders
+    each item on one line, since a remembered reply can hold line breaks, memory.recall._make_item)."""
     lines = recall.text.splitlines()[1:]
-    out: list[str] = []
-    for it in recall.items:
-        n = len(it.text.splitlines()) or 1
-        out.append(" ".join(" ".join(lines[:n]).split()))
-        lines = lines[n:]
-    return out
+    if len(lines) != len(recall.items):
+        raise ValueError(f"a recall of {len(recall.items)} items rendered {len(lines)} lines")
+    return lines
 
 
 def _user_side(body: str) -> bool:

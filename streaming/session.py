@@ -57,6 +57,7 @@ from streaming.engine import (
     TextDelta,
     TranscriptDelta,
     TurnEndLikely,
+    Working,
     close_iterator,
 )
 from streaming.events import ProtocolError, RealtimeEvents, new_id, parse_client_event
@@ -518,6 +519,8 @@ class Session(ReplyEnds, SettingsUpdates):
                 pcm = await self.media.run(_resample_out, resampler, None)
                 if len(pcm):
                     await self.output.put(reply.response_id, AudioChunk(pcm))
+            elif isinstance(ev, Working):  # a long prompt between two chunks: other sessions' jobs ran meanwhile
+                continue
             elif isinstance(ev, TextDelta):
                 if reply.metrics.first_text is None:
                     reply.metrics.first_text = self.clock()

@@ -10,6 +10,11 @@ fed text is re-based so the next turn still prefills only what is new. A caller 
 leaves the window below before it goes (the embedded engine's `MemoryLane.roll_up` runs before each turn with
 the turn's length as lookahead, so a message dropped here was written to L3 first). With a template where
 dropping a message changes the rest of the rendering, nothing is dropped.
+
+Bounded steps (`prefill_chunk`): a prompt is fed at most that many tokens per step, so that a caller running each
+step as one job of a worker shared with other conversations lets their jobs run between the chunks (issue 16: one
+200 KB prompt held every other session for 213 s). `stream_reply` yields "" between chunks; `prefill_history`
+feeds at most `max_tokens` a call and keeps the rest (`backlog`) for its next call or the next reply.
 """
 
 from __future__ import annotations
@@ -63,11 +68,15 @@ class ChatSession:
 
     def __init__(
         self, lm: LoadedLM, system_prompt: str | None = None, sampling: SamplingConfig | None = None,
-        cache: CacheConfig | None = None, penalise_context: bool = False,
+        cache: CacheConfig | None = None, penalise_context: bool = False, prefill_chunk: int | None = None,
     ) -> None:
         """`penalise_context`: whether the repetition penalty counts the tokens of a turn's `context` (recalled
-        memory) as it counts the rest of the prompt; off by default (`_feed`)."""
+        memory) as it counts the rest of the prompt; off by default (`_feed`). `prefill_chunk`: the most prompt
+        tokens fed in one step (None: a whole prompt at once)."""
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
         self.lm = lm
+        self.prefill_chunk = prefill_chunk
         tok = lm.tokenizer
         base = sampling or SamplingConfig()
         stops = base.stop_token_ids or tok.stop_token_ids
@@ -79,6 +88,7 @@ class ChatSession:
         self._fed = _Fed()
         self._before_reply = _Fed()  # the cache's contents just before the last reply's tokens
         self._before_turn: _Fed | None = None  # set while a speculative user turn is in the cache
+        self._backlog: list[int] = []  # tokens of the fed text not in the cache yet (a history prefill in chunks)
         self.last = ReplyStats()
         self.penalise_context = penalise_context
         self.end_probability: float | None = None  # set by prefill_turn(score_end=True)
@@ -88,9 +98,12 @@ class ChatSession:
         """Run `ids` through the model. The repetition penalty's seen tokens gain them, less one occurrence of each
         token of `context` (quoted material such as recalled memory: the penalty is there to stop the reply looping,
         and it turned a recalled "October 9" into "October 7", see `stream_reply`)."""
-        x = torch.tensor([ids], device=self.lm.model.device)
         self._observe(ids, context)
-        out = self.lm.model(self.state, input_ids=x)
+        return self._run(ids)
+
+    def _run(self, ids: list[int]) -> torch.Tensor:
+        """The model on `ids` (the repetition penalty not told: `_feed` does that)."""
+        out = self.lm.model(self.state, input_ids=torch.tensor([ids], device=self.lm.model.device))
         assert out.logits is not None
         return out.logits
 
@@ -105,7 +118,8 @@ class ChatSession:
 
     def _unfed(self, text: str) -> str | None:
         """The part of the rendered `text` past what the cache holds, or None when the cache holds no prefix of it."""
-        if self._fed.text and text.startswith(self._fed.text) and self.state.cache.length == self._fed.length:
+        fed_length = self.state.cache.length + len(self._backlog)
+        if self._fed.text and text.startswith(self._fed.text) and fed_length == self._fed.length:
             return text[len(self._fed.text) :]
         return None
 
@@ -120,24 +134,36 @@ class ChatSession:
             self.state.reset()
             self.sampler.seen.zero_()
             self._ends = [0] * len(self._ends)  # all fed again below; set with the new messages' ends
+            self._backlog = []
             suffix = text
         self._fed = _Fed(text, self._fed.length)
-        return self.lm.tokenizer.encode(suffix)
+        ids = [*self._backlog, *self.lm.tokenizer.encode(suffix)]
+        self._backlog = []
+        return ids
 
-    def prefill_history(self) -> int:
+    @property
+    def backlog(self) -> int:
+        """Tokens of the history that `prefill_history` has yet to feed (the next reply feeds them otherwise)."""
+        return len(self._backlog)
+
+    def prefill_history(self, max_tokens: int | None = None) -> int:
         """Feed whatever of the current history the cache does not hold yet (e.g. the system prompt, while
-        the user is still speaking), so the next reply prefills only the new turn. Returns tokens fed."""
-        text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=False) if self.messages else ""
-        suffix = self._unfed(text)
-        if suffix is None:
-            if self._fed.text:  # the cache holds something else: leave it to the next reply to rebuild
-                return 0
-            suffix = text
-        ids = self.lm.tokenizer.encode(suffix) if suffix else []
-        if ids:
-            self._feed(ids)
-        self._fed = _Fed(text, self.state.cache.length)
-        return len(ids)
+        the user is still speaking), so the next reply prefills only the new turn; at most `max_tokens` now,
+        the rest (`backlog`) on the next calls. Returns tokens fed."""
+        if not self._backlog:
+            text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=False) if self.messages else ""
+            suffix = self._unfed(text)
+            if suffix is None:
+                if self._fed.text:  # the cache holds something else: leave it to the next reply to rebuild
+                    return 0
+                suffix = text
+            self._backlog = self.lm.tokenizer.encode(suffix) if suffix else []
+            self._fed = _Fed(text, self.state.cache.length + len(self._backlog))
+        n = len(self._backlog) if max_tokens is None else min(max_tokens, len(self._backlog))
+        if n:
+            self._feed(self._backlog[:n])
+            del self._backlog[:n]
+        return n
 
     def prefill_turn(self, user_text: str, context: str = "", score_end: bool = False) -> int:
         """Feed the user's next message speculatively (e.g. at a pause, before the turn is known to be over):
@@ -149,7 +175,7 @@ class ChatSession:
         otherwise, and when nothing was fed, it is None."""
         self.drop_prefilled_turn()
         self.end_probability = None
-        if not user_text.strip() or not self._fed.text:
+        if not user_text.strip() or not self._fed.text or self._backlog:  # (the history is not all in the cache)
             return 0
         text = self.lm.tokenizer.render_chat([*self.messages, *_turn(user_text, context)],
                                              add_generation_prompt=False)
@@ -196,19 +222,30 @@ class ChatSession:
         if to.seen is not None:
             self.sampler.seen.copy_(to.seen)
         self._fed = _Fed(to.text, to.length)
+        self._backlog = []
 
     def stream_reply(self, user_text: str, context: str = "") -> Iterator[str]:
         """Yield the reply to user_text as text deltas. Closing the iterator early stops generation;
         the history then holds the text generated so far. `context` (e.g. recalled memory) goes in a system
         message just before the user's and stays in the history, as the prompt the reply was made from; its tokens
         are not counted by the repetition penalty (unless `penalise_context`): with them counted, SmolLM2-135M at
-        penalty 1.1 answered "October 7" and "October 4" for a recalled "October 9" (benchmarks/fact_recall.py)."""
+        penalty 1.1 answered "October 7" and "October 4" for a recalled "October 9" (benchmarks/fact_recall.py).
+        With `prefill_chunk` set, "" comes between the chunks of the prompt (nothing to say yet)."""
         if not user_text.strip():
             raise ValueError("empty message: nothing to answer")
         self.messages.extend(_turn(user_text, context))
         t0 = time.perf_counter()
         ids = self._prompt_ids()
-        logits = self._feed(ids, context)
+        chunk = self.prefill_chunk or len(ids)
+        self._observe(ids, context)  # the whole prompt less its context, once: the chunks are fed unobserved
+        try:
+            logits = self._run(ids[:chunk])
+            for start in range(chunk, len(ids), chunk):
+                yield ""
+                logits = self._run(ids[start : start + chunk])
+        except BaseException:  # closed (or failed) between chunks: the cache holds part of the prompt
+            self._forget_cache()
+            raise
         self._fed.length = self.state.cache.length
         self._ends = [e or self._fed.length for e in self._ends]
         self._ends += [self._fed.length] * (len(self.messages) - len(self._ends))
@@ -266,6 +303,15 @@ class ChatSession:
             f.text = head_new + f.text[len(head_old) :]
         del self.messages[first:k], self._ends[first:k]
 
+    def _forget_cache(self) -> None:
+        """A reply given up in its prompt: the history keeps the turn with an empty reply (as one cancelled before
+        its first token), the cache forgets everything and the next reply feeds the whole history again."""
+        self.messages.append({"role": "assistant", "content": ""})
+        self.state.reset()
+        self.sampler.seen.zero_()
+        self._ends = [0] * len(self.messages)
+        self._fed, self._before_reply, self._before_turn, self._backlog = _Fed(), _Fed(), None, []
+
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays)."""
         self.messages = [m for m in self.messages if m["role"] == "system"]
@@ -275,6 +321,7 @@ class ChatSession:
         self._fed = _Fed()
         self._before_reply = _Fed()
         self._before_turn = None
+        self._backlog = []
 
     def reply(self, user_text: str) -> str:
         return "".join(self.stream_reply(user_text))

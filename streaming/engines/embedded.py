@@ -48,6 +48,7 @@ from streaming.engine import (
     TextDelta,
     TranscriptDelta,
     TurnEndLikely,
+    Working,
     close_iterator,
 )
 from streaming.memory_lane import MemoryLane
@@ -64,6 +65,10 @@ DEFAULT_SYSTEM_PROMPT = (
 DEFAULT_SAMPLING = SamplingConfig(temperature=0.0, repetition_penalty=1.1, max_new_tokens=96)
 # 2,044 + 4 sink tokens hold ~15 turns of a voice conversation; older turns slide out of the window.
 DEFAULT_WINDOW = 2044
+# Prompt tokens fed per device-worker job: another session's next step waits behind at most this many. SmolLM2-135M
+# on one thread (2-core machine) costs ~5 ms CPU a prompt token at any chunk size from 16 to 256 (a decode step
+# ~9 ms), so 32 tokens (~0.16 s) keep a reply beside a long prefill above speaking speed at no cost in throughput.
+PREFILL_CHUNK = 32
 
 
 # Clients of the Realtime protocol name OpenAI's voices; each maps onto a voice of the fixed list
@@ -140,13 +145,14 @@ class EmbeddedEngine:
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         sampling: SamplingConfig = DEFAULT_SAMPLING,
         window: int = DEFAULT_WINDOW,
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
         """`model`: a GGUF file or Hugging Face decoder directory for load_lm (None: the packaged
         SmolLM2-135M-Instruct); `lm`: an already loaded one (shared, e.g. by tests); `asr`: an already loaded
         Whisper (None: the packaged Whisper base); `voice`: the default voice, a name of `VOICES` or
         `REALTIME_VOICES`; `speak=False`: replies are text only (no `AudioChunk` events); `listen=False`: typed
         turns only (Whisper, ~3 s to load, is not loaded; `push_audio` raises). `system_prompt` None: the
-        chat template's own."""
+        chat template's own. `prefill_chunk`: prompt tokens fed per worker job (other sessions' jobs run between)."""
         self.default_voice = voice_key(voice)  # refused before any model is loaded
         self.lm = lm if lm is not None else load_lm(model)
         self.speak = speak
@@ -156,6 +162,7 @@ class EmbeddedEngine:
         self.system_prompt = system_prompt
         self.sampling = sampling
         self.cache = default_cache_config(self.lm.model.cfg, window=window)
+        self.prefill_chunk = prefill_chunk
         threads = torch.get_num_threads()
         self.asr = asr if asr is not None or not listen else WhisperModel()
         # Loading CTranslate2 can set OpenMP's thread count process-wide (measured: torch's 1 became 2), and
@@ -166,8 +173,9 @@ class EmbeddedEngine:
         """A new conversation; `voice` is a name of `VOICES` or `REALTIME_VOICES` (VoiceError otherwise)."""
         key = voice_key(voice) if voice is not None else self.default_voice
         synth = self.voices.synthesizer(key) if self.speak else None
-        chat = ChatSession(
-            self.lm, system_prompt=instructions or self.system_prompt, sampling=self.sampling, cache=self.cache
+        chat = ChatSession(  # prompts fed a chunk per worker job: other sessions' steps run between
+            self.lm, system_prompt=instructions or self.system_prompt, sampling=self.sampling, cache=self.cache,
+            prefill_chunk=self.prefill_chunk,
         )
         recognizer = WhisperRecognizer(self.asr) if self.asr is not None else None
         return EmbeddedSession(chat, recognizer, synth, self.output_sample_rate)
@@ -239,9 +247,9 @@ class EmbeddedSession(EngineSessionBase):
         self._check_open()
         if self.recognizer is None:
             raise RuntimeError("this embedded engine was made with listen=False: it takes typed turns only")
-        if not self._history_prefilled:  # the system prompt goes into the cache while the user speaks
-            self._history_prefilled = True
-            self.chat.prefill_history()
+        if not self._history_prefilled:  # the system prompt goes into the cache while the user speaks, a chunk a push
+            self.chat.prefill_history(self.chat.prefill_chunk)
+            self._history_prefilled = not self.chat.backlog
         if self._prepared:  # the user went on after a pause: the speculative turn is not the turn
             self._prepared = False
             self.chat.drop_prefilled_turn()
@@ -331,6 +339,9 @@ class EmbeddedSession(EngineSessionBase):
         stream = self.chat.stream_reply(message, slot)
         try:
             for delta in stream:
+                if not delta:  # between two chunks of the prompt: this step ends here
+                    yield Working()
+                    continue
                 yield TextDelta(delta)
                 for phrase in splitter.push(delta):
                     if speech:
