@@ -273,6 +273,7 @@ class ThinkerSession:
 
     def _decode_step(self, token: int) -> Generator[PoolStep, Any, None]:
         """Feed one reply token at the next text position: a `PoolStep` whose driver runs it alone or batched."""
+        at = self.cursor.next_id
         positions = self.cursor.text(1)  # [3, 1]
         self.state.next_position = int(positions.max())  # where a batched step puts it (BatchedDecoder.decode)
         x = self.thinker.lm.embed_tokens(torch.tensor([token], device=self.thinker.device))
@@ -283,7 +284,11 @@ class ThinkerSession:
             assert out.logits is not None and out.hidden is not None
             return out.logits, out.hidden[:, -1]
 
-        logits, hidden = yield PoolStep(self.pool, self.sid, token, alone)
+        try:
+            logits, hidden = yield PoolStep(self.pool, self.sid, token, alone)
+        except GeneratorExit:  # closed before the step ran (its driver answers a step at once): never fed
+            self.cursor.next_id = at
+            raise
         assert hidden is not None
         self._decoded(x, positions, logits, hidden)
 
