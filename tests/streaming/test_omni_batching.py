@@ -18,14 +18,15 @@ from streaming.batching import ModelReply
 from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta
 from streaming.engines.omni import OmniEngine, OmniEngineSession
 from streaming.worker import NOT_DONE
-from tests.streaming.test_omni_engine import CODES, SCHEDULE, SOLVER, Models, models  # noqa: F401
+from tests.streaming.test_omni_engine import SCHEDULE, SOLVER, Models, models  # noqa: F401
 
 TEXTS = ["hello there", "how is the weather", "bye now", "ok"]
+TOKENS, CODES = 10, 24  # short replies: the box running the tests is slow
 
 
 def make(models: Models, max_sessions: int = 0) -> OmniEngine:  # noqa: F811
     _, speech = models
-    return OmniEngine(None, models=models, sampling=SamplingConfig(temperature=0.0, max_new_tokens=16),
+    return OmniEngine(None, models=models, sampling=SamplingConfig(temperature=0.0, max_new_tokens=TOKENS),
                       talker_sampling=speech.talker.cfg.sampling(temperature=0.0, max_new_tokens=CODES), seed=0,
                       schedule=SCHEDULE, solver=SOLVER, max_sessions=max_sessions)
 
