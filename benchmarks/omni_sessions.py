@@ -11,8 +11,8 @@ Each session has heard 2 s of noise (prefilled while "speaking", untimed), then 
 timed from the end of the user's speech (the `end_turn` job, which encodes the last partial block, then
 `respond`) to the session's first audio chunk; p50/p95 over all sessions of `--repeats` runs. Throughput: text
 tokens and Talker codes of all replies over the wall time until every reply is done (best of the runs), and the
-mean number of sessions per Thinker/Talker forward (over the batcher's log: its last 256 iterations). Torch runs on `--threads` threads (1: the numbers compare
-steps, not thread scheduling).
+mean number of sessions per Thinker/Talker forward (over the batcher's log: its last 256 iterations). Torch runs
+on `--threads` threads (1: the numbers compare steps, not thread scheduling).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ async def run(args: argparse.Namespace, models: Any) -> None:
                     None, models=models, sampling=SamplingConfig(temperature=0.0, max_new_tokens=args.tokens),
                     talker_sampling=speech.talker.cfg.sampling(temperature=0.0, max_new_tokens=args.codes), seed=0,
                     schedule=StreamingSchedule(first_chunk_blocks=1, chunk_blocks=1),
-                    solver=SolverConfig(num_steps=args.solver_steps), max_sessions=rows)
+                    solver=SolverConfig(num_steps=args.solver_steps), window=args.window, max_sessions=rows)
                 runs = [await many(worker, engine, n) for _ in range(args.repeats)]
                 firsts = [f for r in runs for f in r[1]]
                 wall, _, tokens, codes, width = min(runs, key=lambda r: r[0])
@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=24, help="text tokens per reply (greedy; random weights rarely stop)")
     p.add_argument("--codes", type=int, default=48, help="at most this many Talker codes per reply")
     p.add_argument("--solver-steps", type=int, default=4, help="token2wav ODE steps")
+    p.add_argument("--window", type=int, default=4096,
+                   help="KV window of the Thinker and Talker caches (the engine's default 4096; the batched step's "
+                   "CPU attention reads every slot of a row, the per-session one only the filled ones)")
     p.add_argument("--repeats", type=int, default=3, help="runs per row; throughput: the fastest")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     args = p.parse_args(argv)

@@ -8,6 +8,13 @@ they are made: Thinker token -> Talker codec step (one text slot per step; it st
 token) -> token2wav sliding-window chunk. Closing the `respond` iterator (barge-in) stops everything at once
 and leaves the session consistent: the Thinker's history holds the reply tokens it had fed plus the turn
 end, and the Talker's prompt track holds exactly the same positions (its speech track is dropped).
+
+Batched with other sessions: given `SessionRows`, the session's Thinker and Talker caches are rows of the
+engine's `BatchedDecoder` pools, and `respond_steps` (what `respond` runs alone) yields every Thinker token's and
+every Talker code's decode step as a `PoolStep` for the device worker to run together with other sessions'
+(model/lm/batch.py `run_steps`); the batched Thinker step returns the final-norm hidden state too, from which
+`_decoded` makes the token's Talker slot as `_feed` does. Prefill, the Talker's two reply-start positions and
+token2wav run per session.
 """
 
 from __future__ import annotations
