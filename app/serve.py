@@ -60,7 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="omni engine: torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--quant", choices=["int8", "int4"], default=None,
-                   help="omni engine: weight-only int8/int4 Thinker projections at load (GPU kernels)")
+                   help="omni engine: weight-only int8/int4 Thinker and Talker projections at load (GPU kernels)")
+    p.add_argument("--batch-sessions", type=int, default=0, metavar="N",
+                   help="omni engine (Qwen2.5-Omni): the first N open sessions' Thinker and Talker decode steps run "
+                   "batched on the device, their caches in pools allocated at start (default 0: each session "
+                   "runs alone)")
     p.add_argument(
         "--ice-server",
         action="append",
@@ -200,9 +204,12 @@ def make_engine(
     name: str, step_delay: float = 0.0, model: str | None = None, voice: str | None = None, device: str = "cpu",
     llm: str | None = None,
     quant: str | None = None,
+    batch_sessions: int = 0,
 ) -> Engine:
     if name != "omni" and (model is not None or quant is not None):
         raise ValueError(f"--model and --quant are for --engine omni, not {name}")
+    if name != "omni" and batch_sessions:
+        raise ValueError(f"--batch-sessions is for --engine omni, not {name}")
     if name not in ("omni", "embedded") and voice is not None:
         raise ValueError(f"--voice is for --engine embedded or omni, not {name}")
     if name != "embedded" and llm is not None:
@@ -212,7 +219,7 @@ def make_engine(
             raise ValueError("--engine omni needs --model DIR (a Qwen2.5-Omni or Qwen3-Omni checkpoint directory)")
         from streaming.engines.omni import OmniEngine
 
-        return OmniEngine(model, device=device, voice=voice, quant=quant)
+        return OmniEngine(model, device=device, voice=voice, quant=quant, max_sessions=batch_sessions)
     if name == "test":
         from streaming.engines.tone import ToneEngine
 
@@ -258,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
 
             torch.set_num_threads(threads)
         engine = make_engine(
-            args.engine, args.test_step_delay, args.model, args.voice, args.device, args.llm, args.quant
+            args.engine, args.test_step_delay, args.model, args.voice, args.device, args.llm, args.quant,
+            args.batch_sessions,
         )
         memory = open_memory(args, engine)
     except (ValueError, RuntimeError, OSError) as e:

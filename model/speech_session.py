@@ -8,6 +8,13 @@ they are made: Thinker token -> Talker codec step (one text slot per step; it st
 token) -> token2wav sliding-window chunk. Closing the `respond` iterator (barge-in) stops everything at once
 and leaves the session consistent: the Thinker's history holds the reply tokens it had fed plus the turn
 end, and the Talker's prompt track holds exactly the same positions (its speech track is dropped).
+
+Batched with other sessions: given `SessionRows`, the session's Thinker and Talker caches are rows of the
+engine's `BatchedDecoder` pools, and `respond_steps` (what `respond` runs alone) yields every Thinker token's and
+every Talker code's decode step as a `PoolStep` for the device worker to run together with other sessions'
+(model/lm/batch.py `run_steps`); the batched Thinker step returns the final-norm hidden state too, from which
+`_decoded` makes the token's Talker slot as `_feed` does. Prefill, the Talker's two reply-start positions and
+token2wav run per session.
 """
 
 from __future__ import annotations
@@ -15,22 +22,35 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import torch
 
+from model.lm.batch import BatchedDecoder, PoolStep, run_alone
 from model.lm.decoder import LayerAdds
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplingConfig
 from model.lm.tokenizer import TextTokenizer
 from model.loaders.talker_weights import SpeechModels
 from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
-from model.talker import TalkerState, TalkerTextEmbeds
+from model.talker import Talker, TalkerState, TalkerTextEmbeds
 from model.thinker import Thinker
 from model.thinker_session import PromptPart, ReplyRecord, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
 
 ReplyEvent = TokenText | PCMChunk | ReplyRecord
+
+
+@dataclass(frozen=True)
+class SessionRows:
+    """A session's cache rows in the Thinker's and the Talker's `BatchedDecoder` pools (None: not pooled)."""
+
+    thinker: BatchedDecoder | None = None
+    thinker_sid: int | None = None
+    talker: BatchedDecoder | None = None
+    talker_sid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,21 +82,34 @@ class SpeakingSession(ThinkerSession):
         system_prompt: str | None = SPEECH_SYSTEM_PROMPT,
         cache: CacheConfig | None = None,
         talker_cache: CacheConfig | None = None,
+        rows: SessionRows | None = None,
     ) -> None:
+        """`rows`: the session's cache rows in the engine's Thinker and Talker pools, so that its decode steps
+        can run batched with other sessions' (`respond_steps`); None: caches of its own."""
         self.speech = speech
         self.settings = settings or SpeechSettings()
         self.voice = speech.voices.get(self.settings.voice)
         talker = speech.talker
         texts = TalkerTextEmbeds.from_table(thinker.lm.embed_tokens.weight, talker.cfg, self.voice.bos_token)
         sampling = self.settings.talker_sampling or talker.cfg.sampling(seed=self.settings.seed)
-        self.talker_state: TalkerState = talker.init_state(texts, sampling, seed=self.settings.seed, cache=talker_cache)
+        rows = rows or SessionRows()
+        pooled = rows.talker_sid is not None
+        self.talker_pool, self.talker_sid = (rows.talker, rows.talker_sid) if pooled else (None, None)
+        row_state = None
+        if self.talker_pool is not None and self.talker_sid is not None:
+            if talker_cache is not None and talker_cache != self.talker_pool.cache_cfg:
+                raise ValueError("the session's Talker cache config differs from its pool's")
+            row_state = self.talker_pool.sessions[self.talker_sid].state
+        self.talker_state: TalkerState = talker.init_state(texts, sampling, seed=self.settings.seed, cache=talker_cache,
+                                                           decoder=row_state)
         self.streamer = StreamingToken2Wav(speech.token2wav, self.settings.schedule, self.settings.solver)
         self._text_input = False  # the positions being fed hold token embeddings (not encoder features)
         self._text_mask: torch.Tensor | None = None  # per position, when one feed mixes both (`_feed_parts`)
         self._replying = False
         self._reply_slots: list[tuple[torch.Tensor, torch.Tensor]] = []  # (slots [1, T, E], positions [3, T])
         self._turns = 0
-        super().__init__(thinker, prompt, system_prompt=system_prompt, cache=cache, tokenizer=tokenizer)
+        super().__init__(thinker, prompt, system_prompt=system_prompt, cache=cache, tokenizer=tokenizer,
+                         pool=rows.thinker, sid=rows.thinker_sid)
 
     # ---- the Talker's prompt track: every prefilled Thinker position --------------------------------------
 
@@ -124,6 +157,15 @@ class SpeakingSession(ThinkerSession):
         else:
             self.speech.talker.feed_prompt(self.talker_state, slots, positions[:, None].to(slots.device))
 
+    def _decoded(self, x: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor) -> None:
+        # ThinkerSession._decoded, plus the token's Talker slot (as `_feed` makes it for text input).
+        super()._decoded(x, positions, logits, hidden)
+        slots = (hidden + x)[None]  # [1, 1, E]
+        if self._replying:
+            self._reply_slots.append((slots, positions))
+        else:
+            self.speech.talker.feed_prompt(self.talker_state, slots, positions[:, None].to(slots.device))
+
     # ---- undo -------------------------------------------------------------------------------------------
 
     def mark(self) -> SessionMark:
@@ -155,6 +197,13 @@ class SpeakingSession(ThinkerSession):
     ) -> Generator[ReplyEvent, None, None]:
         """Generate the reply to the ended user turn: TokenText and PCMChunk events as they are made, then
         ReplyRecord. Close the iterator to cancel (barge-in); the session stays usable."""
+        return run_alone(self.respond_steps(sampling, stop_ids, speak))
+
+    def respond_steps(  # type: ignore[override]  # its events include PCMChunk
+        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None, speak: bool = True
+    ) -> Generator[ReplyEvent | PoolStep, Any, None]:
+        """`respond`, yielding every Thinker and Talker decode step as a `PoolStep` for its driver to run (alone
+        or batched with other sessions', model/lm/batch.py `run_steps`) and send back its result."""
         talker, st = self.speech.talker, self.talker_state
         wav: Token2WavState | None = None
         if speak:
@@ -169,7 +218,7 @@ class SpeakingSession(ThinkerSession):
         codes: list[int] = []
         samples, used = 0, 0
 
-        def talk(tokens: list[int]) -> Generator[PCMChunk, None, None]:
+        def talk(tokens: list[int]) -> Generator[PCMChunk | PoolStep, Any, None]:
             nonlocal used
             if wav is not None:  # slots of all tokens but the newest are known now
                 used = yield from self._talk(tokens, used, codes, wav, final=False)
@@ -190,7 +239,7 @@ class SpeakingSession(ThinkerSession):
 
     def _talk(
         self, tokens: list[int], used: int, codes: list[int], wav: Token2WavState, final: bool
-    ) -> Generator[PCMChunk, None, int]:
+    ) -> Generator[PCMChunk | PoolStep, Any, int]:
         """Hand the Talker the text slots that became known; run every codec step that can run now."""
         talker, st = self.speech.talker, self.talker_state
         known = len(tokens) if final else len(tokens) - 1  # the newest token's slot comes with the next one
@@ -210,7 +259,9 @@ class SpeakingSession(ThinkerSession):
         if final and st.last_code is not None:
             talker.end_text(st)
         while talker.can_step(st):
-            code = talker.step(st)
+            x = talker.decode_input(st)
+            logits, _ = yield PoolStep(self.talker_pool, self.talker_sid, x, partial(_talker_step, talker, st, x))
+            code = talker.choose(st, logits.float())
             if code in st.sampling.stop_token_ids:
                 break
             codes.append(code)
@@ -221,3 +272,8 @@ class SpeakingSession(ThinkerSession):
         if wav.n_codes >= wav.codes.shape[1]:
             return  # the turn's audio is at max_codes: the rest of the speech track is dropped
         yield from self.streamer.step(wav, [code])
+
+
+def _talker_step(talker: Talker, state: TalkerState, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """A Talker decode step alone (a `PoolStep`'s `alone`): x [1, 1, C] through the session's own cache."""
+    return talker.decode_input_logits(state, x), None

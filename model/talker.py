@@ -175,12 +175,15 @@ class Talker(nn.Module):
         sampling: SamplingConfig | None = None,
         seed: int | None = None,
         cache: CacheConfig | None = None,
+        decoder: DecoderState | None = None,
     ) -> TalkerState:
+        """`decoder`: the session's decoder state when its cache lives elsewhere (a row of a `BatchedDecoder`
+        pool over `self.decoder`); None: a cache of its own with config `cache`."""
         sampling = sampling or self.cfg.sampling(seed=seed)
         dev = self.thinker_to_talker_proj.weight.device
         seed = seed if seed is not None else sampling.seed
         return TalkerState(
-            decoder=self.decoder.init_state(cache),
+            decoder=decoder if decoder is not None else self.decoder.init_state(cache),
             sampler=SamplerState.create(self.cfg.decoder.vocab_size, seed=seed, device=dev),
             sampling=sampling,
             texts=texts,
@@ -285,7 +288,12 @@ class Talker(nn.Module):
     @torch.inference_mode()
     def decode_logits(self, state: TalkerState) -> torch.Tensor:
         """Feed the last code and the next text slot; raw logits [1, V] of the next code."""
-        out = self.decoder(state.decoder, inputs_embeds=self.decode_input(state), logits="last")
+        return self.decode_input_logits(state, self.decode_input(state))
+
+    @torch.inference_mode()
+    def decode_input_logits(self, state: TalkerState, x: torch.Tensor) -> torch.Tensor:
+        """Feed a `decode_input` x [1, 1, C] through the session's own cache; raw logits [1, V]."""
+        out = self.decoder(state.decoder, inputs_embeds=x, logits="last")
         assert out.logits is not None
         return out.logits.float()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, NamedTuple, Protocol, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 import torch
 
@@ -19,6 +19,7 @@ from model.encoders.audio_encoder import AudioEncoderState
 from model.encoders.audio_frontend import LogMelState
 from model.encoders.vision_encoder import VisionEncoderState
 from model.encoders.vision_preprocess import VisionInputError
+from model.lm.batch import BatchedDecoder, PoolStep, run_alone
 from model.lm.decoder import DecoderLM, DecoderState, LayerAdds
 from model.lm.detokenizer import IncrementalDetokenizer
 from model.lm.kv_cache import CacheConfig
@@ -182,15 +183,26 @@ class ConversationSession:
         cache: CacheConfig | None = None,
         tokenizer: TextTokenizer | None = None,
         tap_layer: int | None = None,
+        pool: BatchedDecoder | None = None,
+        sid: int | None = None,
     ) -> None:
         """`tap_layer` k: every fed piece's input embeddings and the hidden states entering layer k are kept for
-        `take_taps` (a Talker that reads them)."""
+        `take_taps` (a Talker that reads them). `pool`, `sid`: the session's cache is row `sid` of this pool of
+        the Thinker's decoder (its `cache` config), so the decode steps of `respond_steps` can run batched with
+        other sessions' (model/lm/batch.py); None: a cache of its own."""
         self.thinker = thinker
         self.prompt = prompt
         self.tokenizer = tokenizer
         self.tap_layer = tap_layer
         self._taps: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.state: DecoderState = thinker.lm.init_state(cache)
+        self.pool: BatchedDecoder | None = pool if sid is not None else None
+        self.sid: int | None = sid
+        if pool is not None and sid is not None:
+            if cache is not None and cache != pool.cache_cfg:
+                raise ValueError("the session's cache config differs from its pool's")
+            self.state: DecoderState = pool.sessions[sid].state
+        else:
+            self.state = thinker.lm.init_state(cache)
         self.cursor = PositionCursor(rope)
         self.logits: torch.Tensor | None = None  # [V] after the last prefilled token
         self.prefilled_tokens = 0
@@ -333,6 +345,13 @@ class ConversationSession:
     def generate(self, sampling: SamplingConfig, stop_ids: frozenset[int]) -> Generator[int, None, None]:
         """Yield reply token ids; each is prefilled at the next text position (TMRoPE decode: max + 1).
         After the reply (stop token, max_new_tokens or the caller closing the iterator) <|im_end|>\\n is fed."""
+        return run_alone(self._generate_steps(sampling, stop_ids))
+
+    def _generate_steps(
+        self, sampling: SamplingConfig, stop_ids: frozenset[int]
+    ) -> Generator[int | PoolStep, Any, None]:
+        """`generate`, yielding each token's decode step as a `PoolStep` (model/lm/batch.py) for its driver to run
+        (a session without a pool row feeds its tokens itself and yields none)."""
         if self.logits is None:
             raise RuntimeError("nothing prefilled: call end_user_turn() first")
         dev = self.thinker.device
@@ -344,15 +363,28 @@ class ConversationSession:
                     break
                 sampler.observe(torch.tensor([[token]], device=dev))
                 yield token
-                self.feed_ids([token])
+                yield from self._decode_step(token)
         finally:
             self.feed_ids(self.prompt.turn_end())
+
+    def _decode_step(self, token: int) -> Generator[PoolStep, Any, None]:
+        """Feed one reply token at the next text position. Here through `feed_ids` (every family's path, taps
+        included); a session whose decode steps can batch (ThinkerSession) yields a `PoolStep` instead."""
+        self.feed_ids([token])
+        yield from ()
 
     def respond(
         self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
     ) -> Generator[TokenText | ReplyRecord, None, None]:
         """The reply to the ended user turn as text: TokenText events as tokens complete text, then a
         ReplyRecord. Close the iterator to cancel; the session stays usable (`generate` feeds the turn end)."""
+        return run_alone(self.respond_steps(sampling, stop_ids))
+
+    def respond_steps(
+        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
+    ) -> Generator[TokenText | ReplyRecord | PoolStep, Any, None]:
+        """`respond`, yielding every decode step as a `PoolStep` for its driver to run (alone or batched with other
+        sessions', model/lm/batch.py `run_steps`) and send back its result."""
         tokens: list[int] = []
         text = yield from self._decode_reply(sampling, stop_ids, tokens)
         yield ReplyRecord(text, tokens, [], 0, time.monotonic())
@@ -363,18 +395,28 @@ class ConversationSession:
         stop_ids: frozenset[int] | None,
         tokens: list[int],
         each: Callable[[list[int]], Iterator[T]] | None = None,
-    ) -> Generator[TokenText | T, None, str]:
+    ) -> Generator[TokenText | T | PoolStep, Any, str]:
         """Decode the reply, appending its token ids to `tokens`: yields a TokenText whenever a token completes
-        text, then what `each(tokens)` yields; returns the whole text. Closing it feeds the turn end."""
+        text, then what `each(tokens)` yields, and the decode steps (`PoolStep`s); returns the whole text.
+        Closing it feeds the turn end."""
         if self.tokenizer is None:
             raise RuntimeError("respond() needs the session's tokenizer")
         stops = (
             stop_ids if stop_ids is not None else frozenset(sampling.stop_token_ids or self.tokenizer.stop_token_ids)
         )
         detok = IncrementalDetokenizer(self.tokenizer)
-        gen = self.generate(sampling, stops)
+        gen = self._generate_steps(sampling, stops)
+        send: Any = None
         try:
-            for token in gen:
+            while True:
+                try:
+                    token = gen.send(send)
+                except StopIteration:
+                    break
+                if isinstance(token, PoolStep):
+                    send = yield token
+                    continue
+                send = None
                 tokens.append(token)
                 delta = detok.push(token)
                 if delta:
@@ -450,9 +492,12 @@ class ThinkerSession(ConversationSession):
         system_prompt: str | None = SPEECH_SYSTEM_PROMPT,
         cache: CacheConfig | None = None,
         tokenizer: TextTokenizer | None = None,
+        pool: BatchedDecoder | None = None,
+        sid: int | None = None,
     ) -> None:
-        """`tokenizer`: needed by `respond` only (text out)."""
-        super().__init__(thinker, prompt, thinker.cfg.rope, cache, tokenizer)
+        """`tokenizer`: needed by `respond` only (text out). `pool`, `sid`: a row of a pool of the Thinker's
+        decoder as the session's cache, so its decode steps can batch (ConversationSession)."""
+        super().__init__(thinker, prompt, thinker.cfg.rope, cache, tokenizer, pool=pool, sid=sid)
         self.thinker: Thinker = thinker
         self._segment: _AudioSegment | None = None
         self._mel: LogMelState | None = None  # the video-with-audio stream's front end
@@ -464,6 +509,32 @@ class ThinkerSession(ConversationSession):
 
     # ---- prefill primitives ------------------------------------------------------------------------------
 
+
+    def _decode_step(self, token: int) -> Generator[PoolStep, Any, None]:
+        """Feed one reply token at the next text position: a `PoolStep` whose driver runs it alone or batched."""
+        at = self.cursor.next_id
+        positions = self.cursor.text(1)  # [3, 1]
+        self.state.next_position = int(positions.max())  # where a batched step puts it (BatchedDecoder.decode)
+        x = self.thinker.lm.embed_tokens(torch.tensor([token], device=self.thinker.device))
+
+        def alone() -> tuple[torch.Tensor, torch.Tensor | None]:
+            out = self.thinker.lm(self.state, inputs_embeds=x[None], positions=positions[:, None].to(x.device),
+                                  return_hidden=True)
+            assert out.logits is not None and out.hidden is not None
+            return out.logits, out.hidden[:, -1]
+
+        try:
+            logits, hidden = yield PoolStep(self.pool, self.sid, token, alone)
+        except GeneratorExit:  # closed before the step ran (its driver answers a step at once): never fed
+            self.cursor.next_id = at
+            raise
+        assert hidden is not None
+        self._decoded(x, positions, logits, hidden)
+
+    def _decoded(self, x: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor) -> None:
+        """After a decode step of input embedding x [1, C] at positions [3, 1]: logits [1, V], hidden [1, C]."""
+        self.logits = logits[0]
+        self.prefilled_tokens += 1
     def _shared_special(self, ids: Sequence[int]) -> None:  # the paired bos/eos of a video with audio
         x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
         self._feed(x, self.cursor.shared(len(ids)))

@@ -17,20 +17,27 @@ session that is replying (streaming.worker), which:
    prompt never holds the others' steps for more than one budget's worth of tokens;
 4. lets each reply whose model work is done run on to its next event: that is the item's result.
 
+A reply can also yield `PoolStep`s (model/lm/batch.py): one decode step of a session that drives its own
+decoding, into its row of a pool that is not necessarily `decoder` (the omni engine's Thinker and Talker pools,
+model/speech_session.py); step 2 then also runs every such step, those of one pool together as one batched
+forward (`run_steps`), a lone one through the session's own forward, and sends each reply its
+(logits, hidden) back.
+
 `log` keeps the last iterations (who decoded, who prefilled how many tokens), for tests and benchmarks.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from model.lm.batch import BatchedDecoder
+from model.lm.batch import BatchedDecoder, PoolStep, run_steps
 from model.lm.decoder import DecoderLM, DecoderState
 from streaming.engine import EngineEvent
 from streaming.worker import NOT_DONE
@@ -49,7 +56,8 @@ class Forward:
         return self.ids[self.fed :]
 
 
-ReplyGenerator = Generator["EngineEvent | Forward", "torch.Tensor | None", None]
+ReplyGenerator = Generator["EngineEvent | Forward | PoolStep", Any, None]
+Request = Forward | PoolStep  # model work a reply asks for
 
 
 class ModelReply(Iterator[EngineEvent]):
@@ -60,23 +68,27 @@ class ModelReply(Iterator[EngineEvent]):
         """`sid`: the session's id in `batcher.decoder`, whose pool holds its cache row (None: a cache of its
         own, never batched)."""
         self.gen, self.model, self.state, self.batcher, self.sid, self.label = gen, model, state, batcher, sid, label
-        self._send: torch.Tensor | None = None  # what the generator's pending `yield` gets back
-        self._next: EngineEvent | Forward | None = None  # what it yielded and nobody has taken yet
+        self._send: Any = None  # what the generator's pending `yield` gets back
+        self._next: EngineEvent | Request | None = None  # what it yielded and nobody has taken yet
         self._finished = False
 
     def __next__(self) -> EngineEvent:
         while True:
             x = self._advance()
-            if not isinstance(x, Forward):
+            if isinstance(x, PoolStep):
+                with torch.inference_mode():
+                    self.answer(x.alone())
+            elif isinstance(x, Forward):
+                self.feed(len(x.left))
+            else:
                 self._next = None
                 return x
-            self.feed(len(x.left))
 
     def close(self) -> None:
         self.gen.close()
         self._finished = True
 
-    def want(self) -> EngineEvent | Forward:
+    def want(self) -> EngineEvent | Request:
         """The reply's next request or event, without consuming it (StopIteration at the reply's end)."""
         return self._advance()
 
@@ -90,11 +102,12 @@ class ModelReply(Iterator[EngineEvent]):
         if not req.left:
             self.answer(logits)
 
-    def answer(self, logits: torch.Tensor | None) -> None:
-        """The pending `Forward` is done: its logits [1, V] go to the generator at its next step."""
-        self._next, self._send = None, logits
+    def answer(self, result: Any) -> None:
+        """The pending request is done: its result (a `Forward`'s logits [1, V], a `PoolStep`'s (logits, hidden))
+        goes to the generator at its next step."""
+        self._next, self._send = None, result
 
-    def _advance(self) -> EngineEvent | Forward:
+    def _advance(self) -> EngineEvent | Request:
         if self._next is None:
             if self._finished:
                 raise StopIteration
@@ -113,7 +126,7 @@ class ModelReply(Iterator[EngineEvent]):
             x = self._advance()
         except StopIteration:
             return None
-        if isinstance(x, Forward):
+        if isinstance(x, Forward | PoolStep):
             return NOT_DONE
         self._next = None
         return x
@@ -126,6 +139,7 @@ class Iteration:
 
     decoded: list[str] = field(default_factory=list)
     prefilled: list[tuple[str, int]] = field(default_factory=list)
+    pool_steps: list[list[str]] = field(default_factory=list)  # labels of the `PoolStep`s run as one forward
 
 
 class StepBatcher:
@@ -144,6 +158,7 @@ class StepBatcher:
         replies: list[ModelReply] = items
         results: list[Any] = [None] * len(replies)
         wants: dict[int, Forward] = {}
+        steps: dict[int, PoolStep] = {}
         for i, r in enumerate(replies):
             try:
                 w = r.want()
@@ -155,7 +170,10 @@ class StepBatcher:
                 continue
             if isinstance(w, Forward):
                 wants[i] = w
+            elif isinstance(w, PoolStep):
+                steps[i] = w
         it = Iteration()
+        self._pool_steps(replies, steps, results, it)
         decode = [i for i, w in wants.items() if len(w.left) == 1 and replies[i].sid is not None]
         self._decode([replies[i] for i in decode], it)
         left = max(self.token_budget - len(decode), 1)  # a prefill moves on at every iteration
@@ -186,6 +204,24 @@ class StepBatcher:
                 results[i] = ev if ev is NOT_DONE else (ev, time.perf_counter() - t0)
         return results
 
+    @staticmethod
+    def _pool_steps(replies: list[ModelReply], steps: dict[int, PoolStep], results: list[Any], it: Iteration) -> None:
+        """Every `PoolStep` asked for, those of one pool as one batched forward (model/lm/batch.py run_steps)."""
+        if not steps:
+            return
+        order = list(steps)
+        groups: dict[int, list[str]] = {}
+        for i in order:
+            st = steps[i]
+            key = id(st.pool) if st.pool is not None and st.sid is not None else -1 - i  # unpooled: alone
+            groups.setdefault(key, []).append(replies[i].label)
+        it.pool_steps = list(groups.values())
+        for i, res in zip(order, run_steps([steps[i] for i in order]), strict=True):
+            if isinstance(res, BaseException):
+                results[i] = res
+            else:
+                replies[i].answer(res)
+
     def _decode(self, replies: list[ModelReply], it: Iteration) -> None:
         """One token of each reply: one batched forward of their pool rows (the session's own forward when
         there is just one, so a lone session runs exactly the unbatched path)."""
@@ -203,3 +239,28 @@ class StepBatcher:
                 row = self.decoder.sessions[r.sid].row
                 r.answer(logits[row : row + 1])
         it.decoded = [r.label for r in replies]
+
+
+class SessionPools:
+    """Pools whose rows a session takes together (the omni engine's Thinker and Talker pools): a row in each, or
+    none (the pools are full: the session then has caches of its own and runs unbatched). Thread-safe."""
+
+    def __init__(self, pools: Sequence[BatchedDecoder]) -> None:
+        if not pools:
+            raise ValueError("SessionPools needs at least one pool")
+        self.pools = list(pools)
+        self._lock = threading.Lock()
+
+    def open(self) -> list[int] | None:
+        """A row in every pool (their session ids, in the pools' order), or None when one is full."""
+        with self._lock:
+            if any(len(p.sessions) >= p.max_sessions for p in self.pools):
+                return None
+            return [p.open() for p in self.pools]
+
+    def leave(self, sids: Sequence[int | None]) -> None:
+        """Free the rows `open` gave (None entries: nothing to free)."""
+        with self._lock:
+            for p, sid in zip(self.pools, sids, strict=True):
+                if sid is not None and sid in p.sessions:
+                    p.leave(sid)

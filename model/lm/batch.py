@@ -14,13 +14,21 @@ ridge point; not yet measured, see benchmarks/gpu.py).
 Each session keeps its own cache row, token count, positions and sampler; a session joining, leaving or
 prefilling changes nothing in another row, so its tokens are those it would get alone (the test checks it).
 The device step (`_device_step`) reads only static buffers and reads nothing back, so on CUDA it is captured
-per batch size (model/lm/cuda_graph.py); the host side fills one small pinned buffer per iteration.
+per batch size (model/lm/cuda_graph.py); the host side fills one small pinned buffer per iteration. It also
+leaves each row's final-norm hidden state in `hidden` (the Omni Talker's input is made from the Thinker's).
+
+Sessions that drive their own decode loop (the Omni Thinker and Talker, model/speech_session.py) yield a
+`PoolStep` per decode step from their reply generator instead of running it: `run_steps` runs the steps of
+many sessions that share a pool as one `decode`, and a lone step (or a session without a pool row) through
+the session's own forward, so a session alone runs exactly the unbatched path. `run_alone` drives such a
+generator by itself (every step alone): the plain event iterator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -30,6 +38,7 @@ from model.lm.decoder import DecoderLM, DecoderState, default_cache_config
 from model.lm.kv_cache import CacheConfig, KVCache
 from model.lm.sampling import SamplerState, SamplingConfig, sample
 
+T = TypeVar("T")
 GRAPH_SIZES = (1, 2, 4, 8, 16, 32)
 # rows of the per-step input buffer: token id, position, slot, token index, length, slot of the oldest window
 # token, whether the ring has wrapped (sinks scored by the shifted query)
@@ -85,6 +94,7 @@ class BatchedDecoder:
         self.slot_pos = torch.zeros(max_sessions, S + 1, dtype=torch.long, device=dev)
         self._inputs = torch.zeros(7, max_sessions, dtype=torch.long, device=dev)
         self._x = torch.zeros(max_sessions, 1, cfg.hidden_size, dtype=model.dtype, device=dev) if embeds else None
+        self.hidden = torch.zeros(max_sessions, cfg.hidden_size, dtype=model.dtype, device=dev)  # of the last step
         self._host = torch.zeros(7, max_sessions, dtype=torch.long, pin_memory=dev.type == "cuda")
         self._idle_inputs(max_sessions)
         self._inputs.copy_(self._host)
@@ -183,8 +193,8 @@ class BatchedDecoder:
 
     def decode(self, inputs: dict[int, int | torch.Tensor]) -> torch.Tensor:
         """One batched decode step of the given sessions: sid -> token id, or input embedding [1, 1, C] with
-        embeds=True. Returns logits [b, V], session `sid` in row `self.sessions[sid].row`; sampling is the
-        caller's."""
+        embeds=True, at position `state.next_position`. Returns logits [b, V], session `sid` in row
+        `self.sessions[sid].row` (its final-norm hidden state in `self.hidden[row]`); sampling is the caller's."""
         ready = [self.sessions[sid] for sid in inputs]
         b = self.graphs.bucket(max(s.row for s in ready) + 1)
         self._idle_inputs(b)
@@ -233,4 +243,81 @@ class BatchedDecoder:
         inp = StepInputs(x=x, positions=pos[:, None], k=self.k[:, :b], v=self.v[:, :b],
                          slot_token=self.slot_token[:b], slots=slot, lengths=length, sink_shift=shift[:, None],
                          sinks=sinks, window=self.cache_cfg.window)
-        return model.head(decode_step(model, self.ops, inp)[:, 0])
+        final = decode_step(model, self.ops, inp)[:, 0]
+        self.hidden[:b].copy_(final)
+        return model.head(final)
+
+
+StepResult = tuple[torch.Tensor, torch.Tensor | None]  # logits [1, V], final-norm hidden [1, C] (when kept)
+
+
+@dataclass
+class PoolStep:
+    """One decode step a session's generator asks for: feed `item` (a token id, or an input embedding [1, 1, C]
+    for an `embeds=True` pool) at the session's next position (`state.next_position`) into its row `sid` of
+    `pool`. `alone()` runs the same step through the session's own forward (pool None or sid None: the
+    session has a cache of its own and is never batched). The generator gets a `StepResult` back."""
+
+    pool: BatchedDecoder | None
+    sid: int | None
+    item: int | torch.Tensor
+    alone: Callable[[], StepResult]
+
+
+def run_steps(steps: Sequence[PoolStep]) -> list[StepResult | BaseException]:
+    """Run the steps, those of two or more sessions of one pool as one batched `decode`, the others alone;
+    results in the steps' order (an exception: that step failed; the others are unaffected)."""
+    out: list[StepResult | BaseException | None] = [None] * len(steps)
+    groups: dict[int, list[int]] = {}
+    for i, st in enumerate(steps):
+        if st.pool is not None and st.sid is not None:
+            groups.setdefault(id(st.pool), []).append(i)
+    batched = {i for ix in groups.values() if len(ix) > 1 for i in ix}
+    with torch.inference_mode():
+        for ix in groups.values():
+            if len(ix) < 2:
+                continue
+            pool = steps[ix[0]].pool
+            assert pool is not None
+            try:
+                logits = pool.decode({cast(int, steps[i].sid): steps[i].item for i in ix})
+            except Exception as e:  # the batched step failed: every session in it
+                for i in ix:
+                    out[i] = e
+                continue
+            for i in ix:
+                row = pool.sessions[steps[i].sid].row  # type: ignore[index]
+                out[i] = (logits[row : row + 1], pool.hidden[row : row + 1].clone())
+        for i, st in enumerate(steps):
+            if i not in batched:
+                try:
+                    out[i] = st.alone()
+                except Exception as e:  # this session's step failed alone
+                    out[i] = e
+    return [r for r in out if r is not None]
+
+
+def run_alone(gen: Generator[T | PoolStep, Any, None]) -> Generator[T, None, None]:
+    """The events of a generator that yields `PoolStep`s, every step run alone (the unbatched path).
+    Closing the iterator closes the generator."""
+    send: StepResult | None = None
+    try:
+        while True:
+            try:
+                x = gen.send(send)
+            except StopIteration:
+                return
+            if isinstance(x, PoolStep):
+                send = x.alone()
+            else:
+                send = None
+                yield x
+    finally:
+        gen.close()
+
+
+def pool_row(pool: BatchedDecoder | None) -> int | None:
+    """A free row of `pool` for a new session (its id), or None when there is no pool or it is full."""
+    if pool is None or len(pool.sessions) >= pool.max_sessions:
+        return None
+    return pool.open()

@@ -37,13 +37,14 @@ covers the Qwen3 Talker too.)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ import torch
 from model.encoders.vision_preprocess import AnyVisionConfig, resize_and_normalize, sample_video, video_frame_size
 from model.errors import CheckpointError, ConfigError
 from model.layers.quant_linear import quantize_decoder
+from model.lm.batch import BatchedDecoder, PoolStep, run_alone
 from model.lm.decoder import DecoderLM, DecoderState, default_cache_config
 from model.lm.sampling import SamplingConfig
 from model.loaders.family import QWEN2_5_OMNI, QWEN3_OMNI_MOE, detect_family
@@ -61,12 +63,13 @@ from model.qwen3.loader import LoadedQwen3, load_qwen3, quantize_qwen3
 from model.qwen3.session import Qwen3ThinkerSession
 from model.qwen3.speech import DEFAULT_SPEAKER, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
 from model.qwen3.voice_session import Qwen3VoiceSession
-from model.speech_session import SpeakingSession, SpeechSettings
+from model.speech_session import SessionRows, SpeakingSession, SpeechSettings
 from model.thinker_session import EncodedPiece, ReplyRecord, SlotPiece, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import PCMChunk, StreamingSchedule
 from model.voices import UnknownVoiceError
+from streaming.batching import ModelReply, SessionPools, StepBatcher
 from streaming.engine import (
     INPUT_SAMPLE_RATE,
     SPOKEN_REPLY,
@@ -95,6 +98,7 @@ log = logging.getLogger(__name__)
 # Voice replies are short: 200 tokens is ~150 words, about a minute of speech.
 DEFAULT_SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=200)
 FRAME_SECONDS = 0.5  # the Thinker sees video at 2 fps (two frames per 1-s temporal patch)
+_SESSION_NUMBERS = itertools.count()
 TURN_END_TOKENS = 8  # "<|im_end|>\n" and slack, on top of a reply, for the rollback bound
 
 Loaded = LoadedThinker | LoadedQwen3  # a loaded Thinker of either family
@@ -175,6 +179,7 @@ class OmniEngine:
         max_history: int = 64,
         quant: str | None = None,
         memory_budget: int = DEFAULT_BUDGET,
+        max_sessions: int = 0,
     ) -> None:
         """`model_dir`: a Qwen2.5-Omni checkpoint with its speech half (talker.*, token2wav.*, spk_dict.pt), or a
         Qwen3-Omni checkpoint (talker.*, code2wav.*; the family is read from config.json);
@@ -183,9 +188,12 @@ class OmniEngine:
         checkpoint's default). `seed`: Talker sampling and token2wav noise (None: random per reply).
         `schedule`/`solver`: token2wav's chunking and ODE solver (None: the reference's).
         `chars_per_second`: the speaking rate that maps audio to reply text (about 150 words a minute).
-        `quant`: "int8" or "int4" quantises the Thinker's projections weight-only at load (the GPU kernels;
-        the Talker, 0.1 of the weights read per spoken second, stays in `dtype`). `memory_budget`: tokens of
-        the recalled-memory slot, when the runtime gives the session a memory (streaming.engines.omni_memory)."""
+        `quant`: "int8" or "int4" quantises the Thinker's and the Talker's decoder projections weight-only at load
+        (the GPU kernels). `memory_budget`: tokens of the recalled-memory slot, when the runtime gives the session
+        a memory (streaming.engines.omni_memory).
+        `max_sessions` > 0: the first that many open sessions (Qwen2.5-Omni) keep their Thinker and Talker caches in
+        rows of two pools allocated now, and their replies' decode steps run batched on the device
+        (streaming/batching.py); later sessions, and all with 0, run alone with caches of their own."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
         thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
@@ -221,6 +229,42 @@ class OmniEngine:
             decoder = speech.talker.decoder.cfg if isinstance(speech, Qwen3SpeechModels) else speech.talker.cfg.decoder
             talker_cache = default_cache_config(decoder, window=window)
             self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
+        self.pools, self.batcher = self._make_pools(max_sessions)
+
+    def _make_pools(self, max_sessions: int) -> tuple[SessionPools | None, StepBatcher | None]:
+        """The Thinker's (and Talker's) cache pools for `max_sessions` batched sessions, and their batcher."""
+        if max_sessions < 0:
+            raise ValueError(f"max_sessions must be >= 0, got {max_sessions}")
+        if max_sessions == 0:
+            return None, None
+        th = self.thinker
+        if isinstance(th, LoadedQwen3):
+            log.warning("sessions batched on the device are not yet supported for Qwen3-Omni: each runs alone")
+            return None, None
+        thinker = BatchedDecoder(th.model.lm, max_sessions, self.cache)
+        pools = [thinker]
+        if isinstance(self.speech, SpeechModels):
+            pools.append(BatchedDecoder(self.speech.talker.decoder, max_sessions, self.talker_cache, embeds=True))
+        return SessionPools(pools), StepBatcher(thinker)
+
+    def _rows(self) -> SessionRows:
+        """Cache rows in the pools for a new session (none when there are no pools or they are full)."""
+        sids = self.pools.open() if self.pools is not None else None
+        if self.pools is None or sids is None:
+            return SessionRows()
+        pools = self.pools.pools
+        return SessionRows(pools[0], sids[0], *((pools[1], sids[1]) if len(pools) > 1 else ()))
+
+    def _release(self, s: OmniSession) -> None:
+        """Free a closed session's pool rows."""
+        if isinstance(s, SpeakingSession):
+            self._release_rows(SessionRows(s.pool, s.sid, s.talker_pool, s.talker_sid))
+        elif isinstance(s, ThinkerSession):
+            self._release_rows(SessionRows(s.pool, s.sid))
+
+    def _release_rows(self, rows: SessionRows) -> None:
+        if self.pools is not None and rows.thinker_sid is not None:
+            self.pools.leave([rows.thinker_sid, rows.talker_sid][: len(self.pools.pools)])
 
     def check_voice(self, voice: str | None) -> str:
         """The checkpoint's name for `voice` (None: its default); ValueError listing the voices it has."""
@@ -257,7 +301,13 @@ class OmniEngine:
                 if isinstance(th, LoadedQwen3):
                     thinking = Qwen3ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer)
                 else:
-                    thinking = ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer)
+                    rows = self._rows()
+                    try:
+                        thinking = ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer,
+                                                  pool=rows.thinker, sid=rows.thinker_sid)
+                    except BaseException:
+                        self._release_rows(rows)
+                        raise
             return OmniEngineSession(self, thinking)
         name = self.check_voice(voice) if voice is not None else self.default_voice
         assert name is not None
@@ -277,10 +327,16 @@ class OmniEngine:
             solver=self.solver,
             max_codes=self.max_codes,
         )
-        with torch.inference_mode():
-            speaking = SpeakingSession(
-                th.model, th.prompt, th.tokenizer, self.speech, settings, system, self.cache, self.talker_cache
-            )
+        rows = self._rows()
+        try:
+            with torch.inference_mode():
+                speaking = SpeakingSession(
+                    th.model, th.prompt, th.tokenizer, self.speech, settings, system, self.cache, self.talker_cache,
+                    rows,
+                )
+        except BaseException:
+            self._release_rows(rows)
+            raise
         return OmniEngineSession(self, speaking)
 
 
@@ -303,6 +359,8 @@ def _load(
         speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device) if speak else None
         if quant is not None:
             quantize_decoder(thinker.model.lm, quant)
+            if speech is not None:  # the Talker's decoder too
+                quantize_decoder(speech.talker.decoder, quant)
     except CheckpointError as e:
         raise ValueError(f"cannot load the omni model: {e}") from None
     return thinker, speech
@@ -345,6 +403,7 @@ class OmniEngineSession(EngineSessionBase):
         self._reply: _OmniReply | None = None
         self._frame: tuple[np.ndarray, float] | None = None  # the latest camera frame and its time
         self.memory: OmniMemory | None = None  # set by the runtime (use_memory); its owner closes the lane
+        self.label = f"omni-{next(_SESSION_NUMBERS)}"  # names its steps in the batcher's log
 
     def use_memory(self, lane: MemoryLane) -> None:
         """Read and write memory through `lane`: what the Thinker hears and sees goes in as pooled encoder features,
@@ -538,7 +597,13 @@ class OmniEngineSession(EngineSessionBase):
             self.speaking.end_user_turn(self._recall())  # closes the user (or instructions) turn
             self._turn = _Turn()
             self._reply = _OmniReply(self.speaking.mark())
-        events = self._generate(self._reply, options.speech)
+        steps = self._generate(self._reply, options.speech)
+        th = self.speaking.thinker.lm if isinstance(self.speaking, ThinkerSession) else None
+        events: Iterator[EngineEvent]
+        if self.engine.batcher is not None and th is not None:  # decode steps batched with other sessions'
+            events = ModelReply(steps, th, self.speaking.state, self.engine.batcher, None, self.label)
+        else:
+            events = run_alone(steps)
         self._reply.events = events
         return events
 
@@ -558,16 +623,29 @@ class OmniEngineSession(EngineSessionBase):
         mem.lane.user_turn(question, cache.length)
         return slot
 
-    def _generate(self, reply: _OmniReply, speech: bool) -> Iterator[EngineEvent]:
+    def _generate(self, reply: _OmniReply, speech: bool) -> Generator[EngineEvent | PoolStep, Any, None]:
+        """The reply's events, and its decode steps (`PoolStep`) for the driver to run (streaming/batching.py)."""
         eng = self.engine
         t0 = time.perf_counter()
         first_text = first_audio = 0.0
+        inner: Generator[Any, Any, None]
         with torch.inference_mode():
-            inner = self.speaking.respond(eng.sampling, eng.stop_ids)
+            if isinstance(self.speaking, ThinkerSession):
+                inner = self.speaking.respond_steps(eng.sampling, eng.stop_ids)
+            else:
+                inner = self.speaking.respond(eng.sampling, eng.stop_ids)
+        send: Any = None
         try:
             while True:
                 with torch.inference_mode():
-                    ev = next(inner, None)
+                    try:
+                        ev = inner.send(send)
+                    except StopIteration:
+                        ev = None
+                send = None
+                if isinstance(ev, PoolStep):
+                    send = yield ev
+                    continue
                 if isinstance(ev, TokenText):
                     first_text = first_text or time.perf_counter() - t0
                     reply.text += ev.text
@@ -655,3 +733,4 @@ class OmniEngineSession(EngineSessionBase):
             super().close()
             if self._reply is not None:
                 close_iterator(self._reply.events)
+            self.engine._release(self.speaking)

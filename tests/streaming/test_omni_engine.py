@@ -350,5 +350,8 @@ def test_omni_serve_quantises_the_thinker_at_load(models: Models) -> None:
     assert isinstance(engine, OmniEngine)
     layers = engine.thinker.model.lm.layers
     assert all(isinstance(p, Int8Linear) for L in layers for p in (L.self_attn.qkv_proj, L.mlp.down_proj))
+    assert engine.speech is not None  # the Talker's decoder too
+    talker = engine.speech.talker.decoder.layers
+    assert all(isinstance(p, Int8Linear) for L in talker for p in (L.self_attn.o_proj, L.mlp.gate_up_proj))
     with pytest.raises(ValueError, match="--quant are for --engine omni"):
         make_engine("tiny", quant="int8")

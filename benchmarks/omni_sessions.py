@@ -1,0 +1,149 @@
+"""Omni sessions batched in the live runtime: N sessions of the omni engine (Qwen2.5-Omni Thinker-Talker) reply at
+once, stepped through the device worker the way the session runtime steps them (`DeviceWorker.run_batched`,
+streaming/batching.py), with their Thinker and Talker caches in the engine's pools (`max_sessions=N`: decode
+steps batched) or with one pool row (`max_sessions=1`: every step runs alone, the unbatched path, through the
+same plumbing). On the tests' tiny random checkpoint (built with transformers, a test-only dependency) or a
+real one (--model DIR).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/omni_sessions.py --sessions 1,4,8 [--model DIR] [--device cuda]
+
+Each session has heard 2 s of noise (prefilled while "speaking", untimed), then its turn ends: first audio is
+timed from the end of the user's speech (the `end_turn` job, which encodes the last partial block, then
+`respond`) to the session's first audio chunk; p50/p95 over all sessions of `--repeats` runs. Throughput: text
+tokens and Talker codes of all replies over the wall time until every reply is done (best of the runs), and the
+mean number of sessions per Thinker/Talker forward (over the batcher's log: its last 256 iterations). Torch runs
+on `--threads` threads (1: the numbers compare steps, not thread scheduling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import statistics
+import tempfile
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from model.lm.sampling import SamplingConfig
+from model.loaders.omni import load_thinker
+from model.loaders.talker_weights import load_speech
+from model.token2wav.solver import SolverConfig
+from model.token2wav.streaming import StreamingSchedule
+from streaming.batching import ModelReply
+from streaming.engine import AudioChunk, ReplyDone
+from streaming.engines.omni import OmniEngine, OmniEngineSession
+from streaming.worker import DeviceWorker, job_owner
+
+T = TypeVar("T")
+
+
+def as_owner(owner: str, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task whose worker jobs are `owner`'s (a session's, in the runtime)."""
+    ctx = contextvars.copy_context()
+    ctx.run(job_owner.set, owner)
+    return asyncio.get_running_loop().create_task(coro, context=ctx)
+
+
+def heard(engine: OmniEngine, k: int) -> OmniEngineSession:
+    """A session that has heard 2 s of noise (its turn not yet ended)."""
+    s = engine.open_session()
+    pcm = (0.05 * np.random.default_rng(k).standard_normal(32000)).astype(np.float32)
+    s.push_audio(pcm, 0.0)
+    return s
+
+
+async def reply(worker: DeviceWorker, s: OmniEngineSession) -> tuple[float, float, float]:
+    """(first audio s, text tokens, codes) of one reply, stepped as the runtime steps it."""
+    t0 = time.perf_counter()
+    await worker.run(s.end_turn)
+    it = await worker.run(s.respond)
+    assert isinstance(it, ModelReply)
+    first = 0.0
+    while True:
+        ev, _ = await worker.run_batched(it.batcher, it)
+        if isinstance(ev, AudioChunk) and len(ev.pcm):
+            first = first or time.perf_counter() - t0
+        if isinstance(ev, ReplyDone):
+            return first, ev.stats["new_tokens"], ev.stats["codes"]
+        if ev is None:
+            raise RuntimeError("the reply ended without ReplyDone")
+
+
+async def many(worker: DeviceWorker, engine: OmniEngine, n: int) -> tuple[float, list[float], float, float, float]:
+    """(wall s, first-audio s per session, text tokens, codes, mean sessions per batched step) of n replies."""
+    sessions = [heard(engine, k) for k in range(n)]
+    assert engine.batcher is not None
+    engine.batcher.log.clear()
+    t0 = time.perf_counter()
+    done = await asyncio.gather(*(as_owner(f"s{k}", reply(worker, s)) for k, s in enumerate(sessions)))
+    wall = time.perf_counter() - t0
+    for s in sessions:
+        s.close()
+    widths = [len(g) for it in engine.batcher.log for g in it.pool_steps]
+    return (wall, [f for f, _, _ in done], sum(t for _, t, _ in done), sum(c for _, _, c in done),
+            statistics.mean(widths) if widths else 0.0)
+
+
+def p95(xs: list[float]) -> float:
+    return float(np.percentile(xs, 95))
+
+
+async def run(args: argparse.Namespace, models: Any) -> None:
+    thinker, speech = models
+    worker = DeviceWorker()
+    worker.start()
+    try:
+        print(f"{'sessions':>8} {'mode':>9} {'text tok/s':>10} {'codes/s':>8} {'first audio p50':>15} "
+              f"{'p95':>8} {'batch':>6}")
+        for n in args.sessions:
+            for rows in (n, 1) if n > 1 else (1,):
+                engine = OmniEngine(
+                    None, models=models, sampling=SamplingConfig(temperature=0.0, max_new_tokens=args.tokens),
+                    talker_sampling=speech.talker.cfg.sampling(temperature=0.0, max_new_tokens=args.codes), seed=0,
+                    schedule=StreamingSchedule(first_chunk_blocks=1, chunk_blocks=1),
+                    solver=SolverConfig(num_steps=args.solver_steps), window=args.window, max_sessions=rows)
+                runs = [await many(worker, engine, n) for _ in range(args.repeats)]
+                firsts = [f for r in runs for f in r[1]]
+                wall, _, tokens, codes, width = min(runs, key=lambda r: r[0])
+                kind = "batched" if rows > 1 else "unbatched"
+                print(f"{n:>8} {kind:>9} {tokens / wall:>10.1f} {codes / wall:>8.1f} "
+                      f"{statistics.median(firsts) * 1e3:>12.1f} ms {p95(firsts) * 1e3:>5.1f} ms {width:>6.2f}")
+    finally:
+        worker.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", default="1,4,8", help="numbers of sessions replying at once")
+    p.add_argument("--model", help="a Qwen2.5-Omni checkpoint directory (default: the tests' tiny random one)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tokens", type=int, default=24, help="text tokens per reply (greedy; random weights rarely stop)")
+    p.add_argument("--codes", type=int, default=48, help="at most this many Talker codes per reply")
+    p.add_argument("--solver-steps", type=int, default=4, help="token2wav ODE steps")
+    p.add_argument("--window", type=int, default=4096,
+                   help="KV window of the Thinker and Talker caches (the engine's default 4096; the batched step's "
+                   "CPU attention reads every slot of a row, the per-session one only the filled ones)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per row; throughput: the fastest")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = p.parse_args(argv)
+    args.sessions = [int(n) for n in args.sessions.split(",")]
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model is None:
+            from benchmarks.omni_memory import tiny_checkpoint
+
+            d = tiny_checkpoint(Path(tmp))
+        else:
+            d = Path(args.model)
+        models = load_thinker(d, device=args.device), load_speech(d, device=args.device)
+        asyncio.run(run(args, models))
+
+
+if __name__ == "__main__":
+    main()

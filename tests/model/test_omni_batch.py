@@ -1,0 +1,162 @@
+"""Omni sessions batched on the device (model/lm/batch.py `PoolStep`, `run_steps`): SpeakingSessions whose
+Thinker and Talker caches are rows of two `BatchedDecoder` pools, their reply generators' decode steps run as
+one batched forward per pool, say what each says alone (text tokens and speech codes; greedy, float32 on the
+CPU), with sessions joining and leaving mid-reply, a new one taking the row a leaver freed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from model.lm.batch import BatchedDecoder, PoolStep, run_steps
+from model.lm.sampling import SamplingConfig
+from model.loaders.omni import LoadedThinker, load_thinker
+from model.loaders.talker_weights import SpeechModels, load_speech
+from model.speech_session import SessionRows, SpeakingSession, SpeechSettings
+from model.thinker_session import ReplyRecord, ThinkerSession
+from model.token2wav.solver import SolverConfig
+from model.token2wav.streaming import StreamingSchedule
+from model.voices import Voice, VoiceBank
+from tests.model.omni_tiny import IDS, save_tiny_omni
+
+REPLY_TOKENS, CODES = 10, 24
+SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=REPLY_TOKENS)
+NO_STOP: frozenset[int] = frozenset()  # every reply runs its REPLY_TOKENS (random weights rarely stop)
+PROMPTS = ["hi there", "what is the weather like", "tell me a story", "ok"]
+Omni = tuple[LoadedThinker, SpeechModels]
+
+
+@pytest.fixture(scope="module")
+def omni(tmp_path_factory: pytest.TempPathFactory) -> Omni:
+    _, d = save_tiny_omni(tmp_path_factory.mktemp("omni-batch") / "ckpt")
+    g = torch.Generator().manual_seed(0)
+    voice = Voice("Chelsie", IDS["spk_bos"], torch.randn(1, 16, generator=g), torch.randn(1, 60, 80, generator=g) - 4)
+    VoiceBank({"Chelsie": voice}).save(Path(d) / "spk_dict.pt")
+    return load_thinker(d), load_speech(d)
+
+
+def _session(omni: Omni, text: str, rows: SessionRows | None = None) -> SpeakingSession:
+    loaded, speech = omni
+    settings = SpeechSettings(talker_sampling=speech.talker.cfg.sampling(temperature=0.0, max_new_tokens=CODES),
+                              seed=0, schedule=StreamingSchedule(first_chunk_blocks=1, chunk_blocks=1),
+                              solver=SolverConfig(num_steps=2))
+    with torch.inference_mode():
+        s = SpeakingSession(loaded.model, loaded.prompt, loaded.tokenizer, speech, settings, rows=rows)
+        s.start_user_turn()
+        s.add_text(text)
+        s.end_user_turn()
+    return s
+
+
+def _alone(omni: Omni, text: str) -> tuple[list[int], list[int]]:
+    s = _session(omni, text)
+    with torch.inference_mode():
+        rec = list(s.respond(SAMPLING, NO_STOP))[-1]
+    assert isinstance(rec, ReplyRecord)
+    return rec.token_ids, rec.codes
+
+
+class _Reply:
+    """One session's `respond_steps`, advanced to its next `PoolStep` (events collected on the way)."""
+
+    def __init__(self, session: SpeakingSession) -> None:
+        self.session = session
+        self.gen: Generator[Any, Any, None] = session.respond_steps(SAMPLING, NO_STOP)
+        self.send: Any = None
+        self.record: ReplyRecord | None = None
+        self.tokens: list[int] = []
+        self.done = False
+        self.step = self.next_step()  # the step it waits for (None: done)
+
+    def next_step(self) -> PoolStep | None:
+        with torch.inference_mode():
+            while True:
+                try:
+                    x = self.gen.send(self.send)
+                except StopIteration:
+                    self.done = True
+                    return None
+                self.send = None
+                if isinstance(x, PoolStep):
+                    if x.pool is self.session.pool:  # a Thinker step: feeds the reply's next token
+                        assert isinstance(x.item, int)
+                        self.tokens.append(x.item)
+                    return x
+                if isinstance(x, ReplyRecord):
+                    self.record = x
+
+
+def _pools(omni: Omni, n: int) -> tuple[BatchedDecoder, BatchedDecoder]:
+    loaded, speech = omni
+    return BatchedDecoder(loaded.model.lm, n), BatchedDecoder(speech.talker.decoder, n, embeds=True)
+
+
+def _rows(thinker: BatchedDecoder, talker: BatchedDecoder) -> SessionRows:
+    return SessionRows(thinker, thinker.open(), talker, talker.open())
+
+
+def test_a_session_says_the_same_alone_and_batched_as_others_join_and_leave(omni: Omni) -> None:
+    want = {text: _alone(omni, text) for text in PROMPTS}
+    assert len({tuple(codes) for _, codes in want.values()}) > 1  # replies differ: a row mix-up would show
+    thinker, talker = _pools(omni, 3)
+    replies: dict[str, _Reply] = {t: _Reply(_session(omni, t, _rows(thinker, talker))) for t in PROMPTS[:2]}
+    batched = {"thinker": 0, "talker": 0}  # steps that ran in a batch of two or more, per pool
+    cut: list[int] = []
+    for it in range(400):
+        if it == 3:  # a third session joins while the first two are mid-reply
+            replies[PROMPTS[2]] = _Reply(_session(omni, PROMPTS[2], _rows(thinker, talker)))
+        if it == 6:  # the second one leaves mid-reply (barge-in): its rows are freed ...
+            r = replies.pop(PROMPTS[1])
+            cut = list(r.tokens)
+            with torch.inference_mode():
+                r.gen.close()
+            thinker.leave(r.session.sid)  # type: ignore[arg-type]
+            talker.leave(r.session.talker_sid)  # type: ignore[arg-type]
+            # ... and a fourth session takes them
+            replies[PROMPTS[3]] = _Reply(_session(omni, PROMPTS[3], _rows(thinker, talker)))
+        steps = [(r, r.step) for r in replies.values() if r.step is not None]
+        if not steps:
+            break
+        for pool, name in ((thinker, "thinker"), (talker, "talker")):
+            n = sum(st.pool is pool for _, st in steps)
+            batched[name] += n if n > 1 else 0
+        for (r, _), res in zip(steps, run_steps([st for _, st in steps]), strict=True):
+            assert not isinstance(res, BaseException), res
+            r.send = res  # answered at once, as the runtime's batcher does: the reply runs on to its next step
+            r.step = r.next_step()
+    assert all(r.done for r in replies.values())
+    for text, r in replies.items():
+        assert r.record is not None
+        assert (r.record.token_ids, r.record.codes) == want[text], text
+    assert 0 < len(cut) < REPLY_TOKENS and cut == want[PROMPTS[1]][0][: len(cut)]
+    assert batched["thinker"] >= 2 * REPLY_TOKENS and batched["talker"] >= 2 * 8, batched
+
+
+def test_the_cut_session_stays_consistent_in_its_row(omni: Omni) -> None:
+    """A reply closed mid-way in a pooled row leaves the session's caches as a session of its own would."""
+    thinker, talker = _pools(omni, 2)
+    pooled = _session(omni, PROMPTS[0], _rows(thinker, talker))
+    own = _session(omni, PROMPTS[0])
+    for s in (pooled, own):
+        with torch.inference_mode():
+            it = s.respond(SAMPLING, NO_STOP)
+            for _ in range(4):
+                next(it)
+            it.close()
+    assert pooled.state.cache.length == own.state.cache.length
+    assert pooled.talker_state.decoder.cache.length == own.talker_state.decoder.cache.length
+    assert pooled.logits is not None and own.logits is not None
+    torch.testing.assert_close(pooled.logits, own.logits)
+
+
+def test_a_text_only_session_in_a_pool_needs_its_pools_cache_config(omni: Omni) -> None:
+    loaded, _ = omni
+    thinker, _talker = _pools(omni, 1)
+    other = thinker.cache_cfg.__class__(sinks=2, window=64, chunk=16)
+    with pytest.raises(ValueError, match="cache config"):
+        ThinkerSession(loaded.model, loaded.prompt, cache=other, pool=thinker, sid=thinker.open())
