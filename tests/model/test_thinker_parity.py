@@ -347,7 +347,7 @@ def test_omni_chat_with_media_files(
     assert main([*args, "--audio", str(tmp_path / "empty.wav"), "--prompt", "x"]) == 1
     assert "omni chat: error" in capsys.readouterr().err
     assert main(["chat", "--audio", str(wav), "--prompt", "x"]) == 1  # the embedded text model takes no media
-    assert "Qwen2.5-Omni checkpoint" in capsys.readouterr().err
+    assert "Qwen2.5-Omni or Qwen3-Omni checkpoint" in capsys.readouterr().err
 
 
 def test_presets_have_the_real_shapes() -> None:
