@@ -47,7 +47,7 @@ def test_a_maximal_prompt_never_holds_another_sessions_job_for_more_than_one_chu
     log: list[tuple[str, str, int]] = []  # (event, owner, tokens fed)
 
     def logged_feed(chat: ChatSession, owner: str) -> None:
-        feed = chat._feed
+        feed = chat._run  # every forward of the chat's model (prompt chunks and decode steps)
 
         def f(ids: list[int]) -> Any:
             log.append(("feed", owner, len(ids)))
@@ -55,7 +55,7 @@ def test_a_maximal_prompt_never_holds_another_sessions_job_for_more_than_one_chu
                 loop.call_soon_threadsafe(started_other.set_result, None)
             return feed(ids)
 
-        chat._feed = f  # type: ignore[method-assign]
+        chat._run = f  # type: ignore[method-assign]
 
     logged_feed(hog.chat, "hog")
     logged_feed(other.chat, "other")
