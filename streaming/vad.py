@@ -68,9 +68,11 @@ class SileroVad:
         return float(np.asarray(prob).reshape(-1)[0])
 
 
-# The semantic end of turn's threshold by default (`omni serve --semantic-eot`) and per `semantic_vad` eagerness
-# (the Realtime protocol's; "auto" is "medium", as the protocol says). benchmarks/end_of_turn.py --heldout, the
-# embedded LM on 50 held-out sentences and their 371 proper prefixes (numbers in the README):
+# The semantic end of turn's threshold when it is on (`semantic_vad` eagerness "medium" or "auto", as the Realtime
+# protocol says; `omni serve --semantic-eot 0.5`) and per eagerness. benchmarks/end_of_turn.py --heldout, the
+# embedded LM on 50 held-out sentences and their 371 proper prefixes (numbers in the README). Off unless asked for
+# (TurnConfig.semantic_eot 0): through `omni serve` on an idle machine (benchmarks/serve_loopback.py 10 0 embedded)
+# end of speech -> first audio was 1,068 / 1,574 ms (median / p95) with it at 0.5 against 857 / 1,117 ms without.
 DEFAULT_SEMANTIC_EOT = 0.5
 EAGERNESS = {"low": 0.7, "medium": DEFAULT_SEMANTIC_EOT, "high": 0.2, "auto": DEFAULT_SEMANTIC_EOT}
 
@@ -86,7 +88,7 @@ class TurnConfig:
     prefix_ms: int = 300  # audio before the onset that is still given to the engine
     # Semantic end of turn: a turn ends at the pause when the engine's probability that the user's message is
     # finished is >= this (0: off, every turn waits `silence_ms`; engines that cannot tell never send one).
-    semantic_eot: float = DEFAULT_SEMANTIC_EOT
+    semantic_eot: float = 0.0  # off (see DEFAULT_SEMANTIC_EOT); a session's semantic_vad turns it on
 
     def validate(self) -> TurnConfig:
         if not 0.0 < self.threshold < 1.0:

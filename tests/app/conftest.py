@@ -49,7 +49,7 @@ async def start_server() -> AsyncIterator[StartServer]:
     runners: list[web.AppRunner] = []
 
     async def start(engine: Engine, **options: object) -> tuple[str, Server]:
-        opts = ServeOptions(turn=TurnConfig(silence_ms=400), **options)  # type: ignore[arg-type]
+        opts = ServeOptions(**{"turn": TurnConfig(silence_ms=400), **options})  # type: ignore[arg-type]
         app = build_app(engine, opts)
         runner = web.AppRunner(app)
         await runner.setup()

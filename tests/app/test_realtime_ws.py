@@ -17,6 +17,7 @@ from benchmarks.spoken import read_wav
 from benchmarks.ws_client import WsRealtimeClient, invalid_events, response_order_problems
 from streaming.engine import ResponseOptions
 from streaming.engines.tone import ToneEngine
+from streaming.vad import TurnConfig
 from tests.app.conftest import StartServer
 from tests.app.test_serve_loopback import wait_until
 from tests.streaming.conftest import make_speech_wav
@@ -84,7 +85,7 @@ async def test_semantic_vad_in_session_update(start_server: StartServer) -> None
     """semantic_vad (its GA shape, sent by the SDK) is taken with its eagerness and shown back as the SDK's
     SemanticVad; server_vad turns it off; an engine that cannot judge ends of turn shows server_vad."""
     td_of = lambda e: e["session"]["audio"]["input"]["turn_detection"]  # noqa: E731
-    url, _ = await start_server(JudgingToneEngine())  # the server's default: on (TurnConfig.semantic_eot)
+    url, _ = await start_server(JudgingToneEngine(), turn=TurnConfig(silence_ms=400, semantic_eot=0.5))  # on
     client = await connect(url)
     try:
         created = next(e for e in client.events if e["type"] == "session.created")

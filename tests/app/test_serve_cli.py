@@ -45,7 +45,7 @@ def test_bad_settings_exit_with_a_message() -> None:
 
 
 def test_semantic_end_of_turn_flag() -> None:
-    assert build_parser().parse_args(["serve"]).semantic_eot == 0.5  # the default (README: Semantic end of turn)
+    assert build_parser().parse_args(["serve"]).semantic_eot == 0.0  # off by default (README: Semantic end of turn)
     assert build_parser().parse_args(["serve", "--semantic-eot", "0"]).semantic_eot == 0.0  # off
 
 
