@@ -77,11 +77,16 @@ def mouth_to_ear(mic: Timeline, speaker: Timeline, level: float = LEVEL, gap: fl
     return found
 
 
-def rms_blocks(pcm: np.ndarray, rate: int, block_s: float = 0.01) -> list[float]:
-    """RMS of each `block_s` block of int16 or float samples (full scale 1.0)."""
+def rms(pcm: np.ndarray) -> float:
+    """RMS of int16 or float samples (full scale 1.0)."""
     x = pcm.astype(np.float32) / (32768.0 if pcm.dtype == np.int16 else 1.0)
+    return float(np.sqrt(np.mean(np.square(x)))) if len(x) else 0.0
+
+
+def rms_blocks(pcm: np.ndarray, rate: int, block_s: float = 0.01) -> list[float]:
+    """RMS of each `block_s` block of `pcm`."""
     n = max(1, int(rate * block_s))
-    return [float(np.sqrt(np.mean(np.square(x[i : i + n])))) for i in range(0, len(x), n)]
+    return [rms(pcm[i : i + n]) for i in range(0, len(pcm), n)]
 
 
 class Result:
@@ -229,13 +234,13 @@ async def run_desktop(engine: Any, wav: Path, turns: int, folder: Path) -> Resul
             inner = super()._input_callback(q)
 
             def callback(indata: np.ndarray, *rest: Any) -> None:
-                mic.append((time.monotonic(), rms_blocks(indata[:, 0], 48000, 1.0)[0]))
+                mic.append((time.monotonic(), rms(indata[:, 0])))
                 inner(indata, *rest)
             return callback
 
         def _output_callback(self, outdata: np.ndarray, *rest: Any) -> None:
             super()._output_callback(outdata, *rest)
-            speaker.append((time.monotonic(), rms_blocks(outdata[:, 0], 48000, 1.0)[0]))
+            speaker.append((time.monotonic(), rms(outdata[:, 0])))
 
     def emit(ev: dict[str, Any]) -> None:
         desktop.on_event(ev)

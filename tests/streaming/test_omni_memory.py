@@ -142,16 +142,9 @@ def test_a_later_session_hears_and_sees_the_recalled_features_at_the_right_posit
     p = loaded.prompt
     ids = p.system_turn(engine.system_prompt) + p.turn_start("user") + p.audio(whole.shape[0]) + p.turn_end()
     ids += p.turn_start("system")
-    feats_audio, feats_images = [whole], []
-    for piece in slot:
-        if isinstance(piece, str):
-            ids += p.text(piece)
-        elif piece.kind == "audio":
-            ids += p.audio(piece.tokens.shape[0])
-            feats_audio.append(piece.tokens)
-        else:
-            ids += p.image(piece.grid)
-            feats_images.append((piece.tokens, piece.grid))
+    feats_audio: list[torch.Tensor] = [whole]
+    feats_images: list[tuple[torch.Tensor, tuple[int, int, int]]] = []
+    ids += _slot_ids(p, slot, feats_audio, feats_images)
     ids += p.turn_end() + p.turn_start("assistant")
     want = loaded.model.features_logits(torch.tensor(ids), audio=feats_audio, images=feats_images)[-1]
     got = second._reply.mark.logits

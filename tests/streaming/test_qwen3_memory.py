@@ -23,6 +23,7 @@ from model.thinker_session import EncodedPiece, RecalledFeatures
 from streaming.engine import AudioChunk, ReplyDone
 from streaming.engines.omni_memory import AUDIO_TOKENS_PER_BLOCK, VIDEO_GRID, pool_piece
 from streaming.memory_lane import MemoryHub
+from tests.streaming.test_omni_memory import _slot_ids
 from tests.streaming.test_qwen3_engine import clip, loaded, speech, voiced  # noqa: F401  (fixtures)
 
 
@@ -108,16 +109,10 @@ def test_a_later_session_recalls_what_was_heard_and_seen_and_still_speaks(
     p = loaded.prompt
     ids = p.system_turn(engine.system_prompt) + p.turn_start("user") + p.audio(whole.shape[0]) + p.turn_end()
     ids += p.turn_start("system")
-    feats_audio, feats_images = [whole], []
-    for piece in slot:
-        if isinstance(piece, str):
-            ids += p.text(piece)
-        elif piece.kind == "audio":
-            ids += p.audio(piece.tokens.shape[0])
-            feats_audio.append(piece.tokens)
-        else:
-            ids += p.image(piece.grid)
-            feats_images.append((_frame_output(piece.tokens, loaded), piece.grid))
+    feats_audio: list[torch.Tensor] = [whole]
+    frames: list[tuple[torch.Tensor, tuple[int, int, int]]] = []
+    ids += _slot_ids(p, slot, feats_audio, frames)
+    feats_images = [(_frame_output(tokens, loaded), grid) for tokens, grid in frames]
     ids += p.turn_end() + p.turn_start("assistant")
     want = m.features_forward(torch.tensor(ids), audio=feats_audio, images=feats_images).logits[-1]
     got = second._reply.mark.logits
