@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.cpu import library
-from kernels.q4_matmul import pack_q4_1, q4_1_matmul
-from kernels.q8_matmul import pack_q8_0, q8_0_matmul
 from model.lm.decoder import DecoderState, default_cache_config
+from omni_kernels.cpu import library
+from omni_kernels.q4_matmul import pack_q4_1, q4_1_matmul
+from omni_kernels.q8_matmul import pack_q8_0, q8_0_matmul
 
 LAYERS, C, INTER, QKV, VOCAB = 30, 576, 1536, 576 + 2 * 192, 49152
 

@@ -1,5 +1,5 @@
 """One mixture-of-experts MLP layer (model/layers/mlp.py SparseMoE) on the CPU: router, grouped expert
-matmuls (kernels/moe_matmul.py, one matmul per expert that has tokens), shared expert.
+matmuls (omni_kernels/moe_matmul.py, one matmul per expert that has tokens), shared expert.
 
     .venv/bin/python benchmarks/moe_layer.py [--shape tiny|thinker|talker|all] [--tokens 1,16,128]
                                              [--dtype float32|bfloat16] [--repeats 5] [--threads N]

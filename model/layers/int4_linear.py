@@ -3,7 +3,7 @@
 GGUF's Q4_0 and Q4_1 blocks are exactly this format (32 weights, w = d*q + m), so the embedded model's
 weights run as stored instead of being expanded: a decode step then reads ~4.5 bits per weight instead
 of 16. Two implementations:
-- Q4Linear: the C kernels (kernels/q4_matmul.py) on the GGUF blocks themselves, int16 activations.
+- Q4Linear: the C kernels (omni_kernels/q4_matmul.py) on the GGUF blocks themselves, int16 activations.
   All 120 projections of SmolLM2-135M for one token: ~7-8 ms on 2 cores.
 - Int4Linear: torch's CPU int4 GEMM with bfloat16 activations (scales and zero points rounded to
   bfloat16), used where the C kernels cannot be built. Measured on 2 cores (90 matrices of 1536x576, one
@@ -17,8 +17,8 @@ import functools
 import torch
 from torch import nn
 
-from kernels.cpu import Library
-from kernels.q4_matmul import dequantize_q4_1, q4_1_matmul
+from omni_kernels.cpu import Library
+from omni_kernels.q4_matmul import dequantize_q4_1, q4_1_matmul
 
 GROUP = 32
 _BLOCK_N = 32  # rows per block of torch's CPU int4 packing
@@ -82,7 +82,7 @@ class Int4Linear(nn.Module):
 
 
 class Q4Linear(nn.Module):
-    """4-bit linear layer on the C kernels (kernels/q4_matmul.py): weights kept in GGUF's Q4_1 blocks.
+    """4-bit linear layer on the C kernels (omni_kernels/q4_matmul.py): weights kept in GGUF's Q4_1 blocks.
 
     Reads 20 bytes per 32 weights; activations are quantised to int8 per block of 32 inside the kernel.
     On 2 cores all 30 SmolLM2-135M layers' projections take ~7 ms per token (torch's int4 GEMM: ~9 ms plus
@@ -93,7 +93,7 @@ class Q4Linear(nn.Module):
     bias: torch.Tensor | None  # [N] float32
 
     def __init__(self, lib: Library, blocks: torch.Tensor, in_features: int, bias: torch.Tensor | None = None) -> None:
-        """blocks [N, K/32 * 20] uint8 (kernels.q4_matmul.pack_q4_1, or a GGUF file's Q4_1 bytes), K = in_features."""
+        """blocks [N, K/32 * 20] uint8 (omni_kernels.q4_matmul.pack_q4_1, or GGUF Q4_1 bytes), K = in_features."""
         super().__init__()
         if in_features % GROUP or blocks.dim() != 2 or blocks.shape[1] != in_features // GROUP * 20:
             raise ValueError(f"Q4_1 blocks {tuple(blocks.shape)} do not fit {in_features} input features")

@@ -4,7 +4,7 @@ Router (Qwen3-MoE, as transformers' Qwen3-Omni): logits = gate(x) [E]; probabili
 the top-k experts by probability, optionally renormalised to sum to 1 (`norm_topk_prob`), weights cast back
 to x's dtype; output = sum of the chosen experts' SwiGLU FFNs weighted by them, plus (the Talker) a shared
 expert scaled by sigmoid(shared_expert_gate(x)). The expert FFNs run as grouped matmuls
-(kernels/moe_matmul.py): one matmul per expert over the tokens routed to it.
+(omni_kernels/moe_matmul.py): one matmul per expert over the tokens routed to it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.moe_matmul import moe_experts
+from omni_kernels.moe_matmul import moe_experts
 
 
 class GatedMLP(nn.Module):

@@ -1,8 +1,8 @@
 """Weight-only quantised linear layers for the GPU path, and `quantize_decoder` to swap them in at load.
 
-- Int8Linear: per output channel int8 (kernels/int8_matmul.py): 1 byte per weight instead of 2 (bf16), so a
+- Int8Linear: per output channel int8 (omni_kernels/int8_matmul.py): 1 byte per weight instead of 2 (bf16), so a
   7B Thinker's 13 GB of projections read per decode token become ~6.6 GB.
-- GroupInt4Linear: int4 per group of 128 with a bf16 scale and minimum (kernels/int4_matmul.py): 0.53 bytes
+- GroupInt4Linear: int4 per group of 128 with a bf16 scale and minimum (omni_kernels/int4_matmul.py): 0.53 bytes
   per weight, ~3.5 GB; fits a 12 GB GPU with room for the KV cache.
 
 Both call the kernels' dispatch (Triton on CUDA tensors, the float32 eager reference elsewhere). The name
@@ -13,7 +13,7 @@ Embeddings, norms and the LM head stay in the model's dtype: the head is 0.5 B o
 but quantising it moves logits of close candidates, and `DecoderLM.head` already has its own narrow copy.
 
 Mixture-of-experts layers (the Qwen3 family): the expert stacks become `QuantExperts` (int8 per expert and output
-channel, or int4 groups, in kernels/moe_matmul.py's `Int8ExpertWeights` / `Int4ExpertWeights`, run by the same
+channel, or int4 groups, in omni_kernels/moe_matmul.py's `Int8ExpertWeights` / `Int4ExpertWeights`, run by the same
 grouped matmul path as float experts) and a shared expert's projections become quantised linears; the router
 (`gate`, [E, C]) and the shared-expert gate stay in the model's dtype, as routing picks among close scores.
 """
@@ -25,10 +25,10 @@ from typing import cast
 import torch
 from torch import nn
 
-from kernels.int4_matmul import dequantize_int4, int4_matmul, quantize_int4
-from kernels.int8_matmul import dequantize_int8, int8_matmul, quantize_int8
-from kernels.moe_matmul import ExpertWeights, Int4ExpertWeights, Int8ExpertWeights, moe_experts
 from model.layers.mlp import Experts, GatedMLP, SparseMoE
+from omni_kernels.int4_matmul import dequantize_int4, int4_matmul, quantize_int4
+from omni_kernels.int8_matmul import dequantize_int8, int8_matmul, quantize_int8
+from omni_kernels.moe_matmul import ExpertWeights, Int4ExpertWeights, Int8ExpertWeights, moe_experts
 
 QUANT_KINDS = ("int8", "int4")
 INT4_GROUP = 128  # the kernel's default: 4 bytes of scale+min per 64 bytes of codes (6% overhead)

@@ -1,4 +1,4 @@
-"""The one-token decode step on the GPU kernels (kernels/*.py), for one session or many stacked ones.
+"""The one-token decode step on the GPU kernels (omni_kernels/*.py), for one session or many stacked ones.
 
 Per layer: fused residual add + RMSNorm, the qkv projection (dense, int8 or int4), q and k rotated in place
 (M-RoPE included, with the shifted sink query once the ring has wrapped), the new K/V written at each row's
@@ -26,13 +26,13 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from kernels import decode_attention as attn_op
-from kernels import int4_matmul as int4_op
-from kernels import int8_matmul as int8_op
-from kernels import rms_norm as norm_op
-from kernels import rope as rope_op
-from kernels import silu_gate as gate_op
 from model.layers.quant_linear import GroupInt4Linear, Int8Linear
+from omni_kernels import decode_attention as attn_op
+from omni_kernels import int4_matmul as int4_op
+from omni_kernels import int8_matmul as int8_op
+from omni_kernels import rms_norm as norm_op
+from omni_kernels import rope as rope_op
+from omni_kernels import silu_gate as gate_op
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def decode_step(model: Any, ops: KernelOps, inp: StepInputs) -> torch.Tensor:
         mlp = layer.mlp
         if hasattr(mlp, "gate_up_proj"):
             out = project(ops, mlp.down_proj, ops.silu_gate(project(ops, mlp.gate_up_proj, normed)))
-        else:  # a mixture-of-experts MLP: its grouped-matmul dispatch (kernels/moe_matmul.py)
+        else:  # a mixture-of-experts MLP: its grouped-matmul dispatch (omni_kernels/moe_matmul.py)
             out = mlp(normed)
     final, _ = ops.add_rms_norm(out, h, model.norm.weight, eps)
     return final

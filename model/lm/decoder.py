@@ -13,9 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.cpu import Library
-from kernels.decode_step import CACHE_DTYPES, DecodeStep, LayerWeights
-from kernels.q8_matmul import pack_q8_0, q8_0_matmul
 from model.layers.attention import Attention
 from model.layers.int4_linear import Q4Linear
 from model.layers.mlp import GatedMLP, SparseMoE
@@ -24,6 +21,9 @@ from model.layers.rope import fold_rope, rope_cos_sin, rope_inv_freq
 from model.lm.config import DecoderConfig
 from model.lm.decode_kernels import DISPATCH_OPS, KernelOps, decode_step, single_session_inputs
 from model.lm.kv_cache import CacheConfig, KVCache
+from omni_kernels.cpu import Library
+from omni_kernels.decode_step import CACHE_DTYPES, DecodeStep, LayerWeights
+from omni_kernels.q8_matmul import pack_q8_0, q8_0_matmul
 
 
 @dataclass
@@ -164,7 +164,7 @@ class DecoderLM(nn.Module):
         self.narrow_head = None if kind == weight.dtype else weight.detach().to(kind)
 
     def enable_fused_decode(self, lib: Library) -> bool:
-        """Run one-token steps of a single session as one C call (kernels/decode_step.py) when every
+        """Run one-token steps of a single session as one C call (omni_kernels/decode_step.py) when every
         projection is a Q4Linear and the residual stream and cache are float32 on the CPU; returns whether
         it could. Prefill and batches keep the per-layer path, which uses the same 4-bit kernels. Sessions
         started afterwards get a float16 cache unless their CacheConfig says otherwise (`cache_dtype`).

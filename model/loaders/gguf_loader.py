@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from kernels.cpu import library
 from model.errors import CheckpointError, ConfigError
 from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM
 from model.loaders.gguf_file import GGUFFile
 from model.loaders.gguf_quants import Q4_TYPES, q4_1_blocks
 from model.loaders.weights import Q4Weight, Weight, build_decoder, expected_shapes
+from omni_kernels.cpu import library
 
 _SUPPORTED_ARCHS = ("llama", "qwen2")
 # GGUF tensor names -> reference names (per layer: blk.N.<gguf> -> layers.N.<reference>).

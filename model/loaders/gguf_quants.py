@@ -106,7 +106,7 @@ Q4_TYPES = frozenset({GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1})
 
 
 def q4_1_blocks(raw: np.ndarray, qtype: GGMLQuantizationType, shape: tuple[int, int]) -> torch.Tensor:
-    """Q4_0/Q4_1 blocks of an [N, K] tensor -> Q4_1 blocks [N, K/32 * 20] uint8 (kernels/q4_matmul.py).
+    """Q4_0/Q4_1 blocks of an [N, K] tensor -> Q4_1 blocks [N, K/32 * 20] uint8 (omni_kernels/q4_matmul.py).
 
     Q4_1 bytes are taken as they are; a Q4_0 block (d, 16 bytes) gains the min m = -8 d, exact in f16.
     """

@@ -18,20 +18,20 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.cpu import library
-from kernels.q4_matmul import dequantize_q4_1, unpack_q4_1
 from model.errors import CheckpointError
 from model.layers.int4_linear import Int4Linear, Q4Linear
 from model.layers.rope import rope_inv_freq
 from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM
+from omni_kernels.cpu import library
+from omni_kernels.q4_matmul import dequantize_q4_1, unpack_q4_1
 
 
 @dataclass
 class Q4Weight:
     """A 4-bit weight as stored in GGUF Q4_0/Q4_1 files, in Q4_1 blocks: weight = d * q + m per 32 columns."""
 
-    blocks: torch.Tensor  # [N, K/32 * 20] uint8 (layout: kernels/q4_matmul.py)
+    blocks: torch.Tensor  # [N, K/32 * 20] uint8 (layout: omni_kernels/q4_matmul.py)
     in_features: int  # K
 
     @property
@@ -115,7 +115,7 @@ def build_decoder(
     """Build a DecoderLM from reference-layout tensors without a random initialisation pass.
 
     int4: projections whose weights arrive as Q4Weight stay 4-bit (CPU only): Q4Linear on the C kernels
-    (kernels/cpu), which also run whole decode steps, or Int4Linear on torch's int4 GEMM where the kernels
+    (omni_kernels/cpu), which also run whole decode steps, or Int4Linear on torch's int4 GEMM where the kernels
     cannot be built; otherwise every weight is expanded to `dtype`. embed_dtype: the output head also gets
     a narrower copy for scoring the vocabulary (the head is the largest matrix of a small model; see
     DecoderLM.head): Q8_0 blocks when the 4-bit layers run on the C kernels, else this dtype.

@@ -1,4 +1,4 @@
-"""The C kernels (kernels/cpu/omni_cpu.c) against their torch references and against ggml's own formats."""
+"""The C kernels (omni_kernels/cpu/omni_cpu.c) against their torch references and against ggml's own formats."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
-from kernels.cpu import _BASE_FLAGS, KernelBuildError, Library, _compile
-from kernels.q4_matmul import (
+from model.loaders.gguf_quants import q4_1_blocks
+from omni_kernels.cpu import _BASE_FLAGS, KernelBuildError, Library, _compile
+from omni_kernels.q4_matmul import (
     pack_q4_1,
     q4_1_matmul,
     q4_1_matmul_reference,
@@ -20,8 +21,7 @@ from kernels.q4_matmul import (
     quantize_q16_act_reference,
     unpack_q4_1,
 )
-from kernels.q8_matmul import dequantize_q8_0, pack_q8_0, q8_0_matmul, q8_0_matmul_reference
-from model.loaders.gguf_quants import q4_1_blocks
+from omni_kernels.q8_matmul import dequantize_q8_0, pack_q8_0, q8_0_matmul, q8_0_matmul_reference
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -153,7 +153,7 @@ def test_portable_build_without_simd_matches_too(tmp_path: Path) -> None:
 def test_built_library_is_keyed_by_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An upgraded omni_cpu.c or header beside it must not load a library built from older sources (nothing
     is compiled here)."""
-    import kernels.cpu as cpu
+    import omni_kernels.cpu as cpu
 
     built: list[Path] = []
 

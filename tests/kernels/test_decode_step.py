@@ -11,12 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.cpu import Library
-from kernels.q4_matmul import pack_q4_1
 from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM
 from model.lm.kv_cache import CacheConfig
 from model.loaders.weights import Q4Weight, Weight, build_decoder, expected_shapes
+from omni_kernels.cpu import Library
+from omni_kernels.q4_matmul import pack_q4_1
 
 
 def _random_q4_model(cfg: DecoderConfig, seed: int) -> DecoderLM:

@@ -1,4 +1,4 @@
-"""Decode attention over the sink + ring KV cache (kernels/decode_attention.py): Triton kernel against the
+"""Decode attention over the sink + ring KV cache (omni_kernels/decode_attention.py): Triton kernel against the
 eager reference (partly filled and wrapped rings, sinks scored with their own query, GQA, one and several
 batch rows of different lengths, one and several splits), and the reference against the model's attention."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.decode_attention import decode_attention, decode_attention_reference, decode_attention_triton
+from omni_kernels.decode_attention import decode_attention, decode_attention_reference, decode_attention_triton
 
 SINKS, WINDOW, CHUNK = 3, 21, 6
 RING = WINDOW + CHUNK - 1  # 26 ring slots (KVCache's rule): 5 of them hold stale tokens once wrapped

@@ -1,4 +1,4 @@
-"""Fused residual add + RMSNorm (kernels/rms_norm.py): Triton kernel against the eager reference, and the
+"""Fused residual add + RMSNorm (omni_kernels/rms_norm.py): Triton kernel against the eager reference, and the
 reference against the model's own RMSNorm."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
+from omni_kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
 
 # Rows of 67 and 111 columns: not powers of two, so the kernel's masked tail is exercised.
 SHAPES = [(1, 67), (3, 5, 111)]

@@ -1,4 +1,4 @@
-"""Rotary embedding of q and k in place (kernels/rope.py): plain RoPE and three-section M-RoPE, the shifted
+"""Rotary embedding of q and k in place (omni_kernels/rope.py): plain RoPE and three-section M-RoPE, the shifted
 sink query; Triton kernel against the eager reference, and the reference against the model's rotary code."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.rope import rope_cos_sin_reference, rope_qk_, rope_qk_reference_, rope_qk_triton_
+from omni_kernels.rope import rope_cos_sin_reference, rope_qk_, rope_qk_reference_, rope_qk_triton_
 
 B, T, H, HKV, D = 2, 3, 5, 3, 20  # 20 = 2 x 10 frequencies: not a power of two, masked in the kernel
 SECTION = (3, 3, 4)  # Qwen2.5-Omni's (16, 24, 24) scaled down to D/2 = 10

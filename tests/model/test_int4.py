@@ -10,13 +10,13 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
-from kernels.cpu import library
-from kernels.q4_matmul import unpack_q4_1
 from model.layers import int4_linear
 from model.layers.int4_linear import _BLOCK_N, Int4Linear, Q4Linear, _blocked_layout_matches, _pack_blocked, pack_int4
 from model.loaders import gguf_loader, weights
 from model.loaders.gguf_loader import load_gguf_decoder
 from model.loaders.gguf_quants import q4_1_blocks
+from omni_kernels.cpu import library
+from omni_kernels.q4_matmul import unpack_q4_1
 from tests.model.test_gguf import TYPES, _write_tiny_gguf
 
 torch_int4 = pytest.mark.skipif(not hasattr(torch, "_weight_int4pack_mm_for_cpu"), reason="torch without CPU int4")

@@ -231,7 +231,7 @@ def test_config_round_trip_and_presets() -> None:
 
 def test_unsupported_paths_are_refused(tmp_path: Path) -> None:
     _, ours, _ = _thinker(tmp_path)
-    from kernels.cpu import library
+    from omni_kernels.cpu import library
 
     lib = library()
     if lib is not None:

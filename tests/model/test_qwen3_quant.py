@@ -17,7 +17,7 @@ from unittest import mock
 import pytest
 import torch
 
-import kernels.moe_matmul as moe
+import omni_kernels.moe_matmul as moe
 from model.layers.mlp import Experts, SparseMoE
 from model.layers.quant_linear import GroupInt4Linear, Int8Linear, QuantExperts
 from model.lm.decoder import DecoderLM

@@ -7,7 +7,7 @@ own K/V already written) sees, exactly as `KVCache.plan` decides,
 
     slot_token[s] >= 0  and  slot_token[s] <= n  and  (s < sinks  or  slot_token[s] > n - window)
 
-and scores the sink slots with `q_sink` (the query rotated to position - shift, see kernels/rope.py) and
+and scores the sink slots with `q_sink` (the query rotated to position - shift, see omni_kernels/rope.py) and
 every other slot with `q`. Softmax order does not matter, so slots are visited in storage order: a wrapped
 ring needs no unrolling, and a partly filled cache is cut at min(S, n + 1) slots.
 
@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from kernels._triton import dot, interpreting, next_pow2, require_triton, round_to, tl, triton, use_triton
+from omni_kernels._triton import dot, interpreting, next_pow2, require_triton, round_to, tl, triton, use_triton
 
 _BLOCK_N = 32  # slots per inner step; tl.dot needs >= 16 on every side
 

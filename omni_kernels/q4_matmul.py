@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cpu import BLOCK_Q4_1, BLOCK_Q16_ACT, Library
+from omni_kernels.cpu import BLOCK_Q4_1, BLOCK_Q16_ACT, Library
 
 QK = 32
 

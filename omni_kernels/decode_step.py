@@ -8,7 +8,7 @@ final RMSNorm. All in float32 apart from the 4-bit weights, the int16 activation
 float16 cache when the session's cache is float16 (keys and values rounded once, when stored).
 
 The eager reference is the model's own torch path (model/lm/decoder.py) with its projections computed by
-`kernels.q4_matmul.q4_1_matmul_reference`; tests/kernels compares the two.
+`omni_kernels.q4_matmul.q4_1_matmul_reference`; tests/kernels compares the two.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.cpu import Library
+from omni_kernels.cpu import Library
 
 CACHE_DTYPES = (torch.float32, torch.float16)  # the KV cache element types the C step reads and writes
 

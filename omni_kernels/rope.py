@@ -17,7 +17,7 @@ read of q before q is rotated in place.
 
 import torch
 
-from kernels._triton import next_pow2, require_triton, round_to, tl, triton, use_triton
+from omni_kernels._triton import next_pow2, require_triton, round_to, tl, triton, use_triton
 
 if triton is not None:
 

@@ -14,7 +14,7 @@ does not do; for float32 activations the two differ only by summation order.
 
 import torch
 
-from kernels._triton import dot, interpreting, require_triton, round_to, tl, triton, use_triton
+from omni_kernels._triton import dot, interpreting, require_triton, round_to, tl, triton, use_triton
 
 if triton is not None:
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cpu import BLOCK_Q8_0, Library
+from omni_kernels.cpu import BLOCK_Q8_0, Library
 
 QK = 32
 

@@ -15,11 +15,11 @@ bound run no loop iteration and store nothing. The eager reference (`grouped_mat
 one torch matmul per expert that has tokens.
 
 Weight-only quantised experts (`--quant`): `grouped_matmul` also takes int8 weights [E, N, K] with a per-expert,
-per-output-channel float32 scale [E, N] (kernels/int8_matmul.py's format per expert): the kernel converts each
+per-output-channel float32 scale [E, N] (omni_kernels/int8_matmul.py's format per expert): the kernel converts each
 int8 tile to the activation dtype (exact) and scales the float32 accumulator once per output; the reference
 computes in float32, as int8_matmul_reference does. `Int8ExpertWeights` and `Int4ExpertWeights` hold an expert
 stack in the two formats and are what `moe_experts` takes in place of a float tensor; int4 (group-wise scale and
-minimum along K) runs one kernels/int4_matmul.py call per expert with tokens (its Triton kernel on CUDA).
+minimum along K) runs one omni_kernels/int4_matmul.py call per expert with tokens (its Triton kernel on CUDA).
 """
 
 from collections.abc import Callable
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import dot, interpreting, next_pow2, require_triton, round_to, tl, triton, use_triton
-from kernels.int4_matmul import dequantize_int4, int4_matmul, quantize_int4
-from kernels.int8_matmul import quantize_int8
-from kernels.silu_gate import silu_gate
+from omni_kernels._triton import dot, interpreting, next_pow2, require_triton, round_to, tl, triton, use_triton
+from omni_kernels.int4_matmul import dequantize_int4, int4_matmul, quantize_int4
+from omni_kernels.int8_matmul import quantize_int8
+from omni_kernels.silu_gate import silu_gate
 
 if triton is not None:
 
@@ -174,7 +174,7 @@ class Int8ExpertWeights:
 
 @dataclass
 class Int4ExpertWeights:
-    """An expert stack [E, N, K] in kernels/int4_matmul.py's format per expert: packed [E, N, K/2] uint8,
+    """An expert stack [E, N, K] in omni_kernels/int4_matmul.py's format per expert: packed [E, N, K/2] uint8,
     scale and mins [E, N, K/group]."""
 
     packed: torch.Tensor

@@ -14,7 +14,7 @@ moving 4 rows (x and residual in, normed and residual out).
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import next_pow2, require_triton, round_to, tl, triton, use_triton
+from omni_kernels._triton import next_pow2, require_triton, round_to, tl, triton, use_triton
 
 if triton is not None:
 

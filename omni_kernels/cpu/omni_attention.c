@@ -1,7 +1,7 @@
 /* Decode attention over a float32 or float16 KV cache: part of omni_cpu.c, which #includes this file after
  * its conversions and dot products (it is not compiled on its own). A separate .c file so that each stays
- * readable and the package data (every .c file in kernels/cpu) ships it; the library's cache key covers
- * every .c and .h here (kernels/cpu/__init__.py), so editing this file rebuilds the library too. */
+ * readable and the package data (every .c file in omni_kernels/cpu) ships it; the library's cache key covers
+ * every .c and .h here (omni_kernels/cpu/__init__.py), so editing this file rebuilds the library too. */
 
 /* ---------------------------------------------------------------- attention over the KV cache */
 

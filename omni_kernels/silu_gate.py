@@ -10,7 +10,7 @@ most about one unit in the last place of the result.
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import next_pow2, require_triton, round_to, tl, triton, use_triton
+from omni_kernels._triton import next_pow2, require_triton, round_to, tl, triton, use_triton
 
 _BLOCK = 1024  # columns per program; 18944 (7B intermediate) = 18.5 blocks, the tail masked
 

@@ -12,7 +12,7 @@ tl.dot's 16-row minimum; the weight read dominates, and x is re-read per N-tile 
 
 import torch
 
-from kernels._triton import dot, interpreting, next_pow2, require_triton, round_to, tl, triton, use_triton
+from omni_kernels._triton import dot, interpreting, next_pow2, require_triton, round_to, tl, triton, use_triton
 
 if triton is not None:
 
