@@ -73,8 +73,12 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     add("--max-ws-message-kb", type=int, default=d.max_ws_message_bytes // 1024, help="one WebSocket event, "
         "images included (default %(default)s); up to twice that an error event, beyond the socket is closed")
     add("--events-per-second", type=float, default=d.messages_per_second,
-        help=f"client events per session, on the data channel or the WebSocket, where each audio append counts "
+        help=f"client events per session, on the data channel or the WebSocket, audio appends aside "
         f"(default %(default)s, bursts of {BURST_SECONDS:g} s worth: {d.message_burst})")
+    add("--appends-per-second", type=float, default=d.appends_per_second,
+        help=f"input_audio_buffer.append events per WebSocket session, a bucket of their own (default "
+        f"%(default)s, bursts of {BURST_SECONDS:g} s worth: {d.append_burst}; a client streaming 20 ms pieces "
+        "sends 50)")
     add("--connects-per-minute", type=float, default=d.connects_per_minute,
         help=f"new calls per client address (default %(default)s, bursts of {d.connect_burst}); beyond: 429")
     add("--max-connections-per-address", type=int, default=d.max_connections_per_address, metavar="N",
@@ -120,6 +124,7 @@ def deploy_settings(args: argparse.Namespace) -> tuple[AuthConfig, Limits]:
         "max_message_kb",
         "max_ws_message_kb",
         "events_per_second",
+        "appends_per_second",
         "connects_per_minute",
         "max_connections_per_address",
         "request_timeout",
@@ -137,6 +142,8 @@ def deploy_settings(args: argparse.Namespace) -> tuple[AuthConfig, Limits]:
         max_ws_message_bytes=args.max_ws_message_kb * 1024,
         messages_per_second=args.events_per_second,
         message_burst=message_burst_for(args.events_per_second),
+        appends_per_second=args.appends_per_second,
+        append_burst=message_burst_for(args.appends_per_second),
         max_instructions_chars=args.max_instructions,
         max_session_minutes=args.max_session_minutes,
         connects_per_minute=args.connects_per_minute,

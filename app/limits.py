@@ -38,6 +38,10 @@ class Limits:
     max_message_bytes: int = CHANNEL_MAX_MESSAGE_BYTES  # one inbound (and outbound) data-channel message
     messages_per_second: float = 50.0  # sustained client events per call, bursts of `message_burst`
     message_burst: int = 200  # BURST_SECONDS of the rate (`message_burst_for`)
+    # `input_audio_buffer.append` has its own bucket: clients stream an append every 20-100 ms (10-50 a second),
+    # which must never trip and never use up the other events' budget, while a flood of tiny appends stays bounded
+    appends_per_second: float = 100.0
+    append_burst: int = 400
     # One inbound WebSocket message: its audio appends are 6.4 KB per 100 ms, but an input_image data URL of a
     # 1920x1080 PNG screenshot is 2-6 MB, 1.33x that in base64. Up to WS_HARD_FACTOR times this, a bigger
     # message is answered with an error event; beyond, aiohttp closes the socket (1009) rather than buffer it.
@@ -120,15 +124,23 @@ class RateLimiter:
         return bucket.take()
 
 
+APPEND_TYPE = "input_audio_buffer.append"
+SNIFF_CHARS = 256  # where an append's "type" is looked for before parsing (clients put it first or second)
+
+
 class MessageGate:
-    """Inbound message checks for one call, on either transport: size (`max_bytes`: the data channel's
-    `max_message_bytes` unless given) and rate. `admit` returns an error (code, message) or None."""
+    """Inbound message checks for one call, on either transport, before the message is parsed: size
+    (`max_bytes`: the data channel's `max_message_bytes` unless given) and rate: audio appends (their type within
+    the message's first SNIFF_CHARS characters) take from their own bucket (`appends_per_second`), every other
+    message from the events' (`messages_per_second`). A message dressed up as an append only moves to the other
+    bucket, so a client gets at most both rates together. `admit` returns an error (code, message) or None."""
 
     def __init__(self, limits: Limits, metrics: ServerMetrics, max_bytes: int | None = None) -> None:
         self.limits = limits
         self.metrics = metrics
         self.max_bytes = limits.max_message_bytes if max_bytes is None else max_bytes
         self.bucket = TokenBucket(limits.messages_per_second, limits.message_burst)
+        self.appends = TokenBucket(limits.appends_per_second, limits.append_burst)
 
     def admit(self, message: str | bytes) -> tuple[str, str] | None:
         size = len(message) if isinstance(message, bytes) else _utf8_len(message, self.max_bytes)
@@ -137,13 +149,25 @@ class MessageGate:
             return "message_too_large", (
                 f"event of {size} bytes is larger than the {self.max_bytes}-byte message limit"
             )
-        if self.bucket.take() > 0.0:
+        if _is_append(message):
+            if self.appends.take() > 0.0:
+                count_refusal(self.metrics, "append_rate")
+                return "rate_limited", (
+                    f"more than {self.limits.appends_per_second:g} {APPEND_TYPE} events per second (bursts of "
+                    f"{self.limits.append_burst}); this one was dropped: send audio in bigger pieces"
+                )
+        elif self.bucket.take() > 0.0:
             count_refusal(self.metrics, "message_rate")
             return "rate_limited", (
                 f"more than {self.limits.messages_per_second:g} events per second "
                 f"(bursts of {self.limits.message_burst}); this one was dropped"
             )
         return None
+
+
+def _is_append(message: str | bytes) -> bool:
+    head = message[:SNIFF_CHARS]
+    return (f'"{APPEND_TYPE}"'.encode() if isinstance(head, bytes) else f'"{APPEND_TYPE}"') in head
 
 
 def _utf8_len(text: str, limit: int) -> int:

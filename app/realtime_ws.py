@@ -11,11 +11,11 @@ Admission and limits are the WebRTC signaling route's own, not a copy: the auth 
 key and the page's `Origin` before the upgrade (a cross-site page must not open a session on a local server),
 `Server.admit` refuses it while draining, beyond --max-sessions (WebRTC calls and sockets counted together) or
 the per-address connect rate, all before `ws.prepare` and so with a plain HTTP refusal; every inbound message
-passes a `MessageGate` (size: `Limits.max_ws_message_bytes`; rate: --events-per-second, each audio append
-counting), answered with the data channel's `error` events, the session going on; --max-session-minutes ends a
-socket with the same `session_expired` event; graceful shutdown (app.shutdown) tells sockets and waits for
-their replies as it does calls, then closes them with 1001 (going away). Events already queued when a socket
-closes get FLUSH_TIMEOUT seconds to leave, so the last `error` reaches the client.
+passes a `MessageGate` (size: `Limits.max_ws_message_bytes`; rate: --events-per-second, audio appends
+--appends-per-second), answered with the data channel's `error` events, the session going on;
+--max-session-minutes ends a socket with the same `session_expired` event; graceful shutdown (app.shutdown)
+tells sockets and waits for their replies as it does calls, then closes them with 1001 (going away). Events
+already queued when a socket closes get FLUSH_TIMEOUT seconds to leave, so the last `error` reaches the client.
 
 Bounds: server messages wait in an `Outbox` of OUTBOX_MESSAGES, of which speech may fill OUTBOX_AUDIO (then
 generation waits, through the session's BLOCK output queue); a client that lets events pile up past the bound

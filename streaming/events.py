@@ -52,13 +52,19 @@ _CLIENT_ALIASES = {
 
 class ProtocolError(ValueError):
     """A client event we cannot accept; `code` goes into the `error` event. `limit`: the server limit it broke
-    (e.g. "instructions"), counted in /metrics as omni_limit_<limit>_refusals_total; None for plain bad input."""
+    (e.g. "instructions"), counted in /metrics as omni_limit_<limit>_refusals_total; None for plain bad input.
+    `param`: the refused field's path in the event as Realtime names it (`session.audio.input.turn_detection.
+    threshold`, `item.content[0].image_url`), the `error.param` of the answer; None when no one field is at fault
+    (unparsable JSON)."""
 
-    def __init__(self, code: str, message: str, event_id: str | None = None, limit: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, event_id: str | None = None, limit: str | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.event_id = event_id
         self.limit = limit
+        self.param = param
 
 
 def new_id(prefix: str) -> str:
@@ -74,26 +80,27 @@ def parse_client_event(
     event, event_id = _event_object(raw)
     kind = event.get("type")
     if not isinstance(kind, str):
-        raise ProtocolError("missing_type", "event has no string field 'type'", event_id)
+        raise ProtocolError("missing_type", "event has no string field 'type'", event_id, param="type")
     kind = _CLIENT_ALIASES.get(kind, kind)
     if kind == "response.create":
-        response = _obj(event.get("response"))
+        response = _optional_obj(event, "response", event_id)
         instructions = response.get("instructions")
         if instructions is not None and not isinstance(instructions, str):
-            raise ProtocolError("invalid_value", "response.instructions must be a string", event_id)
+            raise ProtocolError("invalid_value", "response.instructions must be a string", event_id,
+                                param="response.instructions")
         _check_instructions(instructions, max_instructions, "response.instructions", event_id)
-        speech = _speech(response, event_id) if "output_modalities" in response else None
+        speech = _speech(response, "response", event_id) if "output_modalities" in response else None
         return ResponseRequest(timestamp=0.0, instructions=instructions, speech=speech)
     if kind == "response.cancel":
         return Interrupt(timestamp=0.0, reason="client_cancel")
     if kind == "conversation.item.truncate":
         item_id, end_ms = event.get("item_id"), event.get("audio_end_ms")
-        if not isinstance(item_id, str) or not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
-            raise ProtocolError(
-                "invalid_value",
-                "conversation.item.truncate needs item_id (string) and audio_end_ms (integer >= 0)",
-                event_id,
-            )
+        if not isinstance(item_id, str):
+            raise ProtocolError("invalid_value", "conversation.item.truncate needs a string item_id", event_id,
+                                param="item_id")
+        if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
+            raise ProtocolError("invalid_value", "conversation.item.truncate needs audio_end_ms, an integer >= 0",
+                                event_id, param="audio_end_ms")
         return Truncate(item_id=item_id, audio_end_ms=end_ms)
     if kind == "session.update":
         settings = _session_settings(event.get("session"), event_id)
@@ -101,7 +108,7 @@ def parse_client_event(
         return SessionUpdate(settings=settings)
     if kind == "conversation.item.create":
         message = _user_message(event.get("item"), event_id)
-        _check_instructions(message.text, max_instructions, "item.content text", event_id)
+        _check_instructions(message.text, max_instructions, "item.content", event_id)
         return message
     if kind == "input_audio_buffer.append":
         return AudioFrame(_pcm16(event.get("audio"), event_id), WIRE_RATE, 0.0)
@@ -111,9 +118,10 @@ def parse_client_event(
         return InputClear()
     if kind == "output_audio_buffer.clear":
         raise ProtocolError(
-            "unsupported_event", "output_audio_buffer.clear is not supported: use response.cancel", event_id
+            "unsupported_event", "output_audio_buffer.clear is not supported: use response.cancel", event_id,
+            param="type",
         )
-    raise ProtocolError("unknown_event", f"unknown client event type {kind!r}", event_id)
+    raise ProtocolError("unknown_event", f"unknown client event type {_short(kind)}", event_id, param="type")
 
 
 def _event_object(raw: str | bytes | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -133,7 +141,8 @@ def _event_object(raw: str | bytes | dict[str, Any]) -> tuple[dict[str, Any], st
     # echoed in our error events: only a short string, so an echo can never outgrow the peer's message limit
     event_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_EVENT_ID_CHARS else None
     if raw_id is not None and event_id is None:
-        raise ProtocolError("invalid_value", f"event_id must be a string of at most {MAX_EVENT_ID_CHARS} characters")
+        raise ProtocolError("invalid_value", f"event_id must be a string of at most {MAX_EVENT_ID_CHARS} characters",
+                            param="event_id")
     return event, event_id
 
 
@@ -141,7 +150,7 @@ def _check_instructions(text: object, limit: int, name: str, event_id: str | Non
     if isinstance(text, str) and len(text) > limit:
         raise ProtocolError(
             "invalid_value", f"{name} is {len(text)} characters long; at most {limit} are accepted", event_id,
-            limit="instructions",
+            limit="instructions", param=name,
         )
 
 
@@ -149,34 +158,43 @@ def _user_message(item: object, event_id: str | None) -> UserMessage:
     """A user message: `{"type": "message", "role": "user", "content": [...]}` with `input_text` parts (joined)
     and `input_image` parts (`image_url`: a data URL). Other items (assistant messages, audio content, function
     calls) are refused: spoken input arrives as audio (the track or `input_audio_buffer.append`)."""
-    if not isinstance(item, dict) or item.get("type", "message") != "message" or item.get("role") != "user":
-        raise ProtocolError(
-            "unsupported_event", "conversation.item.create takes a user message (type message, role user)", event_id
-        )
+    if not isinstance(item, dict):
+        raise ProtocolError("invalid_value", "conversation.item.create needs an object field 'item'", event_id,
+                            param="item")
+    for key, want in (("type", "message"), ("role", "user")):
+        if item.get(key, "message") != want:
+            raise ProtocolError(
+                "unsupported_event", "conversation.item.create takes a user message (type message, role user)",
+                event_id, param=f"item.{key}",
+            )
     content = item.get("content")
     if not isinstance(content, list) or not content:
-        raise ProtocolError("invalid_value", "the message needs a non-empty list 'content'", event_id)
+        raise ProtocolError("invalid_value", "the message needs a non-empty list 'content'", event_id,
+                            param="item.content")
     texts, images = [], []
-    for part in content:
+    for i, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
+        where = f"item.content[{i}]"
         if kind == "input_text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind == "input_image" and isinstance(part.get("image_url"), str):
             if not part["image_url"].startswith("data:image/"):
                 raise ProtocolError(
-                    "invalid_value", "input_image.image_url must be a data URL (data:image/...;base64,...)", event_id
+                    "invalid_value", "input_image.image_url must be a data URL (data:image/...;base64,...)", event_id,
+                    param=f"{where}.image_url",
                 )
             images.append(part["image_url"])
         else:
+            field = {"input_text": f"{where}.text", "input_image": f"{where}.image_url"}.get(str(kind), where)
             raise ProtocolError(
                 "unsupported_event",
                 'message content must be {"type": "input_text", "text": "..."} or {"type": "input_image", '
                 '"image_url": "data:image/..."} parts',
-                event_id,
+                event_id, param=field,
             )
     text = " ".join(t.strip() for t in texts if t.strip())
     if not text and not images:
-        raise ProtocolError("invalid_value", "the message has no text and no image", event_id)
+        raise ProtocolError("invalid_value", "the message has no text and no image", event_id, param="item.content")
     item_id = item.get("id")
     return UserMessage(text, item_id if isinstance(item_id, str) and item_id else new_id("item"), images=tuple(images))
 
@@ -184,30 +202,39 @@ def _user_message(item: object, event_id: str | None) -> UserMessage:
 def _pcm16(audio: object, event_id: str | None) -> np.ndarray:
     """`input_audio_buffer.append`'s `audio`: base64 of little-endian int16 mono at 24 kHz."""
     if not isinstance(audio, str):
-        raise ProtocolError("invalid_value", "input_audio_buffer.append needs a base64 string field 'audio'", event_id)
+        raise ProtocolError("invalid_value", "input_audio_buffer.append needs a base64 string field 'audio'", event_id,
+                            param="audio")
     try:
         raw = base64.b64decode(audio, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError(
-            "invalid_value", "input_audio_buffer.append: 'audio' is not valid base64", event_id
+            "invalid_value", "input_audio_buffer.append: 'audio' is not valid base64", event_id, param="audio"
         ) from None
     if not raw or len(raw) % 2:
         raise ProtocolError(
             "invalid_value",
             f"input_audio_buffer.append: pcm16 needs an even, non-zero byte count, got {len(raw)}",
-            event_id,
+            event_id, param="audio",
         )
     return np.frombuffer(raw, "<i2")
 
 
-def _speech(obj: dict[str, Any], event_id: str | None) -> bool:
-    """`output_modalities`: ["audio"] (speech with its transcript) -> True, ["text"] -> False."""
+def _speech(obj: dict[str, Any], where: str, event_id: str | None) -> bool:
+    """`output_modalities` (of `obj`, the event's field `where`): ["audio"] (speech with its transcript) -> True,
+    ["text"] -> False."""
     m = obj.get("output_modalities")
     if m == ["audio"]:
         return True
     if m == ["text"]:
         return False
-    raise ProtocolError("invalid_value", f'output_modalities must be ["audio"] or ["text"], got {m!r}', event_id)
+    raise ProtocolError("invalid_value", f'output_modalities must be ["audio"] or ["text"], got {_short(m)}',
+                        event_id, param=f"{where}.output_modalities")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """A client's value for an error message, cut so that an echo cannot outgrow the peer's message limit."""
+    text = repr(value) if not isinstance(value, list | dict) or len(value) < 100 else f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_format(fmt: object, where: str, event_id: str | None) -> None:
@@ -216,7 +243,8 @@ def _check_format(fmt: object, where: str, event_id: str | None) -> None:
     f = _obj(fmt)
     if f.get("type") != "audio/pcm" or f.get("rate", WIRE_RATE) != WIRE_RATE:
         raise ProtocolError(
-            "invalid_value", f"{where}.format {fmt!r} is not supported (supported: audio/pcm at 24000 Hz)", event_id
+            "invalid_value", f"{where}.format {_short(fmt)} is not supported (supported: audio/pcm at 24000 Hz)",
+            event_id, param=f"{where}.format",
         )
 
 
@@ -224,39 +252,48 @@ def _session_settings(session: object, event_id: str | None) -> dict[str, Any]:
     """The settings we act on, from the GA shape (`audio.input.turn_detection`, `audio.output.voice`) or the
     beta shape (flat `turn_detection`, `voice`)."""
     if not isinstance(session, dict):
-        raise ProtocolError("invalid_value", "session.update needs an object field 'session'", event_id)
+        raise ProtocolError("invalid_value", "session.update needs an object field 'session'", event_id,
+                            param="session")
     out: dict[str, Any] = {}
-    audio = _obj(session.get("audio"))
-    audio_in, audio_out = _obj(audio.get("input")), _obj(audio.get("output"))
-    if isinstance(session.get("instructions"), str):
-        out["instructions"] = session["instructions"]
+    audio = _optional_obj(session, "audio", event_id, "session")
+    audio_in = _optional_obj(audio, "input", event_id, "session.audio")
+    audio_out = _optional_obj(audio, "output", event_id, "session.audio")
+    instructions = session.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise ProtocolError("invalid_value", "session.instructions must be a string", event_id,
+                            param="session.instructions")
+    if instructions is not None:
+        out["instructions"] = instructions
     if "output_modalities" in session:
-        out["speech"] = _speech(session, event_id)
-    _check_format(audio_in.get("format"), "audio.input", event_id)
-    _check_format(audio_out.get("format"), "audio.output", event_id)
-    user_id = _obj(session.get("omni")).get("user_id")  # ours: whose memory (streaming.memory_lane)
+        out["speech"] = _speech(session, "session", event_id)
+    _check_format(audio_in.get("format"), "session.audio.input", event_id)
+    _check_format(audio_out.get("format"), "session.audio.output", event_id)
+    user_id = _optional_obj(session, "omni", event_id, "session").get("user_id")  # ours: whose memory
     if user_id is not None:
         if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 128:
             raise ProtocolError("invalid_value", "omni.user_id must be a non-empty string of <= 128 characters",
-                                event_id)
+                                event_id, param="session.omni.user_id")
         out["user_id"] = user_id
+    voice_field = "session.audio.output.voice" if "voice" in audio_out else "session.voice"
     voice = audio_out.get("voice", session.get("voice"))
-    if isinstance(voice, str):
+    if voice is not None and not isinstance(voice, str):
+        raise ProtocolError("invalid_value", f"{voice_field} must be a string", event_id, param=voice_field)
+    if voice is not None:
         out["voice"] = voice
-        out["voice_field"] = "audio.output.voice" if "voice" in audio_out else "session.voice"  # for errors
-    has_td = "turn_detection" in audio_in or "turn_detection" in session
-    if has_td:
+        out["voice_field"] = voice_field  # for the engine's refusal (streaming.session_settings)
+    td_field = "session.audio.input.turn_detection" if "turn_detection" in audio_in else "session.turn_detection"
+    if "turn_detection" in audio_in or "turn_detection" in session:
         td = audio_in.get("turn_detection", session.get("turn_detection"))
         if td is not None and not isinstance(td, dict):
-            raise ProtocolError("invalid_value", "turn_detection must be an object or null", event_id)
+            raise ProtocolError("invalid_value", "turn_detection must be an object or null", event_id, param=td_field)
         if td is not None and td.get("type", "server_vad") not in ("server_vad", "semantic_vad"):
             raise ProtocolError(
                 "invalid_value",
-                f"turn_detection type {td.get('type')!r} is not supported "
+                f"turn_detection type {_short(td.get('type'))} is not supported "
                 "(supported: server_vad, semantic_vad, or null for manual response.create)",
-                event_id,
+                event_id, param=f"{td_field}.type",
             )
-        out["turn_detection"] = _turn_detection(td, event_id) if td is not None else None
+        out["turn_detection"] = _turn_detection(td, td_field, event_id) if td is not None else None
     return out
 
 
@@ -264,19 +301,32 @@ def _obj(v: object) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
-def _turn_detection(td: dict[str, Any], event_id: str | None) -> dict[str, Any]:
-    """The fields we act on; `semantic_eot` is the semantic end of turn's threshold (streaming.vad): from
-    `semantic_vad`'s `eagerness` (EAGERNESS), 0 (off) for `server_vad`."""
+def _optional_obj(parent: dict[str, Any], key: str, event_id: str | None, where: str = "") -> dict[str, Any]:
+    """`parent[key]`: an object, or {} when absent or null; anything else is refused, naming the field."""
+    v = parent.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        field = f"{where}.{key}" if where else key
+        raise ProtocolError("invalid_value", f"{field} must be an object", event_id, param=field)
+    return v
+
+
+def _turn_detection(td: dict[str, Any], where: str, event_id: str | None) -> dict[str, Any]:
+    """The fields we act on (`where`: the object's path in the event, for errors); `semantic_eot` is the semantic
+    end of turn's threshold (streaming.vad): from `semantic_vad`'s `eagerness` (EAGERNESS), 0 (off) for
+    `server_vad`."""
     out: dict[str, Any] = {"semantic_eot": 0.0}
     if td.get("type", "server_vad") == "semantic_vad":
         eagerness = td.get("eagerness", "auto")
         if not isinstance(eagerness, str) or eagerness not in EAGERNESS:
             raise ProtocolError("invalid_value", f"turn_detection.eagerness must be one of {', '.join(EAGERNESS)}",
-                                event_id)
+                                event_id, param=f"{where}.eagerness")
         out["semantic_eot"] = EAGERNESS[eagerness]
     v = td.get("threshold", 0.5)
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < v < 1.0:  # 0 or 1: always or never speech
-        raise ProtocolError("invalid_value", "turn_detection.threshold must be a number in (0, 1), exclusive", event_id)
+        raise ProtocolError("invalid_value", "turn_detection.threshold must be a number in (0, 1), exclusive",
+                            event_id, param=f"{where}.threshold")
     if "threshold" in td:
         out["threshold"] = v
     for key, lo, hi in (
@@ -287,12 +337,14 @@ def _turn_detection(td: dict[str, Any], event_id: str | None) -> dict[str, Any]:
         if key in td:
             v = td[key]
             if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-                raise ProtocolError("invalid_value", f"turn_detection.{key} must be a number in [{lo}, {hi}]", event_id)
+                raise ProtocolError("invalid_value", f"turn_detection.{key} must be a number in [{lo}, {hi}]",
+                                    event_id, param=f"{where}.{key}")
             out[key] = v
     for key in ("create_response", "interrupt_response"):
         if key in td:
             if not isinstance(td[key], bool):
-                raise ProtocolError("invalid_value", f"turn_detection.{key} must be true or false", event_id)
+                raise ProtocolError("invalid_value", f"turn_detection.{key} must be true or false", event_id,
+                                    param=f"{where}.{key}")
             out[key] = td[key]
     return out
 

@@ -281,7 +281,7 @@ class Session(ReplyEnds, SettingsUpdates):
             if e.limit is not None:  # the same counter name as app.limits.count_refusal's
                 what = f"requests or events refused by the {e.limit} limit"
                 self.metrics.inc(f"limit_{e.limit}_refusals_total", what)
-            self._emit(self.events.error(e.code, str(e), e.event_id))
+            self._emit(self.events.error(e.code, str(e), e.event_id, param=e.param))
             return
         if isinstance(action, AudioFrame):
             if not self.config.audio_over_events:

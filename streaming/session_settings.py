@@ -59,7 +59,8 @@ class SettingsUpdates:
                 try:
                     self._audio_state.detector.config = updated_turn_config(self._audio_state.detector.config, td)
                 except ValueError as e:  # the protocol check should have caught it; never end the session
-                    self._emit(self.events.error("invalid_value", f"turn_detection: {e}"))
+                    field = "session.turn_detection"
+                    self._emit(self.events.error("invalid_value", f"turn_detection: {e}", param=field))
                     return
                 self.config.create_response = td.get("create_response", True)
                 self.config.interrupt_response = td.get("interrupt_response", True)

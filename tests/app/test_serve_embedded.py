@@ -122,7 +122,7 @@ async def test_unknown_voices_are_refused_and_the_session_keeps_working(
     finally:
         await client.close()
     for i, (name, e) in enumerate(zip(PROBE_VOICES, errors, strict=True)):
-        field = "session.voice" if i % 2 else "audio.output.voice"
+        field = "session.voice" if i % 2 else "session.audio.output.voice"
         assert e["error"]["code"] == "invalid_value" and e["error"]["param"] == field, e
         assert f"unknown voice {name!r}" in e["error"]["message"] and "joe" in e["error"]["message"]
     assert updated["session"]["audio"]["output"]["voice"] == "espeak-british"

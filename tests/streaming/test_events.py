@@ -43,7 +43,7 @@ def test_session_update_ga_and_beta_shapes() -> None:
         }
     )
     assert isinstance(ga, SessionUpdate) and isinstance(beta, SessionUpdate)
-    assert ga.settings.pop("voice_field") == "audio.output.voice"  # named in an error if the engine refuses it
+    assert ga.settings.pop("voice_field") == "session.audio.output.voice"  # named in an error if the engine refuses it
     assert beta.settings.pop("voice_field") == "session.voice"
     assert (
         ga.settings
