@@ -1,9 +1,11 @@
 """Property-based fuzzing of the client protocol and the media input (hypothesis).
 
 Fixed seed (derandomize) and a bounded example count so the suite is repeatable and quick; set
-OMNI_FUZZ_EXAMPLES (e.g. 2000) for a longer run. Invariants: no exception escapes for client input, each bad
-event is answered by an `error` event (naming the field, where one field is at fault), the session stays
-usable, and a second session beside it is unaffected.
+OMNI_FUZZ_EXAMPLES (e.g. 2000) for a longer run. Invariants: no exception escapes for client input and no
+traceback is logged, each bad event is answered by an `error` event whose `param` names the field at fault
+(tests/streaming/fuzz_cases.py holds the hostile values and the answers the protocol promises), the session
+stays usable, and a second session beside it is unaffected. The same cases go over the real transports in
+tests/app/test_fuzz_transports.py.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ import asyncio
 import json
 import logging
 import math
-import os
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.rtc_client import WAIT, wait_for_event
@@ -27,16 +28,9 @@ from streaming.frames import AudioFrame, VideoFrame
 from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
+from tests.streaming.fuzz_cases import FIELDS, FUZZ, HOSTILE_VALUES, Expect, expect, field_cases, fill
 from tests.streaming.harness import Harness
 
-EXAMPLES = int(os.environ.get("OMNI_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    derandomize=True,
-    deadline=None,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: minutes per failure on async scenarios
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
 TYPES = ["session.update", "response.create", "response.cancel", "conversation.item.truncate",
          "conversation.item.create", "input_audio_buffer.append", "transcription_session.update"]
 TD_KEYS = ["threshold", "silence_duration_ms", "prefix_padding_ms", "min_speech_duration_ms", "create_response",
@@ -87,6 +81,41 @@ def test_a_bad_turn_detection_field_is_named(key: str, value: Any) -> None:
     settings_ = action.settings["turn_detection"]  # type: ignore[union-attr]
     if key == "threshold":
         assert 0.0 < settings_[key] < 1.0
+
+
+def check_answer(raw: str, want: Expect) -> str | None:
+    """What is wrong with the protocol check's answer to `raw` (None: it is the promised one)."""
+    try:
+        parse_client_event(raw)
+    except ProtocolError as e:
+        if want.accepted:
+            return f"refused ({e.code}, param {e.param}: {e}) but the protocol takes it"
+        if want.code and e.code != want.code:
+            return f"code {e.code}, expected {want.code}"
+        if (e.param or "") != want.param:
+            return f"error.param {e.param!r}, expected {want.param!r} ({e})"
+        return None
+    return None if want.accepted else f"accepted, expected an error naming {want.param!r}"
+
+
+def test_every_field_with_every_hostile_value_is_named() -> None:
+    """The whole table, not a sample: each field of FIELDS with each of HOSTILE_VALUES (NaN/Infinity literals,
+    1e308, huge and negative integers, 10,000-deep nesting, NUL, RTL marks, emoji, lone surrogates...)."""
+    wrong = []
+    for field in FIELDS:
+        for value in HOSTILE_VALUES:
+            problem = check_answer(fill(field.event, value), expect(field, value))
+            if problem is not None:
+                wrong.append(f"{field.param} = {value[:40]}: {problem}")
+    assert not wrong, "\n".join(wrong)
+
+
+@FUZZ
+@given(case=field_cases())
+def test_a_bad_field_is_named_by_error_param(case: tuple[str, Expect]) -> None:
+    raw, want = case
+    problem = check_answer(raw, want)
+    assert problem is None, (raw[:300], problem)
 
 
 @FUZZ
