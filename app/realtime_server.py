@@ -55,6 +55,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from app.auth import KEY_KIND, USER_ID, AuthConfig, client_secrets
 from app.limits import Limits, MessageGate, RateLimiter, check_sdp, count_refusal, fit_event, refusal
+from app.rtc_guard import guard_data_channels
 from app.signaling import BodyTooLarge, OfferError, check_offer_sdp, read_offer_form
 from streaming.engine import Engine
 from streaming.events import new_id
@@ -510,6 +511,7 @@ class Server:
         if missing_transport(pc):  # aiortc accepted it but could not give every section a transport
             await close_peer(pc)
             raise OfferError("cannot use this SDP offer: a media section has no transport (check BUNDLE and mids)")
+        guard_data_channels(pc)  # bytes aiortc's data-channel code does not survive (app.rtc_guard)
         if not any(t.kind == "audio" for t in tracks):
             await close_peer(pc)
             raise OfferError("the offer sends no audio: add a microphone track (m=audio, sendrecv or sendonly)")
