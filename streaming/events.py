@@ -121,7 +121,7 @@ def parse_client_event(
             "unsupported_event", "output_audio_buffer.clear is not supported: use response.cancel", event_id,
             param="type",
         )
-    raise ProtocolError("unknown_event", f"unknown client event type {_short(kind)}", event_id, param="type")
+    raise ProtocolError("unknown_event", f"unknown client event type {short_repr(kind)}", event_id, param="type")
 
 
 def _event_object(raw: str | bytes | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -227,12 +227,13 @@ def _speech(obj: dict[str, Any], where: str, event_id: str | None) -> bool:
         return True
     if m == ["text"]:
         return False
-    raise ProtocolError("invalid_value", f'output_modalities must be ["audio"] or ["text"], got {_short(m)}',
+    raise ProtocolError("invalid_value", f'output_modalities must be ["audio"] or ["text"], got {short_repr(m)}',
                         event_id, param=f"{where}.output_modalities")
 
 
-def _short(value: object, limit: int = 80) -> str:
-    """A client's value for an error message, cut so that an echo cannot outgrow the peer's message limit."""
+def short_repr(value: object, limit: int = 80) -> str:
+    """A client's value for an error message, cut so that an echo cannot outgrow the peer's message limit (a
+    64 KB event type once came back whole)."""
     text = repr(value) if not isinstance(value, list | dict) or len(value) < 100 else f"a {type(value).__name__}"
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -243,7 +244,7 @@ def _check_format(fmt: object, where: str, event_id: str | None) -> None:
     f = _obj(fmt)
     if f.get("type") != "audio/pcm" or f.get("rate", WIRE_RATE) != WIRE_RATE:
         raise ProtocolError(
-            "invalid_value", f"{where}.format {_short(fmt)} is not supported (supported: audio/pcm at 24000 Hz)",
+            "invalid_value", f"{where}.format {short_repr(fmt)} is not supported (supported: audio/pcm at 24000 Hz)",
             event_id, param=f"{where}.format",
         )
 
@@ -289,7 +290,7 @@ def _session_settings(session: object, event_id: str | None) -> dict[str, Any]:
         if td is not None and td.get("type", "server_vad") not in ("server_vad", "semantic_vad"):
             raise ProtocolError(
                 "invalid_value",
-                f"turn_detection type {_short(td.get('type'))} is not supported "
+                f"turn_detection type {short_repr(td.get('type'))} is not supported "
                 "(supported: server_vad, semantic_vad, or null for manual response.create)",
                 event_id, param=f"{td_field}.type",
             )

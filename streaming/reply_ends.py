@@ -12,7 +12,7 @@ from typing import Any
 
 from streaming.audio_in import EngineFeed
 from streaming.engine import EngineEvent, EngineSession, ResponseOptions, close_iterator
-from streaming.events import RealtimeEvents
+from streaming.events import RealtimeEvents, short_repr
 from streaming.frames import Truncate
 from streaming.metrics import ServerMetrics, TurnMetrics
 from streaming.output import OutputAudio
@@ -161,7 +161,9 @@ class ReplyEnds:
             if play_log is None or not play_log.spans:
                 self._emit(
                     self.events.error(
-                        "item_truncate_invalid_item_id", f"no assistant item {t.item_id!r} with audio in this session"
+                        "item_truncate_invalid_item_id",
+                        f"no assistant item {short_repr(t.item_id)} with audio in this session",
+                        param="item_id",
                     )
                 )
                 return
@@ -170,7 +172,9 @@ class ReplyEnds:
                 self._emit(
                     self.events.error(
                         "item_truncate_invalid_item_id",
-                        f"assistant item {t.item_id!r} is not the latest reply: only the latest reply can be truncated",
+                        f"assistant item {short_repr(t.item_id)} is not the latest reply: only the latest reply can be "
+                        "truncated",
+                        param="item_id",
                     )
                 )
                 return

@@ -258,8 +258,7 @@ class Session(ReplyEnds, SettingsUpdates):
     def push_audio(self, frame: AudioFrame) -> None:
         if self.closed:
             return
-        # 8-192 kHz, at most 10 s a frame (a transport gives 10-60 ms); anything else is dropped, not fatal
-        if not 8000 <= frame.sample_rate <= 192000 or frame.pcm.size > 10 * 192000 or frame.channels < 1:
+        if not _usable_frame(frame):  # dropped, not fatal: the input stage would fail on it and end the session
             self.metrics.inc("bad_input_frames_total", "input audio frames dropped: bad rate, size or channels")
             return
         if frame.pcm.dtype.kind == "f" and not np.isfinite(frame.pcm).all():
@@ -547,6 +546,20 @@ class Session(ReplyEnds, SettingsUpdates):
                 image = await self.media.run(frame_to_rgb, image, self.config.video_max_side)
             await self.worker.run(self._engine_session.push_video, image, frame.timestamp)
             await asyncio.sleep(self.config.video_interval)
+
+
+def _usable_frame(frame: AudioFrame) -> bool:
+    """What the input stage takes (streaming.audio_in): 8-192 kHz, at most 10 s a frame (a transport gives
+    10-60 ms), int16 or float32, mono or stereo, laid out as model.pcm.planar reads it. A 6-channel frame once
+    failed the input stage and ended its session."""
+    pcm, ch = frame.pcm, frame.channels
+    if not 8000 <= frame.sample_rate <= 192000 or pcm.size > 10 * 192000 or ch not in (1, 2):
+        return False
+    if pcm.dtype not in (np.int16, np.float32):
+        return False
+    if pcm.ndim == 2 and pcm.shape[0] == ch:
+        return True
+    return (pcm.ndim == 1 or pcm.ndim == 2 and pcm.shape[0] == 1) and pcm.size % ch == 0
 
 
 def _step(it: Iterator[EngineEvent]) -> tuple[EngineEvent | None, float]:

@@ -84,7 +84,8 @@ class SettingsUpdates:
             self.config.instructions, self.config.voice = kept
             self._engine_session = await self.worker.run(self._reopen_engine)
             field = settings.get("voice_field") if "voice" in settings else "session.instructions"
-            self._emit(self.events.error("invalid_value", f"{field}: {e}", param=field))
+            why = str(e) if len(str(e)) <= 300 else str(e)[:300] + "..."  # it may quote a client's huge value
+            self._emit(self.events.error("invalid_value", f"{field}: {why}", param=field))
             return False
         finally:
             await self.worker.run(self._attach_memory, False)  # the new engine session reads the same lane

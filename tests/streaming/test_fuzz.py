@@ -16,9 +16,10 @@ import logging
 import math
 from typing import Any
 
+import av
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from benchmarks.rtc_client import WAIT, wait_for_event
@@ -183,21 +184,43 @@ samples = st.one_of(
 )
 
 
+def video_frame(kind: str, size: tuple[int, int]) -> Any:
+    """A camera frame of odd size: an RGB array (as tests push) or an av.VideoFrame in `kind`'s pixel format (as
+    the WebRTC track gives, converted on the media worker)."""
+    h, w = size
+    if kind == "array":
+        return np.zeros((h, w, 3), np.uint8)
+    return av.VideoFrame(w, h, kind)
+
+
 @FUZZ
 @given(
     rate=st.one_of(st.sampled_from([8000, 16000, 44100, 48000]), st.integers(min_value=-5, max_value=400_000)),
-    n=st.sampled_from([0, 1, 7, 960, 48000 * 3]),
-    fill=samples,
-    video=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    n=st.sampled_from([0, 1, 7, 960, 48000 * 3, 10 * 192000 + 1, 4_000_000]),
+    fill_=samples,
+    channels=st.sampled_from([0, 1, 2, 3, 6]),
+    packed=st.booleans(),
+    video=st.tuples(st.sampled_from(["array", "yuv420p", "rgb24", "gray", "nv12", "rgba"]),
+                    st.tuples(st.sampled_from([1, 2, 3, 17, 641, 4097]), st.sampled_from([1, 3, 5, 480, 4097]))),
 )
+@example(rate=48000, n=960, fill_=0.0, channels=6, packed=False, video=("array", (3, 5)))  # failed the input stage
+@example(rate=48000, n=7, fill_=math.nan, channels=2, packed=True, video=("yuv420p", (1, 4097)))  # 7 do not split
 def test_fuzzed_media_leaves_the_session_usable(
-    rate: int, n: int, fill: float, video: tuple[int, int], worker: DeviceWorker, vad: SileroVad, media: DeviceWorker
+    rate: int, n: int, fill_: float, channels: int, packed: bool, video: tuple[str, tuple[int, int]],
+    worker: DeviceWorker, vad: SileroVad, media: DeviceWorker, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """NaN/inf samples, wrong rates, zero-length and giant frames, channel counts that do not divide the samples
+    (`packed`: one row of interleaved samples, as aiortc gives s16), odd video sizes and pixel formats."""
+
     async def attack(h: Harness[Any]) -> None:
-        pcm = np.full(n, fill, np.float32)
+        pcm = np.full(n, fill_, np.float32)
         h.session.push_audio(AudioFrame(pcm, rate, h.session.clock()))
-        h.session.push_audio(AudioFrame(np.zeros((2, n), np.int16), rate, h.session.clock(), channels=2))
-        h.session.push_video(VideoFrame(np.zeros((*video, 3), np.uint8), h.session.clock()))
+        shape = (1, n) if packed else (max(channels, 1), n)
+        h.session.push_audio(AudioFrame(np.zeros(shape, np.int16), rate, h.session.clock(), channels=channels))
+        h.session.push_video(VideoFrame(video_frame(*video), h.session.clock()))
         await asyncio.sleep(0.05)
 
-    run_beside(worker, vad, media, attack)
+    with caplog.at_level(logging.WARNING):
+        run_beside(worker, vad, media, attack)
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    assert not tracebacks, tracebacks
