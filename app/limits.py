@@ -166,8 +166,9 @@ class MessageGate:
 
 
 def _is_append(message: str | bytes) -> bool:
-    head = message[:SNIFF_CHARS]
-    return (f'"{APPEND_TYPE}"'.encode() if isinstance(head, bytes) else f'"{APPEND_TYPE}"') in head
+    if isinstance(message, bytes):
+        return f'"{APPEND_TYPE}"'.encode() in message[:SNIFF_CHARS]
+    return f'"{APPEND_TYPE}"' in message[:SNIFF_CHARS]
 
 
 def _utf8_len(text: str, limit: int) -> int:

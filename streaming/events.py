@@ -13,6 +13,7 @@ import base64
 import binascii
 import itertools
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +138,8 @@ def _event_object(raw: str | bytes | dict[str, Any]) -> tuple[dict[str, Any], st
             raise ProtocolError("invalid_json", "event is nested too deeply") from None
     if not isinstance(event, dict):
         raise ProtocolError("invalid_event", f"event must be a JSON object, got {type(event).__name__}")
+    if _surrogate_escape(raw):
+        _check_unicode(event)
     raw_id = event.get("event_id")
     # echoed in our error events: only a short string, so an echo can never outgrow the peer's message limit
     event_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_EVENT_ID_CHARS else None
@@ -144,6 +147,36 @@ def _event_object(raw: str | bytes | dict[str, Any]) -> tuple[dict[str, Any], st
         raise ProtocolError("invalid_value", f"event_id must be a string of at most {MAX_EVENT_ID_CHARS} characters",
                             param="event_id")
     return event, event_id
+
+
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff): legal JSON, but alone (not in a pair) it decodes to a string
+# that is not Unicode text and fails wherever it is encoded (a memory store's user id, a tokenizer, espeak-ng).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE_BYTES = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _surrogate_escape(raw: str | bytes | dict[str, Any]) -> bool:
+    if isinstance(raw, str):
+        return _SURROGATE_ESCAPE.search(raw) is not None
+    return isinstance(raw, bytes) and _SURROGATE_BYTES.search(raw) is not None
+
+
+def _check_unicode(event: dict[str, Any]) -> None:
+    """Refuse an event with a lone surrogate in any string, naming where (only run when the raw text has a
+    surrogate escape; pairs decode to one character and pass)."""
+    todo: list[tuple[str, Any]] = [("", event)]
+    while todo:
+        path, v = todo.pop()
+        if isinstance(v, dict):
+            todo.extend((f"{path}.{k}" if path else str(k), x) for k, x in v.items())
+        elif isinstance(v, list):
+            todo.extend((f"{path}[{i}]", x) for i, x in enumerate(v))
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ProtocolError("invalid_value", f"{path} is not valid Unicode text: it has a lone surrogate "
+                                    "(\\ud800-\\udfff not in a pair)", param=path) from None
 
 
 def _check_instructions(text: object, limit: int, name: str, event_id: str | None) -> None:

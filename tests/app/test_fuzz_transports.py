@@ -54,8 +54,9 @@ def sized_cases() -> list[tuple[str, Expect]]:
         ("[" * DEEP + "]" * DEEP, UNPARSABLE),
         ('{"a":' * DEEP + "1" + "}" * DEEP, UNPARSABLE),
         ('{"type": "session.update", "session": ' + "[" * DEEP + "]" * DEEP + "}", UNPARSABLE),
-        ('{"type": "session.update", "session": {"instructions": "a\\u0000b\\ud800\\u202e\\ud83d\\ude00"}}',
-         Expect(True)),
+        ('{"type": "session.update", "session": {"instructions": "a\\u0000b\\u202e\\ud83d\\ude00"}}', Expect(True)),
+        ('{"type": "session.update", "session": {"omni": {"user_id": "\\ud800"}}}', refused("session.omni.user_id")),
+        ('{"type": "session.update", "session": {"instructions": "a\\udfffb"}}', refused("session.instructions")),
     ]
 
 

@@ -204,6 +204,8 @@ def expect(field: Field, raw_value: str) -> Expect:
     v = parsed(raw_value)
     if v is NOPARSE:
         return UNPARSABLE
+    if isinstance(v, str) and _lone_surrogate(v):
+        return refused(field.param)  # a lone surrogate: not Unicode text, whatever the field takes
     if field.param == "item" and isinstance(v, dict):  # an object, but not a user message: which key is wrong
         return refused("item.type" if v.get("type", "message") != "message" else "item.role")
     if field.param.endswith("turn_detection") and isinstance(v, dict) and v.get("type", "server_vad") not in (
@@ -213,6 +215,14 @@ def expect(field: Field, raw_value: str) -> Expect:
     if field.param == "item.content" and isinstance(v, list) and v:  # a list, but its first part is no part
         return refused("item.content[0]")
     return ACCEPTED if field.takes(v) else refused(field.param)
+
+
+def _lone_surrogate(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _text_value(s: str) -> str:
