@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from app.limits import Limits
@@ -23,15 +22,8 @@ from benchmarks.rtc_client import RealtimeClient, ScriptedMic
 from streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 from tests.app.test_serve_loopback import wait_until
+from tests.streaming.fuzz_cases import FUZZ
 
-EXAMPLES = int(os.environ.get("OMNI_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    derandomize=True,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
 # Lines a hostile or buggy client might put in an offer (addresses: loopback only).
 SDP_JUNK = [
     "v=1", "m=audio 9 UDP/TLS/RTP/SAVPF 111", "m=video 0 RTP/AVP 96",
