@@ -481,9 +481,11 @@ class Session(ReplyEnds, SettingsUpdates):
         self._emit(self.events.response_created(reply.response_id))
         self._emit(self.events.output_item(reply.response_id, reply.item_id, False, reply.options.speech))
         self._emit(self.events.content_part(reply.response_id, reply.item_id, False, reply.options.speech))
-        reply.task = asyncio.get_running_loop().create_task(
-            self._guard(self._guard_reply(reply), "reply"), name=f"{self.id}:reply"
-        )
+        job = self._guard_reply(reply)
+        reply.task = asyncio.get_running_loop().create_task(self._guard(job, "reply"), name=f"{self.id}:reply")
+        # a response.cancel right after response.create cancels the task before it ran: close its coroutine
+        # (else a "coroutine was never awaited" warning when it is collected)
+        reply.task.add_done_callback(lambda _: job.close())
 
     async def _guard_reply(self, reply: Response) -> None:
         """An engine failure or a stalled step ends this reply with an error; the session goes on."""

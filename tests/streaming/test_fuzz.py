@@ -11,9 +11,11 @@ tests/app/test_fuzz_transports.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import math
+import warnings
 from typing import Any
 
 import av
@@ -224,3 +226,29 @@ def test_fuzzed_media_leaves_the_session_usable(
         run_beside(worker, vad, media, attack)
     tracebacks = [r.getMessage() for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
     assert not tracebacks, tracebacks
+
+
+def test_cancel_right_after_create_leaves_no_coroutine_unawaited(
+    worker: DeviceWorker, vad: SileroVad, media: DeviceWorker
+) -> None:
+    """Found by the transport fuzz: a response.cancel handled before the reply task's first step cancelled it
+    unstarted, and its coroutine warned "was never awaited" when collected."""
+
+    async def scenario() -> None:
+        h = Harness(ToneEngine(seconds_per_char=0.002), worker, vad, SessionConfig(create_response=False), media=media)
+        await h.start(play=True)
+        try:
+            for _ in range(5):
+                h.session.handle_client_event({"type": "response.create"})
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # the control lane has started the reply; its task has not run yet
+                h.session.handle_client_event({"type": "response.cancel"})
+                await asyncio.sleep(0.05)
+        finally:
+            await h.close()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(scenario())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
