@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from streaming.frames import (
+    MAX_FRAME_SAMPLES,
     AudioFrame,
     InputClear,
     InputCommit,
@@ -247,6 +248,13 @@ def _pcm16(audio: object, event_id: str | None) -> np.ndarray:
         raise ProtocolError(
             "invalid_value",
             f"input_audio_buffer.append: pcm16 needs an even, non-zero byte count, got {len(raw)}",
+            event_id, param="audio",
+        )
+    if len(raw) // 2 > MAX_FRAME_SAMPLES:  # the session would drop it: say so
+        raise ProtocolError(
+            "invalid_value",
+            f"input_audio_buffer.append: {len(raw) // 2} samples in one event; at most {MAX_FRAME_SAMPLES} "
+            f"({MAX_FRAME_SAMPLES // WIRE_RATE} s) are accepted",
             event_id, param="audio",
         )
     return np.frombuffer(raw, "<i2")

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+MAX_FRAME_SAMPLES = 10 * 192000  # one audio frame at most (10 s at 192 kHz); a transport gives 10-60 ms
+
 
 @dataclass(frozen=True)
 class AudioFrame:

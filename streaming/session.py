@@ -62,6 +62,7 @@ from streaming.engine import (
 )
 from streaming.events import ProtocolError, RealtimeEvents, new_id, parse_client_event
 from streaming.frames import (
+    MAX_FRAME_SAMPLES,
     AudioFrame,
     InputClear,
     InputCommit,
@@ -555,7 +556,7 @@ def _usable_frame(frame: AudioFrame) -> bool:
     10-60 ms), int16 or float32, mono or stereo, laid out as model.pcm.planar reads it. A 6-channel frame once
     failed the input stage and ended its session."""
     pcm, ch = frame.pcm, frame.channels
-    if not 8000 <= frame.sample_rate <= 192000 or pcm.size > 10 * 192000 or ch not in (1, 2):
+    if not 8000 <= frame.sample_rate <= 192000 or pcm.size > MAX_FRAME_SAMPLES or ch not in (1, 2):
         return False
     if pcm.dtype not in (np.int16, np.float32):
         return False

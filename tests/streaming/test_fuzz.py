@@ -11,6 +11,7 @@ tests/app/test_fuzz_transports.py.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import json
 import logging
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 from benchmarks.rtc_client import WAIT, wait_for_event
 from streaming.engines.tone import ToneEngine
 from streaming.events import ProtocolError, parse_client_event
-from streaming.frames import AudioFrame, VideoFrame
+from streaming.frames import MAX_FRAME_SAMPLES, AudioFrame, VideoFrame
 from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
@@ -252,3 +253,13 @@ def test_cancel_right_after_create_leaves_no_coroutine_unawaited(
         asyncio.run(scenario())
         gc.collect()
     assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_an_append_the_session_would_drop_is_refused_naming_audio() -> None:
+    """Over 80 s of audio in one append (more than one frame may carry) was dropped without a word."""
+    ok = {"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(2 * MAX_FRAME_SAMPLES)).decode()}
+    assert isinstance(parse_client_event(json.dumps(ok)), AudioFrame)
+    big = {"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(2 * MAX_FRAME_SAMPLES + 2)).decode()}
+    with pytest.raises(ProtocolError) as info:
+        parse_client_event(json.dumps(big))
+    assert info.value.param == "audio" and str(MAX_FRAME_SAMPLES) in str(info.value)
