@@ -13,11 +13,14 @@ beside it sees no error. Fixed seed and a bounded example count; OMNI_FUZZ_EXAMP
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Protocol
 
+import av
 import pytest
+from aiortc import VideoStreamTrack
 from aiortc.rtcsctptransport import WEBRTC_STRING
 from hypothesis import given
 
@@ -176,3 +179,51 @@ async def test_fuzzed_events_are_answered_naming_the_field_on_both_transports(
     tracebacks = [r.getMessage() for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
     assert not tracebacks, tracebacks
     print(f"{transport}: {len(cases)} hostile events answered")
+
+
+class OddVideo(VideoStreamTrack):
+    """A camera whose frames change to odd sizes and pixel formats every frame (1x1, 3x5, 641x3, ...)."""
+
+    SIZES = [(1, 1), (3, 5), (641, 3), (2, 4097), (17, 9), (640, 480)]
+    FORMATS = ["yuv420p", "rgb24", "gray", "nv12"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        w, h = self.SIZES[self.sent % len(self.SIZES)]
+        frame = av.VideoFrame(w, h, self.FORMATS[self.sent % len(self.FORMATS)])
+        for plane in frame.planes:
+            plane.update(bytes([self.sent % 256]) * plane.buffer_size)
+        frame.pts, frame.time_base = pts, time_base
+        self.sent += 1
+        return frame
+
+
+async def test_odd_video_over_webrtc_spares_the_session(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Video frames of odd sizes and formats through a real VP8 track: the server decodes and scales them on the
+    media worker; the call goes on replying and nothing logs a traceback."""
+    engine = ToneEngine(seconds_per_char=0.002)
+    url, server = await start_server(engine, video_interval=0.05)
+    client = RealtimeClient(url)
+    video = OddVideo()
+    client.pc.addTrack(video)
+    with caplog.at_level(logging.WARNING):
+        try:
+            await client.connect()
+            await client.wait_for("session.created")
+            for _ in range(600):
+                if engine.sessions and engine.sessions[-1].video_frames >= 6 or video.sent > 120:
+                    break
+                await asyncio.sleep(0.05)
+            await replies(client, True)
+            assert len(server.connections) == 1
+        finally:
+            await client.close()
+    assert engine.sessions[-1].video_frames >= 6, (video.sent, engine.sessions[-1].video_frames)
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    assert not tracebacks, tracebacks
