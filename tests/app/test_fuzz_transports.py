@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 from typing import Any, Protocol
 
 import av
 import pytest
 from aiortc import VideoStreamTrack
-from aiortc.rtcsctptransport import WEBRTC_STRING
+from aiortc.rtcsctptransport import DATA_CHANNEL_OPEN, WEBRTC_DCEP, WEBRTC_STRING
 from hypothesis import given
 
 from app.limits import Limits
@@ -225,5 +226,30 @@ async def test_odd_video_over_webrtc_spares_the_session(
         finally:
             await client.close()
     assert engine.sessions[-1].video_frames >= 6, (video.sent, engine.sessions[-1].video_frames)
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    assert not tracebacks, tracebacks
+
+
+async def test_a_second_channel_open_on_a_live_stream_spares_the_call(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A channel-open handshake (DCEP) for the stream already open tripped an `assert` in aiortc's receive task,
+    which killed the call's DTLS transport; now one warning line, and the call goes on."""
+    url, server = await start_server(ToneEngine(seconds_per_char=0.002))
+    client = RealtimeClient(url)
+    label = b"oai-events"
+    dcep_open = struct.pack("!BBHLHH", DATA_CHANNEL_OPEN, 0, 0, 0, len(label), 0) + label
+    with caplog.at_level(logging.WARNING):
+        try:
+            await client.connect()
+            await client.wait_for("session.created")
+            sctp = client.pc.sctp
+            sctp._data_channel_queue.append((client.channel, WEBRTC_DCEP, dcep_open))
+            await sctp._data_channel_flush()
+            await replies(client, True)
+            assert len(server.connections) == 1
+        finally:
+            await client.close()
+    assert any("dropped a malformed data-channel message" in r.getMessage() for r in caplog.records)
     tracebacks = [r.getMessage() for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
     assert not tracebacks, tracebacks
