@@ -106,10 +106,22 @@ class WhisperConfig:
     # finish (p50 203 vs 170 ms on a loaded 2-core machine; benchmarks/asr_compare.py).
     beam_size: int = 5
     patience: float = 1.0  # beam search ends after beam_size * patience finished hypotheses
+    # Live captions are revised at the next refresh and replaced by the final transcript, so they decode
+    # greedily: a caption of 2 s of speech took 244 against 391 ms with beam 5 (median of 8, interleaved, load
+    # ~12 on 2 cores), and a caption pass that runs into the end of speech delays the reply.
+    partial_beam_size: int = 1
     min_window_frames: int = 1000  # see the module docstring: shorter windows loop
     tail_frames: int = 500  # at least 5 s of silence after the speech inside the window
     partial_interval_s: float = 1.0  # inf: no partial captions (finish only)
     min_partial_s: float = 0.5  # no caption for less audio than this
+    # A caption is put off while the audio's last `quiet_tail_s` is `quiet_db` under the utterance's loudest
+    # stretch of that length: the speaker has probably stopped, the pause's `finish` transcribes the same
+    # audio (with nothing new to caption) at most a few hundred ms later, and a caption pass running then
+    # delays it and so the reply (benchmarks/serve_stages.py: caption passes of 270-650 ms on a loaded 2-core
+    # machine started 0-210 ms after the end of speech, and the pause's finish waited for them). Put off, not
+    # dropped: the next push with speech in its tail makes it. 0: never put off.
+    quiet_tail_s: float = 0.25
+    quiet_db: float = 20.0
     max_segment_s: float = 25.0  # an utterance is transcribed in segments of at most this (< 30 s window)
     # Silence or noise alone: Whisper writes "Thank you." or "you"; dropped when the model itself says it
     # probably heard no speech and was unsure of its words (faster-whisper's thresholds).
@@ -129,6 +141,8 @@ class WhisperConfig:
     rescore_margin: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.beam_size < 1 or self.partial_beam_size < 1:
+            raise ValueError(f"beam sizes must be >= 1, got {self.beam_size}, {self.partial_beam_size}")
         if self.lm_weight < 0 or self.rescore_margin < 0:
             raise ValueError(f"lm_weight and rescore_margin must be >= 0, got {self.lm_weight}, {self.rescore_margin}")
         if not 0 < self.max_segment_s <= (_MAX_WINDOW - self.tail_frames) * HOP_LENGTH / SAMPLE_RATE:
@@ -181,9 +195,10 @@ class WhisperModel:
         need = math.ceil(n_samples / HOP_LENGTH) + c.tail_frames
         return min(_MAX_WINDOW, max(c.min_window_frames, math.ceil(need / _WINDOW_STEP) * _WINDOW_STEP))
 
-    def transcribe(self, pcm: np.ndarray, rescore: bool = True) -> str:
+    def transcribe(self, pcm: np.ndarray, rescore: bool = True, beam_size: int | None = None) -> str:
         """Text of one utterance [N] (float32 at 16 kHz, N <= 30 s minus the tail); "" for no speech.
-        `rescore` False: Whisper's best alone, even with a rescorer (live captions: cheaper, and revised)."""
+        `rescore` False: Whisper's best alone, even with a rescorer (live captions: cheaper, and revised).
+        `beam_size`: this call's (None: the config's)."""
         if pcm.size == 0 or not np.any(pcm):
             return ""
         frames = self.window_frames(pcm.size)
@@ -196,10 +211,11 @@ class WhisperModel:
         features = self._ct2.StorageView.from_array(np.ascontiguousarray(mel[None].numpy()))
         max_tokens = 10 + math.ceil(6 * pcm.size / SAMPLE_RATE)
         c = self.config
+        beam = c.beam_size if beam_size is None else beam_size
         result: Any = self._model.generate(
-            features, [self.prompt], beam_size=c.beam_size, patience=c.patience,
+            features, [self.prompt], beam_size=beam, patience=c.patience,
             max_length=len(self.prompt) + max_tokens,
-            num_hypotheses=c.beam_size if rescore and self.rescorer is not None else 1,
+            num_hypotheses=beam if rescore and self.rescorer is not None else 1,
             return_scores=True, return_no_speech_prob=True,
         )[0]  # fmt: skip
         # scores[i] is the sum of token log-probabilities divided by the length (length_penalty 1).
@@ -288,13 +304,24 @@ class WhisperRecognizer:
         self._since_partial += pcm.size
         c = self.config
         changed = None
-        if self._since_partial >= c.partial_interval_s * SAMPLE_RATE and self._len >= c.min_partial_s * SAMPLE_RATE:
+        due = self._since_partial >= c.partial_interval_s * SAMPLE_RATE and self._len >= c.min_partial_s * SAMPLE_RATE
+        if due and not self._quiet_tail():
             self._since_partial = 0
-            text = self._join(self.model.transcribe(self._segment[: self._len], rescore=False))
+            text = self._join(self.model.transcribe(self._segment[: self._len], False, c.partial_beam_size))
             if text != self._partial:
                 self._partial = changed = text
         self.stats.compute_seconds += time.perf_counter() - t0
         return changed
+
+    def _quiet_tail(self) -> bool:
+        """Whether the segment's last `quiet_tail_s` is `quiet_db` under its loudest stretch of that length."""
+        c = self.config
+        block = int(c.quiet_tail_s * SAMPLE_RATE)
+        if c.quiet_db <= 0 or block <= 0 or self._len < 2 * block:
+            return False
+        x = self._segment[self._len - (self._len // block) * block : self._len].reshape(-1, block)
+        energy = np.mean(np.square(x, dtype=np.float64), axis=1)  # per stretch, oldest first
+        return bool(energy[-1] * 10 ** (c.quiet_db / 10) < energy.max())
 
     def finish(self) -> str:
         """End the utterance; its transcript ("" if nothing was pushed or no speech was heard)."""

@@ -47,10 +47,20 @@ def test_first_phrase_is_short_so_speech_starts_early() -> None:
 def test_long_run_without_punctuation_is_cut_at_a_word_boundary() -> None:
     text = " ".join(f"word{i}" for i in range(30))
     phrases = split(text, 4, max_words=10)
-    assert phrases[0] == " ".join(f"word{i}" for i in range(6)) + " "  # the first phrase: 6 words at most
-    assert phrases[1] == " ".join(f"word{i}" for i in range(6, 16)) + " "
+    # the first phrase 4 words at most, the next 8 (the limit doubles), then the later phrases' 10
+    assert [len(p.split()) for p in phrases] == [4, 8, 10, 8]
+    assert phrases[0] == " ".join(f"word{i}" for i in range(4)) + " "
+    assert phrases[1] == " ".join(f"word{i}" for i in range(4, 12)) + " "
     assert "".join(phrases) == text
-    assert split("I am afraid I do not have any jokes right now.", 1)[0] == "I am afraid I do not "
+    assert split("I am afraid I do not have any jokes right now.", 1)[0] == "I am afraid I "
+
+
+def test_limits_ramp_up_from_the_first_phrase_to_the_later_ones() -> None:
+    text = " ".join(f"w{i}" for i in range(80))
+    assert [len(p.split()) for p in split(text, 3)] == [4, 8, 16, 24, 24, 4]
+    # clause breaks: 2 words before a comma end the first phrase, 4 the second, 6 (clause_words) from the third on
+    clauses = "a b, c d, e f g h, i j k l, m n o p q r, s t, u v w x y z, end"
+    assert split(clauses, 2) == ["a b, ", "c d, e f g h, ", "i j k l, m n o p q r, ", "s t, u v w x y z, ", "end"]
 
 
 def test_nothing_is_emitted_before_the_boundary_is_certain() -> None:

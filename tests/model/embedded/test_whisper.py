@@ -63,6 +63,47 @@ def test_partial_captions_while_speaking(model: WhisperModel) -> None:
     assert r.partial == "" and not r.in_utterance
 
 
+class _CountingModel:
+    """A stand-in for WhisperModel that records what it was asked to transcribe (the caption schedule only)."""
+
+    def __init__(self, config: WhisperConfig) -> None:
+        self.config = config
+        self.calls: list[tuple[int, bool]] = []
+
+    def transcribe(self, pcm: np.ndarray, rescore: bool = True, beam_size: int | None = None) -> str:
+        self.calls.append((pcm.size, rescore))
+        assert beam_size == (None if rescore else self.config.partial_beam_size)
+        return f"text {len(self.calls)}"
+
+
+def _tone(seconds: float, level: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (level * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("quiet_db", [20.0, 0.0])
+def test_caption_is_put_off_while_the_speaker_is_quiet(quiet_db: float) -> None:
+    fake = _CountingModel(WhisperConfig(quiet_db=quiet_db))
+    r = WhisperRecognizer(fake)  # type: ignore[arg-type]
+
+    def push(x: np.ndarray) -> None:
+        for i in range(0, x.size, 320):
+            r.push(x[i : i + 320])
+
+    push(_tone(0.7))  # loud, under the 1 s caption interval
+    push(np.zeros(int(0.4 * 16000), np.float32))  # the speaker stops: the caption falls due 0.3 s into the quiet
+    quiet = [n for n, _ in fake.calls]
+    push(_tone(0.3, level=0.1))  # speech again (10 dB down: still speech)
+    made = [n for n, _ in fake.calls]
+    if quiet_db:
+        assert quiet == []  # put off...
+        assert len(made) == 1 and 1.1 * 16000 < made[0] <= 1.15 * 16000  # ...and made as soon as speech is back
+    else:
+        assert quiet == [16000]  # never put off: exactly at 1 s of audio, in the silence
+    assert all(not rescore for _, rescore in fake.calls)  # captions never rescore
+    assert r.finish() == f"text {len(fake.calls)}" and fake.calls[-1][1]  # the final pass always runs
+
+
 def test_silence_and_noise_give_no_text(model: WhisperModel) -> None:
     r = WhisperRecognizer(model)
     assert r.recognize(np.zeros(32000, np.float32)) == ""
