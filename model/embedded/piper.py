@@ -89,9 +89,12 @@ class PiperSynthesizer:
     """Text to 22,050 Hz (the voice's rate) speech with one Piper voice; interface of `tts.Synthesizer`.
 
     The onnxruntime session (~65 MB of weights) is made once per voice and may be shared by sessions:
-    `run` is thread-safe. `length_scale` > 1 speaks slower (1.0: the voice's own pace)."""
+    `run` is thread-safe. `length_scale` > 1 speaks slower (1.0: the voice's own pace). `spin`: let onnxruntime's
+    threads spin-wait for work (off: see below)."""
 
-    def __init__(self, voice: PiperVoice = JOE_MEDIUM, *, threads: int = 2, length_scale: float | None = None) -> None:
+    def __init__(
+        self, voice: PiperVoice = JOE_MEDIUM, *, threads: int = 2, length_scale: float | None = None, spin: bool = False
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -111,6 +114,11 @@ class PiperSynthesizer:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # `spin` False: no spin-waiting between and after runs. onnxruntime's pool threads otherwise busy-wait for
+        # the next op, taking the core the LM decodes on (same process) and each other's turn on a busy machine:
+        # `python -m benchmarks.piper_spin` (12 synths of a 7-word phrase each way, interleaved, load ~17 on 2 cores):
+        # median 989 ms wall and 170 ms CPU (the 300 ms after each included) spinning, 656 ms and 83 ms without.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         model = packaged_file(voice.model)
         try:
             self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
