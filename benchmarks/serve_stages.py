@@ -221,6 +221,9 @@ async def run(args: argparse.Namespace, speech: np.ndarray) -> None:
             await asyncio.sleep(1.0)
             eos = [d for name, _, d in MARKS if name == "stopped"][-1]  # the end of speech the VAD saw
             row = turn_row(MARKS, eos, time.monotonic(), m, client, said_at)
+            kinds = [e["type"] for e in client.events[n:]]  # one question, one turn: more is a turn split
+            row["turns"] = kinds.count("input_audio_buffer.speech_stopped")
+            row["replies"] = kinds.count("response.created")
             rows.append(row)
             print("turn", m["turn"], " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     finally:
@@ -232,6 +235,8 @@ async def run(args: argparse.Namespace, speech: np.ndarray) -> None:
         xs = [r[col] for r in rows if r.get(col) is not None]
         if xs:
             print(f"  {col:12s} {statistics.median(xs):7.0f} {np.percentile(xs, 95):7.0f}   (n={len(xs)})")
+    split = sum(1 for r in rows if r["turns"] != 1 or r["replies"] != 1)
+    print(f"questions heard as more than one turn (or answered more than once): {split} of {len(rows)}")
     reuse = sum(1 for r in rows if r.get("reuse"))
     print(f"prepared turn reused in {reuse} of {len(rows)} replies; preparations per turn "
           f"{[r.get('n_prep', 0) for r in rows]}")
