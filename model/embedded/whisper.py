@@ -19,8 +19,9 @@ repeats the one before it word for word, or a cut-off start of it, is dropped (`
 question rarely says the same sentence twice in a row, and a loop always does.
 
 Streaming. Whisper is not a streaming model: `push` only stores audio (and every `partial_interval_s` of
-new audio re-transcribes the utterance so far for a live caption, ~0.2 s of compute per refresh); `finish`
-transcribes the whole utterance at the pause. Utterances longer than `max_segment_s` are transcribed in
+new audio re-transcribes the utterance so far for a live caption, greedily, ~0.1-0.2 s of compute per refresh,
+put off while the audio's tail is quiet: the pause's `finish` is coming); `finish` transcribes the whole
+utterance at the pause. Utterances longer than `max_segment_s` are transcribed in
 segments of that length as the audio arrives, so `finish` never has more than one window to do.
 """
 
