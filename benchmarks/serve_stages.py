@@ -87,9 +87,10 @@ def instrument() -> None:
     _timed(WhisperRecognizer, "finish", "whisper")
     transcribe = WhisperModel.transcribe
 
-    def _transcribe(self: WhisperModel, pcm: np.ndarray, rescore: bool = True, beam_size: int | None = None) -> str:
+    def _transcribe(self: WhisperModel, pcm: np.ndarray, *a: Any, **k: Any) -> str:
         t0 = time.monotonic()
-        text = transcribe(self, pcm, rescore, beam_size)
+        text = transcribe(self, pcm, *a, **k)
+        rescore = a[0] if a else k.get("rescore", True)  # False: a live caption
         MARKS.append(("caption" if not rescore else "final", t0, (time.monotonic() - t0, text)))
         return text
 
