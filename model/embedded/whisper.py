@@ -119,9 +119,11 @@ class WhisperConfig:
     # stretch of that length: the speaker has probably stopped, the pause's `finish` transcribes the same
     # audio (with nothing new to caption) at most a few hundred ms later, and a caption pass running then
     # delays it and so the reply (benchmarks/serve_stages.py: caption passes of 270-650 ms on a loaded 2-core
-    # machine started 0-210 ms after the end of speech, and the pause's finish waited for them). Put off, not
-    # dropped: the next push with speech in its tail makes it. 0: never put off.
-    quiet_tail_s: float = 0.25
+    # machine started 0-210 ms after the VAD's end of speech, and the pause's finish waited for them; with a
+    # 0.25 s tail, passes starting 12-130 ms after it still ran, the tail then still holding the last word).
+    # Put off, not dropped: the next push with speech in its tail makes it (a gap between words costs a caption
+    # a few tens of ms). 0 dB: never put off.
+    quiet_tail_s: float = 0.1
     quiet_db: float = 20.0
     max_segment_s: float = 25.0  # an utterance is transcribed in segments of at most this (< 30 s window)
     # Silence or noise alone: Whisper writes "Thank you." or "you"; dropped when the model itself says it
