@@ -56,10 +56,14 @@ class Harness(Generic[E]):
             self.played.append(np.zeros(960, np.int16) if pcm is None else pcm)
             await asyncio.sleep(0.02)
 
-    async def feed(self, pcm: np.ndarray, realtime: bool = True) -> None:
+    async def feed(self, pcm: np.ndarray, realtime: bool = True, continuous: bool = False) -> None:
         """Feed int16 16 kHz mono audio as 20 ms frames. Real time: stamped with the session clock, as a
-        transport does; otherwise as fast as possible, stamped with media time continuing from the last feed."""
-        self._media_t = max(self._media_t, self.session.clock())
+        transport does; otherwise as fast as possible, stamped with media time continuing from the last feed, or
+        from the session clock if that is later (a gap in the stream), unless `continuous`: then the audio follows
+        the last feed's without a gap however long the runtime took in between (media times independent of the
+        machine's speed)."""
+        if not continuous:
+            self._media_t = max(self._media_t, self.session.clock())
         for i in range(0, len(pcm) - FRAME + 1, FRAME):
             ts = self.session.clock() if realtime else self._media_t
             self._media_t += FRAME / 16000
@@ -69,8 +73,8 @@ class Harness(Generic[E]):
             elif i % (FRAME * 10) == 0:
                 await asyncio.sleep(0)
 
-    async def silence(self, seconds: float, realtime: bool = True) -> None:
-        await self.feed(np.zeros(int(seconds * 16000), np.int16), realtime)
+    async def silence(self, seconds: float, realtime: bool = True, continuous: bool = False) -> None:
+        await self.feed(np.zeros(int(seconds * 16000), np.int16), realtime, continuous)
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]

@@ -62,14 +62,17 @@ async def silence_waited(engine: EmbeddedEngine, worker: DeviceWorker, vad: Sile
     try:
         speech = to_int16(spoken(QUESTION, VOICE))
         await h.feed(speech, realtime=False)  # `spoken` pads it with 300 ms of silence on each side
-        await h.silence(0.2, realtime=False)  # past the pause whatever the VAD's hang-over, short of the silence
+        # past the pause whatever the VAD's hang-over, short of the silence
+        await h.silence(0.2, realtime=False, continuous=True)
         detector = h.session._audio_state.detector
         for _ in range(int(WAIT / 0.05)):  # the pause reached the engine (Whisper, prefill) and came back
             if detector.end_p is not None:
                 break
             await asyncio.sleep(0.05)
         assert detector.end_p is not None, "the engine never answered the pause"
-        await h.silence(1.2, realtime=False)
+        # media time goes on from the question's: on a loaded machine the engine's answer can take longer than
+        # the audio fed so far, and a stream stamped by the clock would then show a gap past the silence
+        await h.silence(1.2, realtime=False, continuous=True)
         stopped = await h.wait_for("input_audio_buffer.speech_stopped")
         await h.wait_for("response.created")
         await h.wait_for("omni.metrics")  # the turn is in turn_history then
