@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextvars
 import statistics
 import tempfile
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.tiny_sessions import as_owner, pool_rows
 from model.lm.sampling import SamplingConfig
 from model.loaders.omni import load_thinker
 from model.loaders.talker_weights import load_speech
@@ -38,16 +37,7 @@ from model.token2wav.streaming import StreamingSchedule
 from streaming.batching import ModelReply
 from streaming.engine import AudioChunk, ReplyDone
 from streaming.engines.omni import OmniEngine, OmniEngineSession
-from streaming.worker import DeviceWorker, job_owner
-
-T = TypeVar("T")
-
-
-def as_owner(owner: str, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    """A task whose worker jobs are `owner`'s (a session's, in the runtime)."""
-    ctx = contextvars.copy_context()
-    ctx.run(job_owner.set, owner)
-    return asyncio.get_running_loop().create_task(coro, context=ctx)
+from streaming.worker import DeviceWorker
 
 
 def heard(engine: OmniEngine, k: int) -> OmniEngineSession:
@@ -102,7 +92,7 @@ async def run(args: argparse.Namespace, models: Any) -> None:
         print(f"{'sessions':>8} {'mode':>9} {'text tok/s':>10} {'codes/s':>8} {'first audio p50':>15} "
               f"{'p95':>8} {'batch':>6}")
         for n in args.sessions:
-            for rows in (n, 1) if n > 1 else (1,):
+            for rows, kind in pool_rows(n):
                 engine = OmniEngine(
                     None, models=models, sampling=SamplingConfig(temperature=0.0, max_new_tokens=args.tokens),
                     talker_sampling=speech.talker.cfg.sampling(temperature=0.0, max_new_tokens=args.codes), seed=0,
@@ -111,7 +101,6 @@ async def run(args: argparse.Namespace, models: Any) -> None:
                 runs = [await many(worker, engine, n) for _ in range(args.repeats)]
                 firsts = [f for r in runs for f in r[1]]
                 wall, _, tokens, codes, width = min(runs, key=lambda r: r[0])
-                kind = "batched" if rows > 1 else "unbatched"
                 print(f"{n:>8} {kind:>9} {tokens / wall:>10.1f} {codes / wall:>8.1f} "
                       f"{statistics.median(firsts) * 1e3:>12.1f} ms {p95(firsts) * 1e3:>5.1f} ms {width:>6.2f}")
     finally:

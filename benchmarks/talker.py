@@ -23,49 +23,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.lm.config import DecoderConfig
 from model.talker import Talker, TalkerConfig, TalkerTextEmbeds
-from model.token2wav import SAMPLE_RATE, BigVGANConfig, DiTConfig, Token2Wav, Token2WavConfig
-from model.token2wav.ecapa import ECAPAConfig
+from model.token2wav import SAMPLE_RATE, Token2Wav, Token2WavConfig
 from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def tiny_configs() -> tuple[TalkerConfig, Token2WavConfig]:
-    talker = TalkerConfig(
-        decoder=DecoderConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_layers=2,
-            num_heads=4,
-            num_kv_heads=2,
-            head_dim=16,
-            rope_theta=1e6,
-            qkv_bias=True,
-            mrope_section=(4, 2, 2),
-            architecture="qwen2",
-        ),
-        embedding_size=32,
-        codec_start=60,
-        codec_end=61,
-        codec_pad=62,
-        codec_mask=63,
-    )
-    dit = DiTConfig(
-        hidden_size=32,
-        num_layers=4,
-        num_heads=2,
-        head_dim=16,
-        emb_dim=16,
-        num_embeds=64,
-        look_ahead_layers=(2,),
-        look_backward_layers=(0, 3),
-        enc_emb_dim=16,
-        ecapa=ECAPAConfig(out_dim=16, channels=(32, 32, 32, 32, 96), attention_channels=8, se_channels=8),
-    )
-    return talker, Token2WavConfig(dit=dit, bigvgan=BigVGANConfig(upsample_initial_channel=64))
+    """The speech tests' tiny Talker and token2wav shapes (tests/model/tiny_speech.py), read as config.json is."""
+    from tests.model.tiny_speech import BIGVGAN, DIT, TALKER
+
+    talker = TalkerConfig.from_hf_config({"talker_config": TALKER})
+    return talker, Token2WavConfig.from_hf_config({"token2wav_config": {"dit_config": DIT, "bigvgan_config": BIGVGAN}})
 
 
 def build(preset: str, device: str, dtype: torch.dtype) -> tuple[Talker, Token2Wav]:

@@ -64,6 +64,11 @@ def as_owner(owner: str, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
     return asyncio.get_running_loop().create_task(coro, context=ctx)
 
 
+def pool_rows(n: int) -> list[tuple[int, str]]:
+    """The KV pool sizes compared for n sessions: a row each (decode steps batched), then one (unbatched)."""
+    return [(n, "batched"), (1, "unbatched")] if n > 1 else [(1, "unbatched")]
+
+
 async def one_session(worker: DeviceWorker, replies: int) -> tuple[float, float]:
     engine = TinyLMEngine(temperature=0.0)
     rng = np.random.default_rng(0)
@@ -97,9 +102,8 @@ async def run(args: argparse.Namespace) -> None:
         first, step = await one_session(worker, args.replies)
         print(f"one session: first token {first * 1e3:.2f} ms, {step * 1e3:.3f} ms/step (medians of {args.replies})")
         for n in args.sessions:
-            for rows in (n, 1) if n > 1 else (1,):
+            for rows, kind in pool_rows(n):
                 wall, tokens, width = min([await many_sessions(worker, n, rows) for _ in range(args.repeats)])
-                kind = "batched" if rows > 1 else "unbatched"
                 print(f"{n:>3} sessions {kind:>9}: {wall * 1e3:7.1f} ms for {tokens} tokens = {tokens / wall:6.0f} "
                       f"tokens/s, mean decode batch {width:.1f}")
     finally:

@@ -1,4 +1,5 @@
-"""Reading a config.json section into one of our config dataclasses, with every default written once.
+"""Reading a config.json section into one of our config dataclasses, with every default written once, and
+looking up a named preset.
 
 A dataclass field's default is the only default: `hf_fields` returns just the fields whose Hugging Face key
 is present in the section, so the dataclass fills in the rest. Values are converted to the field's
@@ -9,9 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from model.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_C = TypeVar("_C", bound="DataclassInstance")
 
 _CONVERT: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -45,3 +51,12 @@ def hf_fields(
         elif name in required:
             raise ConfigError(f"{what} is missing the field {keys[0]!r}")
     return out
+
+
+def preset(presets: Mapping[str, _C], name: str, what: str) -> _C:
+    """A copy of the preset `name` (callers may edit it); an unknown name is a ConfigError listing the known ones
+    (`what` names the kind of config: "code2wav", "audio encoder")."""
+    try:
+        return dataclasses.replace(presets[name])
+    except KeyError:
+        raise ConfigError(f"unknown {what} preset {name!r}; known: {', '.join(sorted(presets))}") from None

@@ -10,9 +10,9 @@ one-shot prompt would.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from model.encoders.audio_encoder import AudioEncoder
 from model.encoders.audio_frontend import LogMel, to_mono_16k
 from model.encoders.config import AudioEncoderConfig, VisionEncoderConfig
 from model.encoders.vision_encoder import VisionEncoder
-from model.encoders.vision_preprocess import VisionInputError, VisionPreprocessConfig, preprocess_image
+from model.encoders.vision_preprocess import VisionPreprocessConfig, checked_image_input
 from model.errors import ConfigError
 from model.hf_config import hf_fields
 from model.lm.config import DecoderConfig
@@ -198,13 +198,8 @@ class Thinker(nn.Module):
     def image_input(
         self, image: torch.Tensor, cfg: VisionPreprocessConfig | None = None
     ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """An RGB image ([H, W, 3] or [3, H, W], 0..255) -> (patches, grid). Rejects images smaller than one
-        14-px patch per side: upscaling them would invent every pixel the encoder sees."""
-        h, w = (image.shape[0], image.shape[1]) if image.shape[-1] == 3 else (image.shape[-2], image.shape[-1])
-        p = self.cfg.vision.patch_size
-        if h < p or w < p:
-            raise VisionInputError(f"image of {h}x{w} px is smaller than one {p}x{p} patch; expected >= {p} px a side")
-        return preprocess_image(image, self.cfg.vision, cfg)
+        """An RGB image ([H, W, 3] or [3, H, W], 0..255) -> (patches, grid); refuses one smaller than a patch."""
+        return checked_image_input(image, self.cfg.vision, cfg)
 
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Log-mel [n_mels, frames] -> [tokens, C] (2-s blocks, 25 tokens/s)."""
@@ -241,14 +236,8 @@ class Thinker(nn.Module):
 
         With use_audio_in_video each video's audio is the next entry of `audio_mels`, in prompt order.
         """
-        return self.features_logits(
-            input_ids,
-            [self.encode_audio(m) for m in audio_mels],
-            [(self.encode_vision(p, g), g) for p, g in images],
-            [(self.encode_vision(v.patches, v.grid), v.grid, v.seconds_per_grid) for v in videos],
-            use_audio_in_video,
-            cache,
-        )
+        media = encode_media(self.encode_audio, self.encode_vision, audio_mels, images, videos)
+        return self.features_logits(input_ids, *media, use_audio_in_video, cache)
 
     @torch.inference_mode()
     def features_logits(
@@ -263,21 +252,54 @@ class Thinker(nn.Module):
         """`prompt_logits` with the media already encoded: audio features [n, C] per audio, (features, grid) per
         image and (features, grid, seconds per temporal patch) per video, each in prompt order (recalled
         features of a memory slot are given this way)."""
-        positions = rope_index(
-            input_ids,
-            self.cfg.tokens,
-            self.cfg.rope,
-            audio_tokens=[a.shape[0] for a in audio],
-            image_grids=[g for _, g in images],
-            video_grids=[g for _, g, _ in videos],
-            seconds_per_grid=[spg for _, _, spg in videos],
-            use_audio_in_video=use_audio_in_video,
-        )
+        cfg = self.cfg
+        positions = media_positions(input_ids, cfg.tokens, cfg.rope, audio, images, videos, use_audio_in_video)
         x = self.merge_embeddings(input_ids, audio, [f for f, _ in images], [f for f, _, _ in videos])
         state = self.lm.init_state(cache or fitting_cache(self.cfg.text, input_ids.shape[0]))
         out = self.lm(state, inputs_embeds=x[None], positions=positions[:, None].to(self.device), logits="all")
         assert out.logits is not None
         return out.logits[0]
+
+
+V = TypeVar("V")  # one image's or video's encoder output: features [n, C], or Qwen3's with DeepStack
+
+
+def encode_media(
+    encode_audio: Callable[[torch.Tensor], torch.Tensor],
+    encode_vision: Callable[[torch.Tensor, Sequence[int]], V],
+    audio_mels: Sequence[torch.Tensor] = (),
+    images: Sequence[tuple[torch.Tensor, Sequence[int]]] = (),
+    videos: Sequence[VideoInput] = (),
+) -> tuple[list[torch.Tensor], list[tuple[V, Sequence[int]]], list[tuple[V, Sequence[int], float]]]:
+    """A prompt's media encoded, each in prompt order, in the form the `features_*` methods take: features per
+    audio, (output, grid) per image, (output, grid, seconds per temporal patch) per video."""
+    return (
+        [encode_audio(m) for m in audio_mels],
+        [(encode_vision(p, g), g) for p, g in images],
+        [(encode_vision(v.patches, v.grid), v.grid, v.seconds_per_grid) for v in videos],
+    )
+
+
+def media_positions(
+    input_ids: torch.Tensor,
+    tokens: MultimodalTokenIds,
+    rope: TMRoPEConfig,
+    audio: Sequence[torch.Tensor],
+    images: Sequence[tuple[Any, Sequence[int]]],
+    videos: Sequence[tuple[Any, Sequence[int], float]],
+    use_audio_in_video: bool,
+) -> torch.Tensor:
+    """[3, L] TM-RoPE ids of a prompt whose media are already encoded (as `encode_media` gives them)."""
+    return rope_index(
+        input_ids,
+        tokens,
+        rope,
+        audio_tokens=[a.shape[0] for a in audio],
+        image_grids=[g for _, g in images],
+        video_grids=[g for _, g, _ in videos],
+        seconds_per_grid=[spg for _, _, spg in videos],
+        use_audio_in_video=use_audio_in_video,
+    )
 
 
 def write_media(

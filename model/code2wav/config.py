@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from model.errors import ConfigError
-from model.hf_config import hf_fields
+from model.hf_config import hf_fields, preset
 
 # Our field -> its key in `code2wav_config` (transformers' Qwen3OmniMoeCode2WavConfig names).
 _HF_NAMES: dict[str, str] = {
@@ -107,9 +106,7 @@ class Code2WavConfig:
     @classmethod
     def from_name(cls, name: str) -> Code2WavConfig:
         """Preset of the released shape: qwen3-omni-30b-a3b (Instruct, Thinking and Captioner share it)."""
-        if name not in PRESETS:
-            raise ConfigError(f"unknown code2wav preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-        return dataclasses.replace(PRESETS[name])
+        return preset(PRESETS, name, "code2wav")
 
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any]) -> Code2WavConfig:

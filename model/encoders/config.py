@@ -10,22 +10,12 @@ into the Thinker's hidden size. Qwen3-Omni (section 2.2, 2.3) replaces them with
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self
 
 from model.errors import ConfigError
-from model.hf_config import hf_fields
-
-_C = TypeVar("_C", "AudioEncoderConfig", "VisionEncoderConfig", "AuTEncoderConfig", "Qwen3VisionConfig")
-
-
-def _preset(presets: dict[str, _C], name: str, what: str) -> _C:
-    try:
-        return dataclasses.replace(presets[name])
-    except KeyError:
-        raise ConfigError(f"unknown {what} preset {name!r}; known: {', '.join(sorted(presets))}") from None
+from model.hf_config import hf_fields, preset
 
 
 def _section(cfg: dict[str, Any], key: str) -> dict[str, Any]:
@@ -39,8 +29,60 @@ def _section(cfg: dict[str, Any], key: str) -> dict[str, Any]:
     return cfg
 
 
+# Our field -> its key in `audio_config`: both audio encoders keep Whisper's names in config.json.
+_WHISPER_NAMES: dict[str, str] = {
+    "num_mel_bins": "num_mel_bins",
+    "num_layers": "encoder_layers",
+    "hidden_size": "d_model",
+    "num_heads": "encoder_attention_heads",
+    "ffn_size": "encoder_ffn_dim",
+}
+
+
+class _AudioConfig:
+    """What the two audio encoders share: Whisper's key names in config.json (`_HF_NAMES`, in config.json order),
+    gelu, sinusoidal positions (an even width), no embedding scale. Each family declares its fields as a
+    dataclass and adds its own checks after these."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    activation: str
+
+    _MODEL_TYPE: ClassVar[str]
+    _FAMILY: ClassVar[str]  # names the checkpoint family in errors
+    _HF_NAMES: ClassVar[dict[str, str]]
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"audio hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
+            )
+        if self.hidden_size % 2:
+            raise ConfigError(
+                f"audio hidden_size (d_model) must be even for the sinusoidal embedding: {self.hidden_size}"
+            )
+        if self.activation != "gelu":
+            raise ConfigError(f"audio activation_function {self.activation!r} is not supported (only gelu)")
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any]) -> Self:
+        """Read the `audio_config` section (or a whole config.json / thinker_config containing it)."""
+        c = _section(cfg, "audio_config")
+        if c.get("scale_embedding"):
+            raise ConfigError(f"audio scale_embedding=true is not supported ({cls._FAMILY} uses false)")
+        required = ("num_layers", "hidden_size", "num_heads", "ffn_size", "output_dim")
+        return cls(**hf_fields(cls, c, cls._HF_NAMES, "audio_config", required))
+
+    def to_hf_config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_type": self._MODEL_TYPE}
+        out |= {key: getattr(self, name) for name, key in self._HF_NAMES.items()}
+        out["scale_embedding"] = False
+        return out
+
+
 @dataclass
-class AudioEncoderConfig:
+class AudioEncoderConfig(_AudioConfig):
     """Whisper-style block-wise audio encoder (Qwen2.5-Omni `audio_config`).
 
     A block is `2 * n_window` mel frames (200 frames = 2 s at the 10 ms hop); conv2 halves it to 100
@@ -57,15 +99,17 @@ class AudioEncoderConfig:
     output_dim: int = 3584
     activation: str = "gelu"
 
+    _MODEL_TYPE: ClassVar[str] = "qwen2_5_omni_audio_encoder"
+    _FAMILY: ClassVar[str] = "Qwen2.5-Omni"
+    _HF_NAMES: ClassVar[dict[str, str]] = _WHISPER_NAMES | {
+        "n_window": "n_window",
+        "max_source_positions": "max_source_positions",
+        "output_dim": "output_dim",
+        "activation": "activation_function",
+    }
+
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"audio hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
-            )
-        if self.hidden_size % 2:
-            raise ConfigError(f"audio hidden_size must be even for the sinusoidal embedding: {self.hidden_size}")
-        if self.activation != "gelu":
-            raise ConfigError(f"audio activation_function {self.activation!r} is not supported (only gelu)")
+        super().__post_init__()
         if self.n_window > self.max_source_positions:
             raise ConfigError(
                 f"n_window ({self.n_window}) exceeds max_source_positions ({self.max_source_positions}): "
@@ -83,42 +127,7 @@ class AudioEncoderConfig:
 
     @classmethod
     def from_name(cls, name: str) -> AudioEncoderConfig:
-        return _preset(AUDIO_PRESETS, name, "audio encoder")
-
-    @classmethod
-    def from_hf_config(cls, cfg: dict[str, Any]) -> AudioEncoderConfig:
-        """Read the `audio_config` section (or a whole Qwen2.5-Omni config.json containing it)."""
-        c = _section(cfg, "audio_config")
-        if c.get("scale_embedding"):
-            raise ConfigError("audio scale_embedding=true is not supported (Qwen2.5-Omni uses false)")
-        names = {
-            "num_mel_bins": "num_mel_bins",
-            "num_layers": "encoder_layers",
-            "hidden_size": "d_model",
-            "num_heads": "encoder_attention_heads",
-            "ffn_size": "encoder_ffn_dim",
-            "n_window": "n_window",
-            "max_source_positions": "max_source_positions",
-            "output_dim": "output_dim",
-            "activation": "activation_function",
-        }
-        required = ("num_layers", "hidden_size", "num_heads", "ffn_size", "output_dim")
-        return cls(**hf_fields(cls, c, names, "audio_config", required))
-
-    def to_hf_config(self) -> dict[str, Any]:
-        return {
-            "model_type": "qwen2_5_omni_audio_encoder",
-            "num_mel_bins": self.num_mel_bins,
-            "encoder_layers": self.num_layers,
-            "d_model": self.hidden_size,
-            "encoder_attention_heads": self.num_heads,
-            "encoder_ffn_dim": self.ffn_size,
-            "n_window": self.n_window,
-            "max_source_positions": self.max_source_positions,
-            "output_dim": self.output_dim,
-            "activation_function": self.activation,
-            "scale_embedding": False,
-        }
+        return preset(AUDIO_PRESETS, name, "audio encoder")
 
 
 def audio_token_count(n_mel_frames: int) -> int:
@@ -249,7 +258,7 @@ class VisionEncoderConfig(_ViTConfig):
 
     @classmethod
     def from_name(cls, name: str) -> VisionEncoderConfig:
-        return _preset(VISION_PRESETS, name, "vision encoder")
+        return preset(VISION_PRESETS, name, "vision encoder")
 
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any]) -> VisionEncoderConfig:
@@ -285,7 +294,7 @@ def _stem_size(n: int) -> int:
 
 
 @dataclass
-class AuTEncoderConfig:
+class AuTEncoderConfig(_AudioConfig):
     """Qwen3-Omni's AuT audio encoder (`thinker_config.audio_config`, transformers'
     Qwen3OmniMoeAudioEncoderConfig).
 
@@ -309,15 +318,20 @@ class AuTEncoderConfig:
     output_dim: int = 2048
     activation: str = "gelu"
 
+    _MODEL_TYPE: ClassVar[str] = "qwen3_omni_moe_audio_encoder"
+    _FAMILY: ClassVar[str] = "Qwen3-Omni"
+    _HF_NAMES: ClassVar[dict[str, str]] = _WHISPER_NAMES | {
+        "n_window": "n_window",
+        "n_window_infer": "n_window_infer",
+        "conv_chunksize": "conv_chunksize",
+        "downsample_hidden_size": "downsample_hidden_size",
+        "max_source_positions": "max_source_positions",
+        "output_dim": "output_dim",
+        "activation": "activation_function",
+    }
+
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"audio hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
-            )
-        if self.hidden_size % 2:
-            raise ConfigError(f"audio d_model must be even for the sinusoidal embedding: {self.hidden_size}")
-        if self.activation != "gelu":
-            raise ConfigError(f"audio activation_function {self.activation!r} is not supported (only gelu)")
+        super().__post_init__()
         if self.n_window <= 0 or self.n_window_infer <= 0 or self.n_window_infer % self.chunk_frames:
             raise ConfigError(
                 f"n_window_infer ({self.n_window_infer}) must be a positive multiple of 2 * n_window "
@@ -353,52 +367,13 @@ class AuTEncoderConfig:
 
     @classmethod
     def from_name(cls, name: str) -> AuTEncoderConfig:
-        return _preset(AUT_PRESETS, name, "AuT audio encoder")
-
-    @classmethod
-    def from_hf_config(cls, cfg: dict[str, Any]) -> AuTEncoderConfig:
-        """Read the `audio_config` section (or a whole Qwen3-Omni config.json / thinker_config containing it)."""
-        c = _section(cfg, "audio_config")
-        if c.get("scale_embedding"):
-            raise ConfigError("audio scale_embedding=true is not supported (Qwen3-Omni uses false)")
-        names = {
-            "num_mel_bins": "num_mel_bins",
-            "num_layers": "encoder_layers",
-            "hidden_size": "d_model",
-            "num_heads": "encoder_attention_heads",
-            "ffn_size": "encoder_ffn_dim",
-            "n_window": "n_window",
-            "n_window_infer": "n_window_infer",
-            "conv_chunksize": "conv_chunksize",
-            "downsample_hidden_size": "downsample_hidden_size",
-            "max_source_positions": "max_source_positions",
-            "output_dim": "output_dim",
-            "activation": "activation_function",
-        }
-        required = ("num_layers", "hidden_size", "num_heads", "ffn_size", "output_dim")
-        return cls(**hf_fields(cls, c, names, "audio_config", required))
-
-    def to_hf_config(self) -> dict[str, Any]:
-        return {
-            "model_type": "qwen3_omni_moe_audio_encoder",
-            "num_mel_bins": self.num_mel_bins,
-            "encoder_layers": self.num_layers,
-            "d_model": self.hidden_size,
-            "encoder_attention_heads": self.num_heads,
-            "encoder_ffn_dim": self.ffn_size,
-            "n_window": self.n_window,
-            "n_window_infer": self.n_window_infer,
-            "conv_chunksize": self.conv_chunksize,
-            "downsample_hidden_size": self.downsample_hidden_size,
-            "max_source_positions": self.max_source_positions,
-            "output_dim": self.output_dim,
-            "activation_function": self.activation,
-            "scale_embedding": False,
-        }
+        return preset(AUT_PRESETS, name, "AuT audio encoder")
 
 
 def aut_token_count(n_mel_frames: int, n_window: int = 50) -> int:
     """AuT tokens for `n_mel_frames` frames: 13 per full 100-frame chunk plus the stem of the tail (3 s -> 39)."""
+    if n_mel_frames < 0:
+        raise ValueError(f"negative mel frame count {n_mel_frames}")
     chunk = 2 * n_window
     full, tail = divmod(n_mel_frames, chunk)
     return full * aut_token_count_chunk(chunk) + (aut_token_count_chunk(tail) if tail else 0)
@@ -455,7 +430,7 @@ class Qwen3VisionConfig(_ViTConfig):
 
     @classmethod
     def from_name(cls, name: str) -> Qwen3VisionConfig:
-        return _preset(QWEN3_VISION_PRESETS, name, "Qwen3 vision encoder")
+        return preset(QWEN3_VISION_PRESETS, name, "Qwen3 vision encoder")
 
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any]) -> Qwen3VisionConfig:

@@ -27,8 +27,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.encoders.config import Qwen3VisionConfig
-from model.encoders.vision_encoder import apply_rotary, merge_block_coords, rotary_angles
-from model.encoders.vision_preprocess import VisionInputError, patchify
+from model.encoders.vision_encoder import (
+    PatchEmbed,
+    apply_rotary,
+    check_frame,
+    check_grid,
+    check_stream_size,
+    merge_block_coords,
+    rotary_angles,
+    split_by_grid,
+)
+from model.encoders.vision_preprocess import patchify
 from model.encoders.weights import load_encoder_state_dict
 
 _LN_EPS = 1e-6
@@ -120,25 +129,13 @@ class Qwen3PatchMerger(nn.Module):
         return self.mlp(self.ln_q(x).reshape(*x.shape[:-2], -1, self.wide))
 
 
-class Qwen3PatchEmbed(nn.Module):
-    """Conv3d over (2, 16, 16) with equal stride and a bias = one matmul over flattened patches."""
-
-    def __init__(self, cfg: Qwen3VisionConfig) -> None:
-        super().__init__()
-        kernel = (cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size)
-        self.proj = nn.Conv3d(cfg.in_channels, cfg.hidden_size, kernel, stride=kernel, bias=True)
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:  # [N, C*2*16*16] -> [N, D]
-        return F.linear(patches.to(self.proj.weight.dtype), self.proj.weight.flatten(1), self.proj.bias)
-
-
 class Qwen3VisionEncoder(nn.Module):
     """Qwen3-VL ViT with DeepStack mergers. Weights only."""
 
     def __init__(self, cfg: Qwen3VisionConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = Qwen3PatchEmbed(cfg)
+        self.patch_embed = PatchEmbed(cfg, bias=True)
         self.pos_embed = nn.Embedding(cfg.num_position_embeddings, cfg.hidden_size)
         self.blocks = nn.ModuleList(Qwen3VisionBlock(cfg) for _ in range(cfg.depth))
         self.merger = Qwen3PatchMerger(cfg, postshuffle_norm=False)
@@ -169,15 +166,7 @@ class Qwen3VisionEncoder(nn.Module):
         self, patches: torch.Tensor, grid: tuple[int, int, int], lay: Qwen3FrameLayout | None = None
     ) -> Qwen3VisionOutput:
         """One image or video: patches [t*gh*gw, patch_dim] with grid (t, gh, gw) -> t*gh*gw/4 tokens."""
-        t, gh, gw = (int(g) for g in grid)
-        m = self.cfg.spatial_merge_size
-        if gh % m or gw % m or min(t, gh, gw) <= 0:
-            raise VisionInputError(f"grid {(t, gh, gw)} must be positive with h, w multiples of {m}")
-        if patches.shape != (t * gh * gw, self.cfg.patch_dim):
-            raise VisionInputError(
-                f"expected patches [{t * gh * gw}, {self.cfg.patch_dim}] for grid {(t, gh, gw)}, "
-                f"got {tuple(patches.shape)}"
-            )
+        t, gh, gw = check_grid(patches, grid, self.cfg)
         lay = lay or self.frame_layout(gh, gw)
         x = self.patch_embed(patches).view(t, gh * gw, -1) + lay.pos
         deepstack = []
@@ -191,12 +180,7 @@ class Qwen3VisionEncoder(nn.Module):
     def forward(self, patches: torch.Tensor, grid_thw: torch.Tensor | Sequence[Sequence[int]]) -> Qwen3VisionOutput:
         """Several images/videos concatenated as the processor's pixel_values: [sum t*h*w, patch_dim] ->
         tokens and DeepStack features [sum t*h*w/4, out] each, in input order."""
-        rows = grid_thw.tolist() if isinstance(grid_thw, torch.Tensor) else grid_thw
-        grids = [tuple(int(v) for v in g) for g in rows]
-        sizes = [t * h * w for t, h, w in grids]
-        if sum(sizes) != patches.shape[0]:
-            raise VisionInputError(f"grid_thw covers {sum(sizes)} patches but {patches.shape[0]} were given")
-        outs = [self.encode(p, g) for p, g in zip(patches.split(sizes), grids)]  # type: ignore[arg-type]
+        outs = [self.encode(p, g) for p, g in split_by_grid(patches, grid_thw)]
         if len(outs) == 1:
             return outs[0]
         return Qwen3VisionOutput(
@@ -213,9 +197,8 @@ class Qwen3VisionEncoder(nn.Module):
 
     def init_state(self, height: int, width: int, device: torch.device | str | None = None) -> Qwen3VisionState:
         """State for a stream of normalised frames of `height` x `width` px (multiples of 32)."""
-        f, p = self.cfg.image_factor, self.cfg.patch_size
-        if height % f or width % f or height < f or width < f:
-            raise VisionInputError(f"stream frames must be positive multiples of {f} px, got {height}x{width}")
+        check_stream_size(height, width, self.cfg)
+        p = self.cfg.patch_size
         dtype = self.patch_embed.proj.weight.dtype
         pending = torch.zeros(self.cfg.in_channels, height, width, dtype=dtype, device=device)
         return Qwen3VisionState(pending=pending, layout=self.frame_layout(height // p, width // p))
@@ -223,10 +206,7 @@ class Qwen3VisionEncoder(nn.Module):
     def step(self, state: Qwen3VisionState, frame: torch.Tensor) -> Qwen3VisionOutput | None:
         """Feed one normalised frame [C, H, W]; every second frame completes a temporal patch, whose tokens
         and DeepStack features are returned (as offline: patches never attend to each other); else None."""
-        if tuple(frame.shape) != tuple(state.pending.shape):
-            raise VisionInputError(
-                f"frame of shape {tuple(frame.shape)}; this stream expects {tuple(state.pending.shape)}"
-            )
+        check_frame(state.pending, frame)
         if not state.has_pending:
             state.pending.copy_(frame)
             state.has_pending = True

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.encoders.config import VisionEncoderConfig
+from model.encoders.config import Qwen3VisionConfig, VisionEncoderConfig
 from model.encoders.vision_preprocess import VisionInputError, patchify
 from model.encoders.weights import load_encoder_state_dict
 from model.layers.norm import RMSNorm
@@ -150,15 +150,56 @@ class VisionBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Conv3d over (2, 14, 14) with equal stride = one matmul over flattened patches (C, frame, py, px)."""
+    """Conv3d over (2, p, p) with equal stride = one matmul over flattened patches (C, frame, py, px); p is 14
+    for Qwen2.5 (no bias) and 16 for Qwen3 (with a bias)."""
 
-    def __init__(self, cfg: VisionEncoderConfig) -> None:
+    def __init__(self, cfg: VisionEncoderConfig | Qwen3VisionConfig, bias: bool = False) -> None:
         super().__init__()
         kernel = (cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size)
-        self.proj = nn.Conv3d(cfg.in_channels, cfg.hidden_size, kernel, stride=kernel, bias=False)
+        self.proj = nn.Conv3d(cfg.in_channels, cfg.hidden_size, kernel, stride=kernel, bias=bias)
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:  # [N, C*2*14*14] -> [N, D]
-        return F.linear(patches.to(self.proj.weight.dtype), self.proj.weight.flatten(1))
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:  # [N, C*2*p*p] -> [N, D]
+        return F.linear(patches.to(self.proj.weight.dtype), self.proj.weight.flatten(1), self.proj.bias)
+
+
+def check_grid(
+    patches: torch.Tensor, grid: Sequence[int], cfg: VisionEncoderConfig | Qwen3VisionConfig
+) -> tuple[int, int, int]:
+    """(t, gh, gw) of one image or video's patches [t*gh*gw, patch_dim]; a VisionInputError when they disagree
+    or the grid does not split into merge blocks."""
+    t, gh, gw = (int(g) for g in grid)
+    m = cfg.spatial_merge_size
+    if gh % m or gw % m or min(t, gh, gw) <= 0:
+        raise VisionInputError(f"grid {(t, gh, gw)} must be positive with h, w multiples of {m}")
+    if patches.shape != (t * gh * gw, cfg.patch_dim):
+        raise VisionInputError(
+            f"expected patches [{t * gh * gw}, {cfg.patch_dim}] for grid {(t, gh, gw)}, got {tuple(patches.shape)}"
+        )
+    return t, gh, gw
+
+
+def split_by_grid(
+    patches: torch.Tensor, grid_thw: torch.Tensor | Sequence[Sequence[int]]
+) -> list[tuple[torch.Tensor, tuple[int, int, int]]]:
+    """The processor's concatenated pixel_values [sum t*h*w, patch_dim] as (patches, grid) per image/video."""
+    rows = grid_thw.tolist() if isinstance(grid_thw, torch.Tensor) else grid_thw
+    grids = [(int(t), int(h), int(w)) for t, h, w in rows]
+    sizes = [t * h * w for t, h, w in grids]
+    if sum(sizes) != patches.shape[0]:
+        raise VisionInputError(f"grid_thw covers {sum(sizes)} patches but {patches.shape[0]} were given")
+    return list(zip(patches.split(sizes), grids))
+
+
+def check_stream_size(height: int, width: int, cfg: VisionEncoderConfig | Qwen3VisionConfig) -> None:
+    """Stream frames must tile into whole LLM tokens (image_factor px: 28 for Qwen2.5, 32 for Qwen3)."""
+    f = cfg.image_factor
+    if height % f or width % f or height < f or width < f:
+        raise VisionInputError(f"stream frames must be positive multiples of {f} px, got {height}x{width}")
+
+
+def check_frame(pending: torch.Tensor, frame: torch.Tensor) -> None:
+    if tuple(frame.shape) != tuple(pending.shape):
+        raise VisionInputError(f"frame of shape {tuple(frame.shape)}; this stream expects {tuple(pending.shape)}")
 
 
 class PatchMerger(nn.Module):
@@ -202,15 +243,7 @@ class VisionEncoder(nn.Module):
 
     def encode(self, patches: torch.Tensor, grid: tuple[int, int, int], lay: FrameLayout | None = None) -> torch.Tensor:
         """One image or video: patches [t*gh*gw, patch_dim] with grid (t, gh, gw) -> [t*gh*gw/4, out]."""
-        t, gh, gw = (int(g) for g in grid)
-        m = self.cfg.spatial_merge_size
-        if gh % m or gw % m or min(t, gh, gw) <= 0:
-            raise VisionInputError(f"grid {(t, gh, gw)} must be positive with h, w multiples of {m}")
-        if patches.shape != (t * gh * gw, self.cfg.patch_dim):
-            raise VisionInputError(
-                f"expected patches [{t * gh * gw}, {self.cfg.patch_dim}] for grid {(t, gh, gw)}, "
-                f"got {tuple(patches.shape)}"
-            )
+        t, gh, gw = check_grid(patches, grid, self.cfg)
         lay = lay or frame_layout(self.cfg, gh, gw, patches.device)
         x = self.patch_embed(patches).view(t, gh * gw, -1)
         for block in self.blocks:
@@ -220,13 +253,7 @@ class VisionEncoder(nn.Module):
     def forward(self, patches: torch.Tensor, grid_thw: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
         """Several images/videos concatenated as the processor's pixel_values: [sum t*h*w, patch_dim] ->
         [sum t*h*w/4, out], in input order."""
-        rows = grid_thw.tolist() if isinstance(grid_thw, torch.Tensor) else grid_thw
-        grids = [tuple(int(v) for v in g) for g in rows]
-        sizes = [t * h * w for t, h, w in grids]
-        if sum(sizes) != patches.shape[0]:
-            raise VisionInputError(f"grid_thw covers {sum(sizes)} patches but {patches.shape[0]} were given")
-        parts = patches.split(sizes)
-        return torch.cat([self.encode(p, g) for p, g in zip(parts, grids)])  # type: ignore[arg-type]
+        return torch.cat([self.encode(p, g) for p, g in split_by_grid(patches, grid_thw)])
 
     def encode_image(self, frame: torch.Tensor) -> torch.Tensor:
         """A normalised image [C, H, W] (H, W multiples of 28) -> tokens; it fills both frames of a patch."""
@@ -237,9 +264,7 @@ class VisionEncoder(nn.Module):
 
     def init_state(self, height: int, width: int, device: torch.device | str | None = None) -> VisionEncoderState:
         """State for a stream of normalised frames of `height` x `width` px (multiples of 28)."""
-        f = self.cfg.image_factor
-        if height % f or width % f or height < f or width < f:
-            raise VisionInputError(f"stream frames must be positive multiples of {f} px, got {height}x{width}")
+        check_stream_size(height, width, self.cfg)
         dtype = self.patch_embed.proj.weight.dtype
         p = self.cfg.patch_size
         lay = frame_layout(self.cfg, height // p, width // p, torch.device(device) if device else None)
@@ -249,10 +274,7 @@ class VisionEncoder(nn.Module):
     def step(self, state: VisionEncoderState, frame: torch.Tensor) -> torch.Tensor:
         """Feed one normalised frame [C, H, W]; on every second frame the temporal patch is encoded and its
         tokens returned [gh*gw/4, out]; otherwise an empty [0, out]."""
-        if tuple(frame.shape) != tuple(state.pending.shape):
-            raise VisionInputError(
-                f"frame of shape {tuple(frame.shape)}; this stream expects {tuple(state.pending.shape)}"
-            )
+        check_frame(state.pending, frame)
         if not state.has_pending:
             state.pending.copy_(frame)
             state.has_pending = True

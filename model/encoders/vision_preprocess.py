@@ -179,6 +179,18 @@ def preprocess_image(
     return patchify(frame.expand(enc.temporal_patch_size, -1, -1, -1), enc)
 
 
+def checked_image_input(
+    image: torch.Tensor, enc: AnyVisionConfig, cfg: VisionPreprocessConfig | None = None
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """`preprocess_image` for a Thinker's input: refuses an image smaller than one patch per side (14 px for
+    Qwen2.5, 16 for Qwen3), as upscaling it would invent every pixel the encoder sees."""
+    h, w = (image.shape[0], image.shape[1]) if image.shape[-1] == 3 else (image.shape[-2], image.shape[-1])
+    p = enc.patch_size
+    if h < p or w < p:
+        raise VisionInputError(f"image of {h}x{w} px is smaller than one {p}x{p} patch; expected >= {p} px a side")
+    return preprocess_image(image, enc, cfg)
+
+
 def video_frame_size(height: int, width: int, enc: AnyVisionConfig, cfg: VisionPreprocessConfig) -> tuple[int, int]:
     """Resized frame size of a video (per-frame bounds 128..768 tokens of 28x28 px)."""
     return smart_resize(height, width, enc.image_factor, cfg.video_min_pixels, cfg.video_max_pixels)

@@ -9,12 +9,11 @@ mixture-of-experts MLPs (an optional shared expert with a sigmoid gate).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from model.errors import ConfigError
-from model.hf_config import hf_fields
+from model.hf_config import hf_fields, preset
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -105,10 +104,7 @@ class DecoderConfig:
     @classmethod
     def from_name(cls, name: str) -> DecoderConfig:
         """A named preset (real model shapes, for random-weight benchmarks and tests)."""
-        try:
-            return dataclasses.replace(PRESETS[name])
-        except KeyError:
-            raise ConfigError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}") from None
+        return preset(PRESETS, name, "decoder")
 
     # ---- config.json -----------------------------------------------------------------------------------
     @classmethod

@@ -18,6 +18,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.encoders.config import aut_token_count
 from model.errors import ConfigError
 from model.hf_config import hf_fields
 from model.tmrope import MultimodalTokenIds, TMRoPEConfig
@@ -35,24 +36,23 @@ def _section(raw: dict[str, Any], key: str, what: str) -> dict[str, Any]:
     return sub
 
 
+def _model_sections(
+    part: dict[str, Any], what: str, keys: tuple[str, ...], text_keys: tuple[str, ...]
+) -> dict[str, Any]:
+    """Copies of the raw model sections `keys` of `part` (`what` names it); its text_config must hold
+    `text_keys`, the fields the assembly reads from it."""
+    subs = {k: copy.deepcopy(_section(part, k, what)) for k in keys}
+    for key in text_keys:
+        if key not in subs["text_config"]:
+            raise ConfigError(f"{what}.text_config is missing the field {key!r}")
+    return subs
+
+
 def qwen3_rope(position_id_per_seconds: int, spatial_merge_size: int) -> TMRoPEConfig:
     """TM-RoPE timing with the Qwen3-Omni rules (the Thinker's and the Talker's position ids)."""
     return TMRoPEConfig(
         position_id_per_seconds=position_id_per_seconds, spatial_merge_size=spatial_merge_size, style="qwen3"
     )
-
-
-def aut_token_count(n_mel_frames: int, n_window: int = AUT_N_WINDOW) -> int:
-    """AuT encoder tokens for `n_mel_frames` mel frames: 13 per full chunk of 2 * n_window frames (1 s), and
-    three stride-2 convolutions over the remainder (section 2.2; 3 s = 300 frames -> 39)."""
-    if n_mel_frames < 0:
-        raise ValueError(f"negative mel frame count {n_mel_frames}")
-    chunk = 2 * n_window
-    rest = n_mel_frames % chunk
-    n = rest
-    for _ in range(3):
-        n = (n - 1) // 2 + 1
-    return n + 13 * (n_mel_frames // chunk)
 
 
 @dataclass
@@ -125,12 +125,8 @@ class Qwen3ThinkerConfig:
         """Read the `thinker_config` section (or a whole config.json containing it)."""
         th = cfg.get("thinker_config", cfg)
         what = "thinker_config"
-        subs: dict[str, Any] = {
-            k: copy.deepcopy(_section(th, k, what)) for k in ("text_config", "audio_config", "vision_config")
-        }
-        for key in ("hidden_size", "num_hidden_layers", "vocab_size"):
-            if key not in subs["text_config"]:
-                raise ConfigError(f"thinker_config.text_config is missing the field {key!r}")
+        keys = ("text_config", "audio_config", "vision_config")
+        subs = _model_sections(th, what, keys, ("hidden_size", "num_hidden_layers", "vocab_size"))
         kw = hf_fields(cls, th, cls.IDS, what, required=tuple(cls.IDS))
         kw |= hf_fields(cls, th, {"user_token_id": "user_token_id", "tie_word_embeddings": "tie_word_embeddings"}, what)
         return cls(**subs, **kw)
@@ -228,11 +224,7 @@ class Qwen3TalkerConfig:
         """Read the `talker_config` section (or a whole config.json containing it)."""
         tk = cfg.get("talker_config", cfg)
         what = "talker_config"
-        keys = ("text_config", "code_predictor_config")
-        subs: dict[str, Any] = {k: copy.deepcopy(_section(tk, k, what)) for k in keys}
-        for key in ("hidden_size", "vocab_size"):
-            if key not in subs["text_config"]:
-                raise ConfigError(f"talker_config.text_config is missing the field {key!r}")
+        subs = _model_sections(tk, what, ("text_config", "code_predictor_config"), ("hidden_size", "vocab_size"))
         names = {name: name for name in cls.FIELDS}
         kw = hf_fields(cls, tk, names, what, required=cls.FIELDS)
         kw |= hf_fields(cls, tk, {"spatial_merge_size": "spatial_merge_size"}, what)

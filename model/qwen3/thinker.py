@@ -25,13 +25,13 @@ from model.encoders.audio_frontend import LogMel, to_mono_16k
 from model.encoders.aut_encoder import AuTEncoder
 from model.encoders.config import AuTEncoderConfig, Qwen3VisionConfig
 from model.encoders.qwen3_vision import Qwen3VisionEncoder, Qwen3VisionOutput
-from model.encoders.vision_preprocess import VisionInputError, VisionPreprocessConfig, preprocess_image
+from model.encoders.vision_preprocess import VisionPreprocessConfig, checked_image_input
 from model.errors import ConfigError
 from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM, LayerAdds
 from model.lm.kv_cache import CacheConfig
 from model.qwen3.config import Qwen3ThinkerConfig
-from model.thinker import VideoInput, fitting_cache, write_media
+from model.thinker import VideoInput, encode_media, fitting_cache, media_positions, write_media
 from model.tmrope import rope_index
 
 
@@ -89,12 +89,9 @@ class Qwen3Thinker(nn.Module):
     def image_input(
         self, image: torch.Tensor, cfg: VisionPreprocessConfig | None = None
     ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """An RGB image ([H, W, 3] or [3, H, W], 0..255) -> (patches, grid) with Qwen3 preprocessing."""
-        h, w = (image.shape[0], image.shape[1]) if image.shape[-1] == 3 else (image.shape[-2], image.shape[-1])
-        p = self.vision_cfg.patch_size
-        if h < p or w < p:
-            raise VisionInputError(f"image of {h}x{w} px is smaller than one {p}x{p} patch; expected >= {p} px a side")
-        return preprocess_image(image, self.vision_cfg, cfg or VisionPreprocessConfig.qwen3())
+        """An RGB image ([H, W, 3] or [3, H, W], 0..255) -> (patches, grid) with Qwen3 preprocessing; refuses one
+        smaller than a patch."""
+        return checked_image_input(image, self.vision_cfg, cfg or VisionPreprocessConfig.qwen3())
 
     @torch.inference_mode()
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
@@ -173,15 +170,8 @@ class Qwen3Thinker(nn.Module):
         hidden_layer: int | None = None,
     ) -> ThinkerOutput:
         """`prompt_logits` with the input embeddings and (hidden_layer k) the hidden states entering layer k."""
-        return self.features_forward(
-            input_ids,
-            [self.encode_audio(m) for m in audio_mels],
-            [(self.encode_vision(p, g), g) for p, g in images],
-            [(self.encode_vision(v.patches, v.grid), v.grid, v.seconds_per_grid) for v in videos],
-            use_audio_in_video,
-            cache,
-            hidden_layer,
-        )
+        media = encode_media(self.encode_audio, self.encode_vision, audio_mels, images, videos)
+        return self.features_forward(input_ids, *media, use_audio_in_video, cache, hidden_layer)
 
     @torch.inference_mode()
     def features_forward(
@@ -196,14 +186,8 @@ class Qwen3Thinker(nn.Module):
     ) -> ThinkerOutput:
         """`prompt_forward` with the media already encoded (features [n, C] per audio, vision outputs with their
         grids, and seconds per temporal patch per video), each in prompt order."""
-        positions = self.positions(
-            input_ids,
-            [a.shape[0] for a in audio],
-            [g for _, g in images],
-            [g for _, g, _ in videos],
-            [s for _, _, s in videos],
-            use_audio_in_video,
-        )
+        cfg = self.cfg
+        positions = media_positions(input_ids, cfg.tokens, cfg.rope, audio, images, videos, use_audio_in_video)
         x, adds = self.merge(input_ids, audio, [o for o, _ in images], [o for o, _, _ in videos])
         state = self.lm.init_state(cache or fitting_cache(self.lm.cfg, input_ids.shape[0]))
         out = self.lm(state, inputs_embeds=x[None], positions=positions[:, None].to(self.device), logits="all",

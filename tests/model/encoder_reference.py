@@ -25,48 +25,42 @@ def randomize_(module: nn.Module, seed: int = 0) -> None:
                 p.copy_(0.2 * noise)
 
 
+def _reference(config_cls: Any, model_cls: Any, cfg: Any, seed: int) -> Any:
+    """transformers' encoder `model_cls` for our encoder config `cfg` (via its config.json section), SDPA
+    attention, eval mode, re-initialised by randomize_ (the global RNG is left alone)."""
+    hf_cfg = config_cls(**{k: v for k, v in cfg.to_hf_config().items() if k != "model_type"})
+    hf_cfg._attn_implementation = "sdpa"
+    model = model_cls(hf_cfg).eval()
+    randomize_(model, seed)
+    return model
+
+
 def hf_audio_encoder(cfg: AudioEncoderConfig, seed: int = 0) -> Any:
     from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig
     from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
 
-    hf_cfg = Qwen2_5OmniAudioEncoderConfig(**{k: v for k, v in cfg.to_hf_config().items() if k != "model_type"})
-    hf_cfg._attn_implementation = "sdpa"
-    model = Qwen2_5OmniAudioEncoder(hf_cfg).eval()
-    randomize_(model, seed)
-    return model
+    return _reference(Qwen2_5OmniAudioEncoderConfig, Qwen2_5OmniAudioEncoder, cfg, seed)
 
 
 def hf_vision_encoder(cfg: VisionEncoderConfig, seed: int = 0) -> Any:
     from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniVisionEncoderConfig
     from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniVisionEncoder
 
-    hf_cfg = Qwen2_5OmniVisionEncoderConfig(**{k: v for k, v in cfg.to_hf_config().items() if k != "model_type"})
-    hf_cfg._attn_implementation = "sdpa"
-    model = Qwen2_5OmniVisionEncoder(hf_cfg).eval()
-    randomize_(model, seed)
-    return model
+    return _reference(Qwen2_5OmniVisionEncoderConfig, Qwen2_5OmniVisionEncoder, cfg, seed)
 
 
 def hf_aut_encoder(cfg: AuTEncoderConfig, seed: int = 0) -> Any:
     from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
-    hf_cfg = Qwen3OmniMoeAudioEncoderConfig(**{k: v for k, v in cfg.to_hf_config().items() if k != "model_type"})
-    hf_cfg._attn_implementation = "sdpa"
-    model = Qwen3OmniMoeAudioEncoder(hf_cfg).eval()
-    randomize_(model, seed)
-    return model
+    return _reference(Qwen3OmniMoeAudioEncoderConfig, Qwen3OmniMoeAudioEncoder, cfg, seed)
 
 
 def hf_qwen3_vision_encoder(cfg: Qwen3VisionConfig, seed: int = 0) -> Any:
     from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeVisionEncoderConfig
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeVisionEncoder
 
-    hf_cfg = Qwen3OmniMoeVisionEncoderConfig(**{k: v for k, v in cfg.to_hf_config().items() if k != "model_type"})
-    hf_cfg._attn_implementation = "sdpa"
-    model = Qwen3OmniMoeVisionEncoder(hf_cfg).eval()
-    randomize_(model, seed)
-    return model
+    return _reference(Qwen3OmniMoeVisionEncoderConfig, Qwen3OmniMoeVisionEncoder, cfg, seed)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

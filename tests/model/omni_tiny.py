@@ -10,14 +10,14 @@ fan-in scaling so outputs are O(1) (the default std-0.02 init would make a 1e-4 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tests.model.encoder_reference import randomize_
-from tests.model.tiny_speech import BIGVGAN, DIT
+from tests.model.tiny_checkpoint import TINY_AUDIO, random_model, save_tiny, use_sdpa, write_byte_tokenizer
+from tests.model.tiny_checkpoint import write_preprocessor_config as _write_preprocessor
+from tests.model.tiny_speech import BIGVGAN, DIT, TALKER
 
 VOCAB = 288
 SPECIALS = {
@@ -72,16 +72,7 @@ def tiny_config_dict(with_talker: bool = True) -> dict[str, Any]:
         vision_end_token_id=IDS["vision_end"],
     )
     thinker = dict(
-        audio_config=dict(
-            num_mel_bins=128,
-            encoder_layers=2,
-            encoder_attention_heads=4,
-            encoder_ffn_dim=64,
-            d_model=32,
-            output_dim=HIDDEN,
-            n_window=100,
-            max_source_positions=1500,
-        ),
+        audio_config=dict(TINY_AUDIO, output_dim=HIDDEN, n_window=100),
         vision_config=dict(
             depth=3,
             hidden_size=32,
@@ -115,27 +106,16 @@ def tiny_config_dict(with_talker: bool = True) -> dict[str, Any]:
         eos_token_id=SPECIALS["<|im_end|>"],
         pad_token_id=SPECIALS["<|endoftext|>"],
     )
+    # The speech tests' tiny Talker, reading this Thinker's width and token ids.
     talker = dict(
-        vocab_size=64,
+        TALKER,
         embedding_size=HIDDEN,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[4, 2, 2]),
-        tts_codec_start_token_id=60,
-        tts_codec_end_token_id=61,
-        tts_codec_pad_token_id=62,
-        tts_codec_mask_token_id=63,
         tts_text_start_token_id=IDS["tts_text_bos"],
         tts_text_end_token_id=IDS["tts_text_eos"],
         tts_text_pad_token_id=IDS["tts_text_pad"],
         **media_ids,
         position_id_per_seconds=25,
         seconds_per_chunk=2,
-        spatial_merge_size=2,
     )
     # token2wav's shapes do not depend on the Thinker: the same tiny DiT and BigVGAN as the speech tests
     token2wav = dict(dit_config=dict(DIT), bigvgan_config=dict(BIGVGAN))
@@ -149,10 +129,8 @@ def hf_config(with_talker: bool = True) -> Any:
     from transformers import Qwen2_5OmniConfig
 
     cfg = Qwen2_5OmniConfig(**tiny_config_dict(with_talker))
-    cfg.thinker_config._attn_implementation = "sdpa"
-    cfg.thinker_config.text_config._attn_implementation = "sdpa"
-    cfg.thinker_config.audio_config._attn_implementation = "sdpa"
-    cfg.thinker_config.vision_config._attn_implementation = "sdpa"
+    th = cfg.thinker_config
+    use_sdpa(th, th.text_config, th.audio_config, th.vision_config)
     return cfg
 
 
@@ -160,64 +138,34 @@ def build_model(with_talker: bool = True, seed: int = 0) -> Any:
     """The full transformers model (thinker, plus talker and token2wav when asked), re-initialised."""
     from transformers import Qwen2_5OmniForConditionalGeneration
 
-    torch.manual_seed(seed)
-    model = Qwen2_5OmniForConditionalGeneration(hf_config(with_talker)).eval()
-    randomize_(model, seed)
-    return model
+    return random_model(Qwen2_5OmniForConditionalGeneration, hf_config(with_talker), seed)
 
 
 def write_tokenizer(directory: Path) -> None:
     """tokenizer.json (byte-level, no merges: one token per byte; specials at 256+), tokenizer_config.json."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
-    for text, i in SPECIALS.items():
-        assert tok.token_to_id(text) == i, (text, tok.token_to_id(text))
-    tok.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "chat_template": CHAT_TEMPLATE,
-                "eos_token": "<|im_end|>",
-                "pad_token": "<|endoftext|>",
-                "bos_token": None,
-                "add_bos_token": False,
-            }
-        )
-    )
+    config = {
+        "chat_template": CHAT_TEMPLATE,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "add_bos_token": False,
+    }
+    write_byte_tokenizer(directory, SPECIALS, config)
 
 
 def write_preprocessor_config(directory: Path) -> None:
     """The released preprocessor_config.json's fields (Whisper feature extractor + Qwen2-VL image processor)."""
-    (directory / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "chunk_length": 300,
-                "feature_size": 128,
-                "hop_length": 160,
-                "n_fft": 400,
-                "n_samples": 4800000,
-                "nb_max_frames": 30000,
-                "sampling_rate": 16000,
-                "padding_value": 0.0,
-                "return_attention_mask": True,
-                "feature_extractor_type": "WhisperFeatureExtractor",
-                "image_processor_type": "Qwen2VLImageProcessor",
-                "processor_class": "Qwen2_5OmniProcessor",
-                "min_pixels": 3136,
-                "max_pixels": 12845056,
-                "patch_size": 14,
-                "temporal_patch_size": 2,
-                "merge_size": 2,
-                "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                "image_std": [0.26862954, 0.26130258, 0.27577711],
-            }
-        )
-    )
+    images = {
+        "processor_class": "Qwen2_5OmniProcessor",
+        "min_pixels": 3136,
+        "max_pixels": 12845056,
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
+    _write_preprocessor(directory, {"return_attention_mask": True}, images)
 
 
 def save_tiny_omni(
@@ -229,11 +177,7 @@ def save_tiny_omni(
 ) -> tuple[Any, Path]:
     """Build, save (safetensors, optionally sharded, in `dtype`) with tokenizer and preprocessor files;
     returns (float32 reference model, directory)."""
-    model = build_model(with_talker, seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    to_save = model if dtype == torch.float32 else build_model(with_talker, seed).to(dtype)
     kwargs = {"max_shard_size": shard} if shard else {}
-    to_save.save_pretrained(directory, **kwargs)
-    write_tokenizer(directory)
-    write_preprocessor_config(directory)
-    return model, directory
+    return save_tiny(
+        lambda: build_model(with_talker, seed), directory, dtype, (write_tokenizer, write_preprocessor_config), **kwargs
+    )

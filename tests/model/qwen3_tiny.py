@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from tests.model.encoder_reference import randomize_
+from tests.model.tiny_checkpoint import TINY_AUDIO, random_model, save_tiny, use_sdpa, write_byte_tokenizer
+from tests.model.tiny_checkpoint import write_preprocessor_config as _write_preprocessor
 
 VOCAB = 300
 # The released tokenizer's special tokens (Qwen3-Omni adds the audio and TTS tokens after </think>).
@@ -75,6 +76,20 @@ CHAT_TEMPLATE = (
 def tiny_config_dict() -> dict[str, Any]:
     """config.json content: the released layout with tiny sizes and remapped token ids."""
     moe_rope = dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 1, 1], interleaved=True)
+    # The Thinker's and the Talker's MoE decoders share their tiny shape: 2 layers, 4 experts top-2.
+    moe_text = dict(
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,  # 4 rotary frequencies, interleaved T/H/W sections 2/1/1 (real: 24/20/20 of 64)
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        norm_topk_prob=True,
+        rope_parameters=moe_rope,
+    )
     media_ids = dict(
         audio_token_id=IDS["audio"],
         image_token_id=IDS["image"],
@@ -85,17 +100,8 @@ def tiny_config_dict() -> dict[str, Any]:
     )
     thinker = dict(
         audio_config=dict(
-            num_mel_bins=128,
-            encoder_layers=2,
-            encoder_attention_heads=4,
-            encoder_ffn_dim=64,
-            d_model=32,
-            output_dim=HIDDEN,
-            n_window=50,
-            n_window_infer=400,
-            conv_chunksize=500,
+            TINY_AUDIO, output_dim=HIDDEN, n_window=50, n_window_infer=400, conv_chunksize=500,
             downsample_hidden_size=16,
-            max_source_positions=1500,
         ),
         vision_config=dict(
             depth=2,
@@ -109,21 +115,7 @@ def tiny_config_dict() -> dict[str, Any]:
             num_position_embeddings=64,
             deepstack_visual_indexes=[0, 1],
         ),
-        text_config=dict(
-            vocab_size=VOCAB,
-            hidden_size=HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,  # 4 rotary frequencies, interleaved T/H/W sections 2/1/1 (real: 24/20/20 of 64)
-            num_experts=4,
-            num_experts_per_tok=2,
-            moe_intermediate_size=16,
-            norm_topk_prob=True,
-            max_position_embeddings=4096,
-            rope_parameters=moe_rope,
-        ),
+        text_config=dict(moe_text, vocab_size=VOCAB, max_position_embeddings=4096),
         **media_ids,
         vision_end_token_id=IDS["vision_end"],
         user_token_id=IDS["user"],
@@ -131,21 +123,7 @@ def tiny_config_dict() -> dict[str, Any]:
         seconds_per_chunk=2,
     )
     talker = dict(
-        text_config=dict(
-            vocab_size=CODEC_VOCAB,
-            hidden_size=HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            num_experts=4,
-            num_experts_per_tok=2,
-            moe_intermediate_size=16,
-            shared_expert_intermediate_size=32,
-            norm_topk_prob=True,
-            rope_parameters=moe_rope,
-        ),
+        text_config=dict(moe_text, vocab_size=CODEC_VOCAB, shared_expert_intermediate_size=32),
         code_predictor_config=dict(
             vocab_size=64,
             hidden_size=HIDDEN,
@@ -206,8 +184,7 @@ def hf_config() -> Any:
 
     cfg = Qwen3OmniMoeConfig(**tiny_config_dict())
     th = cfg.thinker_config
-    for sub in (th, th.text_config, th.audio_config, th.vision_config):
-        sub._attn_implementation = "sdpa"
+    use_sdpa(th, th.text_config, th.audio_config, th.vision_config)
     return cfg
 
 
@@ -215,86 +192,51 @@ def build_model(seed: int = 0) -> Any:
     """The full transformers model (thinker, talker, code2wav), re-initialised with fan-in scaling."""
     from transformers import Qwen3OmniMoeForConditionalGeneration
 
-    torch.manual_seed(seed)
-    model = Qwen3OmniMoeForConditionalGeneration(hf_config()).eval()
-    randomize_(model, seed)
-    return model
+    return random_model(Qwen3OmniMoeForConditionalGeneration, hf_config(), seed)
+
+
+_MEDIA_TOKENS = {
+    "audio_token": "<|audio_pad|>",
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "audio_bos_token": "<|audio_start|>",
+    "audio_eos_token": "<|audio_end|>",
+    "vision_bos_token": "<|vision_start|>",
+    "vision_eos_token": "<|vision_end|>",
+}
 
 
 def write_tokenizer(directory: Path) -> None:
     """tokenizer.json (byte-level, one token per byte, specials at 256+, role words as single tokens) and
     tokenizer_config.json naming the media tokens as the released one does (audio_token, image_token, ...)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ROLE_WORDS])
-    for text, i in (SPECIALS | ROLE_WORDS).items():
-        assert tok.token_to_id(text) == i, (text, tok.token_to_id(text))
-    tok.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "chat_template": CHAT_TEMPLATE,
-                "tokenizer_class": "Qwen2Tokenizer",
-                "eos_token": "<|im_end|>",
-                "pad_token": "<|endoftext|>",
-                "bos_token": None,
-                "unk_token": None,
-                "add_bos_token": False,
-                "audio_token": "<|audio_pad|>",
-                "image_token": "<|image_pad|>",
-                "video_token": "<|video_pad|>",
-                "audio_bos_token": "<|audio_start|>",
-                "audio_eos_token": "<|audio_end|>",
-                "vision_bos_token": "<|vision_start|>",
-                "vision_eos_token": "<|vision_end|>",
-                "extra_special_tokens": {
-                    "audio_token": "<|audio_pad|>",
-                    "image_token": "<|image_pad|>",
-                    "video_token": "<|video_pad|>",
-                    "audio_bos_token": "<|audio_start|>",
-                    "audio_eos_token": "<|audio_end|>",
-                    "vision_bos_token": "<|vision_start|>",
-                    "vision_eos_token": "<|vision_end|>",
-                },
-            }
-        )
-    )
+    config = {
+        "chat_template": CHAT_TEMPLATE,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "unk_token": None,
+        "add_bos_token": False,
+        **_MEDIA_TOKENS,
+        "extra_special_tokens": dict(_MEDIA_TOKENS),
+    }
+    write_byte_tokenizer(directory, SPECIALS, config, added=ROLE_WORDS)
 
 
 def write_preprocessor_config(directory: Path) -> None:
     """The released preprocessor_config.json's fields (Whisper feature extractor, 16-px Qwen2-VL image patches)."""
-    (directory / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "chunk_length": 300,
-                "feature_size": 128,
-                "hop_length": 160,
-                "n_fft": 400,
-                "n_samples": 4800000,
-                "nb_max_frames": 30000,
-                "sampling_rate": 16000,
-                "padding_value": 0.0,
-                "padding_side": "right",
-                "return_attention_mask": True,
-                "dither": 0.0,
-                "feature_extractor_type": "WhisperFeatureExtractor",
-                "image_processor_type": "Qwen2VLImageProcessor",
-                "processor_class": "Qwen3OmniMoeProcessor",
-                "min_pixels": 3136,
-                "max_pixels": 12845056,
-                "patch_size": 16,
-                "temporal_patch_size": 2,
-                "merge_size": 2,
-                "image_mean": [0.5, 0.5, 0.5],
-                "image_std": [0.5, 0.5, 0.5],
-            }
-        )
-    )
+    features = {"padding_side": "right", "return_attention_mask": True, "dither": 0.0}
+    images = {
+        "processor_class": "Qwen3OmniMoeProcessor",
+        "min_pixels": 3136,
+        "max_pixels": 12845056,
+        "patch_size": 16,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    _write_preprocessor(directory, features, images)
 
 
 def unfuse_experts(directory: Path) -> None:
@@ -334,11 +276,10 @@ def save_tiny_qwen3(
 ) -> tuple[Any, Path]:
     """Build and save (sharded safetensors with an index, in `dtype`, experts per expert) with tokenizer and
     preprocessor files; returns (float32 reference model, directory)."""
-    model = build_model(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    to_save = model if dtype == torch.float32 else build_model(seed).to(dtype)
-    to_save.save_pretrained(directory, max_shard_size=shard)
-    unfuse_experts(directory)
-    write_tokenizer(directory)
-    write_preprocessor_config(directory)
-    return model, directory
+    return save_tiny(
+        lambda: build_model(seed),
+        directory,
+        dtype,
+        (unfuse_experts, write_tokenizer, write_preprocessor_config),
+        max_shard_size=shard,
+    )

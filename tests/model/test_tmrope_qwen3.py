@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from model.qwen3.config import Qwen3ThinkerConfig, aut_token_count
-from model.tmrope import PositionCursor, StreamingVideoPositions, TMRoPEConfig, rope_index
+from model.tmrope import PositionCursor, TMRoPEConfig, rope_index
 from tests.model.qwen3_tiny import IDS, tiny_config_dict
+from tests.model.tmrope_cases import Case, Prompts, against_reference, assert_live_pieces_equal_whole
 
 THINKER = Qwen3ThinkerConfig.from_hf_config(tiny_config_dict())
 TOK = THINKER.tokens
@@ -27,48 +26,15 @@ def ref() -> Any:
     return Qwen3OmniMoeThinkerForConditionalGeneration(hf_config().thinker_config).eval()
 
 
-def processor_av_placeholder(n_audio: int, grid: tuple[int, int, int], spg: float) -> list[int]:
-    """The reference processor's own video-with-audio placeholder, mapped to our tiny ids."""
-    from transformers import Qwen3OmniMoeProcessor
-
-    proc = SimpleNamespace(
-        video_processor=SimpleNamespace(merge_size=2),
-        audio_bos_token="B",
-        audio_eos_token="E",
-        video_token="V",
-        audio_token="A",
-    )
-    text = Qwen3OmniMoeProcessor.replace_video_with_audio_token(
-        proc,
-        {"video_grid_thw": [np.array(grid)], "video_second_per_grid": [spg]},
-        0,
-        {"num_audio_tokens": [n_audio]},
-        0,
-        position_id_per_seconds=13,
-    )
-    table = {"B": IDS["audio_start"], "E": IDS["audio_end"], "V": IDS["video"], "A": IDS["audio"]}
-    return [IDS["vision_start"]] + [table[c] for c in text] + [IDS["vision_end"]]
-
-
-def text(n: int, base: int = 10) -> list[int]:
-    return [base + i % 50 for i in range(n)]
-
-
-def audio(frames: int) -> list[int]:
-    return [IDS["audio_start"]] + [IDS["audio"]] * aut_token_count(frames) + [IDS["audio_end"]]
-
-
-def vision(token: str, grid: tuple[int, int, int]) -> list[int]:
-    return [IDS["vision_start"]] + [IDS[token]] * (grid[0] * grid[1] * grid[2] // 4) + [IDS["vision_end"]]
+P = Prompts(IDS, aut_token_count, "Qwen3OmniMoeProcessor", dict(position_id_per_seconds=13))
+text, audio, vision, processor_av_placeholder = P.text, P.audio, P.vision, P.av_placeholder
 
 
 def turn(role: int, body: list[int]) -> list[int]:
     return [IDS["im_start"], role, 10] + body + [IDS["im_end"], 10]
 
 
-Grid = tuple[int, int, int]
-# (name, ids, audio mel frames, image grids, video grids, seconds per grid, use_audio_in_video)
-CASES: list[tuple[str, list[int], list[int], list[Grid], list[Grid], list[float], bool]] = [
+CASES: list[Case] = [
     ("text", text(17), [], [], [], [], False),
     ("audio 3.3 s", text(5) + audio(330) + text(4), [330], [], [], [], False),
     ("audio 0.07 s", text(2) + audio(7) + text(3), [7], [], [], [], False),
@@ -91,9 +57,7 @@ CASES: list[tuple[str, list[int], list[int], list[Grid], list[Grid], list[float]
 ]
 
 
-def av_case(frames: int, grid: Grid, spg: float) -> tuple[Any, ...]:
-    ids = text(4) + processor_av_placeholder(aut_token_count(frames), grid, spg) + text(3)
-    return (f"audio-in-video {frames} frames {grid} spg {spg}", ids, [frames], [], [grid], [spg], True)
+av_case = P.av_case
 
 
 AV_CASES = [
@@ -120,35 +84,9 @@ def two_turn_av_case() -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("case", CASES + AV_CASES + [two_turn_av_case()], ids=lambda c: c[0])
 def test_equals_reference_get_rope_index(ref: Any, case: tuple[Any, ...]) -> None:
-    _, ids, frames, images, videos, spg, aiv = case
-    t = torch.tensor([ids])
-    with torch.no_grad():
-        expected, delta = ref.get_rope_index(
-            t,
-            torch.tensor(images) if images else None,
-            torch.tensor(videos) if videos else None,
-            torch.ones_like(t),
-            aiv,
-            torch.tensor(frames) if frames else None,
-            torch.tensor(spg) if spg else None,
-        )
-    got = rope_index(
-        ids,
-        TOK,
-        CFG,
-        audio_tokens=[THINKER.audio_tokens(f) for f in frames],
-        image_grids=images,
-        video_grids=videos,
-        seconds_per_grid=spg,
-        use_audio_in_video=aiv,
-    )
-    exp = expected[:, 0]
+    got, exp = against_reference(ref, case, TOK, CFG, THINKER.audio_tokens)
     assert torch.equal(exp, exp.round())  # whole numbers: the comparison below is exact
     assert got.dtype == torch.long and torch.equal(got, exp.long())
-    # Decode continues at max + 1 on all axes: the reference's cache_len + rope_delta.
-    cursor = PositionCursor(CFG, int(got.max()) + 1)
-    for k in range(3):
-        assert cursor.text(1)[:, 0].tolist() == [len(ids) + k + int(delta)] * 3
 
 
 def test_aut_token_count_equals_reference() -> None:
@@ -162,18 +100,7 @@ def test_aut_token_count_equals_reference() -> None:
 
 def test_pieces_pushed_live_equal_the_whole_prompt() -> None:
     """Audio block by block (13 tokens = 1 s), video patch by patch: the same ids as the offline prompt."""
-    frames, vgrid = 455, (3, 4, 6)
-    n = aut_token_count(frames)
-    ids = text(4) + audio(frames) + text(2) + vision("video", vgrid) + text(3)
-    whole = rope_index(ids, TOK, CFG, audio_tokens=[n], video_grids=[vgrid], seconds_per_grid=[2.0])
-    c = PositionCursor(CFG)
-    parts = [c.text(5)]
-    parts += [c.audio(min(13, n - s)) for s in range(0, n, 13)]
-    parts += [c.text(4)]
-    live = StreamingVideoPositions(c.next_id, 2.0)
-    parts += [live.next_patch(c, (4, 6)) for _ in range(3)]
-    parts += [c.text(4)]
-    assert torch.equal(torch.cat(parts, dim=1), whole)
+    assert_live_pieces_equal_whole(P, TOK, CFG, block_tokens=13, spg=2.0)
 
 
 def test_qwen3_rules_differ_from_qwen2_5_where_the_reference_does() -> None:

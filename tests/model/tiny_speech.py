@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from model.voices import Voice, VoiceBank
-from tests.model.encoder_reference import randomize_
+from tests.model.tiny_checkpoint import random_model, use_sdpa
 
 THINKER_VOCAB = 200
 THINKER_WIDTH = 32
@@ -78,11 +78,8 @@ def hf_talker(seed: int = 0) -> Any:
     from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniTalkerForConditionalGeneration
 
     cfg = Qwen2_5OmniTalkerConfig(**TALKER)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    model = Qwen2_5OmniTalkerForConditionalGeneration(cfg).eval()
-    randomize_(model, seed)
-    return model
+    use_sdpa(cfg)
+    return random_model(Qwen2_5OmniTalkerForConditionalGeneration, cfg, seed)
 
 
 def hf_token2wav(seed: int = 0) -> Any:
@@ -90,10 +87,8 @@ def hf_token2wav(seed: int = 0) -> Any:
     from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniToken2WavModel
 
     cfg = Qwen2_5OmniToken2WavConfig(dit_config=DIT, bigvgan_config=BIGVGAN)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    model = Qwen2_5OmniToken2WavModel(cfg).eval()
-    randomize_(model, seed)
+    use_sdpa(cfg)
+    model = random_model(Qwen2_5OmniToken2WavModel, cfg, seed)
     with torch.no_grad():  # snake log-scales near 0 (alpha, beta ~ e^0); 0.2-std noise keeps them varied
         for name, p in model.named_parameters():
             if name.endswith((".alpha", ".beta")):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -75,6 +76,33 @@ class Harness(Generic[E]):
 
     async def silence(self, seconds: float, realtime: bool = True, continuous: bool = False) -> None:
         await self.feed(np.zeros(int(seconds * 16000), np.int16), realtime, continuous)
+
+    async def say(self, pcm: np.ndarray, pause_s: float = 1.0) -> None:
+        """One spoken turn as fast as possible: `pcm`, then `pause_s` of silence (more than the 700 ms that
+        ends a turn)."""
+        await self.feed(pcm, realtime=False)
+        await self.silence(pause_s, realtime=False)
+
+    @contextlib.asynccontextmanager
+    async def running(self, play: bool = True) -> AsyncIterator[Harness[E]]:
+        """The session started, and closed on the way out whatever happens."""
+        await self.start(play)
+        try:
+            yield self
+        finally:
+            await self.close()
+
+    def reply_text(self) -> str:
+        """All the response text deltas, in order."""
+        return "".join(e["delta"] for e in self.events if e["type"] == "response.output_text.delta")
+
+    def completed_reply(self) -> str:
+        """The text of the one reply, checked against its response.done: completed, transcript equal to it."""
+        text = self.reply_text()
+        done = next(e for e in self.events if e["type"] == "response.done")
+        assert done["response"]["status"] == "completed"
+        assert done["response"]["output"][0]["content"][0]["transcript"] == text
+        return text
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]

@@ -29,6 +29,7 @@ from streaming.engines.omni import OmniEngine, OmniEngineSession
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
 from tests.model.omni_tiny import IDS, save_tiny_omni
+from tests.streaming.engine_input import clip, speak
 from tests.streaming.harness import Harness
 from tests.streaming.test_text_turns import typed_turn
 
@@ -62,18 +63,6 @@ def make(models: Models, max_new_tokens: int = 40) -> OmniEngine:
         schedule=SCHEDULE,
         solver=SOLVER,
     )
-
-
-def clip(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
-
-
-def speak(s: OmniEngineSession, pcm: np.ndarray, piece: float = 0.5, t0: float = 0.0) -> None:
-    n = int(piece * 16000)
-    for i in range(0, len(pcm), n):
-        s.push_audio(pcm[i : i + n], t0 + i / 16000)
-    s.end_turn()
 
 
 def take_chunks(it: object, k: int) -> list[EngineEvent]:
@@ -227,20 +216,14 @@ async def test_a_turn_through_the_session_runtime(
 ) -> None:
     engine = make(models, max_new_tokens=12)
     h = Harness(engine, worker, vad, media=media)
-    await h.start()
-    try:
-        await h.feed(speech16k, realtime=False)
-        await h.silence(1.0, realtime=False)
+    async with h.running():
+        await h.say(speech16k)
         metrics = await h.wait_for("omni.metrics")
         s = h.session.engine_session
         assert isinstance(s, OmniEngineSession)
         history = list(s.history)
-    finally:
-        await h.close()
-    text = "".join(e["delta"] for e in h.events if e["type"] == "response.output_text.delta")
-    done = next(e for e in h.events if e["type"] == "response.done")
-    assert done["response"]["status"] == "completed" and not metrics["interrupted"]
-    assert done["response"]["output"][0]["content"][0]["transcript"] == text
+    text = h.completed_reply()
+    assert not metrics["interrupted"]
     assert [role for role, _ in history] == ["user", "assistant"] and history[1][1] == text
     played = np.concatenate(h.played).astype(np.float32) / 32768
     assert np.abs(played).max() > 0.01  # the reply's speech reached the track

@@ -36,6 +36,7 @@ from streaming.engine import AudioChunk, Image, ReplyDone, ResponseOptions, Text
 from streaming.engines.omni import OmniEngine, OmniEngineSession
 from streaming.vad import SileroVad
 from streaming.worker import DeviceWorker
+from tests.streaming.engine_input import clip, speak
 from tests.streaming.harness import Harness
 from tests.streaming.test_text_turns import typed_turn
 
@@ -62,18 +63,6 @@ def voiced(loaded: LoadedQwen3, speech: Qwen3SpeechModels, max_new_tokens: int =
 def make(loaded: LoadedQwen3, max_new_tokens: int = 24) -> OmniEngine:
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
     return OmniEngine(None, models=(loaded, None), sampling=sampling)
-
-
-def clip(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
-
-
-def speak(s: OmniEngineSession, pcm: np.ndarray, piece: float = 0.5, t0: float = 0.0) -> None:
-    n = int(piece * 16000)
-    for i in range(0, len(pcm), n):
-        s.push_audio(pcm[i : i + n], t0 + i / 16000)
-    s.end_turn()
 
 
 def reference(loaded: LoadedQwen3, engine: OmniEngine) -> Qwen3ThinkerSession:
@@ -238,19 +227,14 @@ async def test_a_spoken_turn_through_the_session_runtime(
 ) -> None:
     engine = make(loaded, max_new_tokens=12)
     h = Harness(engine, worker, vad, media=media)
-    await h.start()
-    try:
-        await h.feed(speech16k, realtime=False)
-        await h.silence(1.0, realtime=False)
-        done = await h.wait_for("response.done")
+    async with h.running():
+        await h.say(speech16k)
+        await h.wait_for("response.done")
         s = h.session.engine_session
         assert isinstance(s, OmniEngineSession)
         history = list(s.history)
-    finally:
-        await h.close()
-    text = "".join(e["delta"] for e in h.events if e["type"] == "response.output_text.delta")
-    assert done["response"]["status"] == "completed" and text
-    assert done["response"]["output"][0]["content"][0]["transcript"] == text
+    text = h.completed_reply()
+    assert text
     assert [role for role, _ in history] == ["user", "assistant"] and history[1][1] == text
     assert s.closed
 
@@ -370,16 +354,9 @@ async def test_a_spoken_turn_with_speech_through_the_session_runtime(
 ) -> None:
     engine = voiced(loaded, speech)
     h = Harness(engine, worker, vad, media=media)
-    await h.start()
-    try:
-        await h.feed(speech16k, realtime=False)
-        await h.silence(1.0, realtime=False)
+    async with h.running():
+        await h.say(speech16k)
         metrics = await h.wait_for("omni.metrics")
-    finally:
-        await h.close()
-    done = next(e for e in h.events if e["type"] == "response.done")
-    text = "".join(e["delta"] for e in h.events if e["type"] == "response.output_text.delta")
-    assert done["response"]["status"] == "completed" and text
-    assert done["response"]["output"][0]["content"][0]["transcript"] == text
+    assert h.completed_reply()
     played = np.concatenate(h.played).astype(np.float32) / 32768
     assert np.abs(played).max() > 0 and metrics["end_of_speech_to_first_audio_ms"] is not None

@@ -15,13 +15,9 @@ from tests.streaming.harness import Harness
 
 async def test_one_turn_text_audio_and_metrics(worker: DeviceWorker, vad: SileroVad, speech16k: np.ndarray) -> None:
     h = Harness(ToneEngine(), worker, vad)
-    await h.start()
-    try:
-        await h.feed(speech16k, realtime=False)
-        await h.silence(1.0, realtime=False)
+    async with h.running():
+        await h.say(speech16k)
         metrics = await h.wait_for("omni.metrics")
-    finally:
-        await h.close()
     types = h.types()
     order = [
         "session.created",
@@ -39,10 +35,8 @@ async def test_one_turn_text_audio_and_metrics(worker: DeviceWorker, vad: Silero
     # playback starts on the track's next 20 ms tick: before or after a fast reply's response.done
     started = types.index("output_audio_buffer.started")
     assert types.index("response.output_text.delta") < started < types.index("output_audio_buffer.stopped")
-    text = "".join(e["delta"] for e in h.events if e["type"] == "response.output_text.delta")
-    done = next(e for e in h.events if e["type"] == "response.done")
-    assert done["response"]["status"] == "completed"
-    assert done["response"]["output"][0]["content"][0]["transcript"] == text and text.startswith("Hello, I heard")
+    text = h.completed_reply()
+    assert text.startswith("Hello, I heard")
     played = np.concatenate(h.played).astype(np.float32) / 32768
     assert np.sqrt(np.mean(played**2)) > 0.05  # the tones reached the track
     assert metrics["end_of_speech_to_first_audio_ms"] is not None and not metrics["interrupted"]

@@ -53,24 +53,18 @@ async def test_a_turn_through_the_session_runtime(
 ) -> None:
     engine = TinyLMEngine()
     h = Harness(engine, worker, vad, media=media)
-    await h.start()
-    try:
-        await h.feed(speech16k, realtime=False)
-        await h.silence(1.0, realtime=False)
+    async with h.running():
+        await h.say(speech16k)
         metrics = await h.wait_for("omni.metrics")
         s = h.session.engine_session
         assert isinstance(s, TinyLMSession)
         history = list(s.history)
         await worker.run(assert_cache_holds_conversation, engine, s)
-    finally:
-        await h.close()
     final = next(e for e in h.events if e["type"] == "conversation.item.input_audio_transcription.completed")
     partial = [e["delta"] for e in h.events if e["type"] == "conversation.item.input_audio_transcription.delta"]
-    text = "".join(e["delta"] for e in h.events if e["type"] == "response.output_text.delta")
-    done = next(e for e in h.events if e["type"] == "response.done")
+    text = h.completed_reply()
     assert len(partial) >= 3 and final["transcript"].startswith("".join(partial))  # ~4 s of speech, 1 word/s
-    assert done["response"]["status"] == "completed" and not metrics["interrupted"]
-    assert done["response"]["output"][0]["content"][0]["transcript"] == text
+    assert not metrics["interrupted"]
     assert history == [("user", final["transcript"]), ("assistant", text)]
     assert engine.min_new_tokens <= len(text) <= engine.sampling.max_new_tokens
     played = np.concatenate(h.played).astype(np.float32) / 32768
@@ -85,10 +79,8 @@ async def test_barge_in_keeps_only_the_played_text(
     # is still being generated (1-1.3 s) when the user talks over it
     engine = TinyLMEngine(step_delay=0.04, seconds_per_char=0.1, min_new_tokens=24, max_new_tokens=32)
     h = Harness(engine, worker, vad, SessionConfig(turn=TurnConfig(silence_ms=700)), media=media)
-    await h.start()
-    try:
-        await h.feed(speech16k, realtime=False)
-        await h.silence(1.0, realtime=False)
+    async with h.running():
+        await h.say(speech16k)
         started = await h.wait_for("output_audio_buffer.started")
         await h.feed(speech16k[:16000], realtime=True)  # talk over the reply
         cancelled = await h.wait_for("response.done")
@@ -98,8 +90,6 @@ async def test_barge_in_keeps_only_the_played_text(
         assert isinstance(s, TinyLMSession)
         history = list(s.history)
         await worker.run(assert_cache_holds_conversation, engine, s)
-    finally:
-        await h.close()
     rid = started["response_id"]
     generated = "".join(
         e["delta"] for e in h.events if e["type"] == "response.output_text.delta" and e["response_id"] == rid
