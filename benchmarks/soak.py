@@ -458,9 +458,21 @@ async def concurrent(args: argparse.Namespace) -> None:
                   f"{consent.expired}, {lag.summary(seen)}, load average {os.getloadavg()[0]:.2f}", flush=True)
             seen = len(lag.lags)
 
-    reporter = asyncio.get_running_loop().create_task(progress())
+    loop = asyncio.get_running_loop()
+
+    stalls: list[asyncio.TimerHandle] = []
+
+    def stall() -> None:  # a starved loop, as on a loaded machine, without using the CPU
+        time.sleep(args.stall_ms / 1e3)
+        stalls[:] = [loop.call_later(args.stall_every, stall)]
+
+    reporter = loop.create_task(progress())
+    if args.stall_ms:
+        stall()
     await asyncio.gather(*(talk(i, c) for i, c in enumerate(clients)))
     reporter.cancel()
+    for handle in stalls:
+        handle.cancel()
     udp = {k: v - udp0[k] for k, v in udp_counters().items()}
     gaps = late = frames = missing = 0
     for c in clients:
@@ -510,6 +522,10 @@ def main() -> None:
     c.add_argument("--sessions", type=int, default=12)
     c.add_argument("--seconds", type=float, default=600.0)
     c.add_argument("--report-every", type=float, default=60.0, help="print progress every this many seconds")
+    c.add_argument("--stall-ms", type=float, default=0.0,
+                   help="block the event loop for this long every --stall-every seconds: a starved loop, as on a "
+                        "loaded machine, without using the CPU (0: off)")
+    c.add_argument("--stall-every", type=float, default=1.0)
     args = p.parse_args()
     asyncio.run({"hour": hour, "churn": churn, "concurrent": concurrent}[args.soak](args))
 
