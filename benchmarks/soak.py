@@ -471,6 +471,8 @@ async def concurrent(args: argparse.Namespace) -> None:
         stall()
     await asyncio.gather(*(talk(i, c) for i, c in enumerate(clients)))
     reporter.cancel()
+    elapsed = time.monotonic() - t0
+    produced = sum(c.out_track._clock._pts // 960 + 1 for c in server.connections.values() if c.out_track is not None)
     for handle in stalls:
         handle.cancel()
     udp = {k: v - udp0[k] for k, v in udp_counters().items()}
@@ -488,6 +490,11 @@ async def concurrent(args: argparse.Namespace) -> None:
           f"(min {min(replies)} per session), output frames received {frames}, dropped output frames {missing} "
           f"(RTP timestamp jumps), inter-frame arrival gaps > 40 ms {late}, > 100 ms {gaps}, dropped input frames "
           f"{dropped:g}, device worker busy {server.worker.busy_seconds:.1f} s, load average {os.getloadavg()[0]:.2f}")
+    live = len(server.connections)
+    print(f"  real-time pace: the {live} calls still open produced {produced} output frames in {elapsed:.0f} s "
+          f"({produced / max(1, live * elapsed * 50):.0%} of 50 frames/s each; a loop that cannot keep up sends "
+          f"them late, with contiguous timestamps, so they are late rather than dropped), received "
+          f"{frames / max(1, args.sessions * elapsed * 50):.0%} of real time over all {args.sessions} calls")
     print(f"  UDP (whole process, both ends): {udp['InDatagrams']} datagrams received, {udp['InErrors']} dropped by "
           f"the kernel ({udp['RcvbufErrors']} with a full receive buffer), {udp['SndbufErrors']} send errors; "
           f"{lag.summary()}; ICE consents expired (either end) {consent.expired}")
