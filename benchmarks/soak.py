@@ -15,8 +15,11 @@ load average (on a shared machine wall-clock latency follows the load; CPU per t
 busy machine stops early, saying so). `--trace FRAMES` attributes growth after warm-up (`--trace-after`, simulated
 minutes): at each report the largest growth in Python allocations by call site (tracemalloc), in live objects by
 type and in glibc's heap (in use vs. free but kept), since the trace began. `concurrent` prints replies, output
-frames received, dropped output frames
-(jumps in the received RTP timestamps), inter-frame arrival gaps, dropped input frames and calls lost on the way.
+frames received, dropped output frames (jumps in the received RTP timestamps), the real-time pace (frames the calls
+produced and received vs 50 per second each: a loop that cannot keep up sends frames late, not dropped),
+inter-frame arrival gaps, dropped input frames, UDP datagrams the kernel dropped, the event loop's lag, ICE consent
+expiries, the server's counters, and each lost call with the reason the server closed it; `--stall-ms` blocks the
+loop on purpose to show what a starved loop does (see README: Soaks).
 `churn` and `concurrent` start the server in this process on 127.0.0.1 (run them inside a loopback-only
 network namespace on CI: `unshare -n sh -c 'ip link set lo up; exec "$@"' sh python -m benchmarks.soak ...`).
 """
