@@ -124,6 +124,11 @@ class PiperSynthesizer:
             self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             raise TTSError(f"onnxruntime could not load the Piper voice {model}: {e}") from e
+        # onnxruntime's CPU arena keeps the peak of every run (grown in powers of two): one 100-word phrase left
+        # RSS ~600 MB higher for good. Shrinking it after each run returns what the run no longer uses
+        # (~15-30% more CPU per phrase).
+        self._run_options = ort.RunOptions()
+        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def phoneme_ids(self, phonemes: str) -> list[int]:
         """Ids for the model: BOS, then each known phoneme followed by the pad id, then EOS."""
@@ -143,7 +148,7 @@ class PiperSynthesizer:
             "input_lengths": np.array([len(ids)], dtype=np.int64),
             "scales": self._scales,
         }
-        audio = self._session.run(None, inputs)[0].reshape(-1)
+        audio = self._session.run(None, inputs, self._run_options)[0].reshape(-1)
         # Clipped, not peak-normalised as the piper CLI does: phrases of one reply keep one loudness.
         return (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
 

@@ -8,6 +8,8 @@ the benchmark's 30 held-out sentences 0.058. The bound, 0.05, allows three wrong
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,22 @@ def test_length_scale_slows_speech() -> None:
     normal = PiperSynthesizer().synth_int16(text)
     slow = PiperSynthesizer(length_scale=1.5).synth_int16(text)
     assert slow.size > 1.3 * normal.size
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_a_long_phrase_does_not_raise_memory_for_good() -> None:
+    """onnxruntime's CPU arena kept the peak of every run: one 60-word phrase left RSS 290-430 MB higher for the
+    rest of the process (the embedded hour soak's unexplained steps). The arena now shrinks after each run:
+    measured +6 MB, without the change +426 MB."""
+    voice = PiperSynthesizer(threads=1)
+    words = "the quick brown fox jumps over the lazy dog and then runs around the big green field".split()
+    voice.synth(" ".join(words[:8]))
+    before = rss_mb()
+    for _ in range(2):
+        voice.synth(" ".join((words * 4)[:60]))
+    voice.synth(" ".join(words[:8]))
+    assert rss_mb() - before < 64, f"RSS {before:.0f} -> {rss_mb():.0f} MB"
