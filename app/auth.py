@@ -4,7 +4,9 @@ Server keys come from `--api-key` / OMNI_API_KEY (user id "default") or a keys f
 the user id is what per-user state (memory) is scoped by, and is put on the request as `request[USER_ID]`.
 Browsers should not hold a server key: `POST /v1/realtime/client_secrets` with one returns an ephemeral key
 (`ek_...`, OpenAI's shape `{"value", "expires_at", "session"}`) that opens calls for the same user until it
-expires. Keys are compared with `hmac.compare_digest` and never logged.
+expires. Keys are compared with `hmac.compare_digest` and never logged. A browser cannot set `Authorization` on a
+WebSocket: it offers the key (server key or client secret) as the subprotocol `openai-insecure-api-key.<key>` next to
+`realtime`, OpenAI's convention, and the server answers with `realtime` (the key is never echoed back).
 
 Origin: a browser page from another site can POST to a server on the user's own machine, and open a WebSocket
 to it (no CORS check covers either); a POST, DELETE or WebSocket upgrade whose `Origin` header is neither this
@@ -35,6 +37,9 @@ from app.limits import refusal
 USER_ID: web.RequestKey[str] = web.RequestKey("omni_user_id")
 KEY_KIND: web.RequestKey[str] = web.RequestKey("omni_key_kind")  # "server", "ephemeral" or "none"
 DEFAULT_USER = "default"
+# A browser's WebSocket offers its key as a subprotocol, next to "realtime" (which the server echoes).
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+REALTIME_SUBPROTOCOL = "realtime"
 EPHEMERAL_TTL = 600.0  # seconds, as OpenAI's default for client secrets
 MAX_EPHEMERAL = 10000  # live client secrets kept at once; the oldest are dropped first
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -98,6 +103,17 @@ def bearer(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def subprotocol_key(request: web.Request) -> str | None:
+    """The key a browser's WebSocket offers as a subprotocol (it cannot send `Authorization`): OpenAI's convention
+    `new WebSocket(url, ["realtime", "openai-insecure-api-key." + key])`; a server key or a client secret."""
+    return next((p[len(KEY_SUBPROTOCOL):] for p in offered_subprotocols(request) if p.startswith(KEY_SUBPROTOCOL) and
+                 len(p) > len(KEY_SUBPROTOCOL)), None)
+
+
+def offered_subprotocols(request: web.Request) -> list[str]:
+    return [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+
+
 def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
@@ -135,11 +151,14 @@ def auth_middleware(config: AuthConfig) -> Middleware:
         if not config.enabled:
             return await handler(request)
         token = bearer(request)
+        if token is None and is_websocket_upgrade(request):
+            token = subprotocol_key(request)
         who = config.identify(token) if token is not None else None
         if who is None:
             if request.method == "DELETE" and request.headers.get("X-Omni-Call-Secret"):
                 return await handler(request)  # a call's own secret: the hang-up handler checks it
-            return refusal(401, "invalid_api_key", "missing or invalid API key: send Authorization: Bearer <key>")
+            return refusal(401, "invalid_api_key", "missing or invalid API key: send Authorization: Bearer <key> "
+                           f"(a browser's WebSocket: the subprotocol {KEY_SUBPROTOCOL}<key>)")
         request[USER_ID], request[KEY_KIND] = who
         return await handler(request)
 

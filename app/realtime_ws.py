@@ -5,7 +5,9 @@ it travels as events, base64 pcm16 mono at 24 kHz both ways (`input_audio_buffer
 `response.output_audio.delta` out, sent as fast as the engine makes it and the client reads it; the client
 plays it and reports what it played with `conversation.item.truncate`). The official SDK connects with
 `client.realtime.connect(model=...)`: it sends `?model=...` (ignored: the server runs one engine) and an
-`Authorization: Bearer ...` header (checked by app.auth when keys are configured, ignored without).
+`Authorization: Bearer ...` header (checked by app.auth when keys are configured, ignored without); a browser, which
+cannot send that header, offers the subprotocols `realtime` and `openai-insecure-api-key.<key>` instead (app.auth
+takes the key from there) and gets `realtime` back.
 
 Admission and limits are the WebRTC signaling route's own, not a copy: the auth middleware (app.auth) checks the
 key and the page's `Origin` before the upgrade (a cross-site page must not open a session on a local server),
@@ -34,6 +36,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from app.auth import REALTIME_SUBPROTOCOL, offered_subprotocols, subprotocol_key
 from app.limits import WS_HARD_FACTOR, MessageGate
 from app.realtime_server import SERVER_KEY, Server, user_of
 from app.signaling import OfferError
@@ -168,9 +171,14 @@ async def realtime_socket(request: web.Request) -> web.StreamResponse:
         user = user_of(request)
     except OfferError as e:
         raise web.HTTPBadRequest(text=f"{e}\n") from None
+    if subprotocol_key(request) is not None and REALTIME_SUBPROTOCOL not in offered_subprotocols(request):
+        # aiohttp would log the offered subprotocols, key and all, when none of them is one it speaks
+        raise web.HTTPBadRequest(text=f"offer the subprotocol {REALTIME_SUBPROTOCOL!r} beside the key's "
+                                 f"({REALTIME_SUBPROTOCOL}, openai-insecure-api-key.<key>)\n")
     limit = server.options.limits.max_ws_message_bytes
     # aiohttp closes the socket (1009) past its max_msg_size; up to it, the gate answers with an error event
-    ws = web.WebSocketResponse(max_msg_size=limit * WS_HARD_FACTOR, heartbeat=HEARTBEAT_S)
+    ws = web.WebSocketResponse(max_msg_size=limit * WS_HARD_FACTOR, heartbeat=HEARTBEAT_S,
+                               protocols=(REALTIME_SUBPROTOCOL,))  # echoed when offered (browsers: app.auth)
     call = WsCall(server, ws)
     server.sockets[call.id] = call  # counted from here on: concurrent upgrades cannot all pass the cap
     try:

@@ -149,6 +149,21 @@ class EngineSession(Protocol):
         """The user stopped speaking: finish the input side (flush partial blocks, final transcript)."""
         ...
 
+    def discard_audio(self) -> None:
+        """The client cleared its input audio buffer (Realtime `input_audio_buffer.clear`): forget the audio of
+        the open user turn, as if it had never been pushed (what was prefilled or recognised of it is taken back).
+        Only the audio since the turn's last typed message or media is forgotten: those close what came before
+        them. Nothing to do when no audio is open."""
+        ...
+
+    def set_instructions(self, instructions: str | None) -> None:
+        """The session's instructions change in the middle of the conversation (None: the engine's default
+        prompt); they guide every reply from the next one on. The prompt the conversation opened with stays where
+        it is (rewriting it would prefill the whole conversation again): the new instructions go in before the
+        next reply's prompt as that reply's own instructions do (`ResponseOptions.instructions`), and stay in
+        the history. `EngineSessionBase` does this for every engine."""
+        ...
+
     def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
         """Generate the reply: text deltas and audio chunks (none when `options.speech` is False), interleaved,
         ending with `ReplyDone`.
@@ -181,11 +196,30 @@ class Engine(Protocol):
 
 
 class EngineSessionBase:
-    """What every engine session does the same way: refuse calls once closed, and no-op `prepare_turn` and
-    `push_media` for engines that have nothing to do there."""
+    """What every engine session does the same way: refuse calls once closed, no-op `prepare_turn` and
+    `push_media` for engines that have nothing to do there, and instructions changed mid-conversation
+    (`set_instructions`: an engine's `respond` folds them into its options with `_take_instructions`)."""
+
+    default_instructions: str | None = None  # what set_instructions(None) means: the engine's default prompt
 
     def __init__(self) -> None:
         self.closed = False
+        self._new_instructions: str | None = None  # set_instructions' text until the next reply takes it
+
+    def set_instructions(self, instructions: str | None) -> None:
+        """The next reply takes them (`_take_instructions`). An engine without a default prompt that is asked
+        for it (None) adds nothing: the last instructions stay in its history."""
+        self._check_open()
+        text = instructions.strip() if instructions and instructions.strip() else self.default_instructions
+        self._new_instructions = text or None
+
+    def _take_instructions(self, options: ResponseOptions) -> ResponseOptions:
+        """`options` with the instructions set since the last reply first, then the reply's own (once)."""
+        new, self._new_instructions = self._new_instructions, None
+        if new is None:
+            return options
+        own = (options.instructions or "").strip()
+        return ResponseOptions(options.speech, f"{new}\n{own}" if own else new)
 
     def push_media(self, media: Attachment) -> list[EngineEvent]:
         """No vision: the attachment is not seen."""

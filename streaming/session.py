@@ -414,10 +414,7 @@ class Session(ReplyEnds, SettingsUpdates):
         elif isinstance(item, InputCommit):
             await self._commit_input()
         elif isinstance(item, InputClear):
-            self.inbox.media.flush()
-            self._feed.held.clear()
-            self._feed.held_seconds = 0.0
-            self._emit(self.events.input_cleared())
+            await self._clear_input()
 
     async def _commit_input(self) -> None:
         """The turn's final transcript now; response.create answers it. The audio appended before the commit
@@ -433,6 +430,21 @@ class Session(ReplyEnds, SettingsUpdates):
         await self._feed_engine([*self._feed.release(), EndTurn()])
         self._emit(self.events.input_committed(item_id))
         self._user_item = None
+
+    async def _clear_input(self) -> None:
+        """`input_audio_buffer.clear`: every piece of the uncommitted audio goes, wherever it is: waiting in the
+        media lane, inside the audio stage (the detector starts over: a turn it had opened is forgotten), held back
+        during a reply, and already in the engine's open turn (`discard_audio`). Typed messages stay."""
+        self.inbox.media.flush()
+        self._feed.held.clear()
+        self._feed.held_seconds = 0.0
+        self._audio_state = self._stage.init_state(self._audio_state.detector.config)  # no media job runs now
+        if self._feed.turn_open:
+            assert self._engine_session is not None
+            await self.worker.run(self._engine_session.discard_audio)
+            self._feed.turn_open = False
+        self._turn_seconds, self._end_p, self._user_item = 0.0, None, None
+        self._emit(self.events.input_cleared())
 
     async def _add_user_message(self, m: UserMessage) -> None:
         """A typed message joins the user's turn after the audio before it; `response.create` answers it."""

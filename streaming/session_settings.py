@@ -1,5 +1,6 @@
-"""How a session takes `session.update`: output modalities, instructions and voice (the engine session is
-reopened, and refused settings leave it as it was), and turn detection. `Session` (streaming.session)
+"""How a session takes `session.update`: output modalities, instructions and voice (before the first reply the
+engine session is reopened, and refused settings leave it as it was; after it, new instructions apply from the next
+reply and a new voice is refused), and turn detection. `Session` (streaming.session)
 inherits these steps; they share its state, declared below, and run on the event loop."""
 
 from __future__ import annotations
@@ -34,15 +35,15 @@ class SettingsUpdates:
         if "speech" in settings:
             self.config.speech = settings["speech"]
         if "instructions" in settings or "voice" in settings:
-            # They are the engine session's prompt (prefilled at its start): changing them reopens it, which
-            # would drop the conversation, so after the first reply only unchanged values (a client re-sending
-            # its whole session) are taken, and the rest of such an update applies.
-            if self._turns > 0 and self._engine_settings(settings) != (self.config.instructions, self.config.voice):
-                self._emit(
-                    self.events.error("invalid_value", "instructions and voice can only change before the first reply")
-                )
-                return
-            if not await self._apply_engine_settings(settings):
+            # Before the first reply they are the engine session's opening prompt and voice: a change reopens it.
+            # After it, reopening would drop the conversation: new instructions go to the engine session, which
+            # follows them from the next reply on (EngineSession.set_instructions), and a new voice is refused as
+            # OpenAI refuses it once the assistant has spoken (`cannot_update_voice`); unchanged values (a client
+            # re-sending its whole session) are taken, and the rest of such an update applies.
+            if self._turns == 0:
+                if not await self._apply_engine_settings(settings):
+                    return
+            elif not await self._change_mid_conversation(settings):
                 return
         if "user_id" in settings:
             if self._turns > 0 or self.config.user_fixed:
@@ -66,6 +67,21 @@ class SettingsUpdates:
                 self.config.interrupt_response = td.get("interrupt_response", True)
             self._feed.auto_end_turn = self.config.create_response
         self._emit(self.events.session_updated(self.describe()))
+
+    async def _change_mid_conversation(self, settings: dict[str, Any]) -> bool:
+        """Instructions and voice after the first reply; False (and an error event) if the voice was to change."""
+        instructions, voice = self._engine_settings(settings)
+        if voice != self.config.voice:
+            field = f"session.{settings.get('voice_field', 'audio.output.voice')}"
+            self._emit(self.events.error(
+                "cannot_update_voice", "Cannot update the conversation's voice once the assistant has replied: the "
+                "voice is chosen with the first reply (open a new session for another voice).", param=field))
+            return False
+        if instructions != self.config.instructions:
+            assert self._engine_session is not None
+            await self.worker.run(self._engine_session.set_instructions, instructions)
+            self.config.instructions = instructions
+        return True
 
     def _engine_settings(self, settings: dict[str, Any]) -> tuple[str | None, str | None]:
         """(instructions, voice) after `settings`: what they set, else what the session has."""

@@ -351,6 +351,12 @@ class WhisperRecognizer:
         self._in_utterance, self._since_partial = True, 0
         return True
 
+    def discard(self) -> None:
+        """Forget the open utterance (and the finished one `resume` could reopen) without transcribing it: the
+        user's audio was taken back (a client cleared its input buffer)."""
+        self._in_utterance, self._len, self._done, self._since_partial, self._partial = False, 0, [], 0, ""
+        self._last = None
+
     def recognize(self, pcm: np.ndarray, chunk: int = 1600) -> str:
         """A whole utterance [N] at 16 kHz, pushed in `chunk`-sample pieces as a stream would be."""
         if self._in_utterance:

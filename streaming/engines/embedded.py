@@ -178,7 +178,9 @@ class EmbeddedEngine:
             prefill_chunk=self.prefill_chunk,
         )
         recognizer = WhisperRecognizer(self.asr) if self.asr is not None else None
-        return EmbeddedSession(chat, recognizer, synth, self.output_sample_rate)
+        session = EmbeddedSession(chat, recognizer, synth, self.output_sample_rate)
+        session.default_instructions = self.system_prompt
+        return session
 
 
 class EmbeddedSession(EngineSessionBase):
@@ -207,6 +209,8 @@ class EmbeddedSession(EngineSessionBase):
         self._pieces: list[str] = []
         self._prepared = False  # the turn so far is recognised and prefilled; no audio came since
         self._captions = TranscriptDeltas()  # what this turn's caption deltas have said
+        self._typed_at = 0  # pieces of the turn before its last typed message (discard_audio keeps them)
+        self._prompt_now: str | None = None  # instructions set mid-conversation (set_instructions), latest
         self.memory: MemoryLane | None = None  # set by the runtime (use_memory); its owner closes it
 
     def use_memory(self, lane: MemoryLane) -> None:
@@ -229,7 +233,7 @@ class EmbeddedSession(EngineSessionBase):
         cache = self.chat.state.cache
         if cache.length + self._lookahead(slot, message) <= cache.cfg.sinks + cache.cfg.window:
             return slot  # every query of this turn still sees the whole system prompt
-        return f"{first['content']}\n{slot}"
+        return f"{self._prompt_now or first['content']}\n{slot}"  # the instructions in force
 
     def _lookahead(self, slot: str, message: str) -> int:
         """Tokens this turn may add to the cache: its slot and message (tokenised: ~0.1 ms), the chat template's two
@@ -272,9 +276,28 @@ class EmbeddedSession(EngineSessionBase):
             self.chat.drop_prefilled_turn()
         if self._in_utterance:
             self._finish_utterance()
+        self._typed_at = len(self._pieces)
         if text.strip():
             self._typed.append(text.strip())
         return []
+
+    def discard_audio(self) -> None:
+        """Forget the turn's audio since its last typed message: the recogniser's utterance (not transcribed),
+        the pieces recognised at its pauses, and a turn prefilled speculatively at the last pause."""
+        self._check_open()
+        if self._prepared:
+            self._prepared = False
+            self.chat.drop_prefilled_turn()
+        if self.recognizer is not None:
+            self.recognizer.discard()
+        del self._pieces[self._typed_at :]
+        self._captions.reset()
+
+    def set_instructions(self, instructions: str | None) -> None:
+        """The next reply's system message carries them (as a reply's own instructions); later turns see them in
+        the history, and once the opening prompt has left the KV window they lead the recalled-memory slot."""
+        super().set_instructions(instructions)
+        self._prompt_now = self._new_instructions
 
     def _finish_utterance(self) -> None:
         assert self.recognizer is not None  # (only called inside an utterance)
@@ -301,7 +324,7 @@ class EmbeddedSession(EngineSessionBase):
             self._finish_utterance()
         text = " ".join(p for p in self._pieces if p)
         typed = " ".join(self._typed)
-        self._pieces, self._typed, self._prepared = [], [], False
+        self._pieces, self._typed, self._prepared, self._typed_at = [], [], False, 0
         self._captions.reset()
         self._turn = _TurnClock(end_turn_at=t0, transcript=text, typed=typed, asr_finish_s=time.perf_counter() - t0)
         return [TranscriptDelta(text, final=True)] if text or not typed else []
@@ -315,6 +338,7 @@ class EmbeddedSession(EngineSessionBase):
         cache); the message stays in the history as the prompt this reply was made from, and later turns get
         none unless they ask again."""
         self._check_open()
+        options = self._take_instructions(options)
         if self._in_utterance or self._pieces or self._typed:  # no end_turn() yet: finish the input here
             yield from self.end_turn()
         turn = self._turn

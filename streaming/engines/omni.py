@@ -308,7 +308,7 @@ class OmniEngine:
                     except BaseException:
                         self._release_rows(rows)
                         raise
-            return OmniEngineSession(self, thinking)
+            return self._session(thinking)
         name = self.check_voice(voice) if voice is not None else self.default_voice
         assert name is not None
         if isinstance(self.speech, Qwen3SpeechModels):
@@ -317,7 +317,7 @@ class OmniEngine:
             with torch.inference_mode():
                 voiced = Qwen3VoiceSession(th.model, th.prompt, th.tokenizer, self.speech, q3, system, self.cache,
                                            self.talker_cache)
-            return OmniEngineSession(self, voiced)
+            return self._session(voiced)
         assert isinstance(th, LoadedThinker)
         settings = SpeechSettings(
             voice=name,
@@ -337,7 +337,12 @@ class OmniEngine:
         except BaseException:
             self._release_rows(rows)
             raise
-        return OmniEngineSession(self, speaking)
+        return self._session(speaking)
+
+    def _session(self, speaking: OmniSession) -> OmniEngineSession:
+        session = OmniEngineSession(self, speaking)
+        session.default_instructions = self.system_prompt  # what set_instructions(None) brings back
+        return session
 
 
 def _load(
@@ -389,6 +394,9 @@ class _Turn:
     size: tuple[int, int] = (0, 0)  # resized frame (height, width) of the open av segment
     frame_slots: list[float] = field(default_factory=list)
     typed: list[str] = field(default_factory=list)  # typed text of the turn (the question's words)
+    # Where the open segment began (discard_audio rolls back to it): the session's mark, whether the segment
+    # opened the user turn, and the last reply's `input_after` then.
+    undo: tuple[ThinkerMark, bool, bool] | None = None
 
 
 class OmniEngineSession(EngineSessionBase):
@@ -513,10 +521,38 @@ class OmniEngineSession(EngineSessionBase):
             self._end_segment()
         return []
 
+    def discard_audio(self) -> None:
+        """Close the open audio (or video-with-audio) segment and roll both caches back to where it began; its
+        encoder outputs go with it, except a video segment's, which memory took as they came (`_remember`).
+        Exact while the segment is at most the caches' chunk of tokens (KVCache.truncate), else logged."""
+        self._check_open()
+        turn, s = self._turn, self.speaking
+        if turn.segment is None or turn.undo is None:
+            return
+        mark, opened, input_after = turn.undo
+        with torch.inference_mode():
+            if turn.segment == "av":
+                if turn.frames == 0:  # (as _end_segment: the segment needs one frame to close)
+                    self._fill_frames(turn.t0)
+                s.end_av()
+            else:
+                s.end_audio()
+            cache = s.state.cache
+            if cache.length - mark.thinker_tokens > cache.cfg.chunk:
+                log.warning("discarding %d tokens of audio: past the cache's chunk of %d, the window keeps a gap "
+                            "where they overwrote it", cache.length - mark.thinker_tokens, cache.cfg.chunk)
+            s.rollback(mark)
+        turn.segment, turn.undo, turn.audio_seconds, turn.frames = None, None, 0.0, 0
+        if opened:
+            turn.started = False
+        if self._reply is not None:
+            self._reply.input_after = input_after
+
     def _begin_segment(self, timestamp: float) -> None:
         turn, s = self._turn, self.speaking
         if turn.segment is not None:
             return
+        turn.undo = (s.mark(), not turn.started, self._reply is not None and self._reply.input_after)
         self._note_input()
         if not turn.started:
             s.start_user_turn()
@@ -557,7 +593,7 @@ class OmniEngineSession(EngineSessionBase):
             video = f", {turn.frames} frames" if turn.segment == "av" else ""
             self.history.append(("user", f"[audio {turn.audio_seconds:.1f} s{video}]"))
             self._remember(turn.t0)
-        turn.segment = None
+        turn.segment, turn.undo = None, None
 
     def _remember(self, t0: float, asked: bool = False) -> None:
         """Encoder outputs fed since the last call, of the segment that started at `t0`, into memory (taken always:
@@ -583,6 +619,7 @@ class OmniEngineSession(EngineSessionBase):
         only: a system turn between the user's and the reply's (user ... <|im_end|> system turn, assistant), which
         stays in the cache as the prompt the reply was made from; the session's system prompt is unchanged."""
         self._check_open()
+        options = self._take_instructions(options)
         reply = self._reply
         if reply is not None and reply.open:  # the last reply was abandoned without interrupt
             self.interrupt(reply.text[: reply.said])

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -86,6 +86,17 @@ class CharTokenizer:
 
 
 _ROLE_TOKEN = {"user": USER, "system": SYSTEM}
+
+
+@dataclass(frozen=True)
+class _AudioMark:
+    """The session where the open turn's audio began: what `discard_audio` rolls back to."""
+
+    cache_length: int
+    position: int
+    pending: list[int]
+    words: list[str]
+    user_open: bool
 
 
 def conversation_tokens(tok: CharTokenizer, instructions: str | None, history: Sequence[tuple[str, str]]) -> list[int]:
@@ -187,6 +198,7 @@ class TinyLMSession(EngineSessionBase):
         self._audio = np.zeros(0, np.float32)  # the unfinished second of this turn's audio
         self._words: list[str] = []  # the transcript of the open user turn
         self._user_open = False
+        self._audio_mark: _AudioMark | None = None  # where the open turn's audio began (discard_audio)
         self._reply: LiveReply[tuple[int, int]] | None = None  # mark: (cache length, next position)
         self._prompt: Forward | None = None  # the reply's prompt while it is being prefilled
         self._banned = torch.tensor([SYSTEM, USER, ASSISTANT])  # never inside a reply
@@ -199,6 +211,9 @@ class TinyLMSession(EngineSessionBase):
         if pcm.dtype != np.float32 or pcm.ndim != 1:
             raise ValueError(f"push_audio expects float32 mono [samples], got {pcm.dtype} {pcm.shape}")
         sr = self.engine.input_sample_rate
+        if self._audio_mark is None:
+            self._audio_mark = _AudioMark(self.state.cache.length, self.state.next_position, list(self.pending),
+                                          list(self._words), self._user_open)
         self._audio = np.concatenate([self._audio, pcm])
         out: list[EngineEvent] = []
         while len(self._audio) >= sr:
@@ -209,9 +224,32 @@ class TinyLMSession(EngineSessionBase):
     def push_text(self, text: str) -> list[EngineEvent]:
         """Typed words join the open user turn's transcript, prefilled at once."""
         self._check_open()
+        self._audio_mark = None  # typed text closes the audio before it (discard_audio keeps that)
         if text.strip():
             self._add_word(text.strip())
         return []
+
+    def discard_audio(self) -> None:
+        """Roll the cache back to where the open turn's audio began and forget its words and unfinished second."""
+        self._check_open()
+        mark, self._audio_mark = self._audio_mark, None
+        self._audio = np.zeros(0, np.float32)
+        if mark is None:
+            return
+        cache = self.state.cache
+        if cache.length - mark.cache_length > cache.cfg.chunk:  # KVCache.truncate: no longer exact
+            log.warning("discarding %d prefilled tokens of audio: past the cache's chunk of %d, the window keeps "
+                        "a gap where they overwrote it", cache.length - mark.cache_length, cache.cfg.chunk)
+        cache.truncate(mark.cache_length)
+        self.state.next_position = mark.position
+        self.pending, self._words, self._user_open = mark.pending, mark.words, mark.user_open
+
+    def _close_audio(self) -> None:
+        """The turn's audio ends: a last word for a tail of at least 0.25 s."""
+        if len(self._audio) >= self.engine.input_sample_rate // 4:
+            self._add_word(transcribe_block(self._audio))
+        self._audio = np.zeros(0, np.float32)
+        self._audio_mark = None
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         self._check_open()
@@ -220,9 +258,7 @@ class TinyLMSession(EngineSessionBase):
     def end_turn(self) -> list[EngineEvent]:
         """Close the user's message (a last word for a tail of at least 0.25 s) and prefill its end."""
         self._check_open()
-        if len(self._audio) >= self.engine.input_sample_rate // 4:
-            self._add_word(transcribe_block(self._audio))
-        self._audio = np.zeros(0, np.float32)
+        self._close_audio()
         transcript = self._close_user_turn()
         self._prefill()
         return [TranscriptDelta(transcript, final=True)]
@@ -262,6 +298,8 @@ class TinyLMSession(EngineSessionBase):
         session's instructions stay first and unchanged); it stays in the history as part of the prompt this reply
         was made from, and later replies get none unless they ask again."""
         self._check_open()
+        options = self._take_instructions(options)
+        self._audio_mark = None  # the turn's audio is answered: no longer to be discarded
         if self._reply is not None and self._reply.open:  # the last reply was abandoned without interrupt
             self.interrupt(self._reply.text)
         if self._prompt is not None:  # the last reply was abandoned while its prompt was being prefilled
@@ -323,6 +361,7 @@ class TinyLMSession(EngineSessionBase):
         """Keep only `played_text` of the last reply: roll the cache back to the reply's start and queue the
         played text, then whatever the user said since (re-rendered from text), to be fed next."""
         self._check_open()
+        self._audio_mark = None  # the cache is rewritten below: a mark taken before no longer holds
         reply = self._reply
         tok = self.engine.tokenizer
         if reply is None:  # the reply never reached its first step: remember the played part as a reply

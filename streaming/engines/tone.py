@@ -45,6 +45,8 @@ class ToneSession(EngineSessionBase):
         self.instructions = instructions
         self.voice = voice  # not used to speak (the tones are the same): tests read what reached the engine
         self.heard_samples = 0
+        self.turn_start = 0  # heard_samples when the open turn's audio started (its last end_turn or text)
+        self.discarded_samples = 0  # audio taken back by discard_audio (tests read it)
         self.typed: list[str] = []  # text messages of the open user turn
         self.interrupted_with: list[str] = []
         self.images: list[tuple[int, int]] = []  # (height, width) of each image shown
@@ -65,12 +67,23 @@ class ToneSession(EngineSessionBase):
     def push_text(self, text: str) -> list[EngineEvent]:
         self._check_open()
         self.typed.append(text)
+        self.turn_start = self.heard_samples  # typed text closes the audio before it
         return []
+
+    def discard_audio(self) -> None:
+        self._check_open()
+        self.discarded_samples += self.heard_samples - self.turn_start
+        self.heard_samples = self.turn_start
+
+    def set_instructions(self, instructions: str | None) -> None:
+        super().set_instructions(instructions)
+        self.instructions = instructions  # what reached the engine (tests read it)
 
     def push_media(self, media: Attachment) -> list[EngineEvent]:
         self._check_open()
         if isinstance(media, Image):
             self.images.append(media.rgb.shape[:2])
+        self.turn_start = self.heard_samples  # media closes the audio before it
         return []
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
@@ -82,6 +95,7 @@ class ToneSession(EngineSessionBase):
         self._check_open()
         if self.typed and not self.heard_samples:  # a typed turn: nothing was heard to transcribe
             return []
+        self.turn_start = self.heard_samples
         seconds = self.heard_samples / self.engine.input_sample_rate
         transcript = f"(spoke for {seconds:.1f} s)"
         self.history.append(("user", transcript))
@@ -89,9 +103,10 @@ class ToneSession(EngineSessionBase):
 
     def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
         self._check_open()
+        options = self._take_instructions(options)
         self.responses.append(options)
         seconds = self.heard_samples / self.engine.input_sample_rate
-        self.heard_samples = 0
+        self.heard_samples = self.turn_start = 0
         if self.typed:  # a typed turn: the reply repeats what was typed
             self.history.append(("user", " ".join(self.typed)))
             reply = self.engine.text_reply.format(text=" ".join(self.typed))

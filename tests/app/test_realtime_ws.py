@@ -196,26 +196,33 @@ async def test_input_audio_buffer_clear_is_answered_and_the_session_goes_on(
     check_conformance(client)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the audio stage pushes speech into the engine's open turn as "
-                   "it arrives, and the engine interface cannot take a turn's audio back, so clear drops only audio "
-                   "not yet through the audio stage (measured: 2.7 s of speech appended, cleared at once, and the "
-                   "next commit committed 1.568 s of it)")
 async def test_input_audio_buffer_clear_drops_speech_already_appended(
     start_server: StartServer, speech24k: np.ndarray
 ) -> None:
+    """Manual turns: speech appended, heard by the engine (its partial transcripts came), then cleared: the
+    engine's open turn is taken back (`discard_audio`), the next commit is refused as empty, and a turn appended
+    after it is heard alone (the transcription's usage is its length, not both)."""
     engine = ToneEngine()
     url, _ = await start_server(engine)
     client = await manual_turns(url)
     try:
         await client.append(speech24k)
+        await client.wait_for("conversation.item.input_audio_transcription.delta")  # in the engine's open turn
         await client.send({"type": "input_audio_buffer.clear"})
         await client.wait_for("input_audio_buffer.cleared")
         n = len(client.events)
         await client.send({"type": "input_audio_buffer.commit"})
         answer = await client.wait_for(lambda e: e["type"] in ("error", "input_audio_buffer.committed"), start=n)
+        second = speech24k[: len(speech24k) // 2]
+        await client.append(second)
+        await client.send({"type": "input_audio_buffer.commit"})
+        heard = await client.wait_for("conversation.item.input_audio_transcription.completed")
     finally:
         await client.close()
     assert answer["type"] == "error" and answer["error"]["code"] == "input_audio_buffer_commit_empty", answer
+    assert engine.sessions[-1].discarded_samples > 16000  # more than a second of speech was taken back
+    assert abs(heard["usage"]["seconds"] - len(second) / 24000) < 0.1, heard
+    check_conformance(client)
 
 
 def png_data_url(w: int, h: int) -> str:
@@ -244,10 +251,11 @@ async def test_text_and_image_turn(start_server: StartServer) -> None:
     check_conformance(client)
 
 
-async def test_instructions_and_voice_are_fixed_after_the_first_reply(start_server: StartServer) -> None:
-    """They are the engine session's prompt: after the first reply a change is refused (`invalid_value`, the
-    session as it was), while re-sending the same values with another setting (as clients that send their whole
-    session do) applies that setting."""
+async def test_instructions_change_after_the_first_reply_and_the_voice_does_not(start_server: StartServer) -> None:
+    """New instructions after the first reply are taken (`session.updated` shows them) and guide the replies from
+    the next one on, in the same engine session (the conversation goes on); a new voice is refused as OpenAI
+    refuses it once the assistant has spoken (`cannot_update_voice`, the session as it was), while re-sending the
+    same values with another setting (as clients that send their whole session do) applies that setting."""
     engine = ToneEngine()
     url, _ = await start_server(engine)
     client = await connect(url)
@@ -262,21 +270,32 @@ async def test_instructions_and_voice_are_fixed_after_the_first_reply(start_serv
         await client.send({"type": "session.update", "session": {
             "type": "realtime", **same, "audio": {**same["audio"], "input": {"turn_detection": None}}}})
         kept = await client.wait_for(lambda e: e["type"] in ("session.updated", "error"), start=n)
-        refused = []
-        for change in ({"instructions": "Be long."}, {"audio": {"output": {"voice": "verse"}}}):
+        n = len(client.events)
+        await client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"output": {
+            "voice": "verse"}}, "instructions": "Be long."}})
+        refused = await client.wait_for(lambda e: e["type"] in ("session.updated", "error"), start=n)
+        n = len(client.events)
+        await client.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Be long."}})
+        changed = await client.wait_for(lambda e: e["type"] in ("session.updated", "error"), start=n)
+        for _ in range(2):
             n = len(client.events)
-            await client.send({"type": "session.update", "session": {"type": "realtime", **change}})
-            refused.append(await client.wait_for(lambda e: e["type"] in ("session.updated", "error"), start=n))
+            await client.send({"type": "conversation.item.create", "item": TEXT_ITEM})
+            await client.send({"type": "response.create"})
+            await client.wait_for("response.done", start=n)
     finally:
         await client.close()
     assert kept["type"] == "session.updated", kept
     assert kept["session"]["audio"]["input"]["turn_detection"] is None
     assert kept["session"]["instructions"] == "Be brief." and kept["session"]["audio"]["output"]["voice"] == "ash"
-    for e in refused:
-        assert e["type"] == "error" and e["error"]["code"] == "invalid_value", e
-        assert "before the first reply" in e["error"]["message"]
-    assert len(engine.sessions) == 2  # opened at the start, reopened once for the first update
-    assert (engine.sessions[-1].instructions, engine.sessions[-1].voice) == ("Be brief.", "ash")
+    assert refused["type"] == "error" and refused["error"]["code"] == "cannot_update_voice", refused
+    assert refused["error"]["param"] == "session.audio.output.voice"
+    assert changed["type"] == "session.updated", changed
+    assert changed["session"]["instructions"] == "Be long." and changed["session"]["audio"]["output"]["voice"] == "ash"
+    assert len(engine.sessions) == 2  # opened at the start, reopened once for the first update; never after
+    session = engine.sessions[-1]
+    assert (session.instructions, session.voice) == ("Be long.", "ash")
+    # the next reply takes the new instructions (as a reply's own), the one after has them in its history
+    assert [r.instructions for r in session.responses] == [None, "Be long.", None]
     check_conformance(client)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -104,6 +105,44 @@ async def test_upgrade_needs_a_key_when_keys_are_on(start_server: StartServer) -
             assert call.session is not None and call.session.config.user_id == "alice"
         finally:
             await client.close()
+
+
+async def test_a_browser_offers_its_key_as_a_subprotocol(start_server: StartServer,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A browser's WebSocket cannot send Authorization: with `new WebSocket(url, ["realtime",
+    "openai-insecure-api-key." + key])` (OpenAI's convention) a server key or a client secret opens the session
+    and `realtime` is echoed (never the key); a wrong key is refused with 401 before any session, a key without
+    `realtime` beside it with 400; no key reaches the server's logs. The client: the SDK's `websockets` package."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    caplog.set_level(logging.DEBUG)
+    page = "https://app.example.com"
+    engine = ToneEngine()
+    url, server = await start_server(engine, auth=AuthConfig(keys={KEY: "alice"}, allow_origins=[page]))
+    ws_url = url.replace("http://", "ws://", 1) + "/v1/realtime?model=gpt-realtime"
+    _, _, body = await request("POST", f"{url}/v1/realtime/client_secrets", "", Authorization=f"Bearer {KEY}")
+    secret = json.loads(body)["value"]
+    for key in (KEY, secret):
+        async with connect(ws_url, subprotocols=["realtime", f"openai-insecure-api-key.{key}"],  # type: ignore[list-item]
+                           origin=page) as ws:  # type: ignore[arg-type]
+            assert ws.subprotocol == "realtime"
+            assert ws.response is not None and ws.response.headers["Sec-WebSocket-Protocol"] == "realtime"
+            assert json.loads(await ws.recv())["type"] == "session.created"
+            (call,) = server.sockets.values()
+            assert call.session is not None and call.session.config.user_id == "alice"
+        await wait_until(lambda: not server.sockets)
+    statuses = []
+    for offered in (["realtime", "openai-insecure-api-key.sk-wrong-0123456789"], ["realtime"],
+                    [f"openai-insecure-api-key.{KEY}"]):
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(ws_url, subprotocols=offered, origin=page):  # type: ignore[arg-type]
+                pass
+        statuses.append(info.value.response.status_code)
+    assert statuses == [401, 401, 400]
+    assert len(engine.sessions) == 2  # the refused ones opened none
+    server_side = [r.getMessage() for r in caplog.records if not r.name.startswith("websockets.client")]
+    assert server_side and not [m for m in server_side if KEY in m or secret in m]  # (the client logs its own)
 
 
 async def test_max_sessions_counts_sockets_and_calls_alike(start_server: StartServer) -> None:

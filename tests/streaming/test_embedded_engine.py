@@ -355,3 +355,65 @@ async def test_a_typed_turn_through_the_session_runtime(
 ) -> None:
     _, text = await typed_turn(engine, worker, vad, "What is the capital of France?")
     assert "Paris" in text
+
+
+def reply_of(session: EmbeddedSession, options: ResponseOptions) -> str:
+    done = list(session.respond(options))[-1]
+    assert isinstance(done, ReplyDone)
+    return done.text
+
+
+def test_discarded_audio_is_forgotten_by_the_recogniser_and_the_lm(engine: EmbeddedEngine) -> None:
+    """`discard_audio` (input_audio_buffer.clear): a turn recognised and prefilled at a pause is rolled back, an
+    utterance still open is dropped untranscribed; a typed question after it is answered as if nothing was said."""
+    audio = spoken(FRANCE, FRANCE_VOICE)
+    session, fresh = engine.open_session(), engine.open_session()
+    try:
+        _push(session, audio)
+        history = session.chat.state.cache.length  # the system prompt, prefilled at the first audio
+        session.prepare_turn()
+        assert session.chat.state.cache.length > history and session._pieces
+        session.discard_audio()
+        assert session.chat.state.cache.length == history and session._pieces == []
+        assert not session.recognizer.in_utterance and not session.recognizer.resume()  # nothing to reopen
+        _push(session, audio[: len(audio) // 2])
+        assert session.recognizer.in_utterance
+        session.discard_audio()
+        assert not session.recognizer.in_utterance
+        question = "What is the capital of Germany?"
+        session.push_text(question)
+        assert session.end_turn() == []  # nothing heard: no transcript
+        fresh.push_text(question)
+        assert reply_of(session, ResponseOptions(speech=False)) == reply_of(fresh, ResponseOptions(speech=False))
+        assert session.chat.messages == fresh.chat.messages
+    finally:
+        session.close()
+        fresh.close()
+
+
+def test_instructions_changed_mid_conversation_guide_the_replies_from_the_next_on(engine: EmbeddedEngine) -> None:
+    """`set_instructions` after a reply: the next reply is the one its own instructions would give (the same
+    system message before the user's), the session's first system prompt is unchanged, and the reply after that
+    gets no second copy."""
+    instructions = "Talk like a pirate: start your reply with Arr."
+    changed, asked = engine.open_session(), engine.open_session()
+    try:
+        for s in (changed, asked):
+            s.push_text("What is the capital of France?")
+            reply_of(s, ResponseOptions(speech=False))
+        changed.set_instructions(instructions)
+        changed.push_text("And of Germany?")
+        asked.push_text("And of Germany?")
+        a = reply_of(changed, ResponseOptions(speech=False))
+        b = reply_of(asked, ResponseOptions(speech=False, instructions=instructions))
+        print(f"\nafter set_instructions({instructions!r}): {a!r}")
+        assert a == b and changed.chat.messages == asked.chat.messages
+        assert changed.chat.messages[-3] == {"role": "system", "content": instructions}
+        assert changed.chat.messages[0]["content"] != instructions  # the opening prompt stays where it is
+        for s in (changed, asked):
+            s.push_text("And of Spain?")
+        assert reply_of(changed, ResponseOptions(speech=False)) == reply_of(asked, ResponseOptions(speech=False))
+        assert [m["content"] for m in changed.chat.messages].count(instructions) == 1
+    finally:
+        changed.close()
+        asked.close()

@@ -338,3 +338,50 @@ def test_omni_serve_quantises_the_thinker_at_load(models: Models) -> None:
     assert all(isinstance(p, Int8Linear) for L in talker for p in (L.self_attn.o_proj, L.mlp.gate_up_proj))
     with pytest.raises(ValueError, match="--quant are for --engine omni"):
         make_engine("tiny", quant="int8")
+
+
+def test_discarded_audio_leaves_the_session_as_if_it_never_came(models: Models) -> None:
+    """`discard_audio` (input_audio_buffer.clear): 2.5 s of audio were encoded and prefilled block by block while
+    they came; once discarded, a typed turn gets the reply (text and Talker codes) and the caches of a session
+    that never heard them, whether the audio opened the user turn or followed a first reply."""
+    engine = make(models, max_new_tokens=8)
+    heard, twin = engine.open_session(), engine.open_session()
+    for turn, question in enumerate(("What did I say?", "And now?")):
+        before = heard.speaking.state.cache.length
+        for i in range(0, 40000, 8000):
+            heard.push_audio(clip(2.5, seed=3 + turn)[i : i + 8000], i / 16000)
+        assert heard.speaking.state.cache.length > before  # prefilled while it came
+        heard.discard_audio()
+        assert heard.speaking.state.cache.length == twin.speaking.state.cache.length
+        done = []
+        for s in (heard, twin):
+            s.push_text(question)
+            done.append(list(s.respond())[-1])
+        a, b = done
+        assert isinstance(a, ReplyDone) and isinstance(b, ReplyDone)
+        assert a.text == b.text and a.stats["codes"] == b.stats["codes"]
+        assert list(heard.history) == list(twin.history)
+        assert heard.speaking.talker_state.decoder.cache.length == twin.speaking.talker_state.decoder.cache.length
+
+
+def test_instructions_changed_mid_conversation_are_a_system_turn_before_the_next_reply(models: Models) -> None:
+    """`set_instructions` after a reply: the next reply is the one that a reply's own instructions give (the same
+    system turn before it), and the reply after it gets nothing more; None brings back the engine's prompt."""
+    engine = make(models, max_new_tokens=8)
+    instructions = "Answer in one word."
+    changed, asked = engine.open_session(), engine.open_session()
+    replies: list[list[str]] = [[], []]
+    for i, s in enumerate((changed, asked)):
+        s.push_text("hello")
+        replies[i].append(list(s.respond(ResponseOptions(speech=False)))[-1].text)  # type: ignore[union-attr]
+    changed.set_instructions(instructions)
+    for i, (s, options) in enumerate(((changed, ResponseOptions(speech=False)),
+                                      (asked, ResponseOptions(speech=False, instructions=instructions)))):
+        s.push_text("again")
+        replies[i].append(list(s.respond(options))[-1].text)  # type: ignore[union-attr]
+        s.push_text("and again")
+        replies[i].append(list(s.respond(ResponseOptions(speech=False)))[-1].text)  # type: ignore[union-attr]
+    assert replies[0] == replies[1]
+    assert changed.speaking.state.cache.length == asked.speaking.state.cache.length
+    changed.set_instructions(None)
+    assert changed._take_instructions(ResponseOptions()).instructions == engine.system_prompt

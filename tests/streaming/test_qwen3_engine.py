@@ -360,3 +360,28 @@ async def test_a_spoken_turn_with_speech_through_the_session_runtime(
     assert h.completed_reply()
     played = np.concatenate(h.played).astype(np.float32) / 32768
     assert np.abs(played).max() > 0 and metrics["end_of_speech_to_first_audio_ms"] is not None
+
+
+def test_discarded_audio_and_new_instructions_with_speech(loaded: LoadedQwen3, speech: Qwen3SpeechModels) -> None:
+    """Qwen3 with its voice (the Talker's user-turn pieces roll back with the Thinker): audio discarded in the
+    middle of the conversation leaves a session whose next spoken reply (text, codes, samples) equals a twin's
+    that never heard it; instructions set mid-conversation give the reply that reply's own instructions give."""
+    engine = voiced(loaded, speech)
+    heard, twin = engine.open_session(), engine.open_session()
+    for s in (heard, twin):
+        speak(s, clip(1.5, seed=8))
+        list(s.respond())
+    pcm = clip(2.0, seed=10)
+    for i in range(0, len(pcm), 8000):
+        heard.push_audio(pcm[i : i + 8000], 5.0 + i / 16000)
+    heard.discard_audio()
+    assert heard.speaking.state.cache.length == twin.speaking.state.cache.length
+    heard.set_instructions("Be brief.")
+    done = []
+    for s, options in ((heard, ResponseOptions()), (twin, ResponseOptions(instructions="Be brief."))):
+        speak(s, clip(1.5, seed=9), t0=10.0)
+        done.append(list(s.respond(options))[-1])
+    a, b = done
+    assert isinstance(a, ReplyDone) and isinstance(b, ReplyDone)
+    assert a.text == b.text and a.stats["codes"] == b.stats["codes"] and a.stats["speech_s"] == b.stats["speech_s"]
+    assert list(heard.history) == list(twin.history)

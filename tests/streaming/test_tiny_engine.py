@@ -252,3 +252,58 @@ def test_omni_serve_can_run_the_tiny_engine() -> None:
     args = build_parser().parse_args(["serve", "--engine", "tiny"])
     engine = make_engine(args.engine)
     assert isinstance(engine, TinyLMEngine) and engine.name == "tiny"
+
+
+def noise(seconds: float, loudness: float, seed: int) -> np.ndarray:
+    return (loudness * np.random.default_rng(seed).standard_normal(int(seconds * 16000))).astype(np.float32)
+
+
+def test_discarded_audio_leaves_the_session_as_if_it_never_came() -> None:
+    """`discard_audio` (input_audio_buffer.clear): 2.3 s of audio were prefilled word by word while they came;
+    once discarded, the session holds what a twin that never heard them holds (cache, pending tokens, and the
+    next turn's reply, seeded alike); audio before a typed message stays."""
+    heard, twin = TinyLMEngine(seed=3).open_session(), TinyLMEngine(seed=3).open_session()
+    for s in (heard, twin):
+        speak(s, 2.0, 0.05)
+        list(s.respond())
+    n = heard.state.cache.length
+    pcm = noise(2.3, 0.3, seed=7)
+    words = [e for i in range(0, len(pcm), 320) for e in heard.push_audio(pcm[i : i + 320], i / 16000)]
+    assert len(words) == 2 and heard.state.cache.length > n  # prefilled while it came
+    heard.discard_audio()
+    assert heard.state.cache.length == twin.state.cache.length and heard.pending == twin.pending
+    heard.discard_audio()  # nothing open: nothing to do
+    for s in (heard, twin):
+        speak(s, 1.5, 0.2, seed=2)
+    assert list(heard.history) == list(twin.history)
+    assert reply_text(list(heard.respond())) == reply_text(list(twin.respond()))
+    assert_cache_holds_conversation(heard.engine, heard)
+    # audio, a typed message, more audio: the discard takes back only the audio after the message
+    for s in (heard, twin):
+        s.push_audio(noise(1.0, 0.1, seed=4), 0.0)
+        s.push_text("hello")
+    heard.push_audio(noise(1.2, 0.3, seed=5), 1.0)
+    heard.discard_audio()
+    assert heard.state.cache.length == twin.state.cache.length and heard.pending == twin.pending
+    assert heard.end_turn() == twin.end_turn()
+
+
+def test_instructions_changed_mid_conversation_guide_the_replies_from_the_next_on() -> None:
+    """`set_instructions` after a reply: the next reply's prompt gets them as a reply's own instructions would
+    (the same tokens, the same reply) and they stay in the history; the reply after gets nothing more."""
+    changed, asked = TinyLMEngine(seed=4).open_session(), TinyLMEngine(seed=4).open_session()
+    for s in (changed, asked):
+        speak(s, 2.0, 0.05)
+        list(s.respond())
+    changed.set_instructions("  Speak like a pirate. ")
+    for s in (changed, asked):
+        speak(s, 1.5, 0.2, seed=2)
+    a = reply_text(list(changed.respond()))
+    b = reply_text(list(asked.respond(ResponseOptions(instructions="Speak like a pirate."))))
+    assert a == b and list(changed.history) == list(asked.history)
+    assert list(changed.history)[-2] == ("system", "Speak like a pirate.")
+    for s in (changed, asked):
+        speak(s, 1.0, 0.1, seed=3)
+    assert reply_text(list(changed.respond())) == reply_text(list(asked.respond()))
+    assert [r for r, _ in changed.history].count("system") == 1
+    assert_cache_holds_conversation(changed.engine, changed)
