@@ -58,7 +58,7 @@ from app.limits import Limits, MessageGate, RateLimiter, check_sdp, count_refusa
 from app.rtc_guard import guard_data_channels
 from app.signaling import BodyTooLarge, OfferError, check_offer_sdp, read_offer_form
 from streaming.engine import Engine
-from streaming.events import new_id
+from streaming.events import new_id, short_repr
 from streaming.frames import AudioFrame, SessionUpdate, VideoFrame
 from streaming.memory_lane import MemoryHub
 from streaming.metrics import ServerMetrics
@@ -178,6 +178,8 @@ class Connection:
         elif not self.closed:
             if len(self.pending) == self.pending.maxlen:
                 log.warning("%s: event channel not open, dropping the oldest queued event", self.id)
+                self.server.metrics.inc("dropped_pending_events_total",
+                                        "server events dropped while a call's data channel was not yet open")
             self.pending.append(text)
 
     def attach_channel(self, channel: Any) -> None:
@@ -485,7 +487,7 @@ class Server:
             if not isinstance(payload, dict) or not isinstance(payload.get("sdp"), str):
                 raise OfferError('JSON body must be an object with a string field "sdp"')
             if payload.get("type", "offer") != "offer":
-                raise OfferError(f'JSON field "type" must be "offer", got {payload.get("type")!r}')
+                raise OfferError(f'JSON field "type" must be "offer", got {short_repr(payload.get("type"))}')
             text = payload["sdp"]
         elif ctype != "application/sdp":
             raise OfferError(

@@ -50,6 +50,12 @@ async def test_malformed_offers_get_400_with_a_reason(
     assert status == 400 and reason in text
 
 
+async def test_a_bad_offer_type_is_named_without_echoing_it_whole(start_server: StartServer) -> None:
+    url, _ = await start_server(ToneEngine())
+    status, text = await post(url, '{"type": "' + "x" * 200_000 + '", "sdp": "v=0"}', "application/json")
+    assert status == 400 and 'JSON field "type" must be "offer"' in text and len(text) < 1_000
+
+
 async def test_offer_without_audio_is_refused_clearly(start_server: StartServer) -> None:
     url, server = await start_server(ToneEngine())
     status, text = await post(url, await offer_sdp(audio=False, video=True))
