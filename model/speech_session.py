@@ -13,14 +13,16 @@ Batched with other sessions: given `SessionRows`, the session's Thinker and Talk
 engine's `BatchedDecoder` pools, and `respond_steps` (what `respond` runs alone) yields every Thinker token's and
 every Talker code's decode step as a `PoolStep` for the device worker to run together with other sessions'
 (model/lm/batch.py `run_steps`); the batched Thinker step returns the final-norm hidden state too, from which
-`_decoded` makes the token's Talker slot as `_feed` does. Prefill, the Talker's two reply-start positions and
-token2wav run per session.
+`_decoded` makes the token's Talker slot as `_feed` does. Given a shared `StreamingToken2Wav` too
+(`SessionRows.token2wav`), every token2wav chunk is a `PoolStep` as well: the chunks of sessions that are due
+together decode as one batched DiT solve and vocoder call (model/token2wav/streaming.py `decode`). Prefill and
+the Talker's two reply-start positions run per session.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -38,7 +40,7 @@ from model.talker import Talker, TalkerState, TalkerTextEmbeds
 from model.thinker import Thinker
 from model.thinker_session import PromptPart, ReplyRecord, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
+from model.token2wav.streaming import ChunkJob, PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
 
 ReplyEvent = TokenText | PCMChunk | ReplyRecord
 
@@ -51,6 +53,7 @@ class SessionRows:
     thinker_sid: int | None = None
     talker: BatchedDecoder | None = None
     talker_sid: int | None = None
+    token2wav: StreamingToken2Wav | None = None  # shared by the sessions whose speech chunks batch together
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,12 @@ class SpeakingSession(ThinkerSession):
             row_state = self.talker_pool.sessions[self.talker_sid].state
         self.talker_state: TalkerState = talker.init_state(texts, sampling, seed=self.settings.seed, cache=talker_cache,
                                                            decoder=row_state)
-        self.streamer = StreamingToken2Wav(speech.token2wav, self.settings.schedule, self.settings.solver)
+        shared = rows.token2wav
+        if shared is not None and (shared.model is not speech.token2wav or shared.schedule != self.settings.schedule
+                                   or shared.solver != self.settings.solver):
+            raise ValueError("the shared token2wav streamer differs from the session's model, schedule or solver")
+        self._shared_streamer = shared
+        self.streamer = shared or StreamingToken2Wav(speech.token2wav, self.settings.schedule, self.settings.solver)
         self._text_input = False  # the positions being fed hold token embeddings (not encoder features)
         self._text_mask: torch.Tensor | None = None  # per position, when one feed mixes both (`_feed_parts`)
         self._replying = False
@@ -227,7 +235,9 @@ class SpeakingSession(ThinkerSession):
             text = yield from self._decode_reply(sampling, stop_ids, tokens, talk)
             if wav is not None:
                 used = yield from self._talk(tokens, used, codes, wav, final=True)
-                yield from self.streamer.flush(wav)
+                job = self.streamer.final(wav)
+                if job is not None:
+                    yield (yield self._chunk_step(job))
                 samples = wav.samples_out
             yield ReplyRecord(text, tokens, codes, samples, time.monotonic())
         finally:
@@ -268,10 +278,24 @@ class SpeakingSession(ThinkerSession):
             yield from self._to_audio(code, wav)
         return used
 
-    def _to_audio(self, code: int, wav: Token2WavState) -> Iterator[PCMChunk]:
+    def _to_audio(self, code: int, wav: Token2WavState) -> Generator[PCMChunk | PoolStep, Any, None]:
+        """Add the code to the turn's audio; every chunk that became decodable as a `PoolStep`, then its PCM."""
         if wav.n_codes >= wav.codes.shape[1]:
             return  # the turn's audio is at max_codes: the rest of the speech track is dropped
-        yield from self.streamer.step(wav, [code])
+        self.streamer.append(wav, [code])
+        while (job := self.streamer.due(wav)) is not None:
+            yield (yield self._chunk_step(job))
+
+    def _chunk_step(self, job: ChunkJob) -> PoolStep:
+        """A token2wav chunk for the driver to decode alone or with other sessions' chunks of the same streamer
+        (its `PCMChunk` comes back). token2wav keeps no rows: sid 0 whenever the streamer is shared."""
+        shared = self.streamer if self.streamer is self._shared_streamer else None
+        return PoolStep(shared, 0, job, partial(_decode_alone, self.streamer, job))
+
+
+def _decode_alone(streamer: StreamingToken2Wav, job: ChunkJob) -> PCMChunk:
+    """A token2wav chunk alone (a chunk `PoolStep`'s `alone`)."""
+    return streamer.decode([job])[0]
 
 
 def _talker_step(talker: Talker, state: TalkerState, x: torch.Tensor) -> tuple[torch.Tensor, None]:

@@ -21,14 +21,15 @@ Sessions that drive their own decode loop (the Omni Thinker and Talker, model/sp
 `PoolStep` per decode step from their reply generator instead of running it: `run_steps` runs the steps of
 many sessions that share a pool as one `decode`, and a lone step (or a session without a pool row) through
 the session's own forward, so a session alone runs exactly the unbatched path. `run_alone` drives such a
-generator by itself (every step alone): the plain event iterator.
+generator by itself (every step alone): the plain event iterator. A pool is anything with `run_pool_steps`
+(`StepPool`): the sessions' streaming token2wav chunks batch the same way (model/token2wav/streaming.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 
@@ -216,6 +217,13 @@ class BatchedDecoder:
         self._inputs[:, :b].copy_(self._host[:, :b], non_blocking=True)
         return self.graphs(b)
 
+    def run_pool_steps(self, steps: Sequence[PoolStep]) -> list[Any]:
+        """The decode steps of several sessions (`PoolStep`s into this pool) as one `decode`: (logits [1, V],
+        final-norm hidden [1, C]) per step, in the steps' order."""
+        logits = self.decode({cast(int, st.sid): st.item for st in steps})
+        rows = [self.sessions[cast(int, st.sid)].row for st in steps]
+        return [(logits[r : r + 1], self.hidden[r : r + 1].clone()) for r in rows]
+
     def _decode(self) -> dict[int, int]:
         ready = [s for s in self.sessions.values() if s.ready]
         if not ready:
@@ -251,23 +259,32 @@ class BatchedDecoder:
 StepResult = tuple[torch.Tensor, torch.Tensor | None]  # logits [1, V], final-norm hidden [1, C] (when kept)
 
 
+class StepPool(Protocol):
+    """What batches the `PoolStep`s of several sessions: a `BatchedDecoder` (decode steps into its cache rows)
+    or a `StreamingToken2Wav` (speech chunks, model/token2wav/streaming.py)."""
+
+    def run_pool_steps(self, steps: Sequence[PoolStep]) -> list[Any]: ...
+
+
 @dataclass
 class PoolStep:
-    """One decode step a session's generator asks for: feed `item` (a token id, or an input embedding [1, 1, C]
-    for an `embeds=True` pool) at the session's next position (`state.next_position`) into its row `sid` of
-    `pool`. `alone()` runs the same step through the session's own forward (pool None or sid None: the
-    session has a cache of its own and is never batched). The generator gets a `StepResult` back."""
+    """One step a session's generator asks for, run by its driver alone or batched with other sessions' steps
+    of the same `pool`. For a `BatchedDecoder`: feed `item` (a token id, or an input embedding [1, 1, C] for an
+    `embeds=True` pool) at the session's next position (`state.next_position`) into its row `sid`, and the
+    generator gets a `StepResult` back. For a `StreamingToken2Wav`: decode the speech chunk `item` (a
+    `ChunkJob`; sid 0, token2wav keeps no rows), and the generator gets its `PCMChunk`. `alone()` runs the same
+    step through the session's own path (pool None or sid None: never batched)."""
 
-    pool: BatchedDecoder | None
+    pool: StepPool | None
     sid: int | None
-    item: int | torch.Tensor
-    alone: Callable[[], StepResult]
+    item: Any
+    alone: Callable[[], Any]
 
 
-def run_steps(steps: Sequence[PoolStep]) -> list[StepResult | BaseException]:
-    """Run the steps, those of two or more sessions of one pool as one batched `decode`, the others alone;
-    results in the steps' order (an exception: that step failed; the others are unaffected)."""
-    out: list[StepResult | BaseException | None] = [None] * len(steps)
+def run_steps(steps: Sequence[PoolStep]) -> list[Any]:
+    """Run the steps, those of two or more sessions of one pool as one batched `run_pool_steps`, the others
+    alone; results in the steps' order (an exception: that step failed; the others are unaffected)."""
+    out: list[Any] = [None] * len(steps)
     groups: dict[int, list[int]] = {}
     for i, st in enumerate(steps):
         if st.pool is not None and st.sid is not None:
@@ -280,27 +297,24 @@ def run_steps(steps: Sequence[PoolStep]) -> list[StepResult | BaseException]:
             pool = steps[ix[0]].pool
             assert pool is not None
             try:
-                logits = pool.decode({cast(int, steps[i].sid): steps[i].item for i in ix})
+                results = pool.run_pool_steps([steps[i] for i in ix])
             except Exception as e:  # the batched step failed: every session in it
-                for i in ix:
-                    out[i] = e
-                continue
-            for i in ix:
-                row = pool.sessions[steps[i].sid].row  # type: ignore[index]
-                out[i] = (logits[row : row + 1], pool.hidden[row : row + 1].clone())
+                results = [e] * len(ix)
+            for i, res in zip(ix, results, strict=True):
+                out[i] = res
         for i, st in enumerate(steps):
             if i not in batched:
                 try:
                     out[i] = st.alone()
                 except Exception as e:  # this session's step failed alone
                     out[i] = e
-    return [r for r in out if r is not None]
+    return out
 
 
 def run_alone(gen: Generator[T | PoolStep, Any, None]) -> Generator[T, None, None]:
     """The events of a generator that yields `PoolStep`s, every step run alone (the unbatched path).
     Closing the iterator closes the generator."""
-    send: StepResult | None = None
+    send: Any = None
     try:
         while True:
             try:

@@ -8,6 +8,7 @@ loader keeps it float32 whatever dtype the language models use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,19 +87,29 @@ class Token2Wav(nn.Module):
 
         return self.solve(conditioning, noise.to(dtype), solver)
 
-    def solve(self, conditioning: torch.Tensor, noise: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
-        """The guided flow ODE from noise [1, T, mel] given `DiT.condition` rows [2, T, *]."""
-
-        plan = self.dit.plan(noise.shape[1], noise.device, noise.dtype)
-        if solver.guidance_scale < 1e-5:  # no guidance: the conditional row alone (as the reference)
+    def solve(
+        self,
+        conditioning: torch.Tensor,
+        noise: torch.Tensor,
+        solver: SolverConfig,
+        lengths: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """The guided flow ODE from noise [B, T, mel] given `DiT.condition` rows [2B, T, *] (the B conditional
+        rows, then the B unconditional ones). `lengths`: real frames of each of the B rows when they differ
+        (right-padded; each row then solves as it would alone, `DiT.plan`)."""
+        B = noise.shape[0]
+        guidance = solver.guidance_scale >= 1e-5  # none: the conditional rows alone (as the reference)
+        rows = None if lengths is None else list(lengths) * (2 if guidance else 1)
+        plan = self.dit.plan(noise.shape[1], noise.device, noise.dtype, rows)
+        if not guidance:
 
             def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                return self.dit(x, t.reshape(1), conditioning[:1], plan)
+                return self.dit(x, t.reshape(1).expand(B), conditioning[:B], plan)
 
             return solve(velocity, noise, solver)
 
         def pair(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return self.dit(torch.cat([x, x]), t.reshape(1).expand(2), conditioning, plan)
+            return self.dit(torch.cat([x, x]), t.reshape(1).expand(2 * B), conditioning, plan)
 
         return solve(guided(pair, solver.guidance_scale), noise, solver)
 

@@ -16,6 +16,7 @@ Quirk kept from training: rotary position embedding is applied to head 0 only, i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -193,7 +194,7 @@ class DiTBlock(nn.Module):
 class DiTPlan:
     T: int
     rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [T, head_dim / 2]
-    masks: dict[tuple[int, int], torch.Tensor]  # (back, ahead) -> [T, T] bool
+    masks: dict[tuple[int, int], torch.Tensor]  # (back, ahead) -> [T, T] bool, or [B, 1, T, T] (ragged batch)
 
 
 def block_masks(
@@ -203,6 +204,19 @@ def block_masks(
     b = torch.arange(T, device=device) // block
     diff = b[None, :] - b[:, None]  # key block - query block
     return {(back, ahead): (diff >= -back) & (diff <= ahead) for back, ahead in reaches}
+
+
+def ragged_masks(
+    masks: dict[tuple[int, int], torch.Tensor], lengths: Sequence[int]
+) -> dict[tuple[int, int], torch.Tensor]:
+    """`block_masks` [T, T] for a batch whose row i holds `lengths[i]` frames, then padding: [B, 1, T, T]. A real
+    frame sees real frames only, so its row is what it is alone; a padding frame sees padding only (never an
+    empty row, whose NaN would reach the real frames through V)."""
+    T = next(iter(masks.values())).shape[-1]
+    n = torch.as_tensor(list(lengths), device=next(iter(masks.values())).device)
+    real = torch.arange(T, device=n.device)[None] < n[:, None]  # [B, T]
+    same = (real[:, :, None] == real[:, None, :])[:, None]  # [B, 1, T, T]
+    return {k: m[None, None] & same for k, m in masks.items()}
 
 
 class DiT(nn.Module):
@@ -251,12 +265,19 @@ class DiT(nn.Module):
         ecapa, vec = speaker
         return torch.cat([ecapa[:, None].expand(-1, T, -1), code_emb, vec[:, None].expand(-1, T, -1)], dim=-1)
 
-    def plan(self, T: int, device: torch.device, dtype: torch.dtype) -> DiTPlan:
-        """Rotary tables and block masks of a T-frame sequence (the same for every evaluation of one solve)."""
+    def plan(
+        self, T: int, device: torch.device, dtype: torch.dtype, lengths: Sequence[int] | None = None
+    ) -> DiTPlan:
+        """Rotary tables and block masks of a T-frame sequence (the same for every evaluation of one solve);
+        `lengths`: frames of each batch row, the rest padding (`ragged_masks`), when they are not all T."""
         # Angles in float32 from integer positions, as the reference computes them, then cast.
         ang = torch.arange(T, device=device).float()[:, None] * self.inv_freq.float()[None]
         blocks = cast(list[DiTBlock], self.blocks)
         masks = block_masks(T, self.cfg.block_size, {(b.back, b.ahead) for b in blocks}, device)
+        if lengths is not None and any(n != T for n in lengths):
+            if max(lengths) > T or min(lengths) < 1:
+                raise ValueError(f"row lengths {list(lengths)} must be in [1, {T}]")
+            masks = ragged_masks(masks, lengths)
         return DiTPlan(T, (ang.cos().to(dtype), ang.sin().to(dtype)), masks)
 
     def forward(

@@ -21,11 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from model.token2wav import Token2Wav
 from model.token2wav.solver import SolverConfig
+
+if TYPE_CHECKING:
+    from model.lm.batch import PoolStep
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,18 @@ class Token2WavState:
     finished: bool = False
 
 
+@dataclass
+class ChunkJob:
+    """The next chunk of one turn, ready to decode: mel frames [state.start, end) (`last`: the turn's end)."""
+
+    state: Token2WavState
+    end: int
+    last: bool
+
+
 class StreamingToken2Wav:
-    """Chunked decoding over a shared `Token2Wav` (weights); all per-turn data lives in Token2WavState."""
+    """Chunked decoding over a shared `Token2Wav` (weights); all per-turn data lives in Token2WavState, so one
+    instance can serve many sessions and batch their due chunks (`decode`; as a `StepPool` of `PoolStep`s)."""
 
     def __init__(
         self, model: Token2Wav, schedule: StreamingSchedule | None = None, solver: SolverConfig | None = None
@@ -120,8 +134,8 @@ class StreamingToken2Wav:
         return -(-(self.chunk_bounds(k)[1] + self.schedule.future_blocks * self.block) // self.repeats)
 
     @torch.inference_mode()
-    def step(self, state: Token2WavState, codes: Sequence[int] | torch.Tensor) -> list[PCMChunk]:
-        """Append codes (talker codes 0..8191, no specials) and return the chunks that became decodable."""
+    def append(self, state: Token2WavState, codes: Sequence[int] | torch.Tensor) -> None:
+        """Append codes (talker codes 0..8191, no specials) to the turn; `due` then says what became decodable."""
         if state.finished:
             raise ValueError("step after flush: make a new state for the next turn")
         new = torch.as_tensor(codes, dtype=torch.long).reshape(-1)
@@ -130,42 +144,106 @@ class StreamingToken2Wav:
         self.model.check_codes(new)
         state.codes[0, state.n_codes : state.n_codes + new.numel()] = new.to(state.codes.device)
         state.n_codes += new.numel()
+
+    def due(self, state: Token2WavState) -> ChunkJob | None:
+        """The next chunk of the turn if its codes (and the lookahead) exist; decode it before asking again."""
+        if state.finished or state.n_codes < self.codes_needed(state.chunk):
+            return None
+        return ChunkJob(state, self.chunk_bounds(state.chunk)[1], last=False)
+
+    def final(self, state: Token2WavState) -> ChunkJob | None:
+        """The turn's codes are complete: the chunk of whatever remains (None: nothing does). Ends the turn."""
+        if state.finished:
+            return None
+        state.finished = True
+        total = state.n_codes * self.repeats
+        return ChunkJob(state, total, last=True) if total > state.start else None
+
+    @torch.inference_mode()
+    def step(self, state: Token2WavState, codes: Sequence[int] | torch.Tensor) -> list[PCMChunk]:
+        """Append codes (talker codes 0..8191, no specials) and return the chunks that became decodable."""
+        self.append(state, codes)
         out = []
-        while state.n_codes >= self.codes_needed(state.chunk):
-            out.append(self._decode(state, self.chunk_bounds(state.chunk)[1], last=False))
+        while (job := self.due(state)) is not None:
+            out.extend(self.decode([job]))
         return out
 
     @torch.inference_mode()
     def flush(self, state: Token2WavState) -> list[PCMChunk]:
         """The turn's codes are complete: decode whatever remains."""
-        if state.finished:
-            return []
-        state.finished = True
+        job = self.final(state)
+        return [] if job is None else self.decode([job])
+
+    def run_pool_steps(self, steps: Sequence[PoolStep]) -> list[PCMChunk]:
+        """The chunks (`PoolStep.item`, a `ChunkJob` each) of several sessions as one `decode` (model/lm/batch.py
+        `run_steps` calls this for the steps that name this streamer as their pool)."""
+        return self.decode([cast(ChunkJob, st.item) for st in steps])
+
+    @torch.inference_mode()
+    def decode(self, jobs: Sequence[ChunkJob]) -> list[PCMChunk]:
+        """Decode one chunk of each job (of different turns) and advance their states; one job is the plain
+        unbatched path. Batched: one DiT solve over every window, right-padded to the longest (each row masked
+        to its own frames), and one vocoder call per group of equal input length (its convolutions see the
+        edges, so only equal lengths share a call). Each chunk is what it would be alone, to float rounding."""
+        if len({id(j.state) for j in jobs}) != len(jobs):
+            raise ValueError("one chunk per turn at a time: a turn's next chunk needs the previous one's mel")
+        mels = self._mels(jobs)
+        voc_in = []
+        for job, mel in zip(jobs, mels, strict=True):
+            tail = job.state.mel_tail if job.state.mel_tail is not None else mel[:, :0]
+            voc_in.append(torch.cat([tail, mel], dim=1))
+        by_len: dict[int, list[int]] = {}
+        for i, v in enumerate(voc_in):
+            by_len.setdefault(v.shape[1], []).append(i)
+        wavs: list[torch.Tensor] = [voc_in[0]] * len(jobs)
+        for ix in by_len.values():
+            out = self.model.vocode(torch.cat([voc_in[i] for i in ix]))
+            for j, i in enumerate(ix):
+                wavs[i] = out[j]
+        return [self._emit(job, v, w) for job, v, w in zip(jobs, voc_in, wavs, strict=True)]
+
+    def _window(self, job: ChunkJob) -> tuple[int, int]:
+        """Mel frames [a, b) the DiT solves for the job's chunk (its past context and lookahead included)."""
+        sch, state = self.schedule, job.state
         total = state.n_codes * self.repeats
-        return [self._decode(state, total, last=True)] if total > state.start else []
+        a = max(state.start - sch.past_blocks * self.block, 0)
+        b = total if job.last else min(job.end + sch.future_blocks * self.block, total)
+        return a, b
 
-    def _decode(self, state: Token2WavState, end: int, last: bool) -> PCMChunk:
-        sch, r = self.schedule, self.repeats
-        s = state.start
-        total = state.n_codes * r
-        a = max(s - sch.past_blocks * self.block, 0)
-        b = total if last else min(end + sch.future_blocks * self.block, total)
-        dit = self.model.dit
-        cond = dit.condition(state.codes[:, a // r : b // r], state.speaker)
-        mel = self.model.solve(cond, state.noise[:, a:b], self.solver)[:, s - a : end - a]  # kept frames
+    def _mels(self, jobs: Sequence[ChunkJob]) -> list[torch.Tensor]:
+        """Kept mel frames [1, end - start, mel] of each job's chunk, from one (batched) ODE solve."""
+        r, dit = self.repeats, self.model.dit
+        windows = [self._window(j) for j in jobs]
+        conds = [dit.condition(j.state.codes[:, a // r : b // r], j.state.speaker) for j, (a, b) in zip(jobs, windows)]
+        noises = [j.state.noise[:, a:b] for j, (a, b) in zip(jobs, windows)]
+        if len(jobs) == 1:
+            mel = self.model.solve(conds[0], noises[0], self.solver)
+        else:
+            lengths = [b - a for a, b in windows]
+            T = max(lengths)
 
-        ctx = 2 * sch.vocoder_context
-        tail = state.mel_tail if state.mel_tail is not None else mel[:, :0]
-        voc_in = torch.cat([tail, mel], dim=1)
-        wav = self.model.vocode(voc_in)[0]
+            def pad(x: torch.Tensor) -> torch.Tensor:  # [k, t, *] -> [k, T, *], zeros after
+                return torch.nn.functional.pad(x, (0, 0, 0, T - x.shape[1]))
+
+            cond = torch.cat([pad(c[:1]) for c in conds] + [pad(c[1:]) for c in conds])
+            mel = self.model.solve(cond, torch.cat([pad(x) for x in noises]), self.solver, lengths)
+        starts = [a for a, _ in windows]
+        return [mel[i : i + 1, j.state.start - a : j.end - a] for i, (j, a) in enumerate(zip(jobs, starts))]
+
+    def _emit(self, job: ChunkJob, voc_in: torch.Tensor, wav: torch.Tensor) -> PCMChunk:
+        """The chunk's samples from the vocoder's output wav [n] of voc_in (mel tail + kept frames); advances
+        the state."""
+        sch, state, s = self.schedule, job.state, job.state.start
+        tail = voc_in.shape[1] - (job.end - s)
         emit_from = max(s - sch.vocoder_context, 0)  # first mel frame whose samples this chunk emits
-        lo = (emit_from - (s - tail.shape[1])) * self.hop
-        hi = wav.shape[0] - (0 if last else sch.vocoder_context * self.hop)
+        lo = (emit_from - (s - tail)) * self.hop
+        hi = wav.shape[0] - (0 if job.last else sch.vocoder_context * self.hop)
         samples = wav[lo:hi].float()
 
+        ctx = 2 * sch.vocoder_context
         state.mel_tail = voc_in[:, -ctx:] if ctx else None
         state.chunk += 1
-        state.start = end
+        state.start = job.end
         chunk = PCMChunk(start=state.samples_out, samples=samples)
         state.samples_out += samples.shape[0]
         return chunk

@@ -67,7 +67,7 @@ from model.speech_session import SessionRows, SpeakingSession, SpeechSettings
 from model.thinker_session import EncodedPiece, ReplyRecord, SlotPiece, ThinkerMark, ThinkerSession, TokenText
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import PCMChunk, StreamingSchedule
+from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav
 from model.voices import UnknownVoiceError
 from streaming.batching import ModelReply, SessionPools, StepBatcher
 from streaming.engine import (
@@ -192,7 +192,7 @@ class OmniEngine:
         (the GPU kernels). `memory_budget`: tokens of the recalled-memory slot, when the runtime gives the session
         a memory (streaming.engines.omni_memory).
         `max_sessions` > 0: the first that many open sessions (Qwen2.5-Omni) keep their Thinker and Talker caches in
-        rows of two pools allocated now, and their replies' decode steps run batched on the device
+        rows of two pools allocated now, and their replies' decode steps and token2wav chunks run batched on the device
         (streaming/batching.py); later sessions, and all with 0, run alone with caches of their own."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
@@ -229,6 +229,7 @@ class OmniEngine:
             decoder = speech.talker.decoder.cfg if isinstance(speech, Qwen3SpeechModels) else speech.talker.cfg.decoder
             talker_cache = default_cache_config(decoder, window=window)
             self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
+        self.token2wav: StreamingToken2Wav | None = None  # shared by the pooled sessions (their chunks batch)
         self.pools, self.batcher = self._make_pools(max_sessions)
 
     def _make_pools(self, max_sessions: int) -> tuple[SessionPools | None, StepBatcher | None]:
@@ -245,6 +246,7 @@ class OmniEngine:
         pools = [thinker]
         if isinstance(self.speech, SpeechModels):
             pools.append(BatchedDecoder(self.speech.talker.decoder, max_sessions, self.talker_cache, embeds=True))
+            self.token2wav = StreamingToken2Wav(self.speech.token2wav, self.schedule, self.solver)  # batches chunks
         return SessionPools(pools), StepBatcher(thinker)
 
     def _rows(self) -> SessionRows:
@@ -253,7 +255,9 @@ class OmniEngine:
         if self.pools is None or sids is None:
             return SessionRows()
         pools = self.pools.pools
-        return SessionRows(pools[0], sids[0], *((pools[1], sids[1]) if len(pools) > 1 else ()))
+        if len(pools) == 1:
+            return SessionRows(pools[0], sids[0])
+        return SessionRows(pools[0], sids[0], pools[1], sids[1], self.token2wav)
 
     def _release(self, s: OmniSession) -> None:
         """Free a closed session's pool rows."""
