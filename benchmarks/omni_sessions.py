@@ -13,6 +13,12 @@ timed from the end of the user's speech (the `end_turn` job, which encodes the l
 tokens and Talker codes of all replies over the wall time until every reply is done (best of the runs), and the
 mean number of sessions per Thinker/Talker forward (over the batcher's log: its last 256 iterations). Torch runs
 on `--threads` threads (1: the numbers compare steps, not thread scheduling).
+
+A second table times the speech decoder alone: N sessions' streaming token2wav chunks that are due together,
+decoded as one batch (`StreamingToken2Wav.decode`: one ragged DiT solve, one vocoder call per input length; what
+the engine's pooled sessions do) versus one at a time (the unbatched path), for chunk 1 of every session (steady
+state: equal windows) and for a mix of first, later and last chunks (ragged windows). It also prints the max
+|batched - alone| sample difference. `--token2wav-only` prints just that table.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from model.lm.sampling import SamplingConfig
 from model.loaders.omni import load_thinker
 from model.loaders.talker_weights import load_speech
 from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import StreamingSchedule
+from model.token2wav.streaming import ChunkJob, StreamingSchedule, StreamingToken2Wav
 from streaming.batching import ModelReply
 from streaming.engine import AudioChunk, ReplyDone
 from streaming.engines.omni import OmniEngine, OmniEngineSession
@@ -107,6 +113,49 @@ async def run(args: argparse.Namespace, models: Any) -> None:
         worker.stop()
 
 
+def t2w_jobs(st: StreamingToken2Wav, n: int, mixed: bool) -> list[ChunkJob]:
+    """A due chunk for each of n fresh turns (deterministic): chunk 1 of each, or (mixed) first, second and
+    last chunks of turns of different lengths in turn."""
+    dit = st.model.dit
+    jobs = []
+    for k in range(n):
+        g = torch.Generator().manual_seed(k)
+        cond, ref = torch.randn(1, dit.cfg.enc_emb_dim, generator=g), torch.randn(1, 60, dit.cfg.mel_dim, generator=g)
+        state = st.init_state(cond, ref, seed=k, max_codes=256)
+        kind = k % 3 if mixed else 1
+        st.append(state, torch.randint(0, 64, (st.codes_needed(kind) + (5 * k) % 7,), generator=g))
+        for _ in range(kind if kind < 2 else 1):  # the chunks before the one timed (untimed)
+            job = st.due(state)
+            assert job is not None
+            st.decode([job])
+        job = st.final(state) if kind == 2 else st.due(state)
+        assert job is not None
+        jobs.append(job)
+    return jobs
+
+
+def t2w_table(args: argparse.Namespace, speech: Any) -> None:
+    st = StreamingToken2Wav(speech.token2wav, StreamingSchedule(), SolverConfig(num_steps=args.solver_steps))
+    print(f"\ntoken2wav chunks ({args.solver_steps} ODE steps, reference schedule): N sessions' due chunks")
+    print(f"{'sessions':>8} {'chunks':>7} {'one at a time':>14} {'batched':>9} {'speed-up':>8} {'max |diff|':>10}")
+    for n in args.sessions:
+        for mixed in (False, True):
+            alone_s, batch_s, err = [], [], 0.0
+            for _ in range(args.repeats):
+                a, b = t2w_jobs(st, n, mixed), t2w_jobs(st, n, mixed)
+                t0 = time.perf_counter()
+                one = [st.decode([j])[0] for j in a]
+                t1 = time.perf_counter()
+                many = st.decode(b)
+                t2 = time.perf_counter()
+                alone_s.append(t1 - t0)
+                batch_s.append(t2 - t1)
+                err = max([err] + [float((x.samples - y.samples).abs().max()) for x, y in zip(one, many)])
+            al, ba = min(alone_s), min(batch_s)
+            print(f"{n:>8} {'mixed' if mixed else 'chunk 1':>7} {al * 1e3:>11.1f} ms {ba * 1e3:>6.1f} ms "
+                  f"{al / ba:>7.2f}x {err:>10.2g}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", default="1,4,8", help="numbers of sessions replying at once")
@@ -120,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
                    "CPU attention reads every slot of a row, the per-session one only the filled ones)")
     p.add_argument("--repeats", type=int, default=3, help="runs per row; throughput: the fastest")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--token2wav-only", action="store_true",
+                   help="only the token2wav table (N sessions' chunks batched vs one at a time)")
     args = p.parse_args(argv)
     args.sessions = [int(n) for n in args.sessions.split(",")]
     torch.set_num_threads(args.threads)
@@ -130,8 +181,11 @@ def main(argv: list[str] | None = None) -> None:
             d = tiny_checkpoint(Path(tmp))
         else:
             d = Path(args.model)
-        models = load_thinker(d, device=args.device), load_speech(d, device=args.device)
-        asyncio.run(run(args, models))
+        speech = load_speech(d, device=args.device)
+        if not args.token2wav_only:
+            asyncio.run(run(args, (load_thinker(d, device=args.device), speech)))
+        with torch.inference_mode():
+            t2w_table(args, speech)
 
 
 if __name__ == "__main__":

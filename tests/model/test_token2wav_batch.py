@@ -18,8 +18,8 @@ import torch
 
 from model.loaders.talker_weights import load_speech
 from model.token2wav import Token2Wav
-from model.token2wav.streaming import ChunkJob, PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
 from model.token2wav.solver import SolverConfig
+from model.token2wav.streaming import ChunkJob, PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
 from tests.model.tiny_speech import hf_talker, hf_token2wav, tiny_voices, write_speech_checkpoint
 
 TOL = 1e-4
