@@ -289,8 +289,7 @@ class SpeakingSession(ThinkerSession):
     def _chunk_step(self, job: ChunkJob) -> PoolStep:
         """A token2wav chunk for the driver to decode alone or with other sessions' chunks of the same streamer
         (its `PCMChunk` comes back). token2wav keeps no rows: sid 0 whenever the streamer is shared."""
-        shared = self.streamer if self.streamer is self._shared_streamer else None
-        return PoolStep(shared, 0, job, partial(_decode_alone, self.streamer, job))
+        return PoolStep(self._shared_streamer, 0, job, partial(_decode_alone, self.streamer, job))
 
 
 def _decode_alone(streamer: StreamingToken2Wav, job: ChunkJob) -> PCMChunk:
