@@ -21,7 +21,8 @@ A reply can also yield `PoolStep`s (model/lm/batch.py): one decode step of a ses
 decoding, into its row of a pool that is not necessarily `decoder` (the omni engine's Thinker and Talker pools,
 model/speech_session.py); step 2 then also runs every such step, those of one pool together as one batched
 forward (`run_steps`), a lone one through the session's own forward, and sends each reply its
-(logits, hidden) back.
+(logits, hidden) back. A session's token2wav chunks come as `PoolStep`s too (pool: the engine's shared
+`StreamingToken2Wav`): the chunks due in one iteration decode as one batch and each reply gets its `PCMChunk`.
 
 `log` keeps the last iterations (who decoded, who prefilled how many tokens), for tests and benchmarks.
 """

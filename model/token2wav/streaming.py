@@ -15,6 +15,13 @@ With the reference's 2-block first chunk, the first audio comes after 36 codes (
 
 Because a window's context frames evolve without their own history, streaming is not bit-equal to the
 one-shot decode; tests/model/test_token2wav_streaming.py measures how close it is.
+
+Sessions batched: `append` / `due` / `final` say which chunk a turn can decode next (a `ChunkJob`), and `decode`
+takes the due chunks of many turns at once: one ODE solve over all their DiT windows, right-padded to the
+longest with each row's block mask kept to its own frames (dit.py `ragged_masks`), then one vocoder call per
+group of equal input length (a padded vocoder input would change the samples near its end). Every chunk is
+what it is alone, to float rounding (tests/model/test_token2wav_batch.py); the omni engine's pooled sessions
+hand their chunks to the device worker as `PoolStep`s with this streamer as the pool (model/lm/batch.py).
 """
 
 from __future__ import annotations
