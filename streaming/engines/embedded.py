@@ -211,8 +211,15 @@ class EmbeddedSession(EngineSessionBase):
 
     def use_memory(self, lane: MemoryLane) -> None:
         """Read and write memory through `lane` (streaming.memory_lane): transcripts and replies as heard go in,
-        each turn's recall goes into a system message just before the user's (the recalled-memory slot)."""
+        each turn's recall goes into a system message just before the user's (the recalled-memory slot). The chat's
+        KV cache tells the lane before its window slides, so what leaves it is written below first (L0)."""
         self.memory = lane
+        self.chat.state.cache.watch(lane.slid)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.chat.state.cache.watch(None)  # the lane's owner closes it; the cache stops telling it
+        super().close()
 
     def _recalled(self, message: str) -> str:
         """The turn's recalled-memory slot, led by the system prompt once the prompt has left the KV window: the
@@ -331,10 +338,8 @@ class EmbeddedSession(EngineSessionBase):
                ) -> Iterator[EngineEvent]:
         splitter = PhraseSplitter()
         slot = "\n".join(p for p in (self._recalled(message), (instructions or "").strip()) if p)
-        start = self.chat.state.cache.length  # the turn's first cache position (the reply's is a little later)
+        start = self.chat.turn_start  # the turn's first cache index (the reply's is a little later)
         if self.memory is not None:
-            cache = self.chat.state.cache  # roll up what this turn may push out
-            self.memory.roll_up(cache.length, cache.cfg.window, self._lookahead(slot, message))
             self.memory.user_turn(message, start)
         stream = self.chat.stream_reply(message, slot)
         try:

@@ -105,6 +105,7 @@ class OmniMemory:
             self.turn_start = t0
         for p in pieces:
             self.lane.add_frame(p.kind, t0 + p.offset_s, pool_piece(p))
+            self.lane.track_media(p.kind, p.tokens.shape[0], t0 + p.offset_s, p.cache_at)  # L0 until the window passes
             if p.kind == "audio" or asked:
                 self._question(p.tokens)
 
