@@ -40,6 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from memory import Memory, MemoryWriteError, Recall, SessionMemory, WindowItem
+from memory.recall import spoken_age
 from streaming.memory_summary import WorkerSummarizer
 from streaming.worker import DeviceWorker
 
@@ -87,7 +88,11 @@ class MemoryLane:
         return time.monotonic() - self._t0
 
     def slot(self, question: str) -> str:
-        """The recalled-memory slot for `question` (empty when nothing scored above the memory's floor)."""
+        """The recalled-memory slot for `question` (empty when nothing scored above the memory's floor): the header,
+        then one line per item in time order, its words first and how long ago in words after them ("fact: My
+        locker code is 4719. (5 minutes ago)"; `memory.recall.spoken_age`). The stamps of `Recall.text`
+        ("[2026-12-03 12:03:00, 5 min ago] ...") led the lines before, and SmolLM2-135M read them back in its
+        answers (benchmarks/fact_recall.py)."""
         question = question.strip()
         if not question:
             return ""
@@ -96,13 +101,13 @@ class MemoryLane:
             recall = self.handle.recall(q, question, self.config.budget_tokens)
             self._last = (question, recall)
         recall = self._last[1]
-        lines = _item_lines(recall)  # one per item, "[time, ago] body"; the header is replaced
-        kept = [(it, line) for it, line in zip(recall.items, lines, strict=True) if _user_side(it.text)]
-        self._recalled = Recall([it for it, _ in kept], sum(it.tokens for it, _ in kept), recall.budget_tokens,
-                                recall.text, recall.elapsed_ms)
+        kept = [it for it in recall.items if _user_side(it.text)]
+        self._recalled = Recall(kept, sum(it.tokens for it in kept), recall.budget_tokens, recall.text,
+                                recall.elapsed_ms)
         if not kept:
             return ""
-        return "\n".join([SLOT_HEADER, *(_user_lines(line) for _, line in kept)])
+        now = time.time()
+        return "\n".join([SLOT_HEADER, *(f"{_user_lines(it.text)} ({spoken_age(now - it.t_end)})" for it in kept)])
 
     def add_frame(self, lane: str, t: float, tokens: np.ndarray) -> None:
         """Pooled encoder tokens [N, D] of one audio block or video frame at media time `t` (seconds since the
@@ -242,7 +247,7 @@ def _user_side(body: str) -> bool:
 
 
 def _user_lines(line: str) -> str:
-    """`line` without the assistant's parts: the slot quotes what the user said, facts and summaries. SmolLM2-135M
+    """An item's text without the assistant's parts: the slot quotes the user, facts and summaries. SmolLM2-135M
     repeated its own earlier "I don't have a locker code associated with you yet" when that reply was recalled
     beside the user's "My locker code is 4719" (and answered with the digits once it was left out)."""
     return " / ".join(part for part in line.split(" / ") if not part.startswith("assistant: "))
