@@ -135,7 +135,7 @@ def add_memory_arguments(p: argparse.ArgumentParser) -> None:
 
 def open_memory(args: argparse.Namespace, engine: Engine | None = None) -> MemoryHub | None:
     """The process's memory for engines that use it (embedded, omni), None with --no-memory or for the others.
-    L2 summaries are written by the engine's own LM (the embedded LM; the omni engine's Thinker, Qwen2.5-Omni) every
+    L2 summaries are written by the engine's own LM (the embedded LM; the omni engine's Thinker, either family) every
     10 events or 5 minutes of stream, as low-priority steps on the device worker (streaming.memory_summary); other
     engines' memory has no L2. The omni engine's memory also keys text items in the Thinker's input space."""
     if args.no_memory and (args.memory_dir or args.memory_url or args.memory_persist_anonymous):
@@ -167,18 +167,15 @@ def open_memory(args: argparse.Namespace, engine: Engine | None = None) -> Memor
 
 def lm_summarizer(engine: Engine) -> WorkerSummarizer | None:
     """The engine's own LM as the memory's summarizer: the embedded engine's LM, or the omni engine's Thinker
-    (Qwen2.5-Omni, text-only generation; None for others)."""
+    (either family, text-only generation; None for others)."""
     from streaming.memory_summary import WorkerSummarizer
 
     if engine.name == "omni":  # (each engine module is imported only where it already is)
         from model.lm.summary import thinker_summary_steps
-        from model.loaders.omni import LoadedThinker
         from streaming.engines.omni import OmniEngine
 
         assert isinstance(engine, OmniEngine)
         thinker = engine.thinker
-        if not isinstance(thinker, LoadedThinker):
-            return None  # (Qwen3-Omni: no memory yet)
         return WorkerSummarizer(lambda texts: thinker_summary_steps(thinker, texts))
     if engine.name != "embedded":
         return None
@@ -196,13 +193,10 @@ def text_spaces(engine: Engine) -> dict[str, Callable[[Sequence[str]], np.ndarra
     a spoken question reaches typed facts and summaries; none for other engines."""
     if engine.name != "omni":
         return {}
-    from model.loaders.omni import LoadedThinker
     from streaming.engines.omni import OmniEngine
     from streaming.engines.omni_memory import THINKER_SPACE, ThinkerTextKeys
 
     assert isinstance(engine, OmniEngine)
-    if not isinstance(engine.thinker, LoadedThinker):
-        return {}
     return {THINKER_SPACE: ThinkerTextKeys(engine.thinker)}
 
 
