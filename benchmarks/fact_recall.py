@@ -14,10 +14,11 @@ a copy of the store as it was after the facts, so that no question's turn is rec
 
 Variants (`--variants`, comma-separated; `engine` is the product as configured):
   engine         the engine's defaults: DEFAULT_SAMPLING (greedy, repetition penalty 1.1 on everything but the
-                 recalled slot) and the lane's slot (a header and "fact: text (5 minutes ago)" lines)
+                 recalled slot) and the lane's slot (a header, then "5 minutes ago:" headings over the items' lines)
   rep1.0         the engine without a repetition penalty
   penalise-slot  the penalty also counts the slot's tokens (the engine before), so recalled digits are penalised
   facts          the slot as "Known facts about the user:" and "- text" lines, no times
+  bare           the engine's header and "- text" lines, no times
   you            the slot as "What you know about the user:" and the lines in the second person ("Your ...")
 
 Scenario `window` is the end-to-end test's situation typed: one session with a 320-token window, the fact, typed
@@ -54,7 +55,7 @@ from model.embedded.text_embedding import TextEmbedder
 from model.loaders import LoadedLM, load_lm
 from streaming.engine import ReplyDone, ResponseOptions
 from streaming.engines.embedded import DEFAULT_SAMPLING, DEFAULT_WINDOW, EmbeddedEngine
-from streaming.memory_lane import MemoryHub, MemoryLane
+from streaming.memory_lane import SLOT_HEADER, MemoryHub, MemoryLane
 
 TEXT_REPLY = ResponseOptions(speech=False)
 _NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
@@ -141,6 +142,7 @@ VARIANTS = {
     "rep1.0": Variant("rep1.0", MemoryLane, 1.0),
     "penalise-slot": Variant("penalise-slot", MemoryLane, None, True),
     "facts": Variant("facts", _lane("Known facts about the user:", lambda b: f"- {b}")),
+    "bare": Variant("bare", _lane(SLOT_HEADER, lambda b: f"- {b}")),
     "you": Variant("you", _lane("What you know about the user:", lambda b: f"- {second_person(b)}")),
 }
 

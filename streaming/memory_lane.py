@@ -89,10 +89,9 @@ class MemoryLane:
 
     def slot(self, question: str) -> str:
         """The recalled-memory slot for `question` (empty when nothing scored above the memory's floor): the header,
-        then one line per item in time order, its words first and how long ago in words after them ("fact: My
-        locker code is 4719. (5 minutes ago)"; `memory.recall.spoken_age`). The stamps of `Recall.text`
-        ("[2026-12-03 12:03:00, 5 min ago] ...") led the lines before, and SmolLM2-135M read them back in its
-        answers (benchmarks/fact_recall.py)."""
+        then the items in time order, one line each, under headings that say how long ago in words ("5 minutes
+        ago:", `memory.recall.spoken_age`). The stamps of `Recall.text` ("[2026-12-03 12:03:00, 5 min ago] ...")
+        led each line before, and SmolLM2-135M read them back in its answers (benchmarks/fact_recall.py)."""
         question = question.strip()
         if not question:
             return ""
@@ -107,7 +106,14 @@ class MemoryLane:
         if not kept:
             return ""
         now = time.time()
-        return "\n".join([SLOT_HEADER, *(f"{_user_lines(it.text)} ({spoken_age(now - it.t_end)})" for it in kept)])
+        lines, heading = [SLOT_HEADER], ""
+        for it in kept:  # time order: a heading each time the age in words changes, then the item's words
+            when = spoken_age(now - it.t_end)
+            if when != heading:
+                lines.append(f"{when[0].upper()}{when[1:]}:")
+                heading = when
+            lines.append(_user_lines(it.text))
+        return "\n".join(lines)
 
     def add_frame(self, lane: str, t: float, tokens: np.ndarray) -> None:
         """Pooled encoder tokens [N, D] of one audio block or video frame at media time `t` (seconds since the
