@@ -14,7 +14,8 @@ a copy of the store as it was after the facts, so that no question's turn is rec
 
 Variants (`--variants`, comma-separated; `engine` is the product as configured):
   engine         the engine's defaults: DEFAULT_SAMPLING (greedy, repetition penalty 1.1 on everything but the
-                 recalled slot) and the lane's slot (a header, then "5 minutes ago:" headings over the items' lines)
+                 recalled slot) and the lane's slot (a header and "[time, ago] fact: text" lines); the reply
+                 as shown and spoken, less a slot line's stamp and label read back (`SlotEcho`)
   rep1.0         the engine without a repetition penalty
   penalise-slot  the penalty also counts the slot's tokens (the engine before), so recalled digits are penalised
   facts          the slot as "Known facts about the user:" and "- text" lines, no times

@@ -307,25 +307,6 @@ def _clock(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
 
-def spoken_age(seconds: float) -> str:
-    """How long ago, in words a reply can say aloud ("just now", "5 minutes ago", "about 2 hours ago", "yesterday",
-    "3 days ago"): no digits of a clock or a date for a small LM to read back."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return "just now"
-    if s < 3600:
-        m = s // 60
-        return "a minute ago" if m == 1 else f"{m} minutes ago"
-    if s < 86400:
-        h = s // 3600
-        return "about an hour ago" if h == 1 else f"about {h} hours ago"
-    if s < 2 * 86400:
-        return "yesterday"
-    if s < 60 * 86400:
-        return f"{s // 86400} days ago"
-    return f"about {s // (30 * 86400)} months ago"
-
-
 def _ago(seconds: float) -> str:
     s = max(0, int(seconds))
     if s < 60:

@@ -51,7 +51,7 @@ from streaming.engine import (
     Working,
     close_iterator,
 )
-from streaming.memory_lane import MemoryLane
+from streaming.memory_lane import MemoryLane, SlotEcho
 from streaming.transcript import TranscriptDeltas
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "EmbeddedEngine", "EmbeddedSession"]
@@ -337,7 +337,10 @@ class EmbeddedSession(EngineSessionBase):
     def _reply(self, message: str, turn: _TurnClock, speech: bool, instructions: str | None = None
                ) -> Iterator[EngineEvent]:
         splitter = PhraseSplitter()
-        slot = "\n".join(p for p in (self._recalled(message), (instructions or "").strip()) if p)
+        recalled = self._recalled(message)
+        slot = "\n".join(p for p in (recalled, (instructions or "").strip()) if p)
+        echo = SlotEcho() if recalled else None  # the LM may read a slot line's stamp back: not shown nor spoken
+        shown: list[str] = []
         start = self.chat.turn_start  # the turn's first cache index (the reply's is a little later)
         if self.memory is not None:
             self.memory.user_turn(message, start)
@@ -347,8 +350,17 @@ class EmbeddedSession(EngineSessionBase):
                 if not delta:  # between two chunks of the prompt: this step ends here
                     yield Working()
                     continue
+                if echo is not None and not (delta := echo.push(delta)):
+                    continue
+                shown.append(delta)
                 yield TextDelta(delta)
                 for phrase in splitter.push(delta):
+                    if speech:
+                        yield from self._speak(phrase, turn, final=False)
+            if echo is not None and (tail := echo.flush()):
+                shown.append(tail)
+                yield TextDelta(tail)
+                for phrase in splitter.push(tail):
                     if speech:
                         yield from self._speak(phrase, turn, final=False)
             rest = splitter.flush()
@@ -358,8 +370,8 @@ class EmbeddedSession(EngineSessionBase):
             close_iterator(stream)  # cancelled: the chat holds what was generated, which interrupt() trims
             last = self.chat.messages[-1]
             if self.memory is not None and last["role"] == "assistant":
-                self.memory.reply(last["content"], start)
-        yield ReplyDone(self.chat.messages[-1]["content"], self._stats(turn))
+                self.memory.reply("".join(shown) if echo is not None else last["content"], start)
+        yield ReplyDone("".join(shown) if echo is not None else self.chat.messages[-1]["content"], self._stats(turn))
 
     def _speak(self, phrase: str, turn: _TurnClock, *, final: bool) -> Iterator[AudioChunk]:
         if self.synth is None:
