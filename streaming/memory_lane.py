@@ -93,7 +93,7 @@ class MemoryLane:
         has them. SmolLM2-135M reads such a line back at the start of its answer, stamp and label included, and that
         copy is most of its right answers: without the stamps it answered fewer (benchmarks/fact_recall.py,
         held-out window facts: the items' words under "5 minutes ago:" headings 3 of the first 7 right, with a
-        trailing "(5 minutes ago)" 6 of 13, bare "- ..." lines 0 of 7, against 5 of 7 and 11 of 13 with stamps). So
+        trailing "(5 minutes ago)" 6 of 13, bare "- ..." lines 0 of 7, against 5 of 7 and 10 of 13 with stamps). So
         the stamps stay, and the reply drops what it echoes of them (`SlotEcho`)."""
         question = question.strip()
         if not question:
