@@ -31,6 +31,11 @@ Measured (2026-12-03, 2 shared cores, `--max-new-tokens 40`, greedy; tuning firs
     engine 5/9.
   held-out (22), engine: alone 17/22, crowded 13/22 (wrong fact picked among similar ones, e.g. "zip code" ->
     the office extension), window 15/22, of which 7 read the slot line back with its "[date time, ago]" stamp.
+  2026-12-03, held-out window, engine: 15/22 right, 7 stamped (8 clean) before `SlotEcho`; 16/22 right, 0 stamped
+    with it (the LM still reads the line back, ~30 tokens of stamp and label before the answer's first word, which
+    are dropped from the text shown and spoken). Slots without the stamps lost answers on the same facts: the
+    items' words under "N minutes ago:" headings 3 of the first 7 right, a trailing "(N minutes ago)" 6 of 13,
+    `bare` 0 of 7 (against 5 of 7 and 10 of 13 with stamps).
 `--max-new-tokens` caps every reply (the engine's 96 by default; 40 keeps a run short, and answers come first).
 """
 
