@@ -78,9 +78,13 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.slot_token = torch.full((cfg.capacity,), -1, dtype=torch.long, device=device)
         self.slot_pos = torch.zeros(cfg.capacity, dtype=torch.long, device=device)
+        self._init_counters()
+
+    def _init_counters(self) -> None:
+        """The host-side counters (a cache over buffers of its own or a pool's row, model/lm/batch.py)."""
         self._length = 0  # tokens ever written (host counter, no device sync)
         self._watcher: Callable[[int], None] | None = None
-        self._edge = 0  # the last edge told to the watcher
+        self._edge = 0  # the furthest edge reached (told to the watcher when there is one)
 
     @property
     def length(self) -> int:

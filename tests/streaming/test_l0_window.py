@@ -110,11 +110,16 @@ def test_the_embedded_window_reports_what_leaves_before_it_goes(hub: MemoryHub) 
     assert lane.held == []
 
 
-def test_the_omni_window_reports_audio_and_text_before_they_go(models: Models, hub: MemoryHub) -> None:  # noqa: F811
+@pytest.mark.parametrize("pooled", [0, 2])
+def test_the_omni_window_reports_audio_and_text_before_they_go(
+    models: Models, hub: MemoryHub, pooled: int  # noqa: F811
+) -> None:
+    """`pooled` 2: the session's cache is a row of the batched pool (decode steps through BatchedDecoder)."""
     thinker, _ = models
     engine = OmniEngine(None, models=(thinker, None), speak=False, window=96,
-                        sampling=SamplingConfig(temperature=0.0, max_new_tokens=8), seed=0)
+                        sampling=SamplingConfig(temperature=0.0, max_new_tokens=8), seed=0, max_sessions=pooled)
     s = engine.open_session()
+    assert (type(s.speaking.state.cache) is not KVCache) == bool(pooled)  # a pool row's cache, or its own
     lane = hub.open("finn", "s1")
     slides = spy(lane, s.speaking.state.cache)
     s.use_memory(lane)
