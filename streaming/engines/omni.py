@@ -394,6 +394,7 @@ class _Turn:
     size: tuple[int, int] = (0, 0)  # resized frame (height, width) of the open av segment
     frame_slots: list[float] = field(default_factory=list)
     typed: list[str] = field(default_factory=list)  # typed text of the turn (the question's words)
+    pos: int = 0  # the Thinker cache index where the turn starts (<|im_start|>user), for L0
     # Where the open segment began (discard_audio rolls back to it): the session's mark, whether the segment
     # opened the user turn, and the last reply's `input_after` then.
     undo: tuple[ThinkerMark, bool, bool] | None = None
@@ -416,8 +417,10 @@ class OmniEngineSession(EngineSessionBase):
     def use_memory(self, lane: MemoryLane) -> None:
         """Read and write memory through `lane`: what the Thinker hears and sees goes in as pooled encoder features,
         typed text and replies (as heard) as text; each turn's recall enters the prompt as a slot of text and
-        features before the reply (streaming.engines.omni_memory)."""
+        features before the reply (streaming.engines.omni_memory). The Thinker's KV cache tells the lane before its
+        window slides, so what leaves it is written below first (L0)."""
         self.memory = OmniMemory(lane, self.engine.vision_cfg.spatial_merge_size, self.engine.memory_budget)
+        self.speaking.state.cache.watch(lane.slid)
 
     # ---- input side ---------------------------------------------------------------------------------
 
@@ -474,8 +477,13 @@ class OmniEngineSession(EngineSessionBase):
         self._end_segment()
         self._note_input()
         if not self._turn.started:
-            self.speaking.start_user_turn()
-            self._turn.started = True
+            self._open_turn()
+
+    def _open_turn(self) -> None:
+        """<|im_start|>user\n; the turn's first cache index is kept for memory's L0."""
+        self._turn.pos = self.speaking.state.cache.length
+        self.speaking.start_user_turn()
+        self._turn.started = True
 
     def _add_image(self, image: Image) -> None:
         th = self.engine.thinker
@@ -555,8 +563,7 @@ class OmniEngineSession(EngineSessionBase):
         turn.undo = (s.mark(), not turn.started, self._reply is not None and self._reply.input_after)
         self._note_input()
         if not turn.started:
-            s.start_user_turn()
-            turn.started = True
+            self._open_turn()
         turn.t0, turn.audio_seconds, turn.frames, turn.frame_slots = timestamp, 0.0, 0, []
         frame = self._frame
         fresh = frame is not None and timestamp - frame[1] <= self.engine.video_stale_seconds
@@ -627,7 +634,7 @@ class OmniEngineSession(EngineSessionBase):
             self._end_segment()
             if not self._turn.started:
                 self._note_input()
-                self.speaking.start_user_turn()
+                self._open_turn()
             if options.instructions and options.instructions.strip():
                 p = self.speaking.prompt
                 self.speaking.feed_ids(p.turn_end() + p.turn_start("system") + p.text(options.instructions.strip()))
@@ -645,19 +652,15 @@ class OmniEngineSession(EngineSessionBase):
         return events
 
     def _recall(self) -> list[SlotPiece]:
-        """The recalled-memory slot of the turn that ends now; the turn's text goes to memory, and text that the
-        turn may push out of the KV window goes to L3 first."""
+        """The recalled-memory slot of the turn that ends now; the turn's text goes to memory (and to L0, from the
+        turn's first cache index: the cache's watch writes it to L3 before the window passes it)."""
         mem = self.memory
         if mem is None:
             return []
         question = " ".join(t.strip() for t in self._turn.typed if t.strip())
         s = self.speaking
         slot = mem.slot(question, lambda text: len(s.prompt.text(text)))
-        cache = s.state.cache
-        fed = sum(len(s.prompt.text(p)) if isinstance(p, str) else p.tokens.shape[0] + 2 for p in slot)
-        lookahead = fed + 16 + self.engine.sampling.max_new_tokens + TURN_END_TOKENS
-        mem.lane.roll_up(cache.length, cache.cfg.window, lookahead)
-        mem.lane.user_turn(question, cache.length)
+        mem.lane.user_turn(question, self._turn.pos)
         return slot
 
     def _generate(self, reply: _OmniReply, speech: bool) -> Generator[EngineEvent | PoolStep, Any, None]:
@@ -770,4 +773,5 @@ class OmniEngineSession(EngineSessionBase):
             super().close()
             if self._reply is not None:
                 close_iterator(self._reply.events)
+            self.speaking.state.cache.watch(None)  # the session goes back to the pool; the lane's owner closes it
             self.engine._release(self.speaking)
