@@ -64,7 +64,15 @@ from model.qwen3.session import Qwen3ThinkerSession
 from model.qwen3.speech import DEFAULT_SPEAKER, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
 from model.qwen3.voice_session import Qwen3VoiceSession
 from model.speech_session import SessionRows, SpeakingSession, SpeechSettings
-from model.thinker_session import EncodedPiece, ReplyRecord, SlotPiece, ThinkerMark, ThinkerSession, TokenText
+from model.thinker_session import (
+    ConversationSession,
+    EncodedPiece,
+    ReplyRecord,
+    SlotPiece,
+    ThinkerMark,
+    ThinkerSession,
+    TokenText,
+)
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import PCMChunk, StreamingSchedule
@@ -146,6 +154,9 @@ class OmniSession(Protocol):
     def respond(
         self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
     ) -> Generator[TokenText | PCMChunk | ReplyRecord, None, None]: ...
+    def respond_steps(
+        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
+    ) -> Generator[TokenText | PCMChunk | ReplyRecord | PoolStep, Any, None]: ...
     def mark(self) -> ThinkerMark: ...
     def rollback(self, mark: ThinkerMark) -> None: ...
 
@@ -191,9 +202,10 @@ class OmniEngine:
         `quant`: "int8" or "int4" quantises the Thinker's and the Talker's decoder projections weight-only at load
         (the GPU kernels). `memory_budget`: tokens of the recalled-memory slot, when the runtime gives the session
         a memory (streaming.engines.omni_memory).
-        `max_sessions` > 0: the first that many open sessions (Qwen2.5-Omni) keep their Thinker and Talker caches in
-        rows of two pools allocated now, and their replies' decode steps run batched on the device
-        (streaming/batching.py); later sessions, and all with 0, run alone with caches of their own."""
+        `max_sessions` > 0: the first that many open sessions keep their Thinker (and, Qwen2.5-Omni, Talker) caches
+        in rows of pools allocated now, and their replies' decode steps run batched on the device
+        (streaming/batching.py; a Qwen3-Omni Talker and code predictor still step per session); later sessions, and
+        all with 0, run alone with caches of their own."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
         thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
@@ -238,10 +250,7 @@ class OmniEngine:
         if max_sessions == 0:
             return None, None
         th = self.thinker
-        if isinstance(th, LoadedQwen3):
-            log.warning("sessions batched on the device are not yet supported for Qwen3-Omni: each runs alone")
-            return None, None
-        thinker = BatchedDecoder(th.model.lm, max_sessions, self.cache)
+        thinker = BatchedDecoder(th.model.lm, max_sessions, self.cache)  # either family (Qwen3: MoE layers too)
         pools = [thinker]
         if isinstance(self.speech, SpeechModels):
             pools.append(BatchedDecoder(self.speech.talker.decoder, max_sessions, self.talker_cache, embeds=True))
@@ -259,7 +268,7 @@ class OmniEngine:
         """Free a closed session's pool rows."""
         if isinstance(s, SpeakingSession):
             self._release_rows(SessionRows(s.pool, s.sid, s.talker_pool, s.talker_sid))
-        elif isinstance(s, ThinkerSession):
+        elif isinstance(s, ConversationSession):  # a Thinker row only (Qwen3's Talker keeps a cache of its own)
             self._release_rows(SessionRows(s.pool, s.sid))
 
     def _release_rows(self, rows: SessionRows) -> None:
@@ -298,25 +307,31 @@ class OmniEngine:
                 self.check_voice(voice)  # raises: a text-only engine has no voices
             thinking: OmniSession
             with torch.inference_mode():
-                if isinstance(th, LoadedQwen3):
-                    thinking = Qwen3ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer)
-                else:
-                    rows = self._rows()
-                    try:
+                rows = self._rows()
+                try:
+                    if isinstance(th, LoadedQwen3):
+                        thinking = Qwen3ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer,
+                                                       pool=rows.thinker, sid=rows.thinker_sid)
+                    else:
                         thinking = ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer,
                                                   pool=rows.thinker, sid=rows.thinker_sid)
-                    except BaseException:
-                        self._release_rows(rows)
-                        raise
+                except BaseException:
+                    self._release_rows(rows)
+                    raise
             return self._session(thinking)
         name = self.check_voice(voice) if voice is not None else self.default_voice
         assert name is not None
         if isinstance(self.speech, Qwen3SpeechModels):
             assert isinstance(th, LoadedQwen3)
             q3 = Qwen3SpeechSettings(speaker=name, sampling=self.talker_sampling, seed=self.seed)
-            with torch.inference_mode():
-                voiced = Qwen3VoiceSession(th.model, th.prompt, th.tokenizer, self.speech, q3, system, self.cache,
-                                           self.talker_cache)
+            rows = self._rows()
+            try:
+                with torch.inference_mode():
+                    voiced = Qwen3VoiceSession(th.model, th.prompt, th.tokenizer, self.speech, q3, system, self.cache,
+                                               self.talker_cache, pool=rows.thinker, sid=rows.thinker_sid)
+            except BaseException:
+                self._release_rows(rows)
+                raise
             return self._session(voiced)
         assert isinstance(th, LoadedThinker)
         settings = SpeechSettings(
@@ -642,9 +657,9 @@ class OmniEngineSession(EngineSessionBase):
             self._turn = _Turn()
             self._reply = _OmniReply(self.speaking.mark())
         steps = self._generate(self._reply, options.speech)
-        th = self.speaking.thinker.lm if isinstance(self.speaking, ThinkerSession) else None
+        th = self.speaking.thinker.lm
         events: Iterator[EngineEvent]
-        if self.engine.batcher is not None and th is not None:  # decode steps batched with other sessions'
+        if self.engine.batcher is not None:  # decode steps batched with other sessions'
             events = ModelReply(steps, th, self.speaking.state, self.engine.batcher, None, self.label)
         else:
             events = run_alone(steps)
@@ -670,10 +685,7 @@ class OmniEngineSession(EngineSessionBase):
         first_text = first_audio = 0.0
         inner: Generator[Any, Any, None]
         with torch.inference_mode():
-            if isinstance(self.speaking, ThinkerSession):
-                inner = self.speaking.respond_steps(eng.sampling, eng.stop_ids)
-            else:
-                inner = self.speaking.respond(eng.sampling, eng.stop_ids)
+            inner = self.speaking.respond_steps(eng.sampling, eng.stop_ids)
         send: Any = None
         try:
             while True:
