@@ -18,13 +18,13 @@ track is unchanged, so the conversation after a barge-in needs only the Thinker'
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-from model.lm.batch import BatchedDecoder, PoolStep, run_alone
+from model.lm.batch import PoolStep, run_alone
 from model.lm.decoder import LayerAdds
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplingConfig
@@ -33,6 +33,7 @@ from model.prompt import PromptBuilder
 from model.qwen3.session import Qwen3ThinkerSession
 from model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings
 from model.qwen3.thinker import Qwen3Thinker
+from model.speech_session import SessionRows
 from model.thinker_session import PromptPart, ReplyRecord, SlotPiece, TokenText
 from model.token2wav.streaming import PCMChunk
 
@@ -59,17 +60,19 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
         system_prompt: str | None = None,
         cache: CacheConfig | None = None,
         talker_cache: CacheConfig | None = None,
-        pool: BatchedDecoder | None = None,
-        sid: int | None = None,
+        rows: SessionRows | None = None,
     ) -> None:
-        """`pool`, `sid`: a row of a pool of the Thinker's decoder as the Thinker's cache, so the reply's Thinker
-        decode steps can run batched with other sessions' (`respond_steps`)."""
+        """`rows`: the session's rows in pools of the Thinker's decoder and the Talker's (`embeds=True`) as their
+        caches, so the reply's Thinker and Talker decode steps can run batched with other sessions'
+        (`respond_steps`)."""
+        rows = rows or SessionRows()
         self._pieces: list[_Piece] = []
         self._ids: list[int] | None = None  # the ids of the text piece being fed
         self._kind: str | None = None  # the kind of the encoder output being fed ("audio", "video")
         super().__init__(thinker, prompt, None, cache, tokenizer, tap_layer=speech.talker_config.accept_hidden_layer,
-                         pool=pool, sid=sid)
-        self.speech = Qwen3SpeakingSession(speech, thinker.lm.embed_tokens.weight, settings, talker_cache)
+                         pool=rows.thinker, sid=rows.thinker_sid)
+        self.speech = Qwen3SpeakingSession(speech, thinker.lm.embed_tokens.weight, settings, talker_cache,
+                                           rows.talker, rows.talker_sid)
         tk = speech.talker_config
         self._media_ids = {"audio": tk.audio_token_id, "image": tk.image_token_id, "video": tk.video_token_id}
         self._user = prompt.turn_start("user")
@@ -160,8 +163,8 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
     def respond_steps(  # type: ignore[override]  # its events include PCMChunk
         self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
     ) -> Generator[TokenText | PCMChunk | ReplyRecord | PoolStep, Any, None]:
-        """`respond`, yielding every Thinker decode step as a `PoolStep` for its driver to run (alone or batched
-        with other sessions', model/lm/batch.py `run_steps`)."""
+        """`respond`, yielding every Thinker and Talker (codebook 0) decode step as a `PoolStep` for its driver to run
+        (alone or batched with other sessions', model/lm/batch.py `run_steps`); the code predictor runs per session."""
         dev = self.thinker.device
         embed = self.thinker.lm.embed_tokens
         head = embed(torch.tensor(self.prompt.turn_start("assistant"), device=dev))
@@ -169,13 +172,26 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
         samples = 0
         sp = self.speech
 
-        def pump() -> Iterator[PCMChunk]:
+        def pump() -> Generator[PCMChunk | PoolStep, Any, None]:
             nonlocal samples
-            for chunk in sp.pump():
-                samples += chunk.samples.shape[-1]
-                yield chunk
+            gen = sp.pump_steps()
+            send: Any = None
+            try:
+                while True:
+                    try:
+                        x = gen.send(send)
+                    except StopIteration:
+                        return
+                    if isinstance(x, PoolStep):
+                        send = yield x
+                    else:
+                        send = None
+                        samples += x.samples.shape[-1]
+                        yield x
+            finally:
+                gen.close()
 
-        def talk(tokens: list[int]) -> Iterator[PCMChunk]:
+        def talk(tokens: list[int]) -> Generator[PCMChunk | PoolStep, Any, None]:
             e = embed(torch.tensor(tokens[-1:], device=dev))[0]
             if len(tokens) == 1:
                 sp.begin_reply(head, e)

@@ -202,10 +202,10 @@ class OmniEngine:
         `quant`: "int8" or "int4" quantises the Thinker's and the Talker's decoder projections weight-only at load
         (the GPU kernels). `memory_budget`: tokens of the recalled-memory slot, when the runtime gives the session
         a memory (streaming.engines.omni_memory).
-        `max_sessions` > 0: the first that many open sessions keep their Thinker (and, Qwen2.5-Omni, Talker) caches
-        in rows of pools allocated now, and their replies' decode steps run batched on the device
-        (streaming/batching.py; a Qwen3-Omni Talker and code predictor still step per session); later sessions, and
-        all with 0, run alone with caches of their own."""
+        `max_sessions` > 0: the first that many open sessions keep their Thinker and Talker caches in rows of two
+        pools allocated now, and their replies' decode steps run batched on the device (streaming/batching.py; the
+        Qwen3-Omni code predictor still runs per session); later sessions, and all with 0, run alone with caches
+        of their own."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
         thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
@@ -252,7 +252,7 @@ class OmniEngine:
         th = self.thinker
         thinker = BatchedDecoder(th.model.lm, max_sessions, self.cache)  # either family (Qwen3: MoE layers too)
         pools = [thinker]
-        if isinstance(self.speech, SpeechModels):
+        if self.speech is not None:  # either family's Talker decoder (Qwen3: MoE, its code predictor per session)
             pools.append(BatchedDecoder(self.speech.talker.decoder, max_sessions, self.talker_cache, embeds=True))
         return SessionPools(pools), StepBatcher(thinker)
 
@@ -268,7 +268,9 @@ class OmniEngine:
         """Free a closed session's pool rows."""
         if isinstance(s, SpeakingSession):
             self._release_rows(SessionRows(s.pool, s.sid, s.talker_pool, s.talker_sid))
-        elif isinstance(s, ConversationSession):  # a Thinker row only (Qwen3's Talker keeps a cache of its own)
+        elif isinstance(s, Qwen3VoiceSession):
+            self._release_rows(SessionRows(s.pool, s.sid, s.speech.state.pool, s.speech.state.sid))
+        elif isinstance(s, ConversationSession):  # a Thinker row only
             self._release_rows(SessionRows(s.pool, s.sid))
 
     def _release_rows(self, rows: SessionRows) -> None:
@@ -328,7 +330,7 @@ class OmniEngine:
             try:
                 with torch.inference_mode():
                     voiced = Qwen3VoiceSession(th.model, th.prompt, th.tokenizer, self.speech, q3, system, self.cache,
-                                               self.talker_cache, pool=rows.thinker, sid=rows.thinker_sid)
+                                               self.talker_cache, rows)
             except BaseException:
                 self._release_rows(rows)
                 raise
