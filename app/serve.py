@@ -62,9 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", choices=["int8", "int4"], default=None,
                    help="omni engine: weight-only int8/int4 Thinker and Talker projections at load (GPU kernels)")
     p.add_argument("--batch-sessions", type=int, default=0, metavar="N",
-                   help="omni engine (Qwen2.5-Omni): the first N open sessions' Thinker and Talker decode steps run "
-                   "batched on the device, their caches in pools allocated at start (default 0: each session "
-                   "runs alone)")
+                   help="omni engine (Qwen2.5-Omni or Qwen3-Omni): the first N open sessions' Thinker and Talker "
+                   "decode steps run batched on the device, their caches in pools allocated at start (Qwen3's code "
+                   "predictor still runs per session; default 0: each session runs alone)")
     p.add_argument(
         "--ice-server",
         action="append",
