@@ -91,9 +91,11 @@ class Qwen3SpeakingSession:
 
     def __init__(self, models: Qwen3SpeechModels, thinker_embeddings: torch.Tensor,
                  settings: Qwen3SpeechSettings | None = None, cache: CacheConfig | None = None,
-                 pool: BatchedDecoder | None = None, sid: int | None = None) -> None:
+                 pool: BatchedDecoder | None = None, sid: int | None = None,
+                 predictor_pool: BatchedDecoder | None = None, predictor_sid: int | None = None) -> None:
         """thinker_embeddings: the Thinker's input embedding table [V_text, E] (for the TTS specials). `pool`,
-        `sid`: the Talker decoder's cache is row `sid` of this pool, so `pump_steps` can batch its steps."""
+        `sid`: the Talker decoder's cache is row `sid` of this pool (`predictor_pool`, `predictor_sid`: the code
+        predictor's), so `pump_steps` can batch their steps (`Qwen3Talker.init_state`)."""
         self.models = models
         self.settings = settings or Qwen3SpeechSettings()
         cfg, talker = models.config, models.talker
@@ -101,7 +103,7 @@ class Qwen3SpeakingSession:
         s = self.settings
         self.state: Qwen3TalkerState = talker.init_state(
             texts, models.talker_config.speaker(s.speaker), sampling=s.sampling, predictor=s.predictor_sampling,
-            seed=s.seed, cache=cache, pool=pool, sid=sid)
+            seed=s.seed, cache=cache, pool=pool, sid=sid, predictor_pool=predictor_pool, predictor_sid=predictor_sid)
         self.streamer = StreamingCode2Wav(models.code2wav, s.first_chunk_frames, s.chunk_frames)
         self.wav: Code2WavStreamState | None = None
         self.frames: list[torch.Tensor] = []  # this reply's frames [Q], in order

@@ -62,8 +62,8 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
         talker_cache: CacheConfig | None = None,
         rows: SessionRows | None = None,
     ) -> None:
-        """`rows`: the session's rows in pools of the Thinker's decoder and the Talker's (`embeds=True`) as their
-        caches, so the reply's Thinker and Talker decode steps can run batched with other sessions'
+        """`rows`: the session's rows in pools of the Thinker's decoder, the Talker's and its code predictor's
+        (`embeds=True`) as their caches, so the reply's decode steps can run batched with other sessions'
         (`respond_steps`)."""
         rows = rows or SessionRows()
         self._pieces: list[_Piece] = []
@@ -72,7 +72,7 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
         super().__init__(thinker, prompt, None, cache, tokenizer, tap_layer=speech.talker_config.accept_hidden_layer,
                          pool=rows.thinker, sid=rows.thinker_sid)
         self.speech = Qwen3SpeakingSession(speech, thinker.lm.embed_tokens.weight, settings, talker_cache,
-                                           rows.talker, rows.talker_sid)
+                                           rows.talker, rows.talker_sid, rows.predictor, rows.predictor_sid)
         tk = speech.talker_config
         self._media_ids = {"audio": tk.audio_token_id, "image": tk.image_token_id, "video": tk.video_token_id}
         self._user = prompt.turn_start("user")
@@ -163,8 +163,8 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
     def respond_steps(  # type: ignore[override]  # its events include PCMChunk
         self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
     ) -> Generator[TokenText | PCMChunk | ReplyRecord | PoolStep, Any, None]:
-        """`respond`, yielding every Thinker and Talker (codebook 0) decode step as a `PoolStep` for its driver to run
-        (alone or batched with other sessions', model/lm/batch.py `run_steps`); the code predictor runs per session."""
+        """`respond`, yielding every Thinker, Talker (codebook 0) and code predictor decode step as a `PoolStep` for
+        its driver to run (alone or batched with other sessions', model/lm/batch.py `run_steps`)."""
         dev = self.thinker.device
         embed = self.thinker.lm.embed_tokens
         head = embed(torch.tensor(self.prompt.turn_start("assistant"), device=dev))

@@ -202,10 +202,9 @@ class OmniEngine:
         `quant`: "int8" or "int4" quantises the Thinker's and the Talker's decoder projections weight-only at load
         (the GPU kernels). `memory_budget`: tokens of the recalled-memory slot, when the runtime gives the session
         a memory (streaming.engines.omni_memory).
-        `max_sessions` > 0: the first that many open sessions keep their Thinker and Talker caches in rows of two
-        pools allocated now, and their replies' decode steps run batched on the device (streaming/batching.py; the
-        Qwen3-Omni code predictor still runs per session); later sessions, and all with 0, run alone with caches
-        of their own."""
+        `max_sessions` > 0: the first that many open sessions keep their Thinker and Talker caches (and Qwen3-Omni's
+        code predictor's) in rows of pools allocated now, and their replies' decode steps run batched on the
+        device (streaming/batching.py); later sessions, and all with 0, run alone with caches of their own."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
         thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
@@ -252,8 +251,11 @@ class OmniEngine:
         th = self.thinker
         thinker = BatchedDecoder(th.model.lm, max_sessions, self.cache)  # either family (Qwen3: MoE layers too)
         pools = [thinker]
-        if self.speech is not None:  # either family's Talker decoder (Qwen3: MoE, its code predictor per session)
+        if self.speech is not None:  # either family's Talker decoder (Qwen3: MoE)
             pools.append(BatchedDecoder(self.speech.talker.decoder, max_sessions, self.talker_cache, embeds=True))
+        if isinstance(self.speech, Qwen3SpeechModels):  # and Qwen3's code predictor (a frame's positions per row)
+            t = self.speech.talker
+            pools.append(BatchedDecoder(t.predictor, max_sessions, t.predictor_cache(), embeds=True))
         return SessionPools(pools), StepBatcher(thinker)
 
     def _rows(self) -> SessionRows:
@@ -262,20 +264,26 @@ class OmniEngine:
         if self.pools is None or sids is None:
             return SessionRows()
         pools = self.pools.pools
-        return SessionRows(pools[0], sids[0], *((pools[1], sids[1]) if len(pools) > 1 else ()))
+        rows = SessionRows(pools[0], sids[0])
+        if len(pools) > 1:
+            rows = replace(rows, talker=pools[1], talker_sid=sids[1])
+        if len(pools) > 2:
+            rows = replace(rows, predictor=pools[2], predictor_sid=sids[2])
+        return rows
 
     def _release(self, s: OmniSession) -> None:
         """Free a closed session's pool rows."""
         if isinstance(s, SpeakingSession):
             self._release_rows(SessionRows(s.pool, s.sid, s.talker_pool, s.talker_sid))
         elif isinstance(s, Qwen3VoiceSession):
-            self._release_rows(SessionRows(s.pool, s.sid, s.speech.state.pool, s.speech.state.sid))
+            st = s.speech.state
+            self._release_rows(SessionRows(s.pool, s.sid, st.pool, st.sid, st.predictor_pool, st.predictor_sid))
         elif isinstance(s, ConversationSession):  # a Thinker row only
             self._release_rows(SessionRows(s.pool, s.sid))
 
     def _release_rows(self, rows: SessionRows) -> None:
         if self.pools is not None and rows.thinker_sid is not None:
-            self.pools.leave([rows.thinker_sid, rows.talker_sid][: len(self.pools.pools)])
+            self.pools.leave([rows.thinker_sid, rows.talker_sid, rows.predictor_sid][: len(self.pools.pools)])
 
     def check_voice(self, voice: str | None) -> str:
         """The checkpoint's name for `voice` (None: its default); ValueError listing the voices it has."""

@@ -1,7 +1,7 @@
 """The omni engine's Qwen3-Omni sessions batched on the device: `OmniEngine(max_sessions=N)` on a tiny random Qwen3
-checkpoint keeps the first N sessions' Thinker and Talker caches in two pools (over the MoE Thinker and the MoE Talker
-decoder), replies are `ModelReply`s, and `StepBatcher.run_batch` (what the device worker calls) runs their Thinker
-and Talker (codebook-0) decode steps as one forward per pool. Each
+checkpoint keeps the first N sessions' Thinker, Talker and code predictor caches in three pools (the MoE Thinker,
+the MoE Talker decoder, the predictor), replies are `ModelReply`s, and `StepBatcher.run_batch` (what the device
+worker calls) runs their decode steps as one forward per pool. Each
 session's events (text, audio, codes) must be those it gets from an engine without pools (greedy, float32 on the
 CPU), also after a barge-in of one of them, and `omni serve --batch-sessions N` makes the pool for a Qwen3 model.
 """
@@ -56,8 +56,8 @@ def test_qwen3_voice_sessions_batched_say_what_each_says_alone(models: Models) -
     want = {t: summary(list(ask(make(models), t)[1])) for t in TEXTS[:3]}
     assert len(set(want.values())) == 3  # different replies: a row mix-up would show
     engine = make(models, max_sessions=3)
-    assert engine.pools is not None and len(engine.pools.pools) == 2  # the Thinker's and the Talker's
-    widths: list[list[int]] = [[], []]  # sessions per batched step, per pool
+    assert engine.pools is not None and len(engine.pools.pools) == 3  # the Thinker's, the Talker's, the predictor's
+    widths: list[list[int]] = [[], [], []]  # sessions per batched step, per pool
     for pool, w in zip(engine.pools.pools, widths, strict=True):
         pool.decode = _counting(pool.decode, w)  # type: ignore[method-assign]
     replies = {t: ask(engine, t)[1] for t in TEXTS[:3]}
@@ -67,7 +67,7 @@ def test_qwen3_voice_sessions_batched_say_what_each_says_alone(models: Models) -
     assert engine.batcher is not None
     groups = [g for it in engine.batcher.log for g in it.pool_steps]
     assert sum(len(g) for g in groups if len(g) > 1) >= 2 * TOKENS and any(len(g) == 3 for g in groups)
-    assert widths[1] and max(widths[1]) == 3 and sum(widths[1]) >= 2 * FRAMES, widths  # the Talker's steps too
+    assert all(w and max(w) == 3 for w in widths), widths  # every pool's steps ran three wide
 
 
 def test_a_batched_qwen3_session_cut_mid_reply_goes_on_as_one_alone(models: Models) -> None:
@@ -115,10 +115,10 @@ def test_omni_serve_batch_sessions_flag_for_a_qwen3_checkpoint(qwen3_tiny_dir: P
                                       "--batch-sessions", "2"])
     engine = make_engine(args.engine, model=args.model, device=args.device, batch_sessions=args.batch_sessions)
     assert isinstance(engine, OmniEngine) and engine.pools is not None and engine.batcher is not None
-    assert [p.max_sessions for p in engine.pools.pools] == [2, 2]
+    assert [p.max_sessions for p in engine.pools.pools] == [2, 2, 2]
     sessions = [engine.open_session() for _ in range(3)]
     assert [s.speaking.sid for s in sessions] == [0, 1, None]  # type: ignore[attr-defined]
     sessions[0].close()
-    assert [len(p.sessions) for p in engine.pools.pools] == [1, 1]  # closing frees the rows
+    assert [len(p.sessions) for p in engine.pools.pools] == [1, 1, 1]  # closing frees the rows
     sid = engine.open_session().speaking.sid  # type: ignore[attr-defined]
     assert sid is not None and engine.pools.pools[0].sessions[sid].row == 0  # ... for the next session
