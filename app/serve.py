@@ -63,8 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="omni engine: weight-only int8/int4 Thinker and Talker projections at load (GPU kernels)")
     p.add_argument("--batch-sessions", type=int, default=0, metavar="N",
                    help="omni engine (Qwen2.5-Omni or Qwen3-Omni): the first N open sessions' Thinker and Talker "
-                   "decode steps run batched on the device, their caches in pools allocated at start (Qwen3's code "
-                   "predictor still runs per session; default 0: each session runs alone)")
+                   "(Qwen3: and code predictor) decode steps run batched on the device, their caches in pools "
+                   "allocated at start (default 0: each session runs alone)")
     p.add_argument(
         "--ice-server",
         action="append",

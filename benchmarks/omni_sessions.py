@@ -1,8 +1,8 @@
 """Omni sessions batched in the live runtime: N sessions of the omni engine (Qwen2.5-Omni or Qwen3-Omni) reply at
 once, stepped through the device worker the way the session runtime steps them (`DeviceWorker.run_batched`,
-streaming/batching.py), with their caches in the engine's pools (`max_sessions=N`: decode steps batched; the
-Thinker's and Qwen2.5's Talker's, Qwen3's Talker still steps per session) or with one pool row (`max_sessions=1`:
-every step runs alone, the unbatched path, through the same plumbing). On the tests' tiny random checkpoint of
+streaming/batching.py), with their caches in the engine's pools (`max_sessions=N`: the Thinker's, the Talker's and
+Qwen3's code predictor's decode steps batched) or with one pool row (`max_sessions=1`: every step runs alone, the
+unbatched path, through the same plumbing). On the tests' tiny random checkpoint of
 `--family` (built with transformers, a test-only dependency) or a real one (--model DIR, family from config.json).
 
     PYTHONPATH=. .venv/bin/python benchmarks/omni_sessions.py --sessions 1,4,8 [--family qwen3] [--model DIR]
