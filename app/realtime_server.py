@@ -74,6 +74,7 @@ FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 CONNECT_TIMEOUT = 30.0  # a call that never connects is torn down after this
 IDLE_TIMEOUT = 10.0  # a connected call whose microphone sends no RTP for this long is torn down
 CHANNEL_DRAIN_TIMEOUT = 0.5  # on close, how long queued events get to leave before the peer connection closes
+MIC_PREFETCH = 0  # frames the server's receiver holds back after a microphone frame is complete (aiortc: 4)
 
 
 class AssistantAudioTrack(MediaStreamTrack):
@@ -124,6 +125,29 @@ def mono_frame(pcm: np.ndarray, rate: int, pts: int) -> av.AudioFrame:
     frame.pts = pts
     frame.time_base = Fraction(1, rate)
     return frame
+
+
+def hear_at_once(pc: RTCPeerConnection, prefetch: int = MIC_PREFETCH) -> None:
+    """Let `pc`'s audio receivers hand each microphone frame on as soon as it is complete (after
+    setRemoteDescription, before media flows).
+
+    aiortc's audio jitter buffer releases a frame only once `prefetch` (4) later frames have arrived: a playout
+    cushion for a receiver that plays the audio, but the server only feeds it to the turn detector, so each frame
+    waited 80 ms, and so did every end of speech, for every client (the browser too), outside the server's own
+    latency figures (stamped on arrival). Packets still wait for a missing earlier one and are put in order; a
+    frame is complete when a packet of the next one has arrived (20 ms). aiortc keeps the buffer private: if a
+    release renames it, calls keep aiortc's default and one warning says so."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    for receiver in pc.getReceivers():
+        if receiver.track is None or receiver.track.kind != "audio":
+            continue
+        name = "_RTCRtpReceiver__jitter_buffer"
+        old = getattr(receiver, name, None)
+        if not isinstance(old, JitterBuffer):
+            log.warning("aiortc's receiver has no %s: the microphone keeps aiortc's default prefetch", name)
+            continue
+        setattr(receiver, name, JitterBuffer(capacity=old.capacity, prefetch=prefetch))
 
 
 @dataclass
@@ -514,6 +538,7 @@ class Server:
             await close_peer(pc)
             raise OfferError("cannot use this SDP offer: a media section has no transport (check BUNDLE and mids)")
         guard_data_channels(pc)  # bytes aiortc's data-channel code does not survive (app.rtc_guard)
+        hear_at_once(pc)
         if not any(t.kind == "audio" for t in tracks):
             await close_peer(pc)
             raise OfferError("the offer sends no audio: add a microphone track (m=audio, sendrecv or sendonly)")

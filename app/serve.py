@@ -62,9 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", choices=["int8", "int4"], default=None,
                    help="omni engine: weight-only int8/int4 Thinker and Talker projections at load (GPU kernels)")
     p.add_argument("--batch-sessions", type=int, default=0, metavar="N",
-                   help="omni engine (Qwen2.5-Omni): the first N open sessions' Thinker and Talker decode steps run "
-                   "batched on the device, their caches in pools allocated at start (default 0: each session "
-                   "runs alone)")
+                   help="omni engine (Qwen2.5-Omni or Qwen3-Omni): the first N open sessions' Thinker and Talker "
+                   "(Qwen3: and code predictor) decode steps run batched on the device, their caches in pools "
+                   "allocated at start (default 0: each session runs alone)")
     p.add_argument(
         "--ice-server",
         action="append",
@@ -117,7 +117,8 @@ def _add_turn_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_memory_arguments(p: argparse.ArgumentParser) -> None:
-    """--memory-dir / --memory-url / --no-memory (streaming.memory_lane; users from `user_id` on the call)."""
+    """--memory-dir / --memory-url / --no-memory / --memory-persist-anonymous (streaming.memory_lane; users from
+    `user_id` on the call)."""
     from memory.store import default_memory_dir
 
     g = p.add_argument_group("memory", "what the assistant remembers per user (`user_id` query parameter of "
@@ -126,20 +127,24 @@ def add_memory_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"SQLite store and feature shards (default {default_memory_dir()})")
     g.add_argument("--memory-url", metavar="URL", default=None, help="a postgresql:// URL instead of --memory-dir")
     g.add_argument("--no-memory", action="store_true", help="remember nothing beyond the KV window")
+    g.add_argument("--memory-persist-anonymous", action="store_true",
+                   help="keep the memory of anonymous calls (no user id) in the store after they end, each under "
+                        "its own user anon:SESSION_ID (for `omni memory list|show|export|forget`; no later call "
+                        "recalls it); default: an anonymous call's memory lasts the call and is forgotten at its end")
 
 
 def open_memory(args: argparse.Namespace, engine: Engine | None = None) -> MemoryHub | None:
     """The process's memory for engines that use it (embedded, omni), None with --no-memory or for the others.
-    L2 summaries are written by the engine's own LM (the embedded LM; the omni engine's Thinker, Qwen2.5-Omni) every
+    L2 summaries are written by the engine's own LM (the embedded LM; the omni engine's Thinker, either family) every
     10 events or 5 minutes of stream, as low-priority steps on the device worker (streaming.memory_summary); other
     engines' memory has no L2. The omni engine's memory also keys text items in the Thinker's input space."""
-    if args.no_memory and (args.memory_dir or args.memory_url):
-        raise ValueError("--no-memory cannot go with --memory-dir or --memory-url")
+    if args.no_memory and (args.memory_dir or args.memory_url or args.memory_persist_anonymous):
+        raise ValueError("--no-memory cannot go with --memory-dir, --memory-url or --memory-persist-anonymous")
     if args.memory_dir and args.memory_url:
         raise ValueError("give --memory-dir or --memory-url, not both")
     if args.no_memory or args.engine not in ("embedded", "omni"):
         return None
-    from memory import Memory, MemoryStore, default_memory_dir
+    from memory import Memory, MemoryConfig, MemoryStore, default_memory_dir
     from model.embedded.text_embedding import TextEmbedder
     from streaming.memory_lane import MemoryHub
 
@@ -155,24 +160,22 @@ def open_memory(args: argparse.Namespace, engine: Engine | None = None) -> Memor
     embed = TextEmbedder()
     summarizer = lm_summarizer(engine) if engine is not None else None
     spaces = text_spaces(engine) if engine is not None else {}
-    return MemoryHub(Memory(store, embed=embed, summarize=summarizer, text_spaces=spaces), embed,
+    config = MemoryConfig(persist_anonymous=args.memory_persist_anonymous)
+    return MemoryHub(Memory(store, embed=embed, config=config, summarize=summarizer, text_spaces=spaces), embed,
                      summarizer=summarizer)
 
 
 def lm_summarizer(engine: Engine) -> WorkerSummarizer | None:
     """The engine's own LM as the memory's summarizer: the embedded engine's LM, or the omni engine's Thinker
-    (Qwen2.5-Omni, text-only generation; None for others)."""
+    (either family, text-only generation; None for others)."""
     from streaming.memory_summary import WorkerSummarizer
 
     if engine.name == "omni":  # (each engine module is imported only where it already is)
         from model.lm.summary import thinker_summary_steps
-        from model.loaders.omni import LoadedThinker
         from streaming.engines.omni import OmniEngine
 
         assert isinstance(engine, OmniEngine)
         thinker = engine.thinker
-        if not isinstance(thinker, LoadedThinker):
-            return None  # (Qwen3-Omni: no memory yet)
         return WorkerSummarizer(lambda texts: thinker_summary_steps(thinker, texts))
     if engine.name != "embedded":
         return None
@@ -190,13 +193,10 @@ def text_spaces(engine: Engine) -> dict[str, Callable[[Sequence[str]], np.ndarra
     a spoken question reaches typed facts and summaries; none for other engines."""
     if engine.name != "omni":
         return {}
-    from model.loaders.omni import LoadedThinker
     from streaming.engines.omni import OmniEngine
     from streaming.engines.omni_memory import THINKER_SPACE, ThinkerTextKeys
 
     assert isinstance(engine, OmniEngine)
-    if not isinstance(engine.thinker, LoadedThinker):
-        return {}
     return {THINKER_SPACE: ThinkerTextKeys(engine.thinker)}
 
 

@@ -1,7 +1,7 @@
 """Spoken turns through the embedded engine on this machine's CPU: prints numbers, asserts nothing.
 
     .venv/bin/python benchmarks/embedded_turns.py [--turns 20] [--threads 1] [--max-new-tokens 64] [--prepare]
-        [--memory]
+        [--memory [--seed-facts N]]
 
 Each turn is one question spoken by espeak-ng (two voices, alternating), pushed to one session in 20 ms
 frames as the runtime would, then `end_turn` and `respond`. Audio is pushed as fast as the recogniser
@@ -21,6 +21,9 @@ Decode tokens/s is the reply's new tokens over its decode time (which includes t
 Peak memory is the process's maximum resident set size. `--memory`: the session reads and writes memory
 (streaming.memory_lane over a fresh SQLite store in a temporary folder; MiniLM embeddings), so each first audio
 includes the question's embedding, the recall and the slot's prefill; the writer thread runs beside the turns.
+`--seed-facts N` first writes N first-person statements of the same user about the questions' topics (from an
+earlier session), so that recall has something to find at every turn and the slot fills towards its budget: the
+first audio with a full slot. The prefill column counts the slot's tokens.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def run_turns(args: argparse.Namespace) -> int:
         f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}"
     )
     session = engine.open_session()
-    hub = _memory(session) if args.memory else None
+    hub = _memory(session, args.seed_facts) if args.memory else None
     rows: list[dict[str, float]] = []
     pairs: list[tuple[str, str]] = []
     asr_compute = asr_audio = 0.0
@@ -156,10 +159,20 @@ def run_turns(args: argparse.Namespace) -> int:
     return 0
 
 
-def _memory(session: EmbeddedSession) -> MemoryHub:
-    """A memory over a fresh store, attached to `session` as the runtime does."""
+def _memory(session: EmbeddedSession, seed_facts: int = 0) -> MemoryHub:
+    """A memory over a fresh store, attached to `session` as the runtime does; with `seed_facts`, an earlier
+    session of the same user first says that many things about the questions' topics."""
     embed = TextEmbedder()
     hub = MemoryHub(Memory(MemoryStore.open(tempfile.mkdtemp(prefix="omni-bench-mem-")), embed=embed), embed)
+    if seed_facts:
+        earlier = hub.memory.open_session("bench", "earlier-session", started_at=time.time() - 86400)
+        for k in range(seed_facts):
+            topic = QUESTIONS[k % len(QUESTIONS)].rstrip("?").lower()
+            earlier.add_utterance("user", f"I told my friend number {k} that I often wonder {topic}.", 2.0 * k,
+                                  2.0 * k + 1.5)
+        earlier.close(2.0 * seed_facts)
+        hub.memory.flush()
+        print(f"memory seeded with {seed_facts} statements of the same user ({hub.memory.stats.notes} notes)")
     session.use_memory(hub.open("bench", "bench-session"))
     return hub
 
@@ -173,6 +186,8 @@ def main() -> int:
     p.add_argument("--voice", default=DEFAULT_VOICE, choices=list(ENGINE_VOICES), help="reply voice")
     p.add_argument("--llm", default=None, help="a .gguf file or HF decoder directory instead of SmolLM2-135M")
     p.add_argument("--memory", action="store_true", help="the session uses memory (recall at each turn's end)")
+    p.add_argument("--seed-facts", type=int, default=0,
+                   help="with --memory: an earlier session of the same user first says this many related things")
     return run_turns(p.parse_args())
 
 

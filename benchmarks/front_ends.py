@@ -18,8 +18,9 @@ Two figures per turn, each measured the same way for every front end:
   -40 dBFS before >= 0.4 s of quiet) to the first block of the assistant's audio above -40 dBFS at the client's
   output. Where the client sees it: the page's Web Audio analysers on the microphone stream and on the `<audio>`
   element's stream (polled every 10 ms; after Chromium's jitter buffer), the desktop's PortAudio callbacks (before
-  the 100 ms device buffer), the aiortc client's received frames and the WebSocket client's received deltas (both
-  before any playout buffer a real client would add; the simulated clients time a block from its first sample).
+  the 100 ms device buffer), the aiortc client's received frames (after aiortc's jitter buffer, which holds 4 frames:
+  80 ms) and the WebSocket client's received deltas (before any playout buffer; the simulated clients time a block
+  from its first sample).
 - server: the server's own `omni.metrics` end_of_speech_to_first_audio_ms (end of speech in the input audio ->
   first audio handed to the transport).
 

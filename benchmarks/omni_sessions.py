@@ -1,11 +1,11 @@
-"""Omni sessions batched in the live runtime: N sessions of the omni engine (Qwen2.5-Omni Thinker-Talker) reply at
+"""Omni sessions batched in the live runtime: N sessions of the omni engine (Qwen2.5-Omni or Qwen3-Omni) reply at
 once, stepped through the device worker the way the session runtime steps them (`DeviceWorker.run_batched`,
-streaming/batching.py), with their Thinker and Talker caches in the engine's pools (`max_sessions=N`: decode
-steps batched) or with one pool row (`max_sessions=1`: every step runs alone, the unbatched path, through the
-same plumbing). On the tests' tiny random checkpoint (built with transformers, a test-only dependency) or a
-real one (--model DIR).
+streaming/batching.py), with their caches in the engine's pools (`max_sessions=N`: the Thinker's, the Talker's and
+Qwen3's code predictor's decode steps batched) or with one pool row (`max_sessions=1`: every step runs alone, the
+unbatched path, through the same plumbing). On the tests' tiny random checkpoint of
+`--family` (built with transformers, a test-only dependency) or a real one (--model DIR, family from config.json).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/omni_sessions.py --sessions 1,4,8 [--model DIR] [--device cuda]
+    PYTHONPATH=. .venv/bin/python benchmarks/omni_sessions.py --sessions 1,4,8 [--family qwen3] [--model DIR]
 
 Each session has heard 2 s of noise (prefilled while "speaking", untimed), then its turn ends: first audio is
 timed from the end of the user's speech (the `end_turn` job, which encodes the last partial block, then
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -36,8 +37,12 @@ import torch
 
 from benchmarks.tiny_sessions import as_owner, pool_rows
 from model.lm.sampling import SamplingConfig
+from model.loaders.family import QWEN3_OMNI_MOE, detect_family
 from model.loaders.omni import load_thinker
-from model.loaders.talker_weights import load_speech
+from model.loaders.talker_weights import SpeechModels, load_speech
+from model.qwen3.loader import load_qwen3
+from model.qwen3.speech import load_qwen3_speech
+from model.qwen3.talker import GREEDY
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import ChunkJob, StreamingSchedule, StreamingToken2Wav
 from streaming.batching import ModelReply
@@ -95,19 +100,22 @@ async def run(args: argparse.Namespace, models: Any) -> None:
     worker = DeviceWorker()
     worker.start()
     try:
-        print(f"{'sessions':>8} {'mode':>9} {'text tok/s':>10} {'codes/s':>8} {'first audio p50':>15} "
+        family = "qwen2.5" if isinstance(speech, SpeechModels) else "qwen3"
+        talker = (speech.talker.cfg.sampling(temperature=0.0, max_new_tokens=args.codes) if family == "qwen2.5"
+                  else dataclasses.replace(GREEDY, max_new_tokens=args.codes))
+        print(f"{'family':>7} {'sessions':>8} {'mode':>9} {'text tok/s':>10} {'codes/s':>8} {'first audio p50':>15} "
               f"{'p95':>8} {'batch':>6}")
         for n in args.sessions:
             for rows, kind in pool_rows(n):
                 engine = OmniEngine(
                     None, models=models, sampling=SamplingConfig(temperature=0.0, max_new_tokens=args.tokens),
-                    talker_sampling=speech.talker.cfg.sampling(temperature=0.0, max_new_tokens=args.codes), seed=0,
+                    talker_sampling=talker, seed=0,
                     schedule=StreamingSchedule(first_chunk_blocks=1, chunk_blocks=1),
                     solver=SolverConfig(num_steps=args.solver_steps), window=args.window, max_sessions=rows)
                 runs = [await many(worker, engine, n) for _ in range(args.repeats)]
                 firsts = [f for r in runs for f in r[1]]
                 wall, _, tokens, codes, width = min(runs, key=lambda r: r[0])
-                print(f"{n:>8} {kind:>9} {tokens / wall:>10.1f} {codes / wall:>8.1f} "
+                print(f"{family:>7} {n:>8} {kind:>9} {tokens / wall:>10.1f} {codes / wall:>8.1f} "
                       f"{statistics.median(firsts) * 1e3:>12.1f} ms {p95(firsts) * 1e3:>5.1f} ms {width:>6.2f}")
     finally:
         worker.stop()
@@ -159,7 +167,10 @@ def t2w_table(args: argparse.Namespace, speech: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", default="1,4,8", help="numbers of sessions replying at once")
-    p.add_argument("--model", help="a Qwen2.5-Omni checkpoint directory (default: the tests' tiny random one)")
+    p.add_argument("--model", help="a Qwen2.5-Omni or Qwen3-Omni checkpoint directory (default: the tests' tiny "
+                   "random one of --family)")
+    p.add_argument("--family", choices=["qwen2.5", "qwen3"], default="qwen2.5",
+                   help="the tiny random checkpoint's family when no --model is given")
     p.add_argument("--device", default="cpu")
     p.add_argument("--tokens", type=int, default=24, help="text tokens per reply (greedy; random weights rarely stop)")
     p.add_argument("--codes", type=int, default=48, help="at most this many Talker codes per reply")
@@ -175,17 +186,27 @@ def main(argv: list[str] | None = None) -> None:
     args.sessions = [int(n) for n in args.sessions.split(",")]
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model is None:
+        if args.model is not None:
+            d = Path(args.model)
+        elif args.family == "qwen3":
+            from tests.model.qwen3_tiny import save_tiny_qwen3
+
+            d = save_tiny_qwen3(Path(tmp) / "qwen3_tiny")[1]
+        else:
             from benchmarks.omni_memory import tiny_checkpoint
 
             d = tiny_checkpoint(Path(tmp))
+        models: Any
+        if detect_family(d) == QWEN3_OMNI_MOE:
+            q = load_qwen3(d, device=args.device)
+            models = q, load_qwen3_speech(d, q.model.lm.dtype, args.device, q.index)
         else:
-            d = Path(args.model)
-        speech = load_speech(d, device=args.device)
+            models = load_thinker(d, device=args.device), load_speech(d, device=args.device)
         if not args.token2wav_only:
-            asyncio.run(run(args, (load_thinker(d, device=args.device), speech)))
-        with torch.inference_mode():
-            t2w_table(args, speech)
+            asyncio.run(run(args, models))
+        if isinstance(models[1], SpeechModels):  # Qwen2.5-Omni's token2wav (Qwen3's Code2Wav is not batched)
+            with torch.inference_mode():
+                t2w_table(args, models[1])
 
 
 if __name__ == "__main__":

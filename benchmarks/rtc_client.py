@@ -1,5 +1,10 @@
 """An aiortc client of `omni serve` for the loopback benchmark and tests: sends speech as a paced 48 kHz
-microphone track, records the assistant's audio track and the events of the `oai-events` data channel."""
+microphone track, records the assistant's audio track and the events of the `oai-events` data channel.
+
+A bias to know when reading its times: a received frame comes out of aiortc's audio jitter buffer only once 4 later
+frames have arrived (prefetch 4: 80 ms on a clean loopback), so the assistant's audio reaches `audio` about 80 ms
+after its RTP packet did. That delay is this client's, as a browser's adaptive jitter buffer (NetEq) is the
+browser's; it is left as aiortc sets it (benchmarks/rtc_output.py `--prefetch` measures it)."""
 
 from __future__ import annotations
 

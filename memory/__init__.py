@@ -10,6 +10,9 @@ How an engine uses it (one `Memory` per server process, one `SessionMemory` per 
     mem.add_utterance("user", transcript, t0, t1) # final transcript; later the reply as heard ("assistant")
     mem.turn_boundary(t)                          # VAD end of turn
     evict = mem.admit(WindowItem("text", n_tokens, t, text, "user"))  # what entered the cache -> what to drop
+    # or, for a cache that evicts by position (sinks + ring; the engines' KVCache.watch calls slide):
+    mem.track(WindowItem("text", n_tokens, t, text, "user", start=cache_index))   # L0 holds it
+    mem.slide(edge)                               # the window starts at `edge` now: what starts below goes below
     # end of the user's turn (or a text turn), before the reply:
     recall = mem.recall(text_embedder([q])[0], q, budget_tokens=1024, lanes={"video": q_vec})
     slot = recall.text   # the prompt's recalled-memory slot; recall.items carry times and evidence features

@@ -5,7 +5,9 @@ Write path (never waits for a model or the disk, except under the back-pressure 
   the segmenter's bookkeeping runs inline (one mean and one dot product), closed events go to the writer queue.
 - `add_utterance(role, text, t0, t1)` for the user's final transcript and the assistant's reply (as heard),
   `turn_boundary(t)` at the VAD's end of a turn, `admit(WindowItem)` for what enters the engine's cache (returns
-  what to evict, after queueing evicted text for L3; an engine with its own eviction reports it with `evicted`),
+  what to evict, after queueing evicted text for L3; an engine with its own eviction reports it with `evicted`, or,
+  when its cache evicts by position, `track(item)` for each item with its cache index and `slide(edge)` before the
+  window's start moves: the items that leave have their text queued for L3 first, memory.window),
   `add_fact(text, t)` for an explicit user fact.
 - A writer thread embeds transcripts (the injected `embed`), commits to the store and updates the RAM index.
   Queue policy: bounded (`write_queue_max`, 256 records: at one event per 3 s that is over 12 min of backlog);
@@ -297,6 +299,23 @@ class SessionMemory:
             self._roll_up(old)
         return evicted
 
+    def track(self, item: WindowItem) -> None:
+        """`item` entered the engine's position-evicting cache at index `item.start` (memory.window)."""
+        for old in self.window.track(item):
+            self._roll_up(old)
+
+    def revise_held(self, old: WindowItem, text: str) -> bool:
+        """A tracked text item, still in the window, now says `text` (False when it left already)."""
+        return self.window.revise(old, text.strip(), self.memory.count_tokens(text))
+
+    def slide(self, edge: int) -> list[WindowItem]:
+        """The engine's cache window is about to start at index `edge`: the tracked items below it leave now, their
+        text queued for L3 first. Returns them."""
+        gone = self.window.slide(edge)
+        for item in gone:
+            self._roll_up(item)
+        return gone
+
     def evicted(self, items: Sequence[WindowItem]) -> None:
         """For engines whose cache evicts by its own policy: these items left it; their text goes to L3."""
         for item in items:
@@ -324,7 +343,7 @@ class SessionMemory:
             return
         self._closed = True
         self._submit(self.segmenter.close())
-        for item in self.window.drain_text():
+        for item in [*self.window.drain_text(), *self.window.drain_held()]:
             self._roll_up(item)
         end = self.started_at + t if t is not None else time.time()
         self.memory.flush(consolidated=False)

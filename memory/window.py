@@ -7,12 +7,21 @@ checked against the model's trained range once, at construction. Eviction: audio
 until the audio/video window fits (StreamingVLM keeps 16 s of vision); then the oldest text until the text window
 fits. Sinks never leave. Evicted text is handed back so the caller writes it to L3 before dropping it
 (`SessionMemory.admit` does both): nothing leaves L0 without being written below.
+
+The engines' caches (model/lm/kv_cache.py: sinks + a ring of `window` token indexes) evict by position, oldest
+first, whatever the item; there the window holds each item with the cache index where it entered (`track`), and
+the cache tells it, before the forward that moves the window's start past index `edge` (`KVCache.watch`), which
+items leave (`slide`): every item that starts below `edge`, whole, although its tail may still be in view for a
+while (so it is written before any token of it is gone). The text of those goes to L3 (`SessionMemory.slide`);
+audio and video blocks were written to L1 when they entered. Held items are capped (`held_max`): past it the
+oldest leaves early, written below as on eviction, so a cache that never tells its window cannot grow it.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 WindowKind = Literal["sink", "text", "audio", "video"]
@@ -26,10 +35,12 @@ class WindowConfig:
     av_tokens: int = 1024  # about 16 s at 64 vision tokens/s (2 fps x 32) or 25 audio tokens/s plus vision
     question_tokens: int = 256
     max_positions: int = 32768  # the model's trained context
+    held_max: int = 8192  # items held by cache index (`track`); an engine's window of 8K tokens holds fewer
 
     def __post_init__(self) -> None:
         total = self.sink_tokens + self.recall_tokens + self.text_tokens + self.av_tokens + self.question_tokens
-        if min(self.sink_tokens, self.recall_tokens, self.text_tokens, self.av_tokens, self.question_tokens) < 0:
+        if min(self.sink_tokens, self.recall_tokens, self.text_tokens, self.av_tokens, self.question_tokens) < 0 \
+                or self.held_max < 1:
             raise ValueError(f"window budgets must be >= 0, got {self}")
         if total > self.max_positions:
             raise ValueError(
@@ -60,6 +71,7 @@ class WindowItem:
     text: str = ""
     role: str = ""
     handle: int = 0  # the engine's own reference (e.g. its cache segment), returned on eviction
+    start: int = -1  # the cache's token index where the item entered (`WorkingWindow.track`); -1: not tracked
 
 
 class WorkingWindow:
@@ -72,6 +84,8 @@ class WorkingWindow:
         self._av: deque[WindowItem] = deque()
         self._text_tokens = 0
         self._av_tokens = 0
+        self._held: list[WindowItem] = []  # tracked by cache index, in index order
+        self.left = 0  # tracked items that left (slid out, capped out, or drained)
 
     def layout(self) -> SlotLayout:
         c = self.config
@@ -126,4 +140,51 @@ class WorkingWindow:
         out = list(self._text)
         self._text.clear()
         self._text_tokens = 0
+        return out
+
+    # ---- items held by cache index, for a cache that evicts by position (module docstring) ------------------
+
+    @property
+    def held(self) -> list[WindowItem]:
+        return list(self._held)
+
+    def track(self, item: WindowItem) -> list[WindowItem]:
+        """`item` entered the cache at index `item.start`; an item tracked again at the same start and kind
+        and role replaces the one held (a reply re-given as heard). Returns what leaves early under `held_max`."""
+        if item.start < 0 or item.tokens < 0:
+            raise ValueError(f"a tracked window item needs a cache index >= 0 and tokens >= 0, got {item}")
+        if item.kind == "sink":
+            return []
+        at = bisect.bisect_left(self._held, item.start, key=lambda it: it.start)
+        while at < len(self._held) and self._held[at].start == item.start:
+            if (self._held[at].kind, self._held[at].role) == (item.kind, item.role):
+                self._held[at] = item
+                return []
+            at += 1
+        self._held.insert(at, item)
+        if len(self._held) <= self.config.held_max:
+            return []
+        out, self._held = self._held[:1], self._held[1:]
+        self.left += 1
+        return out
+
+    def revise(self, old: WindowItem, text: str, tokens: int) -> bool:
+        """A held text item now says `text` (a reply cut by a barge-in after it was tracked): False if not held."""
+        for k, it in enumerate(self._held):
+            if it == old:
+                self._held[k] = replace(it, text=text, tokens=tokens)
+                return True
+        return False
+
+    def slide(self, edge: int) -> list[WindowItem]:
+        """The cache's window now starts at index `edge`: the held items starting below it leave, oldest first."""
+        k = bisect.bisect_left(self._held, edge, key=lambda it: it.start)
+        out, self._held = self._held[:k], self._held[k:]
+        self.left += len(out)
+        return out
+
+    def drain_held(self) -> list[WindowItem]:
+        """Every held item, emptied (session end)."""
+        out, self._held = self._held, []
+        self.left += len(out)
         return out

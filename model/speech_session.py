@@ -47,12 +47,15 @@ ReplyEvent = TokenText | PCMChunk | ReplyRecord
 
 @dataclass(frozen=True)
 class SessionRows:
-    """A session's cache rows in the Thinker's and the Talker's `BatchedDecoder` pools (None: not pooled)."""
+    """A session's cache rows in the Thinker's and the Talker's `BatchedDecoder` pools (None: not pooled), and the
+    Qwen3-Omni Talker's code predictor's."""
 
     thinker: BatchedDecoder | None = None
     thinker_sid: int | None = None
     talker: BatchedDecoder | None = None
     talker_sid: int | None = None
+    predictor: BatchedDecoder | None = None
+    predictor_sid: int | None = None
     token2wav: StreamingToken2Wav | None = None  # shared by the sessions whose speech chunks batch together
 
 

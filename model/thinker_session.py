@@ -368,10 +368,32 @@ class ConversationSession:
             self.feed_ids(self.prompt.turn_end())
 
     def _decode_step(self, token: int) -> Generator[PoolStep, Any, None]:
-        """Feed one reply token at the next text position. Here through `feed_ids` (every family's path, taps
-        included); a session whose decode steps can batch (ThinkerSession) yields a `PoolStep` instead."""
-        self.feed_ids([token])
-        yield from ()
+        """Feed one reply token at the next text position: a `PoolStep` whose driver runs it alone or batched with
+        other sessions' (either family: the pooled decode step runs dense and MoE MLPs alike). Its taps are not
+        kept: a reply's tokens are no Talker's input."""
+        at = self.cursor.next_id
+        positions = self.cursor.text(1)  # [3, 1]
+        self.state.next_position = int(positions.max())  # where a batched step puts it (BatchedDecoder.decode)
+        x = self.thinker.lm.embed_tokens(torch.tensor([token], device=self.thinker.device))
+
+        def alone() -> tuple[torch.Tensor, torch.Tensor | None]:
+            out = self.thinker.lm(self.state, inputs_embeds=x[None], positions=positions[:, None].to(x.device),
+                                  return_hidden=True)
+            assert out.logits is not None and out.hidden is not None
+            return out.logits, out.hidden[:, -1]
+
+        try:
+            logits, hidden = yield PoolStep(self.pool, self.sid, token, alone)
+        except GeneratorExit:  # closed before the step ran (its driver answers a step at once): never fed
+            self.cursor.next_id = at
+            raise
+        assert hidden is not None
+        self._decoded(x, positions, logits, hidden)
+
+    def _decoded(self, x: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor) -> None:
+        """After a decode step of input embedding x [1, C] at positions [3, 1]: logits [1, V], hidden [1, C]."""
+        self.logits = logits[0]
+        self.prefilled_tokens += 1
 
     def respond(
         self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
@@ -509,32 +531,6 @@ class ThinkerSession(ConversationSession):
 
     # ---- prefill primitives ------------------------------------------------------------------------------
 
-
-    def _decode_step(self, token: int) -> Generator[PoolStep, Any, None]:
-        """Feed one reply token at the next text position: a `PoolStep` whose driver runs it alone or batched."""
-        at = self.cursor.next_id
-        positions = self.cursor.text(1)  # [3, 1]
-        self.state.next_position = int(positions.max())  # where a batched step puts it (BatchedDecoder.decode)
-        x = self.thinker.lm.embed_tokens(torch.tensor([token], device=self.thinker.device))
-
-        def alone() -> tuple[torch.Tensor, torch.Tensor | None]:
-            out = self.thinker.lm(self.state, inputs_embeds=x[None], positions=positions[:, None].to(x.device),
-                                  return_hidden=True)
-            assert out.logits is not None and out.hidden is not None
-            return out.logits, out.hidden[:, -1]
-
-        try:
-            logits, hidden = yield PoolStep(self.pool, self.sid, token, alone)
-        except GeneratorExit:  # closed before the step ran (its driver answers a step at once): never fed
-            self.cursor.next_id = at
-            raise
-        assert hidden is not None
-        self._decoded(x, positions, logits, hidden)
-
-    def _decoded(self, x: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor) -> None:
-        """After a decode step of input embedding x [1, C] at positions [3, 1]: logits [1, V], hidden [1, C]."""
-        self.logits = logits[0]
-        self.prefilled_tokens += 1
     def _shared_special(self, ids: Sequence[int]) -> None:  # the paired bos/eos of a video with audio
         x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
         self._feed(x, self.cursor.shared(len(ids)))

@@ -7,11 +7,17 @@ Who calls what (the engine session owns its lane, DESIGN.md "State"; the runtime
     engine_session.use_memory(lane)               # engines that have a memory (`UsesMemory`)
     # inside the engine session, on the device worker:
     slot = lane.slot(question)                    # end of turn (and at a pause): recall -> prompt slot text
-    lane.user_turn(text, cache_position)          # the turn's words, as the LM got them
-    lane.reply(text) ... lane.heard(played)       # the reply, then what of it was heard after a barge-in
-    lane.roll_up(cache_length, window, lookahead) # text about to leave the KV window -> L3 first
+    cache.watch(lane.slid)                        # the KV cache tells L0 before its window's start moves
+    lane.user_turn(text, cache_position)          # the turn's words, as the LM got them (and where)
+    lane.reply(text, cache_position) ... lane.heard(played)   # the reply, then what was heard after a barge-in
+    lane.track_media(kind, tokens, t, cache_position)         # audio/video blocks fed (already in L1)
     recall = lane.take_recalled()                 # the runtime: -> `omni.memory.recalled`
     lane.close()                                  # session end, off the event loop (it flushes the writer)
+
+L0: the session's `WorkingWindow` (memory.window) holds each text and media item with the cache index where it
+entered; the engine's `KVCache.watch` calls `slid(edge)` before each forward that moves the window's start, so the
+items leaving go below first (text to L3 as dialogue turns; audio and video were written to L1 as they came), and
+the engine's own cache never drops a token memory has not been told of. The engine stops the watch at its close.
 
 Write path: every call above does bookkeeping only (the segmenter's, a deque) and hands records to the memory's
 own writer thread (bounded at `MemoryConfig.write_queue_max`, 256 records; when full the caller waits and the wait
@@ -26,8 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -50,7 +56,6 @@ SLOT_HEADER = "What the user told you earlier (use it to answer):"
 @dataclass(frozen=True)
 class LaneConfig:
     budget_tokens: int = 192  # the recalled-memory slot: ~6 recalled lines, a tenth of the embedded 2,044 window
-    history_items: int = 512  # dialogue turns tracked for roll-up; older ones were rolled up long before
 
 
 @runtime_checkable
@@ -58,12 +63,6 @@ class UsesMemory(Protocol):
     """An engine session that reads and writes memory through a lane."""
 
     def use_memory(self, lane: MemoryLane) -> None: ...
-
-
-@dataclass
-class _Tracked:
-    start: int  # cache position where the text starts (tokens ever written when it was fed)
-    item: WindowItem
 
 
 class MemoryLane:
@@ -78,7 +77,7 @@ class MemoryLane:
         self._recalled: Recall | None = None
         self._reply: tuple[str, float, int] | None = None  # (text as heard so far, start time, cache position)
         self._said: tuple[str, float, float] | None = None  # the last reply given to memory: (text, t0, t1)
-        self._tracked: deque[_Tracked] = deque(maxlen=self.config.history_items)
+        self._reply_item: WindowItem | None = None  # the last reply as L0 holds it
         self.closed = False
 
     @property
@@ -89,7 +88,13 @@ class MemoryLane:
         return time.monotonic() - self._t0
 
     def slot(self, question: str) -> str:
-        """The recalled-memory slot for `question` (empty when nothing scored above the memory's floor)."""
+        """The recalled-memory slot for `question` (empty when nothing scored above the memory's floor): the header,
+        then the items in time order, one line each, "[2026-12-03 12:03:00, 5 min ago] fact: ..." as `Recall.text`
+        has them. SmolLM2-135M reads such a line back at the start of its answer, stamp and label included, and that
+        copy is most of its right answers: without the stamps it answered fewer (benchmarks/fact_recall.py,
+        held-out window facts: the items' words under "5 minutes ago:" headings 3 of the first 7 right, with a
+        trailing "(5 minutes ago)" 6 of 13, bare "- ..." lines 0 of 7, against 5 of 7 and 10 of 13 with stamps). So
+        the stamps stay, and the reply drops what it echoes of them (`SlotEcho`)."""
         question = question.strip()
         if not question:
             return ""
@@ -98,13 +103,13 @@ class MemoryLane:
             recall = self.handle.recall(q, question, self.config.budget_tokens)
             self._last = (question, recall)
         recall = self._last[1]
-        lines = _item_lines(recall)  # one per item, "[time, ago] body"; the header is replaced
-        kept = [(it, line) for it, line in zip(recall.items, lines, strict=True) if _user_side(it.text)]
-        self._recalled = Recall([it for it, _ in kept], sum(it.tokens for it, _ in kept), recall.budget_tokens,
-                                recall.text, recall.elapsed_ms)
+        kept = [it for it in recall.items if _user_side(it.text)]
+        self._recalled = Recall(kept, sum(it.tokens for it in kept), recall.budget_tokens, recall.text,
+                                recall.elapsed_ms)
         if not kept:
             return ""
-        return "\n".join([SLOT_HEADER, *(_user_lines(line) for _, line in kept)])
+        lines = dict(zip((id(it) for it in recall.items), _item_lines(recall), strict=True))
+        return "\n".join([SLOT_HEADER, *(_user_lines(lines[id(it)]) for it in kept)])
 
     def add_frame(self, lane: str, t: float, tokens: np.ndarray) -> None:
         """Pooled encoder tokens [N, D] of one audio block or video frame at media time `t` (seconds since the
@@ -144,7 +149,8 @@ class MemoryLane:
         return recall
 
     def user_turn(self, text: str, cache_position: int) -> None:
-        """The user's turn as the LM got it (spoken transcript and typed text); the last reply is final now."""
+        """The user's turn as the LM got it (spoken transcript and typed text) and the cache index where it starts;
+        the last reply is final now."""
         self._commit_reply()
         self._last = None
         t = self.clock()
@@ -155,35 +161,50 @@ class MemoryLane:
         self.handle.turn_boundary(t)
 
     def reply(self, text: str, cache_position: int) -> None:
-        """The reply as generated; `heard` replaces it when a barge-in cut it."""
-        self._reply = (text, self.clock(), cache_position)
+        """The reply as generated, from cache index `cache_position` on; `heard` replaces it when a barge-in cut
+        it. L0 holds it from now (a later turn's feed may push it out before the next `user_turn`)."""
+        t = self.clock() if self._reply is None else self._reply[1]
+        self._reply = (text, t, cache_position)
+        self._reply_item = self._track("assistant", text.strip(), t, cache_position)  # (an empty one: nothing to write)
 
     def heard(self, text: str) -> None:
         """What of the last reply the listener heard (barge-in, `conversation.item.truncate`). After the reply was
         final (the user spoke again before the client's truncate came) the remembered reply is revised: in the
-        open event, or in its written event and the roll-up queue."""
+        open event, or in its written event, and in L0 while it is still held there."""
         if self._reply is not None:
-            self._reply = (text, self._reply[1], self._reply[2])
+            self.reply(text, self._reply[2])
             return
         said = self._said
         if said is None or text.strip() == said[0]:
             return
         self.handle.revise_utterance("assistant", said[0], said[1], said[2], text)
         self._said = (text.strip(), said[1], said[2])
-        for tr in self._tracked:  # not rolled up yet: it goes to L3 as heard
-            if tr.item.role == "assistant" and tr.item.text == said[0] and tr.item.t == said[2]:
-                tr.item = WindowItem("text", self.handle.memory.count_tokens(text), tr.item.t, text.strip(),
-                                     "assistant")
+        item = self._reply_item
+        if item is not None and self.handle.revise_held(item, text):  # not rolled up yet: it goes to L3 as heard
+            self._reply_item = WindowItem("text", self.handle.memory.count_tokens(text), item.t, text.strip(),
+                                          "assistant", start=item.start)
+
+    def track_media(self, kind: str, tokens: int, t: float, cache_position: int) -> None:
+        """An audio block or video patch of `tokens` tokens fed at cache index `cache_position` (media time `t`),
+        already given to L1 (`add_frame`): L0 holds it until the window passes it."""
+        if kind not in ("audio", "video"):
+            raise ValueError(f"a media item is audio or video, got {kind!r}")
+        self.handle.track(WindowItem("audio" if kind == "audio" else "video", tokens, t, start=cache_position))
+
+    def slid(self, edge: int) -> None:
+        """The engine's KV window is about to start at cache index `edge` (`KVCache.watch`): what leaves L0 goes
+        below first."""
+        self.handle.slide(edge)
 
     def roll_up(self, cache_length: int, window: int, lookahead: int) -> None:
-        """Write to L3 each tracked text that the next `lookahead` tokens will push out of a `window`-token KV
-        window holding `cache_length` tokens so far, before it goes."""
-        edge = cache_length + lookahead - window
-        gone: list[WindowItem] = []
-        while self._tracked and self._tracked[0].start < edge:
-            gone.append(self._tracked.popleft().item)
-        if gone:
-            self.handle.evicted(gone)
+        """For an engine without `KVCache.watch`: write below each held item that the next `lookahead` tokens will
+        push out of a `window`-token KV window holding `cache_length` tokens so far, before it goes."""
+        self.slid(cache_length + lookahead - window)
+
+    @property
+    def held(self) -> list[WindowItem]:
+        """What L0 holds now, in cache order."""
+        return self.handle.window.held
 
     def close(self) -> None:
         """The last reply, the open event and the text still in the window go below; flushes the writer."""
@@ -191,8 +212,6 @@ class MemoryLane:
             return
         self.closed = True
         self._commit_reply()
-        self.handle.evicted([tr.item for tr in self._tracked])
-        self._tracked.clear()
         try:
             self.handle.close(self.clock())
         except MemoryWriteError as e:  # the writer already warned; the session ends normally without them
@@ -202,17 +221,68 @@ class MemoryLane:
     def _commit_reply(self) -> None:
         if self._reply is None:
             return
-        text, t0, pos = self._reply
+        text, t0, _ = self._reply
         self._reply = None
         if text.strip():
             t1 = self.clock()
             self.handle.add_utterance("assistant", text, t0, t1)
             self._said = (text.strip(), t0, t1)
-            self._track("assistant", text.strip(), t1, pos)
 
-    def _track(self, role: str, text: str, t: float, cache_position: int) -> None:
-        tokens = self.handle.memory.count_tokens(text)
-        self._tracked.append(_Tracked(cache_position, WindowItem("text", tokens, t, text, role)))
+    def _track(self, role: str, text: str, t: float, cache_position: int) -> WindowItem:
+        item = WindowItem("text", self.handle.memory.count_tokens(text), t, text, role, start=cache_position)
+        self.handle.track(item)
+        return item
+
+
+class SlotEcho:
+    """Drops the recalled slot's line markup that a small LM reads back at the start of a reply line: a stamp
+    ("[2026-12-03 12:03:00, 5 min ago] ", or one the LM made up in that form) and a label ("fact: ", "user: ",
+    "summary: "), so they are neither shown nor spoken. Streaming: text at a line's start is held while it could
+    still be such markup (at most a stamp's length), everything else passes at once."""
+
+    _MARK = re.compile(r"\[[^\]\n]{0,60}?\d[^\]\n]{0,60}\]\s*|(?:fact|user|summary): *")  # a stamp has digits
+    _LABELS = ("fact:", "user:", "summary:")
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._line_start = True
+        self.dropped = ""  # the markup dropped so far (diagnostics, tests)
+
+    def push(self, delta: str) -> str:
+        self._held += delta
+        out = []
+        while self._held:
+            if not self._line_start:
+                cut = self._held.find("\n")
+                if cut < 0:
+                    out.append(self._held)
+                    self._held = ""
+                    break
+                out.append(self._held[: cut + 1])
+                self._held = self._held[cut + 1 :]
+                self._line_start = True
+                continue
+            m = self._MARK.match(self._held)
+            if m is not None and m.end() < len(self._held):  # (a mark at the very end may still grow: "] " -> "]  ")
+                self.dropped += m.group(0)
+                self._held = self._held[m.end() :]
+                continue
+            if m is not None or self._may_start_mark(self._held):
+                break  # hold: more text decides
+            self._line_start = False
+        return "".join(out)
+
+    def flush(self) -> str:
+        """The end of the reply: what is held, less a complete mark."""
+        m = self._MARK.match(self._held)
+        rest = self._held[m.end() :] if m is not None else self._held
+        self._held, self._line_start = "", True
+        return rest
+
+    def _may_start_mark(self, s: str) -> bool:
+        if s.startswith("["):
+            return "]" not in s and "\n" not in s and len(s) <= 62
+        return any(label.startswith(s) for label in self._LABELS)
 
 
 def _item_lines(recall: Recall) -> list[str]:
@@ -230,7 +300,7 @@ def _user_side(body: str) -> bool:
 
 
 def _user_lines(line: str) -> str:
-    """`line` without the assistant's parts: the slot quotes what the user said, facts and summaries. SmolLM2-135M
+    """An item's text without the assistant's parts: the slot quotes the user, facts and summaries. SmolLM2-135M
     repeated its own earlier "I don't have a locker code associated with you yet" when that reply was recalled
     beside the user's "My locker code is 4719" (and answered with the digits once it was left out)."""
     return " / ".join(part for part in line.split(" / ") if not part.startswith("assistant: "))

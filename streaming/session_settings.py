@@ -72,7 +72,7 @@ class SettingsUpdates:
         """Instructions and voice after the first reply; False (and an error event) if the voice was to change."""
         instructions, voice = self._engine_settings(settings)
         if voice != self.config.voice:
-            field = f"session.{settings.get('voice_field', 'audio.output.voice')}"
+            field = settings.get("voice_field", "session.audio.output.voice")  # the full path (events.py)
             self._emit(self.events.error(
                 "cannot_update_voice", "Cannot update the conversation's voice once the assistant has replied: the "
                 "voice is chosen with the first reply (open a new session for another voice).", param=field))

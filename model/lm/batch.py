@@ -54,7 +54,7 @@ class _RowCache(KVCache):
         self.cfg = pool.cache_cfg
         self.k, self.v = pool.k[:, row : row + 1, :, :S], pool.v[:, row : row + 1, :, :S]
         self.slot_token, self.slot_pos = pool.slot_token[row, :S], pool.slot_pos[row, :S]
-        self.length = 0
+        self._init_counters()
 
 
 @dataclass

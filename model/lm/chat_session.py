@@ -7,9 +7,9 @@ suffix is tokenised and fed. Otherwise the cache is reset and the whole prompt i
 `messages` stays as long as the cache's window: after each reply, messages whose every token has left the window
 (not the leading system message, which the cache's sinks and the template keep first) are dropped, and the
 fed text is re-based so the next turn still prefills only what is new. A caller that keeps memory writes what
-leaves the window below before it goes (the embedded engine's `MemoryLane.roll_up` runs before each turn with
-the turn's length as lookahead, so a message dropped here was written to L3 first). With a template where
-dropping a message changes the rest of the rendering, nothing is dropped.
+leaves the window below before it goes (the embedded engine's memory lane watches the cache, `KVCache.watch`,
+and is told before each forward that moves the window's start, so a message dropped here was written to L3
+first). With a template where dropping a message changes the rest of the rendering, nothing is dropped.
 
 Bounded steps (`prefill_chunk`): a prompt is fed at most that many tokens per step, so that a caller running each
 step as one job of a worker shared with other conversations lets their jobs run between the chunks (issue 16: one
@@ -145,6 +145,11 @@ class ChatSession:
     def backlog(self) -> int:
         """Tokens of the history that `prefill_history` has yet to feed (the next reply feeds them otherwise)."""
         return len(self._backlog)
+
+    @property
+    def turn_start(self) -> int:
+        """The cache index where the next user turn starts (before a speculative turn prefilled by `prefill_turn`)."""
+        return self._before_turn.length if self._before_turn is not None else self.state.cache.length
 
     def prefill_history(self, max_tokens: int | None = None) -> int:
         """Feed whatever of the current history the cache does not hold yet (e.g. the system prompt, while

@@ -15,6 +15,11 @@ For text this makes the sink distances window .. window + sinks - 1 forever, exa
 just before the window; before the cache wraps shift is 0 and attention is exact full attention.
 Choose window + sinks <= max_position_embeddings to keep every distance inside the trained range.
 
+Watching the window (`watch`): a caller that keeps what leaves the window elsewhere (the memory's L0, issue 12)
+is told, before the forward that moves the window's start writes anything, that every token index below `edge`
+has left it (`edge` = length - window; sink tokens never leave). Every path that adds tokens goes through
+`length`: a prefill or decode step's `plan`, and the batched decode step (model/lm/batch.py).
+
 Element type: `CacheConfig.dtype`, or when None the model's choice (`DecoderLM.cache_dtype`: float16 for
 the 4-bit CPU decoder, whose decode step at 2,048 tokens of context otherwise reads 94 MB of float32
 cache per token, as much as its weights; the residual stream's dtype elsewhere). Keys and values are
@@ -24,6 +29,7 @@ fused C step reads float32 and float16 caches; any other dtype (bfloat16, say) r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -72,12 +78,42 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.slot_token = torch.full((cfg.capacity,), -1, dtype=torch.long, device=device)
         self.slot_pos = torch.zeros(cfg.capacity, dtype=torch.long, device=device)
-        self.length = 0  # tokens ever written (host counter, no device sync)
+        self._init_counters()
+
+    def _init_counters(self) -> None:
+        """The host-side counters (a cache over buffers of its own or a pool's row, model/lm/batch.py)."""
+        self._length = 0  # tokens ever written (host counter, no device sync)
+        self._watcher: Callable[[int], None] | None = None
+        self._edge = 0  # the furthest edge reached (told to the watcher when there is one)
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    @length.setter
+    def length(self, n: int) -> None:
+        """Tokens ever written; growing it past `window` moves the window's start, which the watcher hears first."""
+        edge = n - self.cfg.window
+        if self._watcher is not None and edge > self._edge:
+            self._watcher(edge)
+        self._edge = max(self._edge, edge)
+        self._length = n
+
+    def watch(self, watcher: Callable[[int], None] | None) -> None:
+        """Call `watcher(edge)` before the window's start moves to token index `edge` (module docstring); None stops.
+        A cache that wrapped before the watch began tells its current edge at once."""
+        self._watcher = watcher
+        if watcher is not None and self._edge > 0:
+            watcher(self._edge)
 
     def reset(self) -> None:
+        """Forget every token (a watcher hears that all of them left)."""
+        if self._watcher is not None and self._length > 0:
+            self._watcher(self._length)
         self.slot_token.fill_(-1)
         self.slot_pos.zero_()
-        self.length = 0
+        self._length = 0
+        self._edge = 0
 
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes + self.slot_token.nbytes + self.slot_pos.nbytes
@@ -124,7 +160,7 @@ class KVCache:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
         self.slot_token.masked_fill_(self.slot_token >= length, -1)
-        self.length = length
+        self._length = length  # (the window's start moves back: tokens already told gone were only written early)
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: [B, kv_heads, T, D] into the slots [T]."""

@@ -1,8 +1,8 @@
 """L2 summaries written by a text LM, in small steps a scheduler can interleave with conversation work.
 
 `summary_steps(lm, texts)` (a text LM) or `thinker_summary_steps(thinker, texts)` (an omni checkpoint's Thinker,
-text only) is a generator: each `next()` does one bounded piece of work (a prefill chunk of
-`prefill_chunk` tokens or one decoded token) and the summary is its return value (`StopIteration.value`). The
+text only, either family: `OmniThinker`) is a generator: each `next()` does one bounded piece of work (a prefill
+chunk of `prefill_chunk` tokens or one decoded token) and the summary is its return value (`StopIteration.value`). The
 caller runs each step as its own job on the device worker, so a turn waits at most one step behind it
 (streaming.memory_summary). The state (a fresh, small KV cache) belongs to the generator: the conversation's
 sessions are not touched. Each step enters inference mode itself, since other jobs run on the same thread between
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -22,7 +23,7 @@ from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplerState, SamplingConfig, sample
 from model.lm.tokenizer import TextTokenizer
 from model.loaders import LoadedLM
-from model.loaders.omni import LoadedThinker
+from model.prompt import PromptBuilder
 
 # Short and concrete: SmolLM2-135M follows a one-line instruction better than a long one.
 SUMMARY_INSTRUCTION = (
@@ -56,8 +57,27 @@ def summary_steps(
     return (yield from prompt_steps(lm.model, lm.tokenizer, ids, cfg))
 
 
+class _HasDecoder(Protocol):
+    @property
+    def lm(self) -> DecoderLM: ...
+
+
+class OmniThinker(Protocol):
+    """What a summary needs of a loaded omni Thinker: its text decoder, chat prompt and tokenizer (Qwen2.5-Omni's
+    `LoadedThinker` and Qwen3-Omni's `LoadedQwen3` both have them)."""
+
+    @property
+    def model(self) -> _HasDecoder: ...
+
+    @property
+    def prompt(self) -> PromptBuilder: ...
+
+    @property
+    def tokenizer(self) -> TextTokenizer: ...
+
+
 def thinker_summary_steps(
-    thinker: LoadedThinker, texts: Sequence[str], config: SummaryConfig | None = None
+    thinker: OmniThinker, texts: Sequence[str], config: SummaryConfig | None = None
 ) -> Generator[None, None, str]:
     """`summary_steps` on an omni checkpoint's Thinker, text only: its own chat prompt (PromptBuilder), its decoder
     with plain positions (text ids are equal on the three TMRoPE axes, which is plain RoPE)."""

@@ -37,6 +37,7 @@ import torch
 from model.encoders.audio_frontend import HOP_LENGTH, AudioInputError
 from model.encoders.qwen3_vision import Qwen3VisionOutput, Qwen3VisionState
 from model.encoders.vision_preprocess import VisionInputError
+from model.lm.batch import BatchedDecoder
 from model.lm.decoder import LayerAdds
 from model.lm.kv_cache import CacheConfig
 from model.lm.tokenizer import TextTokenizer
@@ -107,10 +108,14 @@ class Qwen3ThinkerSession(ConversationSession):
         cache: CacheConfig | None = None,
         tokenizer: TextTokenizer | None = None,
         tap_layer: int | None = None,
+        pool: BatchedDecoder | None = None,
+        sid: int | None = None,
     ) -> None:
         """`tap_layer` k (the Talker's accept_hidden_layer): every fed piece's input embeddings and the hidden
-        states entering layer k are kept for `take_taps` (decode steps then run the per-layer path)."""
-        super().__init__(thinker, prompt, thinker.cfg.rope, cache, tokenizer, tap_layer)
+        states entering layer k are kept for `take_taps` (prefills then run the per-layer path). `pool`, `sid`: a
+        row of a pool of the Thinker's decoder as the session's cache, so its reply's decode steps can run batched
+        with other sessions' (ConversationSession)."""
+        super().__init__(thinker, prompt, thinker.cfg.rope, cache, tokenizer, tap_layer, pool=pool, sid=sid)
         self.thinker: Qwen3Thinker = thinker
         self._audio: _AudioTurn | None = None
         self._video: tuple[Qwen3VisionState, StreamingVideoPositions] | None = None

@@ -15,13 +15,15 @@ the session is ready for the next user turn. The speaker is chosen by name (`tal
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from model.code2wav import Code2Wav, Code2WavConfig, Code2WavStreamState, StreamingCode2Wav, load_code2wav
 from model.errors import CheckpointError, ConfigError
+from model.lm.batch import BatchedDecoder, PoolStep, run_alone
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplingConfig
 from model.loaders.hf import SafetensorsIndex
@@ -88,8 +90,12 @@ class Qwen3SpeakingSession:
     """One conversation's speech output over shared `Qwen3SpeechModels` (see the module docstring)."""
 
     def __init__(self, models: Qwen3SpeechModels, thinker_embeddings: torch.Tensor,
-                 settings: Qwen3SpeechSettings | None = None, cache: CacheConfig | None = None) -> None:
-        """thinker_embeddings: the Thinker's input embedding table [V_text, E] (for the TTS specials)."""
+                 settings: Qwen3SpeechSettings | None = None, cache: CacheConfig | None = None,
+                 pool: BatchedDecoder | None = None, sid: int | None = None,
+                 predictor_pool: BatchedDecoder | None = None, predictor_sid: int | None = None) -> None:
+        """thinker_embeddings: the Thinker's input embedding table [V_text, E] (for the TTS specials). `pool`,
+        `sid`: the Talker decoder's cache is row `sid` of this pool (`predictor_pool`, `predictor_sid`: the code
+        predictor's), so `pump_steps` can batch their steps (`Qwen3Talker.init_state`)."""
         self.models = models
         self.settings = settings or Qwen3SpeechSettings()
         cfg, talker = models.config, models.talker
@@ -97,7 +103,7 @@ class Qwen3SpeakingSession:
         s = self.settings
         self.state: Qwen3TalkerState = talker.init_state(
             texts, models.talker_config.speaker(s.speaker), sampling=s.sampling, predictor=s.predictor_sampling,
-            seed=s.seed, cache=cache)
+            seed=s.seed, cache=cache, pool=pool, sid=sid, predictor_pool=predictor_pool, predictor_sid=predictor_sid)
         self.streamer = StreamingCode2Wav(models.code2wav, s.first_chunk_frames, s.chunk_frames)
         self.wav: Code2WavStreamState | None = None
         self.frames: list[torch.Tensor] = []  # this reply's frames [Q], in order
@@ -164,10 +170,15 @@ class Qwen3SpeakingSession:
     def pump(self, max_frames: int | None = None) -> Iterator[PCMChunk]:
         """Run the Talker frames that can run now (at most `max_frames`) and yield the PCM they complete; at the
         Talker's end (EOS or the frame limit) the stream is flushed and the reply closed."""
+        return run_alone(self.pump_steps(max_frames))
+
+    def pump_steps(self, max_frames: int | None = None) -> Generator[PCMChunk | PoolStep, Any, None]:
+        """`pump`, yielding each frame's codebook-0 decode step as a `PoolStep` for its driver to run (alone or
+        batched with other sessions', model/lm/batch.py `run_steps`)."""
         talker, st = self.models.talker, self.state
         done = 0
         while self.wav is not None and talker.can_step(st) and (max_frames is None or done < max_frames):
-            frame = talker.step(st)
+            frame = yield from talker.step_steps(st)
             done += 1
             if frame is not None:
                 self.frames.append(frame)

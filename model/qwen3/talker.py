@@ -27,14 +27,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import deque
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from model.errors import CheckpointError, ConfigError
+from model.lm.batch import BatchedDecoder, PoolStep
 from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM, DecoderState
 from model.lm.kv_cache import CacheConfig
@@ -87,7 +90,7 @@ class TalkerTexts:
 class Qwen3TalkerState:
     """One session's Talker: the two KV caches, samplers, queued text slots and the reply's progress."""
 
-    decoder: DecoderState
+    decoder: DecoderState  # its own cache, or a row of a `BatchedDecoder` pool (`pool`, `sid`)
     predictor: DecoderState  # reset for every frame
     sampler: SamplerState
     predictor_sampler: SamplerState
@@ -106,6 +109,10 @@ class Qwen3TalkerState:
     done: bool = False
     reply_start: int | None = None  # cache length when the reply began (None: no reply)
     reply_position: int = 0  # next_position when the reply began
+    pool: BatchedDecoder | None = None  # the pool whose row `sid` is `decoder` (None: a cache of its own)
+    sid: int | None = None
+    predictor_pool: BatchedDecoder | None = None  # the pool whose row `predictor_sid` is `predictor`
+    predictor_sid: int | None = None
 
 
 class Qwen3Talker(nn.Module):
@@ -163,22 +170,46 @@ class Qwen3Talker(nn.Module):
 
     def init_state(self, texts: TalkerTexts, speaker: int, sampling: SamplingConfig | None = None,
                    predictor: SamplingConfig | None = None, seed: int | None = None,
-                   cache: CacheConfig | None = None) -> Qwen3TalkerState:
-        """A session; `speaker` is a codec id (`cfg.speaker(name)`); sampling defaults to the reference's."""
+                   cache: CacheConfig | None = None, pool: BatchedDecoder | None = None,
+                   sid: int | None = None, predictor_pool: BatchedDecoder | None = None,
+                   predictor_sid: int | None = None) -> Qwen3TalkerState:
+        """A session; `speaker` is a codec id (`cfg.speaker(name)`); sampling defaults to the reference's.
+        `pool`, `sid`: the decoder's cache is row `sid` of this `embeds=True` pool of `self.decoder`, so the
+        codebook-0 steps of `step_steps` can run batched with other sessions' (model/lm/batch.py);
+        `predictor_pool`, `predictor_sid`: the same for the code predictor (a pool of `self.predictor` with
+        `predictor_cache()`)."""
+        mtp_cache = self.predictor_cache()
+        if predictor_pool is not None and predictor_sid is not None:
+            if predictor_pool.cache_cfg != mtp_cache:
+                raise ValueError("the code predictor's pool needs Qwen3Talker.predictor_cache()")
+            mtp = predictor_pool.sessions[predictor_sid].state
+        else:
+            predictor_pool = predictor_sid = None
+            mtp = self.predictor.init_state(mtp_cache)
+        if pool is not None and sid is not None:
+            if cache is not None and cache != pool.cache_cfg:
+                raise ValueError("the Talker's cache config differs from its pool's")
+            decoder = pool.sessions[sid].state
+        else:
+            pool = sid = None
+            decoder = self.decoder.init_state(cache)
         sampling = sampling or talker_sampling(self.cfg, seed=seed)
         if self.cfg.codec_eos_token_id not in sampling.stop_token_ids:
             sampling = dataclasses.replace(sampling, stop_token_ids=sampling.stop_token_ids |
                                            {self.cfg.codec_eos_token_id})
-        groups = self.cfg.num_code_groups
-        mtp_cache = CacheConfig(sinks=0, window=groups, chunk=2)
         return Qwen3TalkerState(
-            decoder=self.decoder.init_state(cache),
-            predictor=self.predictor.init_state(mtp_cache),
+            decoder=decoder,
+            predictor=mtp,
             sampler=SamplerState.create(self.decoder.cfg.vocab_size, seed=seed, device=self.device),
             predictor_sampler=SamplerState.create(self.predictor.cfg.vocab_size, seed=seed, device=self.device),
             sampling=sampling, predictor_sampling=predictor or predictor_sampling(seed=seed),
-            texts=texts, speaker=speaker,
+            texts=texts, speaker=speaker, pool=pool, sid=sid, predictor_pool=predictor_pool,
+            predictor_sid=predictor_sid,
         )
+
+    def predictor_cache(self) -> CacheConfig:
+        """The code predictor's cache: one frame's positions (the Talker's hidden state, then a code per group)."""
+        return CacheConfig(sinks=0, window=self.cfg.num_code_groups, chunk=2)
 
     # ---- the user track ----------------------------------------------------------------------------------
 
@@ -232,11 +263,34 @@ class Qwen3Talker(nn.Module):
     def step(self, state: Qwen3TalkerState) -> torch.Tensor | None:
         """The next frame: codes [Q] (long), or None when codebook 0 is EOS. The frame that reaches the
         sampling's max_new_tokens is returned whole and ends the reply (`state.done`)."""
+        gen = self.step_steps(state)
+        send: Any = None
+        while True:
+            try:
+                st = gen.send(send)
+            except StopIteration as stop:
+                return cast("torch.Tensor | None", stop.value)
+            send = st.alone()
+
+    def step_steps(self, state: Qwen3TalkerState) -> Generator[PoolStep, Any, torch.Tensor | None]:
+        """`step`, yielding its codebook-0 decode step (one, or none right after `begin_reply`) as a `PoolStep`
+        for its driver to run alone or batched with other sessions' (model/lm/batch.py `run_steps`); returns the
+        frame. The code predictor's pass runs per session."""
         if not self.can_step(state):
             raise ValueError("the Talker cannot step: begin_reply first, then push_text or end_text")
         if state.logits is None:
             assert state.last_frame is not None
-            self._run(state, (self.frame_embedding(state.last_frame) + self._next_slot(state))[None, None])
+            with torch.inference_mode():
+                x = (self.frame_embedding(state.last_frame) + self._next_slot(state))[None, None].to(self.dtype)
+
+            def alone() -> tuple[torch.Tensor, torch.Tensor | None]:
+                self._run(state, x)
+                assert state.logits is not None and state.hidden is not None
+                return state.logits, state.hidden[:, -1]
+
+            logits, hidden = yield PoolStep(state.pool, state.sid, x, alone)
+            assert hidden is not None
+            state.logits, state.hidden = logits.float().clone(), hidden[:, None]  # a batch's buffers get reused
         assert state.logits is not None and state.hidden is not None
         logits, hidden = state.logits, state.hidden
         state.logits = state.hidden = None
@@ -244,7 +298,10 @@ class Qwen3Talker(nn.Module):
         c0 = self.choose_first(state, logits)
         if c0 in state.sampling.stop_token_ids:
             return None
-        frame = self.predict_residual(state, hidden, c0)
+        if state.predictor_pool is None:
+            frame = self.predict_residual(state, hidden, c0)
+        else:
+            frame = yield from self.predict_residual_steps(state, hidden, c0)
         state.last_frame = frame
         return frame
 
@@ -302,6 +359,36 @@ class Qwen3Talker(nn.Module):
             if g + 1 < len(self.heads):
                 x = self.codec_embeddings[g](code)[None].to(self.dtype)
         return torch.cat(codes)
+
+    def predict_residual_steps(self, state: Qwen3TalkerState, hidden: torch.Tensor, c0: int
+                               ) -> Generator[PoolStep, Any, torch.Tensor]:
+        """`predict_residual` for a predictor cache in a pool row: the two-position prefill runs here, each later
+        group's one-token step is yielded as a `PoolStep` (batched with other sessions' by its driver)."""
+        mtp = state.predictor
+        with torch.inference_mode():
+            mtp.reset()
+            codes = [torch.tensor([c0], device=self.device)]
+            x = torch.cat([hidden.to(self.dtype), self.decoder.embed_tokens(codes[0])[None].to(self.dtype)], dim=1)
+            out = self.predictor(mtp, inputs_embeds=x, logits="none", return_hidden=True)
+            assert out.hidden is not None
+            h = out.hidden[:, -1]
+        for g, head in enumerate(self.heads):
+            if g:
+                with torch.inference_mode():
+                    x = self.codec_embeddings[g - 1](codes[-1])[None].to(self.dtype)
+                _, h = yield PoolStep(state.predictor_pool, state.predictor_sid, x, partial(self._predict, mtp, x))
+                assert h is not None
+            with torch.inference_mode():
+                codes.append(sample(head(h).float(), state.predictor_sampling, state.predictor_sampler))
+        return torch.cat(codes)
+
+    def _predict(self, mtp: DecoderState, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One code predictor step alone (a `PoolStep`'s `alone`): its hidden state; no logits (the heads are per
+        group)."""
+        out = self.predictor(mtp, inputs_embeds=x, logits="none", return_hidden=True)
+        assert out.hidden is not None
+        h = out.hidden[:, -1]
+        return h.new_zeros(1, 0), h
 
     @torch.inference_mode()
     def frame_embedding(self, frame: torch.Tensor) -> torch.Tensor:

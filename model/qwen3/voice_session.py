@@ -8,10 +8,11 @@ go to the Talker's user track, at the Thinker's own positions shifted to start w
 (TM-RoPE ids inside a turn are relative, so this equals `rope_index` over the turn). A piece that a rollback
 dropped (an audio window re-fed after a louder part, `rollback`) is dropped by where it started in the cache.
 
-`respond` drives the Talker with each reply token as the Thinker makes it and yields the PCM of the frames that
-can run (`Qwen3SpeakingSession.pump`), then the rest once the text ends; a reply cut short (the caller closing the
-iterator: barge-in) stops the Talker, whose reply positions leave its cache; the user track is unchanged, so the
-conversation after a barge-in needs only the Thinker's rollback.
+`respond` (`respond_steps` run alone; the engine's batcher runs the Thinker decode steps of several sessions as one
+forward when their caches are rows of one pool) drives the Talker with each reply token as the Thinker makes it and
+yields the PCM of the frames that can run (`Qwen3SpeakingSession.pump`), then the rest once the text ends; a reply cut
+short (the caller closing the iterator: barge-in) stops the Talker, whose reply positions leave its cache; the user
+track is unchanged, so the conversation after a barge-in needs only the Thinker's rollback.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
+from model.lm.batch import PoolStep, run_alone
 from model.lm.decoder import LayerAdds
-from model.lm.detokenizer import IncrementalDetokenizer
 from model.lm.kv_cache import CacheConfig
 from model.lm.sampling import SamplingConfig
 from model.lm.tokenizer import TextTokenizer
@@ -32,6 +33,7 @@ from model.prompt import PromptBuilder
 from model.qwen3.session import Qwen3ThinkerSession
 from model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings
 from model.qwen3.thinker import Qwen3Thinker
+from model.speech_session import SessionRows
 from model.thinker_session import PromptPart, ReplyRecord, SlotPiece, TokenText
 from model.token2wav.streaming import PCMChunk
 
@@ -58,12 +60,19 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
         system_prompt: str | None = None,
         cache: CacheConfig | None = None,
         talker_cache: CacheConfig | None = None,
+        rows: SessionRows | None = None,
     ) -> None:
+        """`rows`: the session's rows in pools of the Thinker's decoder, the Talker's and its code predictor's
+        (`embeds=True`) as their caches, so the reply's decode steps can run batched with other sessions'
+        (`respond_steps`)."""
+        rows = rows or SessionRows()
         self._pieces: list[_Piece] = []
         self._ids: list[int] | None = None  # the ids of the text piece being fed
         self._kind: str | None = None  # the kind of the encoder output being fed ("audio", "video")
-        super().__init__(thinker, prompt, None, cache, tokenizer, tap_layer=speech.talker_config.accept_hidden_layer)
-        self.speech = Qwen3SpeakingSession(speech, thinker.lm.embed_tokens.weight, settings, talker_cache)
+        super().__init__(thinker, prompt, None, cache, tokenizer, tap_layer=speech.talker_config.accept_hidden_layer,
+                         pool=rows.thinker, sid=rows.thinker_sid)
+        self.speech = Qwen3SpeakingSession(speech, thinker.lm.embed_tokens.weight, settings, talker_cache,
+                                           rows.talker, rows.talker_sid, rows.predictor, rows.predictor_sid)
         tk = speech.talker_config
         self._media_ids = {"audio": tk.audio_token_id, "image": tk.image_token_id, "video": tk.video_token_id}
         self._user = prompt.turn_start("user")
@@ -149,40 +158,55 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
     ) -> Generator[TokenText | PCMChunk | ReplyRecord, None, None]:
         """TokenText as the reply's text completes, PCMChunk as its speech does, then a ReplyRecord (codes: one
         per Talker frame, its codebook-0 code)."""
-        assert self.tokenizer is not None
-        stops = stop_ids if stop_ids is not None else frozenset(
-            sampling.stop_token_ids or self.tokenizer.stop_token_ids)
+        return run_alone(self.respond_steps(sampling, stop_ids))
+
+    def respond_steps(  # type: ignore[override]  # its events include PCMChunk
+        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
+    ) -> Generator[TokenText | PCMChunk | ReplyRecord | PoolStep, Any, None]:
+        """`respond`, yielding every Thinker, Talker (codebook 0) and code predictor decode step as a `PoolStep` for
+        its driver to run (alone or batched with other sessions', model/lm/batch.py `run_steps`)."""
         dev = self.thinker.device
         embed = self.thinker.lm.embed_tokens
         head = embed(torch.tensor(self.prompt.turn_start("assistant"), device=dev))
-        detok = IncrementalDetokenizer(self.tokenizer)
         tokens: list[int] = []
         samples = 0
         sp = self.speech
-        gen = self.generate(sampling, stops)
+
+        def pump() -> Generator[PCMChunk | PoolStep, Any, None]:
+            nonlocal samples
+            gen = sp.pump_steps()
+            send: Any = None
+            try:
+                while True:
+                    try:
+                        x = gen.send(send)
+                    except StopIteration:
+                        return
+                    if isinstance(x, PoolStep):
+                        send = yield x
+                    else:
+                        send = None
+                        samples += x.samples.shape[-1]
+                        yield x
+            finally:
+                gen.close()
+
+        def talk(tokens: list[int]) -> Generator[PCMChunk | PoolStep, Any, None]:
+            e = embed(torch.tensor(tokens[-1:], device=dev))[0]
+            if len(tokens) == 1:
+                sp.begin_reply(head, e)
+            else:
+                sp.push_text(e)
+            yield from pump()
+
         try:
-            for token in gen:
-                e = embed(torch.tensor([token], device=dev))[0]
-                if not tokens:
-                    sp.begin_reply(head, e)
-                else:
-                    sp.push_text(e)
-                tokens.append(token)
-                delta = detok.push(token)
-                if delta:
-                    yield TokenText(delta, token, time.monotonic())
-                for chunk in sp.pump():
-                    samples += chunk.samples.shape[-1]
-                    yield chunk
+            text = yield from self._decode_reply(sampling, stop_ids, tokens, talk)  # closing it feeds the turn end
             if sp.replying:
                 sp.end_text()
-                for chunk in sp.pump():
-                    samples += chunk.samples.shape[-1]
-                    yield chunk
+                yield from pump()
             codes = [int(f.reshape(-1)[0]) for f in sp.frames]
         finally:
-            gen.close()
             self._pieces = []  # the reply's own tokens are not the Talker's input
             if sp.replying:
                 sp.stop()
-        yield ReplyRecord(detok.text(), tokens, codes, samples, time.monotonic())
+        yield ReplyRecord(text, tokens, codes, samples, time.monotonic())

@@ -51,7 +51,7 @@ from streaming.engine import (
     Working,
     close_iterator,
 )
-from streaming.memory_lane import MemoryLane
+from streaming.memory_lane import MemoryLane, SlotEcho
 from streaming.transcript import TranscriptDeltas
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "EmbeddedEngine", "EmbeddedSession"]
@@ -215,8 +215,15 @@ class EmbeddedSession(EngineSessionBase):
 
     def use_memory(self, lane: MemoryLane) -> None:
         """Read and write memory through `lane` (streaming.memory_lane): transcripts and replies as heard go in,
-        each turn's recall goes into a system message just before the user's (the recalled-memory slot)."""
+        each turn's recall goes into a system message just before the user's (the recalled-memory slot). The chat's
+        KV cache tells the lane before its window slides, so what leaves it is written below first (L0)."""
         self.memory = lane
+        self.chat.state.cache.watch(lane.slid)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.chat.state.cache.watch(None)  # the lane's owner closes it; the cache stops telling it
+        super().close()
 
     def _recalled(self, message: str) -> str:
         """The turn's recalled-memory slot, led by the system prompt once the prompt has left the KV window: the
@@ -354,11 +361,12 @@ class EmbeddedSession(EngineSessionBase):
     def _reply(self, message: str, turn: _TurnClock, speech: bool, instructions: str | None = None
                ) -> Iterator[EngineEvent]:
         splitter = PhraseSplitter()
-        slot = "\n".join(p for p in (self._recalled(message), (instructions or "").strip()) if p)
-        start = self.chat.state.cache.length  # the turn's first cache position (the reply's is a little later)
+        recalled = self._recalled(message)
+        slot = "\n".join(p for p in (recalled, (instructions or "").strip()) if p)
+        echo = SlotEcho() if recalled else None  # the LM may read a slot line's stamp back: not shown nor spoken
+        shown: list[str] = []
+        start = self.chat.turn_start  # the turn's first cache index (the reply's is a little later)
         if self.memory is not None:
-            cache = self.chat.state.cache  # roll up what this turn may push out
-            self.memory.roll_up(cache.length, cache.cfg.window, self._lookahead(slot, message))
             self.memory.user_turn(message, start)
         stream = self.chat.stream_reply(message, slot)
         try:
@@ -366,8 +374,17 @@ class EmbeddedSession(EngineSessionBase):
                 if not delta:  # between two chunks of the prompt: this step ends here
                     yield Working()
                     continue
+                if echo is not None and not (delta := echo.push(delta)):
+                    continue
+                shown.append(delta)
                 yield TextDelta(delta)
                 for phrase in splitter.push(delta):
+                    if speech:
+                        yield from self._speak(phrase, turn, final=False)
+            if echo is not None and (tail := echo.flush()):
+                shown.append(tail)
+                yield TextDelta(tail)
+                for phrase in splitter.push(tail):
                     if speech:
                         yield from self._speak(phrase, turn, final=False)
             rest = splitter.flush()
@@ -377,8 +394,8 @@ class EmbeddedSession(EngineSessionBase):
             close_iterator(stream)  # cancelled: the chat holds what was generated, which interrupt() trims
             last = self.chat.messages[-1]
             if self.memory is not None and last["role"] == "assistant":
-                self.memory.reply(last["content"], start)
-        yield ReplyDone(self.chat.messages[-1]["content"], self._stats(turn))
+                self.memory.reply("".join(shown) if echo is not None else last["content"], start)
+        yield ReplyDone("".join(shown) if echo is not None else self.chat.messages[-1]["content"], self._stats(turn))
 
     def _speak(self, phrase: str, turn: _TurnClock, *, final: bool) -> Iterator[AudioChunk]:
         if self.synth is None:

@@ -64,7 +64,15 @@ from model.qwen3.session import Qwen3ThinkerSession
 from model.qwen3.speech import DEFAULT_SPEAKER, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
 from model.qwen3.voice_session import Qwen3VoiceSession
 from model.speech_session import SessionRows, SpeakingSession, SpeechSettings
-from model.thinker_session import EncodedPiece, ReplyRecord, SlotPiece, ThinkerMark, ThinkerSession, TokenText
+from model.thinker_session import (
+    ConversationSession,
+    EncodedPiece,
+    ReplyRecord,
+    SlotPiece,
+    ThinkerMark,
+    ThinkerSession,
+    TokenText,
+)
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav
@@ -146,6 +154,9 @@ class OmniSession(Protocol):
     def respond(
         self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
     ) -> Generator[TokenText | PCMChunk | ReplyRecord, None, None]: ...
+    def respond_steps(
+        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
+    ) -> Generator[TokenText | PCMChunk | ReplyRecord | PoolStep, Any, None]: ...
     def mark(self) -> ThinkerMark: ...
     def rollback(self, mark: ThinkerMark) -> None: ...
 
@@ -191,9 +202,10 @@ class OmniEngine:
         `quant`: "int8" or "int4" quantises the Thinker's and the Talker's decoder projections weight-only at load
         (the GPU kernels). `memory_budget`: tokens of the recalled-memory slot, when the runtime gives the session
         a memory (streaming.engines.omni_memory).
-        `max_sessions` > 0: the first that many open sessions (Qwen2.5-Omni) keep their Thinker and Talker caches in
-        rows of two pools allocated now, and their replies' decode steps and token2wav chunks run batched on the device
-        (streaming/batching.py); later sessions, and all with 0, run alone with caches of their own."""
+        `max_sessions` > 0: the first that many open sessions keep their Thinker and Talker caches (and Qwen3-Omni's
+        code predictor's) in rows of pools allocated now, and their replies' decode steps (and Qwen2.5-Omni's
+        token2wav chunks) run batched on the device (streaming/batching.py); later sessions, and all with 0, run
+        alone with caches of their own."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
         thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
@@ -239,14 +251,15 @@ class OmniEngine:
         if max_sessions == 0:
             return None, None
         th = self.thinker
-        if isinstance(th, LoadedQwen3):
-            log.warning("sessions batched on the device are not yet supported for Qwen3-Omni: each runs alone")
-            return None, None
-        thinker = BatchedDecoder(th.model.lm, max_sessions, self.cache)
+        thinker = BatchedDecoder(th.model.lm, max_sessions, self.cache)  # either family (Qwen3: MoE layers too)
         pools = [thinker]
-        if isinstance(self.speech, SpeechModels):
+        if self.speech is not None:  # either family's Talker decoder (Qwen3: MoE)
             pools.append(BatchedDecoder(self.speech.talker.decoder, max_sessions, self.talker_cache, embeds=True))
-            self.token2wav = StreamingToken2Wav(self.speech.token2wav, self.schedule, self.solver)  # batches chunks
+        if isinstance(self.speech, SpeechModels):  # Qwen2.5-Omni: the sessions' token2wav chunks batch
+            self.token2wav = StreamingToken2Wav(self.speech.token2wav, self.schedule, self.solver)
+        if isinstance(self.speech, Qwen3SpeechModels):  # and Qwen3's code predictor (a frame's positions per row)
+            t = self.speech.talker
+            pools.append(BatchedDecoder(t.predictor, max_sessions, t.predictor_cache(), embeds=True))
         return SessionPools(pools), StepBatcher(thinker)
 
     def _rows(self) -> SessionRows:
@@ -255,20 +268,26 @@ class OmniEngine:
         if self.pools is None or sids is None:
             return SessionRows()
         pools = self.pools.pools
-        if len(pools) == 1:
-            return SessionRows(pools[0], sids[0])
-        return SessionRows(pools[0], sids[0], pools[1], sids[1], self.token2wav)
+        rows = SessionRows(pools[0], sids[0])
+        if len(pools) > 1:
+            rows = replace(rows, talker=pools[1], talker_sid=sids[1], token2wav=self.token2wav)
+        if len(pools) > 2:
+            rows = replace(rows, predictor=pools[2], predictor_sid=sids[2])
+        return rows
 
     def _release(self, s: OmniSession) -> None:
         """Free a closed session's pool rows."""
         if isinstance(s, SpeakingSession):
             self._release_rows(SessionRows(s.pool, s.sid, s.talker_pool, s.talker_sid))
-        elif isinstance(s, ThinkerSession):
+        elif isinstance(s, Qwen3VoiceSession):
+            st = s.speech.state
+            self._release_rows(SessionRows(s.pool, s.sid, st.pool, st.sid, st.predictor_pool, st.predictor_sid))
+        elif isinstance(s, ConversationSession):  # a Thinker row only
             self._release_rows(SessionRows(s.pool, s.sid))
 
     def _release_rows(self, rows: SessionRows) -> None:
         if self.pools is not None and rows.thinker_sid is not None:
-            self.pools.leave([rows.thinker_sid, rows.talker_sid][: len(self.pools.pools)])
+            self.pools.leave([rows.thinker_sid, rows.talker_sid, rows.predictor_sid][: len(self.pools.pools)])
 
     def check_voice(self, voice: str | None) -> str:
         """The checkpoint's name for `voice` (None: its default); ValueError listing the voices it has."""
@@ -302,25 +321,31 @@ class OmniEngine:
                 self.check_voice(voice)  # raises: a text-only engine has no voices
             thinking: OmniSession
             with torch.inference_mode():
-                if isinstance(th, LoadedQwen3):
-                    thinking = Qwen3ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer)
-                else:
-                    rows = self._rows()
-                    try:
+                rows = self._rows()
+                try:
+                    if isinstance(th, LoadedQwen3):
+                        thinking = Qwen3ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer,
+                                                       pool=rows.thinker, sid=rows.thinker_sid)
+                    else:
                         thinking = ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer,
                                                   pool=rows.thinker, sid=rows.thinker_sid)
-                    except BaseException:
-                        self._release_rows(rows)
-                        raise
+                except BaseException:
+                    self._release_rows(rows)
+                    raise
             return self._session(thinking)
         name = self.check_voice(voice) if voice is not None else self.default_voice
         assert name is not None
         if isinstance(self.speech, Qwen3SpeechModels):
             assert isinstance(th, LoadedQwen3)
             q3 = Qwen3SpeechSettings(speaker=name, sampling=self.talker_sampling, seed=self.seed)
-            with torch.inference_mode():
-                voiced = Qwen3VoiceSession(th.model, th.prompt, th.tokenizer, self.speech, q3, system, self.cache,
-                                           self.talker_cache)
+            rows = self._rows()
+            try:
+                with torch.inference_mode():
+                    voiced = Qwen3VoiceSession(th.model, th.prompt, th.tokenizer, self.speech, q3, system, self.cache,
+                                               self.talker_cache, rows)
+            except BaseException:
+                self._release_rows(rows)
+                raise
             return self._session(voiced)
         assert isinstance(th, LoadedThinker)
         settings = SpeechSettings(
@@ -398,6 +423,7 @@ class _Turn:
     size: tuple[int, int] = (0, 0)  # resized frame (height, width) of the open av segment
     frame_slots: list[float] = field(default_factory=list)
     typed: list[str] = field(default_factory=list)  # typed text of the turn (the question's words)
+    pos: int = 0  # the Thinker cache index where the turn starts (<|im_start|>user), for L0
     # Where the open segment began (discard_audio rolls back to it): the session's mark, whether the segment
     # opened the user turn, and the last reply's `input_after` then.
     undo: tuple[ThinkerMark, bool, bool] | None = None
@@ -420,8 +446,10 @@ class OmniEngineSession(EngineSessionBase):
     def use_memory(self, lane: MemoryLane) -> None:
         """Read and write memory through `lane`: what the Thinker hears and sees goes in as pooled encoder features,
         typed text and replies (as heard) as text; each turn's recall enters the prompt as a slot of text and
-        features before the reply (streaming.engines.omni_memory)."""
+        features before the reply (streaming.engines.omni_memory). The Thinker's KV cache tells the lane before its
+        window slides, so what leaves it is written below first (L0)."""
         self.memory = OmniMemory(lane, self.engine.vision_cfg.spatial_merge_size, self.engine.memory_budget)
+        self.speaking.state.cache.watch(lane.slid)
 
     # ---- input side ---------------------------------------------------------------------------------
 
@@ -478,8 +506,13 @@ class OmniEngineSession(EngineSessionBase):
         self._end_segment()
         self._note_input()
         if not self._turn.started:
-            self.speaking.start_user_turn()
-            self._turn.started = True
+            self._open_turn()
+
+    def _open_turn(self) -> None:
+        """<|im_start|>user\n; the turn's first cache index is kept for memory's L0."""
+        self._turn.pos = self.speaking.state.cache.length
+        self.speaking.start_user_turn()
+        self._turn.started = True
 
     def _add_image(self, image: Image) -> None:
         th = self.engine.thinker
@@ -559,8 +592,7 @@ class OmniEngineSession(EngineSessionBase):
         turn.undo = (s.mark(), not turn.started, self._reply is not None and self._reply.input_after)
         self._note_input()
         if not turn.started:
-            s.start_user_turn()
-            turn.started = True
+            self._open_turn()
         turn.t0, turn.audio_seconds, turn.frames, turn.frame_slots = timestamp, 0.0, 0, []
         frame = self._frame
         fresh = frame is not None and timestamp - frame[1] <= self.engine.video_stale_seconds
@@ -631,7 +663,7 @@ class OmniEngineSession(EngineSessionBase):
             self._end_segment()
             if not self._turn.started:
                 self._note_input()
-                self.speaking.start_user_turn()
+                self._open_turn()
             if options.instructions and options.instructions.strip():
                 p = self.speaking.prompt
                 self.speaking.feed_ids(p.turn_end() + p.turn_start("system") + p.text(options.instructions.strip()))
@@ -639,9 +671,9 @@ class OmniEngineSession(EngineSessionBase):
             self._turn = _Turn()
             self._reply = _OmniReply(self.speaking.mark())
         steps = self._generate(self._reply, options.speech)
-        th = self.speaking.thinker.lm if isinstance(self.speaking, ThinkerSession) else None
+        th = self.speaking.thinker.lm
         events: Iterator[EngineEvent]
-        if self.engine.batcher is not None and th is not None:  # decode steps batched with other sessions'
+        if self.engine.batcher is not None:  # decode steps batched with other sessions'
             events = ModelReply(steps, th, self.speaking.state, self.engine.batcher, None, self.label)
         else:
             events = run_alone(steps)
@@ -649,19 +681,15 @@ class OmniEngineSession(EngineSessionBase):
         return events
 
     def _recall(self) -> list[SlotPiece]:
-        """The recalled-memory slot of the turn that ends now; the turn's text goes to memory, and text that the
-        turn may push out of the KV window goes to L3 first."""
+        """The recalled-memory slot of the turn that ends now; the turn's text goes to memory (and to L0, from the
+        turn's first cache index: the cache's watch writes it to L3 before the window passes it)."""
         mem = self.memory
         if mem is None:
             return []
         question = " ".join(t.strip() for t in self._turn.typed if t.strip())
         s = self.speaking
         slot = mem.slot(question, lambda text: len(s.prompt.text(text)))
-        cache = s.state.cache
-        fed = sum(len(s.prompt.text(p)) if isinstance(p, str) else p.tokens.shape[0] + 2 for p in slot)
-        lookahead = fed + 16 + self.engine.sampling.max_new_tokens + TURN_END_TOKENS
-        mem.lane.roll_up(cache.length, cache.cfg.window, lookahead)
-        mem.lane.user_turn(question, cache.length)
+        mem.lane.user_turn(question, self._turn.pos)
         return slot
 
     def _generate(self, reply: _OmniReply, speech: bool) -> Generator[EngineEvent | PoolStep, Any, None]:
@@ -671,10 +699,7 @@ class OmniEngineSession(EngineSessionBase):
         first_text = first_audio = 0.0
         inner: Generator[Any, Any, None]
         with torch.inference_mode():
-            if isinstance(self.speaking, ThinkerSession):
-                inner = self.speaking.respond_steps(eng.sampling, eng.stop_ids)
-            else:
-                inner = self.speaking.respond(eng.sampling, eng.stop_ids)
+            inner = self.speaking.respond_steps(eng.sampling, eng.stop_ids)
         send: Any = None
         try:
             while True:
@@ -774,4 +799,5 @@ class OmniEngineSession(EngineSessionBase):
             super().close()
             if self._reply is not None:
                 close_iterator(self._reply.events)
+            self.speaking.state.cache.watch(None)  # the session goes back to the pool; the lane's owner closes it
             self.engine._release(self.speaking)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from memory import Recall
 from model.loaders.omni import LoadedThinker
+from model.qwen3.loader import LoadedQwen3
 from model.thinker_session import EncodedPiece, RecalledFeatures, SlotPiece
 from streaming.memory_lane import MemoryLane
 
@@ -55,7 +56,7 @@ class ThinkerTextKeys:
     same representation the question's typed part gets, `OmniEngineSession.push_text`), for the memory's
     `text_spaces`. Runs on the memory's writer thread like its MiniLM: a table lookup, read-only on the weights."""
 
-    def __init__(self, thinker: LoadedThinker) -> None:
+    def __init__(self, thinker: LoadedThinker | LoadedQwen3) -> None:
         self.embed_tokens = thinker.model.lm.embed_tokens
         self.text_ids = thinker.prompt.text
         self.device = thinker.model.device
@@ -105,6 +106,7 @@ class OmniMemory:
             self.turn_start = t0
         for p in pieces:
             self.lane.add_frame(p.kind, t0 + p.offset_s, pool_piece(p))
+            self.lane.track_media(p.kind, p.tokens.shape[0], t0 + p.offset_s, p.cache_at)  # L0 until the window passes
             if p.kind == "audio" or asked:
                 self._question(p.tokens)
 

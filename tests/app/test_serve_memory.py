@@ -20,7 +20,8 @@ def parse(*argv: str) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
-@pytest.mark.parametrize("argv", [("--no-memory", "--memory-dir", "x"), ("--memory-dir", "x", "--memory-url", "y")])
+@pytest.mark.parametrize("argv", [("--no-memory", "--memory-dir", "x"), ("--memory-dir", "x", "--memory-url", "y"),
+                                  ("--no-memory", "--memory-persist-anonymous")])
 def test_conflicting_memory_flags_are_refused(argv: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match="--memory"):
         open_memory(parse(*argv))
@@ -42,6 +43,25 @@ def test_the_embedded_engine_gets_a_store_in_memory_dir(tmp_path: Path) -> None:
     finally:
         hub.close()
     assert (tmp_path / "mem").is_dir() and any((tmp_path / "mem").iterdir())
+
+
+@pytest.mark.parametrize("persist", [False, True])
+def test_anonymous_calls_are_forgotten_unless_memory_persist_anonymous(tmp_path: Path, persist: bool) -> None:
+    flags = ("--memory-persist-anonymous",) if persist else ()
+    hub = open_memory(parse("--memory-dir", str(tmp_path / "mem"), *flags))
+    assert hub is not None and hub.memory.config.persist_anonymous is persist
+    try:
+        lane = hub.open(None, "call-1")
+        lane.user_turn("My locker code is 4719.", 0)
+        lane.close()
+        kept = [n.text for n in hub.memory.store.load_notes("anon:call-1")]
+        named = hub.open("alice", "call-2")  # a named user's memory stays either way
+        named.user_turn("My name is Alice.", 0)
+        named.close()
+        assert "My name is Alice." in {n.text for n in hub.memory.store.load_notes("alice")}
+    finally:
+        hub.close()
+    assert ("My locker code is 4719." in kept) is persist and bool(kept) is persist
 
 
 def test_an_unwritable_memory_dir_degrades_to_memory_for_this_run(

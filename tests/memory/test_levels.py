@@ -159,3 +159,29 @@ def test_near_duplicate_frames_leave_the_payload_but_one_stays_every_2_s() -> No
     assert kept == [0.0, 2.0, 3.5, 4.0, 6.0, 8.0]  # every 2 s, the changed frame, and the frame after it
     assert (ev.event.t_start, ev.event.t_end) == (0.0, 9.5)
     assert float((ev.event.lanes["video"].keys @ needle).max()) > 0.99
+
+
+def test_window_held_by_cache_index_leaves_oldest_first_as_the_cache_slides() -> None:
+    w = WorkingWindow(WindowConfig(held_max=5))
+    user = WindowItem("text", 6, 1.0, "my code is 4719", "user", start=10)
+    reply = WindowItem("text", 4, 2.0, "noted", "assistant", start=10)  # same start, another role: both held
+    audio = WindowItem("audio", 50, 0.5, start=20)
+    w.track(audio)
+    w.track(user)
+    w.track(reply)
+    assert [it.start for it in w.held] == [10, 10, 20]  # cache order, whatever the order tracked
+    assert w.slide(10) == []  # nothing starts below index 10
+    heard = WindowItem("text", 2, 2.0, "no", "assistant", start=10)
+    assert w.track(heard) == [] and reply not in w.held and heard in w.held  # re-given as heard: replaced
+    assert w.revise(heard, "n", 1) and w.held[1].text == "n"
+    assert not w.revise(reply, "x", 1)
+    revised = w.held[1]
+    assert w.slide(11) == [user, revised]  # both start below 11: they leave whole, though their tails are in view
+    assert w.held == [audio] and w.left == 2
+    assert w.slide(11) == []
+    for k in range(6):  # past held_max the oldest leaves early (written below, never lost)
+        left = w.track(WindowItem("text", 1, 3.0, f"t{k}", "user", start=30 + k))
+        assert left == ([audio] if k == 4 else [WindowItem("text", 1, 3.0, "t0", "user", start=30)] if k == 5 else [])
+    assert [it.text for it in w.drain_held()] == ["t1", "t2", "t3", "t4", "t5"] and w.held == []
+    with pytest.raises(ValueError, match="cache index"):
+        w.track(WindowItem("text", 1, 0.0, "x"))

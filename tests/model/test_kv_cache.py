@@ -167,3 +167,31 @@ def test_half_precision_cache_keeps_the_packaged_models_greedy_replies() -> None
     # the largest logit over these 3 x 48 steps (5.2e-4 after 1,135 tokens of context); a cache read with
     # the wrong rows, scale or element type moves logits by > 5e-2.
     assert worst < 3e-3, worst
+
+
+def test_a_watcher_hears_where_the_window_starts_before_it_moves() -> None:
+    m = _model()
+    cfg = CacheConfig(sinks=2, window=8, chunk=4)
+    state = m.init_state(cfg)
+    heard: list[tuple[int, int]] = []  # (edge, cache length when told)
+    state.cache.watch(lambda edge: heard.append((edge, state.cache.length)))
+    ids = torch.arange(1, 21)[None]
+    for a, b in [(0, 4), (4, 8), (8, 11), (11, 12), (12, 16), (16, 20)]:
+        m(state, input_ids=ids[:, a:b])
+    # the window starts past index 0 once 9 tokens are in (edge = length - window); told before the length moves
+    assert heard == [(3, 8), (4, 11), (8, 12), (12, 16)]
+    state.cache.truncate(17)  # a rollback: the window's start moves back, nothing is told again
+    m(state, input_ids=ids[:, :3])
+    assert heard[-1] == (12, 16)
+    m(state, input_ids=ids[:, :2])
+    assert heard[-1] == (14, 20)
+    state.cache.watch(None)
+    m(state, input_ids=ids[:, :4])
+    assert heard[-1] == (14, 20)
+    told: list[int] = []
+    state.cache.watch(told.append)  # a wrapped cache tells its edge at once
+    assert told == [18]
+    state.reset()  # everything leaves
+    assert told == [18, 26] and state.cache.length == 0
+    m(state, input_ids=ids[:, :8])
+    assert told == [18, 26]

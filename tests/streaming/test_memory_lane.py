@@ -14,7 +14,7 @@ from memory.testing import HashingEmbedder
 from streaming.engines.tone import ToneEngine
 from streaming.events import ProtocolError, parse_client_event
 from streaming.frames import SessionUpdate
-from streaming.memory_lane import SLOT_HEADER, MemoryHub, MemoryLane, recalled_items
+from streaming.memory_lane import SLOT_HEADER, MemoryHub, MemoryLane, SlotEcho, recalled_items
 from streaming.session import Session
 from streaming.session_config import SessionConfig
 from streaming.vad import SileroVad
@@ -173,3 +173,23 @@ def test_a_truncate_after_the_reply_was_final_revises_the_remembered_reply(tmp_p
     assert "assistant: Once upon a time" in [t for k, t in notes(hub, "alice") if k == "turn"]
     assert not any("dragon" in t for _, t in notes(hub, "alice"))
     hub.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_a_reply_that_reads_a_slot_line_back_loses_its_stamp_and_label(chunk: int) -> None:
+    """SmolLM2 answered "[2026-12-03 16:41:44, 49 s ago] fact: My gym locker number is 3852" (fact_recall.py):
+    the stamp and label go, however the reply is cut into deltas; other text, brackets without digits and words
+    that only start like a label pass unchanged."""
+    reply = ("[2026-12-03 16:41:44, 49 s ago] fact: My gym locker number is 3852.\n"
+             "[2026-12-31 18:59:52, 2 s ago] user: My zip code is 30542.\n"
+             "[laughs] Factual, as ever: user data is safe. [12:03] ")
+    echo = SlotEcho()
+    out = "".join(echo.push(reply[i : i + chunk]) for i in range(0, len(reply), chunk)) + echo.flush()
+    assert out == ("My gym locker number is 3852.\nMy zip code is 30542.\n"
+                   "[laughs] Factual, as ever: user data is safe. [12:03] ")
+    assert echo.dropped == ("[2026-12-03 16:41:44, 49 s ago] fact: [2026-12-31 18:59:52, 2 s ago] user: ")
+    plain = SlotEcho()
+    assert plain.push("Your code is 4719.") == "Your code is 4719." and plain.flush() == ""
+    held = SlotEcho()
+    assert held.push("fa") == "" and held.push("st food") == "fast food" and held.flush() == ""
+    assert held.push("[2026-12-03 16:41") == "" and held.flush() == "[2026-12-03 16:41"  # unfinished: kept

@@ -6,6 +6,7 @@ saw; the turn with recall still speaks (float32 on CPU, 1e-4 as the engine tests
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +17,18 @@ import torch
 from memory import Memory, MemoryStore
 from memory.testing import HashingEmbedder
 from model.encoders.qwen3_vision import Qwen3VisionOutput
+from model.lm.kv_cache import CacheConfig
+from model.lm.sampling import SamplerState, SamplingConfig, sample
+from model.lm.summary import SUMMARY_INSTRUCTION, SummaryConfig, summary_body, thinker_summary_steps
 from model.qwen3.loader import LoadedQwen3
 from model.qwen3.session import Qwen3ThinkerSession
 from model.qwen3.speech import Qwen3SpeechModels
 from model.thinker_session import EncodedPiece, RecalledFeatures
 from streaming.engine import AudioChunk, ReplyDone
-from streaming.engines.omni_memory import AUDIO_TOKENS_PER_BLOCK, VIDEO_GRID, pool_piece
+from streaming.engines.omni import OmniEngine
+from streaming.engines.omni_memory import AUDIO_TOKENS_PER_BLOCK, THINKER_SPACE, VIDEO_GRID, ThinkerTextKeys, pool_piece
 from streaming.memory_lane import MemoryHub
+from streaming.memory_summary import WorkerSummarizer
 from tests.streaming.test_omni_memory import _slot_ids
 from tests.streaming.test_qwen3_engine import clip, loaded, speech, voiced  # noqa: F401  (fixtures)
 
@@ -125,3 +131,66 @@ def test_a_later_session_recalls_what_was_heard_and_seen_and_still_speaks(
     pcm = np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
     assert np.abs(pcm).max() > 0
     second.memory.lane.close()
+
+
+def test_omni_serve_gives_a_qwen3_memory_the_thinker_summarizer_and_text_space(
+    loaded: LoadedQwen3, tmp_path: Path  # noqa: F811
+) -> None:
+    """As for Qwen2.5-Omni: the Thinker writes the L2 summaries, and text items are keyed in its input space too (the
+    unit mean of the text's token embeddings, as a typed question's part)."""
+    from app.serve import add_arguments, open_memory
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    engine = OmniEngine(None, models=(loaded, None), sampling=SamplingConfig(temperature=0.0, max_new_tokens=4))
+    hub = open_memory(p.parse_args(["--engine", "omni", "--memory-dir", str(tmp_path / "mem")]), engine)
+    assert hub is not None
+    try:
+        assert isinstance(hub.summarizer, WorkerSummarizer) and hub.memory.consolidator is not None
+        keys = hub.memory.text_spaces[THINKER_SPACE]
+        assert isinstance(keys, ThinkerTextKeys)
+        ids = loaded.prompt.text("hello there")
+        with torch.inference_mode():
+            want = loaded.model.lm.embed_tokens(torch.tensor(ids)).float().mean(0).numpy()
+        np.testing.assert_allclose(keys(["hello there"])[0], want, rtol=1e-6, atol=1e-7)
+    finally:
+        hub.close()
+
+
+def test_the_qwen3_thinker_writes_a_summary_in_bounded_steps(loaded: LoadedQwen3) -> None:  # noqa: F811
+    """`thinker_summary_steps` on the Qwen3 Thinker: each step is one prefill chunk or one token, and the summary is
+    the greedy reply that the whole prompt fed in one forward gives (chunked prefill with plain positions on the MoE
+    decoder; float32 on CPU, exact token choices)."""
+    cfg = SummaryConfig(max_new_tokens=5, prefill_chunk=16)
+    texts = ["user: my sister lives in Lisbon", "user: she is a nurse"]
+    gen = thinker_summary_steps(loaded, texts, cfg)
+    steps = 0
+    try:
+        while True:
+            next(gen)
+            steps += 1
+    except StopIteration as stop:
+        summary = stop.value
+    p = loaded.prompt
+    ids = (p.system_turn(SUMMARY_INSTRUCTION) + p.turn_start("user") + p.text(summary_body(texts, cfg))
+           + p.turn_end() + p.turn_start("assistant"))
+    prefill = -(-len(ids) // cfg.prefill_chunk)
+    lm = loaded.model.lm
+    greedy = SamplingConfig(temperature=0.0, repetition_penalty=1.1)
+    stops = set(loaded.tokenizer.stop_token_ids)
+    out: list[int] = []
+    with torch.inference_mode():  # the reference: the whole prompt in one forward, then token by token
+        state = lm.init_state(CacheConfig(sinks=0, window=len(ids) + 8, chunk=len(ids)))
+        sampler = SamplerState.create(lm.cfg.vocab_size)
+        x = torch.tensor([ids])
+        for _ in range(cfg.max_new_tokens):
+            sampler.observe(x)
+            logits = lm(state, input_ids=x).logits
+            assert logits is not None
+            token = int(sample(logits, greedy, sampler)[0])
+            if token in stops:
+                break
+            out.append(token)
+            x = torch.tensor([[token]])
+    assert summary == loaded.tokenizer.decode(out).strip()
+    assert steps == prefill + len(out)  # a step per prefill chunk and per token fed
