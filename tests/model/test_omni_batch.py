@@ -121,7 +121,7 @@ def _pools(omni: Omni, n: int) -> tuple[BatchedDecoder, BatchedDecoder]:
 
 
 def _rows(thinker: BatchedDecoder, talker: BatchedDecoder, t2w: StreamingToken2Wav | None = None) -> SessionRows:
-    return SessionRows(thinker, thinker.open(), talker, talker.open(), t2w)
+    return SessionRows(thinker, thinker.open(), talker, talker.open(), token2wav=t2w)
 
 
 def test_a_session_says_the_same_alone_and_batched_as_others_join_and_leave(omni: Omni) -> None:

@@ -73,8 +73,11 @@ def test_sessions_batched_say_what_each_says_alone(models: Models) -> None:  # n
     want = {t: summary(list(ask(make(models), t)[1])) for t in TEXTS[:3]}
     assert len(set(want.values())) == 3  # different replies (text or speech): a row mix-up would show
     engine = make(models, max_sessions=3)
-    replies = {t: ask(engine, t)[1] for t in TEXTS[:3]}
+    asked = {t: ask(engine, t) for t in TEXTS[:3]}
+    replies = {t: r for t, (_, r) in asked.items()}
     assert all(isinstance(r, ModelReply) for r in replies.values())
+    assert engine.token2wav is not None  # one streamer shared by the pooled sessions: their chunks batch
+    assert all(s.speaking.streamer is engine.token2wav for s, _ in asked.values())  # type: ignore[union-attr]
     got = drive(engine, replies)
     for t, e in got.items():  # text and codes exact; the PCM to float rounding (token2wav chunks batch too)
         assert summary(e)[:-1] == want[t][:-1], t
