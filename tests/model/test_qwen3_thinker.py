@@ -325,8 +325,9 @@ def test_session_respond_text_and_errors(tiny: tuple[Any, LoadedQwen3]) -> None:
 
 
 def test_session_taps_equal_the_whole_prompt_hidden_states(tiny: tuple[Any, LoadedQwen3]) -> None:
-    """What the Talker reads from a live session (embeddings and accept_hidden_layer states, piece by piece,
-    decode steps included) equals the whole prompt's."""
+    """What the Talker reads from a live session (embeddings and accept_hidden_layer states of every prefilled
+    piece; the reply's decode steps keep no taps, so that they can run batched with other sessions' steps) equals
+    the whole prompt's at those positions."""
     _, q = tiny
     layer = q.config.talker.accept_hidden_layer if q.config.talker else 1
     patches, grid = q.model.image_input(_frames(1, 64, 64, 12)[0], q.vision_preprocess)
@@ -338,11 +339,14 @@ def test_session_taps_equal_the_whole_prompt_hidden_states(tiny: tuple[Any, Load
     reply = list(s.generate(SamplingConfig(max_new_tokens=4), frozenset()))
     taps = s.take_taps()
     embeds, hidden = torch.cat([e for e, _ in taps]), torch.cat([h for _, h in taps])
-    ids = torch.tensor(_turn(q, q.prompt.image(grid), text="describe it").tolist() + reply + q.prompt.turn_end())
+    prompt = _turn(q, q.prompt.image(grid), text="describe it").tolist()
+    ids = torch.tensor(prompt + reply + q.prompt.turn_end())
     want = q.model.prompt_forward(ids, images=[(patches, grid)], hidden_layer=layer)
     assert want.layer_hidden is not None and s.take_taps() == []
-    assert rel_err(embeds, want.embeds) < REL_TOL
-    assert rel_err(hidden, want.layer_hidden) < REL_TOL
+    fed = [*range(len(prompt)), *range(len(prompt) + len(reply), len(ids))]  # the prompt, then the turn's end
+    assert embeds.shape[0] == len(fed)
+    assert rel_err(embeds, want.embeds[fed]) < REL_TOL
+    assert rel_err(hidden, want.layer_hidden[fed]) < REL_TOL
 
 
 def test_bfloat16_checkpoint_loads_in_its_own_dtype(tmp_path: Path, tiny: tuple[Any, LoadedQwen3]) -> None:
