@@ -146,7 +146,11 @@ async def test_aec_keeps_the_assistants_voice_out_on_open_speakers(
     run, which shows the echo is loud enough to matter); with it, the reply plays to the end."""
     wav, _ = question_wav(tmp_path, None)
     results = {}
-    for mode in ("off", "aec"):
+    # The control run may take up to three tries: on a loaded machine an ALSA underrun can cut the reply's playback
+    # (and so its echo) short, and a control that shows no echo proves nothing either way.
+    for mode in ("off", "off", "off", "aec"):
+        if mode == "off" and "off" in results and len(starts(results["off"][1].events)) > 1:
+            continue
         engine = SpeakingEngine(spoken["answer24"], step_delay=0.15)
         opts = DesktopOptions("pulse", "pulse", half_duplex=False, aec=mode == "aec")
         results[mode] = await converse(pulse, engine, wav, "response.done", limit=60, options=opts,
