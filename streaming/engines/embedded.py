@@ -238,7 +238,11 @@ class EmbeddedSession(EngineSessionBase):
         if not slot or first is None or first["role"] != "system":
             return slot
         cache = self.chat.state.cache
-        if cache.length + self._lookahead(slot, message) <= cache.cfg.sinks + cache.cfg.window:
+        # counted from where the turn starts, not from the cache's length: a turn prefilled at the pause is in the
+        # cache by the end of the turn, and counting it twice made the end of turn add the prompt that the pause
+        # had not, so the prepared turn no longer matched and was fed again (330 tokens, 2.1 s, in
+        # benchmarks/embedded_turns.py --prepare --memory --seed-facts 60 at turn 5)
+        if self.chat.turn_start + self._lookahead(slot, message) <= cache.cfg.sinks + cache.cfg.window:
             return slot  # every query of this turn still sees the whole system prompt
         return f"{self._prompt_now or first['content']}\n{slot}"  # the instructions in force
 

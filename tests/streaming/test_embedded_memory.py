@@ -197,3 +197,31 @@ async def test_a_spoken_fact_outlives_the_window_a_restart_and_stays_with_its_us
         assert "4719" not in answer and "4719" not in spoken, (answer, spoken)
     finally:
         hub.close()
+
+
+class _FixedSlot:
+    """A memory lane that recalls the same line for every question (only what `_recalled` reads)."""
+
+    def slot(self, message: str) -> str:
+        return "[2026-12-02 18:04, 24 h ago] fact: my locker code is 4719"
+
+
+def test_a_turn_prepared_at_the_pause_gets_the_same_slot_at_the_end_of_the_turn(lm: LoadedLM) -> None:
+    """The slot repeats the system prompt once this turn would push it out of the window; that is decided from
+    where the turn starts, so the turn prefilled at the pause (already in the cache at the end of the turn) gets
+    the same slot then and is used as it is. Decided from the cache's length, the end of the turn added the prompt
+    where the pause had not, near the window's edge, and fed the whole turn again (2.1 s for 330 tokens)."""
+    engine = EmbeddedEngine(lm=lm, sampling=replace(DEFAULT_SAMPLING, max_new_tokens=40), window=WINDOW, listen=False)
+    session = engine.open_session()
+    session.memory = _FixedSlot()  # type: ignore[assignment]
+    prompt = session.chat.messages[0]["content"]
+    led: list[bool] = []
+    for filler in FILLERS * 2:
+        at_pause = session._recalled(filler)
+        session.chat.prefill_turn(filler, at_pause)
+        assert session._recalled(filler) == at_pause, f"the slot changed between the pause and the end ({filler!r})"
+        led.append(at_pause.startswith(prompt))
+        session.chat.drop_prefilled_turn()
+        session.chat.reply(filler)
+    assert not led[0] and led[-1], led  # the turns crossed the edge where the prompt starts to lead the slot
+    session.close()
