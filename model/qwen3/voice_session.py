@@ -169,27 +169,7 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
         embed = self.thinker.lm.embed_tokens
         head = embed(torch.tensor(self.prompt.turn_start("assistant"), device=dev))
         tokens: list[int] = []
-        samples = 0
         sp = self.speech
-
-        def pump() -> Generator[PCMChunk | PoolStep, Any, None]:
-            nonlocal samples
-            gen = sp.pump_steps()
-            send: Any = None
-            try:
-                while True:
-                    try:
-                        x = gen.send(send)
-                    except StopIteration:
-                        return
-                    if isinstance(x, PoolStep):
-                        send = yield x
-                    else:
-                        send = None
-                        samples += x.samples.shape[-1]
-                        yield x
-            finally:
-                gen.close()
 
         def talk(tokens: list[int]) -> Generator[PCMChunk | PoolStep, Any, None]:
             e = embed(torch.tensor(tokens[-1:], device=dev))[0]
@@ -197,14 +177,15 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
                 sp.begin_reply(head, e)
             else:
                 sp.push_text(e)
-            yield from pump()
+            yield from sp.pump_steps()
 
         try:
             text = yield from self._decode_reply(sampling, stop_ids, tokens, talk)  # closing it feeds the turn end
             if sp.replying:
                 sp.end_text()
-                yield from pump()
+                yield from sp.pump_steps()
             codes = [int(f.reshape(-1)[0]) for f in sp.frames]
+            samples = sp.models.code2wav.cfg.samples_for(len(sp.frames))  # streamed == whole decode (model.code2wav)
         finally:
             self._pieces = []  # the reply's own tokens are not the Talker's input
             if sp.replying:
