@@ -9,14 +9,12 @@ tests/model/test_token2wav_batch.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
-from model.lm.batch import BatchedDecoder, PoolStep, run_steps
+from model.lm.batch import BatchedDecoder, run_steps
 from model.lm.sampling import SamplingConfig
 from model.loaders.omni import LoadedThinker, load_thinker
 from model.loaders.talker_weights import SpeechModels, load_speech
@@ -26,6 +24,7 @@ from model.token2wav.solver import SolverConfig
 from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav
 from model.voices import Voice, VoiceBank
 from tests.model.omni_tiny import IDS, save_tiny_omni
+from tests.model.step_reply import StepReply
 
 REPLY_TOKENS, CODES = 10, 24
 SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=REPLY_TOKENS)
@@ -82,37 +81,12 @@ def _alone_pcm(omni: Omni, text: str) -> tuple[tuple[list[int], list[int]], list
     return (rec.token_ids, rec.codes), [e for e in events if isinstance(e, PCMChunk)]
 
 
-class _Reply:
+class _Reply(StepReply):
     """One session's `respond_steps`, advanced to its next `PoolStep` (events collected on the way)."""
 
     def __init__(self, session: SpeakingSession) -> None:
         self.session = session
-        self.gen: Generator[Any, Any, None] = session.respond_steps(SAMPLING, NO_STOP)
-        self.send: Any = None
-        self.record: ReplyRecord | None = None
-        self.tokens: list[int] = []
-        self.pcm: list[PCMChunk] = []
-        self.done = False
-        self.step = self.next_step()  # the step it waits for (None: done)
-
-    def next_step(self) -> PoolStep | None:
-        with torch.inference_mode():
-            while True:
-                try:
-                    x = self.gen.send(self.send)
-                except StopIteration:
-                    self.done = True
-                    return None
-                self.send = None
-                if isinstance(x, PoolStep):
-                    if x.pool is self.session.pool:  # a Thinker step: feeds the reply's next token
-                        assert isinstance(x.item, int)
-                        self.tokens.append(x.item)
-                    return x
-                if isinstance(x, ReplyRecord):
-                    self.record = x
-                elif isinstance(x, PCMChunk):
-                    self.pcm.append(x)
+        super().__init__(session.respond_steps(SAMPLING, NO_STOP), lambda x: x.pool is session.pool)
 
 
 def _pools(omni: Omni, n: int) -> tuple[BatchedDecoder, BatchedDecoder]:

@@ -10,14 +10,12 @@ new session then takes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Generator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
-from model.lm.batch import BatchedDecoder, PoolStep, run_steps
+from model.lm.batch import BatchedDecoder, run_steps
 from model.lm.sampling import SamplingConfig
 from model.qwen3.loader import LoadedQwen3, load_qwen3
 from model.qwen3.session import Qwen3ThinkerSession
@@ -26,6 +24,7 @@ from model.qwen3.talker import GREEDY
 from model.qwen3.voice_session import Qwen3VoiceSession
 from model.speech_session import SessionRows
 from model.thinker_session import ReplyRecord
+from tests.model.step_reply import StepReply
 
 FRAMES = 12  # Talker frames per reply at most
 NO_STOP: frozenset[int] = frozenset()  # every reply runs its max_new_tokens (random weights rarely stop)
@@ -78,33 +77,13 @@ def _alone(qwen3: Qwen3, text: str, n: int) -> tuple[list[int], list[list[int]]]
     return rec.token_ids, _frames(s)
 
 
-class _Reply:
-    """One session's `respond_steps`, advanced to its next `PoolStep` (events collected on the way)."""
+class _Reply(StepReply):
+    """One session's `respond_steps`, advanced to its next `PoolStep` (events collected on the way); `tokens`: the
+    reply tokens whose decode step was asked for (a Thinker step feeds a token, a Talker one an embedding)."""
 
     def __init__(self, session: Qwen3VoiceSession, n: int) -> None:
         self.session = session
-        self.gen: Generator[Any, Any, None] = session.respond_steps(_sampling(n), NO_STOP)
-        self.send: Any = None
-        self.record: ReplyRecord | None = None
-        self.fed: list[int] = []  # reply tokens whose decode step was asked for
-        self.done = False
-        self.step = self.next_step()
-
-    def next_step(self) -> PoolStep | None:
-        with torch.inference_mode():
-            while True:
-                try:
-                    x = self.gen.send(self.send)
-                except StopIteration:
-                    self.done = True
-                    return None
-                self.send = None
-                if isinstance(x, PoolStep):
-                    if isinstance(x.item, int):  # a Thinker step (a Talker one feeds an embedding)
-                        self.fed.append(x.item)
-                    return x
-                if isinstance(x, ReplyRecord):
-                    self.record = x
+        super().__init__(session.respond_steps(_sampling(n), NO_STOP), lambda x: isinstance(x.item, int))
 
 
 def test_voice_sessions_say_the_same_alone_and_batched_as_others_join_leave_and_end(qwen3: Qwen3) -> None:
@@ -122,7 +101,7 @@ def test_voice_sessions_say_the_same_alone_and_batched_as_others_join_leave_and_
             replies[ASKS[2][0]] = _Reply(_session(qwen3, ASKS[2][0], pools), ASKS[2][1])
         if it == 5:  # the second one is cut mid-reply (barge-in) and leaves: its row is freed ...
             r = replies.pop(ASKS[1][0])
-            cut, cut_session = list(r.fed), r.session
+            cut, cut_session = list(r.tokens), r.session
             assert not r.done
             with torch.inference_mode():
                 r.gen.close()
@@ -163,15 +142,15 @@ def test_a_cut_pooled_session_replies_next_as_one_alone(qwen3: Qwen3) -> None:
     pooled, own = _session(qwen3, ASKS[0][0], pools), _session(qwen3, ASKS[0][0])
     marks = [pooled.mark(), own.mark()]
     mine, other, alone = (_Reply(pooled, 8), _Reply(_session(qwen3, ASKS[1][0], pools), 8), _Reply(own, 8))
-    while len(mine.fed) < 4:  # three Thinker steps and the Talker's so far, batched with the other session's
+    while len(mine.tokens) < 4:  # three Thinker steps and the Talker's so far, batched with the other session's
         for r, res in zip((mine, other), run_steps([mine.step, other.step]), strict=True):  # type: ignore[list-item]
             assert not isinstance(res, BaseException), res
             r.send = res
             r.step = r.next_step()
-    while len(alone.fed) < 4:  # the own one as far, alone
+    while len(alone.tokens) < 4:  # the own one as far, alone
         alone.send = run_steps([alone.step])[0]  # type: ignore[list-item]
         alone.step = alone.next_step()
-    assert mine.fed == alone.fed  # (the 4th token's step asked for, not run)
+    assert mine.tokens == alone.tokens  # (the 4th token's step asked for, not run)
     with torch.inference_mode():
         mine.gen.close()
         alone.gen.close()
