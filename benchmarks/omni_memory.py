@@ -130,12 +130,26 @@ def main() -> None:
           f"{prefill[0] * 1e3:.1f} ms, piece by piece {prefill[1] * 1e3:.1f} ms")
 
 
+def feed_slot_piecewise(s: SpeakingSession, slot: list[SlotPiece]) -> None:
+    """End the open user turn with `slot` and the assistant header a piece at a time through the public feeds (the
+    reference for ThinkerSession.end_user_turn's one forward, and how it was done before)."""
+    p = s.prompt
+    s.feed_ids(p.turn_end() + p.turn_start("system"))
+    for piece in slot:
+        if isinstance(piece, str):
+            s.add_text(piece)
+        elif piece.kind == "audio":
+            s.add_audio_tokens(piece.tokens)
+        else:
+            s.add_image_tokens(piece.tokens, piece.grid)
+    s.feed_ids(p.turn_end() + p.turn_start("assistant"))
+
+
 def slot_prefill(engine: OmniEngine, slot: list[SlotPiece], repeats: int = 5) -> tuple[float, float]:
     """Median seconds to prefill `slot` and the assistant header: as ThinkerSession.end_user_turn does (one forward),
     and a piece at a time through the public feeds (how it was done before), on one session rolled back between."""
     s = engine.open_session().speaking
     assert isinstance(s, SpeakingSession)
-    p = s.prompt
     one, each = [], []
     with torch.inference_mode():
         s.start_user_turn()
@@ -147,15 +161,7 @@ def slot_prefill(engine: OmniEngine, slot: list[SlotPiece], repeats: int = 5) ->
             one.append(time.perf_counter() - t0)
             s.rollback(mark)
             t0 = time.perf_counter()
-            s.feed_ids(p.turn_end() + p.turn_start("system"))
-            for piece in slot:
-                if isinstance(piece, str):
-                    s.add_text(piece)
-                elif piece.kind == "audio":
-                    s.add_audio_tokens(piece.tokens)
-                else:
-                    s.add_image_tokens(piece.tokens, piece.grid)
-            s.feed_ids(p.turn_end() + p.turn_start("assistant"))
+            feed_slot_piecewise(s, slot)
             each.append(time.perf_counter() - t0)
             s.rollback(mark)
     return statistics.median(one), statistics.median(each)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.omni_memory import feed_slot_piecewise
 from memory import ConsolidatorConfig, Memory, MemoryConfig, MemoryStore, RecallConfig, SegmenterConfig, concat_summary
 from memory.testing import HashingEmbedder
 from model.lm.summary import SummaryConfig, thinker_summary_steps
@@ -432,14 +433,12 @@ def test_the_slot_in_one_forward_equals_the_slot_fed_piece_by_piece(models: Mode
     """ThinkerSession.end_user_turn prefills the whole slot in one forward (SpeakingSession: token embeddings added
     to the Talker's track at text positions only); the Thinker's logits and the spoken reply equal those of the same
     slot fed a piece at a time through the public feeds."""
-    loaded = models[0]
     engine = make(models, max_new_tokens=8)
     g = torch.Generator().manual_seed(9)
     grid = (1, VIDEO_GRID[0] * 2, VIDEO_GRID[1] * 2)
     slot: list[SlotPiece] = ["Recalled memory:\n[12:00:01, 5 min ago] user: hi\n",
                              RecalledFeatures("audio", torch.randn(10, C, generator=g)),
                              RecalledFeatures("image", torch.randn(16, C, generator=g), grid), "[12:03:00] fact: x\n"]
-    p = loaded.prompt
     replies = []
     for batched in (True, False):
         s = engine.open_session().speaking
@@ -450,15 +449,7 @@ def test_the_slot_in_one_forward_equals_the_slot_fed_piece_by_piece(models: Mode
             if batched:
                 logits = s.end_user_turn(slot)
             else:
-                s.feed_ids(p.turn_end() + p.turn_start("system"))
-                for piece in slot:
-                    if isinstance(piece, str):
-                        s.add_text(piece)
-                    elif piece.kind == "audio":
-                        s.add_audio_tokens(piece.tokens)
-                    else:
-                        s.add_image_tokens(piece.tokens, piece.grid)
-                s.feed_ids(p.turn_end() + p.turn_start("assistant"))
+                feed_slot_piecewise(s, slot)
                 assert s.logits is not None
                 logits = s.logits
             record = [ev for ev in s.respond(engine.sampling, engine.stop_ids) if isinstance(ev, ReplyRecord)][0]
