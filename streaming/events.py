@@ -276,6 +276,11 @@ def short_repr(value: object, limit: int = 80) -> str:
     """A client's value for an error message, cut so that an echo cannot outgrow the peer's message limit (a
     64 KB event type once came back whole)."""
     text = repr(value) if not isinstance(value, list | dict) or len(value) < 100 else f"a {type(value).__name__}"
+    return clip_text(text, limit)
+
+
+def clip_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters (and "...") when longer: for messages that may quote a client's value."""
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from streaming.audio_in import AudioInState, EngineFeed
 from streaming.engine import EngineSession
-from streaming.events import RealtimeEvents
+from streaming.events import RealtimeEvents, clip_text
 from streaming.reply_ends import Emit
 from streaming.session_config import SessionConfig, updated_turn_config
 from streaming.worker import DeviceWorker
@@ -100,7 +100,7 @@ class SettingsUpdates:
             self.config.instructions, self.config.voice = kept
             self._engine_session = await self.worker.run(self._reopen_engine)
             field = settings.get("voice_field") if "voice" in settings else "session.instructions"
-            why = str(e) if len(str(e)) <= 300 else str(e)[:300] + "..."  # it may quote a client's huge value
+            why = clip_text(str(e), 300)  # it may quote a client's huge value
             self._emit(self.events.error("invalid_value", f"{field}: {why}", param=field))
             return False
         finally:
