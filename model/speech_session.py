@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from model.code2wav import StreamingCode2Wav
 from model.lm.batch import BatchedDecoder, PoolStep, run_alone
 from model.lm.decoder import LayerAdds
 from model.lm.kv_cache import CacheConfig
@@ -57,6 +58,7 @@ class SessionRows:
     predictor: BatchedDecoder | None = None
     predictor_sid: int | None = None
     token2wav: StreamingToken2Wav | None = None  # shared by the sessions whose speech chunks batch together
+    code2wav: StreamingCode2Wav | None = None  # the same for Qwen3-Omni's Code2Wav chunks
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,15 @@ Everything is causal, so `step` on the next frames of a `Code2WavState` returns 
 whole-sequence decode has at those positions: n frames give n * 1920 - 555 samples (the decoder blocks'
 transposed convs hold back their last outputs until the next frame), each later frame 1920 more.
 `forward` is one step on a fresh state.
+
+`step_rows` steps several streams (sessions) at once: their frames right-padded to the longest into one batch, the
+states stacked, each row masked and its state kept to its own real frames (transformer.py `forward_rows`, convs.py
+`Rows`), so each stream gets what `step` gives it alone, to float rounding; one stream is `step` itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -26,9 +31,11 @@ from model.code2wav.convs import (
     ConvNeXtBlock,
     ConvState,
     DecoderBlock,
+    Rows,
     SnakeBeta,
 )
 from model.code2wav.transformer import AttentionState, PreTransformer
+from model.lm.batch import pad_rows
 
 
 @dataclass
@@ -106,6 +113,50 @@ class Code2Wav(nn.Module):
         state.frames += codes.shape[-1]
         state.samples += x.shape[-1]
         return x[:, 0].clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def step_rows(self, states: Sequence[Code2WavState], codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """`step` of several streams in one batched call: states of batch 1 (distinct streams), codes [1, Q, n_i]
+        with n_i >= 1 each (lengths may differ); returns each stream's waveform [S_i], as `step` gives it alone
+        (to float rounding). One stream runs `step` itself."""
+        if len(states) != len(codes) or not states:
+            raise ValueError(f"need one codes tensor per state, got {len(states)} states and {len(codes)} codes")
+        if len({id(s) for s in states}) != len(states):
+            raise ValueError("one step per stream at a time: a stream's next frames need its previous state")
+        for s, c in zip(states, codes, strict=True):
+            self.check_codes(c, s.attention.k.shape[1])
+            if c.shape[0] != 1 or c.shape[-1] == 0:
+                raise ValueError(f"batched rows take codes [1, Q, n >= 1] each, got shape {tuple(c.shape)}")
+        if len(states) == 1:
+            return [self.step(states[0], codes[0])[0]]
+        padded, lengths = pad_rows(codes, dim=-1)
+        dev = padded.device
+        rows = Rows(torch.tensor(lengths, device=dev), torch.tensor([s.frames == 0 for s in states], device=dev))
+        att = [s.attention for s in states]
+        k, v = torch.cat([a.k for a in att], dim=1), torch.cat([a.v for a in att], dim=1)
+        convs = [ConvState(torch.cat([s.convs[j].tail for s in states])) for j in range(len(self._convs))]
+        x = self.code_embedding(padded + self.code_offset).mean(1)  # [B, N, C]
+        counters = torch.tensor([[a.cached, a.position] for a in att], device=dev)
+        x = self.pre_transformer.forward_rows(x, k, v, counters[:, 0], counters[:, 1], rows.lengths).transpose(1, 2)
+        for stage in cast(list[nn.ModuleList], self.upsample):
+            x = stage[1](stage[0](x, convs, rows), convs, rows)
+        for block in self.decoder:
+            x = block(x, convs, rows) if not isinstance(block, SnakeBeta) else block(x)
+        wav = x[:, 0].clamp(-1.0, 1.0)
+        out = []
+        window = self.cfg.sliding_window - 1
+        for i, (s, n, m) in enumerate(zip(states, lengths, rows.lengths.tolist(), strict=True)):
+            s.attention.k.copy_(k[:, i : i + 1])
+            s.attention.v.copy_(v[:, i : i + 1])
+            s.attention.cached = min(s.attention.cached + n, window)
+            s.attention.position += n
+            for mine, batched in zip(s.convs, convs, strict=True):
+                mine.tail.copy_(batched.tail[i : i + 1])
+                mine.primed = mine.primed or batched.primed  # transposed convs (see convs.py)
+            s.frames += n
+            s.samples += m
+            out.append(wav[i, :m])
+        return out
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """Whole-sequence decode: waveform [B, T * 1920 - 555] of codes [B, Q, T]."""

@@ -12,15 +12,24 @@ There is no approximate "re-decode with left context" mode (transformers' `chunk
 
 Sizes: the first chunk of k frames holds k * 1920 - 555 samples (one frame: 1365 = 57 ms), later chunks
 1920 per frame; `flush` decodes what is still buffered, so the total is the whole decode's length.
+
+Sessions batched: `push` / `finish` say when a stream has a chunk due (its buffered frames), and `decode` takes
+the due chunks of many streams at once, one `Code2Wav.step_rows` call (right-padded rows, each masked to its own
+frames and KV window, its conv states kept to its own columns), each chunk what it is alone to float rounding
+(tests/model/test_code2wav_batch.py). The omni engine's pooled Qwen3 sessions hand their chunks to the device
+worker as `PoolStep`s with a shared streamer as the pool (`run_pool_steps`, model/lm/batch.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
 from model.code2wav.model import Code2Wav, Code2WavState
+from model.lm.batch import PoolStep
 from model.token2wav.streaming import PCMChunk
 
 
@@ -49,6 +58,14 @@ class StreamingCode2Wav:
 
     def step(self, state: Code2WavStreamState, codes: torch.Tensor) -> list[PCMChunk]:
         """Push frames `codes` [Q, n] (or [Q] for one frame); returns the chunk they complete, if any."""
+        return self.decode([state])[0] if self.push(state, codes) else []
+
+    def flush(self, state: Code2WavStreamState) -> list[PCMChunk]:
+        """End of the reply: decode the buffered frames (the whole decode has no further samples)."""
+        return self.decode([state])[0] if self.finish(state) else []
+
+    def push(self, state: Code2WavStreamState, codes: torch.Tensor) -> bool:
+        """Buffer frames `codes` [Q, n] (or [Q]); True when the stream's next chunk is due (`decode` it)."""
         if state.finished:
             raise ValueError("step after flush: start a new stream with init_state()")
         frames = codes[:, None] if codes.dim() == 1 else codes
@@ -58,20 +75,31 @@ class StreamingCode2Wav:
         self.model.check_codes(frames, 1)
         state.pending.append(frames)
         state.pending_frames += frames.shape[-1]
-        due = self.first_chunk_frames if state.decoder.frames == 0 else self.chunk_frames
-        return self._decode(state) if state.pending_frames >= due else []
+        return state.pending_frames >= (self.first_chunk_frames if state.decoder.frames == 0 else self.chunk_frames)
 
-    def flush(self, state: Code2WavStreamState) -> list[PCMChunk]:
-        """End of the reply: decode the buffered frames (the whole decode has no further samples)."""
+    def finish(self, state: Code2WavStreamState) -> bool:
+        """End of the reply's frames; True when some are still buffered (their chunk: `decode` it)."""
         if state.finished:
             raise ValueError("flush called twice: start a new stream with init_state()")
         state.finished = True
-        return self._decode(state) if state.pending_frames else []
+        return state.pending_frames > 0
 
-    def _decode(self, state: Code2WavStreamState) -> list[PCMChunk]:
-        codes = torch.cat(state.pending, dim=-1)
-        state.pending.clear()
-        state.pending_frames = 0
-        start = state.decoder.samples
-        wav = self.model.step(state.decoder, codes)[0]
-        return [PCMChunk(start, wav)] if wav.numel() else []
+    def run_pool_steps(self, steps: Sequence[PoolStep]) -> list[list[PCMChunk]]:
+        """The due chunks (`PoolStep.item`, a `Code2WavStreamState` each) of several sessions as one `decode`
+        (model/lm/batch.py `run_steps` calls this for the steps that name this streamer as their pool)."""
+        return self.decode([cast(Code2WavStreamState, st.item) for st in steps])
+
+    def decode(self, states: Sequence[Code2WavStreamState]) -> list[list[PCMChunk]]:
+        """The buffered frames of each stream (distinct streams, each with some) as one chunk: one
+        `Code2Wav.step_rows` call; one stream is the plain unbatched `step`. Per stream: its chunk ([] when the
+        frames complete no sample yet)."""
+        if any(not s.pending_frames for s in states):
+            raise ValueError("a stream with no buffered frames has no chunk to decode")
+        codes = []
+        for s in states:
+            codes.append(torch.cat(s.pending, dim=-1))
+            s.pending.clear()
+            s.pending_frames = 0
+        starts = [s.decoder.samples for s in states]
+        wavs = self.model.step_rows([s.decoder for s in states], codes)
+        return [[PCMChunk(start, wav)] if wav.numel() else [] for start, wav in zip(starts, wavs, strict=True)]

@@ -330,6 +330,20 @@ def run_alone(gen: Generator[T | PoolStep, Any, None]) -> Generator[T, None, Non
         gen.close()
 
 
+def pad_rows(xs: Sequence[torch.Tensor], dim: int) -> tuple[torch.Tensor, list[int]]:
+    """Several sessions' inputs as one right-padded batch: each x [k, ...] zero-padded along `dim` to the longest,
+    then concatenated along dim 0; and each x's length along `dim`. A pool that batches ragged steps (token2wav's
+    DiT windows, Code2Wav's chunks) masks each row to its own length."""
+    lengths = [x.shape[dim] for x in xs]
+    T = max(lengths)
+    out = []
+    for x in xs:
+        shape = list(x.shape)
+        shape[dim] = T - x.shape[dim]
+        out.append(torch.cat([x, x.new_zeros(shape)], dim=dim) if shape[dim] else x)
+    return torch.cat(out), lengths
+
+
 def pool_row(pool: BatchedDecoder | None) -> int | None:
     """A free row of `pool` for a new session (its id), or None when there is no pool or it is full."""
     if pool is None or len(pool.sessions) >= pool.max_sessions:

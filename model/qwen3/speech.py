@@ -1,8 +1,8 @@
 """Qwen3-Omni speech output for one conversation: Thinker outputs -> Talker frames -> streaming Code2Wav PCM.
 
 `Qwen3SpeakingSession` holds the Talker's per-session state (its user track persists across turns; each reply's
-positions leave the cache when the reply ends, as the reference rebuilds the Talker's input from the user turns
-for every reply) and one Code2Wav stream per reply. The caller feeds what its Thinker computed:
+positions leave the cache when the reply ends, as the reference rebuilds the Talker's input from the user turns for
+every reply) and one Code2Wav stream per reply. The caller feeds what its Thinker computed:
 * `feed_user_turn` for each user turn (token ids, Thinker input embeddings, Thinker hidden states after layer
   `accept_hidden_layer`, media sizes for the TM-RoPE ids);
 * `begin_reply` once the first reply token exists, `push_text` per further reply token, `end_text` at the end;
@@ -10,6 +10,9 @@ for every reply) and one Code2Wav stream per reply. The caller feeds what its Th
   (with the default 1-frame first chunk, audio follows the first frame: 1365 samples, 57 ms at 24 kHz).
 `stop()` is barge-in: queued text, frames waiting for their chunk and the reply's Talker positions are dropped;
 the session is ready for the next user turn. The speaker is chosen by name (`talker_config.speaker_id`).
+`pump_steps` yields each Talker step and each due Code2Wav chunk as a `PoolStep`: given a shared
+`StreamingCode2Wav` (`code2wav`), the chunks of sessions due together decode as one batched call
+(model/code2wav/streaming.py `decode`); without one, every chunk runs alone.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -92,10 +96,12 @@ class Qwen3SpeakingSession:
     def __init__(self, models: Qwen3SpeechModels, thinker_embeddings: torch.Tensor,
                  settings: Qwen3SpeechSettings | None = None, cache: CacheConfig | None = None,
                  pool: BatchedDecoder | None = None, sid: int | None = None,
-                 predictor_pool: BatchedDecoder | None = None, predictor_sid: int | None = None) -> None:
+                 predictor_pool: BatchedDecoder | None = None, predictor_sid: int | None = None,
+                 code2wav: StreamingCode2Wav | None = None) -> None:
         """thinker_embeddings: the Thinker's input embedding table [V_text, E] (for the TTS specials). `pool`,
         `sid`: the Talker decoder's cache is row `sid` of this pool (`predictor_pool`, `predictor_sid`: the code
-        predictor's), so `pump_steps` can batch their steps (`Qwen3Talker.init_state`)."""
+        predictor's), so `pump_steps` can batch their steps (`Qwen3Talker.init_state`); `code2wav`: a streamer
+        shared with other sessions, the pool of this session's Code2Wav chunks (they batch with theirs)."""
         self.models = models
         self.settings = settings or Qwen3SpeechSettings()
         cfg, talker = models.config, models.talker
@@ -104,7 +110,10 @@ class Qwen3SpeakingSession:
         self.state: Qwen3TalkerState = talker.init_state(
             texts, models.talker_config.speaker(s.speaker), sampling=s.sampling, predictor=s.predictor_sampling,
             seed=s.seed, cache=cache, pool=pool, sid=sid, predictor_pool=predictor_pool, predictor_sid=predictor_sid)
-        self.streamer = StreamingCode2Wav(models.code2wav, s.first_chunk_frames, s.chunk_frames)
+        if code2wav is not None and code2wav.model is not models.code2wav:
+            raise ValueError("the shared Code2Wav streamer decodes with another model than the session's")
+        self._shared_code2wav = code2wav
+        self.streamer = StreamingCode2Wav(models.code2wav, s.first_chunk_frames, s.chunk_frames)  # its chunk sizes
         self.wav: Code2WavStreamState | None = None
         self.frames: list[torch.Tensor] = []  # this reply's frames [Q], in order
 
@@ -173,8 +182,8 @@ class Qwen3SpeakingSession:
         return run_alone(self.pump_steps(max_frames))
 
     def pump_steps(self, max_frames: int | None = None) -> Generator[PCMChunk | PoolStep, Any, None]:
-        """`pump`, yielding each frame's codebook-0 decode step as a `PoolStep` for its driver to run (alone or
-        batched with other sessions', model/lm/batch.py `run_steps`)."""
+        """`pump`, yielding each frame's decode steps and each due Code2Wav chunk as a `PoolStep` for its driver to
+        run (alone or batched with other sessions', model/lm/batch.py `run_steps`)."""
         talker, st = self.models.talker, self.state
         done = 0
         while self.wav is not None and talker.can_step(st) and (max_frames is None or done < max_frames):
@@ -182,10 +191,19 @@ class Qwen3SpeakingSession:
             done += 1
             if frame is not None:
                 self.frames.append(frame)
-                yield from self.streamer.step(self.wav, frame)
+                if self.streamer.push(self.wav, frame):
+                    yield from self._decode_chunk(self.wav)
             if st.done:
-                yield from self.streamer.flush(self.wav)
+                if self.streamer.finish(self.wav):
+                    yield from self._decode_chunk(self.wav)
                 self._close()
+
+    def _decode_chunk(self, wav: Code2WavStreamState) -> Generator[PCMChunk | PoolStep, Any, None]:
+        """The stream's due chunk as a `PoolStep` for the driver to decode alone or with other sessions' of the shared
+        streamer (Code2Wav keeps no rows: sid 0 whenever the streamer is shared), then its PCM."""
+        shared = self._shared_code2wav
+        step = PoolStep(shared, None if shared is None else 0, wav, partial(_decode_alone, self.streamer, wav))
+        yield from (yield step)
 
     def stop(self) -> None:
         """Barge-in: drop queued text, frames not yet decoded and the reply's Talker positions."""
@@ -194,3 +212,8 @@ class Qwen3SpeakingSession:
     def _close(self) -> None:
         self.models.talker.end_reply(self.state)
         self.wav = None
+
+
+def _decode_alone(streamer: StreamingCode2Wav, wav: Code2WavStreamState) -> list[PCMChunk]:
+    """A Code2Wav chunk alone (a chunk `PoolStep`'s `alone`): `Code2Wav.step` on the stream's buffered frames."""
+    return streamer.decode([wav])[0]

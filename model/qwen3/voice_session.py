@@ -8,11 +8,12 @@ go to the Talker's user track, at the Thinker's own positions shifted to start w
 (TM-RoPE ids inside a turn are relative, so this equals `rope_index` over the turn). A piece that a rollback
 dropped (an audio window re-fed after a louder part, `rollback`) is dropped by where it started in the cache.
 
-`respond` (`respond_steps` run alone; the engine's batcher runs the Thinker decode steps of several sessions as one
-forward when their caches are rows of one pool) drives the Talker with each reply token as the Thinker makes it and
-yields the PCM of the frames that can run (`Qwen3SpeakingSession.pump`), then the rest once the text ends; a reply cut
-short (the caller closing the iterator: barge-in) stops the Talker, whose reply positions leave its cache; the user
-track is unchanged, so the conversation after a barge-in needs only the Thinker's rollback.
+`respond` (`respond_steps` run alone; the engine's batcher runs the decode steps of several sessions as one forward
+when their caches are rows of one pool, and their due Code2Wav chunks as one call when they share a streamer) drives
+the Talker with each reply token as the Thinker makes it and yields the PCM of the frames that can run
+(`Qwen3SpeakingSession.pump`), then the rest once the text ends; a reply cut short (the caller closing the iterator:
+barge-in) stops the Talker, whose reply positions leave its cache; the user track is unchanged, so the conversation
+after a barge-in needs only the Thinker's rollback.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
         rows: SessionRows | None = None,
     ) -> None:
         """`rows`: the session's rows in pools of the Thinker's decoder, the Talker's and its code predictor's
-        (`embeds=True`) as their caches, so the reply's decode steps can run batched with other sessions'
-        (`respond_steps`)."""
+        (`embeds=True`) as their caches, and a shared Code2Wav streamer (`rows.code2wav`), so the reply's decode
+        steps and speech chunks can run batched with other sessions' (`respond_steps`)."""
         rows = rows or SessionRows()
         self._pieces: list[_Piece] = []
         self._ids: list[int] | None = None  # the ids of the text piece being fed
@@ -72,7 +73,8 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
         super().__init__(thinker, prompt, None, cache, tokenizer, tap_layer=speech.talker_config.accept_hidden_layer,
                          pool=rows.thinker, sid=rows.thinker_sid)
         self.speech = Qwen3SpeakingSession(speech, thinker.lm.embed_tokens.weight, settings, talker_cache,
-                                           rows.talker, rows.talker_sid, rows.predictor, rows.predictor_sid)
+                                           rows.talker, rows.talker_sid, rows.predictor, rows.predictor_sid,
+                                           rows.code2wav)
         tk = speech.talker_config
         self._media_ids = {"audio": tk.audio_token_id, "image": tk.image_token_id, "video": tk.video_token_id}
         self._user = prompt.turn_start("user")
@@ -163,8 +165,9 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
     def respond_steps(  # type: ignore[override]  # its events include PCMChunk
         self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
     ) -> Generator[TokenText | PCMChunk | ReplyRecord | PoolStep, Any, None]:
-        """`respond`, yielding every Thinker, Talker (codebook 0) and code predictor decode step as a `PoolStep` for
-        its driver to run (alone or batched with other sessions', model/lm/batch.py `run_steps`)."""
+        """`respond`, yielding every Thinker, Talker (codebook 0) and code predictor decode step and every Code2Wav
+        chunk as a `PoolStep` for its driver to run (alone or batched with other sessions', model/lm/batch.py
+        `run_steps`)."""
         dev = self.thinker.device
         embed = self.thinker.lm.embed_tokens
         head = embed(torch.tensor(self.prompt.turn_start("assistant"), device=dev))

@@ -28,15 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import torch
 
+from model.lm.batch import PoolStep, pad_rows
 from model.token2wav import Token2Wav
 from model.token2wav.solver import SolverConfig
-
-if TYPE_CHECKING:
-    from model.lm.batch import PoolStep
 
 
 @dataclass(frozen=True)
@@ -226,14 +224,9 @@ class StreamingToken2Wav:
         if len(jobs) == 1:
             mel = self.model.solve(conds[0], noises[0], self.solver)
         else:
-            lengths = [b - a for a, b in windows]
-            T = max(lengths)
-
-            def pad(x: torch.Tensor) -> torch.Tensor:  # [k, t, *] -> [k, T, *], zeros after
-                return torch.nn.functional.pad(x, (0, 0, 0, T - x.shape[1]))
-
-            cond = torch.cat([pad(c[:1]) for c in conds] + [pad(c[1:]) for c in conds])
-            mel = self.model.solve(cond, torch.cat([pad(x) for x in noises]), self.solver, lengths)
+            cond = pad_rows([c[:1] for c in conds] + [c[1:] for c in conds], dim=1)[0]  # all conditioned rows first
+            noise, lengths = pad_rows(noises, dim=1)
+            mel = self.model.solve(cond, noise, self.solver, lengths)
         starts = [a for a, _ in windows]
         return [mel[i : i + 1, j.state.start - a : j.end - a] for i, (j, a) in enumerate(zip(jobs, starts))]
 

@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from model.code2wav import StreamingCode2Wav
 from model.encoders.vision_preprocess import AnyVisionConfig, resize_and_normalize, sample_video, video_frame_size
 from model.errors import CheckpointError, ConfigError
 from model.layers.quant_linear import quantize_decoder
@@ -203,9 +204,9 @@ class OmniEngine:
         (the GPU kernels). `memory_budget`: tokens of the recalled-memory slot, when the runtime gives the session
         a memory (streaming.engines.omni_memory).
         `max_sessions` > 0: the first that many open sessions keep their Thinker and Talker caches (and Qwen3-Omni's
-        code predictor's) in rows of pools allocated now, and their replies' decode steps (and Qwen2.5-Omni's
-        token2wav chunks) run batched on the device (streaming/batching.py); later sessions, and all with 0, run
-        alone with caches of their own."""
+        code predictor's) in rows of pools allocated now, and their replies' decode steps (and speech chunks:
+        Qwen2.5-Omni's token2wav, Qwen3-Omni's Code2Wav) run batched on the device (streaming/batching.py); later
+        sessions, and all with 0, run alone with caches of their own."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
         thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
@@ -242,6 +243,7 @@ class OmniEngine:
             talker_cache = default_cache_config(decoder, window=window)
             self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
         self.token2wav: StreamingToken2Wav | None = None  # shared by the pooled sessions (their chunks batch)
+        self.code2wav: StreamingCode2Wav | None = None  # the same for Qwen3-Omni's Code2Wav
         self.pools, self.batcher = self._make_pools(max_sessions)
 
     def _make_pools(self, max_sessions: int) -> tuple[SessionPools | None, StepBatcher | None]:
@@ -260,6 +262,7 @@ class OmniEngine:
         if isinstance(self.speech, Qwen3SpeechModels):  # and Qwen3's code predictor (a frame's positions per row)
             t = self.speech.talker
             pools.append(BatchedDecoder(t.predictor, max_sessions, t.predictor_cache(), embeds=True))
+            self.code2wav = StreamingCode2Wav(self.speech.code2wav)  # and its Code2Wav chunks batch
         return SessionPools(pools), StepBatcher(thinker)
 
     def _rows(self) -> SessionRows:
@@ -270,7 +273,7 @@ class OmniEngine:
         pools = self.pools.pools
         rows = SessionRows(pools[0], sids[0])
         if len(pools) > 1:
-            rows = replace(rows, talker=pools[1], talker_sid=sids[1], token2wav=self.token2wav)
+            rows = replace(rows, talker=pools[1], talker_sid=sids[1], token2wav=self.token2wav, code2wav=self.code2wav)
         if len(pools) > 2:
             rows = replace(rows, predictor=pools[2], predictor_sid=sids[2])
         return rows
