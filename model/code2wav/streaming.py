@@ -89,6 +89,7 @@ class StreamingCode2Wav:
         (model/lm/batch.py `run_steps` calls this for the steps that name this streamer as their pool)."""
         return self.decode([cast(Code2WavStreamState, st.item) for st in steps])
 
+    @torch.inference_mode()
     def decode(self, states: Sequence[Code2WavStreamState]) -> list[list[PCMChunk]]:
         """The buffered frames of each stream (distinct streams, each with some) as one chunk: one
         `Code2Wav.step_rows` call; one stream is the plain unbatched `step`. Per stream: its chunk ([] when the
