@@ -14,28 +14,39 @@ tokens and Talker codes of all replies over the wall time until every reply is d
 mean number of sessions per Thinker/Talker forward (over the batcher's log: its last 256 iterations). Torch runs
 on `--threads` threads (1: the numbers compare steps, not thread scheduling).
 
-A second table times the speech decoder alone: N sessions' streaming token2wav chunks that are due together,
-decoded as one batch (`StreamingToken2Wav.decode`: one ragged DiT solve, one vocoder call per input length; what
-the engine's pooled sessions do) versus one at a time (the unbatched path), for chunk 1 of every session (steady
-state: equal windows) and for a mix of first, later and last chunks (ragged windows). It also prints the max
-|batched - alone| sample difference. `--token2wav-only` prints just that table.
+A second table times the speech decoder alone: N sessions' streaming chunks that are due together, decoded as
+one batch (what the engine's pooled sessions do) versus one at a time (the unbatched path). Qwen2.5-Omni's
+token2wav (`StreamingToken2Wav.decode`: one ragged DiT solve, one vocoder call per input length): chunk 1 of every
+session (steady: equal windows) and a mix of first, later and last chunks (ragged windows). Qwen3-Omni's Code2Wav
+(`StreamingCode2Wav.decode`: one `Code2Wav.step_rows` call over right-padded rows): the next 1-frame chunk of
+streams whose KV window is full (steady, the engine's chunk size) and a mix of first chunks (1 frame), chunks of 2
+frames with the window partly full and last chunks of 3. It also prints the max |batched - alone| sample
+difference. `--token2wav-only` prints just that table (for either family); `--code2wav-preset qwen3-omni-30b-a3b`
+times Code2Wav on random weights of the released shape instead.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/omni_sessions.py --family qwen3 --token2wav-only --sessions 1,2,4,8
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import dataclasses
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.code2wav import build
 from benchmarks.tiny_sessions import as_owner, pool_rows
+from model.code2wav import Code2WavStreamState, StreamingCode2Wav
+from model.code2wav.config import PRESETS
 from model.lm.sampling import SamplingConfig
 from model.loaders.family import QWEN3_OMNI_MOE, detect_family
 from model.loaders.omni import load_thinker
@@ -142,26 +153,71 @@ def t2w_jobs(st: StreamingToken2Wav, n: int, mixed: bool) -> list[ChunkJob]:
     return jobs
 
 
-def t2w_table(args: argparse.Namespace, speech: Any) -> None:
-    st = StreamingToken2Wav(speech.token2wav, StreamingSchedule(), SolverConfig(num_steps=args.solver_steps))
-    print(f"\ntoken2wav chunks ({args.solver_steps} ODE steps, reference schedule): N sessions' due chunks")
+def chunk_table(args: argparse.Namespace, title: str,
+                jobs: Callable[[int, bool], list[Any]], decode: Callable[[list[Any]], list[torch.Tensor]]) -> None:
+    """N sessions' due speech chunks decoded one at a time vs as one batch: `jobs(n, mixed)` makes n fresh due
+    chunks (deterministic, so two calls give the same), `decode(jobs)` their samples (one job: the unbatched path)."""
+    print(f"\n{title}")
     print(f"{'sessions':>8} {'chunks':>7} {'one at a time':>14} {'batched':>9} {'speed-up':>8} {'max |diff|':>10}")
     for n in args.sessions:
         for mixed in (False, True):
             alone_s, batch_s, err = [], [], 0.0
             for _ in range(args.repeats):
-                a, b = t2w_jobs(st, n, mixed), t2w_jobs(st, n, mixed)
+                a, b = jobs(n, mixed), jobs(n, mixed)
                 t0 = time.perf_counter()
-                one = [st.decode([j])[0] for j in a]
+                one = [decode([j])[0] for j in a]
                 t1 = time.perf_counter()
-                many = st.decode(b)
+                many = decode(b)
                 t2 = time.perf_counter()
                 alone_s.append(t1 - t0)
                 batch_s.append(t2 - t1)
-                err = max([err] + [float((x.samples - y.samples).abs().max()) for x, y in zip(one, many)])
+                err = max([err] + [float((x - y).abs().max()) for x, y in zip(one, many, strict=True)])
             al, ba = min(alone_s), min(batch_s)
-            print(f"{n:>8} {'mixed' if mixed else 'chunk 1':>7} {al * 1e3:>11.1f} ms {ba * 1e3:>6.1f} ms "
+            print(f"{n:>8} {'mixed' if mixed else 'steady':>7} {al * 1e3:>11.1f} ms {ba * 1e3:>6.1f} ms "
                   f"{al / ba:>7.2f}x {err:>10.2g}")
+
+
+def t2w_table(args: argparse.Namespace, speech: Any) -> None:
+    st = StreamingToken2Wav(speech.token2wav, StreamingSchedule(), SolverConfig(num_steps=args.solver_steps))
+    chunk_table(args, f"token2wav chunks ({args.solver_steps} ODE steps, reference schedule): N sessions' due chunks "
+                "(steady: chunk 1 of each)", lambda n, mixed: t2w_jobs(st, n, mixed),
+                lambda jobs: [c.samples for c in st.decode(jobs)])
+
+
+def c2w_jobs(st: StreamingCode2Wav, n: int, mixed: bool) -> list[Code2WavStreamState]:
+    """n streams with a chunk due (deterministic): each after 80 frames decoded (the KV window full, every conv
+    primed) with the next frame buffered, the engine's 1-frame chunks; or (mixed) in turn a first chunk of 1 frame,
+    a chunk of 2 after 20 frames (the window partly full) and a last chunk of 3 after 80 frames."""
+    cfg = st.model.cfg
+    out = []
+    for k in range(n):
+        g = torch.Generator().manual_seed(k)
+        past, size = [(0, 1), (20, 2), (80, 3)][k % 3] if mixed else (80, 1)
+        state = st.init_state()
+        if past:  # untimed
+            st.push(state, torch.randint(0, cfg.codebook_size, (cfg.num_quantizers, past), generator=g))
+            st.decode([state])
+        st.push(state, torch.randint(0, cfg.codebook_size, (cfg.num_quantizers, size), generator=g))
+        if mixed and k % 3 == 2:
+            st.finish(state)
+        out.append(state)
+    return out
+
+
+def c2w_table(args: argparse.Namespace, speech: Any) -> None:
+    model, shape = speech.code2wav, "the checkpoint's"
+    if args.code2wav_preset:  # random weights of a released shape instead of the checkpoint's Code2Wav
+        model, shape = build(args.code2wav_preset, args.device, torch.float32), args.code2wav_preset
+    st = StreamingCode2Wav(model)
+    made: dict[tuple[int, bool], list[Code2WavStreamState]] = {}  # the streams' pasts decoded once (untimed)
+
+    def jobs(n: int, mixed: bool) -> list[Code2WavStreamState]:
+        if (n, mixed) not in made:
+            made[n, mixed] = c2w_jobs(st, n, mixed)
+        return copy.deepcopy(made[n, mixed])
+
+    chunk_table(args, f"Code2Wav chunks ({shape} shape): N sessions' due chunks (steady: 1 frame each, window full)",
+                jobs, lambda jobs: [torch.cat([c.samples for c in chunks]) for chunks in st.decode(jobs)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,8 +236,12 @@ def main(argv: list[str] | None = None) -> None:
                    "CPU attention reads every slot of a row, the per-session one only the filled ones)")
     p.add_argument("--repeats", type=int, default=3, help="runs per row; throughput: the fastest")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--code2wav-preset", choices=sorted(PRESETS),
+                   help="Qwen3: time the Code2Wav table on random weights of this released shape instead of the "
+                   "checkpoint's Code2Wav")
     p.add_argument("--token2wav-only", action="store_true",
-                   help="only the token2wav table (N sessions' chunks batched vs one at a time)")
+                   help="only the speech decoder's table (N sessions' token2wav or, for Qwen3, Code2Wav chunks batched "
+                   "vs one at a time)")
     args = p.parse_args(argv)
     args.sessions = [int(n) for n in args.sessions.split(",")]
     torch.set_num_threads(args.threads)
@@ -204,9 +264,8 @@ def main(argv: list[str] | None = None) -> None:
             models = load_thinker(d, device=args.device), load_speech(d, device=args.device)
         if not args.token2wav_only:
             asyncio.run(run(args, models))
-        if isinstance(models[1], SpeechModels):  # Qwen2.5-Omni's token2wav (Qwen3's Code2Wav is not batched)
-            with torch.inference_mode():
-                t2w_table(args, models[1])
+        with torch.inference_mode():  # the speech decoder: Qwen2.5-Omni's token2wav, Qwen3-Omni's Code2Wav
+            (t2w_table if isinstance(models[1], SpeechModels) else c2w_table)(args, models[1])
 
 
 if __name__ == "__main__":
