@@ -22,7 +22,8 @@ decoding, into its row of a pool that is not necessarily `decoder` (the omni eng
 model/speech_session.py); step 2 then also runs every such step, those of one pool together as one batched
 forward (`run_steps`), a lone one through the session's own forward, and sends each reply its
 (logits, hidden) back. A session's token2wav chunks come as `PoolStep`s too (pool: the engine's shared
-`StreamingToken2Wav`): the chunks due in one iteration decode as one batch and each reply gets its `PCMChunk`.
+`StreamingToken2Wav`; for Qwen3-Omni, its shared `StreamingCode2Wav`): the chunks due in one iteration decode as
+one batch and each reply gets its PCM.
 
 `log` keeps the last iterations (who decoded, who prefilled how many tokens), for tests and benchmarks.
 """

@@ -22,7 +22,8 @@ Sessions that drive their own decode loop (the Omni Thinker and Talker, model/sp
 many sessions that share a pool as one `decode`, and a lone step (or a session without a pool row) through
 the session's own forward, so a session alone runs exactly the unbatched path. `run_alone` drives such a
 generator by itself (every step alone): the plain event iterator. A pool is anything with `run_pool_steps`
-(`StepPool`): the sessions' streaming token2wav chunks batch the same way (model/token2wav/streaming.py).
+(`StepPool`): the sessions' streaming token2wav chunks (model/token2wav/streaming.py) and Qwen3-Omni Code2Wav chunks
+(model/code2wav/streaming.py) batch the same way, as right-padded rows (`pad_rows`) each masked to its own length.
 """
 
 from __future__ import annotations
@@ -260,8 +261,8 @@ StepResult = tuple[torch.Tensor, torch.Tensor | None]  # logits [1, V], final-no
 
 
 class StepPool(Protocol):
-    """What batches the `PoolStep`s of several sessions: a `BatchedDecoder` (decode steps into its cache rows)
-    or a `StreamingToken2Wav` (speech chunks, model/token2wav/streaming.py)."""
+    """What batches the `PoolStep`s of several sessions: a `BatchedDecoder` (decode steps into its cache rows),
+    or a `StreamingToken2Wav` / `StreamingCode2Wav` (speech chunks, model/{token2wav,code2wav}/streaming.py)."""
 
     def run_pool_steps(self, steps: Sequence[PoolStep]) -> list[Any]: ...
 
@@ -272,8 +273,10 @@ class PoolStep:
     of the same `pool`. For a `BatchedDecoder`: feed `item` (a token id, or an input embedding [1, 1, C] for an
     `embeds=True` pool) at the session's next position (`state.next_position`) into its row `sid`, and the
     generator gets a `StepResult` back. For a `StreamingToken2Wav`: decode the speech chunk `item` (a
-    `ChunkJob`; sid 0, token2wav keeps no rows), and the generator gets its `PCMChunk`. `alone()` runs the same
-    step through the session's own path (pool None or sid None: never batched)."""
+    `ChunkJob`; sid 0, token2wav keeps no rows), and the generator gets its `PCMChunk`. For a `StreamingCode2Wav`:
+    decode the buffered frames of the stream `item` (a `Code2WavStreamState`; sid 0), and the generator gets its
+    list of `PCMChunk`s. `alone()` runs the same step through the session's own path (pool None or sid None: never
+    batched)."""
 
     pool: StepPool | None
     sid: int | None
