@@ -52,7 +52,8 @@ import torch
 from model.encoders.vision_preprocess import AnyVisionConfig, resize_and_normalize, sample_video, video_frame_size
 from model.errors import CheckpointError, ConfigError
 from model.layers.quant_linear import quantize_decoder
-from model.lm.batch import BatchedDecoder, PoolStep, run_alone
+from model.lm.batch import BatchedDecoder, PoolStep, capture_pools, capture_report, run_alone
+from model.lm.cuda_graph import GraphCapture
 from model.lm.decoder import DecoderLM, DecoderState, default_cache_config
 from model.lm.sampling import SamplingConfig
 from model.loaders.family import QWEN2_5_OMNI, QWEN3_OMNI_MOE, detect_family
@@ -205,7 +206,8 @@ class OmniEngine:
         `max_sessions` > 0: the first that many open sessions keep their Thinker and Talker caches (and Qwen3-Omni's
         code predictor's) in rows of pools allocated now, and their replies' decode steps (and Qwen2.5-Omni's
         token2wav chunks) run batched on the device (streaming/batching.py); later sessions, and all with 0, run
-        alone with caches of their own."""
+        alone with caches of their own. On CUDA each pool's decode step is captured as CUDA graphs, one per batch
+        size, here (before any session joins; `graph_captures`, logged; OMNI_CUDA_GRAPHS=0: eager)."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
         thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
@@ -242,6 +244,7 @@ class OmniEngine:
             talker_cache = default_cache_config(decoder, window=window)
             self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
         self.token2wav: StreamingToken2Wav | None = None  # shared by the pooled sessions (their chunks batch)
+        self.graph_captures: list[GraphCapture] = []  # the pools' CUDA graphs, captured at start-up (on CUDA)
         self.pools, self.batcher = self._make_pools(max_sessions)
 
     def _make_pools(self, max_sessions: int) -> tuple[SessionPools | None, StepBatcher | None]:
@@ -252,15 +255,20 @@ class OmniEngine:
             return None, None
         th = self.thinker
         thinker = BatchedDecoder(th.model.lm, max_sessions, self.cache)  # either family (Qwen3: MoE layers too)
-        pools = [thinker]
+        named = {"thinker": thinker}
         if self.speech is not None:  # either family's Talker decoder (Qwen3: MoE)
-            pools.append(BatchedDecoder(self.speech.talker.decoder, max_sessions, self.talker_cache, embeds=True))
+            named["talker"] = BatchedDecoder(self.speech.talker.decoder, max_sessions, self.talker_cache, embeds=True)
         if isinstance(self.speech, SpeechModels):  # Qwen2.5-Omni: the sessions' token2wav chunks batch
             self.token2wav = StreamingToken2Wav(self.speech.token2wav, self.schedule, self.solver)
         if isinstance(self.speech, Qwen3SpeechModels):  # and Qwen3's code predictor (a frame's positions per row)
             t = self.speech.talker
-            pools.append(BatchedDecoder(t.predictor, max_sessions, t.predictor_cache(), embeds=True))
-        return SessionPools(pools), StepBatcher(thinker)
+            named["predictor"] = BatchedDecoder(t.predictor, max_sessions, t.predictor_cache(), embeds=True)
+        # Before any session joins: each pool's step per batch size (CUDA, OMNI_CUDA_GRAPHS not 0; model/lm/batch.py)
+        self.graph_captures = capture_pools(named)
+        report = capture_report(named, self.graph_captures)
+        if report is not None:
+            log.info("%s", report)
+        return SessionPools(list(named.values())), StepBatcher(thinker)
 
     def _rows(self) -> SessionRows:
         """Cache rows in the pools for a new session (none when there are no pools or they are full)."""
