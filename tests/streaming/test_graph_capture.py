@@ -236,3 +236,35 @@ def test_the_server_shows_the_engine_captures_in_metrics() -> None:
     assert "omni_cuda_graph_batch_sizes_thinker 3" in page
     assert "omni_cuda_graph_batch_sizes_predictor 0" in page
     assert "cuda_graph" not in Server(ToneEngine()).metrics.render()
+
+
+def test_the_engine_compiles_token2wav_at_start_up_only_when_asked(
+    models: Models, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """`compile_token2wav` / OMNI_TOKEN2WAV_COMPILE: the warm-up (what compiles; recorded here, not run: compiling
+    the tiny model takes minutes on this CPU, tests/model/test_token2wav_compile.py checks the compiled output)
+    runs once at start-up, batched when sessions are pooled; every session's streamer is the compiled one."""
+    from model.token2wav.streaming import StreamingToken2Wav
+
+    calls: list[tuple[bool, int]] = []
+
+    def fake_warm_up(self: StreamingToken2Wav, max_batch: int = 1) -> float:
+        calls.append((self.compiled, max_batch))
+        return 1.5
+
+    monkeypatch.setattr(StreamingToken2Wav, "warm_up", fake_warm_up)
+    monkeypatch.delenv("OMNI_TOKEN2WAV_COMPILE", raising=False)
+    assert make(models, max_sessions=2).token2wav_compile_s == 0.0 and calls == []  # default: off
+    with caplog.at_level(logging.INFO):
+        engine = OmniEngine(None, models=models, schedule=SCHEDULE, solver=SOLVER, max_sessions=2,
+                            compile_token2wav=True)
+    assert calls == [(True, 2)] and engine.token2wav_compile_s == 1.5
+    assert "compiled the streaming token2wav (torch.compile) in 1.5 s" in caplog.text
+    pooled, alone = engine.open_session(), OmniEngine(None, models=models, schedule=SCHEDULE, solver=SOLVER,
+                                                      compile_token2wav=True).open_session()
+    assert calls == [(True, 2), (True, 1)]  # the engine without pools warms a lone streamer up
+    for s in (pooled, alone):
+        assert s.speaking.streamer.compiled  # type: ignore[attr-defined]
+        s.close()
+    monkeypatch.setenv("OMNI_TOKEN2WAV_COMPILE", "1")
+    assert make(models, max_sessions=0).compile_token2wav
