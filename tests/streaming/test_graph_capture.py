@@ -268,3 +268,26 @@ def test_the_engine_compiles_token2wav_at_start_up_only_when_asked(
         s.close()
     monkeypatch.setenv("OMNI_TOKEN2WAV_COMPILE", "1")
     assert make(models, max_sessions=0).compile_token2wav
+
+
+def test_the_talker_pool_step_reads_nothing_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embeds=True pool (Talker, Qwen3 code predictor) captures the same `_device_step` with its input
+    embeddings in a static buffer: no tensor -> Python value inside it (tests/model/test_batch.py checks the
+    token-id pool the same way)."""
+    torch.manual_seed(0)
+    model = DecoderLM(DecoderConfig.from_name("tiny")).eval()
+    pool = BatchedDecoder(model, max_sessions=2, cache=CACHE, embeds=True)
+    sid = pool.open()
+    x = torch.randn(1, 1, model.cfg.hidden_size)
+    with torch.inference_mode():
+        want = pool.decode({sid: x})  # [1, V]: fills the static buffers as a real step does
+
+    def forbidden(*_: object) -> None:
+        raise AssertionError("host read inside the device step")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    with torch.inference_mode():
+        got = pool._device_step(1)  # the same step again (it rewrites the same slot), checked this time
+    monkeypatch.undo()
+    torch.testing.assert_close(got, want)
