@@ -291,3 +291,31 @@ def test_the_talker_pool_step_reads_nothing_back(monkeypatch: pytest.MonkeyPatch
         got = pool._device_step(1)  # the same step again (it rewrites the same slot), checked this time
     monkeypatch.undo()
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the capture and replay themselves "
+                    "(never run where this was written: no GPU there)")
+def test_on_cuda_replayed_steps_equal_eager_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three sessions joining at different times, greedy, float32: the tokens of a pool that replays its captured
+    graphs are exactly those of the same pool run eagerly (OMNI_CUDA_GRAPHS=0), and a lone session's too."""
+    torch.manual_seed(0)
+    model = DecoderLM(DecoderConfig.from_name("tiny")).eval().cuda()
+    prompts = [[5, 17, 42, 9, 100], [7, 7, 3], [200, 1, 2, 3, 4, 5, 6, 7, 8]]
+
+    def run(graphs: bool) -> tuple[list[list[int]], bool]:
+        monkeypatch.setenv("OMNI_CUDA_GRAPHS", "1" if graphs else "0")
+        pool = BatchedDecoder(model, max_sessions=4, cache=CACHE)
+        captures = capture_pools({"thinker": pool})
+        assert [(c.pool, c.sizes, c.skipped) for c in captures] == ([("thinker", (1, 2, 4), None)] if graphs else [])
+        sids = [pool.join(prompts[0], SamplingConfig(max_new_tokens=12))]
+        for it in range(40):
+            if it in (2, 5):
+                sids.append(pool.join(prompts[len(sids)], SamplingConfig(max_new_tokens=12)))
+            pool.step()
+        return [pool.leave(s) for s in sids], pool.graphed
+
+    with torch.inference_mode():
+        replayed, graphed = run(True)
+        eager, eager_graphed = run(False)
+    assert graphed and not eager_graphed
+    assert replayed == eager and all(len(t) == 12 for t in replayed)
