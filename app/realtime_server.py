@@ -311,6 +311,7 @@ class Server:
         self.media = DeviceWorker("media-worker")
         self.vad: SileroVad | None = None
         self.metrics = ServerMetrics()
+        self.metrics.record_graph_captures(getattr(engine, "graph_captures", ()))  # (model/lm/cuda_graph.py)
         self.demo_page = demo_page()  # the browser demo's HTML, put together once
         self.connections: dict[str, Connection] = {}  # WebRTC calls
         self.sockets: dict[str, Call] = {}  # Realtime WebSocket sessions (app.realtime_ws registers them)

@@ -64,7 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sessions", type=int, default=0, metavar="N",
                    help="omni engine (Qwen2.5-Omni or Qwen3-Omni): the first N open sessions' Thinker and Talker "
                    "(Qwen3: and code predictor) decode steps run batched on the device, their caches in pools "
-                   "allocated at start (default 0: each session runs alone)")
+                   "allocated at start (default 0: each session runs alone); on CUDA each pool's decode step is "
+                   "captured as CUDA graphs at start-up, one per batch size, the capture time logged and in /metrics "
+                   "(environment OMNI_CUDA_GRAPHS=0: run the steps eagerly)")
+    p.add_argument("--compile-token2wav", action=argparse.BooleanOptionalAction, default=None,
+                   help="omni engine (Qwen2.5-Omni): the streaming token2wav's DiT and BigVGAN through torch.compile, "
+                   "compiled at start-up (needs a C++ compiler; minutes on a CPU, for chunks 14-25%% faster there; "
+                   "unmeasured on a GPU); default: the environment's OMNI_TOKEN2WAV_COMPILE=1, else off")
     p.add_argument(
         "--ice-server",
         action="append",
@@ -205,11 +211,14 @@ def make_engine(
     llm: str | None = None,
     quant: str | None = None,
     batch_sessions: int = 0,
+    compile_token2wav: bool | None = None,
 ) -> Engine:
     if name != "omni" and (model is not None or quant is not None):
         raise ValueError(f"--model and --quant are for --engine omni, not {name}")
     if name != "omni" and batch_sessions:
         raise ValueError(f"--batch-sessions is for --engine omni, not {name}")
+    if name != "omni" and compile_token2wav:
+        raise ValueError(f"--compile-token2wav is for --engine omni, not {name}")
     if name not in ("omni", "embedded") and voice is not None:
         raise ValueError(f"--voice is for --engine embedded or omni, not {name}")
     if name != "embedded" and llm is not None:
@@ -219,7 +228,8 @@ def make_engine(
             raise ValueError("--engine omni needs --model DIR (a Qwen2.5-Omni or Qwen3-Omni checkpoint directory)")
         from streaming.engines.omni import OmniEngine
 
-        return OmniEngine(model, device=device, voice=voice, quant=quant, max_sessions=batch_sessions)
+        return OmniEngine(model, device=device, voice=voice, quant=quant, max_sessions=batch_sessions,
+                          compile_token2wav=compile_token2wav)
     if name == "test":
         from streaming.engines.tone import ToneEngine
 
@@ -266,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(threads)
         engine = make_engine(
             args.engine, args.test_step_delay, args.model, args.voice, args.device, args.llm, args.quant,
-            args.batch_sessions,
+            args.batch_sessions, args.compile_token2wav,
         )
         memory = open_memory(args, engine)
     except (ValueError, RuntimeError, OSError) as e:

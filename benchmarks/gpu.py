@@ -11,12 +11,13 @@ bandwidth bound counts what one decode token reads (attention, routers, the 8 ro
 head), not the whole 60 GB. The speech rows and transformers' generate are Qwen2.5-Omni's and are not run for
 Qwen3 presets (its speech path: benchmarks/qwen3_speech.py, benchmarks/qwen3_first_audio.py): first text only.
 int4 experts run one int4 matmul per expert with tokens, which reads the routing on the host, so the Qwen3 int4
-row runs without CUDA graphs.
+row runs without CUDA graphs (`BatchedDecoder.capture_graphs` leaves such a model eager: model/lm/cuda_graph.py).
 
 Measures, per preset: the device's copy bandwidth; Thinker decode ms/token through the serving path (one
 session in `BatchedDecoder`, CUDA graphs captured on CUDA, capture time reported) for bf16, int8 and int4
 weights, and its share of the bandwidth bound (bytes a step reads / copy bandwidth); Thinker decode of 1, 4,
-16 and 32 sessions as one batched step (ms/step, tokens/s and the gain over one session); prefill tokens/s;
+16 and 32 sessions as one batched step (ms/step, tokens/s, the gain over one session, and the seconds the
+start-up capture of that pool's graphs took: every batch size up to N); prefill tokens/s;
 Talker step, token2wav chunk and real-time factor (benchmarks/talker.py's turn); end of user speech ->
 first audio sample at 1, 4, 16 and 32 concurrent sessions (p50/p95); transformers' generate on the same
 Thinker shape (--transformers). Prints a table and writes JSON and, when matplotlib is installed, a PNG.
@@ -36,12 +37,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -154,7 +152,8 @@ def decode_speed(lm: DecoderLM, cache: CacheConfig, steps: int) -> dict[str, flo
         batch.step()
     sync(dev)
     batch.leave(sid)
-    return {"decode_ms": (time.perf_counter() - t0) / steps * 1e3, "graph_capture_s": capture_s}
+    return {"decode_ms": (time.perf_counter() - t0) / steps * 1e3, "graph_capture_s": capture_s,
+            "cuda_graphs": batch.graphs.captured}
 
 
 def batched_decode(lm: DecoderLM, cache: CacheConfig, n: int, steps: int) -> dict[str, float]:
@@ -162,7 +161,7 @@ def batched_decode(lm: DecoderLM, cache: CacheConfig, n: int, steps: int) -> dic
     a step reads the weights once for all rows, so up to the ridge point n sessions cost about one."""
     dev = lm.device
     batch = BatchedDecoder(lm, max_sessions=n, cache=cache)
-    batch.capture_graphs()
+    capture_s = batch.capture_graphs()
     sids = [batch.join(list(range(16 + i)), SamplingConfig(max_new_tokens=steps + 32)) for i in range(n)]
     while not all(batch.sessions[s].ready for s in sids):  # prefill (a budget at a time), then warm-up
         batch.step()
@@ -176,7 +175,8 @@ def batched_decode(lm: DecoderLM, cache: CacheConfig, n: int, steps: int) -> dic
     ms = (time.perf_counter() - t0) / steps * 1e3
     for s in sids:
         batch.leave(s)
-    return {"sessions": n, "step_ms": ms, "tokens_per_s": n / ms * 1e3}
+    return {"sessions": n, "step_ms": ms, "tokens_per_s": n / ms * 1e3, "graph_capture_s": capture_s,
+            "graph_sizes": len(batch.graphs.capture_seconds)}
 
 
 def prefill_speed(lm: DecoderLM, cache: CacheConfig, tokens: int) -> float:
@@ -273,6 +273,7 @@ def first_audio(lm: DecoderLM, speech_models: tuple[Talker, Token2Wav] | None, n
     out = {"sessions": n, "first_text_ms": statistics.median(text_at.values()) * 1e3}
     if speech is None or speech_models is None:
         return out
+    out["talker_graph_capture_s"] = sum(speech[0].graphs.capture_seconds.values())
     done = speak_until_first_audio(speech_models[0], *speech, t0)
     q = statistics.quantiles(done, n=20) if n > 1 else [done[0]] * 19
     return out | {"first_audio_p50_ms": statistics.median(done) * 1e3, "first_audio_p95_ms": q[18] * 1e3}
@@ -307,10 +308,7 @@ def run_preset(preset: str, args: argparse.Namespace, bandwidth: float) -> dict[
     out: dict[str, Any] = {"preset": name, "dtype": str(dtype).removeprefix("torch."), "decode": {}}
     for quant in (None, "int8", "int4"):
         lm = build_lm(name, dev, dtype, quant)
-        eager = is_qwen3(name) and quant == "int4" and dev.type == "cuda"  # see the module docstring
-        with _graphs_off(eager):
-            r = decode_speed(lm, cache, args.decode_steps)
-        r["cuda_graphs"] = dev.type == "cuda" and not eager
+        r = decode_speed(lm, cache, args.decode_steps)  # (Qwen3 int4: eager, see the module docstring)
         r["weight_gb"] = step_bytes(lm) / 1e9
         r["bound_ms"] = step_bytes(lm) / (bandwidth * 1e9) * 1e3
         r["share_of_bound"] = r["bound_ms"] / r["decode_ms"]
@@ -337,22 +335,6 @@ def run_preset(preset: str, args: argparse.Namespace, bandwidth: float) -> dict[
     return out
 
 
-@contextmanager
-def _graphs_off(off: bool) -> Iterator[None]:
-    """OMNI_CUDA_GRAPHS=0 inside (model/lm/cuda_graph.py) when `off`."""
-    old = os.environ.get("OMNI_CUDA_GRAPHS")
-    if off:
-        os.environ["OMNI_CUDA_GRAPHS"] = "0"
-    try:
-        yield
-    finally:
-        if off:
-            if old is None:
-                del os.environ["OMNI_CUDA_GRAPHS"]
-            else:
-                os.environ["OMNI_CUDA_GRAPHS"] = old
-
-
 def print_table(result: dict[str, Any]) -> None:
     print(f"device {result['device']}: copy bandwidth {result['copy_gb_s']:.0f} GB/s")
     for p in result["presets"]:
@@ -367,12 +349,16 @@ def print_table(result: dict[str, Any]) -> None:
                   f"session's first audio {s['first_audio_ms']:.0f} ms, RTF {s['rtf']:.3f}")
         one = p["batched_decode"][0]["tokens_per_s"] / p["batched_decode"][0]["sessions"]
         for b in p["batched_decode"]:
+            graphs = f", {b['graph_sizes']} graphs captured in {b['graph_capture_s']:.2f} s" if b["graph_sizes"] else ""
             print(f"  {b['sessions']:>3} sessions decoding together: {b['step_ms']:.2f} ms/step, "
-                  f"{b['tokens_per_s']:.0f} tokens/s ({b['tokens_per_s'] / one:.1f}x one session's)")
+                  f"{b['tokens_per_s']:.0f} tokens/s ({b['tokens_per_s'] / one:.1f}x one session's){graphs}")
         for f in p["first_audio"]:
             audio = f" first audio p50 {f['first_audio_p50_ms']:.0f} ms, p95 {f['first_audio_p95_ms']:.0f} ms" \
                 if "first_audio_p50_ms" in f else " (speech not run)"
-            print(f"  {f['sessions']:>3} sessions: end of speech -> first text {f['first_text_ms']:.0f} ms,{audio}")
+            talker = f", Talker graphs captured in {f['talker_graph_capture_s']:.2f} s" \
+                if f.get("talker_graph_capture_s") else ""
+            print(f"  {f['sessions']:>3} sessions: end of speech -> first text {f['first_text_ms']:.0f} ms,"
+                  f"{audio}{talker}")
         if "transformers" in p:
             t = p["transformers"]
             print("  transformers generate: " + (f"{t['decode_ms']:.2f} ms/token" if "decode_ms" in t else t["error"]))

@@ -77,6 +77,7 @@ class SpeechSettings:
     schedule: StreamingSchedule = field(default_factory=StreamingSchedule)
     solver: SolverConfig = field(default_factory=SolverConfig)
     max_codes: int = 4096
+    compile_token2wav: bool | None = None  # torch.compile token2wav (None: OMNI_TOKEN2WAV_COMPILE; streaming.py)
 
 
 class SpeakingSession(ThinkerSession):
@@ -115,7 +116,8 @@ class SpeakingSession(ThinkerSession):
                                    or shared.solver != self.settings.solver):
             raise ValueError("the shared token2wav streamer differs from the session's model, schedule or solver")
         self._shared_streamer = shared
-        self.streamer = shared or StreamingToken2Wav(speech.token2wav, self.settings.schedule, self.settings.solver)
+        self.streamer = shared or StreamingToken2Wav(speech.token2wav, self.settings.schedule, self.settings.solver,
+                                                     self.settings.compile_token2wav)
         self._text_input = False  # the positions being fed hold token embeddings (not encoder features)
         self._text_mask: torch.Tensor | None = None  # per position, when one feed mixes both (`_feed_parts`)
         self._replying = False

@@ -11,7 +11,8 @@ session that is replying (streaming.worker), which:
 1. advances each reply to its next `Forward` (or event);
 2. feeds every one-token `Forward` of sessions with a cache row in the shared pool as ONE batched decode
    step (model/lm/batch.py `BatchedDecoder.decode`; each session keeps its row, positions and sampler, so
-   its tokens are those it gets alone); a single one runs the session's own forward, the unbatched path;
+   its tokens are those it gets alone); a single one runs the session's own forward, the unbatched path
+   (except where the pool replays CUDA graphs: there a lone step is its one-row graph);
 3. feeds prefills, in the worker's turn order, up to the token budget left after the decode rows; a prefill
    that is not finished is `NOT_DONE`: the worker queues it again behind the other sessions' jobs, so a long
    prompt never holds the others' steps for more than one budget's worth of tokens;
@@ -20,7 +21,8 @@ session that is replying (streaming.worker), which:
 A reply can also yield `PoolStep`s (model/lm/batch.py): one decode step of a session that drives its own
 decoding, into its row of a pool that is not necessarily `decoder` (the omni engine's Thinker and Talker pools,
 model/speech_session.py); step 2 then also runs every such step, those of one pool together as one batched
-forward (`run_steps`), a lone one through the session's own forward, and sends each reply its
+forward (`run_steps`), a lone one through the session's own forward (on a pool that replays CUDA graphs: its
+one-row graph), and sends each reply its
 (logits, hidden) back. A session's token2wav chunks come as `PoolStep`s too (pool: the engine's shared
 `StreamingToken2Wav`; for Qwen3-Omni, its shared `StreamingCode2Wav`): the chunks due in one iteration decode as
 one batch and each reply gets its PCM.
@@ -226,8 +228,9 @@ class StepBatcher:
 
     def _decode(self, replies: list[ModelReply], it: Iteration) -> None:
         """One token of each reply: one batched forward of their pool rows (the session's own forward when
-        there is just one, so a lone session runs exactly the unbatched path)."""
-        if len(replies) == 1:
+        there is just one, so a lone session runs exactly the unbatched path, unless the pool replays CUDA graphs:
+        then its one-row graph)."""
+        if len(replies) == 1 and not self.decoder.graphed:
             replies[0].feed(1)
         elif replies:
             tokens: dict[int, int | torch.Tensor] = {}

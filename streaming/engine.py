@@ -184,7 +184,9 @@ class EngineSession(Protocol):
 class Engine(Protocol):
     """Weights and shared resources; makes sessions. An engine whose sessions send `TurnEndLikely` from
     `prepare_turn` says so with a class attribute `judges_turn_end = True` (session.created then shows the
-    semantic end of turn as the Realtime `semantic_vad`); without it turns end after the silence."""
+    semantic end of turn as the Realtime `semantic_vad`); without it turns end after the silence. An engine that
+    captured CUDA graphs at start-up lists them as `graph_captures` (model/lm/cuda_graph.py `GraphCapture`s; the
+    server's /metrics shows them)."""
 
     name: str
     input_sample_rate: int

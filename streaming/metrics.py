@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (torch stays out of this module's imports)
+    from model.lm.cuda_graph import GraphCapture
 
 
 @dataclass
@@ -109,6 +114,16 @@ class ServerMetrics:
     def add_gauge(self, name: str, help: str, by: float) -> None:
         with self._lock:
             self.gauges[name] = (help, self.gauges.get(name, (help, 0.0))[1] + by)
+
+    def record_graph_captures(self, captures: Iterable[GraphCapture]) -> None:
+        """Gauges of the engine's start-up CUDA graph capture, per pool (none when nothing was captured or tried:
+        the CPU, OMNI_CUDA_GRAPHS=0)."""
+        for c in captures:
+            self.set_gauge(f"cuda_graph_capture_seconds_{c.pool}",
+                           f"start-up CUDA graph capture of the {c.pool} decode step, every batch size", c.seconds)
+            self.set_gauge(f"cuda_graph_batch_sizes_{c.pool}",
+                           f"batch sizes of the {c.pool} decode step captured as CUDA graphs (0: it runs eagerly, "
+                           "the start-up log says why)", len(c.sizes))
 
     def observe_turn(self, m: TurnMetrics) -> None:
         origin = m.end_of_speech if m.end_of_speech is not None else m.response_start

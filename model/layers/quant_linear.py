@@ -126,6 +126,13 @@ class QuantExperts(nn.Module):
             return Int4ExpertWeights(buf("packed"), buf("scale"), buf("mins"), self._groups[name])
         return buf("w")
 
+    @property
+    def graph_unsafe(self) -> str | None:
+        """Why a CUDA graph cannot capture this forward (model/lm/cuda_graph.py `host_read_reason`), or None."""
+        if "int4" in self._kinds.values():
+            return "int4 experts read the routing offsets back to the host (Int4ExpertWeights.grouped)"
+        return None
+
     def forward(self, x: torch.Tensor, top_idx: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
         return moe_experts(x, self.stack("gate_up"), self.stack("down"), top_idx, top_w)
 

@@ -20,7 +20,9 @@ leaves each row's final-norm hidden state in `hidden` (the Omni Talker's input i
 Sessions that drive their own decode loop (the Omni Thinker and Talker, model/speech_session.py) yield a
 `PoolStep` per decode step from their reply generator instead of running it: `run_steps` runs the steps of
 many sessions that share a pool as one `decode`, and a lone step (or a session without a pool row) through
-the session's own forward, so a session alone runs exactly the unbatched path. `run_alone` drives such a
+the session's own forward, so a session alone runs exactly the unbatched path; except on a pool whose step
+replays CUDA graphs (captured at the engine's start-up, `capture_pools`), where a lone step is that pool's
+one-row step too (one graph launch instead of ~340 kernel launches from Python). `run_alone` drives such a
 generator by itself (every step alone): the plain event iterator. A pool is anything with `run_pool_steps`
 (`StepPool`): the sessions' streaming token2wav chunks (model/token2wav/streaming.py) and Qwen3-Omni Code2Wav chunks
 (model/code2wav/streaming.py) batch the same way, as right-padded rows (`pad_rows`) each masked to its own length.
@@ -28,13 +30,13 @@ generator by itself (every step alone): the plain event iterator. A pool is anyt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
 
 import torch
 
-from model.lm.cuda_graph import StepGraphs
+from model.lm.cuda_graph import GraphCapture, StepGraphs, graphs_enabled, host_read_reason
 from model.lm.decode_kernels import DISPATCH_OPS, KernelOps, StepInputs, decode_step
 from model.lm.decoder import DecoderLM, DecoderState, default_cache_config
 from model.lm.kv_cache import CacheConfig, KVCache
@@ -108,10 +110,20 @@ class BatchedDecoder:
 
     def capture_graphs(self) -> float:
         """Capture the decode step per batch size (CUDA only, see cuda_graph.py); seconds taken. Call before
-        any session joins: the warm-up steps run on idle rows, which write only the scratch slot."""
+        any session joins: the warm-up steps run on idle rows, which write only the scratch slot. A model with a
+        step that reads back to the host (`host_read_reason`) is not captured: its step runs eagerly."""
         if self.sessions:
             raise RuntimeError("capture the graphs before sessions join")
-        return self.graphs.capture()
+        if host_read_reason(self.model) is not None:
+            return 0.0
+        with torch.inference_mode():  # as the steps run (run_steps)
+            return self.graphs.capture()
+
+    @property
+    def graphed(self) -> bool:
+        """The step is replayed from captured graphs: a lone session's step is worth running here too
+        (`run_steps`)."""
+        return self.graphs.captured
 
     def join(self, prompt: Sequence[int], sampling: SamplingConfig | None = None, respond: bool = True) -> int:
         """A new session with this prompt (token ids); returns its id. Its prefill starts at the next step;
@@ -285,17 +297,18 @@ class PoolStep:
 
 
 def run_steps(steps: Sequence[PoolStep]) -> list[Any]:
-    """Run the steps, those of two or more sessions of one pool as one batched `run_pool_steps`, the others
-    alone; results in the steps' order (an exception: that step failed; the others are unaffected)."""
+    """Run the steps, those of two or more sessions of one pool (or one, on a pool that replays CUDA graphs) as
+    one batched `run_pool_steps`, the others alone; results in the steps' order (an exception: that step failed;
+    the others are unaffected)."""
     out: list[Any] = [None] * len(steps)
     groups: dict[int, list[int]] = {}
     for i, st in enumerate(steps):
         if st.pool is not None and st.sid is not None:
             groups.setdefault(id(st.pool), []).append(i)
-    batched = {i for ix in groups.values() if len(ix) > 1 for i in ix}
+    batched = {i for ix in groups.values() if len(ix) > 1 or _graphed(steps[ix[0]].pool) for i in ix}
     with torch.inference_mode():
         for ix in groups.values():
-            if len(ix) < 2:
+            if ix[0] not in batched:
                 continue
             pool = steps[ix[0]].pool
             assert pool is not None
@@ -312,6 +325,38 @@ def run_steps(steps: Sequence[PoolStep]) -> list[Any]:
                 except Exception as e:  # this session's step failed alone
                     out[i] = e
     return out
+
+
+def _graphed(pool: StepPool | None) -> bool:
+    """A pool whose step replays CUDA graphs (`BatchedDecoder.graphed`): a lone step runs there too, one graph
+    launch instead of the session's own eager forward."""
+    return bool(getattr(pool, "graphed", False))
+
+
+def capture_pools(pools: Mapping[str, BatchedDecoder]) -> list[GraphCapture]:
+    """Capture every pool's decode step (named for the log) at start-up, before any session joins: what each got.
+    Pools where graphs are off (the CPU, OMNI_CUDA_GRAPHS=0) are left out: nothing was captured or tried."""
+    out = []
+    for name, pool in pools.items():
+        if not graphs_enabled(pool.model.device):
+            continue
+        reason = host_read_reason(pool.model)
+        if reason is not None:
+            out.append(GraphCapture(name, (), 0.0, reason))
+            continue
+        seconds = pool.capture_graphs()
+        out.append(GraphCapture(name, pool.graphs.sizes, seconds))
+    return out
+
+
+def capture_report(pools: Mapping[str, BatchedDecoder], captures: Sequence[GraphCapture]) -> str | None:
+    """The start-up log line for `capture_pools`' result: what was captured (and what was not, and why), that graphs
+    are off on a CUDA device, or None when no pool is on CUDA (nothing to say)."""
+    if captures:
+        return "captured CUDA graphs: " + ", ".join(c.describe() for c in captures)
+    if any(pool.model.device.type == "cuda" for pool in pools.values()):
+        return "CUDA graphs off (OMNI_CUDA_GRAPHS=0): batched decode steps run eagerly"
+    return None
 
 
 def run_alone(gen: Generator[T | PoolStep, Any, None]) -> Generator[T, None, None]:

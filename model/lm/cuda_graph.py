@@ -7,6 +7,11 @@ The step function must read its inputs from, and write its outputs to, tensors w
 anything back to the host. Set OMNI_CUDA_GRAPHS=0 to run the same function eagerly (debugging, profiling).
 
 On the CPU, or with graphs off, `StepGraphs` calls the function directly: the same code, minus the capture.
+
+A module whose forward does read back to the host says so with a `graph_unsafe` attribute (the reason, e.g.
+model/layers/quant_linear.py's int4 experts); `host_read_reason` finds it, and the pool holding such a model runs
+its step eagerly (model/lm/batch.py `capture_pools`), with the reason in the start-up log. `GraphCapture` is what
+start-up capture did for one pool; engines keep theirs as `graph_captures` (the server's /metrics shows them).
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 _WARMUP = 3  # eager runs on a side stream before capture: lazy inits, Triton compiles, cuBLAS workspaces
 
@@ -23,6 +30,32 @@ _WARMUP = 3  # eager runs on a side stream before capture: lazy inits, Triton co
 def graphs_enabled(device: torch.device) -> bool:
     """CUDA graphs on this device: only on CUDA, and not when OMNI_CUDA_GRAPHS=0."""
     return device.type == "cuda" and os.environ.get("OMNI_CUDA_GRAPHS", "1") != "0"
+
+
+def host_read_reason(model: nn.Module) -> str | None:
+    """Why `model`'s step cannot be captured: the reason the first submodule with a `graph_unsafe` attribute gives
+    (its forward reads a tensor back to the host), or None."""
+    for name, m in model.named_modules():
+        reason = getattr(m, "graph_unsafe", None)
+        if reason:
+            return f"{name or type(m).__name__}: {reason}"
+    return None
+
+
+@dataclass(frozen=True)
+class GraphCapture:
+    """Start-up capture of one pool's step: the batch sizes captured and the seconds it took (warm-up included),
+    or (`skipped`) why that pool's step runs eagerly."""
+
+    pool: str
+    sizes: tuple[int, ...]
+    seconds: float
+    skipped: str | None = None
+
+    def describe(self) -> str:
+        if self.skipped is not None:
+            return f"{self.pool} not captured ({self.skipped})"
+        return f"{self.pool} {len(self.sizes)} sizes {self.seconds:.1f} s"
 
 
 class StepGraphs:

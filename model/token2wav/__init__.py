@@ -8,7 +8,7 @@ loader keeps it float32 whatever dtype the language models use.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,30 +93,33 @@ class Token2Wav(nn.Module):
         noise: torch.Tensor,
         solver: SolverConfig,
         lengths: Sequence[int] | None = None,
+        dit: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The guided flow ODE from noise [B, T, mel] given `DiT.condition` rows [2B, T, *] (the B conditional
         rows, then the B unconditional ones). `lengths`: real frames of each of the B rows when they differ
-        (right-padded; each row then solves as it would alone, `DiT.plan`)."""
+        (right-padded; each row then solves as it would alone, `DiT.plan`). `dit`: what evaluates the velocity
+        (default `self.dit`; a compiled one, model/token2wav/streaming.py)."""
         B = noise.shape[0]
+        velocity_of = dit if dit is not None else self.dit
         guidance = solver.guidance_scale >= 1e-5  # none: the conditional rows alone (as the reference)
         rows = None if lengths is None else list(lengths) * (2 if guidance else 1)
         plan = self.dit.plan(noise.shape[1], noise.device, noise.dtype, rows)
         if not guidance:
 
             def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                return self.dit(x, t.reshape(1).expand(B), conditioning[:B], plan)
+                return velocity_of(x, t.reshape(1).expand(B), conditioning[:B], plan)
 
             return solve(velocity, noise, solver)
 
         def pair(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return self.dit(torch.cat([x, x]), t.reshape(1).expand(2 * B), conditioning, plan)
+            return velocity_of(torch.cat([x, x]), t.reshape(1).expand(2 * B), conditioning, plan)
 
         return solve(guided(pair, solver.guidance_scale), noise, solver)
 
     @torch.inference_mode()
-    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
-        """Waveform [1, T * 240] from mel [1, T, mel_dim]."""
-        return self.bigvgan(mel.to(self.dtype).transpose(1, 2))
+    def vocode(self, mel: torch.Tensor, vocoder: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Waveform [B, T * 240] from mel [B, T, mel_dim] (`vocoder`: default `self.bigvgan`; a compiled one)."""
+        return (vocoder if vocoder is not None else self.bigvgan)(mel.to(self.dtype).transpose(1, 2))
 
     def waveform(
         self,

@@ -22,11 +22,21 @@ longest with each row's block mask kept to its own frames (dit.py `ragged_masks`
 group of equal input length (a padded vocoder input would change the samples near its end). Every chunk is
 what it is alone, to float rounding (tests/model/test_token2wav_batch.py); the omni engine's pooled sessions
 hand their chunks to the device worker as `PoolStep`s with this streamer as the pool (model/lm/batch.py).
+
+Compiled (`compiled=True`, or OMNI_TOKEN2WAV_COMPILE=1): the DiT's velocity evaluations and BigVGAN run through
+`torch.compile` (inductor, dynamic shapes), the same chunks to ~1e-7 (tests/model/test_token2wav_compile.py).
+Measured on a CPU (benchmarks/token2wav_compile.py): chunks 14-25% faster for 2-4 minutes of compiling, so it is
+off by default. Not measured on a GPU; no CUDA graph of the chunk is captured (compile's "reduce-overhead" mode
+would record one per shape, but the RK4 step keeps earlier velocity outputs alive across calls, which a replay
+overwrites unless they are copied out: not tried without a GPU).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import time
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -35,6 +45,30 @@ import torch
 from model.lm.batch import PoolStep, pad_rows
 from model.token2wav import Token2Wav
 from model.token2wav.solver import SolverConfig
+
+
+# Token2Wav -> its compiled (DiT, BigVGAN): compiled once per set of weights, whichever streamers use them
+_COMPILED: weakref.WeakKeyDictionary[Token2Wav, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def compile_requested() -> bool:
+    """OMNI_TOKEN2WAV_COMPILE=1: streamers compile the DiT and BigVGAN unless told otherwise (default off)."""
+    value = os.environ.get("OMNI_TOKEN2WAV_COMPILE", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"OMNI_TOKEN2WAV_COMPILE must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def compile_modules(model: Token2Wav) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """The DiT and BigVGAN of `model` through `torch.compile` (inductor, default mode, dynamic shapes: a chunk's
+    window length and batch vary), made once per model. Compilation happens at the first call of each shape
+    family, so `StreamingToken2Wav.warm_up` exists to pay it at start-up (2-4 minutes on a busy 2-core CPU)."""
+    got = _COMPILED.get(model)
+    if got is None:
+        got = (torch.compile(model.dit, dynamic=True), torch.compile(model.bigvgan, dynamic=True))
+        _COMPILED[model] = got
+    return got
 
 
 @dataclass(frozen=True)
@@ -89,14 +123,49 @@ class StreamingToken2Wav:
     instance can serve many sessions and batch their due chunks (`decode`; as a `StepPool` of `PoolStep`s)."""
 
     def __init__(
-        self, model: Token2Wav, schedule: StreamingSchedule | None = None, solver: SolverConfig | None = None
+        self, model: Token2Wav, schedule: StreamingSchedule | None = None, solver: SolverConfig | None = None,
+        compiled: bool | None = None,
     ) -> None:
+        """`compiled`: the DiT and BigVGAN through `torch.compile` (see `compile_modules`; None: the
+        OMNI_TOKEN2WAV_COMPILE environment variable, off unless it is 1)."""
         self.model = model
         self.schedule = schedule or StreamingSchedule()
         self.solver = solver or SolverConfig()
         self.block = model.cfg.dit.block_size
         self.repeats = model.cfg.dit.repeats
         self.hop = model.cfg.bigvgan.hop
+        if compiled is None:
+            compiled = compile_requested()
+        self._dit: Callable[..., torch.Tensor] | None = None  # the compiled modules (None: the model's own, eager)
+        self._vocoder: Callable[..., torch.Tensor] | None = None
+        if compiled:
+            self._dit, self._vocoder = compile_modules(model)
+
+    @property
+    def compiled(self) -> bool:
+        return self._dit is not None
+
+    def warm_up(self, max_batch: int = 1) -> float:
+        """Decode a throw-away turn (zero codes and noise: its first, a steady and a last chunk; then `max_batch`
+        turns' chunks together when > 1) so that a compiled streamer compiles now rather than in a user's first
+        reply; seconds taken (0 when not compiled: nothing to do)."""
+        if not self.compiled:
+            return 0.0
+        t0 = time.perf_counter()
+        dit, dev = self.model.dit, self.model.dit.proj_out.weight.device
+        cond = torch.zeros(1, dit.cfg.enc_emb_dim, device=dev)
+        ref = torch.zeros(1, 2 * self.block, dit.cfg.mel_dim, device=dev)
+        codes = self.codes_needed(1) + self.schedule.chunk_blocks * self.block // self.repeats // 2
+        for n in sorted({1, max_batch}):
+            states = [self.init_state(cond, ref, max_codes=codes, noise=torch.zeros(1, codes * self.repeats,
+                                                                                    dit.cfg.mel_dim)) for _ in range(n)]
+            for st in states:
+                self.append(st, [0] * codes)
+            while jobs := [j for st in states if (j := self.due(st)) is not None]:
+                self.decode(jobs)
+            if last := [j for st in states if (j := self.final(st)) is not None]:
+                self.decode(last)
+        return time.perf_counter() - t0
 
     @torch.inference_mode()
     def init_state(
@@ -202,7 +271,7 @@ class StreamingToken2Wav:
             by_len.setdefault(v.shape[1], []).append(i)
         wavs: list[torch.Tensor] = [voc_in[0]] * len(jobs)
         for ix in by_len.values():
-            out = self.model.vocode(torch.cat([voc_in[i] for i in ix]))
+            out = self.model.vocode(torch.cat([voc_in[i] for i in ix]), self._vocoder)
             for j, i in enumerate(ix):
                 wavs[i] = out[j]
         return [self._emit(job, v, w) for job, v, w in zip(jobs, voc_in, wavs, strict=True)]
@@ -222,11 +291,11 @@ class StreamingToken2Wav:
         conds = [dit.condition(j.state.codes[:, a // r : b // r], j.state.speaker) for j, (a, b) in zip(jobs, windows)]
         noises = [j.state.noise[:, a:b] for j, (a, b) in zip(jobs, windows)]
         if len(jobs) == 1:
-            mel = self.model.solve(conds[0], noises[0], self.solver)
+            mel = self.model.solve(conds[0], noises[0], self.solver, dit=self._dit)
         else:
             cond = pad_rows([c[:1] for c in conds] + [c[1:] for c in conds], dim=1)[0]  # all conditioned rows first
             noise, lengths = pad_rows(noises, dim=1)
-            mel = self.model.solve(cond, noise, self.solver, lengths)
+            mel = self.model.solve(cond, noise, self.solver, lengths, dit=self._dit)
         starts = [a for a, _ in windows]
         return [mel[i : i + 1, j.state.start - a : j.end - a] for i, (j, a) in enumerate(zip(jobs, starts))]
 

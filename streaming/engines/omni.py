@@ -53,7 +53,8 @@ from model.code2wav import StreamingCode2Wav
 from model.encoders.vision_preprocess import AnyVisionConfig, resize_and_normalize, sample_video, video_frame_size
 from model.errors import CheckpointError, ConfigError
 from model.layers.quant_linear import quantize_decoder
-from model.lm.batch import BatchedDecoder, PoolStep, run_alone
+from model.lm.batch import BatchedDecoder, PoolStep, capture_pools, capture_report, run_alone
+from model.lm.cuda_graph import GraphCapture
 from model.lm.decoder import DecoderLM, DecoderState, default_cache_config
 from model.lm.sampling import SamplingConfig
 from model.loaders.family import QWEN2_5_OMNI, QWEN3_OMNI_MOE, detect_family
@@ -76,7 +77,7 @@ from model.thinker_session import (
 )
 from model.token2wav import SAMPLE_RATE
 from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav
+from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, compile_requested
 from model.voices import UnknownVoiceError
 from streaming.batching import ModelReply, SessionPools, StepBatcher
 from streaming.engine import (
@@ -192,6 +193,7 @@ class OmniEngine:
         quant: str | None = None,
         memory_budget: int = DEFAULT_BUDGET,
         max_sessions: int = 0,
+        compile_token2wav: bool | None = None,
     ) -> None:
         """`model_dir`: a Qwen2.5-Omni checkpoint with its speech half (talker.*, token2wav.*, spk_dict.pt), or a
         Qwen3-Omni checkpoint (talker.*, code2wav.*; the family is read from config.json);
@@ -206,7 +208,12 @@ class OmniEngine:
         `max_sessions` > 0: the first that many open sessions keep their Thinker and Talker caches (and Qwen3-Omni's
         code predictor's) in rows of pools allocated now, and their replies' decode steps (and speech chunks:
         Qwen2.5-Omni's token2wav, Qwen3-Omni's Code2Wav) run batched on the device (streaming/batching.py); later
-        sessions, and all with 0, run alone with caches of their own."""
+        sessions, and all with 0, run alone with caches of their own. On CUDA each pool's decode step is captured
+        as CUDA graphs, one per batch size, here (before any session joins; `graph_captures`, logged;
+        OMNI_CUDA_GRAPHS=0: eager).
+        `compile_token2wav` (Qwen2.5-Omni): the streaming token2wav's DiT and BigVGAN through `torch.compile`,
+        compiled here by a throw-away turn (`token2wav_compile_s`, logged); None: OMNI_TOKEN2WAV_COMPILE (off unless
+        1). Off by default: on a CPU it costs minutes at start-up (benchmarks/token2wav_compile.py)."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
         thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
@@ -244,7 +251,19 @@ class OmniEngine:
             self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
         self.token2wav: StreamingToken2Wav | None = None  # shared by the pooled sessions (their chunks batch)
         self.code2wav: StreamingCode2Wav | None = None  # the same for Qwen3-Omni's Code2Wav
+        self.graph_captures: list[GraphCapture] = []  # the pools' CUDA graphs, captured at start-up (on CUDA)
+        self.compile_token2wav = compile_requested() if compile_token2wav is None else compile_token2wav
         self.pools, self.batcher = self._make_pools(max_sessions)
+        self.token2wav_compile_s = self._compile_token2wav(max_sessions)
+
+    def _compile_token2wav(self, max_sessions: int) -> float:
+        """Compile the streaming token2wav now (when asked), not in a user's first reply; seconds it took."""
+        if not (self.compile_token2wav and isinstance(self.speech, SpeechModels)):
+            return 0.0
+        streamer = self.token2wav or StreamingToken2Wav(self.speech.token2wav, self.schedule, self.solver, True)
+        seconds = streamer.warm_up(max_batch=2 if max_sessions > 1 else 1)  # (batches of 2 and more: one graph)
+        log.info("compiled the streaming token2wav (torch.compile) in %.1f s", seconds)
+        return seconds
 
     def _make_pools(self, max_sessions: int) -> tuple[SessionPools | None, StepBatcher | None]:
         """The Thinker's (and Talker's) cache pools for `max_sessions` batched sessions, and their batcher."""
@@ -254,16 +273,22 @@ class OmniEngine:
             return None, None
         th = self.thinker
         thinker = BatchedDecoder(th.model.lm, max_sessions, self.cache)  # either family (Qwen3: MoE layers too)
-        pools = [thinker]
+        named = {"thinker": thinker}
         if self.speech is not None:  # either family's Talker decoder (Qwen3: MoE)
-            pools.append(BatchedDecoder(self.speech.talker.decoder, max_sessions, self.talker_cache, embeds=True))
+            named["talker"] = BatchedDecoder(self.speech.talker.decoder, max_sessions, self.talker_cache, embeds=True)
         if isinstance(self.speech, SpeechModels):  # Qwen2.5-Omni: the sessions' token2wav chunks batch
-            self.token2wav = StreamingToken2Wav(self.speech.token2wav, self.schedule, self.solver)
+            self.token2wav = StreamingToken2Wav(self.speech.token2wav, self.schedule, self.solver,
+                                                self.compile_token2wav)
         if isinstance(self.speech, Qwen3SpeechModels):  # and Qwen3's code predictor (a frame's positions per row)
             t = self.speech.talker
-            pools.append(BatchedDecoder(t.predictor, max_sessions, t.predictor_cache(), embeds=True))
+            named["predictor"] = BatchedDecoder(t.predictor, max_sessions, t.predictor_cache(), embeds=True)
             self.code2wav = StreamingCode2Wav(self.speech.code2wav)  # and its Code2Wav chunks batch
-        return SessionPools(pools), StepBatcher(thinker)
+        # Before any session joins: each pool's step per batch size (CUDA, OMNI_CUDA_GRAPHS not 0; model/lm/batch.py)
+        self.graph_captures = capture_pools(named)
+        report = capture_report(named, self.graph_captures)
+        if report is not None:
+            log.info("%s", report)
+        return SessionPools(list(named.values())), StepBatcher(thinker)
 
     def _rows(self) -> SessionRows:
         """Cache rows in the pools for a new session (none when there are no pools or they are full)."""
@@ -358,6 +383,7 @@ class OmniEngine:
             schedule=self.schedule,
             solver=self.solver,
             max_codes=self.max_codes,
+            compile_token2wav=self.compile_token2wav,
         )
         rows = self._rows()
         try:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from model.lm.batch import BatchedDecoder
+from model.lm.batch import BatchedDecoder, capture_pools
 from model.lm.config import DecoderConfig
 from model.lm.decoder import DecoderLM, DecoderState
 from model.lm.kv_cache import CacheConfig
@@ -159,6 +159,8 @@ class TinyLMEngine:
         self.output_sample_rate = output_sample_rate
         # one KV pool row per session up to max_sessions; a step of the device worker decodes them together
         self.decoder = BatchedDecoder(self.model, max_sessions, self.cache_config, token_budget)
+        # (the model lives on the CPU, so this captures nothing; kept so the engine reads as the omni one does)
+        self.graph_captures = capture_pools({"tiny": self.decoder})
         self.batcher = StepBatcher(self.decoder)
         self._lock = threading.Lock()
         self._opened = 0
