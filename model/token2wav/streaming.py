@@ -46,7 +46,6 @@ from model.lm.batch import PoolStep, pad_rows
 from model.token2wav import Token2Wav
 from model.token2wav.solver import SolverConfig
 
-
 # Token2Wav -> its compiled (DiT, BigVGAN): compiled once per set of weights, whichever streamers use them
 _COMPILED: weakref.WeakKeyDictionary[Token2Wav, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = (
     weakref.WeakKeyDictionary())
