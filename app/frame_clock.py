@@ -23,7 +23,8 @@ The rule here, by what the frame carries:
   barge-in finds at most that much speech queued downstream.
 - The slip is given back at the talkspurt's end: the first silent frame after it jumps to the wall clock's slot
   like any late silent frame. So speech plays late by at most the stalls it lived through, and the silence after
-  it does not keep the debt.
+  it does not keep the debt. That frame also waits out what the talkspurt caught up back to back (at most the
+  60 ms), its timestamp jumping as far, so a receiver that queued those frames plays them out in the pause.
 
 The jump is made on a silent frame only (a talkspurt that would start while the clock is behind first gets one
 silent frame on the wall clock's slot, 20 ms): Opus carries 6.5 ms of look-ahead, so the packet after a timestamp
@@ -80,6 +81,7 @@ class FrameClock:
         self.frames = 0  # frames handed out
         self.skipped = 0  # silent frames left out after a late wake-up (the timestamps jump over them)
         self.slipped = 0.0  # seconds talkspurts fell behind the wall clock, in total
+        self._caught = 0.0  # the longest lateness this talkspurt caught up back to back (<= the catch-up)
 
     def _late(self, now: float) -> float:
         """How late the next frame is at `now` against the wall clock's slot (negative: early)."""
@@ -100,18 +102,32 @@ class FrameClock:
         slots = max(0, int((behind + SLOT_EPSILON) // self._frame_s))  # whole frame slots passed since the due one
         pcm = None if slots and not self._talking else read(self.frame)  # speech must not start across a jump
         if pcm is None:
-            self._pts += slots * self.frame
-            self.skipped += slots
-            self.slip = 0.0
-        elif behind - self.slip > self._catch_up_s:  # a talkspurt frame later than a catch-up covers
-            grown = behind - self.slip - self._catch_up_s
-            self.slip += grown
-            self.slipped += grown
+            await self._jump(slots)
+        else:
+            late = behind - self.slip  # against the talkspurt's own (slipped) schedule
+            if late > self._catch_up_s:
+                self.slip += late - self._catch_up_s
+                self.slipped += late - self._catch_up_s
+            if late > 0:
+                self._caught = max(self._caught, min(late, self._catch_up_s))
         self._talking = pcm is not None
         pts = self._pts
         self._pts += self.frame
         self.frames += 1
         return pts, pcm
+
+    async def _jump(self, slots: int) -> None:
+        """A silent frame: its timestamp jumps over the `slots` it is late by. At a talkspurt's end it also jumps
+        over, and waits out, the longest lateness the talkspurt caught up back to back: a receiver that queued those
+        frames plays them out in this pause instead of keeping them as delay (the catch-up's 60 ms at most)."""
+        hold = int((self._caught + SLOT_EPSILON) // self._frame_s) if self._talking else 0
+        self._caught = self.slip = 0.0
+        self._pts += (slots + hold) * self.frame
+        self.skipped += slots + hold
+        if hold:
+            wait = -self._late(self._now())
+            if wait > 0:
+                await self._sleep(wait)
 
 
 def mono_frame(pcm: np.ndarray, rate: int, pts: int) -> av.AudioFrame:

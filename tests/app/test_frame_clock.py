@@ -107,6 +107,7 @@ async def test_a_stall_mid_speech_keeps_every_frame_contiguous_and_gives_the_lag
     pts, pcm = await clock.next_frame(src.read)  # the first silence after the speech
     assert pcm is None and clock.slip == 0.0
     assert pts == slot_of(start, ft)  # on the wall clock again: the lag is not kept
+    assert ft.slept[-1] == pytest.approx(MAX_CATCH_UP * FRAME_S)  # and the caught-up frames get played out
     assert clock.skipped == pts // FRAME - 60 >= 21
 
 
