@@ -4,7 +4,8 @@ Per connection: one `RTCPeerConnection` and one `Session`, owned by a `Connectio
 on hang-up, disconnect, failure or server shutdown. Signaling: the client POSTs its SDP offer
 (Content-Type: application/sdp) to /v1/realtime/calls and gets the SDP answer (201, Location names the call);
 events travel as JSON on the client's `oai-events` data channel; microphone and camera arrive as tracks and
-the assistant's speech leaves as an audio track of paced 20 ms frames at 48 kHz.
+the assistant's speech leaves as an audio track of paced 20 ms frames at 48 kHz (app.frame_clock: after a stalled
+loop the late silent frames are skipped, not sent at once, so the call does not stay late by the stall).
 
 ICE: no STUN server unless `--ice-server` is given; `app.signaling.restrict_ice_hosts` (`--ice-host`) restricts host
 candidates to the given addresses (aioice otherwise offers every interface address except 127.0.0.1).
