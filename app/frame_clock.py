@@ -5,8 +5,8 @@ that the receiver schedules playback by. When the event loop stalls (a full garb
 a loaded machine), every frame that fell due meanwhile is late. Sending them all at once as soon as the loop runs
 again, with contiguous timestamps (what the clock did before), keeps the sender on the wall clock but moves the
 stall into the receiver: its jitter buffer gets the stall's worth of frames in one go, plays them in order, and
-the user hears everything after that, for the rest of the call, late by the stall (every stall adds to it), and
-a barge-in leaves that much speech queued at the receiver, already counted as played by the server.
+the user hears everything after that, for the rest of the call, late by the stall (a longer stall adds to it),
+and a barge-in leaves that much speech queued at the receiver, already counted as played by the server.
 
 The rule here, by what the frame carries:
 
@@ -18,7 +18,7 @@ The rule here, by what the frame carries:
   so no gap opens inside a word. A late frame and the ones after it go back to back for at most MAX_CATCH_UP
   frames (60 ms), which covers an ordinary late timer wake-up on a busy loop without a gap; the rest of the
   lateness is kept as the talkspurt's `slip`: the speech goes on at the real-time pace, late by it, instead of
-  piling up at the receiver. A receiver's jitter buffer therefore grows by at most 60 ms per stall, what the
+  piling up at the receiver. A receiver's jitter buffer therefore grows by at most 60 ms in a stall, what the
   server counts as played (samples read from the session) is at most 60 ms ahead of what was sent, and a
   barge-in finds at most that much speech queued downstream.
 - The slip is given back at the talkspurt's end: the first silent frame after it jumps to the wall clock's slot
@@ -27,8 +27,9 @@ The rule here, by what the frame carries:
   60 ms), its timestamp jumping as far, so a receiver that queued those frames plays them out in the pause.
 
 The jump is made on a silent frame only (a talkspurt that would start while the clock is behind first gets one
-silent frame on the wall clock's slot, 20 ms): Opus carries 6.5 ms of look-ahead, so the packet after a timestamp
-jump still holds the end of the frame before it, and that end must be silence, not the start of a word.
+silent frame on the wall clock's slot, 20 ms): aiortc's Opus encoder cuts its packets 6.5 ms (look-ahead) off the
+frames and stamps each by the frame it starts in, so the gap lands inside the frame that carries the jump (a jump
+on frame k showed between packets k and k+1), and that frame must be silence, not a word.
 """
 
 from __future__ import annotations

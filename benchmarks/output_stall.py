@@ -2,6 +2,7 @@
 talks to `omni serve` (tone engine) running on its own thread and event loop, whose loop is then blocked on purpose.
 
     python -m benchmarks.output_stall [--stall-ms 1000] [--clock both|new|burst]
+    python -m benchmarks.output_stall --sustained 60 --stall-ms 2000 --every-ms 2050   # ICE consent, see below
 
 Timeline: 2 s of silence; a stall while nothing plays; a reply (tone engine) with a stall in the middle of its
 speech; then a second reply. The client records each frame's arrival and RTP timestamp; a receiver that plays
@@ -13,6 +14,9 @@ first audio (how late the user hears it), whether the stalled reply arrived whol
 audio_seconds) with contiguous timestamps, the timestamp jump over the silence stall, and the server's counters.
 `--clock burst` is the rule before app/frame_clock.py (every late frame sent at once, contiguous timestamps),
 kept here for comparison only. Numbers, not assertions: tests/app/test_serve_stall.py asserts on the same run.
+`--sustained SECONDS`: the loop stalled --stall-ms every --every-ms for that long instead, an idle client connected;
+prints whether the call survived ICE consent freshness (aioice: one check every ~5 s, failing unless answered
+within 0.5 s, the connection closed after 6 failures in a row) and the consent expiries at either end.
 Run it in a loopback-only network namespace on CI (`unshare -n sh -c 'ip link set lo up; exec "$@"' sh python -m
 benchmarks.output_stall`).
 """
@@ -35,7 +39,7 @@ from app.frame_clock import FrameClock, Read
 from app.realtime_server import ServeOptions
 from app.signaling import restrict_ice_hosts
 from benchmarks.rtc_client import FRAME, RealtimeClient, playout_delays
-from benchmarks.soak import poll_until
+from benchmarks.soak import ConsentLog, poll_until
 from streaming.engines.tone import ToneEngine
 
 LOUD = 0.02  # RMS of a received frame that carries the reply's tone (0.3 sine: ~0.2)
@@ -174,14 +178,55 @@ def _report(client: RealtimeClient, marks: dict[str, float], audio_seconds: floa
     )
 
 
+async def sustained(stall_s: float, every_s: float, seconds: float) -> str:
+    """ICE consent (RFC 7675) under a loop that stalls over and over: the server's loop blocked `stall_s` every
+    `every_s` for `seconds`, an idle aiortc client connected; whether the call survived, and aioice's consent
+    expiries (either end: aioice sends a check every ~5 s, each one failing unless answered within 0.5 s, and
+    closes after 6 failures in a row)."""
+    restrict_ice_hosts(["127.0.0.1"])
+    consent = ConsentLog()
+    bg = BackgroundServer(ToneEngine(), ServeOptions(idle_timeout=0))
+    url = await asyncio.to_thread(bg.start)
+    client = RealtimeClient(url)
+    end = time.monotonic() + seconds
+
+    def stall() -> None:
+        time.sleep(stall_s)
+        if time.monotonic() < end:
+            bg.loop.call_later(max(0.0, every_s - stall_s), stall)
+
+    try:
+        await client.connect()
+        await client.wait_for("session.created")
+        t0 = time.monotonic()
+        bg.loop.call_soon_threadsafe(stall)
+        await poll_until(lambda: client.pc.connectionState != "connected", 0.2, seconds + 1)
+        state, lasted = client.pc.connectionState, time.monotonic() - t0
+    finally:
+        await client.close()
+        await poll_until(lambda: not bg.server.connections, 0.1, 10.0)
+        await asyncio.to_thread(bg.stop)
+    return (f"stalls of {stall_s * 1000:.0f} ms every {every_s * 1000:.0f} ms for {seconds:g} s: the client's peer "
+            f"connection {state} after {lasted:.0f} s, ICE consents expired (either end) {consent.expired}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stall-ms", type=float, default=1000.0, help="how long each stall blocks the server's loop")
     ap.add_argument("--clock", choices=("both", "new", "burst"), default="both",
                     help="new: app/frame_clock.py; burst: the rule before it (late frames at once); both: one run each")
+    ap.add_argument("--sustained", type=float, default=0.0, metavar="SECONDS",
+                    help="instead: stall the server's loop --stall-ms every --every-ms for this long with an idle "
+                         "client, and print whether the call survives ICE consent")
+    ap.add_argument("--every-ms", type=float, default=1100.0, help="with --sustained: one stall this often")
     args = ap.parse_args()
     if args.stall_ms <= 0:
         ap.error("--stall-ms must be > 0")
+    if args.sustained > 0:
+        if args.every_ms < args.stall_ms:
+            ap.error("--every-ms must be at least --stall-ms")
+        print(asyncio.run(sustained(args.stall_ms / 1000.0, args.every_ms / 1000.0, args.sustained)))
+        return
     for clock in ("new", "burst") if args.clock == "both" else (args.clock,):
         report = asyncio.run(run(args.stall_ms / 1000.0, clock))
         print("\n".join(report.lines()), flush=True)
