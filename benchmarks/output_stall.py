@@ -89,7 +89,7 @@ class StallReport:
             f"  timestamp jump over the silence stall           {self.silence_jump_s * ms:7.0f} ms",
             f"  stalled reply: {self.reply1_frames} frames for {self.reply1_expected:.0f} of audio, "
             f"{self.reply1_gaps} timestamp gaps inside",
-            "  server: " + ", ".join(f"{k} {v:g}" for k, v in sorted(self.counters.items())),
+            "  server: " + (", ".join(f"{k} {v:g}" for k, v in sorted(self.counters.items())) or "no counters"),
         ]
 
 
