@@ -202,12 +202,14 @@ async def sustained(stall_s: float, every_s: float, seconds: float) -> str:
         bg.loop.call_soon_threadsafe(stall)
         await poll_until(lambda: client.pc.connectionState != "connected", 0.2, seconds + 1)
         state, lasted = client.pc.connectionState, time.monotonic() - t0
+        server_side = [c.pc.connectionState for c in bg.server.connections.values()]  # which end gave up
     finally:
         await client.close()
         await poll_until(lambda: not bg.server.connections, 0.1, 10.0)
         await asyncio.to_thread(bg.stop)
     return (f"stalls of {stall_s * 1000:.0f} ms every {every_s * 1000:.0f} ms for {seconds:g} s: the client's peer "
-            f"connection {state} after {lasted:.0f} s, ICE consents expired (either end) {consent.expired}")
+            f"connection {state} after {lasted:.0f} s (the server's: {', '.join(server_side) or 'closed'}), ICE "
+            f"consents expired (either end) {consent.expired}")
 
 
 def main() -> None:
