@@ -9,26 +9,31 @@ from concurrent.futures import Future
 
 from aiohttp import web
 
-from app.realtime_server import ServeOptions
+from app.realtime_server import SERVER_KEY, ServeOptions, Server
 from app.server_app import build_app
 from streaming.engine import Engine
 
 
 class BackgroundServer:
-    """`start()` serves `build_app(engine, options)` on host:port (0: any free port) and returns its URL."""
+    """`start()` serves `build_app(engine, options)` on host:port (0: any free port) and returns its URL; `loop` is
+    the server's own event loop (benchmarks stall it on purpose: benchmarks/output_stall.py)."""
 
     def __init__(self, engine: Engine, options: ServeOptions | None = None, host: str = "127.0.0.1",
                  port: int = 0) -> None:
         self._app = build_app(engine, options)
         self._host, self._port = host, port
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="omni-server", daemon=True)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="omni-server", daemon=True)
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
 
+    @property
+    def server(self) -> Server:
+        return self._app[SERVER_KEY]
+
     def start(self, timeout: float = 120.0) -> str:
         self._thread.start()
-        fut: Future[str] = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        fut: Future[str] = asyncio.run_coroutine_threadsafe(self._start(), self.loop)
         self.url = fut.result(timeout)  # loading the VAD takes about 1 s; errors (port taken) surface here
         return self.url
 
@@ -42,8 +47,8 @@ class BackgroundServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout)
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout)
             self._runner = None
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
-        self._loop.close()
+        self.loop.close()

@@ -4,7 +4,8 @@ Per connection: one `RTCPeerConnection` and one `Session`, owned by a `Connectio
 on hang-up, disconnect, failure or server shutdown. Signaling: the client POSTs its SDP offer
 (Content-Type: application/sdp) to /v1/realtime/calls and gets the SDP answer (201, Location names the call);
 events travel as JSON on the client's `oai-events` data channel; microphone and camera arrive as tracks and
-the assistant's speech leaves as an audio track of paced 20 ms frames at 48 kHz.
+the assistant's speech leaves as an audio track of paced 20 ms frames at 48 kHz (app.frame_clock: after a stalled
+loop the late silent frames are skipped, not sent at once, so the call does not stay late by the stall).
 
 ICE: no STUN server unless `--ice-server` is given; `app.signaling.restrict_ice_hosts` (`--ice-host`) restricts host
 candidates to the given addresses (aioice otherwise offers every interface address except 127.0.0.1).
@@ -44,7 +45,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Protocol
 
 import av
@@ -54,6 +54,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConn
 from aiortc.mediastreams import MediaStreamError
 
 from app.auth import KEY_KIND, USER_ID, AuthConfig, client_secrets
+from app.frame_clock import FrameClock, mono_frame
 from app.limits import Limits, MessageGate, RateLimiter, check_sdp, count_refusal, fit_event, refusal
 from app.rtc_guard import guard_data_channels
 from app.signaling import BodyTooLarge, OfferError, check_offer_sdp, read_offer_form
@@ -78,53 +79,31 @@ MIC_PREFETCH = 0  # frames the server's receiver holds back after a microphone f
 
 
 class AssistantAudioTrack(MediaStreamTrack):
-    """The assistant's speech: 20 ms frames at 48 kHz, paced in real time, silence when nothing is queued."""
+    """The assistant's speech: 20 ms frames at 48 kHz, paced in real time by `app.frame_clock.FrameClock`,
+    silence when nothing is queued. `metrics`: where the clock's skipped frames and slip are counted."""
 
     kind = "audio"
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, metrics: ServerMetrics | None = None) -> None:
         super().__init__()
         self._session = session
-        self._clock = FrameClock(OUTPUT_RATE, FRAME_SAMPLES)
+        self._metrics = metrics
+        self.clock = FrameClock(OUTPUT_RATE, FRAME_SAMPLES)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        pts = await self._clock.next_frame()
-        pcm = self._session.read_output(FRAME_SAMPLES)
-        if pcm is None:
-            pcm = np.zeros(FRAME_SAMPLES, np.int16)
-        return mono_frame(pcm, OUTPUT_RATE, pts)
-
-
-class FrameClock:
-    """Real-time pacing of an outgoing track's frames: the first at once, each next one when its time comes
-    (after a stall, the late frames go at once, so the stream catches up instead of drifting)."""
-
-    def __init__(self, rate: int, frame: int) -> None:
-        self.rate, self.frame = rate, frame
-        self._start: float | None = None
-        self._pts = 0
-
-    async def next_frame(self) -> int:
-        """Wait until the next frame is due; its timestamp in samples."""
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += self.frame
-            wait = self._start + self._pts / self.rate - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        return self._pts
-
-
-def mono_frame(pcm: np.ndarray, rate: int, pts: int) -> av.AudioFrame:
-    """int16 mono samples as an av.AudioFrame stamped `pts` (in samples)."""
-    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate = rate
-    frame.pts = pts
-    frame.time_base = Fraction(1, rate)
-    return frame
+        clock = self.clock
+        skipped, slipped = clock.skipped, clock.slipped
+        pts, pcm = await clock.next_frame(self._session.read_output)
+        metrics = self._metrics
+        if metrics is not None and clock.skipped > skipped:
+            metrics.inc("output_frames_skipped_total", "silent 20 ms output frames not sent because the track "
+                        "woke up late (a stalled loop): the timestamps jump instead", clock.skipped - skipped)
+        if metrics is not None and clock.slipped > slipped:
+            metrics.inc("output_speech_slip_seconds_total", "seconds the assistant's speech fell behind the wall "
+                        "clock after stalls (given back in the silence after it)", clock.slipped - slipped)
+        return mono_frame(np.zeros(FRAME_SAMPLES, np.int16) if pcm is None else pcm, OUTPUT_RATE, pts)
 
 
 def hear_at_once(pc: RTCPeerConnection, prefetch: int = MIC_PREFETCH) -> None:
@@ -553,7 +532,7 @@ class Server:
         try:
             if settings is not None:  # applied before any audio once the call connects: the control lane goes first
                 session.inbox.put_control(settings)
-            conn.out_track = AssistantAudioTrack(session)
+            conn.out_track = AssistantAudioTrack(session, self.metrics)
             pc.addTrack(conn.out_track)
             pc.on("datachannel", lambda ch: conn.attach_channel(ch) if ch.label == "oai-events" else None)
             pc.on("connectionstatechange", lambda: self._on_state(conn))

@@ -20,7 +20,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from app.realtime_server import FrameClock, mono_frame
+from app.frame_clock import FrameClock, mono_frame
 
 RATE = 48000
 FRAME = 960
@@ -72,22 +72,42 @@ class ScriptedMic(MediaStreamTrack):
     def idle(self) -> bool:
         return not self._clips
 
+    def _read(self, n: int) -> np.ndarray | None:
+        if not self._clips:
+            return None
+        clip = self._clips[0]
+        out = np.zeros(n, np.int16)
+        take = clip[self._pos : self._pos + n]
+        out[: len(take)] = take
+        self._pos += n
+        if self._pos >= len(clip):
+            self._clips.pop(0)
+            self._pos = 0
+        return out
+
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        pts = await self._clock.next_frame()
-        out = np.zeros(FRAME, np.int16)
-        if self._clips:
-            clip = self._clips[0]
-            take = clip[self._pos : self._pos + FRAME]
-            out[: len(take)] = take
-            self._pos += FRAME
-            if self._pos >= len(clip):
-                self._clips.pop(0)
-                self._pos = 0
+        pts, pcm = await self._clock.next_frame(self._read)
+        out = np.zeros(FRAME, np.int16) if pcm is None else pcm
         sent = time.monotonic()  # the frame is sent as its first sample is due; its speech lasts FRAME samples
         self.sent.append((sent + FRAME / RATE, float(np.sqrt(np.mean(np.square(out / 32768.0))))))
         return mono_frame(out, RATE, pts)
+
+
+def playout_delays(arrivals: list[float], frame_s: float = FRAME / RATE) -> list[float]:
+    """Per received frame, how long it waits in a receiver that plays every frame it gets, in order and back to back,
+    and plays silence only while it has none (it never waits on a timestamp gap with a frame in hand, as a jitter
+    buffer with frames queued above its target does not): a frame starts when it has arrived and the one before it
+    has finished. Frames sent faster than real time (a burst after a stall) queue up here, and everything after them
+    waits as long, until the sender leaves a gap in its sending; that wait is what the user hears as added latency."""
+    out: list[float] = []
+    free = float("-inf")  # when the receiver is done with the frames so far
+    for t in arrivals:
+        start = max(t, free)
+        out.append(start - t)
+        free = start + frame_s
+    return out
 
 
 class RealtimeClient:
@@ -99,7 +119,8 @@ class RealtimeClient:
         self.mic = ScriptedMic()
         self.events: list[dict[str, Any]] = []
         self.audio: list[tuple[float, float]] = []  # (arrival time, RMS of the frame) of the assistant's track
-        self.audio_pts: list[int] = []  # the RTP timestamps (48 kHz) of those frames: a jump is frames lost
+        self.audio_pts: list[int] = []  # the RTP timestamps (48 kHz) of those frames: a jump is frames not sent
+        # (lost, or silence the server's FrameClock skipped after a stall: omni_output_frames_skipped_total)
         self._changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self.channel = self.pc.createDataChannel("oai-events")

@@ -15,8 +15,9 @@ load average (on a shared machine wall-clock latency follows the load; CPU per t
 busy machine stops early, saying so). `--trace FRAMES` attributes growth after warm-up (`--trace-after`, simulated
 minutes): at each report the largest growth in Python allocations by call site (tracemalloc), in live objects by
 type and in glibc's heap (in use vs. free but kept), since the trace began. `concurrent` prints replies, output
-frames received, dropped output frames (jumps in the received RTP timestamps), the real-time pace (frames the calls
-produced and received vs 50 per second each: a loop that cannot keep up sends frames late, not dropped),
+frames received, dropped output frames (jumps in the received RTP timestamps, less the silent frames the server's
+FrameClock skipped on purpose after a late wake-up, which are counted apart), the real-time pace (frames the calls
+produced and received vs 50 per second each: a loop that cannot keep up sends speech late and skips silence),
 inter-frame arrival gaps, dropped input frames, UDP datagrams the kernel dropped, the event loop's lag, ICE consent
 expiries, the server's counters, and each lost call with the reason the server closed it; `--stall-ms` blocks the
 loop on purpose to show what a starved loop does (see README: Soaks).
@@ -475,7 +476,7 @@ async def concurrent(args: argparse.Namespace) -> None:
     await asyncio.gather(*(talk(i, c) for i, c in enumerate(clients)))
     reporter.cancel()
     elapsed = time.monotonic() - t0
-    produced = sum(c.out_track._clock._pts // 960 + 1 for c in server.connections.values() if c.out_track is not None)
+    produced = sum(c.out_track.clock.frames for c in server.connections.values() if c.out_track is not None)
     for handle in stalls:
         handle.cancel()
     udp = {k: v - udp0[k] for k, v in udp_counters().items()}
@@ -489,14 +490,16 @@ async def concurrent(args: argparse.Namespace) -> None:
         missing += dropped_frames(c.audio_pts)
     counters = server.metrics.counters
     dropped = counters.get("dropped_input_frames_total", ("", 0.0))[1]
+    skipped = int(counters.get("output_frames_skipped_total", ("", 0.0))[1])
     print(f"concurrent: {args.sessions} sessions x {args.seconds:g} s: replies {sum(replies)} "
-          f"(min {min(replies)} per session), output frames received {frames}, dropped output frames {missing} "
-          f"(RTP timestamp jumps), inter-frame arrival gaps > 40 ms {late}, > 100 ms {gaps}, dropped input frames "
+          f"(min {min(replies)} per session), output frames received {frames}, dropped output frames "
+          f"{missing - skipped} (RTP timestamp jumps {missing}, less {skipped} silent frames the server skipped after "
+          f"late wake-ups), inter-frame arrival gaps > 40 ms {late}, > 100 ms {gaps}, dropped input frames "
           f"{dropped:g}, device worker busy {server.worker.busy_seconds:.1f} s, load average {os.getloadavg()[0]:.2f}")
     live = len(server.connections)
     print(f"  real-time pace: the {live} calls still open produced {produced} output frames in {elapsed:.0f} s "
           f"({produced / max(1, live * elapsed * 50):.0%} of 50 frames/s each; a loop that cannot keep up sends "
-          f"them late, with contiguous timestamps, so they are late rather than dropped), received "
+          f"speech late, with contiguous timestamps, and skips silence), received "
           f"{frames / max(1, args.sessions * elapsed * 50):.0%} of real time over all {args.sessions} calls")
     print(f"  UDP (whole process, both ends): {udp['InDatagrams']} datagrams received, {udp['InErrors']} dropped by "
           f"the kernel ({udp['RcvbufErrors']} with a full receive buffer), {udp['SndbufErrors']} send errors; "
