@@ -10,7 +10,7 @@ were chosen on; espeak-ng voices at other rates and pitches than the engine's an
 (`apt-get install flite`; skipped with a note when missing), plus the new Piper voice for the round trip.
 "whisper" decodes with `WhisperConfig()`'s settings, "whisper-old" with the first ones (greedy:
 `OLD_DECODING`), so a change of settings is measured side by side on the same audio; "whisper+lm" is
-"whisper" with its beam's hypotheses rescored by the packaged SmolLM2-135M (model/embedded/lm_rescore.py), as
+"whisper" with its beam's hypotheses rescored by the packaged SmolLM2-135M (omni/model/embedded/lm_rescore.py), as
 the embedded engine runs it. Audio is
 pushed in 20 ms chunks, as the engine receives it. Latency is `finish` alone per utterance: what is left to
 do at the pause. Whisper's partial captions do not change its final transcript, so they are off unless
@@ -44,14 +44,14 @@ from benchmarks.heldout_speech import (
     human_speech,
     speak,
 )
-from model.embedded.asr import RecognizerConfig, RecognizerStats, StreamingRecognizer
-from model.embedded.conversation_lm import conversation_lm_path
-from model.embedded.lm_rescore import LMScorer
-from model.embedded.piper import PiperSynthesizer
-from model.embedded.wer import WordErrors, word_errors
-from model.embedded.whisper import WhisperConfig, WhisperModel, WhisperRecognizer
-from model.loaders import load_lm
-from model.pcm import resample
+from omni.model.embedded.asr import RecognizerConfig, RecognizerStats, StreamingRecognizer
+from omni.model.embedded.conversation_lm import conversation_lm_path
+from omni.model.embedded.lm_rescore import LMScorer
+from omni.model.embedded.piper import PiperSynthesizer
+from omni.model.embedded.wer import WordErrors, word_errors
+from omni.model.embedded.whisper import WhisperConfig, WhisperModel, WhisperRecognizer
+from omni.model.loaders import load_lm
+from omni.model.pcm import resample
 
 CHUNK = 320  # 20 ms at 16 kHz: one WebRTC frame
 # The decoding settings main shipped first (measured 0.091 word error rate on the tuning part).

@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.spoken import HELD_OUT, IN_DOMAIN, VOICES, spoken
-from model.embedded.asr import RecognizerConfig, StreamingRecognizer
-from model.embedded.conversation_lm import conversation_lm_path
-from model.embedded.wer import corpus_wer
+from omni.model.embedded.asr import RecognizerConfig, StreamingRecognizer
+from omni.model.embedded.conversation_lm import conversation_lm_path
+from omni.model.embedded.wer import corpus_wer
 
 
 def main() -> int:

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.code2wav import SAMPLE_RATE, Code2Wav, Code2WavConfig, StreamingCode2Wav
+from omni.model.code2wav import SAMPLE_RATE, Code2Wav, Code2WavConfig, StreamingCode2Wav
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TINY = Code2WavConfig(

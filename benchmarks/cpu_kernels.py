@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.lm.decoder import DecoderState, default_cache_config
-from omni_kernels.cpu import library
-from omni_kernels.q4_matmul import pack_q4_1, q4_1_matmul
-from omni_kernels.q8_matmul import pack_q8_0, q8_0_matmul
+from omni.kernels.cpu import library
+from omni.kernels.q4_matmul import pack_q4_1, q4_1_matmul
+from omni.kernels.q8_matmul import pack_q8_0, q8_0_matmul
+from omni.model.lm.decoder import DecoderState, default_cache_config
 
 LAYERS, C, INTER, QKV, VOCAB = 30, 576, 1536, 576 + 2 * 192, 49152
 
@@ -58,7 +58,7 @@ def main() -> int:
     head = pack_q8_0(torch.randn(VOCAB, C, generator=g))
     mb = LAYERS * sum(b.numel() for b, _ in weights) / 1e6
 
-    from model.loaders import load_lm
+    from omni.model.loaders import load_lm
 
     lm = load_lm()
     model = lm.model

@@ -19,7 +19,7 @@ speech, so the VAD's own hang-over comes on top):
                two runs' figures to see what preparing at the pause saves
 Decode tokens/s is the reply's new tokens over its decode time (which includes the ~1% spent synthesising).
 Peak memory is the process's maximum resident set size. `--memory`: the session reads and writes memory
-(streaming.memory_lane over a fresh SQLite store in a temporary folder; MiniLM embeddings), so each first audio
+(omni.streaming.memory_lane over a fresh SQLite store in a temporary folder; MiniLM embeddings), so each first audio
 includes the question's embedding, the recall and the slot's prefill; the writer thread runs beside the turns.
 `--seed-facts N` first writes N first-person statements of the same user about the questions' topics (from an
 earlier session), so that recall has something to find at every turn and the slot fills towards its budget: the
@@ -43,18 +43,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.spoken import HELD_OUT, IN_DOMAIN, VOICES
-from memory import Memory, MemoryStore
-from model.embedded.asr import SAMPLE_RATE
-from model.embedded.text_embedding import TextEmbedder
-from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer
-from model.embedded.voices import DEFAULT_VOICE
-from model.embedded.voices import VOICES as ENGINE_VOICES
-from model.embedded.wer import corpus_wer
-from model.lm.sampling import SamplingConfig
-from model.pcm import resample
-from streaming.engine import AudioChunk, ReplyDone, TranscriptDelta
-from streaming.engines.embedded import EmbeddedEngine, EmbeddedSession
-from streaming.memory_lane import MemoryHub
+from omni.memory import Memory, MemoryStore
+from omni.model.embedded.asr import SAMPLE_RATE
+from omni.model.embedded.text_embedding import TextEmbedder
+from omni.model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer
+from omni.model.embedded.voices import DEFAULT_VOICE
+from omni.model.embedded.voices import VOICES as ENGINE_VOICES
+from omni.model.embedded.wer import corpus_wer
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.pcm import resample
+from omni.streaming.engine import AudioChunk, ReplyDone, TranscriptDelta
+from omni.streaming.engines.embedded import EmbeddedEngine, EmbeddedSession
+from omni.streaming.memory_lane import MemoryHub
 
 QUESTIONS = (
     *IN_DOMAIN,

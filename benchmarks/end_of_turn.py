@@ -1,12 +1,12 @@
 """Could the embedded LM tell a finished question from a pause mid-sentence? (data for a semantic end of turn)
 
 At a pause the embedded engine prefills the user's words (prepare_turn) and, on the way, reads the LM's
-probability that the message ends right there (<|im_end|>, "?" or "." next: model.lm.end_of_turn, computed by
+probability that the message ends right there (<|im_end|>, "?" or "." next: omni.model.lm.end_of_turn, computed by
 ChatSession.prefill_turn(score_end=True), the same call the engine makes, after the default system prompt).
 This measures it for the spoken test questions (complete) and every proper prefix of them (incomplete), and
 how many of each a threshold would call finished; and the cost of scoring (prefill with and without it).
 Prints numbers; the thresholds of `omni serve --semantic-eot` and of `semantic_vad`'s eagerness
-(streaming.vad.EAGERNESS) were chosen from them.
+(omni.streaming.vad.EAGERNESS) were chosen from them.
 
     .venv/bin/python benchmarks/end_of_turn.py [--heldout]
 
@@ -41,14 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.heldout_speech import FRESH_SENTENCES, SENTENCES
 from benchmarks.spoken import HELD_OUT, IN_DOMAIN
-from model.lm.chat_session import ChatSession
-from model.lm.decoder import default_cache_config
-from model.loaders import load_lm
-from streaming.engines.embedded import DEFAULT_SYSTEM_PROMPT, as_sentence
+from omni.model.lm.chat_session import ChatSession
+from omni.model.lm.decoder import default_cache_config
+from omni.model.loaders import load_lm
+from omni.streaming.engines.embedded import DEFAULT_SYSTEM_PROMPT, as_sentence
 
 
 def main() -> int:
-    torch.set_num_threads(1)  # as `omni serve` runs the embedded engine (app.serve.ENGINE_THREADS)
+    torch.set_num_threads(1)  # as `omni serve` runs the embedded engine (omni.app.serve.ENGINE_THREADS)
     lm = load_lm()
     chat = ChatSession(lm, system_prompt=DEFAULT_SYSTEM_PROMPT, cache=default_cache_config(lm.model.cfg))
     chat.prefill_history()
@@ -100,13 +100,13 @@ async def serve_latency(turns: int) -> int:
 
     from aiohttp import web
 
-    from app.realtime_server import ServeOptions
-    from app.serve import make_engine
-    from app.server_app import build_app
     from benchmarks.spoken import VOICES, spoken
     from benchmarks.ws_client import WsRealtimeClient
-    from model.pcm import to_int16
-    from streaming.vad import TurnConfig
+    from omni.app.realtime_server import ServeOptions
+    from omni.app.serve import make_engine
+    from omni.app.server_app import build_app
+    from omni.model.pcm import to_int16
+    from omni.streaming.vad import TurnConfig
 
     app = build_app(make_engine("embedded", 0.0), ServeOptions(turn=TurnConfig()))
     runner = web.AppRunner(app)

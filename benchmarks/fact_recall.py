@@ -7,7 +7,7 @@ per variant; asserts nothing.
 Each fact of benchmarks/fact_recall_data.py is typed in one session of a user (the engine replies, as in a call),
 the session closes (its text rolls into L3), and the question is typed in a new session of the same user: the
 answer can only come from the recalled-memory slot, through the engine's own prompt path (`EmbeddedSession`:
-system prompt, slot, question; `streaming.memory_lane` renders the slot) and the packaged LM, decoded as the
+system prompt, slot, question; `omni.streaming.memory_lane` renders the slot) and the packaged LM, decoded as the
 variant says. Scenarios: `alone`, one fact per user; `crowded`, every fact of the set told by one user in one
 session, so that the slot holds the other facts too and the answer must pick the right one. Each question runs on
 a copy of the store as it was after the facts, so that no question's turn is recalled for the next.
@@ -56,12 +56,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.fact_recall_data import HELD_OUT, TUNING, Fact
-from memory import Memory, MemoryStore
-from model.embedded.text_embedding import TextEmbedder
-from model.loaders import LoadedLM, load_lm
-from streaming.engine import ReplyDone, ResponseOptions
-from streaming.engines.embedded import DEFAULT_SAMPLING, DEFAULT_WINDOW, EmbeddedEngine
-from streaming.memory_lane import SLOT_HEADER, MemoryHub, MemoryLane
+from omni.memory import Memory, MemoryStore
+from omni.model.embedded.text_embedding import TextEmbedder
+from omni.model.loaders import LoadedLM, load_lm
+from omni.streaming.engine import ReplyDone, ResponseOptions
+from omni.streaming.engines.embedded import DEFAULT_SAMPLING, DEFAULT_WINDOW, EmbeddedEngine
+from omni.streaming.memory_lane import SLOT_HEADER, MemoryHub, MemoryLane
 
 TEXT_REPLY = ResponseOptions(speech=False)
 _NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
@@ -98,7 +98,7 @@ class Variant:
 
 
 class TimelineLane(MemoryLane):
-    """The slot as `memory.recall` renders it (header and timestamped lines), user side only."""
+    """The slot as `omni.memory.recall` renders it (header and timestamped lines), user side only."""
 
     def slot(self, question: str) -> str:
         super().slot(question)

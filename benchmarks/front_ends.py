@@ -46,15 +46,15 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from app.realtime_server import ServeOptions
-from app.serve import make_engine
-from app.server_app import build_app
-from app.signaling import restrict_ice_hosts
 from benchmarks.devices import chromium_args, find_chromium, pulse_missing, start_pulse, write_y4m
 from benchmarks.rtc_client import RealtimeClient
 from benchmarks.spoken import read_wav, write_wav
 from benchmarks.ws_client import WsRealtimeClient
-from streaming.vad import TurnConfig
+from omni.app.realtime_server import ServeOptions
+from omni.app.serve import make_engine
+from omni.app.server_app import build_app
+from omni.app.signaling import restrict_ice_hosts
+from omni.streaming.vad import TurnConfig
 
 QUESTION = "What is the capital of France?"
 LEVEL = 0.01  # -40 dBFS RMS: speech above, silence (and codec noise) below
@@ -219,7 +219,7 @@ async def run_page(name: str, page_url: str, wav: Path, camera: Path, turns: int
 
 
 async def run_desktop(engine: Any, wav: Path, turns: int, folder: Path) -> Result:
-    from app.desktop import Desktop, DesktopOptions, LocalConversation
+    from omni.app.desktop import Desktop, DesktopOptions, LocalConversation
 
     why = pulse_missing()
     if why:
@@ -324,7 +324,7 @@ async def main(args: argparse.Namespace) -> None:
 
 async def _gradio(url: str, wav: Path, camera: Path, turns: int) -> Result:
     try:
-        from app.gradio_page import UiServer
+        from omni.app.gradio_page import UiServer
     except ImportError as e:
         return Result("gradio page (Chromium)", [], [], f"skipped: {e} (the ui extra)")
     ui = UiServer(url)

@@ -11,7 +11,7 @@ bandwidth bound counts what one decode token reads (attention, routers, the 8 ro
 head), not the whole 60 GB. The speech rows and transformers' generate are Qwen2.5-Omni's and are not run for
 Qwen3 presets (its speech path: benchmarks/qwen3_speech.py, benchmarks/qwen3_first_audio.py): first text only.
 int4 experts run one int4 matmul per expert with tokens, which reads the routing on the host, so the Qwen3 int4
-row runs without CUDA graphs (`BatchedDecoder.capture_graphs` leaves such a model eager: model/lm/cuda_graph.py).
+row runs without CUDA graphs (`BatchedDecoder.capture_graphs` leaves such a model eager: omni/model/lm/cuda_graph.py).
 
 Measures, per preset: the device's copy bandwidth; Thinker decode ms/token through the serving path (one
 session in `BatchedDecoder`, CUDA graphs captured on CUDA, capture time reported) for bf16, int8 and int4
@@ -50,19 +50,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.talker import build as build_speech
 from benchmarks.talker import run_turn
-from model.layers.mlp import SparseMoE
-from model.layers.quant_linear import quantize_decoder
-from model.lm.batch import BatchedDecoder
-from model.lm.config import DecoderConfig
-from model.lm.decoder import DecoderLM
-from model.lm.kv_cache import CacheConfig
-from model.lm.sampling import SamplingConfig
-from model.qwen3.config import Qwen3OmniConfig
-from model.qwen3.thinker import text_config as qwen3_text_config
-from model.talker import Talker, TalkerState, TalkerTextEmbeds
-from model.thinker import ThinkerConfig
-from model.token2wav import Token2Wav
-from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav, Token2WavState
+from omni.model.layers.mlp import SparseMoE
+from omni.model.layers.quant_linear import quantize_decoder
+from omni.model.lm.batch import BatchedDecoder
+from omni.model.lm.config import DecoderConfig
+from omni.model.lm.decoder import DecoderLM
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.qwen3.config import Qwen3OmniConfig
+from omni.model.qwen3.thinker import text_config as qwen3_text_config
+from omni.model.talker import Talker, TalkerState, TalkerTextEmbeds
+from omni.model.thinker import ThinkerConfig
+from omni.model.token2wav import Token2Wav
+from omni.model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav, Token2WavState
 
 PRESETS = {"tiny": "tiny", "3b": "qwen2.5-omni-3b", "7b": "qwen2.5-omni-7b", "qwen3": "qwen3-omni-30b-a3b",
            "qwen3-tiny": "qwen3-omni-tiny"}

@@ -29,14 +29,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omni_kernels._triton import TRITON_AVAILABLE, interpreting
-from omni_kernels.decode_attention import decode_attention_reference, decode_attention_triton
-from omni_kernels.int4_matmul import int4_matmul_reference, int4_matmul_triton, quantize_int4
-from omni_kernels.int8_matmul import int8_matmul_reference, int8_matmul_triton, quantize_int8
-from omni_kernels.moe_matmul import grouped_matmul_reference, grouped_matmul_triton, moe_route
-from omni_kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
-from omni_kernels.rope import rope_qk_reference_, rope_qk_triton_
-from omni_kernels.silu_gate import silu_gate_reference, silu_gate_triton
+from omni.kernels._triton import TRITON_AVAILABLE, interpreting
+from omni.kernels.decode_attention import decode_attention_reference, decode_attention_triton
+from omni.kernels.int4_matmul import int4_matmul_reference, int4_matmul_triton, quantize_int4
+from omni.kernels.int8_matmul import int8_matmul_reference, int8_matmul_triton, quantize_int8
+from omni.kernels.moe_matmul import grouped_matmul_reference, grouped_matmul_triton, moe_route
+from omni.kernels.rms_norm import add_rms_norm_reference, add_rms_norm_triton
+from omni.kernels.rope import rope_qk_reference_, rope_qk_triton_
+from omni.kernels.silu_gate import silu_gate_reference, silu_gate_triton
 
 Op = tuple[str, Callable[[], object], Callable[[], object] | None, int]  # name, reference, kernel, bytes
 

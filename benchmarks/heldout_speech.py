@@ -4,7 +4,7 @@ Only `benchmarks/asr_compare.py` reads this (never the tests). The sentences are
 requests to a voice assistant, 4-14 words, with names, numbers and a few less common words.
 
 - The tuning part (`SENTENCES` in `ESPEAK_VOICES` and `FLITE_VOICES`): the first held-out set. Its errors
-  were read, one by one, to choose Whisper's decoding settings (`model/embedded/whisper.py`), so its word
+  were read, one by one, to choose Whisper's decoding settings (`omni/model/embedded/whisper.py`), so its word
   error rate is no longer an estimate for unseen speech.
 - The fresh part (`FRESH_SENTENCES` in `FRESH_ESPEAK_VOICES` and `FRESH_FLITE_VOICES`): written after that
   tuning and used by nothing but the final comparison; other sentences, other espeak-ng variants, rates and
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.embedded.tts import EspeakVoice, Synthesizer
-from model.pcm import resample
+from omni.model.embedded.tts import EspeakVoice, Synthesizer
+from omni.model.pcm import resample
 
 SENTENCES = (
     "What time does the bakery on the corner open tomorrow?",

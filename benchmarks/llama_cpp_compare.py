@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.embedded.packaged import default_model_path
-from model.lm.decoder import DecoderLM, DecoderState
-from model.lm.kv_cache import CacheConfig
-from model.loaders import load_lm
+from omni.model.embedded.packaged import default_model_path
+from omni.model.lm.decoder import DecoderLM, DecoderState
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.loaders import load_lm
 
 CONTEXTS = {"short": 0, "1k": 1000, "2k": 2000}  # "short": the chat prompt alone
 WINDOW = 2044  # the embedded engine's window: sinks + window = 2,048 slots, llama.cpp's n_ctx below

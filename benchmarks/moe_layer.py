@@ -1,5 +1,5 @@
-"""One mixture-of-experts MLP layer (model/layers/mlp.py SparseMoE) on the CPU: router, grouped expert
-matmuls (omni_kernels/moe_matmul.py, one matmul per expert that has tokens), shared expert.
+"""One mixture-of-experts MLP layer (omni/model/layers/mlp.py SparseMoE) on the CPU: router, grouped expert
+matmuls (omni/kernels/moe_matmul.py, one matmul per expert that has tokens), shared expert.
 
     .venv/bin/python benchmarks/moe_layer.py [--shape tiny|thinker|talker|all] [--tokens 1,16,128]
                                              [--dtype float32|bfloat16] [--repeats 5] [--threads N]
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.layers.mlp import SparseMoE
+from omni.model.layers.mlp import SparseMoE
 
 SHAPES = {  # hidden, experts, top-k, expert FFN, shared expert FFN
     "tiny": (32, 6, 3, 24, 0),

@@ -27,11 +27,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.needle_stream_data import TOKENS, Needle, Stream, make_stream
-from memory.consolidator import concat_summary
-from memory.recall import approx_tokens
-from memory.session import Memory, SessionMemory
-from memory.store import MemoryStore
-from memory.types import Recall
+from omni.memory.consolidator import concat_summary
+from omni.memory.recall import approx_tokens
+from omni.memory.session import Memory, SessionMemory
+from omni.memory.store import MemoryStore
+from omni.memory.types import Recall
 
 T0 = 1_800_000_000.0
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -269,11 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="1-patch objects, question cosine 0.61, 900 distractors/h (the reference's hard row)")
     args = ap.parse_args(argv)
     if args.embedder == "minilm":
-        from model.embedded.text_embedding import TextEmbedder
+        from omni.model.embedded.text_embedding import TextEmbedder
 
         embed: Embed = TextEmbedder()
     else:
-        from memory.testing import HashingEmbedder
+        from omni.memory.testing import HashingEmbedder
 
         embed = HashingEmbedder()
     results: dict[str, dict[str, float | str]] = {}

@@ -24,20 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memory import Memory, MemoryConfig, MemoryStore, SegmenterConfig
-from memory.testing import HashingEmbedder
-from model.lm.sampling import SamplingConfig
-from model.loaders.omni import load_thinker
-from model.loaders.talker_weights import load_speech
-from model.speech_session import SpeakingSession
-from model.thinker_session import SlotPiece
-from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import StreamingSchedule
-from model.voices import Voice, VoiceBank
-from streaming.engine import AudioChunk
-from streaming.engines.omni import OmniEngine, OmniEngineSession
-from streaming.engines.omni_memory import DEFAULT_BUDGET, THINKER_SPACE, ThinkerTextKeys
-from streaming.memory_lane import MemoryHub
+from omni.memory import Memory, MemoryConfig, MemoryStore, SegmenterConfig
+from omni.memory.testing import HashingEmbedder
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders.omni import load_thinker
+from omni.model.loaders.talker_weights import load_speech
+from omni.model.speech_session import SpeakingSession
+from omni.model.thinker_session import SlotPiece
+from omni.model.token2wav.solver import SolverConfig
+from omni.model.token2wav.streaming import StreamingSchedule
+from omni.model.voices import Voice, VoiceBank
+from omni.streaming.engine import AudioChunk
+from omni.streaming.engines.omni import OmniEngine, OmniEngineSession
+from omni.streaming.engines.omni_memory import DEFAULT_BUDGET, THINKER_SPACE, ThinkerTextKeys
+from omni.streaming.memory_lane import MemoryHub
 
 
 def tiny_checkpoint(folder: Path) -> Path:

@@ -1,6 +1,6 @@
 """Omni sessions batched in the live runtime: N sessions of the omni engine (Qwen2.5-Omni or Qwen3-Omni) reply at
 once, stepped through the device worker the way the session runtime steps them (`DeviceWorker.run_batched`,
-streaming/batching.py), with their caches in the engine's pools (`max_sessions=N`: the Thinker's, the Talker's and
+omni/streaming/batching.py), with their caches in the engine's pools (`max_sessions=N`: the Thinker's, the Talker's and
 Qwen3's code predictor's decode steps batched) or with one pool row (`max_sessions=1`: every step runs alone, the
 unbatched path, through the same plumbing). On the tests' tiny random checkpoint of
 `--family` (built with transformers, a test-only dependency) or a real one (--model DIR, family from config.json).
@@ -45,21 +45,21 @@ import torch
 
 from benchmarks.code2wav import build
 from benchmarks.tiny_sessions import as_owner, pool_rows
-from model.code2wav import Code2WavStreamState, StreamingCode2Wav
-from model.code2wav.config import PRESETS
-from model.lm.sampling import SamplingConfig
-from model.loaders.family import QWEN3_OMNI_MOE, detect_family
-from model.loaders.omni import load_thinker
-from model.loaders.talker_weights import SpeechModels, load_speech
-from model.qwen3.loader import load_qwen3
-from model.qwen3.speech import load_qwen3_speech
-from model.qwen3.talker import GREEDY
-from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import ChunkJob, StreamingSchedule, StreamingToken2Wav
-from streaming.batching import ModelReply
-from streaming.engine import AudioChunk, ReplyDone
-from streaming.engines.omni import OmniEngine, OmniEngineSession
-from streaming.worker import DeviceWorker
+from omni.model.code2wav import Code2WavStreamState, StreamingCode2Wav
+from omni.model.code2wav.config import PRESETS
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders.family import QWEN3_OMNI_MOE, detect_family
+from omni.model.loaders.omni import load_thinker
+from omni.model.loaders.talker_weights import SpeechModels, load_speech
+from omni.model.qwen3.loader import load_qwen3
+from omni.model.qwen3.speech import load_qwen3_speech
+from omni.model.qwen3.talker import GREEDY
+from omni.model.token2wav.solver import SolverConfig
+from omni.model.token2wav.streaming import ChunkJob, StreamingSchedule, StreamingToken2Wav
+from omni.streaming.batching import ModelReply
+from omni.streaming.engine import AudioChunk, ReplyDone
+from omni.streaming.engines.omni import OmniEngine, OmniEngineSession
+from omni.streaming.worker import DeviceWorker
 
 
 def heard(engine: OmniEngine, k: int) -> OmniEngineSession:

@@ -12,7 +12,7 @@ it is heard: frames the server sends faster than real time queue there, and so d
 Printed per clock: the receiver's wait (median) before the first stall and after it, the wait of the second reply's
 first audio (how late the user hears it), whether the stalled reply arrived whole (frames vs the engine's
 audio_seconds) with contiguous timestamps, the timestamp jump over the silence stall, and the server's counters.
-`--clock burst` is the rule before app/frame_clock.py (every late frame sent at once, contiguous timestamps),
+`--clock burst` is the rule before omni/app/frame_clock.py (every late frame sent at once, contiguous timestamps),
 kept here for comparison only. Numbers, not assertions: tests/app/test_serve_stall.py asserts on the same run.
 `--sustained SECONDS`: the loop stalled --stall-ms every --every-ms for that long instead, an idle client connected;
 prints whether the call survived ICE consent freshness (aioice: one check every ~5 s, failing unless answered
@@ -33,20 +33,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import app.realtime_server as realtime_server
-from app.background_server import BackgroundServer
-from app.frame_clock import FrameClock, Read
-from app.realtime_server import ServeOptions
-from app.signaling import restrict_ice_hosts
+import omni.app.realtime_server as realtime_server
 from benchmarks.rtc_client import FRAME, RealtimeClient, playout_delays
 from benchmarks.soak import ConsentLog, poll_until
-from streaming.engines.tone import ToneEngine
+from omni.app.background_server import BackgroundServer
+from omni.app.frame_clock import FrameClock, Read
+from omni.app.realtime_server import ServeOptions
+from omni.app.signaling import restrict_ice_hosts
+from omni.streaming.engines.tone import ToneEngine
 
 LOUD = 0.02  # RMS of a received frame that carries the reply's tone (0.3 sine: ~0.2)
 
 
 class BurstClock:
-    """The pacing before app/frame_clock.py, for comparison: each frame when its time comes; after a stall every
+    """The pacing before omni/app/frame_clock.py, for comparison: each frame when its time comes; after a stall every
     frame that fell due goes at once, with contiguous timestamps."""
 
     def __init__(self, rate: int, frame: int) -> None:
@@ -216,7 +216,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stall-ms", type=float, default=1000.0, help="how long each stall blocks the server's loop")
     ap.add_argument("--clock", choices=("both", "new", "burst"), default="both",
-                    help="new: app/frame_clock.py; burst: the rule before it (late frames at once); both: one run each")
+                    help="new: omni/app/frame_clock.py; burst: the rule before it (late frames at once); "
+                         "both: one run each")
     ap.add_argument("--sustained", type=float, default=0.0, metavar="SECONDS",
                     help="instead: stall the server's loop --stall-ms every --every-ms for this long with an idle "
                          "client, and print whether the call survives ICE consent")

@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 
-from model.embedded.piper import PiperSynthesizer
+from omni.model.embedded.piper import PiperSynthesizer
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from streaming.session import Session
-from streaming.session_config import SessionConfig
-from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker
+from omni.streaming.session import Session
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import SileroVad
+from omni.streaming.worker import DeviceWorker
 
 
 def gibberish(chars: int, seed: int) -> str:
@@ -73,7 +73,7 @@ class Client:
 async def run(args: argparse.Namespace) -> None:
     import torch
 
-    from streaming.engines.embedded import EmbeddedEngine
+    from omni.streaming.engines.embedded import EmbeddedEngine
 
     torch.set_num_threads(1)  # as omni serve runs the embedded engine
     engine = EmbeddedEngine(speak=False, listen=False)

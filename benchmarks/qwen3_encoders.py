@@ -20,10 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.thinker import DTYPES, timed
-from model.encoders.aut_encoder import AuTEncoder
-from model.encoders.config import AuTEncoderConfig, Qwen3VisionConfig
-from model.encoders.qwen3_vision import Qwen3VisionEncoder
-from model.encoders.vision_preprocess import patchify
+from omni.model.encoders.aut_encoder import AuTEncoder
+from omni.model.encoders.config import AuTEncoderConfig, Qwen3VisionConfig
+from omni.model.encoders.qwen3_vision import Qwen3VisionEncoder
+from omni.model.encoders.vision_preprocess import patchify
 
 PRESETS = {"tiny": "tiny", "real": "qwen3-omni-30b-a3b"}
 

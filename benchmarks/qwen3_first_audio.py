@@ -31,11 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.lm.sampling import SamplingConfig
-from model.qwen3.talker import GREEDY, read_speech_config, talker_sampling
-from model.qwen3.voice_session import Qwen3VoiceSession
-from streaming.engine import AudioChunk, ReplyDone, TextDelta
-from streaming.engines.omni import OmniEngine
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.qwen3.talker import GREEDY, read_speech_config, talker_sampling
+from omni.model.qwen3.voice_session import Qwen3VoiceSession
+from omni.streaming.engine import AudioChunk, ReplyDone, TextDelta
+from omni.streaming.engines.omni import OmniEngine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FRAME_S = 0.02

@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.code2wav import SAMPLE_RATE, Code2Wav, Code2WavConfig
-from model.qwen3.config import Qwen3OmniConfig
-from model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings
-from model.qwen3.talker import GREEDY, Qwen3Talker
+from omni.model.code2wav import SAMPLE_RATE, Code2Wav, Code2WavConfig
+from omni.model.qwen3.config import Qwen3OmniConfig
+from omni.model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings
+from omni.model.qwen3.talker import GREEDY, Qwen3Talker
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REAL = "qwen3-omni-30b-a3b"

@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.lm.sampling import SamplingConfig
-from model.qwen3.loader import load_qwen3
-from model.qwen3.session import Qwen3ThinkerSession
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.qwen3.loader import load_qwen3
+from omni.model.qwen3.session import Qwen3ThinkerSession
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -20,7 +20,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from app.frame_clock import FrameClock, mono_frame
+from omni.app.frame_clock import FrameClock, mono_frame
 
 RATE = 48000
 FRAME = 960

@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 from aiohttp import web
 
-from app.realtime_server import ServeOptions
-from app.serve import make_engine
-from app.server_app import build_app
-from app.signaling import restrict_ice_hosts
 from benchmarks.rtc_client import RealtimeClient
 from benchmarks.spoken import read_wav
 from benchmarks.ws_client import WsRealtimeClient
-from streaming.vad import TurnConfig
+from omni.app.realtime_server import ServeOptions
+from omni.app.serve import make_engine
+from omni.app.server_app import build_app
+from omni.app.signaling import restrict_ice_hosts
+from omni.streaming.vad import TurnConfig
 
 
 def make_speech() -> np.ndarray:

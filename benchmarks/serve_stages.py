@@ -43,18 +43,18 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from app.realtime_server import ServeOptions
-from app.serve import make_engine
-from app.server_app import build_app
-from app.signaling import restrict_ice_hosts
 from benchmarks.rtc_client import RealtimeClient
 from benchmarks.serve_loopback import make_speech
-from model.embedded.whisper import WhisperModel, WhisperRecognizer
-from model.lm.chat_session import ChatSession
-from streaming import session as session_mod
-from streaming.engines.embedded import EmbeddedSession
-from streaming.frames import SpeechPaused, SpeechStopped
-from streaming.vad import TurnConfig
+from omni.app.realtime_server import ServeOptions
+from omni.app.serve import make_engine
+from omni.app.server_app import build_app
+from omni.app.signaling import restrict_ice_hosts
+from omni.model.embedded.whisper import WhisperModel, WhisperRecognizer
+from omni.model.lm.chat_session import ChatSession
+from omni.streaming import session as session_mod
+from omni.streaming.engines.embedded import EmbeddedSession
+from omni.streaming.frames import SpeechPaused, SpeechStopped
+from omni.streaming.vad import TurnConfig
 
 Marks = list[tuple[str, float, Any]]  # (stage, time.monotonic(), detail)
 MARKS: Marks = []

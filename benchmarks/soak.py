@@ -59,18 +59,18 @@ def make_engine(name: str) -> Any:
     if name == "embedded":  # the packaged default: Whisper base, SmolLM2-135M-Instruct, Piper
         import torch
 
-        from streaming.engines.embedded import EmbeddedEngine
+        from omni.streaming.engines.embedded import EmbeddedEngine
 
         torch.set_num_threads(1)  # as omni serve runs it
         return EmbeddedEngine()
     if name == "tiny":
         import torch
 
-        from streaming.engines.tiny import TinyLMEngine
+        from omni.streaming.engines.tiny import TinyLMEngine
 
         torch.set_num_threads(1)
         return TinyLMEngine()
-    from streaming.engines.tone import ToneEngine
+    from omni.streaming.engines.tone import ToneEngine
 
     return ToneEngine(seconds_per_char=0.01)
 
@@ -82,8 +82,8 @@ QUESTIONS = ("What is the capital of France?", "How many legs does a spider have
 
 def spoken_questions() -> list[np.ndarray]:
     """The questions spoken by espeak-ng as int16 at 16 kHz (a few seconds each)."""
-    from model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer
-    from model.pcm import resample
+    from omni.model.embedded.tts import ESPEAK_SAMPLE_RATE, Synthesizer
+    from omni.model.pcm import resample
 
     synth = Synthesizer()
     return [(np.clip(resample(synth.synth(q), ESPEAK_SAMPLE_RATE, 16000), -1, 1) * 32767).astype(np.int16)
@@ -191,9 +191,9 @@ class GrowthTracer:
 
 
 def memory_hub(root: str) -> Any:
-    from memory import Memory, MemoryStore
-    from model.embedded.text_embedding import TextEmbedder
-    from streaming.memory_lane import MemoryHub
+    from omni.memory import Memory, MemoryStore
+    from omni.model.embedded.text_embedding import TextEmbedder
+    from omni.streaming.memory_lane import MemoryHub
 
     embed = TextEmbedder()
     return MemoryHub(Memory(MemoryStore.open(root), embed=embed), embed)
@@ -202,11 +202,11 @@ def memory_hub(root: str) -> Any:
 async def hour(args: argparse.Namespace) -> None:
     import tempfile
 
-    from streaming.frames import AudioFrame
-    from streaming.session import Session
-    from streaming.session_config import SessionConfig
-    from streaming.vad import SileroVad
-    from streaming.worker import DeviceWorker
+    from omni.streaming.frames import AudioFrame
+    from omni.streaming.session import Session
+    from omni.streaming.session_config import SessionConfig
+    from omni.streaming.vad import SileroVad
+    from omni.streaming.worker import DeviceWorker
 
     worker, media = DeviceWorker(), DeviceWorker("media-worker")
     worker.start()
@@ -293,10 +293,10 @@ async def hour(args: argparse.Namespace) -> None:
 async def start_server(engine: Any, **options: Any) -> tuple[str, Any, Any]:
     from aiohttp import web
 
-    from app.limits import Limits
-    from app.realtime_server import SERVER_KEY, ServeOptions
-    from app.server_app import build_app
-    from app.signaling import restrict_ice_hosts
+    from omni.app.limits import Limits
+    from omni.app.realtime_server import SERVER_KEY, ServeOptions
+    from omni.app.server_app import build_app
+    from omni.app.signaling import restrict_ice_hosts
 
     restrict_ice_hosts(["127.0.0.1"])
     limits = Limits(max_sessions=64, max_pending=64, connects_per_minute=1e6, connect_burst=10**6)
@@ -313,8 +313,8 @@ def live_call_objects() -> str:
     client runs in this process), counted before any collection of ours."""
     from aiortc import MediaStreamTrack, RTCPeerConnection
 
-    from app.realtime_server import Connection
-    from streaming.session import Session
+    from omni.app.realtime_server import Connection
+    from omni.streaming.session import Session
 
     kinds = {"peer connections": RTCPeerConnection, "sessions": Session, "calls": Connection,
              "tracks": MediaStreamTrack}

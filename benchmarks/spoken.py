@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.embedded.tts import ESPEAK_SAMPLE_RATE, EspeakVoice, Synthesizer
-from model.pcm import resample
+from omni.model.embedded.tts import ESPEAK_SAMPLE_RATE, EspeakVoice, Synthesizer
+from omni.model.pcm import resample
 
 # 0.3 s of silence each side: what a VAD's pre-roll and hang-over leave around an utterance.
 PAD_SECONDS = 0.3
@@ -60,7 +60,7 @@ def spoken_fresh(text: str, voice: EspeakVoice = VOICES[0], rate: int = 16000) -
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "speech.npy"
         code = (
-            "import sys, numpy as np; from model.embedded.tts import EspeakVoice; "
+            "import sys, numpy as np; from omni.model.embedded.tts import EspeakVoice; "
             "from benchmarks.spoken import spoken; v = EspeakVoice(sys.argv[3], rate=int(sys.argv[4])); "
             "np.save(sys.argv[1], spoken(sys.argv[2], v, int(sys.argv[5])))"
         )

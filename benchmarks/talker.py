@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.talker import Talker, TalkerConfig, TalkerTextEmbeds
-from model.token2wav import SAMPLE_RATE, Token2Wav, Token2WavConfig
-from model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav
+from omni.model.talker import Talker, TalkerConfig, TalkerTextEmbeds
+from omni.model.token2wav import SAMPLE_RATE, Token2Wav, Token2WavConfig
+from omni.model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

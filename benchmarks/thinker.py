@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.lm.kv_cache import CacheConfig
-from model.thinker import Thinker, ThinkerConfig
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.thinker import Thinker, ThinkerConfig
 
 PRESETS = {"tiny": "tiny", "3b": "qwen2.5-omni-3b", "7b": "qwen2.5-omni-7b"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -72,7 +72,7 @@ def measure(args: argparse.Namespace) -> None:
     mel = torch.randn(cfg.audio.num_mel_bins, cfg.audio.block_frames, device=dev, dtype=dtype)
     side = args.frame_px
     frames = torch.randn(2, 3, side, side, device=dev, dtype=dtype)
-    from model.encoders.vision_preprocess import patchify
+    from omni.model.encoders.vision_preprocess import patchify
 
     patches, grid = patchify(frames, cfg.vision)
     n_vis = grid[1] * grid[2] // 4

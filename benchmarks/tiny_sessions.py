@@ -1,5 +1,5 @@
 """Sessions batched in the live runtime, on the CPU: the tiny engine's replies stepped through the device worker
-the way the session runtime steps them (`DeviceWorker.run_batched`, streaming/batching.py).
+the way the session runtime steps them (`DeviceWorker.run_batched`, omni/streaming/batching.py).
 
     .venv/bin/python benchmarks/tiny_sessions.py --sessions 1,4,8 --replies 50
 
@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from streaming.batching import ModelReply
-from streaming.engine import TextDelta
-from streaming.engines.tiny import TinyLMEngine, TinyLMSession
-from streaming.worker import DeviceWorker, job_owner
+from omni.streaming.batching import ModelReply
+from omni.streaming.engine import TextDelta
+from omni.streaming.engines.tiny import TinyLMEngine, TinyLMSession
+from omni.streaming.worker import DeviceWorker, job_owner
 
 NEW_TOKENS = 48
 T = TypeVar("T")

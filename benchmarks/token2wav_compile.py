@@ -1,4 +1,4 @@
-"""Streaming token2wav chunk: eager vs `torch.compile` (OMNI_TOKEN2WAV_COMPILE, model/token2wav/streaming.py).
+"""Streaming token2wav chunk: eager vs `torch.compile` (OMNI_TOKEN2WAV_COMPILE, omni/model/token2wav/streaming.py).
 
     .venv/bin/python benchmarks/token2wav_compile.py                        # tiny shapes (the speech tests')
     .venv/bin/python benchmarks/token2wav_compile.py --preset mid           # 7B DiT width, 4 layers; BigVGAN 1/4
@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.token2wav import Token2Wav, Token2WavConfig
-from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import StreamingToken2Wav
+from omni.model.token2wav import Token2Wav, Token2WavConfig
+from omni.model.token2wav.solver import SolverConfig
+from omni.model.token2wav.streaming import StreamingToken2Wav
 
 
 def config(preset: str) -> Token2WavConfig:

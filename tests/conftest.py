@@ -13,7 +13,7 @@ import torch
 
 # Triton kernels run in Triton's interpreter on a CPU-only machine. The variable must be set before the first
 # `import triton` (tests/kernels/conftest.py says why), and production modules that the other tests import
-# (model.lm.decode_kernels -> omni_kernels.*) import triton early; hence here, before any test module.
+# (omni.model.lm.decode_kernels -> omni_kernels.*) import triton early; hence here, before any test module.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))

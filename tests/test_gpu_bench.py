@@ -35,7 +35,7 @@ def test_qwen3_row_counts_only_the_routed_experts() -> None:
     import torch
 
     from benchmarks.gpu import decoder_config, step_bytes
-    from model.lm.decoder import DecoderLM
+    from omni.model.lm.decoder import DecoderLM
 
     cfg = decoder_config("qwen3-omni-30b-a3b")
     assert (cfg.num_layers, cfg.num_experts, cfg.num_experts_per_tok, cfg.hidden_size) == (48, 128, 8, 2048)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from app.realtime_server import SERVER_KEY, ServeOptions, Server
-from app.server_app import build_app
-from app.signaling import restrict_ice_hosts
 from benchmarks.spoken import read_wav
-from streaming.engine import Engine
-from streaming.vad import TurnConfig
+from omni.app.realtime_server import SERVER_KEY, ServeOptions, Server
+from omni.app.server_app import build_app
+from omni.app.signaling import restrict_ice_hosts
+from omni.streaming.engine import Engine
+from omni.streaming.vad import TurnConfig
 from tests.streaming.conftest import make_speech_wav
 
 StartServer = Callable[..., Awaitable[tuple[str, Server]]]

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
+from omni.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _omni(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "omni.app.cli", *args], input=stdin, capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
 
 

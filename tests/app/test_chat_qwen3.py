@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.cli import main
-from model.lm.sampling import SamplingConfig
-from streaming.engine import Attachment, AudioChunk, ReplyDone, TextDelta
-from streaming.engines.omni import OmniEngine
-from streaming.media_files import read_audio, read_image, read_video
+from omni.app.cli import main
+from omni.model.lm.sampling import SamplingConfig
+from omni.streaming.engine import Attachment, AudioChunk, ReplyDone, TextDelta
+from omni.streaming.engines.omni import OmniEngine
+from omni.streaming.media_files import read_audio, read_image, read_video
 
 pytest.importorskip("transformers")  # the fixture checkpoint is built with it
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def _video(path: Path, seconds: float = 2.0, fps: int = 10, with_audio: bool = T
 
 
 def test_piped_turns_print_the_replies_only(checkpoint: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "app.cli", "chat", "--model", str(checkpoint), "--max-new-tokens",
+    r = subprocess.run([sys.executable, "-m", "omni.app.cli", "chat", "--model", str(checkpoint), "--max-new-tokens",
                         str(N)], input="hello there\n\nand again\n", capture_output=True, text=True, cwd=ROOT,
                        timeout=600)
     assert r.returncode == 0, r.stderr
@@ -172,8 +172,8 @@ def test_quant_is_passed_to_the_engine(checkpoint: Path, capsys: pytest.CaptureF
     assert main([*args, "--quant", "int8"]) == 0
     engine = OmniEngine(checkpoint, speak=False, quant="int8",
                         sampling=SamplingConfig(repetition_penalty=1.1, max_new_tokens=N))
-    from model.layers.quant_linear import QuantExperts
-    from model.qwen3.loader import LoadedQwen3
+    from omni.model.layers.quant_linear import QuantExperts
+    from omni.model.qwen3.loader import LoadedQwen3
 
     assert isinstance(engine.thinker, LoadedQwen3)
     assert isinstance(engine.thinker.model.lm.layers[0].mlp.experts, QuantExperts)  # type: ignore[union-attr]

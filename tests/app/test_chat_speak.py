@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from app.cli import main
-from model.lm.sampling import SamplingConfig
-from model.voices import Voice, VoiceBank
-from streaming.engine import ReplyDone
-from streaming.engines.omni import OmniEngine
-from streaming.media_files import read_audio, read_image
+from omni.app.cli import main
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.voices import Voice, VoiceBank
+from omni.streaming.engine import ReplyDone
+from omni.streaming.engines.omni import OmniEngine
+from omni.streaming.media_files import read_audio, read_image
 from tests.model.omni_tiny import IDS, save_tiny_omni
 
 

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.desktop import FRAME, Conversation, Desktop, DesktopOptions, LocalConversation, Printer
-from app.desktop_audio import HalfDuplexGate, MicQueue, SpeakerRing
-from app.desktop_remote import RemoteConversation
 from benchmarks.devices import pulse_missing, start_pulse
 from benchmarks.spoken import write_wav
-from model.pcm import resample, to_float32
-from streaming.engine import TranscriptDelta
-from streaming.engines.tone import ToneEngine
-from streaming.vad import TurnConfig
+from omni.app.desktop import FRAME, Conversation, Desktop, DesktopOptions, LocalConversation, Printer
+from omni.app.desktop_audio import HalfDuplexGate, MicQueue, SpeakerRing
+from omni.app.desktop_remote import RemoteConversation
+from omni.model.pcm import resample, to_float32
+from omni.streaming.engine import TranscriptDelta
+from omni.streaming.engines.tone import ToneEngine
+from omni.streaming.vad import TurnConfig
 from tests.app.conftest import StartServer
 from tests.app.test_serve_embedded import engine, france48k, smollm  # noqa: F401 (fixtures)
 from tests.streaming.conftest import make_speech_wav

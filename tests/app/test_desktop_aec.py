@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.desktop import Desktop, DesktopOptions
-from app.desktop_audio import BLOCK, RATE, EchoCanceller, aec_available
 from benchmarks.spoken import read_wav, write_wav
-from streaming.engines.tone import ToneEngine
+from omni.app.desktop import Desktop, DesktopOptions
+from omni.app.desktop_audio import BLOCK, RATE, EchoCanceller, aec_available
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.test_desktop import converse, loud_seconds, pulse  # noqa: F401 (fixture)
 from tests.streaming.conftest import make_speech_wav
 

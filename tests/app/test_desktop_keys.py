@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.auth import DEFAULT_USER, AuthConfig
-from app.cli import main
-from app.deploy_args import API_KEY_ENV
-from app.desktop_remote import RemoteConversation
-from streaming.engines.tone import ToneEngine
+from omni.app.auth import DEFAULT_USER, AuthConfig
+from omni.app.cli import main
+from omni.app.deploy_args import API_KEY_ENV
+from omni.app.desktop_remote import RemoteConversation
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 
 KEY = "sk-desktop-test-key-0123456789"
@@ -37,7 +37,7 @@ async def test_the_right_key_holds_a_spoken_conversation(start_server: StartServ
     conv = RemoteConversation(url, emit, api_key=KEY)
     await conv.start()
     try:
-        # The microphone's 10 ms blocks at 48 kHz (as app.desktop hands them over), then 1 s of silence.
+        # The microphone's 10 ms blocks at 48 kHz (as omni.app.desktop hands them over), then 1 s of silence.
         pcm = np.concatenate([speech48k, np.zeros(48000, np.int16)])
         for i in range(0, len(pcm), 480):
             conv.push_audio(pcm[i : i + 480])

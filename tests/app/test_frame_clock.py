@@ -1,4 +1,4 @@
-"""FrameClock (app/frame_clock.py) on fake time: pacing, and what a stall does to silence and to speech; the
+"""FrameClock (omni/app/frame_clock.py) on fake time: pacing, and what a stall does to silence and to speech; the
 assistant's track keeps the played-samples accounting exact around a stall."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from collections import deque
 import numpy as np
 import pytest
 
-from app.frame_clock import MAX_CATCH_UP, FrameClock
-from app.realtime_server import AssistantAudioTrack
-from streaming.engine import AudioChunk
-from streaming.metrics import ServerMetrics
-from streaming.output import OutputAudio
+from omni.app.frame_clock import MAX_CATCH_UP, FrameClock
+from omni.app.realtime_server import AssistantAudioTrack
+from omni.streaming.engine import AudioChunk
+from omni.streaming.metrics import ServerMetrics
+from omni.streaming.output import OutputAudio
 
 RATE, FRAME = 48000, 960
 FRAME_S = FRAME / RATE

@@ -17,9 +17,9 @@ from aiortc import RTCPeerConnection
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.limits import Limits
 from benchmarks.rtc_client import RealtimeClient, ScriptedMic
-from streaming.engines.tone import ToneEngine
+from omni.app.limits import Limits
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 from tests.app.test_serve_loopback import wait_until
 from tests.streaming.fuzz_cases import FUZZ

@@ -25,10 +25,10 @@ from aiortc import VideoStreamTrack
 from aiortc.rtcsctptransport import DATA_CHANNEL_OPEN, WEBRTC_DCEP, WEBRTC_STRING
 from hypothesis import given
 
-from app.limits import Limits
 from benchmarks.rtc_client import RealtimeClient
 from benchmarks.ws_client import WsRealtimeClient
-from streaming.engines.tone import ToneEngine
+from omni.app.limits import Limits
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 from tests.streaming.fuzz_cases import DEEP, FUZZ, UNPARSABLE, Expect, field_cases, refused
 

@@ -1,4 +1,4 @@
-"""The Gradio page's forwarder (app/gradio_page.py) against a recording stand-in for the omni server: which
+"""The Gradio page's forwarder (omni/app/gradio_page.py) against a recording stand-in for the omni server: which
 headers cross it each way, the offer's query, the key `omni ui --api-key` adds, and pages of other origins."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from aiohttp import web
 
 pytest.importorskip("gradio", reason="gradio is not installed (the ui extra: pip install -e '.[ui]')")
 
-from app.gradio_page import UiServer
+from omni.app.gradio_page import UiServer
 
 Seen = list[dict[str, Any]]
 Start = Callable[[str | None], Awaitable[tuple[str, Seen]]]

@@ -12,13 +12,13 @@ import pytest
 
 pytest.importorskip("gradio", reason="gradio is not installed (the ui extra: pip install -e '.[ui]')")
 
-from app.auth import DEFAULT_USER, AuthConfig
-from app.gradio_page import UiServer
-from app.realtime_server import Server
 from benchmarks.devices import chromium_args, write_y4m
 from benchmarks.spoken import write_wav
-from model.pcm import resample
-from streaming.engines.tone import ToneEngine
+from omni.app.auth import DEFAULT_USER, AuthConfig
+from omni.app.gradio_page import UiServer
+from omni.app.realtime_server import Server
+from omni.model.pcm import resample
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 from tests.app.test_serve_browser import CHROMIUM
 from tests.app.test_serve_embedded import engine, smollm  # noqa: F401 (fixtures)
@@ -182,8 +182,8 @@ async def test_page_on_a_server_with_keys_settings_camera_recalled_and_hang_up(
     settings reaches the server and its engine, the fake camera's frames reach the engine, a recalled-memory
     event from the server is shown in #recalled, and Hang up ends the server's call (the DELETE with the
     call's secret, forwarded), not just the browser's side."""
-    from memory.types import Recall, RecallItem
-    from streaming.memory_lane import recalled_items
+    from omni.memory.types import Recall, RecallItem
+    from omni.streaming.memory_lane import recalled_items
     from tests.app.test_serve_loopback import wait_until
 
     wav = tmp_path / "quiet48k.wav"

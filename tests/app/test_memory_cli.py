@@ -1,4 +1,4 @@
-"""`omni memory ...` through app.memory_cli.register on its own parser (app/cli.py wires it in separately)."""
+"""`omni memory ...` through omni.app.memory_cli.register on its own parser (omni/app/cli.py wires it in separately)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from app import memory_cli
-from memory.session import Memory
-from memory.store import MemoryStore
-from model.embedded.text_embedding import TextEmbedder
+from omni.app import memory_cli
+from omni.memory.session import Memory
+from omni.memory.store import MemoryStore
+from omni.model.embedded.text_embedding import TextEmbedder
 
 
 def _omni(argv: list[str]) -> int:

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.realtime_ws import Outbox, OutboxFull
 from benchmarks.spoken import read_wav
 from benchmarks.ws_client import WsRealtimeClient, invalid_events, response_order_problems
-from streaming.engine import ResponseOptions
-from streaming.engines.tone import ToneEngine
-from streaming.vad import TurnConfig
+from omni.app.realtime_ws import Outbox, OutboxFull
+from omni.streaming.engine import ResponseOptions
+from omni.streaming.engines.tone import ToneEngine
+from omni.streaming.vad import TurnConfig
 from tests.app.conftest import StartServer
 from tests.app.test_serve_loopback import wait_until
 from tests.streaming.conftest import make_speech_wav

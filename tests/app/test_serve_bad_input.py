@@ -7,7 +7,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from benchmarks.rtc_client import RealtimeClient
-from streaming.engines.tone import ToneEngine
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 
 

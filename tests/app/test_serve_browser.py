@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.devices import chromium_args, find_chromium
-from streaming.engines.tone import ToneEngine
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 
 CHROMIUM = find_chromium()

@@ -2,7 +2,7 @@
 call ends, by the server itself, whether the client hangs up, closes its peer connection, or vanishes.
 
 A closed call is a web of reference cycles (aiortc's peer connection and transports, our Connection and
-Session); the server collects them after each teardown (app.realtime_server: `release_garbage`). The test turns
+Session); the server collects them after each teardown (omni.app.realtime_server: `release_garbage`). The test turns
 CPython's automatic collection off, so only the server's own collection can free them: before that existed,
 500 cycles of benchmarks/soak.py churn grew RSS by ~47-61 KB per cycle. Counts of objects, not RSS or time."""
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import aiohttp
 
-from app.realtime_server import Server
 from benchmarks.rtc_client import RealtimeClient
-from streaming.engines.tone import ToneEngine
+from omni.app.realtime_server import Server
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 from tests.app.test_serve_loopback import live_session_tasks, wait_until
 from tests.app.test_serve_vanish import vanish

@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.request
 
-from app.cli import build_parser
+from omni.app.cli import build_parser
 
 
 def free_port() -> int:
@@ -29,14 +29,14 @@ def test_serve_is_a_subcommand_with_loopback_defaults() -> None:
 
 def test_bad_settings_exit_with_a_message() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--engine", "test", "--vad-threshold", "2"],
+        [sys.executable, "-m", "omni.app.cli", "serve", "--engine", "test", "--vad-threshold", "2"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert r.returncode == 1 and "VAD threshold must be in (0, 1)" in r.stderr
     r = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--engine", "test", "--semantic-eot", "1.5"],
+        [sys.executable, "-m", "omni.app.cli", "serve", "--engine", "test", "--semantic-eot", "1.5"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -52,7 +52,8 @@ def test_semantic_end_of_turn_flag() -> None:
 def test_serve_prints_its_url_and_serves_the_demo_and_metrics() -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--engine", "test", "--port", str(port), "--ice-host", "127.0.0.1"],
+        [sys.executable, "-m", "omni.app.cli", "serve", "--engine", "test", "--port", str(port),
+         "--ice-host", "127.0.0.1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

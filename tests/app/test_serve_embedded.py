@@ -17,9 +17,9 @@ from benchmarks.devices import chromium_args
 from benchmarks.rtc_client import RealtimeClient
 from benchmarks.spoken import spoken_fresh
 from benchmarks.ws_client import WsRealtimeClient, invalid_events, response_order_problems
-from model.lm.sampling import SamplingConfig
-from model.loaders import LoadedLM, load_lm
-from streaming.engines.embedded import EmbeddedEngine
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders import LoadedLM, load_lm
+from omni.streaming.engines.embedded import EmbeddedEngine
 from tests.app.conftest import StartServer
 from tests.app.test_serve_browser import CHROMIUM
 from tests.streaming.test_embedded_engine import FRANCE, FRANCE_VOICE, PROBE_VOICES
@@ -88,7 +88,7 @@ async def test_unknown_voices_are_refused_and_the_session_keeps_working(
     """The probe's voice names (issue 16: one aborted the whole server, one hung the device worker, one put a
     file's lines in the log) get an `invalid_value` error naming the field; nothing reaches espeak-ng; the
     same session then takes a known voice and answers a question."""
-    from model.embedded import tts
+    from omni.model.embedded import tts
 
     espeak_voices: list[str] = []
     synth = tts._Library.synth

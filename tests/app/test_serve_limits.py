@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from app.auth import AuthConfig
-from app.limits import Limits, RateLimitedLog
 from benchmarks.rtc_client import RealtimeClient
-from streaming.engines.tone import ToneEngine
+from omni.app.auth import AuthConfig
+from omni.app.limits import Limits, RateLimitedLog
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 from tests.app.test_serve_bad_input import offer_sdp
 from tests.app.test_serve_security import KEY, SDP, metric, request
@@ -85,7 +85,7 @@ async def test_offer_with_too_many_media_sections_is_refused(start_server: Start
 
 async def test_offers_get_503_while_draining(start_server: StartServer) -> None:
     url, server = await start_server(ToneEngine())
-    server.draining = True  # what app.shutdown.drain sets first (the signal path: test_serve_shutdown.py)
+    server.draining = True  # what omni.app.shutdown.drain sets first (the signal path: test_serve_shutdown.py)
     status, headers, body = await request("POST", f"{url}/v1/realtime/calls", await offer_sdp(), **SDP)
     assert status == 503 and int(headers["Retry-After"]) > 0
     assert json.loads(body)["error"]["code"] == "server_shutting_down"
@@ -154,7 +154,7 @@ class Clock:
 
 def test_rate_limited_log_holds_back_a_flood_and_says_how_much(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    monkeypatch.setattr("app.limits.time", clock)
+    monkeypatch.setattr("omni.app.limits.time", clock)
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
@@ -185,8 +185,8 @@ def test_rate_limited_log_holds_back_a_flood_and_says_how_much(monkeypatch: pyte
 
 def test_event_burst_follows_the_rate_flag() -> None:
     """`--events-per-second 1` once kept the fixed burst of 200, so 30 events in a second got no error."""
-    from app.cli import build_parser
-    from app.deploy_args import deploy_settings
+    from omni.app.cli import build_parser
+    from omni.app.deploy_args import deploy_settings
 
     _, limits = deploy_settings(build_parser().parse_args(["serve", "--events-per-second", "1"]))
     assert limits.messages_per_second == 1 and limits.message_burst == 4

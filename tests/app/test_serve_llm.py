@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import build_parser
-from app.serve import make_engine
 from benchmarks.spoken import spoken
-from model.embedded.voices import VOICES, VoiceError
-from streaming.engine import AudioChunk, ReplyDone, TextDelta, TranscriptDelta
-from streaming.engines.embedded import EmbeddedEngine, as_sentence
+from omni.app.cli import build_parser
+from omni.app.serve import make_engine
+from omni.model.embedded.voices import VOICES, VoiceError
+from omni.streaming.engine import AudioChunk, ReplyDone, TextDelta, TranscriptDelta
+from omni.streaming.engines.embedded import EmbeddedEngine, as_sentence
 from tests.model.omni_tiny import VOCAB, write_tokenizer
 from tests.model.tiny_hf import make_tiny_hf
 from tests.streaming.test_embedded_engine import FRANCE, FRANCE_VOICE
@@ -23,7 +23,8 @@ from tests.streaming.test_embedded_engine import FRANCE, FRANCE_VOICE
 def test_help_lists_the_voices() -> None:
     args = build_parser().parse_args(["serve"])
     assert args.llm is None and args.voice is None  # the packaged LM and joe unless asked
-    r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "omni.app.cli", "serve", "--help"], capture_output=True, text=True,
+                       timeout=60)
     flat = " ".join(r.stdout.split())
     assert r.returncode == 0 and "--llm FILE_OR_DIR" in flat
     assert all(name in flat for name in VOICES) and "(default joe" in flat
@@ -60,6 +61,7 @@ def test_bad_llm_voice_and_engine_combinations_are_refused(tmp_path: Path) -> No
         make_engine("embedded", voice="en-us")  # refused before any model is loaded
     missing = tmp_path / "nothing.gguf"
     r = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--llm", str(missing)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "omni.app.cli", "serve", "--llm", str(missing)], capture_output=True, text=True,
+        timeout=120,
     )
     assert r.returncode == 1 and f"{missing}: no such file or directory" in r.stderr

@@ -8,11 +8,11 @@ import time
 
 import numpy as np
 
-from app.realtime_server import Connection
 from benchmarks.rtc_client import RealtimeClient
 from benchmarks.ws_client import invalid_events, response_order_problems
-from streaming.engines.tone import ToneEngine
-from streaming.session import Session
+from omni.app.realtime_server import Connection
+from omni.streaming.engines.tone import ToneEngine
+from omni.streaming.session import Session
 from tests.app.conftest import StartServer
 
 

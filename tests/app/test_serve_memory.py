@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from app.realtime_server import ServeOptions, Server
-from app.serve import add_arguments, open_memory
-from streaming.engines.tone import ToneEngine
+from omni.app.realtime_server import ServeOptions, Server
+from omni.app.serve import add_arguments, open_memory
+from omni.streaming.engines.tone import ToneEngine
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -126,9 +126,9 @@ async def test_a_full_disk_mid_session_warns_once_counts_and_the_session_goes_on
 
 
 def test_the_embedded_engine_summarises_with_its_lm_and_the_omni_engine_gets_memory(tmp_path: Path) -> None:
-    from model.loaders import load_lm
-    from streaming.engines.embedded import EmbeddedEngine
-    from streaming.memory_summary import WorkerSummarizer
+    from omni.model.loaders import load_lm
+    from omni.streaming.engines.embedded import EmbeddedEngine
+    from omni.streaming.memory_summary import WorkerSummarizer
 
     engine = EmbeddedEngine(lm=load_lm(), speak=False, listen=False)
     hub = open_memory(parse("--memory-dir", str(tmp_path / "a")), engine)

@@ -8,10 +8,10 @@ import json
 import aiohttp
 import pytest
 
-from app.auth import AuthConfig
-from app.limits import Limits
 from benchmarks.rtc_client import RealtimeClient
-from streaming.engines.tone import ToneEngine
+from omni.app.auth import AuthConfig
+from omni.app.limits import Limits
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 from tests.app.test_serve_bad_input import offer_sdp
 from tests.app.test_serve_loopback import wait_until
@@ -202,8 +202,8 @@ async def test_session_minutes_limit_closes_the_call(start_server: StartServer) 
 
 @pytest.mark.parametrize("argv", [["--host", "0.0.0.0"], ["--host", "0.0.0.0", "--api-key", "short"]])
 def test_exposed_bind_without_a_key_refuses_to_start(argv: list[str]) -> None:
-    from app.cli import build_parser
-    from app.deploy_args import deploy_settings
+    from omni.app.cli import build_parser
+    from omni.app.deploy_args import deploy_settings
 
     args = build_parser().parse_args(["serve", *argv])
     with pytest.raises(ValueError, match="--api-key"):

@@ -17,8 +17,8 @@ from tests.app.test_serve_cli import free_port
 
 def start(port: int, *extra: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--engine", "test", "--port", str(port), "--ice-host", "127.0.0.1",
-         *extra],
+        [sys.executable, "-m", "omni.app.cli", "serve", "--engine", "test", "--port", str(port),
+         "--ice-host", "127.0.0.1", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

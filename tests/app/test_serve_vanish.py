@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
-import app.serve
-import app.server_app
-import app.shutdown
-from app.cli import build_parser
-from app.realtime_server import IDLE_TIMEOUT, Connection, ServeOptions, Server
+import omni.app.serve
+import omni.app.server_app
+import omni.app.shutdown
 from benchmarks.rtc_client import RealtimeClient
-from streaming.engines.tone import ToneEngine
+from omni.app.cli import build_parser
+from omni.app.realtime_server import IDLE_TIMEOUT, Connection, ServeOptions, Server
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 from tests.app.test_serve_loopback import live_session_tasks, wait_until
 
@@ -180,16 +180,16 @@ def test_idle_timeout_flag_reaches_the_server(monkeypatch: pytest.MonkeyPatch) -
     async def fake_serve(*args: object) -> None:
         return None
 
-    monkeypatch.setattr(app.server_app, "build_app", fake_build_app)
-    monkeypatch.setattr(app.shutdown, "serve", fake_serve)
+    monkeypatch.setattr(omni.app.server_app, "build_app", fake_build_app)
+    monkeypatch.setattr(omni.app.shutdown, "serve", fake_serve)
     args = build_parser().parse_args(["serve", "--engine", "test", "--idle-timeout", "2.5"])
-    assert app.serve.run(args) == 0
+    assert omni.app.serve.run(args) == 0
     assert seen[0].idle_timeout == 2.5
 
 
 def test_negative_idle_timeout_is_refused() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--engine", "test", "--idle-timeout", "-1"],
+        [sys.executable, "-m", "omni.app.cli", "serve", "--engine", "test", "--idle-timeout", "-1"],
         capture_output=True,
         text=True,
         timeout=60,

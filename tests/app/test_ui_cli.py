@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from app.cli import build_parser, main
+from omni.app.cli import build_parser, main
 from tests.app.test_serve_cli import free_port
 
 
@@ -33,12 +33,12 @@ def test_desktop_echo_handling_follows_what_is_installed(
     """--echo auto: echo cancellation when the aec extra is installed, else half duplex; --echo aec without it
     is a clear error (before any engine loads)."""
     pytest.importorskip("sounddevice", exc_type=OSError)
-    from app.desktop import aec_available
+    from omni.app.desktop import aec_available
 
     bad_server = ["desktop", "--server", "http://127.0.0.1:8080"]  # stops right after the echo choice
     assert main(bad_server) == 1
     assert f"echo handling: {'aec' if aec_available() is None else 'half'}" in capsys.readouterr().err
-    monkeypatch.setattr("app.desktop.aec_available", lambda: "no echo canceller (simulated)")
+    monkeypatch.setattr("omni.app.desktop.aec_available", lambda: "no echo canceller (simulated)")
     assert main(bad_server) == 1
     assert "echo handling: half" in capsys.readouterr().err
     assert main(["desktop", "--echo", "aec"]) == 1
@@ -51,7 +51,8 @@ def test_omni_ui_serves_the_page_and_forwards_signaling_to_its_server() -> None:
     pytest.importorskip("gradio")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "ui", "--engine", "test", "--port", str(port), "--ice-host", "127.0.0.1"],
+        [sys.executable, "-m", "omni.app.cli", "ui", "--engine", "test", "--port", str(port),
+         "--ice-host", "127.0.0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -88,7 +89,8 @@ def test_omni_ui_api_key_guards_its_server_and_the_page_sends_it(how: str) -> No
 
     key = "sk-omni-ui-cli-test-0123456789"
     port = free_port()
-    argv = [sys.executable, "-m", "app.cli", "ui", "--engine", "test", "--port", str(port), "--ice-host", "127.0.0.1"]
+    argv = [sys.executable, "-m", "omni.app.cli", "ui", "--engine", "test", "--port", str(port),
+            "--ice-host", "127.0.0.1"]
     env = {k: v for k, v in os.environ.items() if k != "OMNI_API_KEY"}
     if how == "flag":
         argv += ["--api-key", key]

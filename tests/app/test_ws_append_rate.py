@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from app.limits import Limits, MessageGate
-from streaming.engines.tone import ToneEngine
-from streaming.metrics import ServerMetrics
+from omni.app.limits import Limits, MessageGate
+from omni.streaming.engines.tone import ToneEngine
+from omni.streaming.metrics import ServerMetrics
 from tests.app.conftest import StartServer
 from tests.app.test_serve_security import metric
 from tests.app.test_ws_security import TEXT_ITEM, Socket
@@ -88,8 +88,8 @@ def test_the_gate_tells_appends_from_other_events_before_parsing() -> None:
 
 
 def test_append_rate_flag() -> None:
-    from app.cli import build_parser
-    from app.deploy_args import deploy_settings
+    from omni.app.cli import build_parser
+    from omni.app.deploy_args import deploy_settings
 
     _, limits = deploy_settings(build_parser().parse_args(["serve", "--appends-per-second", "10"]))
     assert limits.appends_per_second == 10 and limits.append_burst == 40

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-import app.realtime_ws as realtime_ws
-from streaming.engines.tone import ToneEngine
+import omni.app.realtime_ws as realtime_ws
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 from tests.app.test_realtime_ws import TEXT_ITEM, connect
 from tests.app.test_serve_loopback import wait_until

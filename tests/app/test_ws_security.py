@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from app.auth import AuthConfig
-from app.limits import Limits
 from benchmarks.ws_client import WsRealtimeClient
-from streaming.engines.tone import ToneEngine
+from omni.app.auth import AuthConfig
+from omni.app.limits import Limits
+from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 from tests.app.test_serve_bad_input import offer_sdp
 from tests.app.test_serve_loopback import wait_until
@@ -170,7 +170,7 @@ async def test_connect_rate_and_draining_refuse_upgrades(start_server: StartServ
     err = await refused(url)
     assert err.status == 429 and int(err.headers["Retry-After"]) > 0  # type: ignore[index]
     url, server = await start_server(ToneEngine())
-    server.draining = True  # what app.shutdown.drain sets first; the signal path is in test_serve_shutdown.py
+    server.draining = True  # what omni.app.shutdown.drain sets first; the signal path is in test_serve_shutdown.py
     assert (await refused(url)).status == 503
     assert await metric(url, "limit_draining_refusals_total") == 1
 

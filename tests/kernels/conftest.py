@@ -17,8 +17,8 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
                  "cannot run on this CPU-only machine; run pytest with TRITON_INTERPRET=1 in the environment")
     os.environ["TRITON_INTERPRET"] = "1"
 
-from omni_kernels._triton import TRITON_AVAILABLE  # noqa: E402
-from omni_kernels.cpu import Library, library  # noqa: E402
+from omni.kernels._triton import TRITON_AVAILABLE  # noqa: E402
+from omni.kernels.cpu import Library, library  # noqa: E402
 
 
 @pytest.fixture(scope="session")

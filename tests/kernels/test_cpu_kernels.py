@@ -1,4 +1,4 @@
-"""The C kernels (omni_kernels/cpu/omni_cpu.c) against their torch references and against ggml's own formats."""
+"""The C kernels (omni/kernels/cpu/omni_cpu.c) against their torch references and against ggml's own formats."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
-from model.loaders.gguf_quants import q4_1_blocks
-from omni_kernels.cpu import _BASE_FLAGS, KernelBuildError, Library, _compile
-from omni_kernels.q4_matmul import (
+from omni.kernels.cpu import _BASE_FLAGS, KernelBuildError, Library, _compile
+from omni.kernels.q4_matmul import (
     pack_q4_1,
     q4_1_matmul,
     q4_1_matmul_reference,
@@ -21,7 +20,8 @@ from omni_kernels.q4_matmul import (
     quantize_q16_act_reference,
     unpack_q4_1,
 )
-from omni_kernels.q8_matmul import dequantize_q8_0, pack_q8_0, q8_0_matmul, q8_0_matmul_reference
+from omni.kernels.q8_matmul import dequantize_q8_0, pack_q8_0, q8_0_matmul, q8_0_matmul_reference
+from omni.model.loaders.gguf_quants import q4_1_blocks
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -130,7 +130,7 @@ def test_portable_build_without_simd_matches_too(tmp_path: Path) -> None:
     check_f16_conversions(portable)
     # and whole decode steps on the plain loops (RMSNorm, rotary, attention over a float32 and a float16
     # cache, SiLU) against the per-layer path
-    from model.lm.kv_cache import CacheConfig
+    from omni.model.lm.kv_cache import CacheConfig
 
     model = _random_q4_model(CONFIGS["qwen2-bias-mrope"], seed=7)
     assert model.enable_fused_decode(portable)
@@ -153,7 +153,7 @@ def test_portable_build_without_simd_matches_too(tmp_path: Path) -> None:
 def test_built_library_is_keyed_by_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An upgraded omni_cpu.c or header beside it must not load a library built from older sources (nothing
     is compiled here)."""
-    import omni_kernels.cpu as cpu
+    import omni.kernels.cpu as cpu
 
     built: list[Path] = []
 

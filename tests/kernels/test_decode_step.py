@@ -11,12 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.lm.config import DecoderConfig
-from model.lm.decoder import DecoderLM
-from model.lm.kv_cache import CacheConfig
-from model.loaders.weights import Q4Weight, Weight, build_decoder, expected_shapes
-from omni_kernels.cpu import Library
-from omni_kernels.q4_matmul import pack_q4_1
+from omni.kernels.cpu import Library
+from omni.kernels.q4_matmul import pack_q4_1
+from omni.model.lm.config import DecoderConfig
+from omni.model.lm.decoder import DecoderLM
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.loaders.weights import Q4Weight, Weight, build_decoder, expected_shapes
 
 
 def _random_q4_model(cfg: DecoderConfig, seed: int) -> DecoderLM:

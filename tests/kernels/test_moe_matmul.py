@@ -1,4 +1,4 @@
-"""Grouped expert matmuls (omni_kernels/moe_matmul.py): the Triton kernel against the eager reference on odd shapes
+"""Grouped expert matmuls (omni/kernels/moe_matmul.py): the Triton kernel against the eager reference on odd shapes
 (rows not a multiple of the tile, experts with no rows, top-k > 1), and the whole expert FFN against its
 token-by-token definition."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omni_kernels.moe_matmul import (
+from omni.kernels.moe_matmul import (
     Int4ExpertWeights,
     Int8ExpertWeights,
     grouped_matmul,

@@ -22,7 +22,7 @@ _COMPILE_ALL = r'''
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from omni_kernels import decode_attention, int4_matmul, int8_matmul, moe_matmul, rms_norm, rope, silu_gate
+from omni.kernels import decode_attention, int4_matmul, int8_matmul, moe_matmul, rms_norm, rope, silu_gate
 
 def compile_for_sm90(fn, pointers, scalars, consts):
     """pointers: {name: element type}; any other *_ptr takes the activation type; other args are i32."""

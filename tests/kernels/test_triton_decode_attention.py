@@ -1,4 +1,4 @@
-"""Decode attention over the sink + ring KV cache (omni_kernels/decode_attention.py): Triton kernel against the
+"""Decode attention over the sink + ring KV cache (omni/kernels/decode_attention.py): Triton kernel against the
 eager reference (partly filled and wrapped rings, sinks scored with their own query, GQA, one and several
 batch rows of different lengths, one and several splits), and the reference against the model's attention."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omni_kernels.decode_attention import decode_attention, decode_attention_reference, decode_attention_triton
+from omni.kernels.decode_attention import decode_attention, decode_attention_reference, decode_attention_triton
 
 SINKS, WINDOW, CHUNK = 3, 21, 6
 RING = WINDOW + CHUNK - 1  # 26 ring slots (KVCache's rule): 5 of them hold stale tokens once wrapped
@@ -85,9 +85,9 @@ def test_reference_equals_the_model_attention() -> None:
     model's attention (shifted sinks) and by the reference; before wrapping, against the model's SDPA path."""
     import torch.nn.functional as F
 
-    from model.layers.attention import Attention
-    from model.layers.rope import apply_rope, fold_rope, rope_cos_sin, rope_inv_freq
-    from model.lm.kv_cache import CacheConfig, KVCache
+    from omni.model.layers.attention import Attention
+    from omni.model.layers.rope import apply_rope, fold_rope, rope_cos_sin, rope_inv_freq
+    from omni.model.lm.kv_cache import CacheConfig, KVCache
 
     H, Hkv, D = 6, 2, 16
     cfg = CacheConfig(sinks=SINKS, window=WINDOW, chunk=CHUNK)

@@ -1,4 +1,4 @@
-"""The decoder's GPU decode step (model/lm/decode_kernels.py) with the Triton launchers forced, on the CPU
+"""The decoder's GPU decode step (omni/model/lm/decode_kernels.py) with the Triton launchers forced, on the CPU
 under TRITON_INTERPRET=1 (natively on a GPU), against the eager layer loop on a tiny float32 model: plain and
 three-axis positions, a ring that wraps (sink-shifted queries), dense, int8 and int4 projections."""
 
@@ -9,13 +9,13 @@ import copy
 import pytest
 import torch
 
-from model.layers.quant_linear import quantize_decoder
-from model.lm.batch import BatchedDecoder
-from model.lm.decode_kernels import REFERENCE_OPS, TRITON_OPS
-from model.lm.decoder import DecoderLM
-from model.lm.kv_cache import CacheConfig
-from model.lm.sampling import SamplingConfig
-from model.thinker import ThinkerConfig
+from omni.model.layers.quant_linear import quantize_decoder
+from omni.model.lm.batch import BatchedDecoder
+from omni.model.lm.decode_kernels import REFERENCE_OPS, TRITON_OPS
+from omni.model.lm.decoder import DecoderLM
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.thinker import ThinkerConfig
 
 # Both paths compute in float32 from the same weights and cache; they differ in summation order (tl.dot tiles
 # vs BLAS, split-K softmax merge vs one softmax) and in rotary tables (float64 angles rounded once vs the

@@ -1,4 +1,4 @@
-"""Weight-only int4 matmul (omni_kernels/int4_matmul.py): packing, quantisation, and the Triton kernel against
+"""Weight-only int4 matmul (omni/kernels/int4_matmul.py): packing, quantisation, and the Triton kernel against
 the eager reference for decode (M = 1, 5) and prefill-like (M = 18) shapes, odd N, several groups."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omni_kernels.int4_matmul import (
+from omni.kernels.int4_matmul import (
     dequantize_int4,
     int4_matmul,
     int4_matmul_reference,

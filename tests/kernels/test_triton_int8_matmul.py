@@ -1,4 +1,4 @@
-"""Weight-only int8 matmul (omni_kernels/int8_matmul.py): quantisation, and the Triton kernel against the eager
+"""Weight-only int8 matmul (omni/kernels/int8_matmul.py): quantisation, and the Triton kernel against the eager
 reference for decode (M = 1, 3) and prefill-like (M = 20) shapes, N and K not multiples of the tiles."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omni_kernels.int8_matmul import (
+from omni.kernels.int8_matmul import (
     dequantize_int8,
     int8_matmul,
     int8_matmul_reference,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from omni_kernels import decode_attention, int4_matmul, int8_matmul, rms_norm, rope, silu_gate
+from omni.kernels import decode_attention, int4_matmul, int8_matmul, rms_norm, rope, silu_gate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,13 +17,13 @@ _WITHOUT_TRITON = """
 import sys
 sys.modules["triton"] = None  # any `import triton` now raises ImportError, as on a CPU-only install
 import torch
-from omni_kernels._triton import TRITON_AVAILABLE
-from omni_kernels.decode_attention import decode_attention
-from omni_kernels.int4_matmul import int4_matmul, quantize_int4
-from omni_kernels.int8_matmul import int8_matmul, quantize_int8
-from omni_kernels.rms_norm import add_rms_norm
-from omni_kernels.rope import rope_qk_
-from omni_kernels.silu_gate import silu_gate
+from omni.kernels._triton import TRITON_AVAILABLE
+from omni.kernels.decode_attention import decode_attention
+from omni.kernels.int4_matmul import int4_matmul, quantize_int4
+from omni.kernels.int8_matmul import int8_matmul, quantize_int8
+from omni.kernels.rms_norm import add_rms_norm
+from omni.kernels.rope import rope_qk_
+from omni.kernels.silu_gate import silu_gate
 assert not TRITON_AVAILABLE
 x = torch.randn(2, 64)
 add_rms_norm(x, x, torch.ones(64), 1e-6)

@@ -1,4 +1,4 @@
-"""Fused residual add + RMSNorm (omni_kernels/rms_norm.py): Triton kernel against the eager reference, and the
+"""Fused residual add + RMSNorm (omni/kernels/rms_norm.py): Triton kernel against the eager reference, and the
 reference against the model's own RMSNorm."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omni_kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
+from omni.kernels.rms_norm import add_rms_norm, add_rms_norm_reference, add_rms_norm_triton
 
 # Rows of 67 and 111 columns: not powers of two, so the kernel's masked tail is exercised.
 SHAPES = [(1, 67), (3, 5, 111)]
@@ -53,7 +53,7 @@ def test_without_residual_and_strided_input(device: torch.device) -> None:
 
 
 def test_reference_equals_the_model_norm() -> None:
-    from model.layers.norm import RMSNorm
+    from omni.model.layers.norm import RMSNorm
 
     for dtype in (torch.float32, torch.bfloat16):
         x, res, w = _inputs((2, 3, 40), dtype, torch.device("cpu"), seed=11)

@@ -1,4 +1,4 @@
-"""Rotary embedding of q and k in place (omni_kernels/rope.py): plain RoPE and three-section M-RoPE, the shifted
+"""Rotary embedding of q and k in place (omni/kernels/rope.py): plain RoPE and three-section M-RoPE, the shifted
 sink query; Triton kernel against the eager reference, and the reference against the model's rotary code."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omni_kernels.rope import rope_cos_sin_reference, rope_qk_, rope_qk_reference_, rope_qk_triton_
+from omni.kernels.rope import rope_cos_sin_reference, rope_qk_, rope_qk_reference_, rope_qk_triton_
 
 B, T, H, HKV, D = 2, 3, 5, 3, 20  # 20 = 2 x 10 frequencies: not a power of two, masked in the kernel
 SECTION = (3, 3, 4)  # Qwen2.5-Omni's (16, 24, 24) scaled down to D/2 = 10
@@ -73,7 +73,7 @@ def test_bfloat16_matches_reference(device: torch.device) -> None:
 
 
 def test_reference_equals_the_model_rotary() -> None:
-    from model.layers.rope import apply_rope, rope_cos_sin
+    from omni.model.layers.rope import apply_rope, rope_cos_sin
 
     g = torch.Generator().manual_seed(9)
     inv = _inv_freq()
@@ -94,7 +94,7 @@ def test_reference_equals_the_model_rotary() -> None:
 def test_interleaved_axes_are_qwen3_omnis() -> None:
     """Qwen3-Omni's [24, 20, 20] of 64 frequencies: H takes 1, 4, ..., 58, W takes 2, 5, ..., 59, T the rest
     (transformers' `recomposition_frequencies`); the consecutive layout is T, H, W blocks."""
-    from model.layers.rope import mrope_axes
+    from omni.model.layers.rope import mrope_axes
 
     axes = mrope_axes(64, (24, 20, 20), interleaved=True)
     assert (axes == 1).nonzero().flatten().tolist() == list(range(1, 59, 3))

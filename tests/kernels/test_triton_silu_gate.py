@@ -1,11 +1,11 @@
-"""SiLU gate (omni_kernels/silu_gate.py): Triton kernel against the eager reference, fused and split inputs."""
+"""SiLU gate (omni/kernels/silu_gate.py): Triton kernel against the eager reference, fused and split inputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from omni_kernels.silu_gate import silu_gate, silu_gate_reference, silu_gate_triton
+from omni.kernels.silu_gate import silu_gate, silu_gate_reference, silu_gate_triton
 
 # I = 75 (one masked block) and I = 1100 (two column blocks of 1024, the second masked)
 SIZES = [((2, 3), 75), ((1,), 1100)]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from memory.store import MemoryStore
-from memory.testing import HashingEmbedder
+from omni.memory.store import MemoryStore
+from omni.memory.testing import HashingEmbedder
 from tests.memory.postgres import PostgresServer, unavailable
 
 _db_names = itertools.count()

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from memory.consolidator import ConsolidatorConfig, concat_summary
-from memory.index import ItemIndex
-from memory.segmenter import SegmenterConfig
-from memory.session import Memory, MemoryConfig
-from memory.store import MemoryStore
-from memory.testing import HashingEmbedder
-from memory.user_index import UserIndex
+from omni.memory.consolidator import ConsolidatorConfig, concat_summary
+from omni.memory.index import ItemIndex
+from omni.memory.segmenter import SegmenterConfig
+from omni.memory.session import Memory, MemoryConfig
+from omni.memory.store import MemoryStore
+from omni.memory.testing import HashingEmbedder
+from omni.memory.user_index import UserIndex
 
 USER = "crash-user"
 _gate_lock = threading.Lock()

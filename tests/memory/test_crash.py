@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memory.session import Memory
-from memory.store import MemoryStore
-from memory.testing import HashingEmbedder
-from memory.user_index import UserIndex
+from omni.memory.session import Memory
+from omni.memory.store import MemoryStore
+from omni.memory.testing import HashingEmbedder
+from omni.memory.user_index import UserIndex
 from tests.memory.crash_child import index_digest
 
 ROOT = Path(__file__).resolve().parents[2]

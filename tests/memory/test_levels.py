@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memory.keys import merge_lane_keys, select_salient_keys, unit_rows
-from memory.segmenter import EventSegmenter, SegmenterConfig
-from memory.types import Utterance
-from memory.window import WindowConfig, WindowItem, WorkingWindow
+from omni.memory.keys import merge_lane_keys, select_salient_keys, unit_rows
+from omni.memory.segmenter import EventSegmenter, SegmenterConfig
+from omni.memory.types import Utterance
+from omni.memory.window import WindowConfig, WindowItem, WorkingWindow
 
 
 def _scene(rng: np.random.Generator, d: int = 64) -> np.ndarray:

@@ -7,14 +7,14 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from memory.consolidator import ConsolidatorConfig, concat_summary
-from memory.keys import unit_rows
-from memory.recall import approx_tokens
-from memory.session import Memory, MemoryConfig, SessionMemory
-from memory.store import MemoryStore
-from memory.testing import HashingEmbedder
-from memory.user_index import IndexConfig
-from memory.window import WindowConfig, WindowItem
+from omni.memory.consolidator import ConsolidatorConfig, concat_summary
+from omni.memory.keys import unit_rows
+from omni.memory.recall import approx_tokens
+from omni.memory.session import Memory, MemoryConfig, SessionMemory
+from omni.memory.store import MemoryStore
+from omni.memory.testing import HashingEmbedder
+from omni.memory.user_index import IndexConfig
+from omni.memory.window import WindowConfig, WindowItem
 
 T0 = 1_800_000_000.0
 D = 48

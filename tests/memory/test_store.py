@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memory import admin
-from memory.consolidator import ConsolidatorConfig, concat_summary
-from memory.session import Memory, MemoryConfig
-from memory.store import MemoryStore, SchemaVersionError
-from memory.testing import HashingEmbedder
-from memory.user_index import UserIndex
+from omni.memory import admin
+from omni.memory.consolidator import ConsolidatorConfig, concat_summary
+from omni.memory.session import Memory, MemoryConfig
+from omni.memory.store import MemoryStore, SchemaVersionError
+from omni.memory.testing import HashingEmbedder
+from omni.memory.user_index import UserIndex
 
 T0 = 1_800_000_000.0  # a fixed epoch start, so rendered times do not depend on the clock
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memory.archive import ArchiveError, ShardArchive
-from memory.codec import array_from_bytes, array_to_bytes, payload_from_bytes, payload_to_bytes
-from memory.consolidator import Consolidator, ConsolidatorConfig
-from memory.session import Memory, MemoryConfig, MemoryWriteError
-from memory.store import MemoryStore
-from memory.testing import HashingEmbedder
-from memory.types import FramePayload
+from omni.memory.archive import ArchiveError, ShardArchive
+from omni.memory.codec import array_from_bytes, array_to_bytes, payload_from_bytes, payload_to_bytes
+from omni.memory.consolidator import Consolidator, ConsolidatorConfig
+from omni.memory.session import Memory, MemoryConfig, MemoryWriteError
+from omni.memory.store import MemoryStore
+from omni.memory.testing import HashingEmbedder
+from omni.memory.types import FramePayload
 
 T0 = 1_800_000_000.0
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.encoders.config import AudioEncoderConfig, AuTEncoderConfig, Qwen3VisionConfig, VisionEncoderConfig
+from omni.model.encoders.config import AudioEncoderConfig, AuTEncoderConfig, Qwen3VisionConfig, VisionEncoderConfig
 
 
 def randomize_(module: nn.Module, seed: int = 0) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from model.lm.batch import PoolStep
-from model.thinker_session import ReplyRecord
-from model.token2wav.streaming import PCMChunk
+from omni.model.lm.batch import PoolStep
+from omni.model.thinker_session import ReplyRecord
+from omni.model.token2wav.streaming import PCMChunk
 
 
 class StepReply:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.encoders.audio_encoder import AudioEncoder
-from model.encoders.audio_frontend import AudioInputError
-from model.encoders.config import AudioEncoderConfig, audio_token_count
-from model.errors import CheckpointError
+from omni.model.encoders.audio_encoder import AudioEncoder
+from omni.model.encoders.audio_frontend import AudioInputError
+from omni.model.encoders.config import AudioEncoderConfig, audio_token_count
+from omni.model.errors import CheckpointError
 from tests.model.encoder_reference import hf_audio_encoder, rel_err
 
 # fp32, same op order except SDPA kernel tiling and per-block vs padded batching: measured <= 4e-7 relative.

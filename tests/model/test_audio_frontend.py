@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoders.audio_frontend import (
+from omni.model.encoders.audio_frontend import (
     AudioInputError,
     LogMel,
     load_audio,

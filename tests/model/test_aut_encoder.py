@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 import torch
 
-from model.encoders.audio_frontend import AudioInputError
-from model.encoders.aut_encoder import AuTEncoder
-from model.encoders.config import AuTEncoderConfig, aut_token_count
-from model.encoders.weights import AUDIO_PREFIX, strip_prefix
-from model.errors import CheckpointError, ConfigError
+from omni.model.encoders.audio_frontend import AudioInputError
+from omni.model.encoders.aut_encoder import AuTEncoder
+from omni.model.encoders.config import AuTEncoderConfig, aut_token_count
+from omni.model.encoders.weights import AUDIO_PREFIX, strip_prefix
+from omni.model.errors import CheckpointError, ConfigError
 from tests.model.encoder_reference import hf_aut_encoder, rel_err
 
 # fp32, same op order except SDPA kernel tiling and batching: measured <= 5e-7 relative. 1e-4 (the

@@ -1,4 +1,4 @@
-"""Sessions batched on one device (model/lm/batch.py): a session's greedy tokens are the same alone (the
+"""Sessions batched on one device (omni/model/lm/batch.py): a session's greedy tokens are the same alone (the
 plain DecoderLM loop) and batched with others that join, prefill and leave mid-stream; float32, CPU."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.lm.batch import BatchedDecoder
-from model.lm.decoder import DecoderLM
-from model.lm.kv_cache import CacheConfig
-from model.lm.sampling import SamplingConfig
-from model.thinker import ThinkerConfig
+from omni.model.lm.batch import BatchedDecoder
+from omni.model.lm.decoder import DecoderLM
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.thinker import ThinkerConfig
 
 # sinks 2 + window 6: prompts of 5-9 tokens and 10 new ones wrap the ring (sink-shifted queries) in every session
 CACHE = CacheConfig(sinks=2, window=6, chunk=4)
@@ -116,7 +116,7 @@ def test_prompt_fed_in_blocks_then_reply_equals_alone(model: DecoderLM) -> None:
 def test_talker_steps_batched_equal_alone() -> None:
     """Two Talker sessions stepped through one BatchedDecoder over embeddings give the codes each gets alone."""
     from benchmarks.talker import tiny_configs
-    from model.talker import Talker, TalkerState, TalkerTextEmbeds
+    from omni.model.talker import Talker, TalkerState, TalkerTextEmbeds
 
     torch.manual_seed(0)
     talker = Talker(tiny_configs()[0]).eval()

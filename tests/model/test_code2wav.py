@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from model.code2wav import Code2Wav, Code2WavConfig, StreamingCode2Wav, load_code2wav
-from model.errors import CheckpointError, ConfigError
+from omni.model.code2wav import Code2Wav, Code2WavConfig, StreamingCode2Wav, load_code2wav
+from omni.model.errors import CheckpointError, ConfigError
 from tests.model.encoder_reference import randomize_, rel_err
 
 N = 40

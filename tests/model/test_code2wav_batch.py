@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.code2wav import Code2Wav, StreamingCode2Wav
-from model.token2wav.streaming import PCMChunk
+from omni.model.code2wav import Code2Wav, StreamingCode2Wav
+from omni.model.token2wav.streaming import PCMChunk
 from tests.model.test_code2wav import VARIANT, _save_and_load, hf_code2wav
 
 TOL = {torch.float64: 1e-10, torch.float32: 2e-4}

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.lm.kv_cache import CacheConfig
-from model.loaders.hf import load_hf_decoder
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.loaders.hf import load_hf_decoder
 from tests.model.tiny_hf import make_tiny_hf
 
 CASES = [("llama", False, None), ("llama", True, None), ("qwen2", False, None), ("qwen2", False, "40KB")]

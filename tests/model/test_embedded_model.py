@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import torch
 
-from model.embedded.packaged import default_model_path
-from model.layers.int4_linear import Int4Linear, Q4Linear
-from model.lm.chat_session import ChatSession
-from model.lm.sampling import SamplingConfig
-from model.loaders import load_lm
-from omni_kernels.cpu import library
+from omni.kernels.cpu import library
+from omni.model.embedded.packaged import default_model_path
+from omni.model.layers.int4_linear import Int4Linear, Q4Linear
+from omni.model.lm.chat_session import ChatSession
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders import load_lm
 
 PROMPTS = [
     "What is the capital of France?",

@@ -1,4 +1,4 @@
-"""The LM's probability that the user's message is finished (model.lm.end_of_turn, computed inside
+"""The LM's probability that the user's message is finished (omni.model.lm.end_of_turn, computed inside
 ChatSession.prefill_turn(score_end=True)): against transformers on the same GGUF, and on the packaged model a
 finished question against its unfinished prefix at the default threshold of `omni serve --semantic-eot`."""
 
@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import torch
 
-from model.embedded.packaged import default_model_path
-from model.lm.chat_session import ChatSession
-from model.lm.end_of_turn import end_token_ids, open_words
-from model.loaders import LoadedLM, load_lm
-from streaming.engines.embedded import DEFAULT_SYSTEM_PROMPT, as_sentence
-from streaming.vad import DEFAULT_SEMANTIC_EOT
+from omni.model.embedded.packaged import default_model_path
+from omni.model.lm.chat_session import ChatSession
+from omni.model.lm.end_of_turn import end_token_ids, open_words
+from omni.model.loaders import LoadedLM, load_lm
+from omni.streaming.engines.embedded import DEFAULT_SYSTEM_PROMPT, as_sentence
+from omni.streaming.vad import DEFAULT_SEMANTIC_EOT
 
 FINISHED = "What is the capital of France?"
 UNFINISHED = "What is the capital of"

@@ -12,10 +12,10 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter
 from gguf.quants import dequantize, quantize
 
-from model.errors import CheckpointError
-from model.loaders.gguf_file import GGUFFile
-from model.loaders.gguf_loader import load_gguf_decoder
-from model.loaders.gguf_quants import dequantize_blocks
+from omni.model.errors import CheckpointError
+from omni.model.loaders.gguf_file import GGUFFile
+from omni.model.loaders.gguf_loader import load_gguf_decoder
+from omni.model.loaders.gguf_quants import dequantize_blocks
 from tests.model.tiny_hf import make_tiny_hf
 
 

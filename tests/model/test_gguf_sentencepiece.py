@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from gguf import GGUFWriter
 
-from model.errors import CheckpointError
-from model.lm.tokenizer import TextTokenizer
-from model.loaders.gguf_file import GGUFFile
+from omni.model.errors import CheckpointError
+from omni.model.lm.tokenizer import TextTokenizer
+from omni.model.loaders.gguf_file import GGUFFile
 
 TEXTS = [
     "What is the capital of France?",

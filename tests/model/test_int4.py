@@ -10,13 +10,20 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
-from model.layers import int4_linear
-from model.layers.int4_linear import _BLOCK_N, Int4Linear, Q4Linear, _blocked_layout_matches, _pack_blocked, pack_int4
-from model.loaders import gguf_loader, weights
-from model.loaders.gguf_loader import load_gguf_decoder
-from model.loaders.gguf_quants import q4_1_blocks
-from omni_kernels.cpu import library
-from omni_kernels.q4_matmul import unpack_q4_1
+from omni.kernels.cpu import library
+from omni.kernels.q4_matmul import unpack_q4_1
+from omni.model.layers import int4_linear
+from omni.model.layers.int4_linear import (
+    _BLOCK_N,
+    Int4Linear,
+    Q4Linear,
+    _blocked_layout_matches,
+    _pack_blocked,
+    pack_int4,
+)
+from omni.model.loaders import gguf_loader, weights
+from omni.model.loaders.gguf_loader import load_gguf_decoder
+from omni.model.loaders.gguf_quants import q4_1_blocks
 from tests.model.test_gguf import TYPES, _write_tiny_gguf
 
 torch_int4 = pytest.mark.skipif(not hasattr(torch, "_weight_int4pack_mm_for_cpu"), reason="torch without CPU int4")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.layers.rope import apply_rope, rope_cos_sin, rope_inv_freq
-from model.lm.config import DecoderConfig
-from model.lm.decoder import DecoderLM
-from model.lm.kv_cache import CacheConfig
+from omni.model.layers.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from omni.model.lm.config import DecoderConfig
+from omni.model.lm.decoder import DecoderLM
+from omni.model.lm.kv_cache import CacheConfig
 
 
 def _model(layers: int = 2, mrope: bool = False) -> DecoderLM:
@@ -140,7 +140,7 @@ def test_truncate_rolls_back_a_reply_exactly() -> None:
 def test_half_precision_cache_keeps_the_packaged_models_greedy_replies() -> None:
     """The default 4-bit model (fused C steps when the kernels build, else torch) with a float16 cache
     against the same model with a float32 cache: the same greedy tokens and close logits at every step."""
-    from model.loaders import load_lm
+    from omni.model.loaders import load_lm
 
     lm = load_lm()
     prompts = ["Explain why the sky looks blue in one paragraph.", "Write a short poem about a lighthouse keeper.",

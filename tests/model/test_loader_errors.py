@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.errors import CheckpointError
-from model.loaders import load_lm
-from model.loaders.hf import load_hf_decoder
+from omni.model.errors import CheckpointError
+from omni.model.loaders import load_lm
+from omni.model.loaders.hf import load_hf_decoder
 from tests.model.tiny_hf import make_tiny_hf
 
 

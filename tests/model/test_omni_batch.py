@@ -1,4 +1,4 @@
-"""Omni sessions batched on the device (model/lm/batch.py `PoolStep`, `run_steps`): SpeakingSessions whose
+"""Omni sessions batched on the device (omni/model/lm/batch.py `PoolStep`, `run_steps`): SpeakingSessions whose
 Thinker and Talker caches are rows of two `BatchedDecoder` pools, their reply generators' decode steps run as
 one batched forward per pool, say what each says alone (text tokens and speech codes; greedy, float32 on the
 CPU), with sessions joining and leaving mid-reply, a new one taking the row a leaver freed. Their token2wav
@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.lm.batch import BatchedDecoder, run_steps
-from model.lm.sampling import SamplingConfig
-from model.loaders.omni import LoadedThinker, load_thinker
-from model.loaders.talker_weights import SpeechModels, load_speech
-from model.speech_session import SessionRows, SpeakingSession, SpeechSettings
-from model.thinker_session import ReplyRecord, ThinkerSession
-from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav
-from model.voices import Voice, VoiceBank
+from omni.model.lm.batch import BatchedDecoder, run_steps
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders.omni import LoadedThinker, load_thinker
+from omni.model.loaders.talker_weights import SpeechModels, load_speech
+from omni.model.speech_session import SessionRows, SpeakingSession, SpeechSettings
+from omni.model.thinker_session import ReplyRecord, ThinkerSession
+from omni.model.token2wav.solver import SolverConfig
+from omni.model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav
+from omni.model.voices import Voice, VoiceBank
 from tests.model.omni_tiny import IDS, save_tiny_omni
 from tests.model.step_reply import StepReply
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.pcm import StreamingResampler, resample
+from omni.model.pcm import StreamingResampler, resample
 
 
 def tone(freq: float, rate: int, seconds: float = 1.0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Weight-only int8 / int4 projections (model/layers/quant_linear.py) in a tiny decoder: the quantised model
+"""Weight-only int8 / int4 projections (omni/model/layers/quant_linear.py) in a tiny decoder: the quantised model
 equals the dense model carrying the dequantised weights, and quantisation error stays within its bound."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from model.layers.quant_linear import GroupInt4Linear, Int8Linear, quantize_decoder
-from model.lm.decoder import DecoderLM
-from model.thinker import ThinkerConfig
+from omni.model.layers.quant_linear import GroupInt4Linear, Int8Linear, quantize_decoder
+from omni.model.lm.decoder import DecoderLM
+from omni.model.thinker import ThinkerConfig
 
 
 def _tiny() -> DecoderLM:

@@ -1,8 +1,8 @@
-"""Qwen3-Omni voice sessions batched on the device (model/lm/batch.py `PoolStep`, `run_steps`): the Thinker and
+"""Qwen3-Omni voice sessions batched on the device (omni/model/lm/batch.py `PoolStep`, `run_steps`): the Thinker and
 Talker caches of several `Qwen3VoiceSession`s are rows of `BatchedDecoder` pools (over the MoE Thinker, the MoE Talker
 decoder and the Talker's code predictor), their reply generators' Thinker, Talker (codebook-0) and code predictor
 decode steps run as one batched forward per pool, their due Code2Wav chunks as one call of a shared
-`StreamingCode2Wav` (model/code2wav/streaming.py), and each session says what it says alone: the same reply tokens
+`StreamingCode2Wav` (omni/model/code2wav/streaming.py), and each session says what it says alone: the same reply tokens
 and the same Talker frames (every codebook; greedy, float32 on the CPU), and the same PCM to float rounding (the
 batched Code2Wav call rounds differently: measured bound in PCM_TOL), with prompts of different lengths, replies
 of different lengths (one ends early), a session joining late, and one cut mid-reply (barge-in) whose row a new
@@ -17,17 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.code2wav import StreamingCode2Wav
-from model.lm.batch import BatchedDecoder, run_steps
-from model.lm.sampling import SamplingConfig
-from model.qwen3.loader import LoadedQwen3, load_qwen3
-from model.qwen3.session import Qwen3ThinkerSession
-from model.qwen3.speech import Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
-from model.qwen3.talker import GREEDY
-from model.qwen3.voice_session import Qwen3VoiceSession
-from model.speech_session import SessionRows
-from model.thinker_session import ReplyRecord
-from model.token2wav.streaming import PCMChunk
+from omni.model.code2wav import StreamingCode2Wav
+from omni.model.lm.batch import BatchedDecoder, run_steps
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.qwen3.loader import LoadedQwen3, load_qwen3
+from omni.model.qwen3.session import Qwen3ThinkerSession
+from omni.model.qwen3.speech import Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
+from omni.model.qwen3.talker import GREEDY
+from omni.model.qwen3.voice_session import Qwen3VoiceSession
+from omni.model.speech_session import SessionRows
+from omni.model.thinker_session import ReplyRecord
+from omni.model.token2wav.streaming import PCMChunk
 from tests.model.step_reply import StepReply
 
 FRAMES = 12  # Talker frames per reply at most

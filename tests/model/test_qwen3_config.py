@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from model.errors import CheckpointError, ConfigError
-from model.loaders.family import QWEN2_5_OMNI, QWEN3_OMNI_MOE, detect_family, family_of_config
-from model.loaders.hf import SafetensorsIndex, read_config
-from model.qwen3.config import PRESETS, Qwen3OmniConfig
+from omni.model.errors import CheckpointError, ConfigError
+from omni.model.loaders.family import QWEN2_5_OMNI, QWEN3_OMNI_MOE, detect_family, family_of_config
+from omni.model.loaders.hf import SafetensorsIndex, read_config
+from omni.model.qwen3.config import PRESETS, Qwen3OmniConfig
 from tests.model.qwen3_tiny import tiny_config_dict
 
 
@@ -246,7 +246,7 @@ def test_unfuse_experts_rewrites_a_fused_checkpoint(tmp_path: Path) -> None:
 
 
 def test_the_qwen2_5_thinker_loader_names_a_qwen3_directory(qwen3_tiny_dir: Path) -> None:
-    from model.loaders.omni import load_thinker_model
+    from omni.model.loaders.omni import load_thinker_model
 
     with pytest.raises(CheckpointError, match="a Qwen3-Omni checkpoint; this loader reads Qwen2.5-Omni"):
         load_thinker_model(qwen3_tiny_dir)

@@ -16,14 +16,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.errors import CheckpointError, ConfigError
-from model.layers.mlp import SparseMoE
-from model.lm.config import PRESETS, DecoderConfig
-from model.lm.decode_kernels import REFERENCE_OPS, TRITON_OPS
-from model.lm.decoder import DecoderLM
-from model.lm.kv_cache import CacheConfig
-from model.loaders.hf import SafetensorsIndex, load_hf_decoder
-from model.loaders.weights import build_decoder
+from omni.model.errors import CheckpointError, ConfigError
+from omni.model.layers.mlp import SparseMoE
+from omni.model.lm.config import PRESETS, DecoderConfig
+from omni.model.lm.decode_kernels import REFERENCE_OPS, TRITON_OPS
+from omni.model.lm.decoder import DecoderLM
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.loaders.hf import SafetensorsIndex, load_hf_decoder
+from omni.model.loaders.weights import build_decoder
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.qwen3_omni_moe import configuration_qwen3_omni_moe as hf_cfg  # noqa: E402
@@ -109,7 +109,7 @@ def test_thinker_logits_prefill_and_decode_match_transformers(tmp_path: Path) ->
 
 @pytest.mark.parametrize("ops", ["reference", "triton"])
 def test_thinker_decode_on_the_gpu_step_kernels(tmp_path: Path, ops: str) -> None:
-    """The one-token step of model/lm/decode_kernels.py (q/k norm, interleaved rope, MoE MLP) against prefill;
+    """The one-token step of omni/model/lm/decode_kernels.py (q/k norm, interleaved rope, MoE MLP) against prefill;
     "triton" runs the Triton launchers (the interpreter on a CPU)."""
     if ops == "triton":
         pytest.importorskip("triton")
@@ -231,7 +231,7 @@ def test_config_round_trip_and_presets() -> None:
 
 def test_unsupported_paths_are_refused(tmp_path: Path) -> None:
     _, ours, _ = _thinker(tmp_path)
-    from omni_kernels.cpu import library
+    from omni.kernels.cpu import library
 
     lib = library()
     if lib is not None:

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model.lm.tokenizer import TextTokenizer
-from model.prompt import PromptBuilder, PromptError
-from model.qwen3.config import Qwen3OmniConfig
-from model.qwen3.prompt import SpecialIds, prompt_builder
-from model.tmrope import rope_index
+from omni.model.lm.tokenizer import TextTokenizer
+from omni.model.prompt import PromptBuilder, PromptError
+from omni.model.qwen3.config import Qwen3OmniConfig
+from omni.model.qwen3.prompt import SpecialIds, prompt_builder
+from omni.model.tmrope import rope_index
 from tests.model.qwen3_tiny import IDS, tiny_config_dict
 
 CFG = Qwen3OmniConfig.from_hf_config(tiny_config_dict())

@@ -1,4 +1,4 @@
-"""`--quant int8|int4` for Qwen3-Omni (model/qwen3/loader.py `quantize_qwen3`): the Thinker's and the Talker's
+"""`--quant int8|int4` for Qwen3-Omni (omni/model/qwen3/loader.py `quantize_qwen3`): the Thinker's and the Talker's
 decoders (attention projections, expert stacks, the Talker's shared experts; its code predictor's projections)
 are replaced by weight-only quantised layers, their logits stay close to float, and the mixture-of-experts layers
 run the grouped expert path on the quantised weights.
@@ -17,13 +17,13 @@ from unittest import mock
 import pytest
 import torch
 
-import omni_kernels.moe_matmul as moe
-from model.layers.mlp import Experts, SparseMoE
-from model.layers.quant_linear import GroupInt4Linear, Int8Linear, QuantExperts
-from model.lm.decoder import DecoderLM
-from model.qwen3.loader import LoadedQwen3, load_qwen3, quantize_qwen3
-from model.qwen3.speech import Qwen3SpeechModels, load_qwen3_speech
-from model.qwen3.talker import GREEDY
+import omni.kernels.moe_matmul as moe
+from omni.model.layers.mlp import Experts, SparseMoE
+from omni.model.layers.quant_linear import GroupInt4Linear, Int8Linear, QuantExperts
+from omni.model.lm.decoder import DecoderLM
+from omni.model.qwen3.loader import LoadedQwen3, load_qwen3, quantize_qwen3
+from omni.model.qwen3.speech import Qwen3SpeechModels, load_qwen3_speech
+from omni.model.qwen3.talker import GREEDY
 
 BOUND = {"int8": 0.04, "int4": 0.35}
 

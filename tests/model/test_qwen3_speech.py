@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.errors import CheckpointError, ConfigError
-from model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
-from model.qwen3.talker import GREEDY
-from model.tmrope import rope_index
+from omni.model.errors import CheckpointError, ConfigError
+from omni.model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
+from omni.model.qwen3.talker import GREEDY
+from omni.model.tmrope import rope_index
 from tests.model.qwen3_tiny import IDS
 
 FRAMES = 7

@@ -18,10 +18,10 @@ from unittest import mock
 import pytest
 import torch
 
-from model.errors import CheckpointError, ConfigError
-from model.qwen3.config import Qwen3OmniConfig, aut_token_count
-from model.qwen3.talker import GREEDY, Qwen3Talker, load_qwen3_talker, read_speech_config, user_turn_mask
-from model.tmrope import rope_index
+from omni.model.errors import CheckpointError, ConfigError
+from omni.model.qwen3.config import Qwen3OmniConfig, aut_token_count
+from omni.model.qwen3.talker import GREEDY, Qwen3Talker, load_qwen3_talker, read_speech_config, user_turn_mask
+from omni.model.tmrope import rope_index
 from tests.model.qwen3_tiny import IDS
 
 transformers = pytest.importorskip("transformers")

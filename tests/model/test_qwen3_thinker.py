@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 import torch
 
-from model.encoders.audio_frontend import AudioInputError
-from model.encoders.qwen3_vision import Qwen3VisionOutput
-from model.encoders.vision_preprocess import VisionInputError, VisionPreprocessConfig, preprocess_video
-from model.errors import CheckpointError
-from model.lm.decoder import LayerAdds
-from model.lm.kv_cache import CacheConfig
-from model.lm.sampling import SamplingConfig
-from model.qwen3.loader import LoadedQwen3, load_qwen3
-from model.qwen3.session import Qwen3ThinkerSession
-from model.thinker import VideoInput
+from omni.model.encoders.audio_frontend import AudioInputError
+from omni.model.encoders.qwen3_vision import Qwen3VisionOutput
+from omni.model.encoders.vision_preprocess import VisionInputError, VisionPreprocessConfig, preprocess_video
+from omni.model.errors import CheckpointError
+from omni.model.lm.decoder import LayerAdds
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.qwen3.loader import LoadedQwen3, load_qwen3
+from omni.model.qwen3.session import Qwen3ThinkerSession
+from omni.model.thinker import VideoInput
 from tests.model.encoder_reference import rel_err
 
 transformers = pytest.importorskip("transformers")
@@ -170,8 +170,8 @@ def test_hidden_states_for_the_talker(tiny: tuple[Any, LoadedQwen3]) -> None:
 def test_layer_adds_are_placed_and_chunked() -> None:
     """The decoder hook on its own: adds after layer i only at the masked tokens, and the same result when
     the prompt is cut into cache chunks (the rows follow their tokens)."""
-    from model.lm.config import DecoderConfig
-    from model.lm.decoder import DecoderLM
+    from omni.model.lm.config import DecoderConfig
+    from omni.model.lm.decoder import DecoderLM
 
     torch.manual_seed(0)
     cfg = DecoderConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_layers=3, num_heads=2,
@@ -383,7 +383,7 @@ def test_missing_or_foreign_tensors_are_named(tmp_path: Path, qwen3_tiny_dir: Pa
 def test_session_live_video_frames_equal_the_whole_prompt(tiny: tuple[Any, LoadedQwen3]) -> None:
     """Frames pushed one by one (an odd count: the last patch is padded as the processor pads) give the logits
     of the whole prompt with the preprocessed video."""
-    from model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
+    from omni.model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
 
     _, q = tiny
     frames = _frames(5, 96, 128, 13)
@@ -426,7 +426,7 @@ def test_session_video_with_audio_streamed_equals_transformers(tiny: tuple[Any, 
     the merged order, the DeepStack residuals of the patches and the end ids. The pcm clip is quiet for 4.5 s,
     then loud: the first 4-s window, fed before the loud part arrived, is re-floored, and the session rolls
     back over the patches fed after it."""
-    from model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
+    from omni.model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
 
     ref, q = tiny
     frames, pcm = _frames(10, 64, 96, 21), _loud_after_quiet(9.3)
@@ -494,7 +494,7 @@ def test_session_video_with_audio_errors(tiny: tuple[Any, LoadedQwen3]) -> None:
 def test_session_video_outlasting_its_audio_equals_transformers(tiny: tuple[Any, LoadedQwen3]) -> None:
     """The audio runs out first: the patches left are one piece and the end ids follow their largest id (with
     the spatial ids), not the last audio token's; audio pushed before any frame waits for the first patch."""
-    from model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
+    from omni.model.encoders.vision_preprocess import resize_and_normalize, video_frame_size
 
     ref, q = tiny
     frames, pcm = _frames(9, 64, 64, 23), _pcm(1.7, 24)

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.encoders.config import Qwen3VisionConfig
-from model.encoders.qwen3_vision import Qwen3VisionEncoder
-from model.encoders.vision_preprocess import VisionInputError, VisionPreprocessConfig, patchify, preprocess_image
-from model.encoders.weights import VISION_PREFIX, strip_prefix
-from model.errors import CheckpointError, ConfigError
+from omni.model.encoders.config import Qwen3VisionConfig
+from omni.model.encoders.qwen3_vision import Qwen3VisionEncoder
+from omni.model.encoders.vision_preprocess import VisionInputError, VisionPreprocessConfig, patchify, preprocess_image
+from omni.model.encoders.weights import VISION_PREFIX, strip_prefix
+from omni.model.errors import CheckpointError, ConfigError
 from tests.model.encoder_reference import hf_qwen3_vision_encoder, rel_err
 
 # fp32: measured <= 1e-6 relative (SDPA tiling); 1e-4 is the target and far below a wrong

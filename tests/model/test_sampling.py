@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.lm.sampling import SamplerState, SamplingConfig, sample
+from omni.model.lm.sampling import SamplerState, SamplingConfig, sample
 
 
 def _state(seed: int = 0, vocab: int = 50) -> SamplerState:

@@ -14,9 +14,9 @@ from typing import Any, cast
 import pytest
 import torch
 
-from model.loaders.talker_weights import SpeechModels, load_speech
-from model.talker import Talker, TalkerTextEmbeds, thinker_slot
-from model.voices import UnknownVoiceError, VoiceBank
+from omni.model.loaders.talker_weights import SpeechModels, load_speech
+from omni.model.talker import Talker, TalkerTextEmbeds, thinker_slot
+from omni.model.voices import UnknownVoiceError, VoiceBank
 from tests.model.encoder_reference import rel_err
 from tests.model.tiny_speech import SPEAKER_BOS, hf_talker, hf_token2wav, tiny_voices, write_speech_checkpoint
 
@@ -185,8 +185,8 @@ def test_voices(models: tuple[Any, SpeechModels, Path]) -> None:
 
 
 def test_talker_config_round_trip_and_presets() -> None:
-    from model.errors import ConfigError
-    from model.talker import TalkerConfig
+    from omni.model.errors import ConfigError
+    from omni.model.talker import TalkerConfig
 
     cfg = TalkerConfig.from_name("qwen2.5-omni-7b")
     assert (cfg.decoder.hidden_size, cfg.decoder.num_layers, cfg.decoder.head_dim, cfg.embedding_size) == (
@@ -201,7 +201,7 @@ def test_talker_config_round_trip_and_presets() -> None:
 
 
 def test_malformed_voice_table(tmp_path: Path) -> None:
-    from model.errors import CheckpointError
+    from omni.model.errors import CheckpointError
 
     torch.save({"Chelsie": {"cond": torch.zeros(1, 16)}}, tmp_path / "spk_dict.pt")
     with pytest.raises(CheckpointError, match="'Chelsie' must have"):

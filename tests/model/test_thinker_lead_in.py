@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.loaders.omni import LoadedThinker, load_thinker
-from model.thinker_session import ThinkerSession
+from omni.model.loaders.omni import LoadedThinker, load_thinker
+from omni.model.thinker_session import ThinkerSession
 from tests.model.encoder_reference import rel_err
 from tests.model.omni_tiny import save_tiny_omni
 

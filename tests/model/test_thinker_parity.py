@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.encoders.audio_frontend import AudioInputError
-from model.encoders.vision_preprocess import VisionInputError, patchify
-from model.errors import CheckpointError
-from model.loaders.omni import LoadedThinker, load_thinker
-from model.thinker import VideoInput
-from model.thinker_session import ThinkerSession
+from omni.model.encoders.audio_frontend import AudioInputError
+from omni.model.encoders.vision_preprocess import VisionInputError, patchify
+from omni.model.errors import CheckpointError
+from omni.model.loaders.omni import LoadedThinker, load_thinker
+from omni.model.thinker import VideoInput
+from omni.model.thinker_session import ThinkerSession
 from tests.model.encoder_reference import rel_err
 from tests.model.omni_tiny import save_tiny_omni
 
@@ -201,7 +201,7 @@ def test_live_video_with_audio_interleave(tiny: tuple[Any, LoadedThinker, Path],
 
 def test_generation_continues_positions_across_turns(tiny: tuple[Any, LoadedThinker, Path]) -> None:
     ref, loaded, _ = tiny
-    from model.lm.sampling import SamplingConfig
+    from omni.model.lm.sampling import SamplingConfig
 
     s = ThinkerSession(loaded.model, loaded.prompt)
     mel = mel_of(loaded, 1.1, 10)
@@ -332,7 +332,7 @@ def _write_media(d: Path) -> tuple[Path, Path, Path]:
 def test_omni_chat_with_media_files(
     tiny: tuple[Any, LoadedThinker, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from app.cli import main
+    from omni.app.cli import main
 
     _, _, path = tiny
     wav, png, mp4 = _write_media(tmp_path)
@@ -351,7 +351,7 @@ def test_omni_chat_with_media_files(
 
 
 def test_presets_have_the_real_shapes() -> None:
-    from model.thinker import ThinkerConfig
+    from omni.model.thinker import ThinkerConfig
 
     for name, width, layers in (("qwen2.5-omni-7b", 3584, 28), ("qwen2.5-omni-3b", 2048, 36)):
         cfg = ThinkerConfig.from_name(name)

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from model.encoders.config import audio_token_count
-from model.tmrope import MultimodalTokenIds, TMRoPEConfig, chunk_ranges, rope_index
+from omni.model.encoders.config import audio_token_count
+from omni.model.tmrope import MultimodalTokenIds, TMRoPEConfig, chunk_ranges, rope_index
 from tests.model.omni_tiny import IDS, hf_config
 from tests.model.tmrope_cases import Case, Prompts, against_reference, assert_live_pieces_equal_whole
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from model.qwen3.config import Qwen3ThinkerConfig, aut_token_count
-from model.tmrope import PositionCursor, TMRoPEConfig, rope_index
+from omni.model.qwen3.config import Qwen3ThinkerConfig, aut_token_count
+from omni.model.tmrope import PositionCursor, TMRoPEConfig, rope_index
 from tests.model.qwen3_tiny import IDS, tiny_config_dict
 from tests.model.tmrope_cases import Case, Prompts, against_reference, assert_live_pieces_equal_whole
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.loaders.talker_weights import load_speech
-from model.token2wav import Token2Wav
-from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import ChunkJob, PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
+from omni.model.loaders.talker_weights import load_speech
+from omni.model.token2wav import Token2Wav
+from omni.model.token2wav.solver import SolverConfig
+from omni.model.token2wav.streaming import ChunkJob, PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
 from tests.model.tiny_speech import hf_talker, hf_token2wav, tiny_voices, write_speech_checkpoint
 
 TOL = 1e-4

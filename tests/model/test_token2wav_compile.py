@@ -1,4 +1,4 @@
-"""The streaming token2wav through `torch.compile` (OMNI_TOKEN2WAV_COMPILE, model/token2wav/streaming.py) gives the
+"""The streaming token2wav through `torch.compile` (OMNI_TOKEN2WAV_COMPILE, omni/model/token2wav/streaming.py) gives the
 chunks the eager streamer gives: same boundaries, samples within 1e-4 (float32; measured 7.5e-8 on the speech
 tests' tiny shapes, benchmarks/token2wav_compile.py; a wrong window or a row mix-up moves samples by ~0.1 and
 more), for a lone turn and for two turns of different lengths decoded as one ragged batch.
@@ -14,8 +14,8 @@ import shutil
 import pytest
 import torch
 
-from model.token2wav import BigVGANConfig, DiTConfig, SolverConfig, Token2Wav, Token2WavConfig
-from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, compile_requested
+from omni.model.token2wav import BigVGANConfig, DiTConfig, SolverConfig, Token2Wav, Token2WavConfig
+from omni.model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, compile_requested
 from tests.model.tiny_speech import DIT
 
 TOLERANCE = 1e-4

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from model.loaders.talker_weights import SpeechModels, load_speech
+from omni.model.loaders.talker_weights import SpeechModels, load_speech
 from tests.model.encoder_reference import rel_err
 from tests.model.tiny_speech import hf_talker, hf_token2wav, tiny_voices, write_speech_checkpoint
 
@@ -126,7 +126,7 @@ def test_bigvgan(models: tuple[Any, SpeechModels], dtype: torch.dtype, tol: floa
 def test_loader_reports_missing_tensor(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from model.errors import CheckpointError
+    from omni.model.errors import CheckpointError
 
     d = write_speech_checkpoint(tmp_path, hf_talker(), hf_token2wav(), tiny_voices())
     tensors = load_file(str(d / "model.safetensors"))
@@ -137,8 +137,8 @@ def test_loader_reports_missing_tensor(tmp_path: Path) -> None:
 
 
 def test_configs_read_the_released_layouts() -> None:
-    from model.token2wav import BigVGANConfig, DiTConfig, Token2WavConfig
-    from model.token2wav.ecapa import ECAPAConfig
+    from omni.model.token2wav import BigVGANConfig, DiTConfig, Token2WavConfig
+    from omni.model.token2wav.ecapa import ECAPAConfig
 
     old_style = {
         "dim": 1024,
@@ -168,7 +168,7 @@ def test_configs_read_the_released_layouts() -> None:
 
 def test_sample_without_guidance_and_euler(models: tuple[Any, SpeechModels]) -> None:
     """guidance 0 runs the conditional row alone (as the reference); Euler is the documented cheaper solver."""
-    from model.token2wav import SolverConfig
+    from omni.model.token2wav import SolverConfig
 
     ref, ours = models
     ref.double()

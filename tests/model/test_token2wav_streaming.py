@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.loaders.talker_weights import load_speech
-from model.token2wav import Token2Wav
-from model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav
-from model.voices import Voice
+from omni.model.loaders.talker_weights import load_speech
+from omni.model.token2wav import Token2Wav
+from omni.model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav
+from omni.model.voices import Voice
 from tests.model.tiny_speech import hf_talker, hf_token2wav, tiny_voices, write_speech_checkpoint
 
 N = 100
@@ -70,7 +70,7 @@ def _stream(
 
 def _official(t2w: Token2Wav, codes: torch.Tensor, noise: torch.Tensor, voice: Voice) -> list[torch.Tensor]:
     """The official fork's loop (examples/offline_inference/qwen2_5_omni/code2wav.py + Qwen2Code2wav.process_chunk,
-    bs_mel 24, the class default batched_chunk 3), written out independently of model/token2wav/streaming.py.
+    bs_mel 24, the class default batched_chunk 3), written out independently of omni/model/token2wav/streaming.py.
 
     (With the example's batched_chunk 2 the official code is inconsistent: chunk 1 then also starts at frame 0,
     takes the first-chunk branch and re-emits frames 20..28, and frames 48..96 are never emitted. We keep

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.encoders.config import VisionEncoderConfig
-from model.encoders.vision_encoder import VisionEncoder
-from model.encoders.vision_preprocess import VisionInputError, patchify
-from model.errors import CheckpointError
+from omni.model.encoders.config import VisionEncoderConfig
+from omni.model.encoders.vision_encoder import VisionEncoder
+from omni.model.encoders.vision_preprocess import VisionInputError, patchify
+from omni.model.errors import CheckpointError
 from tests.model.encoder_reference import hf_vision_encoder, rel_err
 
 # fp32; the reference permutes tokens into window order and attends per window, we gather padded

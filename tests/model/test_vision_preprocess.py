@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoders.config import VisionEncoderConfig
-from model.encoders.vision_preprocess import (
+from omni.model.encoders.config import VisionEncoderConfig
+from omni.model.encoders.vision_preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     VisionInputError,

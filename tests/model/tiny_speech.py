@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.voices import Voice, VoiceBank
+from omni.model.voices import Voice, VoiceBank
 from tests.model.tiny_checkpoint import random_model, use_sdpa
 
 THINKER_VOCAB = 200

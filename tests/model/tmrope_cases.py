@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.tmrope import MultimodalTokenIds, PositionCursor, StreamingVideoPositions, TMRoPEConfig, rope_index
+from omni.model.tmrope import MultimodalTokenIds, PositionCursor, StreamingVideoPositions, TMRoPEConfig, rope_index
 
 Grid = tuple[int, int, int]
 # (name, ids, audio mel frames, image grids, video grids, seconds per grid, use_audio_in_video)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from benchmarks.spoken import read_wav
-from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker
+from omni.streaming.vad import SileroVad
+from omni.streaming.worker import DeviceWorker
 
 UTTERANCE = "Hello there, this is a test of the streaming assistant. Can you hear me?"
 

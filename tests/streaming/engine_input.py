@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streaming.engines.omni import OmniEngineSession
+from omni.streaming.engines.omni import OmniEngineSession
 
 
 def clip(seconds: float, seed: int = 0) -> np.ndarray:

@@ -24,8 +24,8 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
-from streaming.events import MAX_EVENT_ID_CHARS, MAX_INSTRUCTIONS_CHARS
-from streaming.vad import EAGERNESS
+from omni.streaming.events import MAX_EVENT_ID_CHARS, MAX_INSTRUCTIONS_CHARS
+from omni.streaming.vad import EAGERNESS
 
 # OMNI_FUZZ_EXAMPLES (e.g. 2000) runs every fuzzer longer; the suite's default keeps it to seconds.
 EXAMPLES = int(os.environ.get("OMNI_FUZZ_EXAMPLES", "40"))

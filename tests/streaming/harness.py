@@ -10,12 +10,12 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from benchmarks.rtc_client import WAIT, wait_for_event
-from streaming.engine import Engine
-from streaming.frames import AudioFrame
-from streaming.session import Session
-from streaming.session_config import SessionConfig
-from streaming.vad import SileroVad, TurnConfig
-from streaming.worker import DeviceWorker
+from omni.streaming.engine import Engine
+from omni.streaming.frames import AudioFrame
+from omni.streaming.session import Session
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import SileroVad, TurnConfig
+from omni.streaming.worker import DeviceWorker
 
 FRAME = 320  # 20 ms at 16 kHz
 

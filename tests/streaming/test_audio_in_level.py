@@ -2,7 +2,7 @@
 
 Input is made the way a call delivers it: stereo PCM encoded by aiortc's Opus encoder and decoded by its
 Opus decoder (48 kHz s16 packed stereo av.AudioFrames, 20 ms each), then handed to the session as
-`app.realtime_server` does (`frame.to_ndarray()`, `len(frame.layout.channels)`). The offline side gets the
+`omni.app.realtime_server` does (`frame.to_ndarray()`, `len(frame.layout.channels)`). The offline side gets the
 same decoded PCM, planar, through `to_mono_16k`; and the turn through the Thinker's streaming front end gives the
 whole clip's logits. A loudness VAD stands in for silero so that a pure tone opens
 a turn (silero does not call a tone speech).
@@ -19,12 +19,12 @@ import torch
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
 
-from model.encoders.audio_frontend import to_mono_16k
-from model.loaders.omni import load_thinker
-from model.thinker_session import ThinkerSession
-from streaming.audio_in import AudioInStage, TurnAudio
-from streaming.frames import AudioFrame
-from streaming.vad import CHUNK, TurnConfig
+from omni.model.encoders.audio_frontend import to_mono_16k
+from omni.model.loaders.omni import load_thinker
+from omni.model.thinker_session import ThinkerSession
+from omni.streaming.audio_in import AudioInStage, TurnAudio
+from omni.streaming.frames import AudioFrame
+from omni.streaming.vad import CHUNK, TurnConfig
 from tests.model.encoder_reference import rel_err
 from tests.model.omni_tiny import save_tiny_omni
 from tests.model.test_thinker_lead_in import REL_TOL, whole_clip_logits
@@ -65,7 +65,7 @@ def live_and_offline(frames: list[av.AudioFrame]) -> tuple[list[np.ndarray], np.
     stage = AudioInStage(LoudnessVad(), 16000)  # type: ignore[arg-type]
     st = stage.init_state(TurnConfig(silence_ms=300, pause_ms=0))
     out = []
-    for k, f in enumerate(frames):  # as app.realtime_server.Connection.pump_audio hands them on
+    for k, f in enumerate(frames):  # as omni.app.realtime_server.Connection.pump_audio hands them on
         out += stage.process(st, [AudioFrame(f.to_ndarray(), f.sample_rate, k * FRAME / RATE, len(f.layout.channels))])
     audio = [e for e in out if isinstance(e, TurnAudio)]
     assert audio, "no turn was detected"

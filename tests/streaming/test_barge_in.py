@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from streaming.engine import SPOKEN_REPLY, EngineEvent, ResponseOptions, TextDelta
-from streaming.engines.tone import ToneEngine, ToneSession
-from streaming.session_config import SessionConfig
-from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker
+from omni.streaming.engine import SPOKEN_REPLY, EngineEvent, ResponseOptions, TextDelta
+from omni.streaming.engines.tone import ToneEngine, ToneSession
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import SileroVad
+from omni.streaming.worker import DeviceWorker
 from tests.streaming.harness import Harness
 
 GATE_LIMIT = 30.0  # the gate opens by itself after this, so a runtime that waits for the step still ends

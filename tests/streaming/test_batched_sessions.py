@@ -1,4 +1,4 @@
-"""Sessions batched on the device through the tiny engine (streaming/batching.py): a session's reply is the same
+"""Sessions batched on the device through the tiny engine (omni/streaming/batching.py): a session's reply is the same
 alone and batched with others that join, prefill and leave mid-stream (greedy, float32, CPU), and a long
 prompt is prefilled in chunks under the token budget, interleaved with the other sessions' decode steps.
 
@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from streaming.batching import Forward, ModelReply, ReplyGenerator
-from streaming.engine import EngineEvent, ReplyDone, TextDelta
-from streaming.engines.tiny import TinyLMEngine, TinyLMSession
-from streaming.session_config import SessionConfig
-from streaming.vad import SileroVad, TurnConfig
-from streaming.worker import NOT_DONE, DeviceWorker, job_owner
+from omni.streaming.batching import Forward, ModelReply, ReplyGenerator
+from omni.streaming.engine import EngineEvent, ReplyDone, TextDelta
+from omni.streaming.engines.tiny import TinyLMEngine, TinyLMSession
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import SileroVad, TurnConfig
+from omni.streaming.worker import NOT_DONE, DeviceWorker, job_owner
 from tests.streaming.harness import Harness
 from tests.streaming.test_tiny_engine import assert_cache_holds_conversation, reply_text, speak
 

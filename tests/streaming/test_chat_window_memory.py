@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from memory import Memory, MemoryStore
-from memory.testing import HashingEmbedder
-from model.lm.chat_session import ChatSession
-from model.lm.kv_cache import CacheConfig
-from model.lm.sampling import SamplingConfig
-from model.loaders import LoadedLM, load_lm
-from streaming.engines.embedded import EmbeddedEngine
-from streaming.memory_lane import MemoryHub
+from omni.memory import Memory, MemoryStore
+from omni.memory.testing import HashingEmbedder
+from omni.model.lm.chat_session import ChatSession
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders import LoadedLM, load_lm
+from omni.streaming.engines.embedded import EmbeddedEngine
+from omni.streaming.memory_lane import MemoryHub
 
 WINDOW = 160
 SAMPLING = SamplingConfig(temperature=0.0, repetition_penalty=1.1, max_new_tokens=16)

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from benchmarks.spoken import spoken
-from model.embedded.piper import PiperSynthesizer
-from model.embedded.tts import EspeakVoice, Synthesizer
-from model.embedded.voices import VOICES, VoiceError
-from model.embedded.wer import word_errors
-from model.lm.sampling import SamplingConfig
-from model.loaders import LoadedLM, load_lm
-from model.pcm import StreamingResampler, resample
-from streaming.engine import (
+from omni.model.embedded.piper import PiperSynthesizer
+from omni.model.embedded.tts import EspeakVoice, Synthesizer
+from omni.model.embedded.voices import VOICES, VoiceError
+from omni.model.embedded.wer import word_errors
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders import LoadedLM, load_lm
+from omni.model.pcm import StreamingResampler, resample
+from omni.streaming.engine import (
     AudioChunk,
     Engine,
     EngineEvent,
@@ -28,9 +28,9 @@ from streaming.engine import (
     TranscriptDelta,
     TurnEndLikely,
 )
-from streaming.engines.embedded import REALTIME_VOICES, EmbeddedEngine, EmbeddedSession, as_sentence, voice_key
-from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker
+from omni.streaming.engines.embedded import REALTIME_VOICES, EmbeddedEngine, EmbeddedSession, as_sentence, voice_key
+from omni.streaming.vad import SileroVad
+from omni.streaming.worker import DeviceWorker
 from tests.streaming.test_text_turns import typed_turn
 
 # espeak-ng's en-us voice at 150 words per minute: the phrasing the pocketsphinx recogniser got right; Whisper
@@ -256,7 +256,7 @@ def test_a_turn_prepared_at_the_pause_ends_without_recognition_left(
     history = session.chat.state.cache.length  # the system prompt, prefilled at the first audio
     assert session.recognizer.in_utterance
     prepared = session.prepare_turn()  # no final transcript yet: the turn may go on
-    assert [type(e) for e in prepared] == [TurnEndLikely]  # only how likely the turn is finished (streaming.vad)
+    assert [type(e) for e in prepared] == [TurnEndLikely]  # only how likely the turn is finished (omni.streaming.vad)
     assert session.chat.state.cache.length >= history + 8  # the user's sentence is in the cache
     assert not session.recognizer.in_utterance  # recognised at the pause (benchmarks/embedded_turns.py times it)
     finishes: list[str] = []

@@ -13,17 +13,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memory import Memory, MemoryStore
-from model.embedded.piper import PiperSynthesizer
-from model.embedded.text_embedding import TextEmbedder
-from model.embedded.whisper import WhisperRecognizer
-from model.loaders import LoadedLM, load_lm
-from model.pcm import resample, to_int16
-from streaming.engines.embedded import DEFAULT_SAMPLING, EmbeddedEngine, EmbeddedSession
-from streaming.memory_lane import MemoryHub
-from streaming.session_config import SessionConfig
-from streaming.vad import SileroVad, TurnConfig
-from streaming.worker import DeviceWorker
+from omni.memory import Memory, MemoryStore
+from omni.model.embedded.piper import PiperSynthesizer
+from omni.model.embedded.text_embedding import TextEmbedder
+from omni.model.embedded.whisper import WhisperRecognizer
+from omni.model.loaders import LoadedLM, load_lm
+from omni.model.pcm import resample, to_int16
+from omni.streaming.engines.embedded import DEFAULT_SAMPLING, EmbeddedEngine, EmbeddedSession
+from omni.streaming.memory_lane import MemoryHub
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import SileroVad, TurnConfig
+from omni.streaming.worker import DeviceWorker
 from tests.streaming.harness import Harness
 from tests.streaming.test_text_turns import typed
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from streaming.events import ProtocolError, RealtimeEvents, parse_client_event
-from streaming.frames import Interrupt, ResponseRequest, SessionUpdate, Truncate, UserMessage
-from streaming.vad import EAGERNESS
+from omni.streaming.events import ProtocolError, RealtimeEvents, parse_client_event
+from omni.streaming.frames import Interrupt, ResponseRequest, SessionUpdate, Truncate, UserMessage
+from omni.streaming.vad import EAGERNESS
 
 
 def test_client_events_become_frames() -> None:

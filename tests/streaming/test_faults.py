@@ -14,11 +14,11 @@ import pytest
 
 from benchmarks.rtc_client import WAIT, wait_for_event
 from benchmarks.ws_client import invalid_events, response_order_problems
-from streaming.engine import SPOKEN_REPLY, EngineEvent, ResponseOptions
-from streaming.engines.tone import ToneEngine, ToneSession
-from streaming.session_config import SessionConfig
-from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker, job_owner
+from omni.streaming.engine import SPOKEN_REPLY, EngineEvent, ResponseOptions
+from omni.streaming.engines.tone import ToneEngine, ToneSession
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import SileroVad
+from omni.streaming.worker import DeviceWorker, job_owner
 from tests.streaming.harness import Harness
 
 

@@ -26,12 +26,12 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from benchmarks.rtc_client import WAIT, wait_for_event
-from streaming.engines.tone import ToneEngine
-from streaming.events import ProtocolError, parse_client_event
-from streaming.frames import MAX_FRAME_SAMPLES, AudioFrame, VideoFrame
-from streaming.session_config import SessionConfig
-from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker
+from omni.streaming.engines.tone import ToneEngine
+from omni.streaming.events import ProtocolError, parse_client_event
+from omni.streaming.frames import MAX_FRAME_SAMPLES, AudioFrame, VideoFrame
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import SileroVad
+from omni.streaming.worker import DeviceWorker
 from tests.streaming.fuzz_cases import FIELDS, FUZZ, HOSTILE_VALUES, Expect, expect, field_cases, fill
 from tests.streaming.harness import Harness
 

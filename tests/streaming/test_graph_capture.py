@@ -1,4 +1,4 @@
-"""CUDA graphs captured at the engine's start-up (model/lm/cuda_graph.py, model/lm/batch.py `capture_pools`).
+"""CUDA graphs captured at the engine's start-up (omni/model/lm/cuda_graph.py, omni/model/lm/batch.py `capture_pools`).
 
 There is no GPU where these tests run, so the capture itself is never exercised here: where a test needs the
 engine to believe it is on CUDA it patches `graphs_enabled` (the one place that asks the device) and records
@@ -19,16 +19,16 @@ from unittest import mock
 import pytest
 import torch
 
-from model.layers.quant_linear import quantize_decoder
-from model.lm import batch as batch_mod
-from model.lm.batch import BatchedDecoder, PoolStep, capture_pools, capture_report, run_steps
-from model.lm.config import DecoderConfig
-from model.lm.cuda_graph import GraphCapture, StepGraphs, graphs_enabled, host_read_reason
-from model.lm.decoder import DecoderLM
-from model.lm.kv_cache import CacheConfig
-from model.lm.sampling import SamplingConfig
-from streaming.engines.omni import OmniEngine
-from streaming.metrics import ServerMetrics
+from omni.model.layers.quant_linear import quantize_decoder
+from omni.model.lm import batch as batch_mod
+from omni.model.lm.batch import BatchedDecoder, PoolStep, capture_pools, capture_report, run_steps
+from omni.model.lm.config import DecoderConfig
+from omni.model.lm.cuda_graph import GraphCapture, StepGraphs, graphs_enabled, host_read_reason
+from omni.model.lm.decoder import DecoderLM
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.lm.sampling import SamplingConfig
+from omni.streaming.engines.omni import OmniEngine
+from omni.streaming.metrics import ServerMetrics
 from tests.streaming.test_omni_engine import SCHEDULE, SOLVER, Models, models  # noqa: F401
 
 CACHE = CacheConfig(sinks=2, window=8, chunk=4)
@@ -193,9 +193,9 @@ def test_a_lone_step_on_a_graphed_pool_runs_there_with_the_tokens_it_gets_alone(
 def test_a_lone_reply_on_a_graphed_pool_decodes_there_with_its_own_tokens() -> None:
     """The device worker's `StepBatcher` (tiny engine): one replying session on a pool that says it replays graphs
     (patched, as above) decodes through the pool, and its reply is the one it gives alone."""
-    from streaming.engine import ReplyDone
-    from streaming.engines.tiny import TinyLMEngine
-    from streaming.worker import NOT_DONE
+    from omni.streaming.engine import ReplyDone
+    from omni.streaming.engines.tiny import TinyLMEngine
+    from omni.streaming.worker import NOT_DONE
     from tests.streaming.test_batched_sessions import GREEDY, alone, start
     from tests.streaming.test_tiny_engine import reply_text
 
@@ -224,9 +224,9 @@ def test_a_lone_reply_on_a_graphed_pool_decodes_there_with_its_own_tokens() -> N
 
 
 def test_the_server_shows_the_engine_captures_in_metrics() -> None:
-    """app/realtime_server.py `Server` reads the engine's `graph_captures` at start (a stand-in engine)."""
-    from app.realtime_server import Server
-    from streaming.engines.tone import ToneEngine
+    """omni/app/realtime_server.py `Server` reads the engine's `graph_captures` at start (a stand-in engine)."""
+    from omni.app.realtime_server import Server
+    from omni.streaming.engines.tone import ToneEngine
 
     engine = ToneEngine()
     engine.graph_captures = [GraphCapture("thinker", (1, 2, 4), 1.5),  # type: ignore[attr-defined]
@@ -244,7 +244,7 @@ def test_the_engine_compiles_token2wav_at_start_up_only_when_asked(
     """`compile_token2wav` / OMNI_TOKEN2WAV_COMPILE: the warm-up (what compiles; recorded here, not run: compiling
     the tiny model takes minutes on this CPU, tests/model/test_token2wav_compile.py checks the compiled output)
     runs once at start-up, batched when sessions are pooled; every session's streamer is the compiled one."""
-    from model.token2wav.streaming import StreamingToken2Wav
+    from omni.model.token2wav.streaming import StreamingToken2Wav
 
     calls: list[tuple[bool, int]] = []
 

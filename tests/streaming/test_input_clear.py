@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from streaming.engines.tone import ToneEngine
-from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker
+from omni.streaming.engines.tone import ToneEngine
+from omni.streaming.vad import SileroVad
+from omni.streaming.worker import DeviceWorker
 from tests.app.test_serve_loopback import wait_until
 from tests.streaming.harness import Harness
 

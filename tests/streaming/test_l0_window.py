@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from memory import Memory, MemoryStore, WindowItem
-from memory.testing import HashingEmbedder
-from model.lm.kv_cache import KVCache
-from model.lm.sampling import SamplingConfig
-from model.loaders import LoadedLM, load_lm
-from streaming.engines.embedded import EmbeddedEngine
-from streaming.engines.omni import OmniEngine
-from streaming.memory_lane import MemoryHub, MemoryLane
+from omni.memory import Memory, MemoryStore, WindowItem
+from omni.memory.testing import HashingEmbedder
+from omni.model.lm.kv_cache import KVCache
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders import LoadedLM, load_lm
+from omni.streaming.engines.embedded import EmbeddedEngine
+from omni.streaming.engines.omni import OmniEngine
+from omni.streaming.memory_lane import MemoryHub, MemoryLane
 from tests.streaming.test_omni_engine import Models, clip, models, speak  # noqa: F401  (the fixture)
 
 

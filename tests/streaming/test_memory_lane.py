@@ -1,4 +1,4 @@
-"""The runtime's memory glue (streaming.memory_lane) on a real SQLite store with the model-free HashingEmbedder:
+"""The runtime's memory glue (omni.streaming.memory_lane) on a real SQLite store with the model-free HashingEmbedder:
 the slot, what goes below and when, replies as heard, anonymous sessions, the session.update field and the event."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from memory import Memory, MemoryConfig, MemoryStore, SegmenterConfig
-from memory.testing import HashingEmbedder
-from streaming.engines.tone import ToneEngine
-from streaming.events import ProtocolError, parse_client_event
-from streaming.frames import SessionUpdate
-from streaming.memory_lane import SLOT_HEADER, MemoryHub, MemoryLane, SlotEcho, recalled_items
-from streaming.session import Session
-from streaming.session_config import SessionConfig
-from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker
+from omni.memory import Memory, MemoryConfig, MemoryStore, SegmenterConfig
+from omni.memory.testing import HashingEmbedder
+from omni.streaming.engines.tone import ToneEngine
+from omni.streaming.events import ProtocolError, parse_client_event
+from omni.streaming.frames import SessionUpdate
+from omni.streaming.memory_lane import SLOT_HEADER, MemoryHub, MemoryLane, SlotEcho, recalled_items
+from omni.streaming.session import Session
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import SileroVad
+from omni.streaming.worker import DeviceWorker
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""L2 summaries by the engine's LM on the device worker at low priority (streaming.memory_summary): a summary step
+"""L2 summaries by the engine's LM on the device worker at low priority (omni.streaming.memory_summary): a summary step
 never runs while turn work waits (ordering, not timing), and SmolLM2's summaries reach the store every N events."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from memory import ConsolidatorConfig, Memory, MemoryConfig, MemoryStore, SegmenterConfig, concat_summary
-from memory.testing import HashingEmbedder
-from model.lm.summary import SummaryConfig, summary_steps
-from model.loaders import load_lm
-from streaming.memory_summary import WorkerSummarizer
-from streaming.worker import DeviceWorker, job_owner
+from omni.memory import ConsolidatorConfig, Memory, MemoryConfig, MemoryStore, SegmenterConfig, concat_summary
+from omni.memory.testing import HashingEmbedder
+from omni.model.lm.summary import SummaryConfig, summary_steps
+from omni.model.loaders import load_lm
+from omni.streaming.memory_summary import WorkerSummarizer
+from omni.streaming.worker import DeviceWorker, job_owner
 
 
 def _until(cond: object, what: str, timeout: float = 30.0) -> None:

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.lm.sampling import SamplingConfig
-from streaming.batching import ModelReply
-from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta
-from streaming.engines.omni import OmniEngine, OmniEngineSession
-from streaming.worker import NOT_DONE
+from omni.model.lm.sampling import SamplingConfig
+from omni.streaming.batching import ModelReply
+from omni.streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta
+from omni.streaming.engines.omni import OmniEngine, OmniEngineSession
+from omni.streaming.worker import NOT_DONE
 from tests.streaming.test_omni_engine import SCHEDULE, SOLVER, Models, models  # noqa: F401
 
 TEXTS = ["hello there", "how is the weather", "bye now", "ok"]
@@ -134,8 +134,8 @@ def test_a_batched_session_cut_mid_reply_goes_on_as_one_alone(models: Models) ->
 
 
 def test_omni_serve_batch_sessions_flag(models: Models) -> None:  # noqa: F811
-    from app.cli import build_parser
-    from app.serve import make_engine
+    from omni.app.cli import build_parser
+    from omni.app.serve import make_engine
 
     args = build_parser().parse_args(["serve", "--engine", "omni", "--model", models[0].source,
                                       "--batch-sessions", "2"])

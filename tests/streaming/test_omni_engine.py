@@ -15,19 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from app.serve import make_engine
-from model.lm.sampling import SamplingConfig
-from model.loaders.omni import LoadedThinker, load_thinker
-from model.loaders.talker_weights import SpeechModels, load_speech
-from model.speech_session import SpeakingSession, SpeechSettings
-from model.thinker_session import ReplyRecord
-from model.token2wav.solver import SolverConfig
-from model.token2wav.streaming import StreamingSchedule
-from model.voices import Voice, VoiceBank
-from streaming.engine import AudioChunk, EngineEvent, ReplyDone, ResponseOptions, TextDelta
-from streaming.engines.omni import OmniEngine, OmniEngineSession
-from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker
+from omni.app.serve import make_engine
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders.omni import LoadedThinker, load_thinker
+from omni.model.loaders.talker_weights import SpeechModels, load_speech
+from omni.model.speech_session import SpeakingSession, SpeechSettings
+from omni.model.thinker_session import ReplyRecord
+from omni.model.token2wav.solver import SolverConfig
+from omni.model.token2wav.streaming import StreamingSchedule
+from omni.model.voices import Voice, VoiceBank
+from omni.streaming.engine import AudioChunk, EngineEvent, ReplyDone, ResponseOptions, TextDelta
+from omni.streaming.engines.omni import OmniEngine, OmniEngineSession
+from omni.streaming.vad import SileroVad
+from omni.streaming.worker import DeviceWorker
 from tests.model.omni_tiny import IDS, save_tiny_omni
 from tests.streaming.engine_input import clip, speak
 from tests.streaming.harness import Harness
@@ -258,7 +258,7 @@ def test_bad_input_is_refused_with_a_clear_message(models: Models, tmp_path: Pat
 
 
 def test_omni_serve_builds_the_omni_engine(models: Models) -> None:
-    from app.cli import build_parser
+    from omni.app.cli import build_parser
 
     args = build_parser().parse_args(["serve", "--engine", "omni", "--model", models[0].source, "--voice", "Ethan"])
     engine = make_engine(args.engine, model=args.model, voice=args.voice, device=args.device)
@@ -325,8 +325,8 @@ async def test_a_typed_turn_through_the_session_runtime(models: Models, worker: 
 
 
 def test_omni_serve_quantises_the_thinker_at_load(models: Models) -> None:
-    from app.cli import build_parser
-    from model.layers.quant_linear import Int8Linear
+    from omni.app.cli import build_parser
+    from omni.model.layers.quant_linear import Int8Linear
 
     args = build_parser().parse_args(["serve", "--engine", "omni", "--model", models[0].source, "--quant", "int8"])
     engine = make_engine(args.engine, model=args.model, device=args.device, quant=args.quant)

@@ -19,18 +19,32 @@ import pytest
 import torch
 
 from benchmarks.omni_memory import feed_slot_piecewise
-from memory import ConsolidatorConfig, Memory, MemoryConfig, MemoryStore, RecallConfig, SegmenterConfig, concat_summary
-from memory.testing import HashingEmbedder
-from model.lm.summary import SummaryConfig, thinker_summary_steps
-from model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
-from model.speech_session import SpeakingSession
-from model.thinker_session import EncodedPiece, RecalledFeatures, ReplyRecord, SlotPiece, ThinkerSession
-from streaming.engine import AudioChunk, Image, ReplyDone
-from streaming.engines.omni import OmniEngineSession
-from streaming.engines.omni_memory import AUDIO_TOKENS_PER_BLOCK, THINKER_SPACE, VIDEO_GRID, ThinkerTextKeys, pool_piece
-from streaming.memory_lane import MemoryHub, recalled_items
-from streaming.memory_summary import WorkerSummarizer
-from streaming.worker import DeviceWorker
+from omni.memory import (
+    ConsolidatorConfig,
+    Memory,
+    MemoryConfig,
+    MemoryStore,
+    RecallConfig,
+    SegmenterConfig,
+    concat_summary,
+)
+from omni.memory.testing import HashingEmbedder
+from omni.model.lm.summary import SummaryConfig, thinker_summary_steps
+from omni.model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
+from omni.model.speech_session import SpeakingSession
+from omni.model.thinker_session import EncodedPiece, RecalledFeatures, ReplyRecord, SlotPiece, ThinkerSession
+from omni.streaming.engine import AudioChunk, Image, ReplyDone
+from omni.streaming.engines.omni import OmniEngineSession
+from omni.streaming.engines.omni_memory import (
+    AUDIO_TOKENS_PER_BLOCK,
+    THINKER_SPACE,
+    VIDEO_GRID,
+    ThinkerTextKeys,
+    pool_piece,
+)
+from omni.streaming.memory_lane import MemoryHub, recalled_items
+from omni.streaming.memory_summary import WorkerSummarizer
+from omni.streaming.worker import DeviceWorker
 from tests.streaming.test_omni_engine import Models, clip, make, models  # noqa: F401  (the fixture)
 
 C = 64  # the tiny Thinker's width
@@ -339,7 +353,7 @@ def test_a_spoken_question_reaches_a_typed_fact_through_the_thinker_space(
 async def test_the_thinker_writes_l2_summaries_in_idle_steps_that_yield_to_turns(
     models: Models, tmp_path: Path  # noqa: F811
 ) -> None:
-    """The omni engine's L2: its Thinker summarises (text only, model.lm.summary.thinker_summary_steps) every 2
+    """The omni engine's L2: its Thinker summarises (text only, omni.model.lm.summary.thinker_summary_steps) every 2
     events, as WorkerSummarizer steps on the device worker; a turn queued during a summary runs right after the
     step in progress (ordering, not timing), and each summary points at its children."""
     loaded = models[0]
@@ -462,7 +476,7 @@ def test_the_slot_in_one_forward_equals_the_slot_fed_piece_by_piece(models: Mode
 def test_omni_serve_gives_the_memory_the_thinker_summarizer_and_text_space(
     models: Models, tmp_path: Path  # noqa: F811
 ) -> None:
-    from app.serve import add_arguments, open_memory
+    from omni.app.serve import add_arguments, open_memory
 
     p = argparse.ArgumentParser()
     add_arguments(p)

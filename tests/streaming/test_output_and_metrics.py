@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from streaming.engine import AudioChunk
-from streaming.metrics import ServerMetrics, TurnMetrics
-from streaming.output import OutputAudio, PlayLog
+from omni.streaming.engine import AudioChunk
+from omni.streaming.metrics import ServerMetrics, TurnMetrics
+from omni.streaming.output import OutputAudio, PlayLog
 
 
 async def test_output_reads_frames_and_tracks_what_was_played() -> None:
@@ -71,8 +71,8 @@ def test_prometheus_text() -> None:
 
 
 def test_empty_engine_audio_chunk_resamples_to_nothing() -> None:
-    from model.pcm import StreamingResampler
-    from streaming.session import _resample_out
+    from omni.model.pcm import StreamingResampler
+    from omni.streaming.session import _resample_out
 
     resampler = StreamingResampler(24000, 48000)
     assert _resample_out(resampler, np.zeros(0, np.float32)).size == 0

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model.lm.chat_session import ChatSession
-from model.lm.sampling import SamplingConfig
-from model.loaders import LoadedLM, load_lm
-from streaming.engine import EngineEvent, TextDelta, Working
-from streaming.engines.embedded import EmbeddedEngine
-from streaming.events import MAX_INSTRUCTIONS_CHARS
-from streaming.session import _step
-from streaming.worker import DeviceWorker, job_owner
+from omni.model.lm.chat_session import ChatSession
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders import LoadedLM, load_lm
+from omni.streaming.engine import EngineEvent, TextDelta, Working
+from omni.streaming.engines.embedded import EmbeddedEngine
+from omni.streaming.events import MAX_INSTRUCTIONS_CHARS
+from omni.streaming.session import _step
+from omni.streaming.worker import DeviceWorker, job_owner
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=6)
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
+from omni.streaming.queues import BoundedQueue, Inbox, Overflow, QueueClosed
 
 
 async def test_drop_oldest_counts_every_drop() -> None:

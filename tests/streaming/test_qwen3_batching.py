@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from model.lm.sampling import SamplingConfig
-from model.qwen3.loader import LoadedQwen3, load_qwen3
-from model.qwen3.speech import Qwen3SpeechModels, load_qwen3_speech
-from model.qwen3.talker import GREEDY
-from streaming.batching import ModelReply
-from streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta
-from streaming.engines.omni import OmniEngine
-from streaming.worker import NOT_DONE
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.qwen3.loader import LoadedQwen3, load_qwen3
+from omni.model.qwen3.speech import Qwen3SpeechModels, load_qwen3_speech
+from omni.model.qwen3.talker import GREEDY
+from omni.streaming.batching import ModelReply
+from omni.streaming.engine import AudioChunk, EngineEvent, ReplyDone, TextDelta
+from omni.streaming.engines.omni import OmniEngine
+from omni.streaming.worker import NOT_DONE
 from tests.model.test_qwen3_batch import PCM_TOL
 from tests.streaming.test_omni_batching import ask, drive, summary
 
@@ -135,8 +135,8 @@ def test_a_batched_qwen3_session_cut_mid_reply_goes_on_as_one_alone(models: Mode
 
 
 def test_omni_serve_batch_sessions_flag_for_a_qwen3_checkpoint(qwen3_tiny_dir: Path) -> None:
-    from app.cli import build_parser
-    from app.serve import make_engine
+    from omni.app.cli import build_parser
+    from omni.app.serve import make_engine
 
     args = build_parser().parse_args(["serve", "--engine", "omni", "--model", str(qwen3_tiny_dir),
                                       "--batch-sessions", "2"])

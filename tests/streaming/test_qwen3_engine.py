@@ -1,6 +1,6 @@
 """The omni engine on a tiny random Qwen3-Omni checkpoint (tests/model/qwen3_tiny.py): the same engine as
-Qwen2.5-Omni's (streaming/engines/omni.py) with a `Qwen3ThinkerSession` per conversation (text replies), or a
-`Qwen3VoiceSession` (model/qwen3/voice_session.py) when the speech part is loaded.
+Qwen2.5-Omni's (omni/streaming/engines/omni.py) with a `Qwen3ThinkerSession` per conversation (text replies), or a
+`Qwen3VoiceSession` (omni/model/qwen3/voice_session.py) when the speech part is loaded.
 
 The spoken reply is checked against the speech API fed by hand: a `Qwen3ThinkerSession` tapping the Talker's
 layer, its user turn given to `Qwen3SpeakingSession.feed_user_turn` (positions from `rope_index`), the reply
@@ -22,20 +22,20 @@ import numpy as np
 import pytest
 import torch
 
-from app.serve import make_engine
-from model.lm.sampling import SamplingConfig
-from model.loaders.family import QWEN3_OMNI_MOE
-from model.qwen3.loader import LoadedQwen3, load_qwen3
-from model.qwen3.session import Qwen3ThinkerSession
-from model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
-from model.qwen3.talker import GREEDY
-from model.qwen3.voice_session import Qwen3VoiceSession
-from model.thinker import VideoInput
-from model.thinker_session import ReplyRecord
-from streaming.engine import AudioChunk, Image, ReplyDone, ResponseOptions, TextDelta, VideoClip
-from streaming.engines.omni import OmniEngine, OmniEngineSession
-from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker
+from omni.app.serve import make_engine
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders.family import QWEN3_OMNI_MOE
+from omni.model.qwen3.loader import LoadedQwen3, load_qwen3
+from omni.model.qwen3.session import Qwen3ThinkerSession
+from omni.model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
+from omni.model.qwen3.talker import GREEDY
+from omni.model.qwen3.voice_session import Qwen3VoiceSession
+from omni.model.thinker import VideoInput
+from omni.model.thinker_session import ReplyRecord
+from omni.streaming.engine import AudioChunk, Image, ReplyDone, ResponseOptions, TextDelta, VideoClip
+from omni.streaming.engines.omni import OmniEngine, OmniEngineSession
+from omni.streaming.vad import SileroVad
+from omni.streaming.worker import DeviceWorker
 from tests.streaming.engine_input import clip, speak
 from tests.streaming.harness import Harness
 from tests.streaming.test_text_turns import typed_turn
@@ -77,7 +77,7 @@ def ref_audio_turn(ref: Qwen3ThinkerSession, pcm: np.ndarray) -> None:
 
 
 def test_the_engine_is_text_only_and_says_so(loaded: LoadedQwen3, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="streaming.engines.omni"):
+    with caplog.at_level(logging.WARNING, logger="omni.streaming.engines.omni"):
         engine = make(loaded)
     assert engine.family == QWEN3_OMNI_MOE and engine.speech is None
     assert "no speech part loaded" in caplog.text
@@ -171,7 +171,7 @@ def _whole_av_turn(loaded: LoadedQwen3, engine: OmniEngine, frames: list[np.ndar
                    seconds_per_grid: float) -> torch.Tensor:
     """Logits [V] of the first reply token of one user turn holding a video with its audio, computed over the
     whole prompt at once (Qwen3Thinker.prompt_logits, itself equal to transformers: tests/model)."""
-    from model.encoders.vision_preprocess import preprocess_video
+    from omni.model.encoders.vision_preprocess import preprocess_video
 
     m, p = loaded.model, loaded.prompt
     patches, grid, spg = preprocess_video(torch.from_numpy(np.stack(frames)), m.vision_cfg,  # uint8, as sent
@@ -253,7 +253,7 @@ async def test_a_typed_turn_through_the_session_runtime(
 
 
 def test_omni_serve_detects_the_family_from_config_json(qwen3_tiny_dir: Path, tmp_path: Path) -> None:
-    from app.cli import build_parser
+    from omni.app.cli import build_parser
 
     args = build_parser().parse_args(["serve", "--engine", "omni", "--model", str(qwen3_tiny_dir), "--voice", "Aiden"])
     engine = make_engine(args.engine, model=args.model, voice=args.voice, device=args.device)
@@ -263,7 +263,7 @@ def test_omni_serve_detects_the_family_from_config_json(qwen3_tiny_dir: Path, tm
     with pytest.raises(ValueError, match="unknown speaker 'Nobody'; this checkpoint has aiden, chelsie, ethan"):
         engine.open_session(voice="Nobody")
     assert (engine.input_sample_rate, engine.output_sample_rate) == (16000, 24000)
-    from model.layers.quant_linear import QuantExperts  # --quant: the Thinker's and the Talker's experts
+    from omni.model.layers.quant_linear import QuantExperts  # --quant: the Thinker's and the Talker's experts
 
     quantised = make_engine("omni", model=str(qwen3_tiny_dir), quant="int8")
     assert isinstance(quantised, OmniEngine) and isinstance(quantised.speech, Qwen3SpeechModels)

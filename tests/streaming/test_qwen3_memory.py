@@ -1,4 +1,4 @@
-"""The omni engine's memory (streaming/engines/omni_memory.py) with a Qwen3-Omni checkpoint (the tiny random one,
+"""The omni engine's memory (omni/streaming/engines/omni_memory.py) with a Qwen3-Omni checkpoint (the tiny random one,
 tests/model/qwen3_tiny.py), as tests/streaming/test_omni_memory.py checks it for Qwen2.5-Omni: the recalled-memory
 slot's logits equal the whole prompt computed at once (`Qwen3Thinker.features_forward`; recalled frames carry no
 DeepStack residuals, so the reference gives them zero ones); a later session recalls what an earlier one heard and
@@ -14,21 +14,27 @@ import numpy as np
 import pytest
 import torch
 
-from memory import Memory, MemoryStore
-from memory.testing import HashingEmbedder
-from model.encoders.qwen3_vision import Qwen3VisionOutput
-from model.lm.kv_cache import CacheConfig
-from model.lm.sampling import SamplerState, SamplingConfig, sample
-from model.lm.summary import SUMMARY_INSTRUCTION, SummaryConfig, summary_body, thinker_summary_steps
-from model.qwen3.loader import LoadedQwen3
-from model.qwen3.session import Qwen3ThinkerSession
-from model.qwen3.speech import Qwen3SpeechModels
-from model.thinker_session import EncodedPiece, RecalledFeatures
-from streaming.engine import AudioChunk, ReplyDone
-from streaming.engines.omni import OmniEngine
-from streaming.engines.omni_memory import AUDIO_TOKENS_PER_BLOCK, THINKER_SPACE, VIDEO_GRID, ThinkerTextKeys, pool_piece
-from streaming.memory_lane import MemoryHub
-from streaming.memory_summary import WorkerSummarizer
+from omni.memory import Memory, MemoryStore
+from omni.memory.testing import HashingEmbedder
+from omni.model.encoders.qwen3_vision import Qwen3VisionOutput
+from omni.model.lm.kv_cache import CacheConfig
+from omni.model.lm.sampling import SamplerState, SamplingConfig, sample
+from omni.model.lm.summary import SUMMARY_INSTRUCTION, SummaryConfig, summary_body, thinker_summary_steps
+from omni.model.qwen3.loader import LoadedQwen3
+from omni.model.qwen3.session import Qwen3ThinkerSession
+from omni.model.qwen3.speech import Qwen3SpeechModels
+from omni.model.thinker_session import EncodedPiece, RecalledFeatures
+from omni.streaming.engine import AudioChunk, ReplyDone
+from omni.streaming.engines.omni import OmniEngine
+from omni.streaming.engines.omni_memory import (
+    AUDIO_TOKENS_PER_BLOCK,
+    THINKER_SPACE,
+    VIDEO_GRID,
+    ThinkerTextKeys,
+    pool_piece,
+)
+from omni.streaming.memory_lane import MemoryHub
+from omni.streaming.memory_summary import WorkerSummarizer
 from tests.streaming.test_omni_memory import _slot_ids
 from tests.streaming.test_qwen3_engine import clip, loaded, speech, voiced  # noqa: F401  (fixtures)
 
@@ -138,7 +144,7 @@ def test_omni_serve_gives_a_qwen3_memory_the_thinker_summarizer_and_text_space(
 ) -> None:
     """As for Qwen2.5-Omni: the Thinker writes the L2 summaries, and text items are keyed in its input space too (the
     unit mean of the text's token embeddings, as a typed question's part)."""
-    from app.serve import add_arguments, open_memory
+    from omni.app.serve import add_arguments, open_memory
 
     p = argparse.ArgumentParser()
     add_arguments(p)

@@ -11,15 +11,15 @@ import pytest
 
 from benchmarks.rtc_client import WAIT
 from benchmarks.spoken import spoken
-from model.embedded.tts import EspeakVoice
-from model.lm.sampling import SamplingConfig
-from model.loaders import load_lm
-from model.pcm import to_int16
-from streaming.engine import TurnEndLikely
-from streaming.engines.embedded import EmbeddedEngine
-from streaming.session_config import SessionConfig
-from streaming.vad import DEFAULT_SEMANTIC_EOT, SileroVad, TurnConfig
-from streaming.worker import DeviceWorker
+from omni.model.embedded.tts import EspeakVoice
+from omni.model.lm.sampling import SamplingConfig
+from omni.model.loaders import load_lm
+from omni.model.pcm import to_int16
+from omni.streaming.engine import TurnEndLikely
+from omni.streaming.engines.embedded import EmbeddedEngine
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import DEFAULT_SEMANTIC_EOT, SileroVad, TurnConfig
+from omni.streaming.worker import DeviceWorker
 from tests.streaming.harness import Harness
 
 # A question Whisper hears right at the pause in this voice (and three other espeak-ng voices and rates, which

@@ -6,10 +6,10 @@ import asyncio
 
 import numpy as np
 
-from streaming.engines.tone import ToneEngine
-from streaming.session_config import SessionConfig
-from streaming.vad import SileroVad, TurnConfig
-from streaming.worker import DeviceWorker
+from omni.streaming.engines.tone import ToneEngine
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import SileroVad, TurnConfig
+from omni.streaming.worker import DeviceWorker
 from tests.streaming.harness import Harness
 
 

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streaming.engine import Engine, EngineSession, TranscriptDelta
-from streaming.engines.tiny import TinyLMEngine
-from streaming.engines.tone import ToneEngine
-from streaming.session_config import SessionConfig
-from streaming.vad import SileroVad
-from streaming.worker import DeviceWorker
+from omni.streaming.engine import Engine, EngineSession, TranscriptDelta
+from omni.streaming.engines.tiny import TinyLMEngine
+from omni.streaming.engines.tone import ToneEngine
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import SileroVad
+from omni.streaming.worker import DeviceWorker
 from tests.streaming.harness import Harness
 from tests.streaming.test_tiny_engine import assert_cache_holds_conversation, reply_text
 

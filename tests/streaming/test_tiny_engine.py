@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from app.serve import make_engine
-from streaming.engine import AudioChunk, EngineEvent, ReplyDone, ResponseOptions, TextDelta, TranscriptDelta
-from streaming.engines.tiny import ASSISTANT, END, SYSTEM, USER, TinyLMEngine, TinyLMSession, conversation_tokens
-from streaming.session_config import SessionConfig
-from streaming.vad import SileroVad, TurnConfig
-from streaming.worker import DeviceWorker
+from omni.app.serve import make_engine
+from omni.streaming.engine import AudioChunk, EngineEvent, ReplyDone, ResponseOptions, TextDelta, TranscriptDelta
+from omni.streaming.engines.tiny import ASSISTANT, END, SYSTEM, USER, TinyLMEngine, TinyLMSession, conversation_tokens
+from omni.streaming.session_config import SessionConfig
+from omni.streaming.vad import SileroVad, TurnConfig
+from omni.streaming.worker import DeviceWorker
 from tests.streaming.harness import Harness
 
 
@@ -247,7 +247,7 @@ def test_transcript_follows_the_audio() -> None:
 
 
 def test_omni_serve_can_run_the_tiny_engine() -> None:
-    from app.cli import build_parser
+    from omni.app.cli import build_parser
 
     args = build_parser().parse_args(["serve", "--engine", "tiny"])
     engine = make_engine(args.engine)

@@ -3,7 +3,7 @@ latest hypothesis, and (when the recogniser did not revise a sent word) of the f
 
 from __future__ import annotations
 
-from streaming.transcript import TranscriptDeltas
+from omni.streaming.transcript import TranscriptDeltas
 
 # Whisper's partial hypotheses of one utterance as it grows (one per second of audio), as seen in our runs:
 # the last word changes, punctuation moves, and a whole word is revised once ("capitol" -> "capital").

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.pcm import resample, to_int16
-from streaming.audio_in import AudioInStage, EndTurn, EngineFeed, PrepareTurn, TurnAudio
-from streaming.engine import TranscriptDelta
-from streaming.engines.tone import ToneEngine
-from streaming.frames import AudioFrame, SpeechPaused, SpeechStarted, SpeechStopped
-from streaming.vad import CHUNK, CHUNK_SECONDS, SileroVad, TurnConfig, TurnDetector
+from omni.model.pcm import resample, to_int16
+from omni.streaming.audio_in import AudioInStage, EndTurn, EngineFeed, PrepareTurn, TurnAudio
+from omni.streaming.engine import TranscriptDelta
+from omni.streaming.engines.tone import ToneEngine
+from omni.streaming.frames import AudioFrame, SpeechPaused, SpeechStarted, SpeechStopped
+from omni.streaming.vad import CHUNK, CHUNK_SECONDS, SileroVad, TurnConfig, TurnDetector
 
 
 def run_detector(probs: list[float], cfg: TurnConfig) -> list[SpeechStarted | SpeechPaused | SpeechStopped]:

@@ -1,4 +1,4 @@
-"""The semantic end of turn in the turn detector (streaming.vad): a fake probability source stands in for the
+"""The semantic end of turn in the turn detector (omni.streaming.vad): a fake probability source stands in for the
 engine's LM and answers each pause after a chosen delay (the device worker's time to recognise and score)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from streaming.frames import SpeechPaused, SpeechStarted, SpeechStopped
-from streaming.vad import CHUNK_SECONDS, TurnConfig, TurnDetector
+from omni.streaming.frames import SpeechPaused, SpeechStarted, SpeechStopped
+from omni.streaming.vad import CHUNK_SECONDS, TurnConfig, TurnDetector
 
 TurnEvent = SpeechStarted | SpeechPaused | SpeechStopped
 MS = CHUNK_SECONDS * 1000  # 32 ms per chunk

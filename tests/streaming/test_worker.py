@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streaming.worker import NOT_DONE, DeviceWorker, WorkerStopped, job_owner
+from omni.streaming.worker import NOT_DONE, DeviceWorker, WorkerStopped, job_owner
 
 
 async def test_jobs_run_in_order_on_the_worker_thread(worker: DeviceWorker) -> None:

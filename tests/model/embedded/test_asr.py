@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from benchmarks.spoken import HELD_OUT, IN_DOMAIN, VOICES, spoken
-from model.embedded.asr import ASRError, RecognizerConfig, StreamingRecognizer
-from model.embedded.conversation_lm import conversation_lm_path, conversation_sentences
-from model.embedded.wer import corpus_wer
+from omni.model.embedded.asr import ASRError, RecognizerConfig, StreamingRecognizer
+from omni.model.embedded.conversation_lm import conversation_lm_path, conversation_sentences
+from omni.model.embedded.wer import corpus_wer
 
 
 @pytest.fixture(scope="module")

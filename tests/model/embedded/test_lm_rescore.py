@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.embedded.lm_rescore import LMScorer
-from model.embedded.wer import wer
-from model.embedded.whisper import WhisperConfig, WhisperModel, pick_hypothesis
+from omni.model.embedded.lm_rescore import LMScorer
+from omni.model.embedded.wer import wer
+from omni.model.embedded.whisper import WhisperConfig, WhisperModel, pick_hypothesis
 
 WORDS = "what is the capital of france products on a good gold book mystery".split()
 TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }} {{ m['content'] }}</s> {% endfor %}"
@@ -55,8 +55,8 @@ def _tiny_lm(tmp_path: Path) -> tuple[object, LMScorer]:
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import WhitespaceSplit
 
-    from model.lm.tokenizer import TextTokenizer
-    from model.loaders import load_lm
+    from omni.model.lm.tokenizer import TextTokenizer
+    from omni.model.loaders import load_lm
     from tests.model.tiny_hf import make_tiny_hf
 
     reference, directory = make_tiny_hf(tmp_path, "llama")
@@ -126,7 +126,7 @@ def test_the_packaged_lm_prefers_what_was_said(whisper: WhisperModel, capital: n
     """SmolLM2-135M finds the right words of the issue's example far likelier than Whisper's misheard ones.
     (Whisper itself puts them 2.2 nats behind its best, just outside `rescore_margin` 2, chosen on the
     tuning part: so this utterance stays misheard with today's settings.)"""
-    from model.loaders import load_lm
+    from omni.model.loaders import load_lm
 
     misheard = whisper.transcribe(capital)
     assert wer("What is the capital of France?", misheard) > 0  # the mistake a LM can correct

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from model.embedded.model_cache import PackagedFile, SplitModel, assembled_model_dir, cache_root, join_files
-from model.errors import CheckpointError
+from omni.model.embedded.model_cache import PackagedFile, SplitModel, assembled_model_dir, cache_root, join_files
+from omni.model.errors import CheckpointError
 
 
 def _model(parts: list[bytes]) -> SplitModel:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.embedded.phrases import PhraseSplitter, speakable
+from omni.model.embedded.phrases import PhraseSplitter, speakable
 
 REPLY = (
     "Sure, the value of pi is about 3.14, and 1,000 is a thousand. Dr. Smith agreed! "

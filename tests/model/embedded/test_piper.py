@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from benchmarks.spoken import HELD_OUT, IN_DOMAIN
-from model.embedded.piper import PiperSynthesizer, phonemize
-from model.embedded.wer import corpus_wer
-from model.embedded.whisper import WhisperModel, WhisperRecognizer
-from model.pcm import resample
+from omni.model.embedded.piper import PiperSynthesizer, phonemize
+from omni.model.embedded.wer import corpus_wer
+from omni.model.embedded.whisper import WhisperModel, WhisperRecognizer
+from omni.model.pcm import resample
 
 
 @pytest.fixture(scope="module")

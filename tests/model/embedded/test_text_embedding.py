@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.embedded.text_embedding import TextEmbedder, packaged_model_dir
+from omni.model.embedded.text_embedding import TextEmbedder, packaged_model_dir
 
 SENTENCES = [
     "my locker code is four seven one nine",

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from model.embedded.tts import ESPEAK_SAMPLE_RATE, EspeakVoice, Synthesizer, TTSError, list_voices
+from omni.model.embedded.tts import ESPEAK_SAMPLE_RATE, EspeakVoice, Synthesizer, TTSError, list_voices
 
 TEXT = "Hello, this is a test of the streaming omni assistant. Can you hear me clearly?"
 

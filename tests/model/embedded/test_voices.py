@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from model.embedded.piper import PiperSynthesizer
-from model.embedded.tts import Synthesizer
-from model.embedded.voices import DEFAULT_VOICE, VOICES, VoiceError, VoiceRegistry
+from omni.model.embedded.piper import PiperSynthesizer
+from omni.model.embedded.tts import Synthesizer
+from omni.model.embedded.voices import DEFAULT_VOICE, VOICES, VoiceError, VoiceRegistry
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ and what it still counts (every real word error)."""
 
 from __future__ import annotations
 
-from model.embedded.wer import WordErrors, corpus_wer, normalize_words, word_errors
+from omni.model.embedded.wer import WordErrors, corpus_wer, normalize_words, word_errors
 
 
 def test_case_punctuation_and_markup_are_not_errors() -> None:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from benchmarks.spoken import HELD_OUT, IN_DOMAIN, VOICES, spoken
-from model.embedded.asr import ASRError
-from model.embedded.tts import EspeakVoice
-from model.embedded.wer import corpus_wer, wer
-from model.embedded.whisper import WhisperConfig, WhisperModel, WhisperRecognizer, drop_repeats
+from omni.model.embedded.asr import ASRError
+from omni.model.embedded.tts import EspeakVoice
+from omni.model.embedded.wer import corpus_wer, wer
+from omni.model.embedded.whisper import WhisperConfig, WhisperModel, WhisperRecognizer, drop_repeats
 
 OTHER_VOICES = (*VOICES, EspeakVoice("en-gb-x-rp+m1", rate=140, pitch=30))
 

@@ -1,0 +1,1 @@
+"""omni: omni/model/layers."""

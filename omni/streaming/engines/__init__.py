@@ -1,0 +1,1 @@
+"""Engines behind the runtime's engine interface (`omni.streaming.engine`)."""

@@ -1,1 +1,0 @@
-"""Engines behind the runtime's engine interface (`streaming.engine`)."""
