@@ -7,12 +7,13 @@ checkpoint directory) in the same process, when transformers is installed (the `
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from app.lm_args import add_model_arguments, apply_threads, dtype_of
+from app.lm_args import add_model_arguments, apply_threads, check_device, dtype_of
 
 PROMPT = "Write a short story about a robot who learns to paint. Describe the colours it discovers."
 
@@ -95,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         apply_threads(args)
+        check_device(args.device)
     except ValueError as e:
-        print(f"omni bench: error: {e}")
+        print(f"omni bench: error: {e}", file=sys.stderr)
         return 2
     source = args.model or str(default_model_path())
     print(f"model: {source}\ntorch threads: {torch.get_num_threads()}, new tokens: {args.new_tokens}")
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append(("omni", _ours(args, torch.bfloat16)))
             rows.append(("omni", _ours(args, torch.float32)))
     except CheckpointError as e:
-        print(f"omni bench: error: {e}")
+        print(f"omni bench: error: {e}", file=sys.stderr)
         return 1
     if not args.no_transformers:
         ref = _transformers(args, source)

@@ -23,9 +23,9 @@ import sys
 import wave
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from app.lm_args import add_model_arguments, apply_threads, dtype_of
+from app.lm_args import add_model_arguments, apply_threads, check_device, dtype_of
 from model.lm.sampling import SamplingConfig
 
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         apply_threads(args)
+        check_device(args.device)
     except ValueError as e:
         print(f"omni chat: error: {e}", file=sys.stderr)
         return 2
@@ -91,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         media = _read_media(args)
     except (CheckpointError, ValueError) as e:  # bad media files raise ValueErrors naming the file
         print(f"omni chat: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # --speak's file cannot be written
+        print(f"omni chat: error: --speak {args.speak}: {e.strerror or e}", file=sys.stderr)
         return 1
     if interactive:
         print(f"{loaded}. /reset starts over, /quit or Ctrl-D ends.", file=sys.stderr)
@@ -114,6 +118,8 @@ def _check_media_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag} {path}: no such file")
     if args.audio_in_video and not args.video:
         raise ValueError("--audio-in-video needs --video")
+    if args.speak is not None and (Path(args.speak).is_dir() or not Path(args.speak).parent.is_dir()):
+        raise ValueError(f"--speak {args.speak}: cannot write a WAV file there (a folder, or in no folder)")
 
 
 def _build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
@@ -170,8 +176,12 @@ class _Chat:
         self.system = system
         self.session: EngineSession = engine.open_session(instructions=system)
         self.wav: wave.Wave_write | None = None
+        self._wav_file: BinaryIO | None = None
         if speak is not None:
-            self.wav = wave.open(str(Path(speak)), "wb")
+            # opened here, not by wave.open(path): on an unwritable path that leaves a half-made Wave_write whose
+            # __del__ prints a second traceback; wave leaves a file it did not open to us to close
+            self._wav_file = open(speak, "wb")
+            self.wav = wave.open(self._wav_file, "wb")
             self.wav.setnchannels(1)
             self.wav.setsampwidth(2)
             self.wav.setframerate(engine.output_sample_rate)
@@ -228,6 +238,8 @@ class _Chat:
         self.session.close()
         if self.wav is not None:
             self.wav.close()
+        if self._wav_file is not None:
+            self._wav_file.close()
 
 
 def _int16(pcm: np.ndarray) -> bytes:

@@ -33,5 +33,19 @@ def apply_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def check_device(name: str) -> None:
+    """A ValueError naming --device when torch cannot use it here (was: torch's traceback mid-load)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this torch has no CUDA device to use (torch {torch.__version__}); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+
+
 def dtype_of(args: argparse.Namespace) -> torch.dtype | None:
     return DTYPES[args.dtype]

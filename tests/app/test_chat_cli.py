@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.cli import main
 
@@ -39,6 +40,25 @@ def test_errors_exit_non_zero_with_a_message(tmp_path: Path, capsys: pytest.Capt
     assert "config.json" in capsys.readouterr().err
     r = _omni("chat", stdin="\n\n")
     assert r.returncode == 1 and "no input lines" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["chat", "bench"])
+def test_a_device_torch_cannot_use_is_a_one_line_error(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--device", "bogus"]) == 2
+    assert "--device 'bogus': not a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([command, "--device", "cuda"]) == 2
+        assert "--device cuda: this torch has no CUDA device" in capsys.readouterr().err
+
+
+def test_speak_to_a_path_that_cannot_be_written_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before any model loads (the flag needs an Omni checkpoint, but its path is judged first)."""
+    for where in (tmp_path, tmp_path / "missing" / "out.wav"):
+        assert main(["chat", "--prompt", "hi", "--speak", str(where)]) == 1
+        err = capsys.readouterr().err
+        assert f"--speak {where}: cannot write a WAV file there" in err and "Traceback" not in err
 
 
 def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
