@@ -20,8 +20,9 @@ PROMPT = "Write a short story about a robot who learns to paint. Describe the co
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--new-tokens", type=int, default=64, help="tokens to decode per measurement")
-    p.add_argument("--repeats", type=int, default=3, help="measurements per engine (best is reported)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens to decode per measurement (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="measurements per engine, the best reported (default %(default)s)")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
     p.set_defaults(run=run)
 

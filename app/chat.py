@@ -1,8 +1,8 @@
 """`omni chat`: a terminal chat that streams the reply token by token, through the engine interface.
 
 Interactive on a terminal (multi-turn, /reset, /quit, tokens/s after each reply on stderr). With standard
-input not a terminal it answers each non-empty input line and prints only the replies, one per line, so
-other programs can use it: `echo "What is the capital of France?" | omni chat`.
+input not a terminal it answers each non-empty input line and prints only the replies, one per line (a reply's
+own line breaks become spaces), so other programs can use it: `echo "What is the capital of France?" | omni chat`.
 
 Each line is a typed turn (`EngineSession.push_text`) answered by `respond`, as the server answers a Realtime
 `conversation.item.create`. A text model runs in the embedded engine without its voice; a Qwen2.5-Omni
@@ -19,6 +19,7 @@ engine, with the same flags: `--speak` through its Talker and Code2Wav (`--voice
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import wave
 from collections.abc import Iterable, Iterator
@@ -36,7 +37,18 @@ if TYPE_CHECKING:
 FirstTurn = tuple[list["Attachment"], "np.ndarray | None"]  # attachments, audio (float32 at 16 kHz)
 
 
+EXAMPLES = """\
+examples:
+  omni chat                                  talk on a terminal (/reset starts over, /quit or Ctrl-D ends)
+  omni chat --prompt "What is the capital of France?"
+  echo "Name three colours." | omni chat     one reply line per input line, nothing else on stdout
+  omni chat --model Qwen2.5-Omni-7B --audio question.wav --prompt "Answer it." --speak reply.wav
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the examples' lines as written
     add_model_arguments(p)
     p.add_argument("--system", default=None, help="system prompt (default: the chat template's own)")
     p.add_argument("--prompt", default=None, help="answer this one message and exit")
@@ -48,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.1, help="(default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="(default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="sampling seed (default: none)")
-    p.add_argument("--window", type=int, default=4096, help="attention window of the KV cache, in tokens")
+    p.add_argument("--window", type=int, default=4096,
+                   help="attention window of the KV cache, in tokens (default %(default)s)")
     p.add_argument("--audio", default=None, help="audio file for the first turn (Qwen2.5-Omni, Qwen3-Omni)")
     p.add_argument("--image", default=None, help="image file for the first turn (Qwen2.5-Omni, Qwen3-Omni)")
     p.add_argument("--video", default=None,
@@ -204,21 +217,24 @@ class _Chat:
             self.session.push_text(text)
             if interactive:
                 sys.stdout.write("omni> ")
-            self.answer(sys.stdout, stats=interactive)
+            self.answer(sys.stdout, stats=interactive, one_line=not interactive)
             answered += 1
         return answered
 
-    def answer(self, out: TextIO, stats: bool) -> None:
+    def answer(self, out: TextIO, stats: bool, one_line: bool = False) -> None:
+        """Stream one reply to `out`. `one_line`: its line breaks become spaces, so a script reading the replies
+        of piped questions gets exactly one line per question."""
         from streaming.engine import AudioChunk, ReplyDone, TextDelta, close_iterator
 
         said = ""
+        flat = _OneLine() if one_line else None
         done: ReplyDone | None = None
         events = self.session.respond()
         try:
             for ev in events:
                 if isinstance(ev, TextDelta):
                     said += ev.text
-                    out.write(ev.text)
+                    out.write(flat(ev.text) if flat is not None else ev.text)
                     out.flush()
                 elif isinstance(ev, AudioChunk) and self.wav is not None:
                     self.wav.writeframes(_int16(ev.pcm))
@@ -240,6 +256,32 @@ class _Chat:
             self.wav.close()
         if self._wav_file is not None:
             self._wav_file.close()
+
+
+class _OneLine:
+    """A streamed reply's line breaks as single spaces: each run of breaks (with the blanks beside them in the
+    same piece) becomes one space, none before the first word or after the last."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.gap = False  # a line break since the last text
+        self.blanks = ""  # blanks after the last text, held back until text follows (a break drops them)
+
+    def __call__(self, delta: str) -> str:
+        out: list[str] = []
+        for part in re.split(r"(\s*\n\s*)", delta):
+            if "\n" in part:
+                self.gap, self.blanks = True, ""
+            elif part:
+                if not self.started:
+                    part = part.lstrip()
+                text = (" " if self.gap else self.blanks) + part if self.started else part
+                body = text.rstrip()
+                self.blanks = text[len(body) :]
+                if body.strip():
+                    out.append(body)
+                    self.started, self.gap = True, False
+        return "".join(out)
 
 
 def _int16(pcm: np.ndarray) -> bytes:

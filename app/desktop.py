@@ -296,12 +296,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", metavar="KEY", help=f"with --server: the server's key (its --api-key) or a client "
                    f"secret; default: ${API_KEY_ENV}")
     p.add_argument("--engine", choices=("embedded", "omni", "tiny", "test"), default="embedded",
-                   help="the in-process engine (as `omni serve --engine`)")
-    p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni checkpoint directory")
-    p.add_argument("--device", default="cpu", help="omni engine: torch device")
-    p.add_argument("--voice", metavar="NAME", help="the assistant's voice")
-    p.add_argument("--instructions", metavar="TEXT", help="the system instructions")
-    p.add_argument("--silence-ms", type=int, default=500, help="silence that ends a turn")
+                   help="the in-process engine (as `omni serve --engine`; default embedded)")
+    p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni or Qwen3-Omni checkpoint directory")
+    p.add_argument("--device", default="cpu", help="omni engine: torch device (default cpu)")
+    p.add_argument("--voice", metavar="NAME", help="the assistant's voice (as `omni serve --voice`; default: the "
+                   "engine's own, joe for embedded)")
+    p.add_argument("--instructions", metavar="TEXT", help="the system instructions (default: the engine's own)")
+    p.add_argument("--silence-ms", type=int, default=500, help="silence that ends a turn (default %(default)s)")
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.set_defaults(run=run)
 

@@ -16,7 +16,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
                    help="weight dtype; auto: the checkpoint's own; for GGUF on CPU, 4-bit projections kept as stored "
                         "with float32 activations")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...; default cpu)")
     p.add_argument("--quant", choices=["int8", "int4"], default=None,
                    help="weight-only quantisation of the projections at load, from a bf16/fp32 checkpoint; "
                         "Qwen3-Omni: also its expert stacks and its Talker (Triton kernels on CUDA; float32 "

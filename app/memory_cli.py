@@ -23,27 +23,30 @@ from memory.store import MemoryStore, SchemaVersionError, default_memory_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("memory", help="list, search, show, forget or export what the assistant remembers")
+    summary = "list, search, show, forget or export what the assistant remembers"
+    p = sub.add_parser("memory", help=summary, description=f"omni memory: {summary}, per user (the store "
+                       "`omni serve` writes; `omni memory ACTION --help` for each action)")
     p.add_argument("--memory-dir", type=Path, default=None,
                    help=f"SQLite store and feature shards (default: {default_memory_dir()})")
     p.add_argument("--memory-url", default=None, help="a postgresql:// URL instead of --memory-dir")
     p.add_argument("--json", action="store_true", help="print JSON instead of text lines")
     cmds = p.add_subparsers(dest="memory_command", metavar="ACTION", required=True)
     ls = cmds.add_parser("list", help="users with memory, or one user's items in time order")
-    ls.add_argument("--user", default=None)
+    ls.add_argument("--user", default=None, help="this user's items (default: every user, with counts)")
     se = cmds.add_parser("search", help="a user's items closest to a text (packaged MiniLM embedding)")
-    se.add_argument("--user", required=True)
-    se.add_argument("-k", type=int, default=10)
-    se.add_argument("query")
+    se.add_argument("--user", required=True, help="whose memory to search")
+    se.add_argument("-k", type=int, default=10, help="how many items (default %(default)s)")
+    se.add_argument("query", help="the text to search for")
     sh = cmds.add_parser("show", help="one item in full, e.g. L1:12, L2:3, L3:7")
-    sh.add_argument("--user", required=True)
-    sh.add_argument("item")
+    sh.add_argument("--user", required=True, help="whose item")
+    sh.add_argument("item", help="the item's name as list and search print it (L1: events, L2: summaries, "
+                    "L3: notes)")
     fo = cmds.add_parser("forget", help="remove every row and feature shard of a user")
-    fo.add_argument("--user", required=True)
+    fo.add_argument("--user", required=True, help="whose memory to remove")
     fo.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     ex = cmds.add_parser("export", help="write a user's memory (memory.json + features/*.npz) to a folder")
-    ex.add_argument("--user", required=True)
-    ex.add_argument("--out", type=Path, required=True)
+    ex.add_argument("--user", required=True, help="whose memory to export")
+    ex.add_argument("--out", type=Path, required=True, help="the folder to write (made if missing)")
     p.set_defaults(run=run)
 
 

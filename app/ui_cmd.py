@@ -7,12 +7,12 @@ import logging
 import os
 import sys
 
-from app.deploy_args import API_KEY_ENV
+from app.deploy_args import API_KEY_ENV, port_number
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address the page binds (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="the page's port (default 7860)")
+    p.add_argument("--port", type=port_number, default=7860, help="the page's port (default 7860)")
     p.add_argument("--server", metavar="URL",
                    help="an `omni serve` to talk to (e.g. http://gpu-box:8080); default: start one in this process")
     p.add_argument("--api-key", metavar="KEY",
@@ -20,9 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"never sees it; in-process, the server then requires it. Default: ${API_KEY_ENV}; without one, "
                    "a server that has keys makes the page ask for one")
     p.add_argument("--engine", choices=("embedded", "omni", "tiny", "test"), default="embedded",
-                   help="the in-process server's engine (as `omni serve --engine`)")
-    p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni checkpoint directory")
-    p.add_argument("--device", default="cpu", help="omni engine: torch device")
+                   help="the in-process server's engine (as `omni serve --engine`; default embedded)")
+    p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni or Qwen3-Omni checkpoint directory")
+    p.add_argument("--device", default="cpu", help="omni engine: torch device (default cpu)")
     p.add_argument("--ice-host", action="append", default=[], metavar="ADDR",
                    help="in-process server: offer only these ICE host addresses (e.g. 127.0.0.1 for loopback)")
     p.set_defaults(run=run)

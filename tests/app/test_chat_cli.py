@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.chat import _OneLine
 from app.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +27,28 @@ def test_piped_questions_get_one_reply_line_each() -> None:
     assert len(lines) == 2, r.stdout
     assert "Paris" in lines[0]
     assert "Berlin" in lines[1]
+
+
+def test_piped_replies_with_line_breaks_stay_one_line_each() -> None:
+    """A list-style reply has blank lines in it; piped, each question still gets exactly one output line."""
+    r = _omni("chat", "--threads", "1", stdin="Name three colours.\nWhat is the capital of France?\n")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2, r.stdout
+    assert "Paris" in lines[1] and lines[0] == lines[0].strip()
+
+
+@pytest.mark.parametrize(
+    ("pieces", "line"),
+    [
+        (["\n\n1.", " Red", "\n", "\n2. Blue.  ", "\n\n"], "1. Red 2. Blue."),
+        (["Hello", " ", "world", "!"], "Hello world!"),
+        (["  a  b", "  ", "\n", "c"], "a  b c"),
+    ],
+)
+def test_one_line_turns_streamed_line_breaks_into_single_spaces(pieces: list[str], line: str) -> None:
+    flat = _OneLine()
+    assert "".join(flat(p) for p in pieces) == line
 
 
 def test_errors_exit_non_zero_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

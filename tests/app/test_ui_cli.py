@@ -21,6 +21,26 @@ def test_ui_and_desktop_are_subcommands_with_local_defaults() -> None:
     assert desk.input_device == "3" and desk.camera == "/dev/video0" and not desk.full_duplex and desk.server is None
 
 
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_ui_refuses_a_port_out_of_range_as_a_usage_error(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused by the parser, before any engine loads (the bind's OverflowError was a traceback)."""
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["ui", "--port", port])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --port:" in err and ("0-65535" in err or "not a port number" in err)
+
+
+def test_every_subcommand_help_opens_with_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("chat", "bench", "serve", "ui", "desktop", "memory"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        assert f"omni {command}: " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["chat", "--help"])
+    assert 'omni chat --prompt "What is the capital of France?"' in capsys.readouterr().out
+
+
 def test_desktop_rejects_a_server_that_is_not_a_websocket_url(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("sounddevice", exc_type=OSError)
     assert main(["desktop", "--server", "http://127.0.0.1:8080"]) == 1
