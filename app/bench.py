@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         apply_threads(args)
         check_device(args.device)
+        for flag, value in (("--new-tokens", args.new_tokens), ("--repeats", args.repeats)):
+            if value < 1:  # (was: a table of 0.0 tok/s)
+                raise ValueError(f"{flag} must be >= 1, got {value}")
     except ValueError as e:
         print(f"omni bench: error: {e}", file=sys.stderr)
         return 2

@@ -74,6 +74,12 @@ def test_a_device_torch_cannot_use_is_a_one_line_error(command: str, capsys: pyt
         assert "--device cuda: this torch has no CUDA device" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--new-tokens", "--repeats"])
+def test_bench_refuses_nothing_to_measure(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", flag, "0", "--no-transformers"]) == 2
+    assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_speak_to_a_path_that_cannot_be_written_is_a_one_line_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
