@@ -96,6 +96,8 @@ def _dispatch(args: argparse.Namespace, store: MemoryStore) -> int:
         rows = admin.list_users(store) if args.user is None else admin.list_items(store, args.user)
         _print(args, rows)
     elif cmd == "search":
+        if args.k < 1:
+            raise ValueError(f"-k must be >= 1, got {args.k}")
         from model.embedded.text_embedding import TextEmbedder
 
         _print(args, admin.search(store, args.user, TextEmbedder(), args.query, k=args.k))

@@ -71,6 +71,7 @@ def test_a_store_that_cannot_be_opened_or_written_is_a_one_line_error(
         (["--memory-dir", str(a_file), "list"], f"--memory-dir {a_file}: a file, not a folder"),
         (["--memory-dir", str(a_file / "below"), "list"], f"cannot open the memory store {a_file / 'below'}"),
         (["--memory-url", "bogus://x", "list"], "cannot open the memory store --memory-url: memory store location"),
+        (["--memory-dir", str(tmp_path / "mem"), "search", "--user", "ann", "-k", "0", "hi"], "-k must be >= 1"),
         (["--memory-dir", str(tmp_path / "mem"), "export", "--user", "ann", "--out", str(a_file)],
          "omni memory export: Not a directory"),
     ]
