@@ -319,7 +319,11 @@ def run(args: argparse.Namespace) -> int:
               "libportaudio2", file=sys.stderr)
         return 1
     if args.list_devices:
-        print(sd.query_devices())
+        devices = sd.query_devices()
+        if not len(devices):  # (printed an empty line)
+            print("omni desktop: no sound devices found (PortAudio sees none on this machine)", file=sys.stderr)
+            return 1
+        print(devices)
         return 0
     echo = "off" if args.full_duplex else args.echo
     if echo == "auto":

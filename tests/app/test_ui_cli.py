@@ -41,6 +41,15 @@ def test_every_subcommand_help_opens_with_its_summary(capsys: pytest.CaptureFixt
     assert 'omni chat --prompt "What is the capital of France?"' in capsys.readouterr().out
 
 
+def test_desktop_list_devices_says_when_there_are_none(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sd = pytest.importorskip("sounddevice", exc_type=OSError)
+    monkeypatch.setattr(sd, "query_devices", lambda: sd.DeviceList([]))
+    assert main(["desktop", "--list-devices"]) == 1
+    assert "no sound devices found" in capsys.readouterr().err
+
+
 def test_desktop_rejects_a_server_that_is_not_a_websocket_url(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("sounddevice", exc_type=OSError)
     assert main(["desktop", "--server", "http://127.0.0.1:8080"]) == 1
