@@ -61,6 +61,10 @@ def test_errors_exit_non_zero_with_a_message(tmp_path: Path, capsys: pytest.Capt
     (tmp_path / "config.json").write_text("{not json")
     assert main(["chat", "--model", str(tmp_path)]) == 1
     assert "config.json" in capsys.readouterr().err
+    for corrupt, message in ((b"[1]", "expected a JSON object, got list"), (b"\xff\xfe{", "not valid JSON")):
+        (tmp_path / "config.json").write_bytes(corrupt)  # was: an AttributeError traceback / a UnicodeDecodeError
+        assert main(["chat", "--model", str(tmp_path), "--prompt", "hi"]) == 1
+        assert message in capsys.readouterr().err
     r = _omni("chat", stdin="\n\n")
     assert r.returncode == 1 and "no input lines" in r.stderr
 
