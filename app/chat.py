@@ -128,7 +128,7 @@ def _check_media_args(args: argparse.Namespace) -> None:
     for flag in ("audio", "image", "video"):
         path = getattr(args, flag)
         if path is not None and not Path(path).is_file():
-            raise ValueError(f"--{flag} {path}: no such file")
+            raise ValueError(f"--{flag} {path}: " + ("a folder, not a file" if Path(path).is_dir() else "no such file"))
     if args.audio_in_video and not args.video:
         raise ValueError("--audio-in-video needs --video")
     if args.speak is not None and (Path(args.speak).is_dir() or not Path(args.speak).parent.is_dir()):

@@ -54,6 +54,8 @@ def test_one_line_turns_streamed_line_breaks_into_single_spaces(pieces: list[str
 def test_errors_exit_non_zero_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chat", "--model", str(tmp_path / "missing")]) == 1
     assert "no such file or directory" in capsys.readouterr().err
+    assert main(["chat", "--audio", str(tmp_path), "--prompt", "hi"]) == 1
+    assert f"--audio {tmp_path}: a folder, not a file" in capsys.readouterr().err
     assert main(["chat", "--prompt", "  "]) == 2
     assert "--prompt is empty" in capsys.readouterr().err
     assert main(["chat", "--threads", "-1", "--prompt", "hi"]) == 2
