@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import urllib.parse
 
 from app.deploy_args import API_KEY_ENV, port_number
 
@@ -37,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     background = None
     server_url = args.server
+    if server_url is not None:
+        parts = urllib.parse.urlsplit(server_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:  # (was: a page whose every call failed)
+            print(f"omni ui: error: --server must be an http:// or https:// URL of an omni server, got {server_url!r}",
+                  file=sys.stderr)
+            return 2
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if server_url is None:
         from app.auth import DEFAULT_USER, AuthConfig

@@ -31,6 +31,13 @@ def test_ui_refuses_a_port_out_of_range_as_a_usage_error(port: str, capsys: pyte
     assert "argument --port:" in err and ("0-65535" in err or "not a port number" in err)
 
 
+@pytest.mark.parametrize("server", ["ftp://x", "ws://127.0.0.1:8080", "127.0.0.1:8080"])
+def test_ui_refuses_a_server_that_is_not_an_http_url(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("gradio")
+    assert main(["ui", "--server", server]) == 2
+    assert "--server must be an http:// or https:// URL" in capsys.readouterr().err
+
+
 def test_every_subcommand_help_opens_with_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("chat", "bench", "serve", "ui", "desktop", "memory"):
         with pytest.raises(SystemExit):
