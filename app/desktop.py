@@ -383,6 +383,10 @@ def _local(args: argparse.Namespace, printer: Printer) -> tuple[LocalConversatio
         import torch
 
         torch.set_num_threads(threads)
+    if args.engine == "omni":
+        from app.lm_args import check_device
+
+        check_device(args.device)  # a ValueError the caller prints (was: torch's traceback mid-load)
     engine = make_engine(args.engine, model=args.model, device=args.device)
     hook = _Hook(printer)
     turn = TurnConfig(silence_ms=args.silence_ms).validate()

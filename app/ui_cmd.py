@@ -59,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
                 import torch
 
                 torch.set_num_threads(threads)
+            if args.engine == "omni":
+                from app.lm_args import check_device
+
+                check_device(args.device)  # (was: torch's traceback mid-load)
             engine = make_engine(args.engine, model=args.model, device=args.device)
         except (ValueError, RuntimeError) as e:
             print(f"omni ui: error: {e}", file=sys.stderr)

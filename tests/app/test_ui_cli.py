@@ -38,6 +38,20 @@ def test_ui_refuses_a_server_that_is_not_an_http_url(server: str, capsys: pytest
     assert "--server must be an http:// or https:// URL" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["ui", "desktop"])
+def test_omni_engine_on_a_device_torch_cannot_use_is_a_one_line_error(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("gradio" if command == "ui" else "sounddevice", exc_type=OSError)
+    assert main([command, "--engine", "omni", "--model", "unused", "--device", "bogus"]) == 1
+    assert "--device 'bogus': not a torch device" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():  # was torch's AssertionError traceback
+        assert main([command, "--engine", "omni", "--model", "unused", "--device", "cuda"]) == 1
+        assert "--device cuda: this torch has no CUDA device" in capsys.readouterr().err
+
+
 def test_every_subcommand_help_opens_with_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("chat", "bench", "serve", "ui", "desktop", "memory"):
         with pytest.raises(SystemExit):
