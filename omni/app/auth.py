@@ -177,6 +177,8 @@ async def client_secrets(request: web.Request, config: AuthConfig) -> web.Respon
             body = await request.json()
         except ValueError:
             return refusal(400, "invalid_json", "the body must be JSON (or empty)")
+        if body is not None and not isinstance(body, dict):  # was: "str", [1] or 5 minted a secret
+            return refusal(400, "invalid_json", f"the body must be a JSON object (or empty), got {type(body).__name__}")
         after = body.get("expires_after") if isinstance(body, dict) else None
         if after is not None:
             seconds = after.get("seconds") if isinstance(after, dict) else None

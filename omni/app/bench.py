@@ -7,20 +7,22 @@ checkpoint directory) in the same process, when transformers is installed (the `
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from omni.app.lm_args import add_model_arguments, apply_threads, dtype_of
+from omni.app.lm_args import add_model_arguments, apply_threads, check_device, dtype_of
 
 PROMPT = "Write a short story about a robot who learns to paint. Describe the colours it discovers."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--new-tokens", type=int, default=64, help="tokens to decode per measurement")
-    p.add_argument("--repeats", type=int, default=3, help="measurements per engine (best is reported)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens to decode per measurement (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="measurements per engine, the best reported (default %(default)s)")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
     p.set_defaults(run=run)
 
@@ -95,8 +97,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         apply_threads(args)
+        check_device(args.device)
+        for flag, value in (("--new-tokens", args.new_tokens), ("--repeats", args.repeats)):
+            if value < 1:  # (was: a table of 0.0 tok/s)
+                raise ValueError(f"{flag} must be >= 1, got {value}")
     except ValueError as e:
-        print(f"omni bench: error: {e}")
+        print(f"omni bench: error: {e}", file=sys.stderr)
         return 2
     source = args.model or str(default_model_path())
     print(f"model: {source}\ntorch threads: {torch.get_num_threads()}, new tokens: {args.new_tokens}")
@@ -107,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append(("omni", _ours(args, torch.bfloat16)))
             rows.append(("omni", _ours(args, torch.float32)))
     except CheckpointError as e:
-        print(f"omni bench: error: {e}")
+        print(f"omni bench: error: {e}", file=sys.stderr)
         return 1
     if not args.no_transformers:
         ref = _transformers(args, source)

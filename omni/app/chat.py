@@ -1,8 +1,8 @@
 """`omni chat`: a terminal chat that streams the reply token by token, through the engine interface.
 
 Interactive on a terminal (multi-turn, /reset, /quit, tokens/s after each reply on stderr). With standard
-input not a terminal it answers each non-empty input line and prints only the replies, one per line, so
-other programs can use it: `echo "What is the capital of France?" | omni chat`.
+input not a terminal it answers each non-empty input line and prints only the replies, one per line (a reply's
+own line breaks become spaces), so other programs can use it: `echo "What is the capital of France?" | omni chat`.
 
 Each line is a typed turn (`EngineSession.push_text`) answered by `respond`, as the server answers a Realtime
 `conversation.item.create`. A text model runs in the embedded engine without its voice; a Qwen2.5-Omni
@@ -19,13 +19,14 @@ engine, with the same flags: `--speak` through its Talker and Code2Wav (`--voice
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import wave
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from omni.app.lm_args import add_model_arguments, apply_threads, dtype_of
+from omni.app.lm_args import add_model_arguments, apply_threads, check_device, dtype_of
 from omni.model.lm.sampling import SamplingConfig
 
 if TYPE_CHECKING:
@@ -36,7 +37,18 @@ if TYPE_CHECKING:
 FirstTurn = tuple[list["Attachment"], "np.ndarray | None"]  # attachments, audio (float32 at 16 kHz)
 
 
+EXAMPLES = """\
+examples:
+  omni chat                                  talk on a terminal (/reset starts over, /quit or Ctrl-D ends)
+  omni chat --prompt "What is the capital of France?"
+  echo "Name three colours." | omni chat     one reply line per input line, nothing else on stdout
+  omni chat --model Qwen2.5-Omni-7B --audio question.wav --prompt "Answer it." --speak reply.wav
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the examples' lines as written
     add_model_arguments(p)
     p.add_argument("--system", default=None, help="system prompt (default: the chat template's own)")
     p.add_argument("--prompt", default=None, help="answer this one message and exit")
@@ -48,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.1, help="(default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="(default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="sampling seed (default: none)")
-    p.add_argument("--window", type=int, default=4096, help="attention window of the KV cache, in tokens")
+    p.add_argument("--window", type=int, default=4096,
+                   help="attention window of the KV cache, in tokens (default %(default)s)")
     p.add_argument("--audio", default=None, help="audio file for the first turn (Qwen2.5-Omni, Qwen3-Omni)")
     p.add_argument("--image", default=None, help="image file for the first turn (Qwen2.5-Omni, Qwen3-Omni)")
     p.add_argument("--video", default=None,
@@ -78,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         apply_threads(args)
+        check_device(args.device)
     except ValueError as e:
         print(f"omni chat: error: {e}", file=sys.stderr)
         return 2
@@ -91,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         media = _read_media(args)
     except (CheckpointError, ValueError) as e:  # bad media files raise ValueErrors naming the file
         print(f"omni chat: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # --speak's file cannot be written
+        print(f"omni chat: error: --speak {args.speak}: {e.strerror or e}", file=sys.stderr)
         return 1
     if interactive:
         print(f"{loaded}. /reset starts over, /quit or Ctrl-D ends.", file=sys.stderr)
@@ -111,9 +128,11 @@ def _check_media_args(args: argparse.Namespace) -> None:
     for flag in ("audio", "image", "video"):
         path = getattr(args, flag)
         if path is not None and not Path(path).is_file():
-            raise ValueError(f"--{flag} {path}: no such file")
+            raise ValueError(f"--{flag} {path}: " + ("a folder, not a file" if Path(path).is_dir() else "no such file"))
     if args.audio_in_video and not args.video:
         raise ValueError("--audio-in-video needs --video")
+    if args.speak is not None and (Path(args.speak).is_dir() or not Path(args.speak).parent.is_dir()):
+        raise ValueError(f"--speak {args.speak}: cannot write a WAV file there (a folder, or in no folder)")
 
 
 def _build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
@@ -170,8 +189,12 @@ class _Chat:
         self.system = system
         self.session: EngineSession = engine.open_session(instructions=system)
         self.wav: wave.Wave_write | None = None
+        self._wav_file: BinaryIO | None = None
         if speak is not None:
-            self.wav = wave.open(str(Path(speak)), "wb")
+            # opened here, not by wave.open(path): on an unwritable path that leaves a half-made Wave_write whose
+            # __del__ prints a second traceback; wave leaves a file it did not open to us to close
+            self._wav_file = open(speak, "wb")
+            self.wav = wave.open(self._wav_file, "wb")
             self.wav.setnchannels(1)
             self.wav.setsampwidth(2)
             self.wav.setframerate(engine.output_sample_rate)
@@ -194,21 +217,24 @@ class _Chat:
             self.session.push_text(text)
             if interactive:
                 sys.stdout.write("omni> ")
-            self.answer(sys.stdout, stats=interactive)
+            self.answer(sys.stdout, stats=interactive, one_line=not interactive)
             answered += 1
         return answered
 
-    def answer(self, out: TextIO, stats: bool) -> None:
+    def answer(self, out: TextIO, stats: bool, one_line: bool = False) -> None:
+        """Stream one reply to `out`. `one_line`: its line breaks become spaces, so a script reading the replies
+        of piped questions gets exactly one line per question."""
         from omni.streaming.engine import AudioChunk, ReplyDone, TextDelta, close_iterator
 
         said = ""
+        flat = _OneLine() if one_line else None
         done: ReplyDone | None = None
         events = self.session.respond()
         try:
             for ev in events:
                 if isinstance(ev, TextDelta):
                     said += ev.text
-                    out.write(ev.text)
+                    out.write(flat(ev.text) if flat is not None else ev.text)
                     out.flush()
                 elif isinstance(ev, AudioChunk) and self.wav is not None:
                     self.wav.writeframes(_int16(ev.pcm))
@@ -228,6 +254,34 @@ class _Chat:
         self.session.close()
         if self.wav is not None:
             self.wav.close()
+        if self._wav_file is not None:
+            self._wav_file.close()
+
+
+class _OneLine:
+    """A streamed reply's line breaks as single spaces: each run of breaks (with the blanks beside them in the
+    same piece) becomes one space, none before the first word or after the last."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.gap = False  # a line break since the last text
+        self.blanks = ""  # blanks after the last text, held back until text follows (a break drops them)
+
+    def __call__(self, delta: str) -> str:
+        out: list[str] = []
+        for part in re.split(r"(\s*\n\s*)", delta):
+            if "\n" in part:
+                self.gap, self.blanks = True, ""
+            elif part:
+                if not self.started:
+                    part = part.lstrip()
+                text = (" " if self.gap else self.blanks) + part if self.started else part
+                body = text.rstrip()
+                self.blanks = text[len(body) :]
+                if body.strip():
+                    out.append(body)
+                    self.started, self.gap = True, False
+        return "".join(out)
 
 
 def _int16(pcm: np.ndarray) -> bytes:

@@ -9,34 +9,39 @@ from collections.abc import Callable, Sequence
 Runner = Callable[[argparse.Namespace], int]
 
 
+def _subparser(sub: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with the same summary `omni --help` lists it with."""
+    return sub.add_parser(name, help=summary, description=f"omni {name}: {summary}")
+
+
 def _add_chat(sub: argparse._SubParsersAction) -> None:
     from omni.app import chat
 
-    chat.add_arguments(sub.add_parser("chat", help="terminal chat, streaming the reply token by token"))
+    chat.add_arguments(_subparser(sub, "chat", "terminal chat, streaming the reply token by token"))
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     from omni.app import bench
 
-    bench.add_arguments(sub.add_parser("bench", help="measure load time and prefill/decode speed"))
+    bench.add_arguments(_subparser(sub, "bench", "measure load time and prefill/decode speed"))
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     from omni.app import serve
 
-    serve.add_arguments(sub.add_parser("serve", help="the browser demo: WebRTC voice and camera, Realtime events"))
+    serve.add_arguments(_subparser(sub, "serve", "the browser demo: WebRTC voice and camera, Realtime events"))
 
 
 def _add_ui(sub: argparse._SubParsersAction) -> None:
     from omni.app import ui_cmd
 
-    ui_cmd.add_arguments(sub.add_parser("ui", help="the Gradio voice page, on an in-process or a given omni server"))
+    ui_cmd.add_arguments(_subparser(sub, "ui", "the Gradio voice page, on an in-process or a given omni server"))
 
 
 def _add_desktop(sub: argparse._SubParsersAction) -> None:
     from omni.app import desktop
 
-    desktop.add_arguments(sub.add_parser("desktop", help="voice (and camera) from this machine's devices, no browser"))
+    desktop.add_arguments(_subparser(sub, "desktop", "voice (and camera) from this machine's devices, no browser"))
 
 
 def _add_memory(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +57,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="omni", description="omni: a streaming, real-time assistant")
+    parser = argparse.ArgumentParser(prog="omni", description="omni: a streaming, real-time assistant",
+                                     epilog="`omni COMMAND --help` explains each command and its flags.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)

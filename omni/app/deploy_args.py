@@ -18,6 +18,18 @@ if TYPE_CHECKING:
 API_KEY_ENV = "OMNI_API_KEY"
 
 
+def port_number(text: str) -> int:
+    """argparse type of a --port: a TCP port, 0 (any free one) to 65535; anything else is a usage error (the
+    socket's bind raised an OverflowError traceback, after the engine had loaded)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {port}")
+    return port
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_access(p)
     _add_limits(p)

@@ -296,12 +296,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", metavar="KEY", help=f"with --server: the server's key (its --api-key) or a client "
                    f"secret; default: ${API_KEY_ENV}")
     p.add_argument("--engine", choices=("embedded", "omni", "tiny", "test"), default="embedded",
-                   help="the in-process engine (as `omni serve --engine`)")
-    p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni checkpoint directory")
-    p.add_argument("--device", default="cpu", help="omni engine: torch device")
-    p.add_argument("--voice", metavar="NAME", help="the assistant's voice")
-    p.add_argument("--instructions", metavar="TEXT", help="the system instructions")
-    p.add_argument("--silence-ms", type=int, default=500, help="silence that ends a turn")
+                   help="the in-process engine (as `omni serve --engine`; default embedded)")
+    p.add_argument("--model", metavar="DIR", help="omni engine: a Qwen2.5-Omni or Qwen3-Omni checkpoint directory")
+    p.add_argument("--device", default="cpu", help="omni engine: torch device (default cpu)")
+    p.add_argument("--voice", metavar="NAME", help="the assistant's voice (as `omni serve --voice`; default: the "
+                   "engine's own, joe for embedded)")
+    p.add_argument("--instructions", metavar="TEXT", help="the system instructions (default: the engine's own)")
+    p.add_argument("--silence-ms", type=int, default=500, help="silence that ends a turn (default %(default)s)")
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.set_defaults(run=run)
 
@@ -318,7 +319,11 @@ def run(args: argparse.Namespace) -> int:
               "libportaudio2", file=sys.stderr)
         return 1
     if args.list_devices:
-        print(sd.query_devices())
+        devices = sd.query_devices()
+        if not len(devices):  # (printed an empty line)
+            print("omni desktop: no sound devices found (PortAudio sees none on this machine)", file=sys.stderr)
+            return 1
+        print(devices)
         return 0
     echo = "off" if args.full_duplex else args.echo
     if echo == "auto":
@@ -378,6 +383,10 @@ def _local(args: argparse.Namespace, printer: Printer) -> tuple[LocalConversatio
         import torch
 
         torch.set_num_threads(threads)
+    if args.engine == "omni":
+        from omni.app.lm_args import check_device
+
+        check_device(args.device)  # a ValueError the caller prints (was: torch's traceback mid-load)
     engine = make_engine(args.engine, model=args.model, device=args.device)
     hook = _Hook(printer)
     turn = TurnConfig(silence_ms=args.silence_ms).validate()

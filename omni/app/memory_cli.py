@@ -12,50 +12,82 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from omni.memory import admin
-from omni.memory.store import MemoryStore, default_memory_dir
+from omni.memory.store import MemoryStore, SchemaVersionError, default_memory_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("memory", help="list, search, show, forget or export what the assistant remembers")
+    summary = "list, search, show, forget or export what the assistant remembers"
+    p = sub.add_parser("memory", help=summary, description=f"omni memory: {summary}, per user (the store "
+                       "`omni serve` writes; `omni memory ACTION --help` for each action)")
     p.add_argument("--memory-dir", type=Path, default=None,
                    help=f"SQLite store and feature shards (default: {default_memory_dir()})")
     p.add_argument("--memory-url", default=None, help="a postgresql:// URL instead of --memory-dir")
     p.add_argument("--json", action="store_true", help="print JSON instead of text lines")
     cmds = p.add_subparsers(dest="memory_command", metavar="ACTION", required=True)
     ls = cmds.add_parser("list", help="users with memory, or one user's items in time order")
-    ls.add_argument("--user", default=None)
+    ls.add_argument("--user", default=None, help="this user's items (default: every user, with counts)")
     se = cmds.add_parser("search", help="a user's items closest to a text (packaged MiniLM embedding)")
-    se.add_argument("--user", required=True)
-    se.add_argument("-k", type=int, default=10)
-    se.add_argument("query")
+    se.add_argument("--user", required=True, help="whose memory to search")
+    se.add_argument("-k", type=int, default=10, help="how many items (default %(default)s)")
+    se.add_argument("query", help="the text to search for")
     sh = cmds.add_parser("show", help="one item in full, e.g. L1:12, L2:3, L3:7")
-    sh.add_argument("--user", required=True)
-    sh.add_argument("item")
+    sh.add_argument("--user", required=True, help="whose item")
+    sh.add_argument("item", help="the item's name as list and search print it (L1: events, L2: summaries, "
+                    "L3: notes)")
     fo = cmds.add_parser("forget", help="remove every row and feature shard of a user")
-    fo.add_argument("--user", required=True)
+    fo.add_argument("--user", required=True, help="whose memory to remove")
     fo.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     ex = cmds.add_parser("export", help="write a user's memory (memory.json + features/*.npz) to a folder")
-    ex.add_argument("--user", required=True)
-    ex.add_argument("--out", type=Path, required=True)
+    ex.add_argument("--user", required=True, help="whose memory to export")
+    ex.add_argument("--out", type=Path, required=True, help="the folder to write (made if missing)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     location = args.memory_url or str(args.memory_dir or default_memory_dir())
-    store = MemoryStore.open(location)
+    if not args.memory_url and Path(location).exists() and not Path(location).is_dir():
+        print(f"omni memory: --memory-dir {location}: a file, not a folder", file=sys.stderr)
+        return 1
+    try:
+        store = MemoryStore.open(location)
+    except _store_errors() as e:  # the URL is not shown: it may hold a password
+        where = "--memory-url" if args.memory_url else location
+        print(f"omni memory: cannot open the memory store {where}: {_reason(e)}", file=sys.stderr)
+        return 1
     try:
         return _dispatch(args, store)
     except (KeyError, ValueError) as e:
         print(f"omni memory: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
+    except _store_errors() as e:  # e.g. export --out names a file, or the disk is full
+        print(f"omni memory {args.memory_command}: {_reason(e)}", file=sys.stderr)
+        return 1
     finally:
         store.close()
+
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    """What opening or using a store raises on a bad location: OS and SQLite errors, a schema from another
+    version, and psycopg's errors (a server that is down or refuses the login) where psycopg is installed."""
+    errors: tuple[type[Exception], ...] = (OSError, sqlite3.Error, ValueError, SchemaVersionError)
+    try:
+        import psycopg
+    except ImportError:
+        return errors
+    return (*errors, psycopg.Error)
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _dispatch(args: argparse.Namespace, store: MemoryStore) -> int:
@@ -64,6 +96,8 @@ def _dispatch(args: argparse.Namespace, store: MemoryStore) -> int:
         rows = admin.list_users(store) if args.user is None else admin.list_items(store, args.user)
         _print(args, rows)
     elif cmd == "search":
+        if args.k < 1:
+            raise ValueError(f"-k must be >= 1, got {args.k}")
         from omni.model.embedded.text_embedding import TextEmbedder
 
         _print(args, admin.search(store, args.user, TextEmbedder(), args.query, k=args.k))

@@ -26,10 +26,18 @@ def read_image(path: str | Path) -> Image:
     """The first frame of an image file."""
     try:
         with av.open(str(path)) as container:
-            frame = next(container.decode(video=0))
-    except (OSError, av.error.FFmpegError, StopIteration) as e:
+            frame = _first_picture(container)
+    except (OSError, av.error.FFmpegError, StopIteration, ValueError) as e:
         raise VisionInputError(f"cannot decode image file {str(path)!r}: {e}") from e
     return Image(np.ascontiguousarray(frame.to_ndarray(format="rgb24")))
+
+
+def _first_picture(container: av.container.InputContainer) -> av.VideoFrame:
+    """The first frame of the container's first picture stream; ValueError if it has none (a sound file, say:
+    av's own decode(video=0) fails there with an IndexError)."""
+    if not container.streams.video:
+        raise ValueError("it holds no picture")
+    return next(container.decode(video=0))
 
 
 def frame_to_rgb(image: av.VideoFrame, max_side: int) -> np.ndarray:
@@ -48,8 +56,8 @@ def decode_data_url(url: str, max_side: int) -> np.ndarray:
     try:
         raw = base64.b64decode(data, validate=True)
         with av.open(io.BytesIO(raw), mode="r") as container:
-            frame = next(container.decode(video=0))
-    except (binascii.Error, OSError, av.error.FFmpegError, StopIteration) as e:
+            frame = _first_picture(container)
+    except (binascii.Error, OSError, av.error.FFmpegError, StopIteration, ValueError) as e:
         raise ValueError(f"cannot decode the image: {e}") from None
     return frame_to_rgb(frame, max_side)
 

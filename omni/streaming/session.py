@@ -192,6 +192,9 @@ class Session(ReplyEnds, SettingsUpdates):
         task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=f"{self.id}:{name}", context=ctx)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # a task cancelled before its first step never awaits `coro`, which then warns "coroutine ... was never
+        # awaited" when collected (a session closed right after start: a sound device that fails to open)
+        task.add_done_callback(lambda _: coro.close())
         return task
 
     async def _guard(self, coro: Coroutine[Any, Any, None], name: str) -> None:

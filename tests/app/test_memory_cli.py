@@ -60,3 +60,33 @@ def test_list_search_show_export_forget(
     assert capsys.readouterr().out.startswith("removed 3 rows")  # its event, its fact note, its session
     assert _omni([*base, "list"]) == 0
     assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["bob"]
+
+
+def test_a_store_that_cannot_be_opened_or_written_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        (["--memory-dir", str(a_file), "list"], f"--memory-dir {a_file}: a file, not a folder"),
+        (["--memory-dir", str(a_file / "below"), "list"], f"cannot open the memory store {a_file / 'below'}"),
+        (["--memory-url", "bogus://x", "list"], "cannot open the memory store --memory-url: memory store location"),
+        (["--memory-dir", str(tmp_path / "mem"), "search", "--user", "ann", "-k", "0", "hi"], "-k must be >= 1"),
+        (["--memory-dir", str(tmp_path / "mem"), "export", "--user", "ann", "--out", str(a_file)],
+         "omni memory export: Not a directory"),
+    ]
+    for argv, message in cases:
+        assert _omni(["memory", *argv]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_unreachable_postgresql_is_a_one_line_error_that_hides_the_password(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("psycopg", reason="the postgresql store needs psycopg")
+    url = "postgresql://ann:s3cret@127.0.0.1:1/omni?connect_timeout=5"  # port 1: refused at once on loopback
+    assert _omni(["memory", "--memory-url", url, "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("omni memory: cannot open the memory store --memory-url: ") and "s3cret" not in err
+    assert len(err.strip().splitlines()) == 1, err

@@ -111,6 +111,17 @@ async def test_an_expired_client_secret_is_refused(start_server: StartServer) ->
     assert secret["value"] not in auth.ephemeral  # forgotten once expired
 
 
+async def test_a_client_secrets_body_that_is_not_a_json_object_is_refused(start_server: StartServer) -> None:
+    url, _ = await start_server(ToneEngine())
+    for body in ('"str"', "[1]", "5", "{bad"):
+        status, _, text = await request("POST", f"{url}/v1/realtime/client_secrets", body,
+                                        **{"Content-Type": "application/json"})
+        assert status == 400 and json.loads(text)["error"]["code"] == "invalid_json", body
+    for body in ("", "null", "{}"):  # empty bodies still get the default lifetime
+        assert (await request("POST", f"{url}/v1/realtime/client_secrets", body,
+                              **{"Content-Type": "application/json"}))[0] == 200, body
+
+
 async def test_keys_never_appear_in_logs(start_server: StartServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     url, _ = await start_server(ToneEngine(), auth=AuthConfig(keys={KEY: "alice"}))

@@ -21,6 +21,56 @@ def test_ui_and_desktop_are_subcommands_with_local_defaults() -> None:
     assert desk.input_device == "3" and desk.camera == "/dev/video0" and not desk.full_duplex and desk.server is None
 
 
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_ui_refuses_a_port_out_of_range_as_a_usage_error(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused by the parser, before any engine loads (the bind's OverflowError was a traceback)."""
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["ui", "--port", port])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --port:" in err and ("0-65535" in err or "not a port number" in err)
+
+
+@pytest.mark.parametrize("server", ["ftp://x", "ws://127.0.0.1:8080", "127.0.0.1:8080"])
+def test_ui_refuses_a_server_that_is_not_an_http_url(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("gradio")
+    assert main(["ui", "--server", server]) == 2
+    assert "--server must be an http:// or https:// URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["ui", "desktop"])
+def test_omni_engine_on_a_device_torch_cannot_use_is_a_one_line_error(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("gradio" if command == "ui" else "sounddevice", exc_type=OSError)
+    assert main([command, "--engine", "omni", "--model", "unused", "--device", "bogus"]) == 1
+    assert "--device 'bogus': not a torch device" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():  # was torch's AssertionError traceback
+        assert main([command, "--engine", "omni", "--model", "unused", "--device", "cuda"]) == 1
+        assert "--device cuda: this torch has no CUDA device" in capsys.readouterr().err
+
+
+def test_every_subcommand_help_opens_with_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("chat", "bench", "serve", "ui", "desktop", "memory"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        assert f"omni {command}: " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["chat", "--help"])
+    assert 'omni chat --prompt "What is the capital of France?"' in capsys.readouterr().out
+
+
+def test_desktop_list_devices_says_when_there_are_none(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sd = pytest.importorskip("sounddevice", exc_type=OSError)
+    monkeypatch.setattr(sd, "query_devices", lambda: sd.DeviceList([]))
+    assert main(["desktop", "--list-devices"]) == 1
+    assert "no sound devices found" in capsys.readouterr().err
+
+
 def test_desktop_rejects_a_server_that_is_not_a_websocket_url(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("sounddevice", exc_type=OSError)
     assert main(["desktop", "--server", "http://127.0.0.1:8080"]) == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 
 import numpy as np
 
@@ -137,3 +139,15 @@ async def test_failing_engine_ends_only_its_session(
     finally:
         await bad.close()
         await good.close()
+
+
+async def test_close_right_after_start_leaves_no_coroutine_unawaited(worker: DeviceWorker, vad: SileroVad) -> None:
+    """`omni desktop` closes its session at once when the sound device fails to open: the session's loops were
+    cancelled before they ever ran and each one warned 'coroutine ... was never awaited'."""
+    h = Harness(ToneEngine(), worker, vad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await h.session.start()
+        await h.session.close()  # no await in between: the loops' tasks have not taken a step yet
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
