@@ -4,7 +4,6 @@ in-process next to something else that owns the main thread (`omni ui` runs uvic
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 from concurrent.futures import Future
 
@@ -50,7 +49,6 @@ class BackgroundServer:
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout)
             self._runner = None
-            gc.unfreeze()  # what Server.startup froze can be freed again (else Triton's bindings report leaks at exit)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
         self.loop.close()

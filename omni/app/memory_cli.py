@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from omni.memory import admin
-from omni.memory.store import MemoryStore, SchemaVersionError, default_memory_dir
+from omni.memory.store import MemoryStore, default_memory_dir, store_errors
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         store = MemoryStore.open(location)
-    except _store_errors() as e:  # the URL is not shown: it may hold a password
+    except store_errors() as e:  # the URL is not shown: it may hold a password
         where = "--memory-url" if args.memory_url else location
         print(f"omni memory: cannot open the memory store {where}: {_reason(e)}", file=sys.stderr)
         return 1
@@ -66,22 +65,11 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as e:
         print(f"omni memory: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
-    except _store_errors() as e:  # e.g. export --out names a file, or the disk is full
+    except store_errors() as e:  # e.g. export --out names a file, or the disk is full
         print(f"omni memory {args.memory_command}: {_reason(e)}", file=sys.stderr)
         return 1
     finally:
         store.close()
-
-
-def _store_errors() -> tuple[type[Exception], ...]:
-    """What opening or using a store raises on a bad location: OS and SQLite errors, a schema from another
-    version, and psycopg's errors (a server that is down or refuses the login) where psycopg is installed."""
-    errors: tuple[type[Exception], ...] = (OSError, sqlite3.Error, ValueError, SchemaVersionError)
-    try:
-        import psycopg
-    except ImportError:
-        return errors
-    return (*errors, psycopg.Error)
 
 
 def _reason(e: Exception) -> str:

@@ -325,6 +325,9 @@ class Server:
         self.media.stop()
         if self.options.memory is not None:  # every session's records are committed before the process ends
             await asyncio.to_thread(self.options.memory.close)
+        # startup froze the heap it started with (gc.freeze); frozen objects are never collected, so at exit
+        # Triton's nanobind bindings printed ~30 lines of "leaked ..." warnings: free them again
+        gc.unfreeze()
 
     def teardown(self, conn: Connection, reason: str) -> None:
         """Schedule a connection's teardown (safe from any callback; idempotent)."""

@@ -11,7 +11,6 @@ import asyncio
 import atexit
 import logging
 import shutil
-import sqlite3
 import sys
 import tempfile
 from typing import TYPE_CHECKING
@@ -33,7 +32,8 @@ if TYPE_CHECKING:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=deploy_args.port_number, default=8080,
+                   help="TCP port to listen on, 0-65535 (0: any free one; default %(default)s)")
     p.add_argument(
         "--engine",
         choices=("embedded", "omni", "tiny", "test"),
@@ -112,7 +112,9 @@ def _add_turn_arguments(p: argparse.ArgumentParser) -> None:
                         "the rest of --silence-ms is awaited (0: off; default %(default)s)")
     p.add_argument("--min-speech-ms", type=int, default=turn.min_speech_ms,
                    help="shorter sounds (clicks, coughs) are not speech (default %(default)s)")
-    p.add_argument("--vad-threshold", type=float, default=turn.threshold, help="(default %(default)s)")
+    p.add_argument("--vad-threshold", type=float, default=turn.threshold,
+                   help="speech probability (Silero VAD, 0-1) above which a microphone frame counts as speech "
+                        "(default %(default)s)")
     p.add_argument("--semantic-eot", type=float, default=turn.semantic_eot, metavar="THRESHOLD",
                    help="semantic end of turn: at the --pause-ms pause, an engine that can tell (embedded) judges "
                         "whether the user's words are a finished message; at this probability or above the turn "
@@ -151,17 +153,19 @@ def open_memory(args: argparse.Namespace, engine: Engine | None = None) -> Memor
     if args.no_memory or args.engine not in ("embedded", "omni"):
         return None
     from omni.memory import Memory, MemoryConfig, MemoryStore, default_memory_dir
+    from omni.memory.store import store_errors
     from omni.model.embedded.text_embedding import TextEmbedder
     from omni.streaming.memory_lane import MemoryHub
 
     location = args.memory_url or str(args.memory_dir or default_memory_dir())
     try:
         store = MemoryStore.open(location)
-    except (OSError, sqlite3.Error) as e:  # unwritable or full: memory that lasts while the server runs
+    except store_errors() as e:  # unwritable, full, or a database that is down: memory while the server runs
         fallback = tempfile.mkdtemp(prefix="omni-memory-")
         atexit.register(shutil.rmtree, fallback, True)
+        where = "--memory-url" if args.memory_url else location  # a URL is not shown: it may hold a password
         log.warning("cannot open the memory store %s (%s: %s): memory lasts only while this server runs (%s)",
-                    location, type(e).__name__, e, fallback)
+                    where, type(e).__name__, e, fallback)
         store = MemoryStore.open(fallback)
     embed = TextEmbedder()
     summarizer = lm_summarizer(engine) if engine is not None else None
@@ -269,6 +273,10 @@ def run(args: argparse.Namespace) -> int:
         if args.idle_timeout < 0:
             raise ValueError(f"--idle-timeout must be >= 0 seconds, got {args.idle_timeout:g}")
         auth, limits = deploy_args.deploy_settings(args)
+        if args.engine == "omni":
+            from omni.app.lm_args import check_device
+
+            check_device(args.device)
         print(f"omni serve: loading the {args.engine} engine ...", file=sys.stderr, flush=True)
         threads = ENGINE_THREADS[args.engine]
         if threads is not None:

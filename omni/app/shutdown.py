@@ -11,7 +11,6 @@ clients learned of it 32 s later, from ICE consent freshness.
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import logging
 import os
@@ -85,8 +84,5 @@ async def serve(app: web.Application, host: str, port: int, drain_seconds: float
         await stop.wait()
         await drain(app[SERVER_KEY], drain_seconds)
     finally:
-        await runner.cleanup()
-        # The server froze the heap it started with (Server.startup, gc.freeze); frozen objects are never
-        # collected, so at exit Triton's nanobind bindings printed ~30 lines of "leaked ..." warnings.
-        gc.unfreeze()
+        await runner.cleanup()  # Server.cleanup unfreezes what Server.startup froze
         log.info("shut down")

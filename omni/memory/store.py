@@ -78,6 +78,17 @@ class SchemaVersionError(RuntimeError):
     """The store was written by a different schema version than this code reads."""
 
 
+def store_errors() -> tuple[type[Exception], ...]:
+    """What opening or using a store raises on a bad location: OS and SQLite errors, a bad URL, a schema from another
+    version, and psycopg's errors (a server that is down or refuses the login) where psycopg is installed."""
+    errors: tuple[type[Exception], ...] = (OSError, sqlite3.Error, ValueError, SchemaVersionError)
+    try:
+        import psycopg
+    except ImportError:
+        return errors
+    return (*errors, psycopg.Error)
+
+
 class MemoryStore:
     """All levels of all users in one database. Thread-safe: one connection per thread."""
 

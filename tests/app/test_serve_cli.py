@@ -8,6 +8,8 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from omni.app.cli import build_parser
 
 
@@ -42,6 +44,27 @@ def test_bad_settings_exit_with_a_message() -> None:
         timeout=60,
     )
     assert r.returncode == 1 and "semantic end-of-turn threshold must be in [0, 1)" in r.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_port_out_of_range_is_a_usage_error_before_anything_loads(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(was: an OverflowError traceback from the socket's bind, after the engine had loaded)"""
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["serve", "--port", port])
+    assert e.value.code == 2 and "--port" in capsys.readouterr().err
+
+
+def test_an_unusable_device_for_the_omni_engine_is_one_line_before_loading() -> None:
+    """(was: a traceback from deep in the loader; the device is checked before the checkpoint is read)"""
+    r = subprocess.run(
+        [sys.executable, "-m", "omni.app.cli", "serve", "--engine", "omni", "--model", "/nonexistent",
+         "--device", "bogus"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 1 and "--device 'bogus': not a torch device" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_semantic_end_of_turn_flag() -> None:

@@ -88,6 +88,23 @@ def test_an_unwritable_memory_dir_degrades_to_memory_for_this_run(
     assert not (blocker / "mem").exists()
 
 
+def test_a_database_that_is_down_degrades_without_showing_the_url(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--memory-url naming a PostgreSQL server that refuses the connection (port 1 on loopback): psycopg's error
+    used to end `omni serve` in a traceback. The server starts with memory for this run, and its warning names the
+    flag, not the URL, which may hold a password."""
+    pytest.importorskip("psycopg", reason="the PostgreSQL store needs psycopg (the serve extra)")
+    with caplog.at_level(logging.WARNING, "omni.serve"):
+        hub = open_memory(parse("--memory-url", "postgresql://alice:s3cret@127.0.0.1:1/omni"))
+    assert hub is not None
+    try:
+        warnings = [r.getMessage() for r in caplog.records if "cannot open the memory store" in r.getMessage()]
+        assert len(warnings) == 1 and "--memory-url" in warnings[0] and "s3cret" not in warnings[0]
+    finally:
+        hub.close()
+
+
 async def test_a_full_disk_mid_session_warns_once_counts_and_the_session_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
