@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from omni.model.code2wav import StreamingCode2Wav
+from omni.model.conversation import ConversationSession, EncodedPiece, ReplyRecord, SlotPiece, ThinkerMark, TokenText
 from omni.model.encoders.vision_preprocess import AnyVisionConfig, resize_and_normalize, sample_video, video_frame_size
 from omni.model.errors import CheckpointError, ConfigError
 from omni.model.layers.quant_linear import quantize_decoder
@@ -66,15 +67,7 @@ from omni.model.qwen3.session import Qwen3ThinkerSession
 from omni.model.qwen3.speech import DEFAULT_SPEAKER, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
 from omni.model.qwen3.voice_session import Qwen3VoiceSession
 from omni.model.speech_session import SessionRows, SpeakingSession, SpeechSettings
-from omni.model.thinker_session import (
-    ConversationSession,
-    EncodedPiece,
-    ReplyRecord,
-    SlotPiece,
-    ThinkerMark,
-    ThinkerSession,
-    TokenText,
-)
+from omni.model.thinker_session import ThinkerSession
 from omni.model.token2wav import SAMPLE_RATE
 from omni.model.token2wav.solver import SolverConfig
 from omni.model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, compile_requested
@@ -125,7 +118,7 @@ class _Weights(Protocol):
 
 class OmniSession(Protocol):
     """What the engine drives in a conversation: a family's Thinker session (`ThinkerSession`, `SpeakingSession`,
-    `Qwen3ThinkerSession`, `Qwen3VoiceSession`; omni/model/thinker_session.py documents the calls)."""
+    `Qwen3ThinkerSession`, `Qwen3VoiceSession`; omni/model/conversation.py documents the calls)."""
 
     @property
     def thinker(self) -> _Weights: ...
