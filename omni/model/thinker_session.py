@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from omni.model.av_interleave import AVInterleave
 from omni.model.conversation import ConversationSession
 from omni.model.encoders.audio_encoder import AudioEncoderState
 from omni.model.encoders.audio_frontend import LogMelState
@@ -24,7 +25,7 @@ from omni.model.lm.kv_cache import CacheConfig
 from omni.model.lm.tokenizer import TextTokenizer
 from omni.model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from omni.model.thinker import Thinker
-from omni.model.tmrope import StreamingVideoPositions, flat_positions, patch_time_offsets
+from omni.model.tmrope import StreamingVideoPositions
 
 
 @dataclass
@@ -43,23 +44,6 @@ class _AudioSegment:
     pending: torch.Tensor  # [n_mels, < 200] log10 mel of the block being filled
     marks: list[tuple[int, int]]  # (cache length, cursor id) where each prefilled block starts
     floors: list[tuple[float, float]]  # per prefilled block: (its quietest value, the peak it was floored at)
-
-
-@dataclass
-class _AVStream:
-    """One live video-with-audio segment: encoded pieces waiting for their turn in the 2-s interleave."""
-
-    video: StreamingVideoPositions
-    audio_start: int
-    grid_hw: tuple[int, int]
-    video_queue: list[tuple[int, torch.Tensor]]  # (chunk index, tokens of one temporal patch)
-    audio_queue: list[torch.Tensor]  # tokens of audio chunk len(sent) + i
-    audio_sent: int = 0  # audio tokens prefilled so far
-    chunk: int = 0  # the chunk being laid out
-    phase: str = "video"  # which half of `chunk` is being laid out
-    cuts: int = 0  # chunk index of the last encoded video patch
-    video_done: bool = False
-    audio_done: bool = False
 
 
 class ThinkerSession(ConversationSession):
@@ -88,7 +72,7 @@ class ThinkerSession(ConversationSession):
         self._mel: LogMelState | None = None  # the video-with-audio stream's front end
         self._audio: AudioEncoderState | None = None
         self._video: tuple[VisionEncoderState, StreamingVideoPositions] | None = None
-        self._av: _AVStream | None = None
+        self._av: AVInterleave | None = None
         super().__init__(thinker, prompt, thinker.cfg.rope, cache, tokenizer, pool=pool, sid=sid,
                          system_prompt=system_prompt)
 
@@ -256,12 +240,12 @@ class ThinkerSession(ConversationSession):
         self._mel = self.thinker.mel.init_state(self.thinker.device)
         self._audio = self.thinker.audio_tower.init_state(self.thinker.device)
         p = self.thinker.cfg.vision.patch_size
-        self._av = _AVStream(self._video[1], start, (height // p, width // p), [], [])
+        self._av = AVInterleave(self._video[1], start, (height // p, width // p), self.cursor.cfg)
 
     def push_av_frame(self, frame: torch.Tensor) -> None:
         av, (enc, _) = self._need_av()
         tokens = self.thinker.visual.step(enc, frame.to(self.thinker.device))
-        self._queue_patch(av, tokens)
+        av.add_patch(tokens.to(self.thinker.lm.dtype))
         self._pump(av)
 
     def push_av_audio(self, pcm16k: torch.Tensor) -> None:
@@ -278,71 +262,31 @@ class ThinkerSession(ConversationSession):
     def end_av(self) -> None:
         av, (enc, _) = self._need_av()
         assert self._mel is not None and self._audio is not None
-        self._queue_patch(av, self.thinker.visual.flush(enc))
+        av.add_patch(self.thinker.visual.flush(enc).to(self.thinker.lm.dtype))
         if self._mel.n_seen:
             self._queue_audio(av, self.thinker.mel.flush(self._mel))
-        tail = self.thinker.audio_tower.flush(self._audio)
-        if tail.shape[0]:
-            av.audio_queue.append(tail.to(self.thinker.lm.dtype))
-        if av.video.n_patches + len(av.video_queue) == 0:
+        av.add_audio_tail(self.thinker.audio_tower.flush(self._audio).to(self.thinker.lm.dtype))
+        if av.n_patches == 0:
             raise VisionInputError("a video with no frames: push at least one frame before end_av()")
-        av.video_done = av.audio_done = True
+        av.finish()
         self._pump(av)
         self._video = self._av = None
         self._mel = self._audio = None
         t = self.thinker.cfg.tokens
         self._shared_special([t.audio_end, t.vision_end])
 
-    def _need_av(self) -> tuple[_AVStream, tuple[VisionEncoderState, StreamingVideoPositions]]:
+    def _need_av(self) -> tuple[AVInterleave, tuple[VisionEncoderState, StreamingVideoPositions]]:
         if self._av is None or self._video is None:
             raise RuntimeError("video-with-audio input outside begin_av()/end_av()")
         return self._av, self._video
 
-    def _queue_patch(self, av: _AVStream, tokens: torch.Tensor) -> None:
-        if tokens.shape[0] == 0:
-            return
-        k = av.video.n_patches + len(av.video_queue)  # this patch's index
-        offset = int(patch_time_offsets(k + 1, av.video.seconds_per_grid, self.cursor.cfg.position_id_per_seconds)[k])
-        if k and offset >= (av.cuts + 1) * self.cursor.cfg.ids_per_chunk:
-            av.cuts += 1
-        av.video_queue.append((av.cuts, tokens.to(self.thinker.lm.dtype)))
-
-    def _queue_audio(self, av: _AVStream, mel: torch.Tensor) -> None:
+    def _queue_audio(self, av: AVInterleave, mel: torch.Tensor) -> None:
         assert self._audio is not None
         tokens = self.thinker.audio_tower.step(self._audio, mel)  # whole 2-s blocks = whole 50-id chunks
-        per = self.cursor.cfg.ids_per_chunk
-        for i in range(0, tokens.shape[0], per):
-            av.audio_queue.append(tokens[i : i + per].to(self.thinker.lm.dtype))
+        av.add_audio(tokens.to(self.thinker.lm.dtype))
 
-    def _video_chunk_complete(self, av: _AVStream) -> bool:
-        """No more video patches can fall into chunk `av.chunk`."""
-        if av.video_done or av.video_queue:
-            return av.video_done or av.video_queue[0][0] > av.chunk
-        k = av.video.n_patches  # the next patch to arrive, predicted: its time offset is known in advance
-        if k == 0:
-            return False
-        offset = int(patch_time_offsets(k + 1, av.video.seconds_per_grid, self.cursor.cfg.position_id_per_seconds)[k])
-        return av.cuts + int(offset >= (av.cuts + 1) * self.cursor.cfg.ids_per_chunk) > av.chunk
-
-    def _pump(self, av: _AVStream) -> None:
-        """Prefill everything whose place in the interleave is settled: chunk by chunk, video then audio."""
-        while True:
-            if av.phase == "video":
-                while av.video_queue and av.video_queue[0][0] == av.chunk:
-                    _, tokens = av.video_queue.pop(0)
-                    self._feed_encoded("video", tokens, av.video.next_patch(self.cursor, av.grid_hw),
-                                       self._merged(av.grid_hw))
-                if not self._video_chunk_complete(av):
-                    return
-                av.phase = "audio"
-            if av.audio_queue:
-                tokens = av.audio_queue.pop(0)
-                start = av.audio_start + av.audio_sent
-                self._feed_encoded("audio", tokens, self.cursor.place(flat_positions(start, tokens.shape[0])))
-                av.audio_sent += tokens.shape[0]
-            elif not av.audio_done:
-                return
-            if av.video_done and av.audio_done and not av.video_queue and not av.audio_queue:
-                return
-            av.chunk += 1
-            av.phase = "video"
+    def _pump(self, av: AVInterleave) -> None:
+        """Prefill everything whose place in the interleave is settled (av_interleave.py)."""
+        for kind, tokens, positions in av.ready(self.cursor):
+            grid = self._merged(av.grid_hw) if kind == "video" else (0, 0)
+            self._feed_encoded(kind, tokens, positions, grid)
