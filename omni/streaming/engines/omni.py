@@ -32,8 +32,8 @@ clips with their soundtrack as a live video-with-audio segment, each family's ow
 `open_session`. (`quant` covers the Qwen3 Talker too.)
 
 Beside this file: omni_models.py loads the weights, omni_pools.py sets up the pools that batch sessions' decode
-steps, omni_sessions.py opens each family's conversation in its voice, omni_reply.py turns a reply into events and
-omni_memory.py is the memory glue.
+steps, omni_sessions.py opens each family's conversation in its voice, omni_media.py prefills whole attachments,
+omni_reply.py turns a reply into events and omni_memory.py is the memory glue.
 """
 
 from __future__ import annotations
