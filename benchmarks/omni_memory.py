@@ -26,11 +26,11 @@ import torch
 
 from omni.memory import Memory, MemoryConfig, MemoryStore, SegmenterConfig
 from omni.memory.testing import HashingEmbedder
+from omni.model.conversation import SlotPiece
 from omni.model.lm.sampling import SamplingConfig
 from omni.model.loaders.omni import load_thinker
 from omni.model.loaders.talker_weights import load_speech
 from omni.model.speech_session import SpeakingSession
-from omni.model.thinker_session import SlotPiece
 from omni.model.token2wav.solver import SolverConfig
 from omni.model.token2wav.streaming import StreamingSchedule
 from omni.model.voices import Voice, VoiceBank

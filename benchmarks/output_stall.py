@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import omni.app.realtime_server as realtime_server
+import omni.app.rtc_media as rtc_media
 from benchmarks.rtc_client import FRAME, RealtimeClient, playout_delays
 from benchmarks.soak import ConsentLog, poll_until
 from omni.app.background_server import BackgroundServer
@@ -100,14 +100,14 @@ def _median(xs: list[float]) -> float:
 async def run(stall_s: float = 1.0, clock: str = "new", seconds_per_char: float = 0.03) -> StallReport:
     """One timeline (see the module docstring) against a fresh server; `clock`: "new" or "burst"."""
     restrict_ice_hosts(["127.0.0.1"])
-    saved = realtime_server.FrameClock
-    realtime_server.FrameClock = BurstClock if clock == "burst" else FrameClock  # type: ignore[misc,assignment]
+    saved = rtc_media.FrameClock
+    rtc_media.FrameClock = BurstClock if clock == "burst" else FrameClock  # type: ignore[misc,assignment]
     bg = BackgroundServer(ToneEngine(seconds_per_char=seconds_per_char), ServeOptions())
     try:
         url = await asyncio.to_thread(bg.start)
         return await _timeline(bg, RealtimeClient(url), stall_s, clock)
     finally:
-        realtime_server.FrameClock = saved  # type: ignore[misc]
+        rtc_media.FrameClock = saved  # type: ignore[misc]
         await poll_until(lambda: not bg.server.connections, 0.1, 10.0)  # the server's own teardown of the call
         await asyncio.to_thread(bg.stop)
 

@@ -39,7 +39,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from benchmarks.rtc_client import ScriptedMic
-from omni.app.realtime_server import FRAME_SAMPLES, MIC_PREFETCH, AssistantAudioTrack, hear_at_once
+from omni.app.rtc_media import FRAME_SAMPLES, MIC_PREFETCH, AssistantAudioTrack, hear_at_once
 from omni.app.signaling import restrict_ice_hosts
 
 RATE = 48000

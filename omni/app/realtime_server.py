@@ -5,7 +5,8 @@ on hang-up, disconnect, failure or server shutdown. Signaling: the client POSTs 
 (Content-Type: application/sdp) to /v1/realtime/calls and gets the SDP answer (201, Location names the call);
 events travel as JSON on the client's `oai-events` data channel; microphone and camera arrive as tracks and
 the assistant's speech leaves as an audio track of paced 20 ms frames at 48 kHz (omni.app.frame_clock: after a stalled
-loop the late silent frames are skipped, not sent at once, so the call does not stay late by the stall).
+loop the late silent frames are skipped, not sent at once, so the call does not stay late by the stall). The tracks
+and the peer connection's media helpers are in omni.app.rtc_media; reading and checking offers in omni.app.signaling.
 
 ICE: no STUN server unless `--ice-server` is given; `omni.app.signaling.restrict_ice_hosts` (`--ice-host`) restricts
 host candidates to the given addresses (aioice otherwise offers every interface address except 127.0.0.1).
@@ -47,23 +48,26 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import av
-import numpy as np
 from aiohttp import web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 
 from omni.app.auth import KEY_KIND, USER_ID, AuthConfig, client_secrets
-from omni.app.frame_clock import FrameClock, mono_frame
 from omni.app.limits import Limits, MessageGate, RateLimiter, check_sdp, count_refusal, fit_event, refusal
 from omni.app.rtc_guard import guard_data_channels
-from omni.app.signaling import BodyTooLarge, OfferError, check_offer_sdp, read_offer_form
+from omni.app.rtc_media import (
+    AssistantAudioTrack,
+    close_peer,
+    count_audio_packets,
+    hear_at_once,
+    missing_transport,
+    pump_track,
+)
+from omni.app.signaling import BodyTooLarge, OfferError, read_offer, user_of
 from omni.streaming.engine import Engine
-from omni.streaming.events import new_id, short_repr
-from omni.streaming.frames import AudioFrame, SessionUpdate, VideoFrame
+from omni.streaming.events import new_id
+from omni.streaming.frames import SessionUpdate
 from omni.streaming.memory_lane import MemoryHub
 from omni.streaming.metrics import ServerMetrics
-from omni.streaming.output import OUTPUT_RATE
 from omni.streaming.session import Session
 from omni.streaming.session_config import SessionConfig
 from omni.streaming.vad import SileroVad, TurnConfig
@@ -71,62 +75,9 @@ from omni.streaming.worker import DeviceWorker
 from omni.ui.pages import demo_page
 
 log = logging.getLogger("omni.serve")
-FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 CONNECT_TIMEOUT = 30.0  # a call that never connects is torn down after this
 IDLE_TIMEOUT = 10.0  # a connected call whose microphone sends no RTP for this long is torn down
 CHANNEL_DRAIN_TIMEOUT = 0.5  # on close, how long queued events get to leave before the peer connection closes
-MIC_PREFETCH = 0  # frames the server's receiver holds back after a microphone frame is complete (aiortc: 4)
-
-
-class AssistantAudioTrack(MediaStreamTrack):
-    """The assistant's speech: 20 ms frames at 48 kHz, paced in real time by `omni.app.frame_clock.FrameClock`,
-    silence when nothing is queued. `metrics`: where the clock's skipped frames and slip are counted."""
-
-    kind = "audio"
-
-    def __init__(self, session: Session, metrics: ServerMetrics | None = None) -> None:
-        super().__init__()
-        self._session = session
-        self._metrics = metrics
-        self.clock = FrameClock(OUTPUT_RATE, FRAME_SAMPLES)
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        clock = self.clock
-        skipped, slipped = clock.skipped, clock.slipped
-        pts, pcm = await clock.next_frame(self._session.read_output)
-        metrics = self._metrics
-        if metrics is not None and clock.skipped > skipped:
-            metrics.inc("output_frames_skipped_total", "silent 20 ms output frames not sent because the track "
-                        "woke up late (a stalled loop): the timestamps jump instead", clock.skipped - skipped)
-        if metrics is not None and clock.slipped > slipped:
-            metrics.inc("output_speech_slip_seconds_total", "seconds the assistant's speech fell behind the wall "
-                        "clock after stalls (given back in the silence after it)", clock.slipped - slipped)
-        return mono_frame(np.zeros(FRAME_SAMPLES, np.int16) if pcm is None else pcm, OUTPUT_RATE, pts)
-
-
-def hear_at_once(pc: RTCPeerConnection, prefetch: int = MIC_PREFETCH) -> None:
-    """Let `pc`'s audio receivers hand each microphone frame on as soon as it is complete (after
-    setRemoteDescription, before media flows).
-
-    aiortc's audio jitter buffer releases a frame only once `prefetch` (4) later frames have arrived: a playout
-    cushion for a receiver that plays the audio, but the server only feeds it to the turn detector, so each frame
-    waited 80 ms, and so did every end of speech, for every client (the browser too), outside the server's own
-    latency figures (stamped on arrival). Packets still wait for a missing earlier one and are put in order; a
-    frame is complete when a packet of the next one has arrived (20 ms). aiortc keeps the buffer private: if a
-    release renames it, calls keep aiortc's default and one warning says so."""
-    from aiortc.jitterbuffer import JitterBuffer
-
-    for receiver in pc.getReceivers():
-        if receiver.track is None or receiver.track.kind != "audio":
-            continue
-        name = "_RTCRtpReceiver__jitter_buffer"
-        old = getattr(receiver, name, None)
-        if not isinstance(old, JitterBuffer):
-            log.warning("aiortc's receiver has no %s: the microphone keeps aiortc's default prefetch", name)
-            continue
-        setattr(receiver, name, JitterBuffer(capacity=old.capacity, prefetch=prefetch))
 
 
 @dataclass
@@ -206,33 +157,6 @@ class Connection:
             self.send_event(self.session.events.error(*refused))
             return
         self.session.handle_client_event(message)
-
-    async def pump(self, track: MediaStreamTrack) -> None:
-        """Hand each frame of an inbound track to the session until the track ends: audio packed
-        [1, samples * channels] (s16), resampled on the media worker; video converted there, the latest kept."""
-        session = self.session
-        assert session is not None
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if isinstance(frame, av.AudioFrame):
-                pcm = frame.to_ndarray()
-                session.push_audio(AudioFrame(pcm, frame.sample_rate, session.clock(), len(frame.layout.channels)))
-            elif track.kind == "video":
-                session.push_video(VideoFrame(frame, session.clock()))
-
-    async def count_audio_packets(self) -> int:
-        """RTP packets received so far on the inbound audio tracks (aiortc receiver stats, RTCP excluded)."""
-        total = 0
-        for receiver in self.pc.getReceivers():
-            if receiver.track is None or receiver.track.kind != "audio":
-                continue
-            for stats in (await receiver.getStats()).values():
-                if getattr(stats, "type", None) == "inbound-rtp":
-                    total += stats.packetsReceived
-        return total
 
     async def _drain_channel(self) -> None:
         """Give events already sent (a final `error`) a moment to leave before the peer connection closes."""
@@ -442,7 +366,7 @@ class Server:
     async def _offer(self, request: web.Request, ticket: object) -> web.Response:
         try:
             async with asyncio.timeout(self.options.limits.request_timeout):  # a body trickled in slowly
-                sdp, settings = await self._read_offer(request)
+                sdp, settings = await read_offer(request, self.options.limits.max_body_bytes)
             over = check_sdp(sdp, self.options.limits)
             if over is not None:
                 count_refusal(self.metrics, "sdp")
@@ -467,41 +391,6 @@ class Server:
             content_type="application/sdp",
             headers={"Location": f"/v1/realtime/calls/{conn.id}", "X-Omni-Call-Secret": conn.secret},
         )
-
-    async def _read_offer(self, request: web.Request) -> tuple[str, SessionUpdate | None]:
-        """The offer's SDP, and the session settings of the GA multipart form (fields `sdp` and `session`)."""
-        limit = self.options.limits.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BodyTooLarge(f"body larger than {limit} bytes")
-        if request.content_type == "multipart/form-data":
-            return await read_offer_form(request)
-        try:
-            body = await request.read()  # chunked: aiohttp stops at client_max_size (= limit)
-        except web.HTTPRequestEntityTooLarge:
-            raise BodyTooLarge(f"body larger than {limit} bytes") from None
-        if len(body) > limit:
-            raise BodyTooLarge(f"body larger than {limit} bytes")
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise OfferError("body is not UTF-8 text") from None
-        ctype = request.content_type
-        if ctype == "application/json":  # {"type": "offer", "sdp": "..."} as some clients send it
-            try:
-                payload = json.loads(text)
-            except ValueError as e:
-                raise OfferError(f"malformed JSON: {e}") from None
-            if not isinstance(payload, dict) or not isinstance(payload.get("sdp"), str):
-                raise OfferError('JSON body must be an object with a string field "sdp"')
-            if payload.get("type", "offer") != "offer":
-                raise OfferError(f'JSON field "type" must be "offer", got {short_repr(payload.get("type"))}')
-            text = payload["sdp"]
-        elif ctype != "application/sdp":
-            raise OfferError(
-                f"Content-Type must be application/sdp (or application/json, multipart/form-data), got {ctype!r}"
-            )
-        check_offer_sdp(text)
-        return text, None
 
     async def _answer(
         self, sdp: str, user: dict[str, Any], ticket: object, settings: SessionUpdate | None = None
@@ -540,7 +429,7 @@ class Server:
             pc.on("datachannel", lambda ch: conn.attach_channel(ch) if ch.label == "oai-events" else None)
             pc.on("connectionstatechange", lambda: self._on_state(conn))
             for t in tracks:
-                conn.spawn(conn.pump(t), f"in-{t.kind}")
+                conn.spawn(pump_track(session, t), f"in-{t.kind}")
             conn.spawn(self._connect_deadline(conn), "deadline")
             if self.options.limits.max_session_minutes > 0:
                 deadline = self.session_deadline(conn, lambda why: self.teardown(conn, why))
@@ -618,7 +507,7 @@ class Server:
             await asyncio.sleep(poll)
             if last_change is None and conn.pc.connectionState != "connected":
                 continue  # not connected yet: the connect deadline covers this
-            count = await conn.count_audio_packets()
+            count = await count_audio_packets(conn.pc)
             now = time.monotonic()
             if last_change is None or count != conn.audio_packets:
                 conn.audio_packets, last_change = count, now
@@ -631,32 +520,3 @@ class Server:
         if conn.session is not None:
             conn.send_event(conn.session.events.error("idle_timeout", f"closing the call: {reason}"))
         self.teardown(conn, reason)
-
-
-def missing_transport(pc: RTCPeerConnection) -> bool:
-    """Whether a media section of the applied offer was left without a transport (a fuzzed offer once got
-    through setRemoteDescription like that, then failed in createAnswer and pc.close with AttributeError)."""
-    if any(t.receiver.transport is None or t.sender.transport is None for t in pc.getTransceivers()):
-        return True
-    return pc.sctp is not None and pc.sctp.transport is None
-
-
-async def close_peer(pc: RTCPeerConnection) -> None:
-    """Close a peer connection; one that a bad offer left half-built may fail to (aiortc), which is logged,
-    without a traceback, and goes no further."""
-    try:
-        await pc.close()
-    except Exception as e:
-        log.info("closing a half-built peer connection: %s: %s", type(e).__name__, e)
-
-
-def user_of(request: web.Request) -> dict[str, Any]:
-    """Whose memory a call uses, as SessionConfig fields. With keys (omni.app.auth), the key's user, fixed; without,
-    the `user_id` query parameter of the request (or `omni.user_id` in a session.update before the first
-    reply); none of them: an anonymous call with session-only memory."""
-    if request.get(KEY_KIND, "none") != "none":
-        return {"user_id": request[USER_ID], "user_fixed": True}
-    uid = request.query.get("user_id")
-    if uid is not None and (not uid.strip() or len(uid) > 128):
-        raise OfferError("user_id must be a non-empty string of <= 128 characters")
-    return {"user_id": uid}

@@ -38,8 +38,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from omni.app.auth import REALTIME_SUBPROTOCOL, offered_subprotocols, subprotocol_key
 from omni.app.limits import WS_HARD_FACTOR, MessageGate
-from omni.app.realtime_server import SERVER_KEY, Server, user_of
-from omni.app.signaling import OfferError
+from omni.app.realtime_server import SERVER_KEY, Server
+from omni.app.signaling import OfferError, user_of
 from omni.streaming.events import WIRE_RATE, new_id
 from omni.streaming.session import Session
 

@@ -1,13 +1,15 @@
-"""WebRTC signaling checks and settings: what an SDP offer must hold before aiortc sees it, the GA multipart
-offer form, and which host addresses ICE offers."""
+"""WebRTC signaling checks and settings: reading an offer (SDP, JSON or the GA multipart form) and what it must hold
+before aiortc sees it, whose memory a call uses, and which host addresses ICE offers."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import web
 
-from omni.streaming.events import parse_client_event
+from omni.app.auth import KEY_KIND, USER_ID
+from omni.streaming.events import parse_client_event, short_repr
 from omni.streaming.frames import SessionUpdate
 
 SUPPORTED_CODECS = {"audio": ("opus", "pcmu", "pcma"), "video": ("vp8", "h264")}
@@ -93,3 +95,51 @@ def _rtpmap_names(lines: list[str], kind: str) -> list[str]:
             if len(parts) == 2:
                 names.append(parts[1].split("/", 1)[0].lower())
     return [n for n in names if n not in ("rtx", "red", "ulpfec", "flexfec-03", "telephone-event", "cn")]
+
+
+async def read_offer(request: web.Request, limit: int) -> tuple[str, SessionUpdate | None]:
+    """The offer's SDP, and the session settings of the GA multipart form (fields `sdp` and `session`); a body
+    over `limit` bytes is BodyTooLarge, anything else wrong an OfferError."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"body larger than {limit} bytes")
+    if request.content_type == "multipart/form-data":
+        return await read_offer_form(request)
+    try:
+        body = await request.read()  # chunked: aiohttp stops at client_max_size (= limit)
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"body larger than {limit} bytes") from None
+    if len(body) > limit:
+        raise BodyTooLarge(f"body larger than {limit} bytes")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OfferError("body is not UTF-8 text") from None
+    ctype = request.content_type
+    if ctype == "application/json":  # {"type": "offer", "sdp": "..."} as some clients send it
+        try:
+            payload = json.loads(text)
+        except ValueError as e:
+            raise OfferError(f"malformed JSON: {e}") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("sdp"), str):
+            raise OfferError('JSON body must be an object with a string field "sdp"')
+        if payload.get("type", "offer") != "offer":
+            raise OfferError(f'JSON field "type" must be "offer", got {short_repr(payload.get("type"))}')
+        text = payload["sdp"]
+    elif ctype != "application/sdp":
+        raise OfferError(
+            f"Content-Type must be application/sdp (or application/json, multipart/form-data), got {ctype!r}"
+        )
+    check_offer_sdp(text)
+    return text, None
+
+
+def user_of(request: web.Request) -> dict[str, Any]:
+    """Whose memory a call uses, as SessionConfig fields. With keys (omni.app.auth), the key's user, fixed; without,
+    the `user_id` query parameter of the request (or `omni.user_id` in a session.update before the first
+    reply); none of them: an anonymous call with session-only memory."""
+    if request.get(KEY_KIND, "none") != "none":
+        return {"user_id": request[USER_ID], "user_fixed": True}
+    uid = request.query.get("user_id")
+    if uid is not None and (not uid.strip() or len(uid) > 128):
+        raise OfferError("user_id must be a non-empty string of <= 128 characters")
+    return {"user_id": uid}

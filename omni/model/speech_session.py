@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from omni.model.code2wav import StreamingCode2Wav
+from omni.model.conversation import PromptPart, ReplyRecord, ThinkerMark, TokenText
 from omni.model.lm.batch import BatchedDecoder, PoolStep, run_alone
 from omni.model.lm.decoder import LayerAdds
 from omni.model.lm.kv_cache import CacheConfig
@@ -39,7 +40,7 @@ from omni.model.loaders.talker_weights import SpeechModels
 from omni.model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from omni.model.talker import Talker, TalkerState, TalkerTextEmbeds
 from omni.model.thinker import Thinker
-from omni.model.thinker_session import PromptPart, ReplyRecord, ThinkerMark, ThinkerSession, TokenText
+from omni.model.thinker_session import ThinkerSession
 from omni.model.token2wav.solver import SolverConfig
 from omni.model.token2wav.streaming import ChunkJob, PCMChunk, StreamingSchedule, StreamingToken2Wav, Token2WavState
 

@@ -1,118 +1,31 @@
-"""One conversation with the Thinker, prefilled piece by piece while the user is still talking.
+"""One conversation with the Qwen2.5-Omni Thinker, prefilled piece by piece while the user is still talking.
 
-`ThinkerSession` owns the per-session state (bounded KV cache, TMRoPE cursor, encoder streaming states) and
-feeds each completed piece into the cache at once: a completed 2-s audio block (50 tokens), a completed
-temporal patch of video (2 frames = 1 s), text. Because every piece's positions depend only on what came
-before, the cache then holds exactly what `Thinker.prompt_logits` computes for the whole prompt.
+`ThinkerSession` is the Qwen2.5-Omni `ConversationSession` (omni/model/conversation.py: cache, cursor, turns,
+decoding, rollback): it adds the encoder streaming states and feeds each completed piece into the cache at once: a
+completed 2-s audio block (50 tokens), a completed temporal patch of video (2 frames = 1 s), text, and a live
+video with its audio in the 2-s interleave. Because every piece's positions depend only on what came before, the
+cache then holds exactly what `Thinker.prompt_logits` computes for the whole prompt.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, NamedTuple, Protocol, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
+from omni.model.av_interleave import AVInterleave
+from omni.model.conversation import ConversationSession
 from omni.model.encoders.audio_encoder import AudioEncoderState
 from omni.model.encoders.audio_frontend import LogMelState
 from omni.model.encoders.vision_encoder import VisionEncoderState
 from omni.model.encoders.vision_preprocess import VisionInputError
-from omni.model.lm.batch import BatchedDecoder, PoolStep, run_alone
-from omni.model.lm.decoder import DecoderLM, DecoderState, LayerAdds
-from omni.model.lm.detokenizer import IncrementalDetokenizer
+from omni.model.lm.batch import BatchedDecoder
 from omni.model.lm.kv_cache import CacheConfig
-from omni.model.lm.sampling import SamplerState, SamplingConfig, sample
 from omni.model.lm.tokenizer import TextTokenizer
 from omni.model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from omni.model.thinker import Thinker
-from omni.model.tmrope import (
-    MultimodalTokenIds,
-    PositionCursor,
-    StreamingVideoPositions,
-    TMRoPEConfig,
-    flat_positions,
-    patch_time_offsets,
-)
-
-T = TypeVar("T")
-
-
-@dataclass
-class TokenText:
-    """The text one reply token completed (the engine's `TextDelta` is made from it)."""
-
-    text: str
-    token_id: int
-    t: float  # time.monotonic() when it was produced
-
-
-@dataclass
-class ReplyRecord:
-    """A reply that ran to its end: what the Thinker said and, when spoken, what the Talker and token2wav
-    made of it."""
-
-    text: str
-    token_ids: list[int]
-    codes: list[int]  # codec codes sent to token2wav (stop code excluded); empty when not spoken
-    samples: int  # audio samples emitted (at token2wav.SAMPLE_RATE)
-    t: float
-
-
-@dataclass(frozen=True)
-class ThinkerMark:
-    """Where the Thinker's cache and the position cursor stood at `ThinkerSession.mark()`."""
-
-    thinker_tokens: int  # Thinker cache length
-    thinker_position: int  # the Thinker decoder's next text position
-    next_id: int  # the TMRoPE cursor's next id
-    prefilled_tokens: int
-    logits: torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class EncodedPiece:
-    """Encoder output fed into the cache: one audio block (or its tail) or one video patch, kept for memory.
-
-    `offset_s`: seconds from the start of its segment (its first temporal id above the segment's, at 25 ids/s).
-    `cache_at`: the cache length where it was fed (pieces a rollback drops are forgotten with it)."""
-
-    kind: Literal["audio", "video"]
-    tokens: torch.Tensor  # [n, C] in the LM's input space (the encoders project into it)
-    offset_s: float
-    cache_at: int
-    grid_hw: tuple[int, int] = (0, 0)  # video: merged rows and columns of the patch's tokens
-
-
-class PromptPart(NamedTuple):
-    """A piece of a prompt fed with others in one forward (`_feed_parts`): embeddings [T, C] at positions [3, T];
-    `ids` for text (token embeddings), None for encoder features of `kind` ("audio" or "image")."""
-
-    x: torch.Tensor
-    positions: torch.Tensor
-    ids: list[int] | None
-    kind: str = "text"
-
-
-@dataclass(frozen=True)
-class RecalledFeatures:
-    """Features to re-enter in a recalled-memory slot: an audio stretch, or one video frame as an image."""
-
-    kind: Literal["audio", "image"]
-    tokens: torch.Tensor  # [n, C]
-    grid: tuple[int, int, int] = (1, 1, 1)  # image: (1, h, w) in 14-px patches, h * w / merge^2 == n
-
-
-SlotPiece = str | RecalledFeatures
-
-
-@dataclass
-class _Encoded:
-    """Encoder outputs of the open segment(s) since the caller last took them (`ThinkerSession.take_encoded`)."""
-
-    pieces: list[EncodedPiece] = field(default_factory=list)
-    segment_start: int = 0  # the temporal id where the open segment's media starts
+from omni.model.tmrope import StreamingVideoPositions
 
 
 @dataclass
@@ -131,372 +44,6 @@ class _AudioSegment:
     pending: torch.Tensor  # [n_mels, < 200] log10 mel of the block being filled
     marks: list[tuple[int, int]]  # (cache length, cursor id) where each prefilled block starts
     floors: list[tuple[float, float]]  # per prefilled block: (its quietest value, the peak it was floored at)
-
-
-@dataclass
-class _AVStream:
-    """One live video-with-audio segment: encoded pieces waiting for their turn in the 2-s interleave."""
-
-    video: StreamingVideoPositions
-    audio_start: int
-    grid_hw: tuple[int, int]
-    video_queue: list[tuple[int, torch.Tensor]]  # (chunk index, tokens of one temporal patch)
-    audio_queue: list[torch.Tensor]  # tokens of audio chunk len(sent) + i
-    audio_sent: int = 0  # audio tokens prefilled so far
-    chunk: int = 0  # the chunk being laid out
-    phase: str = "video"  # which half of `chunk` is being laid out
-    cuts: int = 0  # chunk index of the last encoded video patch
-    video_done: bool = False
-    audio_done: bool = False
-
-
-class _TokenIds(Protocol):
-    @property
-    def tokens(self) -> MultimodalTokenIds: ...
-
-
-class _ThinkerWeights(Protocol):
-    """What a session needs of either family's Thinker (omni.model.thinker.Thinker,
-    omni.model.qwen3.thinker.Qwen3Thinker)."""
-
-    lm: DecoderLM
-
-    @property
-    def cfg(self) -> _TokenIds: ...
-
-    @property
-    def device(self) -> torch.device: ...
-
-
-class ConversationSession:
-    """What both Thinker families' sessions share: the bounded KV cache, the TMRoPE cursor, the prefill
-    primitives, turns (with the recalled-memory slot), decoding, mark/rollback and the encoder outputs kept for
-    memory (`take_encoded`). A family's session adds its media: `add_audio_tokens` and `add_image_tokens` (which
-    the slot uses) and its live audio/video segments (`_segment_open` says whether one is open)."""
-
-    thinker: _ThinkerWeights
-
-    def __init__(
-        self,
-        thinker: _ThinkerWeights,
-        prompt: PromptBuilder,
-        rope: TMRoPEConfig,
-        cache: CacheConfig | None = None,
-        tokenizer: TextTokenizer | None = None,
-        tap_layer: int | None = None,
-        pool: BatchedDecoder | None = None,
-        sid: int | None = None,
-    ) -> None:
-        """`tap_layer` k: every fed piece's input embeddings and the hidden states entering layer k are kept for
-        `take_taps` (a Talker that reads them). `pool`, `sid`: the session's cache is row `sid` of this pool of
-        the Thinker's decoder (its `cache` config), so the decode steps of `respond_steps` can run batched with
-        other sessions' (omni/model/lm/batch.py); None: a cache of its own."""
-        self.thinker = thinker
-        self.prompt = prompt
-        self.tokenizer = tokenizer
-        self.tap_layer = tap_layer
-        self._taps: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.pool: BatchedDecoder | None = pool if sid is not None else None
-        self.sid: int | None = sid
-        if pool is not None and sid is not None:
-            if cache is not None and cache != pool.cache_cfg:
-                raise ValueError("the session's cache config differs from its pool's")
-            self.state: DecoderState = pool.sessions[sid].state
-        else:
-            self.state = thinker.lm.init_state(cache)
-        self.cursor = PositionCursor(rope)
-        self.logits: torch.Tensor | None = None  # [V] after the last prefilled token
-        self.prefilled_tokens = 0
-        self._encoded = _Encoded()
-
-    # ---- prefill primitives ------------------------------------------------------------------------------
-
-    def feed_ids(self, ids: Sequence[int]) -> None:
-        """Text or special tokens at the next text positions."""
-        if ids:
-            x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
-            self._feed(x, self.cursor.text(len(ids)))
-
-    @torch.inference_mode()
-    def _feed(self, x: torch.Tensor, positions: torch.Tensor, adds: LayerAdds | None = None) -> None:
-        """x [T, C] at positions [3, T]; `adds`: DeepStack residuals of its visual tokens (Qwen3-Omni)."""
-        if x.shape[0] == 0:
-            return
-        x = x.to(self.thinker.lm.dtype)
-        out = self.thinker.lm(self.state, inputs_embeds=x[None], positions=positions[:, None].to(x.device),
-                              layer_adds=adds, hidden_layer=self.tap_layer)
-        assert out.logits is not None
-        self.logits = out.logits[0]
-        self.prefilled_tokens += x.shape[0]
-        if out.layer_hidden is not None:
-            self._taps.append((x, out.layer_hidden[0]))
-
-    def take_taps(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(input embeddings [n, C], hidden states entering `tap_layer` [n, C]) of each piece fed since the last
-        call, in order (a rolled-back piece included: the caller drops what `rollback` drops)."""
-        taps, self._taps = self._taps, []
-        return taps
-
-    def _text_part(self, ids: Sequence[int]) -> PromptPart:
-        """`ids` embedded at the next text positions, to feed later with `_feed_parts`."""
-        x = self.thinker.lm.embed_tokens(torch.tensor(list(ids), device=self.thinker.device))
-        return PromptPart(x, self.cursor.text(len(ids)), list(ids))
-
-    def _feed_parts(self, parts: Sequence[PromptPart]) -> None:
-        """Consecutive prompt parts, their positions already taken from the cursor in order, prefilled in one
-        forward."""
-        self._feed(torch.cat([p.x for p in parts]), torch.cat([p.positions for p in parts], dim=1))
-
-    def _feed_encoded(
-        self, kind: Literal["audio", "video"], x: torch.Tensor, positions: torch.Tensor,
-        grid_hw: tuple[int, int] = (0, 0), adds: LayerAdds | None = None,
-    ) -> None:
-        """`_feed` for encoder output, which is also kept (see `take_encoded`). Audio is kept in pieces cut at
-        every `ids_per_chunk` temporal ids (2 s) of its segment, whatever stretch is fed at once."""
-        if x.shape[0] == 0:
-            return
-        per_s = self.cursor.cfg.position_id_per_seconds
-        start, at = self._encoded.segment_start, self.state.cache.length
-        if kind == "video":
-            offset = (int(positions[0].min()) - start) / per_s
-            self._encoded.pieces.append(EncodedPiece(kind, x, offset, at, grid_hw))
-        else:
-            ids, per = positions[0].tolist(), self.cursor.cfg.ids_per_chunk
-            cuts = [0] + [i for i in range(1, len(ids)) if (ids[i] - start) % per == 0] + [len(ids)]
-            for a, b in zip(cuts, cuts[1:], strict=False):
-                self._encoded.pieces.append(EncodedPiece(kind, x[a:b], (ids[a] - start) / per_s, at + a))
-        self._feed(x, positions, adds)
-
-    def take_encoded(self) -> list[EncodedPiece]:
-        """The audio blocks and video patches fed since the last call that the open segment can no longer feed
-        again (a louder part re-floors earlier audio: `_settled_length`), in the order fed; forgotten here."""
-        limit = self._settled_length()
-        taken = [p for p in self._encoded.pieces if p.cache_at < limit]
-        self._encoded.pieces = [p for p in self._encoded.pieces if p.cache_at >= limit]
-        return self._join_audio(taken)
-
-    def _join_audio(self, pieces: list[EncodedPiece]) -> list[EncodedPiece]:
-        """Audio fed in stretches between video patches (Qwen3's merged order) back as whole 2-s pieces: a piece
-        that continues the last audio piece inside one `ids_per_chunk` is joined to it."""
-        per_s, per = self.cursor.cfg.position_id_per_seconds, self.cursor.cfg.ids_per_chunk
-        out: list[EncodedPiece] = []
-        last: int | None = None  # index in `out` of the last audio piece
-        for p in pieces:
-            if p.kind == "audio":
-                begin = round(p.offset_s * per_s)
-                if last is not None and begin % per:
-                    q = out[last]
-                    if round(q.offset_s * per_s) + q.tokens.shape[0] == begin:
-                        out[last] = replace(q, tokens=torch.cat([q.tokens, p.tokens]))
-                        continue
-                last = len(out)
-            out.append(p)
-        return out
-
-    def _settled_length(self) -> int:
-        """The cache length below which the open segment can no longer roll back (no segment: all of it)."""
-        return self.state.cache.length
-
-    def _forget_encoded(self, cache_length: int) -> None:
-        self._encoded.pieces = [p for p in self._encoded.pieces if p.cache_at < cache_length]
-
-    # ---- turns -----------------------------------------------------------------------------------------------
-
-    def start_user_turn(self) -> None:
-        self.feed_ids(self.prompt.turn_start("user"))
-
-    def add_text(self, text: str) -> None:
-        self.feed_ids(self.prompt.text(text))
-
-    def add_audio_tokens(self, tokens: torch.Tensor) -> None:
-        """Audio features [n, C] between their start and end tokens (recalled audio), one id per token."""
-        raise NotImplementedError
-
-    def add_image_tokens(self, tokens: torch.Tensor, grid: Sequence[int]) -> None:
-        """Vision features [n, C] of an image grid (1, h, w) with their start/end tokens (a recalled frame)."""
-        raise NotImplementedError
-
-    def end_user_turn(self, recalled: Sequence[SlotPiece] = ()) -> torch.Tensor:
-        """Close the user turn, open the assistant's; returns the logits [V] of the first reply token.
-
-        `recalled`: the recalled-memory slot, placed as a system turn between the two (text lines, audio as
-        <|audio_bos|> features <|audio_eos|>, frames as images), at the next TMRoPE ids as any prompt would
-        place them: new ids above the history, so the distances stay inside the cache's window."""
-        if self._segment_open():
-            raise RuntimeError("an audio or video segment is still open: end it before ending the turn")
-        if recalled:
-            p, t = self.prompt, self.thinker.cfg.tokens
-            parts = [self._text_part(p.turn_end() + p.turn_start("system"))]
-            for piece in recalled:
-                if isinstance(piece, str):
-                    parts.append(self._text_part(p.text(piece)))
-                    continue
-                audio = piece.kind == "audio"
-                parts.append(self._text_part([t.audio_start if audio else t.vision_start]))
-                where = self.cursor.audio(piece.tokens.shape[0]) if audio else self.cursor.image(piece.grid)
-                parts.append(PromptPart(piece.tokens.to(self.thinker.lm.dtype), where, None, piece.kind))
-                parts.append(self._text_part([t.audio_end if audio else t.vision_end]))
-            parts.append(self._text_part(p.turn_end() + p.turn_start("assistant")))
-            self._feed_parts(parts)  # one forward for the whole slot, not one per line and frame
-        else:
-            self.feed_ids(self.prompt.generation_prompt())
-        assert self.logits is not None
-        return self.logits
-
-    def generate(self, sampling: SamplingConfig, stop_ids: frozenset[int]) -> Generator[int, None, None]:
-        """Yield reply token ids; each is prefilled at the next text position (TMRoPE decode: max + 1).
-        After the reply (stop token, max_new_tokens or the caller closing the iterator) <|im_end|>\\n is fed."""
-        return run_alone(self._generate_steps(sampling, stop_ids))
-
-    def _generate_steps(
-        self, sampling: SamplingConfig, stop_ids: frozenset[int]
-    ) -> Generator[int | PoolStep, Any, None]:
-        """`generate`, yielding each token's decode step as a `PoolStep` (omni/model/lm/batch.py) for its driver to run
-        (a session without a pool row feeds its tokens itself and yields none)."""
-        if self.logits is None:
-            raise RuntimeError("nothing prefilled: call end_user_turn() first")
-        dev = self.thinker.device
-        sampler = SamplerState.create(self.thinker.lm.cfg.vocab_size, seed=sampling.seed, device=dev)
-        try:
-            for _ in range(sampling.max_new_tokens):
-                token = int(sample(self.logits[None], sampling, sampler)[0])
-                if token in stop_ids:
-                    break
-                sampler.observe(torch.tensor([[token]], device=dev))
-                yield token
-                yield from self._decode_step(token)
-        finally:
-            self.feed_ids(self.prompt.turn_end())
-
-    def _decode_step(self, token: int) -> Generator[PoolStep, Any, None]:
-        """Feed one reply token at the next text position: a `PoolStep` whose driver runs it alone or batched with
-        other sessions' (either family: the pooled decode step runs dense and MoE MLPs alike). Its taps are not
-        kept: a reply's tokens are no Talker's input."""
-        at = self.cursor.next_id
-        positions = self.cursor.text(1)  # [3, 1]
-        self.state.next_position = int(positions.max())  # where a batched step puts it (BatchedDecoder.decode)
-        x = self.thinker.lm.embed_tokens(torch.tensor([token], device=self.thinker.device))
-
-        def alone() -> tuple[torch.Tensor, torch.Tensor | None]:
-            out = self.thinker.lm(self.state, inputs_embeds=x[None], positions=positions[:, None].to(x.device),
-                                  return_hidden=True)
-            assert out.logits is not None and out.hidden is not None
-            return out.logits, out.hidden[:, -1]
-
-        try:
-            logits, hidden = yield PoolStep(self.pool, self.sid, token, alone)
-        except GeneratorExit:  # closed before the step ran (its driver answers a step at once): never fed
-            self.cursor.next_id = at
-            raise
-        assert hidden is not None
-        self._decoded(x, positions, logits, hidden)
-
-    def _decoded(self, x: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor) -> None:
-        """After a decode step of input embedding x [1, C] at positions [3, 1]: logits [1, V], hidden [1, C]."""
-        self.logits = logits[0]
-        self.prefilled_tokens += 1
-
-    def respond(
-        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
-    ) -> Generator[TokenText | ReplyRecord, None, None]:
-        """The reply to the ended user turn as text: TokenText events as tokens complete text, then a
-        ReplyRecord. Close the iterator to cancel; the session stays usable (`generate` feeds the turn end)."""
-        return run_alone(self.respond_steps(sampling, stop_ids))
-
-    def respond_steps(
-        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
-    ) -> Generator[TokenText | ReplyRecord | PoolStep, Any, None]:
-        """`respond`, yielding every decode step as a `PoolStep` for its driver to run (alone or batched with other
-        sessions', omni/model/lm/batch.py `run_steps`) and send back its result."""
-        tokens: list[int] = []
-        text = yield from self._decode_reply(sampling, stop_ids, tokens)
-        yield ReplyRecord(text, tokens, [], 0, time.monotonic())
-
-    def _decode_reply(
-        self,
-        sampling: SamplingConfig,
-        stop_ids: frozenset[int] | None,
-        tokens: list[int],
-        each: Callable[[list[int]], Iterator[T]] | None = None,
-    ) -> Generator[TokenText | T | PoolStep, Any, str]:
-        """Decode the reply, appending its token ids to `tokens`: yields a TokenText whenever a token completes
-        text, then what `each(tokens)` yields, and the decode steps (`PoolStep`s); returns the whole text.
-        Closing it feeds the turn end."""
-        if self.tokenizer is None:
-            raise RuntimeError("respond() needs the session's tokenizer")
-        stops = (
-            stop_ids if stop_ids is not None else frozenset(sampling.stop_token_ids or self.tokenizer.stop_token_ids)
-        )
-        detok = IncrementalDetokenizer(self.tokenizer)
-        gen = self._generate_steps(sampling, stops)
-        send: Any = None
-        try:
-            while True:
-                try:
-                    token = gen.send(send)
-                except StopIteration:
-                    break
-                if isinstance(token, PoolStep):
-                    send = yield token
-                    continue
-                send = None
-                tokens.append(token)
-                delta = detok.push(token)
-                if delta:
-                    yield TokenText(delta, token, time.monotonic())
-                if each is not None:
-                    yield from each(tokens)
-            return detok.text()
-        finally:
-            gen.close()  # feeds the turn end if the reply was cut short
-
-    # ---- undo ------------------------------------------------------------------------------------------------
-
-    def mark(self) -> ThinkerMark:
-        """The current point of the conversation, to `rollback` to later."""
-        return ThinkerMark(
-            self.state.cache.length, self.state.next_position, self.cursor.next_id, self.prefilled_tokens, self.logits
-        )
-
-    def rollback(self, mark: ThinkerMark) -> None:
-        """Forget every position prefilled since `mark`.
-
-        Exact while the tokens dropped are at most the cache's `chunk` (KVCache.truncate: beyond that, window
-        tokens they overwrote stay forgotten); the caller keeps what it rolls back that short. Not with an
-        audio/video segment open."""
-        if self._segment_open():
-            raise RuntimeError("rollback() with an audio or video segment open")
-        if mark.thinker_tokens > self.state.cache.length:
-            raise ValueError("rollback() to a mark ahead of the session (a mark of another session?)")
-        self.state.cache.truncate(mark.thinker_tokens)
-        self._forget_encoded(mark.thinker_tokens)
-        self.state.next_position = mark.thinker_position
-        self.cursor.next_id = mark.next_id
-        self.prefilled_tokens = mark.prefilled_tokens
-        self.logits = mark.logits
-
-    def _roll_back(self, cache_length: int, next_id: int) -> None:
-        """Forget the cache from `cache_length` on and place the next piece at `next_id` again. (Exact unless
-        the cache has wrapped and more than its `chunk` of slack is dropped: then the oldest window tokens the
-        dropped ones overwrote stay forgotten, as `KVCache.truncate` says.)"""
-        self.prefilled_tokens -= self.state.cache.length - cache_length
-        self.state.cache.truncate(cache_length)
-        self._forget_encoded(cache_length)
-        self.cursor.next_id = next_id
-
-    # ---- segments ------------------------------------------------------------------------------------------
-
-    def _segment_open(self) -> bool:
-        """Whether a live audio or video segment is open (turns end and rollbacks wait for its end)."""
-        raise NotImplementedError
-
-    def _check_idle(self) -> None:
-        if self._segment_open():
-            raise RuntimeError("an audio or video segment is still open")
-
-    def _merged(self, grid_hw: tuple[int, int]) -> tuple[int, int]:
-        m = self.cursor.cfg.spatial_merge_size
-        return grid_hw[0] // m, grid_hw[1] // m
 
 
 class ThinkerSession(ConversationSession):
@@ -520,15 +67,14 @@ class ThinkerSession(ConversationSession):
     ) -> None:
         """`tokenizer`: needed by `respond` only (text out). `pool`, `sid`: a row of a pool of the Thinker's
         decoder as the session's cache, so its decode steps can batch (ConversationSession)."""
-        super().__init__(thinker, prompt, thinker.cfg.rope, cache, tokenizer, pool=pool, sid=sid)
         self.thinker: Thinker = thinker
         self._segment: _AudioSegment | None = None
         self._mel: LogMelState | None = None  # the video-with-audio stream's front end
         self._audio: AudioEncoderState | None = None
         self._video: tuple[VisionEncoderState, StreamingVideoPositions] | None = None
-        self._av: _AVStream | None = None
-        if system_prompt is not None:
-            self.feed_ids(prompt.system_turn(system_prompt))
+        self._av: AVInterleave | None = None
+        super().__init__(thinker, prompt, thinker.cfg.rope, cache, tokenizer, pool=pool, sid=sid,
+                         system_prompt=system_prompt)
 
     # ---- prefill primitives ------------------------------------------------------------------------------
 
@@ -694,12 +240,12 @@ class ThinkerSession(ConversationSession):
         self._mel = self.thinker.mel.init_state(self.thinker.device)
         self._audio = self.thinker.audio_tower.init_state(self.thinker.device)
         p = self.thinker.cfg.vision.patch_size
-        self._av = _AVStream(self._video[1], start, (height // p, width // p), [], [])
+        self._av = AVInterleave(self._video[1], start, (height // p, width // p), self.cursor.cfg)
 
     def push_av_frame(self, frame: torch.Tensor) -> None:
         av, (enc, _) = self._need_av()
         tokens = self.thinker.visual.step(enc, frame.to(self.thinker.device))
-        self._queue_patch(av, tokens)
+        av.add_patch(tokens.to(self.thinker.lm.dtype))
         self._pump(av)
 
     def push_av_audio(self, pcm16k: torch.Tensor) -> None:
@@ -716,71 +262,31 @@ class ThinkerSession(ConversationSession):
     def end_av(self) -> None:
         av, (enc, _) = self._need_av()
         assert self._mel is not None and self._audio is not None
-        self._queue_patch(av, self.thinker.visual.flush(enc))
+        av.add_patch(self.thinker.visual.flush(enc).to(self.thinker.lm.dtype))
         if self._mel.n_seen:
             self._queue_audio(av, self.thinker.mel.flush(self._mel))
-        tail = self.thinker.audio_tower.flush(self._audio)
-        if tail.shape[0]:
-            av.audio_queue.append(tail.to(self.thinker.lm.dtype))
-        if av.video.n_patches + len(av.video_queue) == 0:
+        av.add_audio_tail(self.thinker.audio_tower.flush(self._audio).to(self.thinker.lm.dtype))
+        if av.n_patches == 0:
             raise VisionInputError("a video with no frames: push at least one frame before end_av()")
-        av.video_done = av.audio_done = True
+        av.finish()
         self._pump(av)
         self._video = self._av = None
         self._mel = self._audio = None
         t = self.thinker.cfg.tokens
         self._shared_special([t.audio_end, t.vision_end])
 
-    def _need_av(self) -> tuple[_AVStream, tuple[VisionEncoderState, StreamingVideoPositions]]:
+    def _need_av(self) -> tuple[AVInterleave, tuple[VisionEncoderState, StreamingVideoPositions]]:
         if self._av is None or self._video is None:
             raise RuntimeError("video-with-audio input outside begin_av()/end_av()")
         return self._av, self._video
 
-    def _queue_patch(self, av: _AVStream, tokens: torch.Tensor) -> None:
-        if tokens.shape[0] == 0:
-            return
-        k = av.video.n_patches + len(av.video_queue)  # this patch's index
-        offset = int(patch_time_offsets(k + 1, av.video.seconds_per_grid, self.cursor.cfg.position_id_per_seconds)[k])
-        if k and offset >= (av.cuts + 1) * self.cursor.cfg.ids_per_chunk:
-            av.cuts += 1
-        av.video_queue.append((av.cuts, tokens.to(self.thinker.lm.dtype)))
-
-    def _queue_audio(self, av: _AVStream, mel: torch.Tensor) -> None:
+    def _queue_audio(self, av: AVInterleave, mel: torch.Tensor) -> None:
         assert self._audio is not None
         tokens = self.thinker.audio_tower.step(self._audio, mel)  # whole 2-s blocks = whole 50-id chunks
-        per = self.cursor.cfg.ids_per_chunk
-        for i in range(0, tokens.shape[0], per):
-            av.audio_queue.append(tokens[i : i + per].to(self.thinker.lm.dtype))
+        av.add_audio(tokens.to(self.thinker.lm.dtype))
 
-    def _video_chunk_complete(self, av: _AVStream) -> bool:
-        """No more video patches can fall into chunk `av.chunk`."""
-        if av.video_done or av.video_queue:
-            return av.video_done or av.video_queue[0][0] > av.chunk
-        k = av.video.n_patches  # the next patch to arrive, predicted: its time offset is known in advance
-        if k == 0:
-            return False
-        offset = int(patch_time_offsets(k + 1, av.video.seconds_per_grid, self.cursor.cfg.position_id_per_seconds)[k])
-        return av.cuts + int(offset >= (av.cuts + 1) * self.cursor.cfg.ids_per_chunk) > av.chunk
-
-    def _pump(self, av: _AVStream) -> None:
-        """Prefill everything whose place in the interleave is settled: chunk by chunk, video then audio."""
-        while True:
-            if av.phase == "video":
-                while av.video_queue and av.video_queue[0][0] == av.chunk:
-                    _, tokens = av.video_queue.pop(0)
-                    self._feed_encoded("video", tokens, av.video.next_patch(self.cursor, av.grid_hw),
-                                       self._merged(av.grid_hw))
-                if not self._video_chunk_complete(av):
-                    return
-                av.phase = "audio"
-            if av.audio_queue:
-                tokens = av.audio_queue.pop(0)
-                start = av.audio_start + av.audio_sent
-                self._feed_encoded("audio", tokens, self.cursor.place(flat_positions(start, tokens.shape[0])))
-                av.audio_sent += tokens.shape[0]
-            elif not av.audio_done:
-                return
-            if av.video_done and av.audio_done and not av.video_queue and not av.audio_queue:
-                return
-            av.chunk += 1
-            av.phase = "video"
+    def _pump(self, av: AVInterleave) -> None:
+        """Prefill everything whose place in the interleave is settled (av_interleave.py)."""
+        for kind, tokens, positions in av.ready(self.cursor):
+            grid = self._merged(av.grid_hw) if kind == "video" else (0, 0)
+            self._feed_encoded(kind, tokens, positions, grid)

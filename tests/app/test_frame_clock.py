@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from omni.app.frame_clock import MAX_CATCH_UP, FrameClock
-from omni.app.realtime_server import AssistantAudioTrack
+from omni.app.rtc_media import AssistantAudioTrack
 from omni.streaming.engine import AudioChunk
 from omni.streaming.metrics import ServerMetrics
 from omni.streaming.output import OutputAudio

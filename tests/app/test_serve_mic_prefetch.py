@@ -1,5 +1,5 @@
 """The server's audio receivers hand a microphone frame on once it is complete, not four frames later
-(omni.app.realtime_server.hear_at_once): counted in packets fed to the receiver's jitter buffer, never in time."""
+(omni.app.rtc_media.hear_at_once): counted in packets fed to the receiver's jitter buffer, never in time."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtp import RtpPacket
 
 from benchmarks.rtc_client import RealtimeClient, ScriptedMic
-from omni.app.realtime_server import MIC_PREFETCH, hear_at_once
+from omni.app.rtc_media import MIC_PREFETCH, hear_at_once
 from omni.streaming.engines.tone import ToneEngine
 from tests.app.conftest import StartServer
 

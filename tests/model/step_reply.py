@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from omni.model.conversation import ReplyRecord
 from omni.model.lm.batch import PoolStep
-from omni.model.thinker_session import ReplyRecord
 from omni.model.token2wav.streaming import PCMChunk
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from omni.model.conversation import ReplyRecord
 from omni.model.lm.batch import BatchedDecoder, run_steps
 from omni.model.lm.sampling import SamplingConfig
 from omni.model.loaders.omni import LoadedThinker, load_thinker
 from omni.model.loaders.talker_weights import SpeechModels, load_speech
 from omni.model.speech_session import SessionRows, SpeakingSession, SpeechSettings
-from omni.model.thinker_session import ReplyRecord, ThinkerSession
+from omni.model.thinker_session import ThinkerSession
 from omni.model.token2wav.solver import SolverConfig
 from omni.model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav
 from omni.model.voices import Voice, VoiceBank

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from omni.model.code2wav import StreamingCode2Wav
+from omni.model.conversation import ReplyRecord
 from omni.model.lm.batch import BatchedDecoder, run_steps
 from omni.model.lm.sampling import SamplingConfig
 from omni.model.qwen3.loader import LoadedQwen3, load_qwen3
@@ -26,7 +27,6 @@ from omni.model.qwen3.speech import Qwen3SpeechModels, Qwen3SpeechSettings, load
 from omni.model.qwen3.talker import GREEDY
 from omni.model.qwen3.voice_session import Qwen3VoiceSession
 from omni.model.speech_session import SessionRows
-from omni.model.thinker_session import ReplyRecord
 from omni.model.token2wav.streaming import PCMChunk
 from tests.model.step_reply import StepReply
 

@@ -28,12 +28,12 @@ from unittest import mock
 import pytest
 import torch
 
+from omni.model.conversation import ReplyRecord
 from omni.model.lm.sampling import SamplingConfig
 from omni.model.qwen3.loader import LoadedQwen3, load_qwen3
 from omni.model.qwen3.speech import Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
 from omni.model.qwen3.talker import GREEDY
 from omni.model.qwen3.voice_session import Qwen3VoiceSession
-from omni.model.thinker_session import ReplyRecord
 from omni.model.token2wav.streaming import PCMChunk
 
 transformers = pytest.importorskip("transformers")

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import torch
 
+from omni.model.conversation import ReplyRecord, TokenText
 from omni.model.lm.sampling import SamplingConfig
 from omni.model.loaders.omni import LoadedThinker, load_thinker
 from omni.model.loaders.talker_weights import SpeechModels, load_speech
 from omni.model.prompt import SPEECH_SYSTEM_PROMPT
 from omni.model.speech_session import SpeakingSession, SpeechSettings
-from omni.model.thinker_session import ReplyRecord, TokenText
 from omni.model.token2wav.streaming import PCMChunk
 from omni.model.voices import Voice, VoiceBank
 from tests.model.omni_tiny import IDS, SPECIALS, save_tiny_omni

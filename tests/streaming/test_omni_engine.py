@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from omni.app.serve import make_engine
+from omni.model.conversation import ReplyRecord
 from omni.model.lm.sampling import SamplingConfig
 from omni.model.loaders.omni import LoadedThinker, load_thinker
 from omni.model.loaders.talker_weights import SpeechModels, load_speech
 from omni.model.speech_session import SpeakingSession, SpeechSettings
-from omni.model.thinker_session import ReplyRecord
 from omni.model.token2wav.solver import SolverConfig
 from omni.model.token2wav.streaming import StreamingSchedule
 from omni.model.voices import Voice, VoiceBank

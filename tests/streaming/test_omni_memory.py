@@ -29,10 +29,11 @@ from omni.memory import (
     concat_summary,
 )
 from omni.memory.testing import HashingEmbedder
+from omni.model.conversation import EncodedPiece, RecalledFeatures, ReplyRecord, SlotPiece
 from omni.model.lm.summary import SummaryConfig, thinker_summary_steps
 from omni.model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
 from omni.model.speech_session import SpeakingSession
-from omni.model.thinker_session import EncodedPiece, RecalledFeatures, ReplyRecord, SlotPiece, ThinkerSession
+from omni.model.thinker_session import ThinkerSession
 from omni.streaming.engine import AudioChunk, Image, ReplyDone
 from omni.streaming.engines.omni import OmniEngineSession
 from omni.streaming.engines.omni_memory import (

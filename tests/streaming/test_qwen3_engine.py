@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from omni.app.serve import make_engine
+from omni.model.conversation import ReplyRecord
 from omni.model.lm.sampling import SamplingConfig
 from omni.model.loaders.family import QWEN3_OMNI_MOE
 from omni.model.qwen3.loader import LoadedQwen3, load_qwen3
@@ -31,7 +32,6 @@ from omni.model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwe
 from omni.model.qwen3.talker import GREEDY
 from omni.model.qwen3.voice_session import Qwen3VoiceSession
 from omni.model.thinker import VideoInput
-from omni.model.thinker_session import ReplyRecord
 from omni.streaming.engine import AudioChunk, Image, ReplyDone, ResponseOptions, TextDelta, VideoClip
 from omni.streaming.engines.omni import OmniEngine, OmniEngineSession
 from omni.streaming.vad import SileroVad

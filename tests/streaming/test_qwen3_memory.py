@@ -16,6 +16,7 @@ import torch
 
 from omni.memory import Memory, MemoryStore
 from omni.memory.testing import HashingEmbedder
+from omni.model.conversation import EncodedPiece, RecalledFeatures
 from omni.model.encoders.qwen3_vision import Qwen3VisionOutput
 from omni.model.lm.kv_cache import CacheConfig
 from omni.model.lm.sampling import SamplerState, SamplingConfig, sample
@@ -23,7 +24,6 @@ from omni.model.lm.summary import SUMMARY_INSTRUCTION, SummaryConfig, summary_bo
 from omni.model.qwen3.loader import LoadedQwen3
 from omni.model.qwen3.session import Qwen3ThinkerSession
 from omni.model.qwen3.speech import Qwen3SpeechModels
-from omni.model.thinker_session import EncodedPiece, RecalledFeatures
 from omni.streaming.engine import AudioChunk, ReplyDone
 from omni.streaming.engines.omni import OmniEngine
 from omni.streaming.engines.omni_memory import (

@@ -1,6 +1,6 @@
 """One conversation with the Qwen3-Omni Thinker, prefilled piece by piece.
 
-Shares `ConversationSession` with `ThinkerSession` (omni/model/thinker_session.py: turns, decoding, rollback, the
+Shares `ConversationSession` (omni/model/conversation.py) with `ThinkerSession` (turns, decoding, rollback, the
 encoder outputs kept for memory, the recalled slot) and differs where Qwen3-Omni differs in what a piece is:
 * audio: the AuT encoder attends inside windows of `n_window_infer` mel frames (8 s released) that never see
   each other, so a window's tokens are final once its frames are. The log-mel is the processor's one-clip
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from omni.model.conversation import ConversationSession
 from omni.model.encoders.audio_frontend import HOP_LENGTH, AudioInputError
 from omni.model.encoders.qwen3_vision import Qwen3VisionOutput, Qwen3VisionState
 from omni.model.encoders.vision_preprocess import VisionInputError
@@ -43,7 +44,6 @@ from omni.model.lm.kv_cache import CacheConfig
 from omni.model.lm.tokenizer import TextTokenizer
 from omni.model.prompt import PromptBuilder
 from omni.model.qwen3.thinker import Qwen3Thinker
-from omni.model.thinker_session import ConversationSession
 from omni.model.tmrope import StreamingVideoPositions, flat_positions
 
 _STFT_HALF = 200  # samples each side of a mel frame's centre (n_fft / 2)
@@ -115,13 +115,12 @@ class Qwen3ThinkerSession(ConversationSession):
         states entering layer k are kept for `take_taps` (prefills then run the per-layer path). `pool`, `sid`: a
         row of a pool of the Thinker's decoder as the session's cache, so its reply's decode steps can run batched
         with other sessions' (ConversationSession)."""
-        super().__init__(thinker, prompt, thinker.cfg.rope, cache, tokenizer, tap_layer, pool=pool, sid=sid)
         self.thinker: Qwen3Thinker = thinker
         self._audio: _AudioTurn | None = None
         self._video: tuple[Qwen3VisionState, StreamingVideoPositions] | None = None
         self._av: _AVStream | None = None
-        if system_prompt is not None:
-            self.feed_ids(prompt.system_turn(system_prompt))
+        super().__init__(thinker, prompt, thinker.cfg.rope, cache, tokenizer, tap_layer, pool=pool, sid=sid,
+                         system_prompt=system_prompt)
 
     def _segment_open(self) -> bool:
         return self._audio is not None or self._video is not None or self._av is not None

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from omni.model.conversation import PromptPart, ReplyRecord, SlotPiece, TokenText
 from omni.model.lm.batch import PoolStep, run_alone
 from omni.model.lm.decoder import LayerAdds
 from omni.model.lm.kv_cache import CacheConfig
@@ -35,7 +36,6 @@ from omni.model.qwen3.session import Qwen3ThinkerSession
 from omni.model.qwen3.speech import Qwen3SpeakingSession, Qwen3SpeechModels, Qwen3SpeechSettings
 from omni.model.qwen3.thinker import Qwen3Thinker
 from omni.model.speech_session import SessionRows
-from omni.model.thinker_session import PromptPart, ReplyRecord, SlotPiece, TokenText
 from omni.model.token2wav.streaming import PCMChunk
 
 
@@ -70,8 +70,6 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
         self._pieces: list[_Piece] = []
         self._ids: list[int] | None = None  # the ids of the text piece being fed
         self._kind: str | None = None  # the kind of the encoder output being fed ("audio", "video")
-        super().__init__(thinker, prompt, None, cache, tokenizer, tap_layer=speech.talker_config.accept_hidden_layer,
-                         pool=rows.thinker, sid=rows.thinker_sid)
         self.speech = Qwen3SpeakingSession(speech, thinker.lm.embed_tokens.weight, settings, talker_cache,
                                            rows.talker, rows.talker_sid, rows.predictor, rows.predictor_sid,
                                            rows.code2wav)
@@ -79,8 +77,8 @@ class Qwen3VoiceSession(Qwen3ThinkerSession):
         self._media_ids = {"audio": tk.audio_token_id, "image": tk.image_token_id, "video": tk.video_token_id}
         self._user = prompt.turn_start("user")
         self._im_start = self._user[0]
-        if system_prompt is not None:
-            self.feed_ids(prompt.system_turn(system_prompt))
+        super().__init__(thinker, prompt, system_prompt, cache, tokenizer,
+                         tap_layer=speech.talker_config.accept_hidden_layer, pool=rows.thinker, sid=rows.thinker_sid)
 
     # ---- recording what is fed -----------------------------------------------------------------------------
 

@@ -19,20 +19,21 @@ is at most `max_new_tokens` (+ 2 turn-end tokens) long and the caches' chunk is 
 (`KVCache.truncate`). Where the user has already spoken again after the reply, the audio since cannot be
 re-fed (its encoder state is gone): then only the text history is trimmed, with a warning.
 
-The Talker gives no alignment of codes to text, so `AudioChunk.text` is an estimate: the reply text up to the
-word that `chars_per_second` of speech reaches by the end of the chunk (text without spaces is cut at the
-estimate itself); the rest of the text comes with an empty chunk after the last audio, so the
-whole text counts as played once all the audio has played.
+The Talker gives no alignment of codes to text, so `AudioChunk.text` is an estimate (omni_reply.py says how).
 
 Either model family (omni/model/loaders/family.py, from config.json): a Qwen3-Omni checkpoint loads through
 omni/model/qwen3/loader.py (+ omni/model/qwen3/speech.py for talker.* and code2wav.*) and each conversation is a
 `Qwen3VoiceSession` (omni/model/qwen3/voice_session.py; a `Qwen3ThinkerSession` when no speech part is loaded,
 e.g. a Thinking checkpoint); the engine's turn, reply and barge-in logic is the same (for Qwen3 the Talker
 sees only user turns, so a barge-in rolls back the Thinker alone). Voices are the checkpoint's speakers
-by name. Both families' sessions implement `OmniSession` (camera frames during spoken turns and clips with their
-soundtrack as a live video-with-audio segment, each family's own interleave; memory through `take_encoded` and
-the recalled slot of `end_user_turn`), so the engine does not tell them apart after `open_session`. (`quant`
-covers the Qwen3 Talker too.)
+by name. Both families' sessions implement `OmniSession` (omni_sessions.py: camera frames during spoken turns and
+clips with their soundtrack as a live video-with-audio segment, each family's own interleave; memory through
+`take_encoded` and the recalled slot of `end_user_turn`), so the engine does not tell them apart after
+`open_session`. (`quant` covers the Qwen3 Talker too.)
+
+Beside this file: omni_models.py loads the weights, omni_pools.py sets up the pools that batch sessions' decode
+steps, omni_sessions.py opens each family's conversation in its voice, omni_media.py prefills whole attachments,
+omni_reply.py turns a reply into events and omni_memory.py is the memory glue.
 """
 
 from __future__ import annotations
@@ -40,65 +41,52 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import time
 from collections import deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from omni.model.code2wav import StreamingCode2Wav
-from omni.model.encoders.vision_preprocess import AnyVisionConfig, resize_and_normalize, sample_video, video_frame_size
-from omni.model.errors import CheckpointError, ConfigError
-from omni.model.layers.quant_linear import quantize_decoder
-from omni.model.lm.batch import BatchedDecoder, PoolStep, capture_pools, capture_report, run_alone
+from omni.model.conversation import SlotPiece, ThinkerMark
+from omni.model.encoders.vision_preprocess import AnyVisionConfig, resize_and_normalize, video_frame_size
+from omni.model.lm.batch import PoolStep, run_alone
+from omni.model.lm.config import DecoderConfig
 from omni.model.lm.cuda_graph import GraphCapture
-from omni.model.lm.decoder import DecoderLM, DecoderState, default_cache_config
+from omni.model.lm.decoder import default_cache_config
+from omni.model.lm.kv_cache import CacheConfig
 from omni.model.lm.sampling import SamplingConfig
-from omni.model.loaders.family import QWEN2_5_OMNI, QWEN3_OMNI_MOE, detect_family
-from omni.model.loaders.omni import LoadedThinker, load_thinker
-from omni.model.loaders.talker_weights import SpeechModels, load_speech
-from omni.model.prompt import SPEECH_SYSTEM_PROMPT, PromptBuilder
-from omni.model.qwen3.loader import LoadedQwen3, load_qwen3, quantize_qwen3
-from omni.model.qwen3.session import Qwen3ThinkerSession
-from omni.model.qwen3.speech import DEFAULT_SPEAKER, Qwen3SpeechModels, Qwen3SpeechSettings, load_qwen3_speech
-from omni.model.qwen3.voice_session import Qwen3VoiceSession
-from omni.model.speech_session import SessionRows, SpeakingSession, SpeechSettings
-from omni.model.thinker_session import (
-    ConversationSession,
-    EncodedPiece,
-    ReplyRecord,
-    SlotPiece,
-    ThinkerMark,
-    ThinkerSession,
-    TokenText,
-)
+from omni.model.loaders.family import QWEN2_5_OMNI, QWEN3_OMNI_MOE
+from omni.model.loaders.talker_weights import SpeechModels
+from omni.model.prompt import SPEECH_SYSTEM_PROMPT
+from omni.model.qwen3.loader import LoadedQwen3
+from omni.model.qwen3.speech import Qwen3SpeechModels
+from omni.model.speech_session import SpeechSettings
 from omni.model.token2wav import SAMPLE_RATE
 from omni.model.token2wav.solver import SolverConfig
-from omni.model.token2wav.streaming import PCMChunk, StreamingSchedule, StreamingToken2Wav, compile_requested
-from omni.model.voices import UnknownVoiceError
+from omni.model.token2wav.streaming import StreamingSchedule, StreamingToken2Wav, compile_requested
 from omni.streaming.batching import ModelReply, SessionPools, StepBatcher
 from omni.streaming.engine import (
     INPUT_SAMPLE_RATE,
     SPOKEN_REPLY,
     Attachment,
-    AudioChunk,
     EngineEvent,
     EngineSessionBase,
     History,
     Image,
-    LiveReply,
-    ReplyDone,
     ResponseOptions,
-    TextDelta,
-    VideoClip,
     check_rgb_frame,
     close_iterator,
     replace_last_reply,
 )
+from omni.streaming.engines.omni_media import feed_clip, feed_image, vision_config
 from omni.streaming.engines.omni_memory import DEFAULT_BUDGET, OmniMemory
+from omni.streaming.engines.omni_models import Loaded, Speech, load_models
+from omni.streaming.engines.omni_pools import make_pools, open_rows, release_rows, rows_of, shared_streamers
+from omni.streaming.engines.omni_reply import OmniReply, ReplyOutput, reply_events
+from omni.streaming.engines.omni_sessions import OmniSession, open_conversation, voice_name
 from omni.streaming.memory_lane import MemoryLane
 
 __all__ = ["DEFAULT_SAMPLING", "OmniEngine", "OmniEngineSession"]
@@ -110,57 +98,6 @@ DEFAULT_SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=200)
 FRAME_SECONDS = 0.5  # the Thinker sees video at 2 fps (two frames per 1-s temporal patch)
 _SESSION_NUMBERS = itertools.count()
 TURN_END_TOKENS = 8  # "<|im_end|>\n" and slack, on top of a reply, for the rollback bound
-
-Loaded = LoadedThinker | LoadedQwen3  # a loaded Thinker of either family
-Speech = SpeechModels | Qwen3SpeechModels  # a family's speech half
-
-
-class _Weights(Protocol):
-    @property
-    def lm(self) -> DecoderLM: ...
-
-    @property
-    def device(self) -> torch.device: ...
-
-
-class OmniSession(Protocol):
-    """What the engine drives in a conversation: a family's Thinker session (`ThinkerSession`, `SpeakingSession`,
-    `Qwen3ThinkerSession`, `Qwen3VoiceSession`; omni/model/thinker_session.py documents the calls)."""
-
-    @property
-    def thinker(self) -> _Weights: ...
-    @property
-    def prompt(self) -> PromptBuilder: ...
-    @property
-    def state(self) -> DecoderState: ...
-    @property
-    def logits(self) -> torch.Tensor | None: ...
-
-    def feed_ids(self, ids: Sequence[int]) -> None: ...
-    def start_user_turn(self) -> None: ...
-    def add_text(self, text: str) -> None: ...
-    def begin_audio(self) -> None: ...
-    def push_audio(self, pcm16k: torch.Tensor) -> int: ...
-    def end_audio(self) -> int: ...
-    def add_image(self, patches: torch.Tensor, grid: Sequence[int]) -> None: ...
-    def begin_video(self, height: int, width: int, seconds_per_grid: float = 1.0) -> None: ...
-    def push_video_frame(self, frame: torch.Tensor) -> int: ...
-    def end_video(self) -> None: ...
-    def begin_av(self, height: int, width: int, seconds_per_grid: float = 1.0) -> None: ...
-    def push_av_audio(self, pcm16k: torch.Tensor) -> None: ...
-    def push_av_audio_features(self, mel: torch.Tensor) -> None: ...
-    def push_av_frame(self, frame: torch.Tensor) -> None: ...
-    def end_av(self) -> None: ...
-    def take_encoded(self) -> list[EncodedPiece]: ...
-    def end_user_turn(self, recalled: Sequence[SlotPiece] = ()) -> torch.Tensor: ...
-    def respond(
-        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
-    ) -> Generator[TokenText | PCMChunk | ReplyRecord, None, None]: ...
-    def respond_steps(
-        self, sampling: SamplingConfig, stop_ids: frozenset[int] | None = None
-    ) -> Generator[TokenText | PCMChunk | ReplyRecord | PoolStep, Any, None]: ...
-    def mark(self) -> ThinkerMark: ...
-    def rollback(self, mark: ThinkerMark) -> None: ...
 
 
 class OmniEngine:
@@ -216,7 +153,7 @@ class OmniEngine:
         1). Off by default: on a CPU it costs minutes at start-up (benchmarks/token2wav_compile.py)."""
         if chars_per_second <= 0:
             raise ValueError(f"chars_per_second must be > 0, got {chars_per_second}")
-        thinker, speech = models or _load(model_dir, device, dtype, speak, quant)
+        thinker, speech = models or load_models(model_dir, device, dtype, speak, quant)
         self.family = QWEN3_OMNI_MOE if isinstance(thinker, LoadedQwen3) else QWEN2_5_OMNI
         if self.family == QWEN3_OMNI_MOE and speak and speech is None:
             log.warning("this Qwen3-Omni model has no speech part loaded (a Thinking or Captioner checkpoint has "
@@ -241,19 +178,14 @@ class OmniEngine:
         self.max_history = max_history
         self.memory_budget = memory_budget
         self.stop_ids = frozenset(sampling.stop_token_ids or thinker.tokenizer.stop_token_ids)
-        # A reply (and its turn end) must fit in one chunk for the rollback on barge-in to be exact.
         need = sampling.max_new_tokens + TURN_END_TOKENS
-        thinker_cache = default_cache_config(thinker.model.lm.cfg, window=window)
-        self.cache = replace(thinker_cache, chunk=max(thinker_cache.chunk, need))
+        self.cache = _reply_cache(thinker.model.lm.cfg, window, need)
+        self.talker_cache: CacheConfig | None = None
         if speech is not None:
             decoder = speech.talker.decoder.cfg if isinstance(speech, Qwen3SpeechModels) else speech.talker.cfg.decoder
-            talker_cache = default_cache_config(decoder, window=window)
-            self.talker_cache = replace(talker_cache, chunk=max(talker_cache.chunk, need))
-        self.token2wav: StreamingToken2Wav | None = None  # shared by the pooled sessions (their chunks batch)
-        self.code2wav: StreamingCode2Wav | None = None  # the same for Qwen3-Omni's Code2Wav
-        self.graph_captures: list[GraphCapture] = []  # the pools' CUDA graphs, captured at start-up (on CUDA)
+            self.talker_cache = _reply_cache(decoder, window, need)
         self.compile_token2wav = compile_requested() if compile_token2wav is None else compile_token2wav
-        self.pools, self.batcher = self._make_pools(max_sessions)
+        self._make_pools(max_sessions)
         self.token2wav_compile_s = self._compile_token2wav(max_sessions)
 
     def _compile_token2wav(self, max_sessions: int) -> float:
@@ -265,120 +197,52 @@ class OmniEngine:
         log.info("compiled the streaming token2wav (torch.compile) in %.1f s", seconds)
         return seconds
 
-    def _make_pools(self, max_sessions: int) -> tuple[SessionPools | None, StepBatcher | None]:
-        """The Thinker's (and Talker's) cache pools for `max_sessions` batched sessions, and their batcher."""
+    def _make_pools(self, max_sessions: int) -> None:
+        """The pools that batch `max_sessions` sessions (omni_pools.py), their batcher and shared speech decoder."""
         if max_sessions < 0:
             raise ValueError(f"max_sessions must be >= 0, got {max_sessions}")
-        if max_sessions == 0:
-            return None, None
-        th = self.thinker
-        thinker = BatchedDecoder(th.model.lm, max_sessions, self.cache)  # either family (Qwen3: MoE layers too)
-        named = {"thinker": thinker}
-        if self.speech is not None:  # either family's Talker decoder (Qwen3: MoE)
-            named["talker"] = BatchedDecoder(self.speech.talker.decoder, max_sessions, self.talker_cache, embeds=True)
-        if isinstance(self.speech, SpeechModels):  # Qwen2.5-Omni: the sessions' token2wav chunks batch
-            self.token2wav = StreamingToken2Wav(self.speech.token2wav, self.schedule, self.solver,
-                                                self.compile_token2wav)
-        if isinstance(self.speech, Qwen3SpeechModels):  # and Qwen3's code predictor (a frame's positions per row)
-            t = self.speech.talker
-            named["predictor"] = BatchedDecoder(t.predictor, max_sessions, t.predictor_cache(), embeds=True)
-            self.code2wav = StreamingCode2Wav(self.speech.code2wav)  # and its Code2Wav chunks batch
-        # Before any session joins: each pool's step per batch size (CUDA, OMNI_CUDA_GRAPHS not 0;
-        # omni/model/lm/batch.py)
-        self.graph_captures = capture_pools(named)
-        report = capture_report(named, self.graph_captures)
-        if report is not None:
-            log.info("%s", report)
-        return SessionPools(list(named.values())), StepBatcher(thinker)
-
-    def _rows(self) -> SessionRows:
-        """Cache rows in the pools for a new session (none when there are no pools or they are full)."""
-        sids = self.pools.open() if self.pools is not None else None
-        if self.pools is None or sids is None:
-            return SessionRows()
-        pools = self.pools.pools
-        rows = SessionRows(pools[0], sids[0])
-        if len(pools) > 1:
-            rows = replace(rows, talker=pools[1], talker_sid=sids[1], token2wav=self.token2wav, code2wav=self.code2wav)
-        if len(pools) > 2:
-            rows = replace(rows, predictor=pools[2], predictor_sid=sids[2])
-        return rows
+        self.pools: SessionPools | None = None
+        self.batcher: StepBatcher | None = None
+        self.token2wav: StreamingToken2Wav | None = None  # shared by the pooled sessions (their chunks batch)
+        self.code2wav: StreamingCode2Wav | None = None  # the same for Qwen3-Omni's Code2Wav
+        self.graph_captures: list[GraphCapture] = []  # the pools' CUDA graphs, captured at start-up (on CUDA)
+        if max_sessions > 0:
+            self.token2wav, self.code2wav = shared_streamers(self.speech, self.schedule, self.solver,
+                                                             self.compile_token2wav)
+            self.pools, self.batcher, self.graph_captures = make_pools(
+                self.thinker.model.lm, self.speech, max_sessions, self.cache, self.talker_cache
+            )
 
     def _release(self, s: OmniSession) -> None:
         """Free a closed session's pool rows."""
-        if isinstance(s, SpeakingSession):
-            self._release_rows(SessionRows(s.pool, s.sid, s.talker_pool, s.talker_sid))
-        elif isinstance(s, Qwen3VoiceSession):
-            st = s.speech.state
-            self._release_rows(SessionRows(s.pool, s.sid, st.pool, st.sid, st.predictor_pool, st.predictor_sid))
-        elif isinstance(s, ConversationSession):  # a Thinker row only
-            self._release_rows(SessionRows(s.pool, s.sid))
-
-    def _release_rows(self, rows: SessionRows) -> None:
-        if self.pools is not None and rows.thinker_sid is not None:
-            self.pools.leave([rows.thinker_sid, rows.talker_sid, rows.predictor_sid][: len(self.pools.pools)])
+        release_rows(self.pools, rows_of(s))
 
     def check_voice(self, voice: str | None) -> str:
         """The checkpoint's name for `voice` (None: its default); ValueError listing the voices it has."""
-        if self.speech is None:
-            raise ValueError("voices are for a speaking engine (this one replies in text only)")
-        if isinstance(self.speech, Qwen3SpeechModels):  # speakers by lower-case name
-            known = self.speech.speakers
-            name = voice or (DEFAULT_SPEAKER if DEFAULT_SPEAKER in known else known[0])
-            try:
-                self.speech.talker_config.speaker(name)
-            except ConfigError as e:
-                raise ValueError(str(e)) from None
-            return name.lower()
-        try:
-            return self.speech.voices.get(voice).name
-        except UnknownVoiceError as e:
-            raise ValueError(str(e)) from None
+        return voice_name(self.speech, voice)
 
     @property
     def vision_cfg(self) -> AnyVisionConfig:
         """The vision encoder's config (what video_frame_size takes) of either family."""
-        th = self.thinker
-        return th.model.vision_cfg if isinstance(th, LoadedQwen3) else th.model.cfg.vision
+        return vision_config(self.thinker)
 
     def open_session(self, *, instructions: str | None = None, voice: str | None = None) -> OmniEngineSession:
         """A new conversation; `voice` names one of the checkpoint's voices (case-insensitive)."""
         system = instructions or self.system_prompt
-        th = self.thinker
         if self.speech is None:
             if voice is not None:
                 self.check_voice(voice)  # raises: a text-only engine has no voices
-            thinking: OmniSession
             with torch.inference_mode():
-                rows = self._rows()
-                try:
-                    if isinstance(th, LoadedQwen3):
-                        thinking = Qwen3ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer,
-                                                       pool=rows.thinker, sid=rows.thinker_sid)
-                    else:
-                        thinking = ThinkerSession(th.model, th.prompt, system, self.cache, th.tokenizer,
-                                                  pool=rows.thinker, sid=rows.thinker_sid)
-                except BaseException:
-                    self._release_rows(rows)
-                    raise
-            return self._session(thinking)
+                conversation = self._conversation(system, None)
+            return self._session(conversation)
         name = self.check_voice(voice) if voice is not None else self.default_voice
         assert name is not None
-        if isinstance(self.speech, Qwen3SpeechModels):
-            assert isinstance(th, LoadedQwen3)
-            q3 = Qwen3SpeechSettings(speaker=name, sampling=self.talker_sampling, seed=self.seed)
-            rows = self._rows()
-            try:
-                with torch.inference_mode():
-                    voiced = Qwen3VoiceSession(th.model, th.prompt, th.tokenizer, self.speech, q3, system, self.cache,
-                                               self.talker_cache, rows)
-            except BaseException:
-                self._release_rows(rows)
-                raise
-            return self._session(voiced)
-        assert isinstance(th, LoadedThinker)
+        return self._session(self._conversation(system, name))
+
+    def _conversation(self, system: str, voice: str | None) -> OmniSession:
+        """The family's session (omni_sessions.py) on pool rows when there are free ones."""
         settings = SpeechSettings(
-            voice=name,
+            voice=voice,
             talker_sampling=self.talker_sampling,
             seed=self.seed,
             schedule=self.schedule,
@@ -386,17 +250,14 @@ class OmniEngine:
             max_codes=self.max_codes,
             compile_token2wav=self.compile_token2wav,
         )
-        rows = self._rows()
+        rows = open_rows(self.pools, self.token2wav, self.code2wav)
         try:
             with torch.inference_mode():
-                speaking = SpeakingSession(
-                    th.model, th.prompt, th.tokenizer, self.speech, settings, system, self.cache, self.talker_cache,
-                    rows,
-                )
+                return open_conversation(self.thinker, self.speech, system, settings, self.cache, self.talker_cache,
+                                         rows)
         except BaseException:
-            self._release_rows(rows)
+            release_rows(self.pools, rows)
             raise
-        return self._session(speaking)
 
     def _session(self, speaking: OmniSession) -> OmniEngineSession:
         session = OmniEngineSession(self, speaking)
@@ -404,41 +265,11 @@ class OmniEngine:
         return session
 
 
-def _load(
-    model_dir: str | os.PathLike[str] | None, device: str, dtype: torch.dtype | None, speak: bool,
-    quant: str | None = None,
-) -> tuple[Loaded, Speech | None]:
-    """The checkpoint's Thinker, and its speech half when `speak` (Qwen2.5-Omni; Qwen3-Omni: the Thinker only)."""
-    if model_dir is None:
-        raise ValueError("OmniEngine needs a checkpoint directory (model_dir) or loaded models")
-    try:
-        if detect_family(model_dir) == QWEN3_OMNI_MOE:
-            q = load_qwen3(model_dir, dtype, device)
-            speaks = speak and "talker." in q.speech_prefixes
-            q3 = load_qwen3_speech(model_dir, dtype or q.model.lm.dtype, device, q.index) if speaks else None
-            if quant is not None:
-                quantize_qwen3(q.model, q3.talker if q3 is not None else None, quant)
-            return q, q3
-        thinker = load_thinker(model_dir, dtype, device)
-        speech = load_speech(model_dir, dtype or thinker.model.lm.dtype, device) if speak else None
-        if quant is not None:
-            quantize_decoder(thinker.model.lm, quant)
-            if speech is not None:  # the Talker's decoder too
-                quantize_decoder(speech.talker.decoder, quant)
-    except CheckpointError as e:
-        raise ValueError(f"cannot load the omni model: {e}") from None
-    return thinker, speech
-
-
-@dataclass
-class _OmniReply(LiveReply[ThinkerMark]):
-    """`LiveReply` (mark: right after <|im_start|>assistant\\n; a SessionMark of both caches when speaking),
-    plus its events and how much of its text and audio has gone out."""
-
-    events: Iterator[EngineEvent] | None = None
-    said: int = 0  # characters of `text` already attached to audio chunks
-    samples: int = 0
-    input_after: bool = False  # user input was prefilled after the reply
+def _reply_cache(cfg: DecoderConfig, window: int, need: int) -> CacheConfig:
+    """A decoder's cache of `window` positions whose chunk holds `need` tokens: a whole reply and its turn end, so
+    that the rollback on barge-in is exact (KVCache.truncate)."""
+    cache = default_cache_config(cfg, window=window)
+    return replace(cache, chunk=max(cache.chunk, need))
 
 
 @dataclass
@@ -468,7 +299,7 @@ class OmniEngineSession(EngineSessionBase):
         self.engine = engine
         self.speaking = speaking  # a speaking session when the engine speaks, else a Thinker session
         self._turn = _Turn()
-        self._reply: _OmniReply | None = None
+        self._reply: OmniReply | None = None
         self._frame: tuple[np.ndarray, float] | None = None  # the latest camera frame and its time
         self.memory: OmniMemory | None = None  # set by the runtime (use_memory); its owner closes the lane
         self.label = f"omni-{next(_SESSION_NUMBERS)}"  # names its steps in the batcher's log
@@ -525,9 +356,10 @@ class OmniEngineSession(EngineSessionBase):
         with torch.inference_mode():
             self._between_segments()
             if isinstance(media, Image):
-                self._add_image(media)
+                label = feed_image(self.speaking, self.engine.thinker, media)
             else:
-                self._add_clip(media)
+                label = feed_clip(self.speaking, self.engine.thinker, media)
+            self.history.append(("user", label))
             self._remember(self.memory.lane.clock() if self.memory is not None else 0.0, asked=True)
         return []
 
@@ -543,33 +375,6 @@ class OmniEngineSession(EngineSessionBase):
         self._turn.pos = self.speaking.state.cache.length
         self.speaking.start_user_turn()
         self._turn.started = True
-
-    def _add_image(self, image: Image) -> None:
-        th = self.engine.thinker
-        patches, grid = th.model.image_input(torch.from_numpy(np.ascontiguousarray(image.rgb)), th.vision_preprocess)
-        self.speaking.add_image(patches, grid)
-        self.history.append(("user", "[image]"))
-
-    def _add_clip(self, clip: VideoClip) -> None:
-        th, s = self.engine.thinker, self.speaking
-        pre = th.vision_preprocess
-        raw = sample_video(clip.frames, clip.fps, pre)
-        enc = self.engine.vision_cfg
-        size = video_frame_size(raw.shape[-2], raw.shape[-1], enc, pre)
-        frames = resize_and_normalize(raw, size, pre)
-        spg = enc.temporal_patch_size / pre.fps
-        if clip.audio is not None:
-            s.begin_av(size[0], size[1], spg)
-            s.push_av_audio_features(th.model.audio_features(torch.from_numpy(clip.audio), INPUT_SAMPLE_RATE))
-            for f in frames:
-                s.push_av_frame(f)
-            s.end_av()
-        else:
-            s.begin_video(size[0], size[1], spg)
-            for f in frames:
-                s.push_video_frame(f)
-            s.end_video()
-        self.history.append(("user", f"[video {len(frames)} frames{', with audio' if clip.audio is not None else ''}]"))
 
     def push_video(self, frame: np.ndarray, timestamp: float) -> None:
         """Keep the latest frame; during a user turn, feed it into the video slots (2 fps) it reaches."""
@@ -699,7 +504,7 @@ class OmniEngineSession(EngineSessionBase):
                 self.speaking.feed_ids(p.turn_end() + p.turn_start("system") + p.text(options.instructions.strip()))
             self.speaking.end_user_turn(self._recall())  # closes the user (or instructions) turn
             self._turn = _Turn()
-            self._reply = _OmniReply(self.speaking.mark())
+            self._reply = OmniReply(self.speaking.mark())
         steps = self._generate(self._reply, options.speech)
         th = self.speaking.thinker.lm
         events: Iterator[EngineEvent]
@@ -722,77 +527,18 @@ class OmniEngineSession(EngineSessionBase):
         mem.lane.user_turn(question, self._turn.pos)
         return slot
 
-    def _generate(self, reply: _OmniReply, speech: bool) -> Generator[EngineEvent | PoolStep, Any, None]:
+    def _generate(self, reply: OmniReply, speech: bool) -> Generator[EngineEvent | PoolStep, Any, None]:
         """The reply's events, and its decode steps (`PoolStep`) for the driver to run (omni/streaming/batching.py)."""
         eng = self.engine
-        t0 = time.perf_counter()
-        first_text = first_audio = 0.0
-        inner: Generator[Any, Any, None]
-        with torch.inference_mode():
-            inner = self.speaking.respond_steps(eng.sampling, eng.stop_ids)
-        send: Any = None
-        try:
-            while True:
-                with torch.inference_mode():
-                    try:
-                        ev = inner.send(send)
-                    except StopIteration:
-                        ev = None
-                send = None
-                if isinstance(ev, PoolStep):
-                    send = yield ev
-                    continue
-                if isinstance(ev, TokenText):
-                    first_text = first_text or time.perf_counter() - t0
-                    reply.text += ev.text
-                    yield TextDelta(ev.text)
-                elif isinstance(ev, PCMChunk):
-                    first_audio = first_audio or time.perf_counter() - t0
-                    pcm = ev.samples.detach().float().cpu().numpy()
-                    reply.samples += len(pcm)
-                    if speech:
-                        yield AudioChunk(pcm, text=self._spoken(reply, final=False))
-                elif isinstance(ev, ReplyRecord):
-                    if ev.text.startswith(reply.text) and len(ev.text) > len(reply.text):
-                        tail = ev.text[len(reply.text) :]  # bytes the detokenizer held back (an unfinished character)
-                        reply.text += tail
-                        yield TextDelta(tail)
-                    rest = self._spoken(reply, final=True)
-                    if rest and speech:  # the text after the last audio, played once all the audio has played
-                        yield AudioChunk(np.zeros(0, np.float32), text=rest)
-                    reply.open = False
-                    self.history.append(("assistant", reply.text))
-                    if self.memory is not None:
-                        self.memory.lane.reply(reply.text, reply.mark.thinker_tokens)
-                    stats = {
-                        "new_tokens": float(len(ev.token_ids)),
-                        "codes": float(len(ev.codes)),
-                        "first_token_s": first_text,
-                        "first_audio_s": first_audio,
-                        "speech_s": ev.samples / eng.output_sample_rate,
-                        "reply_s": time.perf_counter() - t0,
-                    }
-                    yield ReplyDone(reply.text, stats)
-                    return
-                else:
-                    return
-        finally:
-            with torch.inference_mode():
-                inner.close()  # a cut reply: the session feeds its turn end (interrupt then rolls it back)
+        out = ReplyOutput(speech, eng.output_sample_rate, eng.chars_per_second)
+        return reply_events(reply, lambda: self.speaking.respond_steps(eng.sampling, eng.stop_ids), out,
+                            self._replied)
 
-    def _spoken(self, reply: _OmniReply, *, final: bool) -> str:
-        """The reply text newly covered by the audio made so far (whole words, at `chars_per_second`)."""
-        if final:
-            end = len(reply.text)
-        else:
-            end = min(
-                len(reply.text), int(reply.samples / self.engine.output_sample_rate * self.engine.chars_per_second)
-            )
-            word = reply.text.rfind(" ", reply.said, end) + 1
-            end = word if word > reply.said else end  # back to a word start, where the text has spaces
-        piece = reply.text[reply.said : max(end, reply.said)]
-        reply.said = max(end, reply.said)
-        return piece
+    def _replied(self, reply: OmniReply) -> None:
+        """A reply ran to its end: into the history, and into memory as said."""
+        self.history.append(("assistant", reply.text))
+        if self.memory is not None:
+            self.memory.lane.reply(reply.text, reply.mark.thinker_tokens)
 
     def interrupt(self, played_text: str) -> None:
         """Keep only `played_text` of the last reply: roll both caches back to the reply's start, prefill the

@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from omni.memory import Recall
+from omni.model.conversation import EncodedPiece, RecalledFeatures, SlotPiece
 from omni.model.loaders.omni import LoadedThinker
 from omni.model.qwen3.loader import LoadedQwen3
-from omni.model.thinker_session import EncodedPiece, RecalledFeatures, SlotPiece
 from omni.streaming.memory_lane import MemoryLane
 
 AUDIO_TOKENS_PER_BLOCK = 5  # 50 encoder tokens (2 s) -> 5, one per 400 ms
