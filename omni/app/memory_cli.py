@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.memory_url and Path(location).exists() and not Path(location).is_dir():
         print(f"omni memory: --memory-dir {location}: a file, not a folder", file=sys.stderr)
         return 1
+    if not args.memory_url and not Path(location).exists():  # reading commands must not leave an empty store behind
+        print(f"omni memory: no memory store at {location} (nothing remembered yet; `omni serve --memory-dir` "
+              "writes one)", file=sys.stderr)
+        return 1
     try:
         store = MemoryStore.open(location)
     except store_errors() as e:  # the URL is not shown: it may hold a password

@@ -67,9 +67,10 @@ def test_a_store_that_cannot_be_opened_or_written_is_a_one_line_error(
 ) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
+    (tmp_path / "mem").mkdir()
     cases = [
         (["--memory-dir", str(a_file), "list"], f"--memory-dir {a_file}: a file, not a folder"),
-        (["--memory-dir", str(a_file / "below"), "list"], f"cannot open the memory store {a_file / 'below'}"),
+        (["--memory-dir", str(a_file / "below"), "list"], f"no memory store at {a_file / 'below'}"),
         (["--memory-url", "bogus://x", "list"], "cannot open the memory store --memory-url: memory store location"),
         (["--memory-dir", str(tmp_path / "mem"), "search", "--user", "ann", "-k", "0", "hi"], "-k must be >= 1"),
         (["--memory-dir", str(tmp_path / "mem"), "export", "--user", "ann", "--out", str(a_file)],
@@ -79,6 +80,19 @@ def test_a_store_that_cannot_be_opened_or_written_is_a_one_line_error(
         assert _omni(["memory", *argv]) == 1
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_folder_that_does_not_exist_is_an_error_and_stays_absent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(was: `list` on a mistyped --memory-dir created an empty store there and printed nothing)"""
+    missing = tmp_path / "typo"
+    out = str(tmp_path / "x")
+    for argv in (["list"], ["search", "--user", "ann", "hi"], ["export", "--user", "ann", "--out", out]):
+        assert _omni(["memory", "--memory-dir", str(missing), *argv]) == 1
+        err = capsys.readouterr().err
+        assert f"no memory store at {missing}" in err and len(err.strip().splitlines()) == 1, err
+    assert not missing.exists() and not (tmp_path / "x").exists()
 
 
 def test_an_unreachable_postgresql_is_a_one_line_error_that_hides_the_password(
