@@ -65,7 +65,7 @@ def live_and_offline(frames: list[av.AudioFrame]) -> tuple[list[np.ndarray], np.
     stage = AudioInStage(LoudnessVad(), 16000)  # type: ignore[arg-type]
     st = stage.init_state(TurnConfig(silence_ms=300, pause_ms=0))
     out = []
-    for k, f in enumerate(frames):  # as omni.app.realtime_server.Connection.pump_audio hands them on
+    for k, f in enumerate(frames):  # as omni.app.rtc_media.pump_track hands them on
         out += stage.process(st, [AudioFrame(f.to_ndarray(), f.sample_rate, k * FRAME / RATE, len(f.layout.channels))])
     audio = [e for e in out if isinstance(e, TurnAudio)]
     assert audio, "no turn was detected"
