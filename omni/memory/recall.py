@@ -7,7 +7,9 @@ memory.md 5.2: `score = max(max_r q.k_r, q_txt.k_txt)`). Text items may also hol
 scores the same way as the text key (floor `min_space_score`): a spoken question, which has no text embedding, then
 reaches typed facts and summaries by its Thinker-space vector. A text item's score is its best over the spaces.
 Candidates under a floor are left out rather than used to fill the slot: an unrelated item costs tokens and invites
-the model to cite it (false evidence). The chosen items come back in time order with their timestamps; for feature
+the model to cite it (false evidence). So are text-scored candidates more than `text_margin` below the best text
+score: a user's similar notes all pass the floor, and a small model cites a runner-up instead of the item the
+question is about. The chosen items come back in time order with their timestamps; for feature
 matches the frames within `evidence_window_s` of the best key (in the requested evidence lanes, crossing into the
 neighbouring event when the window does) come along.
 """

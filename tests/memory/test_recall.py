@@ -315,6 +315,7 @@ def test_similar_notes_well_below_the_best_are_left_out(store: MemoryStore) -> N
         assert [it.text for it in asked.items] == ["fact: my badge number is 3309"]
         s3 = memory.open_session("ann", "s3", started_at=T0 + 60)
         both = s3.recall(broad, "", 400, now=T0 + 60)
-        assert {it.text for it in both.items} == {"fact: my badge number is 3309", "fact: my membership number is 552817"}
+        assert {it.text for it in both.items} == {"fact: my badge number is 3309",
+                                                  "fact: my membership number is 552817"}
     finally:
         memory.close()
