@@ -46,3 +46,27 @@ TUNING: tuple[Fact, ...] = (
     ("My anniversary is on October 9.", "When is my anniversary?", "october 9"),
     ("My brother's name is Tomasz.", "What is my brother's name?", "tomasz"),
 )
+
+# Added by the `memq` helper (2026-12-03), written before any held-out result was looked at, to tune the recall of
+# many similar facts from one user (`crowded`) on more than 9: mostly "my <thing> number is <digits>", as a user
+# would tell several, plus names, places, colours and dates. Part of `--set tuning`; `--set tuning-first` is the
+# 9 above alone.
+TUNING_MEMQ: tuple[Fact, ...] = (
+    ("My library card number is 40718.", "What is my library card number?", "40718"),
+    ("My seat number is 27.", "What is my seat number?", "27"),
+    ("My order number is 918462.", "What is my order number?", "918462"),
+    ("My mailbox number is 36.", "What is my mailbox number?", "36"),
+    ("My house number is 1184.", "What is my house number?", "1184"),
+    ("The code for my safe is 9036.", "What is the code for my safe?", "9036"),
+    ("My membership number is 552817.", "What is my membership number?", "552817"),
+    ("My badge number is 3309.", "What is my badge number?", "3309"),
+    ("My train leaves from platform 11.", "Which platform does my train leave from?", "11"),
+    ("My sister's name is Ingrid.", "What is my sister's name?", "ingrid"),
+    ("My dog's name is Biscuit.", "What is my dog's name?", "biscuit"),
+    ("My car is green.", "What colour is my car?", "green"),
+    ("I was born in Lisbon.", "Where was I born?", "lisbon"),
+    ("My dentist appointment is on June 3.", "When is my dentist appointment?", "june 3"),
+    ("My favourite fruit is mango.", "What is my favourite fruit?", "mango"),
+)
+TUNING_FIRST = TUNING
+TUNING = (*TUNING_FIRST, *TUNING_MEMQ)

@@ -7,7 +7,9 @@ memory.md 5.2: `score = max(max_r q.k_r, q_txt.k_txt)`). Text items may also hol
 scores the same way as the text key (floor `min_space_score`): a spoken question, which has no text embedding, then
 reaches typed facts and summaries by its Thinker-space vector. A text item's score is its best over the spaces.
 Candidates under a floor are left out rather than used to fill the slot: an unrelated item costs tokens and invites
-the model to cite it (false evidence). The chosen items come back in time order with their timestamps; for feature
+the model to cite it (false evidence). So are text-scored candidates more than `text_margin` below the best text
+score: a user's similar notes all pass the floor, and a small model cites a runner-up instead of the item the
+question is about. The chosen items come back in time order with their timestamps; for feature
 matches the frames within `evidence_window_s` of the best key (in the requested evidence lanes, crossing into the
 neighbouring event when the window does) come along.
 """
@@ -45,6 +47,11 @@ class RecallConfig:
     max_candidates: int = 32
     descend_summaries: int = 4  # level-1 summaries whose demoted children are scored from disk
     carry_decay: float = 0.8  # previous turn's items stay candidates at this share of their score (follow-ups)
+    # Text-scored candidates more than this below the best text score are left out: a user's similar notes ("my
+    # seat number is 27", "my badge number is 3309") all pass the floor for "what is my badge number?", and
+    # SmolLM2-135M then cites a runner-up; the item the question is about scores clearly higher (MiniLM, tuning
+    # facts of benchmarks/fact_recall.py: best minus second 0.16 or more). None: no margin.
+    text_margin: float | None = 0.1
     header: str = "Recalled memory (oldest first, times in UTC):"
 
 
@@ -140,7 +147,16 @@ def _rank(
         out.append(_Candidate("L1", int(ev.ids.view[pos]), float(best[pos]), float(best_time[pos]), bool(by_lane[pos])))
     out.extend(_descend(user, store, q_text, q_lanes, config))
     out.sort(key=lambda c: (-c.score, c.item_id))
-    return out[: config.max_candidates]
+    return _within_margin(out[: config.max_candidates], config.text_margin)
+
+
+def _within_margin(cands: list[_Candidate], margin: float | None) -> list[_Candidate]:
+    """`cands` less the text-scored ones more than `margin` below the best text score (feature-lane hits stay)."""
+    text = [c.score for c in cands if not c.by_lane]
+    if margin is None or not text:
+        return cands
+    edge = max(text) - margin
+    return [c for c in cands if c.by_lane or c.score >= edge]
 
 
 def _top(scores: np.ndarray, floor: float, k: int) -> np.ndarray:
