@@ -44,8 +44,21 @@ from omni.memory.window import WindowConfig, WindowItem, WorkingWindow
 log = logging.getLogger(__name__)
 
 # First-person statements worth keeping as facts of the user ("my locker code is 4719", "I'm allergic to nuts",
-# "call me Sam", "remember that ..."): a cheap rule, no model; the LM can add facts through add_fact.
-_FACT = re.compile(r"\b(my|i am|i'm|i have|i live|i work|call me|remember)\b", re.IGNORECASE)
+# "I was born in Lisbon", "we live in Porto", "our wifi password is ...", "call me Sam", "remember that ..."): the
+# user's or the household's possessives, and "I"/"we" with a form of be or have (present or past, contracted or
+# not) or a verb of where one lives, works or comes from. A cheap rule, no model; the LM can add facts through
+# add_fact. A question is never a fact (see `is_fact_statement`).
+_FACT = re.compile(
+    r"\b(?:my|our|call me|remember|i['’]m|i['’]ve|we['’]re|we['’]ve"
+    r"|(?:i|we) (?:am|are|was|were|have|had|live|lived|work|worked|grew up|come from|came from))\b",
+    re.IGNORECASE)
+
+
+def is_fact_statement(text: str) -> bool:
+    """Whether a user's utterance is kept as a fact: a first-person statement (`_FACT`), not a question ("what is
+    my code?", "where was I born?")."""
+    text = text.strip()
+    return bool(text) and not text.endswith("?") and _FACT.search(text) is not None
 
 
 class MemoryWriteError(RuntimeError):
@@ -273,7 +286,7 @@ class SessionMemory:
             return
         u = Utterance(role=role, text=text, t_start=self.started_at + t_start, t_end=self.started_at + t_end)
         self._submit(self.segmenter.add_utterance(u))
-        if role == "user" and _FACT.search(text) and not text.endswith("?"):  # "what is my code?" is no fact
+        if role == "user" and is_fact_statement(text):
             self.add_fact(text, t_end)
 
     def revise_utterance(self, role: Role, text: str, t_start: float, t_end: float, heard: str) -> None:
