@@ -50,6 +50,7 @@ Measured (2026-12-03, 2 shared cores, `--max-new-tokens 40`, greedy; tuning firs
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import shutil
 import sys
@@ -66,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.fact_recall_data import HELD_OUT, TUNING, TUNING_FIRST, Fact
 from omni.memory import Memory, MemoryStore
 from omni.model.embedded.text_embedding import TextEmbedder
+from omni.model.lm.chat_session import RECALLED
 from omni.model.loaders import LoadedLM, load_lm
 from omni.streaming.engine import ReplyDone, ResponseOptions
 from omni.streaming.engines.embedded import DEFAULT_SAMPLING, DEFAULT_WINDOW, EmbeddedEngine
@@ -75,11 +77,14 @@ TEXT_REPLY = ResponseOptions(speech=False)
 _NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())}
 
 
+_SPELLING = {"favorite": "favourite", "color": "colour", "colors": "colours"}  # the spoken word is the same
+
+
 def normalise(text: str) -> str:
     """Lower case, number words as digits, runs of single digits joined ("four seven one nine" -> "4719", while
-    "October 9, 2026" stays "october 9 2026"), ordinals and punctuation dropped."""
+    "October 9, 2026" stays "october 9 2026"), ordinals and punctuation dropped, US spellings as UK ones."""
     words = re.findall(r"[a-z]+|\d+", text.lower())
-    words = [_NUMBERS.get(w, w) for w in words if w not in ("st", "nd", "rd", "th")]
+    words = [_SPELLING.get(w, _NUMBERS.get(w, w)) for w in words if w not in ("st", "nd", "rd", "th")]
     return re.sub(r"(?<=\b\d) (?=\d\b)", "", " ".join(words))
 
 
@@ -93,8 +98,37 @@ def stamped(reply: str) -> bool:
     return _STAMP.search(reply) is not None
 
 
-def correct(reply: str, expected: str) -> bool:
-    return re.search(rf"(?<![a-z0-9]){re.escape(expected)}(?![a-z0-9])", normalise(reply)) is not None
+def _has(text: str, value: str) -> bool:
+    """Whether the normalised `text` holds the normalised `value` as whole words."""
+    return re.search(rf"(?<![a-z0-9]){re.escape(value)}(?![a-z0-9])", text) is not None
+
+
+# "<determiner> <up to 4 words> is|are|was|were [on|in|at|called|named|number] <value>": the attribute a reply gives
+# the value ("your employee id is 609153"); its words are checked against the fact's own.
+_DETERMINER = r"(?:my|your|the|his|her|their|our)"
+# "user's" normalises to "user s"; "the answer is 512" names no attribute; "the storage unit number, which is
+# 7294" names it before the relative pronoun
+_GENERIC = {"s", "answer", "which", "that", "who"}
+
+
+def verdict(reply: str, fact: Fact, told: Sequence[Fact]) -> str:
+    """"" when the reply answers `fact`'s question right, else why not: "missing" (the expected value is not in
+    it); "other fact" (it also holds the value of another fact the user told, `told`: a list or a guess among
+    them); "attribute" (it gives the value to an attribute whose words are neither the statement's nor the
+    question's: "My customer ID is 609153" for "What is my employee ID?")."""
+    statement, question, expected = fact
+    text = normalise(reply)
+    if not _has(text, expected):
+        return "missing"
+    if any(_has(text, v) and not _has(expected, v) for _, _, v in told if v != expected):
+        return "other fact"
+    vocabulary = set(normalise(f"{statement} {question}").split()) | _GENERIC
+    pattern = (rf"\b{_DETERMINER}((?: (?!{_DETERMINER}\b)[a-z0-9]+){{1,4}}?) (?:is|are|was|were)"
+               rf"(?: (?:on|in|at|called|named|number))? {re.escape(expected)}(?![a-z0-9])")
+    for m in re.finditer(pattern, text):  # the attribute starts at the determiner nearest the value
+        if not set(m.group(1).split()) <= vocabulary:
+            return "attribute"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -147,6 +181,14 @@ class BodiesLane(MemoryLane):
             self.line(b) for b in bodies)
 
 
+class FirstPersonHeaderLane(MemoryLane):
+    """The engine's slot under a header in the user's voice (the slot is rendered inside the user's turn)."""
+
+    def slot(self, question: str) -> str:
+        s = super().slot(question)
+        return s.replace(SLOT_HEADER, "What I told you earlier (use it to answer):", 1) if s else s
+
+
 def _lane(header: str, line: Callable[[str], str]) -> Callable[..., MemoryLane]:
     return type("L", (BodiesLane,), {"HEADER": header, "line": staticmethod(line)})
 
@@ -158,6 +200,7 @@ VARIANTS = {
     "facts": Variant("facts", _lane("Known facts about the user:", lambda b: f"- {b}")),
     "bare": Variant("bare", _lane(SLOT_HEADER, lambda b: f"- {b}")),
     "you": Variant("you", _lane("What you know about the user:", lambda b: f"- {second_person(b)}")),
+    "i-told": Variant("i-told", FirstPersonHeaderLane),
 }
 
 
@@ -197,7 +240,7 @@ def ask(engine: EmbeddedEngine, embed: TextEmbedder, base: Path, user: str, ques
             session.chat.penalise_context = variant.penalise_context
             session.use_memory(lane)
             answer = reply_of(session, question)
-            slot = session.chat.messages[-3]["content"] if len(session.chat.messages) >= 3 else ""
+            slot = session.chat.messages[-2].get(RECALLED, "")
             lane.close()
             session.close()
         finally:
@@ -236,7 +279,8 @@ def in_window(engine: EmbeddedEngine, embed: TextEmbedder, user: str, fact: Fact
             if session.chat.state.cache.length - WINDOW <= fact_end:
                 raise RuntimeError(f"the fillers did not push {statement!r} out of the {WINDOW}-token window")
             answer = reply_of(session, question)
-            slot = session.chat.messages[-3]["content"]
+            slot = "\n".join(m["content"] for m in session.chat.messages[-3:-2] if m["role"] == "system")
+            slot = "\n".join(p for p in (slot, session.chat.messages[-2].get(RECALLED, "")) if p)
             lane.close()
             session.close()
         finally:
@@ -268,20 +312,51 @@ def run(lm: LoadedLM, embed: TextEmbedder, facts: Sequence[Fact], scenario: str,
             window = WINDOW if scenario == "window" else DEFAULT_WINDOW
             engine = EmbeddedEngine(lm=lm, speak=False, listen=False, sampling=sampling, window=window)
             for i, fact in enumerate(facts):
-                _, question, expected = fact
+                _, question, _ = fact
                 if scenario == "window":
                     answer, slot = in_window(engine, embed, f"user{i}", fact, v)
                 else:
                     answer, slot = ask(engine, embed, *stores[i], question, v)
-                ok = correct(answer, expected)
-                score[v.name] += ok
+                why = verdict(answer, fact, facts if scenario == "crowded" else [fact])
+                score[v.name] += not why
                 stamps[v.name] += stamped(answer)
                 if show:
-                    print(f"  [{scenario} {v.name}] {'ok ' if ok else 'BAD'}{' STAMP' if stamped(answer) else ''} "
-                          f"{question!r} -> {answer!r}")
-                    if not ok:
+                    print(f"  [{scenario} {v.name}] {'ok ' if not why else 'BAD'}{' STAMP' if stamped(answer) else ''} "
+                          f"{question!r} -> {answer!r}{f'  ({why})' if why and why != 'missing' else ''}")
+                    if why:
                         print("      slot: " + slot.replace("\n", "\n            "))
     return score, stamps
+
+
+_SHOWN = re.compile(r"^  \[(\w+) ([\w.-]+)\] (?:ok |BAD)(?: STAMP)? ('.*'|\".*\") -> ('.*'|\".*\")(?:  \([a-z ]+\))?$")
+
+
+def rescore(log: Path, facts: Sequence[Fact]) -> int:
+    """Scores the replies a `--show` run printed to `log` again, with the expected value alone (as before
+    `verdict`) and with `verdict`; prints a row per scenario and variant, and every reply the two disagree on."""
+    by_question = {q: (s, q, e) for s, q, e in facts}
+    counts: dict[tuple[str, str], list[int]] = {}
+    for line in log.read_text().splitlines():
+        m = _SHOWN.match(line)
+        if m is None:
+            continue
+        scenario, variant = m.group(1), m.group(2)
+        question, answer = ast.literal_eval(m.group(3)), ast.literal_eval(m.group(4))
+        if question not in by_question:
+            raise SystemExit(f"{log}: {question!r} is not a question of this --set")
+        fact = by_question[question]
+        value_only = _has(normalise(answer), fact[2])
+        why = verdict(answer, fact, facts if scenario == "crowded" else [fact])
+        row = counts.setdefault((scenario, variant), [0, 0, 0])
+        row[0] += 1
+        row[1] += value_only
+        row[2] += not why
+        if value_only != (not why):
+            print(f"  [{scenario} {variant}] {why or 'right'}: {question!r} -> {answer!r}")
+    print(f"{'scenario':8s} {'variant':14s} {'n':>3s} {'value only':>10s} {'verdict':>8s}")
+    for (scenario, variant), (n, before, after) in counts.items():
+        print(f"{scenario:8s} {variant:14s} {n:3d} {before:10d} {after:8d}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -296,7 +371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_SAMPLING.max_new_tokens,
                    help=f"reply length cap (default the engine's, {DEFAULT_SAMPLING.max_new_tokens})")
     p.add_argument("--show", action="store_true", help="print every answer (and the slot of each wrong one)")
+    p.add_argument("--rescore", type=Path, metavar="LOG",
+                   help="run nothing: score the replies a --show run printed to LOG again (the facts of --set), "
+                        "by the expected value alone and by today's rules, and print where they disagree")
     args = p.parse_args(argv)
+    if args.rescore is not None:
+        if args.set == "both":
+            p.error("--rescore needs one --set (the one the log was made with)")
+        return rescore(args.rescore, {"tuning": TUNING, "tuning-first": TUNING_FIRST, "held-out": HELD_OUT}[args.set])
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
