@@ -97,9 +97,8 @@ def instrument() -> None:
     WhisperModel.transcribe = _transcribe  # type: ignore[method-assign]
     scored = ChatSession.prefill_turn
 
-    def prefill_turn(self: ChatSession, user_text: str, context: str = "", score_end: bool = False,
-                     recalled: str = "") -> int:
-        n = scored(self, user_text, context, score_end, recalled)
+    def prefill_turn(self: ChatSession, user_text: str, context: str = "", score_end: bool = False) -> int:
+        n = scored(self, user_text, context, score_end)
         _mark("p_end", (user_text, self.end_probability))
         return n
 
@@ -118,11 +117,11 @@ def instrument() -> None:
 
     stream = ChatSession.stream_reply
 
-    def stream_reply(self: ChatSession, user_text: str, context: str = "", recalled: str = "") -> Iterator[str]:
+    def stream_reply(self: ChatSession, user_text: str, context: str = "") -> Iterator[str]:
         reuse = self._before_turn is not None
         _mark("respond", reuse)
         first = True
-        for delta in stream(self, user_text, context, recalled):
+        for delta in stream(self, user_text, context):
             if first and delta:
                 _mark("tok1")
                 first = False

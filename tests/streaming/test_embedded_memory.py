@@ -17,10 +17,8 @@ from omni.memory import Memory, MemoryStore
 from omni.model.embedded.piper import PiperSynthesizer
 from omni.model.embedded.text_embedding import TextEmbedder
 from omni.model.embedded.whisper import WhisperRecognizer
-from omni.model.lm.chat_session import RECALLED, rendered
 from omni.model.loaders import LoadedLM, load_lm
 from omni.model.pcm import resample, to_int16
-from omni.streaming.engine import ResponseOptions
 from omni.streaming.engines.embedded import DEFAULT_SAMPLING, EmbeddedEngine, EmbeddedSession
 from omni.streaming.memory_lane import MemoryHub
 from omni.streaming.session_config import SessionConfig
@@ -220,41 +218,10 @@ def test_a_turn_prepared_at_the_pause_gets_the_same_slot_at_the_end_of_the_turn(
     led: list[bool] = []
     for filler in FILLERS * 2:
         at_pause = session._recalled(filler)
-        session.chat.prefill_turn(filler, at_pause[0], recalled=at_pause[1])
+        session.chat.prefill_turn(filler, at_pause)
         assert session._recalled(filler) == at_pause, f"the slot changed between the pause and the end ({filler!r})"
-        led.append(at_pause[0] == prompt)
+        led.append(at_pause.startswith(prompt))
         session.chat.drop_prefilled_turn()
         session.chat.reply(filler)
     assert not led[0] and led[-1], led  # the turns crossed the edge where the prompt starts to lead the slot
     session.close()
-
-
-def test_the_slot_is_rendered_in_the_user_turn_and_the_stored_text_is_what_the_user_typed(
-    lm: LoadedLM, embedder: TextEmbedder, tmp_path: Path
-) -> None:
-    """The recalled slot goes inside the user's turn of the prompt only: the chat's message, L0's item and the
-    memory's text keep the user's words; a reply's instructions stay a system message before the turn."""
-    hub = open_hub(tmp_path, embedder)
-    try:
-        engine = EmbeddedEngine(lm=lm, sampling=replace(DEFAULT_SAMPLING, max_new_tokens=16), listen=False,
-                                speak=False)
-        session = engine.open_session()
-        lane = hub.open("ann", "s1")
-        session.use_memory(lane)
-        session.push_text(FACT)
-        session.end_turn()
-        list(session.respond(ResponseOptions(speech=False)))
-        assert session.chat.messages[-2] == {"role": "user", "content": FACT}  # nothing recalled yet: no slot
-        session.push_text(QUESTION)
-        session.end_turn()
-        list(session.respond(ResponseOptions(speech=False, instructions="Answer with the digits only.")))
-        system, user = session.chat.messages[-3:-1]
-        assert system == {"role": "system", "content": "Answer with the digits only."}
-        assert user["content"] == QUESTION and "fact: My locker code is four seven one nine." in user[RECALLED]
-        prompt = lm.tokenizer.render_chat(rendered(session.chat.messages), add_generation_prompt=False)
-        assert f"<|im_start|>user\n{user[RECALLED]}\n\n{QUESTION}<|im_end|>" in prompt
-        assert [it.text for it in lane.held if it.role == "user"] == [FACT, QUESTION]  # L0 holds the words only
-        lane.close()
-        session.close()
-    finally:
-        hub.close()

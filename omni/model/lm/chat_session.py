@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -33,13 +33,7 @@ from omni.model.lm.sampling import SamplerState, SamplingConfig, sample
 from omni.model.lm.tokenizer import Message
 from omni.model.loaders import LoadedLM
 
-__all__ = ["RECALLED", "ChatSession", "ReplyStats", "rendered"]
-
-# A user message's key for the memory recalled for its turn: the prompt renders it inside the user's turn, before
-# the words (SmolLM2-135M ignored a right recalled line less often there than in a system message before the
-# turn, benchmarks/fact_recall.py), while "content" keeps exactly what the user said (transcripts, the L0 window's
-# accounting and memory read the words, never the slot).
-RECALLED = "recalled"
+__all__ = ["ChatSession", "ReplyStats"]
 
 
 @dataclass
@@ -100,10 +94,6 @@ class ChatSession:
         self.end_probability: float | None = None  # set by prefill_turn(score_end=True)
         self._end_ids: list[int] | None = None  # omni.model.lm.end_of_turn.end_token_ids, made on first use
 
-    def _render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
-        """The prompt text of `messages` (`rendered`: recalled memory inside its user turn)."""
-        return self.lm.tokenizer.render_chat(rendered(messages), add_generation_prompt=add_generation_prompt)
-
     def _feed(self, ids: list[int], context: str = "") -> torch.Tensor:
         """Run `ids` through the model. The repetition penalty's seen tokens gain them, less one occurrence of each
         token of `context` (quoted material such as recalled memory: the penalty is there to stop the reply looping,
@@ -134,7 +124,7 @@ class ChatSession:
         return None
 
     def _prompt_ids(self) -> list[int]:
-        text = self._render(self.messages, add_generation_prompt=True)
+        text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=True)
         suffix = self._unfed(text)
         if suffix is None and self._before_turn is not None:  # a turn prefilled for another text: undo it
             self.drop_prefilled_turn()
@@ -166,7 +156,7 @@ class ChatSession:
         the user is still speaking), so the next reply prefills only the new turn; at most `max_tokens` now,
         the rest (`backlog`) on the next calls. Returns tokens fed."""
         if not self._backlog:
-            text = self._render(self.messages, add_generation_prompt=False) if self.messages else ""
+            text = self.lm.tokenizer.render_chat(self.messages, add_generation_prompt=False) if self.messages else ""
             suffix = self._unfed(text)
             if suffix is None:
                 if self._fed.text:  # the cache holds something else: leave it to the next reply to rebuild
@@ -180,10 +170,10 @@ class ChatSession:
             del self._backlog[:n]
         return n
 
-    def prefill_turn(self, user_text: str, context: str = "", score_end: bool = False, recalled: str = "") -> int:
+    def prefill_turn(self, user_text: str, context: str = "", score_end: bool = False) -> int:
         """Feed the user's next message speculatively (e.g. at a pause, before the turn is known to be over):
-        `stream_reply(user_text, context, recalled)` then prefills only the assistant header, while
-        `drop_prefilled_turn` (the user went on speaking) rolls the cache back. The history must already be in the cache
+        `stream_reply(user_text, context)` then prefills only the assistant header, while `drop_prefilled_turn`
+        (the user went on speaking) rolls the cache back. The history must already be in the cache
         (`prefill_history`); returns tokens fed (0 when nothing could be). `score_end`: the feed stops once
         after the message's last word to set `end_probability`, how likely the LM thinks the message is finished
         there (omni.model.lm.end_of_turn; the same single forward call, plus the LM head on one more position);
@@ -192,7 +182,8 @@ class ChatSession:
         self.end_probability = None
         if not user_text.strip() or not self._fed.text or self._backlog:  # (the history is not all in the cache)
             return 0
-        text = self._render([*self.messages, *_turn(user_text, context, recalled)], add_generation_prompt=False)
+        text = self.lm.tokenizer.render_chat([*self.messages, *_turn(user_text, context)],
+                                             add_generation_prompt=False)
         suffix = self._unfed(text)
         if not suffix:
             return 0
@@ -203,10 +194,10 @@ class ChatSession:
         if 0 < cut < len(suffix):  # the words' end, in the unfed part: read the LM's next token there
             head = self.lm.tokenizer.encode(suffix[:cut])
             ids = head + self.lm.tokenizer.encode(suffix[cut:])
-            self.end_probability = self._feed_scored(ids, len(head) - 1, _quoted(context, recalled))
+            self.end_probability = self._feed_scored(ids, len(head) - 1, context)
         else:
             ids = self.lm.tokenizer.encode(suffix)
-            self._feed(ids, _quoted(context, recalled))
+            self._feed(ids, context)
         self._before_turn = before
         self._fed = _Fed(text, self.state.cache.length)
         return len(ids)
@@ -238,24 +229,20 @@ class ChatSession:
         self._fed = _Fed(to.text, to.length)
         self._backlog = []
 
-    def stream_reply(self, user_text: str, context: str = "", recalled: str = "") -> Iterator[str]:
+    def stream_reply(self, user_text: str, context: str = "") -> Iterator[str]:
         """Yield the reply to user_text as text deltas. Closing the iterator early stops generation;
-        the history then holds the text generated so far. `context` (e.g. a reply's own instructions) goes in a
-        system message just before the user's; `recalled` (recalled memory) is rendered inside the user's turn,
-        before the user's words and a blank line (`RECALLED`: the message keeps the user's words as they were).
-        Both stay in the history, as the prompt the reply was made from (the cache holds them: later turns reuse
-        it and feed neither again); their tokens are not counted by the repetition penalty (unless
-        `penalise_context`): with them counted, SmolLM2-135M at penalty 1.1 answered "October 7" and "October 4"
-        for a recalled "October 9" (benchmarks/fact_recall.py). With `prefill_chunk` set, "" comes between the
-        chunks of the prompt (nothing to say yet)."""
+        the history then holds the text generated so far. `context` (e.g. recalled memory) goes in a system
+        message just before the user's and stays in the history, as the prompt the reply was made from; its tokens
+        are not counted by the repetition penalty (unless `penalise_context`): with them counted, SmolLM2-135M at
+        penalty 1.1 answered "October 7" and "October 4" for a recalled "October 9" (benchmarks/fact_recall.py).
+        With `prefill_chunk` set, "" comes between the chunks of the prompt (nothing to say yet)."""
         if not user_text.strip():
             raise ValueError("empty message: nothing to answer")
-        self.messages.extend(_turn(user_text, context, recalled))
+        self.messages.extend(_turn(user_text, context))
         t0 = time.perf_counter()
         ids = self._prompt_ids()
         chunk = self.prefill_chunk or len(ids)
-        self._observe(ids, _quoted(context, recalled))  # the whole prompt less its quoted parts, once: the chunks
-        # are fed unobserved
+        self._observe(ids, context)  # the whole prompt less its context, once: the chunks are fed unobserved
         try:
             logits = self._run(ids[:chunk])
             for start in range(chunk, len(ids), chunk):
@@ -306,7 +293,7 @@ class ChatSession:
             k += 1
         if k == first:
             return
-        render = self._render
+        render = self.lm.tokenizer.render_chat
         head_old = render(self.messages[:k], add_generation_prompt=False)
         whole_old = render(self.messages, add_generation_prompt=False)
         whole_new = render([*self.messages[:first], *self.messages[k:]], add_generation_prompt=False)
@@ -355,23 +342,7 @@ class ChatSession:
         self._roll_back(self._before_reply)
 
 
-def _turn(user_text: str, context: str, recalled: str = "") -> list[Message]:
-    """A user turn's messages: the optional context as a system message, then the user's (with the recalled
-    memory, if any, under `RECALLED`)."""
+def _turn(user_text: str, context: str) -> list[Message]:
+    """A user turn's messages: the optional context as a system message, then the user's."""
     ctx: list[Message] = [{"role": "system", "content": context}] if context.strip() else []
-    user: Message = {"role": "user", "content": user_text}
-    if recalled.strip():
-        user[RECALLED] = recalled
-    return [*ctx, user]
-
-
-def rendered(messages: Sequence[Message]) -> list[Message]:
-    """The messages as the chat template gets them: a user message's `RECALLED` memory, then a blank line, then
-    its words, as its content (the template sees role and content only)."""
-    return [{"role": m["role"], "content": f"{m[RECALLED]}\n\n{m['content']}"} if m.get(RECALLED) else m
-            for m in messages]
-
-
-def _quoted(context: str, recalled: str) -> str:
-    """The quoted text of a turn, left out of the repetition penalty's count (`ChatSession._observe`)."""
-    return "\n".join(p for p in (context, recalled) if p)
+    return [*ctx, {"role": "user", "content": user_text}]

@@ -215,8 +215,7 @@ class EmbeddedSession(EngineSessionBase):
 
     def use_memory(self, lane: MemoryLane) -> None:
         """Read and write memory through `lane` (omni.streaming.memory_lane): transcripts and replies as heard go in,
-        each turn's recall goes into the user's turn, before the words (the recalled-memory slot; rendered there
-        when the prompt is built, the message keeps what the user said, see `_recalled`). The chat's
+        each turn's recall goes into a system message just before the user's (the recalled-memory slot). The chat's
         KV cache tells the lane before its window slides, so what leaves it is written below first (L0)."""
         self.memory = lane
         self.chat.state.cache.watch(lane.slid)
@@ -226,29 +225,26 @@ class EmbeddedSession(EngineSessionBase):
             self.chat.state.cache.watch(None)  # the lane's owner closes it; the cache stops telling it
         super().close()
 
-    def _recalled(self, message: str) -> tuple[str, str]:
-        """The turn's lead (the system prompt, once the prompt has left the KV window, else "") and its
-        recalled-memory slot ("" when nothing is recalled; the lead is "" then too). The lead goes in a system
-        message before the user's turn, the slot inside it (`ChatSession.stream_reply`'s `recalled`). The cache
-        keeps 4 sink tokens, so past its window the instructions are gone, and the layout wants them right before
-        the slot (omni.memory.window). SmolLM2-135M, 6 turns past a 320-token window, asked "What is my locker
-        code?": with the instructions first, 4 of 4 answers had the recalled digits; without, 5 of 24 over 12 slot
-        wordings. While the prompt is still whole in view it is not repeated: a second copy just before the
-        question made the LM refuse ("as an AI, I don't have personal data") where one copy did not: 3 of 9
-        answers right against 7 of 9 on the tuning facts of benchmarks/fact_recall.py (scenario alone: a new
-        session, the fact recalled)."""
+    def _recalled(self, message: str) -> str:
+        """The turn's recalled-memory slot, led by the system prompt once the prompt has left the KV window: the
+        cache keeps 4 sink tokens, so past its window the instructions are gone, and the layout wants the slot right
+        after them (omni.memory.window). SmolLM2-135M, 6 turns past a 320-token window, asked "What is my locker code?":
+        with the instructions first, 4 of 4 answers had the recalled digits; without, 5 of 24 over 12 slot wordings.
+        While the prompt is still whole in view it is not repeated: a second copy just before the question made
+        the LM refuse ("as an AI, I don't have personal data") where one copy did not: 3 of 9 answers right against
+        7 of 9 on the tuning facts of benchmarks/fact_recall.py (scenario alone: a new session, the fact recalled)."""
         slot = self.memory.slot(message) if self.memory is not None else ""
         first = self.chat.messages[0] if self.chat.messages else None
         if not slot or first is None or first["role"] != "system":
-            return "", slot
+            return slot
         cache = self.chat.state.cache
         # counted from where the turn starts, not from the cache's length: a turn prefilled at the pause is in the
         # cache by the end of the turn, and counting it twice made the end of turn add the prompt that the pause
         # had not, so the prepared turn no longer matched and was fed again (330 tokens, 2.1 s, in
         # benchmarks/embedded_turns.py --prepare --memory --seed-facts 60 at turn 5)
         if self.chat.turn_start + self._lookahead(slot, message) <= cache.cfg.sinks + cache.cfg.window:
-            return "", slot  # every query of this turn still sees the whole system prompt
-        return self._prompt_now or first["content"], slot  # the instructions in force
+            return slot  # every query of this turn still sees the whole system prompt
+        return f"{self._prompt_now or first['content']}\n{slot}"  # the instructions in force
 
     def _lookahead(self, slot: str, message: str) -> int:
         """Tokens this turn may add to the cache: its slot and message (tokenised: ~0.1 ms), the chat template's two
@@ -328,8 +324,7 @@ class EmbeddedSession(EngineSessionBase):
         self._prepared = True
         sentence = as_sentence(" ".join(p for p in self._pieces if p))
         if sentence:  # scored on the way (one forward call more): is the message finished? (omni.model.lm.end_of_turn)
-            lead, slot = self._recalled(sentence)
-            self.chat.prefill_turn(sentence, lead, score_end=True, recalled=slot)
+            self.chat.prefill_turn(sentence, self._recalled(sentence), score_end=True)
         p = self.chat.end_probability if sentence else None
         return [TurnEndLikely(p)] if p is not None else []
 
@@ -349,10 +344,10 @@ class EmbeddedSession(EngineSessionBase):
 
     def respond(self, options: ResponseOptions = SPOKEN_REPLY) -> Iterator[EngineEvent]:
         """`options.speech` False: text only (no synthesis). `options.instructions` guide this reply only: they
-        go in the turn's system message, just before the user's (the recalled memory is inside the user's, see
-        `_recalled`), on top of the session's system prompt, which stays first and unchanged (rewriting it would
-        rebuild the whole cache); the message stays in the history as the prompt this reply was made from, and
-        later turns get none unless they ask again."""
+        go in the turn's system message, just before the user's (with the recalled memory, see `_recalled`), on
+        top of the session's system prompt, which stays first and unchanged (rewriting it would rebuild the whole
+        cache); the message stays in the history as the prompt this reply was made from, and later turns get
+        none unless they ask again."""
         self._check_open()
         options = self._take_instructions(options)
         if self._in_utterance or self._pieces or self._typed:  # no end_turn() yet: finish the input here
@@ -370,14 +365,14 @@ class EmbeddedSession(EngineSessionBase):
     def _reply(self, message: str, turn: _TurnClock, speech: bool, instructions: str | None = None
                ) -> Iterator[EngineEvent]:
         splitter = PhraseSplitter()
-        lead, recalled = self._recalled(message)
-        system = "\n".join(p for p in (lead, (instructions or "").strip()) if p)
+        recalled = self._recalled(message)
+        slot = "\n".join(p for p in (recalled, (instructions or "").strip()) if p)
         echo = SlotEcho() if recalled else None  # the LM may read a slot line's stamp back: not shown nor spoken
         shown: list[str] = []
         start = self.chat.turn_start  # the turn's first cache index (the reply's is a little later)
         if self.memory is not None:
             self.memory.user_turn(message, start)
-        stream = self.chat.stream_reply(message, system, recalled)
+        stream = self.chat.stream_reply(message, slot)
         try:
             for delta in stream:
                 if not delta:  # between two chunks of the prompt: this step ends here
