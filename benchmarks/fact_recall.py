@@ -54,7 +54,9 @@ Measured (2026-12-03, 2 shared cores, `--max-new-tokens 40`, greedy; tuning firs
     message keeping the words): alone 19, crowded 17, window 17; the same under "What I told you earlier (use it to
     answer):": 10, 8, 16; not kept (benchmarks/embedded_turns.py --memory --seed-facts 60: p95 first audio 268 ->
     552 ms, replies to unrelated questions derailed by the slot, "I told my friend number 45 that ..."). Held-out,
-    once, same command, main vs the branch (new scoring): see the memq2 report.
+    once, same command, new scoring, main vs first-person facts: alone 17 -> 17, crowded 17 -> 17, window 15 -> 16
+    (the one change, window "zip code", has the same slot line both times: run-to-run drift; the new scoring
+    changed no held-out verdict).
 `--max-new-tokens` caps every reply (the engine's 96 by default; 40 keeps a run short, and answers come first).
 """
 
