@@ -379,12 +379,12 @@ class Server:
             return refusal(413, "body_too_large", str(e))
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
-            return web.Response(status=400, text=f"bad offer: {e}\n")
+            return refusal(400, "invalid_offer", f"bad offer: {e}")
         try:
             conn, answer = await self._answer(sdp, user_of(request), ticket, settings)
         except OfferError as e:
             self.metrics.inc("offers_rejected_total", "SDP offers answered with 400")
-            return web.Response(status=400, text=f"bad offer: {e}\n")
+            return refusal(400, "invalid_offer", f"bad offer: {e}")
         return web.Response(
             status=201,
             text=answer,

@@ -12,9 +12,16 @@ from tests.app.conftest import StartServer
 
 
 async def post(url: str, body: str | bytes, ctype: str = "application/sdp") -> tuple[int, str]:
+    """The status, and a refusal's message (every refusal is a Realtime-style JSON error object, as the other routes'
+    are; code invalid_offer for a 400)."""
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{url}/v1/realtime/calls", data=body, headers={"Content-Type": ctype}) as r:
-            return r.status, await r.text()
+            if r.status == 201:
+                return r.status, await r.text()
+            assert r.content_type == "application/json", (r.status, await r.text())
+            error = (await r.json())["error"]
+            assert error["type"] == "invalid_request_error" and (r.status != 400 or error["code"] == "invalid_offer")
+            return r.status, str(error["message"])
 
 
 async def offer_sdp(audio: bool = True, video: bool = False) -> str:

@@ -31,6 +31,11 @@ function bubble(role) {
   return li;
 }
 
+// A refusal's body is a Realtime-style JSON error object ({"error": {"message": ...}}); anything else as it came.
+function refusalMessage(body) {
+  try { return JSON.parse(body).error.message || body; } catch (e) { return body; }
+}
+
 async function waitForIce(conn, ms) {
   if (conn.iceGatheringState === "complete") return;
   await new Promise((resolve) => {
@@ -71,7 +76,7 @@ async function start() {
     let res = await offer({});
     if (res.status === 401) res = await offer(await ephemeralAuth()); // the server has --api-key
     const body = await res.text();
-    if (res.status !== 201) throw new Error(`server refused the call (${res.status}): ${body}`);
+    if (res.status !== 201) throw new Error(`server refused the call (${res.status}): ${refusalMessage(body)}`);
     callUrl = res.headers.get("Location");
     callSecret = res.headers.get("X-Omni-Call-Secret");
     await pc.setRemoteDescription({ type: "answer", sdp: body });
