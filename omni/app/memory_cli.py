@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from omni.memory import admin
-from omni.memory.store import MemoryStore, default_memory_dir, store_errors
+from omni.memory.store import MemoryStore, SchemaVersionError, default_memory_dir, store_errors
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         store = MemoryStore.open(location)
-    except store_errors() as e:  # the URL is not shown: it may hold a password
+    except store_errors() + (ValueError, SchemaVersionError) as e:  # the URL is not shown: it may hold a password
         where = "--memory-url" if args.memory_url else location
         print(f"omni memory: cannot open the memory store {where}: {_reason(e)}", file=sys.stderr)
         return 1
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as e:
         print(f"omni memory: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
-    except store_errors() as e:  # e.g. export --out names a file, or the disk is full
+    except store_errors() + (SchemaVersionError,) as e:  # e.g. export --out names a file, or the disk is full
         print(f"omni memory {args.memory_command}: {_reason(e)}", file=sys.stderr)
         return 1
     finally:

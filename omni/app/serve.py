@@ -161,6 +161,7 @@ def open_memory(args: argparse.Namespace, engine: Engine | None = None) -> Memor
     try:
         store = MemoryStore.open(location)
     except store_errors() as e:  # unwritable, full, or a database that is down: memory while the server runs
+        # (a malformed --memory-url or another schema version is not caught: `run` reports it and exits 1)
         fallback = tempfile.mkdtemp(prefix="omni-memory-")
         atexit.register(shutil.rmtree, fallback, True)
         where = "--memory-url" if args.memory_url else location  # a URL is not shown: it may hold a password

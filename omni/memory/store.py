@@ -79,9 +79,10 @@ class SchemaVersionError(RuntimeError):
 
 
 def store_errors() -> tuple[type[Exception], ...]:
-    """What opening or using a store raises on a bad location: OS and SQLite errors, a bad URL, a schema from another
-    version, and psycopg's errors (a server that is down or refuses the login) where psycopg is installed."""
-    errors: tuple[type[Exception], ...] = (OSError, sqlite3.Error, ValueError, SchemaVersionError)
+    """What opening or using a store raises when its location cannot be used (unwritable, full, a database server
+    that is down or refuses the login): OS and SQLite errors, and psycopg's where psycopg is installed. A malformed
+    location (ValueError) or another schema version (SchemaVersionError) is a mistake to report, not this."""
+    errors: tuple[type[Exception], ...] = (OSError, sqlite3.Error)
     try:
         import psycopg
     except ImportError:
